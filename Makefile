@@ -1,0 +1,62 @@
+# edgegw: `make demo` runs the main job, `make test` runs the tests. Each sets itself up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+BOARDS := rp2 esp32
+STUB_PACKAGE_rp2 := micropython-rp2-rpi-pico-stubs
+STUB_PACKAGE_esp32 := micropython-esp32-stubs
+PORTABLE := protocols firmware
+
+.PHONY: all demo test lint typecheck-boards venv mosquitto bench clean
+
+all: test
+
+$(STAMP):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { echo "edgegw: needs Python 3.11 or newer as '$(PYTHON)'" >&2; exit 1; }
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { echo "edgegw: cannot create $(VENV); on Debian install python3-venv" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+# Debian's mosquitto: the tests start their own on a free loopback port.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "edgegw: installing Debian's mosquitto"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else \
+	    echo "edgegw: mosquitto is not installed and we are not root; run: sudo apt-get install mosquitto" >&2; exit 1; \
+	  fi; \
+	fi
+
+# MicroPython stubs per board, each in its own folder: they shadow the standard library.
+$(VENV)/stubs/%/.installed: | $(STAMP)
+	@rm -rf $(VENV)/stubs/$*
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --target $(VENV)/stubs/$* $(STUB_PACKAGE_$*)
+	@touch $@
+
+typecheck-boards: $(foreach board,$(BOARDS),$(VENV)/stubs/$(board)/.installed)
+	@for board in $(BOARDS); do \
+	  echo "mypy: $(PORTABLE) against the $$board MicroPython stubs"; \
+	  MYPYPATH=$(VENV)/stubs/$$board $(BIN)/mypy --config-file .ci/mypy-boards.ini \
+	    --custom-typeshed-dir $(VENV)/stubs/$$board --no-site-packages $(PORTABLE) || exit 1; \
+	done
+
+lint: $(STAMP) typecheck-boards
+	$(BIN)/ruff check .
+	$(BIN)/mypy gateway protocols
+
+test: $(STAMP) mosquitto lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP) mosquitto
+	$(BIN)/edgegw demo
+
+bench: $(STAMP) mosquitto
+	@echo "edgegw: benchmarks arrive with the gateway (issue 6)"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+# edgegw node firmware (MicroPython). Imports `protocols`, never `gateway`.

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop harness: emulated nodes, fault injection, broker control."""

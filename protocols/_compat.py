@@ -1,0 +1,11 @@
+"""`const()` on both interpreters: MicroPython folds it at compile time, CPython just returns the value."""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(value: int) -> int:  # type: ignore[misc]
+        return value
+
+
+__all__ = ["const"]

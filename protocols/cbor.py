@@ -1,0 +1,250 @@
+"""A small deterministic CBOR codec (RFC 8949) that runs on MicroPython and CPython.
+
+Encoding is deterministic: shortest integer and length forms, floats in the
+shortest of half/single/double that keeps the value, definite lengths only, and
+map keys in length-first order (RFC 8949 §4.2.3, the RFC 7049 canonical order
+that cbor2's canonical mode also uses).
+
+Decoding accepts the subset the protocol uses (integers, floats, byte and text
+strings, arrays, maps with int/text keys, false/true/null) and enforces limits
+on nesting and size, so hostile input costs at most its own length in memory.
+Every failure is a ProtocolError (E_CBOR or E_LIMIT).
+"""
+
+import struct
+
+from ._compat import const
+from .errors import E_CBOR, E_LIMIT, ProtocolError
+
+MAX_DEPTH = const(8)  # nesting of arrays/maps, the top-level item counting as 1
+
+_INF = float("inf")
+_UINT64_MAX = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _head(out: bytearray, major: int, value: int) -> None:
+    major <<= 5
+    if value < 24:
+        out.append(major | value)
+    elif value < 0x100:
+        out.append(major | 24)
+        out.append(value)
+    elif value < 0x10000:
+        out.append(major | 25)
+        out += struct.pack(">H", value)
+    elif value < 0x100000000:
+        out.append(major | 26)
+        out += struct.pack(">I", value)
+    elif value <= _UINT64_MAX:
+        out.append(major | 27)
+        out += struct.pack(">Q", value)
+    else:
+        raise ProtocolError(E_LIMIT, "integer does not fit 64 bits")
+
+
+def _half_bits(single: bytes) -> int:
+    """IEEE half-precision bits for a single-precision value, or -1 if it does not fit exactly."""
+    bits = struct.unpack(">I", single)[0]
+    sign = (bits >> 16) & 0x8000
+    exp = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    if exp == 0:
+        return sign if mant == 0 else -1  # single subnormals are below half's range
+    if exp == 0xFF:
+        return sign | 0x7C00 | (mant >> 13) if mant & 0x1FFF == 0 else -1
+    e = exp - 127
+    if -14 <= e <= 15:
+        return sign | ((e + 15) << 10) | (mant >> 13) if mant & 0x1FFF == 0 else -1
+    if -24 <= e < -14:
+        shift = -e - 1  # value = (0x800000|mant) * 2**(e-23) = m * 2**-24
+        full = 0x800000 | mant
+        if full & ((1 << shift) - 1) == 0:
+            return sign | (full >> shift)
+    return -1
+
+
+def _float(out: bytearray, value: float) -> None:
+    if value != value:
+        out += b"\xf9\x7e\x00"  # canonical NaN
+        return
+    try:
+        single = struct.pack(">f", value)
+        fits_single = value in (_INF, -_INF) or struct.unpack(">f", single)[0] == value
+    except OverflowError:  # CPython refuses to narrow a huge double
+        fits_single = False
+    if fits_single:
+        half = _half_bits(single)
+        if half >= 0:
+            out.append(0xF9)
+            out += struct.pack(">H", half)
+        else:
+            out.append(0xFA)
+            out += single
+    else:
+        out.append(0xFB)
+        out += struct.pack(">d", value)
+
+
+def _encode(out: bytearray, value: object, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(E_LIMIT, "nesting deeper than %d" % MAX_DEPTH)
+    # bool before int: on CPython bool is an int.
+    if value is False:
+        out.append(0xF4)
+    elif value is True:
+        out.append(0xF5)
+    elif value is None:
+        out.append(0xF6)
+    elif isinstance(value, int):
+        if value >= 0:
+            _head(out, 0, value)
+        else:
+            _head(out, 1, -1 - value)
+    elif isinstance(value, float):
+        _float(out, value)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+        _head(out, 3, len(raw))
+        out += raw
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        _head(out, 2, len(value))
+        out += value
+    elif isinstance(value, (list, tuple)):
+        _head(out, 4, len(value))
+        for item in value:
+            _encode(out, item, depth + 1)
+    elif isinstance(value, dict):
+        entries = []
+        for key, item in value.items():
+            if not isinstance(key, (int, str)) or key is True or key is False:
+                raise ProtocolError(E_CBOR, "map key must be int or str, not %s" % type(key).__name__)
+            encoded_key = bytearray()
+            _encode(encoded_key, key, depth + 1)
+            entries.append((bytes(encoded_key), item))
+        # Length-first key order (RFC 8949 §4.2.3, RFC 7049 "canonical"), as cbor2 does.
+        entries.sort(key=lambda entry: (len(entry[0]), entry[0]))
+        _head(out, 5, len(entries))
+        for encoded_key, item in entries:
+            out += encoded_key
+            _encode(out, item, depth + 1)
+    else:
+        raise ProtocolError(E_CBOR, "cannot encode %s" % type(value).__name__)
+
+
+def dumps(value: object) -> bytes:
+    """Deterministic CBOR encoding of `value`."""
+    out = bytearray()
+    _encode(out, value, 1)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _half_value(bits: int) -> float:
+    exp = (bits >> 10) & 0x1F
+    mant = bits & 0x3FF
+    if exp == 0:
+        value = mant * 2.0**-24
+    elif exp == 0x1F:
+        value = float("nan") if mant else _INF
+    else:
+        value = (1024 + mant) * 2.0 ** (exp - 25)
+    return -value if bits & 0x8000 else value
+
+
+class _Reader:
+    """Walks one buffer; `pos` only moves forward, every length is checked against what is left."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+
+    def take(self, count: int) -> bytes:
+        start = self.pos
+        stop = start + count
+        if stop > self.end:
+            raise ProtocolError(E_CBOR, "truncated at %d (need %d bytes)" % (start, count))
+        self.pos = stop
+        return self.data[start:stop]
+
+    def argument(self, info: int) -> int:
+        if info < 24:
+            return info
+        if info == 24:
+            return self.take(1)[0]
+        if info == 25:
+            return struct.unpack(">H", self.take(2))[0]
+        if info == 26:
+            return struct.unpack(">I", self.take(4))[0]
+        if info == 27:
+            return struct.unpack(">Q", self.take(8))[0]
+        raise ProtocolError(E_CBOR, "indefinite length or reserved info %d at %d" % (info, self.pos - 1))
+
+    def item(self, depth: int) -> object:
+        if depth > MAX_DEPTH:
+            raise ProtocolError(E_LIMIT, "nesting deeper than %d" % MAX_DEPTH)
+        initial = self.take(1)[0]
+        major = initial >> 5
+        info = initial & 0x1F
+        if major == 7:
+            return self.simple(info)
+        value = self.argument(info)
+        if major == 0:
+            return value
+        if major == 1:
+            return -1 - value
+        if major == 2:
+            return bytes(self.take(value))
+        if major == 3:
+            raw = self.take(value)
+            try:
+                return str(raw, "utf-8")
+            except UnicodeError:
+                raise ProtocolError(E_CBOR, "text string is not valid UTF-8") from None
+        # Each element needs at least one byte: a count larger than what is left is a lie.
+        if major == 4:
+            if value > self.end - self.pos:
+                raise ProtocolError(E_CBOR, "array of %d items in %d bytes" % (value, self.end - self.pos))
+            return [self.item(depth + 1) for _ in range(value)]
+        if major == 5:
+            if 2 * value > self.end - self.pos:
+                raise ProtocolError(E_CBOR, "map of %d pairs in %d bytes" % (value, self.end - self.pos))
+            result: dict[object, object] = {}
+            for _ in range(value):
+                key = self.item(depth + 1)
+                if not isinstance(key, (int, str)) or isinstance(key, bool):
+                    raise ProtocolError(E_CBOR, "map key must be int or text")
+                if key in result:
+                    raise ProtocolError(E_CBOR, "duplicate map key %r" % (key,))
+                result[key] = self.item(depth + 1)
+            return result
+        raise ProtocolError(E_CBOR, "tags are not accepted (tag %d)" % value)
+
+    def simple(self, info: int) -> object:
+        if info == 20:
+            return False
+        if info == 21:
+            return True
+        if info == 22:
+            return None
+        if info == 25:
+            return _half_value(struct.unpack(">H", self.take(2))[0])
+        if info == 26:
+            return struct.unpack(">f", self.take(4))[0]
+        if info == 27:
+            return struct.unpack(">d", self.take(8))[0]
+        raise ProtocolError(E_CBOR, "simple value %d is not accepted" % info)
+
+
+def loads(data: bytes) -> object:
+    """Decode exactly one CBOR item that fills `data`."""
+    reader = _Reader(bytes(data))
+    value = reader.item(1)
+    if reader.pos != reader.end:
+        raise ProtocolError(E_CBOR, "%d bytes after the item" % (reader.end - reader.pos))
+    return value

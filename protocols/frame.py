@@ -1,0 +1,120 @@
+"""Frame layout (SPEC.md §3): a fixed 15-byte header, a CBOR payload, a 4-byte trailer.
+
+    0  version   u8   major << 4 | minor
+    1  type      u8   message type
+    2  flags     u8   F_* bits
+    3  node_id   8 B  the node's id (sender upstream, addressee downstream)
+   11  counter   u32  big-endian, per sender, monotonic across reboots
+   15  payload   0..MAX_PAYLOAD bytes of CBOR
+   -4  crc32     u32  big-endian CRC-32 (binascii.crc32) of bytes 0 .. end of payload
+"""
+
+import binascii
+import struct
+
+from . import cobs
+from ._compat import const
+from .errors import E_AUTH, E_CRC, E_TOO_LONG, E_TOO_SHORT, E_VERSION, ProtocolError
+
+VERSION_MAJOR = const(1)
+VERSION_MINOR = const(0)
+VERSION = const(0x10)  # VERSION_MAJOR << 4 | VERSION_MINOR
+
+F_DOWNLINK = const(0x01)  # gateway -> node
+F_ACK_REQ = const(0x02)  # sender keeps the frame until it is acknowledged
+F_RETRY = const(0x04)  # a retransmission of a frame already sent once
+F_AUTH = const(0x80)  # trailer is an 8-byte HMAC-SHA256 tag instead of the CRC (reserved, SPEC.md §3.4)
+
+HEADER_LEN = const(15)
+CRC_LEN = const(4)
+AUTH_TAG_LEN = const(8)
+NODE_ID_LEN = const(8)
+MAX_FRAME = const(256)  # decoded bytes, header and trailer included: fits one LoRa packet
+MAX_PAYLOAD = const(237)  # MAX_FRAME - HEADER_LEN - CRC_LEN
+MAX_ENCODED = const(258)  # cobs.max_encoded_len(MAX_FRAME), delimiter excluded
+MAX_COUNTER = const(0xFFFFFFFF)
+
+_HEADER = ">BBB8sI"
+
+
+class Frame:
+    """One decoded frame: header fields and the raw (still CBOR-encoded) payload."""
+
+    def __init__(self, mtype: int, node_id: bytes, counter: int, payload: bytes = b"", flags: int = 0, version: int = VERSION) -> None:
+        self.version = version
+        self.type = mtype
+        self.flags = flags
+        self.node_id = node_id
+        self.counter = counter
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return "Frame(type=0x%02x, node=%s, counter=%d, flags=0x%02x, %d payload bytes)" % (
+            self.type,
+            node_hex(self.node_id),
+            self.counter,
+            self.flags,
+            len(self.payload),
+        )
+
+
+def node_hex(node_id: bytes) -> str:
+    """The node id as it is shown everywhere: 16 lowercase hex digits."""
+    return "%016x" % int.from_bytes(node_id, "big")
+
+
+def node_id_from_unique_id(unique_id: bytes) -> bytes:
+    """The 8-byte node id for an MCU unique id (SPEC.md §3.2).
+
+    8 bytes (RP2040 flash id) are used as they are; shorter ids (ESP32 MAC, 6
+    bytes) are left-padded with zeros; longer ids are folded by XOR into 8 bytes
+    so no hash library is needed on the node.
+    """
+    raw = bytes(unique_id)
+    if not raw:
+        raise ValueError("empty unique id")
+    if len(raw) <= NODE_ID_LEN:
+        return bytes(NODE_ID_LEN - len(raw)) + raw
+    folded = bytearray(NODE_ID_LEN)
+    for index in range(len(raw)):
+        folded[index % NODE_ID_LEN] ^= raw[index]
+    return bytes(folded)
+
+
+def pack(frame: Frame) -> bytes:
+    """Header + payload + CRC: the frame before COBS."""
+    if len(frame.node_id) != NODE_ID_LEN:
+        raise ValueError("node id must be %d bytes" % NODE_ID_LEN)
+    if not 0 <= frame.counter <= MAX_COUNTER:
+        raise ValueError("counter out of range")
+    if frame.flags & F_AUTH:
+        raise ProtocolError(E_AUTH, "authenticated frames are not implemented yet")
+    if len(frame.payload) > MAX_PAYLOAD:
+        raise ProtocolError(E_TOO_LONG, "payload of %d bytes exceeds %d" % (len(frame.payload), MAX_PAYLOAD))
+    body = struct.pack(_HEADER, frame.version, frame.type, frame.flags, frame.node_id, frame.counter) + frame.payload
+    return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
+
+
+def unpack(raw: bytes) -> Frame:
+    """Check length, integrity and version of a decoded frame, in that order (SPEC.md §3.5)."""
+    length = len(raw)
+    if length > MAX_FRAME:
+        raise ProtocolError(E_TOO_LONG, "frame of %d bytes exceeds %d" % (length, MAX_FRAME))
+    if length < HEADER_LEN + CRC_LEN:
+        raise ProtocolError(E_TOO_SHORT, "frame of %d bytes, need at least %d" % (length, HEADER_LEN + CRC_LEN))
+    version, mtype, flags, node_id, counter = struct.unpack_from(_HEADER, raw, 0)
+    if flags & F_AUTH:
+        raise ProtocolError(E_AUTH, "authenticated frame and no key configured", node_id, counter)
+    body_end = length - CRC_LEN
+    expected = struct.unpack_from(">I", raw, body_end)[0]
+    actual = binascii.crc32(raw[:body_end]) & 0xFFFFFFFF
+    if actual != expected:
+        raise ProtocolError(E_CRC, "crc %08x, frame says %08x" % (actual, expected))
+    if version >> 4 != VERSION_MAJOR:
+        raise ProtocolError(E_VERSION, "major version %d, this side speaks %d" % (version >> 4, VERSION_MAJOR), node_id, counter)
+    return Frame(mtype, node_id, counter, raw[HEADER_LEN:body_end], flags, version)
+
+
+def to_wire(frame: Frame) -> bytes:
+    """COBS-encoded frame followed by the 0x00 delimiter, ready for the UART."""
+    return cobs.encode(pack(frame)) + b"\x00"

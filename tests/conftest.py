@@ -1,0 +1,43 @@
+"""Shared test helpers: paths and the real MicroPython interpreter."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _tool(name: str) -> str:
+    """A console script from this virtualenv (beside sys.executable), else from PATH."""
+    candidate = pathlib.Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail("%s is not installed: run `make test`, which installs the test extras" % name)
+    return found
+
+
+@pytest.fixture(scope="session")
+def micropython() -> str:
+    return _tool("micropython")
+
+
+@pytest.fixture(scope="session")
+def mpy_cross() -> str:
+    return _tool("mpy-cross")
+
+
+def run_micropython(micropython: str, *args: str, heap: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    command = [micropython]
+    if heap:
+        command += ["-X", "heapsize=%s" % heap]
+    command += list(args)
+    env = dict(os.environ, MICROPYPATH=str(ROOT))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, check=False)

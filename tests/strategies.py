@@ -1,0 +1,77 @@
+"""Hypothesis strategies for protocol values and messages, following the schema tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from protocols import Message, messages
+from protocols.frame import F_ACK_REQ, F_DOWNLINK, F_RETRY, MAX_COUNTER
+
+node_ids = st.binary(min_size=8, max_size=8)
+counters = st.integers(min_value=0, max_value=MAX_COUNTER)
+flags = st.sets(st.sampled_from([F_DOWNLINK, F_ACK_REQ, F_RETRY])).map(sum)
+uints = st.integers(min_value=0, max_value=2**64 - 1)
+small_uints = st.integers(min_value=0, max_value=2**32 - 1)
+ints = st.integers(min_value=-(2**64), max_value=2**64 - 1)
+floats = st.floats(allow_nan=False)
+numbers = st.one_of(st.integers(min_value=-(2**31), max_value=2**31), floats)
+texts = st.text(max_size=20)
+
+# Every value the protocol can carry, nested a little.
+protocol_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), ints, floats, st.binary(max_size=16), texts),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.integers(min_value=-100, max_value=100), st.text(max_size=6)), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+_KIND = {
+    "u": small_uints,
+    "i": st.integers(min_value=-(2**31), max_value=2**31),
+    "n": numbers,
+    "t": texts,
+    "b": st.binary(max_size=40),
+    "a": st.lists(small_uints, max_size=4),
+    "m": st.dictionaries(st.text(max_size=8), st.integers(min_value=-1000, max_value=1000), max_size=3),
+    "*": protocol_values,
+}
+
+channels = st.fixed_dictionaries(
+    {"name": st.text(min_size=1, max_size=12), "unit": st.sampled_from(["Cel", "%RH", "Pa", "m", "V", "dBm", ""]), "scale": st.integers(-6, 6)}
+)
+
+
+def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
+    if mtype == messages.HELLO and name == "proto":
+        return st.tuples(st.integers(0, 15), st.integers(0, 15)).map(list)
+    if mtype == messages.HELLO and name == "channels":
+        return st.lists(channels, max_size=4)
+    if mtype == messages.READINGS and name == "samples":
+        sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), numbers, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
+        return st.lists(sample, max_size=12).map(lambda triples: [item for triple in triples for item in triple])
+    if mtype == messages.ACK and name == "counters":
+        return st.lists(counters, max_size=messages.MAX_ACKS)
+    if mtype == messages.CONFIG and name == "keys":
+        return st.lists(st.text(max_size=8), max_size=3)
+    return None
+
+
+@st.composite
+def message_fields(draw: st.DrawFn, mtype: int) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for _key, name, kind, required in messages.SCHEMAS[mtype]:
+        if required or draw(st.booleans()):
+            special = _special(mtype, name)
+            strategy = _KIND[kind] if special is None else special
+            fields[name] = draw(strategy)
+    return fields
+
+
+@st.composite
+def any_message(draw: st.DrawFn) -> Message:
+    mtype = draw(st.sampled_from(sorted(messages.SCHEMAS)))
+    return Message(mtype, draw(node_ids), draw(counters), draw(message_fields(mtype)), draw(flags))

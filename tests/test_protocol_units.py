@@ -1,0 +1,102 @@
+"""Smaller protocol rules: counter window, node ids, frame checks, error objects."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocols import CounterWindow, Message, ProtocolError, StreamDecoder, encode, messages, node_hex, node_id_from_unique_id
+from protocols import frame as fr
+from protocols import window as win
+
+
+def test_window_accepts_new_and_flags_duplicates_and_stale() -> None:
+    window = CounterWindow()
+    assert window.check(0) == win.NEW
+    window.accept(0)
+    assert window.check(0) == win.DUPLICATE
+    for counter in (1, 2, 5):
+        assert window.check(counter) == win.NEW
+        window.accept(counter)
+    # 3 and 4 never arrived: late arrivals inside the window are new, exactly once.
+    assert window.check(4) == win.NEW
+    window.accept(4)
+    assert window.check(4) == win.DUPLICATE
+    assert window.check(3) == win.NEW
+    window.accept(200)
+    assert window.check(200 - win.WINDOW + 1) == win.NEW
+    assert window.check(200 - win.WINDOW) == win.STALE
+    assert window.check(5) == win.STALE
+
+
+def test_window_state_survives_a_round_trip_through_its_two_numbers() -> None:
+    window = CounterWindow()
+    for counter in (10, 11, 13, 40):
+        window.accept(counter)
+    restored = CounterWindow(window.highest, window.seen)
+    assert [restored.check(c) for c in (10, 11, 12, 13, 40, 41)] == [win.DUPLICATE, win.DUPLICATE, win.NEW, win.DUPLICATE, win.DUPLICATE, win.NEW]
+    assert restored.seen < 1 << win.WINDOW
+
+
+def test_window_reset_after_a_lost_counter() -> None:
+    window = CounterWindow()
+    window.accept(100_000)
+    assert window.check(3) == win.STALE
+    window.reset(3)
+    assert window.check(3) == win.DUPLICATE
+    assert window.check(4) == win.NEW
+
+
+@pytest.mark.parametrize(
+    ("unique_id", "expected"),
+    [
+        (bytes.fromhex("a4cf12b3c4d5"), "0000a4cf12b3c4d5"),  # ESP32 MAC
+        (bytes.fromhex("e66038b7134f2a21"), "e66038b7134f2a21"),  # RP2040 flash id
+        (bytes.fromhex("0102030405060708" "1000000000000001"), "1102030405060709"),  # 16 bytes: XOR-folded
+    ],
+)
+def test_node_id_from_unique_id(unique_id: bytes, expected: str) -> None:
+    assert node_hex(node_id_from_unique_id(unique_id)) == expected
+
+
+def test_node_hex_is_lowercase_and_16_digits() -> None:
+    assert node_hex(bytes.fromhex("00ABCDEF00000001")) == "00abcdef00000001"
+
+
+def test_error_carries_sender_when_the_header_was_trustworthy() -> None:
+    raw = fr.pack(fr.Frame(messages.READINGS, bytes.fromhex("0000a4cf12b3c4d5"), 77, b"\xa0"))
+    decoder = StreamDecoder()
+    decoder.feed(fr.cobs.encode(raw) + b"\x00")
+    with pytest.raises(ProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.reason == "schema"
+    assert caught.value.node_id == bytes.fromhex("0000a4cf12b3c4d5") and caught.value.counter == 77
+    assert "samples" in str(caught.value)
+
+
+def test_crc_error_does_not_name_a_sender() -> None:
+    raw = bytearray(fr.pack(fr.Frame(messages.LOG, bytes(8), 1, b"\xa2\x00\x01\x01\x61\x78")))
+    raw[5] ^= 0x40
+    with pytest.raises(ProtocolError) as caught:
+        fr.unpack(bytes(raw))
+    assert caught.value.reason == "crc" and caught.value.node_id is None
+
+
+def test_readings_limits() -> None:
+    too_many = Message(messages.READINGS, bytes(8), 1, {"samples": [0, 1, 0] * (messages.MAX_SAMPLES + 1)})
+    with pytest.raises(ProtocolError, match="more than"):
+        encode(too_many)
+    bad_channel = Message(messages.READINGS, bytes(8), 1, {"samples": [messages.MAX_CHANNELS, 1, 0]})
+    with pytest.raises(ProtocolError, match="channel"):
+        encode(bad_channel)
+
+
+def test_ten_sample_readings_frame_size() -> None:
+    """The shape of frame the link budget is stated for (SPEC.md §6): 10 integer samples."""
+    samples = []
+    for index in range(10):
+        samples += [index % 3, 2100 + index, index // 3]
+    wire = encode(Message(messages.READINGS, bytes(8), 1000, {"base_time": 1795000000, "samples": samples}, fr.F_ACK_REQ))
+    # 15 header + 4 CRC + 1 COBS + 1 delimiter + 10 payload structure + 10 x 5 per sample.
+    assert len(wire) == 81
+    untimed = encode(Message(messages.READINGS, bytes(8), 1000, {"samples": samples}, fr.F_ACK_REQ))
+    assert len(untimed) == 75
