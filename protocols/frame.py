@@ -29,9 +29,9 @@ HEADER_LEN = const(15)
 CRC_LEN = const(4)
 AUTH_TAG_LEN = const(8)
 NODE_ID_LEN = const(8)
-MAX_FRAME = const(256)  # decoded bytes, header and trailer included: fits one LoRa packet
-MAX_PAYLOAD = const(237)  # MAX_FRAME - HEADER_LEN - CRC_LEN
-MAX_ENCODED = const(258)  # cobs.max_encoded_len(MAX_FRAME), delimiter excluded
+MAX_FRAME = const(255)  # decoded bytes, header and trailer included: the LoRa PHY maximum
+MAX_PAYLOAD = const(236)  # MAX_FRAME - HEADER_LEN - CRC_LEN
+MAX_ENCODED = const(257)  # cobs.max_encoded_len(MAX_FRAME), delimiter excluded
 MAX_COUNTER = const(0xFFFFFFFF)
 
 _HEADER = ">BBB8sI"

@@ -68,6 +68,9 @@ RESET_DEEPSLEEP = const(4)
 RESET_SOFT = const(5)
 RESET_BROWNOUT = const(6)
 
+# Unix time minus this is the time on MicroPython ports whose epoch is 2000-01-01 (SPEC.md §5.6).
+EPOCH_2000_OFFSET = const(946684800)
+
 MAX_SAMPLES = const(64)  # per READINGS frame
 MAX_CHANNELS = const(32)  # per node
 MAX_ACKS = const(32)  # counters per ACK frame

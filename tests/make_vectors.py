@@ -77,7 +77,7 @@ def error_vectors() -> list[dict]:
     return [
         {"name": "error_crc", "why": "one payload bit flipped, CRC unchanged", "hex": wire(bytes(flipped)), "error": "crc"},
         {"name": "error_too_short", "why": "10 bytes cannot hold header and CRC", "hex": wire(bytes(range(1, 11))), "error": "too_short"},
-        {"name": "error_too_long", "why": "257 decoded bytes", "hex": wire(with_crc(header(messages.LOG, 21) + bytes(238))), "error": "too_long"},
+        {"name": "error_too_long", "why": "256 decoded bytes", "hex": wire(with_crc(header(messages.LOG, 21) + bytes(237))), "error": "too_long"},
         {"name": "error_cobs", "why": "code byte 0x09 with only 3 bytes left", "hex": "0901020300", "error": "cobs"},
         {"name": "error_version", "why": "major version 2 with a valid CRC", "hex": wire(with_crc(header(messages.LOG, 22, version=0x20) + b"\xa0")), "error": "version"},
         {"name": "error_type", "why": "type 0x7f is not defined in 1.x", "hex": wire(with_crc(header(0x7F, 23) + b"\xa0")), "error": "type"},
