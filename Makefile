@@ -47,6 +47,7 @@ typecheck-boards: $(foreach board,$(BOARDS),$(VENV)/stubs/$(board)/.installed)
 
 lint: $(STAMP) typecheck-boards
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway protocols
 
 test: $(STAMP) mosquitto lint

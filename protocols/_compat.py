@@ -4,7 +4,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(value: int) -> int:  # type: ignore[misc]
+    def const(value: int) -> int:  # type: ignore[misc,no-redef]
         return value
 
 

@@ -20,6 +20,7 @@ MAX_DEPTH = const(8)  # nesting of arrays/maps, the top-level item counting as 1
 
 _INF = float("inf")
 _UINT64_MAX = (1 << 64) - 1
+_UINT_FORMATS = {2: ">H", 4: ">I", 8: ">Q"}
 
 
 # ---------------------------------------------------------------- encoding
@@ -47,7 +48,7 @@ def _head(out: bytearray, major: int, value: int) -> None:
 
 def _half_bits(single: bytes) -> int:
     """IEEE half-precision bits for a single-precision value, or -1 if it does not fit exactly."""
-    bits = struct.unpack(">I", single)[0]
+    bits: int = struct.unpack(">I", single)[0]
     sign = (bits >> 16) & 0x8000
     exp = (bits >> 23) & 0xFF
     mant = bits & 0x7FFFFF
@@ -121,9 +122,9 @@ def _encode(out: bytearray, value: object, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, (int, str)) or key is True or key is False:
                 raise ProtocolError(E_CBOR, "map key must be int or str, not %s" % type(key).__name__)
-            encoded_key = bytearray()
-            _encode(encoded_key, key, depth + 1)
-            entries.append((bytes(encoded_key), item))
+            key_bytes = bytearray()
+            _encode(key_bytes, key, depth + 1)
+            entries.append((bytes(key_bytes), item))
         # Length-first key order (RFC 8949 §4.2.3, RFC 7049 "canonical"), as cbor2 does.
         entries.sort(key=lambda entry: (len(entry[0]), entry[0]))
         _head(out, 5, len(entries))
@@ -177,13 +178,11 @@ class _Reader:
             return info
         if info == 24:
             return self.take(1)[0]
-        if info == 25:
-            return struct.unpack(">H", self.take(2))[0]
-        if info == 26:
-            return struct.unpack(">I", self.take(4))[0]
-        if info == 27:
-            return struct.unpack(">Q", self.take(8))[0]
-        raise ProtocolError(E_CBOR, "indefinite length or reserved info %d at %d" % (info, self.pos - 1))
+        if info > 27:
+            raise ProtocolError(E_CBOR, "indefinite length or reserved info %d at %d" % (info, self.pos - 1))
+        size = 1 << (info - 24)  # 25, 26, 27: 2, 4, 8 bytes
+        value: int = struct.unpack(_UINT_FORMATS[size], self.take(size))[0]
+        return value
 
     def item(self, depth: int) -> object:
         if depth > MAX_DEPTH:

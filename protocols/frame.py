@@ -1,12 +1,12 @@
 """Frame layout (SPEC.md §3): a fixed 15-byte header, a CBOR payload, a 4-byte trailer.
 
-    0  version   u8   major << 4 | minor
-    1  type      u8   message type
-    2  flags     u8   F_* bits
-    3  node_id   8 B  the node's id (sender upstream, addressee downstream)
-   11  counter   u32  big-endian, per sender, monotonic across reboots
-   15  payload   0..MAX_PAYLOAD bytes of CBOR
-   -4  crc32     u32  big-endian CRC-32 (binascii.crc32) of bytes 0 .. end of payload
+ 0  version   u8   major << 4 | minor
+ 1  type      u8   message type
+ 2  flags     u8   F_* bits
+ 3  node_id   8 B  the node's id (sender upstream, addressee downstream)
+11  counter   u32  big-endian, per sender, monotonic across reboots
+15  payload   0..MAX_PAYLOAD bytes of CBOR
+-4  crc32     u32  big-endian CRC-32 (binascii.crc32) of bytes 0 .. end of payload
 """
 
 import binascii

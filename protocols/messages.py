@@ -162,7 +162,9 @@ _CHANNEL_SCHEMA = (
 class Message:
     """A frame's header plus its payload decoded into named fields."""
 
-    def __init__(self, mtype: int, node_id: bytes, counter: int, fields: dict | None = None, flags: int = 0, version: int = _frame.VERSION) -> None:
+    def __init__(
+        self, mtype: int, node_id: bytes, counter: int, fields: dict | None = None, flags: int = 0, version: int = _frame.VERSION
+    ) -> None:
         self.type = mtype
         self.node_id = node_id
         self.counter = counter

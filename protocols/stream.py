@@ -7,9 +7,8 @@ bounded: a run of bytes with no delimiter is dropped once it outgrows the
 largest legal frame.
 """
 
-from . import cobs
+from . import cobs, messages
 from . import frame as _frame
-from . import messages
 from .errors import E_TOO_LONG, ProtocolError
 
 _COMPACT_AT = 1024  # consumed bytes kept before the buffer is shifted down

@@ -24,37 +24,104 @@ UP = fr.F_ACK_REQ
 DOWN = fr.F_DOWNLINK
 
 VALID = [
-    ("hello", Message(messages.HELLO, NODE, 1, {
-        "proto": [1, 0], "fw_version": "0.1.0", "hw_model": "esp32-devkitc", "caps": 0x0F, "interval": 10,
-        "channels": [
-            {"name": "temperature", "unit": "Cel", "scale": -2},
-            {"name": "humidity", "unit": "%RH", "scale": -1},
-            {"name": "counter", "unit": "", "scale": 0},
-        ]}, UP)),
-    ("readings", Message(messages.READINGS, NODE, 2, {
-        "base_time": 1795000000,
-        "samples": [0, 2137, 0, 1, 553, 0, 2, 1, 0, 0, 2141, 10, 1, 551, 10, 2, 2, 10]}, UP)),
-    ("readings_float_and_no_time", Message(messages.READINGS, NODE, 3, {
-        "samples": [0, 21.5, 0, 1, -0.25, 0.5]}, UP | fr.F_RETRY)),
+    (
+        "hello",
+        Message(
+            messages.HELLO,
+            NODE,
+            1,
+            {
+                "proto": [1, 0],
+                "fw_version": "0.1.0",
+                "hw_model": "esp32-devkitc",
+                "caps": 0x0F,
+                "interval": 10,
+                "channels": [
+                    {"name": "temperature", "unit": "Cel", "scale": -2},
+                    {"name": "humidity", "unit": "%RH", "scale": -1},
+                    {"name": "counter", "unit": "", "scale": 0},
+                ],
+            },
+            UP,
+        ),
+    ),
+    (
+        "readings",
+        Message(
+            messages.READINGS,
+            NODE,
+            2,
+            {"base_time": 1795000000, "samples": [0, 2137, 0, 1, 553, 0, 2, 1, 0, 0, 2141, 10, 1, 551, 10, 2, 2, 10]},
+            UP,
+        ),
+    ),
+    ("readings_float_and_no_time", Message(messages.READINGS, NODE, 3, {"samples": [0, 21.5, 0, 1, -0.25, 0.5]}, UP | fr.F_RETRY)),
     ("ack", Message(messages.ACK, NODE, 7, {"counters": [2, 3]}, DOWN)),
     ("time", Message(messages.TIME, NODE, 8, {"unix": 1795000000, "ms": 250}, DOWN)),
     ("time_request", Message(messages.TIME, NODE, 4, {}, 0)),
-    ("status", Message(messages.STATUS, NODE, 5, {
-        "uptime": 3600, "free_heap": 41234, "reset_cause": messages.RESET_WATCHDOG, "battery_mv": 3712,
-        "rssi": -67, "snr": 7.5, "dropped": 0, "retransmits": 3, "rx_errors": 1, "heap_peak": 22016}, UP)),
+    (
+        "status",
+        Message(
+            messages.STATUS,
+            NODE,
+            5,
+            {
+                "uptime": 3600,
+                "free_heap": 41234,
+                "reset_cause": messages.RESET_WATCHDOG,
+                "battery_mv": 3712,
+                "rssi": -67,
+                "snr": 7.5,
+                "dropped": 0,
+                "retransmits": 3,
+                "rx_errors": 1,
+                "heap_peak": 22016,
+            },
+            UP,
+        ),
+    ),
     ("config_set", Message(messages.CONFIG, NODE, 9, {"op": messages.CONFIG_SET, "values": {"interval": 30}}, DOWN)),
     ("config_get", Message(messages.CONFIG, NODE, 10, {"op": messages.CONFIG_GET, "keys": ["interval"]}, DOWN)),
-    ("config_report", Message(messages.CONFIG, NODE, 6, {
-        "op": messages.CONFIG_REPORT, "values": {"interval": 30}, "errors": {"colour": "unknown key"}}, UP)),
+    (
+        "config_report",
+        Message(
+            messages.CONFIG, NODE, 6, {"op": messages.CONFIG_REPORT, "values": {"interval": 30}, "errors": {"colour": "unknown key"}}, UP
+        ),
+    ),
     ("command", Message(messages.COMMAND, NODE, 11, {"id": 4711, "action": "dim", "args": {"level": 40}}, DOWN | fr.F_ACK_REQ)),
     ("command_result", Message(messages.COMMAND_RESULT, NODE, 12, {"id": 4711, "outcome": messages.OUTCOME_OK, "value": 40}, UP)),
     ("log", Message(messages.LOG, NODE, 13, {"severity": 4, "text": "bme280: no ack on i2c, retrying"}, UP)),
-    ("radio_rx", Message(messages.RADIO_RX, BRIDGE, 14, {
-        "frame": bytes.fromhex("1002027011223344556677000000010102030405"),
-        "rssi": -112, "snr": -7.25, "freq": 868100000, "sf": 9, "bw": 125000}, UP)),
-    ("radio_tx", Message(messages.RADIO_TX, BRIDGE, 15, {
-        "frame": bytes.fromhex("1003017011223344556677000000020a0b0c0d"), "freq": 869525000, "sf": 12, "power": 14, "delay_ms": 1000}, DOWN)),
-    ("reject", Message(messages.REJECT, NODE, 16, {"reason": 5, "detail": "major version 2, this side speaks 1", "counter": 99, "type": 2}, DOWN)),
+    (
+        "radio_rx",
+        Message(
+            messages.RADIO_RX,
+            BRIDGE,
+            14,
+            {
+                "frame": bytes.fromhex("1002027011223344556677000000010102030405"),
+                "rssi": -112,
+                "snr": -7.25,
+                "freq": 868100000,
+                "sf": 9,
+                "bw": 125000,
+            },
+            UP,
+        ),
+    ),
+    (
+        "radio_tx",
+        Message(
+            messages.RADIO_TX,
+            BRIDGE,
+            15,
+            {"frame": bytes.fromhex("1003017011223344556677000000020a0b0c0d"), "freq": 869525000, "sf": 12, "power": 14, "delay_ms": 1000},
+            DOWN,
+        ),
+    ),
+    (
+        "reject",
+        Message(messages.REJECT, NODE, 16, {"reason": 5, "detail": "major version 2, this side speaks 1", "counter": 99, "type": 2}, DOWN),
+    ),
 ]
 
 
@@ -77,20 +144,85 @@ def error_vectors() -> list[dict]:
     return [
         {"name": "error_crc", "why": "one payload bit flipped, CRC unchanged", "hex": wire(bytes(flipped)), "error": "crc"},
         {"name": "error_too_short", "why": "10 bytes cannot hold header and CRC", "hex": wire(bytes(range(1, 11))), "error": "too_short"},
-        {"name": "error_too_long", "why": "256 decoded bytes", "hex": wire(with_crc(header(messages.LOG, 21) + bytes(237))), "error": "too_long"},
+        {
+            "name": "error_too_long",
+            "why": "256 decoded bytes",
+            "hex": wire(with_crc(header(messages.LOG, 21) + bytes(237))),
+            "error": "too_long",
+        },
         {"name": "error_cobs", "why": "code byte 0x09 with only 3 bytes left", "hex": "0901020300", "error": "cobs"},
-        {"name": "error_version", "why": "major version 2 with a valid CRC", "hex": wire(with_crc(header(messages.LOG, 22, version=0x20) + b"\xa0")), "error": "version"},
-        {"name": "error_type", "why": "type 0x7f is not defined in 1.x", "hex": wire(with_crc(header(0x7F, 23) + b"\xa0")), "error": "type"},
-        {"name": "error_auth", "why": "F_AUTH set, no key", "hex": wire(header(messages.LOG, 24, flags=fr.F_AUTH) + b"\xa0" + bytes(8)), "error": "auth"},
-        {"name": "error_cbor_truncated", "why": "map of 2 pairs with one present", "hex": wire(with_crc(header(messages.LOG, 25) + bytes.fromhex("a20004"))), "error": "cbor"},
-        {"name": "error_cbor_trailing", "why": "bytes after the payload map", "hex": wire(with_crc(header(messages.LOG, 26) + bytes.fromhex("a0a0"))), "error": "cbor"},
-        {"name": "error_cbor_indefinite", "why": "indefinite-length map", "hex": wire(with_crc(header(messages.LOG, 27) + bytes.fromhex("bf0004ff"))), "error": "cbor"},
-        {"name": "error_cbor_tag", "why": "tag 1 (epoch time) is not accepted", "hex": wire(with_crc(header(messages.READINGS, 28) + bytes.fromhex("a200c11a6afd0a800180"))), "error": "cbor"},
-        {"name": "error_cbor_huge_count", "why": "array claims 2**32-1 items", "hex": wire(with_crc(header(messages.ACK, 29, flags=DOWN) + bytes.fromhex("a1009affffffff"))), "error": "cbor"},
-        {"name": "error_limit_depth", "why": "nesting deeper than 8", "hex": wire(with_crc(header(messages.COMMAND, 30, flags=DOWN) + bytes.fromhex("a3000101617802a16161818181818181818101"))), "error": "limit"},
-        {"name": "error_schema_missing", "why": "READINGS without samples", "hex": wire(with_crc(header(messages.READINGS, 31) + bytes.fromhex("a1001a6afd0a80"))), "error": "schema"},
-        {"name": "error_schema_triples", "why": "4 sample items: not a multiple of 3", "hex": wire(with_crc(header(messages.READINGS, 32) + bytes.fromhex("a1018400010200"))), "error": "schema"},
-        {"name": "error_schema_type", "why": "LOG.text is a number", "hex": wire(with_crc(header(messages.LOG, 33) + bytes.fromhex("a2000401182a"))), "error": "schema"},
+        {
+            "name": "error_version",
+            "why": "major version 2 with a valid CRC",
+            "hex": wire(with_crc(header(messages.LOG, 22, version=0x20) + b"\xa0")),
+            "error": "version",
+        },
+        {
+            "name": "error_type",
+            "why": "type 0x7f is not defined in 1.x",
+            "hex": wire(with_crc(header(0x7F, 23) + b"\xa0")),
+            "error": "type",
+        },
+        {
+            "name": "error_auth",
+            "why": "F_AUTH set, no key",
+            "hex": wire(header(messages.LOG, 24, flags=fr.F_AUTH) + b"\xa0" + bytes(8)),
+            "error": "auth",
+        },
+        {
+            "name": "error_cbor_truncated",
+            "why": "map of 2 pairs with one present",
+            "hex": wire(with_crc(header(messages.LOG, 25) + bytes.fromhex("a20004"))),
+            "error": "cbor",
+        },
+        {
+            "name": "error_cbor_trailing",
+            "why": "bytes after the payload map",
+            "hex": wire(with_crc(header(messages.LOG, 26) + bytes.fromhex("a0a0"))),
+            "error": "cbor",
+        },
+        {
+            "name": "error_cbor_indefinite",
+            "why": "indefinite-length map",
+            "hex": wire(with_crc(header(messages.LOG, 27) + bytes.fromhex("bf0004ff"))),
+            "error": "cbor",
+        },
+        {
+            "name": "error_cbor_tag",
+            "why": "tag 1 (epoch time) is not accepted",
+            "hex": wire(with_crc(header(messages.READINGS, 28) + bytes.fromhex("a200c11a6afd0a800180"))),
+            "error": "cbor",
+        },
+        {
+            "name": "error_cbor_huge_count",
+            "why": "array claims 2**32-1 items",
+            "hex": wire(with_crc(header(messages.ACK, 29, flags=DOWN) + bytes.fromhex("a1009affffffff"))),
+            "error": "cbor",
+        },
+        {
+            "name": "error_limit_depth",
+            "why": "nesting deeper than 8",
+            "hex": wire(with_crc(header(messages.COMMAND, 30, flags=DOWN) + bytes.fromhex("a3000101617802a16161818181818181818101"))),
+            "error": "limit",
+        },
+        {
+            "name": "error_schema_missing",
+            "why": "READINGS without samples",
+            "hex": wire(with_crc(header(messages.READINGS, 31) + bytes.fromhex("a1001a6afd0a80"))),
+            "error": "schema",
+        },
+        {
+            "name": "error_schema_triples",
+            "why": "4 sample items: not a multiple of 3",
+            "hex": wire(with_crc(header(messages.READINGS, 32) + bytes.fromhex("a1018400010200"))),
+            "error": "schema",
+        },
+        {
+            "name": "error_schema_type",
+            "why": "LOG.text is a number",
+            "hex": wire(with_crc(header(messages.LOG, 33) + bytes.fromhex("a2000401182a"))),
+            "error": "schema",
+        },
     ]
 
 
@@ -123,12 +255,59 @@ def main() -> None:
         vector["decode_only"] = True
         frames.append(vector)
     values = [
-        0, 1, 10, 23, 24, 25, 100, 1000, 1000000, 1000000000000, 18446744073709551615, -1, -10, -100, -1000,
-        -18446744073709551616, 0.0, -0.0, 1.0, 1.1, 1.5, 65504.0, 100000.0, 3.4028234663852886e38, 1.0e300,
-        5.960464477539063e-8, 0.00006103515625, -4.0, -4.1, float("inf"), float("-inf"),
-        False, True, None, b"", bytes.fromhex("01020304"), "", "a", "IETF", '"\\', "\u00fc", "\u6c34",
-        [], [1, 2, 3], [1, [2, 3], [4, 5]], list(range(1, 26)), {}, {1: 2, 3: 4}, {"a": 1, "b": [2, 3]},
-        ["a", {"b": "c"}], {"a": "A", "b": "B", "c": "C", "d": "D", "e": "E"}, {"b": 1, 10: 2, "a": 3, -1: 4}, {24: 1, -1: 2},
+        0,
+        1,
+        10,
+        23,
+        24,
+        25,
+        100,
+        1000,
+        1000000,
+        1000000000000,
+        18446744073709551615,
+        -1,
+        -10,
+        -100,
+        -1000,
+        -18446744073709551616,
+        0.0,
+        -0.0,
+        1.0,
+        1.1,
+        1.5,
+        65504.0,
+        100000.0,
+        3.4028234663852886e38,
+        1.0e300,
+        5.960464477539063e-8,
+        0.00006103515625,
+        -4.0,
+        -4.1,
+        float("inf"),
+        float("-inf"),
+        False,
+        True,
+        None,
+        b"",
+        bytes.fromhex("01020304"),
+        "",
+        "a",
+        "IETF",
+        '"\\',
+        "\u00fc",
+        "\u6c34",
+        [],
+        [1, 2, 3],
+        [1, [2, 3], [4, 5]],
+        list(range(1, 26)),
+        {},
+        {1: 2, 3: 4},
+        {"a": 1, "b": [2, 3]},
+        ["a", {"b": "c"}],
+        {"a": "A", "b": "B", "c": "C", "d": "D", "e": "E"},
+        {"b": 1, 10: 2, "a": 3, -1: 4},
+        {24: 1, -1: 2},
     ]
     cbor_vectors: list[dict] = []
     for value in values:
@@ -137,7 +316,19 @@ def main() -> None:
         else:
             cbor_vectors.append({"hex": cbor.dumps(value).hex(), "value": to_json(value)})
     cbor_vectors.append({"hex": "f97e00", "nan": True})
-    for bad in ("1c", "5f4101ff", "a1010101", "a20101", "c074323031332d30332d32315432303a30343a30305a", "f7", "f820", "62c328", "a1f401", "a201010102", "9b00000000ffffffff"):
+    for bad in (
+        "1c",
+        "5f4101ff",
+        "a1010101",
+        "a20101",
+        "c074323031332d30332d32315432303a30343a30305a",
+        "f7",
+        "f820",
+        "62c328",
+        "a1f401",
+        "a201010102",
+        "9b00000000ffffffff",
+    ):
         cbor_vectors.append({"hex": bad, "error": "cbor"})
     document = {
         "comment": "Golden vectors for the edgegw wire protocol 1.0; see protocols/SPEC.md. Generated by tests/make_vectors.py.",

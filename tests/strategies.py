@@ -41,7 +41,11 @@ _KIND = {
 }
 
 channels = st.fixed_dictionaries(
-    {"name": st.text(min_size=1, max_size=12), "unit": st.sampled_from(["Cel", "%RH", "Pa", "m", "V", "dBm", ""]), "scale": st.integers(-6, 6)}
+    {
+        "name": st.text(min_size=1, max_size=12),
+        "unit": st.sampled_from(["Cel", "%RH", "Pa", "m", "V", "dBm", ""]),
+        "scale": st.integers(-6, 6),
+    }
 )
 
 

@@ -18,7 +18,22 @@ ALLOWED = {
 }
 PROJECT = set(ALLOWED) | {"tests"}
 # No I/O in the sans-I/O core.
-FORBIDDEN_IN_PROTOCOLS = {"socket", "asyncio", "uasyncio", "select", "os", "io", "logging", "time", "threading", "machine", "serial", "typing", "dataclasses", "enum"}
+FORBIDDEN_IN_PROTOCOLS = {
+    "socket",
+    "asyncio",
+    "uasyncio",
+    "select",
+    "os",
+    "io",
+    "logging",
+    "time",
+    "threading",
+    "machine",
+    "serial",
+    "typing",
+    "dataclasses",
+    "enum",
+}
 
 
 def imported_roots(path: pathlib.Path) -> set[str]:

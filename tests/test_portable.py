@@ -51,7 +51,11 @@ def test_compiled_protocol_runs_in_a_node_heap(micropython: str, compiled: pathl
     expected = stream_check.run(11, 40)
     done = subprocess.run(
         [micropython, "-X", "heapsize=64k", "-m", "stream_check", str(compiled), "11", "40"],
-        capture_output=True, text=True, timeout=60, env={"MICROPYPATH": str(compiled)}, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"MICROPYPATH": str(compiled)},
+        check=False,
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert json.loads(done.stdout) == expected

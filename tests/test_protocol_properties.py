@@ -72,7 +72,7 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
 @settings(max_examples=800)
 @given(st.binary(max_size=fr.MAX_PAYLOAD))
 def test_arbitrary_payloads_raise_only_protocol_errors(payload: bytes) -> None:
-    for mtype in list(messages.SCHEMAS) + [0x7F]:
+    for mtype in [*messages.SCHEMAS, 0x7F]:
         frame = fr.Frame(mtype, bytes(8), 1, payload)
         try:
             messages.decode_frame(fr.unpack(fr.pack(frame)))
@@ -188,7 +188,11 @@ def test_largest_payload_fits_and_one_more_byte_does_not() -> None:
 
 
 def test_encoder_refuses_unknown_and_missing_fields() -> None:
-    for fields, reason in (({"severity": 3}, "schema"), ({"severity": 3, "text": "x", "colour": 1}, "schema"), ({"severity": -1, "text": "x"}, "schema")):
+    for fields, reason in (
+        ({"severity": 3}, "schema"),
+        ({"severity": 3, "text": "x", "colour": 1}, "schema"),
+        ({"severity": -1, "text": "x"}, "schema"),
+    ):
         try:
             encode(Message(messages.LOG, bytes(8), 1, fields))
         except ProtocolError as error:

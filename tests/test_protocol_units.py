@@ -33,7 +33,14 @@ def test_window_state_survives_a_round_trip_through_its_two_numbers() -> None:
     for counter in (10, 11, 13, 40):
         window.accept(counter)
     restored = CounterWindow(window.highest, window.seen)
-    assert [restored.check(c) for c in (10, 11, 12, 13, 40, 41)] == [win.DUPLICATE, win.DUPLICATE, win.NEW, win.DUPLICATE, win.DUPLICATE, win.NEW]
+    assert [restored.check(c) for c in (10, 11, 12, 13, 40, 41)] == [
+        win.DUPLICATE,
+        win.DUPLICATE,
+        win.NEW,
+        win.DUPLICATE,
+        win.DUPLICATE,
+        win.NEW,
+    ]
     assert restored.seen < 1 << win.WINDOW
 
 
@@ -51,7 +58,7 @@ def test_window_reset_after_a_lost_counter() -> None:
     [
         (bytes.fromhex("a4cf12b3c4d5"), "0000a4cf12b3c4d5"),  # ESP32 MAC
         (bytes.fromhex("e66038b7134f2a21"), "e66038b7134f2a21"),  # RP2040 flash id
-        (bytes.fromhex("0102030405060708" "1000000000000001"), "1102030405060709"),  # 16 bytes: XOR-folded
+        (bytes.fromhex("01020304050607081000000000000001"), "1102030405060709"),  # 16 bytes: XOR-folded
     ],
 )
 def test_node_id_from_unique_id(unique_id: bytes, expected: str) -> None:

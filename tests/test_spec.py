@@ -32,7 +32,7 @@ def test_limits_in_spec_match_the_code() -> None:
     assert "| `MAX_PAYLOAD` — CBOR payload | %d bytes |" % fr.MAX_PAYLOAD in SPEC
     assert "| `MAX_ENCODED` — COBS-encoded frame, delimiter excluded | %d bytes |" % fr.MAX_ENCODED in SPEC
     assert fr.MAX_PAYLOAD == fr.MAX_FRAME - fr.HEADER_LEN - fr.CRC_LEN
-    assert fr.MAX_ENCODED == fr.cobs.max_encoded_len(fr.MAX_FRAME)
+    assert fr.cobs.max_encoded_len(fr.MAX_FRAME) == fr.MAX_ENCODED
     assert "| samples per READINGS frame | %d |" % messages.MAX_SAMPLES in SPEC
     assert "| channels per node | %d |" % messages.MAX_CHANNELS in SPEC
     assert "| counters per ACK | %d |" % messages.MAX_ACKS in SPEC

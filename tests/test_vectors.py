@@ -10,7 +10,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from protocols import cobs
+from protocols import cobs, messages
 from protocols.frame import CRC_LEN, F_AUTH, HEADER_LEN
 from tests.conftest import ROOT, run_micropython
 from tests.portable.vector_runner import from_json, run_all, to_json
@@ -96,7 +96,13 @@ def test_valid_vector_bytes_check_out_independently(vector: dict[str, Any]) -> N
     assert not flags & F_AUTH
     assert struct.unpack(">I", raw[-CRC_LEN:])[0] == zlib.crc32(raw[:-CRC_LEN])
     message = vector["message"]
-    assert (version >> 4, flags, node_id.hex(), counter) == (1, message["flags"], message["node_id"], message["counter"])
+    assert (version >> 4, mtype, flags, node_id.hex(), counter) == (
+        1,
+        messages.TYPES[message["type"]],
+        message["flags"],
+        message["node_id"],
+        message["counter"],
+    )
     payload = raw[HEADER_LEN:-CRC_LEN]
     decoded = cbor2.loads(payload) if payload else {}
     assert isinstance(decoded, dict)

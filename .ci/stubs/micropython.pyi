@@ -1,0 +1,3 @@
+# For mypy on CPython: the one MicroPython builtin the portable code uses.
+# (The board checks use the real MicroPython stubs instead.)
+def const(value: int) -> int: ...
