@@ -137,108 +137,49 @@ def header(mtype: int, counter: int, flags: int = UP, version: int = 0x10, node:
     return struct.pack(">BBB8sI", version, mtype, flags, node, counter)
 
 
+def framed(mtype: int, counter: int, payload_hex: str, flags: int = UP, version: int = 0x10) -> str:
+    """A well-framed frame with a correct CRC around a (possibly bad) payload."""
+    return wire(with_crc(header(mtype, counter, flags, version) + bytes.fromhex(payload_hex)))
+
+
 def error_vectors() -> list[dict]:
     good = fr.pack(fr.Frame(messages.LOG, NODE, 20, cbor.dumps({0: 6, 1: "ok"}), UP))
     flipped = bytearray(good)
     flipped[17] ^= 0x01
-    return [
-        {"name": "error_crc", "why": "one payload bit flipped, CRC unchanged", "hex": wire(bytes(flipped)), "error": "crc"},
-        {"name": "error_too_short", "why": "10 bytes cannot hold header and CRC", "hex": wire(bytes(range(1, 11))), "error": "too_short"},
-        {
-            "name": "error_too_long",
-            "why": "256 decoded bytes",
-            "hex": wire(with_crc(header(messages.LOG, 21) + bytes(237))),
-            "error": "too_long",
-        },
-        {"name": "error_cobs", "why": "code byte 0x09 with only 3 bytes left", "hex": "0901020300", "error": "cobs"},
-        {
-            "name": "error_version",
-            "why": "major version 2 with a valid CRC",
-            "hex": wire(with_crc(header(messages.LOG, 22, version=0x20) + b"\xa0")),
-            "error": "version",
-        },
-        {
-            "name": "error_type",
-            "why": "type 0x7f is not defined in 1.x",
-            "hex": wire(with_crc(header(0x7F, 23) + b"\xa0")),
-            "error": "type",
-        },
-        {
-            "name": "error_auth",
-            "why": "F_AUTH set, no key",
-            "hex": wire(header(messages.LOG, 24, flags=fr.F_AUTH) + b"\xa0" + bytes(8)),
-            "error": "auth",
-        },
-        {
-            "name": "error_cbor_truncated",
-            "why": "map of 2 pairs with one present",
-            "hex": wire(with_crc(header(messages.LOG, 25) + bytes.fromhex("a20004"))),
-            "error": "cbor",
-        },
-        {
-            "name": "error_cbor_trailing",
-            "why": "bytes after the payload map",
-            "hex": wire(with_crc(header(messages.LOG, 26) + bytes.fromhex("a0a0"))),
-            "error": "cbor",
-        },
-        {
-            "name": "error_cbor_indefinite",
-            "why": "indefinite-length map",
-            "hex": wire(with_crc(header(messages.LOG, 27) + bytes.fromhex("bf0004ff"))),
-            "error": "cbor",
-        },
-        {
-            "name": "error_cbor_tag",
-            "why": "tag 1 (epoch time) is not accepted",
-            "hex": wire(with_crc(header(messages.READINGS, 28) + bytes.fromhex("a200c11a6afd0a800180"))),
-            "error": "cbor",
-        },
-        {
-            "name": "error_cbor_huge_count",
-            "why": "array claims 2**32-1 items",
-            "hex": wire(with_crc(header(messages.ACK, 29, flags=DOWN) + bytes.fromhex("a1009affffffff"))),
-            "error": "cbor",
-        },
-        {
-            "name": "error_limit_depth",
-            "why": "nesting deeper than 8",
-            "hex": wire(with_crc(header(messages.COMMAND, 30, flags=DOWN) + bytes.fromhex("a3000101617802a16161818181818181818101"))),
-            "error": "limit",
-        },
-        {
-            "name": "error_schema_missing",
-            "why": "READINGS without samples",
-            "hex": wire(with_crc(header(messages.READINGS, 31) + bytes.fromhex("a1001a6afd0a80"))),
-            "error": "schema",
-        },
-        {
-            "name": "error_schema_triples",
-            "why": "4 sample items: not a multiple of 3",
-            "hex": wire(with_crc(header(messages.READINGS, 32) + bytes.fromhex("a1018400010200"))),
-            "error": "schema",
-        },
-        {
-            "name": "error_schema_type",
-            "why": "LOG.text is a number",
-            "hex": wire(with_crc(header(messages.LOG, 33) + bytes.fromhex("a2000401182a"))),
-            "error": "schema",
-        },
+    rows = [
+        ("error_crc", "one payload bit flipped, CRC unchanged", wire(bytes(flipped)), "crc"),
+        ("error_too_short", "10 bytes cannot hold header and CRC", wire(bytes(range(1, 11))), "too_short"),
+        ("error_too_long", "256 decoded bytes", framed(messages.LOG, 21, "00" * 237), "too_long"),
+        ("error_cobs", "code byte 0x09 with only 3 bytes left", "0901020300", "cobs"),
+        ("error_version", "major version 2 with a valid CRC", framed(messages.LOG, 22, "a0", version=0x20), "version"),
+        ("error_type", "type 0x7f is not defined in 1.x", framed(0x7F, 23, "a0"), "type"),
+        ("error_auth", "F_AUTH set, no key", wire(header(messages.LOG, 24, flags=fr.F_AUTH) + b"\xa0" + bytes(8)), "auth"),
+        ("error_cbor_truncated", "map of 2 pairs with one present", framed(messages.LOG, 25, "a20004"), "cbor"),
+        ("error_cbor_trailing", "bytes after the payload map", framed(messages.LOG, 26, "a0a0"), "cbor"),
+        ("error_cbor_indefinite", "indefinite-length map", framed(messages.LOG, 27, "bf0004ff"), "cbor"),
+        ("error_cbor_tag", "tag 1 (epoch time) is not accepted", framed(messages.READINGS, 28, "a200c11a6afd0a800180"), "cbor"),
+        ("error_cbor_huge_count", "array claims 2**32-1 items", framed(messages.ACK, 29, "a1009affffffff", flags=DOWN), "cbor"),
+        (
+            "error_limit_depth",
+            "nesting deeper than 8",
+            framed(messages.COMMAND, 30, "a3000101617802a16161818181818181818101", DOWN),
+            "limit",
+        ),
+        ("error_schema_missing", "READINGS without samples", framed(messages.READINGS, 31, "a1001a6afd0a80"), "schema"),
+        ("error_schema_triples", "4 sample items: not a multiple of 3", framed(messages.READINGS, 32, "a1018400010200"), "schema"),
+        ("error_schema_type", "LOG.text is a number", framed(messages.LOG, 33, "a2000401182a"), "schema"),
     ]
+    return [{"name": name, "why": why, "hex": hex_text, "error": reason} for name, why, hex_text, reason in rows]
 
 
 def decode_only_vectors() -> list[dict]:
     """Accepted input that the encoder never produces: forward-compatible extensions."""
-    unknown_key = with_crc(header(messages.LOG, 40) + bytes.fromhex("a30006016268691818646b6e6577"))
-    minor = with_crc(header(messages.LOG, 41, version=0x13) + bytes.fromhex("a200060162686a"))
-    flushed = "0000" + wire(with_crc(header(messages.LOG, 42) + bytes.fromhex("a200060162686b")))
-    out = []
-    for name, raw_hex, why in (
-        ("unknown_key_ignored", wire(unknown_key), "key 24 is unknown to 1.0 and ignored"),
-        ("minor_version_accepted", wire(minor), "version 1.3 is read as 1.x"),
-        ("leading_delimiters", flushed, "empty frames before a frame are skipped"),
-    ):
-        out.append({"name": name, "why": why, "hex": raw_hex})
-    return out
+    rows = [
+        ("unknown_key_ignored", "key 24 is unknown to 1.0 and ignored", framed(messages.LOG, 40, "a30006016268691818646b6e6577")),
+        ("minor_version_accepted", "version 1.3 is read as 1.x", framed(messages.LOG, 41, "a200060162686a", version=0x13)),
+        ("leading_delimiters", "empty frames before a frame are skipped", "0000" + framed(messages.LOG, 42, "a200060162686b")),
+    ]
+    return [{"name": name, "why": why, "hex": hex_text} for name, why, hex_text in rows]
 
 
 def main() -> None:
