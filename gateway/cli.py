@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from protocols import ProtocolError, StreamDecoder
 
-from . import __version__
+from . import __version__, config
 from .render import describe_message
 
 
@@ -42,6 +42,27 @@ def do_decode(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def do_config_check(args: argparse.Namespace) -> int:
+    """Validate a configuration file without running anything."""
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as error:
+        raise CommandError(error.report()) from None
+    tls = "TLS" if cfg.mqtt.tls else "plain"
+    print("%s: ok" % args.config)
+    print("  gateway %s, data in %s" % (cfg.gateway_id, cfg.data_dir))
+    print("  buffer up to %d bytes, when full: %s" % (cfg.max_bytes, cfg.when_full))
+    print(
+        "  broker %s:%d (%s, MQTT %s, QoS %d), topics under %s/%s/"
+        % (cfg.mqtt.host, cfg.mqtt.port, tls, cfg.mqtt.protocol, cfg.mqtt.qos, cfg.mqtt.topic_prefix, cfg.gateway_id)
+    )
+    for entry in cfg.serial:
+        print("  serial %s at %d baud" % (entry.port, entry.baud))
+    if not cfg.serial:
+        print("  no [[serial]] ports: the gateway will only forward what is already buffered")
+    return 0
+
+
 def do_demo(args: argparse.Namespace) -> int:
     print("edgegw demo: the live view arrives with the gateway and the node emulator (issues 3-5).")
     print("What exists today: the wire protocol; try `edgegw decode` on a frame from protocols/vectors/vectors.json.")
@@ -50,6 +71,7 @@ def do_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "decode": (do_decode, "decode protocol frames given as hex"),
+    "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
     "demo": (do_demo, "run the local demonstration"),
 }
 
@@ -62,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == "decode":
             command.add_argument("hex", nargs="+", help="frame bytes in hex, delimiter optional")
+        elif name == "config":
+            command.add_argument("action", choices=["check"], help="what to do with the file")
+            command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
     return parser
 
 

@@ -1,0 +1,235 @@
+"""The durable offline buffer: one SQLite database (WAL) in data_dir.
+
+One row per node batch (an MQTT message ready to publish), not per reading, so
+a commit of many frames is one short transaction. A row is written before its
+frame is acknowledged to the node, and deleted only after the broker
+acknowledged its publish. Each node's duplicate window is stored in the same
+transaction as the batches it admitted, so suppression survives restarts.
+
+This class is synchronous and not thread-safe; the agent runs it on one
+dedicated thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "buffer.sqlite3"
+ROW_OVERHEAD = 40  # bytes SQLite spends per batch row beyond the payload, for the budget
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    readings INTEGER NOT NULL,
+    received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    highest INTEGER NOT NULL,
+    seen BLOB NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS totals (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The buffer cannot be used (disk full, read-only, unreadable); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    topic: str
+    payload: bytes
+    readings: int
+    received: float
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    id: int
+    topic: str
+    payload: bytes
+    readings: int
+
+
+@dataclass(frozen=True)
+class WindowState:
+    highest: int
+    seen: int
+
+
+class Store:
+    def __init__(self, data_dir: Path, max_bytes: int) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self.max_bytes = max_bytes
+        try:
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError("cannot create data_dir %s: %s" % (data_dir, error.strerror)) from None
+        self.moved_aside: Path | None = None
+        self._db = self._open_checked()
+        self._bytes, self._rows = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM batches").fetchone()
+
+    # ------------------------------------------------------------ opening
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed transaction survives power loss, not just a crash.
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _open_checked(self) -> sqlite3.Connection:
+        """Open the database; one that fails its integrity check is moved aside and replaced."""
+        try:
+            db = self._connect()
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict == "ok":
+                return db
+            db.close()
+            reason = verdict
+        except sqlite3.DatabaseError as error:
+            if "disk is full" in str(error) or "readonly" in str(error):
+                raise StoreError("cannot open %s: %s" % (self.path, error)) from None
+            reason = str(error)
+        aside = self.path.with_name("%s.corrupt-%d" % (self.path.name, int(time.time())))
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                source.rename(Path(str(aside) + suffix))
+        self.moved_aside = aside
+        log.error("buffer database %s failed its integrity check (%s); moved aside to %s, starting a fresh one", self.path, reason, aside)
+        return self._connect()
+
+    def close(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+    # ------------------------------------------------------------ windows
+
+    def load_windows(self) -> dict[str, WindowState]:
+        rows = self._db.execute("SELECT node, highest, seen FROM nodes").fetchall()
+        return {node: WindowState(highest, int.from_bytes(seen, "big")) for node, highest, seen in rows}
+
+    # ------------------------------------------------------------ writing
+
+    @property
+    def used_bytes(self) -> int:
+        """Payload bytes buffered plus a per-row allowance: what max_bytes is compared with."""
+        return int(self._bytes + ROW_OVERHEAD * self._rows)
+
+    def room_for(self, batches: Iterable[Batch]) -> bool:
+        need = sum(len(b.payload) + ROW_OVERHEAD for b in batches)
+        return self.used_bytes + need <= self.max_bytes
+
+    def commit(self, batches: list[Batch], windows: dict[str, WindowState]) -> list[int]:
+        """Store batches and the windows that admitted them in one durable transaction; return the row ids."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            ids = []
+            for batch in batches:
+                cursor = db.execute(
+                    "INSERT INTO batches (topic, payload, readings, received) VALUES (?, ?, ?, ?)",
+                    (batch.topic, batch.payload, batch.readings, batch.received),
+                )
+                ids.append(int(cursor.lastrowid or 0))
+            db.executemany(
+                "INSERT INTO nodes (node, highest, seen) VALUES (?, ?, ?)"
+                " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen",
+                [(node, state.highest, state.seen.to_bytes(8, "big")) for node, state in windows.items()],
+            )
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError("cannot write the buffer %s: %s" % (self.path, error)) from None
+        self._bytes += sum(len(b.payload) for b in batches)
+        self._rows += len(batches)
+        return ids
+
+    def save_node_info(self, node: str, info_json: str) -> None:
+        self._db.execute(
+            "INSERT INTO nodes (node, highest, seen, info) VALUES (?, -1, zeroblob(8), ?)"
+            " ON CONFLICT(node) DO UPDATE SET info=excluded.info",
+            (node, info_json),
+        )
+
+    def node_info(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT node, info FROM nodes").fetchall())
+
+    # ------------------------------------------------------------ forwarding
+
+    def oldest(self, limit: int, after_id: int = 0) -> list[StoredBatch]:
+        rows = self._db.execute(
+            "SELECT id, topic, payload, readings FROM batches WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ).fetchall()
+        return [StoredBatch(*row) for row in rows]
+
+    def delete(self, ids: list[int]) -> None:
+        """Forget batches the broker acknowledged."""
+        if not ids:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        freed = 0
+        removed = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            row = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM batches WHERE id IN (%s)" % marks, chunk).fetchone()
+            freed += row[0]
+            removed += row[1]
+            db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, chunk)
+        db.execute("COMMIT")
+        self._bytes -= freed
+        self._rows -= removed
+
+    def evict_oldest(self, need_bytes: int) -> tuple[int, int]:
+        """Drop the oldest batches until need_bytes more fit; return (batches, readings) dropped."""
+        dropped_batches = 0
+        dropped_readings = 0
+        while self._rows and self.used_bytes + need_bytes > self.max_bytes:
+            rows = self._db.execute("SELECT id, LENGTH(payload), readings FROM batches ORDER BY id LIMIT 256").fetchall()
+            ids = []
+            for row_id, size, readings in rows:
+                ids.append(row_id)
+                dropped_batches += 1
+                dropped_readings += readings
+                self._bytes -= size
+                self._rows -= 1
+                if self.used_bytes + need_bytes <= self.max_bytes:
+                    break
+            marks = ",".join("?" * len(ids))
+            self._db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, ids)
+        if dropped_readings:
+            self._add_total("dropped_readings", dropped_readings)
+        return dropped_batches, dropped_readings
+
+    def _add_total(self, name: str, amount: int) -> None:
+        self._db.execute(
+            "INSERT INTO totals (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, amount),
+        )
+
+    def total(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM totals WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def pending_batches(self) -> int:
+        return int(self._rows)
