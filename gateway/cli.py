@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -63,6 +65,26 @@ def do_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def do_run(args: argparse.Namespace) -> int:
+    """Run the gateway in the foreground until SIGTERM or SIGINT."""
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as error:
+        raise CommandError(error.report()) from None
+    logging.basicConfig(
+        level=args.log_level.upper() if args.log_level else cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from .agent import Agent
+    from .store import StoreError
+
+    try:
+        return asyncio.run(Agent(cfg).run())
+    except StoreError as error:
+        raise CommandError(str(error)) from None
+
+
 def do_demo(args: argparse.Namespace) -> int:
     print("edgegw demo: the live view arrives with the gateway and the node emulator (issues 3-5).")
     print("What exists today: the wire protocol; try `edgegw decode` on a frame from protocols/vectors/vectors.json.")
@@ -71,6 +93,7 @@ def do_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "decode": (do_decode, "decode protocol frames given as hex"),
+    "run": (do_run, "run the gateway: edgegw run --config PATH"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
     "demo": (do_demo, "run the local demonstration"),
 }
@@ -84,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == "decode":
             command.add_argument("hex", nargs="+", help="frame bytes in hex, delimiter optional")
+        elif name == "run":
+            command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
+            command.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides [gateway] log_level")
         elif name == "config":
             command.add_argument("action", choices=["check"], help="what to do with the file")
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")

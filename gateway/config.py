@@ -48,6 +48,7 @@ class MqttConfig:
     protocol: str = "5"
     keepalive: int = 30
     inflight: int = 64
+    reconnect_max: int = 60
     username: str | None = None
     password_file: str | None = None
     password_env: str | None = None
@@ -126,6 +127,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "protocol": (_choice("5", "3.1.1"), "5"),
         "keepalive": (_int_range(5, 3600), 30),
         "inflight": (_int_range(1, 1000), 64),
+        "reconnect_max": (_int_range(1, 3600), 60),
         "username": (_TEXT, None),
         "password_file": (_PATH, None),
         "password_env": (_TEXT, None),

@@ -72,6 +72,8 @@ class WindowState:
 
 
 class Store:
+    """The buffer database; see the module docstring for the rules it keeps."""
+
     def __init__(self, data_dir: Path, max_bytes: int) -> None:
         self.path = Path(data_dir) / DB_NAME
         self.max_bytes = max_bytes
@@ -225,6 +227,16 @@ class Store:
             "INSERT INTO totals (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             (name, amount),
         )
+
+    def reserve(self, name: str, block: int) -> int:
+        """Write-ahead a block of a persistent counter: return its start; the next call starts after it."""
+        start = self.total(name)
+        self._add_total(name, block)
+        return start
+
+    def max_id(self) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()
+        return int(row[0])
 
     def total(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM totals WHERE name = ?", (name,)).fetchone()

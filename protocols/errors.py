@@ -17,6 +17,7 @@ E_LIMIT = const(8)  # a CBOR nesting, count or size limit was exceeded
 E_SCHEMA = const(9)  # well-formed CBOR, but a required field is missing or has the wrong type
 E_AUTH = const(10)  # authenticated frame, and no key to check it (or the tag does not match)
 E_STALE = const(11)  # frame counter far behind the receiver's window: replay or lost node state
+E_UNKNOWN_NODE = const(12)  # READINGS from a node whose HELLO the receiver does not have
 
 REASONS = {
     E_COBS: "cobs",
@@ -30,6 +31,7 @@ REASONS = {
     E_SCHEMA: "schema",
     E_AUTH: "auth",
     E_STALE: "stale",
+    E_UNKNOWN_NODE: "unknown_node",
 }
 
 

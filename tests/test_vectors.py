@@ -50,8 +50,8 @@ def test_vectors_cover_every_message_type_and_error() -> None:
     decoded_types = {v["message"]["type"] for v in FRAME_VECTORS if "message" in v}
     assert decoded_types == set(messages.NAMES.values())
     error_reasons = {v["error"] for v in FRAME_VECTORS if "error" in v}
-    # E_STALE is a session decision, not a decoding one: it has no frame vector.
-    assert error_reasons == set(errors.REASONS.values()) - {"stale"}
+    # stale and unknown_node are session decisions, not decoding ones: no frame vector.
+    assert error_reasons == set(errors.REASONS.values()) - {"stale", "unknown_node"}
 
 
 CPYTHON_RESULTS = run_all(VECTORS)

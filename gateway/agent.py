@@ -1,0 +1,181 @@
+"""The supervisor: builds the layers, runs them, and stops them in the right order.
+
+serial ports -> sessions -> committer -> store (disk) -> forwarder -> uplink (MQTT)
+
+Stopping (SIGTERM/SIGINT): close the ports (no new frames), let the committer
+finish what it holds, flush deletions of acknowledged rows, say "offline" on the
+status topic, disconnect, and close the database cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from typing import Any
+
+from . import __version__
+from .committer import CommitResult, Committer
+from .config import Config
+from .forwarder import Forwarder
+from .serial_link import PortManager
+from .sessions import Sessions
+from .store import Store
+from .store_worker import StoreWorker
+from .uplink import Uplink, UplinkEvents
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 60.0
+DOWNLINK_BLOCK = 65536  # downlink counters reserved on disk at a time (SPEC.md §4.1)
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.status_topic = "%s/%s/status" % (config.mqtt.topic_prefix, config.gateway_id)
+        self._stop = asyncio.Event()
+        self._downlink_next = 0
+        self._downlink_limit = 0
+        self._reserving = False
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _status(self, state: str) -> bytes:
+        document: dict[str, Any] = {"state": state, "gateway_id": self.config.gateway_id, "version": __version__}
+        if state == "online":
+            document.update(
+                uptime_s=int(time.time() - self.started),
+                started=int(self.started),
+                nodes=len(self.sessions.nodes),
+                buffered_batches=self.worker.store.pending_batches,
+                ports={link.path: {"frames": link.frames, "errors": dict(link.errors)} for link in self.ports.links()},
+            )
+        return json.dumps(document).encode()
+
+    def _next_downlink(self) -> int:
+        counter = self._downlink_next
+        self._downlink_next += 1
+        if self._downlink_next >= self._downlink_limit - DOWNLINK_BLOCK // 2 and not self._reserving:
+            self._reserving = True
+            asyncio.get_running_loop().create_task(self._reserve_downlink())
+        return counter & 0xFFFFFFFF
+
+    async def _reserve_downlink(self) -> None:
+        start = await self.worker.call(self.worker.store.reserve, "downlink_counter", DOWNLINK_BLOCK)
+        self._downlink_limit = start + DOWNLINK_BLOCK
+        self._reserving = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        store = await loop.run_in_executor(None, Store, cfg.data_dir, cfg.max_bytes)
+        self.worker = StoreWorker(store)
+        self._downlink_next = await self.worker.call(store.reserve, "downlink_counter", DOWNLINK_BLOCK)
+        self._downlink_limit = self._downlink_next + DOWNLINK_BLOCK
+        self._reserving = False
+        windows = await self.worker.call(store.load_windows)
+        infos = await self.worker.call(store.node_info)
+
+        events = UplinkEvents(connected=self._connected, disconnected=self._disconnected, published=self._published, message=self._command)
+        self.uplink = Uplink(
+            cfg.mqtt, cfg.gateway_id, self.status_topic, self._status("offline"), events, loop, reconnect_max_s=cfg.mqtt.reconnect_max
+        )
+        self.uplink.subscriptions = ["%s/%s/nodes/+/config/set" % (cfg.mqtt.topic_prefix, cfg.gateway_id)]
+        self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight)
+        self.committer = Committer(self.worker, cfg.when_full, self._committed)
+        self.sessions = Sessions(
+            cfg.gateway_id,
+            cfg.mqtt.topic_prefix,
+            self.committer,
+            self._next_downlink,
+            self.forwarder.retained,
+            self._save_info,
+        )
+        self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
+        self.ports = PortManager(cfg.serial, self.sessions)
+
+        tasks = [
+            loop.create_task(self.committer.run(), name="committer"),
+            loop.create_task(self.forwarder.run(), name="forwarder"),
+            loop.create_task(self._status_loop(), name="status"),
+        ]
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        self.uplink.start()
+        self.ports.start()
+        log.info(
+            "edgegw %s running as %s: %d buffered batches, %d known nodes, %d serial pattern(s)",
+            __version__,
+            cfg.gateway_id,
+            store.pending_batches,
+            len(self.sessions.nodes),
+            len(cfg.serial),
+        )
+        failed = await self._wait(tasks)
+
+        log.info("stopping: closing ports, committing what is in flight")
+        await self.ports.stop()
+        await self.committer.drain()
+        await self.forwarder.flush()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await loop.run_in_executor(None, lambda: self.uplink.stop(self.status_topic, self._status("offline")))
+        await loop.run_in_executor(None, self.worker.close)
+        log.info("stopped cleanly")
+        return 1 if failed else 0
+
+    async def _wait(self, tasks: list[asyncio.Task[None]]) -> bool:
+        """Until a stop is requested or a task dies (a bug): then report which."""
+        stopper = asyncio.get_running_loop().create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("internal task %s failed", task.get_name(), exc_info=task.exception())
+                return True
+        return False
+
+    # ------------------------------------------------------------ callbacks
+
+    def _save_info(self, node: str, info: str) -> None:
+        asyncio.get_running_loop().create_task(self.worker.call(self.worker.store.save_node_info, node, info))
+
+    def _committed(self, result: CommitResult) -> None:
+        self.sessions.committed(result)
+        self.forwarder.live([row for _pending, row in result.committed])
+
+    def _connected(self) -> None:
+        self.forwarder.connected()
+        self.forwarder.retained(self.status_topic, self._status("online"))
+
+    def _disconnected(self) -> None:
+        self.forwarder.disconnected()
+
+    def _published(self, mid: int, accepted: bool, reason: str) -> None:
+        self.forwarder.puback(mid, accepted, reason)
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        """`{prefix}/{gw}/nodes/{node}/config/set` with a JSON object: forwarded as CONFIG set."""
+        parts = topic.split("/")
+        try:
+            values = json.loads(payload)
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            log.warning("ignoring %s: payload is not a JSON object (%s)", topic, error)
+            return
+        node = parts[-3]
+        if not self.sessions.send_config(node, values):
+            log.warning("ignoring %s: node %s is not connected", topic, node)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            if self.uplink.connected:
+                self.forwarder.retained(self.status_topic, self._status("online"))

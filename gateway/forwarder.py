@@ -1,0 +1,159 @@
+"""Buffer -> broker: an inflight window of QoS 1 publishes, live data first, backlog behind it.
+
+A row leaves the buffer only when the broker's PUBACK for it arrives. On every
+(re)connect the rows already buffered form the backlog, read oldest first in
+chunks; rows committed while connected go to the live queue, which is served
+before the backlog whenever a slot in the window frees up. Latest-value retained
+messages (status topics) are not buffered: the newest one per topic is sent when
+connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from .senml import CONTENT_TYPE
+from .store import StoredBatch
+from .store_worker import StoreWorker
+from .uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+BACKLOG_CHUNK = 2000
+DELETE_EVERY = 500  # acknowledged rows collected before one delete transaction
+DELETE_AFTER_S = 0.2  # ... or after this long
+
+
+class Forwarder:
+    def __init__(self, worker: StoreWorker, uplink: Uplink, qos: int, window: int) -> None:
+        self._worker = worker
+        self._uplink = uplink
+        self._qos = qos
+        self._window = window
+        self._inflight: dict[int, int] = {}  # mid -> row id (0 for retained status)
+        self._live: deque[StoredBatch] = deque()
+        self._backlog: deque[StoredBatch] = deque()
+        self._backlog_cursor = 0
+        self._backlog_end = 0
+        self._backlog_done = True
+        self._retained: dict[str, bytes] = {}
+        self._acked: list[int] = []
+        self._refused: set[int] = set()
+        self._wake = asyncio.Event()
+        self._epoch = 0
+        self.published = 0
+        self.backlog_remaining = 0
+
+    # ------------------------------------------------------------ events (event loop)
+
+    def connected(self) -> None:
+        self._epoch += 1
+        self._inflight.clear()
+        self._live.clear()
+        self._backlog.clear()
+        self._refused.clear()
+        self._backlog_cursor = 0
+        self._backlog_end = -1  # set by the pump once it has asked the store
+        self._backlog_done = False
+        self._wake.set()
+
+    def disconnected(self) -> None:
+        self._inflight.clear()
+        self._live.clear()
+        self._backlog.clear()
+        self._backlog_done = True
+
+    def live(self, rows: list[StoredBatch]) -> None:
+        if self._uplink.connected:
+            self._live.extend(rows)
+            self._wake.set()
+
+    def retained(self, topic: str, payload: bytes) -> None:
+        self._retained[topic] = payload
+        self._wake.set()
+
+    def puback(self, mid: int, accepted: bool, reason: str) -> None:
+        row_id = self._inflight.pop(mid, None)
+        if row_id is None:
+            return
+        if row_id:
+            if accepted:
+                self._acked.append(row_id)
+                self.published += 1
+            else:
+                self._refused.add(row_id)
+                log.error("the broker refused a readings publish (%s); the batch stays buffered until the next connection", reason)
+        self._wake.set()
+
+    # ------------------------------------------------------------ pump
+
+    async def run(self) -> None:
+        last_delete = asyncio.get_running_loop().time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DELETE_AFTER_S)
+            self._wake.clear()
+            now = asyncio.get_running_loop().time()
+            if self._acked and (len(self._acked) >= DELETE_EVERY or now - last_delete >= DELETE_AFTER_S):
+                acked, self._acked = self._acked, []
+                await self._worker.call(self._worker.store.delete, acked)
+                last_delete = now
+            if self._uplink.connected:
+                await self._fill()
+
+    async def _fill(self) -> None:
+        epoch = self._epoch
+        if self._backlog_end < 0:
+            self._backlog_end = await self._worker.call(self._worker.store.max_id)
+            if epoch != self._epoch:
+                return
+        while self._retained and self._uplink.connected:
+            topic, payload = self._retained.popitem()
+            mid = self._uplink.publish(topic, payload, qos=1, retain=True)
+            if mid is not None:
+                self._inflight[mid] = 0
+        while len(self._inflight) < self._window and self._uplink.connected:
+            row = self._next_row()
+            if row is None:
+                if self._backlog_done:
+                    return
+                await self._read_backlog()
+                if epoch != self._epoch:
+                    return
+                continue
+            mid = self._uplink.publish(row.topic, row.payload, self._qos, content_type=CONTENT_TYPE)
+            if mid is None:
+                return
+            self._inflight[mid] = row.id
+
+    def _next_row(self) -> StoredBatch | None:
+        if self._live:
+            return self._live.popleft()
+        while self._backlog:
+            row = self._backlog.popleft()
+            if row.id not in self._refused:
+                self.backlog_remaining = len(self._backlog)
+                return row
+        return None
+
+    async def _read_backlog(self) -> None:
+        rows = await self._worker.call(self._worker.store.oldest, BACKLOG_CHUNK, self._backlog_cursor)
+        rows = [row for row in rows if row.id <= self._backlog_end]
+        if not rows:
+            self._backlog_done = True
+            return
+        self._backlog_cursor = rows[-1].id
+        self._backlog.extend(rows)
+
+    async def flush(self) -> None:
+        """Delete what the broker acknowledged; used at shutdown."""
+        if self._acked:
+            acked, self._acked = self._acked, []
+            await self._worker.call(self._worker.store.delete, acked)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)

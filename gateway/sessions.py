@@ -1,0 +1,280 @@
+"""Per-node sessions: what each node said, what it may be told, and when it is acknowledged.
+
+HELLO registers a node (and is answered with ACK and TIME), READINGS become
+SenML batches for the committer, duplicates are re-acknowledged without being
+stored twice, and a counter that went backwards is handled as SPEC.md §4.3 says.
+Node info is kept on disk so a restarted gateway still knows every node's channels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols import CounterWindow, Message, ProtocolError, encode, messages, node_hex
+from protocols import errors as perr
+from protocols import frame as fr
+from protocols import window as win
+
+from . import senml
+from .committer import CommitResult, Committer, Pending
+from .serial_link import Link
+from .store import Batch
+
+log = logging.getLogger(__name__)
+
+STATUS_REPUBLISH_S = 60.0  # a node's retained status is refreshed at most this often by readings alone
+_REJECT_REASONS = (perr.E_VERSION, perr.E_TYPE, perr.E_SCHEMA)
+_INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval")
+_STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "snr", "dropped", "retransmits", "rx_errors", "heap_peak")
+
+
+@dataclass
+class Node:
+    node_id: bytes
+    window: CounterWindow
+    channels: list[senml.Channel] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    link: Link | None = None
+    last_seen: float = 0.0
+    status_sent_at: float = 0.0
+    waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters in the commit queue -> links to ACK
+    readings: int = 0
+    duplicates: int = 0
+
+    @property
+    def hex(self) -> str:
+        return node_hex(self.node_id)
+
+
+class Sessions:
+    """The LinkHandler for every port: one place that knows every node."""
+
+    def __init__(
+        self,
+        gateway_id: str,
+        topic_prefix: str,
+        committer: Committer,
+        next_downlink_counter: Callable[[], int],
+        publish_retained: Callable[[str, bytes], None],
+        save_info: Callable[[str, str], None],
+    ) -> None:
+        self.topic_base = "%s/%s" % (topic_prefix, gateway_id)
+        self._committer = committer
+        self._next_counter = next_downlink_counter
+        self._publish_retained = publish_retained
+        self._save_info = save_info
+        self.nodes: dict[str, Node] = {}
+        self.rejected: dict[str, int] = {}
+
+    # ------------------------------------------------------------ restoring
+
+    def restore(self, windows: dict[str, tuple[int, int]], infos: dict[str, str]) -> None:
+        for node_hex_id, (highest, seen) in windows.items():
+            self._node(bytes.fromhex(node_hex_id)).window = CounterWindow(highest, seen)
+        for node_hex_id, text in infos.items():
+            node = self._node(bytes.fromhex(node_hex_id))
+            try:
+                info = json.loads(text)
+            except ValueError:
+                continue
+            if "channels" in info:
+                node.channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in info["channels"]]
+                node.info = info
+
+    def _node(self, node_id: bytes) -> Node:
+        key = node_hex(node_id)
+        node = self.nodes.get(key)
+        if node is None:
+            node = self.nodes[key] = Node(node_id, CounterWindow())
+        return node
+
+    # ------------------------------------------------------------ LinkHandler
+
+    def message(self, link: Link, message: Message) -> None:
+        if message.flags & fr.F_DOWNLINK:
+            return  # our own kind of frame echoed back: not for us
+        node = self._node(message.node_id)
+        node.link = link
+        node.last_seen = time.time()
+        if message.type == messages.HELLO:
+            self._hello(node, link, message)
+            return
+        if message.type == messages.ACK:
+            return  # acknowledgements of our downlink frames: nothing is kept waiting for them yet
+        verdict = node.window.check(message.counter)
+        if verdict == win.STALE:
+            log.warning(
+                "node %s: counter went backwards from %d to %d; rejected until the node says HELLO",
+                node.hex,
+                node.window.highest,
+                message.counter,
+            )
+            self._reject(link, node, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest))
+            return
+        if message.type == messages.READINGS:
+            self._readings(node, link, message, verdict)
+            return
+        if verdict == win.NEW:
+            node.window.accept(message.counter)  # not a stored frame: no durability to wait for
+            self._other(node, link, message)
+        if message.flags & fr.F_ACK_REQ:
+            self._ack(link, node, [message.counter])
+
+    def bad_frame(self, link: Link, error: ProtocolError) -> None:
+        if error.node_id is None or error.code not in _REJECT_REASONS:
+            return
+        node = self._node(error.node_id)
+        reject = Message(
+            messages.REJECT,
+            node.node_id,
+            self._next_counter(),
+            {"reason": error.code, "detail": error.detail[:80], "counter": error.counter or 0},
+            fr.F_DOWNLINK,
+        )
+        link.send(encode(reject))
+
+    # ------------------------------------------------------------ messages
+
+    def _hello(self, node: Node, link: Link, message: Message) -> None:
+        verdict = node.window.check(message.counter)
+        if verdict == win.STALE:
+            log.warning(
+                "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
+            )
+            node.window.reset(message.counter)
+        elif verdict == win.NEW:
+            node.window.accept(message.counter)
+        fields = message.fields
+        node.channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
+        node.info = {key: fields[key] for key in _INFO_FIELDS if key in fields}
+        node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in node.channels]
+        if verdict != win.DUPLICATE:
+            log.info(
+                "node %s: HELLO on %s, firmware %s on %s, channels %s",
+                node.hex,
+                link.path,
+                fields["fw_version"],
+                fields["hw_model"],
+                ", ".join("%s[%s]" % (c.name, c.unit) for c in node.channels) or "none",
+            )
+        self._save_info(node.hex, json.dumps(node.info))
+        self._ack(link, node, [message.counter])
+        self.send_time(link, node)
+        self._publish_status(node, force=True)
+
+    def _readings(self, node: Node, link: Link, message: Message, verdict: int) -> None:
+        counter = message.counter
+        if counter in node.waiting:
+            node.waiting[counter].append(link)  # a retransmission of a frame on its way to disk
+            return
+        if verdict == win.DUPLICATE:
+            node.duplicates += 1
+            self._ack(link, node, [counter])
+            return
+        if node.channels is None:
+            self._reject(link, node, message, perr.E_UNKNOWN_NODE, "no HELLO from this node; send HELLO")
+            return
+        samples = message.fields["samples"]
+        for index in range(0, len(samples), 3):
+            if samples[index] >= len(node.channels):
+                self._reject(
+                    link, node, message, perr.E_SCHEMA, "channel %d not in HELLO (%d channels)" % (samples[index], len(node.channels))
+                )
+                return
+        base_time = message.fields.get("base_time")
+        if base_time is None:
+            base_time = round(time.time(), 3)
+        payload = senml.pack(node.hex, node.channels, samples, base_time)
+        batch = Batch("%s/nodes/%s/readings" % (self.topic_base, node.hex), payload, len(samples) // 3, time.time())
+        node.waiting[counter] = [link]
+        self._committer.submit(Pending(node.hex, counter, batch, node.window))
+        if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
+            self._publish_status(node)
+
+    def committed(self, result: CommitResult) -> None:
+        """After a transaction: accept the counters, then ACK them, grouped per link and node."""
+        acks: dict[tuple[int, str], tuple[Link, Node, list[int]]] = {}
+        for pending, _row in result.committed:
+            node = self.nodes[pending.node]
+            node.window.accept(pending.counter)
+            node.readings += pending.batch.readings
+            for link in node.waiting.pop(pending.counter, []):
+                acks.setdefault((id(link), node.hex), (link, node, []))[2].append(pending.counter)
+        for pending in result.refused:
+            self.nodes[pending.node].waiting.pop(pending.counter, None)
+        for link, node, counters in acks.values():
+            self._ack(link, node, counters)
+
+    def _other(self, node: Node, link: Link, message: Message) -> None:
+        fields = message.fields
+        if message.type == messages.STATUS:
+            node.status = {key: fields[key] for key in _STATUS_FIELDS if key in fields}
+            self._publish_status(node, force=True)
+        elif message.type == messages.TIME and "unix" not in fields:
+            self.send_time(link, node)
+        elif message.type == messages.CONFIG and fields["op"] == messages.CONFIG_REPORT:
+            node.info["config"] = fields.get("values", {})
+            if fields.get("errors"):
+                log.warning("node %s: config not applied: %s", node.hex, fields["errors"])
+            self._save_info(node.hex, json.dumps(node.info))
+            self._publish_status(node, force=True)
+        elif message.type == messages.LOG:
+            level = logging.ERROR if fields["severity"] <= 3 else logging.WARNING if fields["severity"] == 4 else logging.INFO
+            log.log(level, "node %s says: %s", node.hex, fields["text"])
+        elif message.type == messages.REJECT:
+            log.warning(
+                "node %s rejected our frame %s: %s %s",
+                node.hex,
+                fields.get("counter"),
+                perr.REASONS.get(fields["reason"], fields["reason"]),
+                fields.get("detail", ""),
+            )
+        elif message.type == messages.COMMAND_RESULT:
+            self._publish_retained("%s/nodes/%s/command_result" % (self.topic_base, node.hex), json.dumps(fields, default=repr).encode())
+        else:
+            log.info("node %s: %s not handled by this gateway", node.hex, message.name)
+
+    # ------------------------------------------------------------ replies
+
+    def _send(self, link: Link, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> None:
+        link.send(encode(Message(mtype, node.node_id, self._next_counter(), fields, fr.F_DOWNLINK | flags)))
+
+    def _ack(self, link: Link, node: Node, counters: list[int]) -> None:
+        for start in range(0, len(counters), messages.MAX_ACKS):
+            self._send(link, node, messages.ACK, {"counters": counters[start : start + messages.MAX_ACKS]})
+
+    def _reject(self, link: Link, node: Node, message: Message, code: int, detail: str) -> None:
+        self.rejected[perr.REASONS[code]] = self.rejected.get(perr.REASONS[code], 0) + 1
+        self._send(link, node, messages.REJECT, {"reason": code, "detail": detail, "counter": message.counter, "type": message.type})
+
+    def send_time(self, link: Link, node: Node) -> None:
+        now = time.time()
+        self._send(link, node, messages.TIME, {"unix": int(now), "ms": int(now * 1000) % 1000})
+
+    def send_config(self, node_hex_id: str, values: dict[str, Any]) -> bool:
+        node = self.nodes.get(node_hex_id)
+        if node is None or node.link is None:
+            return False
+        self._send(node.link, node, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values}, fr.F_ACK_REQ)
+        return True
+
+    def _publish_status(self, node: Node, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - node.status_sent_at < STATUS_REPUBLISH_S:
+            return
+        node.status_sent_at = now
+        document = {
+            "node_id": node.hex,
+            "last_seen": round(node.last_seen, 3),
+            "port": node.link.path if node.link else None,
+            **{key: value for key, value in node.info.items() if key != "channels"},
+            "channels": node.info.get("channels", []),
+            **node.status,
+        }
+        self._publish_retained("%s/nodes/%s/status" % (self.topic_base, node.hex), json.dumps(document).encode())

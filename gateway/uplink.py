@@ -1,0 +1,176 @@
+"""MQTT connection: one paho-mqtt client driven by its own network thread.
+
+The thread connects, runs paho's loop, and on any loss waits a jittered
+exponential backoff before the next attempt ("full jitter": uniform between 0
+and min(cap, base x 2^attempt)), so hundreds of gateways that lost the same
+broker come back spread out instead of at once. Everything paho reports is
+handed to the event loop with call_soon_threadsafe; publish() may be called from
+the event loop thread (paho's publish is thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 1.0
+STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
+
+
+@dataclass
+class UplinkEvents:
+    """Callbacks run on the event loop."""
+
+    connected: Callable[[], None]
+    disconnected: Callable[[], None]
+    published: Callable[[int, bool, str], None]  # mid, accepted, reason
+    message: Callable[[str, bytes], None]
+
+
+class Uplink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        client_id: str,
+        will_topic: str,
+        will_payload: bytes,
+        events: UplinkEvents,
+        loop: asyncio.AbstractEventLoop,
+        reconnect_max_s: float,
+    ) -> None:
+        self.config = config
+        self._events = events
+        self._loop = loop
+        self._reconnect_max_s = reconnect_max_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.mqtt5 = config.protocol == "5"
+        protocol = MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if self.mqtt5 else True,
+            reconnect_on_failure=False,
+        )
+        self._client.max_inflight_messages_set(config.inflight)
+        self._client.max_queued_messages_set(0)
+        self._client.will_set(will_topic, will_payload, qos=1, retain=True)
+        if config.username:
+            self._client.username_pw_set(config.username, config.password())
+        if config.tls is not None:
+            self._client.tls_set(ca_certs=config.tls.ca_file, certfile=config.tls.cert_file, keyfile=config.tls.key_file)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self.subscriptions: list[str] = []
+        self.last_error = ""
+
+    # ------------------------------------------------------------ control (event loop thread)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, content_type: str | None = None) -> int | None:
+        """Hand a message to paho; the mid, or None when not connected."""
+        if not self.connected:
+            return None
+        properties = None
+        if self.mqtt5 and content_type:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.ContentType = content_type
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    def stop(self, last_topic: str | None = None, last_payload: bytes | None = None, timeout: float = 3.0) -> None:
+        """Publish a last retained message if connected, disconnect, and end the thread."""
+        if self.connected and last_topic is not None and last_payload is not None:
+            info = self._client.publish(last_topic, last_payload, qos=1, retain=True)
+            deadline = time.monotonic() + timeout
+            while not info.is_published() and self.connected and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._stopping.set()
+        self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ network thread
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+            except (OSError, ssl.SSLError, ValueError) as error:
+                self._note_failure("cannot reach the broker %s:%d: %s" % (self.config.host, self.config.port, _reason(error)))
+            else:
+                while not self._stopping.is_set():
+                    if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
+                self._set_connected(False)
+            if self._stopping.is_set():
+                break
+            attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt + 1
+            ceiling = min(self._reconnect_max_s, BACKOFF_BASE_S * 2 ** min(attempt, 16))
+            self._stopping.wait(random.uniform(0.1 * ceiling, ceiling))
+
+    def _note_failure(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("%s; buffering on disk and retrying with backoff", message)
+            self.last_error = message
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self.connected:
+            return
+        self.connected = value
+        self._loop.call_soon_threadsafe(self._events.connected if value else self._events.disconnected)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
+        if reason.is_failure:
+            self._note_failure("the broker %s:%d refused the connection: %s" % (self.config.host, self.config.port, reason))
+            client.disconnect()
+            return
+        log.info("connected to %s:%d (MQTT %s)", self.config.host, self.config.port, self.config.protocol)
+        self.last_error = ""
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self._set_connected(True)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
+        if self.connected and not self._stopping.is_set():
+            log.warning("disconnected from the broker: %s", reason)
+        self._set_connected(False)
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, properties: object) -> None:
+        self._loop.call_soon_threadsafe(self._events.published, mid, not reason.is_failure, str(reason))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self._loop.call_soon_threadsafe(self._events.message, message.topic, bytes(message.payload))
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

@@ -1,0 +1,103 @@
+"""A real mosquitto on a free loopback port that a test can stop, kill and restart (outages)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
+    if found is None:
+        raise BrokerError("mosquitto is not installed: `make test` installs it (apt-get install mosquitto)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Mosquitto:
+    """One broker process; the port stays the same across restarts, so clients can come back."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    "listener %d %s" % (self.port, self.host),
+                    "allow_anonymous true",
+                    "persistence true",
+                    "persistence_location %s/" % self.workdir,
+                    "user %s" % getpass.getuser(),
+                    "max_queued_messages 0",
+                    "max_queued_bytes 0",
+                    "log_dest file %s" % self.log_path,
+                    "",
+                ]
+            )
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise BrokerError("mosquitto exited at start: %s" % err.strip())
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError("mosquitto did not listen on %s:%d within %.0f s" % (self.host, self.port, timeout))
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Graceful stop: sessions and queued messages are saved for the restart."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

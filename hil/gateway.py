@@ -1,0 +1,92 @@
+"""The real `edgegw run` as a subprocess with its own config and data dir; stop, SIGKILL, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class GatewayProcess:
+    def __init__(self, workdir: Path, broker_port: int, serial_ports: list[str], **overrides: object) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.config_path = self.workdir / "edgegw.toml"
+        self.log_path = self.workdir / "gateway.log"
+        self.gateway_id = str(overrides.pop("gateway_id", "gw-test"))
+        settings = {
+            "max_bytes": 200_000_000,
+            "when_full": "drop_oldest",
+            "reconnect_max": 2,
+            "inflight": 64,
+            "protocol": "5",
+        }
+        settings.update(overrides)
+        lines = [
+            "[gateway]",
+            'id = "%s"' % self.gateway_id,
+            'data_dir = "%s"' % self.data_dir,
+            'log_level = "debug"' if settings.pop("debug", False) else 'log_level = "info"',
+            "[buffer]",
+            "max_bytes = %d" % settings["max_bytes"],
+            'when_full = "%s"' % settings["when_full"],
+            "[mqtt]",
+            'host = "127.0.0.1"',
+            "port = %d" % broker_port,
+            'protocol = "%s"' % settings["protocol"],
+            "reconnect_max = %d" % settings["reconnect_max"],
+            "inflight = %d" % settings["inflight"],
+        ]
+        for port in serial_ports:
+            lines += ["[[serial]]", 'port = "%s"' % port]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_handle: object = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self._log_handle = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 15.0, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log()[after:]:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError("gateway exited (%s) while waiting for %r:\n%s" % (self.process.returncode, text, self.log()[-3000:]))
+            time.sleep(0.05)
+        raise AssertionError("gateway log has no %r after %.0f s:\n%s" % (text, timeout, self.log()[-3000:]))
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait: the return code of a clean stop is 0."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
