@@ -48,7 +48,7 @@ typecheck-boards: $(foreach board,$(BOARDS),$(VENV)/stubs/$(board)/.installed)
 lint: $(STAMP) typecheck-boards
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway protocols
+	$(BIN)/mypy gateway protocols hil
 
 test: $(STAMP) mosquitto lint
 	$(BIN)/python -m pytest -q

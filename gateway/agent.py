@@ -121,7 +121,7 @@ class Agent:
         log.info("stopping: closing ports, committing what is in flight")
         await self.ports.stop()
         await self.committer.drain()
-        await self.forwarder.flush()
+        await self.forwarder.settle(timeout=5.0)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

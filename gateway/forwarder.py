@@ -130,8 +130,10 @@ class Forwarder:
             self._inflight[mid] = row.id
 
     def _next_row(self) -> StoredBatch | None:
-        if self._live:
-            return self._live.popleft()
+        while self._live:
+            row = self._live.popleft()
+            if row.id > self._backlog_end:  # older rows were on disk at connect: the backlog has them
+                return row
         while self._backlog:
             row = self._backlog.popleft()
             if row.id not in self._refused:
@@ -148,8 +150,12 @@ class Forwarder:
         self._backlog_cursor = rows[-1].id
         self._backlog.extend(rows)
 
-    async def flush(self) -> None:
-        """Delete what the broker acknowledged; used at shutdown."""
+    async def settle(self, timeout: float) -> None:
+        """Stop handing out rows, wait (bounded) for the PUBACKs in flight, delete what was acknowledged."""
+        self._window = 0
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._inflight and self._uplink.connected and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         if self._acked:
             acked, self._acked = self._acked, []
             await self._worker.call(self._worker.store.delete, acked)

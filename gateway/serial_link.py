@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import glob
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -165,6 +166,10 @@ class PortManager:
 
     async def _open(self, path: str, state: _PortState) -> None:
         loop = asyncio.get_running_loop()
+        if not os.path.exists(path):
+            state.opening = False
+            self._failed(path, state, "not present (cable unplugged or device not enumerated)")
+            return
         try:
             _transport, protocol = await serial_asyncio_fast.create_serial_connection(
                 loop, lambda: Link(path, self.handler, self._lost), path, baudrate=state.config.baud
@@ -188,7 +193,7 @@ class PortManager:
         delay = min(REOPEN_MAX_S, REOPEN_MIN_S * 2 ** min(state.failures - 1, 10))
         state.retry_at = time.monotonic() + delay
         if not state.warned:
-            log.warning("%s: %s; retrying every %.0f s at most, the other ports keep running", path, why, REOPEN_MAX_S)
+            log.warning("%s: %s; retrying (every %.0f s at most), the other ports keep running", path, why, REOPEN_MAX_S)
             state.warned = True
 
     def _lost(self, link: Link, exc: Exception | None) -> None:

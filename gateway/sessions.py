@@ -27,6 +27,7 @@ from .store import Batch
 
 log = logging.getLogger(__name__)
 
+STALE_LOG_INTERVAL_S = 10.0
 STATUS_REPUBLISH_S = 60.0  # a node's retained status is refreshed at most this often by readings alone
 _REJECT_REASONS = (perr.E_VERSION, perr.E_TYPE, perr.E_SCHEMA)
 _INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval")
@@ -46,6 +47,8 @@ class Node:
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters in the commit queue -> links to ACK
     readings: int = 0
     duplicates: int = 0
+    stale: int = 0
+    stale_logged_at: float = -1e9
 
     @property
     def hex(self) -> str:
@@ -109,12 +112,16 @@ class Sessions:
             return  # acknowledgements of our downlink frames: nothing is kept waiting for them yet
         verdict = node.window.check(message.counter)
         if verdict == win.STALE:
-            log.warning(
-                "node %s: counter went backwards from %d to %d; rejected until the node says HELLO",
-                node.hex,
-                node.window.highest,
-                message.counter,
-            )
+            node.stale += 1
+            if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
+                log.warning(
+                    "node %s: counter went backwards from %d to %d (%d such frames); rejected until the node says HELLO",
+                    node.hex,
+                    node.window.highest,
+                    message.counter,
+                    node.stale,
+                )
+                node.stale_logged_at = time.monotonic()
             self._reject(link, node, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest))
             return
         if message.type == messages.READINGS:

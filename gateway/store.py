@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocols.window import WINDOW
+
 log = logging.getLogger(__name__)
 
 DB_NAME = "buffer.sqlite3"
@@ -134,6 +136,10 @@ class Store:
         """Payload bytes buffered plus a per-row allowance: what max_bytes is compared with."""
         return int(self._bytes + ROW_OVERHEAD * self._rows)
 
+    def fill(self) -> float:
+        """used_bytes as a fraction of the budget."""
+        return self.used_bytes / self.max_bytes
+
     def room_for(self, batches: Iterable[Batch]) -> bool:
         need = sum(len(b.payload) + ROW_OVERHEAD for b in batches)
         return self.used_bytes + need <= self.max_bytes
@@ -153,7 +159,7 @@ class Store:
             db.executemany(
                 "INSERT INTO nodes (node, highest, seen) VALUES (?, ?, ?)"
                 " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen",
-                [(node, state.highest, state.seen.to_bytes(8, "big")) for node, state in windows.items()],
+                [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big")) for node, state in windows.items()],
             )
             db.execute("COMMIT")
         except sqlite3.OperationalError as error:

@@ -160,7 +160,8 @@ class Uplink:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
         if self.connected and not self._stopping.is_set():
-            log.warning("disconnected from the broker: %s", reason)
+            why = "connection lost" if reason.value == 0x80 else str(reason)  # paho's "Unspecified error"
+            log.warning("disconnected from the broker: %s", why)
         self._set_connected(False)
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, properties: object) -> None:

@@ -31,7 +31,16 @@ def free_port() -> int:
 class Mosquitto:
     """One broker process; the port stays the same across restarts, so clients can come back."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        users: dict[str, str] | None = None,
+        anonymous: bool = True,
+        tls: tuple[Path, Path, Path] | None = None,
+        require_client_cert: bool = False,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -39,11 +48,27 @@ class Mosquitto:
         self.process: subprocess.Popen[bytes] | None = None
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
+        lines = [
+            "listener %d %s" % (self.port, self.host),
+            "allow_anonymous %s" % ("true" if anonymous else "false"),
+        ]
+        if users:
+            password_file = self.workdir / "passwords"
+            password_file.write_text("")
+            for user, password in users.items():
+                subprocess.run(
+                    [shutil.which("mosquitto_passwd") or "mosquitto_passwd", "-b", str(password_file), user, password], check=True
+                )
+            lines.append("password_file %s" % password_file)
+        if tls:
+            ca, cert, key = tls
+            lines += ["cafile %s" % ca, "certfile %s" % cert, "keyfile %s" % key]
+            if require_client_cert:
+                lines += ["require_certificate true", "use_identity_as_username true"]
         self.config_path.write_text(
             "\n".join(
                 [
-                    "listener %d %s" % (self.port, self.host),
-                    "allow_anonymous true",
+                    *lines,
                     "persistence true",
                     "persistence_location %s/" % self.workdir,
                     "user %s" % getpass.getuser(),

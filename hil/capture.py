@@ -43,7 +43,18 @@ def decode_senml(payload: bytes) -> list[dict[str, Any]]:
 
 
 class MqttCapture:
-    def __init__(self, host: str, port: int, topics: list[str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topics: list[str],
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._topics = topics
@@ -54,7 +65,11 @@ class MqttCapture:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(1, 1)
+        if username:
+            self.client.username_pw_set(username, password)
+        if ca_file:
+            self.client.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
         session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         session.SessionExpiryInterval = 3600  # keep the session (and queue for it) across broker restarts
         self.client.connect(host, port, clean_start=False, properties=session)

@@ -11,35 +11,42 @@ from pathlib import Path
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, broker_port: int, serial_ports: list[str], **overrides: object) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        broker_port: int,
+        serial_ports: list[str],
+        mqtt_extra: list[str] | None = None,
+        *,
+        gateway_id: str = "gw-test",
+        max_bytes: int = 200_000_000,
+        when_full: str = "drop_oldest",
+        reconnect_max: int = 2,
+        inflight: int = 64,
+        protocol: str = "5",
+        debug: bool = False,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "edgegw.toml"
         self.log_path = self.workdir / "gateway.log"
-        self.gateway_id = str(overrides.pop("gateway_id", "gw-test"))
-        settings = {
-            "max_bytes": 200_000_000,
-            "when_full": "drop_oldest",
-            "reconnect_max": 2,
-            "inflight": 64,
-            "protocol": "5",
-        }
-        settings.update(overrides)
+        self.gateway_id = gateway_id
         lines = [
             "[gateway]",
-            'id = "%s"' % self.gateway_id,
+            'id = "%s"' % gateway_id,
             'data_dir = "%s"' % self.data_dir,
-            'log_level = "debug"' if settings.pop("debug", False) else 'log_level = "info"',
+            'log_level = "%s"' % ("debug" if debug else "info"),
             "[buffer]",
-            "max_bytes = %d" % settings["max_bytes"],
-            'when_full = "%s"' % settings["when_full"],
+            "max_bytes = %d" % max_bytes,
+            'when_full = "%s"' % when_full,
             "[mqtt]",
             'host = "127.0.0.1"',
             "port = %d" % broker_port,
-            'protocol = "%s"' % settings["protocol"],
-            "reconnect_max = %d" % settings["reconnect_max"],
-            "inflight = %d" % settings["inflight"],
+            'protocol = "%s"' % protocol,
+            "reconnect_max = %d" % reconnect_max,
+            "inflight = %d" % inflight,
+            *(mqtt_extra or []),
         ]
         for port in serial_ports:
             lines += ["[[serial]]", 'port = "%s"' % port]

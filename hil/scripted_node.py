@@ -12,6 +12,7 @@ from typing import Any
 
 from protocols import Message, ProtocolError, StreamDecoder, encode, messages
 from protocols import frame as fr
+from protocols.window import WINDOW
 
 from .serial_pair import PtyCable
 
@@ -31,7 +32,13 @@ class ScriptedNode:
         self.acked: set[int] = set()
         self.unacked: dict[int, bytes] = {}
 
-    def send(self, mtype: int, fields: dict[str, Any], flags: int = fr.F_ACK_REQ) -> int:
+    def send(self, mtype: int, fields: dict[str, Any], flags: int = fr.F_ACK_REQ, span_timeout: float = 15.0) -> int:
+        """Send one frame; like the firmware, first wait until the span rule (SPEC.md §4.2) allows it."""
+        deadline = time.monotonic() + span_timeout
+        while not self.may_send():
+            if time.monotonic() > deadline:
+                raise AssertionError("span rule: counter %d, oldest unacknowledged %d" % (self.counter, min(self.unacked)))
+            self.poll(0.05)
         counter = self.counter
         self.counter += 1
         wire = encode(Message(mtype, self.node_id, counter, fields, flags))
@@ -39,6 +46,10 @@ class ScriptedNode:
             self.unacked[counter] = wire
         self.cable.write(b"\x00" + wire)
         return counter
+
+    def may_send(self) -> bool:
+        """The span rule: the next counter stays within WINDOW of the oldest unacknowledged frame."""
+        return not self.unacked or self.counter - min(self.unacked) < WINDOW - 1
 
     def hello(self, channels: list[dict[str, Any]] | None = None) -> int:
         fields = {"proto": [1, 0], "fw_version": "test-1", "hw_model": "pty", "caps": 0x0B, "channels": channels or CHANNELS}

@@ -7,7 +7,7 @@ window, and it tolerates frames that arrive out of order after a retransmission.
 
 from ._compat import const
 
-WINDOW = const(64)
+WINDOW = const(256)  # SPEC.md §4.2: senders keep their unacknowledged span below this
 
 NEW = const(0)  # never seen: accept
 DUPLICATE = const(1)  # seen before: acknowledge again, do not store again
@@ -33,8 +33,9 @@ class CounterWindow:
             shift = counter - self.highest
             self.seen = ((self.seen << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
             self.highest = counter
-        else:
+        elif self.highest - counter < WINDOW:
             self.seen |= 1 << (self.highest - counter)
+        # else: too far behind to remember; check() calls such a counter STALE anyway
 
     def reset(self, counter: int) -> None:
         """Forget the history: the node rebooted with a lost counter and said HELLO (SPEC.md §4.3)."""

@@ -85,3 +85,152 @@ def test_frames_become_senml_on_the_right_topics(gateway: GatewayProcess, captur
         lambda msgs: json.loads(msgs[-1].payload).get("state") == "offline" if msgs[-1].topic.endswith("gw-test/status") else False
     )
     assert offline
+
+
+def send_flow(node: ScriptedNode, values: range, poll_every: int = 25) -> list[int]:
+    """One READINGS frame per value (temperature + counter), polling ACKs as we go."""
+    counters = []
+    for index, value in enumerate(values):
+        counters.append(node.readings([0, 2000 + value % 500, 0, 1, value, 0]))
+        if index % poll_every == 0:
+            node.poll(0)
+    return counters
+
+
+def test_broker_outage_loses_nothing_and_live_data_overtakes_the_backlog(
+    gateway: GatewayProcess, broker: Mosquitto, capture: MqttCapture, cables: list[PtyCable]
+) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    node = ScriptedNode(cables[0], NODE_A)
+    node.wait_acked([node.hello()])
+    gateway.wait_for_log("connected to")
+    broker.stop()
+    gateway.wait_for_log("disconnected from the broker")
+    backlog = 3000
+    node.wait_acked(send_flow(node, range(1, backlog + 1)), timeout=60)  # acknowledged = on disk
+    assert counters_received(capture, "0000a4cf12b3c4d5") == []
+    gateway.wait_for_log("cannot reach the broker")  # it keeps trying while down
+    broker.start()
+    capture.wait_for(lambda msgs: any(m.topic.endswith("/readings") for m in msgs), timeout=30)
+    live = node.readings([0, 1, 0, 1, 999_999, 0])
+    node.wait_acked([live])
+    capture.wait_for(lambda msgs: set(range(1, backlog + 1)) | {999_999} <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
+    arrival = counters_received(capture, "0000a4cf12b3c4d5")
+    last_backlog = max(arrival.index(value) for value in range(1, backlog + 1))
+    assert arrival.index(999_999) < last_backlog, "the live reading waited for the whole backlog"
+
+
+def test_sigkill_during_a_flow_loses_no_acknowledged_reading(
+    tmp_path: pathlib.Path, broker: Mosquitto, capture: MqttCapture, cables: list[PtyCable]
+) -> None:
+    gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(tmp_path / "ttyNODE*")])
+    node = ScriptedNode(cables[0], NODE_A)
+    value = 1
+    try:
+        for _round in range(3):
+            gateway.start()
+            gateway.wait_for_log("ttyNODE0: open", after=len(gateway.log()) - 200 if _round else 0)
+            node.hello()
+            node.resend_unacked()
+            for _ in range(40):
+                send_flow(node, range(value, value + 20))
+                value += 20
+                node.poll(0.01)
+            gateway.kill()  # mid-flow: some frames committed, some in the commit queue, some unread
+        gateway.start()
+        deadline = time.monotonic() + 60
+        while node.unacked and time.monotonic() < deadline:
+            node.resend_unacked()
+            node.poll(0.5)
+        assert not node.unacked, "frames never acknowledged: %d" % len(node.unacked)
+        capture.wait_for(lambda msgs: set(range(1, value)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
+    finally:
+        gateway.close()
+
+
+def test_malformed_input_is_counted_and_the_port_keeps_working(
+    gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable]
+) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    cable = cables[0]
+    node = ScriptedNode(cable, NODE_A)
+    unknown = node.readings([0, 1, 0])
+    assert node.wait_for(messages.REJECT).fields["reason"] == 12  # unknown_node: HELLO first
+    assert unknown not in node.acked
+    node.wait_acked([node.hello()])
+    cable.write(b"\x00" + bytes(range(1, 200)) * 4)  # oversize run of non-zero bytes
+    cable.write(b"\x00\x13\x37garbage\x00")
+    good = node.readings([0, 2100, 0, 1, 1, 0])
+    wire = bytearray(node.unacked[good])
+    wire[20] ^= 0x10  # corrupt a copy on the line
+    cable.write(b"\x00" + bytes(wire))
+    node.wait_acked([good])
+    bad_channel = node.readings([5, 1, 0])
+    reject = node.wait_for(messages.REJECT)
+    assert reject.fields["counter"] == bad_channel and reject.fields["reason"] == 9
+    gateway.wait_for_log("bad frame")
+    capture.wait_for(lambda msgs: counters_received(capture, "0000a4cf12b3c4d5") == [1])
+    assert gateway.process is not None and gateway.process.poll() is None
+
+
+def test_duplicates_are_suppressed_across_restarts_and_counter_resets_need_hello(
+    gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable]
+) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    node = ScriptedNode(cables[0], NODE_A, counter=1000)
+    node.wait_acked([node.hello()])
+    first = node.readings([1, 1, 0])
+    node.wait_acked([first])
+    duplicate_wire = encode_again(node, first)
+    capture.wait_for(lambda msgs: counters_received(capture, "0000a4cf12b3c4d5") == [1])
+    assert gateway.stop() == 0
+    gateway.start()
+    gateway.wait_for_log("ttyNODE0: open", after=len(gateway.log()) - 300)
+    node.acked.clear()
+    node.cable.write(b"\x00" + duplicate_wire)
+    node.wait_acked([first])  # acknowledged again: the first ACK may have been lost
+    second = node.readings([1, 2, 0])
+    node.wait_acked([second])
+    capture.wait_for(lambda msgs: 2 in counters_received(capture, "0000a4cf12b3c4d5"))
+    assert counters_received(capture, "0000a4cf12b3c4d5") == [1, 2]
+
+    reset = ScriptedNode(node.cable, NODE_A, counter=3)  # the node lost its counter file
+    behind = reset.readings([1, 3, 0])
+    assert reset.wait_for(messages.REJECT).fields["reason"] == 11  # stale
+    assert behind not in reset.acked
+    reset.wait_acked([reset.hello()])
+    reset.wait_acked([reset.readings([1, 4, 0])])
+    capture.wait_for(lambda msgs: 4 in counters_received(capture, "0000a4cf12b3c4d5"))
+    assert "counter went backwards" in gateway.log() and "counter reset" in gateway.log()
+
+
+def encode_again(node: ScriptedNode, counter: int) -> bytes:
+    from protocols import Message, encode
+    from protocols import frame as fr
+
+    return encode(Message(messages.READINGS, node.node_id, counter, {"samples": [1, 1, 0]}, fr.F_ACK_REQ | fr.F_RETRY))
+
+
+def test_port_vanishing_and_a_new_device_appearing(
+    gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable], tmp_path: pathlib.Path
+) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    node = ScriptedNode(cables[0], NODE_A)
+    node.wait_acked([node.hello()])
+    cables[0].unplug()
+    gateway.wait_for_log("ttyNODE0: port lost")
+    late = PtyCable(tmp_path / "ttyNODE7")  # hotplug: matches the glob, appears while running
+    try:
+        gateway.wait_for_log("ttyNODE7: open")
+        other = ScriptedNode(late, NODE_B)
+        other.wait_acked([other.hello()])
+        other.wait_acked([other.readings([1, 1, 0])])
+        cables[0].plug()
+        gateway.wait_for_log("ttyNODE0: open", after=gateway.log().index("ttyNODE0: port lost"))
+        node.decoder = type(node.decoder)()
+        node.wait_acked([node.readings([1, 1, 0])])
+        capture.wait_for(
+            lambda msgs: counters_received(capture, "0000a4cf12b3c4d5") == [1] and counters_received(capture, "e66038b7134f2a21") == [1]
+        )
+    finally:
+        late.close()

@@ -22,9 +22,9 @@ def test_window_accepts_new_and_flags_duplicates_and_stale() -> None:
     window.accept(4)
     assert window.check(4) == win.DUPLICATE
     assert window.check(3) == win.NEW
-    window.accept(200)
-    assert window.check(200 - win.WINDOW + 1) == win.NEW
-    assert window.check(200 - win.WINDOW) == win.STALE
+    window.accept(1000)
+    assert window.check(1000 - win.WINDOW + 1) == win.NEW
+    assert window.check(1000 - win.WINDOW) == win.STALE
     assert window.check(5) == win.STALE
 
 
@@ -42,6 +42,14 @@ def test_window_state_survives_a_round_trip_through_its_two_numbers() -> None:
         win.NEW,
     ]
     assert restored.seen < 1 << win.WINDOW
+
+
+def test_window_ignores_a_counter_too_far_behind_to_remember() -> None:
+    window = CounterWindow()
+    window.accept(1000)
+    window.accept(10)
+    assert window.seen == 1 and window.highest == 1000
+    assert window.check(10) == win.STALE
 
 
 def test_window_reset_after_a_lost_counter() -> None:

@@ -33,10 +33,10 @@ def test_commit_read_delete(tmp_path: pathlib.Path) -> None:
 
 def test_windows_and_rows_survive_reopening(tmp_path: pathlib.Path) -> None:
     store = Store(tmp_path, 10_000_000)
-    store.commit([batch(1)], {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**64 - 1)})
+    store.commit([batch(1)], {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**256 - 1)})
     store.close()
     again = Store(tmp_path, 10_000_000)
-    assert again.load_windows() == {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**64 - 1)}
+    assert again.load_windows() == {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**256 - 1)}
     assert again.pending_batches == 1 and again.used_bytes == 50 + ROW_OVERHEAD
     again.close()
 

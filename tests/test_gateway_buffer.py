@@ -1,0 +1,146 @@
+"""When the offline buffer is full, and when the disk is: never silent, never a lost acknowledged reading."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.store import Batch, Store, StoreError
+from hil.broker import Mosquitto
+from hil.capture import MqttCapture
+from hil.gateway import GatewayProcess
+from hil.scripted_node import ScriptedNode
+from hil.serial_pair import PtyCable
+from tests.conftest import ROOT
+from tests.test_gateway import counters_received, send_flow
+
+NODE = bytes.fromhex("0000a4cf12b3c4d5")
+BUDGET = 100_000  # bytes: about 1,000 small batches
+
+
+@pytest.fixture
+def cable(tmp_path: pathlib.Path) -> Iterator[PtyCable]:
+    made = PtyCable(tmp_path / "ttyNODE0")
+    yield made
+    made.close()
+
+
+def start_with_broker_down(tmp_path: pathlib.Path, cable: PtyCable, when_full: str) -> tuple[Mosquitto, GatewayProcess, ScriptedNode]:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(cable.link_path)], max_bytes=BUDGET, when_full=when_full)
+    gateway.start()
+    gateway.wait_for_log("connected to")
+    broker.stop()
+    gateway.wait_for_log("disconnected from the broker")
+    node = ScriptedNode(cable, NODE)
+    node.wait_acked([node.hello()])
+    return broker, gateway, node
+
+
+def test_stop_acking_keeps_the_data_on_the_nodes(tmp_path: pathlib.Path, cable: PtyCable) -> None:
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking")
+    try:
+        value = 1
+        while True:  # until the gateway stops acknowledging and the span rule holds the node back
+            if node.may_send():
+                node.readings([0, 2000, 0, 1, value, 0])
+                value += 1
+                node.poll(0)
+                assert value < 5000, "the gateway never stopped acknowledging"
+                continue
+            acked = len(node.acked)
+            node.poll(1.0)
+            if len(node.acked) == acked and not node.may_send():
+                break
+        gateway.wait_for_log("buffer full (max_bytes reached): not acknowledging new readings")
+        assert len(node.unacked) >= 200, "the frames the buffer could not take stay with the node"
+        assert gateway.log().count("buffer full") == 1, "logged once per episode"
+        broker.start()
+        capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+        deadline = time.monotonic() + 90
+        while (value <= 2000 or node.unacked) and time.monotonic() < deadline:
+            if value <= 2000 and node.may_send():
+                node.readings([0, 2000, 0, 1, value, 0])
+                value += 1
+                node.poll(0)
+            else:
+                node.resend_unacked()  # the node retries; once the backlog drains there is room again
+                node.poll(0.3)
+        assert not node.unacked
+        capture.wait_for(lambda msgs: set(range(1, 2001)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
+        gateway.wait_for_log("buffer has room again; 0 readings were dropped")
+        capture.close()
+    finally:
+        gateway.close()
+        broker.stop()
+
+
+def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(tmp_path: pathlib.Path, cable: PtyCable) -> None:
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "drop_oldest")
+    try:
+        send_flow(node, range(1, 2001))
+        node.wait_acked(set(range(2, 2002)), timeout=60)  # counters 2..2001: every frame is acknowledged
+        gateway.wait_for_log("dropping the oldest buffered readings")
+        assert gateway.log().count("buffer full") == 1
+        broker.start()
+        capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+        capture.wait_for(lambda msgs: 2000 in counters_received(capture, "0000a4cf12b3c4d5"), timeout=60)
+        gateway.wait_for_log("buffer has room again")
+        received = set(counters_received(capture, "0000a4cf12b3c4d5"))
+        assert 1 not in received and 2000 in received
+        assert set(range(min(received), 2001)) <= received, "only the oldest were dropped"
+        dropped = int(gateway.log().split("buffer has room again; ")[1].split(" readings")[0])
+        assert dropped == 2 * (min(received) - 1)  # two readings (temperature, counter) per frame
+        capture.close()
+    finally:
+        gateway.close()
+        broker.stop()
+
+
+def test_full_disk_is_a_clear_error_and_keeps_what_was_committed(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10**9)
+    store.commit([Batch("t", b"x" * 100, 1, 0.0)], {})
+    store._db.execute("PRAGMA max_page_count = %d" % store._db.execute("PRAGMA page_count").fetchone()[0])  # the disk is now full
+    with pytest.raises(StoreError, match="database or disk is full"):
+        for _ in range(100):
+            store.commit([Batch("t", b"y" * 4000, 1, 0.0)], {})
+    assert store.oldest(10)[0].payload == b"x" * 100
+
+
+def test_run_with_a_bad_config_names_the_key(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "edgegw.toml"
+    config.write_text('[gateway]\nid = "gw"\ndata_dir = "%s"\n[mqtt]\nhost = "localhost"\nqos = 3\n' % tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "[mqtt] qos: expected one of 0, 1, found 3" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_serial_port_is_waited_for(tmp_path: pathlib.Path, cable: PtyCable) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(tmp_path / "ttyUSB9"), str(cable.link_path)])
+        gateway.start()
+        try:
+            gateway.wait_for_log("ttyUSB9: not present (cable unplugged or device not enumerated); retrying")
+            node = ScriptedNode(cable, NODE)
+            node.wait_acked([node.hello()])  # the other port is served meanwhile
+            late = PtyCable(tmp_path / "ttyUSB9")
+            try:
+                gateway.wait_for_log("ttyUSB9: open", timeout=40)
+            finally:
+                late.close()
+        finally:
+            gateway.close()
