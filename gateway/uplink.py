@@ -133,8 +133,7 @@ class Uplink:
             if self._stopping.is_set():
                 break
             attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt + 1
-            ceiling = min(self._reconnect_max_s, BACKOFF_BASE_S * 2 ** min(attempt, 16))
-            self._stopping.wait(random.uniform(0.1 * ceiling, ceiling))
+            self._stopping.wait(backoff_delay(attempt, self._reconnect_max_s))
 
     def _note_failure(self, message: str) -> None:
         if message != self.last_error:
@@ -169,6 +168,16 @@ class Uplink:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self._loop.call_soon_threadsafe(self._events.message, message.topic, bytes(message.payload))
+
+
+def backoff_delay(attempt: int, cap_s: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect attempt number `attempt` (0 = first retry).
+
+    Exponential (1, 2, 4 ... s, capped) with jitter over the upper 90 % of the
+    interval: gateways that lost the broker together spread their returns out.
+    """
+    ceiling = min(cap_s, BACKOFF_BASE_S * 2 ** min(attempt, 16))
+    return (rng or random).uniform(0.1 * ceiling, ceiling)
 
 
 def _reason(error: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -120,3 +121,18 @@ def test_config_check_command(tmp_path: pathlib.Path) -> None:
     assert bad.returncode == 2
     assert "[mqtt] hots: unknown key (did you mean 'host'?)" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_documented_example_config_is_valid(tmp_path: pathlib.Path) -> None:
+    text = (ROOT / "docs" / "edgegw.toml").read_text()
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    text = text.replace("/etc/edgegw/mqtt-password", str(secret)).replace("/etc/edgegw/city-ca.pem", str(ca))
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.gateway_id == "gw-dortmund-0042" and cfg.mqtt.tls is not None and cfg.mqtt.tls.ca_file == str(ca)
+    assert len(cfg.serial) == 2
+    documented = set(re.findall(r"^#?\s*(\w+) = ", text, re.M))
+    for section in ("gateway", "buffer", "mqtt", "mqtt.tls", "serial"):
+        assert set(config.SCHEMA[section]) - {"tls", "password_env"} <= documented, section

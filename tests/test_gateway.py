@@ -234,3 +234,33 @@ def test_port_vanishing_and_a_new_device_appearing(
         )
     finally:
         late.close()
+
+
+def test_status_config_and_last_will(gateway: GatewayProcess, broker: Mosquitto, capture: MqttCapture, cables: list[PtyCable]) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    gateway.wait_for_log("connected to")
+    node = ScriptedNode(cables[0], NODE_A)
+    node.wait_acked([node.hello()])
+    node.send(messages.STATUS, {"uptime": 3600, "battery_mv": 3712, "rssi": -71, "reset_cause": 3})
+
+    def node_status(msgs: list) -> dict | None:
+        found = [json.loads(m.payload) for m in msgs if m.topic == "edgegw/gw-test/nodes/0000a4cf12b3c4d5/status"]
+        return found[-1] if found and "battery_mv" in found[-1] else None
+
+    capture.wait_for(lambda msgs: node_status(msgs) is not None)
+    status = node_status(capture.snapshot())
+    assert status is not None
+    assert (status["battery_mv"], status["rssi"], status["reset_cause"], status["fw_version"]) == (3712, -71, 3, "test-1")
+
+    capture.client.publish("edgegw/gw-test/nodes/0000a4cf12b3c4d5/config/set", json.dumps({"interval": 30}), qos=1)
+    config = node.wait_for(messages.CONFIG)
+    assert config.fields == {"op": messages.CONFIG_SET, "values": {"interval": 30}}
+    node.send(messages.CONFIG, {"op": messages.CONFIG_REPORT, "values": {"interval": 30}})
+    capture.wait_for(
+        lambda msgs: any(
+            json.loads(m.payload).get("config") == {"interval": 30} for m in msgs if m.topic.endswith("0000a4cf12b3c4d5/status")
+        )
+    )
+
+    gateway.kill()  # no clean goodbye: the broker publishes the last will
+    capture.wait_for(lambda msgs: [json.loads(m.payload)["state"] for m in msgs if m.topic == "edgegw/gw-test/status"][-1:] == ["offline"])
