@@ -9,6 +9,9 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import serial
 
 from protocols import ProtocolError, StreamDecoder
 
@@ -88,6 +91,28 @@ def do_run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
 
 
+def do_fw(args: argparse.Namespace) -> int:
+    """Firmware developer tools: build, flash, emulate, monitor."""
+    from .fwtools import build, emulate, flash, monitor
+
+    try:
+        if args.fw_command == "build":
+            manifest = build.build(Path(args.out))
+            files = manifest["files"]
+            assert isinstance(files, dict)
+            print("built firmware %s: %d files in %s (manifest.json)" % (manifest["firmware_version"], len(files), args.out))
+            return 0
+        if args.fw_command == "flash":
+            return flash.flash(args.port, args.role, args.set or [], print, dry_run=args.dry_run)
+        if args.fw_command == "emulate":
+            return emulate.run(args.count, args.interval, args.heap, args.seed, Path(args.state) if args.state else None)
+        return monitor.monitor(args.port, args.baud, print, frames=args.frames, seconds=args.seconds)
+    except (build.BuildError, flash.FlashError, emulate.EmulatorError) as error:
+        raise CommandError(str(error)) from None
+    except serial.SerialException as error:
+        raise CommandError("%s: %s" % (getattr(args, "port", "?"), error)) from None
+
+
 def do_demo(args: argparse.Namespace) -> int:
     print("edgegw demo: the live view arrives with the gateway and the node emulator (issues 3-5).")
     print("What exists today: the wire protocol; try `edgegw decode` on a frame from protocols/vectors/vectors.json.")
@@ -97,6 +122,7 @@ def do_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "decode": (do_decode, "decode protocol frames given as hex"),
     "run": (do_run, "run the gateway: edgegw run --config PATH"),
+    "fw": (do_fw, "firmware tools: fw build | fw flash | fw emulate | fw monitor"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
     "demo": (do_demo, "run the local demonstration"),
 }
@@ -113,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "run":
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
             command.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides [gateway] log_level")
+        elif name == "fw":
+            tools = command.add_subparsers(dest="fw_command", metavar="TOOL", required=True)
+            tool = tools.add_parser("build", help="compile the firmware with mpy-cross into a bundle with a manifest")
+            tool.add_argument("--out", default="build/firmware", help="output folder (default: build/firmware)")
+            tool = tools.add_parser("flash", help="copy the bundle and settings to a board with mpremote")
+            tool.add_argument("--port", required=True, help="the board's serial port")
+            tool.add_argument("--role", default="sensor", help="node role (sensor)")
+            tool.add_argument("--set", action="append", metavar="KEY=VALUE", help="node setting, e.g. interval=30 or i2c=22,21")
+            tool.add_argument("--dry-run", action="store_true", help="print the mpremote command instead of running it")
+            tool = tools.add_parser("emulate", help="run N emulated nodes (real MicroPython) behind pseudo-terminals")
+            tool.add_argument("--count", type=int, default=1)
+            tool.add_argument("--role", default="sensor", choices=["sensor"])
+            tool.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+            tool.add_argument("--heap", default="128k", help="MicroPython heap size (default 128k)")
+            tool.add_argument("--seed", type=int, default=1, help="seed of the first node's sensor models")
+            tool.add_argument("--state", help="folder for the nodes' flash (default: a temporary folder)")
+            tool = tools.add_parser("monitor", help="decode and print the frames on a serial port")
+            tool.add_argument("--port", required=True)
+            tool.add_argument("--baud", type=int, default=115200)
+            tool.add_argument("--frames", type=int, help="stop after this many frames")
+            tool.add_argument("--seconds", type=float, help="stop after this long")
         elif name == "config":
             command.add_argument("action", choices=["check"], help="what to do with the file")
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")

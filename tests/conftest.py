@@ -39,5 +39,5 @@ def run_micropython(micropython: str, *args: str, heap: str | None = None, timeo
     if heap:
         command += ["-X", "heapsize=%s" % heap]
     command += list(args)
-    env = dict(os.environ, MICROPYPATH=str(ROOT))
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % ROOT)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, check=False)

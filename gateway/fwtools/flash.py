@@ -1,0 +1,106 @@
+"""`edgegw fw flash`: copy the bundle and the node's settings to a board with mpremote, then reset it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .build import build
+
+SETTING_TYPES = {
+    "interval": float,
+    "status_interval": float,
+    "uart_id": int,
+    "baud": int,
+    "tx": int,
+    "rx": int,
+    "adc": int,
+    "pulse_pin": int,
+}
+
+
+class FlashError(Exception):
+    pass
+
+
+def parse_settings(pairs: list[str]) -> dict[str, object]:
+    settings: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise FlashError("--set %s: expected KEY=VALUE" % pair)
+        if key == "i2c":
+            parts = value.split(",")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise FlashError("--set i2c=%s: expected SCL,SDA pin numbers, e.g. i2c=22,21" % value)
+            settings[key] = [int(p) for p in parts]
+            continue
+        kind = SETTING_TYPES.get(key)
+        if kind is None:
+            raise FlashError("--set %s: unknown key; expected one of: %s" % (key, ", ".join(sorted([*SETTING_TYPES, "i2c"]))))
+        try:
+            settings[key] = kind(value)
+        except ValueError:
+            raise FlashError("--set %s=%s: expected %s" % (key, value, "a number" if kind is float else "an integer")) from None
+    return settings
+
+
+def mpremote() -> str:
+    beside = Path(sys.executable).parent / "mpremote"
+    found = str(beside) if beside.exists() else shutil.which("mpremote")
+    if found is None:
+        raise FlashError("mpremote is not installed (pip install mpremote)")
+    return found
+
+
+def command_line(port: str, bundle: Path, settings_file: Path) -> list[str]:
+    """The one mpremote invocation that installs a node: folders, bundle, settings, reset."""
+    make_dirs = "import os\nfor d in ('/data',):\n try: os.mkdir(d)\n except OSError: pass"
+    return [
+        mpremote(), "connect", port,
+        "exec", make_dirs, "+",
+        "fs", "cp", "-r", str(bundle / "protocols"), str(bundle / "firmware"), ":", "+",
+        "fs", "cp", str(bundle / "main.py"), ":main.py", "+",
+        "fs", "cp", str(settings_file), ":/data/node.json", "+",
+        "reset",
+    ]  # fmt: skip
+
+
+def explain(output: str) -> str:
+    """mpremote's failure as a technician-readable sentence."""
+    if "could not enter raw repl" in output or "failed to access" in output:
+        return "the board did not answer as a MicroPython REPL (is MicroPython flashed, and no other program using the port?)"
+    if "ENOSPC" in output or "Errno 28" in output or "OSError: 28" in output:
+        return "the board's filesystem is full; erase old files (mpremote fs rm) or reflash MicroPython"
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "mpremote failed"
+
+
+def flash(port: str, role: str, pairs: list[str], say: Callable[[str], None], dry_run: bool = False) -> int:
+    if role != "sensor":
+        raise FlashError("--role %s: only 'sensor' nodes exist in this release" % role)
+    settings = parse_settings(pairs)
+    if not dry_run and not os.path.exists(port):
+        raise FlashError("%s: no such serial port (is the board plugged in? `ls /dev/serial/by-id/`)" % port)
+    with tempfile.TemporaryDirectory(prefix="edgegw-flash-") as work:
+        bundle = Path(work) / "bundle"
+        say("building the firmware bundle")
+        manifest = build(bundle)
+        settings_file = Path(work) / "node.json"
+        settings_file.write_text(json.dumps({"role": role, **settings}))
+        command = command_line(port, bundle, settings_file)
+        if dry_run:
+            say(" ".join(command))
+            return 0
+        say("copying %d files (firmware %s) to %s" % (len(manifest["files"]), manifest["firmware_version"], port))  # type: ignore[arg-type]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise FlashError("%s: %s" % (port, explain(done.stdout + done.stderr)))
+        say("flashed and reset; the node says HELLO on its UART when it boots")
+    return 0

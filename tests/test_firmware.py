@@ -1,0 +1,266 @@
+"""The node firmware on the real MicroPython interpreter behind a pty, talking to a test peer."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import select
+import subprocess
+import sys
+import time
+import tty
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.fwtools import build, flash
+from protocols import Message, ProtocolError, StreamDecoder, encode, messages
+from protocols import frame as fr
+from tests.conftest import ROOT
+
+HEAP = "128k"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("bundle")
+    build.build(out)
+    return out
+
+
+class Peer:
+    """The gateway's side of the cable, played by the test."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.slave = slave
+        self.path = os.ttyname(slave)
+        self.decoder = StreamDecoder()
+        self.received: list[Message] = []
+        self.counter = 100
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if ready:
+                self.decoder.feed(os.read(self.master, 4096))
+                while True:
+                    try:
+                        message = self.decoder.next_message()
+                    except ProtocolError:
+                        continue
+                    if message is None:
+                        break
+                    self.received.append(message)
+
+    def wait(self, mtype: int, timeout: float = 15.0, after: int = 0) -> Message:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.received[after:]:
+                if message.type == mtype:
+                    return message
+            self.pump(0.1)
+        raise AssertionError(
+            "no %s from the node within %.0f s; got %s" % (messages.NAMES[mtype], timeout, [m.name for m in self.received])
+        )
+
+    def send(self, message_type: int, node_id: bytes, fields: dict[str, object], flags: int = 0) -> None:
+        self.counter += 1
+        os.write(self.master, encode(Message(message_type, node_id, self.counter, fields, fr.F_DOWNLINK | flags)))
+
+    def ack(self, message: Message) -> None:
+        self.send(messages.ACK, message.node_id, {"counters": [message.counter]})
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def start_node(
+    bundle: pathlib.Path, peer: Peer, data: pathlib.Path, interval: float = 0.3, status: float = 2.0, heap: str = HEAP
+) -> subprocess.Popen[bytes]:
+    command = [str(pathlib.Path(sys.executable).parent / "micropython"), "-X", "heapsize=%s" % heap, "-m", "firmware.main"]
+    command += [peer.path, str(data), "3", str(interval), str(status)]
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    made = Peer()
+    yield made
+    made.close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    out, _ = process.communicate(timeout=10)
+    return out.decode(errors="replace")
+
+
+def test_hello_readings_ack_time_config_and_retransmission(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    node = start_node(bundle, peer, tmp_path / "flash")
+    try:
+        hello = peer.wait(messages.HELLO)
+        names = [c["name"] for c in hello.fields["channels"]]
+        assert names == ["temperature", "humidity", "pressure", "water_level", "pulses", "counter"]
+        assert hello.node_id.hex() == "e100000000000003" and hello.flags & fr.F_ACK_REQ
+        peer.ack(hello)
+        first = peer.wait(messages.READINGS)
+        assert "base_time" not in first.fields  # no TIME yet: the node does not guess
+        samples = first.fields["samples"]
+        values = dict(zip(samples[0::3], samples[1::3], strict=True))
+        assert -4000 < values[0] < 4500 and 0 < values[1] <= 10000 and 90000 < values[2] < 110000  # centi-degC, centi-%RH, Pa
+        assert values[5] == 1  # the counter channel starts at 1
+
+        # No ACK for `first`: it comes again, unchanged, after the first retry delay (2 s).
+        seen = len(peer.received)
+        peer.pump(3.0)
+        again = [m for m in peer.received[seen:] if m.type == messages.READINGS and m.counter == first.counter]
+        assert again and again[0].fields == first.fields
+        for message in peer.received:
+            if message.type == messages.READINGS:
+                peer.ack(message)
+
+        peer.send(messages.TIME, hello.node_id, {"unix": 1795000000, "ms": 0})
+        mark = len(peer.received)
+        peer.pump(1.0)
+        timed = peer.wait(messages.READINGS, after=mark)
+        assert abs(timed.fields["base_time"] - 1795000000) < 5
+
+        peer.send(messages.CONFIG, hello.node_id, {"op": messages.CONFIG_SET, "values": {"interval": 2, "colour": "red"}}, fr.F_ACK_REQ)
+        mark = len(peer.received)
+        report = peer.wait(messages.CONFIG, after=mark)
+        assert report.fields["values"]["interval"] == 2 and "colour" in report.fields["errors"]
+        acks = [m for m in peer.received[mark:] if m.type == messages.ACK]
+        assert acks, "the node acknowledges a CONFIG set"
+        for message in peer.received[mark:]:
+            if message.flags & fr.F_ACK_REQ:
+                peer.ack(message)
+        mark = len(peer.received)
+        peer.pump(4.5)
+        slower = [
+            m for m in peer.received[mark:] if m.type == messages.READINGS and m.counter not in {x.counter for x in peer.received[:mark]}
+        ]
+        assert 1 <= len(slower) <= 3, "interval 2 s: about two frames in 4.5 s, not ~15"
+        status = peer.wait(messages.STATUS)
+        assert status.fields["uptime"] >= 1 and status.fields["free_heap"] > 0
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+
+
+def test_reboot_continues_the_frame_counter(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    flash_dir = tmp_path / "flash"
+    counters: list[int] = []
+    for _boot in range(2):
+        node = start_node(bundle, peer, flash_dir)
+        peer.received.clear()
+        try:
+            peer.wait(messages.HELLO)
+            peer.pump(1.0)
+            counters += [m.counter for m in peer.received]
+        finally:
+            stop(node)
+    assert counters == sorted(counters) and len(set(counters)) == len(counters), "a counter repeated after the reboot"
+
+
+def test_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    """Many sampling rounds with every frame acknowledged: no MemoryError, heap peak reported under the limit."""
+    node = start_node(bundle, peer, tmp_path / "flash", interval=0.05, status=1.0)
+    try:
+        deadline = time.monotonic() + 8
+        acked = 0
+        while time.monotonic() < deadline:
+            peer.pump(0.2)
+            for message in peer.received[acked:]:
+                if message.flags & fr.F_ACK_REQ:
+                    peer.ack(message)
+            acked = len(peer.received)
+        statuses = [m for m in peer.received if m.type == messages.STATUS]
+        readings = [m for m in peer.received if m.type == messages.READINGS]
+        assert len(readings) > 50 and statuses
+        peak = statuses[-1].fields["heap_peak"]
+        assert 0 < peak < 128 * 1024
+        print("firmware heap high-water mark: %d bytes of %s" % (peak, HEAP))
+    finally:
+        output = stop(node)
+    assert "MemoryError" not in output and "Traceback" not in output, output
+
+
+def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["firmware_version"] == build.firmware_version()
+    assert build.verify(bundle) == []
+    sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in ("firmware", "protocols") for p in (ROOT / pkg).glob("*.py")}
+    assert sources | {"main.py"} == set(manifest["files"])
+    assert all((bundle / name).read_bytes()[:1] == b"M" for name in manifest["files"] if name.endswith(".mpy"))
+    (bundle / "firmware" / "node.mpy").write_bytes(b"tampered")
+    try:
+        assert build.verify(bundle) == ["firmware/node.mpy"]
+    finally:
+        build.build(bundle)
+
+
+def test_flash_runs_this_mpremote_command(tmp_path: pathlib.Path) -> None:
+    lines: list[str] = []
+    assert flash.flash("/dev/ttyACM0", "sensor", ["interval=30", "i2c=22,21"], lines.append, dry_run=True) == 0
+    command = lines[-1].split()
+    assert command[0].endswith("mpremote") and command[1:3] == ["connect", "/dev/ttyACM0"]
+    joined = " ".join(command)
+    assert "fs cp -r" in joined and joined.endswith("+ reset")
+    assert ":/data/node.json" in joined and ":main.py" in joined
+
+
+def test_flash_explains_user_mistakes() -> None:
+    with pytest.raises(flash.FlashError, match="no such serial port"):
+        flash.flash("/dev/ttyNOPE9", "sensor", [], print)
+    with pytest.raises(flash.FlashError, match="unknown key"):
+        flash.parse_settings(["colour=red"])
+    with pytest.raises(flash.FlashError, match="expected a number"):
+        flash.parse_settings(["interval=fast"])
+    assert "did not answer as a MicroPython REPL" in flash.explain("mpremote: could not enter raw repl")
+    assert "filesystem is full" in flash.explain("OSError: [Errno 28] ENOSPC")
+
+
+def test_emulate_prints_ports_and_survives_a_port_reopen(tmp_path: pathlib.Path) -> None:
+    import serial
+
+    command = [sys.executable, "-m", "gateway.cli", "fw", "emulate", "--count", "2", "--interval", "0.3", "--state", str(tmp_path)]
+    emulator = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
+    try:
+        assert emulator.stdout is not None
+        lines = [json.loads(emulator.stdout.readline()) for _ in range(2)]
+        assert [set(line) for line in lines] == [{"node_id", "port"}] * 2
+        assert len({line["node_id"] for line in lines}) == 2
+        for attempt in range(2):  # close and reopen, as a restarting gateway does
+            with serial.Serial(lines[0]["port"], 115200, timeout=0.2) as port:
+                decoder = StreamDecoder()
+                deadline = time.monotonic() + 10
+                found = None
+                while found is None and time.monotonic() < deadline:
+                    decoder.feed(port.read(512))
+                    while True:
+                        try:
+                            message = decoder.next_message()
+                        except ProtocolError:
+                            continue
+                        if message is None:
+                            break
+                        found = message
+                assert found is not None, "attempt %d: no frame from the node" % attempt
+                assert found.node_id.hex() == lines[0]["node_id"]
+        monitor = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "fw", "monitor", "--port", lines[1]["port"], "--frames", "2", "--seconds", "10"],
+            capture_output=True, text=True, cwd=ROOT, timeout=30, check=False,
+        )  # fmt: skip
+        assert monitor.returncode == 0, monitor.stderr
+        assert "node=%s" % lines[1]["node_id"] in monitor.stdout
+    finally:
+        emulator.terminate()
+        emulator.wait(15)
+    assert emulator.returncode == 0
+    assert "firmware.main" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
