@@ -6,6 +6,8 @@ import time
 
 import machine
 
+from firmware.storage import Storage
+
 
 class Uart:
     def __init__(self, uart_id, baud, tx=None, rx=None):
@@ -22,28 +24,6 @@ class Uart:
         self._uart.write(data)
 
 
-class Storage:
-    def __init__(self, folder="/data"):
-        self._folder = folder
-        try:
-            os.mkdir(folder)
-        except OSError:
-            pass
-
-    def get(self, key):
-        try:
-            with open(self._folder + "/" + key, "rb") as handle:
-                return handle.read()
-        except OSError:
-            return None
-
-    def put(self, key, value):
-        path = self._folder + "/" + key
-        with open(path + ".tmp", "wb") as handle:
-            handle.write(value)
-        os.rename(path + ".tmp", path)
-
-
 _RESET_CAUSES = {}
 for _name, _code in (("PWRON_RESET", 1), ("HARD_RESET", 2), ("WDT_RESET", 3), ("DEEPSLEEP_RESET", 4), ("SOFT_RESET", 5)):
     if hasattr(machine, _name):
@@ -54,7 +34,7 @@ class Hal:
     def __init__(self, config):
         self.config = config
         self.uart = Uart(config.get("uart_id", 1), config.get("baud", 115200), config.get("tx"), config.get("rx"))
-        self.storage = Storage()
+        self.storage = Storage("/data")
         self._boot = time.ticks_ms()
         # Ports that count time.time() from 2000-01-01 (SPEC.md 5.6).
         self.epoch_offset = 946684800 if time.gmtime(0)[0] == 2000 else 0

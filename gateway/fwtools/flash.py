@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from .build import build
+from .tools import find_tool
 
 SETTING_TYPES = {
     "interval": float,
@@ -52,8 +51,7 @@ def parse_settings(pairs: list[str]) -> dict[str, object]:
 
 
 def mpremote() -> str:
-    beside = Path(sys.executable).parent / "mpremote"
-    found = str(beside) if beside.exists() else shutil.which("mpremote")
+    found = find_tool("mpremote")
     if found is None:
         raise FlashError("mpremote is not installed (pip install mpremote)")
     return found
