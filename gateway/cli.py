@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--count", type=int, default=1)
             tool.add_argument("--role", default="sensor", choices=["sensor"])
             tool.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
-            tool.add_argument("--heap", default="128k", help="MicroPython heap size (default 128k)")
+            tool.add_argument("--heap", default="96k", help="MicroPython heap size (default 96k)")
             tool.add_argument("--seed", type=int, default=1, help="seed of the first node's sensor models")
             tool.add_argument("--state", help="folder for the nodes' flash (default: a temporary folder)")
             tool = tools.add_parser("monitor", help="decode and print the frames on a serial port")

@@ -37,7 +37,6 @@ NAMES = {
     RADIO_TX: "RADIO_TX",
     REJECT: "REJECT",
 }
-TYPES = {name: mtype for mtype, name in NAMES.items()}
 
 # Capability bits announced in HELLO.
 CAP_READINGS = const(0x01)
@@ -75,88 +74,36 @@ MAX_SAMPLES = const(64)  # per READINGS frame
 MAX_CHANNELS = const(32)  # per node
 MAX_ACKS = const(32)  # counters per ACK frame
 
+# Payload schemas, one line per type, to keep them small on a node's heap:
+# "name kind" pairs whose position is the CBOR key ("- -" skips a key).
 # Kinds: u unsigned int, i int, n number (int or float), t text, b bytes,
-# a array, m map. Each row: (key, name, kind, required).
+# a array, m map, * anything; a trailing ! marks a required field.
 SCHEMAS = {
-    HELLO: (
-        (0, "proto", "a", True),
-        (1, "fw_version", "t", True),
-        (2, "hw_model", "t", True),
-        (3, "caps", "u", True),
-        (4, "channels", "a", True),
-        (5, "interval", "n", False),
-    ),
-    READINGS: (
-        (0, "base_time", "n", False),
-        (1, "samples", "a", True),
-    ),
-    ACK: ((0, "counters", "a", True),),
-    TIME: (
-        (0, "unix", "u", False),
-        (1, "ms", "u", False),
-    ),
-    STATUS: (
-        (0, "uptime", "u", True),
-        (1, "free_heap", "u", False),
-        (2, "reset_cause", "u", False),
-        (3, "battery_mv", "u", False),
-        (4, "rssi", "i", False),
-        (5, "snr", "n", False),
-        (6, "dropped", "u", False),
-        (7, "retransmits", "u", False),
-        (8, "rx_errors", "u", False),
-        (9, "heap_peak", "u", False),
-    ),
-    CONFIG: (
-        (0, "op", "u", True),
-        (1, "values", "m", False),
-        (2, "keys", "a", False),
-        (3, "errors", "m", False),
-    ),
-    COMMAND: (
-        (0, "id", "u", True),
-        (1, "action", "t", True),
-        (2, "args", "m", False),
-    ),
-    COMMAND_RESULT: (
-        (0, "id", "u", True),
-        (1, "outcome", "u", True),
-        (2, "detail", "t", False),
-        (3, "value", "*", False),
-    ),
-    LOG: (
-        (0, "severity", "u", True),
-        (1, "text", "t", True),
-    ),
-    RADIO_RX: (
-        (0, "frame", "b", True),
-        (1, "rssi", "i", True),
-        (2, "snr", "n", True),
-        (3, "freq", "u", True),
-        (4, "sf", "u", True),
-        (5, "bw", "u", False),
-    ),
-    RADIO_TX: (
-        (0, "frame", "b", True),
-        (3, "freq", "u", True),
-        (4, "sf", "u", True),
-        (5, "bw", "u", False),
-        (6, "power", "i", False),
-        (7, "delay_ms", "u", False),
-    ),
-    REJECT: (
-        (0, "reason", "u", True),
-        (1, "detail", "t", False),
-        (2, "counter", "u", False),
-        (3, "type", "u", False),
-    ),
+    HELLO: "proto a! fw_version t! hw_model t! caps u! channels a! interval n",
+    READINGS: "base_time n samples a!",
+    ACK: "counters a!",
+    TIME: "unix u ms u",
+    STATUS: "uptime u! free_heap u reset_cause u battery_mv u rssi i snr n dropped u retransmits u rx_errors u heap_peak u",
+    CONFIG: "op u! values m keys a errors m",
+    COMMAND: "id u! action t! args m",
+    COMMAND_RESULT: "id u! outcome u! detail t value *",
+    LOG: "severity u! text t!",
+    RADIO_RX: "frame b! rssi i! snr n! freq u! sf u! bw u",
+    RADIO_TX: "frame b! - - - - freq u! sf u! bw u power i delay_ms u",
+    REJECT: "reason u! detail t counter u type u",
 }
+_CHANNEL_SCHEMA = "name t! unit t! scale i"
 
-_CHANNEL_SCHEMA = (
-    (0, "name", "t", True),
-    (1, "unit", "t", True),
-    (2, "scale", "i", False),
-)
+
+def schema_rows(schema: str) -> list:
+    """[(key, name, kind, required), ...] of a schema line."""
+    words = schema.split()
+    rows = []
+    for index in range(0, len(words), 2):
+        if words[index] != "-":
+            kind = words[index + 1]
+            rows.append((index // 2, words[index], kind[0], kind[-1] == "!"))
+    return rows
 
 
 class Message:
@@ -217,11 +164,11 @@ def _kind_ok(value: object, kind: str) -> bool:
     return isinstance(value, dict)  # "m"
 
 
-def _fields_from_map(mapping: object, schema: tuple, what: str) -> dict:
+def _fields_from_map(mapping: object, schema: str, what: str) -> dict:
     if not isinstance(mapping, dict):
         raise ProtocolError(E_SCHEMA, "%s is not a map" % what)
     fields = {}
-    for key, name, kind, required in schema:
+    for key, name, kind, required in schema_rows(schema):
         if key in mapping:
             value = mapping[key]
             if not _kind_ok(value, kind):
@@ -232,9 +179,9 @@ def _fields_from_map(mapping: object, schema: tuple, what: str) -> dict:
     return fields
 
 
-def _map_from_fields(fields: dict, schema: tuple, what: str) -> dict:
+def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
     mapping = {}
-    for key, name, kind, required in schema:
+    for key, name, kind, required in schema_rows(schema):
         if name in fields and (fields[name] is not None or kind == "*"):
             value = fields[name]
             if isinstance(value, tuple):
@@ -306,7 +253,7 @@ def encode_payload(mtype: int, fields: dict) -> bytes:
     if schema is None:
         raise ProtocolError(E_TYPE, "unknown message type 0x%02x" % mtype)
     name = NAMES[mtype]
-    known = [row[1] for row in schema]
+    known = [row[1] for row in schema_rows(schema)]
     for field in fields:
         if field not in known:
             raise ProtocolError(E_SCHEMA, "%s has no field %r" % (name, field))

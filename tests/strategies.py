@@ -67,7 +67,7 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
 @st.composite
 def message_fields(draw: st.DrawFn, mtype: int) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    for _key, name, kind, required in messages.SCHEMAS[mtype]:
+    for _key, name, kind, required in messages.schema_rows(messages.SCHEMAS[mtype]):
         if required or draw(st.booleans()):
             special = _special(mtype, name)
             strategy = _KIND[kind] if special is None else special

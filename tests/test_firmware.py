@@ -19,7 +19,7 @@ from protocols import Message, ProtocolError, StreamDecoder, encode, messages
 from protocols import frame as fr
 from tests.conftest import ROOT
 
-HEAP = "128k"
+HEAP = "96k"
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +184,33 @@ def test_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: Peer, tmp_pa
         readings = [m for m in peer.received if m.type == messages.READINGS]
         assert len(readings) > 50 and statuses
         peak = statuses[-1].fields["heap_peak"]
-        assert 0 < peak < 128 * 1024
+        assert 0 < peak < int(HEAP.rstrip("k")) * 1024
         print("firmware heap high-water mark: %d bytes of %s" % (peak, HEAP))
     finally:
         output = stop(node)
     assert "MemoryError" not in output and "Traceback" not in output, output
+
+
+def test_survives_a_garbage_flood_and_a_silent_line(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    node = start_node(bundle, peer, tmp_path / "flash", interval=0.3, status=1.0)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.pump(2.5)  # silence: nothing acknowledged, the node keeps going and retries
+        os.write(peer.master, bytes(range(1, 256)) * 20 + b"\x00\x42\x00junk")  # line noise, an oversize run
+        peer.ack(hello)
+        mark = len(peer.received)
+        for message in peer.received[:mark]:
+            if message.type == messages.READINGS:
+                peer.ack(message)
+        peer.pump(2.0)
+        status = peer.wait(messages.STATUS, after=mark)
+        assert status.fields["rx_errors"] >= 1
+        late = [m for m in peer.received[mark:] if m.type == messages.HELLO]
+        assert late == [], "the HELLO was acknowledged through the noise and not resent"
+        assert [m for m in peer.received[mark:] if m.type == messages.READINGS], "the node kept sampling"
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
 
 
 def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) -> None:

@@ -51,7 +51,7 @@ def test_message_type_table_matches_the_code() -> None:
 def test_schema_tables_match_the_code() -> None:
     """Every (key, name) pair of every schema appears in that message's table."""
     for mtype, schema in messages.SCHEMAS.items():
-        for key, name, _kind, required in schema:
+        for key, name, _kind, required in messages.schema_rows(schema):
             row = re.search(r"^\| %d \| `%s` \| [^|]+ \| (yes|no) \|" % (key, name), SPEC, re.M)
             assert row, "%s.%s" % (messages.NAMES[mtype], name)
             assert (row.group(1) == "yes") == required, "%s.%s required" % (messages.NAMES[mtype], name)

@@ -98,7 +98,7 @@ def test_valid_vector_bytes_check_out_independently(vector: dict[str, Any]) -> N
     message = vector["message"]
     assert (version >> 4, mtype, flags, node_id.hex(), counter) == (
         1,
-        messages.TYPES[message["type"]],
+        {n: t for t, n in messages.NAMES.items()}[message["type"]],
         message["flags"],
         message["node_id"],
         message["counter"],

@@ -60,7 +60,7 @@ def message_from_json(data):
     from protocols import Message, messages
 
     return Message(
-        messages.TYPES[data["type"]],
+        next(t for t, n in messages.NAMES.items() if n == data["type"]),
         bytes.fromhex(data["node_id"]),
         data["counter"],
         from_json(data["fields"]),
