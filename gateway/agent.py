@@ -29,6 +29,7 @@ from .uplink import Uplink, UplinkEvents
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 60.0
+SHUTDOWN_DRAIN_S = 30.0  # a stop never waits longer than this for the disk
 DOWNLINK_BLOCK = 65536  # downlink counters reserved on disk at a time (SPEC.md §4.1)
 
 
@@ -120,7 +121,11 @@ class Agent:
 
         log.info("stopping: closing ports, committing what is in flight")
         await self.ports.stop()
-        await self.committer.drain()
+        if not tasks[0].done():  # a committer that died (a bug, logged above) has nothing left to drain
+            try:
+                await asyncio.wait_for(self.committer.drain(), SHUTDOWN_DRAIN_S)
+            except TimeoutError:
+                log.error("the last commits did not finish within %.0f s; their frames were not acknowledged", SHUTDOWN_DRAIN_S)
         await self.forwarder.settle(timeout=5.0)
         for task in tasks:
             task.cancel()

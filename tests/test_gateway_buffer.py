@@ -30,10 +30,26 @@ def cable(tmp_path: pathlib.Path) -> Iterator[PtyCable]:
     made.close()
 
 
-def start_with_broker_down(tmp_path: pathlib.Path, cable: PtyCable, when_full: str) -> tuple[Mosquitto, GatewayProcess, ScriptedNode]:
+@pytest.fixture
+def started() -> Iterator[list[Mosquitto | GatewayProcess]]:
+    """Everything a test starts is stopped, whatever the test did."""
+    processes: list[Mosquitto | GatewayProcess] = []
+    yield processes
+    for process in reversed(processes):
+        if isinstance(process, GatewayProcess):
+            process.close()
+        else:
+            process.stop()
+
+
+def start_with_broker_down(
+    tmp_path: pathlib.Path, cable: PtyCable, when_full: str, started: list[Mosquitto | GatewayProcess]
+) -> tuple[Mosquitto, GatewayProcess, ScriptedNode]:
     broker = Mosquitto(tmp_path / "broker")
+    started.append(broker)
     broker.start()
     gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(cable.link_path)], max_bytes=BUDGET, when_full=when_full)
+    started.append(gateway)
     gateway.start()
     gateway.wait_for_log("connected to")
     broker.stop()
@@ -43,8 +59,10 @@ def start_with_broker_down(tmp_path: pathlib.Path, cable: PtyCable, when_full: s
     return broker, gateway, node
 
 
-def test_stop_acking_keeps_the_data_on_the_nodes(tmp_path: pathlib.Path, cable: PtyCable) -> None:
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking")
+def test_stop_acking_keeps_the_data_on_the_nodes(
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
+) -> None:
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started)
     try:
         value = 1
         while True:  # until the gateway stops acknowledging and the span rule holds the node back
@@ -81,8 +99,10 @@ def test_stop_acking_keeps_the_data_on_the_nodes(tmp_path: pathlib.Path, cable: 
         broker.stop()
 
 
-def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(tmp_path: pathlib.Path, cable: PtyCable) -> None:
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "drop_oldest")
+def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
+) -> None:
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "drop_oldest", started)
     try:
         send_flow(node, range(1, 2001))
         node.wait_acked(set(range(2, 2002)), timeout=60)  # counters 2..2001: every frame is acknowledged
