@@ -107,6 +107,8 @@ class Agent:
         ]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
+        if cfg.mqtt.qos == 0:
+            log.warning("[mqtt] qos = 0: batches leave the buffer when sent, not when the broker confirms them")
         self.uplink.start()
         self.ports.start()
         log.info(

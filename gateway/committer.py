@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from protocols import CounterWindow
 
@@ -30,7 +31,8 @@ class Pending:
     node: str
     counter: int
     batch: Batch
-    window: CounterWindow  # the node's live window; the commit persists it with this counter accepted
+    owner: Any  # the node's session state; `owner.window` is its live CounterWindow
+    window: CounterWindow  # owner.window when the frame was accepted; replaced on a counter reset
 
 
 @dataclass
@@ -48,35 +50,50 @@ class _Outcome:
     problem: str = ""  # a disk error, already phrased for the log
 
 
-def _commit(store: Store, group: list[Pending], when_full: str) -> _Outcome:
-    """Runs on the store thread: make room as configured, then one transaction."""
+def _windows(group: list[Pending]) -> dict[str, WindowState]:
+    """Runs on the event loop: each node's window as it will be once the group is stored.
+
+    Frames accepted before a counter reset (their window is no longer the node's) are
+    stored and acknowledged, but their counters no longer belong in the window.
+    """
+    windows: dict[str, CounterWindow] = {}
+    for pending in group:
+        live = pending.owner.window
+        if pending.window is not live:
+            continue
+        window = windows.get(pending.node)
+        if window is None:
+            window = windows[pending.node] = CounterWindow(live.highest, live.seen)
+        window.accept(pending.counter)
+    return {node: WindowState(w.highest, w.seen) for node, w in windows.items()}
+
+
+def _commit(store: Store, group: list[Pending], windows: dict[str, WindowState], when_full: str) -> _Outcome:
+    """Runs on the store thread: one transaction, making room first as configured."""
     batches = [p.batch for p in group]
     outcome = _Outcome([])
+    make_room = False
     if not store.room_for(batches):
         outcome.full = True
         if when_full == "drop_oldest":
-            outcome.dropped_readings = store.evict_oldest(sum(len(b.payload) + ROW_OVERHEAD for b in batches))[1]
-        # Store the longest prefix that fits: the rest waits with its nodes (a group larger than
-        # the whole budget, or stop_acking).
-        room = store.max_bytes - store.used_bytes
-        fits = 0
-        for batch in batches:
-            room -= len(batch.payload) + ROW_OVERHEAD
-            if room < 0:
-                break
-            fits += 1
-        group, batches = group[:fits], batches[:fits]
-    windows: dict[str, CounterWindow] = {}
-    for pending in group:
-        window = windows.get(pending.node)
-        if window is None:
-            window = windows[pending.node] = CounterWindow(pending.window.highest, pending.window.seen)
-        window.accept(pending.counter)
-    states = {node: WindowState(w.highest, w.seen) for node, w in windows.items()}
+            make_room = True
+        else:  # stop_acking: store the longest prefix that fits; the rest waits with its nodes
+            room = store.max_bytes - store.used_bytes
+            fits = 0
+            for batch in batches:
+                room -= len(batch.payload) + ROW_OVERHEAD
+                if room < 0:
+                    break
+                fits += 1
+            batches = batches[:fits]
     try:
-        outcome.ids = store.commit(batches, states) if batches else []
+        if batches:
+            outcome.ids, outcome.dropped_readings = store.commit(batches, windows, make_room=make_room)
     except StoreError as error:
         outcome.problem = str(error)
+    except Exception as error:  # a bug here must cost these frames their ACK, not the committer
+        log.exception("commit failed")
+        outcome.problem = "commit failed: %s" % error
     outcome.fill = store.fill()
     return outcome
 
@@ -95,18 +112,6 @@ class Committer:
         self.dropped_in_episode = 0
         self.committed_frames = 0
         self.last_error = ""
-        # stop_acking: per node, the lowest counter refused so far. Later frames of that node
-        # are refused too until it is stored, so a node's frames are stored in counter order
-        # and none falls out of the duplicate window (SPEC.md §4.3).
-        self._refused_from: dict[str, int] = {}
-
-    def _in_order(self, group: list[Pending]) -> tuple[list[Pending], list[Pending]]:
-        allowed: list[Pending] = []
-        held: list[Pending] = []
-        for pending in group:
-            limit = self._refused_from.get(pending.node)
-            (held if limit is not None and pending.counter > limit else allowed).append(pending)
-        return allowed, held
 
     def _group_size(self) -> int:
         """Frames for the next transaction: at most MAX_GROUP, and at most a quarter of the budget,
@@ -129,6 +134,12 @@ class Committer:
         return len(self._queue)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._idle.set()  # whatever happened, a drain must not wait for this task
+
+    async def _run(self) -> None:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), EPISODE_CHECK_S if self.full_episode else None)
@@ -140,30 +151,17 @@ class Committer:
             while self._queue:
                 take = self._group_size()
                 group, self._queue = self._queue[:take], self._queue[take:]
-                group, held = self._in_order(group)
-                outcome = await self._worker.call(_commit, self._worker.store, group, self._when_full)
+                windows = _windows(group)
+                outcome = await self._worker.call(_commit, self._worker.store, group, windows, self._when_full)
                 self._report(outcome, len(group))
                 stored = group[: len(outcome.ids)]
-                refused = group[len(stored) :] + held
-                for pending in stored:
-                    if self._refused_from.get(pending.node) == pending.counter:
-                        del self._refused_from[pending.node]
-                for pending in refused:
-                    self._refused_from[pending.node] = min(pending.counter, self._refused_from.get(pending.node, pending.counter))
                 self.committed_frames += len(stored)
-                log.debug(
-                    "group of %d: stored %d, refused %d (%d held back), fill %.2f",
-                    len(group) + len(held),
-                    len(stored),
-                    len(refused),
-                    len(held),
-                    outcome.fill,
-                )
+                log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)
                 rows = [
                     StoredBatch(row_id, p.batch.topic, p.batch.payload, p.batch.readings)
                     for row_id, p in zip(outcome.ids, stored, strict=True)
                 ]
-                self._on_done(CommitResult(list(zip(stored, rows, strict=True)), refused))
+                self._on_done(CommitResult(list(zip(stored, rows, strict=True)), group[len(stored) :]))
             self._idle.set()
             if self._stopping:
                 return

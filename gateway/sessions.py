@@ -154,7 +154,7 @@ class Sessions:
             log.warning(
                 "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
             )
-            node.window.reset(message.counter)
+            node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
         elif verdict == win.NEW:
             node.window.accept(message.counter)
         fields = message.fields
@@ -200,7 +200,7 @@ class Sessions:
         payload = senml.pack(node.hex, node.channels, samples, base_time)
         batch = Batch("%s/nodes/%s/readings" % (self.topic_base, node.hex), payload, len(samples) // 3, time.time())
         node.waiting[counter] = [link]
-        self._committer.submit(Pending(node.hex, counter, batch, node.window))
+        self._committer.submit(Pending(node.hex, counter, batch, node, node.window))
         if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
             self._publish_status(node)
 
@@ -209,7 +209,8 @@ class Sessions:
         acks: dict[tuple[int, str], tuple[Link, Node, list[int]]] = {}
         for pending, _row in result.committed:
             node = self.nodes[pending.node]
-            node.window.accept(pending.counter)
+            if pending.window is node.window:  # not from before a counter reset
+                node.window.accept(pending.counter)
             node.readings += pending.batch.readings
             for link in node.waiting.pop(pending.counter, []):
                 acks.setdefault((id(link), node.hex), (link, node, []))[2].append(pending.counter)

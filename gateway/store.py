@@ -12,6 +12,7 @@ dedicated thread, off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -24,6 +25,7 @@ from protocols.window import WINDOW
 log = logging.getLogger(__name__)
 
 DB_NAME = "buffer.sqlite3"
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 ROW_OVERHEAD = 40  # bytes SQLite spends per batch row beyond the payload, for the budget
 
 _SCHEMA = """
@@ -107,7 +109,8 @@ class Store:
             db.close()
             reason = verdict
         except sqlite3.DatabaseError as error:
-            if "disk is full" in str(error) or "readonly" in str(error):
+            # Only a damaged file is moved aside; locked, unreadable or full is the operator's to fix.
+            if getattr(error, "sqlite_errorcode", None) not in _CORRUPT_CODES:
                 raise StoreError("cannot open %s: %s" % (self.path, error)) from None
             reason = str(error)
         aside = self.path.with_name("%s.corrupt-%d" % (self.path.name, int(time.time())))
@@ -144,11 +147,33 @@ class Store:
         need = sum(len(b.payload) + ROW_OVERHEAD for b in batches)
         return self.used_bytes + need <= self.max_bytes
 
-    def commit(self, batches: list[Batch], windows: dict[str, WindowState]) -> list[int]:
-        """Store batches and the windows that admitted them in one durable transaction; return the row ids."""
+    def commit(self, batches: list[Batch], windows: dict[str, WindowState], make_room: bool = False) -> tuple[list[int], int]:
+        """Store batches and the windows that admitted them in one durable transaction.
+
+        With make_room, the oldest batches are evicted first until the new ones fit, and the
+        eviction and its count commit together with them. Returns (row ids, readings evicted).
+        """
         db = self._db
+        need = sum(len(b.payload) + ROW_OVERHEAD for b in batches)
         try:
             db.execute("BEGIN IMMEDIATE")
+            freed_bytes = freed_rows = evicted = 0
+            if make_room:
+                over = self.used_bytes + need - self.max_bytes  # bytes to free
+                while over > 0 and self._rows - freed_rows:
+                    rows = db.execute("SELECT id, LENGTH(payload), readings FROM batches ORDER BY id LIMIT 256").fetchall()
+                    if not rows:
+                        break
+                    for row_id, size, readings in rows:
+                        db.execute("DELETE FROM batches WHERE id = ?", (row_id,))
+                        freed_bytes += size
+                        freed_rows += 1
+                        evicted += readings
+                        over -= size + ROW_OVERHEAD
+                        if over <= 0:
+                            break
+                if evicted:
+                    self._add_total("dropped_readings", evicted)
             ids = []
             for batch in batches:
                 cursor = db.execute(
@@ -162,13 +187,17 @@ class Store:
                 [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big")) for node, state in windows.items()],
             )
             db.execute("COMMIT")
-        except sqlite3.OperationalError as error:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            self._rollback()
             raise StoreError("cannot write the buffer %s: %s" % (self.path, error)) from None
-        self._bytes += sum(len(b.payload) for b in batches)
-        self._rows += len(batches)
-        return ids
+        self._bytes += sum(len(b.payload) for b in batches) - freed_bytes
+        self._rows += len(batches) - freed_rows
+        return ids, evicted
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # then nothing was committed anyway
+                self._db.execute("ROLLBACK")
 
     def save_node_info(self, node: str, info_json: str) -> None:
         self._db.execute(
@@ -189,44 +218,29 @@ class Store:
         return [StoredBatch(*row) for row in rows]
 
     def delete(self, ids: list[int]) -> None:
-        """Forget batches the broker acknowledged."""
+        """Forget batches the broker acknowledged; on an error nothing is deleted (StoreError)."""
         if not ids:
             return
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         freed = 0
         removed = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            row = db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM batches WHERE id IN (%s)" % marks, chunk).fetchone()
-            freed += row[0]
-            removed += row[1]
-            db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, chunk)
-        db.execute("COMMIT")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                row = db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM batches WHERE id IN (%s)" % marks, chunk
+                ).fetchone()
+                freed += row[0]
+                removed += row[1]
+                db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, chunk)
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._rollback()
+            raise StoreError("cannot delete published batches from %s: %s" % (self.path, error)) from None
         self._bytes -= freed
         self._rows -= removed
-
-    def evict_oldest(self, need_bytes: int) -> tuple[int, int]:
-        """Drop the oldest batches until need_bytes more fit; return (batches, readings) dropped."""
-        dropped_batches = 0
-        dropped_readings = 0
-        while self._rows and self.used_bytes + need_bytes > self.max_bytes:
-            rows = self._db.execute("SELECT id, LENGTH(payload), readings FROM batches ORDER BY id LIMIT 256").fetchall()
-            ids = []
-            for row_id, size, readings in rows:
-                ids.append(row_id)
-                dropped_batches += 1
-                dropped_readings += readings
-                self._bytes -= size
-                self._rows -= 1
-                if self.used_bytes + need_bytes <= self.max_bytes:
-                    break
-            marks = ",".join("?" * len(ids))
-            self._db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, ids)
-        if dropped_readings:
-            self._add_total("dropped_readings", dropped_readings)
-        return dropped_batches, dropped_readings
 
     def _add_total(self, name: str, amount: int) -> None:
         self._db.execute(

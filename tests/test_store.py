@@ -21,7 +21,7 @@ def batch(n: int, size: int = 50) -> Batch:
 
 def test_commit_read_delete(tmp_path: pathlib.Path) -> None:
     store = Store(tmp_path, 10_000_000)
-    ids = store.commit([batch(1), batch(2), batch(3)], {"0000a4cf12b3c4d5": WindowState(3, 0b111)})
+    ids, _ = store.commit([batch(1), batch(2), batch(3)], {"0000a4cf12b3c4d5": WindowState(3, 0b111)})
     assert [b.id for b in store.oldest(10)] == ids
     assert store.oldest(10)[1].payload == batch(2).payload
     assert store.oldest(10, after_id=ids[0])[0].id == ids[1]
@@ -46,11 +46,14 @@ def test_budget_and_drop_oldest(tmp_path: pathlib.Path) -> None:
     store.max_bytes = 10 * (100 + ROW_OVERHEAD)  # room for exactly ten rows
     store.commit([batch(n, 100) for n in range(10)], {})
     assert not store.room_for([batch(99, 100)])
-    dropped = store.evict_oldest(2 * (100 + ROW_OVERHEAD))
-    assert dropped == (2, 20)
-    assert [b.payload[0] for b in store.oldest(20)] == list(range(2, 10))
+    ids, evicted = store.commit([batch(10, 100), batch(11, 100)], {}, make_room=True)
+    assert len(ids) == 2 and evicted == 20  # two oldest batches of ten readings each
+    assert [b.payload[0] for b in store.oldest(20)] == list(range(2, 12))
     assert store.total("dropped_readings") == 20
-    assert store.room_for([batch(10, 100), batch(11, 100)])
+    assert store.used_bytes == store.max_bytes and store.pending_batches == 10
+    store.close()
+    reopened = Store(tmp_path, 10 * (100 + ROW_OVERHEAD))
+    assert (reopened.used_bytes, reopened.pending_batches) == (10 * (100 + ROW_OVERHEAD), 10)
 
 
 def test_corrupt_database_is_moved_aside(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -60,6 +63,25 @@ def test_corrupt_database_is_moved_aside(tmp_path: pathlib.Path, caplog: pytest.
     assert "failed its integrity check" in caplog.text
     store.commit([batch(1)], {})
     assert store.pending_batches == 1
+
+
+def test_a_locked_database_is_an_error_not_corruption(tmp_path: pathlib.Path) -> None:
+    import sqlite3
+
+    first = Store(tmp_path, 10_000_000)
+    first.commit([batch(1)], {})
+    first.close()
+    holder = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None, timeout=0)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            Store(tmp_path, 10_000_000)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert Store(tmp_path, 10_000_000).pending_batches == 1
 
 
 def test_unusable_data_dir_is_a_clear_error(tmp_path: pathlib.Path) -> None:
