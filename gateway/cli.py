@@ -114,8 +114,12 @@ def do_fw(args: argparse.Namespace) -> int:
 
 
 def do_demo(args: argparse.Namespace) -> int:
-    print("edgegw demo: the live view arrives with the gateway and the node emulator (issues 3-5).")
-    print("What exists today: the wire protocol; try `edgegw decode` on a frame from protocols/vectors/vectors.json.")
+    print("edgegw demo: the live terminal view arrives with the HIL harness (issue 5).")
+    print("What works today, step by step:")
+    print("  .venv/bin/edgegw fw emulate --count 3 --interval 2     # prints one {node_id, port} line per node")
+    print("  .venv/bin/edgegw config check --config docs/edgegw.toml # then put those ports in [[serial]]")
+    print("  .venv/bin/edgegw run --config YOUR.toml                 # forwards to your broker")
+    print("  .venv/bin/edgegw fw monitor --port PORT                 # watch one node's frames")
     return 0
 
 
