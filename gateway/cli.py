@@ -119,7 +119,7 @@ def do_demo(args: argparse.Namespace) -> int:
     print("  .venv/bin/edgegw fw emulate --count 3 --interval 2     # prints one {node_id, port} line per node")
     print("  .venv/bin/edgegw config check --config docs/edgegw.toml # then put those ports in [[serial]]")
     print("  .venv/bin/edgegw run --config YOUR.toml                 # forwards to your broker")
-    print("  .venv/bin/edgegw fw monitor --port PORT                 # watch one node's frames")
+    print("  .venv/bin/edgegw fw monitor --port PORT                 # or watch a node's frames (gateway stopped)")
     return 0
 
 
