@@ -20,6 +20,7 @@ from protocols.window import WINDOW
 VERSION = "0.1.0"
 _RING = const(24)  # unacknowledged frames kept
 _MAX_PENDING = const(60)  # samples waiting for a frame while the span rule holds frames back
+_FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _POLL_MS = const(20)
 _WATCHDOG_MS = const(8000)
 
@@ -85,14 +86,20 @@ class Node:
         )
 
     def flush_readings(self):
-        if not self.pending or not self.may_send():
-            return
-        fields: dict = {"samples": self.pending}
-        if self.pending_since is not None:
-            fields["base_time"] = int(self.pending_since)
-        self.send(messages.READINGS, fields)
-        self.pending = []
-        self.pending_since = None
+        # At most _FRAME_SAMPLES per frame, so a frame stays under the 255-byte limit
+        # whatever piled up while the span rule held frames back.
+        while self.pending and self.may_send():
+            chunk = self.pending[: 3 * _FRAME_SAMPLES]
+            fields: dict = {"samples": chunk}
+            if self.pending_since is not None:
+                fields["base_time"] = int(self.pending_since)
+            try:
+                self.send(messages.READINGS, fields)
+            except ProtocolError:  # cannot happen within the limits above; never let it stop the node
+                self.ring.dropped += 1
+            del self.pending[: len(chunk)]
+        if not self.pending:
+            self.pending_since = None
 
     def sample(self):
         now = self.now()
