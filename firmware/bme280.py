@@ -2,6 +2,7 @@
 # section 4.2.3 integer compensation). Works with machine.I2C and with the
 # emulated chip of the unix HAL (firmware/emulation.py).
 import struct
+import time
 
 from micropython import const
 
@@ -12,6 +13,7 @@ _REG_CALIB_H2 = const(0xE1)  # 7 bytes: dig_H2..dig_H6
 _REG_ID = const(0xD0)
 _REG_CTRL_HUM = const(0xF2)
 _REG_CTRL_MEAS = const(0xF4)
+_REG_STATUS = const(0xF3)  # bit 3: measuring
 _REG_DATA = const(0xF7)  # 8 bytes: press[3] temp[3] hum[2]
 CHIP_ID = const(0x60)
 
@@ -43,6 +45,10 @@ class BME280:
     def read(self):
         # One forced measurement: (centi-degC, centi-%RH, Pa) as integers.
         self._i2c.writeto_mem(self._address, _REG_CTRL_MEAS, b"\x25")  # T x1, P x1, forced mode
+        for _ in range(20):  # a conversion takes about 9.3 ms at x1 oversampling (datasheet 9.1)
+            if not self._i2c.readfrom_mem(self._address, _REG_STATUS, 1)[0] & 0x08:
+                break
+            time.sleep_ms(1)
         self._i2c.readfrom_mem_into(self._address, _REG_DATA, self._buf)
         b = self._buf
         adc_p = (b[0] << 12) | (b[1] << 4) | (b[2] >> 4)

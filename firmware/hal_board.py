@@ -7,6 +7,7 @@ import time
 import machine
 
 from firmware.storage import Storage
+from firmware.uptime import Uptime
 
 
 class Uart:
@@ -35,7 +36,7 @@ class Hal:
         self.config = config
         self.uart = Uart(config.get("uart_id", 1), config.get("baud", 115200), config.get("tx"), config.get("rx"))
         self.storage = Storage("/data")
-        self._boot = time.ticks_ms()
+        self._uptime = Uptime()
         # Ports that count time.time() from 2000-01-01 (SPEC.md 5.6).
         self.epoch_offset = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
@@ -51,8 +52,12 @@ class Hal:
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
 
+    def uptime_ms(self):
+        return self._uptime.update()
+
     def clock(self):
-        return time.ticks_diff(time.ticks_ms(), self._boot) / 1000
+        # Seconds since boot, for the sensor models; protocol time uses uptime_ms().
+        return self._uptime.update() / 1000
 
     def sources(self, role):
         from firmware import sensors

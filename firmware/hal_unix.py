@@ -2,9 +2,9 @@
 # UART, a directory is the flash, the sensors are the models of emulation.py.
 import select
 import termios
-import time
 
 from firmware.storage import Storage
+from firmware.uptime import Uptime
 
 
 class Uart:
@@ -48,7 +48,7 @@ class Hal:
         self.uart = Uart(uart_path)
         self.storage = Storage(folder)
         self.seed = seed
-        self._boot = time.ticks_ms()
+        self._uptime = Uptime()
         self._pins = []
 
     def unique_id(self):
@@ -63,8 +63,12 @@ class Hal:
     def watchdog(self, timeout_ms):
         return Watchdog(timeout_ms)
 
+    def uptime_ms(self):
+        return self._uptime.update()
+
     def clock(self):
-        return time.ticks_diff(time.ticks_ms(), self._boot) / 1000
+        # Seconds since boot, for the sensor models; protocol time uses uptime_ms().
+        return self._uptime.update() / 1000
 
     def sources(self, role):
         from firmware import emulation, sensors

@@ -23,6 +23,8 @@ _MAX_PENDING = const(60)  # samples waiting for a frame while the span rule hold
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _POLL_MS = const(20)
 _WATCHDOG_MS = const(8000)
+_TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
+_MAX_ERROR_KEYS = const(4)  # CONFIG report: at most this many rejected keys, so it fits a frame
 
 
 class Node:
@@ -46,19 +48,27 @@ class Node:
                 self.channels.append({"name": name, "unit": unit, "scale": scale})
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
-        self.unix_offset = None  # unix time - hal.clock(), once TIME arrived
+        self.offset_ms = None  # unix ms - uptime ms, once TIME arrived (integers: see firmware/uptime.py)
         self.rx_errors = 0
+        self.hello_pending = None  # counter of the HELLO waiting for its ACK
         self.heap_peak = 0
         self.results = {}  # command id -> outcome, so a resent COMMAND is not run twice
+        self.result_order = []  # MicroPython dicts keep no insertion order: eviction order kept here
         self.reset_cause = hal.reset_cause()
         self.wake = asyncio.Event()
 
     # -------------------------------------------------------------- sending
 
     def now(self):
-        return None if self.unix_offset is None else self.hal.clock() + self.unix_offset
+        # Unix seconds (an integer), or None before the first TIME.
+        return None if self.offset_ms is None else (self.hal.uptime_ms() + self.offset_ms) // 1000
 
     def send(self, mtype, fields, flags=fr.F_ACK_REQ):
+        # Callers of optional frames check may_send() first; a frame that must go out
+        # keeps the span rule by giving up the oldest unacknowledged frames (counted).
+        while not self.may_send():
+            self.ring.forget(self.ring.oldest())
+            self.ring.dropped += 1
         counter = self.counter.take()
         wire = encode(Message(mtype, self.node_id, counter, fields, flags))
         if flags & fr.F_ACK_REQ:
@@ -73,7 +83,7 @@ class Node:
 
     def hello(self):
         self.hal.uart.write(b"\x00")  # end whatever garbage the gateway collected before we were here
-        self.send(
+        self.hello_pending = self.send(
             messages.HELLO,
             {
                 "proto": [fr.VERSION_MAJOR, fr.VERSION_MINOR],
@@ -92,7 +102,7 @@ class Node:
             chunk = self.pending[: 3 * _FRAME_SAMPLES]
             fields: dict = {"samples": chunk}
             if self.pending_since is not None:
-                fields["base_time"] = int(self.pending_since)
+                fields["base_time"] = self.pending_since
             try:
                 self.send(messages.READINGS, fields)
             except ProtocolError:  # cannot happen within the limits above; never let it stop the node
@@ -105,7 +115,7 @@ class Node:
         now = self.now()
         if not self.pending:
             self.pending_since = now
-        dt = 0 if now is None or self.pending_since is None else int(now - self.pending_since)
+        dt = 0 if now is None or self.pending_since is None else now - self.pending_since
         channel = 0
         for source in self.sources:
             try:
@@ -125,7 +135,7 @@ class Node:
         self.send(
             messages.STATUS,
             {
-                "uptime": int(self.hal.clock()),
+                "uptime": self.hal.uptime_ms() // 1000,
                 "free_heap": free,
                 "reset_cause": self.reset_cause,
                 "dropped": self.ring.dropped,
@@ -149,16 +159,20 @@ class Node:
             for counter in fields["counters"]:
                 self.ring.forget(counter)
         elif mtype == messages.TIME and "unix" in fields:
-            self.unix_offset = fields["unix"] + fields.get("ms", 0) / 1000 - self.hal.clock()
+            self.offset_ms = fields["unix"] * 1000 + fields.get("ms", 0) - self.hal.uptime_ms()
         elif mtype == messages.CONFIG:
             self.configure(fields)
         elif mtype == messages.COMMAND:
             self.command(fields)
-        elif mtype == messages.REJECT and fields["reason"] in (11, 12):  # stale, unknown_node: say who we are
-            self.hello()
+        elif mtype == messages.REJECT:
+            if fields["reason"] in (11, 12):  # stale, unknown_node: say who we are, keep the frames
+                if self.hello_pending is None or not self.ring.holds(self.hello_pending):
+                    self.hello()
+            elif "counter" in fields and self.ring.forget(fields["counter"]):  # version, type, schema: resending cannot help
+                self.ring.dropped += 1
 
     def configure(self, fields):
-        errors = {}
+        errors: dict = {}
         values = fields.get("values", {})
         if fields["op"] == messages.CONFIG_SET:
             for key in values:
@@ -167,8 +181,8 @@ class Node:
                     self.interval = value
                 elif key == "status_interval" and isinstance(value, (int, float)) and 10 <= value <= 86400:
                     self.status_interval = value
-                else:
-                    errors[key] = "unknown key or value out of range"
+                elif len(errors) < _MAX_ERROR_KEYS:
+                    errors[key[:16]] = "rejected"
             self.hal.storage.put("config.json", json.dumps({"interval": self.interval, "status_interval": self.status_interval}).encode())
             self.wake.set()
         report = {"op": messages.CONFIG_REPORT, "values": {"interval": self.interval, "status_interval": self.status_interval}}
@@ -178,30 +192,33 @@ class Node:
 
     def command(self, fields):
         ident = fields["id"]
-        if ident not in self.results:
-            action = fields["action"]
-            if action == "identify":
-                self.results[ident] = messages.OUTCOME_OK
-            else:
-                self.results[ident] = messages.OUTCOME_UNKNOWN
-            while len(self.results) > 8:
-                del self.results[next(iter(self.results))]
-        self.send(messages.COMMAND_RESULT, {"id": ident, "outcome": self.results[ident]})
+        outcome = self.results.get(ident)
+        if outcome is None:
+            outcome = messages.OUTCOME_OK if fields["action"] == "identify" else messages.OUTCOME_UNKNOWN
+            self.results[ident] = outcome
+            self.result_order.append(ident)
+            if len(self.result_order) > 8:
+                del self.results[self.result_order.pop(0)]
+        self.send(messages.COMMAND_RESULT, {"id": ident, "outcome": outcome})
 
     def receive(self):
-        count = self.hal.uart.read_available(self.rx)
-        if not count:
-            return
-        self.decoder.feed(bytes(self.rx[:count]))
-        while True:
-            try:
-                message = self.decoder.next_message()
-            except ProtocolError:
-                self.rx_errors += 1
-                continue
-            if message is None:
+        while True:  # until the UART is empty: a burst must not overflow its small buffer
+            count = self.hal.uart.read_available(self.rx)
+            if not count:
                 return
-            self.handle(message)
+            self.decoder.feed(bytes(self.rx[:count]))
+            while True:
+                try:
+                    message = self.decoder.next_message()
+                except ProtocolError:
+                    self.rx_errors += 1
+                    continue
+                if message is None:
+                    break
+                try:
+                    self.handle(message)
+                except Exception:  # no frame from the line may stop the node
+                    self.rx_errors += 1
 
     # -------------------------------------------------------------- tasks
 
@@ -222,7 +239,7 @@ class Node:
                 pass
 
     async def io(self, watchdog):
-        last_status = self.hal.clock()
+        last_status = last_time = self.hal.uptime_ms()
         while True:
             self.receive()
             now = time.ticks_ms()
@@ -230,9 +247,13 @@ class Node:
                 self.hal.uart.write(wire)
             if self.pending and self.may_send():
                 self.flush_readings()
-            if self.hal.clock() - last_status >= self.status_interval:
-                last_status = self.hal.clock()
+            uptime = self.hal.uptime_ms()
+            if uptime - last_status >= self.status_interval * 1000 and self.may_send():
+                last_status = uptime
                 self.status()
+            if uptime - last_time >= _TIME_REQUEST_MS and self.may_send():
+                last_time = uptime
+                self.send(messages.TIME, {}, 0)  # ask again: clocks drift
             self.hal.tick()
             watchdog.feed()
             await asyncio.sleep_ms(_POLL_MS)

@@ -34,6 +34,9 @@ class Ring:
         self._due[counter] = time.ticks_add(now, _FIRST_RETRY_MS)
         self._delay[counter] = _FIRST_RETRY_MS
 
+    def holds(self, counter):
+        return counter in self._frames
+
     def forget(self, counter):
         if counter in self._frames:
             self._counters.remove(counter)

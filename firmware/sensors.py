@@ -1,15 +1,20 @@
 # Channel sources. Each has channels() -> [(name, SenML unit, scale)] and
 # read() -> a tuple of integers in the same order (scaled by 10**-scale).
 class Bme280Source:
+    # The chip is looked for on every read until found, so a sensor missing at
+    # boot (or a BMP280 fitted by mistake) costs its channels, not the node.
     def __init__(self, i2c):
-        from firmware.bme280 import BME280
-
-        self._chip = BME280(i2c)
+        self._i2c = i2c
+        self._chip = None
 
     def channels(self):
         return (("temperature", "Cel", -2), ("humidity", "%RH", -2), ("pressure", "Pa", 0))
 
     def read(self):
+        if self._chip is None:
+            from firmware.bme280 import BME280
+
+            self._chip = BME280(self._i2c)  # OSError while absent: sample() skips the channels
         return self._chip.read()
 
 

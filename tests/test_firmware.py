@@ -286,3 +286,36 @@ def test_emulate_prints_ports_and_survives_a_port_reopen(tmp_path: pathlib.Path)
         emulator.wait(15)
     assert emulator.returncode == 0
     assert "firmware.main" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
+
+
+def test_commands_rejects_and_odd_config_do_not_stop_the_node(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    node = start_node(bundle, peer, tmp_path / "flash", interval=0.5, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        for ident in range(1, 13):  # more distinct ids than the node remembers
+            peer.send(messages.COMMAND, hello.node_id, {"id": ident, "action": "identify" if ident % 2 else "launch"}, fr.F_ACK_REQ)
+        peer.pump(1.5)
+        results = {m.fields["id"]: m.fields["outcome"] for m in peer.received if m.type == messages.COMMAND_RESULT}
+        assert results == {i: messages.OUTCOME_OK if i % 2 else messages.OUTCOME_UNKNOWN for i in range(1, 13)}
+
+        mark = len(peer.received)
+        junk = {"key%d" % i: i for i in range(8)}
+        peer.send(messages.CONFIG, hello.node_id, {"op": messages.CONFIG_SET, "values": junk}, fr.F_ACK_REQ)
+        report = peer.wait(messages.CONFIG, after=mark)
+        assert 1 <= len(report.fields["errors"]) <= 4
+
+        first = peer.wait(messages.READINGS, after=mark)
+        peer.send(messages.REJECT, hello.node_id, {"reason": 9, "detail": "schema", "counter": first.counter})
+        for _ in range(3):  # several REJECT unknown_node in a row: one HELLO answers them all
+            peer.send(messages.REJECT, hello.node_id, {"reason": 12, "counter": first.counter})
+        mark = len(peer.received)
+        peer.pump(3.0)
+        assert len({m.counter for m in peer.received[mark:] if m.type == messages.HELLO}) == 1  # resends keep its counter
+        assert first.counter not in {m.counter for m in peer.received[mark:] if m.type == messages.READINGS}, (
+            "a rejected frame is not resent"
+        )
+        assert node.poll() is None
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
