@@ -230,11 +230,16 @@ def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) ->
 def test_flash_runs_this_mpremote_command(tmp_path: pathlib.Path) -> None:
     lines: list[str] = []
     assert flash.flash("/dev/ttyACM0", "sensor", ["interval=30", "i2c=22,21"], lines.append, dry_run=True) == 0
-    command = lines[-1].split()
+    stop, install = lines[-2], lines[-1]
+    assert stop.split()[0].endswith("mpremote") and stop.split()[1:4] == ["connect", "/dev/ttyACM0", "exec"]
+    assert "os.remove(f)" in stop and "/main.py" in stop and "/data/config.json" in stop and stop.endswith("+ reset")
+    command = install.split()
     assert command[0].endswith("mpremote") and command[1:3] == ["connect", "/dev/ttyACM0"]
-    joined = " ".join(command)
-    assert "fs cp -r" in joined and joined.endswith("+ reset")
-    assert ":/data/node.json" in joined and ":main.py" in joined
+    assert "fs cp -r" in install and install.endswith("+ reset")
+    assert install.index(":/data/node.json") < install.index(":main.py"), "main.py goes last"
+    lines.clear()
+    flash.flash("/dev/ttyACM0", "sensor", ["i2c=22,21"], lines.append, dry_run=True)
+    assert "/data/config.json" not in lines[-2], "settings a gateway made stay when none are given"
 
 
 def test_flash_explains_user_mistakes() -> None:

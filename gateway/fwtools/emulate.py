@@ -8,7 +8,6 @@ the node still there, and it is the place where the HIL harness injects faults.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -27,6 +26,7 @@ from .build import build
 from .tools import find_tool
 
 READY_TIMEOUT_S = 30.0
+RELAY_BUFFER = 65536  # bytes kept per direction for a side that is not reading
 
 
 class EmulatorError(Exception):
@@ -106,6 +106,9 @@ class Emulator:
         assert node.process is not None and node.process.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
+            ready, _, _ = select.select([node.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
             line = node.process.stdout.readline().decode(errors="replace").strip()
             if line:
                 node.log.append(line)
@@ -126,20 +129,36 @@ class Emulator:
             del node.log[:-50]
 
     def _relay_forever(self) -> None:
-        """Copy bytes node <-> gateway side; a side that is not open loses what it is sent, like a real line."""
-        pairs = {}
+        """Copy bytes node <-> gateway side, without losing any while both sides read.
+
+        Each direction has an outbox; what a side does not take stays there, up to
+        RELAY_BUFFER bytes, beyond which the oldest bytes are dropped (as a UART
+        whose receiver is not reading would lose them).
+        """
+        pairs: dict[int, int] = {}
         for node in self.nodes:
             pairs[node.node_master] = node.gateway_master
             pairs[node.gateway_master] = node.node_master
+        outbox: dict[int, bytearray] = {fd: bytearray() for fd in pairs}
         while not self._stop.is_set():
-            ready, _, _ = select.select(list(pairs), [], [], 0.2)
-            for source in ready:
+            waiting = [fd for fd, data in outbox.items() if data]
+            readable, writable, _ = select.select(list(pairs), waiting, [], 0.2)
+            for source in readable:
                 try:
                     data = os.read(source, 4096)
                 except (BlockingIOError, OSError):
                     continue
-                with contextlib.suppress(BlockingIOError, OSError):  # the other side is not reading:
-                    os.write(pairs[source], data)  # the bytes are lost, as on a real UART
+                box = outbox[pairs[source]]
+                box += data
+                if len(box) > RELAY_BUFFER:
+                    del box[: len(box) - RELAY_BUFFER]
+            for destination in writable:
+                box = outbox[destination]
+                try:
+                    written = os.write(destination, box)
+                except (BlockingIOError, OSError):
+                    continue
+                del box[:written]
 
     def restart(self, node: EmulatedNode) -> None:
         """Stop a node's process and boot it again (a reboot): its flash directory is kept."""

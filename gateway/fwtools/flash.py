@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,9 @@ SETTING_TYPES = {
     "adc": int,
     "pulse_pin": int,
 }
+
+
+REBOOT_WAIT_S = 2.0  # after the first reset, for the board's USB serial to come back
 
 
 class FlashError(Exception):
@@ -57,16 +61,27 @@ def mpremote() -> str:
     return found
 
 
-def command_line(port: str, bundle: Path, settings_file: Path) -> list[str]:
-    """The one mpremote invocation that installs a node: folders, bundle, settings, reset."""
-    make_dirs = "import os\nfor d in ('/data',):\n try: os.mkdir(d)\n except OSError: pass"
+def command_lines(port: str, bundle: Path, settings_file: Path, forget_config: bool) -> list[list[str]]:
+    """The mpremote invocations that install a node.
+
+    First the running firmware is stopped from coming back (main.py removed, board
+    reset): its watchdog cannot be disabled and would reset the board mid-copy.
+    Then folders, bundle and settings are copied, main.py last, and the board reset.
+    """
+    stale = ["/main.py"] + (["/data/config.json"] if forget_config else [])
+    stop = "import os\nfor f in %r:\n try: os.remove(f)\n except OSError: pass" % (stale,)
+    make_dirs = "import os\ntry: os.mkdir('/data')\nexcept OSError: pass"
+    tool = mpremote()
     return [
-        mpremote(), "connect", port,
-        "exec", make_dirs, "+",
-        "fs", "cp", "-r", str(bundle / "protocols"), str(bundle / "firmware"), ":", "+",
-        "fs", "cp", str(bundle / "main.py"), ":main.py", "+",
-        "fs", "cp", str(settings_file), ":/data/node.json", "+",
-        "reset",
+        [tool, "connect", port, "exec", stop, "+", "reset"],
+        [
+            tool, "connect", port,
+            "exec", make_dirs, "+",
+            "fs", "cp", "-r", str(bundle / "protocols"), str(bundle / "firmware"), ":", "+",
+            "fs", "cp", str(settings_file), ":/data/node.json", "+",
+            "fs", "cp", str(bundle / "main.py"), ":main.py", "+",
+            "reset",
+        ],
     ]  # fmt: skip
 
 
@@ -92,13 +107,18 @@ def flash(port: str, role: str, pairs: list[str], say: Callable[[str], None], dr
         manifest = build(bundle)
         settings_file = Path(work) / "node.json"
         settings_file.write_text(json.dumps({"role": role, **settings}))
-        command = command_line(port, bundle, settings_file)
+        # Settings given now replace those a gateway set over CONFIG earlier.
+        commands = command_lines(port, bundle, settings_file, forget_config=bool({"interval", "status_interval"} & set(settings)))
         if dry_run:
-            say(" ".join(command))
+            for command in commands:
+                say(" ".join(command))
             return 0
-        say("copying %d files (firmware %s) to %s" % (len(manifest["files"]), manifest["firmware_version"], port))  # type: ignore[arg-type]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        if done.returncode != 0:
-            raise FlashError("%s: %s" % (port, explain(done.stdout + done.stderr)))
+        steps = ("stopping the running firmware", "copying %d files (firmware %s)" % (len(manifest["files"]), manifest["firmware_version"]))  # type: ignore[arg-type]
+        for step, command in zip(steps, commands, strict=True):
+            say("%s: %s" % (port, step))
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 0:
+                raise FlashError("%s: %s" % (port, explain(done.stdout + done.stderr)))
+            time.sleep(REBOOT_WAIT_S if step == steps[0] else 0)
         say("flashed and reset; the node says HELLO on its UART when it boots")
     return 0
