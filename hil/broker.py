@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import getpass
 import os
 import shutil
@@ -10,6 +9,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from .processes import track
 
 
 class BrokerError(RuntimeError):
@@ -27,17 +28,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-_RUNNING: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """A test that failed half-way must not leave a broker running after the test run."""
-    for process in list(_RUNNING):
-        if process.poll() is None:
-            process.kill()
 
 
 class Mosquitto:
@@ -96,7 +86,7 @@ class Mosquitto:
         if self.running:
             return
         self.process = subprocess.Popen([find_mosquitto(), "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _RUNNING.add(self.process)
+        track(self.process)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import subprocess
@@ -10,15 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-_RUNNING: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """A test that failed half-way must not leave a gateway running after the test run."""
-    for process in list(_RUNNING):
-        if process.poll() is None:
-            process.kill()
+from .processes import track
 
 
 class GatewayProcess:
@@ -75,7 +66,7 @@ class GatewayProcess:
             cwd=Path(__file__).resolve().parent.parent,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        _RUNNING.add(self.process)
+        track(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
