@@ -85,7 +85,8 @@ def start_node(
     command = [str(pathlib.Path(sys.executable).parent / "micropython"), "-X", "heapsize=%s" % heap, "-m", "firmware.main"]
     command += [peer.path, str(data), "3", str(interval), str(status)]
     env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    # cwd: MicroPython puts "" first on sys.path; from the repository it would compile the sources instead.
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle)
 
 
 @pytest.fixture

@@ -100,7 +100,10 @@ class Emulator:
         args = [command, "-X", "heapsize=%s" % self.heap, "-m", "firmware.main", node.node_path, str(node.data_dir), str(node.seed)]
         args += [str(self.interval), str(self.status_interval)]
         env = dict(os.environ, MICROPYPATH=".frozen:%s" % self.bundle)
-        node.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # cwd: MicroPython puts "" first on sys.path; anywhere else it might find and compile sources.
+        node.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=self.bundle, start_new_session=True
+        )
 
     def _wait_ready(self, node: EmulatedNode) -> None:
         assert node.process is not None and node.process.stdout is not None
