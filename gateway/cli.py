@@ -117,8 +117,9 @@ def do_demo(args: argparse.Namespace) -> int:
     print("edgegw demo: the live terminal view arrives with the HIL harness (issue 5).")
     print("What works today, step by step:")
     print("  .venv/bin/edgegw fw emulate --count 3 --interval 2     # prints one {node_id, port} line per node")
-    print("  .venv/bin/edgegw config check --config docs/edgegw.toml # then put those ports in [[serial]]")
-    print("  .venv/bin/edgegw run --config YOUR.toml                 # forwards to your broker")
+    print("  cp docs/edgegw.toml my.toml                             # edit: your broker, those ports in [[serial]]")
+    print("  .venv/bin/edgegw config check --config my.toml")
+    print("  .venv/bin/edgegw run --config my.toml                   # forwards to your broker")
     print("  .venv/bin/edgegw fw monitor --port PORT                 # or watch a node's frames (gateway stopped)")
     return 0
 
