@@ -9,6 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: a busy 2-core CI machine must not turn slowness into failures.
+settings.register_profile("edgegw", deadline=None)
+settings.load_profile("edgegw")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
