@@ -110,7 +110,6 @@ class Committer:
         self._stopping = False
         self.full_episode = False
         self.dropped_in_episode = 0
-        self.committed_frames = 0
         self.last_error = ""
 
     def _group_size(self) -> int:
@@ -128,10 +127,6 @@ class Committer:
         self._queue.append(pending)
         self._idle.clear()
         self._wake.set()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     async def run(self) -> None:
         try:
@@ -155,7 +150,6 @@ class Committer:
                 outcome = await self._worker.call(_commit, self._worker.store, group, windows, self._when_full)
                 self._report(outcome, len(group))
                 stored = group[: len(outcome.ids)]
-                self.committed_frames += len(stored)
                 log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)
                 rows = [
                     StoredBatch(row_id, p.batch.topic, p.batch.payload, p.batch.readings)

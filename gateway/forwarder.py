@@ -44,8 +44,6 @@ class Forwarder:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._epoch = 0
-        self.published = 0
-        self.backlog_remaining = 0
 
     # ------------------------------------------------------------ events (event loop)
 
@@ -82,7 +80,6 @@ class Forwarder:
         if row is not None:
             if accepted:
                 self._acked.append(row.id)
-                self.published += 1
             else:
                 log.error("the broker refused a readings publish (%s); the batch stays buffered and is retried", reason)
                 loop = asyncio.get_running_loop()
@@ -140,7 +137,6 @@ class Forwarder:
             if row.id > self._backlog_end:  # older rows were on disk at connect: the backlog has them
                 return row
         if self._backlog:
-            self.backlog_remaining = len(self._backlog) - 1
             return self._backlog.popleft()
         return None
 
@@ -173,7 +169,3 @@ class Forwarder:
         except StoreError as error:  # the rows stay; they may be published again, never lost
             log.error("%s; will try again", error)
             self._acked = acked + self._acked
-
-    @property
-    def inflight(self) -> int:
-        return len(self._inflight)

@@ -45,8 +45,6 @@ class Node:
     last_seen: float = 0.0
     status_sent_at: float = 0.0
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters in the commit queue -> links to ACK
-    readings: int = 0
-    duplicates: int = 0
     stale: int = 0
     stale_logged_at: float = -1e9
 
@@ -73,7 +71,6 @@ class Sessions:
         self._publish_retained = publish_retained
         self._save_info = save_info
         self.nodes: dict[str, Node] = {}
-        self.rejected: dict[str, int] = {}
 
     # ------------------------------------------------------------ restoring
 
@@ -181,7 +178,6 @@ class Sessions:
             node.waiting[counter].append(link)  # a retransmission of a frame on its way to disk
             return
         if verdict == win.DUPLICATE:
-            node.duplicates += 1
             self._ack(link, node, [counter])
             return
         if node.channels is None:
@@ -211,7 +207,6 @@ class Sessions:
             node = self.nodes[pending.node]
             if pending.window is node.window:  # not from before a counter reset
                 node.window.accept(pending.counter)
-            node.readings += pending.batch.readings
             for link in node.waiting.pop(pending.counter, []):
                 acks.setdefault((id(link), node.hex), (link, node, []))[2].append(pending.counter)
         for pending in result.refused:
@@ -258,7 +253,6 @@ class Sessions:
             self._send(link, node, messages.ACK, {"counters": counters[start : start + messages.MAX_ACKS]})
 
     def _reject(self, link: Link, node: Node, message: Message, code: int, detail: str) -> None:
-        self.rejected[perr.REASONS[code]] = self.rejected.get(perr.REASONS[code], 0) + 1
         self._send(link, node, messages.REJECT, {"reason": code, "detail": detail, "counter": message.counter, "type": message.type})
 
     def send_time(self, link: Link, node: Node) -> None:
