@@ -8,6 +8,13 @@ from protocols.frame import F_ACK_REQ, F_AUTH, F_DOWNLINK, F_RETRY
 _FLAG_NAMES = ((F_DOWNLINK, "down"), (F_ACK_REQ, "ack-req"), (F_RETRY, "retry"), (F_AUTH, "auth"))
 
 
+def describe_error(error: BaseException) -> str:
+    """An OS or library error as a short phrase for a log line: "No such file or directory"."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
 def describe_flags(flags: int) -> str:
     names = [name for bit, name in _FLAG_NAMES if flags & bit]
     return ",".join(names) or "-"

@@ -25,6 +25,7 @@ import serial_asyncio_fast
 from protocols import Message, ProtocolError, StreamDecoder
 
 from .config import SerialConfig
+from .render import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class PortManager:
                 loop, lambda: Link(path, self.handler, self._lost), path, baudrate=state.config.baud
             )
         except (OSError, serial.SerialException, ValueError) as error:
-            self._failed(path, state, "cannot open: %s" % _reason(error))
+            self._failed(path, state, "cannot open: %s" % describe_error(error))
             return
         finally:
             state.opening = False
@@ -203,11 +204,5 @@ class PortManager:
         state.link = None
         if self._stopping:
             return
-        log.warning("%s: port lost (%s); reopening when it is back", link.path, _reason(exc) if exc else "closed")
+        log.warning("%s: port lost (%s); reopening when it is back", link.path, describe_error(exc) if exc else "closed")
         state.retry_at = time.monotonic() + REOPEN_MIN_S
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__

@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .config import MqttConfig
+from .render import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Uplink:
             try:
                 self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
             except (OSError, ssl.SSLError, ValueError) as error:
-                self._note_failure("cannot reach the broker %s:%d: %s" % (self.config.host, self.config.port, _reason(error)))
+                self._note_failure("cannot reach the broker %s:%d: %s" % (self.config.host, self.config.port, describe_error(error)))
             else:
                 while not self._stopping.is_set():
                     if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -178,9 +179,3 @@ def backoff_delay(attempt: int, cap_s: float, rng: random.Random | None = None) 
     """
     ceiling = min(cap_s, BACKOFF_BASE_S * 2 ** min(attempt, 16))
     return (rng or random).uniform(0.1 * ceiling, ceiling)
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 
 import pytest
 from hypothesis import settings
+
+from gateway.fwtools.tools import find_tool
 
 # No per-example deadline: a busy 2-core CI machine must not turn slowness into failures.
 settings.register_profile("edgegw", deadline=None)
@@ -19,11 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _tool(name: str) -> str:
-    """A console script from this virtualenv (beside sys.executable), else from PATH."""
-    candidate = pathlib.Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
+    found = find_tool(name)
     if found is None:
         pytest.fail("%s is not installed: run `make test`, which installs the test extras" % name)
     return found
