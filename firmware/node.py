@@ -207,16 +207,12 @@ class Node:
             if not count:
                 return
             self.decoder.feed(bytes(self.rx[:count]))
-            while True:
-                try:
-                    message = self.decoder.next_message()
-                except ProtocolError:
+            for event in self.decoder.drain():
+                if isinstance(event, ProtocolError):
                     self.rx_errors += 1
                     continue
-                if message is None:
-                    break
                 try:
-                    self.handle(message)
+                    self.handle(event)
                 except Exception:  # no frame from the line may stop the node
                     self.rx_errors += 1
 

@@ -16,7 +16,7 @@ import serial
 from protocols import ProtocolError, StreamDecoder
 
 from . import __version__, config
-from .render import describe_message
+from .render import describe_event
 
 
 class CommandError(Exception):
@@ -35,18 +35,10 @@ def do_decode(args: argparse.Namespace) -> int:
     if not data.endswith(b"\x00"):
         data += b"\x00"  # the delimiter is often left off when copying a frame
     decoder.feed(bytes(data))
-    bad = 0
-    while True:
-        try:
-            message = decoder.next_message()
-        except ProtocolError as error:
-            bad += 1
-            print("BAD FRAME %s" % error)
-            continue
-        if message is None:
-            break
-        print(describe_message(message))
-    return 1 if bad else 0
+    events = decoder.drain()
+    for event in events:
+        print(describe_event(event))
+    return 1 if any(isinstance(event, ProtocolError) for event in events) else 0
 
 
 def do_config_check(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocols import Message, node_hex
+from protocols import Message, ProtocolError, node_hex
 from protocols.frame import F_ACK_REQ, F_AUTH, F_DOWNLINK, F_RETRY
 
 _FLAG_NAMES = ((F_DOWNLINK, "down"), (F_ACK_REQ, "ack-req"), (F_RETRY, "retry"), (F_AUTH, "auth"))
@@ -18,6 +18,13 @@ def describe_error(error: BaseException) -> str:
 def describe_flags(flags: int) -> str:
     names = [name for bit, name in _FLAG_NAMES if flags & bit]
     return ",".join(names) or "-"
+
+
+def describe_event(event: Message | ProtocolError) -> str:
+    """One line for what a StreamDecoder.drain() gave: a message, or a bad frame as BAD FRAME."""
+    if isinstance(event, ProtocolError):
+        return "BAD FRAME %s" % event
+    return describe_message(event)
 
 
 def describe_message(message: Message) -> str:

@@ -64,19 +64,15 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._decoder.feed(data)
-        while True:
-            try:
-                message = self._decoder.next_message()
-            except ProtocolError as error:
-                self._bad_frame(error)
+        for event in self._decoder.drain():
+            if isinstance(event, ProtocolError):
+                self._bad_frame(event)
                 continue
-            if message is None:
-                return
             self.frames += 1
             try:
-                self._handler.message(self, message)
+                self._handler.message(self, event)
             except Exception:  # a bug in one handler must not take the port down
-                log.exception("%s: handling %s failed", self.path, message.name)
+                log.exception("%s: handling %s failed", self.path, event.name)
 
     def _bad_frame(self, error: ProtocolError) -> None:
         self.errors[error.reason] += 1

@@ -71,13 +71,9 @@ class ScriptedNode:
         got = []
         if data:
             self.decoder.feed(data)
-            while True:
-                try:
-                    message = self.decoder.next_message()
-                except ProtocolError:
+            for message in self.decoder.drain():
+                if isinstance(message, ProtocolError):
                     continue
-                if message is None:
-                    break
                 got.append(message)
                 if message.type == messages.ACK:
                     for counter in message.fields["counters"]:

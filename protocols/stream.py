@@ -63,6 +63,19 @@ class StreamDecoder:
         frame = self.next_frame()
         return None if frame is None else messages.decode_frame(frame)
 
+    def drain(self) -> list:
+        """Every message decodable now, and a ProtocolError in place of each bad frame, in stream order."""
+        events: list = []
+        while True:
+            try:
+                message = self.next_message()
+            except ProtocolError as error:
+                events.append(error)
+                continue
+            if message is None:
+                return events
+            events.append(message)
+
     @property
     def buffered(self) -> int:
         return len(self._buffer) - self._pos

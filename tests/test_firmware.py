@@ -47,14 +47,7 @@ class Peer:
             ready, _, _ = select.select([self.master], [], [], 0.05)
             if ready:
                 self.decoder.feed(os.read(self.master, 4096))
-                while True:
-                    try:
-                        message = self.decoder.next_message()
-                    except ProtocolError:
-                        continue
-                    if message is None:
-                        break
-                    self.received.append(message)
+                self.received += [m for m in self.decoder.drain() if not isinstance(m, ProtocolError)]
 
     def wait(self, mtype: int, timeout: float = 15.0, after: int = 0) -> Message:
         deadline = time.monotonic() + timeout
@@ -271,14 +264,9 @@ def test_emulate_prints_ports_and_survives_a_port_reopen(tmp_path: pathlib.Path)
                 found = None
                 while found is None and time.monotonic() < deadline:
                     decoder.feed(port.read(512))
-                    while True:
-                        try:
-                            message = decoder.next_message()
-                        except ProtocolError:
-                            continue
-                        if message is None:
-                            break
-                        found = message
+                    for message in decoder.drain():
+                        if not isinstance(message, ProtocolError):
+                            found = message
                 assert found is not None, "attempt %d: no frame from the node" % attempt
                 assert found.node_id.hex() == lines[0]["node_id"]
         monitor = subprocess.run(

@@ -18,17 +18,8 @@ ALL_REASONS = set(__import__("protocols.errors", fromlist=["REASONS"]).REASONS.v
 def _decode_all(data: bytes) -> tuple[list[Message], list[ProtocolError]]:
     decoder = StreamDecoder()
     decoder.feed(data)
-    good: list[Message] = []
-    bad: list[ProtocolError] = []
-    while True:
-        try:
-            message = decoder.next_message()
-        except ProtocolError as error:
-            bad.append(error)
-            continue
-        if message is None:
-            return good, bad
-        good.append(message)
+    events = decoder.drain()
+    return [e for e in events if isinstance(e, Message)], [e for e in events if isinstance(e, ProtocolError)]
 
 
 def _expected(message: Message) -> Message:
@@ -142,14 +133,7 @@ def test_stream_recovers_frames_between_garbage(pieces: list[tuple[Message, byte
         cut_index += 1
         decoder.feed(bytes(stream[position : position + step]))
         position += step
-        while True:
-            try:
-                message = decoder.next_message()
-            except ProtocolError:
-                continue
-            if message is None:
-                break
-            received.append(message)
+        received += [e for e in decoder.drain() if isinstance(e, Message)]
     # Garbage can by chance form a valid frame only with a matching CRC-32: every
     # received message that is not one we sent would be a false acceptance.
     assert [m for m in received if m not in sent] == []

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import serial
 
-from protocols import ProtocolError, StreamDecoder
+from protocols import StreamDecoder
 
-from ..render import describe_message
+from ..render import describe_event
 
 
 def monitor(port: str, baud: int, out: Callable[[str], None], frames: int | None = None, seconds: float | None = None) -> int:
@@ -23,16 +23,8 @@ def monitor(port: str, baud: int, out: Callable[[str], None], frames: int | None
             if not data:
                 continue
             decoder.feed(data)
-            while True:
-                stamp = time.strftime("%H:%M:%S")
-                try:
-                    message = decoder.next_message()
-                except ProtocolError as error:
-                    out("%s BAD FRAME %s" % (stamp, error))
-                    shown += 1
-                    continue
-                if message is None:
-                    break
-                out("%s %s" % (stamp, describe_message(message)))
+            stamp = time.strftime("%H:%M:%S")
+            for event in decoder.drain():
+                out("%s %s" % (stamp, describe_event(event)))
                 shown += 1
     return 0

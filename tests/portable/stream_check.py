@@ -45,15 +45,11 @@ def run(seed, frames):
         step = 1 + next(rand) % 90
         decoder.feed(stream[pos : pos + step])
         pos += step
-        while True:
-            try:
-                message = decoder.next_message()
-            except ProtocolError:
+        for event in decoder.drain():
+            if isinstance(event, ProtocolError):
                 errors += 1
-                continue
-            if message is None:
-                break
-            received.append(message.counter)
+            else:
+                received.append(event.counter)
     return {"sent": sent, "received": received, "errors": errors, "dropped": decoder.bytes_dropped}
 
 
