@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from gateway.fwtools.tools import stop_process
+
 from .processes import track
 
 
@@ -108,13 +110,7 @@ class Mosquitto:
         """Graceful stop: sessions and queued messages are saved for the restart."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None

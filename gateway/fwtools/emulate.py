@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .build import build
-from .tools import find_tool
+from .tools import find_tool, stop_process
 
 READY_TIMEOUT_S = 30.0
 RELAY_BUFFER = 65536  # bytes kept per direction for a side that is not reading
@@ -170,13 +170,8 @@ class Emulator:
         self._wait_ready(node)
 
     def _terminate(self, node: EmulatedNode) -> None:
-        if node.process is not None and node.process.poll() is None:
-            node.process.terminate()
-            try:
-                node.process.wait(5)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait()
+        if node.process is not None:
+            stop_process(node.process, 5)
 
     def stop(self) -> None:
         self._stop.set()
