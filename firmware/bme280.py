@@ -19,9 +19,19 @@ CHIP_ID = const(0x60)
 
 
 class BME280:
+    # A channel source (see firmware/sensors.py). The chip is looked for on
+    # every read until found, so a sensor missing at boot (or a BMP280 fitted
+    # by mistake) costs its channels, not the node.
+    CHANNELS = (("temperature", "Cel", -2), ("humidity", "%RH", -2), ("pressure", "Pa", 0))
+
     def __init__(self, i2c, address=ADDRESS):
         self._i2c = i2c
         self._address = address
+        self._t = None  # calibration: read once the chip answers
+
+    def _find(self):
+        i2c = self._i2c
+        address = self._address
         if i2c.readfrom_mem(address, _REG_ID, 1)[0] != CHIP_ID:
             raise OSError("no BME280 at 0x%02x" % address)
         tp = i2c.readfrom_mem(address, _REG_CALIB_TP, 24)
@@ -44,6 +54,8 @@ class BME280:
 
     def read(self):
         # One forced measurement: (centi-degC, centi-%RH, Pa) as integers.
+        if self._t is None:
+            self._find()  # OSError while the chip is absent: the node skips these channels
         self._i2c.writeto_mem(self._address, _REG_CTRL_MEAS, b"\x25")  # T x1, P x1, forced mode
         for _ in range(20):  # a conversion takes about 9.3 ms at x1 oversampling (datasheet 9.1)
             if not self._i2c.readfrom_mem(self._address, _REG_STATUS, 1)[0] & 0x08:

@@ -1,24 +1,20 @@
 # Emulated hardware for the unix port: what cannot exist on a PC (an I2C
 # sensor, an ADC probe in a stream, a rain gauge) modelled deterministically.
-# Everything here sits behind the HAL; the drivers above it are the real ones.
+# Everything here sits behind the HAL; the ADC and pin drivers above it are
+# the real ones, the BME280 is emulated at its channels (see EmulatedBME280).
 import math
-import struct
-
-from firmware import bme280
-
-# Calibration of the datasheet's worked example (BME280 datasheet, 8.1/8.2).
-_CAL_T = (27504, 26435, -1000)
-_CAL_P = (36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000)
-_CAL_H = (75, 362, 0, 313, 50, 30)
 
 
 class Model:
     # Seeded, smooth, repeatable: a daily temperature cycle, humidity opposite
     # to it, weather-scale pressure drift, and a flood wave on the stream.
-    def __init__(self, seed, clock):
+    def __init__(self, seed, uptime_ms):
         self.seed = seed
-        self.clock = clock  # seconds since the node booted (float)
+        self._uptime_ms = uptime_ms
         self.phase = (seed * 7919) % 86400
+
+    def clock(self):  # seconds since the node booted
+        return self._uptime_ms() / 1000
 
     def _day(self):
         return math.sin(2 * math.pi * (self.clock() + self.phase) / 86400)
@@ -37,78 +33,18 @@ class Model:
         return 0.35 + 1.8 * math.exp(-(((t - 7200) / 1800.0) ** 2))
 
 
-def _invert(function, target, low, high):
-    # Smallest raw value whose compensated output reaches target (outputs rise with raw).
-    while low < high:
-        middle = (low + high) // 2
-        if function(middle) < target:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
 class EmulatedBME280:
-    # Answers register reads as the chip would; raw ADC values are found by
-    # inverting the real compensation, so the driver reads back the model.
+    # The BME280's channels straight from the model, rounded as the driver
+    # rounds them. Chip-level emulation of the same sensor, which exercises
+    # the real driver, is firmware/emulated_chip.py (tests/test_firmware.py).
+    CHANNELS = (("temperature", "Cel", -2), ("humidity", "%RH", -2), ("pressure", "Pa", 0))  # as bme280.BME280
+
     def __init__(self, model):
         self._model = model
-        calib = struct.pack("<Hhh", *_CAL_T) + struct.pack("<Hhhhhhhhh", *_CAL_P)
-        h1, h2, h3, h4, h5, h6 = _CAL_H
-        self._regs = {
-            0xD0: bytes([bme280.CHIP_ID]),
-            0x88: calib,
-            0xA1: bytes([h1]),
-            0xE1: struct.pack("<hB", h2, h3)
-            + bytes([(h4 >> 4) & 0xFF, (h4 & 0x0F) | ((h5 & 0x0F) << 4), (h5 >> 4) & 0xFF])
-            + struct.pack("b", h6),
-        }
 
-    def measure(self):
-        t_target = int(self._model.temperature() * 100)
-        adc_t = _invert(lambda raw: bme280.compensate_t(_CAL_T, raw)[1], t_target, 0, (1 << 20) - 1)
-        t_fine = bme280.compensate_t(_CAL_T, adc_t)[0]
-        # Pressure falls as the raw value rises: invert on the negated output.
-        adc_p = _invert(lambda raw: -bme280.compensate_p(_CAL_P, t_fine, raw), -int(self._model.pressure()), 0, (1 << 20) - 1)
-        adc_h = _invert(lambda raw: bme280.compensate_h(_CAL_H, t_fine, raw), int(self._model.humidity() * 1024), 0, 65535)
-        return bytes(
-            [
-                adc_p >> 12,
-                (adc_p >> 4) & 0xFF,
-                (adc_p & 0x0F) << 4,
-                adc_t >> 12,
-                (adc_t >> 4) & 0xFF,
-                (adc_t & 0x0F) << 4,
-                adc_h >> 8,
-                adc_h & 0xFF,
-            ]
-        )
-
-    def read(self, register, count):
-        if register == 0xF7:
-            return self.measure()[:count]
-        return self._regs.get(register, bytes(count))[:count]
-
-
-class EmulatedI2C:
-    # The subset of machine.I2C the drivers use.
-    def __init__(self, devices):
-        self._devices = devices  # address -> device
-
-    def _device(self, address):
-        if address not in self._devices:
-            raise OSError(19)  # ENODEV, as machine.I2C raises for a missing device
-        return self._devices[address]
-
-    def readfrom_mem(self, address, register, count):
-        return self._device(address).read(register, count)
-
-    def readfrom_mem_into(self, address, register, buffer):
-        data = self._device(address).read(register, len(buffer))
-        buffer[: len(data)] = data
-
-    def writeto_mem(self, address, register, data):
-        self._device(address)
+    def read(self):
+        model = self._model
+        return int(model.temperature() * 100), int(model.humidity() * 100), int(model.pressure())
 
 
 class EmulatedADC:

@@ -2,7 +2,6 @@
 # filesystem, machine.WDT, machine.unique_id, and sensors on I2C/ADC/pins
 # as wired in the node's config.
 import os
-import time
 
 import machine
 
@@ -37,17 +36,9 @@ class Hal:
         self.uart = Uart(config.get("uart_id", 1), config.get("baud", 115200), config.get("tx"), config.get("rx"))
         self.storage = Storage("/data")
         self._uptime = Uptime()
-        # Ports that count time.time() from 2000-01-01 (SPEC.md 5.6).
-        self.epoch_offset = 946684800 if time.gmtime(0)[0] == 2000 else 0
-
-    def unique_id(self):
-        return machine.unique_id()
-
-    def hw_model(self):
-        return os.uname().machine
-
-    def reset_cause(self):
-        return _RESET_CAUSES.get(machine.reset_cause(), 0)
+        self.unique_id = machine.unique_id()
+        self.hw_model = os.uname().machine
+        self.reset_cause = _RESET_CAUSES.get(machine.reset_cause(), 0)
 
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
@@ -55,18 +46,14 @@ class Hal:
     def uptime_ms(self):
         return self._uptime.update()
 
-    def clock(self):
-        # Seconds since boot, for the sensor models; protocol time uses uptime_ms().
-        return self._uptime.update() / 1000
-
     def sources(self, role):
-        from firmware import sensors
+        from firmware import bme280, sensors
 
         found: list = []
         wiring = self.config
         if "i2c" in wiring:
             scl, sda = wiring["i2c"]
-            found.append(sensors.Bme280Source(machine.I2C(0, scl=machine.Pin(scl), sda=machine.Pin(sda))))
+            found.append(bme280.BME280(machine.I2C(0, scl=machine.Pin(scl), sda=machine.Pin(sda))))
         if "adc" in wiring:
             found.append(sensors.WaterLevelSource(machine.ADC(machine.Pin(wiring["adc"]))))
         if "pulse_pin" in wiring:

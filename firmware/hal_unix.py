@@ -31,53 +31,37 @@ class Uart:
         self._file.write(data)
 
 
-class Watchdog:
-    # The unix port has no hardware watchdog; feeding is counted so tests can see it happen.
-    def __init__(self, timeout_ms):
-        self.timeout_ms = timeout_ms
-        self.feeds = 0
-
-    def feed(self):
-        self.feeds += 1
-
-
 class Hal:
-    epoch_offset = 0  # time.time() on the unix port counts from 1970
+    hw_model = "unix-emulation"
 
     def __init__(self, uart_path, folder, seed):
         self.uart = Uart(uart_path)
         self.storage = Storage(folder)
         self.seed = seed
+        self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
+        self.reset_cause = 5 if self.storage.get("counter") else 1  # soft reset after a first boot, else power-on
         self._uptime = Uptime()
         self._pins = []
 
-    def unique_id(self):
-        return bytes([0xE1, 0]) + self.seed.to_bytes(6, "big")  # "e1" marks an emulated node
-
-    def hw_model(self):
-        return "unix-emulation"
-
-    def reset_cause(self):
-        return 5 if self.storage.get("counter") else 1  # soft reset after a first boot, else power-on
-
     def watchdog(self, timeout_ms):
-        return Watchdog(timeout_ms)
+        # The unix port has no hardware watchdog: the HAL stands in and counts the feeds.
+        self.feeds = 0
+        return self
+
+    def feed(self):
+        self.feeds += 1
 
     def uptime_ms(self):
         return self._uptime.update()
 
-    def clock(self):
-        # Seconds since boot, for the sensor models; protocol time uses uptime_ms().
-        return self._uptime.update() / 1000
-
     def sources(self, role):
         from firmware import emulation, sensors
 
-        model = emulation.Model(self.seed, self.clock)
+        model = emulation.Model(self.seed, self.uptime_ms)
         pin = emulation.EmulatedPin(model)
         self._pins.append(pin)
         return [
-            sensors.Bme280Source(emulation.EmulatedI2C({0x76: emulation.EmulatedBME280(model)})),
+            emulation.EmulatedBME280(model),
             sensors.WaterLevelSource(emulation.EmulatedADC(model)),
             sensors.PulseSource(pin, 0),
         ]

@@ -1,8 +1,12 @@
 # Entry point. On a board, boot.py runs `import firmware.main` and the wiring
 # comes from /data/node.json. On the unix port (emulation):
 #   micropython -m firmware.main UART_PATH DATA_DIR SEED [INTERVAL] [STATUS_INTERVAL]
-import asyncio
-import sys
+import gc
+
+gc.threshold(2048)  # collect after every 2 KB allocated, imports included: garbage never fragments the small heap for long
+
+import asyncio  # noqa: E402
+import sys  # noqa: E402
 
 
 def _hal(name):
@@ -39,6 +43,7 @@ def _board():
 
 
 def main():
+    gc.collect()
     node = _unix() if sys.platform in ("linux", "darwin") else _board()
     asyncio.run(node.run())
 

@@ -10,16 +10,26 @@ import time
 
 from micropython import const
 
-from firmware.counter import PersistentCounter
 from firmware.ring import Ring
 from firmware.sensors import SampleNumber
-from protocols import Message, ProtocolError, StreamDecoder, encode, messages, node_hex, node_id_from_unique_id
+from firmware.storage import PersistentCounter
 from protocols import frame as fr
-from protocols.window import WINDOW
+from protocols import messages
+from protocols.errors import ProtocolError
+from protocols.frame import WINDOW, node_hex, node_id_from_unique_id
+from protocols.messages import Message, encode
+from protocols.stream import StreamDecoder
 
 VERSION = "0.1.0"
-_RING = const(24)  # unacknowledged frames kept
-_MAX_PENDING = const(60)  # samples waiting for a frame while the span rule holds frames back
+# The retransmission ring is sized from the heap left after boot: a full-size
+# frame costs about _FRAME_COST in the ring, and _RESERVE stays free for
+# building and decoding frames. A 64 KB unix-port heap gets a handful of
+# frames, a Pico or an ESP32 the maximum.
+_RING_MIN = const(4)
+_RING_MAX = const(32)
+_FRAME_COST = const(300)  # a 258-byte slot and its bookkeeping
+_RESERVE = const(6144)
+_MAX_PENDING = const(36)  # samples waiting for a frame while the span rule holds frames back
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _POLL_MS = const(20)
 _WATCHDOG_MS = const(8000)
@@ -28,34 +38,29 @@ _MAX_ERROR_KEYS = const(4)  # CONFIG report: at most this many rejected keys, so
 
 
 class Node:
-    def __init__(self, hal, interval=10, status_interval=60, batch=1):
+    def __init__(self, hal, interval=10, status_interval=60):
         self.hal = hal
-        self.node_id = node_id_from_unique_id(hal.unique_id())
-        self.name = node_hex(self.node_id)
+        self.node_id = node_id_from_unique_id(hal.unique_id)
         self.counter = PersistentCounter(hal.storage, "counter")
-        self.ring = Ring(_RING)
         self.decoder = StreamDecoder()
         self.rx = bytearray(64)
         saved = hal.storage.get("config.json")
         settings = json.loads(saved) if saved else {}
         self.interval = settings.get("interval", interval)
         self.status_interval = settings.get("status_interval", status_interval)
-        self.batch = batch
         self.sources = hal.sources("sensor") + [SampleNumber(hal.storage)]
-        self.channels = []
-        for source in self.sources:
-            for name, unit, scale in source.channels():
-                self.channels.append({"name": name, "unit": unit, "scale": scale})
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
         self.offset_ms = None  # unix ms - uptime ms, once TIME arrived (integers: see firmware/uptime.py)
         self.rx_errors = 0
         self.hello_pending = None  # counter of the HELLO waiting for its ACK
         self.heap_peak = 0
-        self.results = {}  # command id -> outcome, so a resent COMMAND is not run twice
-        self.result_order = []  # MicroPython dicts keep no insertion order: eviction order kept here
-        self.reset_cause = hal.reset_cause()
-        self.wake = asyncio.Event()
+        self.results = []  # [id, outcome, ...] of the last 8 commands, oldest first: a resent COMMAND is not run twice
+        self.next_sample = 0  # uptime ms of the next sampling round
+        self.last_status = 0  # uptime ms of the last STATUS
+        self.last_time = 0  # uptime ms of the last TIME request
+        gc.collect()
+        self.ring = Ring(max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST)))
 
     # -------------------------------------------------------------- sending
 
@@ -67,8 +72,7 @@ class Node:
         # Callers of optional frames check may_send() first; a frame that must go out
         # keeps the span rule by giving up the oldest unacknowledged frames (counted).
         while not self.may_send():
-            self.ring.forget(self.ring.oldest())
-            self.ring.dropped += 1
+            self.ring.drop_oldest()
         counter = self.counter.take()
         wire = encode(Message(mtype, self.node_id, counter, fields, flags))
         if flags & fr.F_ACK_REQ:
@@ -83,14 +87,18 @@ class Node:
 
     def hello(self):
         self.hal.uart.write(b"\x00")  # end whatever garbage the gateway collected before we were here
+        channels = []  # built when needed: HELLO is rare, the heap is small
+        for source in self.sources:
+            for name, unit, scale in source.CHANNELS:
+                channels.append({"name": name, "unit": unit, "scale": scale})
         self.hello_pending = self.send(
             messages.HELLO,
             {
                 "proto": [fr.VERSION_MAJOR, fr.VERSION_MINOR],
                 "fw_version": VERSION,
-                "hw_model": self.hal.hw_model(),
+                "hw_model": self.hal.hw_model,
                 "caps": messages.CAP_READINGS | messages.CAP_CONFIG | messages.CAP_COMMANDS | messages.CAP_TIME,
-                "channels": self.channels,
+                "channels": channels,
                 "interval": self.interval,
             },
         )
@@ -121,7 +129,7 @@ class Node:
             try:
                 values = source.read()
             except OSError:  # a sensor that stopped answering: skip it this round
-                values = (None,) * len(source.channels())
+                values = (None,) * len(source.CHANNELS)
             for value in values:
                 if value is not None:
                     self.pending += [channel, value, dt]
@@ -137,7 +145,7 @@ class Node:
             {
                 "uptime": self.hal.uptime_ms() // 1000,
                 "free_heap": free,
-                "reset_cause": self.reset_cause,
+                "reset_cause": self.hal.reset_cause,
                 "dropped": self.ring.dropped,
                 "retransmits": self.ring.retransmits,
                 "rx_errors": self.rx_errors,
@@ -184,7 +192,7 @@ class Node:
                 elif len(errors) < _MAX_ERROR_KEYS:
                     errors[key[:16]] = "rejected"
             self.hal.storage.put("config.json", json.dumps({"interval": self.interval, "status_interval": self.status_interval}).encode())
-            self.wake.set()
+            self.next_sample = 0  # a new interval starts now
         report = {"op": messages.CONFIG_REPORT, "values": {"interval": self.interval, "status_interval": self.status_interval}}
         if errors:
             report["errors"] = errors
@@ -192,13 +200,14 @@ class Node:
 
     def command(self, fields):
         ident = fields["id"]
-        outcome = self.results.get(ident)
-        if outcome is None:
+        done = self.results[::2]
+        if ident in done:
+            outcome = self.results[2 * done.index(ident) + 1]
+        else:
             outcome = messages.OUTCOME_OK if fields["action"] == "identify" else messages.OUTCOME_UNKNOWN
-            self.results[ident] = outcome
-            self.result_order.append(ident)
-            if len(self.result_order) > 8:
-                del self.results[self.result_order.pop(0)]
+            self.results += [ident, outcome]
+            if len(self.results) > 16:
+                del self.results[0:2]
         self.send(messages.COMMAND_RESULT, {"id": ident, "outcome": outcome})
 
     def receive(self):
@@ -213,52 +222,56 @@ class Node:
                     continue
                 try:
                     self.handle(event)
-                except Exception:  # no frame from the line may stop the node
+                except Exception as error:  # no frame from the line may stop the node
                     self.rx_errors += 1
+                    print("edgegw-node: frame %d not handled: %r" % (event.counter, error))
 
-    # -------------------------------------------------------------- tasks
+    # -------------------------------------------------------------- the loop
 
-    async def sampler(self):
-        while True:
-            self.sample()
-            rounds = len(self.pending) // (3 * len(self.channels)) if self.channels else 1
-            if rounds >= self.batch:
-                self.flush_readings()
-            gc.collect()
-            used = gc.mem_alloc()
-            if used > self.heap_peak:
-                self.heap_peak = used
-            self.wake.clear()
-            try:
-                await asyncio.wait_for_ms(self.wake.wait(), int(self.interval * 1000))
-            except asyncio.TimeoutError:
-                pass
-
-    async def io(self, watchdog):
-        last_status = last_time = self.hal.uptime_ms()
-        while True:
-            self.receive()
-            now = time.ticks_ms()
-            for wire in self.ring.due(now, self.jitter):
-                self.hal.uart.write(wire)
-            if self.pending and self.may_send():
-                self.flush_readings()
-            uptime = self.hal.uptime_ms()
-            if uptime - last_status >= self.status_interval * 1000 and self.may_send():
-                last_status = uptime
-                self.status()
-            if uptime - last_time >= _TIME_REQUEST_MS and self.may_send():
-                last_time = uptime
-                self.send(messages.TIME, {}, 0)  # ask again: clocks drift
-            self.hal.tick()
-            watchdog.feed()
-            await asyncio.sleep_ms(_POLL_MS)
+    def sample_round(self, uptime):
+        self.sample()
+        self.flush_readings()
+        step = int(self.interval * 1000)
+        self.next_sample = self.next_sample + step if uptime - self.next_sample < step else uptime + step
+        gc.collect()
+        used = gc.mem_alloc()
+        if used > self.heap_peak:
+            self.heap_peak = used
 
     def jitter(self, span):
         return random.getrandbits(16) % (span + 1)
 
+    def step(self):
+        self.receive()
+        for wire in self.ring.due(time.ticks_ms(), self.jitter):
+            self.hal.uart.write(wire)
+        uptime = self.hal.uptime_ms()
+        if uptime >= self.next_sample:
+            self.sample_round(uptime)
+        if self.pending and self.may_send():
+            self.flush_readings()
+        if uptime - self.last_status >= self.status_interval * 1000 and self.may_send():
+            self.last_status = uptime
+            self.status()
+        if uptime - self.last_time >= _TIME_REQUEST_MS and self.may_send():
+            self.last_time = uptime
+            self.send(messages.TIME, {}, 0)  # ask again: clocks drift
+
     async def run(self):
+        # One task: a node has one thing to do at a time, and every task costs heap.
         watchdog = self.hal.watchdog(_WATCHDOG_MS)
         self.hello()
-        print("edgegw-node %s ready" % self.name)
-        await asyncio.gather(self.sampler(), self.io(watchdog))
+        print("edgegw-node %s ready" % node_hex(self.node_id))
+        self.last_status = self.last_time = self.hal.uptime_ms()
+        while True:
+            try:
+                self.step()
+            except MemoryError:
+                # A heap too full or too fragmented for this round: the oldest
+                # unacknowledged frame gives way (counted in STATUS), the node goes on.
+                self.ring.drop_oldest()
+                gc.collect()
+                print("edgegw-node: out of memory, %d bytes free" % gc.mem_free())
+            self.hal.tick()
+            watchdog.feed()
+            await asyncio.sleep_ms(_POLL_MS)

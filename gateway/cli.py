@@ -89,7 +89,7 @@ def do_fw(args: argparse.Namespace) -> int:
 
     try:
         if args.fw_command == "build":
-            manifest = build.build(Path(args.out))
+            manifest = build.build(Path(args.out), debug=args.debug)
             files = manifest["files"]
             assert isinstance(files, dict)
             print("built firmware %s: %d files in %s (manifest.json)" % (manifest["firmware_version"], len(files), args.out))
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             tools = command.add_subparsers(dest="fw_command", metavar="TOOL", required=True)
             tool = tools.add_parser("build", help="compile the firmware with mpy-cross into a bundle with a manifest")
             tool.add_argument("--out", default="build/firmware", help="output folder (default: build/firmware)")
+            tool.add_argument("--debug", action="store_true", help="keep line numbers in tracebacks (costs the node about 1 KB of heap)")
             tool = tools.add_parser("flash", help="copy the bundle and settings to a board with mpremote")
             tool.add_argument("--port", required=True, help="the board's serial port")
             tool.add_argument("--role", default="sensor", help="node role (sensor)")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--count", type=int, default=1)
             tool.add_argument("--role", default="sensor", choices=["sensor"])
             tool.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
-            tool.add_argument("--heap", default="96k", help="MicroPython heap size (default 96k)")
+            tool.add_argument("--heap", default="64k", help="MicroPython heap size (default 64k, what the firmware is tested in)")
             tool.add_argument("--seed", type=int, default=1, help="seed of the first node's sensor models")
             tool.add_argument("--state", help="folder for the nodes' flash (default: a temporary folder)")
             tool = tools.add_parser("monitor", help="decode and print the frames on a serial port")

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocols.window import WINDOW
+from protocols.frame import WINDOW
 
 log = logging.getLogger(__name__)
 

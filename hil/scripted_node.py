@@ -12,7 +12,7 @@ from typing import Any
 
 from protocols import Message, ProtocolError, StreamDecoder, encode, messages
 from protocols import frame as fr
-from protocols.window import WINDOW
+from protocols.frame import WINDOW
 
 from .serial_pair import PtyCable
 

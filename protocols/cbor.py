@@ -89,6 +89,27 @@ def _float(out: bytearray, value: float) -> None:
         out += struct.pack(">d", value)
 
 
+def _canonical_keys(mapping: dict, depth: int) -> list:
+    """The keys in length-first order (RFC 8949 §4.2.3, RFC 7049 "canonical"), as cbor2 does."""
+    keys = list(mapping)
+    small = True
+    for key in keys:
+        if not isinstance(key, (int, str)) or key is True or key is False:
+            raise ProtocolError(E_CBOR, "map key must be int or str, not %s" % type(key).__name__)
+        if not isinstance(key, int) or not 0 <= key < 24:
+            small = False
+    if small:  # one-byte keys, the protocol's own maps: length-first order is numeric order
+        keys.sort()
+        return keys
+    encoded = []
+    for key in keys:
+        key_bytes = bytearray()
+        _encode(key_bytes, key, depth + 1)
+        encoded.append((len(key_bytes), bytes(key_bytes), key))
+    encoded.sort()
+    return [entry[2] for entry in encoded]
+
+
 def _encode(out: bytearray, value: object, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ProtocolError(E_LIMIT, "nesting deeper than %d" % MAX_DEPTH)
@@ -118,19 +139,10 @@ def _encode(out: bytearray, value: object, depth: int) -> None:
         for item in value:
             _encode(out, item, depth + 1)
     elif isinstance(value, dict):
-        entries = []
-        for key, item in value.items():
-            if not isinstance(key, (int, str)) or key is True or key is False:
-                raise ProtocolError(E_CBOR, "map key must be int or str, not %s" % type(key).__name__)
-            key_bytes = bytearray()
-            _encode(key_bytes, key, depth + 1)
-            entries.append((bytes(key_bytes), item))
-        # Length-first key order (RFC 8949 §4.2.3, RFC 7049 "canonical"), as cbor2 does.
-        entries.sort(key=lambda entry: (len(entry[0]), entry[0]))
-        _head(out, 5, len(entries))
-        for encoded_key, item in entries:
-            out += encoded_key
-            _encode(out, item, depth + 1)
+        _head(out, 5, len(value))
+        for key in _canonical_keys(value, depth):
+            _encode(out, key, depth + 1)
+            _encode(out, value[key], depth + 1)
     else:
         raise ProtocolError(E_CBOR, "cannot encode %s" % type(value).__name__)
 

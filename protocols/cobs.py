@@ -3,28 +3,44 @@
 Both directions walk blocks, not bytes: `bytes.split` / slices do the scanning.
 """
 
+from ._compat import const
 from .errors import E_COBS, ProtocolError
 
-_BLOCK = 254  # longest run of non-zero bytes one code byte can carry
+_BLOCK = const(254)  # longest run of non-zero bytes one code byte can carry
 
 
-def encode(data: bytes) -> bytes:
-    """COBS-encode `data` (without the trailing 0x00 delimiter)."""
-    out = bytearray()
-    segments = bytes(data).split(b"\x00")
-    last = len(segments) - 1
-    for index, segment in enumerate(segments):
-        start = 0
-        length = len(segment)
+def encode(data: bytes | bytearray, delimiter: bool = False) -> bytes:
+    """COBS-encode `data`; with `delimiter`, followed by the 0x00 that ends a frame.
+
+    One output buffer of the largest possible size, filled from memoryview
+    slices: a node encodes a frame without growing buffers on its small heap.
+    """
+    source = memoryview(data)
+    length = len(data)
+    out = bytearray(max_encoded_len(length) + (1 if delimiter else 0))  # zero-filled: the delimiter is in place
+    pos = 0
+    start = 0
+    while True:
+        zero = data.find(b"\x00", start)
+        end = length if zero < 0 else zero
+        segment_start = start
         # Full 254-byte blocks carry no implied zero (code 0xFF).
-        while length - start >= _BLOCK:
-            out.append(0xFF)
-            out += segment[start : start + _BLOCK]
+        while end - start >= _BLOCK:
+            out[pos] = 0xFF
+            out[pos + 1 : pos + 1 + _BLOCK] = source[start : start + _BLOCK]
+            pos += 1 + _BLOCK
             start += _BLOCK
-        if start < length or index < last or length == 0:
-            out.append(length - start + 1)
-            out += segment[start:]
-    return bytes(out)
+        if start < end or zero >= 0 or end == segment_start:
+            out[pos] = end - start + 1
+            out[pos + 1 : pos + 1 + end - start] = source[start:end]
+            pos += 1 + end - start
+        if zero < 0:
+            break
+        start = zero + 1
+    if delimiter:
+        out[pos] = 0
+        pos += 1
+    return bytes(memoryview(out)[:pos])
 
 
 def decode(data: bytes) -> bytes:

@@ -43,12 +43,9 @@ class ProtocolError(ValueError):
     """
 
     def __init__(self, code: int, detail: str = "", node_id: bytes | None = None, counter: int | None = None):
-        super().__init__("%s: %s" % (REASONS.get(code, "error"), detail) if detail else REASONS.get(code, "error"))
+        self.reason = REASONS.get(code, "error")
+        super().__init__("%s: %s" % (self.reason, detail) if detail else self.reason)
         self.code = code
         self.detail = detail
         self.node_id = node_id
         self.counter = counter
-
-    @property
-    def reason(self) -> str:
-        return REASONS.get(self.code, "error")

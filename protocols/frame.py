@@ -33,6 +33,7 @@ MAX_FRAME = const(255)  # decoded bytes, header and trailer included: the LoRa P
 MAX_PAYLOAD = const(236)  # MAX_FRAME - HEADER_LEN - CRC_LEN
 MAX_ENCODED = const(257)  # cobs.max_encoded_len(MAX_FRAME), delimiter excluded
 MAX_COUNTER = const(0xFFFFFFFF)
+WINDOW = const(256)  # SPEC.md §4.2: receivers remember this many counters; senders keep their unacknowledged span below it
 
 _HEADER = ">BBB8sI"
 
@@ -81,7 +82,7 @@ def node_id_from_unique_id(unique_id: bytes) -> bytes:
     return bytes(folded)
 
 
-def pack(frame: Frame) -> bytes:
+def pack(frame: Frame) -> bytearray:
     """Header + payload + CRC: the frame before COBS."""
     if len(frame.node_id) != NODE_ID_LEN:
         raise ValueError("node id must be %d bytes" % NODE_ID_LEN)
@@ -91,8 +92,12 @@ def pack(frame: Frame) -> bytes:
         raise ProtocolError(E_AUTH, "authenticated frames are not implemented yet")
     if len(frame.payload) > MAX_PAYLOAD:
         raise ProtocolError(E_TOO_LONG, "payload of %d bytes exceeds %d" % (len(frame.payload), MAX_PAYLOAD))
-    body = struct.pack(_HEADER, frame.version, frame.type, frame.flags, frame.node_id, frame.counter) + frame.payload
-    return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
+    end = HEADER_LEN + len(frame.payload)
+    raw = bytearray(end + CRC_LEN)  # one buffer: header, payload and CRC are written into it
+    struct.pack_into(_HEADER, raw, 0, frame.version, frame.type, frame.flags, frame.node_id, frame.counter)
+    raw[HEADER_LEN:end] = frame.payload
+    struct.pack_into(">I", raw, end, binascii.crc32(memoryview(raw)[:end]) & 0xFFFFFFFF)
+    return raw
 
 
 def unpack(raw: bytes) -> Frame:
@@ -117,4 +122,4 @@ def unpack(raw: bytes) -> Frame:
 
 def to_wire(frame: Frame) -> bytes:
     """COBS-encoded frame followed by the 0x00 delimiter, ready for the UART."""
-    return cobs.encode(pack(frame)) + b"\x00"
+    return cobs.encode(pack(frame), True)

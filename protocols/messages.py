@@ -180,8 +180,12 @@ def _fields_from_map(mapping: object, schema: str, what: str) -> dict:
 
 
 def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
+    """The CBOR map for named fields; a field the schema does not know is refused, not dropped."""
     mapping = {}
+    known = 0
     for key, name, kind, required in schema_rows(schema):
+        if name in fields:
+            known += 1
         if name in fields and (fields[name] is not None or kind == "*"):
             value = fields[name]
             if isinstance(value, tuple):
@@ -191,6 +195,10 @@ def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
             mapping[key] = value
         elif required:
             raise ProtocolError(E_SCHEMA, "%s.%s is missing" % (what, name))
+    if known < len(fields):
+        names = [row[1] for row in schema_rows(schema)]
+        unknown = [field for field in fields if field not in names]
+        raise ProtocolError(E_SCHEMA, "%s has no field %r" % (what, unknown[0]))
     return mapping
 
 
@@ -253,10 +261,6 @@ def encode_payload(mtype: int, fields: dict) -> bytes:
     if schema is None:
         raise ProtocolError(E_TYPE, "unknown message type 0x%02x" % mtype)
     name = NAMES[mtype]
-    known = [row[1] for row in schema_rows(schema)]
-    for field in fields:
-        if field not in known:
-            raise ProtocolError(E_SCHEMA, "%s has no field %r" % (name, field))
     mapping = _map_from_fields(fields, schema, name)
     if mtype == HELLO:
         mapping[4] = [_map_from_fields(channel, _CHANNEL_SCHEMA, "HELLO.channels") for channel in mapping[4]]

@@ -9,9 +9,10 @@ largest legal frame.
 
 from . import cobs, messages
 from . import frame as _frame
+from ._compat import const
 from .errors import E_TOO_LONG, ProtocolError
 
-_COMPACT_AT = 1024  # consumed bytes kept before the buffer is shifted down
+_COMPACT_AT = const(1024)  # consumed bytes kept before the buffer is shifted down
 
 
 class StreamDecoder:
@@ -23,7 +24,7 @@ class StreamDecoder:
 
     def feed(self, data: bytes) -> None:
         if self._pos and (self._pos == len(self._buffer) or self._pos >= _COMPACT_AT):
-            self._buffer = self._buffer[self._pos :]
+            self._buffer[: self._pos] = b""  # in place: no new buffer on a node's small heap
             self._pos = 0
         self._buffer += data
 
@@ -37,12 +38,12 @@ class StreamDecoder:
                 if pending > _frame.MAX_ENCODED and not self._discarding:
                     self._discarding = True
                     self.bytes_dropped += pending
-                    self._buffer = bytearray()
+                    self._buffer[:] = b""
                     self._pos = 0
                     raise ProtocolError(E_TOO_LONG, "no delimiter within %d bytes" % _frame.MAX_ENCODED)
                 if self._discarding:
                     self.bytes_dropped += pending
-                    self._buffer = bytearray()
+                    self._buffer[:] = b""
                     self._pos = 0
                 return None
             start = self._pos

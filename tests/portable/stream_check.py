@@ -17,7 +17,8 @@ def lcg(seed):
 
 
 def build(seed, frames):
-    from protocols import Message, encode, messages
+    from protocols import messages
+    from protocols.messages import Message, encode
 
     rand = lcg(seed)
     stream = bytearray()
@@ -33,7 +34,8 @@ def build(seed, frames):
 
 
 def run(seed, frames):
-    from protocols import ProtocolError, StreamDecoder
+    from protocols.errors import ProtocolError
+    from protocols.stream import StreamDecoder
 
     stream, sent = build(seed, frames)
     rand = lcg(seed + 1)

@@ -44,7 +44,8 @@ def from_json(value):
 
 
 def message_to_json(message):
-    from protocols import messages, node_hex
+    from protocols import messages
+    from protocols.frame import node_hex
 
     return {
         "type": messages.NAMES.get(message.type, message.type),
@@ -57,7 +58,8 @@ def message_to_json(message):
 
 
 def message_from_json(data):
-    from protocols import Message, messages
+    from protocols import messages
+    from protocols.messages import Message
 
     return Message(
         next(t for t, n in messages.NAMES.items() if n == data["type"]),
@@ -71,7 +73,9 @@ def message_from_json(data):
 
 def run_frame_vector(vector):
     """What the decoder makes of one frame vector, and what the encoder makes of its message."""
-    from protocols import ProtocolError, StreamDecoder, encode
+    from protocols.errors import ProtocolError
+    from protocols.messages import encode
+    from protocols.stream import StreamDecoder
 
     result = {"name": vector["name"]}
     decoder = StreamDecoder()
@@ -87,7 +91,8 @@ def run_frame_vector(vector):
 
 
 def run_cbor_vector(vector):
-    from protocols import ProtocolError, cbor
+    from protocols import cbor
+    from protocols.errors import ProtocolError
 
     result = {"hex": vector["hex"]}
     try:
