@@ -49,6 +49,12 @@ def _raw_pty() -> tuple[int, int]:
 
 @dataclass
 class EmulatedNode:
+    """One MicroPython process running the firmware, with a pty as its UART.
+
+    `uart_path` is the pty the node opens; whoever plays the cable (the relay
+    below, or the HIL rig with its faults) reads and writes `node_master`.
+    """
+
     index: int
     seed: int
     data_dir: Path
@@ -68,6 +74,56 @@ class EmulatedNode:
     def port(self) -> str:
         return os.ttyname(self.gateway_slave)
 
+    def open_uart(self) -> None:
+        self.node_master, self.node_slave = _raw_pty()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, bundle: Path, heap: str, interval: float, status_interval: float) -> None:
+        """Boot the node (again: its flash directory is kept) and wait for its ready line."""
+        args = [micropython_command(), "-X", "heapsize=%s" % heap, "-m", "firmware.main", self.node_path, str(self.data_dir)]
+        args += [str(self.seed), str(interval), str(status_interval)]
+        env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+        # cwd: MicroPython puts "" first on sys.path; anywhere else it might find and compile sources.
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = self.process.stdout.readline().decode(errors="replace").strip()
+            if line:
+                self.log.append(line)
+            if line.startswith("edgegw-node ") and line.endswith(" ready"):
+                self.node_id = line.split()[1]
+                threading.Thread(target=self._drain_output, daemon=True).start()
+                return
+            if not line and self.process.poll() is not None:
+                break
+        raise EmulatorError("node %d did not start: %s" % (self.index, " | ".join(self.log[-5:]) or "no output"))
+
+    def _drain_output(self) -> None:
+        process = self.process
+        if process is None or process.stdout is None:
+            return
+        for raw in process.stdout:
+            self.log.append(raw.decode(errors="replace").rstrip())
+            del self.log[:-50]
+
+    def terminate(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, 5)
+
+    def close(self) -> None:
+        self.terminate()
+        for fd in (self.node_master, self.node_slave, self.gateway_master, self.gateway_slave):
+            if fd >= 0:
+                os.close(fd)
+        self.node_master = self.node_slave = self.gateway_master = self.gateway_slave = -1
+
 
 class Emulator:
     def __init__(self, count: int, interval: float, heap: str, seed: int, state_dir: Path | None, status_interval: float = 60.0) -> None:
@@ -85,51 +141,14 @@ class Emulator:
 
     def start(self) -> None:
         build(self.bundle)
-        command = micropython_command()
+        micropython_command()  # a clear error before any pty is made
         for node in self.nodes:
-            node.node_master, node.node_slave = _raw_pty()
+            node.open_uart()
             node.gateway_master, node.gateway_slave = _raw_pty()
-            node.data_dir.mkdir(parents=True, exist_ok=True)
-            self._spawn(node, command)
         self._relay = threading.Thread(target=self._relay_forever, name="relay", daemon=True)
         self._relay.start()
         for node in self.nodes:
-            self._wait_ready(node)
-
-    def _spawn(self, node: EmulatedNode, command: str) -> None:
-        args = [command, "-X", "heapsize=%s" % self.heap, "-m", "firmware.main", node.node_path, str(node.data_dir), str(node.seed)]
-        args += [str(self.interval), str(self.status_interval)]
-        env = dict(os.environ, MICROPYPATH=".frozen:%s" % self.bundle)
-        # cwd: MicroPython puts "" first on sys.path; anywhere else it might find and compile sources.
-        node.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=self.bundle, start_new_session=True
-        )
-
-    def _wait_ready(self, node: EmulatedNode) -> None:
-        assert node.process is not None and node.process.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([node.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            line = node.process.stdout.readline().decode(errors="replace").strip()
-            if line:
-                node.log.append(line)
-            if line.startswith("edgegw-node ") and line.endswith(" ready"):
-                node.node_id = line.split()[1]
-                threading.Thread(target=self._drain_output, args=(node,), daemon=True).start()
-                return
-            if not line and node.process.poll() is not None:
-                break
-        raise EmulatorError("node %d did not start: %s" % (node.index, " | ".join(node.log[-5:]) or "no output"))
-
-    def _drain_output(self, node: EmulatedNode) -> None:
-        process = node.process
-        if process is None or process.stdout is None:
-            return
-        for raw in process.stdout:
-            node.log.append(raw.decode(errors="replace").rstrip())
-            del node.log[:-50]
+            node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
 
     def _relay_forever(self) -> None:
         """Copy bytes node <-> gateway side, without losing any while both sides read.
@@ -165,24 +184,17 @@ class Emulator:
 
     def restart(self, node: EmulatedNode) -> None:
         """Stop a node's process and boot it again (a reboot): its flash directory is kept."""
-        self._terminate(node)
-        self._spawn(node, micropython_command())
-        self._wait_ready(node)
-
-    def _terminate(self, node: EmulatedNode) -> None:
-        if node.process is not None:
-            stop_process(node.process, 5)
+        node.terminate()
+        node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
 
     def stop(self) -> None:
         self._stop.set()
         for node in self.nodes:
-            self._terminate(node)
+            node.terminate()
         if self._relay is not None:
             self._relay.join(2)
         for node in self.nodes:
-            for fd in (node.node_master, node.node_slave, node.gateway_master, node.gateway_slave):
-                if fd >= 0:
-                    os.close(fd)
+            node.close()
         if self._owned_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
