@@ -192,7 +192,7 @@ class Node:
                 elif len(errors) < _MAX_ERROR_KEYS:
                     errors[key[:16]] = "rejected"
             self.hal.storage.put("config.json", json.dumps({"interval": self.interval, "status_interval": self.status_interval}).encode())
-            self.next_sample = 0  # a new interval starts now
+            self.next_sample = self.hal.uptime_ms()  # a new interval starts now
         report = {"op": messages.CONFIG_REPORT, "values": {"interval": self.interval, "status_interval": self.status_interval}}
         if errors:
             report["errors"] = errors
@@ -229,10 +229,11 @@ class Node:
     # -------------------------------------------------------------- the loop
 
     def sample_round(self, uptime):
-        self.sample()
-        self.flush_readings()
+        # Scheduled first: a round that fails for lack of memory is not repeated at once.
         step = int(self.interval * 1000)
         self.next_sample = self.next_sample + step if uptime - self.next_sample < step else uptime + step
+        self.sample()
+        self.flush_readings()
         gc.collect()
         used = gc.mem_alloc()
         if used > self.heap_peak:

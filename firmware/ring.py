@@ -27,10 +27,16 @@ class Ring:
         # now: time.ticks_ms()
         if len(self._counters) >= self.capacity:
             self.drop_oldest()
-        self._counters.append(counter)
-        self._wires.append(wire)
-        self._due.append(time.ticks_add(now, _FIRST_RETRY_MS))
-        self._delays.append(_FIRST_RETRY_MS)
+        kept = len(self._counters)
+        try:
+            self._counters.append(counter)
+            self._wires.append(wire)
+            self._due.append(time.ticks_add(now, _FIRST_RETRY_MS))
+            self._delays.append(_FIRST_RETRY_MS)
+        except MemoryError:  # a list could not grow: all four stay as they were, aligned
+            for column in (self._counters, self._wires, self._due, self._delays):
+                del column[kept:]
+            raise
 
     def drop_oldest(self):
         # Full ring, or a heap too full to go on: the oldest frame gives way, counted.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -105,24 +106,23 @@ def do_fw(args: argparse.Namespace) -> int:
         raise CommandError("%s: %s" % (getattr(args, "port", "?"), error)) from None
 
 
-def do_demo(args: argparse.Namespace) -> int:
-    print("edgegw demo: the live terminal view arrives with the HIL harness (issue 5).")
-    print("What works today, step by step:")
-    print("  .venv/bin/edgegw fw emulate --count 3 --interval 2     # prints one {node_id, port} line per node")
-    print("  cp docs/edgegw.toml my.toml                             # edit: your broker, those ports in [[serial]]")
-    print("  .venv/bin/edgegw config check --config my.toml")
-    print("  .venv/bin/edgegw run --config my.toml                   # forwards to your broker")
-    print("  .venv/bin/edgegw fw monitor --port PORT                 # or watch a node's frames (gateway stopped)")
-    return 0
-
-
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "decode": (do_decode, "decode protocol frames given as hex"),
     "run": (do_run, "run the gateway: edgegw run --config PATH"),
     "fw": (do_fw, "firmware tools: fw build | fw flash | fw emulate | fw monitor"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
-    "demo": (do_demo, "run the local demonstration"),
 }
+
+
+PLUGIN_GROUP = "edgegw.commands"  # entry points that add commands (the HIL harness adds `hil` and `demo`)
+
+
+def plugin_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:  # type: ignore[type-arg]
+    """Commands other packages register, without this package importing them."""
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for entry in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        handlers.update(entry.load()(sub))
+    return handlers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "config":
             command.add_argument("action", choices=["check"], help="what to do with the file")
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
+    parser.set_defaults(plugins=plugin_commands(sub))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = COMMANDS[args.command][0]
+    handler = COMMANDS[args.command][0] if args.command in COMMANDS else args.plugins[args.command]
     try:
         return handler(args)
     except CommandError as error:

@@ -56,6 +56,8 @@ class MqttCapture:
         key_file: str | None = None,
     ) -> None:
         self.messages: list[Received] = []
+        self._counters: list[tuple[str, int, float]] = []
+        self._counted = 0  # messages already scanned for counter records
         self._lock = threading.Lock()
         self._topics = topics
         self._subscribed = threading.Event()
@@ -107,6 +109,20 @@ class MqttCapture:
             if message.topic.endswith(suffix):
                 out += [(message.topic, record) for record in decode_senml(message.payload)]
         return out
+
+    def counter_deliveries(self) -> list[tuple[str, int, float]]:
+        """(node, sample number, received at) for every `counter` record delivered so far (see hil/continuity.py)."""
+        with self._lock:
+            fresh = self.messages[self._counted :]
+            self._counted = len(self.messages)
+        for message in fresh:
+            if not message.topic.endswith("/readings"):
+                continue
+            for record in decode_senml(message.payload):
+                parts = record["name"].split(":")
+                if len(parts) == 5 and parts[:3] == ["urn", "dev", "edgegw"] and parts[4] == "counter":
+                    self._counters.append((parts[3], int(record["value"]), message.at))
+        return list(self._counters)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -11,6 +11,8 @@ from hypothesis import settings
 
 from gateway.fwtools.tools import find_tool
 
+pytest_plugins = ["pytester"]  # tests/test_hil.py runs the HIL plugin in a pytest of its own
+
 # No per-example deadline: a busy 2-core CI machine must not turn slowness into failures.
 settings.register_profile("edgegw", deadline=None)
 settings.load_profile("edgegw")

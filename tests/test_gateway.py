@@ -21,16 +21,13 @@ NODE_B = bytes.fromhex("e66038b7134f2a21")
 
 
 @pytest.fixture
-def broker(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path / "broker") as running:
-        yield running
+def broker(hil_broker: Mosquitto) -> Mosquitto:
+    return hil_broker  # the HIL plugin's: a real mosquitto on a free loopback port
 
 
 @pytest.fixture
-def capture(broker: Mosquitto) -> Iterator[MqttCapture]:
-    cap = MqttCapture(broker.host, broker.port, ["edgegw/#"])
-    yield cap
-    cap.close()
+def capture(hil_capture: MqttCapture) -> MqttCapture:
+    return hil_capture
 
 
 @pytest.fixture

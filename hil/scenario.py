@@ -1,0 +1,286 @@
+"""Scenarios: nodes, a flow of some duration, and a timeline of faults; loaded from TOML and run end to end.
+
+    name = "broker-outage"
+    description = "The broker is down for 30 s while 3 nodes keep sampling."
+    nodes = 3            # emulated nodes (or the boards of a bench)
+    duration = 50        # seconds of flow, faults included
+    interval = 1.0       # node sampling interval, seconds
+    [[faults]]
+    kind = "broker_down" # see hil/faults.py: line faults and system faults
+    at = 10
+    duration = 30
+
+The runner starts a real mosquitto, the rig (emulated nodes behind faulty
+cables, or a bench of boards), the real `edgegw run`, and an MQTT capture; it
+plays the timeline, waits for the backlog to drain, and measures continuity.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .broker import Mosquitto
+from .capture import MqttCapture
+from .chain import Chain, Rig
+from .continuity import analyse
+from .faults import LINE_KINDS, Fault, FaultError
+from .gateway import GatewayProcess
+from .report import FaultResult, Report
+from .tomlfile import read_toml
+
+WARMUP_TIMEOUT_S = 60.0
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; the message names the key and what was expected."""
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str = ""
+    nodes: int = 3
+    duration: float = 30.0
+    interval: float = 1.0
+    heap: str = "128k"
+    seed: int = 1
+    settle: float = 90.0  # at most this long for the backlog to drain after the flow
+    status_interval: float = 30.0
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def line_faults(self) -> list[Fault]:
+        return [f for f in self.faults if f.kind in LINE_KINDS]
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "description": (str,),
+    "nodes": (int,),
+    "duration": (int, float),
+    "interval": (int, float),
+    "heap": (str,),
+    "seed": (int,),
+    "settle": (int, float),
+    "status_interval": (int, float),
+}
+_FAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "at": (int, float),
+    "duration": (int, float),
+    "rate": (int, float),
+    "size": (int,),
+    "every": (int, float),
+    "ms": (int, float),
+    "baud": (int,),
+    "direction": (str,),
+    "nodes": (list,),
+}
+
+
+def _check(table: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
+    for key, value in table.items():
+        if key not in types:
+            raise ScenarioError("%s: unknown key %r (expected one of %s)" % (where, key, ", ".join(sorted(types))))
+        if isinstance(value, bool) or not isinstance(value, types[key]):
+            expected = " or ".join(t.__name__ for t in types[key])
+            raise ScenarioError("%s: %r must be %s, not %r" % (where, key, expected, value))
+
+
+def parse_scenario(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
+    top = {k: v for k, v in data.items() if k != "faults"}
+    _check(top, _TYPES, "scenario")
+    scenario = Scenario(name=top.pop("name", default_name), **top)
+    if scenario.nodes < 1 or scenario.duration <= 0 or scenario.interval <= 0:
+        raise ScenarioError("scenario: nodes must be at least 1, duration and interval above 0")
+    raw_faults = data.get("faults", [])
+    if not isinstance(raw_faults, list):
+        raise ScenarioError("scenario: 'faults' must be an array of tables ([[faults]])")
+    for number, raw in enumerate(raw_faults, 1):
+        where = "faults #%d" % number
+        if not isinstance(raw, dict) or "kind" not in raw or "at" not in raw:
+            raise ScenarioError("%s: needs at least 'kind' and 'at'" % where)
+        _check(raw, _FAULT_TYPES, where)
+        options = dict(raw)
+        if "nodes" in options:
+            if not all(isinstance(n, int) and 0 <= n < scenario.nodes for n in options["nodes"]):
+                raise ScenarioError("%s: 'nodes' must list node indexes 0..%d" % (where, scenario.nodes - 1))
+            options["nodes"] = tuple(options["nodes"])
+        try:
+            fault = Fault(**options)
+        except FaultError as error:
+            raise ScenarioError("%s: %s" % (where, error)) from None
+        if fault.end > scenario.duration:
+            raise ScenarioError("%s: ends at %g s, after the flow (duration %g s)" % (where, fault.end, scenario.duration))
+        scenario.faults.append(fault)
+    return scenario
+
+
+def load_scenario(path: Path | str) -> Scenario:
+    path = Path(path)
+    return parse_scenario(read_toml(path, "scenario", ScenarioError), path.stem)
+
+
+def scenario_fields() -> list[str]:
+    return [f.name for f in fields(Scenario)]
+
+
+@dataclass
+class Progress:
+    elapsed: float
+    duration: float
+    produced: int
+    delivered: int
+    active: list[str]
+    phase: str  # "flow" or "settle"
+
+
+def make_rig(scenario: Scenario, workdir: Path, target: str = "emulated", bench: Path | None = None) -> Rig:
+    if target == "bench":
+        from .bench import BenchRig, load_bench
+
+        if bench is None:
+            raise ScenarioError("the bench target needs a bench file (--hil-config)")
+        return BenchRig(load_bench(bench), workdir)
+    from .rig import EmulatedRig
+
+    return EmulatedRig(
+        workdir,
+        scenario.nodes,
+        interval=scenario.interval,
+        heap=scenario.heap,
+        seed=scenario.seed,
+        status_interval=scenario.status_interval,
+        faults=scenario.line_faults,
+    )
+
+
+def run_scenario(
+    scenario: Scenario,
+    workdir: Path | None = None,
+    *,
+    rig: Rig | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> Report:
+    """Run it end to end and measure; every process started here is stopped before returning."""
+    started_wall = time.monotonic()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edgegw-hil-"))
+    rig = rig or make_rig(scenario, workdir / "rig")
+    with Chain(workdir, rig, reconnect_max=2) as chain:
+        assert chain.capture is not None and chain.gateway is not None
+        _warm_up(rig, chain.capture, scenario.nodes)
+        rig.begin()
+        start = time.monotonic()
+        fault_ends = _play(scenario, rig, chain.broker, chain.gateway, chain.capture, start, progress)
+        cutoff = time.monotonic()
+        _settle(scenario, rig, chain.capture, start, cutoff, progress)
+        deliveries = chain.capture.counter_deliveries()
+    flow = analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_ends=[start + end for end in fault_ends])
+    if not rig.measures_latency:
+        flow.latencies = []  # no tap on a bench: the moment a reading left the board is not known
+    results = []
+    for fault, recovery in zip(scenario.faults, flow.recovery, strict=True):
+        reason = rig.not_applicable(fault)
+        results.append(FaultResult(fault.describe(), fault.end, None if reason else recovery, reason is None, reason or ""))
+    return Report(
+        scenario.name,
+        scenario.description,
+        rig.target,
+        scenario.nodes,
+        scenario.duration,
+        flow,
+        results,
+        wall_s=time.monotonic() - started_wall,
+        line_damage=rig.line_damage(),
+        counter_reuse=rig.counter_reuse(),
+    )
+
+
+def _warm_up(rig: Rig, capture: MqttCapture, nodes: int) -> None:
+    """Until every node's readings reach the broker: the flow is measured from there."""
+    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if len({node for node, _sample, _at in capture.counter_deliveries()}) >= nodes:
+            return
+        time.sleep(0.2)
+    seen = sorted({node for node, _sample, _at in capture.counter_deliveries()})
+    raise RuntimeError("only %d of %d nodes delivered readings within %.0f s (%s)" % (len(seen), nodes, WARMUP_TIMEOUT_S, seen))
+
+
+def _play(
+    scenario: Scenario,
+    rig: Rig,
+    broker: Mosquitto,
+    gateway: GatewayProcess,
+    capture: MqttCapture,
+    start: float,
+    progress: Callable[[Progress], None] | None,
+) -> list[float]:
+    """Run the timeline; returns each fault's end (seconds after start), in scenario order."""
+    events: list[tuple[float, int, str, Fault]] = []
+    for fault in scenario.faults:
+        if fault.kind in LINE_KINDS or rig.not_applicable(fault):
+            continue  # line faults are the rig's relay's business; inapplicable ones are reported, not played
+        events.append((fault.at, 0, "begin", fault))
+        if fault.kind != "node_reboot":
+            events.append((fault.end, 1, "end", fault))
+    events.sort(key=lambda e: (e[0], e[1]))
+    next_report = 0.0
+    while True:
+        elapsed = time.monotonic() - start
+        while events and events[0][0] <= elapsed:
+            _at, _order, what, fault = events.pop(0)
+            _apply(what, fault, rig, broker, gateway, scenario.nodes)
+        if progress and elapsed >= next_report:
+            progress(_progress(scenario, rig, capture, start, elapsed, "flow"))
+            next_report = elapsed + 1.0
+        if elapsed >= scenario.duration and not events:
+            return [fault.end for fault in scenario.faults]
+        time.sleep(0.05)
+
+
+def _apply(what: str, fault: Fault, rig: Rig, broker: Mosquitto, gateway: GatewayProcess, nodes: int) -> None:
+    if fault.kind == "broker_down":
+        if what == "begin":
+            broker.stop()
+        else:
+            broker.start()
+    elif fault.kind == "gateway_kill":
+        if what == "begin":
+            gateway.kill()
+        else:
+            gateway.start()
+    elif fault.kind == "node_reboot":
+        for index in fault.nodes if fault.nodes is not None else range(nodes):
+            rig.reboot(index)
+
+
+def _progress(scenario: Scenario, rig: Rig, capture: MqttCapture, start: float, elapsed: float, phase: str) -> Progress:
+    deliveries = capture.counter_deliveries()
+    produced = {key for key, at in rig.produced(deliveries).items() if at >= start}
+    delivered = {(node, sample) for node, sample, _at in deliveries} & produced
+    active = [f.describe() for f in scenario.faults if f.active(min(elapsed, scenario.duration))]
+    return Progress(elapsed, scenario.duration, len(produced), len(delivered), active, phase)
+
+
+def _settle(
+    scenario: Scenario, rig: Rig, capture: MqttCapture, start: float, cutoff: float, progress: Callable[[Progress], None] | None
+) -> None:
+    """Wait until everything produced during the flow has arrived, or the settle time is up."""
+    deadline = time.monotonic() + scenario.settle
+    next_report = 0.0
+    while time.monotonic() < deadline:
+        deliveries = capture.counter_deliveries()
+        window = {key for key, at in rig.produced(deliveries).items() if start <= at <= cutoff}
+        if window <= {(node, sample) for node, sample, _at in deliveries}:
+            return
+        now = time.monotonic()
+        if progress and now >= next_report:
+            progress(_progress(scenario, rig, capture, start, now - start, "settle"))
+            next_report = now + 1.0
+        time.sleep(0.2)
