@@ -1,0 +1,510 @@
+"""`make bench`: measure the real gateway and the baseline on the same frames and broker; write the results.
+
+    python -m bench.run [--quick] [--results bench/results.jsonl] [--doc docs/PERFORMANCE.md]
+
+Benchmarks measure and report; they never fail a build. Every run appends one
+JSON line to the results file and regenerates docs/PERFORMANCE.md and its
+plots from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway import senml
+from gateway.store import Batch, Store
+from hil.broker import Mosquitto
+from hil.continuity import percentile
+from hil.gateway import GatewayProcess
+
+from .feeder import SAMPLES_PER_FRAME, Feeders, FeedResult, node_id, readings_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ process meters
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+class Subscriber:
+    """Counts readings arriving on a topic filter and dates the `seq` values (SenML CBOR or the baseline's JSON)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.readings = 0
+        self.arrived: dict[int, float] = {}
+        self.first: float | None = None
+        self.last: float | None = None
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub-%d" % os.getpid())
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        subscribed.wait(10)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        payload = bytes(message.payload)
+        with self._lock:
+            self.first = self.first or now
+            self.last = now
+            if payload[:1] == b"{":
+                reading = json.loads(payload)
+                self.readings += 1
+                if reading["channel"] == "seq":
+                    self.arrived.setdefault(reading["value"], now)
+                return
+            records = cbor2.loads(payload)
+            self.readings += len(records)
+            for record in records:
+                if record.get(0) == "seq":
+                    self.arrived.setdefault(record[2], now)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# ------------------------------------------------------------------ the systems under test
+
+
+class System:
+    """The gateway (`edgegw run`) or the baseline script, on K serial ports."""
+
+    def __init__(self, kind: str, workdir: Path, broker: Mosquitto, links: list[Path]) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.broker = broker
+        self.links = links
+        self.gateway: GatewayProcess | None = None
+        self.baselines: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        if self.kind == "gateway":
+            self.gateway = GatewayProcess(self.workdir / "gateway", self.broker.port, [str(link) for link in self.links], reconnect_max=2)
+            self.gateway.start()
+            self.gateway.wait_for_log("running as", timeout=30)
+        else:
+            for link in self.links:
+                command = [sys.executable, "-m", "bench.baseline", str(link), str(self.broker.port)]
+                self.baselines.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            time.sleep(1.0)
+
+    @property
+    def pids(self) -> list[int]:
+        if self.gateway is not None and self.gateway.process is not None:
+            return [self.gateway.process.pid]
+        return [p.pid for p in self.baselines]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def rss(self) -> float:
+        return sum(peak_rss_mb(pid) for pid in self.pids)
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.close()
+        for process in self.baselines:
+            process.send_signal(signal.SIGTERM)
+        for process in self.baselines:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def topic_for(kind: str) -> str:
+    return "edgegw/+/nodes/+/readings" if kind == "gateway" else "baseline/#"
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+def ingest(kind: str, workdir: Path, ports: int, nodes: int, seconds: float) -> dict[str, Any]:
+    """Full speed: how many readings a second are acknowledged (after COMMIT, for the gateway)."""
+    with Mosquitto(workdir / "broker") as broker:
+        feeders = Feeders(workdir, ports, nodes, frames_per_node=int(60_000 / nodes) + 10, seconds=seconds)
+        feeders.start()
+        system = System(kind, workdir, broker, feeders.links)
+        try:
+            system.start()
+            cpu_before = system.cpu()
+            feeders.go()
+            results = feeders.results(timeout=seconds + 120)
+            cpu = system.cpu() - cpu_before
+        finally:
+            system.stop()
+            feeders.stop()
+    return _feed_summary(results, cpu)
+
+
+def _feed_summary(results: list[FeedResult], cpu: float) -> dict[str, Any]:
+    acked = sum(r.acked for r in results)
+    span = max(r.finished for r in results) - min(r.started for r in results)
+    latencies = [x for r in results for x in r.latencies]
+    readings = acked * SAMPLES_PER_FRAME
+    return {
+        "readings_per_s": readings / span if span else 0.0,
+        "frames_sent": sum(r.sent for r in results),
+        "frames_acked": acked,
+        "ack_p50_ms": _ms(percentile(latencies, 0.5)),
+        "ack_p99_ms": _ms(percentile(latencies, 0.99)),
+        "cpu_s_per_million": cpu / (readings / 1e6) if readings else None,
+    }
+
+
+def steady(kind: str, workdir: Path, ports: int, nodes: int, frames_per_s: float, seconds: float) -> dict[str, Any]:
+    """A steady load: frame -> ACK and frame -> subscriber latency."""
+    with Mosquitto(workdir / "broker") as broker:
+        per_port = frames_per_s / ports
+        feeders = Feeders(workdir, ports, nodes, int(per_port * seconds / nodes) + 10, seconds, rate_per_port=per_port, keep_times=True)
+        feeders.start()
+        system = System(kind, workdir, broker, feeders.links)
+        subscriber = Subscriber(broker.port, topic_for(kind))
+        try:
+            system.start()
+            cpu_before = system.cpu()
+            feeders.go()
+            results = feeders.results(timeout=seconds + 120)
+            cpu = system.cpu() - cpu_before
+            rss = system.rss()
+            time.sleep(3)  # the last readings on their way
+        finally:
+            system.stop()
+            feeders.stop()
+            subscriber.close()
+    written = {seq: at for r in results for seq, at in r.written_at.items()}
+    e2e = [subscriber.arrived[seq] - at for seq, at in written.items() if seq in subscriber.arrived]
+    summary = _feed_summary(results, cpu)
+    summary.update(
+        {
+            "offered_readings_per_s": frames_per_s * SAMPLES_PER_FRAME,
+            "e2e_p50_ms": _ms(percentile(e2e, 0.5)),
+            "e2e_p99_ms": _ms(percentile(e2e, 0.99)),
+            "delivered_fraction": len(e2e) / len(written) if written else 0.0,
+            "peak_rss_mb": rss,
+            "nodes": ports * nodes,
+        }
+    )
+    return summary
+
+
+def outage_loss(kind: str, workdir: Path, frames_per_s: float, before: float, outage: float, after: float) -> dict[str, Any]:
+    """Readings lost when the broker goes away for `outage` seconds during a steady flow."""
+    broker = Mosquitto(workdir / "broker")
+    broker.start()
+    seconds = before + outage + after
+    feeders = Feeders(workdir, 1, 10, int(frames_per_s * seconds / 10) + 10, seconds, rate_per_port=frames_per_s, keep_times=True)
+    feeders.start()
+    system = System(kind, workdir, broker, feeders.links)
+    subscriber = Subscriber(broker.port, topic_for(kind))
+    try:
+        system.start()
+        feeders.go()
+        time.sleep(before)
+        broker.stop()
+        time.sleep(outage)
+        broker.start()
+        results = feeders.results(timeout=after + 120)
+        deadline = time.monotonic() + 60
+        written = {seq for r in results for seq in r.written_at}
+        while time.monotonic() < deadline and not written <= set(subscriber.arrived):
+            time.sleep(0.5)
+    finally:
+        system.stop()
+        feeders.stop()
+        subscriber.close()
+        broker.stop()
+    delivered = len(written & set(subscriber.arrived))
+    return {
+        "frames_written": len(written),
+        "frames_delivered": delivered,
+        "lost_fraction": 1 - delivered / len(written) if written else None,
+    }
+
+
+def drain(workdir: Path, readings: int, nodes: int, seconds: float) -> dict[str, Any]:
+    """`readings` buffered while the broker was away; how fast they leave once it is back, and live latency meanwhile."""
+    gateway_dir = workdir / "gateway"
+    frames = readings // SAMPLES_PER_FRAME
+    fill_started = time.monotonic()
+    store_bytes = _fill_store(gateway_dir / "data", frames, nodes)
+    fill_s = time.monotonic() - fill_started
+    with Mosquitto(workdir / "broker") as broker:
+        subscriber = Subscriber(broker.port, topic_for("gateway"))
+        live = Feeders(workdir, 1, 5, int(10 * seconds / 5) + 10, seconds, rate_per_port=10, keep_times=True)
+        live.start()
+        gateway = GatewayProcess(gateway_dir, broker.port, [str(live.links[0])], reconnect_max=2)
+        try:
+            gateway.start()
+            gateway.wait_for_log("running as", timeout=120)
+            started = time.monotonic()
+            live.go()
+            results = live.results(timeout=seconds + 60)
+            elapsed = time.monotonic() - started
+            assert gateway.process is not None
+            rss = peak_rss_mb(gateway.process.pid)
+            cpu = cpu_seconds(gateway.process.pid)
+        finally:
+            gateway.close()
+            live.stop()
+            subscriber.close()
+    written = {seq: at for r in results for seq, at in r.written_at.items()}
+    live_latency = [subscriber.arrived[seq] - at for seq, at in written.items() if seq in subscriber.arrived]
+    drained = subscriber.readings
+    return {
+        "buffered_readings": frames * SAMPLES_PER_FRAME,
+        "fill_s": fill_s,
+        "disk_bytes_per_reading": store_bytes / (frames * SAMPLES_PER_FRAME),
+        "drained_readings": drained,
+        "drain_seconds": elapsed,
+        "drain_readings_per_s": drained / elapsed if elapsed else 0.0,
+        "live_p50_ms": _ms(percentile(live_latency, 0.5)),
+        "live_p99_ms": _ms(percentile(live_latency, 0.99)),
+        "live_delivered_fraction": len(live_latency) / len(written) if written else 0.0,
+        "peak_rss_mb": rss,
+        "cpu_s": cpu,
+        "nodes": nodes,
+    }
+
+
+def _fill_store(data_dir: Path, frames: int, nodes: int) -> int:
+    """What a gateway holds after `frames` READINGS from `nodes` nodes arrived while the broker was away."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(data_dir, max_bytes=50_000_000_000)
+    channels = [senml.Channel("seq", ""), senml.Channel("temperature", "Cel", -2)]
+    info = json.dumps({"channels": [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]})
+    for n in range(nodes):
+        store.save_node_info(node_id(9, n).hex(), info)
+    chunk = 10_000
+    for first in range(0, frames, chunk):
+        batches = []
+        for k in range(first, min(frames, first + chunk)):
+            node = node_id(9, k % nodes).hex()
+            samples: list[int] = [0, -(k + 1), 0]  # negative seq: never confused with a live frame's
+            for position in range(1, SAMPLES_PER_FRAME):
+                samples += [1, 1500 + position, position]
+            payload = senml.pack(node, channels, samples, 1_795_000_000)
+            batches.append(Batch("edgegw/gw-test/nodes/%s/readings" % node, payload, SAMPLES_PER_FRAME, time.time()))
+        store.commit(batches, {})
+    store.close()
+    return sum(path.stat().st_size for path in data_dir.iterdir() if path.is_file())
+
+
+def footprint() -> dict[str, Any]:
+    """Bytes per reading: on the link, in the MQTT payload (SenML CBOR and JSON), from the frames themselves."""
+    frame = readings_frame(node_id(0, 0), 2, 12345)
+    channels = [senml.Channel("temperature", "Cel", -2)]
+    samples: list[int] = []
+    for position in range(50):
+        samples += [0, 1500 + position, position]
+    pack = senml.pack("be00000000000001", channels, samples, 1_795_000_000)
+    records = senml.unpack(pack)
+    as_json = json.dumps([{"n": r["name"], "u": r["unit"], "v": r["value"], "t": r["time"]} for r in records], separators=(",", ":"))
+    return {
+        "link_bytes_per_reading": len(frame) / SAMPLES_PER_FRAME,
+        "senml_cbor_bytes_per_reading_50": len(pack) / 50,
+        "senml_json_bytes_per_reading_50": len(as_json) / 50,
+        "baseline_json_bytes_per_reading": len(
+            json.dumps({"node": "be00000000000001", "channel": "temperature", "value": 1500, "time": 1795000001})
+        ),
+    }
+
+
+def firmware(workdir: Path, seconds: float) -> dict[str, Any]:
+    """Frames a second the node firmware produces on the MicroPython VM, and its heap high-water mark."""
+    from gateway.fwtools.build import build
+    from gateway.fwtools.tools import find_tool
+
+    bundle = workdir / "bundle"
+    build(bundle)
+    micropython = find_tool("micropython")
+    script = bundle / "frames_per_s.py"
+    script.write_text(FIRMWARE_SCRIPT)
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+    done = subprocess.run(
+        [str(micropython), "-X", "heapsize=64k", script.name, str(seconds)],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    for heap_kb in (48, 52, 56, 60, 64, 72, 80, 96):
+        peak = _node_runs(bundle, str(micropython), heap_kb, seconds=6)
+        if peak is not None:
+            result["heap_kb"] = heap_kb  # the smallest -X heapsize the node ran in, ACKed, without a MemoryError
+            result["heap_peak_bytes"] = peak  # its own report (STATUS heap_peak: live heap after a collection)
+            break
+    return result
+
+
+def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float) -> int | None:
+    """The node's reported heap peak if it ran `seconds` in this heap with every frame acknowledged, else None."""
+    import select
+    import tty
+
+    from protocols import messages as m
+    from protocols.frame import F_ACK_REQ, F_DOWNLINK
+    from protocols.messages import Message, encode
+    from protocols.stream import StreamDecoder
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    data = Path(tempfile.mkdtemp(prefix="edgegw-heap-"))
+    command = [micropython, "-X", "heapsize=%dk" % heap_kb, "-m", "firmware.main", os.ttyname(slave), str(data), "5", "0.2", "1"]
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+    node = subprocess.Popen(command, cwd=bundle, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    decoder = StreamDecoder()
+    peak = None
+    counter = 1000
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and node.poll() is None:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                continue
+            decoder.feed(os.read(master, 4096))
+            for message in decoder.drain():
+                if not isinstance(message, Message):
+                    continue
+                if message.flags & F_ACK_REQ:
+                    counter += 1
+                    os.write(master, encode(Message(m.ACK, message.node_id, counter, {"counters": [message.counter]}, F_DOWNLINK)))
+                if message.type == m.STATUS:
+                    peak = message.fields.get("heap_peak")
+    finally:
+        node.terminate()
+        out, _ = node.communicate(timeout=10)
+        os.close(master)
+        os.close(slave)
+        shutil.rmtree(data, ignore_errors=True)
+    said = out.decode(errors="replace")
+    if "MemoryError" in said or "out of memory" in said or "Traceback" in said:
+        return None
+    return peak
+
+
+FIRMWARE_SCRIPT = """
+import gc, json, sys, time
+from protocols import messages
+from protocols.frame import F_ACK_REQ
+from protocols.messages import Message, encode
+node = bytes([0xE1, 0, 0, 0, 0, 0, 0, 7])
+seconds = float(sys.argv[1])
+frames = 0
+peak = 0
+start = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), start) < seconds * 1000:
+    samples = []
+    for channel in range(6):
+        samples += [channel, 1500 + frames % 100, 0]
+    encode(Message(messages.READINGS, node, frames + 1, {"base_time": 1795000000, "samples": samples * 2}, F_ACK_REQ))
+    frames += 1
+    if frames % 50 == 0:
+        gc.collect()
+        peak = max(peak, gc.mem_alloc())
+elapsed = time.ticks_diff(time.ticks_ms(), start) / 1000
+print(json.dumps({"frames_per_s": frames / elapsed, "samples_per_frame": 12, "heap_alloc_after_collect": peak}))
+"""
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000.0, 2)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
+
+
+def run_all(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    scale = 0.25 if quick else 1.0
+    seconds = 20 * scale
+    results: dict[str, Any] = {"machine": machine(), "quick": quick, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
+    try:
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("footprint", footprint),
+            ("firmware", lambda: firmware(work / "fw", 5 * scale)),
+            ("ingest_gateway", lambda: ingest("gateway", work / "ig", 4, 50, seconds)),
+            ("ingest_baseline", lambda: ingest("baseline", work / "ib", 4, 50, seconds)),
+            ("steady_gateway", lambda: steady("gateway", work / "sg", 4, 250, 1000, seconds)),
+            ("steady_baseline", lambda: steady("baseline", work / "sb", 4, 250, 1000, seconds)),
+            ("drain_gateway", lambda: drain(work / "dg", int(5_000_000 * scale * scale), 1000, 60 * scale)),
+            ("outage_baseline", lambda: outage_loss("baseline", work / "ob", 100, 5 * scale, 30 * scale, 5 * scale)),
+            ("outage_gateway", lambda: outage_loss("gateway", work / "og", 100, 5 * scale, 30 * scale, 5 * scale)),
+        ]
+        for name, step in steps:
+            started = time.monotonic()
+            log("bench: %s ..." % name)
+            try:
+                results[name] = step()
+            except Exception as error:  # a benchmark that breaks is reported, the others still run
+                results[name] = {"error": "%s: %s" % (type(error).__name__, error)}
+            results[name]["wall_s"] = round(time.monotonic() - started, 1)
+            log("bench: %s %s" % (name, json.dumps(results[name])))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a quarter of the sizes and durations (a smoke run)")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results.jsonl"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "PERFORMANCE.md"))
+    args = parser.parse_args(argv)
+    results = run_all(args.quick, lambda line: print(line, flush=True))
+    results["command"] = "make bench" if not args.quick else "python -m bench.run --quick"
+    with open(args.results, "a") as handle:
+        handle.write(json.dumps(results) + "\n")
+    from .report import write_report
+
+    write_report(Path(args.results), Path(args.doc))
+    print("bench: results appended to %s; %s regenerated" % (args.results, args.doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
