@@ -24,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import senml
 from gateway.store import Batch, Store
 from hil.broker import Mosquitto
+from hil.capture import decode_senml
 from hil.continuity import percentile
 from hil.gateway import GatewayProcess
 
@@ -85,11 +85,11 @@ class Subscriber:
                 if reading["channel"] == "seq":
                     self.arrived.setdefault(reading["value"], now)
                 return
-            records = cbor2.loads(payload)
+            records = decode_senml(payload)
             self.readings += len(records)
             for record in records:
-                if record.get(0) == "seq":
-                    self.arrived.setdefault(record[2], now)
+                if record["name"].endswith(":seq"):
+                    self.arrived.setdefault(record["value"], now)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -306,8 +306,7 @@ def _fill_store(data_dir: Path, frames: int, nodes: int) -> int:
     store = Store(data_dir, max_bytes=50_000_000_000)
     channels = [senml.Channel("seq", ""), senml.Channel("temperature", "Cel", -2)]
     info = json.dumps({"channels": [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]})
-    for n in range(nodes):
-        store.save_node_info(node_id(9, n).hex(), info)
+    store.save_node_infos({node_id(9, n).hex(): info for n in range(nodes)})
     chunk = 10_000
     for first in range(0, frames, chunk):
         batches = []

@@ -200,11 +200,21 @@ class Store:
                 self._db.execute("ROLLBACK")
 
     def save_node_info(self, node: str, info_json: str) -> None:
-        self._db.execute(
-            "INSERT INTO nodes (node, highest, seen, info) VALUES (?, -1, zeroblob(8), ?)"
-            " ON CONFLICT(node) DO UPDATE SET info=excluded.info",
-            (node, info_json),
-        )
+        self.save_node_infos({node: info_json})
+
+    def save_node_infos(self, infos: dict[str, str]) -> None:
+        """Node id -> info JSON, all in one transaction."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO nodes (node, highest, seen, info) VALUES (?, -1, zeroblob(8), ?)"
+                " ON CONFLICT(node) DO UPDATE SET info=excluded.info",
+                list(infos.items()),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+            raise
 
     def node_info(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT node, info FROM nodes").fetchall())

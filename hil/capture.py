@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-SENML_LABELS = {-2: "bn", -3: "bt", 0: "n", 1: "u", 2: "v", 6: "t"}
+SENML_LABELS = {-2: "bn", -3: "bt", -4: "bu", 0: "n", 1: "u", 2: "v", 6: "t"}
 
 
 @dataclass
@@ -31,14 +31,17 @@ class Received:
 
 
 def decode_senml(payload: bytes) -> list[dict[str, Any]]:
-    """Resolved records (RFC 8428 §4.6): name, unit, value, time."""
+    """Resolved records (RFC 8428 §4.6): name, unit, value, time. Written from the RFC, not from gateway/senml.py."""
     records = cbor2.loads(payload)
     out = []
-    bn, bt = "", 0.0
+    bn, bu, bt = "", "", 0.0
     for record in records:
         bn = record.get(-2, bn)
         bt = record.get(-3, bt)
-        out.append({"name": bn + record.get(0, ""), "unit": record.get(1), "value": record.get(2), "time": bt + record.get(6, 0)})
+        bu = record.get(-4, bu)
+        out.append(
+            {"name": bn + record.get(0, ""), "unit": record.get(1, bu or None), "value": record.get(2), "time": bt + record.get(6, 0)}
+        )
     return out
 
 

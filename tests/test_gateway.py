@@ -65,9 +65,9 @@ def test_frames_become_senml_on_the_right_topics(gateway: GatewayProcess, captur
     assert {m.topic for m in readings} == {"edgegw/gw-test/nodes/0000a4cf12b3c4d5/readings"}
     assert readings[0].properties.ContentType == "application/senml+cbor"
     first = decode_senml(readings[0].payload)
-    assert first == [
-        {"name": "urn:dev:edgegw:0000a4cf12b3c4d5:temperature", "unit": "Cel", "value": 21.37, "time": 1795000000},
+    assert first == [  # grouped by channel, channels without a unit first (a base unit applies to every later record)
         {"name": "urn:dev:edgegw:0000a4cf12b3c4d5:counter", "unit": None, "value": 1, "time": 1795000000},
+        {"name": "urn:dev:edgegw:0000a4cf12b3c4d5:temperature", "unit": "Cel", "value": 21.37, "time": 1795000000},
     ]
     assert counters_received(capture, "0000a4cf12b3c4d5") == [1, 2, 3, 4, 5]
 
