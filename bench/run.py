@@ -325,17 +325,38 @@ def _fill_store(data_dir: Path, frames: int, nodes: int) -> int:
 def footprint() -> dict[str, Any]:
     """Bytes per reading: on the link, in the MQTT payload (SenML CBOR and JSON), from the frames themselves."""
     frame = readings_frame(node_id(0, 0), 2, 12345)
-    channels = [senml.Channel("temperature", "Cel", -2)]
-    samples: list[int] = []
-    for position in range(50):
-        samples += [0, 1500 + position, position]
-    pack = senml.pack("be00000000000001", channels, samples, 1_795_000_000)
-    records = senml.unpack(pack)
-    as_json = json.dumps([{"n": r["name"], "u": r["unit"], "v": r["value"], "t": r["time"]} for r in records], separators=(",", ":"))
+    node = "be00000000000001"
+    emulated = [  # the channels of an emulated node (firmware/emulation.py, firmware/sensors.py)
+        senml.Channel("temperature", "Cel", -2),
+        senml.Channel("humidity", "%RH", -2),
+        senml.Channel("pressure", "Pa"),
+        senml.Channel("water_level", "m", -3),
+        senml.Channel("pulses", "count"),
+        senml.Channel("counter", ""),
+    ]
+
+    def per_reading(samples: list[int]) -> tuple[float, float]:
+        pack = senml.pack(node, emulated, samples, 1_795_000_000)
+        records = senml.unpack(pack)
+        as_json = json.dumps([{"n": r["name"], "u": r["unit"], "v": r["value"], "t": r["time"]} for r in records], separators=(",", ":"))
+        return len(pack) / (len(samples) // 3), len(as_json) / (len(samples) // 3)
+
+    decimal: list[int] = []
+    integer: list[int] = []
+    mixed: list[int] = []
+    for k in range(50):
+        decimal += [0, 1500 + k, k * 10]  # temperature, centi-degrees: not exact in a float narrower than a double
+        integer += [2, 101325 + k, k * 10]  # pressure in Pa
+        mixed += [k % 6, [1523, 6512, 101325, 350, 3, 100][k % 6] + k, (k // 6) * 10]
+    cbor_decimal, json_decimal = per_reading(decimal)
+    cbor_integer, _json = per_reading(integer)
+    cbor_mixed, _json = per_reading(mixed)
     return {
         "link_bytes_per_reading": len(frame) / SAMPLES_PER_FRAME,
-        "senml_cbor_bytes_per_reading_50": len(pack) / 50,
-        "senml_json_bytes_per_reading_50": len(as_json) / 50,
+        "senml_cbor_bytes_per_reading_50": cbor_mixed,
+        "senml_cbor_bytes_per_reading_50_decimal": cbor_decimal,
+        "senml_cbor_bytes_per_reading_50_integer": cbor_integer,
+        "senml_json_bytes_per_reading_50_decimal": json_decimal,
         "baseline_json_bytes_per_reading": len(
             json.dumps({"node": "be00000000000001", "channel": "temperature", "value": 1500, "time": 1795000001})
         ),
