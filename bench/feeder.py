@@ -53,7 +53,7 @@ class FeedResult:
     acked: int  # of those, acknowledged
     started: float  # monotonic, first READINGS written
     finished: float  # monotonic, last ACK read (or the end)
-    latencies: list[float]  # frame written -> its ACK read, seconds
+    latencies: list[float]  # frame written -> its ACK read, seconds (frames written after the warm-up)
     written_at: dict[int, float]  # seq -> monotonic write time (only when asked: steady-load runs)
 
 
@@ -65,6 +65,7 @@ def _feed(
     rate: float | None,
     seconds: float,
     keep_times: bool,
+    warmup: float,
     ready: Any,  # multiprocessing queues and event of the "fork" context
     go: Any,
     out: Any,
@@ -132,7 +133,9 @@ def _feed(
             for counter in message.fields["counters"]:
                 k = counter - 2
                 if (n, k) in written:
-                    latencies.append(got - written.pop((n, k)))
+                    sent_at = written.pop((n, k))
+                    if sent_at >= start + warmup:
+                        latencies.append(got - sent_at)
                     acked_k[n].add(k)
                     acked += 1
             while low_k[n] in acked_k[n]:
@@ -189,6 +192,7 @@ class Feeders:
         seconds: float,
         rate_per_port: float | None = None,
         keep_times: bool = False,
+        warmup: float = 0.0,
     ) -> None:
         self.links = [Path(folder) / ("tty-bench%d" % port) for port in range(ports)]
         context = mp.get_context("fork")
@@ -198,7 +202,7 @@ class Feeders:
         self._processes = [
             context.Process(
                 target=_feed,
-                args=(port, self.links[port], nodes_per_port, frames_per_node, rate_per_port, seconds, keep_times),
+                args=(port, self.links[port], nodes_per_port, frames_per_node, rate_per_port, seconds, keep_times, warmup),
                 kwargs={"ready": self._ready, "go": self._go, "out": self._out},
                 daemon=True,
             )

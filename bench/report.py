@@ -9,8 +9,9 @@ from typing import Any
 BUDGET = [
     # (label, result, key, target, better, unit)
     ("durable end-to-end throughput", "ingest_gateway", "readings_per_s", 250_000, "higher", "readings/s"),
-    ("p99 frame -> ACK at 10,000 readings/s", "steady_gateway", "ack_p99_ms", 20, "lower", "ms"),
-    ("p99 frame -> subscriber at 10,000 readings/s", "steady_gateway", "e2e_p99_ms", 50, "lower", "ms"),
+    ("p99 frame -> ACK at 10,000 readings/s (after a 2 s warm-up)", "steady_gateway", "ack_p99_ms", 20, "lower", "ms"),
+    ("p99 frame -> subscriber at 10,000 readings/s (after a 2 s warm-up)", "steady_gateway", "e2e_p99_ms", 50, "lower", "ms"),
+    ("p99 frame -> subscriber at 10,000 readings/s, warm-up included", "steady_gateway", "e2e_p99_with_warmup_ms", 50, "lower", "ms"),
     ("backlog drain", "drain_gateway", "drain_readings_per_s", 500_000, "higher", "readings/s"),
     ("live readings during the drain, p99", "drain_gateway", "live_p99_ms", 1000, "lower", "ms"),
     ("peak RSS, 1,000 nodes and the buffered backlog", "drain_gateway", "peak_rss_mb", 45, "lower", "MB"),
