@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway import senml
 from gateway.store import Batch, Store
@@ -67,12 +69,17 @@ class Subscriber:
         self.first: float | None = None
         self.last: float | None = None
         self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub-%d" % os.getpid())
+        # A persistent session (as hil/capture.py): what is published while the broker restarts and this
+        # client has not resubscribed yet is queued for it, not lost to the measurement.
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub-%d" % os.getpid(), protocol=MQTTProtocolVersion.MQTTv5)
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect_delay_set(1, 1)
+        session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        session.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=session)
         self.client.loop_start()
         subscribed.wait(10)
 
