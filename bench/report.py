@@ -103,6 +103,20 @@ def write_report(results_file: Path, doc: Path) -> None:
         out.append(
             "| %s | %s %s | %s %s %s | %s |" % (label, _fmt(value), unit, "≥" if better == "higher" else "≤", _fmt(target), unit, verdict)
         )
+    runs = [json.loads(line) for line in lines if not json.loads(line).get("quick")]
+    if len(runs) > 1:
+        out += [
+            "",
+            "These numbers move between runs on this shared 2-core machine (the feeders, mosquitto and the subscriber",
+            "share the cores with the gateway). Every full run recorded in `bench/results.jsonl`, oldest first (code",
+            "changed between them: see the notes below and `git log bench/results.jsonl`):",
+            "",
+            "| target | runs |",
+            "|---|---|",
+        ]
+        for label, section, key, _target, _better, unit in BUDGET:
+            values = [run.get(section, {}).get(key) for run in runs]
+            out.append("| %s | %s |" % (label, ", ".join(_fmt(v) for v in values) + " " + unit))
     out += [
         "",
         "## edgegw against the baseline, same frames, same broker",
