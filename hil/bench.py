@@ -10,6 +10,10 @@ The gateway opens the boards' ports directly, so nothing sits on the line:
 faults on the cable and node reboots cannot be applied and are reported as
 not applicable. Without a tap, what a node produced is inferred from the
 sample numbers that arrived (a gap is a loss), and latency is not measured.
+Two limits follow: a board that resets skips up to 63 sample numbers (its
+counter is persisted ahead in blocks of 64), which reads as a loss here; and
+readings lost after a node's last arrival are not seen. Recovery times and the
+backlog are dated by arrival, so they say little on a bench.
 """
 
 from __future__ import annotations

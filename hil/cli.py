@@ -59,7 +59,12 @@ def do_hil(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 2
     print("scenario %s: %s" % (scenario.name, scenario.description), file=out, flush=True)
     display = ProgressLine(out)
-    report = run_scenario(scenario, workdir, rig=rig, progress=display)
+    try:
+        report = run_scenario(scenario, workdir, rig=rig, progress=display)
+    except (RuntimeError, OSError, ValueError, AssertionError) as error:  # the harness failed, not the scenario
+        display.done()
+        print("edgegw: the scenario could not be run: %s (logs in %s)" % (error, workdir), file=sys.stderr)
+        return 2
     display.done()
     report_dir = Path(args.report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)

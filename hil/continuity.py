@@ -37,7 +37,7 @@ class Flow:
     nodes: list[NodeFlow]
     latencies: list[float]  # seconds, one per delivered reading
     peak_backlog: int  # readings produced and not yet delivered, at the worst moment
-    recovery: list[float | None]  # per fault end: seconds until everything produced before it was delivered
+    recovery: list[float | None]  # per fault: seconds after its end until everything produced while it lasted arrived
     unexpected: int = 0  # deliveries of a sample no node produced: a corrupted reading got through
 
     @property
@@ -63,7 +63,7 @@ def analyse(
     *,
     start: float,
     cutoff: float,
-    fault_ends: list[float] | None = None,
+    fault_windows: list[tuple[float, float]] | None = None,
 ) -> Flow:
     """Continuity of the readings produced between start and cutoff (monotonic times).
 
@@ -98,12 +98,12 @@ def analyse(
         backlog += step
         peak = max(peak, backlog)
     recovery: list[float | None] = []
-    for end in fault_ends or []:
-        before = [key for key, at in window.items() if at <= end]
-        if any(key not in first_delivery for key in before):
-            recovery.append(None)  # never recovered: something produced before the end was lost
+    for begin, end in fault_windows or []:
+        during = [key for key, at in window.items() if begin <= at <= end]  # what the fault could have hurt
+        if any(key not in first_delivery for key in during):
+            recovery.append(None)  # never recovered: something produced while it lasted was lost
         else:
-            done = max((first_delivery[key] for key in before), default=end)
+            done = max((first_delivery[key] for key in during), default=end)
             recovery.append(max(0.0, done - end))
     unexpected = sum(1 for node, sample, _at in deliveries if (node, sample) not in produced)
     return Flow(sorted(per_node.values(), key=lambda n: n.node_id), latencies, peak, recovery, unexpected)

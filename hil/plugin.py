@@ -17,6 +17,7 @@ its Report.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from .continuity import Flow, analyse
 from .faults import Fault
 from .gateway import GatewayProcess
 from .report import Report
-from .scenario import Scenario, load_scenario, run_scenario
+from .scenario import Scenario, ScenarioError, load_scenario, run_scenario
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
@@ -134,9 +135,12 @@ def hil_nodes(tmp_path: Path, hil_target: HilTarget) -> Iterator[Callable[..., R
 def hil_continuity(hil_capture: MqttCapture) -> Callable[..., Flow]:
     """flow = hil_continuity(rig, start=t0, cutoff=t1): lost, duplicated and latency of the `counter` channel."""
 
-    def measure(rig: Rig, *, start: float, cutoff: float, fault_ends: list[float] | None = None) -> Flow:
+    def measure(rig: Rig, *, start: float, cutoff: float, fault_windows: list[tuple[float, float]] | None = None) -> Flow:
         deliveries = hil_capture.counter_deliveries()
-        return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_ends=fault_ends)
+        flow = analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_windows=fault_windows)
+        if not rig.measures_latency:
+            flow.latencies = []  # a bench has no tap: when a reading left the board is not known
+        return flow
 
     return measure
 
@@ -145,17 +149,22 @@ def hil_continuity(hil_capture: MqttCapture) -> Callable[..., Flow]:
 def hil_scenario(tmp_path: Path, hil_target: HilTarget) -> Callable[..., Report]:
     """report = hil_scenario("broker-outage") (a file of hil/scenarios), a path, or a Scenario."""
 
+    runs = 0
+
     def run(which: str | Path | Scenario, **overrides: Any) -> Report:
+        nonlocal runs
+        runs += 1
         if isinstance(which, Scenario):
-            scenario = which
+            scenario = dataclasses.replace(which, **overrides)
         else:
             path = Path(which)
-            scenario = load_scenario(path if path.suffix == ".toml" else SCENARIOS / ("%s.toml" % which))
-        for key, value in overrides.items():
-            setattr(scenario, key, value)
+            scenario = dataclasses.replace(load_scenario(path if path.suffix == ".toml" else SCENARIOS / ("%s.toml" % which)), **overrides)
+        late = [f.describe() for f in scenario.faults if f.end > scenario.duration]
+        if late:
+            raise ScenarioError("faults end after the flow (duration %g s): %s" % (scenario.duration, "; ".join(late)))
         rig = _make_rig(
             hil_target,
-            tmp_path / "rig",
+            tmp_path / ("rig%d" % runs),
             scenario.nodes,
             scenario.line_faults,
             interval=scenario.interval,
@@ -164,7 +173,7 @@ def hil_scenario(tmp_path: Path, hil_target: HilTarget) -> Callable[..., Report]
             status_interval=scenario.status_interval,
         )
         _skip_if_not_applicable(rig, scenario.faults)
-        report = run_scenario(scenario, tmp_path / "run", rig=rig)
+        report = run_scenario(scenario, tmp_path / ("run%d" % runs), rig=rig)
         print(report.summary())
         return report
 

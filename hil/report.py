@@ -15,7 +15,7 @@ from .continuity import Flow, percentile
 class FaultResult:
     description: str
     end: float  # seconds after the flow started
-    recovery_s: float | None  # None: not everything produced before the end arrived
+    recovery_s: float | None  # None: not everything produced while it lasted arrived
     applicable: bool = True
     note: str = ""
 
@@ -36,7 +36,8 @@ class Report:
     @property
     def passed(self) -> bool:
         flow = self.flow
-        return flow.produced > 0 and flow.lost == 0 and flow.unexpected == 0 and not any(self.counter_reuse.values())
+        every_node = len(flow.nodes) >= self.nodes and all(node.produced > 0 for node in flow.nodes)
+        return every_node and flow.lost == 0 and flow.unexpected == 0 and not any(self.counter_reuse.values())
 
     def latency_ms(self, fraction: float) -> float | None:
         value = percentile(self.flow.latencies, fraction)
@@ -103,6 +104,8 @@ class Report:
             )
         if flow.unexpected:
             lines.append("  CORRUPT    %d delivered readings were never produced by a node" % flow.unexpected)
+        if len(flow.nodes) < self.nodes:
+            lines.append("  SILENT     %d of %d nodes produced no reading during the flow" % (self.nodes - len(flow.nodes), self.nodes))
         for node_id, reuse in sorted(self.counter_reuse.items()):
             if reuse:
                 lines.append("  REUSED     node %s re-used frame counters after %d reboot(s)" % (node_id, reuse))
@@ -110,7 +113,7 @@ class Report:
             if not fault.applicable:
                 lines.append("  fault      %s: not applicable (%s)" % (fault.description, fault.note))
             elif fault.recovery_s is None:
-                lines.append("  fault      %s: NOT recovered (readings from before its end are missing)" % fault.description)
+                lines.append("  fault      %s: NOT recovered (readings produced while it lasted are missing)" % fault.description)
             else:
                 lines.append("  fault      %s: recovered %.1f s after it ended" % (fault.description, fault.recovery_s))
         for node in flow.nodes:
@@ -128,8 +131,10 @@ class Report:
         for node in self.flow.nodes:
             failure = "%d readings lost: %s" % (len(node.lost), node.lost[:20]) if node.lost else None
             cases.append(("node %s delivers every reading" % node.node_id, failure, None))
-        if not self.flow.nodes:
-            cases.append(("readings were produced", "no reading was produced at all", None))
+        silent = self.nodes - len(self.flow.nodes)
+        cases.append(
+            ("every node produced readings", "%d of %d nodes produced nothing in the flow" % (silent, self.nodes) if silent else None, None)
+        )
         unexpected = "%d delivered readings were never produced" % self.flow.unexpected if self.flow.unexpected else None
         cases.append(("no corrupted reading is accepted", unexpected, None))
         reused = {node: n for node, n in self.counter_reuse.items() if n}
@@ -139,7 +144,7 @@ class Report:
             if not fault.applicable:
                 cases.append((name, None, "not applicable: %s" % fault.note))
             elif fault.recovery_s is None:
-                cases.append((name, "not recovered: readings from before the fault's end are missing", None))
+                cases.append((name, "not recovered: readings produced while it lasted are missing", None))
             else:
                 cases.append((name, None, None))
         suite = ET.Element(

@@ -130,6 +130,7 @@ class EmulatedRig:
         self._stop = threading.Event()
         self._relay: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.relay_error: str | None = None  # the first unexpected error of the relay thread, for the report
 
     @property
     def ports(self) -> list[str]:
@@ -208,52 +209,59 @@ class EmulatedRig:
 
     def _relay_forever(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            t = None if self.t0 is None else now - self.t0
-            readers: dict[int, tuple[_Line, str]] = {}
-            writers: dict[int, tuple[_Line, str]] = {}
-            next_due = now + 0.05
-            with self._lock:
-                for line in self._lines:
-                    self._plug_state(line, t)
-                    readers[line.node.node_master] = (line, UP)
-                    if line.cable.plugged:
-                        readers[line.cable.master] = (line, DOWN)
-                    for direction in (UP, DOWN):
-                        if t is not None:
-                            line.push(direction, line.faults.garbage(direction, t), now)
-                        queue = line.queues[direction]
-                        if queue:
-                            if queue[0][0] <= now and (direction == DOWN or line.cable.plugged):
-                                writers[line.target(direction)] = (line, direction)
-                            next_due = min(next_due, queue[0][0])
-            timeout = max(0.0, min(0.05, next_due - now))
             try:
-                readable, writable, _ = select.select(list(readers), list(writers), [], timeout)
-            except (OSError, ValueError):
-                continue  # a cable was unplugged under us: look again
-            now = time.monotonic()
-            t = None if self.t0 is None else now - self.t0
-            for fd in readable:
-                line, direction = readers[fd]
-                try:
-                    data = os.read(fd, 4096)
-                except OSError as error:
-                    if error.errno not in (errno.EAGAIN, errno.EIO):
-                        raise
-                    continue  # EIO: the gateway side is closed (a restart); nothing to read
-                if direction == UP:
-                    self.tap.feed(line.node.index, data, now)
-                    if not line.cable.plugged:
-                        continue  # a cable that is not there carries nothing
-                if t is None:
-                    line.push(direction, data, now)
-                else:
-                    damaged, deliver_at = line.faults.process(direction, data, t)
-                    line.push(direction, damaged, now + (deliver_at - t))
-            for fd in writable:
-                line, direction = writers[fd]
-                self._write_due(line, direction, fd, now)
+                self._relay_once()
+            except Exception as error:  # remembered and reported by the runner; the relay goes on
+                if self.relay_error is None:
+                    self.relay_error = "%s: %s" % (type(error).__name__, error)
+                time.sleep(0.01)
+
+    def _relay_once(self) -> None:
+        now = time.monotonic()
+        t = None if self.t0 is None else now - self.t0
+        readers: dict[int, tuple[_Line, str]] = {}
+        writers: dict[int, tuple[_Line, str]] = {}
+        next_due = now + 0.05
+        with self._lock:
+            for line in self._lines:
+                self._plug_state(line, t)
+                readers[line.node.node_master] = (line, UP)
+                if line.cable.plugged:
+                    readers[line.cable.master] = (line, DOWN)
+                for direction in (UP, DOWN):
+                    if t is not None and (direction == DOWN or line.cable.plugged):
+                        line.push(direction, line.faults.garbage(direction, t), now)  # no cable, no noise on it
+                    queue = line.queues[direction]
+                    if not queue:
+                        continue
+                    if queue[0][0] > now:
+                        next_due = min(next_due, queue[0][0])  # wake up when it is due
+                    elif direction == DOWN or line.cable.plugged:
+                        writers[line.target(direction)] = (line, direction)  # due: select says when it can go
+        timeout = max(0.0, min(0.05, next_due - now))
+        readable, writable, _ = select.select(list(readers), list(writers), [], timeout)
+        now = time.monotonic()
+        t = None if self.t0 is None else now - self.t0
+        for fd in readable:
+            line, direction = readers[fd]
+            try:
+                data = os.read(fd, 4096)
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EIO):
+                    raise
+                continue  # EIO: the gateway side is closed (a restart); nothing to read
+            if direction == UP:
+                self.tap.feed(line.node.index, data, now)
+                if not line.cable.plugged:
+                    continue  # a cable that is not there carries nothing
+            if t is None:
+                line.push(direction, data, now)
+            else:
+                damaged, deliver_at = line.faults.process(direction, data, t)
+                line.push(direction, damaged, now + (deliver_at - t))
+        for fd in writable:
+            line, direction = writers[fd]
+            self._write_due(line, direction, fd, now)
 
     @staticmethod
     def _write_due(line: _Line, direction: str, fd: int, now: float) -> None:

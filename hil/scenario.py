@@ -117,6 +117,10 @@ def parse_scenario(data: dict[str, Any], default_name: str = "scenario") -> Scen
             raise ScenarioError("%s: %s" % (where, error)) from None
         if fault.end > scenario.duration:
             raise ScenarioError("%s: ends at %g s, after the flow (duration %g s)" % (where, fault.end, scenario.duration))
+        for other in scenario.faults:
+            same = other.kind == fault.kind and fault.kind in ("broker_down", "gateway_kill")
+            if same and fault.at < other.end and other.at < fault.end:
+                raise ScenarioError("%s: overlaps an earlier %s (%s)" % (where, fault.kind, other.describe()))
         scenario.faults.append(fault)
     return scenario
 
@@ -176,11 +180,15 @@ def run_scenario(
         _warm_up(rig, chain.capture, scenario.nodes)
         rig.begin()
         start = time.monotonic()
-        fault_ends = _play(scenario, rig, chain.broker, chain.gateway, chain.capture, start, progress)
+        _play(scenario, rig, chain.broker, chain.gateway, chain.capture, start, progress)
         cutoff = time.monotonic()
         _settle(scenario, rig, chain.capture, start, cutoff, progress)
         deliveries = chain.capture.counter_deliveries()
-    flow = analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_ends=[start + end for end in fault_ends])
+    relay_error = getattr(rig, "relay_error", None)
+    if relay_error:
+        raise RuntimeError("the rig's relay failed during the run (%s): the measurement is not trustworthy" % relay_error)
+    windows = [(start + fault.at, start + fault.end) for fault in scenario.faults]
+    flow = analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_windows=windows)
     if not rig.measures_latency:
         flow.latencies = []  # no tap on a bench: the moment a reading left the board is not known
     results = []
@@ -220,8 +228,8 @@ def _play(
     capture: MqttCapture,
     start: float,
     progress: Callable[[Progress], None] | None,
-) -> list[float]:
-    """Run the timeline; returns each fault's end (seconds after start), in scenario order."""
+) -> None:
+    """Run the timeline: system faults here, line faults in the rig's relay."""
     events: list[tuple[float, int, str, Fault]] = []
     for fault in scenario.faults:
         if fault.kind in LINE_KINDS or rig.not_applicable(fault):
@@ -240,7 +248,7 @@ def _play(
             progress(_progress(scenario, rig, capture, start, elapsed, "flow"))
             next_report = elapsed + 1.0
         if elapsed >= scenario.duration and not events:
-            return [fault.end for fault in scenario.faults]
+            return
         time.sleep(0.05)
 
 

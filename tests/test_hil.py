@@ -93,19 +93,26 @@ def test_continuity_counts_lost_duplicated_unexpected_backlog_and_recovery() -> 
     deliveries = [("a", n, n + 0.5) for n in range(1, 11)]  # a: all on time
     deliveries += [("b", n, 20.0) for n in range(1, 11) if n != 7]  # b: held back until 20, 7 lost
     deliveries += [("a", 3, 30.0), ("b", 99, 21.0)]  # one duplicate, one sample nobody produced
-    flow = analyse(produced, deliveries, start=0.0, cutoff=10.0, fault_ends=[4.0, 12.0])
+    flow = analyse(produced, deliveries, start=0.0, cutoff=10.0, fault_windows=[(2.0, 4.0), (6.0, 12.0), (0.5, 1.5)])
     a, b = flow.nodes
     assert (a.produced, a.delivered, a.duplicated, a.lost) == (10, 10, 1, [])
     assert (b.produced, b.delivered, b.lost) == (10, 9, [7])
     assert flow.unexpected == 1
     assert flow.peak_backlog == 11  # at 10 s: b's ten wait for 20 s, a's tenth is in flight
-    assert flow.recovery == [16.0, None]  # before 4 s: all there at 20 s; before 12 s: 7 never came
+    assert flow.recovery == [16.0, None, 18.5]  # 2..4 s: all there at 20 s; 6..12 s: b7 never came; 0.5..1.5 s: b1 at 20
     assert sorted(flow.latencies)[:2] == [0.5, 0.5] and max(flow.latencies) == 19.0
     assert percentile([1, 2, 3, 4], 0.5) == 2 and percentile([1, 2, 3, 4], 0.99) == 4 and percentile([], 0.5) is None
 
 
+def test_a_node_that_produced_nothing_fails_the_report() -> None:
+    flow = analyse({("a", 1): 0.0}, [("a", 1, 0.1)], start=0.0, cutoff=5.0)
+    assert Report("two", "", "emulated", 1, 5.0, flow).passed
+    silent = Report("two", "", "emulated", 2, 5.0, flow)  # two nodes in the scenario, one of them silent
+    assert not silent.passed and "SILENT     1 of 2 nodes" in silent.summary()
+
+
 def test_report_json_and_junit(tmp_path: Path) -> None:
-    flow = analyse({("a", 1): 0.0, ("a", 2): 1.0}, [("a", 1, 0.1)], start=0.0, cutoff=5.0, fault_ends=[2.0])
+    flow = analyse({("a", 1): 0.0, ("a", 2): 1.0}, [("a", 1, 0.1)], start=0.0, cutoff=5.0, fault_windows=[(1.0, 2.0)])
     report = Report("demo", "a test", "emulated", 1, 5.0, flow, [FaultResult("unplug at 1 s for 1 s", 2.0, None)])
     assert not report.passed
     report.write_json(tmp_path / "r.json")
@@ -115,6 +122,10 @@ def test_report_json_and_junit(tmp_path: Path) -> None:
     report.write_junit(tmp_path / "r.xml")
     suite = ET.parse(tmp_path / "r.xml").getroot()
     assert suite.tag == "testsuite" and suite.get("failures") == "2"
+    assert [case.get("name") for case in suite if case.tag == "testcase"][:2] == [
+        "node a delivers every reading",
+        "every node produced readings",
+    ]
     failed = [case.get("name") for case in suite if case.find("failure") is not None]
     assert failed == ["node a delivers every reading", "recovers from unplug at 1 s for 1 s"]
     assert "LOST       node a: 1 readings (samples 2)" in report.summary()
@@ -140,6 +151,13 @@ def test_the_shipped_scenarios_load() -> None:
         ),
         ({"duration": 10, "faults": [{"kind": "bitflip", "at": 1, "duration": 2}]}, "faults #1: bitflip: rate must be"),
         ({"duration": 10, "faults": [{"at": 1}]}, "faults #1: needs at least 'kind' and 'at'"),
+        (
+            {
+                "duration": 30,
+                "faults": [{"kind": "gateway_kill", "at": 5, "duration": 5}, {"kind": "gateway_kill", "at": 8, "duration": 2}],
+            },
+            "faults #2: overlaps an earlier gateway_kill",
+        ),
     ],
 )
 def test_a_bad_scenario_names_the_key(data: dict[str, object], message: str) -> None:
