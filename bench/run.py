@@ -171,15 +171,20 @@ def ingest(kind: str, workdir: Path, ports: int, nodes: int, seconds: float) -> 
         feeders.start()
         system = System(kind, workdir, broker, feeders.links)
         try:
-            system.start()
-            cpu_before = system.cpu()
-            feeders.go()
-            results = feeders.results(timeout=seconds + 120)
-            cpu = system.cpu() - cpu_before
+            results, cpu, _rss = _measure(system, feeders, seconds)
         finally:
             system.stop()
             feeders.stop()
     return _feed_summary(results, cpu)
+
+
+def _measure(system: System, feeders: Feeders, seconds: float) -> tuple[list[FeedResult], float, float]:
+    """Start the system, let the feeders go, meter it: (feed results, CPU seconds it used, its peak RSS in MB)."""
+    system.start()
+    cpu_before = system.cpu()
+    feeders.go()
+    results = feeders.results(timeout=seconds + 120)
+    return results, system.cpu() - cpu_before, system.rss()
 
 
 def _feed_summary(results: list[FeedResult], cpu: float) -> dict[str, Any]:
@@ -208,12 +213,7 @@ def steady(kind: str, workdir: Path, ports: int, nodes: int, frames_per_s: float
         system = System(kind, workdir, broker, feeders.links)
         subscriber = Subscriber(broker.port, topic_for(kind))
         try:
-            system.start()
-            cpu_before = system.cpu()
-            feeders.go()
-            results = feeders.results(timeout=seconds + 120)
-            cpu = system.cpu() - cpu_before
-            rss = system.rss()
+            results, cpu, rss = _measure(system, feeders, seconds)
             time.sleep(3)  # the last readings on their way
         finally:
             system.stop()
