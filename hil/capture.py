@@ -18,8 +18,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-SENML_LABELS = {-2: "bn", -3: "bt", -4: "bu", 0: "n", 1: "u", 2: "v", 6: "t"}
-
 
 @dataclass
 class Received:

@@ -101,7 +101,6 @@ def run(out: TextIO = sys.stdout, seconds: float | None = None, workdir: Path | 
     rig = EmulatedRig(workdir / "nodes", 3, interval=2.0, heap="64k", seed=1, status_interval=30.0)
     try:
         with Chain(workdir, rig, gateway_id="demo-gw") as chain:
-            assert chain.capture is not None and chain.gateway is not None
             return _show(chain, out, stop, seconds)
     finally:
         print("edgegw demo: stopped.", file=out, flush=True)

@@ -40,7 +40,6 @@ class WireTap:
         self.highest: dict[str, int] = {}  # highest frame counter seen per node
         self.counter_reuse: dict[str, int] = {}  # HELLOs whose counter was not above everything seen before
         self._hello_counters: dict[str, set[int]] = {}
-        self.frames = 0
         self.lock = threading.Lock()
 
     def feed(self, index: int, data: bytes, at: float) -> None:
@@ -49,7 +48,6 @@ class WireTap:
         for event in decoder.drain():
             if isinstance(event, ProtocolError):
                 continue  # the node's own bytes are clean: nothing to count here
-            self.frames += 1
             node = node_hex(event.node_id)
             seen = self._hello_counters.setdefault(node, set())
             if event.type == messages.HELLO and event.counter not in seen:  # a new HELLO, not a resent one
@@ -167,9 +165,6 @@ class EmulatedRig:
     def replug(self, index: int) -> None:
         with self._lock:
             self._lines[index].forced_unplug = False
-
-    def node_ids(self) -> list[str]:
-        return [node.node_id for node in self.nodes]
 
     def produced(self, deliveries: list[tuple[str, int, float]]) -> dict[tuple[str, int], float]:
         """What the tap saw leave the nodes (the deliveries are not needed: the wire says it all)."""

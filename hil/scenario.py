@@ -20,7 +20,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +128,6 @@ def parse_scenario(data: dict[str, Any], default_name: str = "scenario") -> Scen
 def load_scenario(path: Path | str) -> Scenario:
     path = Path(path)
     return parse_scenario(read_toml(path, "scenario", ScenarioError), path.stem)
-
-
-def scenario_fields() -> list[str]:
-    return [f.name for f in fields(Scenario)]
 
 
 @dataclass

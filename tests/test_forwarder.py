@@ -50,6 +50,19 @@ def rows(store: Store, count: int, start: int = 0) -> None:
     store.commit([Batch("t", bytes([n]), 1, 0.0) for n in range(start, start + count)], {})
 
 
+def connected_forwarder(
+    tmp_path: pathlib.Path, count: int, worker_type: type[StoreWorker] = StoreWorker
+) -> tuple[Store, StoreWorker, RecordingUplink, Forwarder]:
+    """A store holding `count` rows and a forwarder over it, told the broker is connected."""
+    store = Store(tmp_path, 10**9)
+    rows(store, count)
+    worker = worker_type(store)
+    uplink = RecordingUplink()
+    forwarder = Forwarder(worker, uplink, qos=1, window=64)  # type: ignore[arg-type]
+    forwarder.connected()
+    return store, worker, uplink, forwarder
+
+
 async def settle(forwarder: Forwarder, rounds: int = 20) -> None:
     for _ in range(rounds):
         await forwarder._fill()
@@ -57,12 +70,8 @@ async def settle(forwarder: Forwarder, rounds: int = 20) -> None:
 
 
 async def test_a_slow_read_from_before_a_reconnect_does_not_hide_the_backlog(tmp_path: pathlib.Path) -> None:
-    store = Store(tmp_path, 10**9)
-    rows(store, 5)
-    worker = GatedWorker(store)
-    uplink = RecordingUplink()
-    forwarder = Forwarder(worker, uplink, qos=1, window=64)  # type: ignore[arg-type]
-    forwarder.connected()
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 5, GatedWorker)
+    assert isinstance(worker, GatedWorker)
     worker.gate.clear()
     stale = asyncio.create_task(forwarder._fill())  # stuck on the store
     await asyncio.sleep(0.05)
@@ -80,12 +89,7 @@ async def test_a_slow_read_from_before_a_reconnect_does_not_hide_the_backlog(tmp
 
 async def test_a_refused_publish_is_tried_again_on_the_same_connection(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(forwarder_module, "REFUSED_RETRY_S", 0.05)
-    store = Store(tmp_path, 10**9)
-    rows(store, 1)
-    worker = StoreWorker(store)
-    uplink = RecordingUplink()
-    forwarder = Forwarder(worker, uplink, qos=1, window=64)  # type: ignore[arg-type]
-    forwarder.connected()
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 1)
     await settle(forwarder)
     (mid, _payload) = uplink.published[0]
     forwarder.puback(mid, False, "Quota exceeded")
