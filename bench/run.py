@@ -10,6 +10,7 @@ plots from it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -31,10 +32,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway import senml
-from gateway.store import Batch, Store
+from gateway.committer import MAX_GROUP
+from gateway.layouts import Layouts
+from gateway.store import Store, StoredFrame
 from hil.broker import Mosquitto
 from hil.continuity import percentile
 from hil.gateway import GatewayProcess
+from protocols import messages
 
 from .feeder import SAMPLES_PER_FRAME, Feeders, FeedResult, node_id, readings_frame
 
@@ -96,12 +100,15 @@ class Subscriber:
                     self.arrived.setdefault(reading["value"], now)
                 return
             # The gateway's packs put channels without a unit first: the `seq` group opens the pack.
-            # Only its first record is looked at, so the subscriber does not compete for the CPU it measures.
+            # Only that group is looked at, so the subscriber does not compete for the CPU it measures.
             records = cbor2.loads(payload)
             self.readings += len(records)
-            first = records[0] if records else {}
-            if str(first.get(-2, "")).endswith(":seq"):
-                self.arrived.setdefault(first[2], now)
+            if records and str(records[0].get(-2, "")).endswith(":seq"):
+                self.arrived.setdefault(records[0][2], now)
+                for record in itertools.islice(records, 1, None):  # the rest of the `seq` group: one per frame
+                    if -2 in record:
+                        break
+                    self.arrived.setdefault(record[2], now)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -323,19 +330,19 @@ def _fill_store(data_dir: Path, frames: int, nodes: int) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(data_dir, max_bytes=50_000_000_000)
     channels = [senml.Channel("seq", ""), senml.Channel("temperature", "Cel", -2)]
+    layouts = Layouts()
+    known = [layouts.announce(node_id(9, n).hex(), channels) for n in range(nodes)]
     info = json.dumps({"channels": [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]})
     store.save_node_infos({node_id(9, n).hex(): info for n in range(nodes)})
-    chunk = 10_000
-    for first in range(0, frames, chunk):
-        batches = []
-        for k in range(first, min(frames, first + chunk)):
-            node = node_id(9, k % nodes).hex()
+    for first in range(0, frames, MAX_GROUP):  # as the committer writes them: a group commit a chunk
+        group = []
+        for k in range(first, min(frames, first + MAX_GROUP)):
             samples: list[int] = [0, -(k + 1), 0]  # negative seq: never confused with a live frame's
             for position in range(1, SAMPLES_PER_FRAME):
                 samples += [1, 1500 + position, position]
-            payload = senml.pack(node, channels, samples, 1_795_000_000)
-            batches.append(Batch("edgegw/gw-test/nodes/%s/readings" % node, payload, SAMPLES_PER_FRAME, time.time()))
-        store.commit(batches, {})
+            payload = messages.encode_payload(messages.READINGS, {"samples": samples, "base_time": 1_795_000_000 + k // nodes})
+            group.append(StoredFrame(known[k % nodes].id, time.time(), payload))
+        store.commit(group, len(group) * SAMPLES_PER_FRAME, {}, known if not first else None)
     store.close()
     return sum(path.stat().st_size for path in data_dir.iterdir() if path.is_file())
 
@@ -354,7 +361,7 @@ def footprint() -> dict[str, Any]:
     ]
 
     def per_reading(samples: list[int]) -> tuple[float, float]:
-        pack = senml.pack(node, emulated, samples, 1_795_000_000)
+        pack = senml.pack(node, emulated, [(samples, 1_795_000_000)])
         records = senml.unpack(pack)
         as_json = json.dumps([{"n": r["name"], "u": r["unit"], "v": r["value"], "t": r["time"]} for r in records], separators=(",", ":"))
         return len(pack) / (len(samples) // 3), len(as_json) / (len(samples) // 3)
@@ -496,7 +503,7 @@ def machine() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
 
 
-def run_all(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = None) -> dict[str, Any]:
     scale = 0.25 if quick else 1.0
     seconds = 20 * scale
     results: dict[str, Any] = {"machine": machine(), "quick": quick, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -513,7 +520,12 @@ def run_all(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
             ("outage_baseline", lambda: outage_loss("baseline", work / "ob", 100, 5 * scale, 30 * scale, 5 * scale)),
             ("outage_gateway", lambda: outage_loss("gateway", work / "og", 100, 5 * scale, 30 * scale, 5 * scale)),
         ]
+        unknown = (only or set()) - {name for name, _step in steps}
+        if unknown:
+            raise SystemExit("bench: no step %s; the steps are %s" % (", ".join(sorted(unknown)), ", ".join(name for name, _ in steps)))
         for name, step in steps:
+            if only and name not in only:
+                continue
             started = time.monotonic()
             log("bench: %s ..." % name)
             try:
@@ -532,8 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the sizes and durations (a smoke run)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results.jsonl"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "PERFORMANCE.md"))
+    parser.add_argument("--only", help="comma-separated steps to run (a partial run: give --results and --doc elsewhere)")
     args = parser.parse_args(argv)
-    results = run_all(args.quick, lambda line: print(line, flush=True))
+    only = set(args.only.split(",")) if args.only else None
+    if only and args.results == parser.get_default("results"):
+        parser.error("--only makes a partial run; write it elsewhere with --results and --doc")
+    results = run_all(args.quick, lambda line: print(line, flush=True), only)
     results["command"] = "make bench" if not args.quick else "python -m bench.run --quick"
     with open(args.results, "a") as handle:
         handle.write(json.dumps(results) + "\n")

@@ -20,6 +20,7 @@ from . import __version__
 from .committer import CommitResult, Committer
 from .config import Config
 from .forwarder import Forwarder
+from .layouts import Layouts
 from .serial_link import PortManager
 from .sessions import Sessions
 from .store import Store
@@ -54,7 +55,7 @@ class Agent:
                 uptime_s=int(time.time() - self.started),
                 started=int(self.started),
                 nodes=len(self.sessions.nodes),
-                buffered_batches=self.worker.store.pending_batches,
+                buffered_readings=self.worker.store.pending_readings,
                 ports={link.path: {"frames": link.frames, "errors": dict(link.errors)} for link in self.ports.links()},
             )
         return json.dumps(document).encode()
@@ -82,18 +83,21 @@ class Agent:
         self._reserving = False
         windows = await self.worker.call(store.load_windows)
         infos = await self.worker.call(store.node_info)
+        layouts = Layouts(await self.worker.call(store.load_layouts))
 
         events = UplinkEvents(connected=self._connected, disconnected=self._disconnected, published=self._published, message=self._command)
         self.uplink = Uplink(
             cfg.mqtt, cfg.gateway_id, self.status_topic, self._status("offline"), events, loop, reconnect_max_s=cfg.mqtt.reconnect_max
         )
         self.uplink.subscriptions = ["%s/%s/nodes/+/config/set" % (cfg.mqtt.topic_prefix, cfg.gateway_id)]
-        self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight)
-        self.committer = Committer(self.worker, cfg.when_full, self._committed)
+        topic_base = "%s/%s" % (cfg.mqtt.topic_prefix, cfg.gateway_id)
+        self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight, layouts, topic_base)
+        self.committer = Committer(self.worker, layouts, cfg.when_full, self._committed)
         self.sessions = Sessions(
             cfg.gateway_id,
             cfg.mqtt.topic_prefix,
             self.committer,
+            layouts,
             self._next_downlink,
             self.forwarder.retained,
             self._save_info,
@@ -109,14 +113,14 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         if cfg.mqtt.qos == 0:
-            log.warning("[mqtt] qos = 0: batches leave the buffer when sent, not when the broker confirms them")
+            log.warning("[mqtt] qos = 0: readings leave the buffer when sent, not when the broker confirms them")
         self.uplink.start()
         self.ports.start()
         log.info(
-            "edgegw %s running as %s: %d buffered batches, %d known nodes, %d serial pattern(s)",
+            "edgegw %s running as %s: %d buffered readings, %d known nodes, %d serial pattern(s)",
             __version__,
             cfg.gateway_id,
-            store.pending_batches,
+            store.pending_readings,
             len(self.sessions.nodes),
             len(cfg.serial),
         )
@@ -163,7 +167,8 @@ class Agent:
 
     def _committed(self, result: CommitResult) -> None:
         self.sessions.committed(result)
-        self.forwarder.live([row for _pending, row in result.committed])
+        if result.chunk is not None:
+            self.forwarder.live(result.chunk)
 
     def _connected(self) -> None:
         self.forwarder.connected()

@@ -14,7 +14,8 @@ from typing import Any
 
 from protocols import CounterWindow
 
-from .store import ROW_OVERHEAD, Batch, Store, StoredBatch, StoreError, WindowState
+from .layouts import Layout, Layouts
+from .store import FRAME_OVERHEAD, ROW_OVERHEAD, Chunk, Store, StoredFrame, StoreError, WindowState
 from .store_worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -30,20 +31,24 @@ class Pending:
 
     node: str
     counter: int
-    batch: Batch
+    frame: StoredFrame
+    readings: int
+    layout: Layout
     owner: Any  # the node's session state; `owner.window` is its live CounterWindow
     window: CounterWindow  # owner.window when the frame was accepted; replaced on a counter reset
 
 
 @dataclass
 class CommitResult:
-    committed: list[tuple[Pending, StoredBatch]]
+    committed: list[Pending]
     refused: list[Pending]  # not stored (buffer full with stop_acking, or a disk error): not acknowledged
+    chunk: Chunk | None  # what was stored, as the forwarder reads it back
 
 
 @dataclass
 class _Outcome:
-    ids: list[int]  # row ids of the first len(ids) frames of the group; the rest were not stored
+    stored: int = 0  # the first `stored` frames of the group are in chunk `chunk_id`; the rest were not stored
+    chunk_id: int = 0
     dropped_readings: int = 0  # evicted to make room (drop_oldest)
     full: bool = False  # the budget was hit by this group
     fill: float = 0.0  # used / max_bytes after the transaction
@@ -68,27 +73,44 @@ def _windows(group: list[Pending]) -> dict[str, WindowState]:
     return {node: WindowState(w.highest, w.seen) for node, w in windows.items()}
 
 
-def _commit(store: Store, group: list[Pending], windows: dict[str, WindowState], when_full: str) -> _Outcome:
-    """Runs on the store thread: one transaction, making room first as configured."""
-    batches = [p.batch for p in group]
-    outcome = _Outcome([])
+def _frame_cost(pending: Pending) -> int:
+    return len(pending.frame.payload) + FRAME_OVERHEAD
+
+
+def _commit(
+    store: Store, group: list[Pending], windows: dict[str, WindowState], layouts: list[Layout], when_full: str, holding: bool
+) -> _Outcome:
+    """Runs on the store thread: one transaction, making room first as configured.
+
+    holding: a stop_acking episode is on; nothing is taken until the buffer is below ROOM_AGAIN,
+    so that the frames a node keeps are one run, not every other one.
+    """
+    outcome = _Outcome()
+    if holding and store.fill() >= ROOM_AGAIN:
+        outcome.full = True
+        outcome.fill = store.fill()
+        return outcome
     make_room = False
-    if not store.room_for(batches):
+    room = store.max_bytes - store.used_bytes - ROW_OVERHEAD - 8
+    if sum(_frame_cost(p) for p in group) > room:
         outcome.full = True
         if when_full == "drop_oldest":
             make_room = True
         else:  # stop_acking: store the longest prefix that fits; the rest waits with its nodes
-            room = store.max_bytes - store.used_bytes
             fits = 0
-            for batch in batches:
-                room -= len(batch.payload) + ROW_OVERHEAD
+            for pending in group:
+                room -= _frame_cost(pending)
                 if room < 0:
                     break
                 fits += 1
-            batches = batches[:fits]
+            group = group[:fits]
     try:
-        if batches:
-            outcome.ids, outcome.dropped_readings = store.commit(batches, windows, make_room=make_room)
+        if group:
+            readings = sum(p.readings for p in group)
+            outcome.chunk_id, outcome.dropped_readings = store.commit(
+                [p.frame for p in group], readings, windows, layouts, make_room=make_room
+            )
+            outcome.stored = len(group)
     except StoreError as error:
         outcome.problem = str(error)
     except Exception as error:  # a bug here must cost these frames their ACK, not the committer
@@ -99,8 +121,9 @@ def _commit(store: Store, group: list[Pending], windows: dict[str, WindowState],
 
 
 class Committer:
-    def __init__(self, worker: StoreWorker, when_full: str, on_done: Callable[[CommitResult], None]) -> None:
+    def __init__(self, worker: StoreWorker, layouts: Layouts, when_full: str, on_done: Callable[[CommitResult], None]) -> None:
         self._worker = worker
+        self._layouts = layouts
         self._when_full = when_full
         self._on_done = on_done
         self._queue: list[Pending] = []
@@ -115,10 +138,10 @@ class Committer:
     def _group_size(self) -> int:
         """Frames for the next transaction: at most MAX_GROUP, and at most a quarter of the budget,
         so that with drop_oldest a group always fits once old rows are evicted."""
-        limit = self._worker.store.max_bytes // 4
+        limit = self._worker.store.max_bytes // 4 - ROW_OVERHEAD
         size = 0
         for count, pending in enumerate(self._queue[:MAX_GROUP]):
-            size += len(pending.batch.payload) + ROW_OVERHEAD
+            size += _frame_cost(pending)
             if size > limit:
                 return max(1, count)
         return min(len(self._queue), MAX_GROUP)
@@ -147,15 +170,17 @@ class Committer:
                 take = self._group_size()
                 group, self._queue = self._queue[:take], self._queue[take:]
                 windows = _windows(group)
-                outcome = await self._worker.call(_commit, self._worker.store, group, windows, self._when_full)
+                layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())
+                holding = self.full_episode and self._when_full == "stop_acking"
+                outcome = await self._worker.call(_commit, self._worker.store, group, windows, layouts, self._when_full, holding)
                 self._report(outcome, len(group))
-                stored = group[: len(outcome.ids)]
+                stored = group[: outcome.stored]
                 log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)
-                rows = [
-                    StoredBatch(row_id, p.batch.topic, p.batch.payload, p.batch.readings)
-                    for row_id, p in zip(outcome.ids, stored, strict=True)
-                ]
-                self._on_done(CommitResult(list(zip(stored, rows, strict=True)), group[len(stored) :]))
+                chunk = None
+                if stored:
+                    self._layouts.saved(layout.id for layout in layouts)
+                    chunk = Chunk(outcome.chunk_id, [p.frame for p in stored], sum(p.readings for p in stored))
+                self._on_done(CommitResult(stored, group[len(stored) :], chunk))
             self._idle.set()
             if self._stopping:
                 return
@@ -169,7 +194,7 @@ class Committer:
                 log.error("buffer full (max_bytes reached): not acknowledging new readings; nodes keep them")
             else:
                 log.error("buffer full (max_bytes reached): dropping the oldest buffered readings to take new ones")
-        elif outcome.ids and not outcome.full:
+        elif outcome.stored and not outcome.full:
             self._end_episode_below(outcome.fill)
         if outcome.problem:
             if outcome.problem != self.last_error:

@@ -116,7 +116,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "log_level": (_choice("debug", "info", "warning", "error"), "info"),
     },
     "buffer": {
-        "max_bytes": (_int_range(100_000, 2**50), 2_000_000_000),
+        "max_bytes": (_int_range(10_000, 2**50), 2_000_000_000),
         "when_full": (_choice("drop_oldest", "stop_acking"), "drop_oldest"),
     },
     "mqtt": {

@@ -22,9 +22,10 @@ from typing import Protocol, cast
 import serial
 import serial_asyncio_fast
 
-from protocols import Message, ProtocolError, StreamDecoder
+from protocols import ProtocolError
 
 from .config import SerialConfig
+from .fast_decode import FastStreamDecoder, ReceivedMessage
 from .render import describe_error
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ ERROR_LOG_INTERVAL_S = 10.0  # bad-frame log lines per port are at most this fre
 class LinkHandler(Protocol):
     """What a link reports to: the node sessions."""
 
-    def message(self, link: Link, message: Message) -> None: ...
+    def message(self, link: Link, message: ReceivedMessage) -> None: ...
 
     def bad_frame(self, link: Link, error: ProtocolError) -> None: ...
 
@@ -50,7 +51,7 @@ class Link(asyncio.Protocol):
         self.path = path
         self._handler = handler
         self._on_lost = on_lost
-        self._decoder = StreamDecoder()
+        self._decoder = FastStreamDecoder()
         self.transport: asyncio.Transport | None = None
         self.frames = 0
         self.errors: Counter[str] = Counter()

@@ -1,7 +1,7 @@
 """Per-node sessions: what each node said, what it may be told, and when it is acknowledged.
 
-HELLO registers a node (and is answered with ACK and TIME), READINGS become
-SenML batches for the committer, duplicates are re-acknowledged without being
+HELLO registers a node (and is answered with ACK and TIME) and its channel
+layout, READINGS go to the committer as the node sent them, duplicates are re-acknowledged without being
 stored twice, and a counter that went backwards is handled as SPEC.md §4.3 says.
 Node info is kept on disk so a restarted gateway still knows every node's channels.
 """
@@ -22,8 +22,10 @@ from protocols import window as win
 
 from . import senml
 from .committer import CommitResult, Committer, Pending
+from .fast_decode import ReceivedMessage
+from .layouts import Layout, Layouts
 from .serial_link import Link
-from .store import Batch
+from .store import StoredFrame
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "s
 class Node:
     node_id: bytes
     window: CounterWindow
-    channels: list[senml.Channel] | None = None
+    layout: Layout | None = None  # None until the node said HELLO
     info: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     link: Link | None = None
@@ -61,12 +63,14 @@ class Sessions:
         gateway_id: str,
         topic_prefix: str,
         committer: Committer,
+        layouts: Layouts,
         next_downlink_counter: Callable[[], int],
         publish_retained: Callable[[str, bytes], None],
         save_info: Callable[[str, str], None],
     ) -> None:
         self.topic_base = "%s/%s" % (topic_prefix, gateway_id)
         self._committer = committer
+        self._layouts = layouts
         self._next_counter = next_downlink_counter
         self._publish_retained = publish_retained
         self._save_info = save_info
@@ -84,7 +88,8 @@ class Sessions:
             except ValueError:
                 continue
             if "channels" in info:
-                node.channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in info["channels"]]
+                channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in info["channels"]]
+                node.layout = self._layouts.announce(node.hex, channels)
                 node.info = info
 
     def _node(self, node_id: bytes) -> Node:
@@ -96,7 +101,7 @@ class Sessions:
 
     # ------------------------------------------------------------ LinkHandler
 
-    def message(self, link: Link, message: Message) -> None:
+    def message(self, link: Link, message: ReceivedMessage) -> None:
         if message.flags & fr.F_DOWNLINK:
             return  # our own kind of frame echoed back: not for us
         node = self._node(message.node_id)
@@ -145,7 +150,7 @@ class Sessions:
 
     # ------------------------------------------------------------ messages
 
-    def _hello(self, node: Node, link: Link, message: Message) -> None:
+    def _hello(self, node: Node, link: Link, message: ReceivedMessage) -> None:
         verdict = node.window.check(message.counter)
         if verdict == win.STALE:
             log.warning(
@@ -155,9 +160,10 @@ class Sessions:
         elif verdict == win.NEW:
             node.window.accept(message.counter)
         fields = message.fields
-        node.channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
+        channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
+        node.layout = self._layouts.announce(node.hex, channels)
         node.info = {key: fields[key] for key in _INFO_FIELDS if key in fields}
-        node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in node.channels]
+        node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]
         if verdict != win.DUPLICATE:
             log.info(
                 "node %s: HELLO on %s, firmware %s on %s, channels %s",
@@ -165,14 +171,14 @@ class Sessions:
                 link.path,
                 fields["fw_version"],
                 fields["hw_model"],
-                ", ".join("%s[%s]" % (c.name, c.unit) for c in node.channels) or "none",
+                ", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none",
             )
         self._save_info(node.hex, json.dumps(node.info))
         self._ack(link, node, [message.counter])
         self.send_time(link, node)
         self._publish_status(node, force=True)
 
-    def _readings(self, node: Node, link: Link, message: Message, verdict: int) -> None:
+    def _readings(self, node: Node, link: Link, message: ReceivedMessage, verdict: int) -> None:
         counter = message.counter
         if counter in node.waiting:
             node.waiting[counter].append(link)  # a retransmission of a frame on its way to disk
@@ -180,30 +186,25 @@ class Sessions:
         if verdict == win.DUPLICATE:
             self._ack(link, node, [counter])
             return
-        if node.channels is None:
+        layout = node.layout
+        if layout is None:
             self._reject(link, node, message, perr.E_UNKNOWN_NODE, "no HELLO from this node; send HELLO")
             return
         samples = message.fields["samples"]
-        for index in range(0, len(samples), 3):
-            if samples[index] >= len(node.channels):
-                self._reject(
-                    link, node, message, perr.E_SCHEMA, "channel %d not in HELLO (%d channels)" % (samples[index], len(node.channels))
-                )
-                return
-        base_time = message.fields.get("base_time")
-        if base_time is None:
-            base_time = round(time.time(), 3)
-        payload = senml.pack(node.hex, node.channels, samples, base_time)
-        batch = Batch("%s/nodes/%s/readings" % (self.topic_base, node.hex), payload, len(samples) // 3, time.time())
+        if samples and max(samples[0::3]) >= len(layout.channels):
+            channel = max(samples[0::3])
+            self._reject(link, node, message, perr.E_SCHEMA, "channel %d not in HELLO (%d channels)" % (channel, len(layout.channels)))
+            return
+        frame = StoredFrame(layout.id, time.time(), message.payload)
         node.waiting[counter] = [link]
-        self._committer.submit(Pending(node.hex, counter, batch, node, node.window))
+        self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window))
         if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
             self._publish_status(node)
 
     def committed(self, result: CommitResult) -> None:
         """After a transaction: accept the counters, then ACK them, grouped per link and node."""
         acks: dict[tuple[int, str], tuple[Link, Node, list[int]]] = {}
-        for pending, _row in result.committed:
+        for pending in result.committed:
             node = self.nodes[pending.node]
             if pending.window is node.window:  # not from before a counter reset
                 node.window.accept(pending.counter)

@@ -1,10 +1,14 @@
 """The durable offline buffer: one SQLite database (WAL) in data_dir.
 
-One row per node batch (an MQTT message ready to publish), not per reading, so
-a commit of many frames is one short transaction. A row is written before its
-frame is acknowledged to the node, and deleted only after the broker
-acknowledged its publish. Each node's duplicate window is stored in the same
-transaction as the batches it admitted, so suppression survives restarts.
+One row ("chunk") per group commit, not per reading or per frame: the
+READINGS payloads exactly as the nodes sent them (CBOR, about 6 bytes a
+reading), each with the layout it arrived under and its arrival time,
+compressed with zlib when that makes the chunk smaller. SenML is built when a
+chunk is published (gateway/senml.py), not when it is stored. A chunk is
+written before its frames are acknowledged to the nodes, and deleted only
+after the broker acknowledged every pack built from it. Each node's duplicate
+window and any new channel layout are stored in the same transaction as the
+frames they admitted, so suppression and meaning survive restarts.
 
 This class is synchronous and not thread-safe; the agent runs it on one
 dedicated thread, off the event loop.
@@ -16,25 +20,38 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import cbor2
 
 from protocols.frame import WINDOW
+
+from .layouts import Layout
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "buffer.sqlite3"
+SCHEMA_VERSION = 2
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-ROW_OVERHEAD = 40  # bytes SQLite spends per batch row beyond the payload, for the budget
+ROW_OVERHEAD = 40  # bytes SQLite spends per chunk row beyond its body, for the budget
+FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
+_RAW, _ZLIB = b"\x00", b"\x01"  # the body's first byte
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
+CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
+    received REAL NOT NULL,
+    frames INTEGER NOT NULL,
     readings INTEGER NOT NULL,
-    received REAL NOT NULL
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layouts (
+    id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    channels TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY,
@@ -53,26 +70,46 @@ class StoreError(Exception):
     """The buffer cannot be used (disk full, read-only, unreadable); the message says what to do."""
 
 
-@dataclass(frozen=True)
-class Batch:
-    topic: str
-    payload: bytes
-    readings: int
-    received: float
+class StoredFrame(NamedTuple):
+    layout: int  # Layout.id: the node and its channels when the frame arrived
+    received: float  # gateway clock at arrival: the readings' time when the payload has no base_time
+    payload: bytes  # the READINGS payload as the node sent it
 
 
 @dataclass(frozen=True)
-class StoredBatch:
+class Chunk:
     id: int
-    topic: str
-    payload: bytes
+    frames: list[StoredFrame]
     readings: int
+    damaged: str = ""  # why the body could not be read (then frames is empty)
 
 
 @dataclass(frozen=True)
 class WindowState:
     highest: int
     seen: int
+
+
+def encode_body(frames: list[StoredFrame]) -> bytes:
+    """Flat CBOR [layout, ms after the first frame, payload, ...], zlib-compressed when smaller."""
+    first = frames[0].received
+    flat: list[object] = []
+    for frame in frames:
+        flat += (frame.layout, round((frame.received - first) * 1000), frame.payload)
+    raw = cbor2.dumps(flat)
+    packed = zlib.compress(raw, 1)
+    return _ZLIB + packed if len(packed) < len(raw) else _RAW + raw
+
+
+def decode_body(body: bytes, received: float) -> list[StoredFrame]:
+    raw = zlib.decompress(body[1:]) if body[:1] == _ZLIB else body[1:]
+    flat = cbor2.loads(raw)
+    return [StoredFrame(flat[index], received + flat[index + 1] / 1000, flat[index + 2]) for index in range(0, len(flat), 3)]
+
+
+def body_estimate(frames: list[StoredFrame]) -> int:
+    """An upper bound of a chunk's cost against the budget, before it is encoded."""
+    return sum(len(frame.payload) for frame in frames) + FRAME_OVERHEAD * len(frames) + ROW_OVERHEAD + 8
 
 
 class Store:
@@ -87,7 +124,9 @@ class Store:
             raise StoreError("cannot create data_dir %s: %s" % (data_dir, error.strerror)) from None
         self.moved_aside: Path | None = None
         self._db = self._open_checked()
-        self._bytes, self._rows = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM batches").fetchone()
+        self._bytes, self._rows, self._readings = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), COALESCE(SUM(readings), 0) FROM chunks"
+        ).fetchone()
 
     # ------------------------------------------------------------ opening
 
@@ -96,8 +135,24 @@ class Store:
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed transaction survives power loss, not just a crash.
         db.execute("PRAGMA synchronous=FULL")
+        self._upgrade(db)
         db.executescript(_SCHEMA)
+        db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
         return db
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """A buffer of edgegw 0.1 (ready SenML per frame, table `batches`) is taken over only when empty."""
+        old = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='batches'").fetchone()
+        if old is None:
+            return
+        (waiting,) = db.execute("SELECT COUNT(*) FROM batches").fetchone()
+        if waiting:
+            db.close()
+            raise StoreError(
+                "%s holds %d batches buffered by an older edgegw in a format this version does not publish;"
+                " run the older version until its buffer is empty, or move the file aside" % (self.path, waiting)
+            )
+        db.execute("DROP TABLE batches")
 
     def _open_checked(self) -> sqlite3.Connection:
         """Open the database; one that fails its integrity check is moved aside and replaced."""
@@ -126,81 +181,88 @@ class Store:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
-    # ------------------------------------------------------------ windows
+    # ------------------------------------------------------------ what a restart needs
 
     def load_windows(self) -> dict[str, WindowState]:
         rows = self._db.execute("SELECT node, highest, seen FROM nodes").fetchall()
         return {node: WindowState(highest, int.from_bytes(seen, "big")) for node, highest, seen in rows}
 
+    def load_layouts(self) -> list[Layout]:
+        return [Layout.from_json(*row) for row in self._db.execute("SELECT id, node, channels FROM layouts")]
+
     # ------------------------------------------------------------ writing
 
     @property
     def used_bytes(self) -> int:
-        """Payload bytes buffered plus a per-row allowance: what max_bytes is compared with."""
+        """Body bytes buffered plus a per-row allowance: what max_bytes is compared with."""
         return int(self._bytes + ROW_OVERHEAD * self._rows)
 
     def fill(self) -> float:
         """used_bytes as a fraction of the budget."""
         return self.used_bytes / self.max_bytes
 
-    def room_for(self, batches: Iterable[Batch]) -> bool:
-        need = sum(len(b.payload) + ROW_OVERHEAD for b in batches)
-        return self.used_bytes + need <= self.max_bytes
+    def commit(
+        self,
+        frames: list[StoredFrame],
+        readings: int,
+        windows: dict[str, WindowState],
+        layouts: list[Layout] | None = None,
+        make_room: bool = False,
+    ) -> tuple[int, int]:
+        """Store frames as one chunk, with the windows that admitted them and the layouts they need, in one transaction.
 
-    def commit(self, batches: list[Batch], windows: dict[str, WindowState], make_room: bool = False) -> tuple[list[int], int]:
-        """Store batches and the windows that admitted them in one durable transaction.
-
-        With make_room, the oldest batches are evicted first until the new ones fit, and the
-        eviction and its count commit together with them. Returns (row ids, readings evicted).
+        With make_room, the oldest chunks are evicted first until the new one fits, and the
+        eviction and its count commit together with it. Returns (chunk id, readings evicted).
         """
         db = self._db
-        need = sum(len(b.payload) + ROW_OVERHEAD for b in batches)
+        body = encode_body(frames)
         try:
             db.execute("BEGIN IMMEDIATE")
             freed_bytes = freed_rows = evicted = 0
             if make_room:
-                over = self.used_bytes + need - self.max_bytes  # bytes to free
+                over = self.used_bytes + len(body) + ROW_OVERHEAD - self.max_bytes  # bytes to free
                 while over > 0 and self._rows - freed_rows:
-                    rows = db.execute("SELECT id, LENGTH(payload), readings FROM batches ORDER BY id LIMIT 256").fetchall()
+                    rows = db.execute("SELECT id, LENGTH(body), readings FROM chunks ORDER BY id LIMIT 64").fetchall()
                     if not rows:
                         break
-                    for row_id, size, readings in rows:
-                        db.execute("DELETE FROM batches WHERE id = ?", (row_id,))
+                    for row_id, size, row_readings in rows:
+                        db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
                         freed_bytes += size
                         freed_rows += 1
-                        evicted += readings
+                        evicted += row_readings
                         over -= size + ROW_OVERHEAD
                         if over <= 0:
                             break
                 if evicted:
                     self._add_total("dropped_readings", evicted)
-            ids = []
-            for batch in batches:
-                cursor = db.execute(
-                    "INSERT INTO batches (topic, payload, readings, received) VALUES (?, ?, ?, ?)",
-                    (batch.topic, batch.payload, batch.readings, batch.received),
-                )
-                ids.append(int(cursor.lastrowid or 0))
+            cursor = db.execute(
+                "INSERT INTO chunks (received, frames, readings, body) VALUES (?, ?, ?, ?)",
+                (frames[0].received, len(frames), readings, body),
+            )
+            chunk_id = int(cursor.lastrowid or 0)
             db.executemany(
                 "INSERT INTO nodes (node, highest, seen) VALUES (?, ?, ?)"
                 " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen",
                 [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big")) for node, state in windows.items()],
             )
+            if layouts:
+                db.executemany(
+                    "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
+                    [(layout.id, layout.node, layout.channels_json()) for layout in layouts],
+                )
             db.execute("COMMIT")
         except sqlite3.Error as error:
             self._rollback()
             raise StoreError("cannot write the buffer %s: %s" % (self.path, error)) from None
-        self._bytes += sum(len(b.payload) for b in batches) - freed_bytes
-        self._rows += len(batches) - freed_rows
-        return ids, evicted
+        self._bytes += len(body) - freed_bytes
+        self._rows += 1 - freed_rows
+        self._readings += readings - evicted
+        return chunk_id, evicted
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # then nothing was committed anyway
                 self._db.execute("ROLLBACK")
-
-    def save_node_info(self, node: str, info_json: str) -> None:
-        self.save_node_infos({node: info_json})
 
     def save_node_infos(self, infos: dict[str, str]) -> None:
         """Node id -> info JSON, all in one transaction."""
@@ -221,36 +283,55 @@ class Store:
 
     # ------------------------------------------------------------ forwarding
 
-    def oldest(self, limit: int, after_id: int = 0) -> list[StoredBatch]:
-        rows = self._db.execute(
-            "SELECT id, topic, payload, readings FROM batches WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-        ).fetchall()
-        return [StoredBatch(*row) for row in rows]
+    def oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None) -> list[Chunk]:
+        """Chunks after after_id (and at most up_to_id), oldest first, until they hold max_frames frames."""
+        chunks: list[Chunk] = []
+        total = 0
+        cursor = self._db.execute(
+            "SELECT id, received, readings, body FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
+            (after_id, up_to_id if up_to_id is not None else 2**63 - 1),
+        )
+        try:
+            for chunk_id, received, readings, body in cursor:
+                try:
+                    frames = decode_body(body, received)
+                except (ValueError, TypeError, IndexError, zlib.error, cbor2.CBORDecodeError) as error:
+                    chunks.append(Chunk(chunk_id, [], readings, damaged="%s: %s" % (type(error).__name__, error)))
+                    continue
+                chunks.append(Chunk(chunk_id, frames, readings))
+                total += len(frames)
+                if total >= max_frames:
+                    break
+        finally:
+            cursor.close()
+        return chunks
 
     def delete(self, ids: list[int]) -> None:
-        """Forget batches the broker acknowledged; on an error nothing is deleted (StoreError)."""
+        """Forget chunks the broker acknowledged; on an error nothing is deleted (StoreError)."""
         if not ids:
             return
         db = self._db
-        freed = 0
-        removed = 0
+        freed = removed = readings = 0
         try:
             db.execute("BEGIN IMMEDIATE")
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 row = db.execute(
-                    "SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM batches WHERE id IN (%s)" % marks, chunk
+                    "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), COALESCE(SUM(readings), 0) FROM chunks WHERE id IN (%s)" % marks,
+                    chunk,
                 ).fetchone()
                 freed += row[0]
                 removed += row[1]
-                db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, chunk)
+                readings += row[2]
+                db.execute("DELETE FROM chunks WHERE id IN (%s)" % marks, chunk)
             db.execute("COMMIT")
         except sqlite3.Error as error:
             self._rollback()
-            raise StoreError("cannot delete published batches from %s: %s" % (self.path, error)) from None
+            raise StoreError("cannot delete published chunks from %s: %s" % (self.path, error)) from None
         self._bytes -= freed
         self._rows -= removed
+        self._readings -= readings
 
     def _add_total(self, name: str, amount: int) -> None:
         self._db.execute(
@@ -265,7 +346,7 @@ class Store:
         return start
 
     def max_id(self) -> int:
-        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()
+        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()
         return int(row[0])
 
     def total(self, name: str) -> int:
@@ -273,5 +354,9 @@ class Store:
         return int(row[0]) if row else 0
 
     @property
-    def pending_batches(self) -> int:
+    def pending_chunks(self) -> int:
         return int(self._rows)
+
+    @property
+    def pending_readings(self) -> int:
+        return int(self._readings)

@@ -64,8 +64,8 @@ class LiveView:
         status = self.gateway_status
         lines = [
             "edgegw demo: 3 emulated sensor nodes -> serial (pty) -> edgegw gateway -> MQTT broker -> this view",
-            "broker mqtt://127.0.0.1:%d   gateway %s, buffered on disk: %s batches   running %ds   Ctrl-C stops everything"
-            % (broker.port, status.get("state", "starting"), status.get("buffered_batches", "?"), now - started),
+            "broker mqtt://127.0.0.1:%d   gateway %s, buffered on disk: %s readings   running %ds   Ctrl-C stops everything"
+            % (broker.port, status.get("state", "starting"), status.get("buffered_readings", "?"), now - started),
             "watch it yourself:  mosquitto_sub -p %d -t 'edgegw/#' -v" % broker.port,
             "",
             "%-18s %-12s %14s  %-6s %8s  %s" % ("node", "channel", "latest value", "unit", "age", "readings/min (node)"),

@@ -13,23 +13,37 @@ from typing import Any
 import pytest
 
 from gateway import forwarder as forwarder_module
-from gateway.forwarder import Forwarder
-from gateway.store import Batch, Store
+from gateway.forwarder import PACK_READINGS, Forwarder, build_packs
+from gateway.layouts import Layouts
+from gateway.senml import Channel, unpack
+from gateway.store import Chunk, Store, StoredFrame
 from gateway.store_worker import StoreWorker
+from protocols import messages
+
+NODE_A, NODE_B = "0000a4cf12b3c4d5", "0000a4cf12b3c4d6"
 
 
 class RecordingUplink:
     def __init__(self) -> None:
         self.connected = True
-        self.published: list[tuple[int, bytes]] = []
+        self.published: list[tuple[int, str, bytes]] = []
         self._mid = 0
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, content_type: str | None = None) -> int | None:
         if not self.connected:
             return None
         self._mid += 1
-        self.published.append((self._mid, payload))
+        self.published.append((self._mid, topic, payload))
         return self._mid
+
+    def counters(self, first: int = 0) -> list[int]:
+        """The `counter` values of every pack published (from the first-th on), in order."""
+        return [
+            int(record["value"])
+            for _mid, _topic, payload in self.published[first:]
+            for record in unpack(payload)
+            if record["name"].endswith(":counter")
+        ]
 
 
 class GatedWorker(StoreWorker):
@@ -46,19 +60,35 @@ class GatedWorker(StoreWorker):
         return result
 
 
+def layouts() -> Layouts:
+    known = Layouts()
+    known.announce(NODE_A, [Channel("counter", ""), Channel("temperature", "Cel", -2)])  # id 1
+    known.announce(NODE_B, [Channel("counter", "")])  # id 2
+    return known
+
+
+def frame(counter: int, layout: int = 1, base_time: int | None = 1795000000) -> StoredFrame:
+    fields: dict[str, Any] = {"samples": [0, counter, 0] + ([1, 2137, 0] if layout == 1 else [])}
+    if base_time is not None:
+        fields["base_time"] = base_time + counter
+    return StoredFrame(layout, 1795000000.5 + counter, messages.encode_payload(messages.READINGS, fields))
+
+
 def rows(store: Store, count: int, start: int = 0) -> None:
-    store.commit([Batch("t", bytes([n]), 1, 0.0) for n in range(start, start + count)], {})
+    """`count` chunks of one frame each, counters start..start+count-1."""
+    for n in range(start, start + count):
+        store.commit([frame(n)], 2, {})
 
 
 def connected_forwarder(
-    tmp_path: pathlib.Path, count: int, worker_type: type[StoreWorker] = StoreWorker
+    tmp_path: pathlib.Path, count: int, worker_type: type[StoreWorker] = StoreWorker, window: int = 64
 ) -> tuple[Store, StoreWorker, RecordingUplink, Forwarder]:
-    """A store holding `count` rows and a forwarder over it, told the broker is connected."""
+    """A store holding `count` chunks and a forwarder over it, told the broker is connected."""
     store = Store(tmp_path, 10**9)
     rows(store, count)
     worker = worker_type(store)
     uplink = RecordingUplink()
-    forwarder = Forwarder(worker, uplink, qos=1, window=64)  # type: ignore[arg-type]
+    forwarder = Forwarder(worker, uplink, qos=1, window=window, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
     forwarder.connected()
     return store, worker, uplink, forwarder
 
@@ -67,6 +97,36 @@ async def settle(forwarder: Forwarder, rounds: int = 20) -> None:
     for _ in range(rounds):
         await forwarder._fill()
         await asyncio.sleep(0)
+
+
+def test_packs_hold_each_node_s_frames_with_their_own_times_and_channels() -> None:
+    chunks = [Chunk(1, [frame(1), frame(2, layout=2), frame(3, base_time=None)], 5), Chunk(2, [frame(4)], 2)]
+    built = build_packs(chunks, layouts(), "edgegw/gw")
+    assert built.delivery.chunk_ids == [1, 2] and built.delivery.unacked == len(built.packs) == 2
+    by_topic = {pack.topic: unpack(pack.payload) for pack in built.packs}
+    a = by_topic["edgegw/gw/nodes/%s/readings" % NODE_A]
+    assert [(r["value"], r["time"]) for r in a if r["name"].endswith(":counter")] == [
+        (1, 1795000001),
+        (3, 1795000003.5),  # no base_time: the arrival time, to the millisecond
+        (4, 1795000004),
+    ]
+    assert {r["unit"] for r in a if r["name"].endswith(":temperature")} == {"Cel"}
+    b = by_topic["edgegw/gw/nodes/%s/readings" % NODE_B]
+    assert [(r["name"], r["value"]) for r in b] == [("urn:dev:edgegw:%s:counter" % NODE_B, 2)]
+
+
+def test_a_pack_holds_at_most_pack_readings() -> None:
+    chunk = Chunk(1, [frame(n) for n in range(PACK_READINGS)], 2 * PACK_READINGS)  # two readings a frame
+    built = build_packs([chunk], layouts(), "edgegw/gw")
+    assert [len(unpack(pack.payload)) for pack in built.packs] == [PACK_READINGS, PACK_READINGS]
+
+
+def test_a_damaged_chunk_is_reported_and_kept() -> None:
+    unknown_layout = Chunk(2, [frame(1, layout=99)], 2)
+    unreadable = Chunk(3, [], 2, damaged="error: incorrect header check")
+    built = build_packs([Chunk(1, [frame(0)], 2), unknown_layout, unreadable], layouts(), "edgegw/gw")
+    assert built.delivery.chunk_ids == [1]  # only what was published may be deleted
+    assert [(chunk.id, "layout 99" in why or "header" in why) for chunk, why in built.damaged] == [(2, True), (3, True)]
 
 
 async def test_a_slow_read_from_before_a_reconnect_does_not_hide_the_backlog(tmp_path: pathlib.Path) -> None:
@@ -81,9 +141,44 @@ async def test_a_slow_read_from_before_a_reconnect_does_not_hide_the_backlog(tmp
     worker.gate.set()
     await stale
     await settle(forwarder)
-    assert {payload for _mid, payload in uplink.published} == {bytes([n]) for n in range(7)}
-    assert len({mid for mid, _ in uplink.published}) == len(uplink.published)
+    assert sorted(uplink.counters()) == list(range(7))  # each once
     assert store.max_id() == 7 and forwarder._backlog_end == 7
+    worker.close()
+
+
+async def test_live_data_overtakes_the_backlog(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forwarder_module, "BACKLOG_FRAMES", 1)  # one chunk, one pack per read
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 10, window=2)
+    await settle(forwarder)
+    assert uplink.counters() == [0, 1]  # the window is full
+    forwarder.live(Chunk(11, [frame(999)], 2))
+    forwarder.puback(uplink.published[0][0], True, "Success")
+    await settle(forwarder)
+    assert uplink.counters(2) == [999], "the first free slot goes to live data"
+    for mid in range(2, 30):
+        forwarder.puback(mid, True, "Success")
+        await settle(forwarder, 2)
+    assert sorted(uplink.counters()) == sorted([*range(10), 999])
+    await forwarder.settle(timeout=1)
+    assert store.pending_chunks == 0, "every chunk deleted once its packs were acknowledged"
+    worker.close()
+
+
+async def test_a_chunk_stays_until_every_pack_from_it_is_acknowledged(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10**9)
+    store.commit([frame(1), frame(2, layout=2)], 3, {})  # two nodes: two packs from one chunk
+    worker = StoreWorker(store)
+    uplink = RecordingUplink()
+    forwarder = Forwarder(worker, uplink, qos=1, window=64, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
+    forwarder.connected()
+    await settle(forwarder)
+    assert len(uplink.published) == 2
+    forwarder.puback(1, True, "Success")
+    await forwarder._delete()
+    assert store.pending_chunks == 1
+    forwarder.puback(2, True, "Success")
+    await forwarder._delete()
+    assert store.pending_chunks == 0
     worker.close()
 
 
@@ -91,12 +186,12 @@ async def test_a_refused_publish_is_tried_again_on_the_same_connection(tmp_path:
     monkeypatch.setattr(forwarder_module, "REFUSED_RETRY_S", 0.05)
     store, worker, uplink, forwarder = connected_forwarder(tmp_path, 1)
     await settle(forwarder)
-    (mid, _payload) = uplink.published[0]
+    (mid, _topic, payload) = uplink.published[0]
     forwarder.puback(mid, False, "Quota exceeded")
     await asyncio.sleep(0.1)
     await settle(forwarder)
-    assert len(uplink.published) == 2 and uplink.published[1][1] == b"\x00"
+    assert len(uplink.published) == 2 and uplink.published[1][2] == payload
     forwarder.puback(uplink.published[1][0], True, "Success")
     await forwarder.settle(timeout=1)
-    assert store.pending_batches == 0
+    assert store.pending_chunks == 0
     worker.close()

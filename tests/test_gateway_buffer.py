@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.store import Batch, Store, StoreError
+from gateway.store import Store, StoredFrame, StoreError
 from hil.broker import Mosquitto
 from hil.capture import MqttCapture
 from hil.gateway import GatewayProcess
@@ -20,7 +21,7 @@ from tests.conftest import ROOT
 from tests.test_gateway import counters_received, send_flow
 
 NODE = bytes.fromhex("0000a4cf12b3c4d5")
-BUDGET = 100_000  # bytes: about 1,000 small batches
+BUDGET = 10_000  # bytes: the smallest budget allowed, about 1,500 small frames compressed
 
 
 @pytest.fixture
@@ -125,12 +126,12 @@ def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(
 
 def test_full_disk_is_a_clear_error_and_keeps_what_was_committed(tmp_path: pathlib.Path) -> None:
     store = Store(tmp_path, 10**9)
-    store.commit([Batch("t", b"x" * 100, 1, 0.0)], {})
+    store.commit([StoredFrame(1, 0.0, b"x" * 100)], 1, {})
     store._db.execute("PRAGMA max_page_count = %d" % store._db.execute("PRAGMA page_count").fetchone()[0])  # the disk is now full
     with pytest.raises(StoreError, match="database or disk is full"):
         for _ in range(100):
-            store.commit([Batch("t", b"y" * 4000, 1, 0.0)], {})
-    assert store.oldest(10)[0].payload == b"x" * 100
+            store.commit([StoredFrame(1, 0.0, os.urandom(4000))], 1, {})  # random: zlib cannot make it small
+    assert store.oldest(10)[0].frames[0].payload == b"x" * 100
 
 
 def test_run_with_a_bad_config_names_the_key(tmp_path: pathlib.Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+from fractions import Fraction
+
 import cbor2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,13 +22,14 @@ CHANNELS = [
 
 def test_a_pack_names_node_and_channel_once_per_group() -> None:
     samples = [0, 2137, 0, 1, 7, 0, 0, 2141, 10, 2, 101325, 10, 1, 8, 10]
-    payload = senml.pack("0000a4cf12b3c4d5", CHANNELS, samples, 1795000000)
+    payload = senml.pack("0000a4cf12b3c4d5", CHANNELS, [(samples, 1795000000)])
     records = cbor2.loads(payload)
     assert records[0] == {2: 7, -2: "urn:dev:edgegw:0000a4cf12b3c4d5:counter", -3: 1795000000}  # no unit: first
     assert records[1] == {2: 8, 6: 10}
-    assert records[2] == {2: 21.37, -2: "urn:dev:edgegw:0000a4cf12b3c4d5:temperature", -4: "Cel"}
-    assert records[3] == {2: 21.41, 6: 10}
+    assert records[2] == {2: single(21.37), -2: "urn:dev:edgegw:0000a4cf12b3c4d5:temperature", -4: "Cel"}
+    assert records[3] == {2: single(21.41), 6: 10}
     assert list(records[2]) == [2, -2, -4]  # canonical key order, as cbor2's canonical mode would write it
+    assert cbor2.dumps(records, canonical=True) == payload, "the pack is canonical CBOR"
     assert decode_senml(payload) == senml.unpack(payload)
     assert decode_senml(payload)[4] == {
         "name": "urn:dev:edgegw:0000a4cf12b3c4d5:pressure",
@@ -44,14 +48,48 @@ def test_a_pack_names_node_and_channel_once_per_group() -> None:
 )
 def test_every_reading_comes_back_with_its_name_unit_value_and_time(readings: list[tuple[int, int, int]]) -> None:
     samples = [item for reading in readings for item in reading]
-    resolved = decode_senml(senml.pack("be00000000000001", CHANNELS, samples, 1795000000))
+    resolved = decode_senml(senml.pack("be00000000000001", CHANNELS, [(samples, 1795000000)]))
     expected = sorted(
         (
             "urn:dev:edgegw:be00000000000001:" + CHANNELS[c].name,
             CHANNELS[c].unit or None,
-            CHANNELS[c].value(v),
+            v * 10 ** CHANNELS[c].scale if CHANNELS[c].scale >= 0 else Fraction(v, 10 ** -CHANNELS[c].scale),
             1795000000 + t,
         )
         for c, v, t in readings
     )
-    assert sorted((r["name"], r["unit"], r["value"], r["time"]) for r in resolved) == expected
+    got = sorted((r["name"], r["unit"], at_resolution(r["value"], r["name"]), r["time"]) for r in resolved)
+    assert got == expected
+
+
+def single(value: float) -> float:
+    return float(struct.unpack(">f", struct.pack(">f", value))[0])
+
+
+def at_resolution(value: float, name: str) -> Fraction | int:
+    """A value as the exact decimal its channel's resolution makes of it."""
+    channel = next(c for c in CHANNELS if name.endswith(":" + c.name))
+    if channel.scale >= 0:
+        assert isinstance(value, int)
+        return value
+    return Fraction(round(value * 10**-channel.scale), 10**-channel.scale)
+
+
+def test_a_decimal_travels_in_the_narrowest_float_that_keeps_it() -> None:
+    temperature = [senml.Channel("temperature", "Cel", -2)]
+    for raw, head, width in ((2137, 0xFA, 5), (-4000, 0xFA, 5), (2**30 + 1, 0xFB, 9), (2**200, 0xFB, 9)):
+        record = senml.pack("be00000000000001", temperature, [([0, raw, 0], 0)])[1:]
+        assert record[2] == head, raw  # after the map head and the key 2: the float's own head
+        value = cbor2.loads(senml.pack("be00000000000001", temperature, [([0, raw, 0], 0)]))[0][2]
+        assert round(value * 100) == raw and len(record[2 : 2 + width]) == width
+
+
+def test_frames_of_one_pack_keep_their_own_times() -> None:
+    pack = senml.pack("be00000000000001", CHANNELS, [([1, 7, 0, 1, 8, 5], 1795000000), ([1, 9, 0], 1795000060), ([1, 10, 0], 1795000060.5)])
+    assert [(r["value"], r["time"]) for r in decode_senml(pack)] == [
+        (7, 1795000000),
+        (8, 1795000005),
+        (9, 1795000060),
+        (10, 1795000060.5),
+    ]
+    assert len(cbor2.loads(pack)[0]) == 3 and cbor2.loads(pack)[1] == {2: 8, 6: 5}  # one base name and base time

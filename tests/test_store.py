@@ -11,49 +11,95 @@ import time
 
 import pytest
 
-from gateway.store import DB_NAME, ROW_OVERHEAD, Batch, Store, StoreError, WindowState
+from gateway.layouts import Layout
+from gateway.senml import Channel
+from gateway.store import DB_NAME, ROW_OVERHEAD, Store, StoredFrame, StoreError, WindowState, decode_body, encode_body
 from tests.conftest import ROOT
 
 
-def batch(n: int, size: int = 50) -> Batch:
-    return Batch(topic="edgegw/gw/nodes/%016x/readings" % n, payload=bytes([n % 256]) * size, readings=10, received=1795000000.0 + n)
+def frames(n: int, size: int = 50, count: int = 1) -> list[StoredFrame]:
+    """`count` frames whose payloads start with their number n, n+1, ...: what was stored is recognisable."""
+    return [StoredFrame(7, 1795000000.0 + k, bytes([k % 256]) * size) for k in range(n, n + count)]
+
+
+def payloads(store: Store) -> list[int]:
+    return [frame.payload[0] for chunk in store.oldest(10**6) for frame in chunk.frames]
 
 
 def test_commit_read_delete(tmp_path: pathlib.Path) -> None:
     store = Store(tmp_path, 10_000_000)
-    ids, _ = store.commit([batch(1), batch(2), batch(3)], {"0000a4cf12b3c4d5": WindowState(3, 0b111)})
-    assert [b.id for b in store.oldest(10)] == ids
-    assert store.oldest(10)[1].payload == batch(2).payload
+    ids = [store.commit(frames(n), 10, {"0000a4cf12b3c4d5": WindowState(3, 0b111)})[0] for n in (1, 2, 3)]
+    assert [c.id for c in store.oldest(10)] == ids
+    assert store.oldest(10)[1].frames == frames(2)
     assert store.oldest(10, after_id=ids[0])[0].id == ids[1]
+    assert [c.id for c in store.oldest(10, up_to_id=ids[1])] == ids[:2]
     store.delete(ids[:2])
-    assert [b.id for b in store.oldest(10)] == ids[2:]
-    assert store.pending_batches == 1
+    assert [c.id for c in store.oldest(10)] == ids[2:]
+    assert (store.pending_chunks, store.pending_readings) == (1, 10)
     store.close()
 
 
-def test_windows_and_rows_survive_reopening(tmp_path: pathlib.Path) -> None:
+def test_a_chunk_keeps_each_frame_its_layout_arrival_time_and_exact_bytes() -> None:
+    stored = [StoredFrame(1, 1795000000.25, b"\xa1\x01\x83\x00\x01\x02"), StoredFrame(70000, 1795000003.5, bytes(range(236)))]
+    for chunk in (stored, stored * 200):  # small: stored raw; repetitive: compressed
+        body = encode_body(chunk)
+        assert decode_body(body, 1795000000.25) == chunk
+    assert encode_body(stored)[0] == 0 and encode_body(stored * 200)[0] == 1
+    assert len(encode_body(stored * 200)) < 236 * 20
+
+
+def test_oldest_stops_at_max_frames(tmp_path: pathlib.Path) -> None:
     store = Store(tmp_path, 10_000_000)
-    store.commit([batch(1)], {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**256 - 1)})
+    for n in range(5):
+        store.commit(frames(10 * n, count=10), 100, {})
+    assert [len(c.frames) for c in store.oldest(25)] == [10, 10, 10]
+
+
+def test_windows_layouts_and_chunks_survive_reopening(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10_000_000)
+    layout = Layout(7, "0000a4cf12b3c4d5", (Channel("temperature", "Cel", -2), Channel("counter", "")))
+    store.commit(frames(1), 10, {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**256 - 1)}, [layout])
+    used = store.used_bytes
     store.close()
     again = Store(tmp_path, 10_000_000)
     assert again.load_windows() == {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**256 - 1)}
-    assert again.pending_batches == 1 and again.used_bytes == 50 + ROW_OVERHEAD
+    assert again.load_layouts() == [layout]
+    assert again.pending_chunks == 1 and again.used_bytes == used and used > ROW_OVERHEAD
     again.close()
 
 
 def test_budget_and_drop_oldest(tmp_path: pathlib.Path) -> None:
     store = Store(tmp_path, 1_000_000)
-    store.max_bytes = 10 * (100 + ROW_OVERHEAD)  # room for exactly ten rows
-    store.commit([batch(n, 100) for n in range(10)], {})
-    assert not store.room_for([batch(99, 100)])
-    ids, evicted = store.commit([batch(10, 100), batch(11, 100)], {}, make_room=True)
-    assert len(ids) == 2 and evicted == 20  # two oldest batches of ten readings each
-    assert [b.payload[0] for b in store.oldest(20)] == list(range(2, 12))
-    assert store.total("dropped_readings") == 20
-    assert store.used_bytes == store.max_bytes and store.pending_batches == 10
+    store.commit(frames(0, 100), 10, {})
+    one = store.used_bytes  # what a chunk of one such frame costs
+    for n in range(1, 10):
+        store.commit(frames(n, 100), 10, {})
+    store.max_bytes = 10 * one  # room for exactly ten such chunks
+    chunk_id, evicted = store.commit(frames(10, 100), 10, {}, make_room=True)
+    assert chunk_id and evicted == 10  # the oldest chunk, ten readings
+    assert payloads(store) == list(range(1, 11))
+    assert store.total("dropped_readings") == 10
+    assert store.used_bytes == store.max_bytes and store.pending_chunks == 10
     store.close()
-    reopened = Store(tmp_path, 10 * (100 + ROW_OVERHEAD))
-    assert (reopened.used_bytes, reopened.pending_batches) == (10 * (100 + ROW_OVERHEAD), 10)
+    reopened = Store(tmp_path, 10 * one)
+    assert (reopened.used_bytes, reopened.pending_chunks, reopened.pending_readings) == (10 * one, 10, 100)
+
+
+def test_a_buffer_of_the_old_format_is_taken_over_only_when_empty(tmp_path: pathlib.Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("CREATE TABLE batches (id INTEGER PRIMARY KEY, topic TEXT, payload BLOB, readings INTEGER, received REAL)")
+    db.execute("INSERT INTO batches (topic, payload, readings, received) VALUES ('t', x'00', 1, 0)")
+    db.commit()
+    with pytest.raises(StoreError, match="holds 1 batches buffered by an older edgegw"):
+        Store(tmp_path, 10_000_000)
+    db.execute("DELETE FROM batches")
+    db.commit()
+    db.close()
+    store = Store(tmp_path, 10_000_000)
+    assert store.pending_chunks == 0
+    assert store._db.execute("SELECT name FROM sqlite_master WHERE name='batches'").fetchone() is None
 
 
 def test_corrupt_database_is_moved_aside(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -61,15 +107,15 @@ def test_corrupt_database_is_moved_aside(tmp_path: pathlib.Path, caplog: pytest.
     store = Store(tmp_path, 10_000_000)
     assert store.moved_aside is not None and store.moved_aside.exists()
     assert "failed its integrity check" in caplog.text
-    store.commit([batch(1)], {})
-    assert store.pending_batches == 1
+    store.commit(frames(1), 10, {})
+    assert store.pending_chunks == 1
 
 
 def test_a_locked_database_is_an_error_not_corruption(tmp_path: pathlib.Path) -> None:
     import sqlite3
 
     first = Store(tmp_path, 10_000_000)
-    first.commit([batch(1)], {})
+    first.commit(frames(1), 10, {})
     first.close()
     holder = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None, timeout=0)
     holder.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -81,7 +127,7 @@ def test_a_locked_database_is_an_error_not_corruption(tmp_path: pathlib.Path) ->
         holder.execute("ROLLBACK")
         holder.close()
     assert not list(tmp_path.glob("*.corrupt-*"))
-    assert Store(tmp_path, 10_000_000).pending_batches == 1
+    assert Store(tmp_path, 10_000_000).pending_chunks == 1
 
 
 def test_unusable_data_dir_is_a_clear_error(tmp_path: pathlib.Path) -> None:
@@ -94,12 +140,12 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path: pathlib.Path) -> None:
 WRITER = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from gateway.store import Store, Batch, WindowState
+from gateway.store import Store, StoredFrame, WindowState
 store = Store(sys.argv[1], 10**9)
 n = int(sys.argv[3])
 while True:
-    batches = [Batch("t", n.to_bytes(4, "big") * 8, 1, 0.0) for n in range(n, n + 20)]
-    store.commit(batches, {"node": WindowState(n + 19, 1)})
+    frames = [StoredFrame(1, 0.0, n.to_bytes(4, "big") * 8) for n in range(n, n + 20)]
+    store.commit(frames, 20, {"node": WindowState(n + 19, 1)})
     n += 20
     print(n, flush=True)  # the "ACK": everything below n is promised
 """
@@ -127,7 +173,7 @@ def test_committed_rows_survive_kill_9(tmp_path: pathlib.Path) -> None:
         assert last > promised, "the writer made no progress"
         promised = last
         store = Store(tmp_path, 10**9)
-        rows = {int.from_bytes(b.payload[:4], "big") for b in store.oldest(10**6)}
+        rows = {int.from_bytes(f.payload[:4], "big") for chunk in store.oldest(10**9) for f in chunk.frames}
         assert set(range(promised)) <= rows
         assert store.load_windows()["node"].highest >= promised - 1
         store.close()
