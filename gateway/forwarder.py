@@ -16,21 +16,22 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import cbor2
 
 from . import senml
-from .layouts import Layouts
+from .layouts import Layout, Layouts
 from .senml import CONTENT_TYPE
-from .store import Chunk, Store, StoredFrame, StoreError
+from .store import Chunk, Store, StoreError
 from .store_worker import StoreWorker
 from .uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 PACK_READINGS = 500  # readings in one MQTT message at most
-BACKLOG_FRAMES = 20_000  # frames read from disk at a time: many per node, so packs are large
+BACKLOG_FRAMES = 20_480  # frames read from disk at a time: many per node, so packs are large
 DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
 DELETE_AFTER_S = 0.2  # ... or after this long
 REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is tried again after this
@@ -53,60 +54,108 @@ class Pack:
     delivery: Delivery
 
 
+@dataclass(slots=True)
+class NodeFrames:
+    """One node's frames of a delivery, kept lean (payload bytes and arrival times, no per-frame
+    objects): a backlog read holds thousands of them until its packs are built."""
+
+    layout: Layout
+    payloads: list[bytes]
+    received: list[float]
+    chunk_ids: set[int]
+
+
 @dataclass
 class Built:
     packs: list[Pack]
     delivery: Delivery
-    damaged: list[tuple[Chunk, str]]  # chunks that cannot be read: left on disk, reported
+    damaged: list[tuple[int, str]]  # (chunk id, why): chunks that cannot be read, left on disk and reported
 
 
-def _readings(frame: StoredFrame) -> senml.Frame:
-    """(samples, time) of a stored frame; the payload passed the protocol's checks when it arrived."""
-    fields = cbor2.loads(frame.payload)
-    base_time = fields.get(0)
-    return fields[1], round(frame.received, 3) if base_time is None else base_time
+class DamagedFrames(Exception):
+    """A stored payload that does not decode: it passed the protocol's checks on arrival, so the disk damaged it."""
 
 
-def build_packs(chunks: list[Chunk], layouts: Layouts, topic_base: str) -> Built:
-    """Every frame of these chunks in SenML packs: per node layout, at most PACK_READINGS readings each."""
-    per_layout: dict[int, list[senml.Frame]] = {}
+def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> tuple[list[NodeFrames], list[int], list[tuple[int, str]]]:
+    """The frames of these chunks by node layout, in arrival order: (groups, chunk ids read, damaged chunks)."""
+    groups: dict[int, NodeFrames] = {}
     used: list[int] = []
-    damaged: list[tuple[Chunk, str]] = []
+    damaged: list[tuple[int, str]] = []
     for chunk in chunks:
         if chunk.damaged:
-            damaged.append((chunk, chunk.damaged))
+            damaged.append((chunk.id, chunk.damaged))
             continue
-        try:
-            decoded = [(frame.layout, _readings(frame)) for frame in chunk.frames]
-            unknown = [layout for layout, _frame in decoded if layout not in layouts.by_id]
-            if unknown:
-                raise ValueError("channel layout %d is not in the database" % unknown[0])
-        except (ValueError, KeyError, TypeError, IndexError, cbor2.CBORDecodeError) as error:
-            damaged.append((chunk, "%s: %s" % (type(error).__name__, error)))
+        unknown = [frame.layout for frame in chunk.frames if frame.layout not in layouts.by_id]
+        if unknown:
+            damaged.append((chunk.id, "channel layout %d is not in the database" % unknown[0]))
             continue
         used.append(chunk.id)
-        for layout_id, readings in decoded:
-            per_layout.setdefault(layout_id, []).append(readings)
+        for layout_id, received, payload in chunk.frames:
+            group = groups.get(layout_id)
+            if group is None:
+                group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id], [], [], set())
+            group.payloads.append(payload)
+            group.received.append(received)
+            group.chunk_ids.add(chunk.id)
+    return list(groups.values()), used, damaged
+
+
+def _frames(group: NodeFrames) -> list[senml.Frame]:
+    """(samples, time) of each frame; DamagedFrames if one does not decode."""
+    frames: list[senml.Frame] = []
+    try:
+        for payload, received in zip(group.payloads, group.received, strict=True):
+            fields = cbor2.loads(payload)
+            base_time = fields.get(0)
+            frames.append((fields[1], round(received, 3) if base_time is None else base_time))
+    except (ValueError, KeyError, TypeError, IndexError, cbor2.CBORDecodeError) as error:
+        raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
+    return frames
+
+
+def build_packs(group: NodeFrames, topic_base: str, delivery: Delivery) -> list[Pack]:
+    """One node's frames as SenML packs of at most PACK_READINGS readings."""
+    layout = group.layout
+    topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
+    frames = _frames(group)
+    packs: list[Pack] = []
+    start = count = 0
+    for index, (samples, _time) in enumerate(frames):
+        if count and count + len(samples) // 3 > PACK_READINGS:
+            packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames[start:index]), delivery))
+            start, count = index, 0
+        count += len(samples) // 3
+    packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames[start:]), delivery))
+    return packs
+
+
+def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> Built:
+    """Every frame of these chunks in SenML packs, as one delivery; what cannot be read stays out of it."""
+    groups, used, damaged = group_frames(chunks, layouts)
     delivery = Delivery(used)
     packs: list[Pack] = []
-    for layout_id, frames in per_layout.items():
-        layout = layouts.by_id[layout_id]
-        topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
-        start = count = 0
-        for index, (samples, _time) in enumerate(frames):
-            if count and count + len(samples) // 3 > PACK_READINGS:
-                packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames[start:index]), delivery))
-                start, count = index, 0
-            count += len(samples) // 3
-        packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames[start:]), delivery))
+    while groups:
+        group = groups.pop()  # its frames are freed as soon as its packs exist
+        try:
+            packs += build_packs(group, topic_base, delivery)
+        except DamagedFrames as error:
+            delivery.chunk_ids = [chunk_id for chunk_id in delivery.chunk_ids if chunk_id not in group.chunk_ids]
+            damaged += [(chunk_id, "node %s: %s" % (group.layout.node, error)) for chunk_id in sorted(group.chunk_ids)]
     delivery.unacked = len(packs)
     return Built(packs, delivery, damaged)
 
 
 def _read_backlog(store: Store, layouts: Layouts, topic_base: str, after_id: int, up_to_id: int) -> tuple[int, Built]:
     """Runs on the store thread, so building packs does not hold up the event loop: (last chunk id read, packs)."""
-    chunks = store.oldest(BACKLOG_FRAMES, after_id, up_to_id)
-    return (chunks[-1].id if chunks else after_id), build_packs(chunks, layouts, topic_base)
+    last = [after_id]
+
+    def chunks() -> Iterator[Chunk]:
+        for chunk in store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id):
+            last[0] = chunk.id
+            yield chunk
+
+    built = publishable(chunks(), layouts, topic_base)
+    return last[0], built
 
 
 class Forwarder:
@@ -175,7 +224,7 @@ class Forwarder:
 
     def _acknowledged(self, delivery: Delivery) -> None:
         delivery.unacked -= 1
-        if delivery.unacked <= 0:
+        if delivery.unacked == 0:
             self._acked += delivery.chunk_ids
 
     def _retry(self, pack: Pack, epoch: int) -> None:
@@ -225,11 +274,11 @@ class Forwarder:
 
     def _next_pack(self) -> Pack | None:
         if self._live_chunks:
-            # Chunks on disk at connect time are the backlog's; the rest are built into packs together.
+            # Chunks on disk at connect time are the backlog's; the rest are published together.
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
             self._live_chunks.clear()
             if chunks:
-                self._add(self._live, build_packs(chunks, self._layouts, self._topic_base))
+                self._add(self._live, publishable(chunks, self._layouts, self._topic_base))
         if self._live:
             return self._live.popleft()
         if self._backlog:
@@ -237,12 +286,10 @@ class Forwarder:
         return None
 
     def _add(self, queue: deque[Pack], built: Built) -> None:
-        for chunk, problem in built.damaged:
-            if chunk.id not in self._reported:
-                self._reported.add(chunk.id)
-                log.error(
-                    "buffered chunk %d (%d readings) cannot be read (%s); it stays on disk, unpublished", chunk.id, chunk.readings, problem
-                )
+        for chunk_id, problem in built.damaged:
+            if chunk_id not in self._reported:
+                self._reported.add(chunk_id)
+                log.error("buffered chunk %d cannot be read (%s); it stays on disk, unpublished", chunk_id, problem)
         if not built.packs:
             self._acked += built.delivery.chunk_ids  # chunks without a single frame: nothing to wait for
         queue.extend(built.packs)

@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -285,7 +286,10 @@ class Store:
 
     def oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None) -> list[Chunk]:
         """Chunks after after_id (and at most up_to_id), oldest first, until they hold max_frames frames."""
-        chunks: list[Chunk] = []
+        return list(self.each_oldest(max_frames, after_id, up_to_id))
+
+    def each_oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None) -> Iterator[Chunk]:
+        """oldest(), one chunk at a time: a reader that keeps only part of each holds one chunk's objects at once."""
         total = 0
         cursor = self._db.execute(
             "SELECT id, received, readings, body FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
@@ -296,15 +300,14 @@ class Store:
                 try:
                     frames = decode_body(body, received)
                 except (ValueError, TypeError, IndexError, zlib.error, cbor2.CBORDecodeError) as error:
-                    chunks.append(Chunk(chunk_id, [], readings, damaged="%s: %s" % (type(error).__name__, error)))
+                    yield Chunk(chunk_id, [], readings, damaged="%s: %s" % (type(error).__name__, error))
                     continue
-                chunks.append(Chunk(chunk_id, frames, readings))
                 total += len(frames)
+                yield Chunk(chunk_id, frames, readings)
                 if total >= max_frames:
                     break
         finally:
             cursor.close()
-        return chunks
 
     def delete(self, ids: list[int]) -> None:
         """Forget chunks the broker acknowledged; on an error nothing is deleted (StoreError)."""

@@ -73,6 +73,7 @@ class Uplink:
         )
         self._client.max_inflight_messages_set(config.inflight)
         self._client.max_queued_messages_set(0)
+        self._properties: dict[str, Properties] = {}
         self._client.will_set(will_topic, will_payload, qos=1, retain=True)
         if config.username:
             self._client.username_pw_set(config.username, config.password())
@@ -97,8 +98,10 @@ class Uplink:
             return None
         properties = None
         if self.mqtt5 and content_type:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.ContentType = content_type
+            properties = self._properties.get(content_type)
+            if properties is None:  # one object per content type, reused: paho only reads it
+                properties = self._properties[content_type] = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.ContentType = content_type
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import forwarder as forwarder_module
-from gateway.forwarder import PACK_READINGS, Forwarder, build_packs
+from gateway.forwarder import PACK_READINGS, Built, Forwarder, publishable
 from gateway.layouts import Layouts
 from gateway.senml import Channel, unpack
 from gateway.store import Chunk, Store, StoredFrame
@@ -99,9 +99,12 @@ async def settle(forwarder: Forwarder, rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+def packs_of(chunks: list[Chunk]) -> Built:
+    return publishable(chunks, layouts(), "edgegw/gw")
+
+
 def test_packs_hold_each_node_s_frames_with_their_own_times_and_channels() -> None:
-    chunks = [Chunk(1, [frame(1), frame(2, layout=2), frame(3, base_time=None)], 5), Chunk(2, [frame(4)], 2)]
-    built = build_packs(chunks, layouts(), "edgegw/gw")
+    built = packs_of([Chunk(1, [frame(1), frame(2, layout=2), frame(3, base_time=None)], 5), Chunk(2, [frame(4)], 2)])
     assert built.delivery.chunk_ids == [1, 2] and built.delivery.unacked == len(built.packs) == 2
     by_topic = {pack.topic: unpack(pack.payload) for pack in built.packs}
     a = by_topic["edgegw/gw/nodes/%s/readings" % NODE_A]
@@ -116,17 +119,38 @@ def test_packs_hold_each_node_s_frames_with_their_own_times_and_channels() -> No
 
 
 def test_a_pack_holds_at_most_pack_readings() -> None:
-    chunk = Chunk(1, [frame(n) for n in range(PACK_READINGS)], 2 * PACK_READINGS)  # two readings a frame
-    built = build_packs([chunk], layouts(), "edgegw/gw")
+    built = packs_of([Chunk(1, [frame(n) for n in range(PACK_READINGS)], 2 * PACK_READINGS)])  # two readings a frame
     assert [len(unpack(pack.payload)) for pack in built.packs] == [PACK_READINGS, PACK_READINGS]
 
 
 def test_a_damaged_chunk_is_reported_and_kept() -> None:
     unknown_layout = Chunk(2, [frame(1, layout=99)], 2)
     unreadable = Chunk(3, [], 2, damaged="error: incorrect header check")
-    built = build_packs([Chunk(1, [frame(0)], 2), unknown_layout, unreadable], layouts(), "edgegw/gw")
+    rotten = Chunk(4, [frame(5), StoredFrame(2, 0.0, b"\xa1\x01")], 3)  # a payload damaged on disk
+    built = packs_of([Chunk(1, [frame(0)], 2), unknown_layout, unreadable, rotten])
     assert built.delivery.chunk_ids == [1]  # only what was published may be deleted
-    assert [(chunk.id, "layout 99" in why or "header" in why) for chunk, why in built.damaged] == [(2, True), (3, True)]
+    assert [chunk_id for chunk_id, _why in built.damaged] == [2, 3, 4]
+    assert "layout 99" in built.damaged[0][1] and "header" in built.damaged[1][1] and "premature end" in built.damaged[2][1]
+    assert [pack.topic.split("/")[3] for pack in built.packs] == [NODE_A], "the other node's frames still go out"
+    assert sorted(int(r["value"]) for r in unpack(built.packs[0].payload) if r["name"].endswith(":counter")) == [0, 5]
+
+
+async def test_a_damaged_payload_keeps_its_chunk_on_disk(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(tmp_path, 10**9)
+    store.commit([frame(1)], 2, {})
+    store.commit([frame(2), StoredFrame(2, 0.0, b"\xa1\x01")], 3, {})
+    worker = StoreWorker(store)
+    uplink = RecordingUplink()
+    forwarder = Forwarder(worker, uplink, qos=1, window=64, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
+    forwarder.connected()
+    await settle(forwarder)
+    assert sorted(uplink.counters()) == [1, 2]
+    for mid, _topic, _payload in list(uplink.published):
+        forwarder.puback(mid, True, "Success")
+    await forwarder._delete()
+    assert [chunk.id for chunk in store.oldest(10)] == [2], "published from, but not deleted: it holds a damaged frame"
+    assert "buffered chunk 2 cannot be read" in caplog.text
+    worker.close()
 
 
 async def test_a_slow_read_from_before_a_reconnect_does_not_hide_the_backlog(tmp_path: pathlib.Path) -> None:
