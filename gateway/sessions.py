@@ -49,10 +49,10 @@ class Node:
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters in the commit queue -> links to ACK
     stale: int = 0
     stale_logged_at: float = -1e9
+    hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
-    @property
-    def hex(self) -> str:
-        return node_hex(self.node_id)
+    def __post_init__(self) -> None:
+        self.hex = node_hex(self.node_id)
 
 
 class Sessions:
@@ -75,6 +75,7 @@ class Sessions:
         self._publish_retained = publish_retained
         self._save_info = save_info
         self.nodes: dict[str, Node] = {}
+        self._by_id: dict[bytes, Node] = {}  # the same nodes by their 8 id bytes, as frames carry them
 
     # ------------------------------------------------------------ restoring
 
@@ -93,10 +94,9 @@ class Sessions:
                 node.info = info
 
     def _node(self, node_id: bytes) -> Node:
-        key = node_hex(node_id)
-        node = self.nodes.get(key)
+        node = self._by_id.get(node_id)
         if node is None:
-            node = self.nodes[key] = Node(node_id, CounterWindow())
+            node = self._by_id[node_id] = self.nodes[node_hex(node_id)] = Node(node_id, CounterWindow())
         return node
 
     # ------------------------------------------------------------ LinkHandler
@@ -202,18 +202,21 @@ class Sessions:
             self._publish_status(node)
 
     def committed(self, result: CommitResult) -> None:
-        """After a transaction: accept the counters, then ACK them, grouped per link and node."""
+        """After a transaction: accept the counters, then ACK them, grouped per node, one write per link."""
         acks: dict[tuple[int, str], tuple[Link, Node, list[int]]] = {}
         for pending in result.committed:
-            node = self.nodes[pending.node]
+            node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
                 node.window.accept(pending.counter)
             for link in node.waiting.pop(pending.counter, []):
                 acks.setdefault((id(link), node.hex), (link, node, []))[2].append(pending.counter)
         for pending in result.refused:
-            self.nodes[pending.node].waiting.pop(pending.counter, None)
+            pending.owner.waiting.pop(pending.counter, None)
+        wires: dict[int, tuple[Link, list[bytes]]] = {}
         for link, node, counters in acks.values():
-            self._ack(link, node, counters)
+            wires.setdefault(id(link), (link, []))[1].extend(self._ack_frames(node, counters))
+        for link, frames in wires.values():
+            link.send(b"".join(frames))
 
     def _other(self, node: Node, link: Link, message: Message) -> None:
         fields = message.fields
@@ -250,8 +253,21 @@ class Sessions:
         link.send(encode(Message(mtype, node.node_id, self._next_counter(), fields, fr.F_DOWNLINK | flags)))
 
     def _ack(self, link: Link, node: Node, counters: list[int]) -> None:
-        for start in range(0, len(counters), messages.MAX_ACKS):
-            self._send(link, node, messages.ACK, {"counters": counters[start : start + messages.MAX_ACKS]})
+        link.send(b"".join(self._ack_frames(node, counters)))
+
+    def _ack_frames(self, node: Node, counters: list[int]) -> list[bytes]:
+        return [
+            encode(
+                Message(
+                    messages.ACK,
+                    node.node_id,
+                    self._next_counter(),
+                    {"counters": counters[start : start + messages.MAX_ACKS]},
+                    fr.F_DOWNLINK,
+                )
+            )
+            for start in range(0, len(counters), messages.MAX_ACKS)
+        ]
 
     def _reject(self, link: Link, node: Node, message: Message, code: int, detail: str) -> None:
         self._send(link, node, messages.REJECT, {"reason": code, "detail": detail, "counter": message.counter, "type": message.type})
