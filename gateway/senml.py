@@ -92,6 +92,11 @@ def _names(base: str, name: str, unit: str) -> tuple[bytes, bytes]:
     return b"\x21" + cbor2.dumps(base + name), b"\x23" + cbor2.dumps(unit) if unit else b""
 
 
+# Below this many steps of the channel's resolution, a single float (24-bit significand, a
+# normal number down to 1e-38) is within a quarter step of the reading: it always rounds back.
+_SINGLE_SAFE = 2**22
+
+
 def _values(channel: Channel, raws: list[Number]) -> list[bytes]:
     scale = channel.scale
     if scale == 0:
@@ -105,6 +110,8 @@ def _values(channel: Channel, raws: list[Number]) -> list[bytes]:
         packed = struct.pack(">%df" % len(exact), *exact)
     except OverflowError:  # beyond single precision's range: doubles for this group
         return [b"\xfb" + struct.pack(">d", value) for value in exact]
+    if divisor <= 10**30 and all(type(raw) is int and -_SINGLE_SAFE < raw < _SINGLE_SAFE for raw in raws):
+        return [b"\xfa" + packed[start : start + 4] for start in range(0, len(packed), 4)]
     singles = struct.unpack(">%df" % len(exact), packed)
     out = []
     for index, raw in enumerate(raws):

@@ -93,3 +93,15 @@ def test_frames_of_one_pack_keep_their_own_times() -> None:
         (10, 1795000060.5),
     ]
     assert len(cbor2.loads(pack)[0]) == 3 and cbor2.loads(pack)[1] == {2: 8, 6: 5}  # one base name and base time
+
+
+@given(st.integers(-(2**22) + 1, 2**22 - 1), st.integers(-30, -1))
+def test_below_the_safe_bound_a_single_float_always_rounds_back(raw: int, scale: int) -> None:
+    value = cbor2.loads(senml.pack("be00000000000001", [senml.Channel("x", "", scale)], [([0, raw, 0], 0)]))[0][2]
+    assert round(Fraction(value) * 10**-scale) == raw  # exact arithmetic: no doubt about the check itself
+
+
+def test_beyond_the_bound_the_check_is_made_per_value() -> None:
+    raws = [2**22, -(2**22), 2**29 + 1, 5]
+    records = cbor2.loads(senml.pack("be00000000000001", [senml.Channel("x", "", -2)], [([0, r, 0] * 1, 0) for r in raws]))
+    assert [round(record[2] * 100) for record in records] == raws

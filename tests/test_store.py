@@ -36,6 +36,7 @@ def test_commit_read_delete(tmp_path: pathlib.Path) -> None:
     store.delete(ids[:2])
     assert [c.id for c in store.oldest(10)] == ids[2:]
     assert (store.pending_chunks, store.pending_readings) == (1, 10)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2, "FULL again after the fsync-less delete"
     store.close()
 
 
