@@ -15,7 +15,7 @@ from typing import Any
 from protocols import CounterWindow
 
 from .layouts import Layout, Layouts
-from .store import FRAME_OVERHEAD, ROW_OVERHEAD, Chunk, Store, StoredFrame, StoreError, WindowState
+from .store import FRAME_OVERHEAD, ROW_OVERHEAD, Chunk, Store, StoredFrame, StoreError, WindowState, encode_body
 from .store_worker import StoreWorker
 
 log = logging.getLogger(__name__)
@@ -91,24 +91,27 @@ def _commit(
         outcome.fill = store.fill()
         return outcome
     make_room = False
-    room = store.max_bytes - store.used_bytes - ROW_OVERHEAD - 8
-    if sum(_frame_cost(p) for p in group) > room:
+    room = store.max_bytes - store.used_bytes - ROW_OVERHEAD
+    body = encode_body([p.frame for p in group])
+    if len(body) > room:
         outcome.full = True
         if when_full == "drop_oldest":
             make_room = True
         else:  # stop_acking: store the longest prefix that fits; the rest waits with its nodes
-            fits = 0
-            for pending in group:
-                room -= _frame_cost(pending)
-                if room < 0:
-                    break
-                fits += 1
+            fits, too_many = 0, len(group)  # what fits, by the encoded (compressed) size
+            while too_many - fits > 1:
+                middle = (fits + too_many) // 2
+                if len(encode_body([p.frame for p in group[:middle]])) <= room:
+                    fits = middle
+                else:
+                    too_many = middle
             group = group[:fits]
+            body = encode_body([p.frame for p in group]) if group else b""
     try:
         if group:
             readings = sum(p.readings for p in group)
             outcome.chunk_id, outcome.dropped_readings = store.commit(
-                [p.frame for p in group], readings, windows, layouts, make_room=make_room
+                [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body
             )
             outcome.stored = len(group)
     except StoreError as error:

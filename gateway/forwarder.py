@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cbor2
 
@@ -31,7 +32,8 @@ from .uplink import Uplink
 log = logging.getLogger(__name__)
 
 PACK_READINGS = 500  # readings in one MQTT message at most
-BACKLOG_FRAMES = 20_480  # frames read from disk at a time: many per node, so packs are large
+BUILD_GROUPS = 256  # node groups made into packs at a time
+BACKLOG_FRAMES = 40_960  # frames read from disk at a time: many per node, so packs are large
 DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
 DELETE_AFTER_S = 0.2  # ... or after this long
 REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is tried again after this
@@ -40,11 +42,20 @@ REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is 
 class Delivery:
     """Chunks published together; they leave the disk when every pack built from them is acknowledged."""
 
-    __slots__ = ("chunk_ids", "unacked")
+    __slots__ = ("chunk_ids", "finished", "unacked", "unbuilt")
 
     def __init__(self, chunk_ids: list[int]) -> None:
         self.chunk_ids = chunk_ids
-        self.unacked = 0
+        self.unacked = 0  # packs built and not yet acknowledged
+        self.unbuilt = 0  # node groups not yet made into packs
+        self.finished = False
+
+    def finish(self) -> list[int]:
+        """The chunk ids to delete, once, when every pack was built and acknowledged."""
+        if self.unacked or self.unbuilt or self.finished:
+            return []
+        self.finished = True
+        return self.chunk_ids
 
 
 @dataclass(slots=True)
@@ -56,13 +67,17 @@ class Pack:
 
 @dataclass(slots=True)
 class NodeFrames:
-    """One node's frames of a delivery, kept lean (payload bytes and arrival times, no per-frame
-    objects): a backlog read holds thousands of them until its packs are built."""
+    """One node's frames of a delivery, kept lean: the payloads end to end in one buffer, their
+    lengths and arrival times in arrays, no object per frame. A backlog read holds tens of
+    thousands of frames until its packs are built; lean frames let it hold more of them, so
+    each node's pack is larger and the broker sees fewer messages."""
 
     layout: Layout
-    payloads: list[bytes]
-    received: list[float]
-    chunk_ids: set[int]
+    delivery: Delivery
+    payloads: bytearray = field(default_factory=bytearray)
+    lengths: array[int] = field(default_factory=lambda: array("H"))
+    received: array[float] = field(default_factory=lambda: array("d"))
+    chunk_ids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -76,11 +91,19 @@ class DamagedFrames(Exception):
     """A stored payload that does not decode: it passed the protocol's checks on arrival, so the disk damaged it."""
 
 
-def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> tuple[list[NodeFrames], list[int], list[tuple[int, str]]]:
-    """The frames of these chunks by node layout, in arrival order: (groups, chunk ids read, damaged chunks)."""
+@dataclass
+class Grouped:
+    groups: list[NodeFrames]
+    delivery: Delivery
+    damaged: list[tuple[int, str]]
+
+
+def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
+    """The frames of these chunks by node layout, in arrival order, as one delivery."""
     groups: dict[int, NodeFrames] = {}
     used: list[int] = []
     damaged: list[tuple[int, str]] = []
+    delivery = Delivery(used)
     for chunk in chunks:
         if chunk.damaged:
             damaged.append((chunk.id, chunk.damaged))
@@ -93,19 +116,24 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> tuple[list[NodeFr
         for layout_id, received, payload in chunk.frames:
             group = groups.get(layout_id)
             if group is None:
-                group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id], [], [], set())
-            group.payloads.append(payload)
+                group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id], delivery)
+            group.payloads += payload
+            group.lengths.append(len(payload))
             group.received.append(received)
             group.chunk_ids.add(chunk.id)
-    return list(groups.values()), used, damaged
+    delivery.unbuilt = len(groups)
+    return Grouped(list(groups.values()), delivery, damaged)
 
 
 def _frames(group: NodeFrames) -> list[senml.Frame]:
     """(samples, time) of each frame; DamagedFrames if one does not decode."""
     frames: list[senml.Frame] = []
+    view = memoryview(group.payloads)
+    start = 0
     try:
-        for payload, received in zip(group.payloads, group.received, strict=True):
-            fields = cbor2.loads(payload)
+        for length, received in zip(group.lengths, group.received, strict=True):
+            fields = cbor2.loads(view[start : start + length])
+            start += length
             base_time = fields.get(0)
             frames.append((fields[1], round(received, 3) if base_time is None else base_time))
     except (ValueError, KeyError, TypeError, IndexError, cbor2.CBORDecodeError) as error:
@@ -113,8 +141,9 @@ def _frames(group: NodeFrames) -> list[senml.Frame]:
     return frames
 
 
-def build_packs(group: NodeFrames, topic_base: str, delivery: Delivery) -> list[Pack]:
+def build_packs(group: NodeFrames, topic_base: str) -> list[Pack]:
     """One node's frames as SenML packs of at most PACK_READINGS readings."""
+    delivery = group.delivery
     layout = group.layout
     topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
     frames = _frames(group)
@@ -129,24 +158,33 @@ def build_packs(group: NodeFrames, topic_base: str, delivery: Delivery) -> list[
     return packs
 
 
-def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> Built:
-    """Every frame of these chunks in SenML packs, as one delivery; what cannot be read stays out of it."""
-    groups, used, damaged = group_frames(chunks, layouts)
-    delivery = Delivery(used)
+def build_groups(groups: list[NodeFrames], topic_base: str) -> tuple[list[Pack], list[tuple[int, str]]]:
+    """Packs of these groups, and the chunks whose frames did not decode (kept out of their delivery)."""
     packs: list[Pack] = []
-    while groups:
-        group = groups.pop()  # its frames are freed as soon as its packs exist
+    damaged: list[tuple[int, str]] = []
+    for group in groups:
+        delivery = group.delivery
+        delivery.unbuilt -= 1
         try:
-            packs += build_packs(group, topic_base, delivery)
+            built = build_packs(group, topic_base)
         except DamagedFrames as error:
             delivery.chunk_ids = [chunk_id for chunk_id in delivery.chunk_ids if chunk_id not in group.chunk_ids]
             damaged += [(chunk_id, "node %s: %s" % (group.layout.node, error)) for chunk_id in sorted(group.chunk_ids)]
-    delivery.unacked = len(packs)
-    return Built(packs, delivery, damaged)
+            continue
+        delivery.unacked += len(built)
+        packs += built
+    return packs, damaged
 
 
-def _read_backlog(store: Store, layouts: Layouts, topic_base: str, after_id: int, up_to_id: int) -> tuple[int, Built]:
-    """Runs on the store thread, so building packs does not hold up the event loop: (last chunk id read, packs)."""
+def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> Built:
+    """Every frame of these chunks in SenML packs, as one delivery; what cannot be read stays out of it."""
+    grouped = group_frames(chunks, layouts)
+    packs, damaged = build_groups(grouped.groups, topic_base)
+    return Built(packs, grouped.delivery, grouped.damaged + damaged)
+
+
+def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int) -> tuple[int, Grouped]:
+    """Runs on the store thread: (last chunk id read, its frames by node)."""
     last = [after_id]
 
     def chunks() -> Iterator[Chunk]:
@@ -154,8 +192,8 @@ def _read_backlog(store: Store, layouts: Layouts, topic_base: str, after_id: int
             last[0] = chunk.id
             yield chunk
 
-    built = publishable(chunks(), layouts, topic_base)
-    return last[0], built
+    grouped = group_frames(chunks(), layouts)
+    return last[0], grouped
 
 
 class Forwarder:
@@ -170,6 +208,9 @@ class Forwarder:
         self._live_chunks: list[Chunk] = []
         self._live: deque[Pack] = deque()
         self._backlog: deque[Pack] = deque()
+        self._groups: deque[NodeFrames] = deque()  # backlog read from disk, not yet made into packs
+        self._task: asyncio.Task[None] | None = None  # the store thread's read or build under way
+        self._failure: Exception | None = None
         self._backlog_cursor = 0
         self._backlog_end = 0
         self._backlog_done = True
@@ -198,6 +239,7 @@ class Forwarder:
         self._live_chunks.clear()
         self._live.clear()
         self._backlog.clear()
+        self._groups.clear()
         self._backlog_cursor = 0
 
     def live(self, chunk: Chunk) -> None:
@@ -224,8 +266,7 @@ class Forwarder:
 
     def _acknowledged(self, delivery: Delivery) -> None:
         delivery.unacked -= 1
-        if delivery.unacked == 0:
-            self._acked += delivery.chunk_ids
+        self._acked += delivery.finish()
 
     def _retry(self, pack: Pack, epoch: int) -> None:
         if epoch == self._epoch:  # a reconnect re-reads the whole buffer anyway
@@ -249,6 +290,8 @@ class Forwarder:
 
     async def _fill(self) -> None:
         epoch = self._epoch
+        if self._failure is not None:
+            raise self._failure  # a read or build on the store thread failed: a bug, reported by the agent
         if self._backlog_end < 0:
             end = await self._worker.call(self._worker.store.max_id)
             if epoch != self._epoch:
@@ -262,15 +305,12 @@ class Forwarder:
         while len(self._inflight) < self._window and self._uplink.connected:
             pack = self._next_pack()
             if pack is None:
-                if self._backlog_done:
-                    return
-                if not await self._read_backlog(epoch):
-                    return
-                continue
+                break
             mid = self._uplink.publish(pack.topic, pack.payload, self._qos, content_type=CONTENT_TYPE)
             if mid is None:
                 return  # not connected after all: a reconnect reads the buffer again
             self._inflight[mid] = pack
+        self._prefetch()
 
     def _next_pack(self) -> Pack | None:
         if self._live_chunks:
@@ -278,35 +318,67 @@ class Forwarder:
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
             self._live_chunks.clear()
             if chunks:
-                self._add(self._live, publishable(chunks, self._layouts, self._topic_base))
+                built = publishable(chunks, self._layouts, self._topic_base)
+                self._report(built.damaged)
+                self._live.extend(built.packs)
+                self._acked += built.delivery.finish()  # not a single frame came out: nothing to wait for
         if self._live:
             return self._live.popleft()
         if self._backlog:
             return self._backlog.popleft()
         return None
 
-    def _add(self, queue: deque[Pack], built: Built) -> None:
-        for chunk_id, problem in built.damaged:
+    def _prefetch(self) -> None:
+        """Keep the store thread a step ahead of the publishing: build the next groups' packs,
+        or read the next part of the backlog, while the packs already built go out."""
+        if self._task is not None or self._backlog_end < 0 or len(self._backlog) >= self._window:
+            return
+        if self._groups:
+            batch = [self._groups.popleft() for _ in range(min(BUILD_GROUPS, len(self._groups)))]
+            self._task = asyncio.get_running_loop().create_task(self._build(batch, self._epoch))
+        elif not self._backlog_done:
+            self._task = asyncio.get_running_loop().create_task(self._read(self._epoch))
+
+    async def _read(self, epoch: int) -> None:
+        try:
+            last, grouped = await self._worker.call(
+                _read_backlog, self._worker.store, self._layouts, self._backlog_cursor, self._backlog_end
+            )
+            if epoch != self._epoch:
+                return
+            if last == self._backlog_cursor:
+                self._backlog_done = True
+                return
+            self._backlog_cursor = last
+            self._report(grouped.damaged)
+            self._groups.extend(grouped.groups)
+            self._acked += grouped.delivery.finish()  # not a single frame came out: nothing to wait for
+        except Exception as error:
+            self._failure = error
+        finally:
+            self._task = None
+            self._wake.set()
+
+    async def _build(self, batch: list[NodeFrames], epoch: int) -> None:
+        try:
+            packs, damaged = await self._worker.call(build_groups, batch, self._topic_base)
+            if epoch != self._epoch:
+                return
+            self._report(damaged)
+            self._backlog.extend(packs)
+            for delivery in {id(group.delivery): group.delivery for group in batch}.values():
+                self._acked += delivery.finish()  # whose every group failed to decode
+        except Exception as error:
+            self._failure = error
+        finally:
+            self._task = None
+            self._wake.set()
+
+    def _report(self, damaged: list[tuple[int, str]]) -> None:
+        for chunk_id, problem in damaged:
             if chunk_id not in self._reported:
                 self._reported.add(chunk_id)
                 log.error("buffered chunk %d cannot be read (%s); it stays on disk, unpublished", chunk_id, problem)
-        if not built.packs:
-            self._acked += built.delivery.chunk_ids  # chunks without a single frame: nothing to wait for
-        queue.extend(built.packs)
-
-    async def _read_backlog(self, epoch: int) -> bool:
-        """Next part of the backlog; False when the connection changed meanwhile (nothing applied)."""
-        last, built = await self._worker.call(
-            _read_backlog, self._worker.store, self._layouts, self._topic_base, self._backlog_cursor, self._backlog_end
-        )
-        if epoch != self._epoch:
-            return False
-        if last == self._backlog_cursor:
-            self._backlog_done = True
-            return True
-        self._backlog_cursor = last
-        self._add(self._backlog, built)
-        return True
 
     async def settle(self, timeout: float) -> None:
         """Stop handing out packs, wait (bounded) for the PUBACKs in flight, delete what was acknowledged."""

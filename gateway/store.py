@@ -136,6 +136,9 @@ class Store:
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed transaction survives power loss, not just a crash.
         db.execute("PRAGMA synchronous=FULL")
+        # Chunks are appended and read once, oldest first: the OS's file cache serves that as well as
+        # SQLite's own page cache would, so the gateway keeps 512 KiB of it instead of the default 2 MiB.
+        db.execute("PRAGMA cache_size=-512")
         self._upgrade(db)
         db.executescript(_SCHEMA)
         db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
@@ -209,14 +212,17 @@ class Store:
         windows: dict[str, WindowState],
         layouts: list[Layout] | None = None,
         make_room: bool = False,
+        body: bytes | None = None,
     ) -> tuple[int, int]:
         """Store frames as one chunk, with the windows that admitted them and the layouts they need, in one transaction.
 
         With make_room, the oldest chunks are evicted first until the new one fits, and the
-        eviction and its count commit together with it. Returns (chunk id, readings evicted).
+        eviction and its count commit together with it. body: encode_body(frames), when the caller has it.
+        Returns (chunk id, readings evicted).
         """
         db = self._db
-        body = encode_body(frames)
+        if body is None:
+            body = encode_body(frames)
         try:
             db.execute("BEGIN IMMEDIATE")
             freed_bytes = freed_rows = evicted = 0

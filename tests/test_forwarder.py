@@ -94,9 +94,10 @@ def connected_forwarder(
 
 
 async def settle(forwarder: Forwarder, rounds: int = 20) -> None:
+    """Let the pump run: reads and pack builds happen on the store thread, a round apart."""
     for _ in range(rounds):
         await forwarder._fill()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
 
 
 def packs_of(chunks: list[Chunk]) -> Built:
