@@ -55,31 +55,49 @@ class _Outcome:
     problem: str = ""  # a disk error, already phrased for the log
 
 
-def _windows(group: list[Pending]) -> dict[str, WindowState]:
-    """Runs on the event loop: each node's window as it will be once the group is stored.
+@dataclass
+class _WindowPlan:
+    """Taken on the event loop: each node's window before the group, and the counter each frame adds.
 
     Frames accepted before a counter reset (their window is no longer the node's) are
-    stored and acknowledged, but their counters no longer belong in the window.
+    stored and acknowledged, but their counters no longer belong in the window (None).
     """
-    windows: dict[str, CounterWindow] = {}
+
+    bases: dict[str, tuple[int, int]]
+    counters: list[tuple[str, int] | None]
+
+    def after(self, stored: int) -> dict[str, WindowState]:
+        """The windows once the first `stored` frames of the group are on disk, and no others."""
+        windows: dict[str, CounterWindow] = {}
+        for mark in self.counters[:stored]:
+            if mark is None:
+                continue
+            node, counter = mark
+            window = windows.get(node)
+            if window is None:
+                window = windows[node] = CounterWindow(*self.bases[node])
+            window.accept(counter)
+        return {node: WindowState(w.highest, w.seen) for node, w in windows.items()}
+
+
+def _window_plan(group: list[Pending]) -> _WindowPlan:
+    bases: dict[str, tuple[int, int]] = {}
+    counters: list[tuple[str, int] | None] = []
     for pending in group:
         live = pending.owner.window
         if pending.window is not live:
+            counters.append(None)
             continue
-        window = windows.get(pending.node)
-        if window is None:
-            window = windows[pending.node] = CounterWindow(live.highest, live.seen)
-        window.accept(pending.counter)
-    return {node: WindowState(w.highest, w.seen) for node, w in windows.items()}
+        bases.setdefault(pending.node, (live.highest, live.seen))
+        counters.append((pending.node, pending.counter))
+    return _WindowPlan(bases, counters)
 
 
 def _frame_cost(pending: Pending) -> int:
     return len(pending.frame.payload) + FRAME_OVERHEAD
 
 
-def _commit(
-    store: Store, group: list[Pending], windows: dict[str, WindowState], layouts: list[Layout], when_full: str, holding: bool
-) -> _Outcome:
+def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list[Layout], when_full: str, holding: bool) -> _Outcome:
     """Runs on the store thread: one transaction, making room first as configured.
 
     holding: a stop_acking episode is on; nothing is taken until the buffer is below ROOM_AGAIN,
@@ -110,6 +128,7 @@ def _commit(
     try:
         if group:
             readings = sum(p.readings for p in group)
+            windows = plan.after(len(group))  # a refused tail must not be marked seen: its nodes resend it
             outcome.chunk_id, outcome.dropped_readings = store.commit(
                 [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body
             )
@@ -172,10 +191,10 @@ class Committer:
             while self._queue:
                 take = self._group_size()
                 group, self._queue = self._queue[:take], self._queue[take:]
-                windows = _windows(group)
+                plan = _window_plan(group)
                 layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())
                 holding = self.full_episode and self._when_full == "stop_acking"
-                outcome = await self._worker.call(_commit, self._worker.store, group, windows, layouts, self._when_full, holding)
+                outcome = await self._worker.call(_commit, self._worker.store, group, plan, layouts, self._when_full, holding)
                 self._report(outcome, len(group))
                 stored = group[: outcome.stored]
                 log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)

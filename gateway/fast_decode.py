@@ -33,6 +33,8 @@ def readings_fields(payload: bytes) -> dict[str, Any] | None:
         return None
     if type(mapping) is not dict or not mapping.keys() <= {_BASE_TIME, _SAMPLES}:
         return None
+    if any(type(key) is not int for key in mapping):  # True == 1 and 1.0 == 1 in a set, not on the wire
+        return None
     samples = mapping.get(_SAMPLES)
     if type(samples) is not list or len(samples) % 3 or len(samples) > _SAMPLES_MAX:
         return None

@@ -125,61 +125,84 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
     return Grouped(list(groups.values()), delivery, damaged)
 
 
-def _frames(group: NodeFrames) -> list[senml.Frame]:
-    """(samples, time) of each frame; DamagedFrames if one does not decode."""
-    frames: list[senml.Frame] = []
+def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int]]:
+    """((samples, time), readings) of each frame, decoded one at a time; DamagedFrames if one does not decode."""
     view = memoryview(group.payloads)
     start = 0
-    try:
-        for length, received in zip(group.lengths, group.received, strict=True):
+    for length, received in zip(group.lengths, group.received, strict=True):
+        try:
             fields = cbor2.loads(view[start : start + length])
-            start += length
+            samples = fields[1]
             base_time = fields.get(0)
-            frames.append((fields[1], round(received, 3) if base_time is None else base_time))
-    except (ValueError, KeyError, TypeError, IndexError, cbor2.CBORDecodeError) as error:
-        raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
-    return frames
+            if not isinstance(samples, list) or len(samples) % 3:
+                raise TypeError("samples are not a list of triples")
+        except Exception as error:  # checked on arrival: whatever fails here, the disk damaged it
+            raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
+        start += length
+        yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3
 
 
-def build_packs(group: NodeFrames, topic_base: str) -> list[Pack]:
-    """One node's frames as SenML packs of at most PACK_READINGS readings."""
-    delivery = group.delivery
+def build_packs(group: NodeFrames, topic_base: str) -> list[tuple[str, bytes]]:
+    """One node's frames as SenML packs of at most PACK_READINGS readings: (topic, payload) each.
+
+    Decoded a pack's worth at a time, so one node with a long backlog costs one pack of memory.
+    """
     layout = group.layout
     topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
-    frames = _frames(group)
-    packs: list[Pack] = []
-    start = count = 0
-    for index, (samples, _time) in enumerate(frames):
-        if count and count + len(samples) // 3 > PACK_READINGS:
-            packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames[start:index]), delivery))
-            start, count = index, 0
-        count += len(samples) // 3
-    packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames[start:]), delivery))
+    packs: list[tuple[str, bytes]] = []
+    frames: list[senml.Frame] = []
+    count = 0
+    try:
+        for frame, readings in _frames(group):
+            if count and count + readings > PACK_READINGS:
+                packs.append((topic, senml.pack(layout.node, layout.channels, frames)))
+                frames, count = [], 0
+            frames.append(frame)
+            count += readings
+        packs.append((topic, senml.pack(layout.node, layout.channels, frames)))
+    except DamagedFrames:
+        raise
+    except Exception as error:  # a value SenML cannot carry: this group's damage, not the forwarder's end
+        raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
     return packs
 
 
-def build_groups(groups: list[NodeFrames], topic_base: str) -> tuple[list[Pack], list[tuple[int, str]]]:
-    """Packs of these groups, and the chunks whose frames did not decode (kept out of their delivery)."""
+Outcome = list[tuple[str, bytes]] | DamagedFrames
+
+
+def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Outcome]:
+    """Each group's packs, or why they cannot be built. Touches no delivery: this runs on the store
+    thread, and deliveries are counted on the event loop only (Forwarder._apply)."""
+    outcomes: list[Outcome] = []
+    for group in groups:
+        try:
+            outcomes.append(build_packs(group, topic_base))
+        except DamagedFrames as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def apply_outcomes(groups: list[NodeFrames], outcomes: list[Outcome]) -> tuple[list[Pack], list[tuple[int, str]], list[Delivery]]:
+    """Count built groups into their deliveries: (packs, damaged chunks, deliveries touched)."""
     packs: list[Pack] = []
     damaged: list[tuple[int, str]] = []
-    for group in groups:
-        delivery = group.delivery
-        delivery.unbuilt -= 1
-        try:
-            built = build_packs(group, topic_base)
-        except DamagedFrames as error:
+    touched: dict[int, Delivery] = {}
+    for group, outcome in zip(groups, outcomes, strict=True):
+        delivery = touched.setdefault(id(group.delivery), group.delivery)
+        if isinstance(outcome, DamagedFrames):
             delivery.chunk_ids = [chunk_id for chunk_id in delivery.chunk_ids if chunk_id not in group.chunk_ids]
-            damaged += [(chunk_id, "node %s: %s" % (group.layout.node, error)) for chunk_id in sorted(group.chunk_ids)]
-            continue
-        delivery.unacked += len(built)
-        packs += built
-    return packs, damaged
+            damaged += [(chunk_id, "node %s: %s" % (group.layout.node, outcome)) for chunk_id in sorted(group.chunk_ids)]
+        else:
+            delivery.unacked += len(outcome)
+            packs += [Pack(topic, payload, delivery) for topic, payload in outcome]
+        delivery.unbuilt -= 1  # after unacked went up: never a moment where both read zero too early
+    return packs, damaged, list(touched.values())
 
 
 def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> Built:
     """Every frame of these chunks in SenML packs, as one delivery; what cannot be read stays out of it."""
     grouped = group_frames(chunks, layouts)
-    packs, damaged = build_groups(grouped.groups, topic_base)
+    packs, damaged, _touched = apply_outcomes(grouped.groups, build_groups(grouped.groups, topic_base))
     return Built(packs, grouped.delivery, grouped.damaged + damaged)
 
 
@@ -361,12 +384,13 @@ class Forwarder:
 
     async def _build(self, batch: list[NodeFrames], epoch: int) -> None:
         try:
-            packs, damaged = await self._worker.call(build_groups, batch, self._topic_base)
+            outcomes = await self._worker.call(build_groups, batch, self._topic_base)
             if epoch != self._epoch:
                 return
+            packs, damaged, touched = apply_outcomes(batch, outcomes)
             self._report(damaged)
             self._backlog.extend(packs)
-            for delivery in {id(group.delivery): group.delivery for group in batch}.values():
+            for delivery in touched:
                 self._acked += delivery.finish()  # whose every group failed to decode
         except Exception as error:
             self._failure = error

@@ -195,7 +195,7 @@ class Sessions:
             channel = max(samples[0::3])
             self._reject(link, node, message, perr.E_SCHEMA, "channel %d not in HELLO (%d channels)" % (channel, len(layout.channels)))
             return
-        frame = StoredFrame(layout.id, time.time(), message.payload)
+        frame = StoredFrame(layout.id, round(time.time(), 3), message.payload)  # ms, as the buffer keeps it
         node.waiting[counter] = [link]
         self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window))
         if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import cbor2
 
-from protocols.frame import WINDOW
+from protocols.frame import MAX_PAYLOAD, WINDOW
 
 from .layouts import Layout
 
@@ -103,9 +103,16 @@ def encode_body(frames: list[StoredFrame]) -> bytes:
 
 
 def decode_body(body: bytes, received: float) -> list[StoredFrame]:
+    """The frames of a chunk body; ValueError when it is not what encode_body writes (damage on disk)."""
     raw = zlib.decompress(body[1:]) if body[:1] == _ZLIB else body[1:]
     flat = cbor2.loads(raw)
-    return [StoredFrame(flat[index], received + flat[index + 1] / 1000, flat[index + 2]) for index in range(0, len(flat), 3)]
+    if not isinstance(flat, list) or len(flat) % 3:
+        raise ValueError("not a list of frames")
+    frames = [StoredFrame(flat[index], received + flat[index + 1] / 1000, flat[index + 2]) for index in range(0, len(flat), 3)]
+    for frame in frames:
+        if type(frame.layout) is not int or type(frame.payload) is not bytes or len(frame.payload) > MAX_PAYLOAD:
+            raise ValueError("a frame that no node could have sent")
+    return frames
 
 
 def body_estimate(frames: list[StoredFrame]) -> int:
@@ -224,6 +231,7 @@ class Store:
         if body is None:
             body = encode_body(frames)
         try:
+            db.execute("PRAGMA synchronous=FULL")  # whatever a delete left it at: this one is acknowledged to nodes
             db.execute("BEGIN IMMEDIATE")
             freed_bytes = freed_rows = evicted = 0
             if make_room:
@@ -305,7 +313,7 @@ class Store:
             for chunk_id, received, readings, body in cursor:
                 try:
                     frames = decode_body(body, received)
-                except (ValueError, TypeError, IndexError, zlib.error, cbor2.CBORDecodeError) as error:
+                except Exception as error:  # whatever damage looks like, it costs this chunk, not the reader
                     yield Chunk(chunk_id, [], readings, damaged="%s: %s" % (type(error).__name__, error))
                     continue
                 total += len(frames)

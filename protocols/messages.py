@@ -72,6 +72,7 @@ EPOCH_2000_OFFSET = const(946684800)
 
 MAX_SAMPLES = const(64)  # per READINGS frame
 MAX_CHANNELS = const(32)  # per node
+MAX_SCALE = const(30)  # |channel scale|: 10^scale stays within what a double holds with room to spare
 MAX_ACKS = const(32)  # counters per ACK frame
 
 # Payload schemas, one line per type, to keep them small on a node's heap:
@@ -210,6 +211,10 @@ def _check_nested(mtype: int, fields: dict) -> None:
             raise ProtocolError(E_SCHEMA, "HELLO.proto must be [major, minor]")
         if len(fields["channels"]) > MAX_CHANNELS:
             raise ProtocolError(E_SCHEMA, "HELLO has more than %d channels" % MAX_CHANNELS)
+        for channel in fields["channels"]:
+            scale = channel.get("scale", 0) if isinstance(channel, dict) else 0
+            if isinstance(scale, int) and not -MAX_SCALE <= scale <= MAX_SCALE:
+                raise ProtocolError(E_SCHEMA, "HELLO channel scale %d is beyond %d" % (scale, MAX_SCALE))
     elif mtype == READINGS:
         samples = fields["samples"]
         if len(samples) % 3:

@@ -46,6 +46,8 @@ def test_the_firmware_shape_takes_the_fast_path() -> None:
         (bytes.fromhex("a1018300f93e0000"), "a float value"),
         (bytes.fromhex("a2018300010205f6"), "a key the schema does not know"),
         (bytes.fromhex("a1018320010a"), "a negative channel"),
+        (bytes.fromhex("a1f583000102"), "a key that is true, which equals 1 in Python"),
+        (bytes.fromhex("a1f93c0083000102"), "a key that is the float 1.0"),
         (bytes.fromhex("a101831820010a"), "channel 32"),
         (bytes.fromhex("a1018200 01".replace(" ", "")), "samples not in threes"),
     ],

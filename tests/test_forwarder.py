@@ -220,3 +220,26 @@ async def test_a_refused_publish_is_tried_again_on_the_same_connection(tmp_path:
     await forwarder.settle(timeout=1)
     assert store.pending_chunks == 0
     worker.close()
+
+
+async def test_a_delivery_built_in_several_batches_is_deleted_only_when_all_its_packs_are_acknowledged(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forwarder_module, "BUILD_GROUPS", 1)  # one node's packs at a time
+    store = Store(tmp_path, 10**9)
+    store.commit([frame(1), frame(2, layout=2)], 3, {})  # one chunk, two nodes: two groups, two batches
+    worker = StoreWorker(store)
+    uplink = RecordingUplink()
+    forwarder = Forwarder(worker, uplink, qos=1, window=1, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
+    forwarder.connected()
+    await settle(forwarder)
+    assert len(uplink.published) == 1  # the window holds one
+    forwarder.puback(1, True, "Success")
+    await settle(forwarder)
+    await forwarder._delete()
+    assert store.pending_chunks == 1, "the other node's pack is not acknowledged yet"
+    assert len(uplink.published) == 2
+    forwarder.puback(2, True, "Success")
+    await forwarder._delete()
+    assert store.pending_chunks == 0
+    worker.close()

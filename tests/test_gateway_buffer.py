@@ -165,3 +165,21 @@ def test_a_missing_serial_port_is_waited_for(tmp_path: pathlib.Path, cable: PtyC
                 late.close()
         finally:
             gateway.close()
+
+
+def test_a_refused_tail_is_not_marked_seen() -> None:
+    """stop_acking may store a prefix of a group: the windows written with it name that prefix only,
+    or a restarted gateway would take the refused frames, resent, for duplicates and drop them."""
+    from types import SimpleNamespace
+
+    from gateway.committer import Pending, _window_plan
+    from protocols import CounterWindow
+    from protocols import window as win
+
+    node = SimpleNamespace(window=CounterWindow(4, 1))
+    group = [Pending("n", counter, StoredFrame(1, 0.0, b""), 1, None, node, node.window) for counter in (5, 6, 7)]  # type: ignore[arg-type]
+    plan = _window_plan(group)
+    state = plan.after(2)["n"]
+    window = CounterWindow(state.highest, state.seen)
+    assert (window.highest, window.check(5), window.check(7)) == (6, win.DUPLICATE, win.NEW)
+    assert plan.after(0) == {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols import CounterWindow, Message, ProtocolError, StreamDecoder, encode, messages, node_hex, node_id_from_unique_id
+from protocols import CounterWindow, Message, ProtocolError, StreamDecoder, cbor, encode, messages, node_hex, node_id_from_unique_id
 from protocols import frame as fr
 from protocols import window as win
 
@@ -115,3 +115,22 @@ def test_ten_sample_readings_frame_size() -> None:
     assert len(wire) == 81
     untimed = encode(Message(messages.READINGS, bytes(8), 1000, {"samples": samples}, fr.F_ACK_REQ))
     assert len(untimed) == 75
+
+
+def test_a_channel_scale_beyond_thirty_is_a_schema_error() -> None:
+    """10^scale must stay a number the gateway can compute with: ±30 is far beyond any sensor."""
+
+    def hello(scale: int) -> dict[str, object]:
+        channels = [{"name": "t", "unit": "Cel", "scale": scale}]
+        return {"proto": [1, 0], "fw_version": "1", "hw_model": "x", "caps": 1, "channels": channels}
+
+    for scale in (-messages.MAX_SCALE, messages.MAX_SCALE):
+        payload = messages.encode_payload(messages.HELLO, hello(scale))
+        assert messages.decode_payload(messages.HELLO, payload)["channels"][0]["scale"] == scale
+    for scale in (-messages.MAX_SCALE - 1, messages.MAX_SCALE + 1, -400):
+        with pytest.raises(ProtocolError) as caught:
+            messages.encode_payload(messages.HELLO, hello(scale))
+        assert caught.value.reason == "schema"
+        mapping = {0: [1, 0], 1: "1", 2: "x", 3: 1, 4: [{0: "t", 1: "Cel", 2: scale}]}  # as a node might send it
+        with pytest.raises(ProtocolError, match="scale"):
+            messages.decode_payload(messages.HELLO, cbor.dumps(mapping))

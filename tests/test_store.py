@@ -178,3 +178,20 @@ def test_committed_rows_survive_kill_9(tmp_path: pathlib.Path) -> None:
         assert set(range(promised)) <= rows
         assert store.load_windows()["node"].highest >= promised - 1
         store.close()
+
+
+def test_a_damaged_body_is_a_damaged_chunk_not_an_error(tmp_path: pathlib.Path) -> None:
+    import cbor2
+
+    store = Store(tmp_path, 10_000_000)
+    store.commit(frames(1), 10, {})
+    for body in (
+        b"\x00" + cbor2.dumps({1: 2}),
+        b"\x00" + cbor2.dumps([1, 0, "text"]),
+        b"\x01not zlib",
+        b"\x00" + cbor2.dumps([1, 0, b"x" * 300]),
+    ):
+        store._db.execute("INSERT INTO chunks (received, frames, readings, body) VALUES (0, 1, 1, ?)", (body,))
+    chunks = store.oldest(100)
+    assert [bool(chunk.damaged) for chunk in chunks] == [False, True, True, True, True]
+    assert chunks[0].frames == frames(1)
