@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import __version__
@@ -30,6 +31,7 @@ from .uplink import Uplink, UplinkEvents
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 60.0
+CHECKPOINT_EVERY_S = 1.0
 SHUTDOWN_DRAIN_S = 30.0  # a stop never waits longer than this for the disk
 DOWNLINK_BLOCK = 65536  # downlink counters reserved on disk at a time (SPEC.md §4.1)
 
@@ -109,6 +111,7 @@ class Agent:
             loop.create_task(self.committer.run(), name="committer"),
             loop.create_task(self.forwarder.run(), name="forwarder"),
             loop.create_task(self._status_loop(), name="status"),
+            loop.create_task(self._checkpoint_loop(), name="checkpoint"),
         ]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -193,6 +196,14 @@ class Agent:
         node = parts[-3]
         if not self.sessions.send_config(node, values):
             log.warning("ignoring %s: node %s is not connected", topic, node)
+
+    async def _checkpoint_loop(self) -> None:
+        """The buffer's WAL copied into the database file every second, on a thread of its own."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") as executor:
+            while True:
+                await asyncio.sleep(CHECKPOINT_EVERY_S)
+                await loop.run_in_executor(executor, self.worker.store.checkpoint)
 
     async def _status_loop(self) -> None:
         while True:

@@ -131,6 +131,7 @@ class Store:
         except OSError as error:
             raise StoreError("cannot create data_dir %s: %s" % (data_dir, error.strerror)) from None
         self.moved_aside: Path | None = None
+        self._checkpointer: sqlite3.Connection | None = None
         self._db = self._open_checked()
         self._bytes, self._rows, self._readings = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), COALESCE(SUM(readings), 0) FROM chunks"
@@ -146,6 +147,9 @@ class Store:
         # Chunks are appended and read once, oldest first: the OS's file cache serves that as well as
         # SQLite's own page cache would, so the gateway keeps 512 KiB of it instead of the default 2 MiB.
         db.execute("PRAGMA cache_size=-512")
+        # Checkpoints (copying the WAL into the database file, with its own fsync) run on their own
+        # connection and thread (checkpoint()), not inside a commit that nodes are waiting on.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         self._upgrade(db)
         db.executescript(_SCHEMA)
         db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
@@ -191,6 +195,24 @@ class Store:
     def close(self) -> None:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database file; safe to call from a thread other than the store's.
+        Returns SQLite's (busy, pages in the WAL, pages copied).
+
+        PASSIVE: it never blocks a commit, it only copies what no commit is writing at that moment.
+        Committed data is durable in the WAL already; this keeps the WAL from growing.
+        """
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            busy, wal_pages, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as error:  # busy or full: the next one tries again; the WAL only grows meanwhile
+            log.debug("checkpoint skipped: %s", error)
+            return (1, -1, -1)
+        return int(busy), int(wal_pages), int(copied)
 
     # ------------------------------------------------------------ what a restart needs
 

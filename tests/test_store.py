@@ -195,3 +195,21 @@ def test_a_damaged_body_is_a_damaged_chunk_not_an_error(tmp_path: pathlib.Path) 
     chunks = store.oldest(100)
     assert [bool(chunk.damaged) for chunk in chunks] == [False, True, True, True, True]
     assert chunks[0].frames == frames(1)
+
+
+def test_checkpoints_run_beside_the_commits_not_inside_them(tmp_path: pathlib.Path) -> None:
+    import threading
+
+    store = Store(tmp_path, 10_000_000)
+    for n in range(50):
+        store.commit(frames(n, count=20), 200, {})
+    wal = tmp_path / (DB_NAME + "-wal")
+    assert wal.stat().st_size > 50 * 4096, "no checkpoint inside a commit: the WAL holds every commit"
+    result: list[tuple[int, int, int]] = []
+    other = threading.Thread(target=lambda: result.append(store.checkpoint()))
+    other.start()
+    other.join()
+    busy, pages, copied = result[0]
+    assert busy == 0 and pages > 0 and copied == pages, "everything copied into the database file"
+    assert len(store.oldest(10**6)) == 50
+    store.close()
