@@ -96,6 +96,7 @@ class Grouped:
     groups: list[NodeFrames]
     delivery: Delivery
     damaged: list[tuple[int, str]]
+    last_id: int  # the newest chunk read (0: none)
 
 
 def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
@@ -104,7 +105,9 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
     used: list[int] = []
     damaged: list[tuple[int, str]] = []
     delivery = Delivery(used)
+    last_id = 0
     for chunk in chunks:
+        last_id = chunk.id
         if chunk.damaged:
             damaged.append((chunk.id, chunk.damaged))
             continue
@@ -122,7 +125,7 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
             group.received.append(received)
             group.chunk_ids.add(chunk.id)
     delivery.unbuilt = len(groups)
-    return Grouped(list(groups.values()), delivery, damaged)
+    return Grouped(list(groups.values()), delivery, damaged, last_id)
 
 
 def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int]]:
@@ -172,7 +175,7 @@ Outcome = list[tuple[str, bytes]] | DamagedFrames
 
 def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Outcome]:
     """Each group's packs, or why they cannot be built. Touches no delivery: this runs on the store
-    thread, and deliveries are counted on the event loop only (Forwarder._apply)."""
+    thread, and deliveries are counted on the event loop only (apply_outcomes)."""
     outcomes: list[Outcome] = []
     for group in groups:
         try:
@@ -206,17 +209,9 @@ def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> B
     return Built(packs, grouped.delivery, grouped.damaged + damaged)
 
 
-def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int) -> tuple[int, Grouped]:
-    """Runs on the store thread: (last chunk id read, its frames by node)."""
-    last = [after_id]
-
-    def chunks() -> Iterator[Chunk]:
-        for chunk in store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id):
-            last[0] = chunk.id
-            yield chunk
-
-    grouped = group_frames(chunks(), layouts)
-    return last[0], grouped
+def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int) -> Grouped:
+    """Runs on the store thread: the next chunks of the backlog, their frames by node."""
+    return group_frames(store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id), layouts)
 
 
 class Forwarder:
@@ -364,15 +359,13 @@ class Forwarder:
 
     async def _read(self, epoch: int) -> None:
         try:
-            last, grouped = await self._worker.call(
-                _read_backlog, self._worker.store, self._layouts, self._backlog_cursor, self._backlog_end
-            )
+            grouped = await self._worker.call(_read_backlog, self._worker.store, self._layouts, self._backlog_cursor, self._backlog_end)
             if epoch != self._epoch:
                 return
-            if last == self._backlog_cursor:
+            if not grouped.last_id:  # nothing after the cursor: the backlog is out
                 self._backlog_done = True
                 return
-            self._backlog_cursor = last
+            self._backlog_cursor = grouped.last_id
             self._report(grouped.damaged)
             self._groups.extend(grouped.groups)
             self._acked += grouped.delivery.finish()  # not a single frame came out: nothing to wait for

@@ -115,11 +115,6 @@ def decode_body(body: bytes, received: float) -> list[StoredFrame]:
     return frames
 
 
-def body_estimate(frames: list[StoredFrame]) -> int:
-    """An upper bound of a chunk's cost against the budget, before it is encoded."""
-    return sum(len(frame.payload) for frame in frames) + FRAME_OVERHEAD * len(frames) + ROW_OVERHEAD + 8
-
-
 class Store:
     """The buffer database; see the module docstring for the rules it keeps."""
 
