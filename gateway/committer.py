@@ -116,15 +116,15 @@ def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list
         if when_full == "drop_oldest":
             make_room = True
         else:  # stop_acking: store the longest prefix that fits; the rest waits with its nodes
-            fits, too_many = 0, len(group)  # what fits, by the encoded (compressed) size
+            fits, too_many, body = 0, len(group), b""  # what fits, by the encoded (compressed) size
             while too_many - fits > 1:
                 middle = (fits + too_many) // 2
-                if len(encode_body([p.frame for p in group[:middle]])) <= room:
-                    fits = middle
+                candidate = encode_body([p.frame for p in group[:middle]])
+                if len(candidate) <= room:
+                    fits, body = middle, candidate
                 else:
                     too_many = middle
             group = group[:fits]
-            body = encode_body([p.frame for p in group]) if group else b""
     try:
         if group:
             readings = sum(p.readings for p in group)

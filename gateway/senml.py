@@ -151,6 +151,7 @@ def pack(node_id: str, channels: Sequence[Channel], frames: Sequence[Frame]) -> 
         if not count:
             first += b"\x22" + _number(base_time)
         parts.append(first + names[1])
+        # _number(offset), inlined for the common small offset: the call per reading was 9 % of a pack.
         parts += [
             b"\xa2\x02" + value + b"\x06" + (_SMALL[offset] if type(offset) is int and 0 <= offset < 4096 else _number(offset))
             if offset

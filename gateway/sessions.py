@@ -249,23 +249,18 @@ class Sessions:
 
     # ------------------------------------------------------------ replies
 
+    def _frame(self, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> bytes:
+        return encode(Message(mtype, node.node_id, self._next_counter(), fields, fr.F_DOWNLINK | flags))
+
     def _send(self, link: Link, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> None:
-        link.send(encode(Message(mtype, node.node_id, self._next_counter(), fields, fr.F_DOWNLINK | flags)))
+        link.send(self._frame(node, mtype, fields, flags))
 
     def _ack(self, link: Link, node: Node, counters: list[int]) -> None:
         link.send(b"".join(self._ack_frames(node, counters)))
 
     def _ack_frames(self, node: Node, counters: list[int]) -> list[bytes]:
         return [
-            encode(
-                Message(
-                    messages.ACK,
-                    node.node_id,
-                    self._next_counter(),
-                    {"counters": counters[start : start + messages.MAX_ACKS]},
-                    fr.F_DOWNLINK,
-                )
-            )
+            self._frame(node, messages.ACK, {"counters": counters[start : start + messages.MAX_ACKS]})
             for start in range(0, len(counters), messages.MAX_ACKS)
         ]
 
