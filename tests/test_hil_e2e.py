@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.hil
 
 RunScenario = Callable[..., Report]
+CHANNELS = ("temperature", "water_level", "counter")  # rows of the demo's live view, each with a value
 
 
 def assert_continuous(report: Report) -> None:
@@ -104,6 +106,7 @@ def test_hil_run_reports_a_loss_and_exits_non_zero(tmp_path: Path) -> None:
 
 
 def test_demo_shows_live_readings_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    expected = ("node", "channel", "latest value", "readings/min", "buffered on disk", *CHANNELS)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "demo"],
         stdout=subprocess.PIPE,
@@ -112,17 +115,32 @@ def test_demo_shows_live_readings_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         env=dict(os.environ, TMPDIR=str(tmp_path)),
         start_new_session=True,
     )
+    assert process.stdout is not None
+    lines: list[str] = []
+    shown = threading.Event()
+
+    def read() -> None:  # until a snapshot shows every channel of a node with its value: then Ctrl-C
+        assert process.stdout is not None
+        for raw in process.stdout:
+            lines.append(raw.decode(errors="replace"))
+            if all(re.search(r"^[0-9a-f]{16} +%s +\S" % channel, "".join(lines[-40:]), re.M) for channel in CHANNELS):
+                shown.set()
+        shown.set()  # the demo ended by itself: the assertions below say why
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(25)  # start-up, then two plain-text snapshots (one every 10 s when not on a terminal)
+        assert shown.wait(180), "no snapshot with live readings within 180 s:\n%s" % "".join(lines)
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        reader.join(10)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    text = out.decode(errors="replace")
+    text = "".join(lines)
     assert process.returncode == 0, text
-    for expected in ("node", "channel", "latest value", "readings/min", "temperature", "water_level", "counter", "buffered on disk"):
-        assert expected in text, text
+    for word in expected:
+        assert word in text, text
     assert "edgegw demo: stopped." in text
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False).stdout.split()
     assert leftovers == [], "processes left behind: %s" % leftovers
