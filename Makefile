@@ -14,7 +14,7 @@ EXCLUDE_esp32 := firmware/hal_unix\.py
 EXCLUDE_unix := firmware/hal_board\.py
 PORTABLE := protocols firmware
 
-.PHONY: all demo test lint typecheck-boards venv mosquitto bench clean
+.PHONY: all demo test test-fast lint typecheck-boards venv mosquitto bench clean
 
 all: test
 
@@ -58,6 +58,10 @@ lint: $(STAMP) typecheck-boards
 
 test: $(STAMP) mosquitto lint
 	$(BIN)/python -m pytest -q
+
+# The fast subset while working: no MicroPython VM, no brokers, gateways or nodes (markers: pyproject.toml).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not micropython and not processes"
 
 demo: $(STAMP) mosquitto
 	$(BIN)/edgegw demo

@@ -20,6 +20,21 @@ settings.load_profile("edgegw")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+# Fixtures that start real processes (the HIL plugin's, and the helpers below that wrap them).
+_PROCESS_FIXTURES = ("hil_broker", "hil_gateway", "hil_nodes", "hil_capture", "hil_scenario", "pytester")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they use: `micropython` runs the VM, `processes` starts brokers, gateways or nodes.
+    Tests that start processes without a fixture (the hil-marked ones, subprocess calls) mark themselves."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "micropython" in names:
+            item.add_marker(pytest.mark.micropython)
+        if any(name in names for name in _PROCESS_FIXTURES) or item.get_closest_marker("hil"):
+            item.add_marker(pytest.mark.processes)
+
+
 def _tool(name: str) -> str:
     found = find_tool(name)
     if found is None:

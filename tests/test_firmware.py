@@ -19,6 +19,8 @@ from protocols import Message, ProtocolError, StreamDecoder, encode, messages
 from protocols import frame as fr
 from tests.conftest import ROOT, run_micropython
 
+pytestmark = pytest.mark.micropython
+
 HEAP = os.environ.get("EDGEGW_TEST_HEAP", "64k")  # the heap the issue asks the node to run in
 
 

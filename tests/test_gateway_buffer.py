@@ -20,6 +20,8 @@ from hil.serial_pair import PtyCable
 from tests.conftest import ROOT
 from tests.test_gateway import counters_received, send_flow
 
+pytestmark = pytest.mark.processes
+
 NODE = bytes.fromhex("0000a4cf12b3c4d5")
 BUDGET = 10_000  # bytes: the smallest budget allowed, about 1,500 small frames compressed
 

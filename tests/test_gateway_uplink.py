@@ -14,6 +14,8 @@ from hil.gateway import GatewayProcess
 from hil.scripted_node import ScriptedNode
 from hil.serial_pair import PtyCable
 
+pytestmark = pytest.mark.processes
+
 NODE = bytes.fromhex("0000a4cf12b3c4d5")
 
 
