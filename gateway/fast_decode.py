@@ -42,10 +42,13 @@ def readings_fields(payload: bytes) -> dict[str, Any] | None:
         return None
     if not all(0 <= channel < messages.MAX_CHANNELS for channel in samples[0::3]):
         return None
+    offsets = samples[2::3]
+    if offsets and (min(offsets) < messages.MIN_OFFSET or max(offsets) > messages.MAX_OFFSET):
+        return None
     fields: dict[str, Any] = {"samples": samples}
     if _BASE_TIME in mapping:
         base_time = mapping[_BASE_TIME]
-        if type(base_time) is not int or not _INT_MIN <= base_time <= _INT_MAX:
+        if type(base_time) is not int or not 0 <= base_time <= messages.MAX_TIME:
             return None
         fields["base_time"] = base_time
     if cbor2.dumps(mapping) != payload:  # last: the dearest check

@@ -169,6 +169,41 @@ def _half_value(bits: int) -> float:
     return -value if bits & 0x8000 else value
 
 
+def _utf8_strict(raw: bytes) -> bool:
+    """RFC 3629 UTF-8: no overlong forms, no surrogates (U+D800-DFFF), nothing above U+10FFFF."""
+    pos = 0
+    end = len(raw)
+    while pos < end:
+        lead = raw[pos]
+        pos += 1
+        if lead < 0x80:
+            continue
+        low, high = 0x80, 0xBF  # the range of the first continuation byte
+        if 0xC2 <= lead <= 0xDF:
+            more = 1
+        elif 0xE0 <= lead <= 0xEF:
+            more = 2
+            if lead == 0xE0:
+                low = 0xA0  # below: an overlong 3-byte form
+            elif lead == 0xED:
+                high = 0x9F  # above: a surrogate
+        elif 0xF0 <= lead <= 0xF4:
+            more = 3
+            if lead == 0xF0:
+                low = 0x90  # below: an overlong 4-byte form
+            elif lead == 0xF4:
+                high = 0x8F  # above: beyond U+10FFFF
+        else:
+            return False  # a continuation byte, C0/C1 (overlong) or F5-FF
+        if pos + more > end or not low <= raw[pos] <= high:
+            return False
+        for index in range(pos + 1, pos + more):
+            if not 0x80 <= raw[index] <= 0xBF:
+                return False
+        pos += more
+    return True
+
+
 class _Reader:
     """Walks one buffer; `pos` only moves forward, every length is checked against what is left."""
 
@@ -214,9 +249,14 @@ class _Reader:
         if major == 3:
             raw = self.take(value)
             try:
-                return str(raw, "utf-8")
+                text = str(raw, "utf-8")
             except UnicodeError:
                 raise ProtocolError(E_CBOR, "text string is not valid UTF-8") from None
+            # MicroPython's str() lets overlong forms, surrogates and code points above
+            # U+10FFFF through; CPython's does not. This check makes both say the same.
+            if raw and max(raw) > 0x7F and not _utf8_strict(raw):
+                raise ProtocolError(E_CBOR, "text string is not valid UTF-8")
+            return text
         # Each element needs at least one byte: a count larger than what is left is a lie.
         if major == 4:
             if value > self.end - self.pos:

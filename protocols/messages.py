@@ -74,6 +74,11 @@ MAX_SAMPLES = const(64)  # per READINGS frame
 MAX_CHANNELS = const(32)  # per node
 MAX_SCALE = const(30)  # |channel scale|: 10^scale stays within what a double holds with room to spare
 MAX_ACKS = const(32)  # counters per ACK frame
+# Time bounds (SPEC.md §5.1): a time fits a C uint32_t, an offset an int32_t, and NaN or ±inf fail both.
+MAX_TIME = const(0xFFFFFFFF)  # READINGS base_time, TIME unix: seconds since 1970, up to 2106-02-07
+MIN_OFFSET = const(-0x80000000)  # READINGS dt, seconds: about ±68 years
+MAX_OFFSET = const(0x7FFFFFFF)
+MAX_MS = const(999)  # TIME ms
 
 # Payload schemas, one line per type, to keep them small on a node's heap:
 # "name kind" pairs whose position is the CBOR key ("- -" skips a key).
@@ -216,6 +221,8 @@ def _check_nested(mtype: int, fields: dict) -> None:
             if isinstance(scale, int) and not -MAX_SCALE <= scale <= MAX_SCALE:
                 raise ProtocolError(E_SCHEMA, "HELLO channel scale %d is beyond %d" % (scale, MAX_SCALE))
     elif mtype == READINGS:
+        if "base_time" in fields and not 0 <= fields["base_time"] <= MAX_TIME:
+            raise ProtocolError(E_SCHEMA, "READINGS.base_time is beyond 0 ... %d" % MAX_TIME)
         samples = fields["samples"]
         if len(samples) % 3:
             raise ProtocolError(E_SCHEMA, "READINGS.samples length %d is not a multiple of 3" % len(samples))
@@ -225,8 +232,11 @@ def _check_nested(mtype: int, fields: dict) -> None:
             channel = samples[index]
             if not _kind_ok(channel, "u") or channel >= MAX_CHANNELS:
                 raise ProtocolError(E_SCHEMA, "sample %d has a bad channel index" % (index // 3))
-            if not _kind_ok(samples[index + 1], "n") or not _kind_ok(samples[index + 2], "n"):
+            offset = samples[index + 2]
+            if not _kind_ok(samples[index + 1], "n") or not _kind_ok(offset, "n"):
                 raise ProtocolError(E_SCHEMA, "sample %d has a non-numeric value or offset" % (index // 3))
+            if not MIN_OFFSET <= offset <= MAX_OFFSET:
+                raise ProtocolError(E_SCHEMA, "sample %d has an offset beyond 2^31 s" % (index // 3))
     elif mtype == ACK:
         counters = fields["counters"]
         if len(counters) > MAX_ACKS:
@@ -234,6 +244,9 @@ def _check_nested(mtype: int, fields: dict) -> None:
         for counter in counters:
             if not _kind_ok(counter, "u") or counter > _frame.MAX_COUNTER:
                 raise ProtocolError(E_SCHEMA, "ACK counter out of range")
+    elif mtype == TIME:
+        if fields.get("unix", 0) > MAX_TIME or fields.get("ms", 0) > MAX_MS:
+            raise ProtocolError(E_SCHEMA, "TIME beyond unix %d or ms %d" % (MAX_TIME, MAX_MS))
     elif mtype == CONFIG:
         for key in fields.get("values", {}):
             if not isinstance(key, str):

@@ -57,6 +57,10 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
     if mtype == messages.READINGS and name == "samples":
         sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), numbers, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
         return st.lists(sample, max_size=12).map(lambda triples: [item for triple in triples for item in triple])
+    if mtype == messages.READINGS and name == "base_time":
+        return st.one_of(st.integers(0, messages.MAX_TIME), st.floats(0, messages.MAX_TIME))
+    if mtype == messages.TIME and name == "ms":
+        return st.integers(0, messages.MAX_MS)
     if mtype == messages.ACK and name == "counters":
         return st.lists(counters, max_size=messages.MAX_ACKS)
     if mtype == messages.CONFIG and name == "keys":

@@ -50,6 +50,10 @@ def test_the_firmware_shape_takes_the_fast_path() -> None:
         (bytes.fromhex("a1f93c0083000102"), "a key that is the float 1.0"),
         (bytes.fromhex("a101831820010a"), "channel 32"),
         (bytes.fromhex("a1018200 01".replace(" ", "")), "samples not in threes"),
+        (bytes.fromhex("a2001b0000000100000000018300010a"), "base_time 2^32, beyond a u32"),
+        (bytes.fromhex("a200200183000100"), "base_time -1"),
+        (bytes.fromhex("a1018300011a80000000"), "an offset of 2^31 s"),
+        (bytes.fromhex("a1018300013a80000000"), "an offset below -2^31 s"),
     ],
 )
 def test_anything_else_goes_to_the_portable_decoder(payload: bytes, why: str) -> None:
