@@ -80,7 +80,7 @@ VALID = [
             UP,
         ),
     ),
-    ("config_set", Message(messages.CONFIG, NODE, 9, {"op": messages.CONFIG_SET, "values": {"interval": 30}}, DOWN)),
+    ("config_set", Message(messages.CONFIG, NODE, 9, {"op": messages.CONFIG_SET, "values": {"interval": 30}}, DOWN | fr.F_ACK_REQ)),
     ("config_get", Message(messages.CONFIG, NODE, 10, {"op": messages.CONFIG_GET, "keys": ["interval"]}, DOWN)),
     (
         "config_report",
@@ -117,6 +117,23 @@ VALID = [
             {"frame": bytes.fromhex("1003017011223344556677000000020a0b0c0d"), "freq": 869525000, "sf": 12, "power": 14, "delay_ms": 1000},
             DOWN,
         ),
+    ),
+    (
+        "readings_extreme_values",
+        Message(
+            messages.READINGS,
+            NODE,
+            17,
+            {"base_time": messages.MAX_TIME, "samples": [0, -(2**64), messages.MIN_OFFSET, 31, 2**64 - 1, messages.MAX_OFFSET]},
+            UP,
+        ),
+    ),
+    ("time_extreme_values", Message(messages.TIME, NODE, 18, {"unix": messages.MAX_TIME, "ms": messages.MAX_MS}, DOWN)),
+    # Depth (SPEC.md §5.1): payload map 1, args map 2, list 3 ... list 7, the scalar in it 8.
+    ("depth_8_scalar", Message(messages.COMMAND, NODE, 19, {"id": 1, "action": "x", "args": {"a": [[[[[1]]]]]}}, DOWN | fr.F_ACK_REQ)),
+    (
+        "depth_8_empty_array",
+        Message(messages.COMMAND, NODE, 20, {"id": 2, "action": "x", "args": {"a": [[[[[[]]]]]]}}, DOWN | fr.F_ACK_REQ),
     ),
     (
         "reject",
@@ -168,6 +185,38 @@ def error_vectors() -> list[dict]:
         ("error_schema_missing", "READINGS without samples", framed(messages.READINGS, 31, "a1001a6afd0a80"), "schema"),
         ("error_schema_triples", "4 sample items: not a multiple of 3", framed(messages.READINGS, 32, "a1018400010200"), "schema"),
         ("error_schema_type", "LOG.text is a number", framed(messages.LOG, 33, "a2000401182a"), "schema"),
+        ("error_type_zero", "type 0x00 is never defined", framed(0x00, 34, "a0"), "type"),
+        ("error_too_long_encoded", "258 bytes without a delimiter", "01" * 258 + "00", "too_long"),
+        ("error_cbor_duplicate_key", "key 0 twice, as 00 and as 18 00", framed(messages.LOG, 35, "a300060161781800 06"), "cbor"),
+        ("error_cbor_overlong_utf8", "LOG text c0 80: an overlong NUL", framed(messages.LOG, 36, "a200060162c080"), "cbor"),
+        ("error_cbor_surrogate", "LOG text ed a0 80: the surrogate U+D800", framed(messages.LOG, 37, "a200060163eda080"), "cbor"),
+        (
+            "error_limit_scalar_depth_9",
+            "the scalar in a sixth nested list is at depth 9",
+            framed(messages.COMMAND, 38, "a3 0002 016178 02a16161 818181818181 01", DOWN | fr.F_ACK_REQ),
+            "limit",
+        ),
+        (
+            "error_limit_key_depth_9",
+            "a map at depth 8 with one entry: its key is at depth 9",
+            framed(messages.COMMAND, 39, "a3 0002 016178 02a16161 8181818181 a1616b01", DOWN | fr.F_ACK_REQ),
+            "limit",
+        ),
+        ("error_schema_not_a_map", "the payload is an array", framed(messages.LOG, 50, "820661 78"), "schema"),
+        ("error_schema_float_for_uint", "LOG.severity is 4.0, a float", framed(messages.LOG, 51, "a200f944000161 78"), "schema"),
+        ("error_schema_bool_for_number", "a sample value true", framed(messages.READINGS, 52, "a1018300f500"), "schema"),
+        (
+            "error_schema_null_for_optional",
+            "base_time null is not an absent base_time",
+            framed(messages.READINGS, 53, "a200f60180"),
+            "schema",
+        ),
+        ("error_schema_base_time_negative", "base_time -1", framed(messages.READINGS, 54, "a200200180"), "schema"),
+        ("error_schema_base_time_nan", "base_time NaN", framed(messages.READINGS, 55, "a200f97e000180"), "schema"),
+        ("error_schema_base_time_u32", "base_time 2^32", framed(messages.READINGS, 56, "a2001b00000001000000000180"), "schema"),
+        ("error_schema_offset_i32", "dt 2^31", framed(messages.READINGS, 57, "a1018300011a80000000"), "schema"),
+        ("error_schema_time_ms", "TIME ms 1000", framed(messages.TIME, 58, "a2001a6afd86c0011903e8", DOWN), "schema"),
+        ("error_schema_time_unix", "TIME unix 2^32", framed(messages.TIME, 59, "a1001b0000000100000000", DOWN), "schema"),
     ]
     return [{"name": name, "why": why, "hex": hex_text, "error": reason} for name, why, hex_text, reason in rows]
 
@@ -178,8 +227,50 @@ def decode_only_vectors() -> list[dict]:
         ("unknown_key_ignored", "key 24 is unknown to 1.0 and ignored", framed(messages.LOG, 40, "a30006016268691818646b6e6577")),
         ("minor_version_accepted", "version 1.3 is read as 1.x", framed(messages.LOG, 41, "a200060162686a", version=0x13)),
         ("leading_delimiters", "empty frames before a frame are skipped", "0000" + framed(messages.LOG, 42, "a200060162686b")),
+        ("empty_payload", "n = 0 is the empty map: a TIME request", framed(messages.TIME, 43, "", flags=0)),
+        ("non_shortest_integer", "severity 6 as 18 06", framed(messages.LOG, 44, "a20018060161 78")),
+        (
+            "non_shortest_floats",
+            "value 21.5 as a double, dt 0.5 as a single",
+            framed(messages.READINGS, 45, "a1018300fb4035800000000000fa3f000000"),
+        ),
+        ("keys_in_any_order", "key 1 before key 0", framed(messages.LOG, 46, "a2016178 0006")),
+        (
+            "unknown_keys_of_any_kind",
+            "keys -1, 'foo' and 100 are ignored with their values",
+            framed(messages.LOG, 47, "a500060161782001 63666f6ff5 1864a1616182 0102"),
+        ),
+        ("reserved_flags_ignored", "flag bits 3-6 set", framed(messages.LOG, 48, "a20006016178", flags=0x7A)),
     ]
     return [{"name": name, "why": why, "hex": hex_text} for name, why, hex_text in rows]
+
+
+# Counter windows (SPEC.md §4.3): [counter, class] steps, "hello" for a HELLO frame. Each NEW counter is
+# accepted; a HELLO whose counter is STALE resets the window. The first step starts from the initial state.
+WINDOWS = [
+    (
+        "a fresh window calls any counter new, and H < 256 needs no wrap-around",
+        [
+            [5, "new"],
+            [5, "duplicate"],
+            [0, "new"],
+            [0, "duplicate"],
+            [4, "new"],
+            [300, "new"],
+            [45, "new"],
+            [44, "stale"],
+            [45, "duplicate"],
+        ],
+    ),
+    ("counter 0 first", [[0, "new"], [255, "new"], [0, "duplicate"], [256, "new"], [0, "stale"], [1, "new"], [1, "duplicate"]]),
+    ("a jump of 256 or more forgets the bitmap", [[10, "new"], [11, "new"], [267, "new"], [11, "stale"], [12, "new"], [266, "new"]]),
+    ("the top of the u32 range", [[0xFFFFFFFF, "new"], [0xFFFFFFFF, "duplicate"], [0xFFFFFF00, "new"], [0xFFFFFEFF, "stale"]]),
+    ("a shift of 255 keeps the oldest bit", [[0, "new"], [255, "new"], [0, "duplicate"], [1, "new"], [256, "new"], [1, "duplicate"]]),
+    (
+        "a HELLO with a stale counter resets the window",
+        [[1000, "new"], [3, "stale"], [3, "stale", "hello"], [3, "duplicate"], [4, "new"], [999, "new"], [1000, "new"]],
+    ),
+]
 
 
 def main() -> None:
@@ -257,6 +348,22 @@ def main() -> None:
         else:
             cbor_vectors.append({"hex": cbor.dumps(value).hex(), "value": to_json(value)})
     cbor_vectors.append({"hex": "f97e00", "nan": True})
+    cbor_vectors.append({"hex": "8181818181818180", "value": [[[[[[[[]]]]]]]]})  # an empty array at depth 8
+    # Accepted, never produced: non-shortest integers and floats, other NaNs, keys out of order.
+    for hex_text, value in (
+        ("1801", 1),
+        ("1b0000000000000001", 1),
+        ("3800", -1),
+        ("fa3fc00000", 1.5),
+        ("fb3ff8000000000000", 1.5),
+        ("a2030401 02", {3: 4, 1: 2}),
+        ("780161", "a"),
+    ):
+        cbor_vectors.append({"hex": hex_text, "value": to_json(value), "decode_only": True})
+    for hex_text in ("fa7fc00000", "fb7ff8000000000000", "f97e01"):
+        cbor_vectors.append({"hex": hex_text, "nan": True, "decode_only": True})
+    for deep in ("818181818181818101", "818181818181818180", "81818181818181a10000"):
+        cbor_vectors.append({"hex": deep, "error": "limit"})
     for bad in (
         "1c",
         "5f4101ff",
@@ -269,12 +376,17 @@ def main() -> None:
         "a1f401",
         "a201010102",
         "9b00000000ffffffff",
+        "62c080",
+        "63eda080",
+        "64f4908080",
+        "a1f93c0000",
     ):
         cbor_vectors.append({"hex": bad, "error": "cbor"})
     document = {
         "comment": "Golden vectors for the edgegw wire protocol 1.0; see protocols/SPEC.md. Generated by tests/make_vectors.py.",
         "frames": frames,
         "cbor": cbor_vectors,
+        "window": [{"why": why, "steps": steps} for why, steps in WINDOWS],
     }
     path = ROOT / "protocols" / "vectors" / "vectors.json"
     path.write_text(json.dumps(document, indent=1) + "\n")

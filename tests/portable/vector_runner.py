@@ -104,10 +104,29 @@ def run_cbor_vector(vector):
     return result
 
 
+def run_window_vector(vector):
+    """The class the counter window gives each step; NEW counters are accepted, a STALE HELLO resets."""
+    from protocols import window
+
+    names = {window.NEW: "new", window.DUPLICATE: "duplicate", window.STALE: "stale"}
+    counters = window.CounterWindow()
+    classes = []
+    for step in vector["steps"]:
+        counter = step[0]
+        verdict = counters.check(counter)
+        classes.append(names[verdict])
+        if verdict == window.NEW:
+            counters.accept(counter)
+        elif verdict == window.STALE and len(step) > 2 and step[2] == "hello":
+            counters.reset(counter)
+    return {"classes": classes}
+
+
 def run_all(vectors):
     return {
         "frames": [run_frame_vector(vector) for vector in vectors["frames"]],
         "cbor": [run_cbor_vector(vector) for vector in vectors["cbor"]],
+        "window": [run_window_vector(vector) for vector in vectors["window"]],
     }
 
 
