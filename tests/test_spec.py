@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import calendar
 import json
+import pathlib
 import re
+import shutil
+import subprocess
 import zlib
 
 import pytest
@@ -62,3 +65,44 @@ def test_crc_check_value_and_epoch_offset() -> None:
     assert "`0xCBF43926`" in SPEC
     assert calendar.timegm((2000, 1, 1, 0, 0, 0)) == messages.EPOCH_2000_OFFSET
     assert "**%d**" % messages.EPOCH_2000_OFFSET in SPEC
+
+
+C_WINDOW = re.search(r"```c\n(/\* Bit i of the window.*?)```", SPEC, re.S)
+C_MAIN = r"""
+#include <stdio.h>
+int main(void) {  /* stdin: "R" starts a fresh window, "counter hello" is one step; prints each class */
+    window_t s = {0}, fresh = {0};
+    char word[24];
+    unsigned long counter;
+    int hello;
+    while (scanf("%23s", word) == 1) {
+        if (word[0] == 'R') { s = fresh; continue; }
+        counter = strtoul(word, NULL, 10);
+        if (scanf("%d", &hello) != 1) return 1;
+        int verdict = window_check(&s, (uint32_t)counter);
+        printf("%d\n", verdict);
+        if (verdict == NEW) window_accept(&s, (uint32_t)counter);
+        else if (verdict == STALE && hello) window_reset(&s, (uint32_t)counter);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_the_c_window_code_in_spec_agrees_with_the_window_vectors(tmp_path: pathlib.Path) -> None:
+    """§4.3's C code, compiled as it stands, gives every class the window vectors expect."""
+    assert C_WINDOW, "SPEC.md §4.3 has no C window code"
+    source = tmp_path / "window.c"
+    source.write_text("#include <stdint.h>\n#include <stdlib.h>\n" + C_WINDOW.group(1) + C_MAIN)
+    binary = tmp_path / "window"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True)
+    lines, expected = [], []
+    for vector in json.loads((ROOT / "protocols" / "vectors" / "vectors.json").read_text())["window"]:
+        lines.append("R")
+        for step in vector["steps"]:
+            lines.append("%d %d" % (step[0], len(step) > 2 and step[2] == "hello"))
+            expected.append(step[1])
+    done = subprocess.run([str(binary)], input="\n".join(lines), capture_output=True, text=True, check=True)
+    names = ["new", "duplicate", "stale"]
+    assert [names[int(word)] for word in done.stdout.split()] == expected
