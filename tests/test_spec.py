@@ -89,6 +89,7 @@ int main(void) {  /* stdin: "R" starts a fresh window, "counter hello" is one st
 """
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_the_c_window_code_in_spec_agrees_with_the_window_vectors(tmp_path: pathlib.Path) -> None:
     """§4.3's C code, compiled as it stands, gives every class the window vectors expect."""
@@ -96,13 +97,13 @@ def test_the_c_window_code_in_spec_agrees_with_the_window_vectors(tmp_path: path
     source = tmp_path / "window.c"
     source.write_text("#include <stdint.h>\n#include <stdlib.h>\n" + C_WINDOW.group(1) + C_MAIN)
     binary = tmp_path / "window"
-    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True)
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True, capture_output=True, timeout=120)
     lines, expected = [], []
     for vector in json.loads((ROOT / "protocols" / "vectors" / "vectors.json").read_text())["window"]:
         lines.append("R")
         for step in vector["steps"]:
             lines.append("%d %d" % (step[0], len(step) > 2 and step[2] == "hello"))
             expected.append(step[1])
-    done = subprocess.run([str(binary)], input="\n".join(lines), capture_output=True, text=True, check=True)
+    done = subprocess.run([str(binary)], input="\n".join(lines), capture_output=True, text=True, check=True, timeout=60)
     names = ["new", "duplicate", "stale"]
     assert [names[int(word)] for word in done.stdout.split()] == expected
