@@ -24,7 +24,7 @@ from .forwarder import Forwarder
 from .layouts import Layouts
 from .serial_link import PortManager
 from .sessions import Sessions
-from .store import Store
+from .store import Store, StoreError
 from .store_worker import StoreWorker
 from .uplink import Uplink, UplinkEvents
 
@@ -71,7 +71,11 @@ class Agent:
         return counter & 0xFFFFFFFF
 
     async def _reserve_downlink(self) -> None:
-        start = await self.worker.call(self.worker.store.reserve, "downlink_counter", DOWNLINK_BLOCK)
+        try:
+            start = await self.worker.call(self.worker.store.reserve, "downlink_counter", DOWNLINK_BLOCK)
+        except StoreError as error:  # half a block is still left; the next downlink frame tries again
+            log.error("%s; downlink counters not reserved yet", error)
+            start = self._downlink_limit - DOWNLINK_BLOCK
         self._downlink_limit = start + DOWNLINK_BLOCK
         self._reserving = False
 
@@ -94,7 +98,7 @@ class Agent:
         self.uplink.subscriptions = ["%s/%s/nodes/+/config/set" % (cfg.mqtt.topic_prefix, cfg.gateway_id)]
         topic_base = "%s/%s" % (cfg.mqtt.topic_prefix, cfg.gateway_id)
         self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight, layouts, topic_base)
-        self.committer = Committer(self.worker, layouts, cfg.when_full, self._committed)
+        self.committer = Committer(self.worker, layouts, cfg.when_full, self._committed, node_drops=lambda: self.sessions.reported_drops())
         self.sessions = Sessions(
             cfg.gateway_id,
             cfg.mqtt.topic_prefix,
@@ -166,7 +170,13 @@ class Agent:
 
     def _flush_infos(self) -> None:
         infos, self._infos = self._infos, {}
-        asyncio.get_running_loop().create_task(self.worker.call(self.worker.store.save_node_infos, infos))
+        asyncio.get_running_loop().create_task(self._write_infos(infos))
+
+    async def _write_infos(self, infos: dict[str, str]) -> None:
+        try:
+            await self.worker.call(self.worker.store.save_node_infos, infos)
+        except StoreError as error:  # the nodes say HELLO again after a restart; nothing is lost for good
+            log.error("%s; node info not saved", error)
 
     def _committed(self, result: CommitResult) -> None:
         self.sessions.committed(result)

@@ -15,14 +15,14 @@ from typing import Any
 from protocols import CounterWindow
 
 from .layouts import Layout, Layouts
-from .store import FRAME_OVERHEAD, ROW_OVERHEAD, Chunk, Store, StoredFrame, StoreError, WindowState, encode_body
+from .store import FRAME_OVERHEAD, Chunk, Store, StoredFrame, StoreError, StoreFull, WindowState, encode_body
 from .store_worker import StoreWorker
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 4096  # frames per transaction
 EPISODE_CHECK_S = 1.0  # while full and idle, how often the fill level is looked at
-ROOM_AGAIN = 0.9  # a full episode ends once the buffer is below this fraction of max_bytes
+ROOM_AGAIN = 0.9  # a full episode ends once the buffer is below this fraction of its budget
 
 
 @dataclass
@@ -51,8 +51,10 @@ class _Outcome:
     chunk_id: int = 0
     dropped_readings: int = 0  # evicted to make room (drop_oldest)
     full: bool = False  # the budget was hit by this group
-    fill: float = 0.0  # used / max_bytes after the transaction
+    why_full: str = ""  # which budget: max_bytes, or the disk when it is smaller
+    fill: float = 0.0  # used / budget after the transaction
     problem: str = ""  # a disk error, already phrased for the log
+    group_bytes: int = 0  # the largest chunk body the next commit should take
 
 
 @dataclass
@@ -103,13 +105,13 @@ def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list
     holding: a stop_acking episode is on; nothing is taken until the buffer is below ROOM_AGAIN,
     so that the frames a node keeps are one run, not every other one.
     """
-    outcome = _Outcome()
+    outcome = _Outcome(group_bytes=store.max_group_bytes())
     if holding and store.fill() >= ROOM_AGAIN:
         outcome.full = True
         outcome.fill = store.fill()
         return outcome
     make_room = False
-    room = store.max_bytes - store.used_bytes - ROW_OVERHEAD
+    room = store.room()
     body = encode_body([p.frame for p in group])
     if len(body) > room:
         outcome.full = True
@@ -133,17 +135,33 @@ def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list
                 [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body
             )
             outcome.stored = len(group)
+    except StoreFull:  # the estimate of room() was short: nothing stored, the nodes keep these frames
+        outcome.full = True
     except StoreError as error:
         outcome.problem = str(error)
     except Exception as error:  # a bug here must cost these frames their ACK, not the committer
         log.exception("commit failed")
         outcome.problem = "commit failed: %s" % error
     outcome.fill = store.fill()
+    if outcome.full:
+        outcome.why_full = store.budget().describe()
     return outcome
 
 
+def _dropped_since(before: dict[str, int], now: dict[str, int]) -> int:
+    """Frames the nodes say they dropped between two readings of their STATUS `dropped` (a node that rebooted counts from 0)."""
+    return sum(count - before.get(node, 0) if count >= before.get(node, 0) else count for node, count in now.items())
+
+
 class Committer:
-    def __init__(self, worker: StoreWorker, layouts: Layouts, when_full: str, on_done: Callable[[CommitResult], None]) -> None:
+    def __init__(
+        self,
+        worker: StoreWorker,
+        layouts: Layouts,
+        when_full: str,
+        on_done: Callable[[CommitResult], None],
+        node_drops: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self._worker = worker
         self._layouts = layouts
         self._when_full = when_full
@@ -153,14 +171,19 @@ class Committer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._node_drops = node_drops  # node -> frames it says it dropped (its STATUS), to report episodes with
+        self._group_bytes = worker.store.max_group_bytes()
         self.full_episode = False
         self.dropped_in_episode = 0
-        self.last_error = ""
+        self._drops_at_full: dict[str, int] = {}
+        self.problem = ""  # the disk error of the current episode, while frames cannot be written
+        self._refused: set[tuple[str, int]] = set()  # (node, counter) not acknowledged during it, each once
+        self._drops_at_problem: dict[str, int] = {}
 
     def _group_size(self) -> int:
-        """Frames for the next transaction: at most MAX_GROUP, and at most a quarter of the budget,
-        so that with drop_oldest a group always fits once old rows are evicted."""
-        limit = self._worker.store.max_bytes // 4 - ROW_OVERHEAD
+        """Frames for the next transaction: at most MAX_GROUP, and at most a quarter of the data budget and
+        of the WAL allowance, so that with drop_oldest a group always fits once old rows are evicted."""
+        limit = self._group_bytes
         size = 0
         for count, pending in enumerate(self._queue[:MAX_GROUP]):
             size += _frame_cost(pending)
@@ -195,7 +218,8 @@ class Committer:
                 layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())
                 holding = self.full_episode and self._when_full == "stop_acking"
                 outcome = await self._worker.call(_commit, self._worker.store, group, plan, layouts, self._when_full, holding)
-                self._report(outcome, len(group))
+                self._group_bytes = outcome.group_bytes
+                self._report(outcome, group)
                 stored = group[: outcome.stored]
                 log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)
                 chunk = None
@@ -207,28 +231,46 @@ class Committer:
             if self._stopping:
                 return
 
-    def _report(self, outcome: _Outcome, frames: int) -> None:
-        """Log a buffer-full episode once when it starts and once when it ends, never silently."""
+    def _report(self, outcome: _Outcome, group: list[Pending]) -> None:
+        """Log a buffer-full episode and a disk-error episode once when it starts and once when it ends, never silently."""
         self.dropped_in_episode += outcome.dropped_readings
         if outcome.full and not self.full_episode:
             self.full_episode = True
+            self._drops_at_full = self._node_drops()
             if self._when_full == "stop_acking":
-                log.error("buffer full (max_bytes reached): not acknowledging new readings; nodes keep them")
+                log.error("buffer full (%s): not acknowledging new readings; nodes keep them", outcome.why_full)
             else:
-                log.error("buffer full (max_bytes reached): dropping the oldest buffered readings to take new ones")
+                log.error("buffer full (%s): dropping the oldest buffered readings to take new ones", outcome.why_full)
         elif outcome.stored and not outcome.full:
             self._end_episode_below(outcome.fill)
         if outcome.problem:
-            if outcome.problem != self.last_error:
-                log.error("%s; %d frames not acknowledged, nodes will resend them", outcome.problem, frames)
-            self.last_error = outcome.problem
-        else:
-            self.last_error = ""
+            if not self.problem:
+                self._drops_at_problem = self._node_drops()
+                log.error("%s; not acknowledging new readings until it can be written again (the nodes keep them)", outcome.problem)
+            self.problem = outcome.problem
+            self._refused.update((pending.node, pending.counter) for pending in group[outcome.stored :])
+        elif outcome.stored and self.problem:
+            log.warning(
+                "the buffer can be written again; %d frames from %d nodes were not acknowledged meanwhile,"
+                " and the nodes report %d frames dropped from their full rings (STATUS `dropped`)",
+                len(self._refused),
+                len({node for node, _counter in self._refused}),
+                _dropped_since(self._drops_at_problem, self._node_drops()),
+            )
+            self.problem = ""
+            self._refused.clear()
 
     def _end_episode_below(self, fill: float) -> None:
         if self.full_episode and fill < ROOM_AGAIN:
             self.full_episode = False
-            log.warning("buffer has room again; %d readings were dropped while it was full", self.dropped_in_episode)
+            if self._when_full == "stop_acking":
+                log.warning(
+                    "buffer has room again; the gateway dropped no readings, the nodes report %d frames dropped"
+                    " from their full rings while it was full (STATUS `dropped`)",
+                    _dropped_since(self._drops_at_full, self._node_drops()),
+                )
+            else:
+                log.warning("buffer has room again; %d readings were dropped while it was full", self.dropped_in_episode)
             self.dropped_in_episode = 0
 
     async def drain(self) -> None:

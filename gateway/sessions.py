@@ -99,6 +99,10 @@ class Sessions:
             node = self._by_id[node_id] = self.nodes[node_hex(node_id)] = Node(node_id, CounterWindow())
         return node
 
+    def reported_drops(self) -> dict[str, int]:
+        """Node -> frames it says it dropped from its ring since it booted (the `dropped` of its latest STATUS)."""
+        return {node.hex: node.status["dropped"] for node in self.nodes.values() if type(node.status.get("dropped")) is int}
+
     # ------------------------------------------------------------ LinkHandler
 
     def message(self, link: Link, message: ReceivedMessage) -> None:

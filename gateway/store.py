@@ -10,35 +10,48 @@ after the broker acknowledged every pack built from it. Each node's duplicate
 window and any new channel layout are stored in the same transaction as the
 frames they admitted, so suppression and meaning survive restarts.
 
+Disk: max_bytes bounds every file the buffer keeps in data_dir (the database,
+its -wal and -shm, and a reserve file), and so does the free space of the
+filesystem when that is smaller (gateway/disk.py). Space is kept aside inside
+the budget so that deleting and checkpointing can always proceed: a WAL
+allowance (the WAL is checkpointed on the store thread before it outgrows it,
+and truncated back) and a reserve file that is given up when the disk fills
+up anyway. A damaged database is salvaged row by row into a fresh one
+(gateway/salvage.py).
+
 This class is synchronous and not thread-safe; the agent runs it on one
-dedicated thread, off the event loop.
+dedicated thread, off the event loop (checkpoint() excepted).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import cbor2
 
 from protocols.frame import MAX_PAYLOAD, WINDOW
 
+from . import disk, salvage
 from .layouts import Layout
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DB_NAME = "buffer.sqlite3"
 SCHEMA_VERSION = 2
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-ROW_OVERHEAD = 40  # bytes SQLite spends per chunk row beyond its body, for the budget
 FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
+DELETE_SLICE = 64  # chunks deleted in one transaction: a delete's WAL stays small
 _RAW, _ZLIB = b"\x00", b"\x01"  # the body's first byte
 
 _SCHEMA = """
@@ -69,6 +82,10 @@ CREATE TABLE IF NOT EXISTS totals (
 
 class StoreError(Exception):
     """The buffer cannot be used (disk full, read-only, unreadable); the message says what to do."""
+
+
+class StoreFull(StoreError):
+    """A commit did not fit the budget (max_bytes, or the disk when it is smaller): nothing was written."""
 
 
 class StoredFrame(NamedTuple):
@@ -115,27 +132,54 @@ def decode_body(body: bytes, received: float) -> list[StoredFrame]:
     return frames
 
 
+def _is_full(error: sqlite3.Error) -> bool:
+    """SQLite's "database or disk is full", or -shm that could not grow (it writes it page by page to find out)."""
+    code = getattr(error, "sqlite_errorcode", 0)
+    return code & 0xFF == 13 or code == 4874  # SQLITE_FULL, SQLITE_IOERR_SHMSIZE
+
+
 class Store:
     """The buffer database; see the module docstring for the rules it keeps."""
 
     def __init__(self, data_dir: Path, max_bytes: int) -> None:
-        self.path = Path(data_dir) / DB_NAME
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
         self.max_bytes = max_bytes
         try:
-            Path(data_dir).mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StoreError("cannot create data_dir %s: %s" % (data_dir, error.strerror)) from None
+            fix = disk.diagnose(_existing_parent(self.data_dir), [], 0)
+            raise StoreError("cannot create data_dir %s: %s%s" % (data_dir, error.strerror, "; " + fix if fix else "")) from None
         self.moved_aside: Path | None = None
+        self.salvaged: salvage.Report | None = None
+        self._reserve = disk.Reserve(Path(str(self.path) + ".reserve"))
+        self.disk_full = ""  # why, while the disk is full and the reserve given up
         self._checkpointer: sqlite3.Connection | None = None
-        self._db = self._open_checked()
-        self._bytes, self._rows, self._readings = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), COALESCE(SUM(readings), 0) FROM chunks"
-        ).fetchone()
+        self._checkpoint_lock = threading.Lock()  # one checkpoint at a time, whichever thread asks
+        self._wal_limit = 0
+        try:
+            self._db = self._open()
+        except OSError as error:  # a file it may not touch, a filesystem gone read-only
+            raise StoreError(self._problem("open", error.strerror, disk.OPEN_NEEDS)) from None
+        self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._rows, self._readings = self._db.execute("SELECT COUNT(*), COALESCE(SUM(readings), 0) FROM chunks").fetchone()
+        self._live = self._live_pages()
+        self.budget()
+        if not self._reserve.make():
+            self._full("the disk has less than %d bytes free for the buffer's reserve" % disk.RESERVE_BYTES)
 
     # ------------------------------------------------------------ opening
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    def _files(self) -> list[Path]:
+        return [Path(str(self.path) + suffix) for suffix in ("", "-wal", "-shm")] + [self._reserve.path]
+
+    def _problem(self, what: str, error: object, needed: int = disk.RESERVE_BYTES) -> str:
+        """An error message that says what to fix when the cause can be found."""
+        fix = disk.diagnose(self.data_dir, self._files(), needed)
+        return "cannot %s %s: %s%s" % (what, self.path, error, "; " + fix if fix else "")
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed transaction survives power loss, not just a crash.
         db.execute("PRAGMA synchronous=FULL")
@@ -145,12 +189,17 @@ class Store:
         # Checkpoints (copying the WAL into the database file, with its own fsync) run on their own
         # connection and thread (checkpoint()), not inside a commit that nodes are waiting on.
         db.execute("PRAGMA wal_autocheckpoint=0")
-        self._upgrade(db)
-        db.executescript(_SCHEMA)
-        db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+        # Debian builds SQLite with SECURE_DELETE, which writes every freed page, zeroed, to the WAL: a
+        # delete would need as much room as the chunks it frees, and on a full disk none could commit.
+        db.execute("PRAGMA secure_delete=FAST")
+        self._upgrade(db, path)
+        if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('chunks', 'layouts', 'nodes', 'totals')").fetchone()[0] < 4:
+            db.executescript(_SCHEMA)
+        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # a write: only when it changes
+            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
         return db
 
-    def _upgrade(self, db: sqlite3.Connection) -> None:
+    def _upgrade(self, db: sqlite3.Connection, path: Path) -> None:
         """A buffer of edgegw 0.1 (ready SenML per frame, table `batches`) is taken over only when empty."""
         old = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='batches'").fetchone()
         if old is None:
@@ -160,38 +209,52 @@ class Store:
             db.close()
             raise StoreError(
                 "%s holds %d batches buffered by an older edgegw in a format this version does not publish;"
-                " run the older version until its buffer is empty, or move the file aside" % (self.path, waiting)
+                " run the older version until its buffer is empty, or move the file aside" % (path, waiting)
             )
         db.execute("DROP TABLE batches")
 
+    def _open(self) -> sqlite3.Connection:
+        if disk.free_bytes(self.data_dir) < disk.OPEN_NEEDS and self._reserve.release():
+            log.warning("the disk of %s is full: gave up the buffer's reserve to open the database", self.data_dir)
+        salvage.finish_interrupted(self.path)
+        if self.path.exists() and disk.size(self.path) == 0 and disk.size(Path(str(self.path) + "-wal")) == 0:
+            log.error("buffer database %s is an empty file (0 bytes): whatever it held is gone; starting a fresh one", self.path)
+        return self._open_checked()
+
     def _open_checked(self) -> sqlite3.Connection:
-        """Open the database; one that fails its integrity check is moved aside and replaced."""
+        """Open the database; a damaged one is salvaged into a fresh one and set aside."""
         try:
-            db = self._connect()
+            db = self._connect(self.path)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             if verdict == "ok":
                 return db
             db.close()
             reason = verdict
         except sqlite3.DatabaseError as error:
-            # Only a damaged file is moved aside; locked, unreadable or full is the operator's to fix.
+            # Only a damaged file is salvaged; locked, unreadable or full is the operator's to fix.
             if getattr(error, "sqlite_errorcode", None) not in _CORRUPT_CODES:
-                raise StoreError("cannot open %s: %s" % (self.path, error)) from None
+                raise StoreError(self._problem("open", error, disk.OPEN_NEEDS)) from None
             reason = str(error)
-        aside = self.path.with_name("%s.corrupt-%d" % (self.path.name, int(time.time())))
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(self.path) + suffix)
-            if source.exists():
-                source.rename(Path(str(aside) + suffix))
-        self.moved_aside = aside
-        log.error("buffer database %s failed its integrity check (%s); moved aside to %s, starting a fresh one", self.path, reason, aside)
-        return self._connect()
+        try:
+            self.moved_aside, self.salvaged = salvage.salvage(self.path, reason, self._connect, decode_body)
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(self._problem("salvage the damaged buffer", error, disk.size(self.path))) from None
+        try:
+            return self._connect(self.path)
+        except sqlite3.Error as error:
+            raise StoreError(self._problem("open", error, disk.OPEN_NEEDS)) from None
 
     def close(self) -> None:
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.close()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
+        """Fold the WAL into the database and close; never raises (a stop must finish, even on a full disk)."""
+        try:
+            with self._checkpoint_lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as error:
+            log.warning("could not fold the WAL into %s at stop (%s); SQLite applies it at the next start", self.path, error)
+        for db in (self._db, self._checkpointer):
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy the WAL into the database file; safe to call from a thread other than the store's.
@@ -200,14 +263,99 @@ class Store:
         PASSIVE: it never blocks a commit, it only copies what no commit is writing at that moment.
         Committed data is durable in the WAL already; this keeps the WAL from growing.
         """
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        with self._checkpoint_lock:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            return self._passive(self._checkpointer)
+
+    @staticmethod
+    def _passive(db: sqlite3.Connection) -> tuple[int, int, int]:
         try:
-            busy, wal_pages, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, wal_pages, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as error:  # busy or full: the next one tries again; the WAL only grows meanwhile
             log.debug("checkpoint skipped: %s", error)
             return (1, -1, -1)
         return int(busy), int(wal_pages), int(copied)
+
+    # ------------------------------------------------------------ the disk budget
+
+    def _live_pages(self) -> int:
+        db = self._db
+        return int(db.execute("PRAGMA page_count").fetchone()[0]) - int(db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def budget(self) -> disk.Budget:
+        files = self._files()
+        found = disk.budget(
+            self.max_bytes, sum(disk.size(path) for path in files), disk.free_bytes(self.data_dir), self.page_size, disk.size(files[1])
+        )
+        if found.wal != self._wal_limit:
+            # After a checkpoint lets the WAL start over, SQLite cuts the file back to this.
+            self._db.execute("PRAGMA journal_size_limit = %d" % (found.wal // 2))
+            self._wal_limit = found.wal
+        return found
+
+    def disk_bytes(self) -> int:
+        """Bytes of every file the buffer has in data_dir: what max_bytes bounds."""
+        return sum(disk.size(path) for path in self._files())
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of database pages in use (data, windows, layouts, schema): what the data part of the budget is compared with."""
+        return self._live * self.page_size
+
+    def fill(self) -> float:
+        """Database pages in use as a fraction of those the budget allows."""
+        return self._live / max(1, self.budget().data_pages)
+
+    def room(self) -> int:
+        """Bytes of chunk body that fit the budget now; commit() checks exactly, this is for choosing what to try."""
+        pages = self.budget().data_pages - self._live - 2  # a leaf page split, a page of windows
+        return max(0, pages * (self.page_size - 64))
+
+    def max_group_bytes(self) -> int:
+        """The largest chunk body one commit should take: a quarter of the data budget and of the WAL allowance."""
+        found = self.budget()
+        return max(1024, min(found.data_pages * self.page_size, found.wal) // 4)
+
+    def _wal_room(self) -> None:
+        """Before a write: a WAL past half its allowance is checkpointed here, so the write starts it over."""
+        if disk.size(Path(str(self.path) + "-wal")) > self._wal_limit // 2:
+            with self._checkpoint_lock:
+                self._passive(self._db)
+
+    def _full(self, why: str) -> None:
+        """The disk is full: give the reserve back, so that deletes and checkpoints go through."""
+        if not self.disk_full and self._reserve.release():
+            log.warning("disk full in %s (%s): gave up the buffer's %d-byte reserve so deletes can go on", self.data_dir, why, disk.RESERVE_BYTES)
+        self.disk_full = why
+
+    def _ready_for_new(self) -> None:
+        """New readings are taken only while the reserve is in place; a disk that filled up has to make room for it first."""
+        if self.disk_full or not self._reserve.present:
+            if not self._reserve.make():
+                raise StoreError(
+                    "disk full: %s has %d bytes free and the buffer keeps %d free for deleting before it takes new readings;"
+                    " free some space there" % (self.data_dir, disk.free_bytes(self.data_dir), disk.RESERVE_BYTES)
+                )
+            if self.disk_full:
+                log.warning("disk in %s has room again: the buffer's reserve is back", self.data_dir)
+            self.disk_full = ""
+        self._wal_room()
+
+    def _write(self, what: str, work: Callable[[], T]) -> T:
+        """A write that must go through (deletes, counters): on a full disk, give up the reserve and try once more."""
+        self._wal_room()
+        for attempt in range(2):
+            try:
+                return work()
+            except sqlite3.Error as error:
+                self._rollback()
+                if attempt or not _is_full(error):
+                    raise StoreError(self._problem(what, error)) from None
+                self._full(str(error))
+                with self._checkpoint_lock:
+                    self._passive(self._db)  # a WAL folded in can start over, in the file's existing space
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ what a restart needs
 
@@ -220,15 +368,6 @@ class Store:
 
     # ------------------------------------------------------------ writing
 
-    @property
-    def used_bytes(self) -> int:
-        """Body bytes buffered plus a per-row allowance: what max_bytes is compared with."""
-        return int(self._bytes + ROW_OVERHEAD * self._rows)
-
-    def fill(self) -> float:
-        """used_bytes as a fraction of the budget."""
-        return self.used_bytes / self.max_bytes
-
     def commit(
         self,
         frames: list[StoredFrame],
@@ -240,33 +379,20 @@ class Store:
     ) -> tuple[int, int]:
         """Store frames as one chunk, with the windows that admitted them and the layouts they need, in one transaction.
 
-        With make_room, the oldest chunks are evicted first until the new one fits, and the
-        eviction and its count commit together with it. body: encode_body(frames), when the caller has it.
-        Returns (chunk id, readings evicted).
+        The budget is checked inside the transaction, in pages as SQLite counts them: over it, the
+        transaction is rolled back (StoreFull), or with make_room the oldest chunks are evicted first
+        until the new one fits, and the eviction and its count commit together with it.
+        body: encode_body(frames), when the caller has it. Returns (chunk id, readings evicted).
+        A full disk or any other failure is a StoreError and nothing is written.
         """
         db = self._db
         if body is None:
             body = encode_body(frames)
+        limit = self.budget().data_pages
+        self._ready_for_new()
         try:
             db.execute("PRAGMA synchronous=FULL")  # whatever a delete left it at: this one is acknowledged to nodes
             db.execute("BEGIN IMMEDIATE")
-            freed_bytes = freed_rows = evicted = 0
-            if make_room:
-                over = self.used_bytes + len(body) + ROW_OVERHEAD - self.max_bytes  # bytes to free
-                while over > 0 and self._rows - freed_rows:
-                    rows = db.execute("SELECT id, LENGTH(body), readings FROM chunks ORDER BY id LIMIT 64").fetchall()
-                    if not rows:
-                        break
-                    for row_id, size, row_readings in rows:
-                        db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
-                        freed_bytes += size
-                        freed_rows += 1
-                        evicted += row_readings
-                        over -= size + ROW_OVERHEAD
-                        if over <= 0:
-                            break
-                if evicted:
-                    self._add_total("dropped_readings", evicted)
             cursor = db.execute(
                 "INSERT INTO chunks (received, frames, readings, body) VALUES (?, ?, ?, ?)",
                 (frames[0].received, len(frames), readings, body),
@@ -282,11 +408,31 @@ class Store:
                     "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
                     [(layout.id, layout.node, layout.channels_json()) for layout in layouts],
                 )
+            live = self._live_pages()
+            freed_rows = evicted = 0
+            while live > limit and make_room:
+                rows = db.execute("SELECT id, readings FROM chunks WHERE id < ? ORDER BY id LIMIT 64", (chunk_id,)).fetchall()
+                for row_id, row_readings in rows:
+                    db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
+                    freed_rows += 1
+                    evicted += row_readings
+                    live = self._live_pages()
+                    if live <= limit:
+                        break
+                if not rows:
+                    break
+            if live > limit:
+                db.execute("ROLLBACK")
+                raise StoreFull(self.budget().describe())
+            if evicted:
+                self._add_total("dropped_readings", evicted)
             db.execute("COMMIT")
         except sqlite3.Error as error:
             self._rollback()
-            raise StoreError("cannot write the buffer %s: %s" % (self.path, error)) from None
-        self._bytes += len(body) - freed_bytes
+            if _is_full(error):
+                self._full(str(error))
+            raise StoreError(self._problem("write the buffer", error)) from None
+        self._live = live
         self._rows += 1 - freed_rows
         self._readings += readings - evicted
         return chunk_id, evicted
@@ -298,7 +444,8 @@ class Store:
 
     def save_node_infos(self, infos: dict[str, str]) -> None:
         """Node id -> info JSON, all in one transaction."""
-        try:
+
+        def work() -> None:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT INTO nodes (node, highest, seen, info) VALUES (?, -1, zeroblob(8), ?)"
@@ -306,9 +453,9 @@ class Store:
                 list(infos.items()),
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error:
-            self._rollback()
-            raise
+
+        self._write("save node info in", work)
+        self._live = self._live_pages()
 
     def node_info(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT node, info FROM nodes").fetchall())
@@ -340,38 +487,37 @@ class Store:
         finally:
             cursor.close()
 
-    def delete(self, ids: list[int]) -> None:
-        """Forget chunks the broker acknowledged; on an error nothing is deleted (StoreError)."""
-        if not ids:
-            return
+    def delete(self, ids: list[int]) -> int:
+        """Forget chunks (published, or damaged beyond reading); returns the readings they held.
+
+        DELETE_SLICE chunks a transaction, so that a delete needs little WAL, and on a full disk the
+        reserve is given up for it. On a StoreError the slices already deleted stay deleted and the
+        rest stays; calling again with the same ids is harmless.
+        """
         db = self._db
-        freed = removed = readings = 0
+        gone = 0
         try:
             # No fsync for a delete: one lost in a power cut means those readings are published
             # again (delivery is at least once), never lost. The next commit's fsync covers it anyway.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                row = db.execute(
-                    "SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*), COALESCE(SUM(readings), 0) FROM chunks WHERE id IN (%s)" % marks,
-                    chunk,
-                ).fetchone()
-                freed += row[0]
-                removed += row[1]
-                readings += row[2]
-                db.execute("DELETE FROM chunks WHERE id IN (%s)" % marks, chunk)
-            db.execute("COMMIT")
-        except sqlite3.Error as error:
-            self._rollback()
-            raise StoreError("cannot delete published chunks from %s: %s" % (self.path, error)) from None
+            for start in range(0, len(ids), DELETE_SLICE):
+                gone += self._write("delete published chunks from", lambda part=ids[start : start + DELETE_SLICE]: self._delete(part))
         finally:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA synchronous=FULL")
-        self._bytes -= freed
+        return gone
+
+    def _delete(self, ids: list[int]) -> int:
+        db = self._db
+        marks = ",".join("?" * len(ids))
+        db.execute("BEGIN IMMEDIATE")
+        removed, readings = db.execute("SELECT COUNT(*), COALESCE(SUM(readings), 0) FROM chunks WHERE id IN (%s)" % marks, ids).fetchone()
+        db.execute("DELETE FROM chunks WHERE id IN (%s)" % marks, ids)
+        db.execute("COMMIT")
         self._rows -= removed
         self._readings -= readings
+        self._live = self._live_pages()
+        return int(readings)
 
     def _add_total(self, name: str, amount: int) -> None:
         self._db.execute(
@@ -380,10 +526,17 @@ class Store:
         )
 
     def reserve(self, name: str, block: int) -> int:
-        """Write-ahead a block of a persistent counter: return its start; the next call starts after it."""
-        start = self.total(name)
-        self._add_total(name, block)
-        return start
+        """Write-ahead a block of a persistent counter: return its start; the next call starts after it.
+        On a full disk it goes through like a delete (it takes the reserve), so the gateway can start."""
+
+        def work() -> int:
+            self._db.execute("BEGIN IMMEDIATE")
+            start = self.total(name)
+            self._add_total(name, block)
+            self._db.execute("COMMIT")
+            return start
+
+        return self._write("write a counter to", work)
 
     def max_id(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()
@@ -400,3 +553,9 @@ class Store:
     @property
     def pending_readings(self) -> int:
         return int(self._readings)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -13,7 +13,8 @@ import pytest
 
 from gateway.layouts import Layout
 from gateway.senml import Channel
-from gateway.store import DB_NAME, ROW_OVERHEAD, Store, StoredFrame, StoreError, WindowState, decode_body, encode_body
+from gateway import disk
+from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState, decode_body, encode_body
 from tests.conftest import ROOT
 
 
@@ -65,25 +66,33 @@ def test_windows_layouts_and_chunks_survive_reopening(tmp_path: pathlib.Path) ->
     again = Store(tmp_path, 10_000_000)
     assert again.load_windows() == {"0000a4cf12b3c4d5": WindowState(2**32 - 1, 2**256 - 1)}
     assert again.load_layouts() == [layout]
-    assert again.pending_chunks == 1 and again.used_bytes == used and used > ROW_OVERHEAD
+    assert again.pending_chunks == 1 and again.used_bytes == used and used > 0
     again.close()
 
 
+def noisy(n: int, count: int = 4) -> list[StoredFrame]:
+    """Frames zlib cannot shrink, each payload starting with its number n, n+1, ... (mod 256)."""
+    return [StoredFrame(7, 1795000000.0 + k, bytes([k % 256]) + os.urandom(199)) for k in range(n, n + count)]
+
+
 def test_budget_and_drop_oldest(tmp_path: pathlib.Path) -> None:
-    store = Store(tmp_path, 1_000_000)
-    store.commit(frames(0, 100), 10, {})
-    one = store.used_bytes  # what a chunk of one such frame costs
-    for n in range(1, 10):
-        store.commit(frames(n, 100), 10, {})
-    store.max_bytes = 10 * one  # room for exactly ten such chunks
-    chunk_id, evicted = store.commit(frames(10, 100), 10, {}, make_room=True)
-    assert chunk_id and evicted == 10  # the oldest chunk, ten readings
-    assert payloads(store) == list(range(1, 11))
-    assert store.total("dropped_readings") == 10
-    assert store.used_bytes == store.max_bytes and store.pending_chunks == 10
+    store = Store(tmp_path, disk.MIN_BUDGET)
+    n = 0
+    with pytest.raises(StoreFull, match="max_bytes reached"):
+        while n < 10_000:
+            store.commit(noisy(n), 4, {})
+            n += 4
+    assert n > 100, "room for data after the WAL, -shm and reserve allowances"
+    assert store.pending_readings == n and store.fill() <= 1
+    chunk_id, evicted = store.commit(noisy(n), 4, {}, make_room=True)
+    assert chunk_id and evicted >= 4  # at least the oldest chunk
+    assert payloads(store) == [k % 256 for k in range(evicted, n + 4)], "the oldest went, in order"
+    assert store.total("dropped_readings") == evicted
+    assert store.disk_bytes() <= disk.MIN_BUDGET
+    used = store.used_bytes
     store.close()
-    reopened = Store(tmp_path, 10 * one)
-    assert (reopened.used_bytes, reopened.pending_chunks, reopened.pending_readings) == (10 * one, 10, 100)
+    reopened = Store(tmp_path, disk.MIN_BUDGET)
+    assert (reopened.used_bytes, reopened.pending_readings) == (used, n + 4 - evicted)
 
 
 def test_a_buffer_of_the_old_format_is_taken_over_only_when_empty(tmp_path: pathlib.Path) -> None:
@@ -107,7 +116,7 @@ def test_corrupt_database_is_moved_aside(tmp_path: pathlib.Path, caplog: pytest.
     (tmp_path / DB_NAME).write_bytes(b"this is not a database" * 100)
     store = Store(tmp_path, 10_000_000)
     assert store.moved_aside is not None and store.moved_aside.exists()
-    assert "failed its integrity check" in caplog.text
+    assert "was damaged (file is not a database): saved 0 readings" in caplog.text
     store.commit(frames(1), 10, {})
     assert store.pending_chunks == 1
 

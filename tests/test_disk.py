@@ -1,0 +1,277 @@
+"""The buffer on real small and broken filesystems: tmpfs mounts, a filler file, read-only remounts, damaged pages."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import sqlite3
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gateway.store import DB_NAME, Store, StoredFrame, StoreError, WindowState
+
+NODE = "0000a4cf12b3c4d5"
+
+
+def noisy(n: int, count: int = 4, size: int = 200) -> list[StoredFrame]:
+    """Frames zlib cannot shrink, each payload starting with its number n, n+1, ... in 4 bytes."""
+    return [StoredFrame(7, 1795000000.0 + k, k.to_bytes(4, "big") + os.urandom(size - 4)) for k in range(n, n + count)]
+
+
+def numbers(store: Store) -> list[int]:
+    return [int.from_bytes(frame.payload[:4], "big") for chunk in store.oldest(10**9) for frame in chunk.frames]
+
+
+def files_bytes(directory: pathlib.Path) -> int:
+    """What the buffer has on disk, measured by the test itself: every file in data_dir."""
+    return sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
+
+
+@pytest.fixture
+def mount(tmp_path: pathlib.Path) -> Iterator[Callable[[int], pathlib.Path]]:
+    """mount(kib): a fresh tmpfs of that size; unmounted after the test, whatever it did."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    made: list[pathlib.Path] = []
+
+    def make(kib: int) -> pathlib.Path:
+        where = tmp_path / ("disk%d" % len(made))
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % kib, "tmpfs", str(where)], check=True)
+        made.append(where)
+        return where
+
+    yield make
+    for where in reversed(made):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_up(directory: pathlib.Path) -> pathlib.Path:
+    """Another program takes every free byte of the filesystem."""
+    filler = directory / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(descriptor, b"\xaa" * 4096)
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def fill_buffer(store: Store, start: int = 0, make_room: bool = False, limit: int = 100_000) -> int:
+    """Commit until the buffer refuses (StoreError); returns the next frame number."""
+    n = start
+    with contextlib.suppress(StoreError):
+        while n < limit:
+            store.commit(noisy(n), 4, {NODE: WindowState(n + 3, 1)}, make_room=make_room)
+            n += 4
+    return n
+
+
+# ------------------------------------------------------------ max_bytes bounds everything
+
+
+def test_max_bytes_bounds_every_file_wal_included(tmp_path: pathlib.Path) -> None:
+    """Commits and deletes the way the gateway does them (checkpoints on a thread of their own, every
+    so often): the database, -wal, -shm and reserve together never exceed max_bytes."""
+    budget = 600_000
+    store = Store(tmp_path, budget)
+    n, peak = 0, 0
+    for round_ in range(30):
+        for _ in range(40):
+            store.commit(noisy(n), 4, {NODE: WindowState(n + 3, 1)}, make_room=True)
+            n += 4
+            peak = max(peak, files_bytes(tmp_path))
+        if round_ % 3 == 0:
+            store.checkpoint()
+        oldest = [chunk.id for chunk in store.oldest(10**9)][:20]
+        store.delete(oldest)
+        peak = max(peak, files_bytes(tmp_path))
+    assert numbers(store)[-1] == n - 1, "the newest frames are there"
+    assert peak <= budget, "the buffer's files took %d bytes with max_bytes = %d" % (peak, budget)
+    store.close()
+
+
+# ------------------------------------------------------------ a full disk
+
+
+def test_a_disk_smaller_than_max_bytes_is_the_budget(mount: Callable[[int], pathlib.Path]) -> None:
+    data = mount(1024)
+    store = Store(data, 10**9)
+    with pytest.raises(StoreError, match="the disk has room for only"):
+        n = 0
+        while n < 100_000:
+            store.commit(noisy(n), 4, {})
+            n += 4
+    assert n > 1000
+    assert files_bytes(data) <= 1024 * 1024
+    ids = [chunk.id for chunk in store.oldest(10**9)]
+    assert store.delete(ids) == n, "every published chunk can be deleted"
+    store.commit(noisy(n), 4, {})  # and room for new ones again
+    store.close()
+
+
+def test_a_full_disk_keeps_deleting_and_recovers_by_itself(mount: Callable[[int], pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
+    data = mount(1024)
+    store = Store(data, 10**9)
+    for n in range(0, 400, 4):
+        store.commit(noisy(n), 4, {})
+    filler = fill_up(data)  # another program fills the disk
+    with pytest.raises(StoreError, match="disk"):
+        for n in range(400, 4000, 4):
+            store.commit(noisy(n), 4, {})
+    assert numbers(store) == list(range(400)), "what was committed is kept"
+    ids = [chunk.id for chunk in store.oldest(10**9)]
+    assert store.delete(ids[:50]) == 200, "published readings can still be deleted on a full disk"
+    assert store.delete(ids[50:]) == 200
+    print(caplog.text)
+    filler.unlink()  # the other program's file is gone: the buffer takes new readings by itself
+    store.commit(noisy(4000), 4, {})
+    assert numbers(store) == list(range(4000, 4004))
+    store.close()
+
+
+def test_restart_and_stop_on_a_full_disk(mount: Callable[[int], pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
+    data = mount(1024)
+    store = Store(data, 10**9)
+    for n in range(0, 400, 4):
+        store.commit(noisy(n), 4, {})
+    store.close()
+    fill_up(data)
+    store = Store(data, 10**9)  # starts on a full disk
+    assert store.reserve("downlink_counter", 65536) == 0, "downlink counters can be reserved"
+    assert numbers(store) == list(range(400)), "and what it holds can be read to forward it"
+    store.delete([chunk.id for chunk in store.oldest(10**9)])
+    store.close()  # stops without an error
+    store = Store(data, 10**9)
+    assert store.pending_readings == 0 and store.reserve("downlink_counter", 65536) == 65536
+    store.close()
+
+
+# ------------------------------------------------------------ what to fix
+
+
+def test_a_read_only_data_dir_says_so(mount: Callable[[int], pathlib.Path]) -> None:
+    data = mount(1024)
+    Store(data, 10**9).close()
+    subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+    with pytest.raises(StoreError, match="is on a read-only filesystem: remount it read-write, or set \\[gateway\\] data_dir"):
+        Store(data, 10**9)
+    with pytest.raises(StoreError, match="read-only filesystem"):
+        Store(data / "sub", 10**9)
+
+
+def test_a_data_dir_of_another_user_says_whose_it_is(tmp_path: pathlib.Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a child as another user")
+    top = pathlib.Path(tempfile.mkdtemp())  # under /tmp: a path the other user may walk
+    data = top / "data"
+    Store(data, 10**9).close()
+    top.chmod(0o755)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read)
+        message = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            Store(data, 10**9)
+        except BaseException as error:  # noqa: BLE001 - whatever it is, the parent checks it
+            message = "%s: %s" % (type(error).__name__, error)
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(child, 0)
+    shutil.rmtree(top)
+    assert message.startswith("StoreError: "), message
+    assert "belongs to root (uid 0) and edgegw runs as nobody (uid 65534)" in message and "chown -R nobody" in message, message
+
+
+def test_no_free_space_at_all_says_how_much_is_needed(mount: Callable[[int], pathlib.Path]) -> None:
+    data = mount(256)
+    fill_up(data)
+    with pytest.raises(StoreError, match="bytes are free on the filesystem of .* and the buffer needs \\d+ more: free some space there"):
+        Store(data, 10**9)
+
+
+# ------------------------------------------------------------ damaged databases
+
+
+def page_of(path: pathlib.Path, name: str, kind: str = "leaf", index: int = 0) -> int:
+    db = sqlite3.connect(path)
+    pages = [row[0] for row in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = ? ORDER BY pageno", (name, kind))]
+    db.close()
+    return pages[index if index >= 0 else len(pages) // 2]
+
+
+def damage(path: pathlib.Path, page: int, page_size: int = 4096, keep: int = 0) -> None:
+    """Overwrite one page of the file (but its first `keep` bytes) with garbage."""
+    with open(path, "r+b") as file:
+        file.seek((page - 1) * page_size + keep)
+        file.write(b"\x5a" * (page_size - keep))
+
+
+def buffered(directory: pathlib.Path, chunks: int = 200) -> int:
+    """A closed buffer of `chunks` chunks of 4 frames and one node window; returns its readings."""
+    store = Store(directory, 10**9)
+    for n in range(0, 4 * chunks, 4):
+        store.commit(noisy(n, size=60), 4, {NODE: WindowState(n + 3, 0xF)})
+    store.save_node_infos({NODE: '{"fw_version": "1"}'})
+    store.close()
+    return 4 * chunks
+
+
+def test_a_damaged_index_costs_nothing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    readings = buffered(tmp_path)
+    damage(tmp_path / DB_NAME, page_of(tmp_path / DB_NAME, "sqlite_autoindex_nodes_1"))
+    with caplog.at_level(logging.ERROR):
+        store = Store(tmp_path, 10**9)
+    assert store.moved_aside is not None and store.moved_aside.exists()
+    assert numbers(store) == list(range(readings)), "every chunk salvaged"
+    assert store.load_windows() == {NODE: WindowState(readings - 1, 0xF)}
+    assert store.node_info() == {NODE: '{"fw_version": "1"}'}
+    assert "saved %d readings in 200 chunks, 0 layouts and 1 nodes into a fresh database; lost 0 readings" % readings in caplog.text
+    assert store.pending_readings == readings
+    store.close()
+    assert Store(tmp_path, 10**9).moved_aside is None, "the fresh database is sound"
+
+
+def test_a_damaged_chunk_page_costs_its_rows_only(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    readings = buffered(tmp_path, chunks=400)
+    damage(tmp_path / DB_NAME, page_of(tmp_path / DB_NAME, "chunks", "leaf", -1))
+    with caplog.at_level(logging.ERROR):
+        store = Store(tmp_path, 10**9)
+    kept = numbers(store)
+    assert 0 < readings - len(kept) <= 200, "one leaf page of rows lost, no more"
+    assert kept[0] == 0 and kept[-1] == readings - 1, "rows before and after the damage kept"
+    assert "saved %d readings in %d chunks" % (len(kept), len(kept) // 4) in caplog.text
+    assert "rows could not be read at all" in caplog.text
+    store.close()
+
+
+def test_an_empty_file_is_reported(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    buffered(tmp_path, chunks=3)
+    (tmp_path / DB_NAME).write_bytes(b"")
+    with caplog.at_level(logging.ERROR):
+        store = Store(tmp_path, 10**9)
+    assert "is an empty file (0 bytes): whatever it held is gone" in caplog.text
+    assert store.pending_chunks == 0
+    store.close()
+
+
+def test_a_salvage_interrupted_before_the_swap_is_finished_at_start(tmp_path: pathlib.Path) -> None:
+    buffered(tmp_path, chunks=3)
+    (tmp_path / DB_NAME).rename(tmp_path / (DB_NAME + ".salvage"))  # the damaged file moved aside, the fresh one not yet in place
+    store = Store(tmp_path, 10**9)
+    assert numbers(store) == list(range(12))
+    store.close()
