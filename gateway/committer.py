@@ -153,6 +153,18 @@ def _dropped_since(before: dict[str, int], now: dict[str, int]) -> int:
     return sum(count - before.get(node, 0) if count >= before.get(node, 0) else count for node, count in now.items())
 
 
+def _waited(refused: set[tuple[str, int]], drops_before: dict[str, int], drops_now: dict[str, int]) -> str:
+    """What an episode of not acknowledging cost, as the nodes tell it."""
+    return (
+        "%d frames from %d nodes were not acknowledged (the nodes kept them), and the nodes report %d frames dropped from their full rings"
+        % (
+            len(refused),
+            len({node for node, _counter in refused}),
+            _dropped_since(drops_before, drops_now),
+        )
+    )
+
+
 class Committer:
     def __init__(
         self,
@@ -176,6 +188,7 @@ class Committer:
         self.full_episode = False
         self.dropped_in_episode = 0
         self._drops_at_full: dict[str, int] = {}
+        self._refused_full: set[tuple[str, int]] = set()  # (node, counter) not acknowledged in the full episode, each once
         self.problem = ""  # the disk error of the current episode, while frames cannot be written
         self._refused: set[tuple[str, int]] = set()  # (node, counter) not acknowledged during it, each once
         self._drops_at_problem: dict[str, int] = {}
@@ -234,6 +247,9 @@ class Committer:
     def _report(self, outcome: _Outcome, group: list[Pending]) -> None:
         """Log a buffer-full episode and a disk-error episode once when it starts and once when it ends, never silently."""
         self.dropped_in_episode += outcome.dropped_readings
+        refused = [(pending.node, pending.counter) for pending in group[outcome.stored :]]
+        if outcome.full or self.full_episode:
+            self._refused_full.update(refused)
         if outcome.full and not self.full_episode:
             self.full_episode = True
             self._drops_at_full = self._node_drops()
@@ -248,14 +264,11 @@ class Committer:
                 self._drops_at_problem = self._node_drops()
                 log.error("%s; not acknowledging new readings until it can be written again (the nodes keep them)", outcome.problem)
             self.problem = outcome.problem
-            self._refused.update((pending.node, pending.counter) for pending in group[outcome.stored :])
+            self._refused.update(refused)
         elif outcome.stored and self.problem:
             log.warning(
-                "the buffer can be written again; %d frames from %d nodes were not acknowledged meanwhile,"
-                " and the nodes report %d frames dropped from their full rings (STATUS `dropped`)",
-                len(self._refused),
-                len({node for node, _counter in self._refused}),
-                _dropped_since(self._drops_at_problem, self._node_drops()),
+                "the buffer can be written again; %s meanwhile (STATUS `dropped`)",
+                _waited(self._refused, self._drops_at_problem, self._node_drops()),
             )
             self.problem = ""
             self._refused.clear()
@@ -265,13 +278,13 @@ class Committer:
             self.full_episode = False
             if self._when_full == "stop_acking":
                 log.warning(
-                    "buffer has room again; the gateway dropped no readings, the nodes report %d frames dropped"
-                    " from their full rings while it was full (STATUS `dropped`)",
-                    _dropped_since(self._drops_at_full, self._node_drops()),
+                    "buffer has room again; the gateway dropped no readings: %s while it was full (STATUS `dropped`)",
+                    _waited(self._refused_full, self._drops_at_full, self._node_drops()),
                 )
             else:
                 log.warning("buffer has room again; %d readings were dropped while it was full", self.dropped_in_episode)
             self.dropped_in_episode = 0
+            self._refused_full.clear()
 
     async def drain(self) -> None:
         """Commit what is queued, then return; used at shutdown."""

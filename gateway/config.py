@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .disk import MIN_BUDGET
+
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -116,7 +118,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "log_level": (_choice("debug", "info", "warning", "error"), "info"),
     },
     "buffer": {
-        "max_bytes": (_int_range(10_000, 2**50), 2_000_000_000),
+        "max_bytes": (_int_range(MIN_BUDGET, 2**50), 2_000_000_000),
         "when_full": (_choice("drop_oldest", "stop_acking"), "drop_oldest"),
     },
     "mqtt": {

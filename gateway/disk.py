@@ -47,7 +47,7 @@ class Budget:
 
     def describe(self) -> str:
         if self.by_disk:
-            return "the disk has room for only %d bytes of buffer (less than max_bytes): free space in data_dir" % self.capacity
+            return "the disk has room for only %d bytes of buffer, less than max_bytes: free space there or lower max_bytes" % self.capacity
         return "max_bytes reached"
 
 

@@ -395,7 +395,7 @@ class Forwarder:
         for chunk_id, problem in damaged:
             if chunk_id not in self._reported:
                 self._reported.add(chunk_id)
-                log.error("buffered chunk %d cannot be read (%s); it stays on disk, unpublished", chunk_id, problem)
+                log.error("buffered chunk %d cannot be read (%s); it is not published", chunk_id, problem)
 
     async def settle(self, timeout: float) -> None:
         """Stop handing out packs, wait (bounded) for the PUBACKs in flight, delete what was acknowledged."""

@@ -26,11 +26,10 @@ dedicated thread, off the event loop (checkpoint() excepted).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import os
 import sqlite3
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -326,7 +325,9 @@ class Store:
     def _full(self, why: str) -> None:
         """The disk is full: give the reserve back, so that deletes and checkpoints go through."""
         if not self.disk_full and self._reserve.release():
-            log.warning("disk full in %s (%s): gave up the buffer's %d-byte reserve so deletes can go on", self.data_dir, why, disk.RESERVE_BYTES)
+            log.warning(
+                "disk full in %s (%s): gave up the buffer's %d-byte reserve so deletes can go on", self.data_dir, why, disk.RESERVE_BYTES
+            )
         self.disk_full = why
 
     def _ready_for_new(self) -> None:
@@ -467,8 +468,13 @@ class Store:
         return list(self.each_oldest(max_frames, after_id, up_to_id))
 
     def each_oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None) -> Iterator[Chunk]:
-        """oldest(), one chunk at a time: a reader that keeps only part of each holds one chunk's objects at once."""
+        """oldest(), one chunk at a time: a reader that keeps only part of each holds one chunk's objects at once.
+
+        A chunk whose body cannot be read is yielded as damaged, then deleted: it can never be
+        published, and it would hold its part of the budget for good.
+        """
         total = 0
+        damaged: list[tuple[int, int, str]] = []
         cursor = self._db.execute(
             "SELECT id, received, readings, body FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
             (after_id, up_to_id if up_to_id is not None else 2**63 - 1),
@@ -478,7 +484,9 @@ class Store:
                 try:
                     frames = decode_body(body, received)
                 except Exception as error:  # whatever damage looks like, it costs this chunk, not the reader
-                    yield Chunk(chunk_id, [], readings, damaged="%s: %s" % (type(error).__name__, error))
+                    why = "%s: %s" % (type(error).__name__, error)
+                    damaged.append((chunk_id, readings, why))
+                    yield Chunk(chunk_id, [], readings, damaged=why)
                     continue
                 total += len(frames)
                 yield Chunk(chunk_id, frames, readings)
@@ -486,6 +494,16 @@ class Store:
                     break
         finally:
             cursor.close()
+            self._discard(damaged)
+
+    def _discard(self, damaged: list[tuple[int, int, str]]) -> None:
+        for chunk_id, readings, why in damaged:
+            try:
+                self.delete([chunk_id])
+            except StoreError as error:  # the next read finds it again
+                log.error("buffered chunk %d cannot be read (%s) nor deleted (%s)", chunk_id, why, error)
+                continue
+            log.error("buffered chunk %d cannot be read (%s): deleted it, %d readings lost", chunk_id, why, readings)
 
     def delete(self, ids: list[int]) -> int:
         """Forget chunks (published, or damaged beyond reading); returns the readings they held.
@@ -501,7 +519,7 @@ class Store:
             # again (delivery is at least once), never lost. The next commit's fsync covers it anyway.
             db.execute("PRAGMA synchronous=NORMAL")
             for start in range(0, len(ids), DELETE_SLICE):
-                gone += self._write("delete published chunks from", lambda part=ids[start : start + DELETE_SLICE]: self._delete(part))
+                gone += self._write("delete published chunks from", functools.partial(self._delete, ids[start : start + DELETE_SLICE]))
         finally:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA synchronous=FULL")

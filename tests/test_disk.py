@@ -6,8 +6,8 @@ import contextlib
 import logging
 import os
 import pathlib
-import sqlite3
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,15 +34,15 @@ def files_bytes(directory: pathlib.Path) -> int:
 
 
 @pytest.fixture
-def mount(tmp_path: pathlib.Path) -> Iterator[Callable[[int], pathlib.Path]]:
-    """mount(kib): a fresh tmpfs of that size; unmounted after the test, whatever it did."""
+def mount(tmp_path: pathlib.Path) -> Iterator[Callable[..., pathlib.Path]]:
+    """mount(kib, where=None): a fresh tmpfs of that size; unmounted after the test, whatever it did."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     made: list[pathlib.Path] = []
 
-    def make(kib: int) -> pathlib.Path:
-        where = tmp_path / ("disk%d" % len(made))
-        where.mkdir()
+    def make(kib: int, where: pathlib.Path | None = None) -> pathlib.Path:
+        where = where or tmp_path / ("disk%d" % len(made))
+        where.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % kib, "tmpfs", str(where)], check=True)
         made.append(where)
         return where
@@ -102,7 +102,7 @@ def test_max_bytes_bounds_every_file_wal_included(tmp_path: pathlib.Path) -> Non
 # ------------------------------------------------------------ a full disk
 
 
-def test_a_disk_smaller_than_max_bytes_is_the_budget(mount: Callable[[int], pathlib.Path]) -> None:
+def test_a_disk_smaller_than_max_bytes_is_the_budget(mount: Callable[..., pathlib.Path]) -> None:
     data = mount(1024)
     store = Store(data, 10**9)
     with pytest.raises(StoreError, match="the disk has room for only"):
@@ -118,7 +118,7 @@ def test_a_disk_smaller_than_max_bytes_is_the_budget(mount: Callable[[int], path
     store.close()
 
 
-def test_a_full_disk_keeps_deleting_and_recovers_by_itself(mount: Callable[[int], pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_disk_keeps_deleting_and_recovers_by_itself(mount: Callable[..., pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
     data = mount(1024)
     store = Store(data, 10**9)
     for n in range(0, 400, 4):
@@ -138,7 +138,7 @@ def test_a_full_disk_keeps_deleting_and_recovers_by_itself(mount: Callable[[int]
     store.close()
 
 
-def test_restart_and_stop_on_a_full_disk(mount: Callable[[int], pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_and_stop_on_a_full_disk(mount: Callable[..., pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
     data = mount(1024)
     store = Store(data, 10**9)
     for n in range(0, 400, 4):
@@ -158,7 +158,7 @@ def test_restart_and_stop_on_a_full_disk(mount: Callable[[int], pathlib.Path], c
 # ------------------------------------------------------------ what to fix
 
 
-def test_a_read_only_data_dir_says_so(mount: Callable[[int], pathlib.Path]) -> None:
+def test_a_read_only_data_dir_says_so(mount: Callable[..., pathlib.Path]) -> None:
     data = mount(1024)
     Store(data, 10**9).close()
     subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
@@ -184,7 +184,7 @@ def test_a_data_dir_of_another_user_says_whose_it_is(tmp_path: pathlib.Path) -> 
             os.setgid(65534)
             os.setuid(65534)
             Store(data, 10**9)
-        except BaseException as error:  # noqa: BLE001 - whatever it is, the parent checks it
+        except BaseException as error:
             message = "%s: %s" % (type(error).__name__, error)
         os.write(write, message.encode())
         os._exit(0)
@@ -197,10 +197,10 @@ def test_a_data_dir_of_another_user_says_whose_it_is(tmp_path: pathlib.Path) -> 
     assert "belongs to root (uid 0) and edgegw runs as nobody (uid 65534)" in message and "chown -R nobody" in message, message
 
 
-def test_no_free_space_at_all_says_how_much_is_needed(mount: Callable[[int], pathlib.Path]) -> None:
+def test_no_free_space_at_all_says_how_much_is_needed(mount: Callable[..., pathlib.Path]) -> None:
     data = mount(256)
     fill_up(data)
-    with pytest.raises(StoreError, match="bytes are free on the filesystem of .* and the buffer needs \\d+ more: free some space there"):
+    with pytest.raises(StoreError, match=r"bytes are free on the filesystem of .* and the buffer needs \d+ more: free some space there"):
         Store(data, 10**9)
 
 

@@ -4,26 +4,59 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from gateway.disk import MIN_BUDGET
 from gateway.store import Store, StoredFrame, StoreError
 from hil.broker import Mosquitto
 from hil.capture import MqttCapture
 from hil.gateway import GatewayProcess
 from hil.scripted_node import ScriptedNode
 from hil.serial_pair import PtyCable
+from protocols import Message, encode, messages
+from tests import test_disk
 from tests.conftest import ROOT
-from tests.test_gateway import counters_received, send_flow
+from tests.test_disk import fill_up
+from tests.test_gateway import counters_received
 
 pytestmark = pytest.mark.processes
 
+mount = test_disk.mount  # the fixture that mounts a small tmpfs
 NODE = bytes.fromhex("0000a4cf12b3c4d5")
-BUDGET = 10_000  # bytes: the smallest budget allowed, about 1,500 small frames compressed
+BUDGET = MIN_BUDGET  # bytes: the smallest budget allowed, about 1,500 bulky frames after its allowances
+PER_FRAME = 30  # readings in a bulky frame
+_noise = random.Random(11)
+
+
+def bulky(value: int) -> list[int]:
+    """The counter reading `value` and 29 temperatures zlib cannot shrink much, so that the buffer fills soon."""
+    samples = [0, 2000, 0, 1, value, 0]
+    for offset in range(1, PER_FRAME - 1):
+        samples += [0, _noise.randrange(2000, 3000), offset]
+    return samples
+
+
+def send_flow(node: ScriptedNode, values: range, poll_every: int = 25) -> list[int]:
+    """One bulky READINGS frame per value, polling ACKs as we go."""
+    counters = []
+    for index, value in enumerate(values):
+        counters.append(node.readings(bulky(value)))
+        if index % poll_every == 0:
+            node.poll(0)
+    return counters
+
+
+def status_now(node: ScriptedNode, dropped: int) -> None:
+    """A STATUS the node sends whatever its span rule says (it asks for no ACK): how many frames its full ring dropped."""
+    counter = node.counter
+    node.counter += 1
+    node.cable.write(b"\x00" + encode(Message(messages.STATUS, node.node_id, counter, {"uptime": 60, "dropped": dropped}, 0)))
 
 
 @pytest.fixture
@@ -46,12 +79,12 @@ def started() -> Iterator[list[Mosquitto | GatewayProcess]]:
 
 
 def start_with_broker_down(
-    tmp_path: pathlib.Path, cable: PtyCable, when_full: str, started: list[Mosquitto | GatewayProcess]
+    tmp_path: pathlib.Path, cable: PtyCable, when_full: str, started: list[Mosquitto | GatewayProcess], max_bytes: int = BUDGET
 ) -> tuple[Mosquitto, GatewayProcess, ScriptedNode]:
     broker = Mosquitto(tmp_path / "broker")
     started.append(broker)
     broker.start()
-    gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(cable.link_path)], max_bytes=BUDGET, when_full=when_full)
+    gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(cable.link_path)], max_bytes=max_bytes, when_full=when_full)
     started.append(gateway)
     gateway.start()
     gateway.wait_for_log("connected to")
@@ -62,40 +95,57 @@ def start_with_broker_down(
     return broker, gateway, node
 
 
+def fill_until_refused(node: ScriptedNode, value: int) -> int:
+    """Send until the gateway stops acknowledging and the span rule holds the node back; returns the next value."""
+    while True:
+        if node.may_send():
+            node.readings(bulky(value))
+            value += 1
+            node.poll(0)
+            assert value < 20_000, "the gateway never stopped acknowledging"
+            continue
+        acked = len(node.acked)
+        node.poll(1.0)
+        if len(node.acked) == acked and not node.may_send():
+            return value
+
+
+def drain_and_send(node: ScriptedNode, value: int, last: int, deadline: float) -> int:
+    """Send values up to `last`, resending what is not acknowledged, until everything is; returns the next value."""
+    while (value <= last or node.unacked) and time.monotonic() < deadline:
+        if value <= last and node.may_send():
+            node.readings(bulky(value))
+            value += 1
+            node.poll(0)
+        else:
+            node.resend_unacked()  # the node retries; once the backlog drains there is room again
+            node.poll(0.3)
+    assert not node.unacked, "%d frames never acknowledged" % len(node.unacked)
+    return value
+
+
 def test_stop_acking_keeps_the_data_on_the_nodes(
     tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
 ) -> None:
     broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started)
     try:
-        value = 1
-        while True:  # until the gateway stops acknowledging and the span rule holds the node back
-            if node.may_send():
-                node.readings([0, 2000, 0, 1, value, 0])
-                value += 1
-                node.poll(0)
-                assert value < 5000, "the gateway never stopped acknowledging"
-                continue
-            acked = len(node.acked)
-            node.poll(1.0)
-            if len(node.acked) == acked and not node.may_send():
-                break
+        node.send(messages.STATUS, {"uptime": 1, "dropped": 100}, flags=0)  # what its ring had dropped before
+        value = fill_until_refused(node, 1)
         gateway.wait_for_log("buffer full (max_bytes reached): not acknowledging new readings")
         assert len(node.unacked) >= 200, "the frames the buffer could not take stay with the node"
         assert gateway.log().count("buffer full") == 1, "logged once per episode"
+        status_now(node, 8000)  # meanwhile its full ring dropped 7,900 frames
+        acked_before_room = set(node.acked)
         broker.start()
         capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
         deadline = time.monotonic() + 90
-        while (value <= 2000 or node.unacked) and time.monotonic() < deadline:
-            if value <= 2000 and node.may_send():
-                node.readings([0, 2000, 0, 1, value, 0])
-                value += 1
-                node.poll(0)
-            else:
-                node.resend_unacked()  # the node retries; once the backlog drains there is room again
-                node.poll(0.3)
-        assert not node.unacked
+        drain_and_send(node, value, 2000, deadline)
         capture.wait_for(lambda msgs: set(range(1, 2001)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
-        gateway.wait_for_log("buffer has room again; 0 readings were dropped")
+        refused = len(set(range(3, value + 2)) - acked_before_room)  # counters 3..: the readings (1 HELLO, 2 STATUS)
+        gateway.wait_for_log(
+            "buffer has room again; the gateway dropped no readings: %d frames from 1 nodes were not acknowledged"
+            " (the nodes kept them), and the nodes report 7900 frames dropped from their full rings" % refused
+        )
         capture.close()
     finally:
         gateway.close()
@@ -119,7 +169,7 @@ def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(
         assert 1 not in received and 2000 in received
         assert set(range(min(received), 2001)) <= received, "only the oldest were dropped"
         dropped = int(gateway.log().split("buffer has room again; ")[1].split(" readings")[0])
-        assert dropped == 2 * (min(received) - 1)  # two readings (temperature, counter) per frame
+        assert dropped == PER_FRAME * (min(received) - 1)
         capture.close()
     finally:
         gateway.close()
@@ -185,3 +235,60 @@ def test_a_refused_tail_is_not_marked_seen() -> None:
     window = CounterWindow(state.highest, state.seen)
     assert (window.highest, window.check(5), window.check(7)) == (6, win.DUPLICATE, win.NEW)
     assert plan.after(0) == {}
+
+
+def test_a_full_disk_stops_acking_then_drains_and_takes_readings_again_by_itself(
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess], mount: Callable[..., pathlib.Path]
+) -> None:
+    """data_dir on a 1 MB tmpfs, max_bytes far larger: the disk is the budget. Broker away, the disk
+    fills, broker back: the backlog is published and deleted, and new readings are taken again."""
+    mount(1024, tmp_path / "gw" / "data")
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
+    value = fill_until_refused(node, 1)
+    gateway.wait_for_log("buffer full (the disk has room for only")
+    assert len(node.unacked) >= 200
+    broker.start()
+    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+    try:
+        value = drain_and_send(node, value, value + 500, time.monotonic() + 120)  # and 500 more after the backlog
+        capture.wait_for(lambda msgs: set(range(1, value)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
+        gateway.wait_for_log("buffer has room again")
+        log = gateway.log()
+        assert "Traceback" not in log and "cannot delete" not in log
+        assert log.count("buffer full") == 1
+    finally:
+        capture.close()
+    assert gateway.stop() == 0
+
+
+def test_a_disk_filled_by_another_program_stop_and_restart_while_full(
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess], mount: Callable[..., pathlib.Path]
+) -> None:
+    """Another program fills the disk: new readings are refused and the log says so once; SIGTERM
+    exits 0; a restart on the full disk starts and forwards what it holds; once the other program's
+    file is gone, readings are taken again."""
+    data = mount(2048, tmp_path / "gw" / "data")
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
+    node.wait_acked(send_flow(node, range(1, 301)), timeout=60)
+    filler = fill_up(data)
+    value = fill_until_refused(node, 301)
+    gateway.wait_for_log("not acknowledging new readings")
+    refused = gateway.log()
+    assert gateway.stop() == 0, "a stop on a full disk is clean"
+    stopped = gateway.log()
+    assert "stopped cleanly" in stopped and "Traceback" not in stopped
+    assert stopped.count("not acknowledging new readings") == 1, "said once"
+    gateway.start()  # the disk is still full
+    gateway.wait_for_log("running as", after=len(stopped))
+    broker.start()
+    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+    try:
+        capture.wait_for(lambda msgs: set(range(1, 301)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
+        filler.unlink()
+        drain_and_send(node, value, value + 100, time.monotonic() + 120)
+        capture.wait_for(lambda msgs: set(range(1, value + 101)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
+        assert "Traceback" not in gateway.log()
+    finally:
+        capture.close()
+    assert gateway.stop() == 0
+    assert refused

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from gateway import disk
 from gateway.layouts import Layout
 from gateway.senml import Channel
-from gateway import disk
 from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState, decode_body, encode_body
 from tests.conftest import ROOT
 
@@ -189,7 +189,7 @@ def test_committed_rows_survive_kill_9(tmp_path: pathlib.Path) -> None:
         store.close()
 
 
-def test_a_damaged_body_is_a_damaged_chunk_not_an_error(tmp_path: pathlib.Path) -> None:
+def test_a_damaged_body_is_a_damaged_chunk_not_an_error(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     import cbor2
 
     store = Store(tmp_path, 10_000_000)
@@ -201,9 +201,20 @@ def test_a_damaged_body_is_a_damaged_chunk_not_an_error(tmp_path: pathlib.Path) 
         b"\x00" + cbor2.dumps([1, 0, b"x" * 300]),
     ):
         store._db.execute("INSERT INTO chunks (received, frames, readings, body) VALUES (0, 1, 1, ?)", (body,))
+    store.close()
+    store = Store(tmp_path, 10_000_000)  # counts what the rows written behind its back hold
+    used = store.used_bytes
     chunks = store.oldest(100)
     assert [bool(chunk.damaged) for chunk in chunks] == [False, True, True, True, True]
     assert chunks[0].frames == frames(1)
+    assert [chunk.id for chunk in store.oldest(100)] == [chunks[0].id], "damaged chunks leave the disk"
+    assert (store.pending_chunks, store.pending_readings) == (1, 10)
+    assert store.used_bytes <= used
+    assert (
+        "buffered chunk %d cannot be read (error: Error -3 while decompressing data: incorrect header check): deleted it, 1 readings lost"
+        % chunks[3].id
+        in caplog.text
+    )
 
 
 def test_checkpoints_run_beside_the_commits_not_inside_them(tmp_path: pathlib.Path) -> None:
