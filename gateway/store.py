@@ -163,9 +163,12 @@ class Store:
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         self._rows, self._readings = self._db.execute("SELECT COUNT(*), COALESCE(SUM(readings), 0) FROM chunks").fetchone()
         self._live = self._live_pages()
-        self.budget()
-        if not self._reserve.make():
-            self._full("the disk has less than %d bytes free for the buffer's reserve" % disk.RESERVE_BYTES)
+        self._wal_room()
+        try:
+            if not self._reserve.make():
+                self._full("the disk has less than %d bytes free for the buffer's reserve" % disk.RESERVE_BYTES)
+        except OSError as error:
+            raise StoreError(self._problem("make the reserve file next to", error.strerror)) from None
 
     # ------------------------------------------------------------ opening
 
@@ -283,15 +286,11 @@ class Store:
         return int(db.execute("PRAGMA page_count").fetchone()[0]) - int(db.execute("PRAGMA freelist_count").fetchone()[0])
 
     def budget(self) -> disk.Budget:
+        """The split of the budget now; file sizes only, so any thread may ask."""
         files = self._files()
-        found = disk.budget(
+        return disk.budget(
             self.max_bytes, sum(disk.size(path) for path in files), disk.free_bytes(self.data_dir), self.page_size, disk.size(files[1])
         )
-        if found.wal != self._wal_limit:
-            # After a checkpoint lets the WAL start over, SQLite cuts the file back to this.
-            self._db.execute("PRAGMA journal_size_limit = %d" % (found.wal // 2))
-            self._wal_limit = found.wal
-        return found
 
     def disk_bytes(self) -> int:
         """Bytes of every file the buffer has in data_dir: what max_bytes bounds."""
@@ -318,7 +317,12 @@ class Store:
 
     def _wal_room(self) -> None:
         """Before a write: a WAL past half its allowance is checkpointed here, so the write starts it over."""
-        if disk.size(Path(str(self.path) + "-wal")) > self._wal_limit // 2:
+        allowance = self.budget().wal
+        if allowance != self._wal_limit:
+            # After a checkpoint lets the WAL start over, SQLite cuts the file back to this.
+            self._db.execute("PRAGMA journal_size_limit = %d" % (allowance // 2))
+            self._wal_limit = allowance
+        if disk.size(Path(str(self.path) + "-wal")) > allowance // 2:
             with self._checkpoint_lock:
                 self._passive(self._db)
 
@@ -333,7 +337,11 @@ class Store:
     def _ready_for_new(self) -> None:
         """New readings are taken only while the reserve is in place; a disk that filled up has to make room for it first."""
         if self.disk_full or not self._reserve.present:
-            if not self._reserve.make():
+            try:
+                made = self._reserve.make()
+            except OSError as error:
+                raise StoreError(self._problem("make the reserve file next to", error.strerror)) from None
+            if not made:
                 raise StoreError(
                     "disk full: %s has %d bytes free and the buffer keeps %d free for deleting before it takes new readings;"
                     " free some space there" % (self.data_dir, disk.free_bytes(self.data_dir), disk.RESERVE_BYTES)
