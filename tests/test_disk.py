@@ -9,12 +9,14 @@ import pathlib
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from gateway.store import DB_NAME, Store, StoredFrame, StoreError, WindowState
+from tests.conftest import ROOT
 
 NODE = "0000a4cf12b3c4d5"
 
@@ -275,3 +277,23 @@ def test_a_salvage_interrupted_before_the_swap_is_finished_at_start(tmp_path: pa
     store = Store(tmp_path, 10**9)
     assert numbers(store) == list(range(12))
     store.close()
+
+
+def test_the_command_line_says_what_to_fix_without_a_traceback(tmp_path: pathlib.Path, mount: Callable[..., pathlib.Path]) -> None:
+    data = mount(1024)
+    Store(data, 10**9).close()
+    subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
+    config = tmp_path / "edgegw.toml"
+    config.write_text('[gateway]\nid = "gw"\ndata_dir = "%s"\n[mqtt]\nhost = "127.0.0.1"\n' % data)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "edgegw: cannot open %s/buffer.sqlite3" % data in done.stderr
+    assert "is on a read-only filesystem: remount it read-write" in done.stderr
+    assert "Traceback" not in done.stderr
