@@ -16,7 +16,7 @@ import serial
 
 from protocols import ProtocolError, StreamDecoder
 
-from . import __version__, config
+from . import __version__, config, logs
 from .render import describe_event
 
 
@@ -69,19 +69,29 @@ def do_run(args: argparse.Namespace) -> int:
         cfg = config.load(args.config)
     except config.ConfigError as error:
         raise CommandError(error.report()) from None
-    logging.basicConfig(
-        level=args.log_level.upper() if args.log_level else cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logs.setup(args.log_level.upper() if args.log_level else cfg.log_level.upper())
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
-    from .agent import Agent
     from .store import StoreError
 
     try:
-        return asyncio.run(Agent(cfg).run())
+        return asyncio.run(_run_agent(cfg, handler))
     except StoreError as error:
         raise CommandError(str(error)) from None
+    except Exception:  # a bug: its traceback goes into the log as one line, like every other record
+        logging.getLogger("gateway").critical("the gateway stopped on an unexpected error", exc_info=True)
+        return 1
+    finally:
+        logs.finish(handler)
+
+
+async def _run_agent(cfg: config.Config, handler: logs.BoundedHandler) -> int:
+    from .agent import Agent
+
+    stop_watching = logs.watch_loop(handler)  # asyncio's exception handler, rate-limited like the rest
+    try:
+        return await Agent(cfg).run()
+    finally:
+        stop_watching()
 
 
 def do_fw(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from . import senml
 from .committer import CommitResult, Committer, Pending
 from .fast_decode import ReceivedMessage
 from .layouts import Layout, Layouts
+from .logs import Digest
 from .serial_link import Link
 from .store import StoredFrame
 
@@ -76,6 +77,7 @@ class Sessions:
         self._save_info = save_info
         self.nodes: dict[str, Node] = {}
         self._by_id: dict[bytes, Node] = {}  # the same nodes by their 8 id bytes, as frames carry them
+        self._hellos = Digest(log, "HELLOs")  # 1,000 nodes powering up write a few lines, not 1,000
 
     # ------------------------------------------------------------ restoring
 
@@ -155,6 +157,7 @@ class Sessions:
     # ------------------------------------------------------------ messages
 
     def _hello(self, node: Node, link: Link, message: ReceivedMessage) -> None:
+        known = node.layout is not None
         verdict = node.window.check(message.counter)
         if verdict == win.STALE:
             log.warning(
@@ -169,7 +172,8 @@ class Sessions:
         node.info = {key: fields[key] for key in _INFO_FIELDS if key in fields}
         node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]
         if verdict != win.DUPLICATE:
-            log.info(
+            self._hellos.note(
+                {"": "known" if known else "new", "firmware": str(fields["fw_version"]), "port": link.path},
                 "node %s: HELLO on %s, firmware %s on %s, channels %s",
                 node.hex,
                 link.path,
