@@ -1,6 +1,6 @@
 """The gateway's log: one line per record, repeated messages rate-limited with counts, bounded under any input.
 
-What the log promises (README "Logs"):
+What the log promises (README, "Running the gateway", Log):
 
 - Every record is exactly one line, `2026-12-02 05:40:23,123 WARNING gateway.serial_link: message`
   (the layout is FORMATS, the one place to change it). Control characters anywhere in it (CR, LF,
@@ -220,6 +220,8 @@ _digests: weakref.WeakSet[Digest] = weakref.WeakSet()
 class Digest:
     """Events that come in numbers: the first few of a quiet spell written one by one, the rest summed up.
 
+    Used on the event loop only (its summary is a loop timer).
+
     `note(tags, msg, *args)` writes the record while fewer than `first` were written in this interval
     and the interval before was quiet; otherwise it counts the event and its tags (such as
     {"": "new", "firmware": "1.2.0"}), and when the interval ends one line says how many and which.
@@ -339,8 +341,9 @@ def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
 
 
 def watch_loop(handler: BoundedHandler, every_s: float = FLUSH_EVERY_S) -> Callable[[], None]:
-    """Install loop_exception on the running loop and write held-back counts every `every_s`; returns stop()."""
+    """Install loop_exception on the running loop and write held-back counts every `every_s`; stop() undoes both."""
     loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
     loop.set_exception_handler(loop_exception)
     timer: asyncio.TimerHandle | None = None
 
@@ -352,6 +355,7 @@ def watch_loop(handler: BoundedHandler, every_s: float = FLUSH_EVERY_S) -> Calla
     def stop() -> None:
         if timer is not None:
             timer.cancel()
+        loop.set_exception_handler(before)
 
     tick()
     return stop
