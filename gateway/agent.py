@@ -58,7 +58,10 @@ class Agent:
                 started=int(self.started),
                 nodes=len(self.sessions.nodes),
                 buffered_readings=self.worker.store.pending_readings,
-                ports={link.path: {"frames": link.frames, "errors": dict(link.errors)} for link in self.ports.links()},
+                ports={
+                    link.path: {"frames": link.frames, "errors": dict(link.errors), "replies_dropped": dict(link.downlink.dropped)}
+                    for link in self.ports.links()
+                },
             )
         return json.dumps(document).encode()
 
@@ -104,12 +107,11 @@ class Agent:
             cfg.mqtt.topic_prefix,
             self.committer,
             layouts,
-            self._next_downlink,
             self.forwarder.retained,
             self._save_info,
         )
         self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
-        self.ports = PortManager(cfg.serial, self.sessions)
+        self.ports = PortManager(cfg.serial, self.sessions, self._next_downlink)
 
         tasks = [
             loop.create_task(self.committer.run(), name="committer"),
@@ -205,7 +207,7 @@ class Agent:
             return
         node = parts[-3]
         if not self.sessions.send_config(node, values):
-            log.warning("ignoring %s: node %s is not connected", topic, node)
+            log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", topic, node)
 
     async def _checkpoint_loop(self) -> None:
         """The buffer's WAL copied into the database file every second, on a thread of its own."""

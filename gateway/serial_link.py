@@ -1,9 +1,11 @@
-"""Serial transport: bytes from a port become protocol messages, and frames go back out.
+"""Serial links: bytes from a port become protocol messages, and what the nodes are owed goes back out.
 
-`Link` is the asyncio Protocol for one open port (zigpy-znp's uart layer);
-`PortManager` owns the configured ports: it expands globs so devices that
-appear later are picked up, and reopens a port that vanished or failed, with
-backoff, while the other ports keep running.
+`Link` is the protocol on top of one open port's transport (zigpy-znp's uart
+layer): it decodes frames for the sessions and holds the port's downlink queue,
+which the transport drains as fast as the port takes bytes. `PortManager` owns
+the configured ports: it expands globs so devices that appear later are picked
+up, and reopens a port that vanished or failed, with backoff, while the other
+ports keep running.
 """
 
 from __future__ import annotations
@@ -17,23 +19,24 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol
 
 import serial
-import serial_asyncio_fast
 
 from protocols import ProtocolError
 
 from .config import SerialConfig
+from .downlink import Downlink
 from .fast_decode import FastStreamDecoder, ReceivedMessage
 from .render import describe_error
+from .serial_transport import SerialTransport
 
 log = logging.getLogger(__name__)
 
 REOPEN_MIN_S = 0.5  # first retry after a port failed or vanished
 REOPEN_MAX_S = 30.0
 SCAN_INTERVAL_S = 1.0  # how often globs are expanded for new devices
-ERROR_LOG_INTERVAL_S = 10.0  # bad-frame log lines per port are at most this frequent
+ERROR_LOG_INTERVAL_S = 10.0  # bad-frame and dropped-reply log lines per port are at most this frequent
 
 
 class LinkHandler(Protocol):
@@ -44,24 +47,30 @@ class LinkHandler(Protocol):
     def bad_frame(self, link: Link, error: ProtocolError) -> None: ...
 
 
-class Link(asyncio.Protocol):
-    """One open serial port: decodes frames, counts bad ones, writes replies."""
+class Link:
+    """One open serial port: decodes frames, counts bad ones, queues what the nodes are owed."""
 
-    def __init__(self, path: str, handler: LinkHandler, on_lost: Callable[[Link, Exception | None], None]) -> None:
+    def __init__(
+        self, path: str, handler: LinkHandler, on_lost: Callable[[Link, Exception | None], None], next_counter: Callable[[], int]
+    ) -> None:
         self.path = path
         self._handler = handler
         self._on_lost = on_lost
         self._decoder = FastStreamDecoder()
-        self.transport: asyncio.Transport | None = None
+        self.downlink = Downlink(next_counter)
+        self.transport: SerialTransport | None = None
+        self._greeting = b"\x00"  # ends whatever the nodes' receivers collected before we were here
         self.frames = 0
         self.errors: Counter[str] = Counter()
         self._errors_logged_at = 0.0
         self._errors_unlogged = 0
+        self._drops_logged_at = -ERROR_LOG_INTERVAL_S
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    # ------------------------------------------------------------ transport side
+
+    def connection_made(self, transport: SerialTransport) -> None:
         self.transport = transport
-        transport.write(b"\x00")  # end whatever the node's receiver collected before we were here
+        transport.output_ready()  # the greeting
 
     def data_received(self, data: bytes) -> None:
         self._decoder.feed(data)
@@ -75,6 +84,14 @@ class Link(asyncio.Protocol):
             except Exception:  # a bug in one handler must not take the port down
                 log.exception("%s: handling %s failed", self.path, event.name)
 
+    def pull(self, room: int) -> bytes:
+        greeting, self._greeting = self._greeting, b""
+        return greeting + self.downlink.take(room - len(greeting))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._on_lost(self, exc)
+
     def _bad_frame(self, error: ProtocolError) -> None:
         self.errors[error.reason] += 1
         now = time.monotonic()
@@ -87,15 +104,33 @@ class Link(asyncio.Protocol):
             self._errors_unlogged += 1
         self._handler.bad_frame(self, error)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._on_lost(self, exc)
+    # ------------------------------------------------------------ sessions side
 
-    def send(self, wire: bytes) -> bool:
-        if self.transport is None or self.transport.is_closing():
+    def ack(self, node_id: bytes, counters: list[int]) -> bool:
+        """The node is owed an ACK of these counters; it joins any ACK of that node still waiting."""
+        return self._queued(self.transport is not None and self.downlink.ack(node_id, counters))
+
+    def time(self, node_id: bytes) -> bool:
+        """The node is owed a TIME (one waiting serves: it reads the clock when it is written)."""
+        return self._queued(self.transport is not None and self.downlink.time(node_id))
+
+    def send(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0) -> bool:
+        """Any other downlink frame (REJECT, CONFIG, ...), in order. Refused fields raise ProtocolError."""
+        return self._queued(self.transport is not None and self.downlink.frame(node_id, mtype, fields, flags))
+
+    def _queued(self, queued: bool) -> bool:
+        if self.transport is None:
             return False
-        self.transport.write(wire)
-        return True
+        if not queued and time.monotonic() - self._drops_logged_at >= ERROR_LOG_INTERVAL_S:
+            log.warning(
+                "%s: output backed up (%d replies waiting); replies that did not fit were dropped, totals %s",
+                self.path,
+                len(self.downlink),
+                dict(self.downlink.dropped),
+            )
+            self._drops_logged_at = time.monotonic()
+        self.transport.output_ready()
+        return queued
 
     def close(self) -> None:
         if self.transport is not None:
@@ -118,6 +153,7 @@ class PortManager:
 
     configs: tuple[SerialConfig, ...]
     handler: LinkHandler
+    next_counter: Callable[[], int]  # downlink frame counters (SPEC.md §4.1), shared by every port
     ports: dict[str, _PortState] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -169,15 +205,14 @@ class PortManager:
             self._failed(path, state, "not present (cable unplugged or device not enumerated)")
             return
         try:
-            _transport, protocol = await serial_asyncio_fast.create_serial_connection(
-                loop, lambda: Link(path, self.handler, self._lost), path, baudrate=state.config.baud
-            )
+            port = await loop.run_in_executor(None, lambda: serial.Serial(path, baudrate=state.config.baud))
         except (OSError, serial.SerialException, ValueError) as error:
             self._failed(path, state, "cannot open: %s" % describe_error(error))
             return
         finally:
             state.opening = False
-        link = cast(Link, protocol)
+        link = Link(path, self.handler, self._lost, self.next_counter)
+        SerialTransport(loop, port, link)
         if self._stopping:
             link.close()
             return

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols import CounterWindow, Message, ProtocolError, encode, messages, node_hex
+from protocols import CounterWindow, Message, ProtocolError, messages, node_hex
 from protocols import errors as perr
 from protocols import frame as fr
 from protocols import window as win
@@ -65,14 +65,12 @@ class Sessions:
         topic_prefix: str,
         committer: Committer,
         layouts: Layouts,
-        next_downlink_counter: Callable[[], int],
         publish_retained: Callable[[str, bytes], None],
         save_info: Callable[[str, str], None],
     ) -> None:
         self.topic_base = "%s/%s" % (topic_prefix, gateway_id)
         self._committer = committer
         self._layouts = layouts
-        self._next_counter = next_downlink_counter
         self._publish_retained = publish_retained
         self._save_info = save_info
         self.nodes: dict[str, Node] = {}
@@ -145,14 +143,7 @@ class Sessions:
         if error.node_id is None or error.code not in _REJECT_REASONS:
             return
         node = self._node(error.node_id)
-        reject = Message(
-            messages.REJECT,
-            node.node_id,
-            self._next_counter(),
-            {"reason": error.code, "detail": error.detail[:80], "counter": error.counter or 0},
-            fr.F_DOWNLINK,
-        )
-        link.send(encode(reject))
+        self._send(link, node, messages.REJECT, {"reason": error.code, "detail": error.detail[:80], "counter": error.counter or 0})
 
     # ------------------------------------------------------------ messages
 
@@ -210,21 +201,15 @@ class Sessions:
             self._publish_status(node)
 
     def committed(self, result: CommitResult) -> None:
-        """After a transaction: accept the counters, then ACK them, grouped per node, one write per link."""
-        acks: dict[tuple[int, str], tuple[Link, Node, list[int]]] = {}
+        """After a transaction: accept the counters, then ACK them (each port's queue makes one ACK per node of them)."""
         for pending in result.committed:
             node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
                 node.window.accept(pending.counter)
             for link in node.waiting.pop(pending.counter, []):
-                acks.setdefault((id(link), node.hex), (link, node, []))[2].append(pending.counter)
+                link.ack(node.node_id, [pending.counter])
         for pending in result.refused:
             pending.owner.waiting.pop(pending.counter, None)
-        wires: dict[int, tuple[Link, list[bytes]]] = {}
-        for link, node, counters in acks.values():
-            wires.setdefault(id(link), (link, []))[1].extend(self._ack_frames(node, counters))
-        for link, frames in wires.values():
-            link.send(b"".join(frames))
 
     def _other(self, node: Node, link: Link, message: Message) -> None:
         fields = message.fields
@@ -256,35 +241,25 @@ class Sessions:
             log.info("node %s: %s not handled by this gateway", node.hex, message.name)
 
     # ------------------------------------------------------------ replies
+    # Handed to the port's downlink queue as what is due; it builds the frames when the port has room.
 
-    def _frame(self, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> bytes:
-        return encode(Message(mtype, node.node_id, self._next_counter(), fields, fr.F_DOWNLINK | flags))
-
-    def _send(self, link: Link, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> None:
-        link.send(self._frame(node, mtype, fields, flags))
+    def _send(self, link: Link, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> bool:
+        return link.send(node.node_id, mtype, fields, flags)
 
     def _ack(self, link: Link, node: Node, counters: list[int]) -> None:
-        link.send(b"".join(self._ack_frames(node, counters)))
-
-    def _ack_frames(self, node: Node, counters: list[int]) -> list[bytes]:
-        return [
-            self._frame(node, messages.ACK, {"counters": counters[start : start + messages.MAX_ACKS]})
-            for start in range(0, len(counters), messages.MAX_ACKS)
-        ]
+        link.ack(node.node_id, counters)
 
     def _reject(self, link: Link, node: Node, message: Message, code: int, detail: str) -> None:
         self._send(link, node, messages.REJECT, {"reason": code, "detail": detail, "counter": message.counter, "type": message.type})
 
     def send_time(self, link: Link, node: Node) -> None:
-        now = time.time()
-        self._send(link, node, messages.TIME, {"unix": int(now), "ms": int(now * 1000) % 1000})
+        link.time(node.node_id)
 
     def send_config(self, node_hex_id: str, values: dict[str, Any]) -> bool:
         node = self.nodes.get(node_hex_id)
         if node is None or node.link is None:
             return False
-        self._send(node.link, node, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values}, fr.F_ACK_REQ)
-        return True
+        return self._send(node.link, node, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values}, fr.F_ACK_REQ)
 
     def _publish_status(self, node: Node, force: bool = False) -> None:
         now = time.time()
