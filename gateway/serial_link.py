@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 REOPEN_MIN_S = 0.5  # first retry after a port failed or vanished
 REOPEN_MAX_S = 30.0
 SCAN_INTERVAL_S = 1.0  # how often globs are expanded for new devices
+CLOSE_S = 2.0  # a stop waits this long at most for the replies still due on its ports
 ERROR_LOG_INTERVAL_S = 10.0  # bad-frame and dropped-reply log lines per port are at most this frequent
 
 
@@ -133,8 +134,14 @@ class Link:
         return queued
 
     def close(self) -> None:
+        """No more reading; what is due still goes out, then the port closes."""
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Closed at once; what is due is dropped."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 @dataclass
@@ -167,9 +174,13 @@ class PortManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for state in self.ports.values():
-            if state.link:
-                state.link.close()
+        for link in self.links():
+            link.close()
+        deadline = asyncio.get_running_loop().time() + CLOSE_S
+        while self.links() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the replies still due go out
+        for link in self.links():
+            link.abort()  # a port that cannot take them (its reader stalled)
         await asyncio.sleep(0)  # let connection_lost run
 
     def links(self) -> list[Link]:
@@ -214,7 +225,7 @@ class PortManager:
         link = Link(path, self.handler, self._lost, self.next_counter)
         SerialTransport(loop, port, link)
         if self._stopping:
-            link.close()
+            link.abort()
             return
         state.link = link
         log.info("%s: open at %d baud%s", path, state.config.baud, " (after %d failures)" % state.failures if state.failures else "")

@@ -58,6 +58,7 @@ class SerialTransport:
         self._pending = memoryview(b"")  # pulled from the protocol, not yet accepted by the port
         self._writing = False  # our writer is registered with the loop
         self._scheduled = False  # a write attempt is due on the next loop iteration
+        self._closing = False  # close() was called: no more reading, what is due still goes out
         self._closed = False
         loop.add_reader(self._fd, self._read_ready)
         protocol.connection_made(self)
@@ -83,6 +84,15 @@ class SerialTransport:
         self._loop.call_soon(self._write_ready)
 
     def close(self) -> None:
+        """Stop reading; write what the protocol still has due (it may add more meanwhile), then close the
+        port and report connection_lost(None). A port that cannot take it all is for `abort`."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self.output_ready()
+
+    def abort(self) -> None:
         """Stop reading and writing now (what is still due is not sent) and report connection_lost(None)."""
         self._shut(None)
 
@@ -104,10 +114,12 @@ class SerialTransport:
         if self._closed:
             return
         written = 0
+        drained = False
         while written < WRITE_BUDGET:
             if not self._pending:
                 chunk = self._protocol.pull(WRITE_CHUNK)
                 if not chunk:
+                    drained = True
                     break
                 self._pending = memoryview(chunk)
             try:
@@ -122,8 +134,10 @@ class SerialTransport:
             if self._pending:  # the port took less than offered: it is full until it says otherwise
                 break
         self._want_writable(bool(self._pending))
-        if not self._pending and written >= WRITE_BUDGET:
-            self.output_ready()  # more may be due: after the other callbacks have had their turn
+        if drained and self._closing:
+            self._shut(None)
+        elif not self._pending and not drained:
+            self.output_ready()  # the budget is spent and more may be due: after the other callbacks have had their turn
 
     def _want_writable(self, wanted: bool) -> None:
         if wanted and not self._writing:

@@ -313,6 +313,35 @@ async def test_a_closed_pty_becomes_connection_lost_once(cable: PtyCable, pendin
     assert not link.time(A), "nothing is queued on a closed link"
 
 
+async def test_close_writes_what_is_due_first_and_abort_does_not(cable: PtyCable) -> None:
+    handler, lost = Handler(), Lost()
+    link, transport, _fd = open_link(cable, handler, lost)
+    for index in range(3000):  # more than the pty holds
+        link.time(node(index))
+    await until(lambda: transport.blocked)
+    link.close()
+    link.ack(A, [7])  # what comes due while closing goes out too (the last commit's ACKs)
+    peer = Peer(cable)
+    peer.start_reading()
+    await until(lambda: lost.calls == [None], timeout=30)
+    await until(lambda: len(peer.messages) == 3001)
+    assert {m.node_id for m in peer.messages if m.type == messages.TIME} == {node(i) for i in range(3000)}
+    assert peer.messages[-1].type == messages.ACK
+    peer.stop_reading()
+
+
+async def test_a_stop_does_not_wait_for_a_stalled_reader(cable: PtyCable) -> None:
+    manager = PortManager((SerialConfig(str(cable.link_path), 115200),), Handler(), Counters())
+    manager.start()
+    await until(lambda: manager.links())
+    link = manager.links()[0]
+    for index in range(3000):
+        link.time(node(index))
+    await until(lambda: link.transport is not None and link.transport.blocked)
+    await asyncio.wait_for(manager.stop(), timeout=10)  # replies that cannot go out are dropped
+    assert not manager.links() and link.transport is None
+
+
 async def test_the_port_manager_reopens_a_port_that_was_lost(cable: PtyCable) -> None:
     manager = PortManager((SerialConfig(str(cable.link_path), 115200),), Handler(), Counters())
     manager.start()
