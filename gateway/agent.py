@@ -2,9 +2,12 @@
 
 serial ports -> sessions -> committer -> store (disk) -> forwarder -> uplink (MQTT)
 
-Stopping (SIGTERM/SIGINT): close the ports (no new frames), let the committer
-finish what it holds, flush deletions of acknowledged rows, say "offline" on the
-status topic, disconnect, and close the database cleanly.
+Stopping (SIGTERM/SIGINT) takes a couple of seconds at most, and the nodes stay
+acknowledged all along: the ports keep reading and the committer keeps
+committing and acknowledging while the forwarder stops handing out packs, waits
+briefly for the PUBACKs in flight and deletes what the broker acknowledged, and
+the uplink says "offline" and disconnects. Then the last commit, then the ports
+close, then the database.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 60.0
 CHECKPOINT_EVERY_S = 1.0
 SHUTDOWN_DRAIN_S = 30.0  # a stop never waits longer than this for the disk
+STOP_PUBACK_S = 1.0  # a stop waits this long at most for PUBACKs in flight (a slow link must not hold it up)
+STOP_UPLINK_S = 0.5  # ... and this long for the "offline" status, and again for the disconnect
 DOWNLINK_BLOCK = 65536  # downlink counters reserved on disk at a time (SPEC.md §4.1)
 
 
@@ -135,18 +140,19 @@ class Agent:
         )
         failed = await self._wait(tasks)
 
-        log.info("stopping: closing ports, committing what is in flight")
-        await self.ports.stop()
+        log.info("stopping: waiting briefly for the broker's acknowledgements; the nodes are still acknowledged")
+        await self.forwarder.settle(timeout=STOP_PUBACK_S)
+        await loop.run_in_executor(None, lambda: self.uplink.stop(self.status_topic, self._status("offline"), timeout=STOP_UPLINK_S))
+        await self.forwarder.flush()  # PUBACKs that came in while the uplink stopped
         if not tasks[0].done():  # a committer that died (a bug, logged above) has nothing left to drain
             try:
                 await asyncio.wait_for(self.committer.drain(), SHUTDOWN_DRAIN_S)
             except TimeoutError:
                 log.error("the last commits did not finish within %.0f s; their frames were not acknowledged", SHUTDOWN_DRAIN_S)
-        await self.forwarder.settle(timeout=5.0)
+        await self.ports.stop()  # frames read after the last commit are not acknowledged: their nodes resend them
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await loop.run_in_executor(None, lambda: self.uplink.stop(self.status_topic, self._status("offline")))
         await loop.run_in_executor(None, self.worker.close)
         log.info("stopped cleanly")
         return 1 if failed else 0

@@ -2,12 +2,24 @@
 
 Chunks committed while connected are live: they are turned into packs (one
 per node, every frame the waiting chunks hold) and served before the backlog
-whenever a slot in the window frees up. On every (re)connect the chunks
-already on disk form the backlog, read oldest first, many chunks at a time,
-so that one node's frames from many group commits travel in one pack. A
-chunk leaves the buffer only when the broker acknowledged every pack built
-from it. Latest-value retained messages (status topics) are not buffered:
-the newest one per topic is sent when connected.
+whenever a slot in the window frees up. The chunks already on disk at the
+first connect (and those committed while the broker was away) form the
+backlog, read oldest first, many chunks at a time, so that one node's frames
+from many group commits travel in one pack; a read ends once one node's
+frames fill a pack, so a read is as small as full packs allow.
+
+Every pack remembers the chunks its frames came from, and every chunk counts
+the packs (and node groups not yet made into packs) still outstanding for it:
+a chunk leaves the buffer as soon as the last of them is acknowledged, not
+when a whole read is. What was built is kept across reconnects: packs that
+were in flight when the connection dropped are published again, acknowledged
+ones never are, and the backlog read goes on from where it was. The uplink
+makes paho forget its own unacknowledged messages on each new connection
+(gateway/uplink.py), so the forwarder is the only one that resends.
+
+Latest-value retained messages (status topics) are not buffered: the newest
+one per topic is sent when connected, and sent again after a reconnect if the
+broker had not acknowledged it.
 """
 
 from __future__ import annotations
@@ -33,58 +45,41 @@ log = logging.getLogger(__name__)
 
 PACK_READINGS = 500  # readings in one MQTT message at most
 BUILD_GROUPS = 256  # node groups made into packs at a time
-BACKLOG_FRAMES = 40_960  # frames read from disk at a time: many per node, so packs are large
+BACKLOG_FRAMES = 40_960  # frames read from disk at a time at most (many nodes: each still gets a large pack)
 DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
 DELETE_AFTER_S = 0.2  # ... or after this long
 REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is tried again after this
-
-
-class Delivery:
-    """Chunks published together; they leave the disk when every pack built from them is acknowledged."""
-
-    __slots__ = ("chunk_ids", "finished", "unacked", "unbuilt")
-
-    def __init__(self, chunk_ids: list[int]) -> None:
-        self.chunk_ids = chunk_ids
-        self.unacked = 0  # packs built and not yet acknowledged
-        self.unbuilt = 0  # node groups not yet made into packs
-        self.finished = False
-
-    def finish(self) -> list[int]:
-        """The chunk ids to delete, once, when every pack was built and acknowledged."""
-        if self.unacked or self.unbuilt or self.finished:
-            return []
-        self.finished = True
-        return self.chunk_ids
 
 
 @dataclass(slots=True)
 class Pack:
     topic: str
     payload: bytes
-    delivery: Delivery
+    chunks: tuple[int, ...]  # the chunks whose frames it carries
+
+
+@dataclass(slots=True)
+class Retained:
+    topic: str
+    payload: bytes
 
 
 @dataclass(slots=True)
 class NodeFrames:
-    """One node's frames of a delivery, kept lean: the payloads end to end in one buffer, their
-    lengths and arrival times in arrays, no object per frame. A backlog read holds tens of
+    """One node's frames of a read, kept lean: the payloads end to end in one buffer, their
+    lengths, arrival times and chunk ids in arrays, no object per frame. A backlog read holds
     thousands of frames until its packs are built; lean frames let it hold more of them, so
     each node's pack is larger and the broker sees fewer messages."""
 
     layout: Layout
-    delivery: Delivery
     payloads: bytearray = field(default_factory=bytearray)
     lengths: array[int] = field(default_factory=lambda: array("H"))
     received: array[float] = field(default_factory=lambda: array("d"))
-    chunk_ids: set[int] = field(default_factory=set)
+    chunks: array[int] = field(default_factory=lambda: array("q"))  # each frame's chunk id
+    readings: float = 0.0  # estimated from the chunks' averages: where a read may end
 
-
-@dataclass
-class Built:
-    packs: list[Pack]
-    delivery: Delivery
-    damaged: list[tuple[int, str]]  # (chunk id, why): chunks that cannot be read, left on disk and reported
+    def chunk_ids(self) -> set[int]:
+        return set(self.chunks)
 
 
 class DamagedFrames(Exception):
@@ -94,20 +89,23 @@ class DamagedFrames(Exception):
 @dataclass
 class Grouped:
     groups: list[NodeFrames]
-    delivery: Delivery
-    damaged: list[tuple[int, str]]
-    last_id: int  # the newest chunk read (0: none)
+    damaged: list[tuple[int, str]]  # (chunk id, why): chunks that cannot be read, left on disk and reported
+    last_id: int  # the newest chunk looked at, skipped ones included (0: none)
 
 
-def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
-    """The frames of these chunks by node layout, in arrival order, as one delivery."""
+def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int] = frozenset(), fill: bool = False) -> Grouped:
+    """The frames of these chunks by node layout, in arrival order.
+
+    skip: chunks already in hand (their packs built or acknowledged), passed over.
+    fill: stop after the chunk that fills one node's pack (a backlog read).
+    """
     groups: dict[int, NodeFrames] = {}
-    used: list[int] = []
     damaged: list[tuple[int, str]] = []
-    delivery = Delivery(used)
     last_id = 0
     for chunk in chunks:
         last_id = chunk.id
+        if chunk.id in skip:
+            continue
         if chunk.damaged:
             damaged.append((chunk.id, chunk.damaged))
             continue
@@ -115,24 +113,28 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts) -> Grouped:
         if unknown:
             damaged.append((chunk.id, "channel layout %d is not in the database" % unknown[0]))
             continue
-        used.append(chunk.id)
+        per_frame = chunk.readings / max(1, len(chunk.frames))
+        full = False
         for layout_id, received, payload in chunk.frames:
             group = groups.get(layout_id)
             if group is None:
-                group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id], delivery)
+                group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id])
             group.payloads += payload
             group.lengths.append(len(payload))
             group.received.append(received)
-            group.chunk_ids.add(chunk.id)
-    delivery.unbuilt = len(groups)
-    return Grouped(list(groups.values()), delivery, damaged, last_id)
+            group.chunks.append(chunk.id)
+            group.readings += per_frame
+            full = full or group.readings >= PACK_READINGS
+        if fill and full:
+            break
+    return Grouped(list(groups.values()), damaged, last_id)
 
 
-def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int]]:
-    """((samples, time), readings) of each frame, decoded one at a time; DamagedFrames if one does not decode."""
+def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int, int]]:
+    """((samples, time), readings, chunk id) of each frame, decoded one at a time; DamagedFrames if one does not decode."""
     view = memoryview(group.payloads)
     start = 0
-    for length, received in zip(group.lengths, group.received, strict=True):
+    for length, received, chunk_id in zip(group.lengths, group.received, group.chunks, strict=True):
         try:
             fields = cbor2.loads(view[start : start + length])
             samples = fields[1]
@@ -142,27 +144,29 @@ def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int]]:
         except Exception as error:  # checked on arrival: whatever fails here, the disk damaged it
             raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
         start += length
-        yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3
+        yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3, chunk_id
 
 
-def build_packs(group: NodeFrames, topic_base: str) -> list[tuple[str, bytes]]:
-    """One node's frames as SenML packs of at most PACK_READINGS readings: (topic, payload) each.
+def build_packs(group: NodeFrames, topic_base: str) -> list[Pack]:
+    """One node's frames as SenML packs of at most PACK_READINGS readings, each naming its chunks.
 
     Decoded a pack's worth at a time, so one node with a long backlog costs one pack of memory.
     """
     layout = group.layout
     topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
-    packs: list[tuple[str, bytes]] = []
+    packs: list[Pack] = []
     frames: list[senml.Frame] = []
+    chunks: dict[int, None] = {}  # ordered set
     count = 0
     try:
-        for frame, readings in _frames(group):
+        for frame, readings, chunk_id in _frames(group):
             if count and count + readings > PACK_READINGS:
-                packs.append((topic, senml.pack(layout.node, layout.channels, frames)))
-                frames, count = [], 0
+                packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames), tuple(chunks)))
+                frames, chunks, count = [], {}, 0
             frames.append(frame)
+            chunks[chunk_id] = None
             count += readings
-        packs.append((topic, senml.pack(layout.node, layout.channels, frames)))
+        packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames), tuple(chunks)))
     except DamagedFrames:
         raise
     except Exception as error:  # a value SenML cannot carry: this group's damage, not the forwarder's end
@@ -170,12 +174,12 @@ def build_packs(group: NodeFrames, topic_base: str) -> list[tuple[str, bytes]]:
     return packs
 
 
-Outcome = list[tuple[str, bytes]] | DamagedFrames
+Outcome = list[Pack] | DamagedFrames
 
 
 def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Outcome]:
-    """Each group's packs, or why they cannot be built. Touches no delivery: this runs on the store
-    thread, and deliveries are counted on the event loop only (apply_outcomes)."""
+    """Each group's packs, or why they cannot be built. Touches no tally: this runs on the store
+    thread, and chunks are counted on the event loop only (Tally)."""
     outcomes: list[Outcome] = []
     for group in groups:
         try:
@@ -185,33 +189,61 @@ def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Outcome]:
     return outcomes
 
 
-def apply_outcomes(groups: list[NodeFrames], outcomes: list[Outcome]) -> tuple[list[Pack], list[tuple[int, str]], list[Delivery]]:
-    """Count built groups into their deliveries: (packs, damaged chunks, deliveries touched)."""
-    packs: list[Pack] = []
-    damaged: list[tuple[int, str]] = []
-    touched: dict[int, Delivery] = {}
-    for group, outcome in zip(groups, outcomes, strict=True):
-        delivery = touched.setdefault(id(group.delivery), group.delivery)
-        if isinstance(outcome, DamagedFrames):
-            delivery.chunk_ids = [chunk_id for chunk_id in delivery.chunk_ids if chunk_id not in group.chunk_ids]
-            damaged += [(chunk_id, "node %s: %s" % (group.layout.node, outcome)) for chunk_id in sorted(group.chunk_ids)]
-        else:
-            delivery.unacked += len(outcome)
-            packs += [Pack(topic, payload, delivery) for topic, payload in outcome]
-        delivery.unbuilt -= 1  # after unacked went up: never a moment where both read zero too early
-    return packs, damaged, list(touched.values())
+class Tally:
+    """Per chunk in hand, the packs carrying its frames, and the node groups not yet made into
+    packs, that are still outstanding; a chunk is done (may be deleted) when none is left."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, int] = {}
+        self._damaged: set[int] = set()  # done with, but never deleted: they stay on disk, unpublished
+        self.done: list[int] = []  # acknowledged chunks, not yet handed to a delete
+
+    def __contains__(self, chunk_id: int) -> bool:
+        return chunk_id in self._open
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, chunk_ids: Iterable[int]) -> None:
+        for chunk_id in chunk_ids:
+            self._open[chunk_id] = self._open.get(chunk_id, 0) + 1
+
+    def release(self, chunk_ids: Iterable[int]) -> None:
+        for chunk_id in chunk_ids:
+            left = self._open[chunk_id] - 1
+            if left:
+                self._open[chunk_id] = left
+                continue
+            del self._open[chunk_id]
+            if chunk_id in self._damaged:
+                self._damaged.discard(chunk_id)
+            else:
+                self.done.append(chunk_id)
+
+    def damage(self, chunk_ids: Iterable[int]) -> None:
+        self._damaged.update(chunk_id for chunk_id in chunk_ids if chunk_id in self._open)
+
+    def after(self, cursor: int) -> list[int]:
+        """Chunks newer than cursor that are outstanding or done."""
+        return [chunk_id for chunk_id in [*self._open, *self.done] if chunk_id > cursor]
 
 
-def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> Built:
-    """Every frame of these chunks in SenML packs, as one delivery; what cannot be read stays out of it."""
+def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> tuple[list[Pack], list[tuple[int, str]]]:
+    """Every frame of these chunks in SenML packs; (packs, chunks that cannot be read)."""
     grouped = group_frames(chunks, layouts)
-    packs, damaged, _touched = apply_outcomes(grouped.groups, build_groups(grouped.groups, topic_base))
-    return Built(packs, grouped.delivery, grouped.damaged + damaged)
+    packs: list[Pack] = []
+    damaged = list(grouped.damaged)
+    for group, outcome in zip(grouped.groups, build_groups(grouped.groups, topic_base), strict=True):
+        if isinstance(outcome, DamagedFrames):
+            damaged += [(chunk_id, "node %s: %s" % (group.layout.node, outcome)) for chunk_id in sorted(group.chunk_ids())]
+        else:
+            packs += outcome
+    return packs, damaged
 
 
-def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int) -> Grouped:
+def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int, skip: frozenset[int]) -> Grouped:
     """Runs on the store thread: the next chunks of the backlog, their frames by node."""
-    return group_frames(store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id), layouts)
+    return group_frames(store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id), layouts, skip, fill=True)
 
 
 class Forwarder:
@@ -222,18 +254,21 @@ class Forwarder:
         self._window = window
         self._layouts = layouts
         self._topic_base = topic_base
-        self._inflight: dict[int, Pack | None] = {}  # mid -> pack (None for a retained status)
+        self._inflight: dict[int, Pack | Retained] = {}  # mid -> what it carries, on the current connection
         self._live_chunks: list[Chunk] = []
         self._live: deque[Pack] = deque()
+        self._again: deque[Pack] = deque()  # in flight on a lost connection, or refused: published again
         self._backlog: deque[Pack] = deque()
         self._groups: deque[NodeFrames] = deque()  # backlog read from disk, not yet made into packs
         self._task: asyncio.Task[None] | None = None  # the store thread's read or build under way
         self._failure: Exception | None = None
-        self._backlog_cursor = 0
-        self._backlog_end = 0
+        self._backlog_cursor = 0  # every chunk up to here is in hand (Tally) or done
+        self._backlog_end = -1  # the newest chunk on disk at the last connect (-1: to be asked)
         self._backlog_done = True
         self._retained: dict[str, bytes] = {}
-        self._acked: list[int] = []
+        self._tally = Tally()
+        self._deleting: list[int] = []  # handed to the delete under way
+        self._delete_lock = asyncio.Lock()
         self._reported: set[int] = set()  # damaged chunks already logged
         self._wake = asyncio.Event()
         self._epoch = 0
@@ -241,24 +276,21 @@ class Forwarder:
     # ------------------------------------------------------------ events (event loop)
 
     def connected(self) -> None:
-        self._epoch += 1  # reads still in flight from an earlier connection are ignored
-        self._reset()
-        self._backlog_end = -1  # set by the pump once it has asked the store
+        self._epoch += 1  # an answer about the backlog's end from an earlier connection is asked again
+        self._backlog_end = -1  # chunks committed meanwhile join the backlog; the cursor stays where it was
         self._backlog_done = False
         self._wake.set()
 
     def disconnected(self) -> None:
+        """What was in flight is published again on the next connection; nothing acknowledged is."""
         self._epoch += 1
-        self._reset()
-        self._backlog_done = True
-
-    def _reset(self) -> None:
+        packs = [item for item in self._inflight.values() if isinstance(item, Pack)]
+        self._again.extendleft(reversed(packs))  # ahead of older retries, in the order first sent
+        for item in self._inflight.values():
+            if isinstance(item, Retained):
+                self._retained.setdefault(item.topic, item.payload)  # unless a newer one is waiting
         self._inflight.clear()
-        self._live_chunks.clear()
-        self._live.clear()
-        self._backlog.clear()
-        self._groups.clear()
-        self._backlog_cursor = 0
+        self._live_chunks.clear()  # not built yet: read from disk as backlog after the reconnect
 
     def live(self, chunk: Chunk) -> None:
         if self._uplink.connected:
@@ -270,26 +302,18 @@ class Forwarder:
         self._wake.set()
 
     def puback(self, mid: int, accepted: bool, reason: str) -> None:
-        if mid not in self._inflight:
-            return
-        pack = self._inflight.pop(mid)
-        if pack is not None:
+        item = self._inflight.pop(mid, None)
+        if isinstance(item, Pack):
             if accepted:
-                self._acknowledged(pack.delivery)
+                self._tally.release(item.chunks)
             else:
                 log.error("the broker refused a readings publish (%s); the readings stay buffered and are retried", reason)
-                loop = asyncio.get_running_loop()
-                loop.call_later(REFUSED_RETRY_S, self._retry, pack, self._epoch)
+                asyncio.get_running_loop().call_later(REFUSED_RETRY_S, self._retry, item)
         self._wake.set()
 
-    def _acknowledged(self, delivery: Delivery) -> None:
-        delivery.unacked -= 1
-        self._acked += delivery.finish()
-
-    def _retry(self, pack: Pack, epoch: int) -> None:
-        if epoch == self._epoch:  # a reconnect re-reads the whole buffer anyway
-            self._backlog.appendleft(pack)
-            self._wake.set()
+    def _retry(self, pack: Pack) -> None:
+        self._again.append(pack)
+        self._wake.set()
 
     # ------------------------------------------------------------ pump
 
@@ -300,7 +324,7 @@ class Forwarder:
                 await asyncio.wait_for(self._wake.wait(), DELETE_AFTER_S)
             self._wake.clear()
             now = asyncio.get_running_loop().time()
-            if self._acked and (len(self._acked) >= DELETE_EVERY or now - last_delete >= DELETE_AFTER_S):
+            if self._tally.done and (len(self._tally.done) >= DELETE_EVERY or now - last_delete >= DELETE_AFTER_S):
                 await self._delete()
                 last_delete = now
             if self._uplink.connected:
@@ -318,33 +342,57 @@ class Forwarder:
         while self._retained and self._uplink.connected:
             topic, payload = self._retained.popitem()
             mid = self._uplink.publish(topic, payload, qos=1, retain=True)
-            if mid is not None:
-                self._inflight[mid] = None
+            if mid is None:
+                self._retained.setdefault(topic, payload)
+                return  # not connected after all: sent when the uplink says it is
+            self._inflight[mid] = Retained(topic, payload)
         while len(self._inflight) < self._window and self._uplink.connected:
-            pack = self._next_pack()
-            if pack is None:
+            queue = self._next_queue()
+            if queue is None:
                 break
+            pack = queue.popleft()
             mid = self._uplink.publish(pack.topic, pack.payload, self._qos, content_type=CONTENT_TYPE)
             if mid is None:
-                return  # not connected after all: a reconnect reads the buffer again
+                queue.appendleft(pack)
+                return  # not connected after all: sent when the uplink says it is
             self._inflight[mid] = pack
         self._prefetch()
 
-    def _next_pack(self) -> Pack | None:
+    def _next_queue(self) -> deque[Pack] | None:
         if self._live_chunks:
             # Chunks on disk at connect time are the backlog's; the rest are published together.
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
             self._live_chunks.clear()
             if chunks:
-                built = publishable(chunks, self._layouts, self._topic_base)
-                self._report(built.damaged)
-                self._live.extend(built.packs)
-                self._acked += built.delivery.finish()  # not a single frame came out: nothing to wait for
-        if self._live:
-            return self._live.popleft()
-        if self._backlog:
-            return self._backlog.popleft()
+                grouped = group_frames(chunks, self._layouts)
+                self._take_groups(grouped)
+                self._live.extend(self._take_outcomes(grouped.groups, build_groups(grouped.groups, self._topic_base)))
+        for queue in (self._live, self._again, self._backlog):
+            if queue:
+                return queue
         return None
+
+    def _take_groups(self, grouped: Grouped) -> None:
+        """Count a read's groups into its chunks, before any of its packs exist."""
+        self._report(grouped.damaged)
+        for group in grouped.groups:
+            self._tally.add(group.chunk_ids())
+
+    def _take_outcomes(self, groups: list[NodeFrames], outcomes: list[Outcome]) -> list[Pack]:
+        """Count built packs into their chunks; a group's own count is released after its packs'
+        went up, so no chunk reads zero too early."""
+        packs: list[Pack] = []
+        for group, outcome in zip(groups, outcomes, strict=True):
+            chunk_ids = group.chunk_ids()
+            if isinstance(outcome, DamagedFrames):
+                self._tally.damage(chunk_ids)
+                self._report([(chunk_id, "node %s: %s" % (group.layout.node, outcome)) for chunk_id in sorted(chunk_ids)])
+            else:
+                for pack in outcome:
+                    self._tally.add(pack.chunks)
+                packs += outcome
+            self._tally.release(chunk_ids)
+        return packs
 
     def _prefetch(self) -> None:
         """Keep the store thread a step ahead of the publishing: build the next groups' packs,
@@ -353,38 +401,39 @@ class Forwarder:
             return
         if self._groups:
             batch = [self._groups.popleft() for _ in range(min(BUILD_GROUPS, len(self._groups)))]
-            self._task = asyncio.get_running_loop().create_task(self._build(batch, self._epoch))
+            self._task = asyncio.get_running_loop().create_task(self._build(batch))
         elif not self._backlog_done:
-            self._task = asyncio.get_running_loop().create_task(self._read(self._epoch))
+            self._task = asyncio.get_running_loop().create_task(self._read())
 
-    async def _read(self, epoch: int) -> None:
+    def _in_hand(self) -> frozenset[int]:
+        """Chunks after the cursor that a read must pass over: live ones built on an earlier
+        connection (outstanding, done or being deleted), and damaged ones already reported."""
+        cursor = self._backlog_cursor
+        others = [chunk_id for chunk_id in [*self._deleting, *self._reported] if chunk_id > cursor]
+        return frozenset(self._tally.after(cursor) + others)
+
+    async def _read(self) -> None:
+        # What a read returns stays valid across reconnects: it covers (cursor, end], and the cursor
+        # moves only here, so nothing is read twice and nothing is skipped.
         try:
-            grouped = await self._worker.call(_read_backlog, self._worker.store, self._layouts, self._backlog_cursor, self._backlog_end)
-            if epoch != self._epoch:
-                return
-            if not grouped.last_id:  # nothing after the cursor: the backlog is out
-                self._backlog_done = True
+            after, end = self._backlog_cursor, self._backlog_end
+            grouped = await self._worker.call(_read_backlog, self._worker.store, self._layouts, after, end, self._in_hand())
+            if not grouped.last_id:  # nothing after the cursor: the backlog is out, up to this end
+                self._backlog_done = end == self._backlog_end
                 return
             self._backlog_cursor = grouped.last_id
-            self._report(grouped.damaged)
+            self._take_groups(grouped)
             self._groups.extend(grouped.groups)
-            self._acked += grouped.delivery.finish()  # not a single frame came out: nothing to wait for
         except Exception as error:
             self._failure = error
         finally:
             self._task = None
             self._wake.set()
 
-    async def _build(self, batch: list[NodeFrames], epoch: int) -> None:
+    async def _build(self, batch: list[NodeFrames]) -> None:
         try:
             outcomes = await self._worker.call(build_groups, batch, self._topic_base)
-            if epoch != self._epoch:
-                return
-            packs, damaged, touched = apply_outcomes(batch, outcomes)
-            self._report(damaged)
-            self._backlog.extend(packs)
-            for delivery in touched:
-                self._acked += delivery.finish()  # whose every group failed to decode
+            self._backlog.extend(self._take_outcomes(batch, outcomes))
         except Exception as error:
             self._failure = error
         finally:
@@ -400,16 +449,27 @@ class Forwarder:
     async def settle(self, timeout: float) -> None:
         """Stop handing out packs, wait (bounded) for the PUBACKs in flight, delete what was acknowledged."""
         self._window = 0
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._inflight and self._uplink.connected and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-        if self._acked:
-            await self._delete()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._inflight and self._uplink.connected and loop.time() < deadline:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - loop.time()))
+        await self._delete()
+
+    async def flush(self) -> None:
+        """Delete every chunk acknowledged so far."""
+        await self._delete()
 
     async def _delete(self) -> None:
-        acked, self._acked = self._acked, []
-        try:
-            await self._worker.call(self._worker.store.delete, acked)
-        except StoreError as error:  # the chunks stay; they may be published again, never lost
-            log.error("%s; will try again", error)
-            self._acked = acked + self._acked
+        async with self._delete_lock:  # one at a time: a stop's last delete waits for one under way
+            if not self._tally.done:
+                return
+            self._deleting, self._tally.done = self._tally.done, []
+            try:
+                await self._worker.call(self._worker.store.delete, self._deleting)
+            except StoreError as error:  # the chunks stay; they may be published again, never lost
+                log.error("%s; will try again", error)
+                self._tally.done = self._deleting + self._tally.done
+            finally:
+                self._deleting = []

@@ -1,11 +1,22 @@
 """MQTT connection: one paho-mqtt client driven by its own network thread.
 
 The thread connects, runs paho's loop, and on any loss waits a jittered
-exponential backoff before the next attempt ("full jitter": uniform between 0
-and min(cap, base x 2^attempt)), so hundreds of gateways that lost the same
-broker come back spread out instead of at once. Everything paho reports is
-handed to the event loop with call_soon_threadsafe; publish() may be called from
-the event loop thread (paho's publish is thread-safe).
+exponential backoff before the next attempt, so hundreds of gateways that lost
+the same broker come back spread out instead of at once. A broker that takes
+the TCP connection but never answers CONNACK is given up on after a timeout,
+and the log says so.
+
+Two threads, one view each. The network thread numbers every connection the
+broker accepted (`_link`, under `_lock`); the event loop learns of each one,
+and of its end, through call_soon_threadsafe, in order, and only then changes
+what it sees (`connected`). publish() is called on the event loop and goes to
+paho only while the connection the loop knows of is the network thread's
+current one, so nothing published is mistaken for part of another connection.
+
+Resends are the forwarder's alone: every connection starts a clean session, and
+paho's own unacknowledged messages from an earlier connection are dropped
+before paho would resend them (it does so on every reconnect, clean session or
+not); the forwarder publishes again what it holds unacknowledged.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
+CONNACK_TIMEOUT_S = 10.0  # a broker that took the TCP connection answers within this (or the keepalive, if shorter)
 
 
 @dataclass
@@ -61,14 +73,18 @@ class Uplink:
         self._reconnect_max_s = reconnect_max_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.connected = False
+        self._lock = threading.Lock()
+        self._link = 0  # network thread: the number of the connection up now (0: none); written under _lock
+        self._links = 0  # network thread: connections accepted so far
+        self._answered = False  # network thread: the current attempt got its CONNACK
+        self._loop_link = 0  # event loop: the connection it was told of (0: none)
         self.mqtt5 = config.protocol == "5"
         protocol = MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=protocol,
-            clean_session=None if self.mqtt5 else True,
+            clean_session=None if self.mqtt5 else True,  # MQTT 5: clean_start on every connect()
             reconnect_on_failure=False,
         )
         self._client.max_inflight_messages_set(config.inflight)
@@ -88,13 +104,19 @@ class Uplink:
 
     # ------------------------------------------------------------ control (event loop thread)
 
+    @property
+    def connected(self) -> bool:
+        """The event loop's view: changes only on the event loop, when it is told of a connection or its end."""
+        return self._loop_link != 0
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, content_type: str | None = None) -> int | None:
-        """Hand a message to paho; the mid, or None when not connected."""
-        if not self.connected:
+        """Hand a message to paho on the connection the event loop knows of; the mid, or None when
+        that connection is gone (the loop hears of it next) or was never there."""
+        if not self._loop_link:
             return None
         properties = None
         if self.mqtt5 and content_type:
@@ -102,18 +124,24 @@ class Uplink:
             if properties is None:  # one object per content type, reused: paho only reads it
                 properties = self._properties[content_type] = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 properties.ContentType = content_type
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        with self._lock:  # the network thread cannot start another connection in between
+            if self._link != self._loop_link:
+                return None
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return None
+            return None  # lost on paho's side already; dropped at the next connection, never sent twice
         return int(info.mid)
 
-    def stop(self, last_topic: str | None = None, last_payload: bytes | None = None, timeout: float = 3.0) -> None:
-        """Publish a last retained message if connected, disconnect, and end the thread."""
-        if self.connected and last_topic is not None and last_payload is not None:
-            info = self._client.publish(last_topic, last_payload, qos=1, retain=True)
-            deadline = time.monotonic() + timeout
-            while not info.is_published() and self.connected and time.monotonic() < deadline:
-                time.sleep(0.02)
+    def stop(self, last_topic: str | None = None, last_payload: bytes | None = None, timeout: float = 1.0) -> None:
+        """Publish a last retained message if connected, disconnect, and end the thread; each step
+        waits at most `timeout` (a slow link must not hold up the stop)."""
+        info = None
+        with self._lock:
+            if self._link and last_topic is not None and last_payload is not None:
+                info = self._client.publish(last_topic, last_payload, qos=1, retain=True)
+        deadline = time.monotonic() + timeout
+        while info is not None and not info.is_published() and self._link and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._stopping.set()
         self._client.disconnect()
         if self._thread is not None:
@@ -123,17 +151,28 @@ class Uplink:
 
     def _run(self) -> None:
         attempt = 0
+        connack_timeout = min(CONNACK_TIMEOUT_S, self.config.keepalive)
+        where = "%s:%d" % (self.config.host, self.config.port)
         while not self._stopping.is_set():
             started = time.monotonic()
+            self._answered = False
             try:
-                self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+                if self.mqtt5:
+                    self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive, clean_start=True)
+                else:
+                    self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
             except (OSError, ssl.SSLError, ValueError) as error:
-                self._note_failure("cannot reach the broker %s:%d: %s" % (self.config.host, self.config.port, describe_error(error)))
+                self._note_failure("cannot reach the broker %s: %s" % (where, describe_error(error)))
             else:
                 while not self._stopping.is_set():
                     if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        if not self._answered:
+                            self._note_failure("the broker %s closed the connection without answering CONNECT" % where)
                         break
-                self._set_connected(False)
+                    if not self._answered and time.monotonic() - started > connack_timeout:
+                        self._note_failure("the broker %s took the connection but sent no CONNACK within %.0f s" % (where, connack_timeout))
+                        break  # the socket is closed by the next connect()
+                self._lost()
             if self._stopping.is_set():
                 break
             attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt + 1
@@ -144,13 +183,25 @@ class Uplink:
             log.error("%s; buffering on disk and retrying with backoff", message)
             self.last_error = message
 
-    def _set_connected(self, value: bool) -> None:
-        if value == self.connected:
-            return
-        self.connected = value
-        self._loop.call_soon_threadsafe(self._events.connected if value else self._events.disconnected)
+    def _lost(self) -> None:
+        """Network thread: the current connection, if there was one, is over."""
+        with self._lock:
+            link, self._link = self._link, 0
+        if link:
+            self._loop.call_soon_threadsafe(self._departed, link)
+
+    def _arrived(self, link: int) -> None:
+        """Event loop: the only place where `connected` becomes true, right before the forwarder hears of it."""
+        self._loop_link = link
+        self._events.connected()
+
+    def _departed(self, link: int) -> None:
+        if self._loop_link == link:
+            self._loop_link = 0
+            self._events.disconnected()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
+        self._answered = True
         if reason.is_failure:
             self._note_failure("the broker %s:%d refused the connection: %s" % (self.config.host, self.config.port, reason))
             client.disconnect()
@@ -159,13 +210,18 @@ class Uplink:
         self.last_error = ""
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
-        self._set_connected(True)
+        with self._lock:
+            # paho resends these right after this callback; the forwarder publishes them again itself.
+            client.drop_out_messages()
+            self._links += 1
+            self._link = self._links
+        self._loop.call_soon_threadsafe(self._arrived, self._link)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
-        if self.connected and not self._stopping.is_set():
+        if self._link and not self._stopping.is_set():
             why = "connection lost" if reason.value == 0x80 else str(reason)  # paho's "Unspecified error"
             log.warning("disconnected from the broker: %s", why)
-        self._set_connected(False)
+        self._lost()
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, properties: object) -> None:
         self._loop.call_soon_threadsafe(self._events.published, mid, not reason.is_failure, str(reason))

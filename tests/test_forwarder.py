@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import forwarder as forwarder_module
-from gateway.forwarder import PACK_READINGS, Built, Forwarder, publishable
+from gateway.forwarder import PACK_READINGS, Forwarder, Pack, publishable
 from gateway.layouts import Layouts
 from gateway.senml import Channel, unpack
 from gateway.store import Chunk, Store, StoredFrame
@@ -100,14 +100,15 @@ async def settle(forwarder: Forwarder, rounds: int = 20) -> None:
         await asyncio.sleep(0.01)
 
 
-def packs_of(chunks: list[Chunk]) -> Built:
-    return publishable(chunks, layouts(), "edgegw/gw")
+def packs_of(chunks: list[Chunk]) -> list[Pack]:
+    packs, _damaged = publishable(chunks, layouts(), "edgegw/gw")
+    return packs
 
 
 def test_packs_hold_each_node_s_frames_with_their_own_times_and_channels() -> None:
-    built = packs_of([Chunk(1, [frame(1), frame(2, layout=2), frame(3, base_time=None)], 5), Chunk(2, [frame(4)], 2)])
-    assert built.delivery.chunk_ids == [1, 2] and built.delivery.unacked == len(built.packs) == 2
-    by_topic = {pack.topic: unpack(pack.payload) for pack in built.packs}
+    packs = packs_of([Chunk(1, [frame(1), frame(2, layout=2), frame(3, base_time=None)], 5), Chunk(2, [frame(4)], 2)])
+    assert [pack.chunks for pack in packs] == [(1, 2), (1,)], "each pack names the chunks its frames came from"
+    by_topic = {pack.topic: unpack(pack.payload) for pack in packs}
     a = by_topic["edgegw/gw/nodes/%s/readings" % NODE_A]
     assert [(r["value"], r["time"]) for r in a if r["name"].endswith(":counter")] == [
         (1, 1795000001),
@@ -120,20 +121,19 @@ def test_packs_hold_each_node_s_frames_with_their_own_times_and_channels() -> No
 
 
 def test_a_pack_holds_at_most_pack_readings() -> None:
-    built = packs_of([Chunk(1, [frame(n) for n in range(PACK_READINGS)], 2 * PACK_READINGS)])  # two readings a frame
-    assert [len(unpack(pack.payload)) for pack in built.packs] == [PACK_READINGS, PACK_READINGS]
+    packs = packs_of([Chunk(1, [frame(n) for n in range(PACK_READINGS)], 2 * PACK_READINGS)])  # two readings a frame
+    assert [len(unpack(pack.payload)) for pack in packs] == [PACK_READINGS, PACK_READINGS]
 
 
 def test_a_damaged_chunk_is_reported_and_kept() -> None:
     unknown_layout = Chunk(2, [frame(1, layout=99)], 2)
     unreadable = Chunk(3, [], 2, damaged="error: incorrect header check")
     rotten = Chunk(4, [frame(5), StoredFrame(2, 0.0, b"\xa1\x01")], 3)  # a payload damaged on disk
-    built = packs_of([Chunk(1, [frame(0)], 2), unknown_layout, unreadable, rotten])
-    assert built.delivery.chunk_ids == [1]  # only what was published may be deleted
-    assert [chunk_id for chunk_id, _why in built.damaged] == [2, 3, 4]
-    assert "layout 99" in built.damaged[0][1] and "header" in built.damaged[1][1] and "premature end" in built.damaged[2][1]
-    assert [pack.topic.split("/")[3] for pack in built.packs] == [NODE_A], "the other node's frames still go out"
-    assert sorted(int(r["value"]) for r in unpack(built.packs[0].payload) if r["name"].endswith(":counter")) == [0, 5]
+    packs, damaged = publishable([Chunk(1, [frame(0)], 2), unknown_layout, unreadable, rotten], layouts(), "edgegw/gw")
+    assert [chunk_id for chunk_id, _why in damaged] == [2, 3, 4]
+    assert "layout 99" in damaged[0][1] and "header" in damaged[1][1] and "premature end" in damaged[2][1]
+    assert [pack.topic.split("/")[3] for pack in packs] == [NODE_A], "the other node's frames still go out"
+    assert sorted(int(r["value"]) for r in unpack(packs[0].payload) if r["name"].endswith(":counter")) == [0, 5]
 
 
 async def test_a_damaged_payload_keeps_its_chunk_on_disk(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,211 @@
+"""A flaky uplink: a TCP proxy on loopback that throttles each direction to a byte rate and cuts
+every connection through it on a seeded schedule (a cellular modem in a street cabinet).
+
+Sans-I/O at the core, like hil/faults.py: `LinkPlan` is told the clock and answers how many
+bytes may pass each way now, when the next cut is, and how long nothing changes; it draws
+each gap between cuts from its own seeded generator, so a seed gives the same cut times.
+`FlakyProxy` does the I/O on one thread with a selector. A cut closes both sides and throws
+away whatever the link was still carrying, as a radio link that drops does; the client
+connects again when it likes (the link is back at once). Loopback only: it listens on
+127.0.0.1 and forwards to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import selectors
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+UP, DOWN = "up", "down"  # client -> server, server -> client
+BURST_S = 0.05  # a direction may send this many seconds' worth of bytes at once
+LINK_BUFFER = 65536  # bytes the link holds per direction before it stops reading
+
+
+class LinkPlan:
+    """Throttle and cut schedule of one link; sans-I/O (the caller passes the clock)."""
+
+    def __init__(self, rates: dict[str, float | None], cut_every: float | None, seed: int, now: float) -> None:
+        self.rates = rates  # bytes/s per direction; None: unthrottled
+        self.cut_every = cut_every
+        self._rng = random.Random(seed)
+        self._tokens = dict.fromkeys((UP, DOWN), 0.0)
+        self._at = dict.fromkeys((UP, DOWN), now)
+        self.next_cut = now + self._gap() if cut_every else math.inf
+
+    def _gap(self) -> float:
+        assert self.cut_every is not None
+        return self.cut_every * self._rng.uniform(0.8, 1.2)
+
+    def allowance(self, direction: str, now: float) -> int:
+        """Bytes that may pass in this direction now."""
+        rate = self.rates.get(direction)
+        if rate is None:
+            return LINK_BUFFER
+        self._tokens[direction] = min(rate * BURST_S, self._tokens[direction] + rate * (now - self._at[direction]))
+        self._at[direction] = now
+        return int(self._tokens[direction])
+
+    def spend(self, direction: str, sent: int) -> None:
+        if self.rates.get(direction) is not None:
+            self._tokens[direction] -= sent
+
+    def cut_due(self, now: float) -> bool:
+        """True once per cut, when it is due; the next one is scheduled from now."""
+        if now < self.next_cut:
+            return False
+        self.next_cut = now + self._gap()
+        return True
+
+    def idle(self, now: float, waiting: dict[str, bool]) -> float:
+        """Seconds until a cut is due or a waiting direction may send a byte again."""
+        wait = self.next_cut - now
+        for direction, pending in waiting.items():
+            rate = self.rates.get(direction)
+            if pending:  # unthrottled and still pending: the receiver is slow, look again soon
+                wait = min(wait, 0.005 if rate is None else max(0.0, 1 - self._tokens[direction]) / rate)
+        return max(0.001, min(wait, 0.5))
+
+
+@dataclass
+class _Pair:
+    client: socket.socket
+    server: socket.socket
+    buffers: dict[str, bytearray] = field(default_factory=lambda: {UP: bytearray(), DOWN: bytearray()})
+
+
+class FlakyProxy:
+    """Listens on 127.0.0.1:port, forwards to 127.0.0.1:target through a LinkPlan."""
+
+    def __init__(
+        self, target_port: int, rate: float | None = None, cut_every: float | None = None, seed: int = 1, rate_down: float | None = -1.0
+    ) -> None:
+        """rate: bytes/s each way (rate_down, if given, for the server -> client direction)."""
+        self.target_port = target_port
+        self._rates = {UP: rate, DOWN: rate if rate_down == -1.0 else rate_down}
+        self._cut_every = cut_every
+        self._seed = seed
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self._pairs: list[_Pair] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cuts = 0  # connections cut by the schedule
+        self.carried = dict.fromkeys((UP, DOWN), 0)  # bytes delivered each way
+
+    def start(self) -> FlakyProxy:
+        self._thread = threading.Thread(target=self._run, name="flaky-link", daemon=True)
+        self._thread.start()
+        return self
+
+    def set_good(self) -> None:
+        """From now on a good link: no throttle, no cuts (takes effect within half a second)."""
+        self._rates = {UP: None, DOWN: None}
+        self._cut_every = None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        for pair in list(self._pairs):
+            self._drop(pair)
+        self._listener.close()
+
+    def __enter__(self) -> FlakyProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the proxy thread
+
+    def _run(self) -> None:
+        plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic())
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                if plan.rates is not self._rates:  # set_good()
+                    plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic())
+                now = time.monotonic()
+                if plan.cut_due(now) and self._pairs:
+                    self.cuts += 1
+                    for pair in list(self._pairs):
+                        self._drop(pair, selector)
+                waiting = {UP: False, DOWN: False}
+                for pair in list(self._pairs):
+                    self._pump(pair, plan, now, waiting, selector)
+                for key, _events in selector.select(plan.idle(now, waiting)):
+                    if key.fileobj is self._listener:
+                        self._accept(selector)
+                    else:
+                        self._receive(key.data, key.fileobj, selector)  # type: ignore[arg-type]
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        try:
+            client, _address = self._listener.accept()
+        except BlockingIOError:
+            return
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+        except OSError:
+            client.close()  # nothing behind the link: the client sees its connection refused
+            return
+        pair = _Pair(client, server)
+        for sock in (client, server):
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, pair)
+        self._pairs.append(pair)
+
+    def _receive(self, pair: _Pair, sock: socket.socket, selector: selectors.BaseSelector) -> None:
+        direction = UP if sock is pair.client else DOWN
+        room = LINK_BUFFER - len(pair.buffers[direction])
+        if room <= 0:
+            return  # the link is full; the sender's kernel buffers the rest
+        try:
+            data = sock.recv(room)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # one side closed: so does the link, with whatever it still carried
+            self._drop(pair, selector)
+            return
+        pair.buffers[direction] += data
+
+    def _pump(self, pair: _Pair, plan: LinkPlan, now: float, waiting: dict[str, bool], selector: selectors.BaseSelector) -> None:
+        for direction, sock in ((UP, pair.server), (DOWN, pair.client)):
+            buffer = pair.buffers[direction]
+            if not buffer:
+                continue
+            allowed = min(len(buffer), plan.allowance(direction, now))
+            if allowed <= 0:
+                waiting[direction] = True
+                continue
+            try:
+                sent = sock.send(buffer[:allowed])
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._drop(pair, selector)
+                return
+            del buffer[:sent]
+            plan.spend(direction, sent)
+            self.carried[direction] += sent
+            waiting[direction] = waiting[direction] or bool(buffer)
+
+    def _drop(self, pair: _Pair, selector: selectors.BaseSelector | None = None) -> None:
+        if pair in self._pairs:
+            self._pairs.remove(pair)
+        for sock in (pair.client, pair.server):
+            if selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(sock)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, not a FIN
+            sock.close()
