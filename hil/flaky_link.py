@@ -67,8 +67,10 @@ class LinkPlan:
         wait = self.next_cut - now
         for direction, pending in waiting.items():
             rate = self.rates.get(direction)
-            if pending:  # unthrottled and still pending: the receiver is slow, look again soon
-                wait = min(wait, 0.005 if rate is None else max(0.0, 1 - self._tokens[direction]) / rate)
+            if pending and rate is None:  # unthrottled and still pending: the receiver is slow, look again soon
+                wait = min(wait, 0.005)
+            elif pending and rate:
+                wait = min(wait, max(0.0, 1 - self._tokens[direction]) / rate)
         return max(0.001, min(wait, 0.5))
 
 
@@ -95,6 +97,7 @@ class FlakyProxy:
         self.port = int(self._listener.getsockname()[1])
         self._pairs: list[_Pair] = []
         self._stop = threading.Event()
+        self._cut_now = threading.Event()
         self._thread: threading.Thread | None = None
         self.cuts = 0  # connections cut by the schedule
         self.carried = dict.fromkeys((UP, DOWN), 0)  # bytes delivered each way
@@ -104,10 +107,18 @@ class FlakyProxy:
         self._thread.start()
         return self
 
+    def cut(self) -> None:
+        """Cut the connections through the link now (within a turn of the proxy thread)."""
+        self._cut_now.set()
+
+    def set_link(self, rate: float | None = None, cut_every: float | None = None, rate_down: float | None = -1.0) -> None:
+        """From now on this link (as in the constructor; rate 0 carries nothing); takes effect within half a second."""
+        self._cut_every = cut_every
+        self._rates = {UP: rate, DOWN: rate if rate_down == -1.0 else rate_down}
+
     def set_good(self) -> None:
-        """From now on a good link: no throttle, no cuts (takes effect within half a second)."""
-        self._rates = {UP: None, DOWN: None}
-        self._cut_every = None
+        """From now on a good link: no throttle, no cuts."""
+        self.set_link()
 
     def close(self) -> None:
         self._stop.set()
@@ -133,7 +144,8 @@ class FlakyProxy:
                 if plan.rates is not self._rates:  # set_good()
                     plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic())
                 now = time.monotonic()
-                if plan.cut_due(now) and self._pairs:
+                due, asked = plan.cut_due(now), self._take_cut()
+                if (due or asked) and self._pairs:
                     self.cuts += 1
                     for pair in list(self._pairs):
                         self._drop(pair, selector)
@@ -145,6 +157,11 @@ class FlakyProxy:
                         self._accept(selector)
                     else:
                         self._receive(key.data, key.fileobj, selector)  # type: ignore[arg-type]
+
+    def _take_cut(self) -> bool:
+        asked = self._cut_now.is_set()
+        self._cut_now.clear()
+        return asked
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
         try:

@@ -40,7 +40,8 @@ class RecordingUplink:
         """The `counter` values of every pack published (from the first-th on), in order."""
         return [
             int(record["value"])
-            for _mid, _topic, payload in self.published[first:]
+            for _mid, topic, payload in self.published[first:]
+            if topic.endswith("/readings")
             for record in unpack(payload)
             if record["name"].endswith(":counter")
         ]
@@ -242,4 +243,80 @@ async def test_a_delivery_built_in_several_batches_is_deleted_only_when_all_its_
     forwarder.puback(2, True, "Success")
     await forwarder._delete()
     assert store.pending_chunks == 0
+    worker.close()
+
+
+async def test_what_the_broker_acknowledged_is_not_published_again_after_a_reconnect(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forwarder_module, "PACK_READINGS", 2)  # one frame a pack: ten packs from ten chunks
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 10, window=4)
+    await settle(forwarder)
+    assert uplink.counters() == [0, 1, 2, 3]  # the window is full
+    forwarder.puback(1, True, "Success")
+    forwarder.puback(2, True, "Success")
+    forwarder.disconnected()  # the PUBACKs of 2 and 3 were lost with the link
+    forwarder.connected()
+    sent_before = len(uplink.published)
+    for _ in range(40):  # acknowledge as they come
+        await settle(forwarder, 2)
+        for mid, _topic, _payload in uplink.published[sent_before:]:
+            forwarder.puback(mid, True, "Success")
+    assert sorted(uplink.counters(sent_before)) == list(range(2, 10)), "0 and 1 were acknowledged: never sent again"
+    await forwarder.settle(timeout=1)
+    assert store.pending_chunks == 0
+    worker.close()
+
+
+async def test_a_chunk_leaves_the_disk_as_soon_as_the_packs_holding_its_frames_are_acknowledged(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forwarder_module, "PACK_READINGS", 2)
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 10, window=10)
+    await settle(forwarder, 60)  # a read per chunk now: a pack is full with one frame
+    assert len(uplink.published) == 10
+    forwarder.puback(1, True, "Success")
+    forwarder.puback(2, True, "Success")
+    await forwarder.flush()
+    assert store.pending_chunks == 8, "the rest of the read is not acknowledged yet, but these two chunks are"
+    forwarder.disconnected()  # and a reconnect does not bring them back
+    forwarder.connected()
+    await settle(forwarder)
+    assert sorted(uplink.counters(10)) == list(range(2, 10))
+    assert sorted(chunk.id for chunk in store.oldest(100)) == list(range(3, 11))
+    worker.close()
+
+
+async def test_a_backlog_read_ends_once_a_node_s_pack_is_full(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forwarder_module, "PACK_READINGS", 6)  # three frames of two readings
+    store = Store(tmp_path, 10**9)
+    rows(store, 7)
+    grouped = forwarder_module._read_backlog(store, layouts(), 0, 7, frozenset())
+    assert grouped.last_id == 3 and [list(group.chunks) for group in grouped.groups] == [[1, 2, 3]]
+    store.close()
+
+
+async def test_a_retained_status_in_flight_when_the_link_dropped_is_sent_again(tmp_path: pathlib.Path) -> None:
+    _store, worker, uplink, forwarder = connected_forwarder(tmp_path, 0)
+    forwarder.retained("edgegw/gw/status", b'{"state": "online"}')
+    await settle(forwarder)
+    assert [topic for _mid, topic, _payload in uplink.published] == ["edgegw/gw/status"]
+    forwarder.disconnected()  # before its PUBACK
+    forwarder.connected()
+    await settle(forwarder)
+    assert [topic for _mid, topic, _payload in uplink.published] == ["edgegw/gw/status"] * 2
+    worker.close()
+
+
+async def test_a_publish_the_uplink_could_not_take_is_kept(tmp_path: pathlib.Path) -> None:
+    _store, worker, uplink, forwarder = connected_forwarder(tmp_path, 3)
+    forwarder.retained("edgegw/gw/status", b'{"state": "online"}')
+    real_publish = uplink.publish
+    uplink.publish = lambda *args, **kwargs: None  # type: ignore[method-assign]  # the link went just now
+    await settle(forwarder)
+    uplink.publish = real_publish  # type: ignore[method-assign]
+    forwarder.disconnected()
+    forwarder.connected()
+    await settle(forwarder)
+    assert sorted(uplink.counters()) == [0, 1, 2] and any(topic.endswith("/status") for _mid, topic, _payload in uplink.published)
     worker.close()

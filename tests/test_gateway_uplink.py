@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from gateway.config import MqttConfig
+from gateway.uplink import Uplink, UplinkEvents
 from hil.broker import Mosquitto
-from hil.capture import MqttCapture
+from hil.capture import MqttCapture, Received
 from hil.certs import Pki, make_pki
+from hil.flaky_link import FlakyProxy
 from hil.gateway import GatewayProcess
 from hil.scripted_node import ScriptedNode
 from hil.serial_pair import PtyCable
@@ -105,3 +111,89 @@ def test_a_broker_that_refuses_us_is_logged_and_readings_stay_buffered(tmp_path:
             restarted.wait_for_log("3 buffered readings")
         finally:
             restarted.close()
+
+
+# ------------------------------------------------------------------ the uplink on its own, in this process
+
+
+def uplink_for(port: int, events: UplinkEvents, keepalive: int = 30) -> Uplink:
+    config = MqttConfig(host="127.0.0.1", port=port, keepalive=keepalive, reconnect_max=1)
+    return Uplink(config, "gw-uplink-test", "edgegw/gw-uplink-test/status", b'{"state": "offline"}', events, asyncio.get_running_loop(), 1)
+
+
+def recording_events(log: list[str], arrived: asyncio.Event) -> UplinkEvents:
+    def connected() -> None:
+        log.append("connected")
+        arrived.set()
+
+    def disconnected() -> None:
+        log.append("disconnected")
+
+    return UplinkEvents(connected=connected, disconnected=disconnected, published=lambda *_: None, message=lambda *_: None)
+
+
+async def test_the_event_loop_sees_a_connection_only_once_it_is_told_of_it(tmp_path: pathlib.Path) -> None:
+    """Nothing can be published on a connection before the forwarder hears of it (and would wipe it)."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        arrived = asyncio.Event()
+        calls: list[str] = []
+        uplink = uplink_for(broker.port, recording_events(calls, arrived))
+        uplink.start()
+        try:
+            # Hold the event loop, as a long callback would, until paho's thread has the connection.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (uplink.connected or getattr(uplink, "_link", 0)):
+                time.sleep(0.01)
+            assert not uplink.connected, "the flag changed on paho's thread, before the event loop was told"
+            assert uplink.publish("edgegw/t", b"x", qos=1) is None
+            await asyncio.wait_for(arrived.wait(), 10)
+            assert calls == ["connected"] and uplink.connected
+            assert uplink.publish("edgegw/t", b"x", qos=1) is not None
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, uplink.stop)
+
+
+def arrived_on(topic: str) -> Callable[[list[Received]], bool]:
+    return lambda msgs: topic in {m.topic for m in msgs}
+
+
+async def test_paho_does_not_resend_on_its_own_after_a_reconnect(tmp_path: pathlib.Path) -> None:
+    """Only the forwarder resends (it knows what was acknowledged); a message paho had in flight is dropped."""
+    with Mosquitto(tmp_path / "broker") as broker, FlakyProxy(broker.port) as proxy:
+        capture = MqttCapture(broker.host, broker.port, ["edgegw/t/#"])
+        arrived = asyncio.Event()
+        calls: list[str] = []
+        uplink = uplink_for(proxy.port, recording_events(calls, arrived))
+        uplink.start()
+        try:
+            await asyncio.wait_for(arrived.wait(), 10)
+            proxy.set_link(rate=0, rate_down=None)  # nothing gets to the broker any more
+            assert uplink.publish("edgegw/t/lost", b"1", qos=1) is not None
+            arrived.clear()
+            proxy.cut()
+            proxy.set_good()
+            await asyncio.wait_for(arrived.wait(), 20)  # connected again
+            for topic in ("edgegw/t/after", "edgegw/t/later"):  # paho resends at CONNACK: before "later", on the same TCP stream
+                assert uplink.publish(topic, b"2", qos=1) is not None
+                await asyncio.get_running_loop().run_in_executor(None, capture.wait_for, arrived_on(topic))
+            assert [m.topic for m in capture.snapshot()] == ["edgegw/t/after", "edgegw/t/later"]
+            assert calls == ["connected", "disconnected", "connected"]
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, uplink.stop)
+            capture.close()
+
+
+async def test_a_broker_that_never_answers_connack_is_named_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes the handshake; nobody ever answers
+    arrived = asyncio.Event()
+    uplink = uplink_for(silent.getsockname()[1], recording_events([], arrived), keepalive=5)
+    uplink.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "sent no CONNACK" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert "took the connection but sent no CONNACK within 5 s" in caplog.text
+        assert not arrived.is_set()
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, uplink.stop)
+        silent.close()
