@@ -143,7 +143,7 @@ class Agent:
         log.info("stopping: waiting briefly for the broker's acknowledgements; the nodes are still acknowledged")
         await self.forwarder.settle(timeout=STOP_PUBACK_S)
         await loop.run_in_executor(None, lambda: self.uplink.stop(self.status_topic, self._status("offline"), timeout=STOP_UPLINK_S))
-        await self.forwarder.flush()  # PUBACKs that came in while the uplink stopped
+        await self.forwarder.finish()  # what the broker acknowledged leaves the disk, partly delivered chunks too
         if not tasks[0].done():  # a committer that died (a bug, logged above) has nothing left to drain
             try:
                 await asyncio.wait_for(self.committer.drain(), SHUTDOWN_DRAIN_S)

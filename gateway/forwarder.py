@@ -49,6 +49,8 @@ BACKLOG_FRAMES = 40_960  # frames read from disk at a time at most (many nodes: 
 DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
 DELETE_AFTER_S = 0.2  # ... or after this long
 REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is tried again after this
+FRAME_BITS = 20  # a frame is named by its chunk id << FRAME_BITS | its position in the chunk
+POSITION = (1 << FRAME_BITS) - 1
 
 
 @dataclass(slots=True)
@@ -56,6 +58,7 @@ class Pack:
     topic: str
     payload: bytes
     chunks: tuple[int, ...]  # the chunks whose frames it carries
+    frames: array[int]  # those frames (FRAME_BITS)
 
 
 @dataclass(slots=True)
@@ -75,11 +78,11 @@ class NodeFrames:
     payloads: bytearray = field(default_factory=bytearray)
     lengths: array[int] = field(default_factory=lambda: array("H"))
     received: array[float] = field(default_factory=lambda: array("d"))
-    chunks: array[int] = field(default_factory=lambda: array("q"))  # each frame's chunk id
+    frames: array[int] = field(default_factory=lambda: array("q"))  # each frame's chunk and position (FRAME_BITS)
     readings: float = 0.0  # estimated from the chunks' averages: where a read may end
 
     def chunk_ids(self) -> set[int]:
-        return set(self.chunks)
+        return {ref >> FRAME_BITS for ref in self.frames}
 
 
 class DamagedFrames(Exception):
@@ -115,14 +118,14 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int]
             continue
         per_frame = chunk.readings / max(1, len(chunk.frames))
         full = False
-        for layout_id, received, payload in chunk.frames:
+        for position, (layout_id, received, payload) in enumerate(chunk.frames):
             group = groups.get(layout_id)
             if group is None:
                 group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id])
             group.payloads += payload
             group.lengths.append(len(payload))
             group.received.append(received)
-            group.chunks.append(chunk.id)
+            group.frames.append(chunk.id << FRAME_BITS | position)
             group.readings += per_frame
             full = full or group.readings >= PACK_READINGS
         if fill and full:
@@ -131,10 +134,10 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int]
 
 
 def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int, int]]:
-    """((samples, time), readings, chunk id) of each frame, decoded one at a time; DamagedFrames if one does not decode."""
+    """((samples, time), readings, frame ref) of each frame, decoded one at a time; DamagedFrames if one does not decode."""
     view = memoryview(group.payloads)
     start = 0
-    for length, received, chunk_id in zip(group.lengths, group.received, group.chunks, strict=True):
+    for length, received, ref in zip(group.lengths, group.received, group.frames, strict=True):
         try:
             fields = cbor2.loads(view[start : start + length])
             samples = fields[1]
@@ -144,7 +147,7 @@ def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int, int]]:
         except Exception as error:  # checked on arrival: whatever fails here, the disk damaged it
             raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
         start += length
-        yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3, chunk_id
+        yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3, ref
 
 
 def build_packs(group: NodeFrames, topic_base: str) -> list[Pack]:
@@ -156,17 +159,22 @@ def build_packs(group: NodeFrames, topic_base: str) -> list[Pack]:
     topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
     packs: list[Pack] = []
     frames: list[senml.Frame] = []
-    chunks: dict[int, None] = {}  # ordered set
+    refs = array("q")
     count = 0
+
+    def pack() -> Pack:
+        chunks = dict.fromkeys(ref >> FRAME_BITS for ref in refs)  # an ordered set
+        return Pack(topic, senml.pack(layout.node, layout.channels, frames), tuple(chunks), refs)
+
     try:
-        for frame, readings, chunk_id in _frames(group):
+        for frame, readings, ref in _frames(group):
             if count and count + readings > PACK_READINGS:
-                packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames), tuple(chunks)))
-                frames, chunks, count = [], {}, 0
+                packs.append(pack())
+                frames, refs, count = [], array("q"), 0
             frames.append(frame)
-            chunks[chunk_id] = None
+            refs.append(ref)
             count += readings
-        packs.append(Pack(topic, senml.pack(layout.node, layout.channels, frames), tuple(chunks)))
+        packs.append(pack())
     except DamagedFrames:
         raise
     except Exception as error:  # a value SenML cannot carry: this group's damage, not the forwarder's end
@@ -196,6 +204,7 @@ class Tally:
     def __init__(self) -> None:
         self._open: dict[int, int] = {}
         self._damaged: set[int] = set()  # done with, but never deleted: they stay on disk, unpublished
+        self._delivered: dict[int, set[int]] = {}  # open chunk -> positions of its frames acknowledged already
         self.done: list[int] = []  # acknowledged chunks, not yet handed to a delete
 
     def __contains__(self, chunk_id: int) -> bool:
@@ -215,10 +224,20 @@ class Tally:
                 self._open[chunk_id] = left
                 continue
             del self._open[chunk_id]
+            self._delivered.pop(chunk_id, None)
             if chunk_id in self._damaged:
                 self._damaged.discard(chunk_id)
             else:
                 self.done.append(chunk_id)
+
+    def acknowledged(self, pack: Pack) -> None:
+        for ref in pack.frames:
+            self._delivered.setdefault(ref >> FRAME_BITS, set()).add(ref & POSITION)
+        self.release(pack.chunks)
+
+    def partly_delivered(self) -> dict[int, set[int]]:
+        """Open chunks with frames the broker acknowledged: chunk id -> those frames' positions."""
+        return {chunk_id: set(positions) for chunk_id, positions in self._delivered.items() if chunk_id not in self._damaged}
 
     def damage(self, chunk_ids: Iterable[int]) -> None:
         self._damaged.update(chunk_id for chunk_id in chunk_ids if chunk_id in self._open)
@@ -239,6 +258,33 @@ def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> t
         else:
             packs += outcome
     return packs, damaged
+
+
+def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
+    """Runs on the store thread when the gateway stops: each partly delivered chunk is replaced by
+    one holding only the frames the broker has not acknowledged, so a restart does not publish the
+    others again. The new chunk is written before the old one is deleted: a crash in between costs
+    duplicates, never readings. Returns the readings deleted."""
+    deleted = 0
+    for chunk_id, positions in sorted(delivered.items()):
+        found = store.oldest(1, chunk_id - 1, chunk_id)
+        if not found or found[0].damaged:
+            continue
+        chunk = found[0]
+        keep = [frame for position, frame in enumerate(chunk.frames) if position not in positions]
+        try:
+            readings = sum(len(cbor2.loads(frame.payload)[1]) // 3 for frame in keep)
+            if keep:
+                store.commit(keep, readings, {})
+            store.delete([chunk_id])
+        except StoreError as error:  # the whole chunk stays: published again after a restart, never lost
+            log.warning("%s; chunk %d stays as it is", error, chunk_id)
+            continue
+        except Exception as error:  # a frame that does not decode: damage, for the next start to report
+            log.warning("chunk %d stays as it is: %s", chunk_id, error)
+            continue
+        deleted += chunk.readings - readings
+    return deleted
 
 
 def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int, skip: frozenset[int]) -> Grouped:
@@ -305,7 +351,7 @@ class Forwarder:
         item = self._inflight.pop(mid, None)
         if isinstance(item, Pack):
             if accepted:
-                self._tally.release(item.chunks)
+                self._tally.acknowledged(item)
             else:
                 log.error("the broker refused a readings publish (%s); the readings stay buffered and are retried", reason)
                 asyncio.get_running_loop().call_later(REFUSED_RETRY_S, self._retry, item)
@@ -457,9 +503,14 @@ class Forwarder:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - loop.time()))
         await self._delete()
 
-    async def flush(self) -> None:
-        """Delete every chunk acknowledged so far."""
+    async def finish(self) -> None:
+        """The last step of a stop: delete every chunk acknowledged so far, and from the chunks
+        acknowledged in part, the frames the broker has."""
         await self._delete()
+        partly = self._tally.partly_delivered()
+        if partly:
+            deleted = await self._worker.call(keep_undelivered, self._worker.store, partly)
+            log.info("%d delivered readings deleted from %d partly delivered chunks", deleted, len(partly))
 
     async def _delete(self) -> None:
         async with self._delete_lock:  # one at a time: a stop's last delete waits for one under way

@@ -45,6 +45,7 @@ class TrialSettings:
     flaky_s: float = 126.0
     settle_s: float = 300.0  # at most this long on the good link for everything to arrive
     seed: int = 11
+    stop_at_end: bool = False  # SIGTERM the gateway at the end of the flaky phase (mid-drain), then start it again
 
 
 @dataclass
@@ -62,6 +63,8 @@ class TrialResult:
     missing: int = 0  # rounds on disk or acknowledged to a node that never arrived
     cuts: int = 0
     good_link_s: float | None = None  # from the link turning good until everything had arrived
+    stop_s: float | None = None  # SIGTERM to exit, on the flaky link mid-drain (stop_at_end)
+    acked_while_stopping: int = 0  # live frames the gateway acknowledged between SIGTERM and its exit
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds, readings on disk)
 
     @property
@@ -122,6 +125,7 @@ class LiveNodes:
         self.interval = interval
         self._frames: dict[str, dict[int, int]] = {node.node_id.hex(): {} for node in self.nodes}
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the nodes' state, between their thread and acknowledged()
         self._thread = threading.Thread(target=self._run, name="live-nodes", daemon=True)
         self.error: BaseException | None = None
 
@@ -136,22 +140,28 @@ class LiveNodes:
         try:
             while not self._stop.is_set():
                 number += 1
-                for node in self.nodes:
-                    samples: list[int | float] = [1, number, 0]
-                    samples += [value for t in range(3) for value in (0, 2100 + (number + t) % 200, t)]
-                    self._frames[node.node_id.hex()][number] = node.readings(samples)
-                    node.poll(0)
+                with self._lock:
+                    for node in self.nodes:
+                        samples: list[int | float] = [1, number, 0]
+                        samples += [value for t in range(3) for value in (0, 2100 + (number + t) % 200, t)]
+                        self._frames[node.node_id.hex()][number] = node.readings(samples)
+                        node.poll(0)
+                        if number % 5 == 0:  # like the firmware: what was not acknowledged (a gateway restart) is sent again
+                            node.resend_unacked()
                 next_round += self.interval
                 while time.monotonic() < next_round and not self._stop.is_set():
-                    for node in self.nodes:
-                        node.poll(0.01)
+                    time.sleep(0.01)
+                    with self._lock:
+                        for node in self.nodes:
+                            node.poll(0)
         except BaseException as error:  # reported by acknowledged(); the trial goes on
             self.error = error
 
     def acknowledged(self) -> set[tuple[str, int]]:
         """(node, counter value) of every round the gateway acknowledged (so holds on disk or delivered)."""
-        acked = {node.node_id.hex(): node.acked for node in self.nodes}
-        return {(node, number) for node, frames in self._frames.items() for number, counter in frames.items() if counter in acked[node]}
+        with self._lock:
+            acked = {node.node_id.hex(): node.acked for node in self.nodes}
+            return {(node, number) for node, frames in self._frames.items() for number, counter in frames.items() if counter in acked[node]}
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,7 +170,10 @@ class LiveNodes:
         deadline = time.monotonic() + 10  # the last rounds' ACKs
         while time.monotonic() < deadline and any(node.unacked for node in self.nodes):
             for node in self.nodes:
-                node.poll(0.02)
+                node.resend_unacked()
+            for _ in range(25):
+                for node in self.nodes:
+                    node.poll(0.02)
 
     def close(self) -> None:
         for cable in self.cables:
@@ -172,6 +185,18 @@ def _rounds(capture: MqttCapture) -> tuple[int, int]:
     deliveries = capture.counter_deliveries()
     distinct = len({(node, value) for node, value, _at in deliveries})
     return distinct, len(deliveries) - distinct
+
+
+def _stop_and_restart(gateway: GatewayProcess, live: LiveNodes, result: TrialResult) -> None:
+    assert gateway.process is not None
+    before = live.acknowledged()
+    stopping = time.monotonic()
+    code = gateway.stop(timeout=60)
+    result.stop_s = round(time.monotonic() - stopping, 2)
+    if code != 0:
+        raise AssertionError("the gateway stopped with status %d" % code)
+    result.acked_while_stopping = len(live.acknowledged() - before)
+    gateway.start()  # the nodes resend what was not acknowledged
 
 
 def run_trial(workdir: Path, settings: TrialSettings, progress: Any = None) -> TrialResult:
@@ -205,6 +230,8 @@ def run_trial(workdir: Path, settings: TrialSettings, progress: Any = None) -> T
             result.backlog_after_flaky = buffered_readings(data_dir)
             result.delivered_flaky, result.duplicates_flaky = _rounds(capture)
             result.cuts = proxy.cuts
+            if settings.stop_at_end:
+                _stop_and_restart(gateway, live, result)
             proxy.set_good()
             good = time.monotonic()
             deadline = good + settings.settle_s

@@ -277,7 +277,7 @@ async def test_a_chunk_leaves_the_disk_as_soon_as_the_packs_holding_its_frames_a
     assert len(uplink.published) == 10
     forwarder.puback(1, True, "Success")
     forwarder.puback(2, True, "Success")
-    await forwarder.flush()
+    await forwarder._delete()
     assert store.pending_chunks == 8, "the rest of the read is not acknowledged yet, but these two chunks are"
     forwarder.disconnected()  # and a reconnect does not bring them back
     forwarder.connected()
@@ -292,7 +292,7 @@ async def test_a_backlog_read_ends_once_a_node_s_pack_is_full(tmp_path: pathlib.
     store = Store(tmp_path, 10**9)
     rows(store, 7)
     grouped = forwarder_module._read_backlog(store, layouts(), 0, 7, frozenset())
-    assert grouped.last_id == 3 and [list(group.chunks) for group in grouped.groups] == [[1, 2, 3]]
+    assert grouped.last_id == 3 and [sorted(group.chunk_ids()) for group in grouped.groups] == [[1, 2, 3]]
     store.close()
 
 
@@ -319,4 +319,23 @@ async def test_a_publish_the_uplink_could_not_take_is_kept(tmp_path: pathlib.Pat
     forwarder.connected()
     await settle(forwarder)
     assert sorted(uplink.counters()) == [0, 1, 2] and any(topic.endswith("/status") for _mid, topic, _payload in uplink.published)
+    worker.close()
+
+
+async def test_a_stop_deletes_the_delivered_frames_of_a_chunk_delivered_in_part(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10**9)
+    store.commit([frame(1), frame(2, layout=2), frame(3)], 5, {})  # two nodes: two packs from one chunk
+    store.commit([frame(4)], 2, {})
+    worker = StoreWorker(store)
+    uplink = RecordingUplink()
+    forwarder = Forwarder(worker, uplink, qos=1, window=64, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
+    forwarder.connected()
+    await settle(forwarder)
+    node_a = next(mid for mid, topic, _payload in uplink.published if NODE_A in topic)
+    forwarder.puback(node_a, True, "Success")  # node A's frames 1, 3 and 4; node B's frame 2 is still out
+    await forwarder.settle(timeout=0)
+    await forwarder.finish()
+    (left,) = store.oldest(10)
+    assert [f.layout for f in left.frames] == [2] and left.readings == 1, "only what the broker does not have is kept"
+    assert store.pending_readings == 1
     worker.close()
