@@ -42,6 +42,23 @@ BUDGET = [
     ),
     ("link bytes per reading (10-sample frame)", "footprint", "link_bytes_per_reading", 8, "lower", "B"),
     ("firmware heap: smallest -X heapsize the node runs in (64-bit unix port)", "firmware", "heap_kb", 32, "lower", "KB"),
+    (
+        "flaky uplink, 10 KB/s cut every ~8 s for 126 s: readings buffered at the end / at the start",
+        "flaky_uplink",
+        "backlog_kept",
+        0.9,
+        "lower",
+        "",
+    ),
+    (
+        "flaky uplink: rounds that arrived twice / rounds delivered (a stop and restart included)",
+        "flaky_uplink",
+        "duplicate_fraction",
+        0.05,
+        "lower",
+        "",
+    ),
+    ("SIGTERM to exit during a drain on the flaky uplink", "flaky_uplink", "stop_s", 2, "lower", "s"),
 ]
 
 COMPARED = [

@@ -80,6 +80,7 @@ class TrialResult:
         out.pop("samples")
         out["duplicate_fraction_flaky"] = round(self.duplicate_fraction_flaky, 4)
         out["duplicate_fraction"] = round(self.duplicate_fraction, 4)
+        out["backlog_kept"] = round(self.backlog_after_flaky / max(1, self.backlog_start), 3)
         return out
 
 
