@@ -7,11 +7,16 @@ the TCP connection but never answers CONNACK is given up on after a timeout,
 and the log says so.
 
 Two threads, one view each. The network thread numbers every connection the
-broker accepted (`_link`, under `_lock`); the event loop learns of each one,
-and of its end, through call_soon_threadsafe, in order, and only then changes
-what it sees (`connected`). publish() is called on the event loop and goes to
-paho only while the connection the loop knows of is the network thread's
-current one, so nothing published is mistaken for part of another connection.
+broker accepted (`_link`); the event loop learns of each one, and of its end,
+through call_soon_threadsafe, in order, and only then changes what it sees
+(`connected`). publish() is called on the event loop and goes to paho only
+while the connection the loop knows of is the network thread's current one.
+No lock of ours is held around paho: paho may run its callbacks on the thread
+that publishes (a write that finds the socket dead reports the disconnect
+there), and one of ours held there would deadlock. Between two connections
+there is at least a backoff, so the check cannot pass for a connection that
+is already replaced; a message paho takes for a connection that just died
+stays in paho's queue and is dropped at the next connection.
 
 Resends are the forwarder's alone: every connection starts a clean session, and
 paho's own unacknowledged messages from an earlier connection are dropped
@@ -73,8 +78,7 @@ class Uplink:
         self._reconnect_max_s = reconnect_max_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._link = 0  # network thread: the number of the connection up now (0: none); written under _lock
+        self._link = 0  # network thread: the number of the connection up now (0: none)
         self._links = 0  # network thread: connections accepted so far
         self._answered = False  # network thread: the current attempt got its CONNACK
         self._loop_link = 0  # event loop: the connection it was told of (0: none)
@@ -124,10 +128,9 @@ class Uplink:
             if properties is None:  # one object per content type, reused: paho only reads it
                 properties = self._properties[content_type] = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 properties.ContentType = content_type
-        with self._lock:  # the network thread cannot start another connection in between
-            if self._link != self._loop_link:
-                return None
-            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if self._link != self._loop_link:
+            return None  # that connection is gone; the event loop hears of it next
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None  # lost on paho's side already; dropped at the next connection, never sent twice
         return int(info.mid)
@@ -136,9 +139,8 @@ class Uplink:
         """Publish a last retained message if connected, disconnect, and end the thread; each step
         waits at most `timeout` (a slow link must not hold up the stop)."""
         info = None
-        with self._lock:
-            if self._link and last_topic is not None and last_payload is not None:
-                info = self._client.publish(last_topic, last_payload, qos=1, retain=True)
+        if self._link and last_topic is not None and last_payload is not None:
+            info = self._client.publish(last_topic, last_payload, qos=1, retain=True)
         deadline = time.monotonic() + timeout
         while info is not None and not info.is_published() and self._link and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -184,9 +186,8 @@ class Uplink:
             self.last_error = message
 
     def _lost(self) -> None:
-        """Network thread: the current connection, if there was one, is over."""
-        with self._lock:
-            link, self._link = self._link, 0
+        """The current connection, if there was one, is over (told on paho's thread, or on the one that published)."""
+        link, self._link = self._link, 0
         if link:
             self._loop.call_soon_threadsafe(self._departed, link)
 
@@ -210,11 +211,9 @@ class Uplink:
         self.last_error = ""
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
-        with self._lock:
-            # paho resends these right after this callback; the forwarder publishes them again itself.
-            client.drop_out_messages()
-            self._links += 1
-            self._link = self._links
+        client.drop_out_messages()  # paho would resend them right after this callback; the forwarder does it itself
+        self._links += 1
+        self._link = self._links
         self._loop.call_soon_threadsafe(self._arrived, self._link)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
