@@ -203,7 +203,7 @@ class Tally:
 
     def __init__(self) -> None:
         self._open: dict[int, int] = {}
-        self._damaged: set[int] = set()  # done with, but never deleted: they stay on disk, unpublished
+        self._damaged: set[int] = set()  # a frame in them does not decode: done with, never deleted
         self._delivered: dict[int, set[int]] = {}  # open chunk -> positions of its frames acknowledged already
         self.done: list[int] = []  # acknowledged chunks, not yet handed to a delete
 
@@ -289,7 +289,11 @@ def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
 
 def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int, skip: frozenset[int]) -> Grouped:
     """Runs on the store thread: the next chunks of the backlog, their frames by node."""
-    return group_frames(store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id), layouts, skip, fill=True)
+    chunks = store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id)
+    try:
+        return group_frames(chunks, layouts, skip, fill=True)
+    finally:
+        getattr(chunks, "close", lambda: None)()  # a read that ended early ends the store's cursor here, on its thread
 
 
 class Forwarder:
