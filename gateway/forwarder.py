@@ -409,8 +409,9 @@ class Forwarder:
         self._prefetch()
 
     def _next_queue(self) -> deque[Pack] | None:
-        if self._live_chunks:
-            # Chunks on disk at connect time are the backlog's; the rest are published together.
+        if self._live_chunks and not self._live:
+            # Chunks on disk at connect time are the backlog's; the rest are published together. Built
+            # only once the last live packs are out: on a slow link they gather into larger packs.
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
             self._live_chunks.clear()
             if chunks:

@@ -339,3 +339,19 @@ async def test_a_stop_deletes_the_delivered_frames_of_a_chunk_delivered_in_part(
     assert [f.layout for f in left.frames] == [2] and left.readings == 1, "only what the broker does not have is kept"
     assert store.pending_readings == 1
     worker.close()
+
+
+async def test_live_frames_gather_into_larger_packs_while_the_link_is_busy(tmp_path: pathlib.Path) -> None:
+    _store, worker, uplink, forwarder = connected_forwarder(tmp_path, 0, window=1)
+    await settle(forwarder)  # the backlog is known (empty): what is committed from now on is live
+    forwarder.live(Chunk(1, [frame(1), frame(1, layout=2)], 3))
+    await settle(forwarder)
+    forwarder.live(Chunk(2, [frame(2), frame(2, layout=2)], 3))  # while node B's pack of chunk 1 waits its turn
+    forwarder.puback(1, True, "Success")
+    await settle(forwarder)
+    forwarder.live(Chunk(3, [frame(3), frame(3, layout=2)], 3))
+    forwarder.puback(2, True, "Success")
+    await settle(forwarder)
+    assert len(uplink.published) == 3
+    assert uplink.counters(2) == [2, 3], "node A's frames of chunks 2 and 3 in one pack, not one pack a chunk"
+    worker.close()
