@@ -323,13 +323,9 @@ async def test_a_publish_the_uplink_could_not_take_is_kept(tmp_path: pathlib.Pat
 
 
 async def test_a_stop_deletes_the_delivered_frames_of_a_chunk_delivered_in_part(tmp_path: pathlib.Path) -> None:
-    store = Store(tmp_path, 10**9)
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 0)
     store.commit([frame(1), frame(2, layout=2), frame(3)], 5, {})  # two nodes: two packs from one chunk
     store.commit([frame(4)], 2, {})
-    worker = StoreWorker(store)
-    uplink = RecordingUplink()
-    forwarder = Forwarder(worker, uplink, qos=1, window=64, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
-    forwarder.connected()
     await settle(forwarder)
     node_a = next(mid for mid, topic, _payload in uplink.published if NODE_A in topic)
     forwarder.puback(node_a, True, "Success")  # node A's frames 1, 3 and 4; node B's frame 2 is still out
