@@ -135,7 +135,7 @@ class EmulatedRig:
         return [str(line.cable.link_path) for line in self._lines]
 
     def start(self) -> None:
-        build(self.bundle)
+        build(self.bundle, emulator=True)
         micropython_command()
         for node in self.nodes:
             node.open_uart()

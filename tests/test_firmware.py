@@ -27,7 +27,7 @@ HEAP = os.environ.get("EDGEGW_TEST_HEAP", "64k")  # the heap the issue asks the 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("bundle")
-    build.build(out)
+    build.build(out, emulator=True)  # the unix port needs the emulator's HAL
     return out
 
 
@@ -237,7 +237,7 @@ def test_survives_a_garbage_flood_and_a_silent_line(bundle: pathlib.Path, peer: 
 
 def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["firmware_version"] == build.firmware_version()
+    assert manifest["firmware_version"] == build.firmware_version() and manifest["target"] == "emulator"
     assert build.verify(bundle) == []
     sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in ("firmware", "protocols") for p in (ROOT / pkg).glob("*.py")}
     assert sources | {"main.py"} == set(manifest["files"])
@@ -246,7 +246,21 @@ def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) ->
     try:
         assert build.verify(bundle) == ["firmware/node.mpy"]
     finally:
-        build.build(bundle)
+        build.build(bundle, emulator=True)
+
+
+def test_the_board_bundle_carries_no_emulation(tmp_path: pathlib.Path) -> None:
+    """What `fw build` and `fw flash` put on a board: everything a board runs, none of the emulator's modules."""
+    manifest = build.build(tmp_path / "board")
+    files = set(manifest["files"])  # type: ignore[call-overload]
+    emulation = {"firmware/emulation.mpy", "firmware/emulated_chip.mpy", "firmware/hal_unix.mpy"}
+    assert not files & emulation
+    assert manifest.get("target") == "board"
+    sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in ("firmware", "protocols") for p in (ROOT / pkg).glob("*.py")}
+    assert files == (sources - emulation) | {"main.py"}
+    assert {"firmware/hal_board.mpy", "firmware/node.mpy", "firmware/bme280.mpy", "protocols/frame.mpy"} <= files
+    assert not (tmp_path / "board" / "firmware" / "hal_unix.mpy").exists()
+    assert build.verify(tmp_path / "board") == []
 
 
 def test_flash_runs_this_mpremote_command(tmp_path: pathlib.Path) -> None:

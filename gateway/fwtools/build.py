@@ -1,4 +1,9 @@
-"""`edgegw fw build`: firmware/ and protocols/ compiled with mpy-cross into a deploy bundle with a manifest."""
+"""`edgegw fw build`: firmware/ and protocols/ compiled with mpy-cross into a deploy bundle with a manifest.
+
+Two targets: the board bundle (`fw build`, `fw flash`) carries only what a board
+runs; the emulator bundle (`fw emulate`, the HIL rig) adds the unix HAL and the
+hardware emulations, which a board must not carry (flash and heap it does not have).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from .tools import find_tool
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # the folder holding firmware/ and protocols/
 BOOT_MAIN = "import firmware.main\n"
 MANIFEST = "manifest.json"
+EMULATION_MODULES = ("firmware/emulated_chip.py", "firmware/emulation.py", "firmware/hal_unix.py")  # the emulator's, never a board's
 
 
 class BuildError(Exception):
@@ -45,11 +51,18 @@ def _source_name(package: str, module: str, debug: bool) -> str:
     return "%s/%s.py" % (package, module) if debug else "%s.%s" % (package, module)
 
 
-def build(out: Path, debug: bool = False) -> dict[str, object]:
-    """Compile every source into out/, write out/main.py and out/manifest.json; return the manifest.
+def sources(emulator: bool = False) -> list[Path]:
+    """The modules a bundle carries, relative to PACKAGE_ROOT: a board's, or with `emulator` the emulator's too."""
+    found = [Path(package) / path.name for package in ("protocols", "firmware") for path in sorted((PACKAGE_ROOT / package).glob("*.py"))]
+    return [source for source in found if emulator or source.as_posix() not in EMULATION_MODULES]
+
+
+def build(out: Path, debug: bool = False, emulator: bool = False) -> dict[str, object]:
+    """Compile the sources into out/, write out/main.py and out/manifest.json; return the manifest.
 
     A release build (the default) is compiled with -O3: no line numbers in
     tracebacks, and about 1 KB less heap on the node. `debug` keeps them.
+    `emulator` adds the emulation modules (see EMULATION_MODULES).
     """
     out = Path(out)
     if out.exists():
@@ -57,24 +70,30 @@ def build(out: Path, debug: bool = False) -> dict[str, object]:
     out.mkdir(parents=True)
     compiler = mpy_cross_command()
     files: dict[str, str] = {}
-    for package in ("protocols", "firmware"):
-        for source in sorted((PACKAGE_ROOT / package).glob("*.py")):
-            relative = Path(package) / (source.stem + ".mpy")
-            target = out / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(
-                [*compiler, *([] if debug else ["-O3"]), "-o", str(target), "-s", _source_name(package, source.stem, debug), str(source)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise BuildError("mpy-cross failed on %s: %s" % (source, done.stderr.strip()))
-            files[str(relative)] = sha256(target)
+    for source in sources(emulator):
+        relative = source.with_suffix(".mpy")
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        name = _source_name(source.parent.name, source.stem, debug)
+        done = subprocess.run(
+            [*compiler, *([] if debug else ["-O3"]), "-o", str(target), "-s", name, str(PACKAGE_ROOT / source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BuildError("mpy-cross failed on %s: %s" % (source, done.stderr.strip()))
+        files[relative.as_posix()] = sha256(target)
     (out / "main.py").write_text(BOOT_MAIN)
     files["main.py"] = sha256(out / "main.py")
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    manifest: dict[str, object] = {"firmware_version": firmware_version(), "mpy_cross": version, "debug": debug, "files": files}
+    manifest: dict[str, object] = {
+        "firmware_version": firmware_version(),
+        "target": "emulator" if emulator else "board",
+        "mpy_cross": version,
+        "debug": debug,
+        "files": files,
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 

@@ -140,7 +140,7 @@ class Emulator:
         self.bundle = self.state_dir / "bundle"
 
     def start(self) -> None:
-        build(self.bundle)
+        build(self.bundle, emulator=True)
         micropython_command()  # a clear error before any pty is made
         for node in self.nodes:
             node.open_uart()
