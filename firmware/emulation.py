@@ -8,10 +8,12 @@ import math
 class Model:
     # Seeded, smooth, repeatable: a daily temperature cycle, humidity opposite
     # to it, weather-scale pressure drift, and a flood wave on the stream.
-    def __init__(self, seed, uptime_ms):
+    # hang_s: the I2C bus locks up that many seconds after boot (a fault to test the watchdog with).
+    def __init__(self, seed, uptime_ms, hang_s=None):
         self.seed = seed
         self._uptime_ms = uptime_ms
         self.phase = (seed * 7919) % 86400
+        self.hang_s = hang_s
 
     def clock(self):  # seconds since the node booted
         return self._uptime_ms() / 1000
@@ -44,6 +46,8 @@ class EmulatedBME280:
 
     def read(self):
         model = self._model
+        while model.hang_s is not None and model.clock() >= model.hang_s:
+            pass  # a device holding SCL low: the read never returns, only the watchdog ends it
         return int(model.temperature() * 100), int(model.humidity() * 100), int(model.pressure())
 
 

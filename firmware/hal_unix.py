@@ -1,7 +1,13 @@
 # HAL for MicroPython's unix port (emulation): a pseudo-terminal path is the
 # UART, a directory is the flash, the sensors are the models of emulation.py.
+# Two environment variables stand in for the board around the firmware:
+# EDGEGW_RESET_CAUSE (the emulator's reset-cause register after it rebooted
+# the node) and EDGEGW_EMULATE_HANG_S (a fault: the sensor bus locks up).
+import _thread
+import os
 import select
 import termios
+import time
 
 from firmware.storage import Storage
 from firmware.uptime import Uptime
@@ -39,16 +45,30 @@ class Hal:
         self.storage = Storage(folder)
         self.seed = seed
         self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
-        self.reset_cause = 5 if self.storage.get("counter") else 1  # soft reset after a first boot, else power-on
+        cause = os.getenv("EDGEGW_RESET_CAUSE")
+        self.reset_cause = int(cause) if cause else 5 if self.storage.get("counter") else 1  # soft reset after a first boot, else power-on
         self._uptime = Uptime()
         self._pins = []
 
     def watchdog(self, timeout_ms):
-        # The unix port has no hardware watchdog: the HAL stands in, and feeding it does nothing.
+        # machine.WDT emulated: once armed it cannot be stopped, and if feed() is not
+        # called within timeout_ms the board resets. A thread watches (it runs whatever
+        # the main loop is stuck in) and resets the board as the kernel would kill it:
+        # the process dies of SIGALRM, which the emulator takes for a watchdog reset
+        # and boots the node again (gateway/fwtools/emulate.py).
+        self._timeout = timeout_ms
+        self.feed()
+        _thread.start_new_thread(self._watch, ())
         return self
 
     def feed(self):
-        pass
+        self._fed = time.ticks_ms()
+
+    def _watch(self):
+        while time.ticks_diff(time.ticks_ms(), self._fed) < self._timeout:
+            time.sleep_ms(100)
+        print("edgegw-node: watchdog not fed for %d ms: reset" % self._timeout)
+        os.system("kill -ALRM $PPID")  # the shell's parent is this process
 
     def uptime_ms(self):
         return self._uptime.update()
@@ -56,7 +76,8 @@ class Hal:
     def sources(self, role):
         from firmware import emulation, sensors
 
-        model = emulation.Model(self.seed, self.uptime_ms)
+        hang = os.getenv("EDGEGW_EMULATE_HANG_S")
+        model = emulation.Model(self.seed, self.uptime_ms, float(hang) if hang else None)
         pin = emulation.EmulatedPin(model)
         self._pins.append(pin)
         return [

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.fwtools import build, flash
+from gateway.fwtools import build, emulate, flash
 from protocols import Message, ProtocolError, StreamDecoder, encode, messages
 from protocols import frame as fr
 from tests.conftest import ROOT, run_micropython
@@ -79,11 +80,17 @@ class Peer:
 
 
 def start_node(
-    bundle: pathlib.Path, peer: Peer, data: pathlib.Path, interval: float = 0.3, status: float = 2.0, heap: str = HEAP
+    bundle: pathlib.Path,
+    peer: Peer,
+    data: pathlib.Path,
+    interval: float = 0.3,
+    status: float = 2.0,
+    heap: str = HEAP,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     command = [str(pathlib.Path(sys.executable).parent / "micropython"), "-X", "heapsize=%s" % heap, "-m", "firmware.main"]
     command += [peer.path, str(data), "3", str(interval), str(status)]
-    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle, **(env or {}))
     # cwd: MicroPython puts "" first on sys.path; from the repository it would compile the sources instead.
     peer.node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle)
     return peer.node
@@ -368,3 +375,48 @@ def test_bme280_driver_reads_the_emulated_chip(micropython: str) -> None:
         model_t, model_h, model_p = reading["model"]
         assert abs(temperature - model_t) <= 1 and abs(humidity - model_h) <= 2 and abs(pressure - model_p) <= 2, reading
     assert len({tuple(r["read"]) for r in result["readings"]}) == len(result["readings"])  # the model moves, so do the readings
+
+
+def test_a_hung_main_loop_is_reset_by_the_watchdog(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    """The sensor bus locks up 1 s after boot and the main loop with it: the emulated watchdog resets the board."""
+    node = start_node(bundle, peer, tmp_path / "flash", env={"EDGEGW_EMULATE_HANG_S": "1"})
+    try:
+        peer.wait(messages.HELLO)
+        deadline = time.monotonic() + 40  # the watchdog's 8 s, with room for a loaded machine
+        while node.poll() is None and time.monotonic() < deadline:
+            peer.pump(0.5)
+        assert node.poll() == -signal.SIGALRM, "the node was not reset by its watchdog (still running: %s)" % (node.poll() is None)
+    finally:
+        output = stop(node)
+    assert "watchdog not fed for 8000 ms" in output, output
+
+
+def test_the_emulator_boots_a_node_again_after_a_watchdog_reset(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a board boots again after its watchdog fired: the same node, its flash kept, STATUS says reset_cause 3 (watchdog)."""
+    monkeypatch.setenv("EDGEGW_EMULATE_HANG_S", "2")  # every boot hangs 2 s in: reset after reset
+    emulator = emulate.Emulator(1, 0.5, HEAP, 7, tmp_path, status_interval=1.0)
+    try:
+        emulator.start()
+        node = emulator.nodes[0]
+        first_pid = node.process.pid if node.process else 0
+        decoder = StreamDecoder()
+        causes: list[int] = []
+        hellos: list[int] = []
+        deadline = time.monotonic() + 60
+        while messages.RESET_WATCHDOG not in causes and time.monotonic() < deadline:
+            ready, _, _ = select.select([node.gateway_slave], [], [], 0.5)
+            if ready:
+                decoder.feed(os.read(node.gateway_slave, 4096))
+            for message in decoder.drain():
+                if isinstance(message, ProtocolError):
+                    continue
+                if message.type == messages.STATUS:
+                    causes.append(message.fields["reset_cause"])
+                elif message.type == messages.HELLO and message.counter not in hellos:
+                    hellos.append(message.counter)
+        assert messages.RESET_WATCHDOG in causes, "no STATUS from a node booted after a watchdog reset: %s | %s" % (causes, node.log[-5:])
+        assert node.resets >= 1 and node.process is not None and node.process.pid != first_pid
+        assert node.exited() is None, "a node reset by its watchdog is not a node that exited"
+        assert len(hellos) >= 2 and hellos == sorted(hellos), "the second boot says HELLO with a counter beyond the first's"
+    finally:
+        emulator.stop()

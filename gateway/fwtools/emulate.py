@@ -22,11 +22,14 @@ import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocols.messages import RESET_WATCHDOG
+
 from .build import build
 from .tools import find_tool, stop_process
 
 READY_TIMEOUT_S = 30.0
 RELAY_BUFFER = 65536  # bytes kept per direction for a side that is not reading
+WATCHDOG_EXIT = -signal.SIGALRM  # how an emulated node's watchdog resets it (firmware/hal_unix.py)
 
 
 class EmulatorError(Exception):
@@ -65,6 +68,9 @@ class EmulatedNode:
     process: subprocess.Popen[bytes] | None = None
     node_id: str = ""
     log: list[str] = field(default_factory=list)
+    resets: int = 0  # watchdog resets, each followed by a reboot
+    _boot: tuple[Path, str, float, float] | None = None  # what spawn() was given, to boot again after a reset
+    _stopping: bool = False
 
     @property
     def node_path(self) -> str:
@@ -78,11 +84,16 @@ class EmulatedNode:
         self.node_master, self.node_slave = _raw_pty()
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, bundle: Path, heap: str, interval: float, status_interval: float) -> None:
+    def spawn(self, bundle: Path, heap: str, interval: float, status_interval: float, reset_cause: int | None = None) -> None:
         """Boot the node (again: its flash directory is kept) and wait for its ready line."""
+        self._boot = (bundle, heap, interval, status_interval)
+        self._stopping = False
         args = [micropython_command(), "-X", "heapsize=%s" % heap, "-m", "firmware.main", self.node_path, str(self.data_dir)]
         args += [str(self.seed), str(interval), str(status_interval)]
         env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+        env.pop("EDGEGW_RESET_CAUSE", None)
+        if reset_cause is not None:
+            env["EDGEGW_RESET_CAUSE"] = str(reset_cause)  # the board's reset-cause register, read by the unix HAL
         # cwd: MicroPython puts "" first on sys.path; anywhere else it might find and compile sources.
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle, start_new_session=True)
         self._wait_ready()
@@ -112,8 +123,23 @@ class EmulatedNode:
         for raw in process.stdout:
             self.log.append(raw.decode(errors="replace").rstrip())
             del self.log[:-50]
+        # The output ends when the process does. A watchdog reset reboots the node,
+        # as a board boots again after one; any other end is left to whoever stopped it.
+        if process.wait() == WATCHDOG_EXIT and process is self.process and not self._stopping and self._boot is not None:
+            self.resets += 1
+            self.log.append("edgegw: node %s reset by its watchdog; booting it again" % self.node_id)
+            try:
+                self.spawn(*self._boot, reset_cause=RESET_WATCHDOG)
+            except EmulatorError as error:
+                self.log.append(str(error))
+
+    def exited(self) -> int | None:
+        """The exit status of a node that stopped for good; None while it runs or boots again after a watchdog reset."""
+        code = None if self.process is None else self.process.poll()
+        return None if code == WATCHDOG_EXIT else code
 
     def terminate(self) -> None:
+        self._stopping = True
         if self.process is not None:
             stop_process(self.process, 5)
 
@@ -209,13 +235,18 @@ def run(count: int, interval: float, heap: str, seed: int, state_dir: Path | Non
         emulator.start()
         for node in emulator.nodes:
             print(json.dumps({"node_id": node.node_id, "port": node.port}), flush=True)
+        resets: dict[int, int] = {}
         while not stop.is_set():
             for node in emulator.nodes:
-                if node.process is not None and node.process.poll() is not None:
+                if node.resets > resets.get(node.index, 0):
+                    resets[node.index] = node.resets
                     print(
-                        "edgegw: node %s exited (%d): %s" % (node.node_id, node.process.returncode, " | ".join(node.log[-3:])),
+                        "edgegw: node %s was reset by its watchdog (%d so far); it boots again" % (node.node_id, node.resets),
                         file=sys.stderr,
                     )
+                code = node.exited()
+                if code is not None:
+                    print("edgegw: node %s exited (%d): %s" % (node.node_id, code, " | ".join(node.log[-3:])), file=sys.stderr)
                     return 1
             stop.wait(0.5)
         return 0
