@@ -4,8 +4,9 @@
 import os
 
 import machine
+from machine import WDT  # noqa: F401  (main.py arms it first thing)
 
-from firmware.storage import Storage
+from firmware.storage import Storage, report
 from firmware.uptime import Uptime
 
 
@@ -30,18 +31,25 @@ for _name, _code in (("PWRON_RESET", 1), ("HARD_RESET", 2), ("WDT_RESET", 3), ("
         _RESET_CAUSES[getattr(machine, _name)] = _code
 
 
+def _number(config, key, default):
+    value = config.get(key, default)
+    if isinstance(value, (int, float)) and value > 0:
+        return value
+    report("node.json", key)
+    return default
+
+
 class Hal:
-    def __init__(self, config):
-        self.config = config
-        self.uart = Uart(config.get("uart_id", 1), config.get("baud", 115200), config.get("tx"), config.get("rx"))
+    def __init__(self):
         self.storage = Storage("/data")
+        self.config = config = self.storage.settings("node.json")  # written by `edgegw fw flash`
+        self.interval = _number(config, "interval", 10)
+        self.status_interval = _number(config, "status_interval", 60)
+        self.uart = Uart(config.get("uart_id", 1), config.get("baud", 115200), config.get("tx"), config.get("rx"))
         self._uptime = Uptime()
         self.unique_id = machine.unique_id()
         self.hw_model = os.uname().machine
         self.reset_cause = _RESET_CAUSES.get(machine.reset_cause(), 0)
-
-    def watchdog(self, timeout_ms):
-        return machine.WDT(timeout=timeout_ms)
 
     def uptime_ms(self):
         return self._uptime.update()

@@ -6,6 +6,7 @@
 import _thread
 import os
 import select
+import sys
 import termios
 import time
 
@@ -37,29 +38,16 @@ class Uart:
         self._file.write(data)
 
 
-class Hal:
-    hw_model = "unix-emulation"
-
-    def __init__(self, uart_path, folder, seed):
-        self.uart = Uart(uart_path)
-        self.storage = Storage(folder)
-        self.seed = seed
-        self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
-        cause = os.getenv("EDGEGW_RESET_CAUSE")
-        self.reset_cause = int(cause) if cause else 5 if self.storage.get("counter") else 1  # soft reset after a first boot, else power-on
-        self._uptime = Uptime()
-        self._pins = []
-
-    def watchdog(self, timeout_ms):
-        # machine.WDT emulated: once armed it cannot be stopped, and if feed() is not
-        # called within timeout_ms the board resets. A thread watches (it runs whatever
-        # the main loop is stuck in) and resets the board as the kernel would kill it:
-        # the process dies of SIGALRM, which the emulator takes for a watchdog reset
-        # and boots the node again (gateway/fwtools/emulate.py).
-        self._timeout = timeout_ms
+class WDT:
+    # machine.WDT emulated: once armed it cannot be stopped, and if feed() is not
+    # called within the timeout the board resets. A thread watches (it runs whatever
+    # the main loop is stuck in) and resets the board as the kernel would kill it:
+    # the process dies of SIGALRM, which the emulator takes for a watchdog reset
+    # and boots the node again (gateway/fwtools/emulate.py).
+    def __init__(self, timeout=5000):
+        self._timeout = timeout
         self.feed()
         _thread.start_new_thread(self._watch, ())
-        return self
 
     def feed(self):
         self._fed = time.ticks_ms()
@@ -69,6 +57,35 @@ class Hal:
             time.sleep_ms(100)
         print("edgegw-node: watchdog not fed for %d ms: reset" % self._timeout)
         os.system("kill -ALRM $PPID")  # the shell's parent is this process
+
+
+class Hal:
+    hw_model = "unix-emulation"
+
+    def __init__(self):
+        args = sys.argv[1:]
+        if len(args) < 3:
+            print("usage: micropython -m firmware.main UART_PATH DATA_DIR SEED [INTERVAL] [STATUS_INTERVAL]")
+            sys.exit(2)
+        folder = args[1]
+        seed = int(args[2])
+        self.interval = float(args[3]) if len(args) > 3 else 10
+        self.status_interval = float(args[4]) if len(args) > 4 else 60
+        self.uart = Uart(args[0])
+        self.storage = Storage(folder)
+        self.seed = seed
+        self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
+        cause = os.getenv("EDGEGW_RESET_CAUSE")
+        if cause:
+            self.reset_cause = int(cause)
+        else:
+            try:
+                os.stat(folder + "/counter")
+                self.reset_cause = 5  # soft reset after a first boot
+            except OSError:
+                self.reset_cause = 1  # power-on: a new board
+        self._uptime = Uptime()
+        self._pins = []
 
     def uptime_ms(self):
         return self._uptime.update()

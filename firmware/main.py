@@ -9,43 +9,16 @@ import asyncio  # noqa: E402
 import sys  # noqa: E402
 
 
-def _hal(name):
-    # By name, so each board's type check sees only its own HAL.
-    return __import__("firmware." + name, None, None, ["Hal"]).Hal
-
-
-def _unix():
-    from firmware.node import Node
-
-    Hal = _hal("hal_unix")
-    args = sys.argv[1:]
-    if len(args) < 3:
-        print("usage: micropython -m firmware.main UART_PATH DATA_DIR SEED [INTERVAL] [STATUS_INTERVAL]")
-        sys.exit(2)
-    hal = Hal(args[0], args[1], int(args[2]))
-    interval = float(args[3]) if len(args) > 3 else 10
-    status_interval = float(args[4]) if len(args) > 4 else 60
-    return Node(hal, interval, status_interval)
-
-
-def _board():
-    import json
-
-    from firmware.node import Node
-
-    Hal = _hal("hal_board")
-    try:
-        with open("/data/node.json") as handle:
-            config = json.load(handle)
-    except OSError:
-        config = {}
-    return Node(Hal(config), config.get("interval", 10), config.get("status_interval", 60))
-
-
 def main():
     gc.collect()
-    node = _unix() if sys.platform in ("linux", "darwin") else _board()
-    asyncio.run(node.run())
+    # By name, so each board's type check sees only its own HAL.
+    hal = __import__("firmware.hal_" + ("unix" if sys.platform in ("linux", "darwin") else "board"), None, None, ["Hal"])
+    # Armed before anything that can fail (settings, flash records, drivers): a board
+    # whose start raised would otherwise wait at the REPL until someone came by.
+    watchdog = hal.WDT(timeout=8000)
+    from firmware.node import Node
+
+    asyncio.run(Node(hal.Hal()).run(watchdog))
 
 
 main()

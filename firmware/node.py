@@ -10,6 +10,7 @@ import time
 
 from micropython import const
 
+from firmware import storage
 from firmware.ring import Ring
 from firmware.sensors import SampleNumber
 from firmware.storage import PersistentCounter
@@ -32,22 +33,24 @@ _RESERVE = const(6144)
 _MAX_PENDING = const(36)  # samples waiting for a frame while the span rule holds frames back
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _POLL_MS = const(20)
-_WATCHDOG_MS = const(8000)
+_LAST_COUNTER = const(0xFFFFFFFF)  # spent on a LOG saying the counter is exhausted (see send)
 _TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
 _MAX_ERROR_KEYS = const(4)  # CONFIG report: at most this many rejected keys, so it fits a frame
 
 
 class Node:
-    def __init__(self, hal, interval=10, status_interval=60):
+    def __init__(self, hal):
         self.hal = hal
         self.node_id = node_id_from_unique_id(hal.unique_id)
         self.counter = PersistentCounter(hal.storage, "counter")
         self.decoder = StreamDecoder()
         self.rx = bytearray(64)
-        saved = hal.storage.get("config.json")
-        settings = json.loads(saved) if saved else {}
-        self.interval = settings.get("interval", interval)
-        self.status_interval = settings.get("status_interval", status_interval)
+        self.interval = hal.interval
+        self.status_interval = hal.status_interval
+        saved = hal.storage.settings("config.json")  # what a gateway set over CONFIG, kept across reboots
+        for key in saved:
+            if not self.setting(key, saved[key]):
+                storage.report("config.json", key)
         self.sources = hal.sources("sensor") + [SampleNumber(hal.storage)]
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
@@ -71,9 +74,18 @@ class Node:
     def send(self, mtype, fields, flags=fr.F_ACK_REQ):
         # Callers of optional frames check may_send() first; a frame that must go out
         # keeps the span rule by giving up the oldest unacknowledged frames (counted).
+        if self.counter.peek() > _LAST_COUNTER:
+            return None  # spent: see below
         while not self.may_send():
             self.ring.drop_oldest()
         counter = self.counter.take()
+        if counter == _LAST_COUNTER:
+            # SPEC.md 4.1: a node whose counter reaches 0xFFFFFFFF gets a new id or key
+            # before it sends again. The last counter carries a LOG that says so (the
+            # gateway logs it as an error) in place of the frame asked for; nothing new
+            # follows. The loop goes on: frames already sent are still retransmitted,
+            # the watchdog is fed, and the console says why the node is silent (step).
+            mtype, fields, flags = messages.LOG, {"severity": 2, "text": "counter spent: needs new id or key"}, fr.F_ACK_REQ
         wire = encode(Message(mtype, self.node_id, counter, fields, flags))
         if flags & fr.F_ACK_REQ:
             self.ring.add(counter, wire, time.ticks_ms())
@@ -83,7 +95,7 @@ class Node:
     def may_send(self):
         # The span rule (SPEC.md 4.2): stay within WINDOW of the oldest unacknowledged frame.
         oldest = self.ring.oldest()
-        return oldest is None or self.counter.peek() - oldest < WINDOW - 1
+        return self.counter.peek() <= _LAST_COUNTER and (oldest is None or self.counter.peek() - oldest < WINDOW - 1)
 
     def hello(self):
         self.hal.uart.write(b"\x00")  # end whatever garbage the gateway collected before we were here
@@ -179,17 +191,20 @@ class Node:
             elif "counter" in fields and self.ring.forget(fields["counter"]):  # version, type, schema: resending cannot help
                 self.ring.dropped += 1
 
+    def setting(self, key, value):
+        # A setting a gateway may change (SPEC.md 5.8), if value is valid for it.
+        low = 1 if key == "interval" else 10 if key == "status_interval" else 0
+        if not low or not isinstance(value, (int, float)) or not low <= value <= 86400:
+            return False
+        setattr(self, key, value)
+        return True
+
     def configure(self, fields):
         errors: dict = {}
         values = fields.get("values", {})
         if fields["op"] == messages.CONFIG_SET:
             for key in values:
-                value = values[key]
-                if key == "interval" and isinstance(value, (int, float)) and 1 <= value <= 86400:
-                    self.interval = value
-                elif key == "status_interval" and isinstance(value, (int, float)) and 10 <= value <= 86400:
-                    self.status_interval = value
-                elif len(errors) < _MAX_ERROR_KEYS:
+                if not self.setting(key, values[key]) and len(errors) < _MAX_ERROR_KEYS:
                     errors[key[:16]] = "rejected"
             self.hal.storage.put("config.json", json.dumps({"interval": self.interval, "status_interval": self.status_interval}).encode())
             self.next_sample = self.hal.uptime_ms()  # a new interval starts now
@@ -251,16 +266,20 @@ class Node:
             self.sample_round(uptime)
         if self.pending and self.may_send():
             self.flush_readings()
-        if uptime - self.last_status >= self.status_interval * 1000 and self.may_send():
-            self.last_status = uptime
-            self.status()
+        if uptime - self.last_status >= self.status_interval * 1000:
+            if self.counter.peek() > _LAST_COUNTER:  # no STATUS can go out: the console hears why instead
+                self.last_status = uptime
+                print("edgegw-node: frame counter spent: silent until given a new id or key (SPEC 4.1)")
+            elif self.may_send():
+                self.last_status = uptime
+                self.status()
         if uptime - self.last_time >= _TIME_REQUEST_MS and self.may_send():
             self.last_time = uptime
             self.send(messages.TIME, {}, 0)  # ask again: clocks drift
 
-    async def run(self):
+    async def run(self, watchdog):
         # One task: a node has one thing to do at a time, and every task costs heap.
-        watchdog = self.hal.watchdog(_WATCHDOG_MS)
+        # The watchdog was armed by main.py before anything that can fail.
         self.hello()
         print("edgegw-node %s ready" % node_hex(self.node_id))
         self.last_status = self.last_time = self.hal.uptime_ms()

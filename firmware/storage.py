@@ -1,11 +1,22 @@
 # Small key -> bytes records in a folder of the flash filesystem (a directory
 # on the unix port), one file each, replaced by rename so a reset mid-write
-# leaves the old value; and the counters kept in them.
+# leaves the old value; and the counters kept in them. Flash still goes bad
+# (worn cells, an erased block, a file cut short): a record that cannot be
+# read back as written is reported and the node goes on with defaults.
+import json
 import os
 
 from micropython import const
 
 _BLOCK = const(64)  # counter values reserved per flash write
+_CHECK = const(0xFFFFFFFF)  # a counter record holds its value and the value XOR this: a damaged record shows
+_FRESH = const(0x80000000)  # where a counter goes when its record is damaged (see PersistentCounter)
+_ENOENT = const(2)  # errno: no such file
+END = const(0x100000000)  # a counter that reached this has no value left (SPEC.md 4.1)
+
+
+def report(key, why):
+    print("edgegw-node: bad flash record %s (%s): defaults used" % (key, why))
 
 
 class Storage:
@@ -17,17 +28,42 @@ class Storage:
             pass
 
     def get(self, key):
+        # The record, or None if there is none; one that is there but cannot be
+        # read raises OSError.
         try:
             with open(self._folder + "/" + key, "rb") as handle:
                 return handle.read()
-        except OSError:
-            return None
+        except OSError as error:
+            if error.errno == _ENOENT:
+                return None
+            raise
 
     def put(self, key, value):
         path = self._folder + "/" + key
         with open(path + ".tmp", "wb") as handle:
             handle.write(value)
         os.rename(path + ".tmp", path)
+
+    def settings(self, key):
+        # A JSON map of settings ({} if none); a damaged one is reported and reads as {}.
+        try:
+            raw = self.get(key)
+            value = {} if raw is None else json.loads(raw)
+            if isinstance(value, dict):
+                return value
+            error = "not a map"
+        except (OSError, ValueError) as caught:
+            error = repr(caught)
+        report(key, error)
+        return {}
+
+
+def _parse(raw):
+    value, check = raw.split()  # ValueError unless exactly two fields
+    value = int(value)
+    if int(check) != value ^ _CHECK or not 1 <= value <= END:
+        raise ValueError("counter record %r" % raw[:24])
+    return value
 
 
 # A counter that never repeats across reboots (frame counter: SPEC.md 4.1).
@@ -37,18 +73,32 @@ class PersistentCounter:
     def __init__(self, storage, key="counter"):
         self._storage = storage
         self._key = key
-        raw = storage.get(key)
-        start = int(raw) if raw else 1
+        try:
+            raw = storage.get(key)
+            start = 1 if raw is None else _parse(raw)
+        except (OSError, ValueError) as error:
+            # The values used before are unknown, and reusing one would let the gateway
+            # take new frames for duplicates of old ones (acknowledged, never stored).
+            # A node counts at most a frame or two a second, so in a lifetime it stays
+            # far below 2^31: the counter moves there, ahead of anything it used, and the
+            # gateway accepts what follows as new without any reset. Only a second
+            # damaged record after such a move can repeat values; the gateway's counter
+            # reset on a stale HELLO (SPEC.md 4.3) then keeps the node heard.
+            report(key, repr(error))
+            start = _FRESH
         self._next = start
         self._limit = start  # nothing reserved yet
 
     def take(self):
+        # The next value, or None when none is left (END reached).
         if self._next >= self._limit:
-            self._limit = self._next + _BLOCK
-            self._storage.put(self._key, b"%d" % self._limit)
+            if self._next >= END:
+                return None
+            self._limit = min(self._next + _BLOCK, END)
+            self._storage.put(self._key, b"%d %d" % (self._limit, self._limit ^ _CHECK))
         value = self._next
         self._next += 1
-        return value & 0xFFFFFFFF
+        return value
 
     def peek(self):
         return self._next

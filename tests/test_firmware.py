@@ -103,6 +103,21 @@ def peer() -> Iterator[Peer]:
     made.close()
 
 
+def wait_output(process: subprocess.Popen[bytes], text: str, timeout: float) -> str:
+    """The node's console up to the first line holding text (or all of it, at the deadline or when the node exits)."""
+    assert process.stdout is not None
+    said = ""
+    deadline = time.monotonic() + timeout
+    while text not in said and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline().decode(errors="replace")
+            if not line:
+                break
+            said += line
+    return said
+
+
 def stop(process: subprocess.Popen[bytes]) -> str:
     process.terminate()
     out, _ = process.communicate(timeout=10)
@@ -420,3 +435,124 @@ def test_the_emulator_boots_a_node_again_after_a_watchdog_reset(tmp_path: pathli
         assert len(hellos) >= 2 and hellos == sorted(hellos), "the second boot says HELLO with a counter beyond the first's"
     finally:
         emulator.stop()
+
+
+def counter_record(value: int) -> bytes:
+    """A frame or sample counter record as the firmware writes it (firmware/storage.py): the value and its complement."""
+    return b"%d %d" % (value, value ^ 0xFFFFFFFF)
+
+
+SPENT = 0xFFFFFFFF  # the last frame counter (SPEC.md 4.1)
+FRESH = 0x80000000  # where a counter whose record is damaged moves (firmware/storage.py)
+
+
+@pytest.mark.parametrize(
+    ("key", "content"),
+    [
+        pytest.param("counter", counter_record(12800)[:-3], id="counter-cut-short"),
+        pytest.param("counter", b"", id="counter-emptied"),
+        pytest.param("counter", b"\xff\xfe\x00\x81garbage\xff", id="counter-garbage"),
+        pytest.param("counter", b'{"counter": 12800}', id="counter-another-kind"),
+        pytest.param("counter", b"12800 12800", id="counter-check-mismatch"),
+        pytest.param("counter", b"-5 %d" % (-5 ^ 0xFFFFFFFF), id="counter-out-of-range"),
+        pytest.param("counter", None, id="counter-unreadable"),  # a symlink loop (ELOOP), as a board's EIO
+        pytest.param("samples", b"\x00\x00\x00\x00", id="samples-zeroed"),
+        pytest.param("config.json", b'{"interval": 2, "status_inte', id="config-cut-short"),
+        pytest.param("config.json", b"\xff" * 16, id="config-erased"),
+        pytest.param("config.json", b"[2, 60]", id="config-not-a-map"),
+        pytest.param("config.json", b'{"interval": "fast", "status_interval": null}', id="config-wrong-types"),
+        pytest.param("config.json", b'{"interval": 0}', id="config-out-of-range"),
+    ],
+)
+def test_a_damaged_flash_record_is_reported_and_replaced(
+    bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path, key: str, content: bytes | None
+) -> None:
+    """No flash record stops the node: it says which record was bad, goes on with defaults, and never reuses a counter."""
+    flash_dir = tmp_path / "flash"
+    flash_dir.mkdir()
+    (flash_dir / "counter").write_bytes(counter_record(12800))  # it has sent up to 12,799 frames
+    if content is None:
+        (flash_dir / key).unlink(missing_ok=True)
+        (flash_dir / key).symlink_to(key)
+    else:
+        (flash_dir / key).write_bytes(content)
+    node = start_node(bundle, peer, flash_dir, interval=0.3, status=1.0)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        readings = peer.wait(messages.READINGS)
+        peer.wait(messages.STATUS)
+        assert node.poll() is None
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    assert "bad flash record %s" % key in output, output
+    if key == "counter":
+        assert hello.counter >= FRESH, "the node's last counters are unknown: it must move beyond any it used"
+    else:
+        assert 12800 <= hello.counter < 12800 + 64, "an intact counter record is continued"
+    samples = readings.fields["samples"]
+    sample_number = dict(zip(samples[0::3], samples[1::3], strict=True))[5]
+    assert (sample_number >= FRESH) == (key == "samples")
+    if key == "counter":  # the fresh start is persisted: the next boot continues after it
+        peer.received.clear()
+        node = start_node(bundle, peer, flash_dir)
+        try:
+            again = peer.wait(messages.HELLO)
+        finally:
+            output = stop(node)
+        assert again.counter > max(m.counter for m in [hello, readings]) and "bad flash record" not in output, output
+
+
+def test_a_start_that_fails_does_not_leave_the_board_at_the_repl(bundle: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A board whose start raises sits at the REPL (-i does the same on the unix port) unless the watchdog was armed first."""
+    command = [str(pathlib.Path(sys.executable).parent / "micropython"), "-X", "heapsize=%s" % HEAP, "-i", "-m", "firmware.main"]
+    command += [str(tmp_path / "no-such-uart"), str(tmp_path / "flash"), "3"]
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+    node = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle)
+    try:
+        node.wait(40)  # the watchdog's 8 s, with room for a loaded machine
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        output = stop(node)
+    assert node.returncode == -signal.SIGALRM, "still at the REPL after 40 s: %s" % output[-300:]
+    assert "ENOENT" in output and "watchdog not fed" in output, output
+
+
+def test_a_spent_frame_counter_is_never_wrapped(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    """SPEC.md 4.1: the counter never wraps; the last one says so upstream, then the node sends nothing new and stays alive."""
+    flash_dir = tmp_path / "flash"
+    flash_dir.mkdir()
+    start = SPENT - 20
+    (flash_dir / "counter").write_bytes(counter_record(start))
+    node = start_node(bundle, peer, flash_dir, interval=0.1, status=1.0)
+    try:
+        deadline = time.monotonic() + 30
+        acked = 0
+        while time.monotonic() < deadline and not any(m.counter == SPENT for m in peer.received):
+            peer.pump(0.2)
+            for message in peer.received[acked:]:
+                if message.flags & fr.F_ACK_REQ:
+                    peer.ack(message)
+            acked = len(peer.received)
+        last = [m for m in peer.received if m.counter == SPENT]
+        assert last and last[0].type == messages.LOG and "new id or key" in last[0].fields["text"], [m.name for m in peer.received]
+        peer.ack(last[0])
+        peer.pump(3.0)  # sampling goes on; nothing new may go out
+        counters = [m.counter for m in peer.received]
+        assert min(counters) == start and max(counters) == SPENT, "the counter wrapped: %s" % sorted(set(counters))[:5]
+        assert node.poll() is None, "the node stays up (and feeds its watchdog)"
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output and "frame counter spent" in output, output
+    assert (flash_dir / "counter").read_bytes() == counter_record(SPENT + 1), "spent is persisted"
+
+    peer.received.clear()  # a reboot does not bring the counter back
+    node = start_node(bundle, peer, flash_dir, interval=0.1, status=1.0)
+    try:
+        said = wait_output(node, "frame counter spent", 30)
+        peer.pump(0.5)
+    finally:
+        output = said + stop(node)
+    assert peer.received == [] and "frame counter spent" in output and "Traceback" not in output, output
