@@ -1,24 +1,22 @@
 """The emulated rig: real firmware on the real MicroPython VM, each node behind a faulty cable.
 
 Per node: the node's own pty (its UART), and a `PtyCable` whose stable symlink
-the gateway opens, as it would open /dev/serial/by-id/... A relay thread joins
-the two through `LineFaults`, so faults land between node and gateway, and a
-tap decodes what each node sends *before* the faults: the first time a sample
+the gateway opens, as it would open /dev/serial/by-id/... The relay that `fw
+emulate` uses (gateway/fwtools/relay.py) joins the two, with a hook that applies
+`LineFaults`, so faults land between node and gateway, and a tap decodes what
+each node sends *before* the faults: the first time a sample
 of the `counter` channel appeared on the wire is the moment it was produced.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import select
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from gateway.fwtools.build import build
 from gateway.fwtools.emulate import EmulatedNode, micropython_command
+from gateway.fwtools.relay import Line, LineHook, Relay
 from protocols import messages
 from protocols.errors import ProtocolError
 from protocols.frame import node_hex
@@ -26,8 +24,6 @@ from protocols.stream import StreamDecoder
 
 from .faults import DOWN, UP, Fault, LineFaults
 from .serial_pair import PtyCable
-
-RELAY_BUFFER = 65536  # bytes queued per direction before the oldest are dropped (a UART nobody reads)
 
 
 class WireTap:
@@ -71,29 +67,50 @@ class WireTap:
             return dict(self.first_seen)
 
 
-class _Line:
-    """One node's cable and its two queues of (deliver_at, bytes)."""
+class _Line(Line):
+    """One node's cable, with the faults of its timeline."""
 
     def __init__(self, node: EmulatedNode, cable: PtyCable, faults: LineFaults) -> None:
+        super().__init__(node.node_master, cable.master)
         self.node = node
         self.cable = cable
         self.faults = faults
-        self.queues: dict[str, deque[tuple[float, bytes]]] = {UP: deque(), DOWN: deque()}
-        self.queued = {UP: 0, DOWN: 0}
         self.forced_unplug = False
 
-    def push(self, direction: str, data: bytes, at: float) -> None:
-        if not data:
-            return
-        queue = self.queues[direction]
-        queue.append((at, data))
-        self.queued[direction] += len(data)
-        while self.queued[direction] > RELAY_BUFFER and queue:
-            _at, dropped = queue.popleft()
-            self.queued[direction] -= len(dropped)
 
-    def target(self, direction: str) -> int:
-        return self.cable.master if direction == UP else self.node.node_master
+class _FaultyCables(LineHook):
+    """The rig on the shared relay: the tap reads what each node sends before the
+    faults, then the fault timeline damages, delays, adds noise and pulls cables."""
+
+    def __init__(self, rig: EmulatedRig) -> None:
+        self.rig = rig
+
+    def tick(self, line: Line, now: float) -> None:
+        assert isinstance(line, _Line)
+        t = self.rig.timeline(now)
+        unplugged = line.forced_unplug or (t is not None and line.faults.unplugged(t))
+        if unplugged and line.cable.plugged:
+            line.cable.unplug()
+            line.clear(UP)
+        elif not unplugged and not line.cable.plugged:
+            line.cable.plug()
+        line.gateway_fd = line.cable.master
+        if t is not None:
+            for direction in (UP, DOWN):
+                if direction == DOWN or line.cable.plugged:  # no cable, no noise on it
+                    line.push(direction, line.faults.garbage(direction, t), now)
+
+    def carry(self, line: Line, direction: str, data: bytes, now: float) -> tuple[bytes, float]:
+        assert isinstance(line, _Line)
+        if direction == UP:
+            self.rig.tap.feed(line.node.index, data, now)
+            if not line.cable.plugged:
+                return b"", now  # a cable that is not there carries nothing
+        t = self.rig.timeline(now)
+        if t is None:
+            return data, now
+        damaged, deliver_at = line.faults.process(direction, data, t)
+        return damaged, now + (deliver_at - t)
 
 
 class EmulatedRig:
@@ -125,10 +142,7 @@ class EmulatedRig:
         self._lines: list[_Line] = []
         self.tap = WireTap()
         self.t0: float | None = None  # the timeline's zero; no fault before begin()
-        self._stop = threading.Event()
-        self._relay: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.relay_error: str | None = None  # the first unexpected error of the relay thread, for the report
+        self._relay = Relay([], _FaultyCables(self))
 
     @property
     def ports(self) -> list[str]:
@@ -141,7 +155,7 @@ class EmulatedRig:
             node.open_uart()
             cable = PtyCable(self.workdir / ("tty-node%d" % node.index))
             self._lines.append(_Line(node, cable, LineFaults(self._faults, node.index, self._seed)))
-        self._relay = threading.Thread(target=self._relay_forever, name="hil-relay", daemon=True)
+        self._relay.lines = list(self._lines)
         self._relay.start()
         for node in self.nodes:
             node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
@@ -152,6 +166,15 @@ class EmulatedRig:
     def elapsed(self) -> float:
         return 0.0 if self.t0 is None else time.monotonic() - self.t0
 
+    def timeline(self, now: float) -> float | None:
+        """Seconds since begin() at monotonic time now; None before it (no faults yet)."""
+        return None if self.t0 is None else now - self.t0
+
+    @property
+    def relay_error(self) -> str | None:
+        """The first unexpected error of the relay thread, for the report."""
+        return self._relay.error
+
     def reboot(self, index: int) -> None:
         """The node's process is stopped and booted again; its flash (counters) is kept, its RAM (the ring) is not."""
         node = self.nodes[index]
@@ -159,11 +182,11 @@ class EmulatedRig:
         node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
 
     def unplug(self, index: int) -> None:
-        with self._lock:
+        with self._relay.lock:
             self._lines[index].forced_unplug = True
 
     def replug(self, index: int) -> None:
-        with self._lock:
+        with self._relay.lock:
             self._lines[index].forced_unplug = False
 
     def produced(self, deliveries: list[tuple[str, int, float]]) -> dict[tuple[str, int], float]:
@@ -184,93 +207,7 @@ class EmulatedRig:
         return dict(self.tap.counter_reuse)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._relay is not None:
-            self._relay.join(3)
+        self._relay.stop()
         for line in self._lines:
             line.node.close()
             line.cable.close()
-
-    # ------------------------------------------------------------ the relay
-
-    def _plug_state(self, line: _Line, t: float | None) -> None:
-        unplugged = line.forced_unplug or (t is not None and line.faults.unplugged(t))
-        if unplugged and line.cable.plugged:
-            line.cable.unplug()
-            line.queues[UP].clear()
-            line.queued[UP] = 0
-        elif not unplugged and not line.cable.plugged:
-            line.cable.plug()
-
-    def _relay_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._relay_once()
-            except Exception as error:  # remembered and reported by the runner; the relay goes on
-                if self.relay_error is None:
-                    self.relay_error = "%s: %s" % (type(error).__name__, error)
-                time.sleep(0.01)
-
-    def _relay_once(self) -> None:
-        now = time.monotonic()
-        t = None if self.t0 is None else now - self.t0
-        readers: dict[int, tuple[_Line, str]] = {}
-        writers: dict[int, tuple[_Line, str]] = {}
-        next_due = now + 0.05
-        with self._lock:
-            for line in self._lines:
-                self._plug_state(line, t)
-                readers[line.node.node_master] = (line, UP)
-                if line.cable.plugged:
-                    readers[line.cable.master] = (line, DOWN)
-                for direction in (UP, DOWN):
-                    if t is not None and (direction == DOWN or line.cable.plugged):
-                        line.push(direction, line.faults.garbage(direction, t), now)  # no cable, no noise on it
-                    queue = line.queues[direction]
-                    if not queue:
-                        continue
-                    if queue[0][0] > now:
-                        next_due = min(next_due, queue[0][0])  # wake up when it is due
-                    elif direction == DOWN or line.cable.plugged:
-                        writers[line.target(direction)] = (line, direction)  # due: select says when it can go
-        timeout = max(0.0, min(0.05, next_due - now))
-        readable, writable, _ = select.select(list(readers), list(writers), [], timeout)
-        now = time.monotonic()
-        t = None if self.t0 is None else now - self.t0
-        for fd in readable:
-            line, direction = readers[fd]
-            try:
-                data = os.read(fd, 4096)
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EIO):
-                    raise
-                continue  # EIO: the gateway side is closed (a restart); nothing to read
-            if direction == UP:
-                self.tap.feed(line.node.index, data, now)
-                if not line.cable.plugged:
-                    continue  # a cable that is not there carries nothing
-            if t is None:
-                line.push(direction, data, now)
-            else:
-                damaged, deliver_at = line.faults.process(direction, data, t)
-                line.push(direction, damaged, now + (deliver_at - t))
-        for fd in writable:
-            line, direction = writers[fd]
-            self._write_due(line, direction, fd, now)
-
-    @staticmethod
-    def _write_due(line: _Line, direction: str, fd: int, now: float) -> None:
-        queue = line.queues[direction]
-        while queue and queue[0][0] <= now:
-            at, data = queue[0]
-            try:
-                written = os.write(fd, data)
-            except OSError as error:
-                if error.errno in (errno.EAGAIN, errno.EIO):
-                    return  # full, or nobody has the port open: the bytes wait
-                raise
-            line.queued[direction] -= written
-            if written < len(data):
-                queue[0] = (at, data[written:])
-                return
-            queue.popleft()

@@ -2,8 +2,9 @@
 
 Each node gets two pseudo-terminals joined by a relay in this process: the node
 opens one (its "UART"), the gateway opens the other (the `port` printed). The
-relay keeps both ends open, so a gateway that closes and reopens its port finds
-the node still there, and it is the place where the HIL harness injects faults.
+relay (relay.py, which the HIL rig runs with its faults) keeps both ends open,
+so a gateway that closes and reopens its port finds the node still there. A
+node reset by its watchdog boots again, as a board does.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from pathlib import Path
 from protocols.messages import RESET_WATCHDOG
 
 from .build import build
+from .relay import Line, Relay
 from .tools import find_tool, stop_process
 
 READY_TIMEOUT_S = 30.0
-RELAY_BUFFER = 65536  # bytes kept per direction for a side that is not reading
 WATCHDOG_EXIT = -signal.SIGALRM  # how an emulated node's watchdog resets it (firmware/hal_unix.py)
 
 
@@ -161,8 +162,7 @@ class Emulator:
         self._owned_state = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="edgegw-emulate-"))
         self.nodes = [EmulatedNode(index, seed + index, self.state_dir / ("node%d" % index)) for index in range(count)]
-        self._stop = threading.Event()
-        self._relay: threading.Thread | None = None
+        self._relay: Relay | None = None
         self.bundle = self.state_dir / "bundle"
 
     def start(self) -> None:
@@ -171,42 +171,10 @@ class Emulator:
         for node in self.nodes:
             node.open_uart()
             node.gateway_master, node.gateway_slave = _raw_pty()
-        self._relay = threading.Thread(target=self._relay_forever, name="relay", daemon=True)
+        self._relay = Relay([Line(node.node_master, node.gateway_master) for node in self.nodes])
         self._relay.start()
         for node in self.nodes:
             node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
-
-    def _relay_forever(self) -> None:
-        """Copy bytes node <-> gateway side, without losing any while both sides read.
-
-        Each direction has an outbox; what a side does not take stays there, up to
-        RELAY_BUFFER bytes, beyond which the oldest bytes are dropped (as a UART
-        whose receiver is not reading would lose them).
-        """
-        pairs: dict[int, int] = {}
-        for node in self.nodes:
-            pairs[node.node_master] = node.gateway_master
-            pairs[node.gateway_master] = node.node_master
-        outbox: dict[int, bytearray] = {fd: bytearray() for fd in pairs}
-        while not self._stop.is_set():
-            waiting = [fd for fd, data in outbox.items() if data]
-            readable, writable, _ = select.select(list(pairs), waiting, [], 0.2)
-            for source in readable:
-                try:
-                    data = os.read(source, 4096)
-                except (BlockingIOError, OSError):
-                    continue
-                box = outbox[pairs[source]]
-                box += data
-                if len(box) > RELAY_BUFFER:
-                    del box[: len(box) - RELAY_BUFFER]
-            for destination in writable:
-                box = outbox[destination]
-                try:
-                    written = os.write(destination, box)
-                except (BlockingIOError, OSError):
-                    continue
-                del box[:written]
 
     def restart(self, node: EmulatedNode) -> None:
         """Stop a node's process and boot it again (a reboot): its flash directory is kept."""
@@ -214,11 +182,10 @@ class Emulator:
         node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
 
     def stop(self) -> None:
-        self._stop.set()
         for node in self.nodes:
             node.terminate()
         if self._relay is not None:
-            self._relay.join(2)
+            self._relay.stop()
         for node in self.nodes:
             node.close()
         if self._owned_state:
