@@ -12,7 +12,7 @@ _BLOCK = const(64)  # counter values reserved per flash write
 _CHECK = const(0xFFFFFFFF)  # a counter record holds its value and the value XOR this: a damaged record shows
 _FRESH = const(0x80000000)  # where a counter goes when its record is damaged (see PersistentCounter)
 _ENOENT = const(2)  # errno: no such file
-END = const(0x100000000)  # a counter that reached this has no value left (SPEC.md 4.1)
+_END = const(0x100000000)  # a counter that reached this has no value left (SPEC.md 4.1)
 
 
 def report(key, why):
@@ -61,7 +61,7 @@ class Storage:
 def _parse(raw):
     value, check = raw.split()  # ValueError unless exactly two fields
     value = int(value)
-    if int(check) != value ^ _CHECK or not 1 <= value <= END:
+    if int(check) != value ^ _CHECK or not 1 <= value <= _END:
         raise ValueError("counter record %r" % raw[:24])
     return value
 
@@ -90,11 +90,11 @@ class PersistentCounter:
         self._limit = start  # nothing reserved yet
 
     def take(self):
-        # The next value, or None when none is left (END reached).
+        # The next value, or None when none is left (_END reached).
         if self._next >= self._limit:
-            if self._next >= END:
+            if self._next >= _END:
                 return None
-            self._limit = min(self._next + _BLOCK, END)
+            self._limit = min(self._next + _BLOCK, _END)
             self._storage.put(self._key, b"%d %d" % (self._limit, self._limit ^ _CHECK))
         value = self._next
         self._next += 1
