@@ -5,7 +5,6 @@ import gc
 
 gc.threshold(2048)  # collect after every 2 KB allocated, imports included: garbage never fragments the small heap for long
 
-import asyncio  # noqa: E402
 import sys  # noqa: E402
 
 
@@ -18,7 +17,7 @@ def main():
     watchdog = hal.WDT(timeout=8000)
     from firmware.node import Node
 
-    asyncio.run(Node(hal.Hal()).run(watchdog))
+    Node(hal.Hal()).run(watchdog)
 
 
 main()

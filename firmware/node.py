@@ -2,7 +2,6 @@
 # frames, keeps each frame until the gateway acknowledges it, and answers
 # TIME, CONFIG and COMMAND. Same code on boards and on the unix port; the HAL
 # is the only difference.
-import asyncio
 import gc
 import json
 import random
@@ -277,9 +276,10 @@ class Node:
             self.last_time = uptime
             self.send(messages.TIME, {}, 0)  # ask again: clocks drift
 
-    async def run(self, watchdog):
-        # One task: a node has one thing to do at a time, and every task costs heap.
-        # The watchdog was armed by main.py before anything that can fail.
+    def run(self, watchdog):
+        # One loop and no scheduler: a node has one thing to do at a time, and
+        # asyncio alone would take 4 KB of a 64 KB heap. The watchdog was armed
+        # by main.py before anything that can fail.
         self.hello()
         print("edgegw-node %s ready" % node_hex(self.node_id))
         self.last_status = self.last_time = self.hal.uptime_ms()
@@ -294,4 +294,4 @@ class Node:
                 print("edgegw-node: out of memory, %d bytes free" % gc.mem_free())
             self.hal.tick()
             watchdog.feed()
-            await asyncio.sleep_ms(_POLL_MS)
+            time.sleep_ms(_POLL_MS)
