@@ -72,6 +72,7 @@ class EmulatedNode:
     resets: int = 0  # watchdog resets, each followed by a reboot
     _boot: tuple[Path, str, float, float] | None = None  # what spawn() was given, to boot again after a reset
     _stopping: bool = False
+    _rebooting: threading.Lock = field(default_factory=threading.Lock)  # a watchdog reboot and terminate() exclude each other
 
     @property
     def node_path(self) -> str:
@@ -126,7 +127,10 @@ class EmulatedNode:
             del self.log[:-50]
         # The output ends when the process does. A watchdog reset reboots the node,
         # as a board boots again after one; any other end is left to whoever stopped it.
-        if process.wait() == WATCHDOG_EXIT and process is self.process and not self._stopping and self._boot is not None:
+        process.wait()
+        with self._rebooting:
+            if process.returncode != WATCHDOG_EXIT or process is not self.process or self._stopping or self._boot is None:
+                return
             self.resets += 1
             self.log.append("edgegw: node %s reset by its watchdog; booting it again" % self.node_id)
             try:
@@ -140,9 +144,10 @@ class EmulatedNode:
         return None if code == WATCHDOG_EXIT else code
 
     def terminate(self) -> None:
-        self._stopping = True
-        if self.process is not None:
-            stop_process(self.process, 5)
+        with self._rebooting:  # not while a reboot is starting a process that would outlive this
+            self._stopping = True
+            if self.process is not None:
+                stop_process(self.process, 5)
 
     def close(self) -> None:
         self.terminate()
