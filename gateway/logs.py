@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import types
+import unicodedata
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -56,11 +57,20 @@ _OVERFLOW = ("", 0, "(too many kinds of message at once)")
 
 
 def _escape_table() -> dict[int, str]:
-    table = {code: "\\x%02x" % code for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
-    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+    """Controls, and the invisible format characters (bidirectional overrides, zero-width marks, tags)
+    that can reorder or hide what a terminal shows; the backslash too, so an escape a node
+    typed itself (a literal backslash-n) cannot pass for one of ours when the log is unfolded."""
+    planes = [*range(0x20000), *range(0xE0000, 0xE1000)]  # planes 0, 1 and 14 hold every format character assigned
+    table = {code: _code_escape(code) for code in planes if unicodedata.category(chr(code)) in _HIDDEN}
+    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"})
     return table
 
 
+def _code_escape(code: int) -> str:
+    return "\\x%02x" % code if code <= 0xFF else "\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code
+
+
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp")  # controls, format characters, line and paragraph separators
 _ESCAPES = _escape_table()
 
 

@@ -72,6 +72,16 @@ def test_a_forged_line_in_node_text_stays_on_one_line_visibly_escaped(logger: lo
     assert " ERROR gateway.test_logs: node 00000000000000a1 says: oops\\r\\n" + FORGED + "\\x1b[2J\\x1b[31m\\u2028\\x9b" in written
 
 
+def test_escapes_a_node_types_itself_and_invisible_characters_cannot_pass_for_ours(logger: logging.Logger, out: io.StringIO) -> None:
+    # A literal backslash-n would read as one of our escapes, and U+202E turns the rest of a line around on a terminal.
+    logger.error("node %s says: %s", "00000000000000a1", "oops\\n%s \u202eevil\u200b\ufeff\U000e0041" % FORGED)
+    written = out.getvalue().rstrip("\n")
+    assert LINE.fullmatch(written), written
+    assert written.endswith("oops\\\\n" + FORGED + " \\u202eevil\\u200b\\ufeff\\U000e0041"), written
+    unfolded = written.encode().decode("unicode_escape")  # what reading the escapes back gives
+    assert unfolded.count("\n") == 0 and "oops\\n" + FORGED in unfolded
+
+
 def test_a_traceback_is_on_its_records_line_and_cannot_forge_one_either(logger: logging.Logger, out: io.StringIO) -> None:
     try:
         raise ValueError("bad input\n%s" % FORGED)
