@@ -20,11 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from protocols import ProtocolError
+
 from . import __version__
 from .committer import CommitResult, Committer
 from .config import Config
 from .forwarder import Forwarder
 from .layouts import Layouts
+from .render import describe_error, printable
 from .serial_link import PortManager
 from .sessions import Sessions
 from .store import Store, StoreError
@@ -202,18 +205,28 @@ class Agent:
         self.forwarder.puback(mid, accepted, reason)
 
     def _command(self, topic: str, payload: bytes) -> None:
-        """`{prefix}/{gw}/nodes/{node}/config/set` with a JSON object: forwarded as CONFIG set."""
-        parts = topic.split("/")
+        """`{prefix}/{gw}/nodes/{node}/config/set` with a JSON object: forwarded as CONFIG set.
+
+        Whatever arrives is either sent or refused with one log line naming the topic and why:
+        an exception here would escape into the event loop, and the sender would never know.
+        """
+        shown = printable(topic)  # anyone who may publish chooses the topic's node level
+        node = topic.split("/")[-3]
         try:
             values = json.loads(payload)
-            if not isinstance(values, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as error:
-            log.warning("ignoring %s: payload is not a JSON object (%s)", topic, error)
+        except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than json can follow
+            log.warning("ignoring %s: payload is not JSON (%s)", shown, printable(describe_error(error)))
             return
-        node = parts[-3]
-        if not self.sessions.send_config(node, values):
-            log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", topic, node)
+        if not isinstance(values, dict):
+            log.warning("ignoring %s: payload is not a JSON object", shown)
+            return
+        try:
+            sent = self.sessions.send_config(node, values)
+        except ProtocolError as error:  # the frame would break SPEC.md's limits (300 characters do not fit one)
+            log.warning("ignoring %s: cannot send it as CONFIG set (%s)", shown, printable(error))
+            return
+        if not sent:
+            log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", shown, printable(node))
 
     async def _checkpoint_loop(self) -> None:
         """The buffer's WAL copied into the database file every second, on a thread of its own."""

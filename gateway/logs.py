@@ -237,9 +237,17 @@ class Digest:
     {"": "new", "firmware": "1.2.0"}), and when the interval ends one line says how many and which.
     """
 
-    def __init__(self, logger: logging.Logger, what: str, first: int = DIGEST_FIRST, interval_s: float = DIGEST_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        first: int = DIGEST_FIRST,
+        interval_s: float = DIGEST_INTERVAL_S,
+        level: int = logging.INFO,
+    ) -> None:
         self.logger = logger
         self.what = what  # "HELLOs": the summary says "312 more HELLOs in the last 10 s"
+        self.level = level  # of the events and the summary: WARNING for frames a node should not send
         self.first = first
         self.interval_s = interval_s
         self._start: float | None = None
@@ -258,7 +266,7 @@ class Digest:
             self._start = now
         if self._written < self.first and now >= self._busy_until:
             self._written += 1
-            self.logger.info(msg, *args)
+            self.logger.log(self.level, msg, *args)
             return
         self._held += 1
         for name, value in tags.items():
@@ -284,8 +292,13 @@ class Digest:
             for name, counts in self._tags.items():
                 listed = ", ".join("%s %s" % (format(count, ","), value) for value, count in counts.most_common())
                 parts.append("%s: %s" % (name, listed) if name else listed)
-            self.logger.info(
-                "%s more %s in the last %.0f s: %s", format(self._held, ","), self.what, now - self._start, "; ".join(parts) or "-"
+            self.logger.log(
+                self.level,
+                "%s more %s in the last %.0f s: %s",
+                format(self._held, ","),
+                self.what,
+                now - self._start,
+                "; ".join(parts) or "-",
             )
             self._busy_until = now + self.interval_s
         self._start = None

@@ -1,9 +1,16 @@
-"""Human-readable one-line descriptions of protocol messages, for logs and the CLI."""
+"""What nodes say, rendered for people and programs: one-line descriptions for logs and the CLI,
+node-supplied text made safe for a log line, and any CBOR value made into valid JSON (SPEC.md §6.5)."""
 
 from __future__ import annotations
 
+import base64
+import math
+from typing import Any
+
 from protocols import Message, ProtocolError, node_hex
 from protocols.frame import F_ACK_REQ, F_AUTH, F_DOWNLINK, F_RETRY
+
+from .logs import escape
 
 _FLAG_NAMES = ((F_DOWNLINK, "down"), (F_ACK_REQ, "ack-req"), (F_RETRY, "retry"), (F_AUTH, "auth"))
 
@@ -38,3 +45,37 @@ def describe_message(message: Message) -> str:
         message.version & 0x0F,
         message.fields,
     )
+
+
+def printable(text: object) -> str:
+    """Text from outside (a node, an MQTT topic) as it may appear inside one log line (SPEC.md §6.6).
+
+    The log escapes every line as a whole (gateway/logs.py), so nothing can break
+    a line; escaping the backslash first as well makes a node's text read back
+    unambiguously: `\\n` in the log is always a newline the node sent, never
+    the two characters it typed to look like one.
+    """
+    return escape((text if isinstance(text, str) else str(text)).replace("\\", "\\\\"))
+
+
+def json_value(value: Any) -> Any:
+    """A decoded CBOR value as a value json.dumps(allow_nan=False) writes as valid JSON (RFC 8949 §6.1).
+
+    Finite numbers, text, true, false and null stay what they are; NaN and the
+    infinities become null; byte strings become base64url text without padding;
+    an integer map key becomes its decimal text, and where that collides with a
+    text key of the same map the text key keeps its value.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray):
+        return base64.urlsafe_b64encode(bytes(value)).rstrip(b"=").decode("ascii")
+    if isinstance(value, list | tuple):
+        return [json_value(item) for item in value]
+    if isinstance(value, dict):
+        converted = {key: json_value(item) for key, item in value.items() if isinstance(key, str)}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                converted.setdefault(str(key), json_value(item))
+        return converted
+    return value  # int, str, bool, None

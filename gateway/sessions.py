@@ -4,6 +4,12 @@ HELLO registers a node (and is answered with ACK and TIME) and its channel
 layout, READINGS go to the committer as the node sent them, duplicates are re-acknowledged without being
 stored twice, and a counter that went backwards is handled as SPEC.md §4.3 says.
 Node info is kept on disk so a restarted gateway still knows every node's channels.
+
+What a node says is not trusted (SPEC.md §5.12, §6): a frame that cannot be
+accepted from a sender it can name is answered with REJECT, and never uses up
+its counter; a node id gets a session only with a valid HELLO, so ids a node
+invents cost no more than a bounded table; values go out as valid JSON and
+text into the log escaped (gateway/render.py).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +32,7 @@ from .committer import CommitResult, Committer, Pending
 from .fast_decode import ReceivedMessage
 from .layouts import Layout, Layouts
 from .logs import Digest
+from .render import json_value, printable
 from .serial_link import Link
 from .store import StoredFrame
 
@@ -32,8 +40,11 @@ log = logging.getLogger(__name__)
 
 STALE_LOG_INTERVAL_S = 10.0
 STATUS_REPUBLISH_S = 60.0  # a node's retained status is refreshed at most this often by readings alone
-_REJECT_REASONS = (perr.E_VERSION, perr.E_TYPE, perr.E_SCHEMA)
+UNKNOWN_REJECT_INTERVAL_S = 1.0  # a node id with no session is sent at most one REJECT this often (SPEC.md §6.2)
+UNKNOWN_REMEMBERED = 1024  # node ids with no session whose last REJECT time is kept, the least recent forgotten first
+REJECT_DETAIL_MAX = 80  # characters of a REJECT's detail: the frame stays far below the payload limit
 _INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval")
+_GATEWAY_ONLY = (messages.COMMAND, messages.RADIO_TX)  # types only a gateway sends: a node's are refused (SPEC.md §6.3)
 _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "snr", "dropped", "retransmits", "rx_errors", "heap_peak")
 
 
@@ -56,6 +67,11 @@ class Node:
         self.hex = node_hex(self.node_id)
 
 
+def _detail(text: str) -> str:
+    """A REJECT detail: printable ASCII, cut to REJECT_DETAIL_MAX characters."""
+    return printable(text).encode("ascii", "backslashreplace").decode("ascii")[:REJECT_DETAIL_MAX]
+
+
 class Sessions:
     """The LinkHandler for every port: one place that knows every node."""
 
@@ -76,6 +92,11 @@ class Sessions:
         self.nodes: dict[str, Node] = {}
         self._by_id: dict[bytes, Node] = {}  # the same nodes by their 8 id bytes, as frames carry them
         self._hellos = Digest(log, "HELLOs")  # 1,000 nodes powering up write a few lines, not 1,000
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()  # ids with no session -> when last sent a REJECT
+        # Frames refused or dropped by the rules of SPEC.md §6: a few lines, then a summary every 10 s.
+        self._unknown_frames = Digest(log, "frames from nodes that have not said HELLO")
+        self._wrong_direction_frames = Digest(log, "frames marked DOWNLINK from the nodes' side", level=logging.WARNING)
+        self._unused_frames = Digest(log, "frames this gateway does not use")
 
     # ------------------------------------------------------------ restoring
 
@@ -85,7 +106,7 @@ class Sessions:
         for node_hex_id, text in infos.items():
             node = self._node(bytes.fromhex(node_hex_id))
             try:
-                info = json.loads(text)
+                info = json_value(json.loads(text))  # older versions wrote NaN into it
             except ValueError:
                 continue
             if "channels" in info:
@@ -107,13 +128,29 @@ class Sessions:
 
     def message(self, link: Link, message: ReceivedMessage) -> None:
         if message.flags & fr.F_DOWNLINK:
-            return  # our own kind of frame echoed back: not for us
-        node = self._node(message.node_id)
+            self._wrong_direction(link, message)
+            return
+        wrong = self._sent_by_gateway_only(message)
+        if wrong:
+            self._reject(link, message.node_id, message, wrong[0], wrong[1])
+            return
+        if message.type == messages.HELLO:
+            self._hello(link, message)
+            return
+        node = self._by_id.get(message.node_id)
+        if node is None:  # no session before a valid HELLO: nothing is kept for ids a node may invent (SPEC.md §6.2)
+            if message.type != messages.ACK and message.type != messages.REJECT:
+                self._unknown_frames.note(
+                    {"": message.name, "port": link.path},
+                    "node %s: %s on %s before HELLO; answered with REJECT unknown_node",
+                    node_hex(message.node_id),
+                    message.name,
+                    link.path,
+                )
+                self._reject(link, message.node_id, message, perr.E_UNKNOWN_NODE, "no HELLO from this node; send HELLO")
+            return
         node.link = link
         node.last_seen = time.time()
-        if message.type == messages.HELLO:
-            self._hello(node, link, message)
-            return
         if message.type == messages.ACK:
             return  # acknowledgements of our downlink frames: nothing is kept waiting for them yet
         verdict = node.window.check(message.counter)
@@ -128,7 +165,9 @@ class Sessions:
                     node.stale,
                 )
                 node.stale_logged_at = time.monotonic()
-            self._reject(link, node, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest))
+            self._reject(
+                link, node.node_id, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest)
+            )
             return
         if message.type == messages.READINGS:
             self._readings(node, link, message, verdict)
@@ -140,14 +179,52 @@ class Sessions:
             self._ack(link, node, [message.counter])
 
     def bad_frame(self, link: Link, error: ProtocolError) -> None:
-        if error.node_id is None or error.code not in _REJECT_REASONS:
+        """A frame that names its sender is answered with REJECT (SPEC.md §5.12); one damaged before that, not."""
+        if error.node_id is None or error.counter is None:
             return
-        node = self._node(error.node_id)
-        self._send(link, node, messages.REJECT, {"reason": error.code, "detail": error.detail[:80], "counter": error.counter or 0})
+        if error.flags & fr.F_DOWNLINK:
+            self._wrong_direction(link, error)
+        elif error.mtype == messages.ACK or error.mtype == messages.REJECT:
+            return
+        elif error.code == perr.E_AUTH and not self._may_send_auth(error.node_id):
+            return  # line damage set the AUTH bit (read before any integrity check): the node sends the frame again
+        else:
+            self._reject(link, error.node_id, error, error.code, error.detail)
+
+    def _may_send_auth(self, node_id: bytes) -> bool:
+        """Whether a node may send AUTH frames: it announced the capability, or it has not said HELLO yet."""
+        node = self._by_id.get(node_id)
+        return node is None or node.layout is None or bool(node.info.get("caps", 0) & messages.CAP_AUTH)
+
+    @staticmethod
+    def _sent_by_gateway_only(message: Message) -> tuple[int, str] | None:
+        """The REJECT reason and detail for a message that only travels gateway -> node (SPEC.md §6.3)."""
+        if message.type in _GATEWAY_ONLY:
+            return perr.E_TYPE, "%s is sent by the gateway only" % message.name
+        if message.type == messages.CONFIG and message.fields["op"] != messages.CONFIG_REPORT:
+            return perr.E_SCHEMA, "CONFIG op %d is sent by the gateway only; a node sends op 2" % message.fields["op"]
+        return None
+
+    def _wrong_direction(self, link: Link, frame: ReceivedMessage | ProtocolError) -> None:
+        """A frame marked DOWNLINK came up: an echo of our own frames, or a confused node. Counted, never answered."""
+        link.errors["wrong_direction"] += 1
+        mtype = frame.mtype if isinstance(frame, ProtocolError) else frame.type
+        name = messages.NAMES.get(mtype, "frame") if mtype is not None else "frame"
+        self._wrong_direction_frames.note(
+            {"": name, "port": link.path},
+            "%s: %s for node %s marked DOWNLINK came from the nodes' side (an echo?); dropped",
+            link.path,
+            name,
+            node_hex(frame.node_id or b""),
+        )
 
     # ------------------------------------------------------------ messages
 
-    def _hello(self, node: Node, link: Link, message: ReceivedMessage) -> None:
+    def _hello(self, link: Link, message: ReceivedMessage) -> None:
+        node = self._node(message.node_id)  # a session starts with the first valid HELLO
+        self._unknown.pop(node.node_id, None)
+        node.link = link
+        node.last_seen = time.time()
         known = node.layout is not None
         verdict = node.window.check(message.counter)
         if verdict == win.STALE:
@@ -160,19 +237,19 @@ class Sessions:
         fields = message.fields
         channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
         node.layout = self._layouts.announce(node.hex, channels)
-        node.info = {key: fields[key] for key in _INFO_FIELDS if key in fields}
+        node.info = {key: json_value(fields[key]) for key in _INFO_FIELDS if key in fields}
         node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]
         if verdict != win.DUPLICATE:
             self._hellos.note(
-                {"": "known" if known else "new", "firmware": str(fields["fw_version"]), "port": link.path},
+                {"": "known" if known else "new", "firmware": printable(fields["fw_version"]), "port": link.path},
                 "node %s: HELLO on %s, firmware %s on %s, channels %s",
                 node.hex,
                 link.path,
-                fields["fw_version"],
-                fields["hw_model"],
-                ", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none",
+                printable(fields["fw_version"]),
+                printable(fields["hw_model"]),
+                printable(", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none"),
             )
-        self._save_info(node.hex, json.dumps(node.info))
+        self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
         self._ack(link, node, [message.counter])
         self.send_time(link, node)
         self._publish_status(node, force=True)
@@ -187,12 +264,13 @@ class Sessions:
             return
         layout = node.layout
         if layout is None:
-            self._reject(link, node, message, perr.E_UNKNOWN_NODE, "no HELLO from this node; send HELLO")
+            self._reject(link, node.node_id, message, perr.E_UNKNOWN_NODE, "no HELLO from this node; send HELLO")
             return
         samples = message.fields["samples"]
         if samples and max(samples[0::3]) >= len(layout.channels):
             channel = max(samples[0::3])
-            self._reject(link, node, message, perr.E_SCHEMA, "channel %d not in HELLO (%d channels)" % (channel, len(layout.channels)))
+            detail = "channel %d not in HELLO (%d channels)" % (channel, len(layout.channels))
+            self._reject(link, node.node_id, message, perr.E_SCHEMA, detail)
             return
         frame = StoredFrame(layout.id, round(time.time(), 3), message.payload)  # ms, as the buffer keeps it
         node.waiting[counter] = [link]
@@ -214,31 +292,35 @@ class Sessions:
     def _other(self, node: Node, link: Link, message: Message) -> None:
         fields = message.fields
         if message.type == messages.STATUS:
-            node.status = {key: fields[key] for key in _STATUS_FIELDS if key in fields}
+            node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
             self._publish_status(node, force=True)
         elif message.type == messages.TIME and "unix" not in fields:
             self.send_time(link, node)
-        elif message.type == messages.CONFIG and fields["op"] == messages.CONFIG_REPORT:
-            node.info["config"] = fields.get("values", {})
+        elif message.type == messages.CONFIG:  # a report: the others were refused in message()
+            node.info["config"] = json_value(fields.get("values", {}))
             if fields.get("errors"):
-                log.warning("node %s: config not applied: %s", node.hex, fields["errors"])
-            self._save_info(node.hex, json.dumps(node.info))
+                errors = ", ".join("%s: %s" % (key, value) for key, value in fields["errors"].items())
+                log.warning("node %s: config not applied: %s", node.hex, printable(errors))
+            self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
             self._publish_status(node, force=True)
         elif message.type == messages.LOG:
             level = logging.ERROR if fields["severity"] <= 3 else logging.WARNING if fields["severity"] == 4 else logging.INFO
-            log.log(level, "node %s says: %s", node.hex, fields["text"])
+            log.log(level, "node %s says: %s", node.hex, printable(fields["text"]))
         elif message.type == messages.REJECT:
             log.warning(
                 "node %s rejected our frame %s: %s %s",
                 node.hex,
                 fields.get("counter"),
                 perr.REASONS.get(fields["reason"], fields["reason"]),
-                fields.get("detail", ""),
+                printable(fields.get("detail", "")),
             )
         elif message.type == messages.COMMAND_RESULT:
-            self._publish_retained("%s/nodes/%s/command_result" % (self.topic_base, node.hex), json.dumps(fields, default=repr).encode())
-        else:
-            log.info("node %s: %s not handled by this gateway", node.hex, message.name)
+            topic = "%s/nodes/%s/command_result" % (self.topic_base, node.hex)
+            self._publish_retained(topic, json.dumps(json_value(fields), allow_nan=False).encode())
+        else:  # RADIO_RX, and TIME with a time in it: acknowledged when asked, not used
+            self._unused_frames.note(
+                {"": message.name}, "node %s: %s not handled by this gateway (acknowledged if asked)", node.hex, message.name
+            )
 
     # ------------------------------------------------------------ replies
     # Handed to the port's downlink queue as what is due; it builds the frames when the port has room.
@@ -249,8 +331,30 @@ class Sessions:
     def _ack(self, link: Link, node: Node, counters: list[int]) -> None:
         link.ack(node.node_id, counters)
 
-    def _reject(self, link: Link, node: Node, message: Message, code: int, detail: str) -> None:
-        self._send(link, node, messages.REJECT, {"reason": code, "detail": detail, "counter": message.counter, "type": message.type})
+    def _reject(self, link: Link, node_id: bytes, refused: Message | ProtocolError, code: int, detail: str) -> None:
+        """The one place a REJECT is made (SPEC.md §5.12).
+
+        An id with no session is answered at most once a second, and only the last
+        UNKNOWN_REMEMBERED such ids are remembered for that: bounded, whatever ids a node invents.
+        """
+        if node_id not in self._by_id and not self._may_answer_unknown(node_id):
+            return
+        fields: dict[str, Any] = {"reason": code, "detail": _detail(detail), "counter": refused.counter}
+        mtype = refused.mtype if isinstance(refused, ProtocolError) else refused.type
+        if mtype is not None:
+            fields["type"] = mtype
+        link.send(node_id, messages.REJECT, fields)  # by id: an id without a session has no Node
+
+    def _may_answer_unknown(self, node_id: bytes) -> bool:
+        now = time.monotonic()
+        answered = self._unknown.get(node_id)
+        if answered is not None and now - answered < UNKNOWN_REJECT_INTERVAL_S:
+            return False
+        self._unknown[node_id] = now
+        self._unknown.move_to_end(node_id)
+        if len(self._unknown) > UNKNOWN_REMEMBERED:
+            self._unknown.popitem(last=False)
+        return True
 
     def send_time(self, link: Link, node: Node) -> None:
         link.time(node.node_id)
@@ -274,4 +378,4 @@ class Sessions:
             "channels": node.info.get("channels", []),
             **node.status,
         }
-        self._publish_retained("%s/nodes/%s/status" % (self.topic_base, node.hex), json.dumps(document).encode())
+        self._publish_retained("%s/nodes/%s/status" % (self.topic_base, node.hex), json.dumps(document, allow_nan=False).encode())

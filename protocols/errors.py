@@ -39,13 +39,25 @@ class ProtocolError(ValueError):
     """A frame or payload the protocol does not accept.
 
     `code` is one of the E_* constants; `node_id` and `counter` are filled in
-    when the header was readable, so the error can be tied to a sender.
+    when the header was readable, so the error can be tied to a sender (and
+    answered with REJECT, SPEC.md §5.12); `mtype` and `flags` too when the
+    header passed its CRC check and only the payload was refused.
     """
 
-    def __init__(self, code: int, detail: str = "", node_id: bytes | None = None, counter: int | None = None):
+    def __init__(
+        self,
+        code: int,
+        detail: str = "",
+        node_id: bytes | None = None,
+        counter: int | None = None,
+        mtype: int | None = None,
+        flags: int = 0,
+    ):
         self.reason = REASONS.get(code, "error")
         super().__init__("%s: %s" % (self.reason, detail) if detail else self.reason)
         self.code = code
         self.detail = detail
         self.node_id = node_id
         self.counter = counter
+        self.mtype = mtype
+        self.flags = flags

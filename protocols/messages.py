@@ -99,6 +99,19 @@ SCHEMAS = {
     REJECT: "reason u! detail t counter u type u",
 }
 _CHANNEL_SCHEMA = "name t! unit t! scale i"
+# A channel name ends a SenML record name (RFC 8428 §4.5.1), so it takes that name's characters
+# less "/" and ":", which consumers split names at (topic levels, paths, the URN's parts): SPEC.md §5.3.
+NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._"
+# Fields whose values SPEC.md gives a range (type: (field, lowest, highest)); outside it is a schema error.
+# The bounds of times are checked with the times, below.
+RANGES = {
+    STATUS: ("reset_cause", 0, 6),
+    CONFIG: ("op", 0, 2),
+    COMMAND_RESULT: ("outcome", 0, 4),
+    LOG: ("severity", 0, 7),
+    RADIO_RX: ("sf", 7, 12),
+    RADIO_TX: ("sf", 7, 12),
+}
 
 
 def schema_rows(schema: str) -> list:
@@ -210,16 +223,24 @@ def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
 
 def _check_nested(mtype: int, fields: dict) -> None:
     """Rules that the flat key tables cannot say (SPEC.md §5)."""
+    bounds = RANGES.get(mtype)
+    if bounds is not None and bounds[0] in fields and not bounds[1] <= fields[bounds[0]] <= bounds[2]:
+        raise ProtocolError(E_SCHEMA, "%s.%s %d is outside %d-%d" % (NAMES[mtype], bounds[0], fields[bounds[0]], bounds[1], bounds[2]))
     if mtype == HELLO:
         proto = fields["proto"]
         if len(proto) != 2 or not _kind_ok(proto[0], "u") or not _kind_ok(proto[1], "u"):
             raise ProtocolError(E_SCHEMA, "HELLO.proto must be [major, minor]")
         if len(fields["channels"]) > MAX_CHANNELS:
             raise ProtocolError(E_SCHEMA, "HELLO has more than %d channels" % MAX_CHANNELS)
-        for channel in fields["channels"]:
+        names: list = []
+        for index, channel in enumerate(fields["channels"]):
             scale = channel.get("scale", 0) if isinstance(channel, dict) else 0
             if isinstance(scale, int) and not -MAX_SCALE <= scale <= MAX_SCALE:
                 raise ProtocolError(E_SCHEMA, "HELLO channel scale %d is beyond %d" % (scale, MAX_SCALE))
+            name = channel.get("name") if isinstance(channel, dict) else None
+            if isinstance(name, str):
+                _check_channel_name(index, name, names)
+                names.append(name)
     elif mtype == READINGS:
         if "base_time" in fields and not 0 <= fields["base_time"] <= MAX_TIME:
             raise ProtocolError(E_SCHEMA, "READINGS.base_time is beyond 0 ... %d" % MAX_TIME)
@@ -251,6 +272,22 @@ def _check_nested(mtype: int, fields: dict) -> None:
         for key in fields.get("values", {}):
             if not isinstance(key, str):
                 raise ProtocolError(E_SCHEMA, "CONFIG.values keys must be text")
+
+
+def _check_channel_name(index: int, name: str, earlier: list) -> None:
+    if not name:
+        raise ProtocolError(E_SCHEMA, "HELLO channel %d has an empty name" % index)
+    for char in name:
+        if char not in NAME_CHARS:
+            raise ProtocolError(E_SCHEMA, "HELLO channel %d name %s: only A-Z a-z 0-9 - . _" % (index, _shown(name)))
+    if name in earlier:
+        raise ProtocolError(E_SCHEMA, "HELLO channel %d name %s is taken by channel %d" % (index, _shown(name), earlier.index(name)))
+
+
+def _shown(name: str) -> str:
+    """A node's name for an error detail: quoted, at most 16 characters, any byte outside printable ASCII as ?."""
+    shown = "".join(char if " " <= char <= "~" else "?" for char in name[:16])
+    return "'%s'%s" % (shown, "..." if len(name) > 16 else "")
 
 
 def decode_payload(mtype: int, payload: bytes) -> dict:
@@ -302,5 +339,7 @@ def decode_frame(frame: _frame.Frame) -> Message:
     except ProtocolError as error:
         error.node_id = frame.node_id
         error.counter = frame.counter
+        error.mtype = frame.type
+        error.flags = frame.flags
         raise
     return Message(frame.type, frame.node_id, frame.counter, fields, frame.flags, frame.version)

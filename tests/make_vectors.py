@@ -92,6 +92,16 @@ VALID = [
     ("command_result", Message(messages.COMMAND_RESULT, NODE, 12, {"id": 4711, "outcome": messages.OUTCOME_OK, "value": 40}, UP)),
     ("log", Message(messages.LOG, NODE, 13, {"severity": 4, "text": "bme280: no ack on i2c, retrying"}, UP)),
     (
+        "hello_channel_name_characters",
+        Message(
+            messages.HELLO,
+            NODE,
+            17,
+            {"proto": [1, 0], "fw_version": "1", "hw_model": "x", "caps": 1, "channels": [{"name": "Aa0-._z9Z", "unit": "", "scale": 0}]},
+            UP,
+        ),
+    ),
+    (
         "radio_rx",
         Message(
             messages.RADIO_RX,
@@ -159,6 +169,11 @@ def framed(mtype: int, counter: int, payload_hex: str, flags: int = UP, version:
     return wire(with_crc(header(mtype, counter, flags, version) + bytes.fromhex(payload_hex)))
 
 
+def hello_payload(names: list) -> str:
+    """A HELLO payload whose channels have these names, as hex."""
+    return cbor.dumps({0: [1, 0], 1: "1", 2: "x", 3: 1, 4: [{0: name, 1: ""} for name in names]}).hex()
+
+
 def error_vectors() -> list[dict]:
     good = fr.pack(fr.Frame(messages.LOG, NODE, 20, cbor.dumps({0: 6, 1: "ok"}), UP))
     flipped = bytearray(good)
@@ -217,6 +232,21 @@ def error_vectors() -> list[dict]:
         ("error_schema_offset_i32", "dt 2^31", framed(messages.READINGS, 57, "a1018300011a80000000"), "schema"),
         ("error_schema_time_ms", "TIME ms 1000", framed(messages.TIME, 58, "a2001a6afd86c0011903e8", DOWN), "schema"),
         ("error_schema_time_unix", "TIME unix 2^32", framed(messages.TIME, 59, "a1001b0000000100000000", DOWN), "schema"),
+        (
+            "error_schema_range_severity",
+            "LOG.severity 8: syslog ends at 7",
+            framed(messages.LOG, 60, cbor.dumps({0: 8, 1: "x"}).hex()),
+            "schema",
+        ),
+        (
+            "error_schema_range_sf",
+            "RADIO_RX.sf 13: spreading factors are 7 to 12",
+            framed(messages.RADIO_RX, 61, cbor.dumps({0: b"", 1: -80, 2: 1.0, 3: 868100000, 4: 13}).hex()),
+            "schema",
+        ),
+        ("error_schema_channel_slash", "channel name with '/'", framed(messages.HELLO, 62, hello_payload(["ok", "a/b"])), "schema"),
+        ("error_schema_channel_empty", "empty channel name", framed(messages.HELLO, 63, hello_payload([""])), "schema"),
+        ("error_schema_channel_twice", "two channels named alike", framed(messages.HELLO, 64, hello_payload(["t", "t"])), "schema"),
     ]
     return [{"name": name, "why": why, "hex": hex_text, "error": reason} for name, why, hex_text, reason in rows]
 

@@ -42,7 +42,7 @@ _KIND = {
 
 channels = st.fixed_dictionaries(
     {
-        "name": st.text(min_size=1, max_size=12),
+        "name": st.text(alphabet=messages.NAME_CHARS, min_size=1, max_size=12),
         "unit": st.sampled_from(["Cel", "%RH", "Pa", "m", "V", "dBm", ""]),
         "scale": st.integers(-6, 6),
     }
@@ -53,7 +53,7 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
     if mtype == messages.HELLO and name == "proto":
         return st.tuples(st.integers(0, 15), st.integers(0, 15)).map(list)
     if mtype == messages.HELLO and name == "channels":
-        return st.lists(channels, max_size=4)
+        return st.lists(channels, max_size=4, unique_by=lambda channel: channel["name"])
     if mtype == messages.READINGS and name == "samples":
         sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), numbers, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
         return st.lists(sample, max_size=12).map(lambda triples: [item for triple in triples for item in triple])
@@ -65,6 +65,8 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
         return st.lists(counters, max_size=messages.MAX_ACKS)
     if mtype == messages.CONFIG and name == "keys":
         return st.lists(st.text(max_size=8), max_size=3)
+    if mtype in messages.RANGES and name == messages.RANGES[mtype][0]:
+        return st.integers(messages.RANGES[mtype][1], messages.RANGES[mtype][2])
     return None
 
 

@@ -1,0 +1,490 @@
+"""Attacks: frames a hostile or broken node can send (valid by SPEC.md or near it), and hostile MQTT input.
+
+Each case is answered by a rule of SPEC.md (§5.12, §6, §8): an ACK, a REJECT
+with a reason, or a counted drop; the node is never stuck, published JSON is
+always valid, the log gets one line per line, and what the gateway keeps for
+node ids it has no session with is bounded. Most cases drive the real Sessions
+through a real Link (bytes in, bytes out); the last ones the real `edgegw run`
+over a pty with a real mosquitto.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import struct
+import time
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.agent import Agent
+from gateway.committer import CommitResult, Pending
+from gateway.config import parse
+from gateway.layouts import Layouts
+from gateway.render import json_value, printable
+from gateway.serial_link import Link
+from gateway.sessions import UNKNOWN_REMEMBERED, Sessions
+from hil.capture import MqttCapture
+from hil.gateway import GatewayProcess
+from hil.scripted_node import CHANNELS, ScriptedNode
+from hil.serial_pair import PtyCable
+from protocols import Message, ProtocolError, StreamDecoder, cbor, cobs, encode, messages
+from protocols import errors as perr
+from protocols import frame as fr
+from tests import test_gateway
+
+NODE = bytes.fromhex("0000a4cf12b3c4d5")
+HELLO_FIELDS: dict[str, Any] = {"proto": [1, 0], "fw_version": "test-1", "hw_model": "pty", "caps": 0x0B, "channels": CHANNELS}
+
+
+def strict_json(payload: bytes) -> Any:
+    """json.loads that refuses NaN and Infinity, as every parser but Python's does."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError("not JSON: %s" % constant)
+
+    return json.loads(payload, parse_constant=refuse)
+
+
+def raw_frame(mtype: int, counter: int, mapping: Any, flags: int = fr.F_ACK_REQ, node: bytes = NODE) -> bytes:
+    """A frame with a good CRC around any payload: what a node can send whatever our encoder allows."""
+    payload = mapping if isinstance(mapping, bytes) else cbor.dumps(mapping)
+    return fr.to_wire(fr.Frame(mtype, node, counter, payload, flags))
+
+
+def auth_frame(mtype: int, counter: int) -> bytes:
+    """AUTH set: an 8-byte tag instead of the CRC, which a 1.0 gateway has no key to check (SPEC.md §3.4)."""
+    return cobs.encode(struct.pack(">BBB8sI", 0x10, mtype, fr.F_AUTH | fr.F_ACK_REQ, NODE, counter) + b"\xa0" + bytes(8), True)
+
+
+def damaged_frame(mtype: int, counter: int) -> bytes:
+    """One payload bit flipped on the line: the CRC fails, and no header field can be trusted."""
+    raw = bytearray(fr.pack(fr.Frame(mtype, NODE, counter, cbor.dumps({0: 1}), fr.F_ACK_REQ)))
+    raw[16] ^= 0x01
+    return cobs.encode(bytes(raw), True)
+
+
+class _Transport:
+    """The port's far end: what the gateway's queue hands out, written at once."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.written = bytearray()
+
+    def output_ready(self) -> None:
+        self.written += self.link.pull(1 << 20)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _Committer:
+    def __init__(self) -> None:
+        self.pending: list[Pending] = []
+
+    def submit(self, pending: Pending) -> None:
+        self.pending.append(pending)
+
+
+class Bench:
+    """Sessions behind a real Link: frames in as bytes, replies out as decoded messages."""
+
+    def __init__(self) -> None:
+        self.committer = _Committer()
+        self.published: list[tuple[str, bytes]] = []
+        self.saved: dict[str, str] = {}
+        counters = itertools.count(100)
+        self.sessions = Sessions(
+            "gw-test",
+            "edgegw",
+            self.committer,  # type: ignore[arg-type]
+            Layouts(),
+            lambda topic, payload: self.published.append((topic, payload)),
+            self.saved.__setitem__,
+        )
+        self.link = Link("/dev/ttyTEST", self.sessions, lambda link, exc: None, lambda: next(counters))
+        self.transport = _Transport(self.link)
+        self.link.connection_made(self.transport)  # type: ignore[arg-type]
+        self._decoder = StreamDecoder()
+
+    def feed(self, wire: bytes) -> list[Message]:
+        """The replies to these bytes."""
+        self.replies()
+        self.link.data_received(b"\x00" + wire)
+        return self.replies()
+
+    def replies(self) -> list[Message]:
+        """What the gateway wrote since the last call."""
+        self._decoder.feed(bytes(self.transport.written))
+        self.transport.written.clear()
+        replies = [event for event in self._decoder.drain() if isinstance(event, Message)]
+        assert all(reply.flags & fr.F_DOWNLINK for reply in replies)
+        return replies
+
+    def hello(self, counter: int = 1, **changes: Any) -> list[Message]:
+        return self.feed(encode(Message(messages.HELLO, NODE, counter, dict(HELLO_FIELDS, **changes), fr.F_ACK_REQ)))
+
+    def status_documents(self, node: bytes = NODE) -> list[Any]:
+        topic = "edgegw/gw-test/nodes/%s/status" % node.hex()
+        return [strict_json(payload) for published, payload in self.published if published == topic]
+
+
+def acked(replies: list[Message]) -> list[int]:
+    return [counter for reply in replies if reply.type == messages.ACK for counter in reply.fields["counters"]]
+
+
+def rejects(replies: list[Message]) -> list[dict[str, Any]]:
+    return [reply.fields for reply in replies if reply.type == messages.REJECT]
+
+
+@pytest.fixture
+def bench() -> Bench:
+    return Bench()
+
+
+# ------------------------------------------------------------ values that JSON cannot hold
+
+
+def test_a_config_report_holding_bytes_is_acknowledged_and_the_node_goes_on(bench: Bench) -> None:
+    bench.hello()
+    report = {0: messages.CONFIG_REPORT, 1: {"key": b"\x01\xfe", "gain": math.nan, "limits": [math.inf, -math.inf], "map": {7: "seven"}}}
+    assert acked(bench.feed(raw_frame(messages.CONFIG, 2, report))) == [2]
+    config = bench.status_documents()[-1]["config"]
+    assert config == {"key": "Af4", "gain": None, "limits": [None, None], "map": {"7": "seven"}}
+    assert strict_json(bench.saved[NODE.hex()].encode())["config"] == config  # what a restart reads back
+    assert acked(bench.feed(raw_frame(messages.STATUS, 3, {0: 60}))) == [3]  # the node's later frames still work
+    assert bench.status_documents()[-1]["uptime"] == 60
+
+
+def test_nan_infinity_and_bytes_are_published_as_valid_json(bench: Bench) -> None:
+    bench.hello(interval=math.nan)
+    assert bench.status_documents()[-1]["interval"] is None
+    assert acked(bench.feed(raw_frame(messages.STATUS, 2, {0: 5, 5: math.inf}))) == [2]
+    assert bench.status_documents()[-1]["snr"] is None
+    result = {0: 7, 1: messages.OUTCOME_OK, 3: {1: b"\x00\x01", "1": "text wins", "x": [math.nan, -math.inf, 2.5, 2**64 - 1]}}
+    assert acked(bench.feed(raw_frame(messages.COMMAND_RESULT, 3, result))) == [3]
+    topic, payload = bench.published[-1]
+    assert topic.endswith("/command_result")
+    assert strict_json(payload) == {"id": 7, "outcome": 0, "value": {"1": "text wins", "x": [None, None, 2.5, 2**64 - 1]}}
+
+
+def test_json_value_follows_rfc_8949_section_6_1() -> None:
+    assert json_value({1: b"\xfb\xff", "a": [math.nan, True, None, "t"], -2: 1.5}) == {"1": "-_8", "a": [None, True, None, "t"], "-2": 1.5}
+    json.dumps(json_value([math.inf, b"", {0: -math.inf}]), allow_nan=False)
+
+
+# ------------------------------------------------------------ node text in the log
+
+
+def test_node_text_cannot_forge_or_colour_log_lines(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "ok\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\r\x1b[2J\x07\u2028\x85\\"
+    caplog.set_level(logging.INFO)
+    bench.hello(fw_version=forged, hw_model=forged)
+    bench.feed(raw_frame(messages.LOG, 2, {0: 2, 1: forged}))
+    bench.feed(raw_frame(messages.CONFIG, 3, {0: messages.CONFIG_REPORT, 3: {forged: forged}}))
+    bench.feed(raw_frame(messages.REJECT, 4, {0: 9, 1: forged, 2: 1}, 0))
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.sessions"]
+    node_lines = [line for line in lines if "disk on fire" in line]
+    assert len(node_lines) == 4, lines
+    for line in node_lines:
+        assert line.isprintable(), repr(line)
+        assert "ok\\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\\r\\x1b[2J\\x07\\u2028\\x85\\\\" in line
+
+
+def test_printable_leaves_ordinary_text_alone() -> None:
+    assert printable("bme280: no ack on i2c, retrying (température)") == "bme280: no ack on i2c, retrying (température)"
+    assert printable("a\tb\x00\x7f\u2029\\n") == "a\\tb\\x00\\x7f\\u2029\\\\n"
+
+
+# ------------------------------------------------------------ channel names
+
+
+@pytest.mark.parametrize(
+    ("names", "index"),
+    [
+        (["temperature", "a/b"], 1),
+        (["level#1"], 0),
+        (["a+b"], 0),
+        (["urn:x"], 0),
+        ([""], 0),
+        (["temp", "hum", "temp"], 2),
+        (["new\nline"], 0),
+        (["ümlaut"], 0),
+    ],
+)
+def test_a_hello_with_a_channel_name_senml_cannot_carry_is_rejected(bench: Bench, names: list[str], index: int) -> None:
+    channels = [{"name": name, "unit": ""} for name in names]
+    replies = bench.feed(raw_frame(messages.HELLO, 1, {0: [1, 0], 1: "x", 2: "y", 3: 1, 4: [{0: c["name"], 1: ""} for c in channels]}))
+    assert acked(replies) == []
+    (reject,) = rejects(replies)
+    assert (reject["reason"], reject["counter"], reject["type"]) == (perr.E_SCHEMA, 1, messages.HELLO)
+    assert "channel %d" % index in reject["detail"] and reject["detail"].isprintable()
+    assert bench.sessions.nodes == {}
+    with pytest.raises(ProtocolError) as refused:  # and a node's own encoder refuses to send it
+        encode(Message(messages.HELLO, NODE, 1, dict(HELLO_FIELDS, channels=channels)))
+    assert refused.value.code == perr.E_SCHEMA
+
+
+def test_every_allowed_name_character_is_accepted(bench: Bench) -> None:
+    replies = bench.hello(channels=[{"name": messages.NAME_CHARS, "unit": ""}, {"name": "0", "unit": "Cel"}])
+    assert acked(replies) == [1]
+
+
+# ------------------------------------------------------------ direction, REJECT, ranges, counters
+
+
+def test_an_upstream_frame_marked_downlink_is_counted_and_logged_not_answered(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    bench.hello()
+    echo = raw_frame(messages.READINGS, 2, {1: [0, 1, 0]}, fr.F_DOWNLINK | fr.F_ACK_REQ)
+    broken_echo = raw_frame(messages.STATUS, 3, b"\xa1", fr.F_DOWNLINK)
+    for _ in range(50):
+        assert bench.feed(echo) == [] and bench.feed(broken_echo) == []
+    assert bench.link.errors["wrong_direction"] == 100
+    assert bench.committer.pending == []
+    lines = [record.getMessage() for record in caplog.records if "DOWNLINK" in record.getMessage()]
+    assert 1 <= len(lines) <= 3 and "/dev/ttyTEST: READINGS for node 0000a4cf12b3c4d5 marked DOWNLINK" in lines[0]  # then a summary
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (raw_frame(messages.STATUS, 9, b"\xa2\x00"), perr.E_CBOR),
+        (raw_frame(messages.COMMAND_RESULT, 9, bytes.fromhex("a3000001000381818181818181818100")), perr.E_LIMIT),
+        (auth_frame(messages.READINGS, 9), perr.E_AUTH),
+        (raw_frame(messages.LOG, 9, {0: 99, 1: "x"}), perr.E_SCHEMA),
+        (raw_frame(0x7F, 9, {}), perr.E_TYPE),
+    ],
+    ids=["cbor", "limit", "auth", "schema", "type"],
+)
+def test_every_error_of_a_frame_that_names_its_sender_is_answered_with_reject(bench: Bench, wire: bytes, reason: int) -> None:
+    for known in (False, True):
+        if known:
+            bench.hello(counter=1, caps=0x0B | messages.CAP_AUTH)
+        (reject,) = rejects(bench.feed(wire))
+        assert (reject["reason"], reject["counter"]) == (reason, 9)
+        assert bench.committer.pending == []
+
+
+def test_no_reject_for_damage_before_the_header_or_for_a_broken_ack_or_reject(bench: Bench) -> None:
+    bench.hello()
+    assert bench.feed(auth_frame(messages.READINGS, 4)) == []  # a node without the auth capability: line damage
+    assert bench.feed(damaged_frame(messages.STATUS, 5)) == []  # crc
+    assert bench.feed(raw_frame(messages.ACK, 6, b"\xa2\x00", 0)) == []  # cbor, but an ACK
+    assert bench.feed(raw_frame(messages.REJECT, 7, {0: "x"}, 0)) == []  # schema, but a REJECT
+
+
+@pytest.mark.parametrize(
+    ("mtype", "payload", "field"),
+    [
+        (messages.LOG, {0: 8, 1: "x"}, "severity"),
+        (messages.TIME, {0: 1795000000, 1: 1000}, "ms"),
+        (messages.STATUS, {0: 1, 2: 7}, "reset_cause"),
+        (messages.CONFIG, {0: 3}, "op"),
+        (messages.COMMAND_RESULT, {0: 1, 1: 5}, "outcome"),
+        (messages.RADIO_RX, {0: b"", 1: -80, 2: 1.0, 3: 868100000, 4: 13}, "sf"),
+        (messages.RADIO_RX, {0: b"", 1: -80, 2: 1.0, 3: 868100000, 4: 6}, "sf"),
+    ],
+)
+def test_a_value_outside_its_range_is_a_schema_error(bench: Bench, mtype: int, payload: dict[int, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        messages.decode_payload(mtype, cbor.dumps(payload))
+    assert refused.value.code == perr.E_SCHEMA and field in refused.value.detail
+    bench.hello()
+    (reject,) = rejects(bench.feed(raw_frame(mtype, 2, payload)))
+    assert (reject["reason"], reject["counter"], reject["type"]) == (perr.E_SCHEMA, 2, mtype)
+
+
+def test_a_rejected_frame_does_not_use_up_its_counter(bench: Bench) -> None:
+    readings = encode(Message(messages.READINGS, NODE, 5, {"samples": [1, 7, 0]}, fr.F_ACK_REQ))
+    (reject,) = rejects(bench.feed(readings))
+    assert reject["reason"] == perr.E_UNKNOWN_NODE
+    assert acked(bench.hello(counter=6)) == [6]
+    assert bench.feed(readings) == []  # the same counter again, after HELLO: stored, acknowledged once on disk
+    (pending,) = bench.committer.pending
+    assert pending.counter == 5
+    bench.sessions.committed(CommitResult([pending], [], None))
+    assert acked(bench.replies()) == [5]
+    assert acked(bench.feed(readings)) == [5]  # and now it is a duplicate: acknowledged again, not stored again
+    assert len(bench.committer.pending) == 1
+
+
+# ------------------------------------------------------------ state for ids a node invents
+
+
+def test_invented_node_ids_leave_bounded_state_behind(bench: Bench) -> None:
+    def flood(first: int, count: int) -> int:
+        answered = 0
+        for number in range(first, first + count):
+            node = number.to_bytes(8, "big")
+            replies = bench.feed(encode(Message(messages.READINGS, node, 1, {"samples": [0, 1, 0]}, fr.F_ACK_REQ, fr.VERSION)))
+            answered += [(r.node_id, r.fields["reason"]) for r in replies] == [(node, perr.E_UNKNOWN_NODE)]
+        return answered
+
+    flood(1 << 40, 2 * UNKNOWN_REMEMBERED)  # warm up: the remembered ids are at their bound
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        assert flood(1 << 41, 10_000) == 10_000  # each one answered with REJECT unknown_node
+        after_first = tracemalloc.take_snapshot()
+        assert flood(1 << 42, 10_000) == 10_000
+        after_second = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+
+    def grown(since: tracemalloc.Snapshot, until: tracemalloc.Snapshot) -> int:
+        return sum(stat.size_diff for stat in until.compare_to(since, "filename"))
+
+    # The first flood replaces every remembered id (allocated before tracing began, so not offset
+    # here): about 180 KB for UNKNOWN_REMEMBERED of them. The second one finds them at that bound.
+    assert grown(before, after_first) < 400_000, "state per invented id"
+    assert grown(after_first, after_second) < 16_000, "state per invented id"
+    assert bench.sessions.nodes == {} and bench.committer.pending == []
+
+
+def test_one_unknown_id_gets_at_most_one_reject_a_second(bench: Bench) -> None:
+    stranger = bytes.fromhex("00000000deadbeef")
+    replies = [bench.feed(raw_frame(messages.STATUS, counter, {0: 1}, node=stranger)) for counter in range(1, 201)]
+    assert [len(rejects(r)) for r in replies].count(1) == 1
+    assert bench.sessions.nodes == {}
+
+
+# ------------------------------------------------------------ hostile MQTT input
+
+
+@pytest.fixture
+def agent(bench: Bench) -> Iterator[Agent]:
+    config = parse(
+        {"gateway": {"id": "gw-test", "data_dir": "/nonexistent"}, "mqtt": {"host": "127.0.0.1"}, "serial": [{"port": "/dev/x"}]}
+    )
+    made = Agent(config)
+    made.sessions = bench.sessions
+    yield made
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (json.dumps({"name": "x" * 300}).encode(), "too_long"),
+        (json.dumps({"deep": 2**70}).encode(), "limit"),
+        (json.dumps({"a": [[[[[[[[[1]]]]]]]]]}).encode(), "limit"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+    ],
+)
+def test_config_set_that_cannot_become_a_frame_is_refused_with_one_log_line(
+    bench: Bench, agent: Agent, caplog: pytest.LogCaptureFixture, payload: bytes, why: str
+) -> None:
+    bench.hello()
+    bench.replies()
+    agent._command("edgegw/gw-test/nodes/%s/config/set" % NODE.hex(), payload)
+    assert bench.replies() == []
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "gateway.agent"]
+    assert line.startswith("ignoring edgegw/gw-test/nodes/0000a4cf12b3c4d5/config/set: ") and why in line
+    agent._command("edgegw/gw-test/nodes/%s/config/set" % NODE.hex(), b'{"interval": 30}')  # the next one goes through
+    (config,) = bench.replies()
+    assert config.fields == {"op": messages.CONFIG_SET, "values": {"interval": 30}}
+
+
+def test_config_set_topic_text_is_escaped_in_the_log(agent: Agent, caplog: pytest.LogCaptureFixture) -> None:
+    agent._command("edgegw/gw-test/nodes/x\nCRITICAL forged/config/set", b"{}")
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "gateway.agent"]
+    assert "\n" not in line and "x\\nCRITICAL forged" in line
+
+
+# ------------------------------------------------------------ the real gateway process
+
+
+# The gateway, its broker, its capture and its two ptys, as tests/test_gateway.py makes them.
+broker, capture, cables, gateway = test_gateway.broker, test_gateway.capture, test_gateway.cables, test_gateway.gateway
+
+
+def latest_status(capture: MqttCapture, node: bytes = NODE) -> Any:
+    found = [m for m in capture.snapshot() if m.topic == "edgegw/gw-test/nodes/%s/status" % node.hex()]
+    return strict_json(found[-1].payload) if found else None
+
+
+def test_process_a_hostile_node_is_answered_and_never_stuck(gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable]) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    cable = cables[0]
+    node = ScriptedNode(cable, NODE)
+    node.wait_acked([node.hello()])
+
+    def send_raw(mtype: int, mapping: Any, flags: int = fr.F_ACK_REQ) -> int:
+        counter = node.counter
+        node.counter += 1
+        wire = raw_frame(mtype, counter, mapping, flags)
+        if flags & fr.F_ACK_REQ:
+            node.unacked[counter] = wire
+        cable.write(b"\x00" + wire)
+        return counter
+
+    config = send_raw(messages.CONFIG, {0: messages.CONFIG_REPORT, 1: {"key": b"\x01", "gain": math.nan}})
+    status = send_raw(messages.STATUS, {0: 77, 5: -math.inf})
+    node.wait_acked([config, status])
+    capture.wait_for(lambda msgs: (latest_status(capture) or {}).get("uptime") == 77)
+    document = latest_status(capture)
+    assert document["config"] == {"key": "AQ", "gain": None} and document["snr"] is None
+
+    send_raw(messages.LOG, {0: 3, 1: "fine\n2026-12-02 05:00:00,000 CRITICAL gateway: forged\x1b[31m"}, 0)
+    bad_cbor = send_raw(messages.STATUS, b"\xa2\x00")
+    reject = node.wait_for(messages.REJECT)
+    assert (reject.fields["reason"], reject.fields["counter"]) == (perr.E_CBOR, bad_cbor)
+    for _ in range(3):
+        send_raw(messages.READINGS, {1: [0, 1, 0]}, fr.F_DOWNLINK)
+    gateway.wait_for_log("marked DOWNLINK came from the nodes' side")
+    gateway.wait_for_log("node 0000a4cf12b3c4d5 says: fine\\n2026")
+    log_text = gateway.log()
+    assert "\x1b" not in log_text and not any(line.startswith("2026-12-02 05:00:00,000 CRITICAL") for line in log_text.splitlines())
+    assert "Traceback" not in log_text
+
+
+def test_process_bad_channel_names_and_invented_ids(gateway: GatewayProcess, cables: list[PtyCable]) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    cable = cables[0]
+    node = ScriptedNode(cable, NODE)
+    wire = raw_frame(messages.HELLO, 1, {0: [1, 0], 1: "x", 2: "y", 3: 1, 4: [{0: "ok", 1: ""}, {0: "room/+/#", 1: ""}]})
+    cable.write(b"\x00" + wire)
+    reject = node.wait_for(messages.REJECT)
+    assert (reject.fields["reason"], reject.fields["counter"]) == (perr.E_SCHEMA, 1) and "channel 1" in reject.fields["detail"]
+    for number in range(200):  # ids nobody announced: each told to say HELLO
+        stranger = ScriptedNode(cable, (0xE0 << 56 | number).to_bytes(8, "big"))
+        stranger.readings([0, 1, 0])
+    answered: set[bytes] = set()
+    deadline = time.monotonic() + 15
+    while len(answered) < 200 and time.monotonic() < deadline:
+        answered |= {m.node_id for m in node.poll(0.1) if m.type == messages.REJECT and m.fields["reason"] == perr.E_UNKNOWN_NODE}
+    assert len(answered) == 200
+    node.wait_acked([node.hello()])  # the port and the node are fine
+    assert "Traceback" not in gateway.log()
+
+
+def test_process_config_set_that_cannot_be_sent_is_refused(gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable]) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    gateway.wait_for_log("connected to")
+    node = ScriptedNode(cables[0], NODE)
+    node.wait_acked([node.hello()])
+    topic = "edgegw/gw-test/nodes/%s/config/set" % NODE.hex()
+    capture.client.publish(topic, json.dumps({"name": "x" * 300}), qos=1)
+    gateway.wait_for_log("ignoring %s: cannot send it as CONFIG set (too_long" % topic)
+    capture.client.publish(topic, json.dumps({"interval": 30}), qos=1)
+    assert node.wait_for(messages.CONFIG).fields == {"op": messages.CONFIG_SET, "values": {"interval": 30}}
+    assert "Traceback" not in gateway.log()
+
+
+def test_a_message_only_the_gateway_sends_is_rejected_when_a_node_sends_it(bench: Bench) -> None:
+    bench.hello()
+    command = encode(Message(messages.COMMAND, NODE, 2, {"id": 1, "action": "reboot"}, fr.F_ACK_REQ))
+    config_set = encode(Message(messages.CONFIG, NODE, 3, {"op": messages.CONFIG_SET, "values": {"interval": 1}}, fr.F_ACK_REQ))
+    for wire, reason in ((command, perr.E_TYPE), (config_set, perr.E_SCHEMA)):
+        replies = bench.feed(wire)
+        assert acked(replies) == [] and [r["reason"] for r in rejects(replies)] == [reason]
+    assert bench.sessions.nodes[NODE.hex()].window.highest == 1  # refused: their counters are not used up
