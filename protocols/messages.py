@@ -83,45 +83,37 @@ MAX_MS = const(999)  # TIME ms
 # Payload schemas, one line per type, to keep them small on a node's heap:
 # "name kind" pairs whose position is the CBOR key ("- -" skips a key).
 # Kinds: u unsigned int, i int, n number (int or float), t text, b bytes,
-# a array, m map, * anything; a trailing ! marks a required field.
+# a array, m map, * anything; then the range of an integer ("u0-7": 0 to 7,
+# else a schema error, SPEC.md §8); a trailing ! marks a required field.
 SCHEMAS = {
     HELLO: "proto a! fw_version t! hw_model t! caps u! channels a! interval n",
     READINGS: "base_time n samples a!",
     ACK: "counters a!",
     TIME: "unix u ms u",
-    STATUS: "uptime u! free_heap u reset_cause u battery_mv u rssi i snr n dropped u retransmits u rx_errors u heap_peak u",
-    CONFIG: "op u! values m keys a errors m",
+    STATUS: "uptime u! free_heap u reset_cause u0-6 battery_mv u rssi i snr n dropped u retransmits u rx_errors u heap_peak u",
+    CONFIG: "op u0-2! values m keys a errors m",
     COMMAND: "id u! action t! args m",
-    COMMAND_RESULT: "id u! outcome u! detail t value *",
-    LOG: "severity u! text t!",
-    RADIO_RX: "frame b! rssi i! snr n! freq u! sf u! bw u",
-    RADIO_TX: "frame b! - - - - freq u! sf u! bw u power i delay_ms u",
+    COMMAND_RESULT: "id u! outcome u0-4! detail t value *",
+    LOG: "severity u0-7! text t!",
+    RADIO_RX: "frame b! rssi i! snr n! freq u! sf u7-12! bw u",
+    RADIO_TX: "frame b! - - - - freq u! sf u7-12! bw u power i delay_ms u",
     REJECT: "reason u! detail t counter u type u",
 }
 _CHANNEL_SCHEMA = "name t! unit t! scale i"
 # A channel name ends a SenML record name (RFC 8428 §4.5.1), so it takes that name's characters
 # less "/" and ":", which consumers split names at (topic levels, paths, the URN's parts): SPEC.md §5.3.
 NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._"
-# Fields whose values SPEC.md gives a range (type: (field, lowest, highest)); outside it is a schema error.
-# The bounds of times are checked with the times, below.
-RANGES = {
-    STATUS: ("reset_cause", 0, 6),
-    CONFIG: ("op", 0, 2),
-    COMMAND_RESULT: ("outcome", 0, 4),
-    LOG: ("severity", 0, 7),
-    RADIO_RX: ("sf", 7, 12),
-    RADIO_TX: ("sf", 7, 12),
-}
 
 
 def schema_rows(schema: str) -> list:
-    """[(key, name, kind, required), ...] of a schema line."""
+    """[(key, name, kind, required), ...] of a schema line; kind is its letter and range ("u", "u0-7")."""
     words = schema.split()
     rows = []
     for index in range(0, len(words), 2):
         if words[index] != "-":
             kind = words[index + 1]
-            rows.append((index // 2, words[index], kind[0], kind[-1] == "!"))
+            required = kind[-1] == "!"
+            rows.append((index // 2, words[index], kind[:-1] if required else kind, required))
     return rows
 
 
@@ -183,6 +175,15 @@ def _kind_ok(value: object, kind: str) -> bool:
     return isinstance(value, dict)  # "m"
 
 
+def _check_value(value: object, kind: str, what: str, name: str) -> None:
+    if not _kind_ok(value, kind[0]):
+        raise ProtocolError(E_SCHEMA, "%s.%s has the wrong type" % (what, name))
+    if len(kind) > 1:
+        low, high = kind[1:].split("-")
+        if not int(low) <= value <= int(high):  # type: ignore[operator]
+            raise ProtocolError(E_SCHEMA, "%s.%s %s is outside %s" % (what, name, value, kind[1:]))
+
+
 def _fields_from_map(mapping: object, schema: str, what: str) -> dict:
     if not isinstance(mapping, dict):
         raise ProtocolError(E_SCHEMA, "%s is not a map" % what)
@@ -190,8 +191,7 @@ def _fields_from_map(mapping: object, schema: str, what: str) -> dict:
     for key, name, kind, required in schema_rows(schema):
         if key in mapping:
             value = mapping[key]
-            if not _kind_ok(value, kind):
-                raise ProtocolError(E_SCHEMA, "%s.%s has the wrong type" % (what, name))
+            _check_value(value, kind, what, name)
             fields[name] = value
         elif required:
             raise ProtocolError(E_SCHEMA, "%s.%s is missing" % (what, name))
@@ -209,8 +209,7 @@ def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
             value = fields[name]
             if isinstance(value, tuple):
                 value = list(value)
-            if not _kind_ok(value, kind):
-                raise ProtocolError(E_SCHEMA, "%s.%s has the wrong type" % (what, name))
+            _check_value(value, kind, what, name)
             mapping[key] = value
         elif required:
             raise ProtocolError(E_SCHEMA, "%s.%s is missing" % (what, name))
@@ -223,9 +222,6 @@ def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
 
 def _check_nested(mtype: int, fields: dict) -> None:
     """Rules that the flat key tables cannot say (SPEC.md §5)."""
-    bounds = RANGES.get(mtype)
-    if bounds is not None and bounds[0] in fields and not bounds[1] <= fields[bounds[0]] <= bounds[2]:
-        raise ProtocolError(E_SCHEMA, "%s.%s %d is outside %d-%d" % (NAMES[mtype], bounds[0], fields[bounds[0]], bounds[1], bounds[2]))
     if mtype == HELLO:
         proto = fields["proto"]
         if len(proto) != 2 or not _kind_ok(proto[0], "u") or not _kind_ok(proto[1], "u"):
@@ -239,7 +235,8 @@ def _check_nested(mtype: int, fields: dict) -> None:
                 raise ProtocolError(E_SCHEMA, "HELLO channel scale %d is beyond %d" % (scale, MAX_SCALE))
             name = channel.get("name") if isinstance(channel, dict) else None
             if isinstance(name, str):
-                _check_channel_name(index, name, names)
+                if not name or name in names or [char for char in name if char not in NAME_CHARS]:
+                    raise ProtocolError(E_SCHEMA, "HELLO channel %d name: not 1+ of A-Z a-z 0-9 - . _, or taken" % index)
                 names.append(name)
     elif mtype == READINGS:
         if "base_time" in fields and not 0 <= fields["base_time"] <= MAX_TIME:
@@ -272,22 +269,6 @@ def _check_nested(mtype: int, fields: dict) -> None:
         for key in fields.get("values", {}):
             if not isinstance(key, str):
                 raise ProtocolError(E_SCHEMA, "CONFIG.values keys must be text")
-
-
-def _check_channel_name(index: int, name: str, earlier: list) -> None:
-    if not name:
-        raise ProtocolError(E_SCHEMA, "HELLO channel %d has an empty name" % index)
-    for char in name:
-        if char not in NAME_CHARS:
-            raise ProtocolError(E_SCHEMA, "HELLO channel %d name %s: only A-Z a-z 0-9 - . _" % (index, _shown(name)))
-    if name in earlier:
-        raise ProtocolError(E_SCHEMA, "HELLO channel %d name %s is taken by channel %d" % (index, _shown(name), earlier.index(name)))
-
-
-def _shown(name: str) -> str:
-    """A node's name for an error detail: quoted, at most 16 characters, any byte outside printable ASCII as ?."""
-    shown = "".join(char if " " <= char <= "~" else "?" for char in name[:16])
-    return "'%s'%s" % (shown, "..." if len(name) > 16 else "")
 
 
 def decode_payload(mtype: int, payload: bytes) -> dict:

@@ -65,8 +65,6 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
         return st.lists(counters, max_size=messages.MAX_ACKS)
     if mtype == messages.CONFIG and name == "keys":
         return st.lists(st.text(max_size=8), max_size=3)
-    if mtype in messages.RANGES and name == messages.RANGES[mtype][0]:
-        return st.integers(messages.RANGES[mtype][1], messages.RANGES[mtype][2])
     return None
 
 
@@ -76,7 +74,10 @@ def message_fields(draw: st.DrawFn, mtype: int) -> dict[str, Any]:
     for _key, name, kind, required in messages.schema_rows(messages.SCHEMAS[mtype]):
         if required or draw(st.booleans()):
             special = _special(mtype, name)
-            strategy = _KIND[kind] if special is None else special
+            if special is None and len(kind) > 1:  # a ranged integer, "u0-7"
+                low, high = kind[1:].split("-")
+                special = st.integers(int(low), int(high))
+            strategy = _KIND[kind[0]] if special is None else special
             fields[name] = draw(strategy)
     return fields
 
