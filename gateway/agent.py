@@ -27,7 +27,7 @@ from .committer import CommitResult, Committer
 from .config import Config
 from .forwarder import Forwarder
 from .layouts import Layouts
-from .render import describe_error, printable
+from .render import describe_error
 from .serial_link import PortManager
 from .sessions import Sessions
 from .store import Store, StoreError
@@ -210,23 +210,22 @@ class Agent:
         Whatever arrives is either sent or refused with one log line naming the topic and why:
         an exception here would escape into the event loop, and the sender would never know.
         """
-        shown = printable(topic)  # anyone who may publish chooses the topic's node level
         node = topic.split("/")[-3]
         try:
             values = json.loads(payload)
         except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than json can follow
-            log.warning("ignoring %s: payload is not JSON (%s)", shown, printable(describe_error(error)))
+            log.warning("ignoring %s: payload is not JSON (%s)", topic, describe_error(error))
             return
         if not isinstance(values, dict):
-            log.warning("ignoring %s: payload is not a JSON object", shown)
+            log.warning("ignoring %s: payload is not a JSON object", topic)
             return
         try:
             sent = self.sessions.send_config(node, values)
         except ProtocolError as error:  # the frame would break SPEC.md's limits (300 characters do not fit one)
-            log.warning("ignoring %s: cannot send it as CONFIG set (%s)", shown, printable(error))
+            log.warning("ignoring %s: cannot send it as CONFIG set (%s)", topic, error)
             return
         if not sent:
-            log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", shown, printable(node))
+            log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", topic, node)
 
     async def _checkpoint_loop(self) -> None:
         """The buffer's WAL copied into the database file every second, on a thread of its own."""

@@ -1,5 +1,5 @@
 """What nodes say, rendered for people and programs: one-line descriptions for logs and the CLI,
-node-supplied text made safe for a log line, and any CBOR value made into valid JSON (SPEC.md §6.5)."""
+and any CBOR value made into valid JSON (SPEC.md §6.5)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Any
 
 from protocols import Message, ProtocolError, node_hex
 from protocols.frame import F_ACK_REQ, F_AUTH, F_DOWNLINK, F_RETRY
-
-from .logs import escape
 
 _FLAG_NAMES = ((F_DOWNLINK, "down"), (F_ACK_REQ, "ack-req"), (F_RETRY, "retry"), (F_AUTH, "auth"))
 
@@ -45,17 +43,6 @@ def describe_message(message: Message) -> str:
         message.version & 0x0F,
         message.fields,
     )
-
-
-def printable(text: object) -> str:
-    """Text from outside (a node, an MQTT topic) as it may appear inside one log line (SPEC.md §6.6).
-
-    The log escapes every line as a whole (gateway/logs.py), so nothing can break
-    a line; escaping the backslash first as well makes a node's text read back
-    unambiguously: `\\n` in the log is always a newline the node sent, never
-    the two characters it typed to look like one.
-    """
-    return escape((text if isinstance(text, str) else str(text)).replace("\\", "\\\\"))
 
 
 def json_value(value: Any) -> Any:

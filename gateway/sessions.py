@@ -8,8 +8,8 @@ Node info is kept on disk so a restarted gateway still knows every node's channe
 What a node says is not trusted (SPEC.md §5.12, §6): a frame that cannot be
 accepted from a sender it can name is answered with REJECT, and never uses up
 its counter; a node id gets a session only with a valid HELLO, so ids a node
-invents cost no more than a bounded table; values go out as valid JSON and
-text into the log escaped (gateway/render.py).
+invents cost no more than a bounded table; values go out as valid JSON
+(gateway/render.py), and the log escapes whatever text they hold (gateway/logs.py).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from . import senml
 from .committer import CommitResult, Committer, Pending
 from .fast_decode import ReceivedMessage
 from .layouts import Layout, Layouts
-from .logs import Digest
-from .render import json_value, printable
+from .logs import Digest, escape
+from .render import json_value
 from .serial_link import Link
 from .store import StoredFrame
 
@@ -68,8 +68,8 @@ class Node:
 
 
 def _detail(text: str) -> str:
-    """A REJECT detail: printable ASCII, cut to REJECT_DETAIL_MAX characters."""
-    return printable(text).encode("ascii", "backslashreplace").decode("ascii")[:REJECT_DETAIL_MAX]
+    """A REJECT detail: printable ASCII (escaped as the log escapes), cut to REJECT_DETAIL_MAX characters."""
+    return escape(text).encode("ascii", "backslashreplace").decode("ascii")[:REJECT_DETAIL_MAX]
 
 
 class Sessions:
@@ -241,13 +241,13 @@ class Sessions:
         node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]
         if verdict != win.DUPLICATE:
             self._hellos.note(
-                {"": "known" if known else "new", "firmware": printable(fields["fw_version"]), "port": link.path},
+                {"": "known" if known else "new", "firmware": str(fields["fw_version"]), "port": link.path},
                 "node %s: HELLO on %s, firmware %s on %s, channels %s",
                 node.hex,
                 link.path,
-                printable(fields["fw_version"]),
-                printable(fields["hw_model"]),
-                printable(", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none"),
+                fields["fw_version"],
+                fields["hw_model"],
+                ", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none",
             )
         self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
         self._ack(link, node, [message.counter])
@@ -300,19 +300,19 @@ class Sessions:
             node.info["config"] = json_value(fields.get("values", {}))
             if fields.get("errors"):
                 errors = ", ".join("%s: %s" % (key, value) for key, value in fields["errors"].items())
-                log.warning("node %s: config not applied: %s", node.hex, printable(errors))
+                log.warning("node %s: config not applied: %s", node.hex, errors)
             self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
             self._publish_status(node, force=True)
         elif message.type == messages.LOG:
             level = logging.ERROR if fields["severity"] <= 3 else logging.WARNING if fields["severity"] == 4 else logging.INFO
-            log.log(level, "node %s says: %s", node.hex, printable(fields["text"]))
+            log.log(level, "node %s says: %s", node.hex, fields["text"])
         elif message.type == messages.REJECT:
             log.warning(
                 "node %s rejected our frame %s: %s %s",
                 node.hex,
                 fields.get("counter"),
                 perr.REASONS.get(fields["reason"], fields["reason"]),
-                printable(fields.get("detail", "")),
+                fields.get("detail", ""),
             )
         elif message.type == messages.COMMAND_RESULT:
             topic = "%s/nodes/%s/command_result" % (self.topic_base, node.hex)

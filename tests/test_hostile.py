@@ -26,7 +26,8 @@ from gateway.agent import Agent
 from gateway.committer import CommitResult, Pending
 from gateway.config import parse
 from gateway.layouts import Layouts
-from gateway.render import json_value, printable
+from gateway.logs import OneLineFormatter
+from gateway.render import json_value
 from gateway.serial_link import Link
 from gateway.sessions import UNKNOWN_REMEMBERED, Sessions
 from hil.capture import MqttCapture
@@ -184,24 +185,24 @@ def test_json_value_follows_rfc_8949_section_6_1() -> None:
 # ------------------------------------------------------------ node text in the log
 
 
+def log_lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    """The records of one logger as the gateway writes them (gateway/logs.py)."""
+    formatter = OneLineFormatter()
+    return [formatter.format(record) for record in caplog.records if record.name == logger]
+
+
 def test_node_text_cannot_forge_or_colour_log_lines(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
-    forged = "ok\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\r\x1b[2J\x07\u2028\x85\\"
+    forged = "ok\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\r\x1b[2J\x07\u2028\u202e\\"
     caplog.set_level(logging.INFO)
     bench.hello(fw_version=forged, hw_model=forged)
     bench.feed(raw_frame(messages.LOG, 2, {0: 2, 1: forged}))
     bench.feed(raw_frame(messages.CONFIG, 3, {0: messages.CONFIG_REPORT, 3: {forged: forged}}))
     bench.feed(raw_frame(messages.REJECT, 4, {0: 9, 1: forged, 2: 1}, 0))
-    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.sessions"]
-    node_lines = [line for line in lines if "disk on fire" in line]
-    assert len(node_lines) == 4, lines
+    node_lines = [line for line in log_lines(caplog, "gateway.sessions") if "disk on fire" in line]
+    assert len(node_lines) == 4, node_lines
     for line in node_lines:
         assert line.isprintable(), repr(line)
-        assert "ok\\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\\r\\x1b[2J\\x07\\u2028\\x85\\\\" in line
-
-
-def test_printable_leaves_ordinary_text_alone() -> None:
-    assert printable("bme280: no ack on i2c, retrying (température)") == "bme280: no ack on i2c, retrying (température)"
-    assert printable("a\tb\x00\x7f\u2029\\n") == "a\\tb\\x00\\x7f\\u2029\\\\n"
+        assert "ok\\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\\r\\x1b[2J\\x07\\u2028\\u202e\\\\" in line
 
 
 # ------------------------------------------------------------ channel names
@@ -387,8 +388,8 @@ def test_config_set_that_cannot_become_a_frame_is_refused_with_one_log_line(
     bench.replies()
     agent._command("edgegw/gw-test/nodes/%s/config/set" % NODE.hex(), payload)
     assert bench.replies() == []
-    (line,) = [record.getMessage() for record in caplog.records if record.name == "gateway.agent"]
-    assert line.startswith("ignoring edgegw/gw-test/nodes/0000a4cf12b3c4d5/config/set: ") and why in line
+    (line,) = log_lines(caplog, "gateway.agent")
+    assert "ignoring edgegw/gw-test/nodes/0000a4cf12b3c4d5/config/set: " in line and why in line
     agent._command("edgegw/gw-test/nodes/%s/config/set" % NODE.hex(), b'{"interval": 30}')  # the next one goes through
     (config,) = bench.replies()
     assert config.fields == {"op": messages.CONFIG_SET, "values": {"interval": 30}}
@@ -396,7 +397,7 @@ def test_config_set_that_cannot_become_a_frame_is_refused_with_one_log_line(
 
 def test_config_set_topic_text_is_escaped_in_the_log(agent: Agent, caplog: pytest.LogCaptureFixture) -> None:
     agent._command("edgegw/gw-test/nodes/x\nCRITICAL forged/config/set", b"{}")
-    (line,) = [record.getMessage() for record in caplog.records if record.name == "gateway.agent"]
+    (line,) = log_lines(caplog, "gateway.agent")
     assert "\n" not in line and "x\\nCRITICAL forged" in line
 
 
