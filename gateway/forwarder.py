@@ -49,6 +49,7 @@ BACKLOG_FRAMES = 40_960  # frames read from disk at a time at most (many nodes: 
 DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
 DELETE_AFTER_S = 0.2  # ... or after this long
 REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is tried again after this
+READ_RETRY_S = 5.0  # a backlog read the store could not do (StoreError) is tried again after this
 FRAME_BITS = 20  # a frame is named by its chunk id << FRAME_BITS | its position in the chunk
 POSITION = (1 << FRAME_BITS) - 1
 
@@ -85,8 +86,14 @@ class NodeFrames:
         return {ref >> FRAME_BITS for ref in self.frames}
 
 
-class DamagedFrames(Exception):
-    """A stored payload that does not decode: it passed the protocol's checks on arrival, so the disk damaged it."""
+@dataclass
+class Built:
+    """One node group made into packs. A frame that does not decode (it passed the protocol's checks on
+    arrival, so the disk damaged it) costs itself only: it is left out, the rest is published."""
+
+    packs: list[Pack] = field(default_factory=list)
+    damaged: array[int] = field(default_factory=lambda: array("q"))  # refs of the frames left out (FRAME_BITS)
+    why: list[str] = field(default_factory=list)  # what is wrong with each
 
 
 @dataclass
@@ -133,68 +140,92 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int]
     return Grouped(list(groups.values()), damaged, last_id)
 
 
-def _frames(group: NodeFrames) -> Iterator[tuple[senml.Frame, int, int]]:
-    """((samples, time), readings, frame ref) of each frame, decoded one at a time; DamagedFrames if one does not decode."""
+def _frames(group: NodeFrames, built: Built) -> Iterator[tuple[senml.Frame, int, int]]:
+    """((samples, time), readings, frame ref) of each frame, decoded one at a time; one that does not decode goes into built.damaged."""
     view = memoryview(group.payloads)
     start = 0
     for length, received, ref in zip(group.lengths, group.received, group.frames, strict=True):
+        payload = view[start : start + length]
+        start += length
         try:
-            fields = cbor2.loads(view[start : start + length])
+            fields = cbor2.loads(payload)
             samples = fields[1]
             base_time = fields.get(0)
             if not isinstance(samples, list) or len(samples) % 3:
                 raise TypeError("samples are not a list of triples")
         except Exception as error:  # checked on arrival: whatever fails here, the disk damaged it
-            raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
-        start += length
+            built.damaged.append(ref)
+            built.why.append("%s: %s" % (type(error).__name__, error))
+            continue
         yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3, ref
 
 
-def build_packs(group: NodeFrames, topic_base: str) -> list[Pack]:
+def build_packs(group: NodeFrames, topic_base: str) -> Built:
     """One node's frames as SenML packs of at most PACK_READINGS readings, each naming its chunks.
 
     Decoded a pack's worth at a time, so one node with a long backlog costs one pack of memory.
     """
     layout = group.layout
     topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
-    packs: list[Pack] = []
+    built = Built()
     frames: list[senml.Frame] = []
     refs = array("q")
     count = 0
 
-    def pack() -> Pack:
-        chunks = dict.fromkeys(ref >> FRAME_BITS for ref in refs)  # an ordered set
-        return Pack(topic, senml.pack(layout.node, layout.channels, frames), tuple(chunks), refs)
-
-    try:
-        for frame, readings, ref in _frames(group):
-            if count and count + readings > PACK_READINGS:
-                packs.append(pack())
-                frames, refs, count = [], array("q"), 0
-            frames.append(frame)
-            refs.append(ref)
-            count += readings
-        packs.append(pack())
-    except DamagedFrames:
-        raise
-    except Exception as error:  # a value SenML cannot carry: this group's damage, not the forwarder's end
-        raise DamagedFrames("%s: %s" % (type(error).__name__, error)) from None
-    return packs
-
-
-Outcome = list[Pack] | DamagedFrames
-
-
-def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Outcome]:
-    """Each group's packs, or why they cannot be built. Touches no tally: this runs on the store
-    thread, and chunks are counted on the event loop only (Tally)."""
-    outcomes: list[Outcome] = []
-    for group in groups:
+    def pack() -> None:
         try:
-            outcomes.append(build_packs(group, topic_base))
-        except DamagedFrames as error:
-            outcomes.append(error)
-    return outcomes
+            payload = senml.pack(layout.node, layout.channels, frames)
+            kept = refs
+        except Exception:  # a value SenML cannot carry: find the frames that hold one, each costs itself
+            good: list[senml.Frame] = []
+            kept = array("q")
+            for frame, ref in zip(frames, refs, strict=True):
+                try:
+                    senml.pack(layout.node, layout.channels, [frame])
+                except Exception as error:
+                    built.damaged.append(ref)
+                    built.why.append("%s: %s" % (type(error).__name__, error))
+                    continue
+                good.append(frame)
+                kept.append(ref)
+            if not good:
+                return
+            payload = senml.pack(layout.node, layout.channels, good)
+        chunks = dict.fromkeys(ref >> FRAME_BITS for ref in kept)  # an ordered set
+        built.packs.append(Pack(topic, payload, tuple(chunks), kept))
+
+    for frame, readings, ref in _frames(group, built):
+        if count and count + readings > PACK_READINGS:
+            pack()
+            frames, refs, count = [], array("q"), 0
+        frames.append(frame)
+        refs.append(ref)
+        count += readings
+    if frames:
+        pack()
+    return built
+
+
+def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Built]:
+    """Each group's packs and left-out frames. Touches no tally: this runs on the store thread, and
+    chunks are counted on the event loop only (Tally)."""
+    return [build_packs(group, topic_base) for group in groups]
+
+
+def damaged_frames(group: NodeFrames, built: Built) -> list[tuple[int, str]]:
+    """(chunk id, what was lost) for each chunk with frames left out of the group's packs."""
+    by_chunk: dict[int, list[str]] = {}
+    for ref, why in zip(built.damaged, built.why, strict=True):
+        by_chunk.setdefault(ref >> FRAME_BITS, []).append(why)
+    per_frame = group.readings / max(1, len(group.frames))
+    return [
+        (
+            chunk_id,
+            "node %s: %d of its frames do not decode (%s): left out, about %d readings lost; the rest is published"
+            % (group.layout.node, len(whys), whys[0], round(per_frame * len(whys))),
+        )
+        for chunk_id, whys in sorted(by_chunk.items())
+    ]
 
 
 class Tally:
@@ -203,7 +234,6 @@ class Tally:
 
     def __init__(self) -> None:
         self._open: dict[int, int] = {}
-        self._damaged: set[int] = set()  # a frame in them does not decode: done with, never deleted
         self._delivered: dict[int, set[int]] = {}  # open chunk -> positions of its frames acknowledged already
         self.done: list[int] = []  # acknowledged chunks, not yet handed to a delete
 
@@ -225,22 +255,20 @@ class Tally:
                 continue
             del self._open[chunk_id]
             self._delivered.pop(chunk_id, None)
-            if chunk_id in self._damaged:
-                self._damaged.discard(chunk_id)
-            else:
-                self.done.append(chunk_id)
+            self.done.append(chunk_id)
 
     def acknowledged(self, pack: Pack) -> None:
-        for ref in pack.frames:
-            self._delivered.setdefault(ref >> FRAME_BITS, set()).add(ref & POSITION)
+        self.done_with(pack.frames)
         self.release(pack.chunks)
+
+    def done_with(self, frames: Iterable[int]) -> None:
+        """Frames the broker acknowledged, or that do not decode: a stop keeps neither (keep_undelivered)."""
+        for ref in frames:
+            self._delivered.setdefault(ref >> FRAME_BITS, set()).add(ref & POSITION)
 
     def partly_delivered(self) -> dict[int, set[int]]:
         """Open chunks with frames the broker acknowledged: chunk id -> those frames' positions."""
-        return {chunk_id: set(positions) for chunk_id, positions in self._delivered.items() if chunk_id not in self._damaged}
-
-    def damage(self, chunk_ids: Iterable[int]) -> None:
-        self._damaged.update(chunk_id for chunk_id in chunk_ids if chunk_id in self._open)
+        return {chunk_id: set(positions) for chunk_id, positions in self._delivered.items()}
 
     def after(self, cursor: int) -> list[int]:
         """Chunks newer than cursor that are outstanding or done."""
@@ -252,11 +280,9 @@ def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> t
     grouped = group_frames(chunks, layouts)
     packs: list[Pack] = []
     damaged = list(grouped.damaged)
-    for group, outcome in zip(grouped.groups, build_groups(grouped.groups, topic_base), strict=True):
-        if isinstance(outcome, DamagedFrames):
-            damaged += [(chunk_id, "node %s: %s" % (group.layout.node, outcome)) for chunk_id in sorted(group.chunk_ids())]
-        else:
-            packs += outcome
+    for group, built in zip(grouped.groups, build_groups(grouped.groups, topic_base), strict=True):
+        damaged += damaged_frames(group, built)
+        packs += built.packs
     return packs, damaged
 
 
@@ -312,6 +338,8 @@ class Forwarder:
         self._groups: deque[NodeFrames] = deque()  # backlog read from disk, not yet made into packs
         self._task: asyncio.Task[None] | None = None  # the store thread's read or build under way
         self._failure: Exception | None = None
+        self._read_again_at = 0.0  # loop time before which no backlog read is tried (after a StoreError)
+        self._read_failing = ""  # the store's error while backlog reads fail
         self._backlog_cursor = 0  # every chunk up to here is in hand (Tally) or done
         self._backlog_end = -1  # the newest chunk on disk at the last connect (-1: to be asked)
         self._backlog_done = True
@@ -346,6 +374,10 @@ class Forwarder:
         if self._uplink.connected:
             self._live_chunks.append(chunk)
             self._wake.set()
+
+    def acknowledged(self) -> list[int]:
+        """Chunks the broker acknowledged that are not deleted yet (deletes are batched)."""
+        return [*self._tally.done, *self._deleting]
 
     def retained(self, topic: str, payload: bytes) -> None:
         self._retained[topic] = payload
@@ -429,20 +461,20 @@ class Forwarder:
         for group in grouped.groups:
             self._tally.add(group.chunk_ids())
 
-    def _take_outcomes(self, groups: list[NodeFrames], outcomes: list[Outcome]) -> list[Pack]:
+    def _take_outcomes(self, groups: list[NodeFrames], outcomes: list[Built]) -> list[Pack]:
         """Count built packs into their chunks; a group's own count is released after its packs'
-        went up, so no chunk reads zero too early."""
+        went up, so no chunk reads zero too early. A chunk with frames that do not decode is
+        deleted like the others once its packs are acknowledged: those frames are lost, logged here."""
         packs: list[Pack] = []
-        for group, outcome in zip(groups, outcomes, strict=True):
-            chunk_ids = group.chunk_ids()
-            if isinstance(outcome, DamagedFrames):
-                self._tally.damage(chunk_ids)
-                self._report([(chunk_id, "node %s: %s" % (group.layout.node, outcome)) for chunk_id in sorted(chunk_ids)])
-            else:
-                for pack in outcome:
-                    self._tally.add(pack.chunks)
-                packs += outcome
-            self._tally.release(chunk_ids)
+        for group, built in zip(groups, outcomes, strict=True):
+            for pack in built.packs:
+                self._tally.add(pack.chunks)
+            packs += built.packs
+            if built.damaged:
+                self._tally.done_with(built.damaged)
+                for chunk_id, what in damaged_frames(group, built):
+                    log.error("buffered chunk %d: %s", chunk_id, what)
+            self._tally.release(group.chunk_ids())
         return packs
 
     def _prefetch(self) -> None:
@@ -453,7 +485,7 @@ class Forwarder:
         if self._groups:
             batch = [self._groups.popleft() for _ in range(min(BUILD_GROUPS, len(self._groups)))]
             self._task = asyncio.get_running_loop().create_task(self._build(batch))
-        elif not self._backlog_done:
+        elif not self._backlog_done and asyncio.get_running_loop().time() >= self._read_again_at:
             self._task = asyncio.get_running_loop().create_task(self._read())
 
     def _in_hand(self) -> frozenset[int]:
@@ -468,7 +500,14 @@ class Forwarder:
         # moves only here, so nothing is read twice and nothing is skipped.
         try:
             after, end = self._backlog_cursor, self._backlog_end
-            grouped = await self._worker.call(_read_backlog, self._worker.store, self._layouts, after, end, self._in_hand())
+            try:
+                grouped = await self._worker.call(_read_backlog, self._worker.store, self._layouts, after, end, self._in_hand())
+            except StoreError as error:  # the disk, not a bug: the backlog waits, live data still goes out
+                self._read_trouble(str(error))
+                return
+            if self._read_failing:
+                log.warning("the buffered backlog can be read again")
+                self._read_failing = ""
             if not grouped.last_id:  # nothing after the cursor: the backlog is out, up to this end
                 self._backlog_done = end == self._backlog_end
                 return
@@ -480,6 +519,14 @@ class Forwarder:
         finally:
             self._task = None
             self._wake.set()
+
+    def _read_trouble(self, error: str) -> None:
+        if error != self._read_failing:
+            log.error("%s; the backlog stays buffered and its read is tried again every %.0f s", error, READ_RETRY_S)
+        self._read_failing = error
+        loop = asyncio.get_running_loop()
+        self._read_again_at = loop.time() + READ_RETRY_S
+        loop.call_later(READ_RETRY_S, self._wake.set)
 
     async def _build(self, batch: list[NodeFrames]) -> None:
         try:

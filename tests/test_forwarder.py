@@ -16,7 +16,7 @@ from gateway import forwarder as forwarder_module
 from gateway.forwarder import PACK_READINGS, Forwarder, Pack, publishable
 from gateway.layouts import Layouts
 from gateway.senml import Channel, unpack
-from gateway.store import Chunk, Store, StoredFrame
+from gateway.store import Chunk, Store, StoredFrame, StoreError
 from gateway.store_worker import StoreWorker
 from protocols import messages
 
@@ -137,21 +137,50 @@ def test_a_damaged_chunk_is_reported_and_kept() -> None:
     assert sorted(int(r["value"]) for r in unpack(packs[0].payload) if r["name"].endswith(":counter")) == [0, 5]
 
 
-async def test_a_damaged_payload_keeps_its_chunk_on_disk(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_damaged_payload_costs_itself_only(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One stored payload damaged on disk (the chunk body still parses): the rest of its chunk and
+    of its node's backlog is published, and the chunk leaves the disk, its loss logged."""
     store = Store(tmp_path, 10**9)
-    store.commit([frame(1)], 2, {})
-    store.commit([frame(2), StoredFrame(2, 0.0, b"\xa1\x01")], 3, {})
+    rows(store, 3)
+    store.commit([frame(3), StoredFrame(1, 0.0, b"\xff" + frame(4).payload[1:]), frame(5)], 6, {})  # chunk 4
+    rows(store, 3, start=6)
     worker = StoreWorker(store)
     uplink = RecordingUplink()
     forwarder = Forwarder(worker, uplink, qos=1, window=64, layouts=layouts(), topic_base="edgegw/gw")  # type: ignore[arg-type]
     forwarder.connected()
     await settle(forwarder)
-    assert sorted(uplink.counters()) == [1, 2]
+    assert sorted(uplink.counters()) == [0, 1, 2, 3, 5, 6, 7, 8], "all but the damaged frame"
     for mid, _topic, _payload in list(uplink.published):
         forwarder.puback(mid, True, "Success")
     await forwarder._delete()
-    assert [chunk.id for chunk in store.oldest(10)] == [2], "published from, but not deleted: it holds a damaged frame"
-    assert "buffered chunk 2 cannot be read" in caplog.text
+    assert store.oldest(10) == [], "every chunk left the disk, the damaged one too"
+    assert "buffered chunk 4: node %s: 1 of its frames do not decode" % NODE_A in caplog.text
+    assert "about 2 readings lost; the rest is published" in caplog.text
+    worker.close()
+
+
+async def test_a_backlog_read_the_store_cannot_do_is_tried_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StoreError while reading the backlog (the disk, not a bug) waits and tries again; the forwarder goes on."""
+    monkeypatch.setattr(forwarder_module, "READ_RETRY_S", 0.05)
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 5)
+    failures = [StoreError("cannot read the buffer: disk I/O error")]
+    each_oldest = store.each_oldest
+
+    def failing_once(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return each_oldest(*args)
+
+    monkeypatch.setattr(store, "each_oldest", failing_once)
+    deadline = asyncio.get_running_loop().time() + 10
+    while sorted(uplink.counters()) != list(range(5)) and asyncio.get_running_loop().time() < deadline:
+        await forwarder._fill()
+        await asyncio.sleep(0.01)
+    assert sorted(uplink.counters()) == list(range(5))
+    assert "disk I/O error; the backlog stays buffered and its read is tried again every" in caplog.text
+    assert "the buffered backlog can be read again" in caplog.text
     worker.close()
 
 
