@@ -109,7 +109,14 @@ class Agent:
         self.uplink.subscriptions = ["%s/%s/nodes/+/config/set" % (cfg.mqtt.topic_prefix, cfg.gateway_id)]
         topic_base = "%s/%s" % (cfg.mqtt.topic_prefix, cfg.gateway_id)
         self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight, layouts, topic_base)
-        self.committer = Committer(self.worker, layouts, cfg.when_full, self._committed, node_drops=lambda: self.sessions.reported_drops())
+        self.committer = Committer(
+            self.worker,
+            layouts,
+            cfg.when_full,
+            self._committed,
+            node_drops=lambda: self.sessions.reported_drops(),
+            published=self.forwarder.acknowledged,
+        )
         self.sessions = Sessions(
             cfg.gateway_id,
             cfg.mqtt.topic_prefix,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocols import CounterWindow
@@ -55,6 +55,7 @@ class _Outcome:
     fill: float = 0.0  # used / budget after the transaction
     problem: str = ""  # a disk error, already phrased for the log
     group_bytes: int = 0  # the largest chunk body the next commit should take
+    evicted_layouts: set[int] = field(default_factory=set)  # layouts no longer on disk (their nodes idle)
 
 
 @dataclass
@@ -99,13 +100,29 @@ def _frame_cost(pending: Pending) -> int:
     return len(pending.frame.payload) + FRAME_OVERHEAD
 
 
-def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list[Layout], when_full: str, holding: bool) -> _Outcome:
+def _commit(
+    store: Store,
+    group: list[Pending],
+    plan: _WindowPlan,
+    layouts: list[Layout],
+    when_full: str,
+    holding: bool,
+    published: Collection[int] = (),
+) -> _Outcome:
     """Runs on the store thread: one transaction, making room first as configured.
 
     holding: a stop_acking episode is on; nothing is taken until the buffer is below ROOM_AGAIN,
     so that the frames a node keeps are one run, not every other one.
+    published: chunks the broker acknowledged, not yet deleted: evicted first, not counted as dropped.
     """
     outcome = _Outcome(group_bytes=store.max_group_bytes())
+    # Layouts the store evicted with their idle node (Store._evict_idle) are written again by the
+    # first commit that needs them, this one included.
+    outcome.evicted_layouts = store.take_evicted_layouts()
+    if outcome.evicted_layouts:
+        layouts = list(
+            {layout.id: layout for layout in [*layouts, *(p.layout for p in group if p.layout.id in outcome.evicted_layouts)]}.values()
+        )
     if holding and store.fill() >= ROOM_AGAIN:
         outcome.full = True
         outcome.fill = store.fill()
@@ -132,7 +149,7 @@ def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list
             readings = sum(p.readings for p in group)
             windows = plan.after(len(group))  # a refused tail must not be marked seen: its nodes resend it
             outcome.chunk_id, outcome.dropped_readings = store.commit(
-                [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body
+                [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body, published=published
             )
             outcome.stored = len(group)
     except StoreFull:  # the estimate of room() was short: nothing stored, the nodes keep these frames
@@ -142,6 +159,7 @@ def _commit(store: Store, group: list[Pending], plan: _WindowPlan, layouts: list
     except Exception as error:  # a bug here must cost these frames their ACK, not the committer
         log.exception("commit failed")
         outcome.problem = "commit failed: %s" % error
+    outcome.evicted_layouts |= store.take_evicted_layouts()
     outcome.fill = store.fill()
     if outcome.full:
         outcome.why_full = store.budget().describe()
@@ -173,6 +191,7 @@ class Committer:
         when_full: str,
         on_done: Callable[[CommitResult], None],
         node_drops: Callable[[], dict[str, int]] = dict,
+        published: Callable[[], Collection[int]] = frozenset,
     ) -> None:
         self._worker = worker
         self._layouts = layouts
@@ -184,6 +203,7 @@ class Committer:
         self._idle.set()
         self._stopping = False
         self._node_drops = node_drops  # node -> frames it says it dropped (its STATUS), to report episodes with
+        self._published = published  # chunks acknowledged by the broker and not yet deleted
         self._group_bytes = worker.store.max_group_bytes()
         self.full_episode = False
         self.dropped_in_episode = 0
@@ -230,8 +250,10 @@ class Committer:
                 plan = _window_plan(group)
                 layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())
                 holding = self.full_episode and self._when_full == "stop_acking"
-                outcome = await self._worker.call(_commit, self._worker.store, group, plan, layouts, self._when_full, holding)
+                published = frozenset(self._published()) if self._when_full == "drop_oldest" or self.full_episode else frozenset()
+                outcome = await self._worker.call(_commit, self._worker.store, group, plan, layouts, self._when_full, holding, published)
                 self._group_bytes = outcome.group_bytes
+                self._layouts.evicted(outcome.evicted_layouts)
                 self._report(outcome, group)
                 stored = group[: outcome.stored]
                 log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)
@@ -255,6 +277,12 @@ class Committer:
             self._drops_at_full = self._node_drops()
             if self._when_full == "stop_acking":
                 log.error("buffer full (%s): not acknowledging new readings; nodes keep them", outcome.why_full)
+            elif outcome.problem and not outcome.stored:  # dropping made no room: the disk itself is full
+                log.error(
+                    "buffer full (%s), and dropping the oldest buffered readings makes no room on the disk: not acknowledging new"
+                    " readings; nodes keep them",
+                    outcome.why_full,
+                )
             else:
                 log.error("buffer full (%s): dropping the oldest buffered readings to take new ones", outcome.why_full)
         elif outcome.stored and not outcome.full:

@@ -54,3 +54,10 @@ class Layouts:
     def saved(self, layout_ids: Iterable[int]) -> None:
         for layout_id in layout_ids:
             self.unsaved.pop(layout_id, None)
+
+    def evicted(self, layout_ids: Iterable[int]) -> None:
+        """The store deleted these with their idle node: written again with the next frame that needs one."""
+        for layout_id in layout_ids:
+            layout = self.by_id.get(layout_id)
+            if layout is not None:
+                self.unsaved[layout_id] = layout

@@ -6,7 +6,13 @@ indexes (often the damaged part). A chunk is kept only when its body decodes,
 so what is published from it is what the nodes sent; layouts, node windows
 and node info are kept where their rows read. The fresh file is complete on
 disk before the damaged one is moved: a gateway stopped in between finds one
-or the other at its next start (finish_interrupted).
+or the other at its next start (finish_interrupted). Only reading the damaged
+file may fail: when the fresh one cannot be written (a full disk), the salvage
+is abandoned and the damaged file stays where it is, for the next start.
+
+What a damaged page held cannot be known, so the report never says that
+nothing was lost when part of the file could not be read: it says how many
+pages the damaged file had in use beyond those of the fresh copy.
 """
 
 from __future__ import annotations
@@ -34,19 +40,26 @@ class Report:
     nodes: int = 0
     lost_chunks: int = 0  # read, but the body does not decode
     lost_readings: int = 0  # what those chunks held
-    unreadable: int = 0  # rows of any table that could not be read at all (what they held is unknown)
+    unreadable: int = 0  # places where reading a table failed (what the rows there held is unknown)
+    unread_pages: int = 0  # pages in use in the damaged file beyond those of the fresh copy: contents unknown
+    schema_lost: bool = False  # the damaged file's tables could not be found at all
 
     def describe(self) -> str:
-        text = "saved %d readings in %d chunks, %d layouts and %d nodes into a fresh database; lost %d readings in %d damaged chunks" % (
+        text = "saved %d readings in %d chunks, %d layouts and %d nodes into a fresh database" % (
             self.readings,
             self.chunks,
             self.layouts,
             self.nodes,
-            self.lost_readings,
-            self.lost_chunks,
         )
-        if self.unreadable:
-            text += ", and %d rows could not be read at all (what they held is not known)" % self.unreadable
+        unknown = self.schema_lost or self.unreadable or self.unread_pages
+        if self.lost_chunks or not unknown:
+            text += "; lost %d readings in %d damaged chunks" % (self.lost_readings, self.lost_chunks)
+        if self.schema_lost:
+            text += "; the damaged file's tables could not be read at all: what it held is unknown"
+        elif self.unreadable:
+            text += "; reading failed at %d places in the file: the rows there are unknown" % self.unreadable
+        if self.unread_pages:
+            text += "; %d pages in use in the damaged file could not be read (contents unknown)" % self.unread_pages
         return text
 
 
@@ -81,7 +94,7 @@ def _highest(db: sqlite3.Connection, table: str) -> int:
 
 
 def _rows(db: sqlite3.Connection, table: str, columns: str, report: Report) -> Iterator[tuple[Any, ...]]:
-    """(rowid, columns...) of every row that can be read, in rowid order."""
+    """(rowid, columns...) of every row that can be read, in rowid order. Only reads of db are guarded here."""
     highest = _highest(db, table)
     last = 0
     while True:
@@ -91,13 +104,12 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, report: Report) -> I
                 yield row
             return
         except sqlite3.DatabaseError:
-            pass
+            report.unreadable += 1  # one place of damage, however many rows it held
         while last < highest:  # past the damage, one rowid at a time, until one reads again
             last += 1
             try:
                 row = db.execute("SELECT rowid, %s FROM %s WHERE rowid = ?" % (columns, table), (last,)).fetchone()
             except sqlite3.DatabaseError:
-                report.unreadable += 1
                 continue
             if row is not None:
                 yield row
@@ -107,43 +119,44 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, report: Report) -> I
 
 
 def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report, decode: Callable[[bytes, float], object]) -> None:
-    def batches(rows: Iterator[tuple[Any, ...]], insert: str) -> None:
-        batch: list[tuple[Any, ...]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= BATCH:
-                fresh.execute("BEGIN")
-                fresh.executemany(insert, batch)
-                fresh.execute("COMMIT")
-                batch = []
-        if batch:
-            fresh.execute("BEGIN")
-            fresh.executemany(insert, batch)
-            fresh.execute("COMMIT")
+    """Table by table into fresh; a row is counted in the report once its batch committed there."""
 
-    def layouts() -> Iterator[tuple[Any, ...]]:
+    def batches(rows: Iterator[tuple[tuple[Any, ...], int]], insert: str, count: Callable[[int], None]) -> None:
+        batch: list[tuple[tuple[Any, ...], int]] = []
+
+        def write() -> None:
+            fresh.execute("BEGIN")
+            fresh.executemany(insert, [row for row, _readings in batch])
+            fresh.execute("COMMIT")
+            for _row, readings in batch:
+                count(readings)
+            batch.clear()
+
+        for item in rows:
+            batch.append(item)
+            if len(batch) >= BATCH:
+                write()
+        if batch:
+            write()
+
+    def layouts() -> Iterator[tuple[tuple[Any, ...], int]]:
         for _rowid, layout_id, node, channels in _rows(source, "layouts", "id, node, channels", report):
             if isinstance(layout_id, int) and isinstance(node, str) and isinstance(channels, str):
-                report.layouts += 1
-                yield (layout_id, node, channels)
-            else:
-                report.unreadable += 1
+                yield (layout_id, node, channels), 0
 
-    def nodes() -> Iterator[tuple[Any, ...]]:
+    def nodes() -> Iterator[tuple[tuple[Any, ...], int]]:
         for _rowid, node, highest, seen, info in _rows(source, "nodes", "node, highest, seen, info", report):
             if isinstance(node, str) and isinstance(highest, int) and isinstance(seen, bytes) and isinstance(info, str):
-                report.nodes += 1
-                yield (node, highest, seen, info)
-            else:
-                report.unreadable += 1
+                yield (node, highest, seen, info, time.time()), 0  # last seen: not known, so now (kept the longest)
 
-    def totals() -> Iterator[tuple[Any, ...]]:
+    def totals() -> Iterator[tuple[tuple[Any, ...], int]]:
         for _rowid, name, value in _rows(source, "totals", "name, value", report):
             if isinstance(name, str) and isinstance(value, int):
-                yield (name, value)
+                yield (name, value), 0
 
-    def chunks() -> Iterator[tuple[Any, ...]]:
-        for _rowid, chunk_id, received, frames, readings, body in _rows(source, "chunks", "id, received, frames, readings, body", report):
+    def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
+        rows = _rows(source, "chunks", "id, received, frames, readings, CAST(body AS BLOB)", report)
+        for _rowid, chunk_id, received, frames, readings, body in rows:
             try:
                 if not isinstance(readings, int) or not isinstance(frames, int) or not isinstance(received, float | int):
                     raise ValueError("a damaged row")
@@ -152,14 +165,38 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
                 report.lost_chunks += 1
                 report.lost_readings += readings if isinstance(readings, int) else 0
                 continue
-            report.chunks += 1
-            report.readings += readings
-            yield (chunk_id, received, frames, readings, body)
+            yield (chunk_id, received, frames, readings, body), readings
 
-    batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)")
-    batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info) VALUES (?, ?, ?, ?)")
-    batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)")
-    batches(chunks(), "INSERT INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)")
+    def counted(field: str) -> Callable[[int], None]:
+        return lambda _readings: setattr(report, field, getattr(report, field) + 1)
+
+    def chunk_counted(readings: int) -> None:
+        report.chunks += 1
+        report.readings += readings
+
+    batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)", counted("layouts"))
+    batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)", counted("nodes"))
+    batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
+    batches(chunks(), "INSERT INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
+
+
+def _pages_in_use(path: Path) -> int:
+    """Pages in use by the header's account (page count less free pages); 0 when the header is not sane."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    if len(header) < 100:
+        return 0
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        page_size = 4096  # the header's own damage: the buffer's page size is SQLite's default
+    free = int.from_bytes(header[36:40], "big")
+    pages = size // page_size
+    return pages - free if 0 <= free < pages else pages
 
 
 def salvage(
@@ -177,16 +214,29 @@ def salvage(
         source = sqlite3.connect(path, isolation_level=None)
     except sqlite3.DatabaseError:
         source = None
-    fresh = connect(fresh_path)
     try:
-        if source is not None:
-            with contextlib.suppress(sqlite3.DatabaseError):  # a file that is not a database at all: nothing to read
-                if source.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunks'").fetchone()[0]:
-                    _copy(source, fresh, report, decode)
+        fresh = connect(fresh_path)
+        try:
+            tables = 0
+            if source is not None:
+                with contextlib.suppress(sqlite3.DatabaseError):  # a file that is not a database at all: nothing to read
+                    tables = source.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunks'").fetchone()[0]
+            if tables and source is not None:
+                _copy(source, fresh, report, decode)
+            else:
+                report.schema_lost = path.stat().st_size > 0
+            fresh_pages = int(fresh.execute("PRAGMA page_count").fetchone()[0]) - int(fresh.execute("PRAGMA freelist_count").fetchone()[0])
+        finally:
+            fresh.close()  # folds its WAL in: the fresh file is complete on its own
+    except BaseException:  # the fresh copy could not be written: the damaged file stays, for the next start
+        _remove(fresh_path)
+        raise
     finally:
         if source is not None:
             source.close()
-        fresh.close()  # folds its WAL in: the fresh file is complete on its own
+    # The fresh copy holds what could be read, packed tighter than the damaged file: a few pages of
+    # slack, so that only pages really not read are reported.
+    report.unread_pages = max(0, _pages_in_use(path) - fresh_pages - max(8, fresh_pages // 10))
     aside = path.with_name("%s.corrupt-%d" % (path.name, int(time.time())))
     for source_file, target in zip(_files(path), _files(aside), strict=True):
         if source_file.exists():
@@ -194,5 +244,5 @@ def salvage(
     for source_file, target in zip(_files(fresh_path), _files(path), strict=True):
         if source_file.exists():
             source_file.rename(target)
-    log.error("buffer database %s was damaged (%s): %s; the damaged file was moved to %s", path, reason, report.describe(), aside)
+    log.error("buffer database %s was damaged (%s): %s; the damaged file was kept at %s", path, reason, report.describe(), aside)
     return aside, report

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import sqlite3
 import threading
+import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import cbor2
 
@@ -47,11 +49,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "buffer.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
 DELETE_SLICE = 64  # chunks deleted in one transaction: a delete's WAL stays small
 _RAW, _ZLIB = b"\x00", b"\x01"  # the body's first byte
+# Node rows (windows, info) and layouts may take at most this share of the data budget: node ids a
+# node invents cost their rows, never the room of the readings.
+NODES_SHARE = 4
+# A node unseen for this long, that owns no buffered chunk, gives up its rows (window, info,
+# layouts) first when space is short (see _evict_idle for why both conditions).
+IDLE_S = 24 * 3600
+EVICT_SLICE = 256  # node rows evicted at a time
+INFO_SLICE = 32  # node infos inserted at a time, so that as many as fit are saved
+# A disk that filled up: the reserve is made again only when this much room is there beyond it
+# (free on the disk, or free pages inside the database that deletes left), so that the next commits
+# have room too and the reserve is not made and given up again at once; and at most every
+# RESERVE_RETRY_S, twice as long after each attempt that failed again, up to RESERVE_RETRY_MAX_S.
+REMAKE_MARGIN = 2 * disk.RESERVE_BYTES
+RESERVE_RETRY_S = 5.0
+RESERVE_RETRY_MAX_S = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -70,13 +87,19 @@ CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY,
     highest INTEGER NOT NULL,
     seen BLOB NOT NULL,
-    info TEXT NOT NULL DEFAULT '{}'
+    info TEXT NOT NULL DEFAULT '{}',
+    last REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS totals (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
+
+
+# A row damaged on disk may hold any type in any column (a flipped bit turns a BLOB into TEXT, which
+# Python would decode as UTF-8 and fail on): readings are summed only where they are integers.
+_COUNT_CHUNKS = "SELECT COUNT(*), COALESCE(SUM(CASE typeof(readings) WHEN 'integer' THEN readings ELSE 0 END), 0) FROM chunks"
 
 
 class StoreError(Exception):
@@ -156,12 +179,20 @@ class Store:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time, whichever thread asks
         self._wal_limit = 0
+        self._reserve_again_at = 0.0  # monotonic time before which a full disk is not tried again
+        self._reserve_retry_s = RESERVE_RETRY_S
+        self._evicted_layouts: set[int] = set()
+        self._set_aside_files()
         try:
             self._db = self._open()
         except OSError as error:  # a file it may not touch, a filesystem gone read-only
             raise StoreError(self._problem("open", error.strerror, disk.OPEN_NEEDS)) from None
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        self._rows, self._readings = self._db.execute("SELECT COUNT(*), COALESCE(SUM(readings), 0) FROM chunks").fetchone()
+        try:
+            self._rows, self._readings = self._db.execute(_COUNT_CHUNKS).fetchone()
+        except sqlite3.DatabaseError as error:  # damage quick_check does not see: the counts start from 0
+            log.error("cannot count the buffered chunks of %s (%s); the counts start from 0", self.path, error)
+            self._rows, self._readings = 0, 0
         self._live = self._live_pages()
         self._wal_room()
         try:
@@ -171,6 +202,19 @@ class Store:
             raise StoreError(self._problem("make the reserve file next to", error.strerror)) from None
 
     # ------------------------------------------------------------ opening
+
+    def _set_aside_files(self) -> None:
+        """Damaged databases set aside by earlier salvages are the operator's to delete; said once at start."""
+        aside = sorted(self.data_dir.glob(DB_NAME + ".corrupt-*"))
+        if aside:
+            log.warning(
+                "%d damaged buffer file(s) set aside by earlier salvages take %d bytes of the disk of %s (%s);"
+                " delete them once they are no longer needed",
+                len(aside),
+                sum(disk.size(path) for path in aside),
+                self.data_dir,
+                ", ".join(path.name for path in aside),
+            )
 
     def _files(self) -> list[Path]:
         return [Path(str(self.path) + suffix) for suffix in ("", "-wal", "-shm")] + [self._reserve.path]
@@ -197,6 +241,9 @@ class Store:
         self._upgrade(db, path)
         if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('chunks', 'layouts', 'nodes', 'totals')").fetchone()[0] < 4:
             db.executescript(_SCHEMA)
+        if "last" not in [row[1] for row in db.execute("PRAGMA table_info(nodes)")]:  # a buffer of schema version 2
+            db.execute("ALTER TABLE nodes ADD COLUMN last REAL NOT NULL DEFAULT 0")
+            db.execute("UPDATE nodes SET last = ?", (time.time(),))  # not known: taken as seen now, so kept for IDLE_S
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # a write: only when it changes
             db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
         return db
@@ -327,29 +374,53 @@ class Store:
                 self._passive(self._db)
 
     def _full(self, why: str) -> None:
-        """The disk is full: give the reserve back, so that deletes and checkpoints go through."""
-        if not self.disk_full and self._reserve.release():
+        """The disk is full: give the reserve back, so that deletes and checkpoints go through.
+        Said once per episode: the episode ends when a commit of new readings succeeds."""
+        released = self._reserve.release()
+        if released and not self.disk_full:
             log.warning(
                 "disk full in %s (%s): gave up the buffer's %d-byte reserve so deletes can go on", self.data_dir, why, disk.RESERVE_BYTES
             )
+        elif released:  # made again, and the disk was full again at once: wait longer next time
+            self._reserve_retry_s = min(RESERVE_RETRY_MAX_S, self._reserve_retry_s * 2)
         self.disk_full = why
+        self._reserve_again_at = time.monotonic() + self._reserve_retry_s
 
     def _ready_for_new(self) -> None:
-        """New readings are taken only while the reserve is in place; a disk that filled up has to make room for it first."""
-        if self.disk_full or not self._reserve.present:
-            try:
-                made = self._reserve.make()
-            except OSError as error:
-                raise StoreError(self._problem("make the reserve file next to", error.strerror)) from None
-            if not made:
-                raise StoreError(
-                    "disk full: %s has %d bytes free and the buffer keeps %d free for deleting before it takes new readings;"
-                    " free some space there" % (self.data_dir, disk.free_bytes(self.data_dir), disk.RESERVE_BYTES)
-                )
-            if self.disk_full:
-                log.warning("disk in %s has room again: the buffer's reserve is back", self.data_dir)
-            self.disk_full = ""
+        """New readings are taken only while the reserve is in place; a disk that filled up has to make room for it first.
+
+        Hysteresis, so that a full disk does not make and give up the reserve many times a second
+        (each time 128 KiB written to an SD card): the reserve is made again at most every
+        RESERVE_RETRY_S (longer after each failed attempt), and only when there is REMAKE_MARGIN of room
+        beyond it, on the disk or in free database pages.
+        """
+        if self._reserve.present:
+            self._wal_room()
+            return
+        free = disk.free_bytes(self.data_dir)
+        inside = int(self._db.execute("PRAGMA freelist_count").fetchone()[0]) * self.page_size
+        if time.monotonic() < self._reserve_again_at or free < disk.RESERVE_BYTES or free + inside < disk.RESERVE_BYTES + REMAKE_MARGIN:
+            raise StoreError(
+                "disk full: %s has %d bytes free and the buffer needs %d free (a reserve for deleting, and room to write)"
+                " before it takes new readings; free some space there" % (self.data_dir, free, disk.RESERVE_BYTES + REMAKE_MARGIN)
+            )
+        self._reserve_again_at = time.monotonic() + self._reserve_retry_s
+        try:
+            made = self._reserve.make()
+        except OSError as error:
+            raise StoreError(self._problem("make the reserve file next to", error.strerror)) from None
+        if not made:
+            raise StoreError(
+                "disk full: %s has not %d bytes free for the buffer's reserve; free some space there" % (self.data_dir, disk.RESERVE_BYTES)
+            )
         self._wal_room()
+
+    def _room_again(self) -> None:
+        """A commit of new readings went through: a full-disk episode is over."""
+        if self.disk_full:
+            log.warning("disk in %s has room again: the buffer's reserve is back and new readings are taken", self.data_dir)
+            self.disk_full = ""
+            self._reserve_retry_s = RESERVE_RETRY_S
 
     def _write(self, what: str, work: Callable[[], T]) -> T:
         """A write that must go through (deletes, counters): on a full disk, give up the reserve and try once more."""
@@ -368,12 +439,53 @@ class Store:
 
     # ------------------------------------------------------------ what a restart needs
 
+    # Text columns are read as CAST(... AS BLOB) and decoded here: a row damaged on disk (a flipped
+    # bit turns BLOB into TEXT or the reverse, while quick_check says ok) costs that row, and these
+    # reads can never stop the gateway from starting.
+
+    def _startup_rows(self, what: str, query: str) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(query).fetchall()
+        except sqlite3.DatabaseError as error:
+            log.error("cannot read the %s in %s (%s); starting without them", what, self.path, error)
+            return []
+
     def load_windows(self) -> dict[str, WindowState]:
-        rows = self._db.execute("SELECT node, highest, seen FROM nodes").fetchall()
-        return {node: WindowState(highest, int.from_bytes(seen, "big")) for node, highest, seen in rows}
+        """Each node's duplicate window; a damaged row is left out (that node's next frames count as new)."""
+        windows: dict[str, WindowState] = {}
+        for raw_node, highest, seen in self._startup_rows(
+            "node windows", "SELECT CAST(node AS BLOB), highest, CAST(seen AS BLOB) FROM nodes"
+        ):
+            node = _node_id(raw_node)
+            if node is None or type(highest) is not int or type(seen) is not bytes or not -1 <= highest < 2**32:
+                log.error(
+                    "a node window in %s is damaged (node %s): left out, that node's next frames are taken as new",
+                    self.path,
+                    _shown(raw_node),
+                )
+                continue
+            windows[node] = WindowState(highest, int.from_bytes(seen, "big"))
+        return windows
 
     def load_layouts(self) -> list[Layout]:
-        return [Layout.from_json(*row) for row in self._db.execute("SELECT id, node, channels FROM layouts")]
+        """Every layout that reads; chunks that need a damaged one are reported damaged when published."""
+        layouts: list[Layout] = []
+        for layout_id, raw_node, channels in self._startup_rows(
+            "channel layouts", "SELECT id, CAST(node AS BLOB), CAST(channels AS BLOB) FROM layouts"
+        ):
+            node = _node_id(raw_node)
+            try:
+                if node is None or type(layout_id) is not int or type(channels) is not bytes:
+                    raise ValueError("not a layout row")
+                layouts.append(Layout.from_json(layout_id, node, channels.decode()))
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                log.error(
+                    "channel layout %r in %s is damaged (%s): left out; readings stored under it cannot be published",
+                    layout_id,
+                    self.path,
+                    error,
+                )
+        return layouts
 
     # ------------------------------------------------------------ writing
 
@@ -385,13 +497,15 @@ class Store:
         layouts: list[Layout] | None = None,
         make_room: bool = False,
         body: bytes | None = None,
+        published: Collection[int] = (),
     ) -> tuple[int, int]:
         """Store frames as one chunk, with the windows that admitted them and the layouts they need, in one transaction.
 
         The budget is checked inside the transaction, in pages as SQLite counts them: over it, the
         transaction is rolled back (StoreFull), or with make_room the oldest chunks are evicted first
         until the new one fits, and the eviction and its count commit together with it.
-        body: encode_body(frames), when the caller has it. Returns (chunk id, readings evicted).
+        body: encode_body(frames), when the caller has it. published: chunks the broker acknowledged
+        and not yet deleted, evicted first. Returns (chunk id, readings evicted).
         A full disk or any other failure is a StoreError and nothing is written.
         """
         db = self._db
@@ -399,6 +513,10 @@ class Store:
             body = encode_body(frames)
         limit = self.budget().data_pages
         self._ready_for_new()
+        # The node rows' `last` is never below the `received` of a chunk holding their frames: what
+        # _evict_idle relies on to tell which nodes own no chunk, whatever the clock did meanwhile.
+        seen_at = max(time.time(), frames[0].received)
+        idle_layouts: list[int] = []
         try:
             db.execute("PRAGMA synchronous=FULL")  # whatever a delete left it at: this one is acknowledged to nodes
             db.execute("BEGIN IMMEDIATE")
@@ -408,9 +526,9 @@ class Store:
             )
             chunk_id = int(cursor.lastrowid or 0)
             db.executemany(
-                "INSERT INTO nodes (node, highest, seen) VALUES (?, ?, ?)"
-                " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen",
-                [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big")) for node, state in windows.items()],
+                "INSERT INTO nodes (node, highest, seen, last) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen, last=excluded.last",
+                [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big"), seen_at) for node, state in windows.items()],
             )
             if layouts:
                 db.executemany(
@@ -418,17 +536,19 @@ class Store:
                     [(layout.id, layout.node, layout.channels_json()) for layout in layouts],
                 )
             live = self._live_pages()
+            if live > limit:  # idle nodes' rows go before any readings do
+                idle_layouts = self._evict_idle(lambda: self._live_pages() > limit, keep=windows)
+                live = self._live_pages()
             freed_rows = evicted = 0
-            while live > limit and make_room:
-                rows = db.execute("SELECT id, readings FROM chunks WHERE id < ? ORDER BY id LIMIT 64", (chunk_id,)).fetchall()
-                for row_id, row_readings in rows:
-                    db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
-                    freed_rows += 1
-                    evicted += row_readings
-                    live = self._live_pages()
-                    if live <= limit:
-                        break
-                if not rows:
+            # Chunks the broker already acknowledged (their delete is batched) go first, and are not
+            # counted as dropped: their readings were delivered.
+            for row_id, row_readings in self._evictable(published, chunk_id, live > limit, make_room):
+                db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
+                freed_rows += 1
+                if row_id not in published:
+                    evicted += row_readings if type(row_readings) is int else 0
+                live = self._live_pages()
+                if live <= limit:
                     break
             if live > limit:
                 db.execute("ROLLBACK")
@@ -441,10 +561,82 @@ class Store:
             if _is_full(error):
                 self._full(str(error))
             raise StoreError(self._problem("write the buffer", error)) from None
+        self._evicted_layouts.update(idle_layouts)
+        self._room_again()
         self._live = live
         self._rows += 1 - freed_rows
         self._readings += readings - evicted
         return chunk_id, evicted
+
+    def _evictable(self, published: Collection[int], before: int, needed: bool, make_room: bool) -> Iterator[tuple[int, Any]]:
+        """(id, readings) of the chunks older than `before` to evict: acknowledged ones first (costs
+        nothing), then, with make_room, the oldest."""
+        if not needed:
+            return
+        done = sorted(chunk_id for chunk_id in published if chunk_id < before)
+        for start in range(0, len(done), 500):
+            part = done[start : start + 500]
+            yield from self._db.execute("SELECT id, readings FROM chunks WHERE id IN (%s)" % ",".join("?" * len(part)), part).fetchall()
+        after = 0
+        if not make_room:
+            return
+        while True:
+            rows = self._db.execute(
+                "SELECT id, readings FROM chunks WHERE id > ? AND id < ? ORDER BY id LIMIT 64", (after, before)
+            ).fetchall()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][0]
+
+    def _evict_idle(self, over: Callable[[], bool], keep: Collection[str] = ()) -> list[int]:
+        """Inside a transaction, while over(): delete the rows of nodes that own no buffered chunk and were
+        not seen for IDLE_S, longest unseen first. Returns the layout ids deleted.
+
+        The rule: a node's window is what keeps its frames from being taken twice, and its layouts are
+        what its stored frames mean, so they go only when nothing needs them. A node owns no chunk when
+        no frame of it was ever stored (highest = -1: only its HELLO was), or when its `last` is older
+        than the oldest chunk's `received` (commit keeps `last` at least the `received` of every chunk
+        holding its frames); only then do its layouts go too. Forgetting a window means that, after a
+        restart, frames the node sent before could be taken as new: accepted for a node long unseen
+        only. Nodes in `keep` (those written in this transaction) stay.
+        """
+        db = self._db
+        cutoff = time.time() - IDLE_S
+        oldest = db.execute("SELECT MIN(received) FROM chunks WHERE typeof(received) IN ('real', 'integer')").fetchone()[0]
+        owns_none = cutoff if oldest is None else min(cutoff, oldest)
+        kept = {node.encode() for node in keep}
+        rows = db.execute(
+            "SELECT rowid, CAST(node AS BLOB) FROM nodes WHERE last < ? AND (highest = -1 OR last < ?) ORDER BY last", (cutoff, owns_none)
+        ).fetchall()
+        candidates = [rowid for rowid, node in rows if node not in kept]
+        layouts: list[int] = []
+        evicted = 0
+        for start in range(0, len(candidates), EVICT_SLICE):
+            if not over():
+                break
+            part = candidates[start : start + EVICT_SLICE]
+            marks = ",".join("?" * len(part))
+            owned = "SELECT node FROM nodes WHERE rowid IN (%s) AND last < ?" % marks
+            layouts += [row[0] for row in db.execute("SELECT id FROM layouts WHERE node IN (%s)" % owned, [*part, owns_none])]
+            db.execute("DELETE FROM layouts WHERE node IN (%s)" % owned, [*part, owns_none])
+            db.execute("DELETE FROM nodes WHERE rowid IN (%s)" % marks, part)
+            evicted += len(part)
+        if evicted:
+            log.info("evicted the rows of %d nodes unseen for %.0f h that own no buffered readings, to make room", evicted, IDLE_S / 3600)
+        return layouts
+
+    def take_evicted_layouts(self) -> set[int]:
+        """Layout ids deleted by _evict_idle since the last call: a node that comes back needs them written again."""
+        evicted, self._evicted_layouts = self._evicted_layouts, set()
+        return evicted
+
+    def _node_pages(self) -> int:
+        """Database pages the node rows and layouts take."""
+        return sum(
+            int(self._db.execute("SELECT COALESCE(SUM(pageno), 0) FROM dbstat WHERE name = ? AND aggregate = 1", (name,)).fetchone()[0])
+            for name in ("nodes", "sqlite_autoindex_nodes_1", "layouts")
+        )
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -452,22 +644,65 @@ class Store:
                 self._db.execute("ROLLBACK")
 
     def save_node_infos(self, infos: dict[str, str]) -> None:
-        """Node id -> info JSON, all in one transaction."""
+        """Node id -> info JSON, all in one transaction, within the budget: node rows and layouts may take
+        1/NODES_SHARE of it, idle nodes' rows make room first (_evict_idle), and on a full disk the
+        reserve is not used (it is for deletes). StoreFull when not all of them fit (those that fit are saved)."""
+        db = self._db
+        if not self._reserve.present:
+            raise StoreError("disk full: %s; node info is written once there is room again" % (self.disk_full or "no room for the reserve"))
+        limit = self.budget().data_pages
+        share = limit // NODES_SHARE
 
-        def work() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO nodes (node, highest, seen, info) VALUES (?, -1, zeroblob(8), ?)"
-                " ON CONFLICT(node) DO UPDATE SET info=excluded.info",
-                list(infos.items()),
-            )
-            self._db.execute("COMMIT")
+        def over() -> bool:
+            return self._live_pages() > limit or self._node_pages() > share
 
-        self._write("save node info in", work)
+        items = list(infos.items())
+        saved = 0
+        evicted: list[int] = []
+        self._wal_room()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(items), INFO_SLICE):  # as many as fit, in the order they came
+                part = items[start : start + INFO_SLICE]
+                db.execute("SAVEPOINT part")
+                db.executemany(
+                    "INSERT INTO nodes (node, highest, seen, info, last) VALUES (?, -1, zeroblob(8), ?, ?)"
+                    " ON CONFLICT(node) DO UPDATE SET info=excluded.info, last=excluded.last",
+                    [(node, info, time.time()) for node, info in part],
+                )
+                if over():
+                    evicted += self._evict_idle(over, keep=infos)
+                if over():
+                    db.execute("ROLLBACK TO part")
+                    db.execute("RELEASE part")
+                    break
+                db.execute("RELEASE part")
+                saved += len(part)
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._rollback()
+            raise StoreError(self._problem("save node info in", error)) from None
+        self._evicted_layouts.update(evicted)
         self._live = self._live_pages()
+        if saved < len(items):
+            raise StoreFull(
+                "the info of %d of %d nodes does not fit: known nodes may take 1/%d of the buffer's room, and no node that owns"
+                " no buffered readings has been unseen for %g h" % (len(items) - saved, len(items), NODES_SHARE, IDLE_S / 3600)
+            )
 
     def node_info(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT node, info FROM nodes").fetchall())
+        """Node id -> info JSON (an object) of every row that reads."""
+        infos: dict[str, str] = {}
+        for raw_node, raw_info in self._startup_rows("node info", "SELECT CAST(node AS BLOB), CAST(info AS BLOB) FROM nodes"):
+            node = _node_id(raw_node)
+            try:
+                if node is None or type(raw_info) is not bytes or not isinstance(json.loads(raw_info), dict):
+                    raise ValueError("not a node info row")
+            except ValueError:
+                log.error("the info of node %s in %s is damaged: left out until the node says HELLO again", _shown(raw_node), self.path)
+                continue
+            infos[node] = raw_info.decode()
+        return infos
 
     # ------------------------------------------------------------ forwarding
 
@@ -483,13 +718,21 @@ class Store:
         """
         total = 0
         damaged: list[tuple[int, int, str]] = []
-        cursor = self._db.execute(
-            "SELECT id, received, readings, body FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
-            (after_id, up_to_id if up_to_id is not None else 2**63 - 1),
-        )
         try:
-            for chunk_id, received, readings, body in cursor:
+            # CAST: a body whose type a flipped bit turned into TEXT reads as the bytes it holds.
+            cursor = self._db.execute(
+                "SELECT id, received, readings, CAST(body AS BLOB) FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
+                (after_id, up_to_id if up_to_id is not None else 2**63 - 1),
+            )
+        except sqlite3.Error as error:
+            raise StoreError(self._problem("read the buffer", error)) from None
+        try:
+            for chunk_id, received, readings, body in _guarded(cursor, lambda error: StoreError(self._problem("read the buffer", error))):
+                if type(readings) is not int:
+                    readings = 0  # not known: reported as 0 lost rather than a wrong number
                 try:
+                    if type(received) not in (int, float) or type(body) is not bytes:
+                        raise ValueError("a damaged row")
                     frames = decode_body(body, received)
                 except Exception as error:  # whatever damage looks like, it costs this chunk, not the reader
                     why = "%s: %s" % (type(error).__name__, error)
@@ -537,7 +780,7 @@ class Store:
         db = self._db
         marks = ",".join("?" * len(ids))
         db.execute("BEGIN IMMEDIATE")
-        removed, readings = db.execute("SELECT COUNT(*), COALESCE(SUM(readings), 0) FROM chunks WHERE id IN (%s)" % marks, ids).fetchone()
+        removed, readings = db.execute(_COUNT_CHUNKS + " WHERE id IN (%s)" % marks, ids).fetchone()
         db.execute("DELETE FROM chunks WHERE id IN (%s)" % marks, ids)
         db.execute("COMMIT")
         self._rows -= removed
@@ -579,6 +822,34 @@ class Store:
     @property
     def pending_readings(self) -> int:
         return int(self._readings)
+
+
+def _shown(raw: object) -> str:
+    """A stored value for the log, whatever damage made of it."""
+    return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else repr(raw)
+
+
+def _guarded(cursor: sqlite3.Cursor, error: Callable[[sqlite3.Error], Exception]) -> Iterator[tuple[Any, ...]]:
+    """The cursor's rows; an SQLite error while stepping it raises error(it) instead."""
+    while True:
+        try:
+            row = cursor.fetchone()
+        except sqlite3.Error as failure:
+            raise error(failure) from None
+        if row is None:
+            return
+        yield row
+
+
+def _node_id(raw: object) -> str | None:
+    """A node id as stored (16 hex digits), or None when the stored bytes are not one."""
+    if type(raw) is not bytes or len(raw) != 16:
+        return None
+    try:
+        bytes.fromhex(raw.decode("ascii"))
+    except ValueError:
+        return None
+    return raw.decode("ascii")
 
 
 def _existing_parent(path: Path) -> Path:

@@ -11,11 +11,16 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.store import DB_NAME, Store, StoredFrame, StoreError, WindowState
+from gateway import disk
+from gateway import store as store_module
+from gateway.layouts import Layout
+from gateway.senml import Channel
+from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState
 from tests.conftest import ROOT
 
 NODE = "0000a4cf12b3c4d5"
@@ -101,6 +106,71 @@ def test_max_bytes_bounds_every_file_wal_included(tmp_path: pathlib.Path) -> Non
     store.close()
 
 
+INFO = '{"proto": [1, 0], "fw_version": "f", "hw_model": "h", "channels": %s}' % (
+    [{"name": "c%02d_%s" % (i, "x" * 12), "unit": "Cel", "scale": -2} for i in range(6)],
+)
+
+
+def invented(batch: int, count: int = 500) -> dict[str, str]:
+    """The info of `count` node ids nobody owns, as a flood of HELLOs with invented ids leaves them."""
+    return {"%016x" % (0xEE00000000000000 + batch * count + k): INFO.replace("'", '"') for k in range(count)}
+
+
+def test_node_ids_invented_by_the_thousand_stay_within_their_share(tmp_path: pathlib.Path) -> None:
+    """20,000 invented node ids saying HELLO: their rows take at most their share of max_bytes, and a
+    real node's readings are still taken."""
+    budget = 600_000
+    store = Store(tmp_path, budget)
+    store.commit(noisy(0), 4, {NODE: WindowState(3, 1)})
+    refused = 0
+    for batch in range(40):
+        try:
+            store.save_node_infos(invented(batch))
+        except StoreFull as error:
+            assert "nodes does not fit: known nodes may take 1/4 of the buffer" in str(error)
+            refused += 1
+        assert files_bytes(tmp_path) <= budget
+    assert refused and len(store.node_info()) > 50, "as many as fit their share are saved"
+    for n in range(4, 400, 4):  # a real node's readings fit beside them
+        store.commit(noisy(n), 4, {NODE: WindowState(n + 3, 1)})
+    assert numbers(store) == list(range(400)) and files_bytes(tmp_path) <= budget
+    store.close()
+
+
+def test_idle_nodes_that_own_no_readings_make_room_first(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes unseen for IDLE_S that own no buffered chunk give up their rows to newer ones; a node
+    that owns chunks keeps its window and layouts, however long unseen."""
+    store = Store(tmp_path, 600_000)
+    layout = Layout(7, NODE, (Channel("temperature", "Cel", -2),))
+    store.commit([StoredFrame(7, time.time(), b"\xa1\x01\x80")], 1, {NODE: WindowState(41, 1)}, [layout])
+    store.save_node_infos(invented(0, 50))
+    monkeypatch.setattr(store_module, "IDLE_S", 0.0)  # from now on, whatever was seen before is idle long enough
+    for batch in range(1, 40):
+        store.save_node_infos(invented(batch, 50))  # never refused: the older invented ids make room
+        assert files_bytes(tmp_path) <= 600_000
+    infos = store.node_info()
+    assert set(invented(39, 50)) <= set(infos) and not set(invented(0, 50)) & set(infos), "the longest unseen went first"
+    assert store.load_windows()[NODE] == WindowState(41, 1), "the node that owns a chunk keeps its window"
+    assert store.load_layouts() == [layout]
+    store.close()
+
+
+def test_an_idle_node_s_layout_is_written_again_when_it_comes_back(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout evicted with its idle node is written again with the next frame that needs it (the committer re-marks it unsaved)."""
+    store = Store(tmp_path, 600_000)
+    layout = Layout(7, NODE, (Channel("temperature", "Cel", -2),))
+    chunk_id, _ = store.commit([StoredFrame(7, time.time(), b"\xa1\x01\x80")], 1, {NODE: WindowState(41, 1)}, [layout])
+    store.delete([chunk_id])  # published: the node owns no chunk now
+    monkeypatch.setattr(store_module, "IDLE_S", 0.0)
+    batch = 0
+    while store.load_layouts():
+        batch += 1
+        store.save_node_infos(invented(batch, 50))
+    assert store.take_evicted_layouts() == {7}
+    assert store.take_evicted_layouts() == set(), "said once"
+    store.close()
+
+
 # ------------------------------------------------------------ a full disk
 
 
@@ -120,7 +190,10 @@ def test_a_disk_smaller_than_max_bytes_is_the_budget(mount: Callable[..., pathli
     store.close()
 
 
-def test_a_full_disk_keeps_deleting_and_recovers_by_itself(mount: Callable[..., pathlib.Path], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_disk_keeps_deleting_and_recovers_by_itself(
+    mount: Callable[..., pathlib.Path], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "RESERVE_RETRY_S", 0.0)  # recovery at the first try, not RESERVE_RETRY_S later
     data = mount(1024)
     store = Store(data, 10**9)
     for n in range(0, 400, 4):
@@ -257,7 +330,7 @@ def test_a_damaged_chunk_page_costs_its_rows_only(tmp_path: pathlib.Path, caplog
     assert 0 < readings - len(kept) <= 200, "one leaf page of rows lost, no more"
     assert kept[0] == 0 and kept[-1] == readings - 1, "rows before and after the damage kept"
     assert "saved %d readings in %d chunks" % (len(kept), len(kept) // 4) in caplog.text
-    assert "rows could not be read at all" in caplog.text
+    assert "reading failed at" in caplog.text and "lost 0" not in caplog.text
     store.close()
 
 
@@ -297,3 +370,96 @@ def test_the_command_line_says_what_to_fix_without_a_traceback(tmp_path: pathlib
     assert "edgegw: cannot open %s/buffer.sqlite3" % data in done.stderr
     assert "is on a read-only filesystem: remount it read-write" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_salvage_that_does_not_fit_the_disk_keeps_the_damaged_file(mount: Callable[..., pathlib.Path]) -> None:
+    """The fresh copy cannot be written (the disk is full): nothing is claimed saved, the damaged file
+    stays in place, the error says how much room is needed; with room, the next start salvages it."""
+    data = mount(2048)
+    store = Store(data, 10**9)
+    for n in range(0, 3200, 4):
+        store.commit(noisy(n), 4, {NODE: WindowState(n + 3, 1)})
+    store.close()
+    readings = 3200
+    damage(data / DB_NAME, page_of(data / DB_NAME, "chunks", "leaf", -1))
+    damaged = (data / DB_NAME).read_bytes()
+    filler = data / "filler"
+    filler.write_bytes(b"\xaa" * (shutil.disk_usage(data).free - 300_000))  # another program leaves 300 KB
+    with pytest.raises(StoreError, match=r"cannot salvage the damaged buffer .*: database or disk is full; only \d+ bytes are free"):
+        Store(data, 10**9)
+    assert (data / DB_NAME).read_bytes() == damaged, "the damaged file is where it was"
+    assert not [path.name for path in data.iterdir() if ".salvage" in path.name or ".corrupt" in path.name], "no half-made copy left"
+    filler.unlink()
+    store = Store(data, 10**9)
+    assert store.salvaged is not None and 0 < readings - store.salvaged.readings <= 200
+    assert len(numbers(store)) == store.salvaged.readings, "what the report says was saved is there"
+    store.close()
+
+
+def test_a_damaged_root_page_is_not_reported_as_nothing_lost(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The chunks table's root page rewritten as an empty leaf: no row reads, and the report says how
+    many pages could not be read rather than "lost 0 readings"."""
+    buffered(tmp_path, chunks=400)
+    root = page_of(tmp_path / DB_NAME, "chunks", "internal")
+    with open(tmp_path / DB_NAME, "r+b") as file:
+        file.seek((root - 1) * 4096)
+        file.write(bytes([0x0D, 0, 0, 0, 0, 0x10, 0, 0]))  # a table leaf with no cells
+    with caplog.at_level(logging.ERROR):
+        store = Store(tmp_path, 10**9)
+    assert store.salvaged is not None and store.salvaged.unread_pages > 10
+    assert "lost 0 readings" not in caplog.text
+    assert "pages in use in the damaged file could not be read (contents unknown); the damaged file was kept at" in caplog.text
+    store.close()
+
+
+def test_a_damaged_file_header_is_not_reported_as_nothing_lost(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    buffered(tmp_path, chunks=100)
+    with open(tmp_path / DB_NAME, "r+b") as file:
+        file.write(b"XQLite format 3\x00")
+    with caplog.at_level(logging.ERROR):
+        Store(tmp_path, 10**9).close()
+    assert "lost 0 readings" not in caplog.text
+    assert "the damaged file's tables could not be read at all: what it held is unknown" in caplog.text
+
+
+def written_bytes() -> int:
+    """Bytes this process has written so far (write(2) calls, whatever file)."""
+    for line in pathlib.Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+def test_a_full_disk_does_not_make_and_give_up_the_reserve_again_and_again(
+    mount: Callable[..., pathlib.Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another program filled the disk and the node keeps resending: each try must not write the
+    128 KiB reserve and give it up again (SD-card wear), and "room again" is said only when it is true."""
+    data = mount(1024)
+    store = Store(data, 10**9)
+    for n in range(0, 400, 4):
+        store.commit(noisy(n), 4, {})
+    fill_up(data)
+    before = written_bytes()
+    refused = 0
+    with caplog.at_level(logging.WARNING):
+        for n in range(400, 800, 4):  # 100 tries, with drop_oldest
+            try:
+                store.commit(noisy(n), 4, {}, make_room=True)
+            except StoreError:
+                refused += 1
+    assert refused == 100
+    written = written_bytes() - before
+    assert written < 2 * disk.RESERVE_BYTES, "%d bytes written for 100 refused commits" % written
+    assert caplog.text.count("gave up the buffer's") == 1 and "has room again" not in caplog.text
+    store.close()
+
+
+def test_set_aside_damaged_files_are_reported_at_start(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    buffered(tmp_path, chunks=3)
+    (tmp_path / DB_NAME).write_bytes(b"not a database, " * 300)
+    Store(tmp_path, 10**9).close()  # sets the file aside
+    with caplog.at_level(logging.WARNING):
+        Store(tmp_path, 10**9).close()
+    assert "1 damaged buffer file(s) set aside by earlier salvages take 4800 bytes of the disk of %s" % tmp_path in caplog.text
+    assert "delete them once they are no longer needed" in caplog.text

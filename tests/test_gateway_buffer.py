@@ -292,3 +292,34 @@ def test_a_disk_filled_by_another_program_stop_and_restart_while_full(
         capture.close()
     assert gateway.stop() == 0
     assert refused
+
+
+def test_a_flipped_bit_that_turns_a_blob_into_text_does_not_stop_the_gateway(
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
+) -> None:
+    """A row-header bit flip turns a chunk body and a node's window from BLOB into TEXT that is not
+    UTF-8 (PRAGMA quick_check still says ok): the gateway starts, publishes every reading, and takes new ones."""
+    import sqlite3
+
+    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
+    node.wait_acked([node.readings([0, 2000, 0, 1, value, 0]) for value in range(1, 21)])
+    assert gateway.stop() == 0
+    db = sqlite3.connect(gateway.data_dir / "buffer.sqlite3")
+    db.execute("UPDATE chunks SET body = CAST(body AS TEXT) WHERE id = (SELECT id FROM chunks ORDER BY id LIMIT 1 OFFSET 1)")
+    db.execute("UPDATE nodes SET seen = CAST(x'ff00ff' AS TEXT)")
+    db.commit()
+    assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    db.close()
+    broker.start()
+    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+    try:
+        mark = len(gateway.log())
+        gateway.start()
+        capture.wait_for(lambda msgs: set(range(1, 21)) <= set(counters_received(capture, NODE.hex())), timeout=60)
+        node.wait_acked([node.readings([0, 2000, 0, 1, 21, 0])])
+        capture.wait_for(lambda msgs: 21 in counters_received(capture, NODE.hex()), timeout=60)
+        log = gateway.log()[mark:]
+        assert "Traceback" not in log and "internal task" not in log
+    finally:
+        capture.close()
+    assert gateway.stop() == 0

@@ -155,7 +155,7 @@ store = Store(sys.argv[1], 10**9)
 n = int(sys.argv[3])
 while True:
     frames = [StoredFrame(1, 0.0, n.to_bytes(4, "big") * 8) for n in range(n, n + 20)]
-    store.commit(frames, 20, {"node": WindowState(n + 19, 1)})
+    store.commit(frames, 20, {"0000a4cf12b3c4d5": WindowState(n + 19, 1)})
     n += 20
     print(n, flush=True)  # the "ACK": everything below n is promised
 """
@@ -185,7 +185,7 @@ def test_committed_rows_survive_kill_9(tmp_path: pathlib.Path) -> None:
         store = Store(tmp_path, 10**9)
         rows = {int.from_bytes(f.payload[:4], "big") for chunk in store.oldest(10**9) for f in chunk.frames}
         assert set(range(promised)) <= rows
-        assert store.load_windows()["node"].highest >= promised - 1
+        assert store.load_windows()["0000a4cf12b3c4d5"].highest >= promised - 1
         store.close()
 
 
@@ -232,4 +232,52 @@ def test_checkpoints_run_beside_the_commits_not_inside_them(tmp_path: pathlib.Pa
     busy, pages, copied = result[0]
     assert busy == 0 and pages > 0 and copied == pages, "everything copied into the database file"
     assert len(store.oldest(10**6)) == 50
+    store.close()
+
+
+def test_a_bit_that_turns_a_blob_into_text_costs_no_reading(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One flipped bit in a record header turns a BLOB into TEXT of the same bytes, and PRAGMA quick_check
+    still says ok: chunks read as the bytes they hold; node and layout rows that are not what they should
+    be are left out, never an error that stops the gateway."""
+    import sqlite3
+
+    node, other = "0000a4cf12b3c4d5", "0000a4cf12b3c4d6"
+    store = Store(tmp_path, 10_000_000)
+    layout = Layout(7, node, (Channel("temperature", "Cel", -2),))
+    ids = [store.commit(frames(n), 10, {node: WindowState(n, 0xFF00FF)}, [layout] if n == 0 else None)[0] for n in range(5)]
+    store.save_node_infos({node: '{"fw_version": "1"}', other: "{}"})
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE chunks SET body = CAST(body AS TEXT) WHERE id = ?", (ids[2],))
+    db.execute("UPDATE nodes SET seen = CAST(seen AS TEXT) WHERE node = ?", (node,))  # 0xff: not UTF-8
+    db.execute("UPDATE nodes SET info = CAST(x'ff7b' AS TEXT) WHERE node = ?", (other,))
+    db.execute("UPDATE layouts SET channels = CAST(x'ff7b' AS TEXT)")
+    db.commit()
+    assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    db.close()
+    store = Store(tmp_path, 10_000_000)
+    assert store.moved_aside is None
+    assert payloads(store) == [0, 1, 2, 3, 4], "the chunk whose body turned into text is read as it was"
+    assert store.load_windows()[node] == WindowState(4, 0xFF00FF)
+    assert store.node_info() == {node: '{"fw_version": "1"}'}, "the damaged info is left out"
+    assert store.load_layouts() == []
+    assert "channel layout 7 in %s is damaged" % store.path in caplog.text
+    assert "the info of node %s in" % other in caplog.text
+    store.close()
+
+
+def test_readings_the_broker_acknowledged_are_not_counted_as_dropped(tmp_path: pathlib.Path) -> None:
+    """drop_oldest evicts chunks already published (their delete is batched) first, and does not count them as dropped."""
+    store = Store(tmp_path, disk.MIN_BUDGET)
+    n = 0
+    while store.commit(noisy(n), 4, {}, make_room=True)[1] == 0:  # until the budget is reached
+        n += 4
+    before = [chunk.id for chunk in store.oldest(10**6)]
+    published = before[-20:]  # the newest ones were delivered, their delete not done yet
+    dropped = store.total("dropped_readings")
+    while set(published) <= {chunk.id for chunk in store.oldest(10**6)}:
+        n += 4
+        assert store.commit(noisy(n), 4, {}, make_room=True, published=published)[1] == 0, "nothing undelivered evicted"
+    assert store.oldest(1)[0].id == before[0], "the oldest undelivered chunk is still there"
+    assert store.total("dropped_readings") == dropped
     store.close()
