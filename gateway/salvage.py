@@ -236,7 +236,7 @@ def salvage(
             source.close()
     # The fresh copy holds what could be read, packed tighter than the damaged file: a few pages of
     # slack, so that only pages really not read are reported.
-    report.unread_pages = max(0, _pages_in_use(path) - fresh_pages - max(8, fresh_pages // 10))
+    report.unread_pages = max(0, _pages_in_use(path) - fresh_pages - max(2, fresh_pages // 20))
     aside = path.with_name("%s.corrupt-%d" % (path.name, int(time.time())))
     for source_file, target in zip(_files(path), _files(aside), strict=True):
         if source_file.exists():

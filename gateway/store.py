@@ -16,8 +16,11 @@ filesystem when that is smaller (gateway/disk.py). Space is kept aside inside
 the budget so that deleting and checkpointing can always proceed: a WAL
 allowance (the WAL is checkpointed on the store thread before it outgrows it,
 and truncated back) and a reserve file that is given up when the disk fills
-up anyway. A damaged database is salvaged row by row into a fresh one
-(gateway/salvage.py).
+up anyway. Node rows and layouts count against the budget too, within a share
+of it, and those of nodes long unseen that own no chunk go first when space is
+short (_evict_idle). A damaged database is salvaged row by row into a fresh one
+(gateway/salvage.py); a row damaged in a way SQLite's checks do not see costs
+that row, never the gateway's start.
 
 This class is synchronous and not thread-safe; the agent runs it on one
 dedicated thread, off the event loop (checkpoint() excepted).
