@@ -187,7 +187,9 @@ class Node:
             if fields["reason"] in (11, 12):  # stale, unknown_node: say who we are, keep the frames
                 if self.hello_pending is None or not self.ring.holds(self.hello_pending):
                     self.hello()
-            elif "counter" in fields and self.ring.forget(fields["counter"]):  # version, type, schema: resending cannot help
+            elif fields["reason"] == 10:
+                pass  # auth: this node sends no AUTH frames, so the line flipped that flag bit; resending helps
+            elif "counter" in fields and self.ring.forget(fields["counter"]):  # version, type, cbor, schema: resending cannot help
                 self.ring.dropped += 1
 
     def setting(self, key, value):

@@ -7,6 +7,7 @@ import pathlib
 import signal
 
 import cbor2
+import pytest
 
 from gateway.store import Store
 from hil.broker import Mosquitto
@@ -16,6 +17,8 @@ from hil.gateway import GatewayProcess
 from hil.scripted_node import ScriptedNode
 from hil.serial_pair import PtyCable
 from hil.uplink_trial import TrialSettings, fill_backlog, run_trial
+
+pytestmark = pytest.mark.processes  # a broker, a proxy and the gateway, started by hand
 
 DUPLICATES_AT_MOST = 0.05  # of the rounds delivered
 
