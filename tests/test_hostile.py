@@ -10,6 +10,7 @@ over a pty with a real mosquitto.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -26,7 +27,7 @@ from gateway.agent import Agent
 from gateway.committer import CommitResult, Pending
 from gateway.config import parse
 from gateway.layouts import Layouts
-from gateway.logs import OneLineFormatter
+from gateway.logs import BoundedHandler, OneLineFormatter
 from gateway.render import json_value
 from gateway.serial_link import Link
 from gateway.sessions import UNKNOWN_REMEMBERED, Sessions
@@ -203,6 +204,26 @@ def test_node_text_cannot_forge_or_colour_log_lines(bench: Bench, caplog: pytest
     for line in node_lines:
         assert line.isprintable(), repr(line)
         assert "ok\\n2026-12-02 05:00:00 CRITICAL gateway: disk on fire\\r\\x1b[2J\\x07\\u2028\\u202e\\\\" in line
+
+
+def test_one_node_flooding_log_frames_does_not_mute_another(bench: Bench) -> None:
+    """The rate limit of node LOG lines is per node: a chatty or hostile node spends its own allowance only."""
+    out = io.StringIO()
+    handler = BoundedHandler(out)
+    sessions_log = logging.getLogger("gateway.sessions")
+    sessions_log.addHandler(handler)
+    try:
+        other = bytes.fromhex("00000000000000b2")
+        bench.hello()
+        bench.feed(encode(Message(messages.HELLO, other, 1, dict(HELLO_FIELDS), fr.F_ACK_REQ)))
+        for counter in range(2, 52):
+            bench.feed(raw_frame(messages.LOG, counter, {0: 3, 1: "flood %d" % counter}))
+        bench.feed(raw_frame(messages.LOG, 2, {0: 3, 1: "the other node speaks"}, node=other))
+    finally:
+        sessions_log.removeHandler(handler)
+    written = out.getvalue()
+    assert "the other node speaks" in written, written
+    assert written.count("says: flood") < 50, "the flood itself is still limited"
 
 
 # ------------------------------------------------------------ channel names
