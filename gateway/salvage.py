@@ -10,6 +10,10 @@ or the other at its next start (finish_interrupted). Only reading the damaged
 file may fail: when the fresh one cannot be written (a full disk), the salvage
 is abandoned and the damaged file stays where it is, for the next start.
 
+When the tables cannot be read in full (the schema, a header field or an
+interior page damaged), the file's table-leaf pages are read directly
+(gateway/pages.py): a record shaped like a chunk whose body decodes is a
+chunk, and layouts, node rows and totals are told by their shapes likewise.
 What a damaged page held cannot be known, so the report never says that
 nothing was lost when part of the file could not be read: it says how many
 pages the damaged file had in use beyond those of the fresh copy.
@@ -25,6 +29,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import pages
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class Report:
     unreadable: int = 0  # places where reading a table failed (what the rows there held is unknown)
     unread_pages: int = 0  # pages in use in the damaged file beyond those of the fresh copy: contents unknown
     schema_lost: bool = False  # the damaged file's tables could not be found at all
+    scanned: int = 0  # chunks of those saved that were read from the leaf pages directly
 
     def describe(self) -> str:
         text = "saved %d readings in %d chunks, %d layouts and %d nodes into a fresh database" % (
@@ -51,10 +58,12 @@ class Report:
             self.layouts,
             self.nodes,
         )
+        if self.scanned:
+            text += " (%d of the chunks read from the file's pages directly)" % self.scanned
         unknown = self.schema_lost or self.unreadable or self.unread_pages
         if self.lost_chunks or not unknown:
             text += "; lost %d readings in %d damaged chunks" % (self.lost_readings, self.lost_chunks)
-        if self.schema_lost:
+        if self.schema_lost and not self.scanned:
             text += "; the damaged file's tables could not be read at all: what it held is unknown"
         elif self.unreadable:
             text += "; reading failed at %d places in the file: the rows there are unknown" % self.unreadable
@@ -118,26 +127,31 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, report: Report) -> I
             return
 
 
+def _batches(fresh: sqlite3.Connection, rows: Iterator[tuple[tuple[Any, ...], int]], insert: str, count: Callable[[int], None]) -> None:
+    """(row, readings) into fresh, BATCH rows a transaction; count(readings) for each row once its batch committed."""
+    batch: list[tuple[tuple[Any, ...], int]] = []
+
+    def write() -> None:
+        fresh.execute("BEGIN")
+        fresh.executemany(insert, [row for row, _readings in batch])
+        fresh.execute("COMMIT")
+        for _row, readings in batch:
+            count(readings)
+        batch.clear()
+
+    for item in rows:
+        batch.append(item)
+        if len(batch) >= BATCH:
+            write()
+    if batch:
+        write()
+
+
 def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report, decode: Callable[[bytes, float], object]) -> None:
     """Table by table into fresh; a row is counted in the report once its batch committed there."""
 
     def batches(rows: Iterator[tuple[tuple[Any, ...], int]], insert: str, count: Callable[[int], None]) -> None:
-        batch: list[tuple[tuple[Any, ...], int]] = []
-
-        def write() -> None:
-            fresh.execute("BEGIN")
-            fresh.executemany(insert, [row for row, _readings in batch])
-            fresh.execute("COMMIT")
-            for _row, readings in batch:
-                count(readings)
-            batch.clear()
-
-        for item in rows:
-            batch.append(item)
-            if len(batch) >= BATCH:
-                write()
-        if batch:
-            write()
+        _batches(fresh, rows, insert, count)
 
     def layouts() -> Iterator[tuple[tuple[Any, ...], int]]:
         for _rowid, layout_id, node, channels in _rows(source, "layouts", "id, node, channels", report):
@@ -180,6 +194,93 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     batches(chunks(), "INSERT INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
 
 
+def _is_node(value: object) -> bool:
+    if not isinstance(value, str) or len(value) != 16:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _node(nodes: dict[str, tuple[Any, ...]], node: str, values: list[object]) -> None:
+    """A node row found on a leaf page; of two copies of a row (one on a page freed since), the newest window wins."""
+    highest, seen, info = values
+    if type(highest) is int and type(seen) is bytes and isinstance(info, str) and (node not in nodes or nodes[node][1] < highest):
+        nodes[node] = (node, highest, seen, info, time.time())  # last seen: not known, so now (kept the longest)
+
+
+def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callable[[bytes, float], object]) -> None:
+    """Rows SQLite could not get to, read from the damaged file's leaf pages into fresh, where fresh has no row of that key yet."""
+    have = {row[0] for row in fresh.execute("SELECT id FROM chunks")}
+    have_layouts = {row[0] for row in fresh.execute("SELECT id FROM layouts")}
+    have_nodes = {row[0] for row in fresh.execute("SELECT node FROM nodes")}
+    have_totals = {row[0] for row in fresh.execute("SELECT name FROM totals")}
+    layouts: dict[int, tuple[Any, ...]] = {}
+    nodes: dict[str, tuple[Any, ...]] = {}
+    totals: dict[str, int] = {}
+    lost: dict[int, int] = {}
+
+    def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
+        for rowid, values in pages.leaf_records(path):
+            first = values[0]
+            if len(values) == 5 and first is None:  # chunks: (id is the rowid), received, frames, readings, body
+                received, frames, readings, body = values[1:]
+                if isinstance(body, str):  # a flipped bit made it text: the bytes are what counts
+                    body = body.encode("utf-8", "surrogateescape")
+                if rowid in have or type(frames) is not int or type(readings) is not int or not isinstance(received, int | float):
+                    continue
+                if not isinstance(body, bytes):
+                    continue
+                try:
+                    decode(body, received)
+                except Exception:  # a chunk-shaped record that does not decode: costs that chunk
+                    lost[rowid] = readings
+                    continue
+                have.add(rowid)
+                report.scanned += 1
+                yield (rowid, received, frames, readings, body), readings
+            elif len(values) == 3 and first is None and rowid not in have_layouts:  # layouts: (id), node, channels
+                node, channels = values[1:]
+                if _is_node(node) and isinstance(channels, str) and channels.startswith("["):
+                    layouts[rowid] = (rowid, node, channels)
+            elif len(values) in (4, 5) and isinstance(first, str) and _is_node(first) and first not in have_nodes:
+                _node(nodes, first, values[1:4])  # nodes: node, highest, seen, info[, last]
+            elif len(values) == 2 and isinstance(first, str) and first not in have_totals and first != "chunks":
+                value = values[1]  # totals: name, value (sqlite_sequence's row for chunks has the same shape)
+                if type(value) is int:
+                    totals[first] = max(totals.get(first, 0), value)
+
+    def chunk_counted(readings: int) -> None:
+        report.chunks += 1
+        report.readings += readings
+
+    _batches(fresh, chunks(), "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
+    for rowid, readings in lost.items():
+        if rowid not in have:
+            report.lost_chunks += 1
+            report.lost_readings += readings
+
+    def count(field: str) -> Callable[[int], None]:
+        return lambda _readings: setattr(report, field, getattr(report, field) + 1)
+
+    _batches(
+        fresh,
+        ((row, 0) for row in layouts.values()),
+        "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
+        count("layouts"),
+    )
+    insert = "INSERT OR IGNORE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)"
+    _batches(fresh, ((row, 0) for row in nodes.values()), insert, count("nodes"))
+    _batches(
+        fresh,
+        (((name, value), 0) for name, value in totals.items()),
+        "INSERT OR IGNORE INTO totals (name, value) VALUES (?, ?)",
+        lambda _r: None,
+    )
+
+
 def _pages_in_use(path: Path) -> int:
     """Pages in use by the header's account (page count less free pages); 0 when the header is not sane."""
     try:
@@ -196,7 +297,20 @@ def _pages_in_use(path: Path) -> int:
         page_size = 4096  # the header's own damage: the buffer's page size is SQLite's default
     free = int.from_bytes(header[36:40], "big")
     pages = size // page_size
+    said = int.from_bytes(header[28:32], "big")
+    if header[24:28] == header[92:96] and pages < said < 2**31:  # a file cut short: its header still counts the pages it had
+        pages = said
     return pages - free if 0 <= free < pages else pages
+
+
+def _fresh_pages(fresh: sqlite3.Connection) -> int:
+    return int(fresh.execute("PRAGMA page_count").fetchone()[0]) - int(fresh.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _unread(path: Path, fresh_pages: int) -> int:
+    """Pages in use in the damaged file beyond those of the fresh copy. The copy holds what could be
+    read, packed tighter than the damaged file: a few pages of slack, so only pages really not read count."""
+    return max(0, _pages_in_use(path) - fresh_pages - max(2, fresh_pages // 20))
 
 
 def salvage(
@@ -225,7 +339,10 @@ def salvage(
                 _copy(source, fresh, report, decode)
             else:
                 report.schema_lost = path.stat().st_size > 0
-            fresh_pages = int(fresh.execute("PRAGMA page_count").fetchone()[0]) - int(fresh.execute("PRAGMA freelist_count").fetchone()[0])
+            fresh_pages = _fresh_pages(fresh)
+            if report.schema_lost or report.unreadable or _unread(path, fresh_pages):
+                _scan(path, fresh, report, decode)
+                fresh_pages = _fresh_pages(fresh)
         finally:
             fresh.close()  # folds its WAL in: the fresh file is complete on its own
     except BaseException:  # the fresh copy could not be written: the damaged file stays, for the next start
@@ -234,9 +351,7 @@ def salvage(
     finally:
         if source is not None:
             source.close()
-    # The fresh copy holds what could be read, packed tighter than the damaged file: a few pages of
-    # slack, so that only pages really not read are reported.
-    report.unread_pages = max(0, _pages_in_use(path) - fresh_pages - max(2, fresh_pages // 20))
+    report.unread_pages = _unread(path, fresh_pages)
     aside = path.with_name("%s.corrupt-%d" % (path.name, int(time.time())))
     for source_file, target in zip(_files(path), _files(aside), strict=True):
         if source_file.exists():

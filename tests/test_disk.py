@@ -396,30 +396,68 @@ def test_a_salvage_that_does_not_fit_the_disk_keeps_the_damaged_file(mount: Call
     store.close()
 
 
-def test_a_damaged_root_page_is_not_reported_as_nothing_lost(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The chunks table's root page rewritten as an empty leaf: no row reads, and the report says how
-    many pages could not be read rather than "lost 0 readings"."""
-    buffered(tmp_path, chunks=400)
+def test_a_damaged_root_page_costs_nothing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The chunks table's root page rewritten as an empty leaf: SQLite reaches no chunk, the leaf pages
+    read directly give every one back."""
+    readings = buffered(tmp_path, chunks=400)
     root = page_of(tmp_path / DB_NAME, "chunks", "internal")
     with open(tmp_path / DB_NAME, "r+b") as file:
         file.seek((root - 1) * 4096)
         file.write(bytes([0x0D, 0, 0, 0, 0, 0x10, 0, 0]))  # a table leaf with no cells
     with caplog.at_level(logging.ERROR):
         store = Store(tmp_path, 10**9)
-    assert store.salvaged is not None and store.salvaged.unread_pages > 10
-    assert "lost 0 readings" not in caplog.text
-    assert "pages in use in the damaged file could not be read (contents unknown); the damaged file was kept at" in caplog.text
+    assert numbers(store) == list(range(readings))
+    assert (
+        "saved %d readings in 400 chunks, 0 layouts and 1 nodes into a fresh database (400 of the chunks read from the file's pages"
+        % readings
+        in caplog.text
+    )
     store.close()
 
 
-def test_a_damaged_file_header_is_not_reported_as_nothing_lost(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
-    buffered(tmp_path, chunks=100)
+def test_a_damaged_file_header_costs_nothing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The file's magic string damaged ("file is not a database"): chunks, layouts, node windows and
+    counters are read from the leaf pages."""
+    store = Store(tmp_path, 10**9)
+    layout = Layout(7, NODE, (Channel("temperature", "Cel", -2),))
+    for n in range(0, 400, 4):
+        store.commit(noisy(n, size=60), 4, {NODE: WindowState(n + 3, 0xF)}, [layout] if n == 0 else None)
+    counter = store.reserve("downlink_counter", 4096)
+    store.close()
     with open(tmp_path / DB_NAME, "r+b") as file:
         file.write(b"XQLite format 3\x00")
     with caplog.at_level(logging.ERROR):
-        Store(tmp_path, 10**9).close()
+        store = Store(tmp_path, 10**9)
+    assert numbers(store) == list(range(400))
+    assert store.load_layouts() == [layout] and store.load_windows() == {NODE: WindowState(399, 0xF)}
+    assert store.reserve("downlink_counter", 4096) == counter + 4096, "downlink counters are not used twice"
     assert "lost 0 readings" not in caplog.text
-    assert "the damaged file's tables could not be read at all: what it held is unknown" in caplog.text
+    store.close()
+
+
+def test_chunks_larger_than_a_page_are_read_from_their_overflow_pages(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10**9)
+    for n in range(0, 2000, 100):
+        store.commit(noisy(n, count=100), 100, {})  # 20 KB bodies: four overflow pages each
+    store.close()
+    with open(tmp_path / DB_NAME, "r+b") as file:
+        file.write(b"XQLite format 3\x00")
+    store = Store(tmp_path, 10**9)
+    assert numbers(store) == list(range(2000))
+    store.close()
+
+
+def test_a_file_cut_short_says_what_is_missing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    readings = buffered(tmp_path, chunks=400)
+    path = tmp_path / DB_NAME
+    os.truncate(path, path.stat().st_size // 2 // 4096 * 4096)
+    with caplog.at_level(logging.ERROR):
+        store = Store(tmp_path, 10**9)
+    kept = numbers(store)
+    assert 0 < len(kept) < readings and kept == sorted(kept)
+    assert "lost 0 readings" not in caplog.text
+    assert "pages in use in the damaged file could not be read (contents unknown)" in caplog.text
+    store.close()
 
 
 def written_bytes() -> int:
