@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -70,6 +71,15 @@ class Node:
 def _detail(text: str) -> str:
     """A REJECT detail: printable ASCII (escaped as the log escapes), cut to REJECT_DETAIL_MAX characters."""
     return escape(text).encode("ascii", "backslashreplace").decode("ascii")[:REJECT_DETAIL_MAX]
+
+
+def _finite_when_scaled(samples: list[Any], layout: Layout) -> bool:
+    """Whether every float reading stays finite once scaled (an integer always does: |2^64 x 10^30| < 10^308)."""
+    return all(
+        math.isfinite(value * 10.0 ** layout.channels[channel].scale)
+        for channel, value in zip(samples[0::3], samples[1::3], strict=True)
+        if type(value) is float
+    )
 
 
 class Sessions:
@@ -271,6 +281,9 @@ class Sessions:
             channel = max(samples[0::3])
             detail = "channel %d not in HELLO (%d channels)" % (channel, len(layout.channels))
             self._reject(link, node.node_id, message, perr.E_SCHEMA, detail)
+            return
+        if any(type(value) is float for value in samples[1::3]) and not _finite_when_scaled(samples, layout):
+            self._reject(link, node.node_id, message, perr.E_SCHEMA, "a sample value x 10^scale is beyond a double (SPEC 5.4)")
             return
         frame = StoredFrame(layout.id, round(time.time(), 3), message.payload)  # ms, as the buffer keeps it
         node.waiting[counter] = [link]

@@ -255,6 +255,9 @@ def _check_nested(mtype: int, fields: dict) -> None:
                 raise ProtocolError(E_SCHEMA, "sample %d has a non-numeric value or offset" % (index // 3))
             if not MIN_OFFSET <= offset <= MAX_OFFSET:
                 raise ProtocolError(E_SCHEMA, "sample %d has an offset beyond 2^31 s" % (index // 3))
+            value = samples[index + 1]
+            if isinstance(value, float) and value - value != 0:  # NaN or +-inf (x - x is 0.0 for every finite x)
+                raise ProtocolError(E_SCHEMA, "sample %d has a value that is not a finite number" % (index // 3))
     elif mtype == ACK:
         counters = fields["counters"]
         if len(counters) > MAX_ACKS:

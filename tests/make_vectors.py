@@ -230,6 +230,8 @@ def error_vectors() -> list[dict]:
         ("error_schema_base_time_nan", "base_time NaN", framed(messages.READINGS, 55, "a200f97e000180"), "schema"),
         ("error_schema_base_time_u32", "base_time 2^32", framed(messages.READINGS, 56, "a2001b00000001000000000180"), "schema"),
         ("error_schema_offset_i32", "dt 2^31", framed(messages.READINGS, 57, "a1018300011a80000000"), "schema"),
+        ("error_schema_value_nan", "a sample value NaN", framed(messages.READINGS, 65, "a1018300f97e0000"), "schema"),
+        ("error_schema_value_infinite", "a sample value -infinity", framed(messages.READINGS, 66, "a1018300f9fc0000"), "schema"),
         ("error_schema_time_ms", "TIME ms 1000", framed(messages.TIME, 58, "a2001a6afd86c0011903e8", DOWN), "schema"),
         ("error_schema_time_unix", "TIME unix 2^32", framed(messages.TIME, 59, "a1001b0000000100000000", DOWN), "schema"),
         (

@@ -55,7 +55,8 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
     if mtype == messages.HELLO and name == "channels":
         return st.lists(channels, max_size=4, unique_by=lambda channel: channel["name"])
     if mtype == messages.READINGS and name == "samples":
-        sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), numbers, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
+        values = st.one_of(st.integers(min_value=-(2**31), max_value=2**31), st.floats(allow_nan=False, allow_infinity=False))  # SPEC 5.4
+        sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), values, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
         return st.lists(sample, max_size=12).map(lambda triples: [item for triple in triples for item in triple])
     if mtype == messages.READINGS and name == "base_time":
         return st.one_of(st.integers(0, messages.MAX_TIME), st.floats(0, messages.MAX_TIME))

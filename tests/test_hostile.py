@@ -324,6 +324,17 @@ def test_a_value_outside_its_range_is_a_schema_error(bench: Bench, mtype: int, p
     assert (reject["reason"], reject["counter"], reject["type"]) == (perr.E_SCHEMA, 2, mtype)
 
 
+def test_a_sample_that_is_not_a_finite_number_is_a_schema_error(bench: Bench) -> None:
+    """NaN, infinity, and a float that scaling by 10^scale would take beyond a double: refused, never stored as SenML cannot carry it."""
+    bench.hello(channels=[{"name": "level", "unit": "m", "scale": 30}])
+    for counter, value in ((2, float("nan")), (3, float("-inf")), (4, 1e300)):
+        (reject,) = rejects(bench.feed(raw_frame(messages.READINGS, counter, {1: [0, value, 0]})))
+        assert (reject["reason"], reject["counter"]) == (perr.E_SCHEMA, counter)
+    assert bench.committer.pending == []
+    assert bench.feed(raw_frame(messages.READINGS, 5, {1: [0, 1.5e270, 0]})) == []  # 1.5e300 after scaling: a double holds it
+    assert [pending.counter for pending in bench.committer.pending] == [5]
+
+
 def test_a_rejected_frame_does_not_use_up_its_counter(bench: Bench) -> None:
     readings = encode(Message(messages.READINGS, NODE, 5, {"samples": [1, 7, 0]}, fr.F_ACK_REQ))
     (reject,) = rejects(bench.feed(readings))
