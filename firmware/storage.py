@@ -69,33 +69,53 @@ def _parse(raw):
 # A counter that never repeats across reboots (frame counter: SPEC.md 4.1).
 # Persisted ahead in blocks, as LoRaWAN stacks do: one flash write per
 # _BLOCK values; a crash skips at most _BLOCK values, it never reuses one.
+# The blocks go to two records in turn (KEY and KEY.2), the first block after a
+# boot to both, so the newest limit is in one and the one before it, at most a
+# block lower, in the other: if one record is damaged, the other plus a block
+# is still ahead of every value handed out.
 class PersistentCounter:
     def __init__(self, storage, key="counter"):
         self._storage = storage
-        self._key = key
-        try:
-            raw = storage.get(key)
-            start = 1 if raw is None else _parse(raw)
-        except (OSError, ValueError) as error:
-            # The values used before are unknown, and reusing one would let the gateway
-            # take new frames for duplicates of old ones (acknowledged, never stored).
-            # A node counts at most a frame or two a second, so in a lifetime it stays
-            # far below 2^31: the counter moves there, ahead of anything it used, and the
-            # gateway accepts what follows as new without any reset. Only a second
-            # damaged record after such a move can repeat values; the gateway's counter
-            # reset on a stale HELLO (SPEC.md 4.3) then keeps the node heard.
-            report(key, repr(error))
+        self._keys = (key, key + ".2")
+        found = []
+        damaged = 0
+        for name in self._keys:
+            try:
+                raw = storage.get(name)
+                if raw is not None:
+                    found.append(_parse(raw))
+            except (OSError, ValueError) as error:
+                report(name, repr(error))
+                damaged += 1
+        if not damaged:
+            start = max(found) if found else 1  # a missing KEY.2: the first block was never followed by a second
+        elif found:
+            start = min(found[0] + _BLOCK, _END)  # the damaged one may have held the newest limit, at most a block higher
+        else:
+            # Both unreadable: the values used before are unknown, and reusing one would
+            # let the gateway take new frames for duplicates of old ones (acknowledged,
+            # never stored). A node counts at most a frame or two a second, so in a
+            # lifetime it stays far below 2^31: the counter moves there, ahead of
+            # anything it used, and the gateway accepts what follows as new without any
+            # reset. Only both records damaged again after such a move can repeat values.
             start = _FRESH
         self._next = start
         self._limit = start  # nothing reserved yet
+        self._turn = -1  # the first block goes to both records
 
     def take(self):
         # The next value, or None when none is left (_END reached).
         if self._next >= self._limit:
             if self._next >= _END:
                 return None
-            self._limit = min(self._next + _BLOCK, _END)
-            self._storage.put(self._key, b"%d %d" % (self._limit, self._limit ^ _CHECK))
+            limit = min(self._next + _BLOCK, _END)
+            # On flash before it counts: if the write fails (a MemoryError, a full or
+            # failing flash) no value of the new block has been handed out.
+            record = b"%d %d" % (limit, limit ^ _CHECK)
+            for index in (0, 1) if self._turn < 0 else (self._turn,):
+                self._storage.put(self._keys[index], record)
+            self._turn = 0 if self._turn < 0 else self._turn ^ 1
+            self._limit = limit
         value = self._next
         self._next += 1
         return value
