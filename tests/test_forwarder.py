@@ -54,9 +54,12 @@ class GatedWorker(StoreWorker):
         super().__init__(store)
         self.gate = asyncio.Event()
         self.gate.set()
+        self.held = asyncio.Event()  # set once an answer is waiting at the closed gate
 
     async def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         result = await super().call(function, *args, **kwargs)
+        if not self.gate.is_set():
+            self.held.set()
         await self.gate.wait()  # the answer is ready but arrives late
         return result
 
@@ -189,7 +192,7 @@ async def test_a_slow_read_from_before_a_reconnect_does_not_hide_the_backlog(tmp
     assert isinstance(worker, GatedWorker)
     worker.gate.clear()
     stale = asyncio.create_task(forwarder._fill())  # stuck on the store
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(worker.held.wait(), 30)
     forwarder.disconnected()
     rows(store, 2, start=5)  # committed while offline
     forwarder.connected()  # a quick reconnect while the old answer is still on its way
