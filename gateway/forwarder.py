@@ -293,7 +293,11 @@ def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
     duplicates, never readings. Returns the readings deleted."""
     deleted = 0
     for chunk_id, positions in sorted(delivered.items()):
-        found = store.oldest(1, chunk_id - 1, chunk_id)
+        try:
+            found = store.oldest(1, chunk_id - 1, chunk_id)
+        except StoreError as error:  # a stop must finish: the chunk stays, published again after a restart
+            log.warning("%s; chunk %d stays as it is", error, chunk_id)
+            continue
         if not found or found[0].damaged:
             continue
         chunk = found[0]

@@ -323,3 +323,38 @@ def test_a_flipped_bit_that_turns_a_blob_into_text_does_not_stop_the_gateway(
     finally:
         capture.close()
     assert gateway.stop() == 0
+
+
+def test_drop_oldest_on_a_disk_another_program_filled_says_it_refuses(
+    mount: Callable[..., pathlib.Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With drop_oldest, a disk filled by another program cannot be helped by dropping readings:
+    the log says the new ones are refused, not that old ones are dropped to take them."""
+    import logging
+    from types import SimpleNamespace
+
+    from gateway.committer import Committer, Pending, _commit, _window_plan
+    from gateway.layouts import Layouts
+    from gateway.store_worker import StoreWorker
+    from protocols import CounterWindow
+
+    data = mount(1024)
+    store = Store(data, 10**9)
+    for n in range(0, 400, 4):
+        store.commit(test_disk.noisy(n), 4, {})
+    fill_up(data)
+    node = SimpleNamespace(window=CounterWindow(4, 1))
+    outcomes = []
+    for counter in range(5, 25):
+        frame = StoredFrame(7, 0.0, os.urandom(2000))
+        group = [Pending("n", counter, frame, 1, None, node, node.window)]  # type: ignore[arg-type]
+        outcomes.append((_commit(store, group, _window_plan(group), [], "drop_oldest", False), group))
+    assert not any(outcome.stored for outcome, _group in outcomes), "nothing fits the full disk"
+    worker = StoreWorker(store)
+    committer = Committer(worker, Layouts(), "drop_oldest", lambda result: None)
+    with caplog.at_level(logging.ERROR):
+        for outcome, group in outcomes:
+            committer._report(outcome, group)
+    assert "dropping the oldest buffered readings to take new ones" not in caplog.text
+    assert "dropping the oldest buffered readings makes no room on the disk: not acknowledging new readings" in caplog.text
+    worker.close()
