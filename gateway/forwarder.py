@@ -2,9 +2,12 @@
 
 Chunks committed while connected are live: they are turned into packs (one
 per node, every frame the waiting chunks hold) and served before the backlog
-whenever a slot in the window frees up. The chunks already on disk at the
-first connect (and those committed while the broker was away) form the
-backlog, read oldest first, many chunks at a time, so that one node's frames
+whenever a slot in the window frees up; on a link slower than the live load,
+chunks past LIVE_FRAMES waiting frames are left on disk for the backlog read.
+A publish the broker refuses pauses the readings for REFUSED_RETRY_S, its
+pack kept for resending. The chunks already on disk at the first connect
+(and those committed while the broker was away) form the backlog, read
+oldest first, many chunks at a time, so that one node's frames
 from many group commits travel in one pack; a read ends once one node's
 frames fill a pack, so a read is as small as full packs allow.
 
@@ -48,7 +51,12 @@ BUILD_GROUPS = 256  # node groups made into packs at a time
 BACKLOG_FRAMES = 40_960  # frames read from disk at a time at most (many nodes: each still gets a large pack)
 DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
 DELETE_AFTER_S = 0.2  # ... or after this long
-REFUSED_RETRY_S = 5.0  # a publish the broker refused (quota, authorisation) is tried again after this
+REFUSED_RETRY_S = 5.0  # after the broker refused a publish (quota, authorisation), no readings go out for this long
+# Frames of live chunks waiting in RAM to be made into packs. Past it the uplink is slower than the
+# live load: the waiting chunks are left to the backlog read (they are on disk already), so RAM stays
+# bounded however long that lasts, and one build on the event loop handles at most this many frames.
+# 4,096 is about 40 s of the field load (400 readings/s in frames of 4), a few MB.
+LIVE_FRAMES = 4_096
 READ_RETRY_S = 5.0  # a backlog read the store could not do (StoreError) is tried again after this
 FRAME_BITS = 20  # a frame is named by its chunk id << FRAME_BITS | its position in the chunk
 POSITION = (1 << FRAME_BITS) - 1
@@ -336,8 +344,13 @@ class Forwarder:
         self._topic_base = topic_base
         self._inflight: dict[int, Pack | Retained] = {}  # mid -> what it carries, on the current connection
         self._live_chunks: list[Chunk] = []
+        self._live_frames = 0  # frames in _live_chunks (LIVE_FRAMES)
+        self._live_overflows = 0  # times live chunks were left to the backlog read on this connection
+        self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
         self._live: deque[Pack] = deque()
         self._again: deque[Pack] = deque()  # in flight on a lost connection, or refused: published again
+        self._paused_until = 0.0  # loop time before which no readings are published (the broker refused some)
+        self._refused = 0  # publishes refused since the broker last accepted one (0: not refusing)
         self._backlog: deque[Pack] = deque()
         self._groups: deque[NodeFrames] = deque()  # backlog read from disk, not yet made into packs
         self._task: asyncio.Task[None] | None = None  # the store thread's read or build under way
@@ -361,6 +374,8 @@ class Forwarder:
         self._epoch += 1  # an answer about the backlog's end from an earlier connection is asked again
         self._backlog_end = -1  # chunks committed meanwhile join the backlog; the cursor stays where it was
         self._backlog_done = False
+        self._live_overflows = 0
+        self._left_to_backlog = 0
         self._wake.set()
 
     def disconnected(self) -> None:
@@ -372,12 +387,34 @@ class Forwarder:
             if isinstance(item, Retained):
                 self._retained.setdefault(item.topic, item.payload)  # unless a newer one is waiting
         self._inflight.clear()
-        self._live_chunks.clear()  # not built yet: read from disk as backlog after the reconnect
+        self._drop_live()  # not built yet: read from disk as backlog after the reconnect
 
     def live(self, chunk: Chunk) -> None:
-        if self._uplink.connected:
+        if not self._uplink.connected:
+            return
+        if self._live_frames + len(chunk.frames) > LIVE_FRAMES:
+            self._leave_live_to_backlog(chunk.id)
+        else:
             self._live_chunks.append(chunk)
-            self._wake.set()
+            self._live_frames += len(chunk.frames)
+        self._wake.set()
+
+    def _leave_live_to_backlog(self, newest: int) -> None:
+        """The uplink does not keep up with the live load: the waiting live chunks, up to `newest`,
+        join the backlog, read from disk as the window allows, instead of piling up in RAM. Each
+        still goes out once on this connection: the backlog covers them, live builds skip them."""
+        self._left_to_backlog = newest
+        if self._backlog_end >= 0:  # else the end is being asked; the answer may predate these commits (_fill)
+            self._backlog_end = max(self._backlog_end, newest)
+        self._backlog_done = False
+        self._drop_live()
+        if not self._live_overflows:
+            log.warning("the uplink is slower than the live data; what it cannot take yet stays on disk and goes out with the backlog")
+        self._live_overflows += 1
+
+    def _drop_live(self) -> None:
+        self._live_chunks.clear()
+        self._live_frames = 0
 
     def acknowledged(self) -> list[int]:
         """Chunks the broker acknowledged that are not deleted yet (deletes are batched)."""
@@ -392,14 +429,29 @@ class Forwarder:
         if isinstance(item, Pack):
             if accepted:
                 self._tally.acknowledged(item)
+                if self._refused:
+                    log.warning("the broker accepts readings again, after refusing %d publishes", self._refused)
+                    self._refused = 0
             else:
-                log.error("the broker refused a readings publish (%s); the readings stay buffered and are retried", reason)
-                asyncio.get_running_loop().call_later(REFUSED_RETRY_S, self._retry, item)
+                self._refused_pack(item, reason)
         self._wake.set()
 
-    def _retry(self, pack: Pack) -> None:
+    def _refused_pack(self, pack: Pack, reason: str) -> None:
+        """A refused pack waits in the resend queue, and no readings go out for REFUSED_RETRY_S: the
+        window does not refill with more refusals, so the backlog read stops at the window, not at
+        the end of the disk. Nothing is deleted while refused. One line per episode, not per pack."""
+        if not self._refused:
+            log.error(
+                "the broker refused a readings publish (%s); the readings stay buffered and publishing is tried again every %.0f s",
+                reason,
+                REFUSED_RETRY_S,
+            )
+        self._refused += 1
         self._again.append(pack)
-        self._wake.set()
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._paused_until:
+            self._paused_until = loop.time() + REFUSED_RETRY_S
+            loop.call_later(REFUSED_RETRY_S, self._wake.set)
 
     # ------------------------------------------------------------ pump
 
@@ -424,7 +476,7 @@ class Forwarder:
             end = await self._worker.call(self._worker.store.max_id)
             if epoch != self._epoch:
                 return
-            self._backlog_end = end
+            self._backlog_end = max(end, self._left_to_backlog)  # live chunks left to the backlog meanwhile may be newer
         while self._retained and self._uplink.connected:
             topic, payload = self._retained.popitem()
             mid = self._uplink.publish(topic, payload, qos=1, retain=True)
@@ -433,6 +485,8 @@ class Forwarder:
                 return  # not connected after all: sent when the uplink says it is
             self._inflight[mid] = Retained(topic, payload)
         while len(self._inflight) < self._window and self._uplink.connected:
+            if asyncio.get_running_loop().time() < self._paused_until:
+                break  # the broker refused readings just now
             queue = self._next_queue()
             if queue is None:
                 break
@@ -449,7 +503,7 @@ class Forwarder:
             # Chunks on disk at connect time are the backlog's; the rest are published together. Built
             # only once the last live packs are out: on a slow link they gather into larger packs.
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
-            self._live_chunks.clear()
+            self._drop_live()
             if chunks:
                 grouped = group_frames(chunks, self._layouts)
                 self._take_groups(grouped)

@@ -383,3 +383,59 @@ async def test_live_frames_gather_into_larger_packs_while_the_link_is_busy(tmp_p
     assert len(uplink.published) == 3
     assert uplink.counters(2) == [2, 3], "node A's frames of chunks 2 and 3 in one pack, not one pack a chunk"
     worker.close()
+
+
+async def test_a_broker_that_refuses_publishes_does_not_draw_the_backlog_into_memory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused packs count against the window until they are tried again: what is read from disk
+    stays a window or two, however long the broker refuses, and nothing leaves the disk meanwhile."""
+    monkeypatch.setattr(forwarder_module, "PACK_READINGS", 2)  # one frame a pack
+    monkeypatch.setattr(forwarder_module, "BACKLOG_FRAMES", 4)
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 200, window=4)
+    for _ in range(60):
+        await settle(forwarder, 1)
+        for mid in list(forwarder._inflight):
+            forwarder.puback(mid, False, "Quota exceeded")
+    refused = len(uplink.published)
+    assert 1 <= refused <= 4, "what was in the window is refused, then a pause: not a refusal per pack"
+    assert len(forwarder._tally) <= 3 * 4, "chunks in hand: the refused window, a window built and one read"
+    await forwarder._delete()
+    assert store.pending_chunks == 200, "nothing leaves the disk while refused"
+    assert caplog.text.count("refused a readings publish") == 1
+    monkeypatch.setattr(forwarder, "_paused_until", 0.0)  # the pause is over
+    await settle(forwarder)
+    assert uplink.counters(refused)[:refused] == list(range(refused)), "the refused packs go first"
+    forwarder.puback(uplink.published[refused][0], True, "Success")
+    assert "the broker accepts readings again, after refusing %d publishes" % refused in caplog.text
+    worker.close()
+
+
+async def test_live_chunks_past_live_frames_wait_on_disk_and_each_goes_out_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uplink slower than the live load: at most LIVE_FRAMES frames wait in RAM; the rest are
+    read from disk as backlog, and every chunk is still published exactly once."""
+    monkeypatch.setattr(forwarder_module, "LIVE_FRAMES", 8, raising=False)
+    monkeypatch.setattr(forwarder_module, "PACK_READINGS", 2)  # one frame a pack
+    store, worker, uplink, forwarder = connected_forwarder(tmp_path, 0, window=1)
+    await settle(forwarder)  # the backlog is known (empty): what is committed from now on is live
+    waiting = []
+    for n in range(100):  # the broker acknowledges nothing meanwhile: the link does not keep up
+        chunk_id, _evicted = store.commit([frame(n)], 2, {})
+        forwarder.live(Chunk(chunk_id, [frame(n)], 2))
+        waiting.append(sum(len(chunk.frames) for chunk in forwarder._live_chunks))
+        if n % 10 == 0:
+            await settle(forwarder, 1)
+    assert max(waiting) <= 8, "frames waiting live in RAM are capped"
+    for _ in range(400):  # now the broker acknowledges as they come
+        await settle(forwarder, 1)
+        acked = [mid for mid, _topic, _payload in uplink.published if mid in forwarder._inflight]
+        for mid in acked:
+            forwarder.puback(mid, True, "Success")
+        if len(uplink.counters()) == 100 and not forwarder._inflight:
+            break
+    assert sorted(uplink.counters()) == list(range(100)), "each chunk once"
+    await forwarder.settle(timeout=1)
+    assert store.pending_chunks == 0
+    worker.close()
