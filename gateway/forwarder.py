@@ -508,7 +508,10 @@ class Forwarder:
                 grouped = group_frames(chunks, self._layouts)
                 self._take_groups(grouped)
                 self._live.extend(self._take_outcomes(grouped.groups, build_groups(grouped.groups, self._topic_base)))
-        for queue in (self._live, self._again, self._backlog):
+        # While the broker refuses, the refused packs go first: live packs sent ahead of them would be
+        # refused too and join them, and the resend queue would grow with every pause.
+        queues = (self._again, self._live) if self._refused else (self._live, self._again)
+        for queue in (*queues, self._backlog):
             if queue:
                 return queue
         return None

@@ -439,3 +439,25 @@ async def test_live_chunks_past_live_frames_wait_on_disk_and_each_goes_out_once(
     await forwarder.settle(timeout=1)
     assert store.pending_chunks == 0
     worker.close()
+
+
+async def test_live_data_while_the_broker_refuses_does_not_grow_the_resend_queue(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pause after pause, the refused packs go out first: live packs sent ahead of them would be
+    refused as well, and what waits to be resent would grow with every pause."""
+    monkeypatch.setattr(forwarder_module, "LIVE_FRAMES", 8)
+    store, worker, _uplink, forwarder = connected_forwarder(tmp_path, 0, window=2)
+    await settle(forwarder)  # the backlog is known (empty): what is committed from now on is live
+    held = []
+    for n in range(40):
+        for layout in (1, 2):  # two nodes: two live packs a round
+            chunk_id, _evicted = store.commit([frame(n, layout=layout)], 1, {})
+            forwarder.live(Chunk(chunk_id, [frame(n, layout=layout)], 1))
+        monkeypatch.setattr(forwarder, "_paused_until", 0.0)  # the pause is over
+        await settle(forwarder, 2)
+        for mid in list(forwarder._inflight):
+            forwarder.puback(mid, False, "Quota exceeded")
+        held.append(len(forwarder._again) + len(forwarder._live))
+    assert max(held) <= 2 + 2, "a window refused and one live build waiting, however many pauses"
+    worker.close()
