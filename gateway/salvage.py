@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 FRESH = ".salvage"  # suffix of the fresh database while it is being filled
 BATCH = 500  # rows a transaction in the fresh database
+# What reading a damaged file may raise: SQLite's errors, and a UnicodeDecodeError when SQLite's own
+# message quotes a damaged schema text that is not UTF-8.
+READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 
 
 @dataclass
@@ -95,7 +98,7 @@ def finish_interrupted(path: Path) -> None:
 
 def _highest(db: sqlite3.Connection, table: str) -> int:
     for query in ("SELECT MAX(rowid) FROM %s" % table, "SELECT seq FROM sqlite_sequence WHERE name = '%s'" % table):
-        with contextlib.suppress(sqlite3.DatabaseError):
+        with contextlib.suppress(*READ_ERRORS):
             row = db.execute(query).fetchone()
             if row and isinstance(row[0], int):
                 return row[0]
@@ -112,13 +115,13 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, report: Report) -> I
                 last = row[0]
                 yield row
             return
-        except sqlite3.DatabaseError:
+        except READ_ERRORS:
             report.unreadable += 1  # one place of damage, however many rows it held
         while last < highest:  # past the damage, one rowid at a time, until one reads again
             last += 1
             try:
                 row = db.execute("SELECT rowid, %s FROM %s WHERE rowid = ?" % (columns, table), (last,)).fetchone()
-            except sqlite3.DatabaseError:
+            except READ_ERRORS:
                 continue
             if row is not None:
                 yield row
@@ -170,7 +173,11 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
 
     def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
         rows = _rows(source, "chunks", "id, received, frames, readings, CAST(body AS BLOB)", report)
+        seen: set[int] = set()  # a damaged tree can lead to the same leaf twice
         for _rowid, chunk_id, received, frames, readings, body in rows:
+            if chunk_id in seen:
+                continue
+            seen.add(chunk_id)
             try:
                 if not isinstance(readings, int) or not isinstance(frames, int) or not isinstance(received, float | int):
                     raise ValueError("a damaged row")
@@ -191,7 +198,7 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)", counted("layouts"))
     batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)", counted("nodes"))
     batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
-    batches(chunks(), "INSERT INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
+    batches(chunks(), "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
 
 
 def _is_node(value: object) -> bool:
@@ -326,14 +333,14 @@ def salvage(
     report = Report()
     try:
         source = sqlite3.connect(path, isolation_level=None)
-    except sqlite3.DatabaseError:
+    except READ_ERRORS:
         source = None
     try:
         fresh = connect(fresh_path)
         try:
             tables = 0
             if source is not None:
-                with contextlib.suppress(sqlite3.DatabaseError):  # a file that is not a database at all: nothing to read
+                with contextlib.suppress(*READ_ERRORS):  # a file that is not a database at all: nothing to read
                     tables = source.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunks'").fetchone()[0]
             if tables and source is not None:
                 _copy(source, fresh, report, decode)

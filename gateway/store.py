@@ -244,7 +244,7 @@ class Store:
         self._upgrade(db, path)
         if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('chunks', 'layouts', 'nodes', 'totals')").fetchone()[0] < 4:
             db.executescript(_SCHEMA)
-        if "last" not in [row[1] for row in db.execute("PRAGMA table_info(nodes)")]:  # a buffer of schema version 2
+        if not db.execute("SELECT COUNT(*) FROM pragma_table_info('nodes') WHERE name = 'last'").fetchone()[0]:  # schema version 2
             db.execute("ALTER TABLE nodes ADD COLUMN last REAL NOT NULL DEFAULT 0")
             db.execute("UPDATE nodes SET last = ?", (time.time(),))  # not known: taken as seen now, so kept for IDLE_S
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # a write: only when it changes
@@ -279,6 +279,8 @@ class Store:
             db = self._connect(self.path)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             if verdict == "ok":
+                verdict = _schema_verdict(db)  # damage SQLite parses: a column renamed by a flipped bit
+            if verdict == "ok":
                 return db
             db.close()
             reason = verdict
@@ -287,6 +289,8 @@ class Store:
             if getattr(error, "sqlite_errorcode", None) not in _CORRUPT_CODES:
                 raise StoreError(self._problem("open", error, disk.OPEN_NEEDS)) from None
             reason = str(error)
+        except UnicodeDecodeError as error:  # SQLite's message quotes a damaged schema that is not UTF-8
+            reason = "malformed database schema (%s)" % error
         try:
             self.moved_aside, self.salvaged = salvage.salvage(self.path, reason, self._connect, decode_body)
         except (sqlite3.Error, OSError) as error:
@@ -825,6 +829,24 @@ class Store:
     @property
     def pending_readings(self) -> int:
         return int(self._readings)
+
+
+_COLUMNS = {
+    "chunks": ("id", "received", "frames", "readings", "body"),
+    "layouts": ("id", "node", "channels"),
+    "nodes": ("node", "highest", "seen", "info", "last"),
+    "totals": ("name", "value"),
+}
+
+
+def _schema_verdict(db: sqlite3.Connection) -> str:
+    """ "ok" when every table has the columns this version reads and writes, else which one does not."""
+    for table, columns in _COLUMNS.items():
+        marks = ",".join("?" * len(columns))
+        found = db.execute("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name IN (%s)" % marks, (table, *columns)).fetchone()[0]
+        if found != len(columns):
+            return "the schema of table %s is damaged: it lacks some of its columns" % table
+    return "ok"
 
 
 def _shown(raw: object) -> str:

@@ -501,3 +501,47 @@ def test_set_aside_damaged_files_are_reported_at_start(tmp_path: pathlib.Path, c
         Store(tmp_path, 10**9).close()
     assert "1 damaged buffer file(s) set aside by earlier salvages take 4800 bytes of the disk of %s" % tmp_path in caplog.text
     assert "delete them once they are no longer needed" in caplog.text
+
+
+def test_a_rowid_damaged_into_its_neighbour_s_costs_nothing(tmp_path: pathlib.Path) -> None:
+    """A bit flip makes one chunk's rowid that of the chunk before it: the damaged tree yields the id
+    twice, which must not stop the salvage (found by flipping bits at random)."""
+    readings = buffered(tmp_path, chunks=100)  # ids below 128: one-byte varints
+    path = tmp_path / DB_NAME
+    leaf = page_of(path, "chunks", "leaf", 0)
+    with open(path, "r+b") as file:
+        file.seek((leaf - 1) * 4096)
+        page = bytearray(file.read(4096))
+        cells = [int.from_bytes(page[8 + 2 * index : 10 + 2 * index], "big") for index in range(2)]
+        rowids = []
+        for cell in cells:
+            while page[cell] & 0x80:  # past the payload length
+                cell += 1
+            rowids.append(cell + 1)
+        page[rowids[1]] = page[rowids[0]]
+        file.seek((leaf - 1) * 4096)
+        file.write(page)
+    store = Store(tmp_path, 10**9)
+    kept = numbers(store)
+    assert store.salvaged is not None and len(kept) == len(set(kept)) >= readings - 4
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "text, offset, why",
+    [
+        (b"CREATE TABLE nodes", 6, "between keywords: SQLite's message quotes the schema, which Python cannot decode"),
+        (b"node TEXT PRIMARY KEY", 1, "a column name: SQLite reads the schema, the columns are not there"),
+    ],
+)
+def test_a_schema_text_damaged_by_a_flipped_bit_is_salvaged(tmp_path: pathlib.Path, text: bytes, offset: int, why: str) -> None:
+    """A byte of the schema's SQL text that is no longer UTF-8 (found by flipping bits at random) is damage to salvage, not a traceback."""
+    readings = buffered(tmp_path, chunks=100)
+    path = tmp_path / DB_NAME
+    data = bytearray(path.read_bytes())
+    data[data.index(text) + offset] = 0xA0
+    path.write_bytes(data)
+    store = Store(tmp_path, 10**9)
+    assert store.salvaged is not None and numbers(store) == list(range(readings)), why
+    assert store.load_windows() == {NODE: WindowState(readings - 1, 0xF)}
+    store.close()
