@@ -6,8 +6,8 @@ What the log promises (README, "Running the gateway", Log):
   (the layout is FORMATS, the one place to change it). Control characters anywhere in it (CR, LF,
   ESC, tab, the other C0 and C1 codes, DEL, U+2028/U+2029) are written as escapes (`\\n`, `\\x1b`),
   so nothing a node sends can start a line of its own or drive a terminal. A traceback stays on
-  its record's line, its line breaks written as `\\n`; `sed 's/\\\\n/\\n/g'` shows it as Python printed
-  it. One record, one line also makes the log safe for journald, which splits stdout at newlines.
+  its record's line, its line breaks written as `\\n` (and a backslash as `\\\\`, so no text can
+  pass for one of these escapes). One record, one line also makes the log safe for journald, which splits stdout at newlines.
 - A line holds at most MAX_LINE characters: longer ones keep their start and end (where a
   traceback names the exception) around a note of how much was cut.
 - A message is known by its logger, level and template (the `%s` string, not its arguments): at
@@ -16,6 +16,9 @@ What the log promises (README, "Running the gateway", Log):
   Asyncio's exception handler, uncaught exceptions of threads and `warnings` go through the same limit.
 - At most MAX_KEYS kinds are tracked at once (a kind leaves when its window ends); when the tracker
   is full, further kinds share one limit, so neither memory nor output grows with what a node invents.
+- Kinds that sources outside the gateway multiply (a LOG line per node: `extra={"rate_group": ...}`)
+  are a group of at most GROUP_KEYS kinds, whose further kinds share one limit of their own: a
+  thousand chatty nodes cannot fill the tracker and push the gateway's own warnings into the overflow.
 - Events that come in numbers (1,000 nodes saying HELLO when the power returns) are a Digest:
   the first few are written one by one, the rest counted into one summary line per interval.
 """
@@ -38,6 +41,7 @@ from typing import Any, TextIO
 BURST = 10  # records of one kind written per window
 WINDOW_S = 60.0
 MAX_KEYS = 512  # kinds of message tracked at once; the code has about a hundred templates
+GROUP_KEYS = 16  # kinds of a rate_group tracked at once (BURST lines a minute each, then one shared limit)
 MAX_LINE = 8192  # characters; a traceback 60 frames deep still fits
 FLUSH_EVERY_S = 5.0  # how often a quiet log writes the counts of windows that ended
 DIGEST_FIRST = 3  # events of a digest written one by one before they are counted
@@ -99,10 +103,11 @@ class OneLineFormatter(logging.Formatter):
 
 
 class _Window:
-    __slots__ = ("held", "last", "start", "written")
+    __slots__ = ("group", "held", "last", "start", "written")
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, group: str | None = None) -> None:
         self.start = start
+        self.group = group
         self.written = 0
         self.held = 0
         self.last: logging.LogRecord | None = None
@@ -111,10 +116,12 @@ class _Window:
 class RateLimiter:
     """Which records to write: BURST of a kind per window, then a count. Not thread-safe: its handler locks."""
 
-    def __init__(self, burst: int = BURST, window_s: float = WINDOW_S, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, burst: int = BURST, window_s: float = WINDOW_S, max_keys: int = MAX_KEYS, group_keys: int = GROUP_KEYS) -> None:
         self.burst = burst
         self.window_s = window_s
         self.max_keys = max_keys
+        self.group_keys = group_keys
+        self._in_group: Counter[str] = Counter()  # windows per rate_group, its shared one included
         # Windows in the order they started, which is the order they end: expiring looks at the front only.
         self._windows: OrderedDict[tuple[Any, ...], _Window] = OrderedDict()
 
@@ -127,11 +134,17 @@ class RateLimiter:
         key = record_key(record)
         window = self._windows.get(key)
         if window is None:
-            if len(self._windows) >= self.max_keys:
+            group = getattr(record, "rate_group", None)
+            if group is not None:
+                if self._in_group[group] >= self.group_keys:
+                    key = ("", 0, group)  # the group's further kinds share one limit
+            elif len(self._windows) - sum(self._in_group.values()) >= self.max_keys:
                 key = _OVERFLOW
-                window = self._windows.get(key)
+            window = self._windows.get(key)
             if window is None:
-                window = self._windows[key] = _Window(now)
+                window = self._windows[key] = _Window(now, group)
+                if group is not None:
+                    self._in_group[group] += 1
         if window.written < self.burst:
             window.written += 1
             out.append(record)
@@ -148,8 +161,11 @@ class RateLimiter:
             if not everything and now - window.start < self.window_s:
                 break
             del self._windows[key]
+            if window.group is not None:
+                self._in_group[window.group] -= 1
             if window.last is not None:
-                out.append(_held_back(window, now, key is _OVERFLOW))
+                shared = key is _OVERFLOW or key == ("", 0, window.group)
+                out.append(_held_back(window, now, shared))
         return out
 
 

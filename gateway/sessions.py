@@ -319,7 +319,7 @@ class Sessions:
         elif message.type == messages.LOG:
             level = logging.ERROR if fields["severity"] <= 3 else logging.WARNING if fields["severity"] == 4 else logging.INFO
             # Limited per node (gateway/logs.py bounds the number of kinds): a chatty node spends its own allowance only.
-            log.log(level, "node %s says: %s", node.hex, fields["text"], extra={"rate_key": ("node says", node.hex)})
+            log.log(level, "node %s says: %s", node.hex, fields["text"], extra={"rate_key": node.hex, "rate_group": "node LOG"})
         elif message.type == messages.REJECT:
             log.warning(
                 "node %s rejected our frame %s: %s %s",

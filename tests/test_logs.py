@@ -147,6 +147,19 @@ def test_ten_thousand_kinds_of_message_do_not_grow_the_tracker_or_the_output(
     )
 
 
+def test_a_thousand_chatty_nodes_cannot_push_the_gateways_own_warnings_out(logger: logging.Logger, out: io.StringIO) -> None:
+    """Node text is a rate group: its kinds cannot fill the tracker, and its lines stay bounded however many nodes talk."""
+    for round_ in range(3):
+        for node in range(1000):
+            logger.error("node %s says: %s", "%016x" % node, "flood %d" % round_, extra={"rate_key": node, "rate_group": "node LOG"})
+    logger.warning("buffer full (max_bytes reached): not acknowledging new readings")
+    written = out.getvalue().splitlines()
+    assert written[-1].endswith("buffer full (max_bytes reached): not acknowledging new readings"), written[-3:]
+    node_lines = [line for line in written if " says: flood" in line]
+    assert len(node_lines) == logs.GROUP_KEYS * 3 + logs.BURST, len(node_lines)  # 16 nodes each round, then one shared burst
+    assert len(handler_of(logger).limiter) == logs.GROUP_KEYS + 2  # the group's kinds, its shared one, the warning
+
+
 def test_stopping_writes_every_count_still_held(logger: logging.Logger, out: io.StringIO) -> None:
     for _ in range(logs.BURST + 5):
         logger.info("committing")
