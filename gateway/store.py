@@ -185,6 +185,7 @@ class Store:
         self._reserve_again_at = 0.0  # monotonic time before which a full disk is not tried again
         self._reserve_retry_s = RESERVE_RETRY_S
         self._evicted_layouts: set[int] = set()
+        self._least_last: float | None = None  # the least nodes.last when last looked (see _evict_idle)
         self._set_aside_files()
         try:
             self._db = self._open()
@@ -197,6 +198,7 @@ class Store:
             log.error("cannot count the buffered chunks of %s (%s); the counts start from 0", self.path, error)
             self._rows, self._readings = 0, 0
         self._live = self._live_pages()
+        self._seen_at = self._high_water()
         self._wal_room()
         try:
             if not self._reserve.make():
@@ -218,6 +220,16 @@ class Store:
                 self.data_dir,
                 ", ".join(path.name for path in aside),
             )
+
+    def _high_water(self) -> float:
+        """The latest time any node row or the newest chunk carries: commits never stamp a node row below it."""
+        try:
+            (last,) = self._db.execute("SELECT MAX(last) FROM nodes").fetchone()
+            newest = self._db.execute("SELECT received FROM chunks ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.DatabaseError:
+            return 0.0
+        stamps = [float(value) for value in (last, newest[0] if newest else None) if isinstance(value, int | float)]
+        return max(stamps, default=0.0)
 
     def _files(self) -> list[Path]:
         return [Path(str(self.path) + suffix) for suffix in ("", "-wal", "-shm")] + [self._reserve.path]
@@ -520,9 +532,10 @@ class Store:
             body = encode_body(frames)
         limit = self.budget().data_pages
         self._ready_for_new()
-        # The node rows' `last` is never below the `received` of a chunk holding their frames: what
-        # _evict_idle relies on to tell which nodes own no chunk, whatever the clock did meanwhile.
-        seen_at = max(time.time(), frames[0].received)
+        # The node rows' `last` is never below the `received` of a chunk holding their frames, nor of any
+        # chunk committed before (a high-water mark, whatever the clock did): what _evict_idle relies on
+        # to tell which nodes own no chunk.
+        seen_at = self._seen_at = max(time.time(), frames[0].received, self._seen_at)
         idle_layouts: list[int] = []
         try:
             db.execute("PRAGMA synchronous=FULL")  # whatever a delete left it at: this one is acknowledged to nodes
@@ -603,20 +616,26 @@ class Store:
         The rule: a node's window is what keeps its frames from being taken twice, and its layouts are
         what its stored frames mean, so they go only when nothing needs them. A node owns no chunk when
         no frame of it was ever stored (highest = -1: only its HELLO was), or when its `last` is older
-        than the oldest chunk's `received` (commit keeps `last` at least the `received` of every chunk
-        holding its frames); only then do its layouts go too. Forgetting a window means that, after a
+        than the `received` of the oldest chunk (commit keeps `last` at least the `received` of every
+        chunk committed before, so the first chunk by id stands for all of them, found by the primary
+        key instead of a scan); only then do its layouts go too. Forgetting a window means that, after a
         restart, frames the node sent before could be taken as new: accepted for a node long unseen
         only. Nodes in `keep` (those written in this transaction) stay.
         """
         db = self._db
         cutoff = time.time() - IDLE_S
-        oldest = db.execute("SELECT MIN(received) FROM chunks WHERE typeof(received) IN ('real', 'integer')").fetchone()[0]
+        if self._least_last is not None and self._least_last >= cutoff:
+            return []  # no node row is old enough yet: no scan (a full buffer with drop_oldest asks at every commit)
+        first = db.execute("SELECT received FROM chunks ORDER BY id LIMIT 1").fetchone()
+        oldest = first[0] if first is not None and type(first[0]) in (int, float) else None
         owns_none = cutoff if oldest is None else min(cutoff, oldest)
         kept = {node.encode() for node in keep}
         rows = db.execute(
             "SELECT rowid, CAST(node AS BLOB) FROM nodes WHERE last < ? AND (highest = -1 OR last < ?) ORDER BY last", (cutoff, owns_none)
         ).fetchall()
         candidates = [rowid for rowid, node in rows if node not in kept]
+        if not rows:  # rows only ever get a newer `last`: none can be idle before the least one now is
+            self._least_last = db.execute("SELECT MIN(last) FROM nodes").fetchone()[0]
         layouts: list[int] = []
         evicted = 0
         for start in range(0, len(candidates), EVICT_SLICE):
