@@ -66,24 +66,35 @@ def cable(tmp_path: pathlib.Path) -> Iterator[PtyCable]:
     made.close()
 
 
+Started = Mosquitto | GatewayProcess | MqttCapture
+
+
 @pytest.fixture
-def started() -> Iterator[list[Mosquitto | GatewayProcess]]:
+def started() -> Iterator[list[Started]]:
     """Everything a test starts is stopped, whatever the test did."""
-    processes: list[Mosquitto | GatewayProcess] = []
+    processes: list[Started] = []
     yield processes
     for process in reversed(processes):
-        if isinstance(process, GatewayProcess):
-            process.close()
-        else:
+        if isinstance(process, Mosquitto):
             process.stop()
+        else:
+            process.close()
 
 
 def start_with_broker_down(
-    tmp_path: pathlib.Path, cable: PtyCable, when_full: str, started: list[Mosquitto | GatewayProcess], max_bytes: int = BUDGET
-) -> tuple[Mosquitto, GatewayProcess, ScriptedNode]:
+    tmp_path: pathlib.Path,
+    cable: PtyCable,
+    when_full: str,
+    started: list[Started],
+    max_bytes: int = BUDGET,
+) -> tuple[Mosquitto, GatewayProcess, ScriptedNode, MqttCapture]:
+    """The gateway with its broker stopped, and a capture subscribed before that: its persistent session
+    gets everything the gateway publishes once the broker is back, however soon the gateway reconnects."""
     broker = Mosquitto(tmp_path / "broker")
     started.append(broker)
     broker.start()
+    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+    started.append(capture)
     gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(cable.link_path)], max_bytes=max_bytes, when_full=when_full)
     started.append(gateway)
     gateway.start()
@@ -92,7 +103,7 @@ def start_with_broker_down(
     gateway.wait_for_log("disconnected from the broker")
     node = ScriptedNode(cable, NODE)
     node.wait_acked([node.hello()])
-    return broker, gateway, node
+    return broker, gateway, node, capture
 
 
 def fill_until_refused(node: ScriptedNode, value: int) -> int:
@@ -124,10 +135,8 @@ def drain_and_send(node: ScriptedNode, value: int, last: int, deadline: float) -
     return value
 
 
-def test_stop_acking_keeps_the_data_on_the_nodes(
-    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
-) -> None:
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started)
+def test_stop_acking_keeps_the_data_on_the_nodes(tmp_path: pathlib.Path, cable: PtyCable, started: list[Started]) -> None:
+    broker, gateway, node, capture = start_with_broker_down(tmp_path, cable, "stop_acking", started)
     try:
         node.send(messages.STATUS, {"uptime": 1, "dropped": 100}, flags=0)  # what its ring had dropped before
         value = fill_until_refused(node, 1)
@@ -137,7 +146,6 @@ def test_stop_acking_keeps_the_data_on_the_nodes(
         status_now(node, 8000)  # meanwhile its full ring dropped 7,900 frames
         acked_before_room = set(node.acked)
         broker.start()
-        capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
         deadline = time.monotonic() + 90
         drain_and_send(node, value, 2000, deadline)
         capture.wait_for(lambda msgs: set(range(1, 2001)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
@@ -152,17 +160,14 @@ def test_stop_acking_keeps_the_data_on_the_nodes(
         broker.stop()
 
 
-def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(
-    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
-) -> None:
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "drop_oldest", started)
+def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(tmp_path: pathlib.Path, cable: PtyCable, started: list[Started]) -> None:
+    broker, gateway, node, capture = start_with_broker_down(tmp_path, cable, "drop_oldest", started)
     try:
         send_flow(node, range(1, 2001))
         node.wait_acked(set(range(2, 2002)), timeout=60)  # counters 2..2001: every frame is acknowledged
         gateway.wait_for_log("dropping the oldest buffered readings")
         assert gateway.log().count("buffer full") == 1
         broker.start()
-        capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
         capture.wait_for(lambda msgs: 2000 in counters_received(capture, "0000a4cf12b3c4d5"), timeout=60)
         gateway.wait_for_log("buffer has room again")
         received = set(counters_received(capture, "0000a4cf12b3c4d5"))
@@ -238,17 +243,16 @@ def test_a_refused_tail_is_not_marked_seen() -> None:
 
 
 def test_a_full_disk_stops_acking_then_drains_and_takes_readings_again_by_itself(
-    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess], mount: Callable[..., pathlib.Path]
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Started], mount: Callable[..., pathlib.Path]
 ) -> None:
     """data_dir on a 1 MB tmpfs, max_bytes far larger: the disk is the budget. Broker away, the disk
     fills, broker back: the backlog is published and deleted, and new readings are taken again."""
     mount(1024, tmp_path / "gw" / "data")
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
+    broker, gateway, node, capture = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
     value = fill_until_refused(node, 1)
     gateway.wait_for_log("buffer full (the disk has room for only")
     assert len(node.unacked) >= 200
     broker.start()
-    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
     try:
         value = drain_and_send(node, value, value + 500, time.monotonic() + 120)  # and 500 more after the backlog
         capture.wait_for(lambda msgs: set(range(1, value)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
@@ -262,13 +266,13 @@ def test_a_full_disk_stops_acking_then_drains_and_takes_readings_again_by_itself
 
 
 def test_a_disk_filled_by_another_program_stop_and_restart_while_full(
-    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess], mount: Callable[..., pathlib.Path]
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Started], mount: Callable[..., pathlib.Path]
 ) -> None:
     """Another program fills the disk: new readings are refused and the log says so once; SIGTERM
     exits 0; a restart on the full disk starts and forwards what it holds; once the other program's
     file is gone, readings are taken again."""
     data = mount(2048, tmp_path / "gw" / "data")
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
+    broker, gateway, node, capture = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
     node.wait_acked(send_flow(node, range(1, 301)), timeout=60)
     filler = fill_up(data)
     value = fill_until_refused(node, 301)
@@ -281,7 +285,6 @@ def test_a_disk_filled_by_another_program_stop_and_restart_while_full(
     gateway.start()  # the disk is still full
     gateway.wait_for_log("running as", after=len(stopped))
     broker.start()
-    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
     try:
         capture.wait_for(lambda msgs: set(range(1, 301)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=60)
         filler.unlink()
@@ -295,13 +298,13 @@ def test_a_disk_filled_by_another_program_stop_and_restart_while_full(
 
 
 def test_a_flipped_bit_that_turns_a_blob_into_text_does_not_stop_the_gateway(
-    tmp_path: pathlib.Path, cable: PtyCable, started: list[Mosquitto | GatewayProcess]
+    tmp_path: pathlib.Path, cable: PtyCable, started: list[Started]
 ) -> None:
     """A row-header bit flip turns a chunk body and a node's window from BLOB into TEXT that is not
     UTF-8 (PRAGMA quick_check still says ok): the gateway starts, publishes every reading, and takes new ones."""
     import sqlite3
 
-    broker, gateway, node = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
+    broker, gateway, node, capture = start_with_broker_down(tmp_path, cable, "stop_acking", started, max_bytes=10**9)
     node.wait_acked([node.readings([0, 2000, 0, 1, value, 0]) for value in range(1, 21)])
     assert gateway.stop() == 0
     db = sqlite3.connect(gateway.data_dir / "buffer.sqlite3")
@@ -311,7 +314,6 @@ def test_a_flipped_bit_that_turns_a_blob_into_text_does_not_stop_the_gateway(
     assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     db.close()
     broker.start()
-    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
     try:
         mark = len(gateway.log())
         gateway.start()
