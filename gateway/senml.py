@@ -9,7 +9,9 @@ without a unit come first: a base unit, once set, applies to every later
 record. The first frame's time is the base time; a later frame's readings
 carry their offset from it.
 
-Values: raw x 10^scale. Integers stay integers. A decimal (negative scale) is
+Values: raw x 10^scale. Integers stay integers, but for those beyond CBOR's
+64-bit integers (23 at scale 30), written as a double: a bignum tag is not one
+of the value types RFC 8428 §6 allows. A decimal (negative scale) is
 written as a single-precision float when that float, rounded to the
 channel's decimal places, gives the reading back exactly, else as a double:
 15.23 travels as 15.229999542236328 in 5 bytes instead of 15.23 in 9, the
@@ -95,6 +97,7 @@ def _names(base: str, name: str, unit: str) -> tuple[bytes, bytes]:
 # Below this many steps of the channel's resolution, a single float (24-bit significand, a
 # normal number down to 1e-38) is within a quarter step of the reading: it always rounds back.
 _SINGLE_SAFE = 2**22
+_INT_LIMIT = 2**64  # CBOR integers are -2^64 ... 2^64 - 1; cbor2 writes one beyond as a bignum (tag 2 or 3)
 
 
 def _values(channel: Channel, raws: list[Number]) -> list[bytes]:
@@ -103,7 +106,7 @@ def _values(channel: Channel, raws: list[Number]) -> list[bytes]:
         return [_number(raw) for raw in raws]
     if scale > 0:
         factor = 10**scale
-        return [_number(raw * factor) for raw in raws]
+        return [_number(value if -_INT_LIMIT <= value < _INT_LIMIT else float(value)) for value in [raw * factor for raw in raws]]
     divisor = 10**-scale
     exact = [raw / divisor for raw in raws]
     try:

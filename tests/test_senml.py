@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway import senml
 from hil.capture import decode_senml
+from protocols import cbor
 
 CHANNELS = [
     senml.Channel("temperature", "Cel", -2),
@@ -105,3 +106,15 @@ def test_beyond_the_bound_the_check_is_made_per_value() -> None:
     raws = [2**22, -(2**22), 2**29 + 1, 5]
     records = cbor2.loads(senml.pack("be00000000000001", [senml.Channel("x", "", -2)], [([0, r, 0] * 1, 0) for r in raws]))
     assert [round(record[2] * 100) for record in records] == raws
+
+
+def test_an_integer_beyond_64_bits_once_scaled_is_a_double_not_a_bignum() -> None:
+    """RFC 8428 §6 values are integers, floats and decimal fractions: no bignum tag (protocols.cbor refuses tags)."""
+    channels = [senml.Channel("x", "", 30), senml.Channel("y", "", 1)]
+    samples = [0, 23, 0, 0, 2**64 - 1, 1, 0, -(2**63), 2, 1, 2**64 - 1, 0, 1, -(2**63), 1, 1, 5, 2]
+    payload = senml.pack("be00000000000001", channels, [(samples, 0)])
+    cbor.loads(payload)  # raises ProtocolError on a tag
+    values = [record[2] for record in cbor2.loads(payload)]
+    expected = [23 * 10**30, (2**64 - 1) * 10**30, -(2**63) * 10**30, (2**64 - 1) * 10, -(2**63) * 10, 50]
+    assert [type(value) for value in values] == [float] * 5 + [int]
+    assert values == [float(value) for value in expected[:5]] + [50]
