@@ -10,7 +10,9 @@ them. They wait here as what is due, not as bytes:
   TIME never waits behind an older one (the older one is the newer one);
 - any other frame (REJECT, CONFIG, ...): a bounded FIFO.
 
-Entries leave in the order they first came due. `take` builds frames (and spends
+ACKs and TIMEs leave in the order they first came due, and before any other
+frame: a node's retry timer runs while its ACK waits, so REJECTs earned by a
+node flooding bad frames must not hold up its neighbours' ACKs. `take` builds frames (and spends
 downlink counters) only when the transport has room for them, so however long a
 port's reader stalls, what it holds is bounded by the limits below. What does not
 fit is dropped and counted in `dropped`: a node resends what was not acknowledged,
@@ -55,20 +57,20 @@ class Downlink:
         self._max_nodes = max_nodes
         self._max_counters = max_counters
         self._max_frames = max_frames
-        # (kind, node id or sequence number) -> what is due, in the order it first came due.
-        # ACK: {counter: None} (an ordered set); TIME: None; FRAME: (node id, type, payload, flags).
+        # (kind, node id) -> what is due, in the order it first came due. ACK: {counter: None} (an ordered set); TIME: None.
         self._due: dict[tuple[int, Any], Any] = {}
+        self._frames: dict[tuple[int, Any], Any] = {}  # (FRAME, sequence number) -> (node id, type, payload, flags)
         self._sizes = [0, 0, 0]  # entries per kind
         self._counters = 0
         self._sequence = 0
         self.dropped: Counter[str] = Counter()  # message name -> frames (ACK: counters) that did not fit
 
     def __bool__(self) -> bool:
-        return bool(self._due)
+        return bool(self._due or self._frames)
 
     def __len__(self) -> int:
         """Entries due: one per node with an ACK due, one per node with a TIME due, one per other frame."""
-        return len(self._due)
+        return len(self._due) + len(self._frames)
 
     @property
     def counters(self) -> int:
@@ -121,15 +123,15 @@ class Downlink:
             self.dropped[messages.NAMES.get(mtype, str(mtype))] += 1
             return False
         self._sequence += 1
-        self._due[(_FRAME, self._sequence)] = (node_id, mtype, payload, flags)
+        self._frames[(_FRAME, self._sequence)] = (node_id, mtype, payload, flags)
         self._sizes[_FRAME] += 1
         return True
 
     def take(self, room: int) -> bytes:
         """Wire bytes of the frames due first, about `room` of them (at most one frame more); b"" when nothing is due."""
         out = bytearray()
-        due = self._due
-        while due and len(out) < room:
+        while (self._due or self._frames) and len(out) < room:
+            due = self._due or self._frames  # ACKs and TIMEs first
             key = next(iter(due))
             kind = key[0]
             if kind == _ACK:
@@ -155,7 +157,7 @@ class Downlink:
         return bytes(out)
 
     def _remove(self, key: tuple[int, Any]) -> None:
-        del self._due[key]
+        del (self._frames if key[0] == _FRAME else self._due)[key]
         self._sizes[key[0]] -= 1
 
     def _wire(self, node_id: bytes, mtype: int, payload: bytes, flags: int) -> bytes:

@@ -111,6 +111,18 @@ def test_other_frames_keep_their_order_among_what_is_due() -> None:
     assert sent[2].flags & fr.F_ACK_REQ and sent[2].fields["values"] == {"interval": 10}
 
 
+def test_acks_and_times_go_out_before_other_frames() -> None:
+    """A node flooding bad frames earns REJECTs; its neighbour's ACK must not wait behind them while its retry timer runs."""
+    queue = Downlink(Counters())
+    for counter in range(200):
+        queue.frame(A, messages.REJECT, {"reason": 5, "detail": "LOG severity out of range", "counter": counter})
+    queue.ack(B, [1])
+    queue.time(B)
+    sent = drain(queue, room=64)
+    assert [(m.type, m.node_id) for m in sent[:2]] == [(messages.ACK, B), (messages.TIME, B)]
+    assert [m.fields["counter"] for m in sent[2:]] == list(range(200)), "the REJECTs follow, in order"
+
+
 def test_a_frame_that_cannot_be_built_raises_at_once_and_queues_nothing() -> None:
     queue = Downlink(Counters())
     with pytest.raises(ProtocolError):
