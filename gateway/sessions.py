@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 STALE_LOG_INTERVAL_S = 10.0
 STATUS_REPUBLISH_S = 60.0  # a node's retained status is refreshed at most this often by readings alone
 UNKNOWN_REJECT_INTERVAL_S = 1.0  # a node id with no session is sent at most one REJECT this often (SPEC.md §6.2)
+REJECT_INTERVAL_S = 1.0  # a node with a session is sent at most one REJECT this often for one reason (SPEC.md §5.12)
 UNKNOWN_REMEMBERED = 1024  # node ids with no session whose last REJECT time is kept, the least recent forgotten first
 REJECT_DETAIL_MAX = 80  # characters of a REJECT's detail: the frame stays far below the payload limit
 _INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval")
@@ -53,7 +54,8 @@ _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "s
 class Node:
     node_id: bytes
     window: CounterWindow
-    layout: Layout | None = None  # None until the node said HELLO
+    layout: Layout | None = None  # None until the node said HELLO, and again once a HELLO of it is refused
+    hello_counter: int = -1  # the counter of the HELLO that set the layout: only a newer one changes it
     info: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     link: Link | None = None
@@ -62,6 +64,7 @@ class Node:
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters in the commit queue -> links to ACK
     stale: int = 0
     stale_logged_at: float = -1e9
+    rejected_at: dict[int, float] = field(default_factory=dict)  # reason -> when last sent a REJECT (one key per reason code)
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -71,6 +74,15 @@ class Node:
 def _detail(text: str) -> str:
     """A REJECT detail: printable ASCII (escaped as the log escapes), cut to REJECT_DETAIL_MAX characters."""
     return escape(text).encode("ascii", "backslashreplace").decode("ascii")[:REJECT_DETAIL_MAX]
+
+
+def _may_answer(node: Node, code: int) -> bool:
+    """Whether a REJECT for this reason may go to the node now: at most one per REJECT_INTERVAL_S."""
+    now = time.monotonic()
+    if now - node.rejected_at.get(code, -1e9) < REJECT_INTERVAL_S:
+        return False
+    node.rejected_at[code] = now
+    return True
 
 
 def _finite_when_scaled(samples: list[Any], layout: Layout) -> bool:
@@ -122,6 +134,7 @@ class Sessions:
             if "channels" in info:
                 channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in info["channels"]]
                 node.layout = self._layouts.announce(node.hex, channels)
+                node.hello_counter = node.window.highest  # its HELLO's counter is not kept; a HELLO above it is newer
                 node.info = info
 
     def _node(self, node_id: bytes) -> Node:
@@ -200,6 +213,20 @@ class Sessions:
             return  # line damage set the AUTH bit (read before any integrity check): the node sends the frame again
         else:
             self._reject(link, error.node_id, error, error.code, error.detail)
+            node = self._by_id.get(error.node_id)
+            if error.mtype == messages.HELLO and node is not None and node.layout is not None:
+                self._forget_layout(node, error.counter)
+
+    def _forget_layout(self, node: Node, counter: int) -> None:
+        """A known node's HELLO was refused (SPEC.md §5.3): the node drops it and goes on with the channels it meant.
+
+        Its READINGS no longer match the layout kept, so they get REJECT unknown_node until a newer HELLO is accepted.
+        """
+        log.warning("node %s: HELLO refused; its channels are forgotten until it says a HELLO the gateway accepts", node.hex)
+        node.layout = None
+        node.hello_counter = max(node.hello_counter, counter)
+        node.info.pop("channels", None)
+        self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
 
     def _may_send_auth(self, node_id: bytes) -> bool:
         """Whether a node may send AUTH frames: it announced the capability, or it has not said HELLO yet."""
@@ -244,21 +271,26 @@ class Sessions:
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
         elif verdict == win.NEW:
             node.window.accept(message.counter)
+        if verdict == win.DUPLICATE or (verdict == win.NEW and message.counter <= node.hello_counter):
+            # Stored once (SPEC.md §4.3): a resent HELLO, or a late one the node has since replaced, leaves the layout as it is.
+            self._ack(link, node, [message.counter])
+            self.send_time(link, node)
+            return
+        node.hello_counter = message.counter
         fields = message.fields
         channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
         node.layout = self._layouts.announce(node.hex, channels)
         node.info = {key: json_value(fields[key]) for key in _INFO_FIELDS if key in fields}
         node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]
-        if verdict != win.DUPLICATE:
-            self._hellos.note(
-                {"": "known" if known else "new", "firmware": str(fields["fw_version"]), "port": link.path},
-                "node %s: HELLO on %s, firmware %s on %s, channels %s",
-                node.hex,
-                link.path,
-                fields["fw_version"],
-                fields["hw_model"],
-                ", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none",
-            )
+        self._hellos.note(
+            {"": "known" if known else "new", "firmware": str(fields["fw_version"]), "port": link.path},
+            "node %s: HELLO on %s, firmware %s on %s, channels %s",
+            node.hex,
+            link.path,
+            fields["fw_version"],
+            fields["hw_model"],
+            ", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none",
+        )
         self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
         self._ack(link, node, [message.counter])
         self.send_time(link, node)
@@ -348,10 +380,14 @@ class Sessions:
     def _reject(self, link: Link, node_id: bytes, refused: Message | ProtocolError, code: int, detail: str) -> None:
         """The one place a REJECT is made (SPEC.md §5.12).
 
-        An id with no session is answered at most once a second, and only the last
-        UNKNOWN_REMEMBERED such ids are remembered for that: bounded, whatever ids a node invents.
+        A node is answered at most once a second for one reason, so a node flooding bad
+        frames cannot fill its port's line; an id with no session at most once a second at all,
+        and only the last UNKNOWN_REMEMBERED such ids are remembered for that: bounded, whatever
+        ids a node invents. A REJECT withheld is counted in the port's `rejects_withheld`.
         """
-        if node_id not in self._by_id and not self._may_answer_unknown(node_id):
+        node = self._by_id.get(node_id)
+        if not (self._may_answer_unknown(node_id) if node is None else _may_answer(node, code)):
+            link.errors["rejects_withheld"] += 1
             return
         fields: dict[str, Any] = {"reason": code, "detail": _detail(detail), "counter": refused.counter}
         mtype = refused.mtype if isinstance(refused, ProtocolError) else refused.type

@@ -324,8 +324,9 @@ def test_a_value_outside_its_range_is_a_schema_error(bench: Bench, mtype: int, p
     assert (reject["reason"], reject["counter"], reject["type"]) == (perr.E_SCHEMA, 2, mtype)
 
 
-def test_a_sample_that_is_not_a_finite_number_is_a_schema_error(bench: Bench) -> None:
+def test_a_sample_that_is_not_a_finite_number_is_a_schema_error(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
     """NaN, infinity, and a float that scaling by 10^scale would take beyond a double: refused, never stored as SenML cannot carry it."""
+    monkeypatch.setattr("gateway.sessions.REJECT_INTERVAL_S", 0.0)  # one REJECT schema per frame, not per second
     bench.hello(channels=[{"name": "level", "unit": "m", "scale": 30}])
     for counter, value in ((2, float("nan")), (3, float("-inf")), (4, 1e300)):
         (reject,) = rejects(bench.feed(raw_frame(messages.READINGS, counter, {1: [0, value, 0]})))
@@ -347,6 +348,57 @@ def test_a_rejected_frame_does_not_use_up_its_counter(bench: Bench) -> None:
     assert acked(bench.replies()) == [5]
     assert acked(bench.feed(readings)) == [5]  # and now it is a duplicate: acknowledged again, not stored again
     assert len(bench.committer.pending) == 1
+
+
+def test_a_refused_hello_forgets_the_layout_until_a_hello_is_accepted(bench: Bench) -> None:
+    """The node drops a refused HELLO and goes on (SPEC.md §5.12): its READINGS must not be labelled with the old channels."""
+    assert acked(bench.hello(counter=1)) == [1]
+    wind = {0: [1, 0], 1: "test-2", 2: "pty", 3: 0x0B, 4: [{0: "wind/speed", 1: "m/s"}]}
+    replies = bench.feed(raw_frame(messages.HELLO, 2, wind))
+    assert acked(replies) == [] and [r["reason"] for r in rejects(replies)] == [perr.E_SCHEMA]
+    readings = encode(Message(messages.READINGS, NODE, 3, {"samples": [0, 7, 0]}, fr.F_ACK_REQ))
+    replies = bench.feed(readings)
+    assert acked(replies) == [] and [(r["reason"], r["counter"]) for r in rejects(replies)] == [(perr.E_UNKNOWN_NODE, 3)]
+    assert bench.committer.pending == []
+    assert "channels" not in strict_json(bench.saved[NODE.hex()].encode()), "a restarted gateway does not bring them back"
+    assert acked(bench.hello(counter=4, channels=[{"name": "wind_speed", "unit": "m/s"}])) == [4]
+    assert bench.feed(readings) == []
+    (pending,) = bench.committer.pending
+    assert [(c.name, c.unit) for c in pending.layout.channels] == [("wind_speed", "m/s")]
+
+
+def test_a_resent_or_late_hello_does_not_change_the_layout(bench: Bench) -> None:
+    """A duplicate is not stored again (SPEC.md §4.3): only a HELLO newer than the one that set the layout changes it."""
+
+    def layout() -> list[str]:
+        return [channel.name for channel in bench.sessions.nodes[NODE.hex()].layout.channels]  # type: ignore[union-attr]
+
+    assert acked(bench.hello(counter=400, channels=[{"name": "one", "unit": ""}])) == [400]
+    replies = bench.hello(counter=400, channels=[{"name": "two", "unit": ""}])  # the same HELLO resent, other channels
+    assert [(r.type, r.fields.get("counters")) for r in replies] == [(messages.ACK, [400]), (messages.TIME, None)]
+    assert layout() == ["one"]
+    assert acked(bench.hello(counter=410, channels=[{"name": "three", "unit": ""}])) == [410]
+    assert acked(bench.hello(counter=405, channels=[{"name": "two", "unit": ""}])) == [405]  # late, within the window
+    assert layout() == ["three"]
+    assert [c["name"] for c in strict_json(bench.saved[NODE.hex()].encode())["channels"]] == ["three"]
+    assert acked(bench.hello(counter=5, channels=[{"name": "two", "unit": ""}])) == [5]  # STALE: a counter reset, applied
+    assert layout() == ["two"]
+
+
+def test_a_node_flooding_bad_frames_gets_one_reject_a_second_per_reason(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each REJECT costs the shared line ~60 bytes: a node cannot buy one per 27-byte frame (SPEC.md §5.12)."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    bench.hello()
+    bad_log = [bench.feed(raw_frame(messages.LOG, counter, {0: 99, 1: "x"})) for counter in range(2, 202)]
+    assert [len(rejects(r)) for r in bad_log] == [1] + [0] * 199
+    assert bench.link.errors["rejects_withheld"] == 199
+    (other,) = rejects(bench.feed(raw_frame(0x7F, 202, {})))  # another reason: answered
+    assert other["reason"] == perr.E_TYPE
+    clock[0] += 1.0
+    (again,) = rejects(bench.feed(raw_frame(messages.LOG, 203, {0: 99, 1: "x"})))
+    assert (again["reason"], again["counter"]) == (perr.E_SCHEMA, 203)
+    assert bench.committer.pending == []
 
 
 # ------------------------------------------------------------ state for ids a node invents
