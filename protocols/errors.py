@@ -40,8 +40,8 @@ class ProtocolError(ValueError):
 
     `code` is one of the E_* constants; `node_id` and `counter` are filled in
     when the header was readable, so the error can be tied to a sender (and
-    answered with REJECT, SPEC.md §5.12); `mtype` and `flags` too when the
-    header passed its CRC check and only the payload was refused.
+    answered with REJECT, SPEC.md §5.12); `mtype` and `flags` too, so that
+    no REJECT answers an ACK, a REJECT or a frame marked DOWNLINK.
     """
 
     def __init__(

@@ -109,14 +109,15 @@ def unpack(raw: bytes) -> Frame:
         raise ProtocolError(E_TOO_SHORT, "frame of %d bytes, need at least %d" % (length, HEADER_LEN + CRC_LEN))
     version, mtype, flags, node_id, counter = struct.unpack_from(_HEADER, raw, 0)
     if flags & F_AUTH:
-        raise ProtocolError(E_AUTH, "authenticated frame and no key configured", node_id, counter)
+        raise ProtocolError(E_AUTH, "authenticated frame and no key configured", node_id, counter, mtype, flags)
     body_end = length - CRC_LEN
     expected = struct.unpack_from(">I", raw, body_end)[0]
     actual = binascii.crc32(raw[:body_end]) & 0xFFFFFFFF
     if actual != expected:
         raise ProtocolError(E_CRC, "crc %08x, frame says %08x" % (actual, expected))
     if version >> 4 != VERSION_MAJOR:
-        raise ProtocolError(E_VERSION, "major version %d, this side speaks %d" % (version >> 4, VERSION_MAJOR), node_id, counter)
+        detail = "major version %d, this side speaks %d" % (version >> 4, VERSION_MAJOR)
+        raise ProtocolError(E_VERSION, detail, node_id, counter, mtype, flags)  # every major version keeps the header (SPEC.md §7)
     return Frame(mtype, node_id, counter, raw[HEADER_LEN:body_end], flags, version)
 
 

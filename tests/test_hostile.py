@@ -10,6 +10,7 @@ over a pty with a real mosquitto.
 
 from __future__ import annotations
 
+import binascii
 import io
 import itertools
 import json
@@ -573,3 +574,25 @@ def test_a_message_only_the_gateway_sends_is_rejected_when_a_node_sends_it(bench
         replies = bench.feed(wire)
         assert acked(replies) == [] and [r["reason"] for r in rejects(replies)] == [reason]
     assert bench.sessions.nodes[NODE.hex()].window.highest == 1  # refused: their counters are not used up
+
+
+def auth_or_version_frame(mtype: int, counter: int, flags: int, node: bytes, version: int = 0x10) -> bytes:
+    """AUTH set (tag, no CRC) or, without AUTH, another major version with a good CRC: refused before the payload."""
+    head = struct.pack(">BBB8sI", version, mtype, flags, node, counter) + b"\xa0"
+    if flags & fr.F_AUTH:
+        return cobs.encode(head + bytes(8), True)
+    return cobs.encode(head + struct.pack(">I", binascii.crc32(head)), True)
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["no-session", "session"])
+def test_auth_and_version_errors_name_type_and_are_not_answered_for_ack_reject_or_downlink(bench: Bench, known: bool) -> None:
+    """SPEC.md §5.12, §7: a REJECT names the refused frame's type; never one for an ACK, a REJECT or a frame marked DOWNLINK."""
+    if known:
+        bench.hello(counter=1, caps=0x0B | messages.CAP_AUTH)
+    nodes = (bytes([0, 0, 0, 0, 0, 0, 0, index]) for index in range(0xE0, 0xFF)) if not known else itertools.repeat(NODE)
+    for flags, version, reason in ((fr.F_AUTH | fr.F_ACK_REQ, 0x10, perr.E_AUTH), (fr.F_ACK_REQ, 0x20, perr.E_VERSION)):
+        (reject,) = rejects(bench.feed(auth_or_version_frame(messages.STATUS, 5, flags, next(nodes), version)))
+        assert (reject["reason"], reject["counter"], reject["type"]) == (reason, 5, messages.STATUS)
+        for mtype, extra in ((messages.ACK, 0), (messages.REJECT, 0), (messages.STATUS, fr.F_DOWNLINK)):
+            assert bench.feed(auth_or_version_frame(mtype, 6, flags | extra, next(nodes), version)) == []
+    assert bench.link.errors["wrong_direction"] == 2
