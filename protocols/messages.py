@@ -268,10 +268,11 @@ def _check_nested(mtype: int, fields: dict) -> None:
     elif mtype == TIME:
         if fields.get("unix", 0) > MAX_TIME or fields.get("ms", 0) > MAX_MS:
             raise ProtocolError(E_SCHEMA, "TIME beyond unix %d or ms %d" % (MAX_TIME, MAX_MS))
-    elif mtype == CONFIG:
-        for key in fields.get("values", {}):
-            if not isinstance(key, str):
-                raise ProtocolError(E_SCHEMA, "CONFIG.values keys must be text")
+    elif mtype == CONFIG:  # values: text -> any; keys: [text]; errors: text -> text (SPEC.md §5.8)
+        errors = fields.get("errors", {})
+        for text in list(fields.get("values", {})) + fields.get("keys", []) + list(errors) + list(errors.values()):
+            if not isinstance(text, str):
+                raise ProtocolError(E_SCHEMA, "CONFIG: a key in values, keys or errors, or an error, is not text")
 
 
 def decode_payload(mtype: int, payload: bytes) -> dict:

@@ -249,6 +249,9 @@ def error_vectors() -> list[dict]:
         ("error_schema_channel_slash", "channel name with '/'", framed(messages.HELLO, 62, hello_payload(["ok", "a/b"])), "schema"),
         ("error_schema_channel_empty", "empty channel name", framed(messages.HELLO, 63, hello_payload([""])), "schema"),
         ("error_schema_channel_twice", "two channels named alike", framed(messages.HELLO, 64, hello_payload(["t", "t"])), "schema"),
+        ("error_schema_config_keys", "CONFIG get keys [1]: keys are text", framed(messages.CONFIG, 67, "a20000028101", DOWN), "schema"),
+        ("error_schema_config_error_key", "CONFIG report errors {1: 'y'}: keys are text", framed(messages.CONFIG, 68, "a2000203a1016179"), "schema"),
+        ("error_schema_config_error_text", "CONFIG report errors {'k': 1}: reasons are text", framed(messages.CONFIG, 69, "a2000203a1616b01"), "schema"),
     ]
     return [{"name": name, "why": why, "hex": hex_text, "error": reason} for name, why, hex_text, reason in rows]
 
