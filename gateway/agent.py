@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from protocols import ProtocolError
+from protocols.frame import MAX_COUNTER
 
 from . import __version__
 from .committer import CommitResult, Committer
@@ -53,6 +54,7 @@ class Agent:
         self._downlink_next = 0
         self._downlink_limit = 0
         self._reserving = False
+        self._downlink_spent = False
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
 
     def request_stop(self) -> None:
@@ -74,12 +76,18 @@ class Agent:
         return json.dumps(document).encode()
 
     def _next_downlink(self) -> int:
+        """The next downlink counter; past 2^32 - 1 there is none (SPEC.md §4.1) and gateway/downlink.py sends nothing."""
         counter = self._downlink_next
+        if counter > MAX_COUNTER:
+            if not self._downlink_spent:
+                self._downlink_spent = True
+                log.error("downlink counters used up (2^32 frames): no more ACK, TIME or other frames go to the nodes")
+            return counter
         self._downlink_next += 1
         if self._downlink_next >= self._downlink_limit - DOWNLINK_BLOCK // 2 and not self._reserving:
             self._reserving = True
             asyncio.get_running_loop().create_task(self._reserve_downlink())
-        return counter & 0xFFFFFFFF
+        return counter
 
     async def _reserve_downlink(self) -> None:
         try:

@@ -161,4 +161,7 @@ class Downlink:
         self._sizes[key[0]] -= 1
 
     def _wire(self, node_id: bytes, mtype: int, payload: bytes, flags: int) -> bytes:
-        return fr.to_wire(fr.Frame(mtype, node_id, self._next_counter(), payload, fr.F_DOWNLINK | flags))
+        counter = self._next_counter()
+        if counter > fr.MAX_COUNTER:  # the gateway's counters are used up: sending nothing beats wrapping (SPEC.md §4.1)
+            return b""
+        return fr.to_wire(fr.Frame(mtype, node_id, counter, payload, fr.F_DOWNLINK | flags))

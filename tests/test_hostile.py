@@ -596,3 +596,17 @@ def test_auth_and_version_errors_name_type_and_are_not_answered_for_ack_reject_o
         for mtype, extra in ((messages.ACK, 0), (messages.REJECT, 0), (messages.STATUS, fr.F_DOWNLINK)):
             assert bench.feed(auth_or_version_frame(mtype, 6, flags | extra, next(nodes), version)) == []
     assert bench.link.errors["wrong_direction"] == 2
+
+
+def test_downlink_counters_used_up_stop_the_downlink_instead_of_wrapping(
+    bench: Bench, agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPEC.md §4.1: counters never wrap; past 2^32 - 1 the gateway sends nothing more (one error line), never counter 0."""
+    agent._downlink_next = fr.MAX_COUNTER
+    agent._downlink_limit = 2**40  # reserved far ahead: no reservation runs
+    bench.link.downlink._next_counter = agent._next_downlink  # the agent's counters, as PortManager hands them out
+    (ack,) = bench.hello()  # its ACK takes the last counter; the TIME after it has none
+    assert (ack.type, ack.counter) == (messages.ACK, fr.MAX_COUNTER)
+    assert bench.feed(raw_frame(messages.STATUS, 2, {0: 1})) == []
+    (line,) = log_lines(caplog, "gateway.agent")
+    assert "downlink counters used up" in line
