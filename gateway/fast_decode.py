@@ -48,7 +48,9 @@ def readings_fields(payload: bytes) -> dict[str, Any] | None:
     fields: dict[str, Any] = {"samples": samples}
     if _BASE_TIME in mapping:
         base_time = mapping[_BASE_TIME]
-        if type(base_time) is not int or not 0 <= base_time <= messages.MAX_TIME:
+        if type(base_time) is not int or not messages.MIN_TIME <= base_time <= messages.MAX_TIME:
+            return None
+        if offsets and base_time + min(offsets) < messages.MIN_TIME:
             return None
         fields["base_time"] = base_time
     if cbor2.dumps(mapping) != payload:  # last: the dearest check

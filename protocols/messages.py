@@ -76,6 +76,7 @@ MAX_SCALE = const(30)  # |channel scale|: 10^scale stays within what a double ho
 MAX_ACKS = const(32)  # counters per ACK frame
 # Time bounds (SPEC.md §5.1): a time fits a C uint32_t, an offset an int32_t, and NaN or ±inf fail both.
 MAX_TIME = const(0xFFFFFFFF)  # READINGS base_time, TIME unix: seconds since 1970, up to 2106-02-07
+MIN_TIME = const(0x10000000)  # READINGS base_time and base_time + dt: 2^28 s (1978-07-04); SenML reads less as "before now"
 MIN_OFFSET = const(-0x80000000)  # READINGS dt, seconds: about ±68 years
 MAX_OFFSET = const(0x7FFFFFFF)
 MAX_MS = const(999)  # TIME ms
@@ -239,8 +240,9 @@ def _check_nested(mtype: int, fields: dict) -> None:
                     raise ProtocolError(E_SCHEMA, "HELLO channel %d name: not 1+ of A-Z a-z 0-9 - . _, or taken" % index)
                 names.append(name)
     elif mtype == READINGS:
-        if "base_time" in fields and not 0 <= fields["base_time"] <= MAX_TIME:
-            raise ProtocolError(E_SCHEMA, "READINGS.base_time is beyond 0 ... %d" % MAX_TIME)
+        base = fields.get("base_time")
+        if base is not None and not MIN_TIME <= base <= MAX_TIME:
+            raise ProtocolError(E_SCHEMA, "READINGS.base_time is beyond 2^28 ... 2^32-1")
         samples = fields["samples"]
         if len(samples) % 3:
             raise ProtocolError(E_SCHEMA, "READINGS.samples length %d is not a multiple of 3" % len(samples))
@@ -255,6 +257,8 @@ def _check_nested(mtype: int, fields: dict) -> None:
                 raise ProtocolError(E_SCHEMA, "sample %d has a non-numeric value or offset" % (index // 3))
             if not MIN_OFFSET <= offset <= MAX_OFFSET:
                 raise ProtocolError(E_SCHEMA, "sample %d has an offset beyond 2^31 s" % (index // 3))
+            if base is not None and base + offset < MIN_TIME:
+                raise ProtocolError(E_SCHEMA, "sample %d: base_time + dt is below 2^28" % (index // 3))
             value = samples[index + 1]
             if isinstance(value, float) and value - value != 0:  # NaN or +-inf (x - x is 0.0 for every finite x)
                 raise ProtocolError(E_SCHEMA, "sample %d has a value that is not a finite number" % (index // 3))

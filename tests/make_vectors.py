@@ -138,6 +138,7 @@ VALID = [
             UP,
         ),
     ),
+    ("readings_earliest_time", Message(messages.READINGS, NODE, 72, {"base_time": messages.MIN_TIME, "samples": [0, 1, 0]}, UP)),
     ("time_extreme_values", Message(messages.TIME, NODE, 18, {"unix": messages.MAX_TIME, "ms": messages.MAX_MS}, DOWN)),
     # Depth (SPEC.md §5.1): payload map 1, args map 2, list 3 ... list 7, the scalar in it 8.
     ("depth_8_scalar", Message(messages.COMMAND, NODE, 19, {"id": 1, "action": "x", "args": {"a": [[[[[1]]]]]}}, DOWN | fr.F_ACK_REQ)),
@@ -186,6 +187,7 @@ def error_vectors() -> list[dict]:
         ("error_version", "major version 2 with a valid CRC", framed(messages.LOG, 22, "a0", version=0x20), "version"),
         ("error_type", "type 0x7f is not defined in 1.x", framed(0x7F, 23, "a0"), "type"),
         ("error_auth", "F_AUTH set, no key", wire(header(messages.LOG, 24, flags=fr.F_AUTH) + b"\xa0" + bytes(8)), "auth"),
+        ("error_auth_short", "F_AUTH set, 19 bytes: no room for a tag", wire(header(messages.LOG, 73, flags=fr.F_AUTH) + bytes(4)), "auth"),
         ("error_cbor_truncated", "map of 2 pairs with one present", framed(messages.LOG, 25, "a20004"), "cbor"),
         ("error_cbor_trailing", "bytes after the payload map", framed(messages.LOG, 26, "a0a0"), "cbor"),
         ("error_cbor_indefinite", "indefinite-length map", framed(messages.LOG, 27, "bf0004ff"), "cbor"),
@@ -230,6 +232,13 @@ def error_vectors() -> list[dict]:
         ("error_schema_base_time_nan", "base_time NaN", framed(messages.READINGS, 55, "a200f97e000180"), "schema"),
         ("error_schema_base_time_u32", "base_time 2^32", framed(messages.READINGS, 56, "a2001b00000001000000000180"), "schema"),
         ("error_schema_offset_i32", "dt 2^31", framed(messages.READINGS, 57, "a1018300011a80000000"), "schema"),
+        (
+            "error_schema_base_time_relative",
+            "base_time 5 < 2^28: relative in SenML",
+            framed(messages.READINGS, 70, "a20005018300010a"),
+            "schema",
+        ),
+        ("error_schema_sample_time_relative", "base_time 2^28, dt -1", framed(messages.READINGS, 71, "a2001a100000000183000120"), "schema"),
         ("error_schema_value_nan", "a sample value NaN", framed(messages.READINGS, 65, "a1018300f97e0000"), "schema"),
         ("error_schema_value_infinite", "a sample value -infinity", framed(messages.READINGS, 66, "a1018300f9fc0000"), "schema"),
         ("error_schema_time_ms", "TIME ms 1000", framed(messages.TIME, 58, "a2001a6afd86c0011903e8", DOWN), "schema"),
@@ -250,8 +259,8 @@ def error_vectors() -> list[dict]:
         ("error_schema_channel_empty", "empty channel name", framed(messages.HELLO, 63, hello_payload([""])), "schema"),
         ("error_schema_channel_twice", "two channels named alike", framed(messages.HELLO, 64, hello_payload(["t", "t"])), "schema"),
         ("error_schema_config_keys", "CONFIG get keys [1]: keys are text", framed(messages.CONFIG, 67, "a20000028101", DOWN), "schema"),
-        ("error_schema_config_error_key", "CONFIG report errors {1: 'y'}: keys are text", framed(messages.CONFIG, 68, "a2000203a1016179"), "schema"),
-        ("error_schema_config_error_text", "CONFIG report errors {'k': 1}: reasons are text", framed(messages.CONFIG, 69, "a2000203a1616b01"), "schema"),
+        ("error_schema_config_error_key", "CONFIG errors {1: 'y'}", framed(messages.CONFIG, 68, "a2000203a1016179"), "schema"),
+        ("error_schema_config_error_text", "CONFIG errors {'k': 1}", framed(messages.CONFIG, 69, "a2000203a1616b01"), "schema"),
     ]
     return [{"name": name, "why": why, "hex": hex_text, "error": reason} for name, why, hex_text, reason in rows]
 

@@ -59,13 +59,15 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
         sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), values, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
         return st.lists(sample, max_size=12).map(lambda triples: [item for triple in triples for item in triple])
     if mtype == messages.READINGS and name == "base_time":
-        return st.one_of(st.integers(0, messages.MAX_TIME), st.floats(0, messages.MAX_TIME))
+        return st.one_of(st.integers(messages.MIN_TIME, messages.MAX_TIME), st.floats(messages.MIN_TIME, messages.MAX_TIME))
     if mtype == messages.TIME and name == "ms":
         return st.integers(0, messages.MAX_MS)
     if mtype == messages.ACK and name == "counters":
         return st.lists(counters, max_size=messages.MAX_ACKS)
     if mtype == messages.CONFIG and name == "keys":
         return st.lists(st.text(max_size=8), max_size=3)
+    if mtype == messages.CONFIG and name == "errors":
+        return st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3)  # text -> text (SPEC.md §5.8)
     return None
 
 

@@ -52,6 +52,8 @@ def test_the_firmware_shape_takes_the_fast_path() -> None:
         (bytes.fromhex("a1018200 01".replace(" ", "")), "samples not in threes"),
         (bytes.fromhex("a2001b0000000100000000018300010a"), "base_time 2^32, beyond a u32"),
         (bytes.fromhex("a200200183000100"), "base_time -1"),
+        (bytes.fromhex("a20005018300010a"), "base_time 5, below 2^28 (SenML: relative)"),
+        (bytes.fromhex("a2001a100000000183000120"), "base_time 2^28 + dt -1, below 2^28"),
         (bytes.fromhex("a1018300011a80000000"), "an offset of 2^31 s"),
         (bytes.fromhex("a1018300013a80000000"), "an offset below -2^31 s"),
     ],
@@ -81,7 +83,7 @@ def test_arbitrary_maps_agree(mapping: dict[int, Any]) -> None:
 
 
 def test_the_fast_stream_decoder_gives_the_same_events() -> None:
-    readings = Message(messages.READINGS, b"\x01" * 8, 7, {"samples": [0, 1, 0, 1, 2.5, 3], "base_time": 1})
+    readings = Message(messages.READINGS, b"\x01" * 8, 7, {"samples": [0, 1, 0, 1, 2.5, 3], "base_time": 1795000000})
     ints = Message(messages.READINGS, b"\x01" * 8, 8, {"samples": [0, 1, 0]})
     bad = Frame(messages.READINGS, b"\x01" * 8, 9, bytes.fromhex("a1019f000102ff"))
     stream = encode(readings) + b"\x01\x02\x00" + encode(ints) + to_wire(bad)

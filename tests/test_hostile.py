@@ -610,3 +610,17 @@ def test_downlink_counters_used_up_stop_the_downlink_instead_of_wrapping(
     assert bench.feed(raw_frame(messages.STATUS, 2, {0: 1})) == []
     (line,) = log_lines(caplog, "gateway.agent")
     assert "downlink counters used up" in line
+
+
+def test_rules_a_c_implementer_would_otherwise_guess(bench: Bench) -> None:
+    """SPEC.md §3.5, §5.3, §5.4: HELLO proto is information only, 0 channels and 0 samples are valid,
+    an AUTH frame too short for a tag is `auth`."""
+    hello = bench.hello(proto=[9, 9], channels=[])
+    assert [reply.type for reply in hello] == [messages.ACK, messages.TIME]
+    assert bench.feed(raw_frame(messages.READINGS, 2, {1: []})) == []  # acknowledged once committed
+    assert [(pending.counter, pending.readings) for pending in bench.committer.pending] == [(2, 0)]
+    (reject,) = rejects(bench.feed(raw_frame(messages.READINGS, 3, {0: 1795000000, 1: [0, 1, 0]})))
+    assert (reject["reason"], reject["counter"]) == (perr.E_SCHEMA, 3)  # no channel 0
+    short = cobs.encode(struct.pack(">BBB8sI", 0x10, messages.LOG, fr.F_AUTH, bytes(7) + b"\x01", 4) + bytes(4), True)
+    (reject,) = rejects(bench.feed(short))
+    assert (reject["reason"], reject["counter"], reject["type"]) == (perr.E_AUTH, 4, messages.LOG)
