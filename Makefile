@@ -56,8 +56,10 @@ lint: $(STAMP) typecheck-boards
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway protocols hil
 
+# Two workers, a test file each at a time: the end-to-end tests mostly wait on the wall clock
+# (a broker down for 30 s, a minute of faults), so the HIL file runs beside the rest.
 test: $(STAMP) mosquitto lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The fast subset while working: no MicroPython VM, no brokers, gateways or nodes (markers: pyproject.toml).
 test-fast: $(STAMP)

@@ -47,7 +47,7 @@ FLUSH_EVERY_S = 5.0  # how often a quiet log writes the counts of windows that e
 DIGEST_FIRST = 3  # events of a digest written one by one before they are counted
 DIGEST_INTERVAL_S = 10.0
 DIGEST_VALUES = 8  # distinct values per tag named in a summary; the others are counted as "other"
-DIGEST_VALUE_CHARS = 80  # a tag value (a node's firmware version) is cut to this
+DIGEST_VALUE_CHARS = 80  # a tag value (a node's firmware version, a port path) is cut to this
 
 # The one place the layout of a line is decided. "text" for files and terminals; "journal" when
 # stderr goes to systemd's journal, which keeps its own timestamps and reads the <N> prefix as
@@ -287,8 +287,9 @@ class Digest:
         self._held += 1
         for name, value in tags.items():
             counts = self._tags.setdefault(name, Counter())
-            if len(value) > DIGEST_VALUE_CHARS:
-                value = value[: DIGEST_VALUE_CHARS - 3] + "..."
+            if len(value) > DIGEST_VALUE_CHARS:  # both ends kept: a by-id port path differs at its end
+                keep = (DIGEST_VALUE_CHARS - 3) // 2
+                value = value[:keep] + "..." + value[-keep:]
             counts[value if value in counts or len(counts) < DIGEST_VALUES else "other"] += 1
         if self._timer is None:
             try:

@@ -344,7 +344,8 @@ def test_emulate_prints_ports_and_survives_a_port_reopen(tmp_path: pathlib.Path)
         emulator.terminate()
         emulator.wait(15)
     assert emulator.returncode == 0
-    assert "firmware.main" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
+    leftovers = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True, check=False).stdout
+    assert "firmware.main" not in leftovers, "node processes left behind: %s" % leftovers  # its nodes run from their state dir
 
 
 def test_commands_rejects_and_odd_config_do_not_stop_the_node(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:

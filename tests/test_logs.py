@@ -260,6 +260,14 @@ def test_a_digest_bounds_what_nodes_invent(logger: logging.Logger, out: io.Strin
     assert summary.count("\n") == 1 and len(summary) < 1200 and "9,992 other" in summary
 
 
+def test_a_digest_keeps_both_ends_of_a_long_value(logger: logging.Logger, out: io.StringIO) -> None:
+    digest = logs.Digest(logger, "HELLOs", first=0)
+    port = "/dev/serial/by-id/usb-Silicon_Labs_CP2102_USB_to_UART_Bridge_Controller_0001-if00-port0"
+    digest.note({"port": port}, "HELLO")
+    digest.flush()
+    assert "port: 1 /dev/serial/by-id/" in out.getvalue() and out.getvalue().rstrip().endswith("...UART_Bridge_Controller_0001-if00-port0")
+
+
 def hello(node: bytes, counter: int, fw: str = "test-1") -> bytes:
     fields = {"proto": [1, 0], "fw_version": fw, "hw_model": "pty", "caps": 0, "channels": CHANNELS}
     return encode(Message(messages.HELLO, node, counter, fields, fr.F_ACK_REQ))
