@@ -9,7 +9,6 @@ import pathlib
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from gateway import store as store_module
 from gateway.layouts import Layout
 from gateway.senml import Channel
 from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState
-from tests.conftest import ROOT
+from tests.test_cli import edgegw
 
 NODE = "0000a4cf12b3c4d5"
 
@@ -358,14 +357,7 @@ def test_the_command_line_says_what_to_fix_without_a_traceback(tmp_path: pathlib
     subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
     config = tmp_path / "edgegw.toml"
     config.write_text('[gateway]\nid = "gw"\ndata_dir = "%s"\n[mqtt]\nhost = "127.0.0.1"\n' % data)
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    done = edgegw("run", "--config", str(config))
     assert done.returncode == 2, done.stderr
     assert "edgegw: cannot open %s/buffer.sqlite3" % data in done.stderr
     assert "is on a read-only filesystem: remount it read-write" in done.stderr

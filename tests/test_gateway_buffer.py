@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,7 +19,7 @@ from hil.scripted_node import ScriptedNode
 from hil.serial_pair import PtyCable
 from protocols import Message, encode, messages
 from tests import test_disk
-from tests.conftest import ROOT
+from tests.test_cli import edgegw
 from tests.test_disk import fill_up
 from tests.test_gateway import counters_received
 
@@ -194,14 +192,7 @@ def test_full_disk_is_a_clear_error_and_keeps_what_was_committed(tmp_path: pathl
 def test_run_with_a_bad_config_names_the_key(tmp_path: pathlib.Path) -> None:
     config = tmp_path / "edgegw.toml"
     config.write_text('[gateway]\nid = "gw"\ndata_dir = "%s"\n[mqtt]\nhost = "localhost"\nqos = 3\n' % tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    done = edgegw("run", "--config", str(config))
     assert done.returncode == 2
     assert "[mqtt] qos: expected one of 0, 1, found 3" in done.stderr
     assert "Traceback" not in done.stderr
