@@ -55,6 +55,7 @@ class FeedResult:
     finished: float  # monotonic, last ACK read (or the end)
     latencies: list[float]  # frame written -> its ACK read, seconds (frames written after the warm-up)
     written_at: dict[int, float]  # seq -> monotonic write time (only when asked: steady-load runs)
+    acks: list[tuple[float, float]]  # (written, ACK read) per acknowledged frame, monotonic (only when asked)
 
 
 def _feed(
@@ -84,9 +85,11 @@ def _feed(
     go.wait()
     decoder = StreamDecoder()
     # HELLO first: the gateway refuses READINGS from a node it has not met.
+    # Thousands of nodes: HELLOs are sent again only once the gateway has stopped answering for a second,
+    # so a slow first contact is not buried under repeats.
     pending_hello = set(ids)
     hello_wire = {node: hello_frame(node) for node in ids}
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60 + nodes / 20
     while pending_hello and time.monotonic() < deadline:
         for node in list(pending_hello):
             _write_all(master, hello_wire[node])
@@ -95,12 +98,15 @@ def _feed(
             for message in _read_messages(master, decoder, 0.05):
                 if message.type == messages.ACK and message.node_id in pending_hello and 1 in message.fields["counters"]:
                     pending_hello.discard(message.node_id)
+                    end = time.monotonic() + 1.0
+    ready.put((port, time.monotonic(), len(pending_hello)))  # HELLOs done: the READINGS start now
     next_k = [0] * nodes
     low_k = [0] * nodes  # per node: the oldest frame not yet acknowledged (the span rule counts from it)
     acked_k: list[set[int]] = [set() for _ in range(nodes)]
     written: dict[tuple[int, int], float] = {}
     latencies: list[float] = []
     written_at: dict[int, float] = {}
+    acks: list[tuple[float, float]] = []
     sent = acked = 0
     start = time.monotonic()
     stop_at = start + seconds
@@ -136,6 +142,8 @@ def _feed(
                     sent_at = written.pop((n, k))
                     if sent_at >= start + warmup:
                         latencies.append(got - sent_at)
+                    if keep_times:
+                        acks.append((sent_at, got))
                     acked_k[n].add(k)
                     acked += 1
             while low_k[n] in acked_k[n]:
@@ -150,9 +158,12 @@ def _feed(
                 n = node_index[message.node_id]
                 for counter in message.fields["counters"]:
                     if (n, counter - 2) in written:
-                        latencies.append(time.monotonic() - written.pop((n, counter - 2)))
+                        sent_at = written.pop((n, counter - 2))
+                        latencies.append(time.monotonic() - sent_at)
+                        if keep_times:
+                            acks.append((sent_at, time.monotonic()))
                         acked += 1
-    out.put(FeedResult(port, sent, acked, start, time.monotonic(), latencies, written_at))
+    out.put(FeedResult(port, sent, acked, start, time.monotonic(), latencies, written_at, acks))
     time.sleep(5)  # the port stays while the benchmark reads the system's meters (a baseline exits when it closes)
     os.close(master)
     os.close(slave)
@@ -217,6 +228,12 @@ class Feeders:
 
     def go(self) -> None:
         self._go.set()
+
+    def helloed(self, timeout: float) -> tuple[float, int]:
+        """After go(): wait until every port has said HELLO for its nodes; (when the last one finished, monotonic;
+        nodes whose HELLO was never acknowledged)."""
+        done = [self._ready.get(timeout=timeout) for _ in self._processes]
+        return max(at for _port, at, _left in done), sum(left for _port, _at, left in done)
 
     def results(self, timeout: float) -> list[FeedResult]:
         out = [self._out.get(timeout=timeout) for _ in self._processes]

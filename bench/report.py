@@ -76,6 +76,25 @@ COMPARED = [
 ]
 
 
+# Issue 12: storage and CPU at city load. "Before" is main before any issue-12 change; "after" the newest run
+# of other code. Budgets: the issue's; CPU at most half of what the issue measured on main (208 and 89 CPU-s
+# per million readings) and below Node-RED's flow measured beside it (172 and 54).
+BEFORE_COMMIT = "b336f55"
+NODE_RED_CPU = {"cpu_1000": 172, "cpu_8000": 54}
+ISSUE_CPU = {"cpu_1000": 208, "cpu_8000": 89}
+CITY_STEPS = ("city_1000", "city_10000", "cpu_1000", "cpu_8000")
+PHASE_FIGURES = [
+    # (column, key, unit)
+    ("readings/s ACKed", "readings_per_s", ""),
+    ("bytes written per reading", "write_bytes_per_reading", "B"),
+    ("GB a day", "gb_per_day", ""),
+    ("fsyncs a second", "fsyncs_per_s", ""),
+    ("CPU µs per reading", "cpu_us_per_reading", ""),
+    ("frame -> ACK p99", "ack_p99_ms", "ms"),
+]
+STORAGE_BUDGET = {"broker_up": 16, "broker_down": 64}  # bytes written per reading
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -94,13 +113,117 @@ def _ratio(ours: Any, theirs: Any) -> str:
     return "%.2fx" % (ours / theirs)
 
 
+def _newest_of_each_step(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest run's header, and for every step the newest run that measured it (partial runs, `--only`,
+    measure some steps again without running everything)."""
+    if records[-1].get("quick"):
+        return records[-1]  # a smoke run reports itself alone
+    merged: dict[str, Any] = {}
+    for record in records:
+        if not record.get("quick"):
+            merged.update({key: value for key, value in record.items() if isinstance(value, dict) and key != "machine"})
+    return {**records[-1], **merged}
+
+
+def _issue12(records: list[dict[str, Any]]) -> list[str]:
+    """Storage and CPU at city load, before and after issue 12, against its budget."""
+    full = [r for r in records if not r.get("quick")] or records[-1:]
+    measured = [r for r in full if any(step in r for step in CITY_STEPS)]
+    if not measured:
+        return []
+    before = next((r for r in reversed(measured) if r.get("code_commit") == BEFORE_COMMIT), None)
+    after = next((r for r in reversed(measured) if r.get("code_commit") != BEFORE_COMMIT), None)
+
+    def value(run: dict[str, Any] | None, step: str, *keys: str) -> Any:
+        found: Any = run.get(step) if run else None
+        for key in keys:
+            found = found.get(key) if isinstance(found, dict) else None
+        return found
+
+    def verdict(subject: Any, target: float, better: str = "lower") -> str:
+        if subject is None:
+            return "not measured"
+        return "met" if (subject >= target if better == "higher" else subject <= target) else "**not met**"
+
+    def row(label: str, key: tuple[str, ...], unit: str, target: float | None, better: str = "lower") -> str:
+        was, now = value(before, *key), value(after, *key)
+        budget = "" if target is None else "%s %s" % ("≥" if better == "higher" else "≤", _with_unit(target, unit))
+        judged = "" if target is None else verdict(now if after else was, target, better)
+        return "| %s | %s | %s | %s | %s |" % (label, budget, _with_unit(was, unit), _with_unit(now, unit), judged)
+
+    def named(run: dict[str, Any] | None) -> str:
+        if run is None:
+            return "not run yet"
+        return "%s (%s%s)" % (run.get("code_commit", "?"), run.get("when", "?"), ", edited" if run.get("dirty") else "")
+
+    out = [
+        "## Issue 12: storage and CPU at city load, before and after",
+        "",
+        "Before: main before any issue-12 change, %s. After: %s." % (named(before), named(after)),
+        "A verdict is the after run's (the before run's while there is none). Each node sends one 10-sample frame",
+        "a minute, spread evenly; measured over a steady window after the HELLOs and a minute of warm-up (every",
+        "node's first frame), then the same with the broker stopped. Bytes are the gateway process's `/proc/PID/io`",
+        "`write_bytes` over the window (database, WAL, checkpoints and its log file together) divided by the",
+        "readings ACKed in it; fsyncs come from strace in a separate sub-window; CPU is utime + stime. Each cell is",
+        "before -> after. See the notes at the end for the commands and the machine.",
+        "",
+        "| load | " + " | ".join(column for column, _key, _unit in PHASE_FIGURES) + " | bytes budget | |",
+        "|---|" + "---|" * (len(PHASE_FIGURES) + 2),
+    ]
+    for step, nodes in (("city_1000", "1,000"), ("city_10000", "10,000")):
+        for phase, said in (("broker_up", "broker up"), ("broker_down", "broker down")):
+            cells = [
+                "%s -> %s" % (_with_unit(value(before, step, phase, key), unit), _with_unit(value(after, step, phase, key), unit))
+                for _column, key, unit in PHASE_FIGURES
+            ]
+            subject = value(after or before, step, phase, "write_bytes_per_reading")
+            budget = STORAGE_BUDGET[phase]
+            out.append("| %s nodes, %s | %s | ≤ %d B | %s |" % (nodes, said, " | ".join(cells), budget, verdict(subject, budget)))
+    out += ["", "| figure | budget | before | after | |", "|---|---|---|---|---|"]
+    for step, rate in (("cpu_1000", "1,000"), ("cpu_8000", "8,000")):
+        label = "CPU-seconds per million readings at %s readings/s (issue: %d; Node-RED %d)" % (rate, ISSUE_CPU[step], NODE_RED_CPU[step])
+        out.append(row(label, (step, "broker_up", "cpu_us_per_reading"), "", min(ISSUE_CPU[step] / 2, NODE_RED_CPU[step])))
+    out.append(row("frame -> ACK p99 at 10,000 readings/s", ("steady_gateway", "ack_p99_ms"), "ms", 20))
+    out.append(row("frame -> subscriber p99 at 10,000 readings/s", ("steady_gateway", "e2e_p99_ms"), "ms", 50))
+    throughput_before = value(before, "ingest_gateway", "readings_per_s")
+    out.append(
+        row("durable end-to-end throughput, full speed (readings/s)", ("ingest_gateway", "readings_per_s"), "", throughput_before, "higher")
+    )
+    out.append(row("CPU-seconds per million readings, full speed", ("ingest_gateway", "cpu_s_per_million"), "", None))
+    out += [
+        "",
+        "Where the writes go, from the strace sub-windows: bytes a second handed to write calls, by file (the kernel",
+        "counts whole pages in `write_bytes`, so it can exceed these), and fsyncs a second by file.",
+        "",
+    ]
+    out += ["| run | load | write calls, bytes a second by file | fsyncs a second by file |", "|---|---|---|---|"]
+    for name, run in (("before", before), ("after", after)):
+        for step in CITY_STEPS:
+            for phase in ("broker_up", "broker_down"):
+                found = value(run, step, phase)
+                if not found:
+                    continue
+                by_file = found.get("write_call_bytes_per_s_by_file", {})
+                syncs = found.get("fsyncs_by_file", {})
+                traced = found.get("traced_s") or 1
+                written = ", ".join("%s %s" % (f, _fmt(b)) for f, b in by_file.items()) or found.get("trace_error", "-")
+                synced = ", ".join("%s %.3g" % (f, c / traced) for f, c in syncs.items()) or "-"
+                out.append("| %s | %s, %s | %s | %s |" % (name, step, phase.replace("_", " "), written, synced))
+    return [*out, ""]
+
+
+def _with_unit(value: Any, unit: str) -> str:
+    return "-" if value is None else ("%s %s" % (_fmt(value), unit)).strip()
+
+
 def write_report(results_file: Path, doc: Path) -> None:
     lines = [line for line in results_file.read_text().splitlines() if line.strip()]
-    latest: dict[str, Any] = json.loads(lines[-1])
+    records = [json.loads(line) for line in lines]
+    latest: dict[str, Any] = _newest_of_each_step(records)
     out = [
         "# Performance",
         "",
-        "Generated by `%s` on %s from the newest line of `bench/results.jsonl` (%d run%s recorded)."
+        "Generated by `%s` on %s from `bench/results.jsonl` (%d run%s recorded; each step's newest run that measured it)."
         % (latest.get("command", "make bench"), latest.get("when", "?"), len(lines), "" if len(lines) == 1 else "s"),
         "Machine: %s, %s cores, Python %s, Linux %s."
         % (latest["machine"]["cpu"], latest["machine"]["cores"], latest["machine"]["python"], latest["machine"]["kernel"]),
@@ -120,7 +243,7 @@ def write_report(results_file: Path, doc: Path) -> None:
         out.append(
             "| %s | %s %s | %s %s %s | %s |" % (label, _fmt(value), unit, "≥" if better == "higher" else "≤", _fmt(target), unit, verdict)
         )
-    runs = [json.loads(line) for line in lines if not json.loads(line).get("quick")]
+    runs = [record for record in records if not record.get("quick") and not record.get("only")]
     if len(runs) > 1:
         out += [
             "",
@@ -148,7 +271,8 @@ def write_report(results_file: Path, doc: Path) -> None:
         ours = latest.get("%s_gateway" % section, {}).get(key)
         theirs = latest.get("%s_baseline" % section, {}).get(key)
         out.append("| %s | %s | %s | %s |" % (label, _fmt(ours), _fmt(theirs), _ratio(ours, theirs)))
-    out += ["", "## Every number of the newest run", "", "```json", json.dumps(latest, indent=1), "```", ""]
+    out += ["", *_issue12(records)]
+    out += ["## Every number shown (each step's newest run)", "", "```json", json.dumps(latest, indent=1), "```", ""]
     plots = _plots(latest, doc.parent)
     if plots:
         out += ["## Plots", ""] + ["![%s](%s)" % (name, name) for name in plots] + [""]

@@ -1,10 +1,12 @@
 """`make bench`: measure the real gateway and the baseline on the same frames and broker; write the results.
 
-    python -m bench.run [--quick] [--results bench/results.jsonl] [--doc docs/PERFORMANCE.md]
+    python -m bench.run [--quick] [--only STEP,...] [--results bench/results.jsonl] [--doc docs/PERFORMANCE.md]
 
 Benchmarks measure and report; they never fail a build. Every run appends one
-JSON line to the results file and regenerates docs/PERFORMANCE.md and its
-plots from it.
+JSON line to the results file (with the commit measured) and regenerates
+docs/PERFORMANCE.md and its plots from it. `--only` runs some steps again
+(e.g. `--only city_1000,city_10000,cpu_1000,cpu_8000`: storage and CPU at city
+load); the report shows each step's newest run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -57,6 +60,11 @@ WARMUP_S = 2.0
 def cpu_seconds(pid: int) -> float:
     fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
+
+
+def io_counters(pid: int) -> dict[str, int]:
+    """/proc/PID/io: rchar, wchar, syscr, syscw, read_bytes, write_bytes, cancelled_write_bytes (all threads)."""
+    return {key: int(value) for key, value in (line.split(": ") for line in Path("/proc/%d/io" % pid).read_text().splitlines())}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -252,6 +260,174 @@ def steady(kind: str, workdir: Path, ports: int, nodes: int, frames_per_s: float
         }
     )
     return summary
+
+
+def load(
+    workdir: Path,
+    ports: int,
+    nodes: int,
+    frames_per_s: float,
+    warmup: float,
+    window: float,
+    trace_window: float,
+    outage: bool,
+    settle: float = 10.0,
+) -> dict[str, Any]:
+    """Storage and CPU at a steady load: `ports` x `nodes` emulated nodes, `frames_per_s` 10-sample frames a
+    second spread evenly over them, against the real `edgegw run` and mosquitto.
+
+    After the HELLOs and `warmup` seconds (long enough for every node's first frame: first contact is start-up,
+    not steady state), one window of `window` seconds with the broker up meters the gateway process
+    (/proc/PID/io write_bytes, utime + stime, readings ACKed); then a separate sub-window of `trace_window`
+    seconds under strace counts fsync/fdatasync and attributes the write calls to files (its overhead stays out
+    of the CPU figure). With `outage`, the broker is then stopped for good: after `settle` seconds the same
+    window and sub-window again, the gateway buffering everything to disk.
+    """
+    phases = ["broker_up"] + (["broker_down"] if outage else [])
+    per_phase = window + trace_window + 2.0
+    feed_s = warmup + len(phases) * per_phase + (settle if outage else 0.0) + 5.0
+    per_port = frames_per_s / ports
+    results: dict[str, Any] = {
+        "nodes": ports * nodes,
+        "offered_readings_per_s": frames_per_s * SAMPLES_PER_FRAME,
+        "warmup_s": warmup,
+        "window_s": window,
+        "trace_window_s": trace_window,
+    }
+    with Mosquitto(workdir / "broker") as broker:
+        feeders = Feeders(workdir, ports, nodes, int(per_port * feed_s / nodes) + 10, feed_s, rate_per_port=per_port, keep_times=True)
+        feeders.start()
+        system = System("gateway", workdir, broker, feeders.links)
+        try:
+            system.start()
+            pid = system.pids[0]
+            go = time.monotonic()
+            feeders.go()
+            helloed_at, never_helloed = feeders.helloed(timeout=600)
+            results["hello_s"] = round(helloed_at - go, 2)
+            results["hello_unanswered"] = never_helloed
+            time.sleep(max(0.0, helloed_at + warmup - time.monotonic()))
+            windows = []
+            for phase in phases:
+                if phase == "broker_down":
+                    broker.stop()
+                    time.sleep(settle)
+                windows.append((phase, _meter_window(pid, window)))
+                results[phase] = {"trace": _trace_window(pid, trace_window, system.workdir)}
+            feed = feeders.results(timeout=feed_s + 120)
+        finally:
+            system.stop()
+            feeders.stop()
+    acks = [ack for r in feed for ack in r.acks]
+    for phase, (started, ended, before, after) in windows:
+        in_window = [(sent, got) for sent, got in acks if started <= got < ended]
+        readings = len(in_window) * SAMPLES_PER_FRAME
+        seconds = ended - started
+        written = after["write_bytes"] - before["write_bytes"]
+        cpu = after["cpu_s"] - before["cpu_s"]
+        trace = results[phase].pop("trace")
+        results[phase].update(
+            {
+                "readings_per_s": readings / seconds,
+                "write_bytes_per_reading": written / readings if readings else None,
+                "gb_per_day": written / seconds * 86_400 / 1e9,
+                "wchar_per_reading": (after["wchar"] - before["wchar"]) / readings if readings else None,
+                "cancelled_write_bytes": after["cancelled_write_bytes"] - before["cancelled_write_bytes"],
+                "read_bytes": after["read_bytes"] - before["read_bytes"],
+                "cpu_us_per_reading": cpu / readings * 1e6 if readings else None,  # = CPU-seconds per million readings
+                "ack_p50_ms": _ms(percentile([got - sent for sent, got in in_window], 0.5)),
+                "ack_p99_ms": _ms(percentile([got - sent for sent, got in in_window], 0.99)),
+                **trace,
+            }
+        )
+    results["frames_sent"] = sum(r.sent for r in feed)
+    results["frames_acked"] = sum(r.acked for r in feed)
+    return results
+
+
+def _meter_window(pid: int, seconds: float) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """(start, end, meters at start, meters at end) of a window of `seconds`: /proc/PID/io and CPU seconds."""
+
+    def meters() -> dict[str, float]:
+        return {**io_counters(pid), "cpu_s": cpu_seconds(pid)}
+
+    before = meters()
+    started = time.monotonic()
+    time.sleep(seconds)
+    after = meters()
+    return started, time.monotonic(), before, after
+
+
+STRACE_CALL = re.compile(r"^(\d+)\s+(\w+)\((\d+)<([^>]*)>")
+STRACE_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>")
+STRACE_RESULT = re.compile(r"= (-?\d+)(?: [A-Z]\w+ \(.*\))?$")
+SYNCS = ("fsync", "fdatasync")
+
+
+def _trace_window(pid: int, seconds: float, gateway_dir: Path) -> dict[str, Any]:
+    """fsync/fdatasync a second and bytes handed to write calls per file, from `strace -f -y` attached to the
+    gateway for `seconds` (all its threads). Storage files are named by their place in the gateway's folder."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return {"trace_error": "strace is not installed (apt-get install strace)"}
+    output = gateway_dir.parent / ("strace-%d.txt" % pid)
+    command = [strace, "-f", "-y", "-s", "0", "-qq", "-o", str(output), "-p", str(pid)]
+    command += ["-e", "trace=fsync,fdatasync,write,pwrite64,writev,pwritev,pwritev2"]
+    started = time.monotonic()
+    tracer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(seconds)
+    tracer.send_signal(signal.SIGINT)
+    try:
+        _out, err = tracer.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        tracer.kill()
+        _out, err = tracer.communicate()
+    elapsed = time.monotonic() - started
+    if not output.exists():
+        return {"trace_error": "strace: %s" % err.decode(errors="replace").strip()[-300:]}
+    syncs: dict[str, int] = {}
+    written: dict[str, int] = {}
+    unfinished: dict[str, tuple[str, str]] = {}
+    for line in output.read_text(errors="replace").splitlines():
+        call = STRACE_CALL.match(line)
+        if call:
+            tid, name, _fd, path = call.groups()
+            if line.endswith("<unfinished ...>"):
+                unfinished[tid] = (name, path)
+                continue
+        else:
+            resumed = STRACE_RESUMED.match(line)
+            if not resumed or resumed.group(1) not in unfinished:
+                continue
+            name, path = unfinished.pop(resumed.group(1))
+        result = STRACE_RESULT.search(line)
+        if result is None or int(result.group(1)) < 0:
+            continue
+        where = _storage_name(path, gateway_dir)
+        if where is None:
+            continue
+        if name in SYNCS:
+            syncs[where] = syncs.get(where, 0) + 1
+        else:
+            written[where] = written.get(where, 0) + int(result.group(1))
+    output.unlink()
+    return {
+        "fsyncs_per_s": sum(syncs.values()) / elapsed,
+        "fsyncs_by_file": syncs,
+        "write_call_bytes_per_s_by_file": {where: round(count / elapsed) for where, count in sorted(written.items())},
+        "traced_s": round(elapsed, 1),
+    }
+
+
+def _storage_name(path: str, gateway_dir: Path) -> str | None:
+    """A file's name relative to the gateway's folder (data/buffer.db-wal, gateway.log), or None for what is not
+    storage (pseudo-terminals, sockets, pipes)."""
+    if not path.startswith("/") or path.startswith(("/dev/", "/proc/")):
+        return None
+    try:
+        return str(Path(path).relative_to(gateway_dir))
+    except ValueError:
+        return path
 
 
 def outage_loss(kind: str, workdir: Path, frames_per_s: float, before: float, outage: float, after: float) -> dict[str, Any]:
@@ -525,10 +701,28 @@ def machine() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
 
 
+def commits() -> dict[str, Any]:
+    """The commit measured: HEAD, and the newest commit that changed the gateway itself (anything outside bench/
+    and docs/), which is what a before/after comparison is about; `dirty` if the gateway's files were edited."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    outside = [".", ":(exclude)bench", ":(exclude)docs"]
+    return {
+        "commit": git("rev-parse", "--short=7", "HEAD"),
+        "code_commit": git("log", "-1", "--format=%h", "--abbrev=7", "--", *outside),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *outside)),
+    }
+
+
 def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = None) -> dict[str, Any]:
     scale = 0.25 if quick else 1.0
     seconds = 20 * scale
-    results: dict[str, Any] = {"machine": machine(), "quick": quick, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results: dict[str, Any] = {"machine": machine(), "quick": quick, "when": time.strftime("%Y-%m-%d %H:%M:%S"), **commits()}
+    if only:
+        results["only"] = sorted(only)
     work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     try:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -542,6 +736,12 @@ def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = Non
             ("outage_baseline", lambda: outage_loss("baseline", work / "ob", 100, 5 * scale, 30 * scale, 5 * scale)),
             ("outage_gateway", lambda: outage_loss("gateway", work / "og", 100, 5 * scale, 30 * scale, 5 * scale)),
             ("flaky_uplink", lambda: flaky_uplink(work / "fu", scale)),
+            # Issue 12: storage and CPU at city load (one frame a node a minute), broker up, then down.
+            ("city_1000", lambda: load(work / "c1", 4, 250, 1000 / 60, 60 * scale, 60 * scale, 20 * scale, outage=True)),
+            ("city_10000", lambda: load(work / "c10", 4, 2500, 10_000 / 60, 60 * scale, 60 * scale, 20 * scale, outage=True)),
+            # CPU per reading at 1,000 and 8,000 readings/s (each node a frame a second), broker up.
+            ("cpu_1000", lambda: load(work / "k1", 4, 25, 100, 5, 30 * scale, 10 * scale, outage=False)),
+            ("cpu_8000", lambda: load(work / "k8", 4, 200, 800, 5, 30 * scale, 10 * scale, outage=False)),
         ]
         unknown = (only or set()) - {name for name, _step in steps}
         if unknown:
@@ -567,13 +767,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the sizes and durations (a smoke run)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results.jsonl"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "PERFORMANCE.md"))
-    parser.add_argument("--only", help="comma-separated steps to run (a partial run: give --results and --doc elsewhere)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated steps to run: a partial run, recorded as such; the report shows each step's newest run",
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
-    if only and args.results == parser.get_default("results"):
-        parser.error("--only makes a partial run; write it elsewhere with --results and --doc")
     results = run_all(args.quick, lambda line: print(line, flush=True), only)
-    results["command"] = "make bench" if not args.quick else "python -m bench.run --quick"
+    command = ["python -m bench.run" if args.quick or only else "make bench"] + (["--quick"] if args.quick else [])
+    results["command"] = " ".join(command + (["--only", args.only] if only else []))
     with open(args.results, "a") as handle:
         handle.write(json.dumps(results) + "\n")
     from .report import write_report
