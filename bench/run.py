@@ -723,6 +723,7 @@ def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = Non
     results: dict[str, Any] = {"machine": machine(), "quick": quick, "when": time.strftime("%Y-%m-%d %H:%M:%S"), **commits()}
     if only:
         results["only"] = sorted(only)
+    results["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]  # the machine is shared: how busy it was
     work = Path(tempfile.mkdtemp(prefix="edgegw-bench-"))
     try:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -759,6 +760,7 @@ def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = Non
             log("bench: %s %s" % (name, json.dumps(results[name])))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     return results
 
 
