@@ -128,11 +128,12 @@ def _newest_of_each_step(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _issue12(records: list[dict[str, Any]]) -> list[str]:
     """Storage and CPU at city load, before and after issue 12, against its budget."""
     full = [r for r in records if not r.get("quick")] or records[-1:]
-    measured = [r for r in full if any(step in r for step in CITY_STEPS)]
-    if not measured:
+    if not any(step in r for r in full for step in CITY_STEPS):
         return []
-    before = next((r for r in reversed(measured) if r.get("code_commit") == BEFORE_COMMIT), None)
-    after = next((r for r in reversed(measured) if r.get("code_commit") != BEFORE_COMMIT), None)
+    # Runs that recorded their commit: "before" those of BEFORE_COMMIT, "after" the others; each step from the
+    # newest run of its side that measured it (partial runs measure some steps again).
+    before = _merge([r for r in full if r.get("code_commit") == BEFORE_COMMIT])
+    after = _merge([r for r in full if r.get("code_commit") not in (None, "", BEFORE_COMMIT)])
 
     def value(run: dict[str, Any] | None, step: str, *keys: str) -> Any:
         found: Any = run.get(step) if run else None
@@ -154,7 +155,7 @@ def _issue12(records: list[dict[str, Any]]) -> list[str]:
     def named(run: dict[str, Any] | None) -> str:
         if run is None:
             return "not run yet"
-        return "%s (%s%s)" % (run.get("code_commit", "?"), run.get("when", "?"), ", edited" if run.get("dirty") else "")
+        return ", ".join(run["runs"])
 
     out = [
         "## Issue 12: storage and CPU at city load, before and after",
@@ -210,6 +211,22 @@ def _issue12(records: list[dict[str, Any]]) -> list[str]:
                 synced = ", ".join("%s %.3g" % (f, c / traced) for f, c in syncs.items()) or "-"
                 out.append("| %s | %s, %s | %s | %s |" % (name, step, phase.replace("_", " "), written, synced))
     return [*out, ""]
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each step from the newest of `runs` that measured it, and which runs those were (commit and date)."""
+    if not runs:
+        return None
+    merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for run in runs:
+        label = "%s%s on %s" % (run.get("code_commit"), " (edited)" if run.get("dirty") else "", run.get("when", "?"))
+        for key, value in run.items():
+            if isinstance(value, dict) and key != "machine":
+                merged[key] = value
+                source[key] = label
+    merged["runs"] = sorted(set(source.values()), key=lambda label: label.split(" on ")[-1])
+    return merged
 
 
 def _with_unit(value: Any, unit: str) -> str:
