@@ -710,14 +710,15 @@ def machine() -> dict[str, Any]:
 
 
 def commits() -> dict[str, Any]:
-    """The commit measured: HEAD, and the newest commit that changed the gateway itself (anything outside bench/
-    and docs/), which is what a before/after comparison is about; `dirty` if the gateway's files were edited."""
+    """The commit measured: HEAD, and the newest commit that changed the code under measurement or its tests (the
+    gateway, the protocol, the firmware, the harness that starts them, the dependencies), which is what a
+    before/after comparison is about; `dirty` if those files were edited."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    outside = [".", ":(exclude)bench", ":(exclude)docs"]
+    outside = ["gateway", "protocols", "firmware", "hil", "tests", "pyproject.toml"]
     return {
         "commit": git("rev-parse", "--short=7", "HEAD"),
         "code_commit": git("log", "-1", "--format=%h", "--abbrev=7", "--", *outside),
