@@ -14,7 +14,7 @@ EXCLUDE_esp32 := firmware/hal_unix\.py
 EXCLUDE_unix := firmware/hal_board\.py
 PORTABLE := protocols firmware
 
-.PHONY: all demo test test-fast lint typecheck-boards venv mosquitto strace bench clean
+.PHONY: all demo test test-fast soak lint typecheck-boards venv mosquitto fuse strace bench clean
 
 all: test
 
@@ -26,16 +26,26 @@ $(STAMP):
 
 venv: $(STAMP)
 
-# Debian's mosquitto: the tests start their own on a free loopback port.
-mosquitto:
-	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+# A Debian package the tests need: installed with apt-get as root, else a message saying how.
+# $(call debian_package,PACKAGE,SHELL TEST that passes once it is installed)
+define debian_package
+	@if ! { $(2); }; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "edgegw: installing Debian's mosquitto"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	    echo "edgegw: installing Debian's $(1)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
 	  else \
-	    echo "edgegw: mosquitto is not installed and we are not root; run: sudo apt-get install mosquitto" >&2; exit 1; \
+	    echo "edgegw: $(1) is not installed and we are not root; run: sudo apt-get install $(1)" >&2; exit 1; \
 	  fi; \
 	fi
+endef
+
+# Debian's mosquitto: the tests start their own on a free loopback port.
+mosquitto:
+	$(call debian_package,mosquitto,command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ])
+
+# Debian's fuse3 (libfuse3 and fusermount3) for the power-cut file system of the tests (hil/powercut.py).
+fuse:
+	$(call debian_package,fuse3,command -v fusermount3 >/dev/null && ldconfig -p | grep -q 'libfuse3\.so\.3')
 
 # MicroPython stubs per board, each in its own folder: they shadow the standard library.
 $(VENV)/stubs/%/.installed: | $(STAMP)
@@ -58,8 +68,12 @@ lint: $(STAMP) typecheck-boards
 
 # Two workers, a test file each at a time: the end-to-end tests mostly wait on the wall clock
 # (a broker down for 30 s, a minute of faults), so the HIL file runs beside the rest.
-test: $(STAMP) mosquitto lint
+test: $(STAMP) mosquitto fuse lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# 1,000 power cuts under the gateway (tests/test_powercut.py; `make test` runs 50). About 35 minutes.
+soak: $(STAMP) mosquitto fuse
+	EDGEGW_POWERCUTS=1000 $(BIN)/python -m pytest -q -s tests/test_powercut.py
 
 # The fast subset while working: no MicroPython VM, no brokers, gateways or nodes (markers: pyproject.toml).
 test-fast: $(STAMP)
