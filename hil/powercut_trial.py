@@ -5,9 +5,9 @@ battery nodes on real ptys send READINGS, keep every frame until it is acknowled
 it (they are not cut: their memory is on batteries); the gateway reaches a real mosquitto
 through hil/flaky_link.py, so its uplink can be down while the subscriber, connected straight
 to the broker, stays connected the whole time. Each round: the uplink up or down (seeded), the
-gateway started on a freshly mounted disk, traffic for a random time, then a cut: the disk's
-daemon and the gateway SIGKILLed together, whatever was not fsynced thrown away. At the end the
-gateway runs with the uplink up until the nodes hold nothing unacknowledged, and the subscriber
+gateway started on a freshly mounted disk, traffic for a random time (or, one round in seven or
+so, a moment while the gateway is still starting), then a cut: the disk's daemon and the
+gateway SIGKILLed together, whatever was not fsynced thrown away. At the end the gateway runs with the uplink up until the nodes hold nothing unacknowledged, and the subscriber
 must have received every reading the nodes ever saw acknowledged (duplicates allowed).
 
 It checks only "acknowledged => delivered": how the gateway stays durable (a commit on disk, a
@@ -93,6 +93,7 @@ class TrialResult:
     seed: int
     cuts: int = 0
     cuts_uplink_down: int = 0
+    cuts_at_start: int = 0
     acked: dict[str, set[int]] = field(default_factory=dict)  # node -> reading numbers acknowledged
     delivered: dict[str, set[int]] = field(default_factory=dict)  # node -> reading numbers the subscriber received
     seconds: float = 0.0
@@ -107,14 +108,12 @@ class TrialResult:
     def summary(self) -> str:
         acked = sum(len(v) for v in self.acked.values())
         lost = sum(len(v) for v in self.missing().values())
-        return "seed %d: %d power cuts (%d with the uplink down) in %.0f s, %d readings acknowledged, %d of them never delivered" % (
-            self.seed,
+        cuts = "%d power cuts (%d with the uplink down, %d while the gateway started)" % (
             self.cuts,
             self.cuts_uplink_down,
-            self.seconds,
-            acked,
-            lost,
+            self.cuts_at_start,
         )
+        return "seed %d: %s in %.0f s, %d readings acknowledged, %d of them never delivered" % (self.seed, cuts, self.seconds, acked, lost)
 
 
 def ranges(numbers: list[int]) -> str:
@@ -187,8 +186,13 @@ class PowerCutTrial:
                 self.result.cuts_uplink_down += 1
             else:
                 self.link.set_good()
-            self._start_gateway()
-            self.pump(self.rng.uniform(0.1, 2.0))
+            if self.rng.random() < 0.15:  # while it starts: opening and recovering its store, salvage, first frames
+                self.gateway.start()
+                self.pump(self.rng.uniform(0.0, 1.0))
+                self.result.cuts_at_start += 1
+            else:
+                self._start_gateway()
+                self.pump(self.rng.uniform(0.1, 2.0))
             self.cut()
             self.result.cuts += 1
         self.link.set_good()
