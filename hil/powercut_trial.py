@@ -5,10 +5,12 @@ battery nodes on real ptys send READINGS, keep every frame until it is acknowled
 it (they are not cut: their memory is on batteries); the gateway reaches a real mosquitto
 through hil/flaky_link.py, so its uplink can be down while the subscriber, connected straight
 to the broker, stays connected the whole time. Each round: the uplink up or down (seeded), the
-gateway started on a freshly mounted disk, traffic for a random time (or, one round in seven or
-so, a moment while the gateway is still starting), then a cut: the disk's daemon and the
-gateway SIGKILLed together, whatever was not fsynced thrown away. At the end the gateway runs with the uplink up until the nodes hold nothing unacknowledged, and the subscriber
-must have received every reading the nodes ever saw acknowledged (duplicates allowed).
+gateway started on a freshly mounted disk, traffic for a random time (in some rounds the uplink
+drops under it first; one round in seven or so is cut while the gateway is still starting),
+then a cut: the disk's daemon and the gateway SIGKILLed together, whatever was not fsynced
+thrown away. At the end the gateway runs with the uplink up until the nodes hold nothing
+unacknowledged, and the subscriber must have received every reading the nodes ever saw
+acknowledged (duplicates allowed).
 
 It checks only "acknowledged => delivered": how the gateway stays durable (a commit on disk, a
 PUBACK) is its own business.
@@ -94,6 +96,7 @@ class TrialResult:
     cuts: int = 0
     cuts_uplink_down: int = 0
     cuts_at_start: int = 0
+    cuts_after_link_drop: int = 0
     acked: dict[str, set[int]] = field(default_factory=dict)  # node -> reading numbers acknowledged
     delivered: dict[str, set[int]] = field(default_factory=dict)  # node -> reading numbers the subscriber received
     seconds: float = 0.0
@@ -173,28 +176,41 @@ class PowerCutTrial:
         self.gateway.kill()
         self.disk.cut()
 
+    def _uplink(self, up: bool) -> None:
+        if up:
+            self.link.set_good()
+        else:
+            self.link.set_link(rate=0)  # carries nothing: the gateway connects and never hears CONNACK
+            self.link.cut()
+
+    def _round(self) -> None:
+        """One power cut: the uplink up or down, and the cut at a random moment."""
+        up = self.rng.random() >= 0.5
+        self._uplink(up)
+        self.result.cuts_uplink_down += not up
+        if self.rng.random() < 0.15:  # while it starts: opening and recovering its store, salvage, first frames
+            self.gateway.start()
+            self.pump(self.rng.uniform(0.0, 1.0))
+            self.result.cuts_at_start += 1
+        elif up and self.rng.random() < 0.4:  # the uplink drops under it: publishes in flight, then the disk
+            self._start_gateway()
+            self.pump(self.rng.uniform(0.1, 1.5))
+            self._uplink(False)
+            self.result.cuts_after_link_drop += 1
+            self.pump(self.rng.uniform(0.0, 1.5))
+        else:
+            self._start_gateway()
+            self.pump(self.rng.uniform(0.1, 2.0))
+        self.cut()
+        self.result.cuts += 1
+
     def run(self, cuts: int) -> TrialResult:
         started = time.monotonic()
         self.disk.start()
         for node in self.nodes:
             node.hello()
         for _round in range(cuts):
-            uplink_down = self.rng.random() < 0.5
-            if uplink_down:
-                self.link.set_link(rate=0)
-                self.link.cut()
-                self.result.cuts_uplink_down += 1
-            else:
-                self.link.set_good()
-            if self.rng.random() < 0.15:  # while it starts: opening and recovering its store, salvage, first frames
-                self.gateway.start()
-                self.pump(self.rng.uniform(0.0, 1.0))
-                self.result.cuts_at_start += 1
-            else:
-                self._start_gateway()
-                self.pump(self.rng.uniform(0.1, 2.0))
-            self.cut()
-            self.result.cuts += 1
+            self._round()
         self.link.set_good()
         self._start_gateway()
         if not self.pump(180, send=False, until=lambda: not any(node.holding for node in self.nodes)):
