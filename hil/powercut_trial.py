@@ -111,9 +111,10 @@ class TrialResult:
     def summary(self) -> str:
         acked = sum(len(v) for v in self.acked.values())
         lost = sum(len(v) for v in self.missing().values())
-        cuts = "%d power cuts (%d with the uplink down, %d while the gateway started)" % (
+        cuts = "%d power cuts (%d with the uplink down, %d soon after it dropped, %d while the gateway started)" % (
             self.cuts,
             self.cuts_uplink_down,
+            self.cuts_after_link_drop,
             self.cuts_at_start,
         )
         return "seed %d: %s in %.0f s, %d readings acknowledged, %d of them never delivered" % (self.seed, cuts, self.seconds, acked, lost)
