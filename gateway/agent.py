@@ -124,6 +124,7 @@ class Agent:
             self._committed,
             node_drops=lambda: self.sessions.reported_drops(),
             published=self.forwarder.acknowledged,
+            commit_wait=cfg.commit_wait,
         )
         self.sessions = Sessions(
             cfg.gateway_id,

@@ -78,6 +78,7 @@ class Config:
     max_bytes: int
     when_full: str
     mqtt: MqttConfig
+    commit_wait: float = 1.0
     serial: tuple[SerialConfig, ...] = field(default_factory=tuple)
     log_level: str = "info"
 
@@ -93,6 +94,13 @@ _BOOL: Checker = ("true or false", lambda v: isinstance(v, bool))
 
 def _int_range(low: int, high: int) -> Checker:
     return ("an integer from %d to %d" % (low, high), lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high)
+
+
+def _seconds(low: float, high: float) -> Checker:
+    return (
+        "a number of seconds from %g to %g" % (low, high),
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high,
+    )
 
 
 def _choice(*options: Any) -> Checker:
@@ -120,6 +128,8 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     "buffer": {
         "max_bytes": (_int_range(MIN_BUDGET, 2**50), 2_000_000_000),
         "when_full": (_choice("drop_oldest", "stop_acking"), "drop_oldest"),
+        # At most 1 s: a frame is acknowledged within it (plus the commit), far before the node's retransmission at 2 s.
+        "commit_wait": (_seconds(0, 1), 1.0),
     },
     "mqtt": {
         "host": (_TEXT, _REQUIRED),
@@ -232,6 +242,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         log_level=gateway["log_level"],
         max_bytes=buffer["max_bytes"],
         when_full=buffer["when_full"],
+        commit_wait=float(buffer["commit_wait"]),
         mqtt=MqttConfig(port=port, tls=tls, **mqtt),
         serial=tuple(serial),
     )
