@@ -38,7 +38,16 @@ from .uplink import Uplink, UplinkEvents
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 60.0
-CHECKPOINT_EVERY_S = 1.0
+# Checkpoints (see _checkpoint_loop): the WAL is looked at every CHECKPOINT_CHECK_S, and copied into the
+# database file once it holds CHECKPOINT_BYTES (or a quarter of the WAL allowance, when that is less), or
+# CHECKPOINT_MAX_S after the last checkpoint.
+CHECKPOINT_CHECK_S = 1.0
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+CHECKPOINT_MAX_S = 300.0
+# Windows kept in memory and in the newest chunks are folded into the node rows (Store.save_windows) this
+# often, or once FOLD_CHUNKS chunks were committed since the last fold (a start reads those chunks' windows).
+FOLD_EVERY_S = 600.0
+FOLD_CHUNKS = 4096
 SHUTDOWN_DRAIN_S = 30.0  # a stop never waits longer than this for the disk
 STOP_PUBACK_S = 1.0  # a stop waits this long at most for PUBACKs in flight (a slow link must not hold it up)
 STOP_UPLINK_S = 0.5  # ... and this long for the "offline" status, and again for the disconnect
@@ -56,6 +65,7 @@ class Agent:
         self._reserving = False
         self._downlink_spent = False
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
+        self._fold_failed = False  # a fold failed and was said once: the next failures are not
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -142,6 +152,7 @@ class Agent:
             loop.create_task(self.forwarder.run(), name="forwarder"),
             loop.create_task(self._status_loop(), name="status"),
             loop.create_task(self._checkpoint_loop(), name="checkpoint"),
+            loop.create_task(self._fold_loop(), name="fold"),
         ]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -172,6 +183,7 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._fold()  # the windows as they are now: a start needs no chunk to rebuild them
         await loop.run_in_executor(None, self.worker.close)
         log.info("stopped cleanly")
         return 1 if failed else 0
@@ -244,12 +256,52 @@ class Agent:
             log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", topic, node)
 
     async def _checkpoint_loop(self) -> None:
-        """The buffer's WAL copied into the database file every second, on a thread of its own."""
+        """The buffer's WAL copied into the database file, on a thread of its own, when it has grown.
+
+        Not every second: each commit appends a new copy of the page its chunk ends on to the WAL, and
+        a checkpoint copies each page it finds into the database file once more. At city load a
+        checkpoint every second would write every page twice; letting the WAL grow to CHECKPOINT_BYTES
+        (or CHECKPOINT_MAX_S) means the many WAL copies of a page cost one copy into the database
+        file. The WAL stays inside its allowance (a quarter of it at most here; Store._wal_room
+        checkpoints at half before any write, whatever this loop does), and a start after a power cut
+        replays a few MiB of WAL at most.
+        """
         loop = asyncio.get_running_loop()
+        store = self.worker.store
+        last = loop.time()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") as executor:
             while True:
-                await asyncio.sleep(CHECKPOINT_EVERY_S)
-                await loop.run_in_executor(executor, self.worker.store.checkpoint)
+                await asyncio.sleep(CHECKPOINT_CHECK_S)
+                backlog = store.wal_backlog()
+                if backlog == 0:
+                    last = loop.time()
+                    continue
+                enough = min(CHECKPOINT_BYTES, store.budget().wal // 4) // store.page_size
+                if backlog < 0 or backlog >= enough or loop.time() - last >= CHECKPOINT_MAX_S:
+                    await loop.run_in_executor(executor, store.checkpoint)
+                    last = loop.time()
+
+    async def _fold_loop(self) -> None:
+        """Windows into the node rows every FOLD_EVERY_S, or sooner once FOLD_CHUNKS chunks hold unfolded ones."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(CHECKPOINT_CHECK_S)
+            if loop.time() - last >= FOLD_EVERY_S or self.worker.store.unfolded_chunks >= FOLD_CHUNKS:
+                await self._fold()
+                last = loop.time()
+
+    async def _fold(self) -> None:
+        moved = self.sessions.moved_windows()
+        try:
+            await self.worker.call(self.worker.store.save_windows, moved)
+        except StoreError as error:  # the chunks still hold theirs; the others wait for the next fold
+            self.sessions.moved_again(moved)
+            if not self._fold_failed:
+                log.error("%s; node windows not folded yet (the buffered chunks keep theirs)", error)
+            self._fold_failed = True
+            return
+        self._fold_failed = False
 
     async def _status_loop(self) -> None:
         while True:

@@ -39,6 +39,7 @@ BATCH = 500  # rows a transaction in the fresh database
 # What reading a damaged file may raise: SQLite's errors, and a UnicodeDecodeError when SQLite's own
 # message quotes a damaged schema text that is not UTF-8.
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+_INSERT_CHUNKS = "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 @dataclass
@@ -172,9 +173,11 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
                 yield (name, value), 0
 
     def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
-        rows = _rows(source, "chunks", "id, received, frames, readings, CAST(body AS BLOB)", report)
+        # The node windows committed with each chunk (schema version 4; a damaged one costs that chunk's windows only).
+        windows = "CAST(windows AS BLOB)" if _has_column(source, "chunks", "windows") else "x''"
+        rows = _rows(source, "chunks", "id, received, frames, readings, CAST(body AS BLOB), " + windows, report)
         seen: set[int] = set()  # a damaged tree can lead to the same leaf twice
-        for _rowid, chunk_id, received, frames, readings, body in rows:
+        for _rowid, chunk_id, received, frames, readings, body, chunk_windows in rows:
             if chunk_id in seen:
                 continue
             seen.add(chunk_id)
@@ -186,7 +189,7 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
                 report.lost_chunks += 1
                 report.lost_readings += readings if isinstance(readings, int) else 0
                 continue
-            yield (chunk_id, received, frames, readings, body), readings
+            yield (chunk_id, received, frames, readings, body, chunk_windows if isinstance(chunk_windows, bytes) else b""), readings
 
     def counted(field: str) -> Callable[[int], None]:
         return lambda _readings: setattr(report, field, getattr(report, field) + 1)
@@ -198,7 +201,15 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)", counted("layouts"))
     batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)", counted("nodes"))
     batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
-    batches(chunks(), "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
+    batches(
+        chunks(), "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows) VALUES (?, ?, ?, ?, ?, ?)", chunk_counted
+    )
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    with contextlib.suppress(*READ_ERRORS):
+        return bool(db.execute("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?", (table, column)).fetchone()[0])
+    return False
 
 
 def _is_node(value: object) -> bool:
@@ -232,8 +243,9 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
     def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
         for rowid, values in pages.leaf_records(path):
             first = values[0]
-            if len(values) == 5 and first is None:  # chunks: (id is the rowid), received, frames, readings, body
-                received, frames, readings, body = values[1:]
+            if len(values) in (5, 6) and first is None:  # chunks: (id is the rowid), received, frames, readings, body[, windows]
+                received, frames, readings, body = values[1:5]
+                windows = values[5] if len(values) == 6 and isinstance(values[5], bytes) else b""
                 if isinstance(body, str):  # a flipped bit made it text: the bytes are what counts
                     body = body.encode("utf-8", "surrogateescape")
                 if rowid in have or type(frames) is not int or type(readings) is not int or not isinstance(received, int | float):
@@ -247,7 +259,7 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
                     continue
                 have.add(rowid)
                 report.scanned += 1
-                yield (rowid, received, frames, readings, body), readings
+                yield (rowid, received, frames, readings, body, windows), readings
             elif len(values) == 3 and first is None and rowid not in have_layouts:  # layouts: (id), node, channels
                 node, channels = values[1:]
                 if _is_node(node) and isinstance(channels, str) and channels.startswith("["):
@@ -263,7 +275,7 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
         report.chunks += 1
         report.readings += readings
 
-    _batches(fresh, chunks(), "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body) VALUES (?, ?, ?, ?, ?)", chunk_counted)
+    _batches(fresh, chunks(), _INSERT_CHUNKS, chunk_counted)
     for rowid, readings in lost.items():
         if rowid not in have:
             report.lost_chunks += 1

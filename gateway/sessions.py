@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from .layouts import Layout, Layouts
 from .logs import Digest, escape
 from .render import json_value
 from .serial_link import Link
-from .store import StoredFrame
+from .store import StoredFrame, WindowState
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class Sessions:
         self._unknown_frames = Digest(log, "frames from nodes that have not said HELLO")
         self._wrong_direction_frames = Digest(log, "frames marked DOWNLINK from the nodes' side", level=logging.WARNING)
         self._unused_frames = Digest(log, "frames this gateway does not use")
+        self._moved: dict[str, Node] = {}  # nodes whose window moved since moved_windows() was last asked
 
     # ------------------------------------------------------------ restoring
 
@@ -142,6 +143,23 @@ class Sessions:
         if node is None:
             node = self._by_id[node_id] = self.nodes[node_hex(node_id)] = Node(node_id, CounterWindow())
         return node
+
+    def moved_windows(self) -> dict[str, WindowState]:
+        """The windows that moved since the last call (the agent folds them into the store, Store.save_windows)."""
+        moved, self._moved = self._moved, {}
+        return {name: WindowState(node.window.highest, node.window.seen) for name, node in moved.items()}
+
+    def moved_again(self, names: Iterable[str]) -> None:
+        """Windows moved_windows() gave that could not be saved: given again next time."""
+        for name in names:
+            node = self.nodes.get(name)
+            if node is not None:
+                self._moved[name] = node
+
+    def _accept(self, node: Node, counter: int) -> None:
+        """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
+        node.window.accept(counter)
+        self._moved[node.hex] = node
 
     def reported_drops(self) -> dict[str, int]:
         """Node -> frames it says it dropped from its ring since it booted (the `dropped` of its latest STATUS)."""
@@ -196,7 +214,7 @@ class Sessions:
             self._readings(node, link, message, verdict)
             return
         if verdict == win.NEW:
-            node.window.accept(message.counter)  # not a stored frame: no durability to wait for
+            self._accept(node, message.counter)  # not a stored frame: no durability to wait for
             self._other(node, link, message)
         if message.flags & fr.F_ACK_REQ:
             self._ack(link, node, [message.counter])
@@ -269,8 +287,9 @@ class Sessions:
                 "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
             )
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
+            self._moved[node.hex] = node
         elif verdict == win.NEW:
-            node.window.accept(message.counter)
+            self._accept(node, message.counter)
         if verdict == win.DUPLICATE or (verdict == win.NEW and message.counter <= node.hello_counter):
             # Stored once (SPEC.md §4.3): a resent HELLO, or a late one the node has since replaced, leaves the layout as it is.
             self._ack(link, node, [message.counter])
@@ -328,7 +347,7 @@ class Sessions:
         for pending in result.committed:
             node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
-                node.window.accept(pending.counter)
+                self._accept(node, pending.counter)
             for link in node.waiting.pop(pending.counter, []):
                 link.ack(node.node_id, [pending.counter])
         for pending in result.refused:

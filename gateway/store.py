@@ -6,9 +6,21 @@ reading), each with the layout it arrived under and its arrival time,
 compressed with zlib when that makes the chunk smaller. SenML is built when a
 chunk is published (gateway/senml.py), not when it is stored. A chunk is
 written before its frames are acknowledged to the nodes, and deleted only
-after the broker acknowledged every pack built from it. Each node's duplicate
-window and any new channel layout are stored in the same transaction as the
-frames they admitted, so suppression and meaning survive restarts.
+after the broker acknowledged every pack built from it. Any new channel layout
+is stored in the same transaction as the frames that need it, and so is each
+node's duplicate window after them, in the chunk itself (column `windows`, a
+few bytes a frame), not in the node's row: rewriting a row per node per
+commit scattered page writes over the nodes table. The node rows take the
+windows lazily (save_windows: periodically, before chunks whose windows they
+lack are deleted, and at a stop), and a start joins the rows with the windows
+of the chunks committed since (_replay), so suppression and meaning survive
+restarts, kill -9 and power cuts for every committed frame.
+
+Writes are few because an SD card wears with every byte: chunk ids are given
+here (no AUTOINCREMENT, whose sqlite_sequence page every commit rewrote),
+deletes and folds are not synced (a lost one costs duplicates, never
+readings), and checkpoints are left to the agent, which runs them when the
+WAL has grown, not every second.
 
 Disk: max_bytes bounds every file the buffer keeps in data_dir (the database,
 its -wal and -shm, and a reserve file), and so does the free space of the
@@ -33,6 +45,7 @@ import functools
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 import zlib
@@ -52,7 +65,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "buffer.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
 DELETE_SLICE = 64  # chunks deleted in one transaction: a delete's WAL stays small
@@ -75,11 +88,12 @@ RESERVE_RETRY_MAX_S = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     received REAL NOT NULL,
     frames INTEGER NOT NULL,
     readings INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    windows BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS layouts (
     id INTEGER PRIMARY KEY,
@@ -157,6 +171,42 @@ def decode_body(body: bytes, received: float) -> list[StoredFrame]:
     return frames
 
 
+_WINDOW_RECORD = 8 + 4 + WINDOW // 8  # node id, highest, seen
+
+
+def encode_windows(windows: dict[str, WindowState]) -> bytes:
+    """Each node's window after a chunk's frames: [node id, highest, seen bitmap] records, zlib-compressed when smaller."""
+    if not windows:
+        return b""
+    raw = b"".join(
+        bytes.fromhex(node) + state.highest.to_bytes(4, "big") + state.seen.to_bytes(WINDOW // 8, "big") for node, state in windows.items()
+    )
+    packed = zlib.compress(raw, 1)
+    return _ZLIB + packed if len(packed) < len(raw) else _RAW + raw
+
+
+def decode_windows(blob: bytes) -> dict[str, WindowState]:
+    """The windows encode_windows wrote; ValueError when it is not that (damage on disk)."""
+    if not blob:
+        return {}
+    raw = zlib.decompress(blob[1:]) if blob[:1] == _ZLIB else blob[1:]
+    if len(raw) % _WINDOW_RECORD:
+        raise ValueError("not window records")
+    windows: dict[str, WindowState] = {}
+    for start in range(0, len(raw), _WINDOW_RECORD):
+        record = raw[start : start + _WINDOW_RECORD]
+        windows[record[:8].hex()] = WindowState(int.from_bytes(record[8:12], "big"), int.from_bytes(record[12:], "big"))
+    return windows
+
+
+def union(first: WindowState, second: WindowState) -> WindowState:
+    """The window that has seen every counter either has (the same node's, with no counter reset between)."""
+    if first.highest < second.highest:
+        first, second = second, first
+    shift = first.highest - second.highest  # bit i of second.seen is bit i + shift of first's
+    return WindowState(first.highest, (first.seen | second.seen << shift) & ((1 << WINDOW) - 1) if shift < WINDOW else first.seen)
+
+
 def _is_full(error: sqlite3.Error) -> bool:
     """SQLite's "database or disk is full", or -shm that could not grow (it writes it page by page to find out)."""
     code = getattr(error, "sqlite_errorcode", 0)
@@ -199,6 +249,12 @@ class Store:
             self._rows, self._readings = 0, 0
         self._live = self._live_pages()
         self._seen_at = self._high_water()
+        # Windows committed with chunks and not folded into the node rows yet (see save_windows).
+        self._folded_through = 0  # the newest chunk whose windows the node rows hold
+        self._last_chunk = 0  # the newest chunk committed
+        self._unfolded: dict[str, WindowState] = {}
+        self.unfolded_chunks = 0  # chunks committed since the last fold
+        self._replay()
         self._wal_room()
         try:
             if not self._reserve.make():
@@ -259,6 +315,17 @@ class Store:
         if not db.execute("SELECT COUNT(*) FROM pragma_table_info('nodes') WHERE name = 'last'").fetchone()[0]:  # schema version 2
             db.execute("ALTER TABLE nodes ADD COLUMN last REAL NOT NULL DEFAULT 0")
             db.execute("UPDATE nodes SET last = ?", (time.time(),))  # not known: taken as seen now, so kept for IDLE_S
+        if not db.execute("SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name = 'windows'").fetchone()[0]:  # schema version 3
+            # Version 3 wrote every node row with each commit: its rows are exact, and its chunks carry no windows.
+            db.execute("ALTER TABLE chunks ADD COLUMN windows BLOB NOT NULL DEFAULT x''")
+        chunks_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()
+        if chunks_sql and "AUTOINCREMENT" in str(chunks_sql[0]).upper() and db.execute("SELECT id FROM chunks LIMIT 1").fetchone() is None:
+            # Versions up to 3: AUTOINCREMENT rewrites sqlite_sequence's page with every commit (the ids come from
+            # Store._next_id now). Made again without it once empty; until then it only costs that page.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DROP TABLE chunks")
+            db.execute(_SCHEMA.split(";")[0])
+            db.execute("COMMIT")
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # a write: only when it changes
             db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
         return db
@@ -335,6 +402,22 @@ class Store:
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             return self._passive(self._checkpointer)
+
+    def wal_backlog(self) -> int:
+        """WAL pages not copied into the database file yet, or -1 when that cannot be read; any thread may ask.
+
+        Read from the wal-index in -shm, whose header SQLite documents (sqlite.org/walformat.html §2.2:
+        mxFrame, the last valid WAL frame, at byte 16; nBackfill, the frames already checkpointed, at
+        byte 96; native byte order): asking SQLite would mean a checkpoint, the very write this saves.
+        """
+        try:
+            with open(str(self.path) + "-shm", "rb") as shm:
+                header = shm.read(100)
+        except OSError:
+            return -1
+        if len(header) < 100:
+            return -1
+        return max(0, int.from_bytes(header[16:20], sys.byteorder) - int.from_bytes(header[96:100], sys.byteorder))
 
     @staticmethod
     def _passive(db: sqlite3.Connection) -> tuple[int, int, int]:
@@ -469,8 +552,37 @@ class Store:
             log.error("cannot read the %s in %s (%s); starting without them", what, self.path, error)
             return []
 
+    def _replay(self) -> None:
+        """At start: the windows of the chunks committed after the last fold, newest last (each holds the
+        node's whole window after its frames, so the newest wins). A damaged record costs its windows only."""
+        try:
+            self._folded_through = self.total("windows_through")
+            self._last_chunk = self.max_id()
+        except sqlite3.DatabaseError as error:
+            log.error("cannot read how far the node windows of %s are folded (%s); taking every chunk's windows", self.path, error)
+        # Chunk ids only grow (the forwarder and the fold go by them), without AUTOINCREMENT's page write per commit.
+        self._next_id = max(self._last_chunk, self._folded_through) + 1
+        damaged = 0
+        for chunk_id, blob in self._startup_rows(
+            "windows of the newest chunks", "SELECT id, CAST(windows AS BLOB) FROM chunks WHERE id > %d ORDER BY id" % self._folded_through
+        ):
+            try:
+                if type(blob) is not bytes:
+                    raise ValueError("a damaged row")
+                self._unfolded.update(decode_windows(blob))
+            except Exception:  # whatever damage looks like, it costs the windows of that chunk
+                damaged += 1
+                continue
+            self.unfolded_chunks += 1
+            self._last_chunk = max(self._last_chunk, int(chunk_id))
+        if damaged:
+            log.error(
+                "the node windows of %d chunks in %s are damaged: left out, their nodes' last frames may be taken twice", damaged, self.path
+            )
+
     def load_windows(self) -> dict[str, WindowState]:
-        """Each node's duplicate window; a damaged row is left out (that node's next frames count as new)."""
+        """Each node's duplicate window: its row, or what the newest chunk holding its frames says when that
+        was committed after the last fold. A damaged row is left out (that node's next frames count as new)."""
         windows: dict[str, WindowState] = {}
         for raw_node, highest, seen in self._startup_rows(
             "node windows", "SELECT CAST(node AS BLOB), highest, CAST(seen AS BLOB) FROM nodes"
@@ -484,7 +596,57 @@ class Store:
                 )
                 continue
             windows[node] = WindowState(highest, int.from_bytes(seen, "big"))
+        windows.update(self._unfolded)  # committed after the rows were written: they saw everything the rows hold
         return windows
+
+    def save_windows(self, windows: dict[str, WindowState]) -> None:
+        """Fold windows into the node rows, in one transaction: those given (the event loop's, of nodes whose
+        window moved since the last call) and those committed with chunks since the last fold.
+
+        The node rows are written here, lazily, not with every commit: a commit stores its windows in its
+        chunk (a few bytes a frame) instead of rewriting each node's row, whose pages lie all over the
+        table. Until a fold, a start rebuilds the windows from the chunks committed after the last one
+        (_replay). No fsync (synchronous=NORMAL): a fold lost in a power cut leaves the windows of the
+        chunks to the next start, and windows held nowhere else (frames the broker confirmed) cost at
+        most a duplicate of a frame whose ACK the node did not get, never a loss.
+
+        The two kinds are joined as a union: a window given here may lack the counters of a commit
+        whose callback had not run yet, and a committed one those of frames the broker confirmed since.
+        """
+        merged = dict(self._unfolded)
+        for node, state in windows.items():
+            merged[node] = union(merged[node], state) if node in merged else state
+        through = self._last_chunk
+        if not merged and through == self._folded_through:
+            return
+        seen_at = self._seen_at = max(time.time(), self._seen_at)
+
+        def work() -> None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO nodes (node, highest, seen, last) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen, last=excluded.last",
+                [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big"), seen_at) for node, state in merged.items()],
+            )
+            db.execute("INSERT OR REPLACE INTO totals (name, value) VALUES ('windows_through', ?)", (through,))
+            db.execute("COMMIT")
+
+        self._unsynced("fold node windows into", work)
+        self._folded_through = through
+        self._unfolded = {}
+        self.unfolded_chunks = 0
+        self._live = self._live_pages()
+
+    def _unsynced(self, what: str, work: Callable[[], T]) -> T:
+        """A write whose loss in a power cut costs duplicates at most (deletes, folds): no fsync."""
+        db = self._db
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")
+            return self._write(what, work)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA synchronous=FULL")
 
     def load_layouts(self) -> list[Layout]:
         """Every layout that reads; chunks that need a damaged one are reported damaged when published."""
@@ -532,23 +694,18 @@ class Store:
             body = encode_body(frames)
         limit = self.budget().data_pages
         self._ready_for_new()
-        # The node rows' `last` is never below the `received` of a chunk holding their frames, nor of any
-        # chunk committed before (a high-water mark, whatever the clock did): what _evict_idle relies on
-        # to tell which nodes own no chunk.
-        seen_at = self._seen_at = max(time.time(), frames[0].received, self._seen_at)
+        # The node rows' `last`, written when windows are folded (save_windows), is never below the
+        # `received` of a chunk holding their frames, nor of any chunk committed before (a high-water
+        # mark, whatever the clock did): what _evict_idle relies on to tell which nodes own no chunk.
+        self._seen_at = max(time.time(), frames[0].received, self._seen_at)
         idle_layouts: list[int] = []
         try:
             db.execute("PRAGMA synchronous=FULL")  # whatever a delete left it at: this one is acknowledged to nodes
             db.execute("BEGIN IMMEDIATE")
-            cursor = db.execute(
-                "INSERT INTO chunks (received, frames, readings, body) VALUES (?, ?, ?, ?)",
-                (frames[0].received, len(frames), readings, body),
-            )
-            chunk_id = int(cursor.lastrowid or 0)
-            db.executemany(
-                "INSERT INTO nodes (node, highest, seen, last) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(node) DO UPDATE SET highest=excluded.highest, seen=excluded.seen, last=excluded.last",
-                [(node, state.highest, state.seen.to_bytes(WINDOW // 8, "big"), seen_at) for node, state in windows.items()],
+            chunk_id = self._next_id
+            db.execute(
+                "INSERT INTO chunks (id, received, frames, readings, body, windows) VALUES (?, ?, ?, ?, ?, ?)",
+                (chunk_id, frames[0].received, len(frames), readings, body, encode_windows(windows)),
             )
             if layouts:
                 db.executemany(
@@ -583,6 +740,10 @@ class Store:
             raise StoreError(self._problem("write the buffer", error)) from None
         self._evicted_layouts.update(idle_layouts)
         self._room_again()
+        self._unfolded.update(windows)
+        self._last_chunk = chunk_id
+        self._next_id = chunk_id + 1
+        self.unfolded_chunks += 1
         self._live = live
         self._rows += 1 - freed_rows
         self._readings += readings - evicted
@@ -616,9 +777,10 @@ class Store:
         The rule: a node's window is what keeps its frames from being taken twice, and its layouts are
         what its stored frames mean, so they go only when nothing needs them. A node owns no chunk when
         no frame of it was ever stored (highest = -1: only its HELLO was), or when its `last` is older
-        than the `received` of the oldest chunk (commit keeps `last` at least the `received` of every
+        than the `received` of the oldest chunk (a fold writes `last` at least the `received` of every
         chunk committed before, so the first chunk by id stands for all of them, found by the primary
-        key instead of a scan); only then do its layouts go too. Forgetting a window means that, after a
+        key instead of a scan), and none of its frames is in a chunk committed since the last fold;
+        only then do its layouts go too. Forgetting a window means that, after a
         restart, frames the node sent before could be taken as new: accepted for a node long unseen
         only. Nodes in `keep` (those written in this transaction) stay.
         """
@@ -629,7 +791,7 @@ class Store:
         first = db.execute("SELECT received FROM chunks ORDER BY id LIMIT 1").fetchone()
         oldest = first[0] if first is not None and type(first[0]) in (int, float) else None
         owns_none = cutoff if oldest is None else min(cutoff, oldest)
-        kept = {node.encode() for node in keep}
+        kept = {node.encode() for node in (*keep, *self._unfolded)}  # nodes of chunks not folded yet own them
         rows = db.execute(
             "SELECT rowid, CAST(node AS BLOB) FROM nodes WHERE last < ? AND (highest = -1 OR last < ?) ORDER BY last", (cutoff, owns_none)
         ).fetchall()
@@ -789,17 +951,13 @@ class Store:
         reserve is given up for it. On a StoreError the slices already deleted stay deleted and the
         rest stays; calling again with the same ids is harmless.
         """
-        db = self._db
+        if self._unfolded and any(chunk_id > self._folded_through for chunk_id in ids):
+            self.save_windows({})  # their windows go to the node rows first: the chunks will not tell a start
         gone = 0
-        try:
-            # No fsync for a delete: one lost in a power cut means those readings are published
-            # again (delivery is at least once), never lost. The next commit's fsync covers it anyway.
-            db.execute("PRAGMA synchronous=NORMAL")
-            for start in range(0, len(ids), DELETE_SLICE):
-                gone += self._write("delete published chunks from", functools.partial(self._delete, ids[start : start + DELETE_SLICE]))
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA synchronous=FULL")
+        # No fsync for a delete: one lost in a power cut means those readings are published
+        # again (delivery is at least once), never lost. The next commit's fsync covers it anyway.
+        for start in range(0, len(ids), DELETE_SLICE):
+            gone += self._unsynced("delete published chunks from", functools.partial(self._delete, ids[start : start + DELETE_SLICE]))
         return gone
 
     def _delete(self, ids: list[int]) -> int:
@@ -851,7 +1009,7 @@ class Store:
 
 
 _COLUMNS = {
-    "chunks": ("id", "received", "frames", "readings", "body"),
+    "chunks": ("id", "received", "frames", "readings", "body", "windows"),
     "layouts": ("id", "node", "channels"),
     "nodes": ("node", "highest", "seen", "info", "last"),
     "totals": ("name", "value"),

@@ -161,16 +161,17 @@ def test_stop_acking_keeps_the_data_on_the_nodes(tmp_path: pathlib.Path, cable: 
 def test_drop_oldest_keeps_the_newest_and_counts_what_it_dropped(tmp_path: pathlib.Path, cable: PtyCable, started: list[Started]) -> None:
     broker, gateway, node, capture = start_with_broker_down(tmp_path, cable, "drop_oldest", started)
     try:
-        send_flow(node, range(1, 2001))
-        node.wait_acked(set(range(2, 2002)), timeout=60)  # counters 2..2001: every frame is acknowledged
+        # Well past what the budget holds (how many fit depends on how the frames group into chunks).
+        send_flow(node, range(1, 4001))
+        node.wait_acked(set(range(2, 4002)), timeout=60)  # counters 2..4001: every frame is acknowledged
         gateway.wait_for_log("dropping the oldest buffered readings")
         assert gateway.log().count("buffer full") == 1
         broker.start()
-        capture.wait_for(lambda msgs: 2000 in counters_received(capture, "0000a4cf12b3c4d5"), timeout=60)
+        capture.wait_for(lambda msgs: 4000 in counters_received(capture, "0000a4cf12b3c4d5"), timeout=60)
         gateway.wait_for_log("buffer has room again")
         received = set(counters_received(capture, "0000a4cf12b3c4d5"))
-        assert 1 not in received and 2000 in received
-        assert set(range(min(received), 2001)) <= received, "only the oldest were dropped"
+        assert 1 not in received and 4000 in received
+        assert set(range(min(received), 4001)) <= received, "only the oldest were dropped"
         dropped = int(gateway.log().split("buffer has room again; ")[1].split(" readings")[0])
         assert dropped == PER_FRAME * (min(received) - 1)
         capture.close()

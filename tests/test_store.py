@@ -281,3 +281,119 @@ def test_readings_the_broker_acknowledged_are_not_counted_as_dropped(tmp_path: p
     assert store.oldest(1)[0].id == before[0], "the oldest undelivered chunk is still there"
     assert store.total("dropped_readings") == dropped
     store.close()
+
+
+# ------------------------------------------------------------ windows: in the chunks, folded lazily
+
+NODE_A, NODE_B = "0000a4cf12b3c4d5", "0000a4cf12b3c4d6"
+
+
+def node_rows(store: Store) -> dict[str, tuple[int, int]]:
+    rows = store._db.execute("SELECT node, highest, seen FROM nodes").fetchall()
+    return {node: (highest, int.from_bytes(seen, "big")) for node, highest, seen in rows}
+
+
+def test_a_commit_writes_no_node_row_and_the_windows_are_exact_after_reopening(tmp_path: pathlib.Path) -> None:
+    """Windows travel in their chunk; the node rows are written by a fold only, and a start joins both."""
+    store = Store(tmp_path, 10_000_000)
+    store.commit(frames(1), 10, {NODE_A: WindowState(3, 0b111)})
+    store.commit(frames(2), 10, {NODE_A: WindowState(4, 0b1111), NODE_B: WindowState(9, 1)})
+    assert node_rows(store) == {}, "no node row written by a commit"
+    store.close()
+    again = Store(tmp_path, 10_000_000)
+    assert again.load_windows() == {NODE_A: WindowState(4, 0b1111), NODE_B: WindowState(9, 1)}
+    # A fold writes the rows (with a window the event loop moved since: a frame the broker confirmed).
+    again.save_windows({NODE_B: WindowState(10, 1)})
+    assert node_rows(again) == {NODE_A: (4, 0b1111), NODE_B: (10, 0b11)}
+    again.commit(frames(3), 10, {NODE_A: WindowState(6, 0b111101)})  # after the fold: not folded yet
+    assert node_rows(again)[NODE_A] == (4, 0b1111)
+    again.close()
+    third = Store(tmp_path, 10_000_000)
+    assert third.load_windows() == {NODE_A: WindowState(6, 0b111101), NODE_B: WindowState(10, 0b11)}
+    third.close()
+
+
+def test_a_fold_joins_a_committed_window_and_one_moved_in_memory(tmp_path: pathlib.Path) -> None:
+    """The event loop's window may lack a commit whose callback had not run, the chunk's the frames the
+    broker confirmed since: the row holds every counter of both."""
+    store = Store(tmp_path, 10_000_000)
+    store.commit(frames(1), 10, {NODE_A: WindowState(10, 0b1)})  # counter 10 committed
+    store.save_windows({NODE_A: WindowState(12, 0b101)})  # in memory: 12 and 10
+    assert node_rows(store)[NODE_A] == (12, 0b101)
+    store.commit(frames(2), 10, {NODE_A: WindowState(13, 0b1011)})  # 13, 12, 10
+    store.save_windows({NODE_A: WindowState(12, 0b11)})  # 12, 11: lacks 13 (its callback had not run)
+    assert node_rows(store)[NODE_A] == (13, 0b1111), "13 from the chunk, 11 from memory"
+    store.close()
+
+
+def test_deleting_chunks_whose_windows_are_not_folded_folds_them_first(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10_000_000)
+    ids = [store.commit(frames(n), 10, {NODE_A: WindowState(n, 1)})[0] for n in (1, 2, 3)]
+    store.delete(ids)
+    assert store.pending_chunks == 0
+    assert node_rows(store)[NODE_A] == (3, 1)
+    store.close()
+    assert Store(tmp_path, 10_000_000).load_windows() == {NODE_A: WindowState(3, 1)}
+
+
+def test_a_node_whose_window_is_in_an_unfolded_chunk_is_not_evicted_as_idle(tmp_path: pathlib.Path) -> None:
+    """_evict_idle goes by the node rows' `last`, which a fold writes: a node of chunks not folded yet owns them."""
+    store = Store(tmp_path, 10_000_000)
+    store.save_node_infos({NODE_A: "{}"})
+    store._db.execute("UPDATE nodes SET last = 0")  # long unseen, as its row says
+    store._least_last = None
+    store.commit(frames(1), 10, {NODE_A: WindowState(5, 1)})
+    store._db.execute("BEGIN")
+    store._evict_idle(lambda: True)
+    store._db.execute("COMMIT")
+    assert NODE_A in node_rows(store), "kept: its frames are in a chunk"
+    store.close()
+
+
+V3_SCHEMA = """
+CREATE TABLE chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, received REAL NOT NULL, frames INTEGER NOT NULL,
+    readings INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE layouts (id INTEGER PRIMARY KEY, node TEXT NOT NULL, channels TEXT NOT NULL);
+CREATE TABLE nodes (node TEXT PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL, info TEXT NOT NULL DEFAULT '{}',
+    last REAL NOT NULL DEFAULT 0);
+CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 3;
+"""
+
+
+def test_a_version_3_buffer_is_upgraded_in_place(tmp_path: pathlib.Path) -> None:
+    """Version 3 wrote each node's row with every commit: its rows are the windows, its chunks are published as they are."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(V3_SCHEMA)
+    db.execute("INSERT INTO chunks (received, frames, readings, body) VALUES (?, 1, 10, ?)", (1795000001.0, encode_body(frames(1))))
+    db.execute(
+        "INSERT INTO nodes (node, highest, seen, info, last) VALUES (?, 41, ?, '{}', ?)", (NODE_A, (7).to_bytes(32, "big"), time.time())
+    )
+    db.execute("INSERT INTO totals (name, value) VALUES ('downlink_counter', 65536)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path, 10_000_000)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert store.load_windows() == {NODE_A: WindowState(41, 7)}
+    assert [chunk.frames for chunk in store.oldest(10)] == [frames(1)]
+    assert store.total("downlink_counter") == 65536
+    store.commit(frames(2), 10, {NODE_A: WindowState(42, 15)})
+    store.close()
+    again = Store(tmp_path, 10_000_000)
+    assert again.load_windows() == {NODE_A: WindowState(42, 15)}
+    assert payloads(again) == [1, 2]
+    assert "AUTOINCREMENT" in chunks_sql(again), "a table with chunks in it is not copied to drop AUTOINCREMENT"
+    ids = [chunk.id for chunk in again.oldest(10)]
+    again.delete(ids)
+    again.close()
+    empty = Store(tmp_path, 10_000_000)
+    assert "AUTOINCREMENT" not in chunks_sql(empty), "made again without it once empty: no sqlite_sequence write per commit"
+    assert empty.load_windows() == {NODE_A: WindowState(42, 15)}
+    assert empty.commit(frames(3), 10, {})[0] > max(ids), "chunk ids still only grow"
+    empty.close()
+
+
+def chunks_sql(store: Store) -> str:
+    return str(store._db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()[0])
