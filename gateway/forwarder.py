@@ -49,8 +49,13 @@ log = logging.getLogger(__name__)
 PACK_READINGS = 500  # readings in one MQTT message at most
 BUILD_GROUPS = 256  # node groups made into packs at a time
 BACKLOG_FRAMES = 40_960  # frames read from disk at a time at most (many nodes: each still gets a large pack)
-DELETE_EVERY = 64  # acknowledged chunks collected before one delete transaction
-DELETE_AFTER_S = 0.2  # ... or after this long
+# Acknowledged chunks are deleted in batches (Store.delete: DELETE_SLICE chunks a transaction, no fsync): a
+# delete rewrites the pages it touches (a leaf, its parent, the freelist), so one every 0.2 s for a chunk or
+# two would cost about as many pages as the commits themselves; a drain after an outage frees hundreds a time.
+# Until deleted, acknowledged chunks are the first a full buffer evicts (Store.commit's `published`).
+DELETE_EVERY = 512  # acknowledged chunks collected before a delete
+DELETE_AFTER_S = 5.0  # ... or after this long
+PUMP_TICK_S = 0.2  # the pump looks at its work at least this often
 REFUSED_RETRY_S = 5.0  # after the broker refused a publish (quota, authorisation), no readings go out for this long
 # Frames of live chunks waiting in RAM to be made into packs. Past it the uplink is slower than the
 # live load: the waiting chunks are left to the backlog read (they are on disk already), so RAM stays
@@ -459,7 +464,7 @@ class Forwarder:
         last_delete = asyncio.get_running_loop().time()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), DELETE_AFTER_S)
+                await asyncio.wait_for(self._wake.wait(), PUMP_TICK_S)
             self._wake.clear()
             now = asyncio.get_running_loop().time()
             if self._tally.done and (len(self._tally.done) >= DELETE_EVERY or now - last_delete >= DELETE_AFTER_S):
