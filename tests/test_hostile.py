@@ -624,3 +624,26 @@ def test_rules_a_c_implementer_would_otherwise_guess(bench: Bench) -> None:
     short = cobs.encode(struct.pack(">BBB8sI", 0x10, messages.LOG, fr.F_AUTH, bytes(7) + b"\x01", 4) + bytes(4), True)
     (reject,) = rejects(bench.feed(short))
     assert (reject["reason"], reject["counter"], reject["type"]) == (perr.E_AUTH, 4, messages.LOG)
+
+
+# ------------------------------------------------------------ the log in steady state
+
+
+def test_a_thousand_hellos_write_a_few_lines_and_steady_readings_none(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    """1,000 nodes powering up: a few HELLO lines (the Digest), not 1,000; then a round of READINGS each, stored
+    and acknowledged: not one line."""
+    nodes = [bytes.fromhex("00000000003%05x" % index) for index in range(1000)]
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        for node in nodes:
+            bench.feed(encode(Message(messages.HELLO, node, 1, HELLO_FIELDS, fr.F_ACK_REQ)))
+        hello_lines = len(caplog.records)
+        caplog.clear()
+        for round_number in range(3):
+            for node in nodes:
+                samples = [0, round_number, 0, 1, 2150, 1]
+                bench.feed(encode(Message(messages.READINGS, node, 2 + round_number, {"samples": samples}, fr.F_ACK_REQ)))
+            bench.sessions.committed(CommitResult(bench.committer.pending, [], None))
+            bench.committer.pending = []
+            assert len(acked(bench.replies())) == 1000, "each frame acknowledged once stored"
+    assert 1 <= hello_lines <= 5, hello_lines
+    assert [record.getMessage() for record in caplog.records] == [], "no line per frame"
