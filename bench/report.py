@@ -83,6 +83,7 @@ BEFORE_COMMIT = "b336f55"
 NODE_RED_CPU = {"cpu_1000": 172, "cpu_8000": 54}
 ISSUE_CPU = {"cpu_1000": 208, "cpu_8000": 89}
 CITY_STEPS = ("city_1000", "city_10000", "cpu_1000", "cpu_8000")
+STEPS_COMPARED = (*CITY_STEPS, "ingest_gateway", "steady_gateway")
 PHASE_FIGURES = [
     # (column, key, unit)
     ("readings/s ACKed", "readings_per_s", ""),
@@ -132,8 +133,12 @@ def _issue12(records: list[dict[str, Any]]) -> list[str]:
         return []
     # Runs that recorded their commit: "before" those of BEFORE_COMMIT, "after" the others; each step from the
     # newest run of its side that measured it (partial runs measure some steps again).
+    # "After" is the newest code measured: runs of earlier issue-12 code (one helper's change landed before
+    # another's) are named under the table, not mixed in.
     before = _merge([r for r in full if r.get("code_commit") == BEFORE_COMMIT])
-    after = _merge([r for r in full if r.get("code_commit") not in (None, "", BEFORE_COMMIT)])
+    since = [r for r in full if r.get("code_commit") not in (None, "", BEFORE_COMMIT) and any(step in r for step in STEPS_COMPARED)]
+    after = _merge([r for r in since if r["code_commit"] == since[-1]["code_commit"]]) if since else None
+    between = sorted({"%s on %s" % (r["code_commit"], r.get("when", "?")) for r in since if r["code_commit"] != since[-1]["code_commit"]})
 
     def value(run: dict[str, Any] | None, step: str, *keys: str) -> Any:
         found: Any = run.get(step) if run else None
@@ -221,6 +226,8 @@ def _issue12(records: list[dict[str, Any]]) -> list[str]:
                 written = ", ".join("%s %s" % (f, _fmt(b)) for f, b in by_file.items()) or found.get("trace_error", "-")
                 synced = ", ".join("%s %.3g" % (f, c / traced) for f, c in syncs.items()) or "-"
                 out.append("| %s | %s, %s | %s | %s |" % (name, step, phase.replace("_", " "), written, synced))
+    if between:
+        out += ["", "Runs of issue-12 code older than the after column, in `bench/results.jsonl`: %s." % ", ".join(between)]
     return [*out, ""]
 
 
