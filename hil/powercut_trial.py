@@ -37,7 +37,7 @@ from .scripted_node import ScriptedNode
 from .serial_pair import PtyCable
 
 RESEND_AFTER = 2.0  # s: a node's retransmission timer, as the firmware's
-MAX_UNACKED = 24  # per node: what a node holds at most before it waits (well inside the span rule)
+MAX_UNACKED = 32  # per node: what a node holds at most before it waits (the largest firmware ring; well inside the span rule)
 REASON_STALE, REASON_UNKNOWN_NODE = 11, 12
 CHANNELS = [{"name": "counter", "unit": "", "scale": 0}]
 
@@ -132,7 +132,7 @@ def ranges(numbers: list[int]) -> str:
 
 
 class PowerCutTrial:
-    def __init__(self, workdir: Path, broker: Mosquitto, *, seed: int, nodes: int = 3) -> None:
+    def __init__(self, workdir: Path, broker: Mosquitto, *, seed: int, nodes: int = 6) -> None:
         self.workdir = Path(workdir)
         self.rng = random.Random(seed)
         self.result = TrialResult(seed)
@@ -201,7 +201,7 @@ class PowerCutTrial:
             self.pump(self.rng.uniform(0.0, 1.5))
         else:
             self._start_gateway()
-            self.pump(self.rng.uniform(0.1, 2.0))
+            self.pump(self.rng.uniform(0.2, 3.0))
         self.cut()
         self.result.cuts += 1
 
