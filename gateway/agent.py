@@ -1,13 +1,16 @@
 """The supervisor: builds the layers, runs them, and stops them in the right order.
 
-serial ports -> sessions -> committer -> store (disk) -> forwarder -> uplink (MQTT)
+serial ports -> sessions -> router -> forwarder (in memory) -> uplink (MQTT)
+                                   or -> committer -> store (disk) -> forwarder -> uplink
 
 Stopping (SIGTERM/SIGINT) takes a couple of seconds at most, and the nodes stay
 acknowledged all along: the ports keep reading and the committer keeps
-committing and acknowledging while the forwarder stops handing out packs, waits
-briefly for the PUBACKs in flight and deletes what the broker acknowledged, and
-the uplink says "offline" and disconnects. Then the last commit, then the ports
-close, then the database.
+committing and acknowledging while new frames go to disk, the forwarder stops
+handing out packs, waits briefly for the PUBACKs in flight (acknowledging the
+frames held in memory they carry) and deletes what the broker acknowledged;
+the held frames still unacknowledged go to the committer, and the uplink says
+"offline" and disconnects. Then the last commit, then the ports close, then
+the node windows are written (those PUBACKs moved too), then the database.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .config import Config
 from .forwarder import Forwarder
 from .layouts import Layouts
 from .render import describe_error
+from .router import Router
 from .serial_link import PortManager
 from .sessions import Sessions
 from .store import Store, StoreError
@@ -83,6 +87,9 @@ class Agent:
                 started=int(self.started),
                 nodes=len(self.sessions.nodes),
                 buffered_readings=self.worker.store.pending_readings,
+                acked_by_broker=self.router.acked_by_broker,
+                acked_on_disk=self.router.acked_on_disk,
+                missed_broker_ack_wait=self.router.missed_deadline,
                 ports={
                     link.path: {"frames": link.frames, "errors": dict(link.errors), "replies_dropped": dict(link.downlink.dropped)}
                     for link in self.ports.links()
@@ -141,10 +148,11 @@ class Agent:
             published=self.forwarder.acknowledged,
             commit_wait=cfg.commit_wait,
         )
+        self.router = Router(self.committer, self.forwarder, cfg.broker_ack_wait, lambda frames: self.sessions.safe(frames))
         self.sessions = Sessions(
             cfg.gateway_id,
             cfg.mqtt.topic_prefix,
-            self.committer,
+            self.router,
             layouts,
             self.forwarder.retained,
             self._save_info,
@@ -176,7 +184,9 @@ class Agent:
         failed = await self._wait(tasks)
 
         log.info("stopping: waiting briefly for the broker's acknowledgements; the nodes are still acknowledged")
+        self.router.close()  # new frames go to disk
         await self.forwarder.settle(timeout=STOP_PUBACK_S)
+        self.forwarder.release_held()  # held frames the broker has not acknowledged go to disk too
         await loop.run_in_executor(None, lambda: self.uplink.stop(self.status_topic, self._status("offline"), timeout=STOP_UPLINK_S))
         await self.forwarder.finish()  # what the broker acknowledged leaves the disk, partly delivered chunks too
         if not tasks[0].done():  # a committer that died (a bug, logged above) has nothing left to drain
@@ -223,6 +233,7 @@ class Agent:
             log.error("%s; node info not saved", error)
 
     def _committed(self, result: CommitResult) -> None:
+        self.router.committed(result)
         self.sessions.committed(result)
         if result.chunk is not None:
             self.forwarder.live(result.chunk)

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 4096  # frames per transaction
 COMMIT_WAIT_S = 1.0  # the default of [buffer] commit_wait: an ACK still comes well before a node's retransmission at 2 s
 GROUP_READY_BYTES = 8192  # a group this big (payload bytes) is committed at once: two pages of frames, one once compressed
+# Where a frame is (gateway/router.py): on the broker-first path only (in the forwarder's memory, its node
+# acknowledged on PUBACK), handed to the committer (maybe still in flight to the broker too), or safe
+# (PUBACKed or committed, its node acknowledged): a commit passes over a frame that is safe already.
+LIVE, DISK, SAFE = 0, 1, 2
 EPISODE_CHECK_S = 1.0  # while full and idle, how often the fill level is looked at
 ROOM_AGAIN = 0.9  # a full episode ends once the buffer is below this fraction of its budget
 
@@ -48,6 +52,7 @@ class Pending:
     layout: Layout
     owner: Any  # the node's session state; `owner.window` is its live CounterWindow
     window: CounterWindow  # owner.window when the frame was accepted; replaced on a counter reset
+    state: int = DISK  # LIVE, DISK or SAFE
 
 
 @dataclass
@@ -283,6 +288,9 @@ class Committer:
                 take = self._group_size()
                 group, self._queue = self._queue[:take], self._queue[take:]
                 self._queued_bytes -= sum(_frame_cost(p) for p in group)
+                group = [p for p in group if p.state != SAFE]  # the broker acknowledged these meanwhile
+                if not group:
+                    continue
                 self.commits += 1
                 plan = _window_plan(group)
                 layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())

@@ -17,6 +17,9 @@ from typing import Any
 
 from .disk import MIN_BUDGET
 
+# A frame the broker has not acknowledged within [buffer] broker_ack_wait goes to disk, and that commit
+# must be done before the node's first retransmission, 2 s after it sent the frame (SPEC.md §4.2).
+MAX_BROKER_ACK_WAIT = 1.5
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -81,6 +84,7 @@ class Config:
     commit_wait: float = 1.0
     serial: tuple[SerialConfig, ...] = field(default_factory=tuple)
     log_level: str = "info"
+    broker_ack_wait: float = 1.0  # s a frame held for the broker waits for its PUBACK before it goes to disk (0: disk first)
 
 
 # ---------------------------------------------------------------- checkers
@@ -130,6 +134,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "when_full": (_choice("drop_oldest", "stop_acking"), "drop_oldest"),
         # At most 1 s: a frame is acknowledged within it (plus the commit), far before the node's retransmission at 2 s.
         "commit_wait": (_seconds(0, 1), 1.0),
+        "broker_ack_wait": (_seconds(0, MAX_BROKER_ACK_WAIT), 1.0),
     },
     "mqtt": {
         "host": (_TEXT, _REQUIRED),
@@ -243,6 +248,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         max_bytes=buffer["max_bytes"],
         when_full=buffer["when_full"],
         commit_wait=float(buffer["commit_wait"]),
+        broker_ack_wait=float(buffer["broker_ack_wait"]),
         mqtt=MqttConfig(port=port, tls=tls, **mqtt),
         serial=tuple(serial),
     )

@@ -1,5 +1,13 @@
 """Buffer -> broker: SenML packs built from stored chunks, an inflight window of QoS 1 publishes, live data first.
 
+Frames the router (gateway/router.py) sends broker-first are held in memory,
+never written: built into packs per node the same way as live chunks, served
+first, and reported back on PUBACK (their nodes are acknowledged then), or
+when they can no longer be delivered from memory (the connection dropped, the
+broker refused one, the gateway stops): they go to disk then. They are never
+resent from memory, and a held frame the router took back (its deadline
+passed) before its pack went out is not published at all.
+
 Chunks committed while connected are live: they are turned into packs (one
 per node, every frame the waiting chunks hold) and served before the backlog
 whenever a slot in the window frees up; on a link slower than the live load,
@@ -32,12 +40,14 @@ import contextlib
 import logging
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cbor2
 
 from . import senml
+from .committer import LIVE, Pending
 from .layouts import Layout, Layouts
 from .senml import CONTENT_TYPE
 from .store import Chunk, Store, StoreError
@@ -73,6 +83,7 @@ class Pack:
     payload: bytes
     chunks: tuple[int, ...]  # the chunks whose frames it carries
     frames: array[int]  # those frames (FRAME_BITS)
+    held: tuple[Pending, ...] = ()  # or the frames held in memory it carries (then no chunks)
 
 
 @dataclass(slots=True)
@@ -339,8 +350,54 @@ def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int, 
         getattr(chunks, "close", lambda: None)()  # a read that ended early ends the store's cursor here, on its thread
 
 
+class HeldSink(Protocol):
+    """Where held frames are reported (gateway/router.py)."""
+
+    def acked(self, frames: Sequence[Pending]) -> None: ...  # the broker acknowledged them
+
+    def lost(self, frames: Sequence[Pending]) -> None: ...  # they will not go out from memory
+
+    def all_lost(self) -> None: ...  # none of the held frames not acknowledged yet will
+
+
+class _NoSink:
+    def acked(self, frames: Sequence[Pending]) -> None:
+        pass
+
+    def lost(self, frames: Sequence[Pending]) -> None:
+        pass
+
+    def all_lost(self) -> None:
+        pass
+
+
+def held_packs(held: list[Pending], layouts: Layouts, topic_base: str) -> tuple[list[Pack], list[Pending]]:
+    """Frames held in memory as packs, per node like live chunks (group_frames, build_packs);
+    (packs, frames that cannot go out as SenML). Held frames are named by their position."""
+    chunk = Chunk(0, [pending.frame for pending in held], sum(pending.readings for pending in held))
+    grouped = group_frames([chunk], layouts)
+    if grouped.damaged:  # a layout not known: kept as the frames are, they go to disk
+        return [], held
+    packs: list[Pack] = []
+    left: list[Pending] = []
+    for built in build_groups(grouped.groups, topic_base):
+        for pack in built.packs:
+            packs.append(Pack(pack.topic, pack.payload, (), array("q"), tuple(held[ref & POSITION] for ref in pack.frames)))
+        left += [held[ref & POSITION] for ref in built.damaged]
+    return packs, left
+
+
 class Forwarder:
-    def __init__(self, worker: StoreWorker, uplink: Uplink, qos: int, window: int, layouts: Layouts, topic_base: str) -> None:
+    def __init__(
+        self,
+        worker: StoreWorker,
+        uplink: Uplink,
+        qos: int,
+        window: int,
+        layouts: Layouts,
+        topic_base: str,
+        sink: HeldSink | None = None,
+    ) -> None:
         self._worker = worker
         self._uplink = uplink
         self._qos = qos
@@ -353,6 +410,8 @@ class Forwarder:
         self._live_overflows = 0  # times live chunks were left to the backlog read on this connection
         self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
         self._live: deque[Pack] = deque()
+        self._held: list[Pending] = []  # frames held in memory, not yet made into packs
+        self.sink: HeldSink = sink or _NoSink()
         self._again: deque[Pack] = deque()  # in flight on a lost connection, or refused: published again
         self._paused_until = 0.0  # loop time before which no readings are published (the broker refused some)
         self._refused = 0  # publishes refused since the broker last accepted one (0: not refusing)
@@ -386,13 +445,45 @@ class Forwarder:
     def disconnected(self) -> None:
         """What was in flight is published again on the next connection; nothing acknowledged is."""
         self._epoch += 1
-        packs = [item for item in self._inflight.values() if isinstance(item, Pack)]
+        packs = [item for item in self._inflight.values() if isinstance(item, Pack) and not item.held]
         self._again.extendleft(reversed(packs))  # ahead of older retries, in the order first sent
         for item in self._inflight.values():
             if isinstance(item, Retained):
                 self._retained.setdefault(item.topic, item.payload)  # unless a newer one is waiting
         self._inflight.clear()
         self._drop_live()  # not built yet: read from disk as backlog after the reconnect
+        self.release_held()
+
+    # ------------------------------------------------------------ frames held in memory
+
+    def takes_held(self) -> bool:
+        """Whether a frame may be held in memory now: connected with QoS 1, publishing (not stopping,
+        not paused after a refusal), and fewer than LIVE_FRAMES live frames waiting."""
+        return (
+            self._qos == 1
+            and self._window > 0
+            and self._uplink.connected
+            and not self._refused
+            and asyncio.get_running_loop().time() >= self._paused_until
+            and len(self._held) + self._live_frames < LIVE_FRAMES
+        )
+
+    def hold(self, pending: Pending) -> None:
+        self._held.append(pending)
+        self._wake.set()
+
+    def holds(self) -> bool:
+        """Whether held frames wait here or are in flight (answered or given up on: no longer)."""
+        packs = [*self._live, *self._inflight.values()]
+        return bool(self._held) or any(isinstance(pack, Pack) and pack.held for pack in packs)
+
+    def release_held(self) -> None:
+        """Held frames not acknowledged yet go to disk (the sink), in flight or not; none goes out from memory
+        after this. A PUBACK that still comes for one in flight is reported as usual."""
+        self._held = []
+        if any(pack.held for pack in self._live):
+            self._live = deque(pack for pack in self._live if not pack.held)
+        self.sink.all_lost()
 
     def live(self, chunk: Chunk) -> None:
         if not self._uplink.connected:
@@ -433,7 +524,10 @@ class Forwarder:
         item = self._inflight.pop(mid, None)
         if isinstance(item, Pack):
             if accepted:
-                self._tally.acknowledged(item)
+                if item.held:
+                    self.sink.acked(item.held)
+                else:
+                    self._tally.acknowledged(item)
                 if self._refused:
                     log.warning("the broker accepts readings again, after refusing %d publishes", self._refused)
                     self._refused = 0
@@ -452,7 +546,10 @@ class Forwarder:
                 REFUSED_RETRY_S,
             )
         self._refused += 1
-        self._again.append(pack)
+        if pack.held:  # from memory: its frames, and every other held one, go to disk
+            self.release_held()
+        else:
+            self._again.append(pack)
         loop = asyncio.get_running_loop()
         if loop.time() >= self._paused_until:
             self._paused_until = loop.time() + REFUSED_RETRY_S
@@ -496,6 +593,10 @@ class Forwarder:
             if queue is None:
                 break
             pack = queue.popleft()
+            if pack.held and any(pending.state != LIVE for pending in pack.held):
+                # The router took some back (their deadline passed): the rest go to disk with them.
+                self.sink.lost([pending for pending in pack.held if pending.state == LIVE])
+                continue
             mid = self._uplink.publish(pack.topic, pack.payload, self._qos, content_type=CONTENT_TYPE)
             if mid is None:
                 queue.appendleft(pack)
@@ -504,6 +605,15 @@ class Forwarder:
         self._prefetch()
 
     def _next_queue(self) -> deque[Pack] | None:
+        if self._held and not self._live:
+            # Held frames, like live chunks, are built once the last live packs are out.
+            held = [pending for pending in self._held if pending.state == LIVE]  # the rest the router took back
+            self._held = []
+            if held:
+                packs, left = held_packs(held, self._layouts, self._topic_base)
+                self._live.extend(packs)
+                if left:
+                    self.sink.lost(left)  # SenML cannot carry them: from disk, they are reported as damaged
         if self._live_chunks and not self._live:
             # Chunks on disk at connect time are the backlog's; the rest are published together. Built
             # only once the last live packs are out: on a slow link they gather into larger packs.

@@ -1,8 +1,9 @@
 """Per-node sessions: what each node said, what it may be told, and when it is acknowledged.
 
 HELLO registers a node (and is answered with ACK and TIME) and its channel
-layout, READINGS go to the committer as the node sent them, duplicates are re-acknowledged without being
-stored twice, and a counter that went backwards is handled as SPEC.md §4.3 says.
+layout, READINGS go to the router (broker first or disk first, gateway/router.py) as the node sent
+them and are acknowledged once safe (`safe`), duplicates are re-acknowledged without being
+stored or published twice, and a counter that went backwards is handled as SPEC.md §4.3 says.
 Node info is kept on disk so a restarted gateway still knows every node's channels.
 
 What a node says is not trusted (SPEC.md §5.12, §6): a frame that cannot be
@@ -19,9 +20,9 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from protocols import CounterWindow, Message, ProtocolError, messages, node_hex
 from protocols import errors as perr
@@ -29,7 +30,7 @@ from protocols import frame as fr
 from protocols import window as win
 
 from . import senml
-from .committer import CommitResult, Committer, Pending
+from .committer import CommitResult, Pending
 from .fast_decode import ReceivedMessage
 from .layouts import Layout, Layouts
 from .logs import Digest, escape
@@ -61,7 +62,7 @@ class Node:
     link: Link | None = None
     last_seen: float = 0.0
     status_sent_at: float = 0.0
-    waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters in the commit queue -> links to ACK
+    waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters not safe yet (broker or disk) -> links to ACK
     stale: int = 0
     stale_logged_at: float = -1e9
     rejected_at: dict[int, float] = field(default_factory=dict)  # reason -> when last sent a REJECT (one key per reason code)
@@ -94,6 +95,12 @@ def _finite_when_scaled(samples: list[Any], layout: Layout) -> bool:
     )
 
 
+class Route(Protocol):
+    """Where accepted READINGS go (gateway/router.py; the committer alone would do too)."""
+
+    def submit(self, pending: Pending) -> None: ...
+
+
 class Sessions:
     """The LinkHandler for every port: one place that knows every node."""
 
@@ -101,7 +108,7 @@ class Sessions:
         self,
         gateway_id: str,
         topic_prefix: str,
-        committer: Committer,
+        committer: Route,
         layouts: Layouts,
         publish_retained: Callable[[str, bytes], None],
         save_info: Callable[[str, str], None],
@@ -318,7 +325,7 @@ class Sessions:
     def _readings(self, node: Node, link: Link, message: ReceivedMessage, verdict: int) -> None:
         counter = message.counter
         if counter in node.waiting:
-            node.waiting[counter].append(link)  # a retransmission of a frame on its way to disk
+            node.waiting[counter].append(link)  # a retransmission of a frame on its way to the broker or disk
             return
         if verdict == win.DUPLICATE:
             self._ack(link, node, [counter])
@@ -342,14 +349,20 @@ class Sessions:
         if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
             self._publish_status(node)
 
-    def committed(self, result: CommitResult) -> None:
-        """After a transaction: accept the counters, then ACK them (each port's queue makes one ACK per node of them)."""
-        for pending in result.committed:
+    def safe(self, frames: Sequence[Pending]) -> None:
+        """These frames are durable (committed, or PUBACKed by the broker): accept their counters, then
+        ACK them (each port's queue makes one ACK per node of them). The one place where a READINGS
+        counter enters a window, whichever path the frame took; safe twice is harmless."""
+        for pending in frames:
             node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
                 self._accept(node, pending.counter)
             for link in node.waiting.pop(pending.counter, []):
                 link.ack(node.node_id, [pending.counter])
+
+    def committed(self, result: CommitResult) -> None:
+        """After a transaction: the stored frames are safe; the refused ones are not acknowledged (their nodes resend them)."""
+        self.safe(result.committed)
         for pending in result.refused:
             pending.owner.waiting.pop(pending.counter, None)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
+import sqlite3
 import struct
 import time
 from collections.abc import Iterator
@@ -262,3 +265,74 @@ def test_status_config_and_last_will(gateway: GatewayProcess, broker: Mosquitto,
 
     gateway.kill()  # no clean goodbye: the broker publishes the last will
     capture.wait_for(lambda msgs: [json.loads(m.payload)["state"] for m in msgs if m.topic == "edgegw/gw-test/status"][-1:] == ["offline"])
+
+
+# ------------------------------------------------------------ ACK on PUBACK (issue 12)
+# With the broker answering, readings are acknowledged once the broker has them and the buffer
+# never holds a chunk; with the broker frozen (SIGSTOP: connected, silent), they are committed
+# after [buffer] broker_ack_wait and acknowledged from disk.
+
+
+def chunks_ever_written(gateway: GatewayProcess) -> int:
+    """Chunk ids are never reused (AUTOINCREMENT): the highest one is the count of commits that stored readings."""
+    db = sqlite3.connect("file:%s?mode=ro" % (gateway.data_dir / "buffer.sqlite3"), uri=True)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+    finally:
+        db.close()
+    return int(row[0]) if row else 0
+
+
+def test_with_the_broker_answering_readings_are_acked_on_puback_and_never_written(
+    gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable]
+) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    node = ScriptedNode(cables[0], NODE_A, counter=100)
+    node.wait_acked([node.hello()])
+    gateway.wait_for_log("connected to")
+    node.wait_acked(send_flow(node, range(1, 300)), timeout=60)
+    last = node.readings([1, 300, 0])
+    resend = bytes(node.unacked[last])  # the wire bytes, as the node would send them again
+    node.wait_acked([last])
+    capture.wait_for(lambda msgs: set(range(1, 301)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=30)
+    assert sorted(counters_received(capture, "0000a4cf12b3c4d5")) == list(range(1, 301)), "each published once"
+    assert chunks_ever_written(gateway) == 0, "no reading went through the disk"
+    assert "did not acknowledge readings within" not in gateway.log()
+
+    assert gateway.stop() == 0  # the windows the PUBACKs moved are written at the stop
+    before = len(gateway.log())
+    gateway.start()
+    gateway.wait_for_log("ttyNODE0: open", after=before)
+    node.acked.clear()
+    node.cable.write(b"\x00" + resend)  # the first ACK was lost on the line: a duplicate, after the restart too
+    node.wait_acked([last])
+    node.wait_acked([node.readings([1, 301, 0])])
+    capture.wait_for(lambda msgs: 301 in counters_received(capture, "0000a4cf12b3c4d5"))
+    assert counters_received(capture, "0000a4cf12b3c4d5").count(300) == 1
+    assert chunks_ever_written(gateway) == 0
+
+
+def test_with_the_broker_frozen_readings_go_to_disk_after_the_deadline_and_are_acked(
+    gateway: GatewayProcess, broker: Mosquitto, capture: MqttCapture, cables: list[PtyCable]
+) -> None:
+    gateway.wait_for_log("ttyNODE0: open")
+    node = ScriptedNode(cables[0], NODE_A)
+    node.wait_acked([node.hello()])
+    gateway.wait_for_log("connected to")
+    node.wait_acked([node.readings([1, 1, 0])])
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)  # connected, answering nothing (keepalive 30 s: not noticed yet)
+    try:
+        node.wait_acked(send_flow(node, range(2, 52)), timeout=15)  # acknowledged = committed
+        assert chunks_ever_written(gateway) >= 1
+        gateway.wait_for_log("did not acknowledge readings within 1 s")
+        assert gateway.log().count("did not acknowledge readings within") == 1, "one line an episode, not one a frame"
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+    capture.wait_for(lambda msgs: set(range(1, 52)) <= set(counters_received(capture, "0000a4cf12b3c4d5")), timeout=30)
+    # Back on the broker path once what it had in flight is answered: a new reading is acknowledged without a commit.
+    written = chunks_ever_written(gateway)
+    node.wait_acked([node.readings([1, 52, 0])])
+    gateway.wait_for_log("the broker answers in time again")
+    capture.wait_for(lambda msgs: 52 in counters_received(capture, "0000a4cf12b3c4d5"))
+    assert chunks_ever_written(gateway) == written

@@ -1,0 +1,133 @@
+"""Broker first or disk first: where an accepted READINGS frame goes, and when it is safe.
+
+A frame is acknowledged to its node once it is durable somewhere (SPEC.md §4.2):
+committed to the buffer on disk, or acknowledged by the broker (PUBACK). While
+the broker answers, frames are held in the forwarder's memory and published
+ahead of the backlog, and nothing is written for them. A frame goes to the
+committer instead
+
+- at once, when the broker cannot take it now: not connected, QoS 0 (no
+  PUBACK), refusing or paused, the stop begun, `broker_ack_wait` = 0, the
+  memory bound reached (forwarder.LIVE_FRAMES), or a deadline missed recently;
+- when its PUBACK has not come within `broker_ack_wait` seconds (a frame not yet
+  on the wire is taken back and not published; one in flight may now be
+  published twice, never lost);
+- when the connection drops, the broker refuses a pack or the gateway stops:
+  every held frame not acknowledged yet, in arrival order.
+
+A frame's states (committer.LIVE, DISK, SAFE), each changed on the event loop only:
+
+    submit --(broker answers)--> LIVE --PUBACK--> SAFE (node ACKed)
+    submit --(otherwise)-------> DISK --commit--> SAFE (node ACKed)
+    LIVE --deadline / connection lost / refused / stop--> DISK
+    DISK --late PUBACK--> SAFE (node ACKed; a commit not begun passes over it)
+
+After a missed deadline, new frames go disk first until no held frame is
+waiting or in flight any more; the log says so once when it starts and once
+when it ends, not per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from .committer import DISK, LIVE, SAFE, CommitResult, Committer, Pending
+from .forwarder import Forwarder
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, committer: Committer, forwarder: Forwarder, wait_s: float, safe: Callable[[Sequence[Pending]], None]) -> None:
+        self._committer = committer
+        self._forwarder = forwarder
+        self._wait_s = wait_s
+        self._safe = safe  # acknowledge frames the broker has (Sessions.safe)
+        self._held: deque[tuple[float, Pending]] = deque()  # (deadline, frame) held in memory, in arrival order
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._late = 0  # frames that missed the deadline in the current episode (0: none)
+        self.acked_by_broker = 0  # frames acknowledged to their nodes on PUBACK
+        self.acked_on_disk = 0  # ... once committed
+        self.missed_deadline = 0  # frames handed to disk because their PUBACK did not come in time
+        forwarder.sink = self
+
+    def submit(self, pending: Pending) -> None:
+        if self._wait_s and not self._closed and self._answering() and self._forwarder.takes_held():
+            pending.state = LIVE
+            loop = asyncio.get_running_loop()
+            self._held.append((loop.time() + self._wait_s, pending))
+            if self._timer is None:
+                self._timer = loop.call_at(self._held[0][0], self._expire)
+            self._forwarder.hold(pending)
+        else:
+            self._to_disk(pending)
+
+    def close(self) -> None:
+        """The gateway stops: new frames go to disk (the forwarder publishes no more)."""
+        self._closed = True
+
+    def _answering(self) -> bool:
+        """False after a missed deadline until every held frame is answered (or given up on)."""
+        if self._late and not self._forwarder.holds():
+            log.info("the broker answers in time again; readings go to it first (%d frames went to disk meanwhile)", self._late)
+            self._late = 0
+        return not self._late
+
+    def _to_disk(self, pending: Pending) -> None:
+        pending.state = DISK
+        self._committer.submit(pending)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        missed = 0
+        while self._held and (self._held[0][1].state != LIVE or self._held[0][0] <= now):
+            _deadline, pending = self._held.popleft()
+            if pending.state == LIVE:
+                self._to_disk(pending)  # not yet in a pack on the wire: the forwarder passes over it
+                missed += 1
+        if missed:
+            self.missed_deadline += missed
+            if not self._late:
+                log.warning(
+                    "the broker did not acknowledge readings within %g s (broker_ack_wait): they are committed to disk, and new"
+                    " readings go to disk first until it answers what it has",
+                    self._wait_s,
+                )
+            self._late += missed
+        if self._held:
+            self._timer = asyncio.get_running_loop().call_at(self._held[0][0], self._expire)
+
+    # ------------------------------------------------------------ HeldSink (the forwarder's reports)
+
+    def acked(self, frames: Sequence[Pending]) -> None:
+        fresh = [pending for pending in frames if pending.state != SAFE]
+        for pending in fresh:
+            pending.state = SAFE
+        self.acked_by_broker += len(fresh)
+        self._safe(fresh)
+
+    def lost(self, frames: Sequence[Pending]) -> None:
+        for pending in frames:
+            if pending.state == LIVE:
+                self._to_disk(pending)
+
+    def all_lost(self) -> None:
+        """Every held frame not acknowledged yet to disk, in the order the frames came."""
+        held, self._held = self._held, deque()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.lost([pending for _deadline, pending in held])
+
+    # ------------------------------------------------------------ the committer's reports
+
+    def committed(self, result: CommitResult) -> None:
+        for pending in result.committed:
+            if pending.state != SAFE:
+                pending.state = SAFE
+                self.acked_on_disk += 1
