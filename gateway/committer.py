@@ -264,7 +264,8 @@ class Committer:
                 return
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for (forwarder.run)
+                    await self._ready.wait()
             except TimeoutError:
                 return
 
@@ -277,7 +278,8 @@ class Committer:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), EPISODE_CHECK_S if self.full_episode else None)
+                async with asyncio.timeout(EPISODE_CHECK_S if self.full_episode else None):  # not wait_for (forwarder.run)
+                    await self._wake.wait()
             except TimeoutError:  # full, and no frames coming: has the forwarder made room?
                 fill = await self._worker.call(self._worker.store.fill)
                 self._end_episode_below(fill)

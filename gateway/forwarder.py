@@ -560,8 +560,11 @@ class Forwarder:
     async def run(self) -> None:
         last_delete = asyncio.get_running_loop().time()
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancel that comes as the
+            # event is set, and the stop's cancel would be lost (the task runs on, the stop waits for it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), PUMP_TICK_S)
+                async with asyncio.timeout(PUMP_TICK_S):
+                    await self._wake.wait()
             self._wake.clear()
             now = asyncio.get_running_loop().time()
             if self._tally.done and (len(self._tally.done) >= DELETE_EVERY or now - last_delete >= DELETE_AFTER_S):
