@@ -56,7 +56,7 @@ class Router:
         forwarder.sink = self
 
     def submit(self, pending: Pending) -> None:
-        if self._wait_s and not self._closed and self._answering() and self._forwarder.takes_held():
+        if self._wait_s and not self._closed and self._forwarder.takes_held() and self._answering():
             pending.state = LIVE
             loop = asyncio.get_running_loop()
             self._held.append((loop.time() + self._wait_s, pending))

@@ -57,6 +57,9 @@ def test_the_example_from_the_issue_loads(tmp_path: pathlib.Path) -> None:
 def test_defaults(tmp_path: pathlib.Path) -> None:
     cfg = config.load(write(tmp_path, '[gateway]\nid = "gw"\ndata_dir = "/tmp/x"\n[mqtt]\nhost = "localhost"\n'))
     assert (cfg.mqtt.port, cfg.mqtt.topic_prefix, cfg.when_full, cfg.serial) == (1883, "edgegw", "drop_oldest", ())
+    assert cfg.broker_ack_wait == 1.0
+    quick = config.load(write(tmp_path, '[gateway]\nid = "gw"\ndata_dir = "/tmp/x"\n[buffer]\nbroker_ack_wait = 0\n[mqtt]\nhost = "h"\n'))
+    assert quick.broker_ack_wait == 0.0
     tls = config.load(write(tmp_path, '[gateway]\nid = "gw"\ndata_dir = "/tmp/x"\n[mqtt]\nhost = "h"\ntls = {}\n'))
     assert tls.mqtt.port == 8883
 
@@ -75,6 +78,12 @@ def test_defaults(tmp_path: pathlib.Path) -> None:
         (("qos = 1", "qos = true"), "[mqtt] qos: expected one of 0, 1, found True"),
         (("baud = 115200", "baud = 0"), "[[serial]] #1 baud: expected an integer from 300 to 4000000, found 0"),
         (("[buffer]", "[bufer]"), "[bufer]: unknown section (did you mean [buffer]?)"),
+        (
+            ('when_full = "stop_acking"', 'when_full = "stop_acking"\nbroker_ack_wait = 2'),
+            "[buffer] broker_ack_wait: expected a number of seconds from 0 to 1.5 (nodes resend after 2 s; 0: every frame to disk"
+            " first), found 2",
+        ),
+        (('when_full = "stop_acking"', 'when_full = "stop_acking"\nbroker_ack_wait = "1"'), "[buffer] broker_ack_wait: expected a number"),
     ],
 )
 def test_mistakes_are_named(tmp_path: pathlib.Path, change: tuple[str, str], message: str) -> None:

@@ -137,7 +137,7 @@ def test_sigkill_during_a_flow_loses_no_acknowledged_reading(
                 send_flow(node, range(value, value + 20))
                 value += 20
                 node.poll(0.01)
-            gateway.kill()  # mid-flow: some frames committed, some in the commit queue, some unread
+            gateway.kill()  # mid-flow: some frames PUBACKed, some held for the broker or on their way to disk, some unread
         gateway.start()
         deadline = time.monotonic() + 60
         while node.unacked and time.monotonic() < deadline:

@@ -90,7 +90,7 @@ class Rig:
         ]
 
 
-async def until(condition: Callable[[], Any], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
