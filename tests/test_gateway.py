@@ -10,6 +10,7 @@ import sqlite3
 import struct
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -284,7 +285,7 @@ def chunks_ever_written(gateway: GatewayProcess) -> int:
 
 
 def test_with_the_broker_answering_readings_are_acked_on_puback_and_never_written(
-    gateway: GatewayProcess, capture: MqttCapture, cables: list[PtyCable]
+    gateway: GatewayProcess, broker: Mosquitto, capture: MqttCapture, cables: list[PtyCable]
 ) -> None:
     gateway.wait_for_log("ttyNODE0: open")
     node = ScriptedNode(cables[0], NODE_A, counter=100)
@@ -298,6 +299,15 @@ def test_with_the_broker_answering_readings_are_acked_on_puback_and_never_writte
     assert sorted(counters_received(capture, "0000a4cf12b3c4d5")) == list(range(1, 301)), "each published once"
     assert chunks_ever_written(gateway) == 0, "no reading went through the disk"
     assert "did not acknowledge readings within" not in gateway.log()
+    broker.restart()  # the gateway's status document, sent on each connect, counts how the frames were acknowledged
+
+    def counts(msgs: list[Any]) -> bool:
+        documents = [json.loads(m.payload) for m in msgs if m.topic == "edgegw/gw-test/status"]
+        return any(document.get("acked_by_broker") == 300 for document in documents)
+
+    capture.wait_for(counts, timeout=30)
+    status = [json.loads(m.payload) for m in capture.snapshot() if m.topic == "edgegw/gw-test/status"][-1]
+    assert (status["acked_by_broker"], status["acked_on_disk"], status["missed_broker_ack_wait"]) == (300, 0, 0)
 
     assert gateway.stop() == 0  # the windows the PUBACKs moved are written at the stop
     before = len(gateway.log())
