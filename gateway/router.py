@@ -110,6 +110,8 @@ class Router:
             pending.state = SAFE
         self.acked_by_broker += len(fresh)
         self._safe(fresh)
+        if self._late:
+            self._answering()  # the last late pack answered ends the episode (else the next frame does)
 
     def lost(self, frames: Sequence[Pending]) -> None:
         for pending in frames:

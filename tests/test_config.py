@@ -80,8 +80,7 @@ def test_defaults(tmp_path: pathlib.Path) -> None:
         (("[buffer]", "[bufer]"), "[bufer]: unknown section (did you mean [buffer]?)"),
         (
             ('when_full = "stop_acking"', 'when_full = "stop_acking"\nbroker_ack_wait = 2'),
-            "[buffer] broker_ack_wait: expected a number of seconds from 0 to 1.5 (nodes resend after 2 s; 0: every frame to disk"
-            " first), found 2",
+            "[buffer] broker_ack_wait: expected a number of seconds from 0 to 1.5, found 2",
         ),
         (('when_full = "stop_acking"', 'when_full = "stop_acking"\nbroker_ack_wait = "1"'), "[buffer] broker_ack_wait: expected a number"),
     ],
