@@ -11,10 +11,12 @@ is stored in the same transaction as the frames that need it, and so is each
 node's duplicate window after them, in the chunk itself (column `windows`, a
 few bytes a frame), not in the node's row: rewriting a row per node per
 commit scattered page writes over the nodes table. The node rows take the
-windows lazily (save_windows: periodically, before chunks whose windows they
-lack are deleted, and at a stop), and a start joins the rows with the windows
-of the chunks committed since (_replay), so suppression and meaning survive
-restarts, kill -9 and power cuts for every committed frame.
+windows lazily (save_windows: hourly, and at a stop), and a start joins the
+rows with the windows of the chunks committed since (_replay), so suppression
+and meaning survive restarts, kill -9 and power cuts for every frame still
+buffered; after a crash, only counters of frames delivered and deleted since
+the last fold are forgotten (a node resending one of those would be published
+twice: a duplicate, never a loss).
 
 Writes are few because an SD card wears with every byte: chunk ids are given
 here (no AUTOINCREMENT, whose sqlite_sequence page every commit rewrote),
@@ -380,7 +382,11 @@ class Store:
             raise StoreError(self._problem("open", error, disk.OPEN_NEEDS)) from None
 
     def close(self) -> None:
-        """Fold the WAL into the database and close; never raises (a stop must finish, even on a full disk)."""
+        """Fold the windows and the WAL into the database and close; never raises (a stop must finish, even on a full disk)."""
+        try:
+            self.save_windows({})  # those of the newest chunks, deleted or not: a start needs no chunk to rebuild them
+        except StoreError as error:
+            log.warning("could not write the node windows at stop (%s); the buffered chunks keep theirs", error)
         try:
             with self._checkpoint_lock:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -601,7 +607,7 @@ class Store:
 
     def save_windows(self, windows: dict[str, WindowState]) -> None:
         """Fold windows into the node rows, in one transaction: those given (the event loop's, of nodes whose
-        window moved since the last call) and those committed with chunks since the last fold.
+        window moved since the last call) and those committed with chunks since the last fold (deleted or not).
 
         The node rows are written here, lazily, not with every commit: a commit stores its windows in its
         chunk (a few bytes a frame) instead of rewriting each node's row, whose pages lie all over the
@@ -951,8 +957,10 @@ class Store:
         reserve is given up for it. On a StoreError the slices already deleted stay deleted and the
         rest stays; calling again with the same ids is harmless.
         """
-        if self._unfolded and any(chunk_id > self._folded_through for chunk_id in ids):
-            self.save_windows({})  # their windows go to the node rows first: the chunks will not tell a start
+        # The windows of chunks not folded yet stay in memory (the next fold writes them), not written here:
+        # folding before each delete rewrote every node row each few seconds with the broker up. After a crash
+        # before the next fold, the counters of frames delivered and deleted since the last one are forgotten:
+        # only a node that resends one of them (its ACK was lost) has it taken and published again, a duplicate.
         gone = 0
         # No fsync for a delete: one lost in a power cut means those readings are published
         # again (delivery is at least once), never lost. The next commit's fsync covers it anyway.
