@@ -8,7 +8,9 @@ committer instead
 
 - at once, when the broker cannot take it now: not connected, QoS 0 (no
   PUBACK), refusing or paused, the stop begun, `broker_ack_wait` = 0, the
-  memory bound reached (forwarder.LIVE_FRAMES), or a deadline missed recently;
+  memory bound reached (forwarder.LIVE_FRAMES), a deadline missed recently, or
+  the node's counter reset and none of its new frames committed yet (only a
+  chunk on disk makes the reset window survive a crash: Sessions.safe);
 - when its PUBACK has not come within `broker_ack_wait` seconds (a frame not yet
   on the wire is taken back and not published; one in flight may now be
   published twice, never lost);
@@ -56,7 +58,7 @@ class Router:
         forwarder.sink = self
 
     def submit(self, pending: Pending) -> None:
-        if self._wait_s and not self._closed and self._forwarder.takes_held() and self._answering():
+        if self._wait_s and not self._closed and not pending.owner.reset_unsaved and self._forwarder.takes_held() and self._answering():
             pending.state = LIVE
             loop = asyncio.get_running_loop()
             self._held.append((loop.time() + self._wait_s, pending))

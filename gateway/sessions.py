@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,6 +63,9 @@ class Node:
     last_seen: float = 0.0
     status_sent_at: float = 0.0
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters not safe yet (broker or disk) -> links to ACK
+    # After a counter reset, until one of the node's new frames is committed: its frames go disk first, so
+    # that no frame of the new sequence is ACKed before a chunk on disk holds the reset window (Router).
+    reset_unsaved: bool = False
     stale: int = 0
     stale_logged_at: float = -1e9
     rejected_at: dict[int, float] = field(default_factory=dict)  # reason -> when last sent a REJECT (one key per reason code)
@@ -127,6 +130,7 @@ class Sessions:
         self._wrong_direction_frames = Digest(log, "frames marked DOWNLINK from the nodes' side", level=logging.WARNING)
         self._unused_frames = Digest(log, "frames this gateway does not use")
         self._moved: dict[str, Node] = {}  # nodes whose window moved since moved_windows() was last asked
+        self._reset: set[str] = set()  # ... of them, those whose counter was reset (their window replaces the stored one)
 
     # ------------------------------------------------------------ restoring
 
@@ -154,14 +158,17 @@ class Sessions:
     def moved_windows(self) -> dict[str, WindowState]:
         """The windows that moved since the last call (the agent folds them into the store, Store.save_windows)."""
         moved, self._moved = self._moved, {}
-        return {name: WindowState(node.window.highest, node.window.seen) for name, node in moved.items()}
+        reset, self._reset = self._reset, set()
+        return {name: WindowState(node.window.highest, node.window.seen, name in reset) for name, node in moved.items()}
 
-    def moved_again(self, names: Iterable[str]) -> None:
+    def moved_again(self, windows: dict[str, WindowState]) -> None:
         """Windows moved_windows() gave that could not be saved: given again next time."""
-        for name in names:
+        for name, state in windows.items():
             node = self.nodes.get(name)
             if node is not None:
                 self._moved[name] = node
+                if state.reset:
+                    self._reset.add(name)
 
     def _accept(self, node: Node, counter: int) -> None:
         """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
@@ -295,6 +302,8 @@ class Sessions:
             )
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
             self._moved[node.hex] = node
+            self._reset.add(node.hex)
+            node.reset_unsaved = True
         elif verdict == win.NEW:
             self._accept(node, message.counter)
         if verdict == win.DUPLICATE or (verdict == win.NEW and message.counter <= node.hello_counter):
@@ -357,6 +366,9 @@ class Sessions:
             node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
                 self._accept(node, pending.counter)
+                # Only a commit makes a frame of a node with reset_unsaved safe (the Router sends them to disk),
+                # and its chunk holds the reset window: a restart now rebuilds that one, not the old.
+                node.reset_unsaved = False
             for link in node.waiting.pop(pending.counter, []):
                 link.ack(node.node_id, [pending.counter])
 

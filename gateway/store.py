@@ -147,6 +147,9 @@ class Chunk:
 class WindowState:
     highest: int
     seen: int
+    # A window begun by a counter reset (SPEC.md §4.3): it replaces what the store holds for the node
+    # instead of joining it, since the counters before the reset belong to another sequence.
+    reset: bool = False
 
 
 def encode_body(frames: list[StoredFrame]) -> bytes:
@@ -618,10 +621,12 @@ class Store:
 
         The two kinds are joined as a union: a window given here may lack the counters of a commit
         whose callback had not run yet, and a committed one those of frames the broker confirmed since.
+        A window given with `reset` (the node's counter was reset since the last fold) replaces the
+        committed one: joined, the pre-reset counters would make the node's new frames duplicates.
         """
         merged = dict(self._unfolded)
         for node, state in windows.items():
-            merged[node] = union(merged[node], state) if node in merged else state
+            merged[node] = union(merged[node], state) if node in merged and not state.reset else state
         through = self._last_chunk
         if not merged and through == self._folded_through:
             return
