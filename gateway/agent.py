@@ -61,6 +61,7 @@ SHUTDOWN_DRAIN_S = 30.0  # a stop never waits longer than this for the disk
 STOP_PUBACK_S = 1.0  # a stop waits this long at most for PUBACKs in flight (a slow link must not hold it up)
 STOP_UPLINK_S = 0.5  # ... and this long for the "offline" status, and again for the disconnect
 DOWNLINK_BLOCK = 65536  # downlink counters reserved on disk at a time (SPEC.md §4.1)
+DOWNLINK_FRESH = 2**31  # where the counter continues when its stored value is damaged: never a guess below it (§4.1)
 
 
 class Agent:
@@ -113,7 +114,7 @@ class Agent:
 
     async def _reserve_downlink(self) -> None:
         try:
-            start = await self.worker.call(self.worker.store.reserve, "downlink_counter", DOWNLINK_BLOCK)
+            start = await self.worker.call(self.worker.store.reserve, "downlink_counter", DOWNLINK_BLOCK, DOWNLINK_FRESH)
         except StoreError as error:  # half a block is still left; the next downlink frame tries again
             log.error("%s; downlink counters not reserved yet", error)
             start = self._downlink_limit - DOWNLINK_BLOCK
@@ -125,7 +126,7 @@ class Agent:
         cfg = self.config
         store = await loop.run_in_executor(None, Store, cfg.data_dir, cfg.max_bytes)
         self.worker = StoreWorker(store)
-        self._downlink_next = await self.worker.call(store.reserve, "downlink_counter", DOWNLINK_BLOCK)
+        self._downlink_next = await self.worker.call(store.reserve, "downlink_counter", DOWNLINK_BLOCK, DOWNLINK_FRESH)
         self._downlink_limit = self._downlink_next + DOWNLINK_BLOCK
         self._reserving = False
         windows = await self.worker.call(store.load_windows)

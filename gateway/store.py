@@ -565,16 +565,19 @@ class Store:
         """At start: the windows of the chunks committed after the last fold, newest last (each holds the
         node's whole window after its frames, so the newest wins). A damaged record costs its windows only."""
         try:
-            self._folded_through = self.total("windows_through")
+            through, why = self.total("windows_through"), "a damaged value"
             self._last_chunk = self.max_id()
         except sqlite3.DatabaseError as error:
-            log.error("cannot read how far the node windows of %s are folded (%s); taking every chunk's windows", self.path, error)
-        # Chunk ids only grow (the forwarder and the fold go by them), without AUTOINCREMENT's page write per commit.
-        self._next_id = max(self._last_chunk, self._folded_through) + 1
+            through, why = None, str(error)
+        if through is None:  # a window older than its node's row then costs duplicates, as a crash before a fold does
+            log.error("cannot read how far the node windows of %s are folded (%s); taking every chunk's windows", self.path, why)
+        else:
+            self._folded_through = through
         damaged = 0
         for chunk_id, blob in self._startup_rows(
             "windows of the newest chunks", "SELECT id, CAST(windows AS BLOB) FROM chunks WHERE id > %d ORDER BY id" % self._folded_through
         ):
+            self._last_chunk = max(self._last_chunk, int(chunk_id))
             try:
                 if type(blob) is not bytes:
                     raise ValueError("a damaged row")
@@ -583,11 +586,13 @@ class Store:
                 damaged += 1
                 continue
             self.unfolded_chunks += 1
-            self._last_chunk = max(self._last_chunk, int(chunk_id))
         if damaged:
             log.error(
                 "the node windows of %d chunks in %s are damaged: left out, their nodes' last frames may be taken twice", damaged, self.path
             )
+        # Chunk ids only grow (the forwarder and the fold go by them), without AUTOINCREMENT's page write per
+        # commit: after every chunk there is, even when the fold mark or MAX(id) could not be read.
+        self._next_id = max(self._last_chunk, self._folded_through) + 1
 
     def load_windows(self) -> dict[str, WindowState]:
         """Each node's duplicate window: its row, or what the newest chunk holding its frames says when that
@@ -986,19 +991,26 @@ class Store:
         return int(readings)
 
     def _add_total(self, name: str, amount: int) -> None:
+        if self.total(name) is None:
+            log.error("the total %s in %s is damaged; it counts again from 0", name, self.path)
+            self._db.execute("DELETE FROM totals WHERE name = ?", (name,))
         self._db.execute(
             "INSERT INTO totals (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             (name, amount),
         )
 
-    def reserve(self, name: str, block: int) -> int:
+    def reserve(self, name: str, block: int, if_damaged: int) -> int:
         """Write-ahead a block of a persistent counter: return its start; the next call starts after it.
+        A damaged stored value is never guessed below: the block starts at if_damaged, with one log line.
         On a full disk it goes through like a delete (it takes the reserve), so the gateway can start."""
 
         def work() -> int:
             self._db.execute("BEGIN IMMEDIATE")
             start = self.total(name)
-            self._add_total(name, block)
+            if start is None:
+                log.error("the counter %s in %s is damaged; it continues from %d", name, self.path, if_damaged)
+                start = if_damaged
+            self._db.execute("INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", (name, start + block))
             self._db.execute("COMMIT")
             return start
 
@@ -1008,9 +1020,13 @@ class Store:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()
         return int(row[0])
 
-    def total(self, name: str) -> int:
+    def total(self, name: str) -> int | None:
+        """A persistent count: 0 before its first write, None when damaged (a value that is not an integer:
+        a flipped serial-type bit quick_check does not see)."""
         row = self._db.execute("SELECT value FROM totals WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
+        if row is None:
+            return 0
+        return row[0] if type(row[0]) is int else None
 
     @property
     def pending_chunks(self) -> int:

@@ -221,12 +221,12 @@ def test_restart_and_stop_on_a_full_disk(mount: Callable[..., pathlib.Path], cap
     store.close()
     fill_up(data)
     store = Store(data, 10**9)  # starts on a full disk
-    assert store.reserve("downlink_counter", 65536) == 0, "downlink counters can be reserved"
+    assert store.reserve("downlink_counter", 65536, 2**31) == 0, "downlink counters can be reserved"
     assert numbers(store) == list(range(400)), "and what it holds can be read to forward it"
     store.delete([chunk.id for chunk in store.oldest(10**9)])
     store.close()  # stops without an error
     store = Store(data, 10**9)
-    assert store.pending_readings == 0 and store.reserve("downlink_counter", 65536) == 65536
+    assert store.pending_readings == 0 and store.reserve("downlink_counter", 65536, 2**31) == 65536
     store.close()
 
 
@@ -415,7 +415,7 @@ def test_a_damaged_file_header_costs_nothing(tmp_path: pathlib.Path, caplog: pyt
     layout = Layout(7, NODE, (Channel("temperature", "Cel", -2),))
     for n in range(0, 400, 4):
         store.commit(noisy(n, size=60), 4, {NODE: WindowState(n + 3, 0xF)}, [layout] if n == 0 else None)
-    counter = store.reserve("downlink_counter", 4096)
+    counter = store.reserve("downlink_counter", 4096, 2**31)
     store.close()
     with open(tmp_path / DB_NAME, "r+b") as file:
         file.write(b"XQLite format 3\x00")
@@ -423,7 +423,7 @@ def test_a_damaged_file_header_costs_nothing(tmp_path: pathlib.Path, caplog: pyt
         store = Store(tmp_path, 10**9)
     assert numbers(store) == list(range(400))
     assert store.load_layouts() == [layout] and store.load_windows() == {NODE: WindowState(399, 0xF)}
-    assert store.reserve("downlink_counter", 4096) == counter + 4096, "downlink counters are not used twice"
+    assert store.reserve("downlink_counter", 4096, 2**31) == counter + 4096, "downlink counters are not used twice"
     assert "lost 0 readings" not in caplog.text
     store.close()
 
