@@ -411,6 +411,9 @@ class Forwarder:
         self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
         self._live: deque[Pack] = deque()
         self._held: list[Pending] = []  # frames held in memory, not yet made into packs
+        # Held frames this forwarder still has, waiting, in packs or in flight (LIVE_FRAMES bounds them with
+        # the live chunks' frames): one leaves when its pack is answered or it is given up on.
+        self._held_frames = 0
         self.sink: HeldSink = sink or _NoSink()
         self._again: deque[Pack] = deque()  # in flight on a lost connection, or refused: published again
         self._paused_until = 0.0  # loop time before which no readings are published (the broker refused some)
@@ -447,6 +450,7 @@ class Forwarder:
         self._epoch += 1
         packs = [item for item in self._inflight.values() if isinstance(item, Pack) and not item.held]
         self._again.extendleft(reversed(packs))  # ahead of older retries, in the order first sent
+        self._held_frames -= sum(len(item.held) for item in self._inflight.values() if isinstance(item, Pack))
         for item in self._inflight.values():
             if isinstance(item, Retained):
                 self._retained.setdefault(item.topic, item.payload)  # unless a newer one is waiting
@@ -458,28 +462,30 @@ class Forwarder:
 
     def takes_held(self) -> bool:
         """Whether a frame may be held in memory now: connected with QoS 1, publishing (not stopping,
-        not paused after a refusal), and fewer than LIVE_FRAMES live frames waiting."""
+        not paused after a refusal), and fewer than LIVE_FRAMES frames in memory: live chunks' frames waiting, and
+        held ones not answered yet (waiting, in packs, in flight)."""
         return (
             self._qos == 1
             and self._window > 0
             and self._uplink.connected
             and not self._refused
             and asyncio.get_running_loop().time() >= self._paused_until
-            and len(self._held) + self._live_frames < LIVE_FRAMES
+            and self._held_frames + self._live_frames < LIVE_FRAMES
         )
 
     def hold(self, pending: Pending) -> None:
         self._held.append(pending)
+        self._held_frames += 1
         self._wake.set()
 
     def holds(self) -> bool:
         """Whether held frames wait here or are in flight (answered or given up on: no longer)."""
-        packs = [*self._live, *self._inflight.values()]
-        return bool(self._held) or any(isinstance(pack, Pack) and pack.held for pack in packs)
+        return self._held_frames > 0
 
     def release_held(self) -> None:
         """Held frames not acknowledged yet go to disk (the sink), in flight or not; none goes out from memory
         after this. A PUBACK that still comes for one in flight is reported as usual."""
+        self._held_frames -= len(self._held) + sum(len(pack.held) for pack in self._live)
         self._held = []
         if any(pack.held for pack in self._live):
             self._live = deque(pack for pack in self._live if not pack.held)
@@ -523,6 +529,7 @@ class Forwarder:
     def puback(self, mid: int, accepted: bool, reason: str) -> None:
         item = self._inflight.pop(mid, None)
         if isinstance(item, Pack):
+            self._held_frames -= len(item.held)
             if accepted:
                 if item.held:
                     self.sink.acked(item.held)
@@ -598,6 +605,7 @@ class Forwarder:
             pack = queue.popleft()
             if pack.held and any(pending.state != LIVE for pending in pack.held):
                 # The router took some back (their deadline passed): the rest go to disk with them.
+                self._held_frames -= len(pack.held)
                 self.sink.lost([pending for pending in pack.held if pending.state == LIVE])
                 continue
             mid = self._uplink.publish(pack.topic, pack.payload, self._qos, content_type=CONTENT_TYPE)
@@ -611,11 +619,13 @@ class Forwarder:
         if self._held and not self._live:
             # Held frames, like live chunks, are built once the last live packs are out.
             held = [pending for pending in self._held if pending.state == LIVE]  # the rest the router took back
+            self._held_frames -= len(self._held) - len(held)
             self._held = []
             if held:
                 packs, left = held_packs(held, self._layouts, self._topic_base)
                 self._live.extend(packs)
                 if left:
+                    self._held_frames -= len(left)
                     self.sink.lost(left)  # SenML cannot carry them: from disk, they are reported as damaged
         if self._live_chunks and not self._live:
             # Chunks on disk at connect time are the backlog's; the rest are published together. Built

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.committer import CommitResult, Committer
-from gateway.forwarder import Forwarder
+from gateway.committer import LIVE, CommitResult, Committer
+from gateway.forwarder import LIVE_FRAMES, Forwarder
 from gateway.layouts import Layouts
 from gateway.router import Router
 from gateway.serial_link import Link
@@ -228,6 +228,29 @@ async def test_a_commit_not_begun_passes_over_a_frame_the_broker_acknowledged_me
     await until(lambda: 3 in rig.acked())
     assert await rig.stored_counters() == [3]
     assert (rig.router.acked_by_broker, rig.router.acked_on_disk) == (1, 1)
+
+
+@pytest.mark.parametrize("rig", [{"wait_s": 30.0, "window": 2}], indirect=True)
+async def test_at_most_live_frames_wait_in_memory_for_the_broker_built_and_in_flight_too(rig: Rig) -> None:
+    """README: at most 4,096 frames wait in memory for the broker. Frames already built into packs (waiting for a
+    slot of the window) or in flight count until answered: the next frame goes to disk first (once, only frames
+    not built yet counted, and a reviewer held 18,000); once the broker answers, frames go to it first again."""
+    counters = range(2, 2 + LIVE_FRAMES)
+    for counter in counters:
+        rig.readings(counter)
+    await until(lambda: len(rig.in_flight()) == 2 and not rig.forwarder._held)  # built into packs: 2 in flight, the rest waiting
+    rig.readings(counters[-1] + 1)
+    assert sum(1 for _deadline, pending in rig.router._held if pending.state == LIVE) == LIVE_FRAMES
+    await until(lambda: counters[-1] + 1 in rig.acked())
+    assert await rig.stored_counters() == [counters[-1] + 1] and rig.acked() == [1, counters[-1] + 1]
+    while rig.in_flight():
+        rig.puback_all()
+        await asyncio.sleep(0.01)
+    assert rig.acked()[2:] == list(counters) and rig.router.acked_by_broker == LIVE_FRAMES
+    rig.readings(counters[-1] + 2)
+    await until(lambda: rig.in_flight())
+    rig.puback_all()
+    assert rig.acked()[-1] == counters[-1] + 2 and await rig.stored_counters() == [counters[-1] + 1], "broker first again"
 
 
 @pytest.mark.parametrize("rig", [{"qos": 0}, {"wait_s": 0}], indirect=True)
