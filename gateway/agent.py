@@ -286,16 +286,26 @@ class Agent:
         loop = asyncio.get_running_loop()
         store = self.worker.store
         last = loop.time()
+        failing = False
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") as executor:
             while True:
                 await asyncio.sleep(CHECKPOINT_CHECK_S)
                 backlog = store.wal_backlog()
-                if backlog == 0:
-                    last = loop.time()
+                try:
+                    if backlog != 0:
+                        enough = min(CHECKPOINT_BYTES, store.budget().wal // 4) // store.page_size
+                        if backlog < 0 or backlog >= enough or loop.time() - last >= CHECKPOINT_MAX_S:
+                            await loop.run_in_executor(executor, store.checkpoint)
+                            backlog = 0
+                except (OSError, StoreError) as error:  # statvfs, or the checkpointer's connection: tried again
+                    if not failing:
+                        log.error("cannot checkpoint the buffer's WAL (%s); trying again every %g s", error, CHECKPOINT_CHECK_S)
+                    failing = True
                     continue
-                enough = min(CHECKPOINT_BYTES, store.budget().wal // 4) // store.page_size
-                if backlog < 0 or backlog >= enough or loop.time() - last >= CHECKPOINT_MAX_S:
-                    await loop.run_in_executor(executor, store.checkpoint)
+                if failing:
+                    log.info("the buffer's WAL can be checkpointed again")
+                    failing = False
+                if backlog == 0:
                     last = loop.time()
 
     async def _fold_loop(self) -> None:

@@ -409,7 +409,10 @@ class Store:
         """
         with self._checkpoint_lock:
             if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                try:
+                    self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                except sqlite3.Error as error:
+                    raise StoreError(self._problem("checkpoint", error)) from None
             return self._passive(self._checkpointer)
 
     def wal_backlog(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -15,11 +16,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from gateway import agent as agent_module
 from gateway import disk
 from gateway import store as store_module
+from gateway.agent import Agent
+from gateway.config import parse
 from gateway.layouts import Layout
 from gateway.senml import Channel
 from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState
+from gateway.store_worker import StoreWorker
 from tests.test_cli import edgegw
 
 NODE = "0000a4cf12b3c4d5"
@@ -231,6 +236,41 @@ def test_restart_and_stop_on_a_full_disk(mount: Callable[..., pathlib.Path], cap
 
 
 # ------------------------------------------------------------ what to fix
+
+
+async def test_a_checkpoint_that_fails_costs_one_log_line_and_is_tried_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """data_dir renamed away under a running gateway: at each check statvfs (the WAL allowance) fails, which once
+    ended the checkpoint task, and with it the gateway. One log line; once the directory is back, it checkpoints."""
+    caplog.set_level(logging.INFO, "gateway.agent")
+    monkeypatch.setattr(agent_module, "CHECKPOINT_CHECK_S", 0.01)
+    monkeypatch.setattr(agent_module, "CHECKPOINT_BYTES", 1)  # any WAL page is enough for a checkpoint
+    data_dir, away = tmp_path / "data", tmp_path / "away"
+    store = Store(data_dir, 10**9)
+    store.commit(noisy(0), 4, {})
+    gateway = Agent(parse({"gateway": {"id": "gw-test", "data_dir": str(data_dir)}, "mqtt": {"host": "127.0.0.1"}, "serial": []}))
+    gateway.worker = StoreWorker(store)
+    data_dir.rename(away)
+    task = asyncio.create_task(gateway._checkpoint_loop())
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + 30
+        while "cannot checkpoint the buffer's WAL" not in caplog.text and not task.done() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for _check in range(20):
+            await asyncio.sleep(0.01)
+        assert not task.done(), "the checkpoint task ended"
+        (line,) = [record.message for record in caplog.records if record.name == "gateway.agent"]
+        assert line.startswith("cannot checkpoint the buffer's WAL ([Errno 2] No such file or directory")
+        away.rename(data_dir)
+        while "the buffer's WAL can be checkpointed again" not in caplog.text and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert store.wal_backlog() == 0, "checkpointed once the directory is back"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gateway.worker.close()
 
 
 def test_a_read_only_data_dir_says_so(mount: Callable[..., pathlib.Path]) -> None:
