@@ -241,6 +241,8 @@ class Store:
         self._reserve_retry_s = RESERVE_RETRY_S
         self._evicted_layouts: set[int] = set()
         self._least_last: float | None = None  # the least nodes.last when last looked (see _evict_idle)
+        self._last_budget: disk.Budget | None = None  # the last split budget() measured
+        self._budget_unknown = False  # the disk could not be measured at the last try
         self._set_aside_files()
         try:
             self._db = self._open()
@@ -447,11 +449,29 @@ class Store:
         return int(db.execute("PRAGMA page_count").fetchone()[0]) - int(db.execute("PRAGMA freelist_count").fetchone()[0])
 
     def budget(self) -> disk.Budget:
-        """The split of the budget now; file sizes only, so any thread may ask."""
+        """The split of the budget now; file sizes only, so any thread may ask.
+
+        When the disk cannot be measured (statvfs or stat fail: the card is going, the directory was
+        moved), the last split measured stands in, with one log line: the committer and the checkpoint
+        loop must not die of it; a write that fails says so itself.
+        """
         files = self._files()
-        return disk.budget(
-            self.max_bytes, sum(disk.size(path) for path in files), disk.free_bytes(self.data_dir), self.page_size, disk.size(files[1])
-        )
+        try:
+            found = disk.budget(
+                self.max_bytes, sum(disk.size(path) for path in files), disk.free_bytes(self.data_dir), self.page_size, disk.size(files[1])
+            )
+        except OSError as error:
+            if self._last_budget is None:
+                raise StoreError(self._problem("measure the disk of", error.strerror)) from None
+            if not self._budget_unknown:
+                log.error("cannot measure the disk of %s (%s); going by the last measurement", self.path, error.strerror)
+            self._budget_unknown = True
+            return self._last_budget
+        if self._budget_unknown:
+            log.warning("the disk of %s can be measured again", self.path)
+            self._budget_unknown = False
+        self._last_budget = found
+        return found
 
     def disk_bytes(self) -> int:
         """Bytes of every file the buffer has in data_dir: what max_bytes bounds."""
