@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 4096  # frames per transaction
 COMMIT_WAIT_S = 1.0  # the default of [buffer] commit_wait: an ACK still comes well before a node's retransmission at 2 s
 GROUP_READY_BYTES = 8192  # a group this big (payload bytes) is committed at once: two pages of frames, one once compressed
+LATE_S = 0.05  # a frame submitted this long after it arrived waited elsewhere first (the broker path)
 # Where a frame is (gateway/router.py): on the broker-first path only (in the forwarder's memory, its node
 # acknowledged on PUBACK), handed to the committer (maybe still in flight to the broker too), or safe
 # (PUBACKed or committed, its node acknowledged): a commit passes over a frame that is safe already.
@@ -249,7 +250,9 @@ class Committer:
     def submit(self, pending: Pending) -> None:
         self._queue.append(pending)
         self._queued_bytes += _frame_cost(pending)
-        if self._queued_bytes >= GROUP_READY_BYTES:
+        # A frame that waited elsewhere first (held for the broker until broker_ack_wait) may be older
+        # than the group being gathered: _gather counts the wait again from the oldest frame.
+        if self._queued_bytes >= GROUP_READY_BYTES or time.time() - pending.frame.received > LATE_S:
             self._ready.set()
         self._idle.clear()
         self._wake.set()
@@ -259,7 +262,8 @@ class Committer:
         commit_wait old (counted from its arrival, so a frame that waited elsewhere first does not wait
         twice), or a stop."""
         while self._queue and not self._stopping and self._queued_bytes < GROUP_READY_BYTES:
-            left = min(self._commit_wait, self._commit_wait - (time.time() - self._queue[0].frame.received))
+            oldest = min(pending.frame.received for pending in self._queue)  # a short queue: below GROUP_READY_BYTES
+            left = min(self._commit_wait, self._commit_wait - (time.time() - oldest))
             if left <= 0:
                 return
             self._ready.clear()

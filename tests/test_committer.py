@@ -34,9 +34,9 @@ class Nodes:
         self.groups.append(len(result.committed))
         self.done.set()
 
-    def submit(self, size: int = 60) -> None:
+    def submit(self, size: int = 60, age: float = 0.0) -> None:
         self.counter += 1
-        frame = StoredFrame(self.layout.id, time.time(), bytes([self.counter % 256]) * size)
+        frame = StoredFrame(self.layout.id, time.time() - age, bytes([self.counter % 256]) * size)
         self.committer.submit(Pending(NODE, self.counter, frame, 10, self.layout, self.node, self.node.window))
 
     async def until(self, frames: int) -> None:
@@ -85,5 +85,21 @@ async def test_a_stop_commits_what_waits_at_once(tmp_path: pathlib.Path) -> None
     assert nodes.groups == [], "still gathering"
     await asyncio.wait_for(nodes.committer.drain(), 30)  # far inside commit_wait: the drain did not wait for it
     assert nodes.groups == [2]
+    task.cancel()
+    nodes.worker.close()
+
+
+async def test_a_frame_that_waited_for_the_broker_is_not_held_back_by_a_younger_one(tmp_path: pathlib.Path) -> None:
+    """A frame handed over after broker_ack_wait arrived long ago: the group is timed from it, the oldest, not
+    from the younger disk-first frame ahead of it in the queue (else its ACK came after the node's retransmission)."""
+    nodes = Nodes(tmp_path, commit_wait=60.0)  # far beyond the test's patience: only the old frame's age can commit them
+    task = asyncio.create_task(nodes.committer.run())
+    nodes.submit()
+    await asyncio.sleep(0.05)
+    assert nodes.groups == [], "a young frame alone waits"
+    nodes.submit(age=60.0)  # held for the broker all this while
+    await nodes.until(2)
+    assert nodes.groups == [2]
+    await nodes.committer.drain()
     task.cancel()
     nodes.worker.close()
