@@ -76,6 +76,8 @@ class Agent:
         self._downlink_spent = False
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
+        self._reset_fold_due = False  # a fold for counter resets is scheduled (_save_reset)
+        self._folds: set[asyncio.Task[None]] = set()  # those folds under way
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -157,6 +159,7 @@ class Agent:
             layouts,
             self.forwarder.retained,
             self._save_info,
+            self._save_reset,
         )
         self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
         self.ports = PortManager(cfg.serial, self.sessions, self._next_downlink)
@@ -199,6 +202,7 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._folds, return_exceptions=True)
         await self._fold()  # the windows as they are now: a start needs no chunk to rebuild them
         await loop.run_in_executor(None, self.worker.close)
         log.info("stopped cleanly")
@@ -318,10 +322,24 @@ class Agent:
                 await self._fold()
                 last = loop.time()
 
+    def _save_reset(self) -> None:
+        """A node's counter was reset: fold the windows now, durably (Sessions.reset_saved); one fold for a burst."""
+        if not self._reset_fold_due:
+            self._reset_fold_due = True
+            asyncio.get_running_loop().call_soon(self._fold_resets)
+
+    def _fold_resets(self) -> None:
+        self._reset_fold_due = False
+        task = asyncio.get_running_loop().create_task(self._fold())
+        self._folds.add(task)  # held until done (the loop keeps only weak references); a stop waits for them
+        task.add_done_callback(self._folds.discard)
+
     async def _fold(self) -> None:
         moved = self.sessions.moved_windows()
+        # A reset window is fsync'd: until it is, its node's frames go disk first (their chunks hold it).
+        durable = any(state.reset for state in moved.values())
         try:
-            await self.worker.call(self.worker.store.save_windows, moved)
+            await self.worker.call(self.worker.store.save_windows, moved, durable)
         except StoreError as error:  # the chunks still hold theirs; the others wait for the next fold
             self.sessions.moved_again(moved)
             if not self._fold_failed:
@@ -329,6 +347,7 @@ class Agent:
             self._fold_failed = True
             return
         self._fold_failed = False
+        self.sessions.reset_saved(moved)
 
     async def _status_loop(self) -> None:
         while True:

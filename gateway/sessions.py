@@ -63,8 +63,8 @@ class Node:
     last_seen: float = 0.0
     status_sent_at: float = 0.0
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters not safe yet (broker or disk) -> links to ACK
-    # After a counter reset, until one of the node's new frames is committed: its frames go disk first, so
-    # that no frame of the new sequence is ACKed before a chunk on disk holds the reset window (Router).
+    # After a counter reset, until the reset window is on disk (a durable fold, Sessions.reset_saved): its
+    # frames go disk first (Router), so every frame of the new sequence ACKed before has a chunk holding it.
     reset_unsaved: bool = False
     stale: int = 0
     stale_logged_at: float = -1e9
@@ -115,12 +115,15 @@ class Sessions:
         layouts: Layouts,
         publish_retained: Callable[[str, bytes], None],
         save_info: Callable[[str, str], None],
+        save_reset: Callable[[], None] = lambda: None,
     ) -> None:
+        """save_reset: asked after a counter reset, to fold the windows (moved_windows) durably soon."""
         self.topic_base = "%s/%s" % (topic_prefix, gateway_id)
         self._committer = committer
         self._layouts = layouts
         self._publish_retained = publish_retained
         self._save_info = save_info
+        self._save_reset = save_reset
         self.nodes: dict[str, Node] = {}
         self._by_id: dict[bytes, Node] = {}  # the same nodes by their 8 id bytes, as frames carry them
         self._hellos = Digest(log, "HELLOs")  # 1,000 nodes powering up write a few lines, not 1,000
@@ -169,6 +172,14 @@ class Sessions:
                 self._moved[name] = node
                 if state.reset:
                     self._reset.add(name)
+
+    def reset_saved(self, windows: dict[str, WindowState]) -> None:
+        """These windows (moved_windows) are on disk durably: the reset ones no longer need disk first,
+        unless the node's counter was reset again since."""
+        for name, state in windows.items():
+            node = self.nodes.get(name)
+            if state.reset and node is not None and name not in self._reset:
+                node.reset_unsaved = False
 
     def _accept(self, node: Node, counter: int) -> None:
         """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
@@ -304,6 +315,7 @@ class Sessions:
             self._moved[node.hex] = node
             self._reset.add(node.hex)
             node.reset_unsaved = True
+            self._save_reset()
         elif verdict == win.NEW:
             self._accept(node, message.counter)
         if verdict == win.DUPLICATE or (verdict == win.NEW and message.counter <= node.hello_counter):
@@ -366,9 +378,6 @@ class Sessions:
             node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
                 self._accept(node, pending.counter)
-                # Only a commit makes a frame of a node with reset_unsaved safe (the Router sends them to disk),
-                # and its chunk holds the reset window: a restart now rebuilds that one, not the old.
-                node.reset_unsaved = False
             for link in node.waiting.pop(pending.counter, []):
                 link.ack(node.node_id, [pending.counter])
 

@@ -636,7 +636,7 @@ class Store:
         windows.update(self._unfolded)  # committed after the rows were written: they saw everything the rows hold
         return windows
 
-    def save_windows(self, windows: dict[str, WindowState]) -> None:
+    def save_windows(self, windows: dict[str, WindowState], durable: bool = False) -> None:
         """Fold windows into the node rows, in one transaction: those given (the event loop's, of nodes whose
         window moved since the last call) and those committed with chunks since the last fold (deleted or not).
 
@@ -651,6 +651,7 @@ class Store:
         whose callback had not run yet, and a committed one those of frames the broker confirmed since.
         A window given with `reset` (the node's counter was reset since the last fold) replaces the
         committed one: joined, the pre-reset counters would make the node's new frames duplicates.
+        durable: fsync'd, as a commit is (the fold of a reset window: a crash must not bring back the old one).
         """
         merged = dict(self._unfolded)
         for node, state in windows.items():
@@ -671,7 +672,7 @@ class Store:
             db.execute("INSERT OR REPLACE INTO totals (name, value) VALUES ('windows_through', ?)", (through,))
             db.execute("COMMIT")
 
-        self._unsynced("fold node windows into", work)
+        (self._write if durable else self._unsynced)("fold node windows into", work)
         self._folded_through = through
         self._unfolded = {}
         self.unfolded_chunks = 0

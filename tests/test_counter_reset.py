@@ -11,11 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import time
 from collections.abc import Callable
 
 import pytest
 
 from gateway.store import Store, StoredFrame, WindowState
+from hil.broker import Mosquitto
+from hil.capture import MqttCapture
+from hil.gateway import GatewayProcess
+from hil.scripted_node import ScriptedNode
+from hil.serial_pair import PtyCable
 from protocols import Message, messages
 from protocols import frame as fr
 from tests.test_hostile import HELLO_FIELDS, NODE
@@ -117,3 +123,55 @@ def test_a_fold_of_a_reset_window_replaces_the_older_one(tmp_path: pathlib.Path)
         assert store.load_windows()[NODE.hex()].highest == 49, "the fold wrote the pre-reset window back"
     finally:
         store.close()
+
+
+RESET_NODE = bytes.fromhex("00000000000a77ac")
+CHANNELS = [{"name": "counter", "unit": "", "scale": 0}]
+
+
+def delivered(capture: MqttCapture) -> set[int]:
+    return {value for node, value, _at in capture.counter_deliveries() if node == RESET_NODE.hex()}
+
+
+def send_acked(node: ScriptedNode, numbers: range) -> None:
+    for number in numbers:
+        node.wait_acked([node.readings([0, number, 0])])
+
+
+def test_readings_after_a_counter_reset_survive_kill_9(tmp_path: pathlib.Path, hil_broker: Mosquitto) -> None:
+    """End to end (found by attack): the node's frames after its reset went broker first, the reset window only in
+    memory, and a kill -9 brought the old one back: the node's next readings were ACKed as duplicates, never published.
+    Now the reset is folded durably at once, and the node's frames go to disk first until it is."""
+    capture = MqttCapture(hil_broker.host, hil_broker.port, ["edgegw/+/nodes/+/readings"])
+    cable = PtyCable(tmp_path / "ttyRESET0")
+    gateway = GatewayProcess(tmp_path / "gw", hil_broker.port, [str(tmp_path / "ttyRESET*")])
+    try:
+        gateway.start()
+        gateway.wait_for_log("ttyRESET0: open")
+        old = ScriptedNode(cable, RESET_NODE, counter=1000)  # counters 1000 (HELLO), 1001-1100 (readings 1-100)
+        old.wait_acked([old.hello(CHANNELS)])
+        send_acked(old, range(1, 101))
+        assert gateway.stop() == 0  # a clean stop folds the window (highest 1100) into the node row
+
+        gateway.start()
+        gateway.wait_for_log("ttyRESET0: open", after=len(gateway.log()) - 400)
+        new = ScriptedNode(cable, RESET_NODE, counter=700)  # the node lost its counter file: 700 is 400 behind
+        new.wait_acked([new.hello(CHANNELS)])  # stale -> counter reset (SPEC §4.3)
+        send_acked(new, range(101, 450))  # counters 701-1049, all ACKed (on PUBACK)
+        assert "counter reset" in gateway.log()
+        time.sleep(2)
+        gateway.kill()  # as a power cut would: the process is gone, whatever it held in memory too
+
+        gateway.start()
+        gateway.wait_for_log("ttyRESET0: open", after=len(gateway.log()) - 400)
+        send_acked(new, range(450, 460))  # counters 1050-1059: new readings, acknowledged
+        acked = set(range(1, 460))
+        deadline = time.monotonic() + 20
+        while not acked <= delivered(capture) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        missing = sorted(acked - delivered(capture))
+        assert not missing, "readings ACKed to the node and never published: %s\n%s" % (missing, gateway.log()[-1500:])
+    finally:
+        gateway.close()
+        capture.close()
+        cable.close()

@@ -40,13 +40,25 @@ class Rig:
         self.forwarder = Forwarder(self.worker, self.uplink, qos, window, layouts, "edgegw/gw-test")  # type: ignore[arg-type]
         self.committer = Committer(self.worker, layouts, "drop_oldest", self._committed)
         self.router = Router(self.committer, self.forwarder, wait_s, lambda frames: self.sessions.safe(frames))
-        self.sessions = Sessions("gw-test", "edgegw", self.router, layouts, lambda topic, payload: None, lambda node, info: None)
+        self.sessions = Sessions(
+            "gw-test", "edgegw", self.router, layouts, lambda topic, payload: None, lambda node, info: None, self._save_reset
+        )
         counters = itertools.count(100)
         self.link = Link("/dev/ttyTEST", self.sessions, lambda link, exc: None, lambda: next(counters))
         self.transport = _Transport(self.link)
         self.link.connection_made(self.transport)  # type: ignore[arg-type]
         self._decoder = StreamDecoder()
         self.acks: list[int] = []
+
+    def _save_reset(self) -> None:
+        """As the agent does (Agent._fold): the windows folded durably, then the reset ones said saved."""
+
+        async def fold() -> None:
+            moved = self.sessions.moved_windows()
+            await self.worker.call(self.store.save_windows, moved, True)
+            self.sessions.reset_saved(moved)
+
+        self._folding = asyncio.get_running_loop().create_task(fold())
 
     def _committed(self, result: CommitResult) -> None:
         self.router.committed(result)
