@@ -871,10 +871,11 @@ class Store:
             with contextlib.suppress(sqlite3.Error):  # then nothing was committed anyway
                 self._db.execute("ROLLBACK")
 
-    def save_node_infos(self, infos: dict[str, str]) -> None:
+    def save_node_infos(self, infos: dict[str, str], layouts: Collection[Layout] = ()) -> None:
         """Node id -> info JSON, all in one transaction, within the budget: node rows and layouts may take
         1/NODES_SHARE of it, idle nodes' rows make room first (_evict_idle), and on a full disk the
-        reserve is not used (it is for deletes). StoreFull when not all of them fit (those that fit are saved)."""
+        reserve is not used (it is for deletes). StoreFull when not all of them fit (those that fit are saved,
+        with their layouts). layouts: of these nodes, saved with them (a commit would insert each on its own)."""
         db = self._db
         if not self._reserve.present:
             raise StoreError("disk full: %s; node info is written once there is room again" % (self.disk_full or "no room for the reserve"))
@@ -906,6 +907,11 @@ class Store:
                     break
                 db.execute("RELEASE part")
                 saved += len(part)
+            stored = {node for node, _info in items[:saved]}
+            db.executemany(
+                "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
+                [(layout.id, layout.node, layout.channels_json()) for layout in layouts if layout.node in stored],
+            )
             db.execute("COMMIT")
         except sqlite3.Error as error:
             self._rollback()

@@ -448,3 +448,17 @@ def test_a_version_3_buffer_is_upgraded_in_place(tmp_path: pathlib.Path) -> None
 
 def chunks_sql(store: Store) -> str:
     return str(store._db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()[0])
+
+
+def test_node_info_is_saved_with_its_layout_in_one_transaction(tmp_path: pathlib.Path) -> None:
+    """A HELLO's layout goes to disk with its node's info, not with the node's first commit: left to the commits,
+    a thousand layouts were inserted a few at a time during an outage, a page each."""
+    store = Store(tmp_path, 10**9)
+    layout = Layout(7, NODE_A, (Channel("temperature", "Cel", -2),))
+    other = Layout(8, "00000000000000ff", (Channel("counter", "", 0),))  # its node's info is not among these
+    store.save_node_infos({NODE_A: "{}"}, [layout, other])
+    assert store.pending_chunks == 0
+    store.close()
+    store = Store(tmp_path, 10**9)
+    assert [(saved.id, saved.node) for saved in store.load_layouts()] == [(7, NODE_A)]
+    store.close()
