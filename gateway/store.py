@@ -46,6 +46,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -248,6 +249,7 @@ class Store:
             self._db = self._open()
         except OSError as error:  # a file it may not touch, a filesystem gone read-only
             raise StoreError(self._problem("open", error.strerror, disk.OPEN_NEEDS)) from None
+        self._shm = self._open_shm()
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         try:
             self._rows, self._readings = self._db.execute(_COUNT_CHUNKS).fetchone()
@@ -401,6 +403,9 @@ class Store:
             if db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
+        shm, self._shm = self._shm, -1
+        if shm >= 0:
+            os.close(shm)  # only now: SQLite holds no lock on -shm any more (see _open_shm)
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy the WAL into the database file; safe to call from a thread other than the store's.
@@ -417,16 +422,34 @@ class Store:
                     raise StoreError(self._problem("checkpoint", error)) from None
             return self._passive(self._checkpointer)
 
+    def _open_shm(self) -> int:
+        """A descriptor of -shm for wal_backlog, open from now until close(), after SQLite's connections; -1 if there is none.
+
+        Never one opened and closed per look: POSIX advisory locks belong to the process, and closing any
+        descriptor of a file drops all of them, SQLite's own included (sqlite.org/howtocorrupt.html §2.2).
+        SQLite holds a shared lock on a byte of -shm for as long as it uses the wal-index; without it, the
+        next process to open the database (an operator's sqlite3, a test reading the buffer beside the
+        gateway) takes itself for the first, truncates -shm and rebuilds the index from the WAL: the
+        gateway, which has -shm mapped, dies of SIGBUS when it touches it meanwhile, without a log line.
+        """
+        try:
+            return os.open(str(self.path) + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no wal-index (SQLite keeps none on disk): the agent checkpoints every time it looks
+            return -1
+
     def wal_backlog(self) -> int:
         """WAL pages not copied into the database file yet, or -1 when that cannot be read; any thread may ask.
 
         Read from the wal-index in -shm, whose header SQLite documents (sqlite.org/walformat.html §2.2:
         mxFrame, the last valid WAL frame, at byte 16; nBackfill, the frames already checkpointed, at
         byte 96; native byte order): asking SQLite would mean a checkpoint, the very write this saves.
+        Through the descriptor kept open (_open_shm): opening and closing -shm here would drop SQLite's locks.
         """
+        shm = self._shm
+        if shm < 0:
+            return -1
         try:
-            with open(str(self.path) + "-shm", "rb") as shm:
-                header = shm.read(100)
+            header = os.pread(shm, 100, 0)
         except OSError:
             return -1
         if len(header) < 100:

@@ -235,6 +235,31 @@ def test_checkpoints_run_beside_the_commits_not_inside_them(tmp_path: pathlib.Pa
     store.close()
 
 
+READER = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM chunks').fetchone()[0])"
+
+
+def test_another_process_reading_the_buffer_finds_the_gateway_using_its_wal_index(tmp_path: pathlib.Path) -> None:
+    """Looking at the WAL's backlog (the agent does, every second) leaves SQLite's locks on -shm in place.
+
+    It opened and closed -shm, which dropped them (POSIX locks are the process's, a close drops them all):
+    the next process to read the buffer (hil's buffered_readings, an operator's sqlite3) took itself for
+    the first, truncated -shm under the gateway's mapping and rebuilt the wal-index, and the gateway died
+    of SIGBUS when its commit touched -shm meanwhile (tests/test_flaky_uplink.py froze).
+    """
+    store = Store(tmp_path, 10_000_000)
+    for n in range(5):
+        store.commit(frames(n), 10, {})
+    store.checkpoint()
+    assert store.wal_backlog() == 0
+    reader = subprocess.run([sys.executable, "-c", READER, str(tmp_path / DB_NAME)], capture_output=True, text=True, timeout=30)
+    assert reader.stdout.split() == ["5"], reader.stderr
+    assert store.wal_backlog() == 0, "the reader rebuilt the wal-index (the checkpoint is forgotten): it found no one using -shm"
+    store.commit(frames(9), 10, {})
+    assert store.wal_backlog() > 0
+    assert len(store.oldest(10)) == 6
+    store.close()
+
+
 def test_a_bit_that_turns_a_blob_into_text_costs_no_reading(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """One flipped bit in a record header turns a BLOB into TEXT of the same bytes, and PRAGMA quick_check
     still says ok: chunks read as the bytes they hold; node and layout rows that are not what they should
