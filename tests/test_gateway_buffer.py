@@ -205,6 +205,7 @@ def test_a_missing_serial_port_is_waited_for(tmp_path: pathlib.Path, cable: PtyC
         gateway.start()
         try:
             gateway.wait_for_log("ttyUSB9: not present (cable unplugged or device not enumerated); retrying")
+            gateway.wait_for_log("ttyNODE0: open")  # opening a port flushes its input: a HELLO sent before it is lost
             node = ScriptedNode(cable, NODE)
             node.wait_acked([node.hello()])  # the other port is served meanwhile
             late = PtyCable(tmp_path / "ttyUSB9")
