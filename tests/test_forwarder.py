@@ -461,3 +461,24 @@ async def test_live_data_while_the_broker_refuses_does_not_grow_the_resend_queue
         held.append(len(forwarder._again) + len(forwarder._live))
     assert max(held) <= 2 + 2, "a window refused and one live build waiting, however many pauses"
     worker.close()
+
+
+async def test_the_pump_looks_at_its_work_every_tick_and_a_cancel_ends_it(tmp_path: pathlib.Path) -> None:
+    _store, worker, uplink, forwarder = connected_forwarder(tmp_path, 0)
+    task = asyncio.create_task(forwarder.run())
+    uplink.connected = False
+    forwarder.retained("edgegw/gw/status", b'{"state": "online"}')  # wakes the pump, which finds no link
+    await asyncio.sleep(0.05)
+    assert uplink.published == []
+    uplink.connected = True  # nothing wakes the pump for this: only its tick (PUMP_TICK_S) finds it
+    for _ in range(100):
+        if uplink.published:
+            break
+        await asyncio.sleep(0.02)
+    assert [topic for _mid, topic, _payload in uplink.published] == ["edgegw/gw/status"]
+    forwarder.retained("edgegw/gw/status", b'{"state": "offline"}')  # the event set as the cancel comes
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert forwarder._ticker is None  # no tick left behind
+    worker.close()
