@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -771,10 +771,7 @@ class Store:
                 (chunk_id, frames[0].received, len(frames), readings, body, encode_windows(windows)),
             )
             if layouts:
-                db.executemany(
-                    "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
-                    [(layout.id, layout.node, layout.channels_json()) for layout in layouts],
-                )
+                self._insert_layouts(layouts)
             live = self._live_pages()
             if live > limit:  # idle nodes' rows go before any readings do
                 idle_layouts = self._evict_idle(lambda: self._live_pages() > limit, keep=windows)
@@ -931,10 +928,7 @@ class Store:
                 db.execute("RELEASE part")
                 saved += len(part)
             stored = {node for node, _info in items[:saved]}
-            db.executemany(
-                "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
-                [(layout.id, layout.node, layout.channels_json()) for layout in layouts if layout.node in stored],
-            )
+            self._insert_layouts([layout for layout in layouts if layout.node in stored])
             db.execute("COMMIT")
         except sqlite3.Error as error:
             self._rollback()
@@ -1042,6 +1036,13 @@ class Store:
         self._readings -= readings
         self._live = self._live_pages()
         return int(readings)
+
+    def _insert_layouts(self, layouts: Iterable[Layout]) -> None:
+        """Inside a transaction: layouts not on disk yet (one already there is left as it is)."""
+        self._db.executemany(
+            "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
+            [(layout.id, layout.node, layout.channels_json()) for layout in layouts],
+        )
 
     def _add_total(self, name: str, amount: int) -> None:
         if self.total(name) is None:
