@@ -55,8 +55,12 @@ class GatewayProcess:
         self.config_path.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
         self._log_handle: object = None
+        # Where this run's output starts in the log (the log is appended to across restarts): a restarted gateway's
+        # "open" line must not be matched by the previous run's, or a test writes to a port not yet open.
+        self.log_mark = 0
 
     def start(self) -> None:
+        self.log_mark = len(self.log())  # in characters, as wait_for_log counts
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self._log_handle = log
         self.process = subprocess.Popen(
@@ -72,6 +76,7 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 15.0, after: int = 0) -> None:
+        """Wait for `text` in the log past character `after` (pass `log_mark` for this run's lines only)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.log()[after:]:

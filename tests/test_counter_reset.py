@@ -154,7 +154,7 @@ def test_readings_after_a_counter_reset_survive_kill_9(tmp_path: pathlib.Path, h
         assert gateway.stop() == 0  # a clean stop folds the window (highest 1100) into the node row
 
         gateway.start()
-        gateway.wait_for_log("ttyRESET0: open", after=len(gateway.log()) - 400)
+        gateway.wait_for_log("ttyRESET0: open", after=gateway.log_mark)
         new = ScriptedNode(cable, RESET_NODE, counter=700)  # the node lost its counter file: 700 is 400 behind
         new.wait_acked([new.hello(CHANNELS)])  # stale -> counter reset (SPEC §4.3)
         send_acked(new, range(101, 450))  # counters 701-1049, all ACKed (on PUBACK)
@@ -163,7 +163,7 @@ def test_readings_after_a_counter_reset_survive_kill_9(tmp_path: pathlib.Path, h
         gateway.kill()  # as a power cut would: the process is gone, whatever it held in memory too
 
         gateway.start()
-        gateway.wait_for_log("ttyRESET0: open", after=len(gateway.log()) - 400)
+        gateway.wait_for_log("ttyRESET0: open", after=gateway.log_mark)
         send_acked(new, range(450, 460))  # counters 1050-1059: new readings, acknowledged
         acked = set(range(1, 460))
         deadline = time.monotonic() + 20

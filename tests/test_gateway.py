@@ -131,7 +131,7 @@ def test_sigkill_during_a_flow_loses_no_acknowledged_reading(
     try:
         for _round in range(3):
             gateway.start()
-            gateway.wait_for_log("ttyNODE0: open", after=len(gateway.log()) - 200 if _round else 0)
+            gateway.wait_for_log("ttyNODE0: open", after=gateway.log_mark)
             node.hello()
             node.resend_unacked()
             for _ in range(40):
@@ -187,7 +187,7 @@ def test_duplicates_are_suppressed_across_restarts_and_counter_resets_need_hello
     capture.wait_for(lambda msgs: counters_received(capture, "0000a4cf12b3c4d5") == [1])
     assert gateway.stop() == 0
     gateway.start()
-    gateway.wait_for_log("ttyNODE0: open", after=len(gateway.log()) - 300)
+    gateway.wait_for_log("ttyNODE0: open", after=gateway.log_mark)
     node.acked.clear()
     node.cable.write(b"\x00" + duplicate_wire)
     node.wait_acked([first])  # acknowledged again: the first ACK may have been lost
