@@ -191,7 +191,7 @@ class Agent:
         self.router.close()  # new frames go to disk
         await self.forwarder.settle(timeout=STOP_PUBACK_S)
         self.forwarder.release_held()  # held frames the broker has not acknowledged go to disk too
-        await loop.run_in_executor(None, lambda: self.uplink.stop(self.status_topic, self._status("offline"), timeout=STOP_UPLINK_S))
+        await self.uplink.stop(self.status_topic, self._status("offline"), timeout=STOP_UPLINK_S)
         await self.forwarder.finish()  # what the broker acknowledged leaves the disk, partly delivered chunks too
         if not tasks[0].done():  # a committer that died (a bug, logged above) has nothing left to drain
             try:

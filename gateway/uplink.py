@@ -1,22 +1,24 @@
-"""MQTT connection: one paho-mqtt client driven by its own network thread.
+"""MQTT connection: one paho-mqtt client driven by the asyncio event loop.
 
-The thread connects, runs paho's loop, and on any loss waits a jittered
-exponential backoff before the next attempt, so hundreds of gateways that lost
-the same broker come back spread out instead of at once. A broker that takes
-the TCP connection but never answers CONNACK is given up on after a timeout,
-and the log says so.
+paho runs on the event loop's own selector, as aiomqtt drives it: its socket is
+watched with add_reader/add_writer (paho's socket callbacks say when it has
+something to write), loop_misc runs once a second for the keepalive, and every
+paho callback runs on the event loop. No thread of paho's and no socketpair: a
+QoS 1 publish a frame used to wake paho's thread and hand its PUBACK back through
+call_soon_threadsafe, and those two thread crossings were most of the CPU a
+reading cost on the PUBACK path (docs/PERFORMANCE-notes.md). Only the blocking
+part of a connect (name lookup, TCP and TLS handshakes, in paho's connect())
+runs in the default executor; the socket it makes is watched once it returns.
 
-Two threads, one view each. The network thread numbers every connection the
-broker accepted (`_link`); the event loop learns of each one, and of its end,
-through call_soon_threadsafe, in order, and only then changes what it sees
-(`connected`). publish() is called on the event loop and goes to paho only
-while the connection the loop knows of is the network thread's current one.
-No lock of ours is held around paho: paho may run its callbacks on the thread
-that publishes (a write that finds the socket dead reports the disconnect
-there), and one of ours held there would deadlock. Between two connections
-there is at least a backoff, so the check cannot pass for a connection that
-is already replaced; a message paho takes for a connection that just died
-stays in paho's queue and is dropped at the next connection.
+A run task connects, and on any loss waits a jittered exponential backoff
+before the next attempt, so hundreds of gateways that lost the same broker come
+back spread out instead of at once. A broker that takes the TCP connection but
+never answers CONNACK is given up on after a timeout, and the log says so.
+
+Every connection the broker accepted is numbered (`_link`); the forwarder hears
+of it, and of its end, through call_soon, in order, and only then does
+`connected` change, so nothing is published on a connection the forwarder does
+not know of yet (it would resend what it holds on it and wipe it).
 
 Resends are the forwarder's alone: every connection starts a clean session, and
 paho's own unacknowledged messages from an earlier connection are dropped
@@ -27,10 +29,11 @@ not); the forwarder publishes again what it holds unacknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,12 +51,13 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
+MISC_EVERY_S = 1.0  # paho's loop_misc: keepalive pings, and a PINGRESP that never came
 CONNACK_TIMEOUT_S = 10.0  # a broker that took the TCP connection answers within this (or the keepalive, if shorter)
 
 
 @dataclass
 class UplinkEvents:
-    """Callbacks run on the event loop."""
+    """Callbacks run on the event loop, each from a call_soon of its own (never inside paho)."""
 
     connected: Callable[[], None]
     disconnected: Callable[[], None]
@@ -76,12 +80,16 @@ class Uplink:
         self._events = events
         self._loop = loop
         self._reconnect_max_s = reconnect_max_s
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._link = 0  # network thread: the number of the connection up now (0: none)
-        self._links = 0  # network thread: connections accepted so far
-        self._answered = False  # network thread: the current attempt got its CONNACK
-        self._loop_link = 0  # event loop: the connection it was told of (0: none)
+        self._stopping = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._link = 0  # the number of the connection up now (0: none)
+        self._links = 0  # connections accepted so far
+        self._loop_link = 0  # the connection the forwarder was told of (0: none)
+        self._answered = False  # the current attempt got its CONNACK
+        self._closed = asyncio.Event()  # the current attempt's connection is over
+        self._connecting = False  # paho's connect() runs in the executor: its socket callbacks there are not ours to act on
+        self._watched: socket.socket | None = None  # the socket registered with the event loop
+        self._last_status: tuple[int, asyncio.Event] | None = None  # stop(): the last status message's mid, and its PUBACK
         self.mqtt5 = config.protocol == "5"
         protocol = MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311
         self._client = mqtt.Client(
@@ -103,24 +111,27 @@ class Uplink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_socket_close = self._on_socket_close
+        self._client.on_socket_register_write = self._on_socket_register_write
+        self._client.on_socket_unregister_write = self._on_socket_unregister_write
         self.subscriptions: list[str] = []
         self.last_error = ""
 
-    # ------------------------------------------------------------ control (event loop thread)
+    # ------------------------------------------------------------ control
 
     @property
     def connected(self) -> bool:
-        """The event loop's view: changes only on the event loop, when it is told of a connection or its end."""
+        """The forwarder's view: true from the moment it is told of a connection until it is told of its end."""
         return self._loop_link != 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
-        self._thread.start()
+        self._run_task = self._loop.create_task(self._run(), name="mqtt")
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, content_type: str | None = None) -> int | None:
-        """Hand a message to paho on the connection the event loop knows of; the mid, or None when
-        that connection is gone (the loop hears of it next) or was never there."""
-        if not self._loop_link:
+        """Hand a message to paho on the connection the forwarder knows of; the mid, or None when
+        that connection is gone (the forwarder hears of it next) or was never there."""
+        if not self._loop_link or self._link != self._loop_link:
             return None
         properties = None
         if self.mqtt5 and content_type:
@@ -128,57 +139,107 @@ class Uplink:
             if properties is None:  # one object per content type, reused: paho only reads it
                 properties = self._properties[content_type] = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 properties.ContentType = content_type
-        if self._link != self._loop_link:
-            return None  # that connection is gone; the event loop hears of it next
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None  # lost on paho's side already; dropped at the next connection, never sent twice
         return int(info.mid)
 
-    def stop(self, last_topic: str | None = None, last_payload: bytes | None = None, timeout: float = 1.0) -> None:
-        """Publish a last retained message if connected, disconnect, and end the thread; each step
-        waits at most `timeout` (a slow link must not hold up the stop)."""
-        info = None
+    async def stop(self, last_topic: str | None = None, last_payload: bytes | None = None, timeout: float = 1.0) -> None:
+        """Publish a last retained message if connected and wait at most `timeout` for its PUBACK (a slow
+        link must not hold up the stop), then end the run task and disconnect."""
+        self._stopping = True
         if self._link and last_topic is not None and last_payload is not None:
             info = self._client.publish(last_topic, last_payload, qos=1, retain=True)
-        deadline = time.monotonic() + timeout
-        while info is not None and not info.is_published() and self._link and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self._stopping.set()
-        self._client.disconnect()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._last_status = (int(info.mid), asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._last_status[1].wait(), timeout)
+        if self._run_task is not None:
+            self._run_task.cancel()
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        if not self._connecting:  # a connect() still in the executor has no socket of ours yet
+            self._close()
+        self._link = 0
+        if self._loop_link:  # told now, not on a later turn of a loop that may be about to end
+            self._departed(self._loop_link)
 
-    # ------------------------------------------------------------ network thread
+    # ------------------------------------------------------------ the connection
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         attempt = 0
         connack_timeout = min(CONNACK_TIMEOUT_S, self.config.keepalive)
         where = "%s:%d" % (self.config.host, self.config.port)
-        while not self._stopping.is_set():
+        while not self._stopping:
             started = time.monotonic()
             self._answered = False
+            self._closed.clear()
+            self._unwatch()  # connect() closes the last attempt's socket if paho has not: off the selector first
+            self._connecting = True  # until _watch(): paho's socket callbacks come from the executor
             try:
-                if self.mqtt5:
-                    self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive, clean_start=True)
-                else:
-                    self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+                await self._loop.run_in_executor(None, self._connect)
             except (OSError, ssl.SSLError, ValueError) as error:
+                self._connecting = False
                 self._note_failure("cannot reach the broker %s: %s" % (where, describe_error(error)))
             else:
-                while not self._stopping.is_set():
-                    if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._watch()
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closed.wait(), MISC_EVERY_S)
+                    if self._closed.is_set():
                         if not self._answered:
                             self._note_failure("the broker %s closed the connection without answering CONNECT" % where)
                         break
-                    if not self._answered and time.monotonic() - started > connack_timeout:
+                    if not self._answered and time.monotonic() - started > connack_timeout:  # before paho's keepalive would
                         self._note_failure("the broker %s took the connection but sent no CONNACK within %.0f s" % (where, connack_timeout))
-                        break  # the socket is closed by the next connect()
+                        self._close()
+                        break
+                    self._client.loop_misc()  # keepalive: PINGREQ, and a broker gone quiet closes the socket
                 self._lost()
-            if self._stopping.is_set():
-                break
             attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt + 1
-            self._stopping.wait(backoff_delay(attempt, self._reconnect_max_s))
+            await asyncio.sleep(backoff_delay(attempt, self._reconnect_max_s))
+
+    def _connect(self) -> None:
+        """In the executor: paho's blocking connect (name lookup, TCP, TLS), which queues CONNECT."""
+        if self.mqtt5:
+            self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive, clean_start=True)
+        else:
+            self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+
+    def _watch(self) -> None:
+        """Back on the event loop after a connect: read the new socket, and write what paho has queued (CONNECT)."""
+        self._connecting = False
+        sock = self._client.socket()
+        if sock is None:
+            self._closed.set()
+            return
+        self._watched = sock  # type: ignore[assignment]
+        self._loop.add_reader(sock, self._readable)
+        if self._client.want_write():
+            self._loop.add_writer(sock, self._writable)
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            self._loop.remove_reader(self._watched)
+            self._loop.remove_writer(self._watched)
+            self._watched = None
+
+    def _close(self) -> None:
+        """Say DISCONNECT if the socket takes it now, and close: paho closes the socket once DISCONNECT is
+        written. One that cannot take it is closed by paho's next connect() (or the process's end)."""
+        self._unwatch()
+        if self._client.socket() is not None:
+            self._client.disconnect()
+            self._client.loop_write()
+
+    def _readable(self) -> None:
+        self._client.loop_read()
+        sock = self._client.socket()
+        while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:  # TLS: bytes decrypted already, no new event
+            self._client.loop_read()
+            sock = self._client.socket()
+
+    def _writable(self) -> None:
+        self._client.loop_write()
 
     def _note_failure(self, message: str) -> None:
         if message != self.last_error:
@@ -186,20 +247,39 @@ class Uplink:
             self.last_error = message
 
     def _lost(self) -> None:
-        """The current connection, if there was one, is over (told on paho's thread, or on the one that published)."""
+        """The current connection, if there was one, is over."""
         link, self._link = self._link, 0
         if link:
-            self._loop.call_soon_threadsafe(self._departed, link)
+            self._loop.call_soon(self._departed, link)
 
     def _arrived(self, link: int) -> None:
-        """Event loop: the only place where `connected` becomes true, right before the forwarder hears of it."""
-        self._loop_link = link
-        self._events.connected()
+        """The only place where `connected` becomes true, right before the forwarder hears of it."""
+        if self._link == link:
+            self._loop_link = link
+            self._events.connected()
 
     def _departed(self, link: int) -> None:
         if self._loop_link == link:
             self._loop_link = 0
             self._events.disconnected()
+
+    # ------------------------------------------------------------ paho's callbacks (all on the event loop)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        pass  # connect() runs in the executor: _watch() registers its socket once it returns
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        if not self._connecting:  # in the executor, connect() closes only a socket already off the selector
+            self._unwatch()
+            self._closed.set()
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        if not self._connecting and self._watched is not None:
+            self._loop.add_writer(self._watched, self._writable)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        if not self._connecting and self._watched is not None:
+            self._loop.remove_writer(self._watched)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
         self._answered = True
@@ -214,19 +294,23 @@ class Uplink:
         client.drop_out_messages()  # paho would resend them right after this callback; the forwarder does it itself
         self._links += 1
         self._link = self._links
-        self._loop.call_soon_threadsafe(self._arrived, self._link)
+        self._loop.call_soon(self._arrived, self._link)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:
-        if self._link and not self._stopping.is_set():
+        if self._link and not self._stopping:
             why = "connection lost" if reason.value == 0x80 else str(reason)  # paho's "Unspecified error"
             log.warning("disconnected from the broker: %s", why)
         self._lost()
+        self._closed.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, properties: object) -> None:
-        self._loop.call_soon_threadsafe(self._events.published, mid, not reason.is_failure, str(reason))
+        if self._last_status is not None and self._last_status[0] == mid:
+            self._last_status[1].set()
+            return
+        self._loop.call_soon(self._events.published, mid, not reason.is_failure, str(reason))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self._loop.call_soon_threadsafe(self._events.message, message.topic, bytes(message.payload))
+        self._loop.call_soon(self._events.message, message.topic, bytes(message.payload))
 
 
 def backoff_delay(attempt: int, cap_s: float, rng: random.Random | None = None) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -132,25 +133,33 @@ def recording_events(log: list[str], arrived: asyncio.Event) -> UplinkEvents:
     return UplinkEvents(connected=connected, disconnected=disconnected, published=lambda *_: None, message=lambda *_: None)
 
 
-async def test_the_event_loop_sees_a_connection_only_once_it_is_told_of_it(tmp_path: pathlib.Path) -> None:
-    """Nothing can be published on a connection before the forwarder hears of it (and would wipe it)."""
+async def test_the_uplink_runs_on_the_event_loop_and_publishes_only_on_a_connection_it_was_told_of(tmp_path: pathlib.Path) -> None:
+    """No thread of paho's: the connection, its PUBACKs and its end all come through the event loop, and nothing
+    is published before the forwarder hears of the connection (it would resend what it holds on it and wipe it)."""
     with Mosquitto(tmp_path / "broker") as broker:
         arrived = asyncio.Event()
         calls: list[str] = []
-        uplink = uplink_for(broker.port, recording_events(calls, arrived))
+        acked: list[tuple[int, bool]] = []
+        events = recording_events(calls, arrived)
+        events.published = lambda mid, accepted, _reason: acked.append((mid, accepted))
+        uplink = uplink_for(broker.port, events)
+        threads_before = {thread.ident for thread in threading.enumerate()}
         uplink.start()
         try:
-            # Hold the event loop, as a long callback would, until paho's thread has the connection.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not (uplink.connected or getattr(uplink, "_link", 0)):
-                time.sleep(0.01)
-            assert not uplink.connected, "the flag changed on paho's thread, before the event loop was told"
-            assert uplink.publish("edgegw/t", b"x", qos=1) is None
+            assert uplink.publish("edgegw/t", b"x", qos=1) is None, "not connected yet"
             await asyncio.wait_for(arrived.wait(), 10)
             assert calls == ["connected"] and uplink.connected
-            assert uplink.publish("edgegw/t", b"x", qos=1) is not None
+            mids = [uplink.publish("edgegw/t", b"%d" % n, qos=1) for n in range(50)]
+            assert None not in mids
+            deadline = time.monotonic() + 10
+            while len(acked) < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert sorted(acked) == sorted((mid, True) for mid in mids)
+            lasting = [t for t in threading.enumerate() if t.ident not in threads_before and not t.name.startswith("asyncio")]
+            assert lasting == [], "the connection needs no thread of its own: %s" % lasting
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, uplink.stop)
+            await uplink.stop()
+        assert calls == ["connected", "disconnected"] and not uplink.connected, "told of the end by the time stop() returns"
 
 
 def arrived_on(topic: str) -> Callable[[list[Received]], bool]:
@@ -179,7 +188,7 @@ async def test_paho_does_not_resend_on_its_own_after_a_reconnect(tmp_path: pathl
             assert [m.topic for m in capture.snapshot()] == ["edgegw/t/after", "edgegw/t/later"]
             assert calls == ["connected", "disconnected", "connected"]
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, uplink.stop)
+            await uplink.stop()
             capture.close()
 
 
@@ -195,5 +204,5 @@ async def test_a_broker_that_never_answers_connack_is_named_in_the_log(caplog: p
         assert "took the connection but sent no CONNACK within 5 s" in caplog.text
         assert not arrived.is_set()
     finally:
-        await asyncio.get_running_loop().run_in_executor(None, uplink.stop)
+        await uplink.stop()
         silent.close()
