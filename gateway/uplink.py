@@ -1,9 +1,10 @@
 """MQTT connection: one paho-mqtt client driven by the asyncio event loop.
 
 paho runs on the event loop's own selector, as aiomqtt drives it: its socket is
-watched with add_reader/add_writer (paho's socket callbacks say when it has
-something to write), loop_misc runs once a second for the keepalive, and every
-paho callback runs on the event loop. No thread of paho's and no socketpair: a
+watched with add_reader; what is published in one turn of the loop is written at
+its end (paho's socket callbacks say when it has something to write), and a
+writer is registered only while the socket does not take it all; loop_misc runs
+once a second for the keepalive; every paho callback runs on the event loop. No thread of paho's and no socketpair: a
 QoS 1 publish a frame used to wake paho's thread and hand its PUBACK back through
 call_soon_threadsafe, and those two thread crossings were most of the CPU a
 reading cost on the PUBACK path (docs/PERFORMANCE-notes.md). Only the blocking
@@ -89,6 +90,8 @@ class Uplink:
         self._closed = asyncio.Event()  # the current attempt's connection is over
         self._connecting = False  # paho's connect() runs in the executor: its socket callbacks there are not ours to act on
         self._watched: socket.socket | None = None  # the socket registered with the event loop
+        self._writing = False  # our writer is registered: paho has bytes the socket would not take
+        self._flush_due = False  # a loop_write is scheduled for the end of this turn of the loop
         self._last_status: tuple[int, asyncio.Event] | None = None  # stop(): the last status message's mid, and its PUBACK
         self.mqtt5 = config.protocol == "5"
         protocol = MQTTProtocolVersion.MQTTv5 if self.mqtt5 else MQTTProtocolVersion.MQTTv311
@@ -214,14 +217,14 @@ class Uplink:
             return
         self._watched = sock  # type: ignore[assignment]
         self._loop.add_reader(sock, self._readable)
-        if self._client.want_write():
-            self._loop.add_writer(sock, self._writable)
+        self._flush()  # CONNECT
 
     def _unwatch(self) -> None:
         if self._watched is not None:
             self._loop.remove_reader(self._watched)
             self._loop.remove_writer(self._watched)
             self._watched = None
+        self._writing = False
 
     def _close(self) -> None:
         """Say DISCONNECT if the socket takes it now, and close: paho closes the socket once DISCONNECT is
@@ -239,7 +242,19 @@ class Uplink:
             sock = self._client.socket()
 
     def _writable(self) -> None:
+        self._client.loop_write()  # paho calls _on_socket_unregister_write once it has written everything
+
+    def _flush(self) -> None:
+        """Write what paho has queued (everything published in this turn of the loop) straight away; only
+        what the socket does not take waits for the writer. A writer registered for every publish cost two
+        epoll_ctl calls and a turn of the loop a message."""
+        self._flush_due = False
+        if self._watched is None or self._writing:
+            return
         self._client.loop_write()
+        if self._watched is not None and self._client.want_write():
+            self._writing = True  # paho counts itself registered already and will not ask again
+            self._loop.add_writer(self._watched, self._writable)
 
     def _note_failure(self, message: str) -> None:
         if message != self.last_error:
@@ -274,11 +289,13 @@ class Uplink:
             self._closed.set()
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
-        if not self._connecting and self._watched is not None:
-            self._loop.add_writer(self._watched, self._writable)
+        if not self._connecting and not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
 
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
-        if not self._connecting and self._watched is not None:
+        if not self._connecting and self._writing and self._watched is not None:
+            self._writing = False
             self._loop.remove_writer(self._watched)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
+import signal
 import socket
 import threading
 import time
@@ -206,3 +208,37 @@ async def test_a_broker_that_never_answers_connack_is_named_in_the_log(caplog: p
     finally:
         await uplink.stop()
         silent.close()
+
+
+async def test_publishes_the_socket_cannot_take_wait_for_the_writer_and_all_arrive(tmp_path: pathlib.Path) -> None:
+    """A broker that stops reading: paho's socket fills, the rest waits for writability (no spinning, nothing
+    dropped), and once the broker reads again every message is PUBACKed."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        assert broker.process is not None
+        arrived = asyncio.Event()
+        acked: list[int] = []
+        events = recording_events([], arrived)
+        events.published = lambda mid, accepted, _reason: acked.append(mid) if accepted else None
+        config = MqttConfig(host="127.0.0.1", port=broker.port, keepalive=30, reconnect_max=1, inflight=200)
+        uplink = Uplink(config, "gw-backed-up", "edgegw/gw-backed-up/status", b"{}", events, asyncio.get_running_loop(), 1)
+        uplink.start()
+        try:
+            await asyncio.wait_for(arrived.wait(), 10)
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            try:
+                mids = [uplink.publish("edgegw/t/big", bytes(100_000), qos=1) for _ in range(150)]  # 15 MB
+                assert None not in mids
+                await asyncio.sleep(0.5)
+                assert uplink._writing, "the socket did not take 15 MB: the rest waits for the writer"
+                cpu_before = time.process_time()
+                await asyncio.sleep(1.0)
+                assert time.process_time() - cpu_before < 0.5, "waiting for writability does not spin"
+            finally:
+                os.kill(broker.process.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while len(acked) < len(mids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert sorted(acked) == sorted(mids)
+            assert not uplink._writing, "the writer is removed once everything is written"
+        finally:
+            await uplink.stop()
