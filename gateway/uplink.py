@@ -235,14 +235,27 @@ class Uplink:
             self._client.loop_write()
 
     def _readable(self) -> None:
-        self._client.loop_read()
-        sock = self._client.socket()
-        while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:  # TLS: bytes decrypted already, no new event
+        try:
             self._client.loop_read()
             sock = self._client.socket()
+            while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:  # TLS: bytes decrypted already, no new event
+                self._client.loop_read()
+                sock = self._client.socket()
+        except Exception:  # paho handles a broker's bad packets itself; this is a bug, and must not spin the loop
+            self._broken("reading from")
 
     def _writable(self) -> None:
-        self._client.loop_write()  # paho calls _on_socket_unregister_write once it has written everything
+        try:
+            self._client.loop_write()  # paho calls _on_socket_unregister_write once it has written everything
+        except Exception:
+            self._broken("writing to")
+
+    def _broken(self, doing: str) -> None:
+        log.exception("unexpected error %s the broker's connection; reconnecting", doing)
+        with contextlib.suppress(Exception):  # the same bug again: connect() closes the socket instead
+            self._close()
+        self._unwatch()
+        self._closed.set()
 
     def _flush(self) -> None:
         """Write what paho has queued (everything published in this turn of the loop) straight away; only

@@ -238,7 +238,37 @@ async def test_publishes_the_socket_cannot_take_wait_for_the_writer_and_all_arri
             deadline = time.monotonic() + 30
             while len(acked) < len(mids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert sorted(acked) == sorted(mids)
+            assert sorted(acked) == sorted(mid for mid in mids if mid is not None)
             assert not uplink._writing, "the writer is removed once everything is written"
+        finally:
+            await uplink.stop()
+
+
+async def test_an_unexpected_error_in_paho_drops_the_connection_once_and_reconnects(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug under the socket's reader must not leave it registered to fail on every turn of the loop."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        arrived = asyncio.Event()
+        calls: list[str] = []
+        uplink = uplink_for(broker.port, recording_events(calls, arrived))
+        uplink.start()
+        try:
+            await asyncio.wait_for(arrived.wait(), 10)
+            arrived.clear()
+            real_read = uplink._client.loop_read
+            failures = []
+
+            def failing_read(max_packets: int = 1) -> int:
+                failures.append(1)
+                uplink._client.loop_read = real_read  # type: ignore[method-assign]
+                raise RuntimeError("a bug")
+
+            uplink._client.loop_read = failing_read  # type: ignore[method-assign,assignment]
+            assert uplink.publish("edgegw/t", b"x", qos=1) is not None  # its PUBACK is read by the failing reader
+            await asyncio.wait_for(arrived.wait(), 20)  # connected again
+            assert failures == [1]
+            assert calls == ["connected", "disconnected", "connected"]
+            assert caplog.text.count("unexpected error reading from the broker's connection") == 1
         finally:
             await uplink.stop()
