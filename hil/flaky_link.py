@@ -1,9 +1,12 @@
-"""A flaky uplink: a TCP proxy on loopback that throttles each direction to a byte rate and cuts
-every connection through it on a seeded schedule (a cellular modem in a street cabinet).
+"""A flaky uplink: a TCP proxy on loopback that throttles each direction to a byte rate, delays what
+it carries, and cuts every connection through it on a seeded schedule (a cellular modem in a street
+cabinet).
 
 Sans-I/O at the core, like hil/faults.py: `LinkPlan` is told the clock and answers how many
-bytes may pass each way now, when the next cut is, and how long nothing changes; it draws
-each gap between cuts from its own seeded generator, so a seed gives the same cut times.
+bytes may pass each way now, when bytes read now may be passed on (`delay` seconds each way, give
+or take up to `jitter`, never overtaking bytes read before: a congested radio link whose round
+trip wanders), when the next cut is, and how long nothing changes; it draws each gap between
+cuts, and each delay, from its own seeded generator, so a seed gives the same schedule.
 `FlakyProxy` does the I/O on one thread with a selector. A cut closes both sides and throws
 away whatever the link was still carrying, as a radio link that drops does; the client
 connects again when it likes (the link is back at once). Loopback only: it listens on
@@ -20,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 UP, DOWN = "up", "down"  # client -> server, server -> client
@@ -30,10 +34,16 @@ LINK_BUFFER = 65536  # bytes the link holds per direction before it stops readin
 class LinkPlan:
     """Throttle and cut schedule of one link; sans-I/O (the caller passes the clock)."""
 
-    def __init__(self, rates: dict[str, float | None], cut_every: float | None, seed: int, now: float) -> None:
+    def __init__(
+        self, rates: dict[str, float | None], cut_every: float | None, seed: int, now: float, delay: float = 0.0, jitter: float = 0.0
+    ) -> None:
         self.rates = rates  # bytes/s per direction; None: unthrottled
         self.cut_every = cut_every
+        self.delay = delay  # seconds each way
+        self.jitter = jitter  # the delay varies by up to this much either way
         self._rng = random.Random(seed)
+        self._delay_rng = random.Random(seed + 1)  # its own: the cut times do not depend on the traffic
+        self._released = dict.fromkeys((UP, DOWN), now)  # when the bytes read last may pass
         self._tokens = dict.fromkeys((UP, DOWN), 0.0)
         self._at = dict.fromkeys((UP, DOWN), now)
         self.next_cut = now + self._gap() if cut_every else math.inf
@@ -55,6 +65,14 @@ class LinkPlan:
         if self.rates.get(direction) is not None:
             self._tokens[direction] -= sent
 
+    def release_at(self, direction: str, now: float) -> float:
+        """When bytes read now in this direction may be passed on; never before bytes read earlier (TCP keeps order)."""
+        if not self.delay and not self.jitter:
+            return now
+        late = max(0.0, self.delay + self._delay_rng.uniform(-self.jitter, self.jitter))
+        self._released[direction] = max(self._released[direction], now + late)
+        return self._released[direction]
+
     def cut_due(self, now: float) -> bool:
         """True once per cut, when it is due; the next one is scheduled from now."""
         if now < self.next_cut:
@@ -62,9 +80,9 @@ class LinkPlan:
         self.next_cut = now + self._gap()
         return True
 
-    def idle(self, now: float, waiting: dict[str, bool]) -> float:
-        """Seconds until a cut is due or a waiting direction may send a byte again."""
-        wait = self.next_cut - now
+    def idle(self, now: float, waiting: dict[str, bool], due: float = math.inf) -> float:
+        """Seconds until a cut is due, a waiting direction may send a byte again, or delayed bytes are due."""
+        wait = min(self.next_cut, due) - now
         for direction, pending in waiting.items():
             rate = self.rates.get(direction)
             if pending and rate is None:  # unthrottled and still pending: the receiver is slow, look again soon
@@ -79,18 +97,29 @@ class _Pair:
     client: socket.socket
     server: socket.socket
     buffers: dict[str, bytearray] = field(default_factory=lambda: {UP: bytearray(), DOWN: bytearray()})
+    # Bytes read but not yet due (LinkPlan.release_at): (when due, bytes), in the order read.
+    delayed: dict[str, deque[tuple[float, bytes]]] = field(default_factory=lambda: {UP: deque(), DOWN: deque()})
 
 
 class FlakyProxy:
     """Listens on 127.0.0.1:port, forwards to 127.0.0.1:target through a LinkPlan."""
 
     def __init__(
-        self, target_port: int, rate: float | None = None, cut_every: float | None = None, seed: int = 1, rate_down: float | None = -1.0
+        self,
+        target_port: int,
+        rate: float | None = None,
+        cut_every: float | None = None,
+        seed: int = 1,
+        rate_down: float | None = -1.0,
+        delay: float = 0.0,
+        jitter: float = 0.0,
     ) -> None:
-        """rate: bytes/s each way (rate_down, if given, for the server -> client direction)."""
+        """rate: bytes/s each way (rate_down, if given, for the server -> client direction); delay: seconds
+        each way, varying by up to jitter either way (a round trip of 2 x delay, give or take 2 x jitter)."""
         self.target_port = target_port
         self._rates = {UP: rate, DOWN: rate if rate_down == -1.0 else rate_down}
         self._cut_every = cut_every
+        self._delay = (delay, jitter)
         self._seed = seed
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.setblocking(False)
@@ -111,13 +140,21 @@ class FlakyProxy:
         """Cut the connections through the link now (within a turn of the proxy thread)."""
         self._cut_now.set()
 
-    def set_link(self, rate: float | None = None, cut_every: float | None = None, rate_down: float | None = -1.0) -> None:
+    def set_link(
+        self,
+        rate: float | None = None,
+        cut_every: float | None = None,
+        rate_down: float | None = -1.0,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+    ) -> None:
         """From now on this link (as in the constructor; rate 0 carries nothing); takes effect within half a second."""
         self._cut_every = cut_every
+        self._delay = (delay, jitter)
         self._rates = {UP: rate, DOWN: rate if rate_down == -1.0 else rate_down}
 
     def set_good(self) -> None:
-        """From now on a good link: no throttle, no cuts."""
+        """From now on a good link: no throttle, no delay, no cuts."""
         self.set_link()
 
     def close(self) -> None:
@@ -137,12 +174,12 @@ class FlakyProxy:
     # ------------------------------------------------------------ the proxy thread
 
     def _run(self) -> None:
-        plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic())
+        plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic(), *self._delay)
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             while not self._stop.is_set():
-                if plan.rates is not self._rates:  # set_good()
-                    plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic())
+                if plan.rates is not self._rates:  # set_link(), set_good()
+                    plan = LinkPlan(self._rates, self._cut_every, self._seed, time.monotonic(), *self._delay)
                 now = time.monotonic()
                 due, asked = plan.cut_due(now), self._take_cut()
                 if (due or asked) and self._pairs:
@@ -152,11 +189,12 @@ class FlakyProxy:
                 waiting = {UP: False, DOWN: False}
                 for pair in list(self._pairs):
                     self._pump(pair, plan, now, waiting, selector)
-                for key, _events in selector.select(plan.idle(now, waiting)):
+                delayed = min((queue[0][0] for pair in self._pairs for queue in pair.delayed.values() if queue), default=math.inf)
+                for key, _events in selector.select(plan.idle(now, waiting, delayed)):
                     if key.fileobj is self._listener:
                         self._accept(selector)
                     else:
-                        self._receive(key.data, key.fileobj, selector)  # type: ignore[arg-type]
+                        self._receive(key.data, key.fileobj, selector, plan)  # type: ignore[arg-type]
 
     def _take_cut(self) -> bool:
         asked = self._cut_now.is_set()
@@ -179,9 +217,9 @@ class FlakyProxy:
             selector.register(sock, selectors.EVENT_READ, pair)
         self._pairs.append(pair)
 
-    def _receive(self, pair: _Pair, sock: socket.socket, selector: selectors.BaseSelector) -> None:
+    def _receive(self, pair: _Pair, sock: socket.socket, selector: selectors.BaseSelector, plan: LinkPlan) -> None:
         direction = UP if sock is pair.client else DOWN
-        room = LINK_BUFFER - len(pair.buffers[direction])
+        room = LINK_BUFFER - len(pair.buffers[direction]) - sum(len(data) for _due, data in pair.delayed[direction])
         if room <= 0:
             return  # the link is full; the sender's kernel buffers the rest
         try:
@@ -193,11 +231,14 @@ class FlakyProxy:
         if not data:  # one side closed: so does the link, with whatever it still carried
             self._drop(pair, selector)
             return
-        pair.buffers[direction] += data
+        pair.delayed[direction].append((plan.release_at(direction, time.monotonic()), data))
 
     def _pump(self, pair: _Pair, plan: LinkPlan, now: float, waiting: dict[str, bool], selector: selectors.BaseSelector) -> None:
         for direction, sock in ((UP, pair.server), (DOWN, pair.client)):
             buffer = pair.buffers[direction]
+            delayed = pair.delayed[direction]
+            while delayed and delayed[0][0] <= now:
+                buffer += delayed.popleft()[1]
             if not buffer:
                 continue
             allowed = min(len(buffer), plan.allowance(direction, now))

@@ -40,8 +40,10 @@ class TrialSettings:
     backlog_nodes: int = 10
     live_nodes: int = 10
     live_interval: float = 1.0  # seconds between a live node's rounds
-    rate: float = 10_000  # bytes/s each way on the flaky link
-    cut_every: float = 8.0
+    rate: float | None = 10_000  # bytes/s each way on the flaky link (None: unthrottled)
+    cut_every: float | None = 8.0  # None: never cut
+    delay: float = 0.0  # seconds each way on the flaky link ...
+    jitter: float = 0.0  # ... give or take this much
     flaky_s: float = 126.0
     settle_s: float = 300.0  # at most this long on the good link for everything to arrive
     seed: int = 11
@@ -210,7 +212,9 @@ def run_trial(workdir: Path, settings: TrialSettings, progress: Any = None) -> T
     expected = {(backlog_node(k % settings.backlog_nodes), k // settings.backlog_nodes + 1) for k in range(settings.backlog_rounds)}
     with Mosquitto(workdir / "broker") as broker:
         capture = MqttCapture(broker.host, broker.port, ["edgegw/+/nodes/+/readings"])
-        proxy = FlakyProxy(broker.port, settings.rate, settings.cut_every, settings.seed).start()
+        proxy = FlakyProxy(
+            broker.port, settings.rate, settings.cut_every, settings.seed, delay=settings.delay, jitter=settings.jitter
+        ).start()
         live = LiveNodes(workdir, settings.live_nodes, settings.live_interval)
         gateway = GatewayProcess(gateway_dir, proxy.port, [str(cable.link_path) for cable in live.cables])
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli
+from hil import flaky_link
 from hil.continuity import analyse, percentile
 from hil.faults import DOWN, UP, Fault, FaultError, LineFaults
 from hil.report import FaultResult, Report
@@ -71,6 +72,24 @@ def test_timeline_latency_throttle_garbage_and_unplug() -> None:
     assert not line.unplugged(19.9) and line.unplugged(20) and line.unplugged(24.9) and not line.unplugged(25)
     assert not LineFaults(faults, node=0, seed=1).unplugged(22)  # node 0's cable stays in
     assert line.damage["garbage_bytes"] == 48
+
+
+def test_a_delayed_link_passes_bytes_on_after_its_seeded_delay_in_the_order_they_came() -> None:
+    """hil/flaky_link.py's delay, as for a congested radio link: each direction on its own, never overtaking."""
+
+    def plan() -> flaky_link.LinkPlan:
+        return flaky_link.LinkPlan({flaky_link.UP: None, flaky_link.DOWN: None}, None, seed=3, now=0.0, delay=0.5, jitter=0.2)
+
+    reads = [k / 100 for k in range(200)]
+    first, again = plan(), plan()
+    up = [first.release_at(flaky_link.UP, now) for now in reads]
+    assert up == [again.release_at(flaky_link.UP, now) for now in reads], "a seed gives the same delays"
+    assert up == sorted(up), "bytes never overtake bytes read before them"
+    late = [due - now for due, now in zip(up, reads, strict=True)]
+    assert min(late) >= 0.3 and max(late) <= 0.7 and max(late) - min(late) > 0.2, "delay 0.5 s give or take 0.2 s"
+    assert first.release_at(flaky_link.DOWN, 5.0) >= 5.3, "the other direction is delayed too"
+    plain = flaky_link.LinkPlan({flaky_link.UP: None}, None, seed=3, now=0.0)
+    assert plain.release_at(flaky_link.UP, 1.5) == 1.5, "no delay asked: at once"
 
 
 @pytest.mark.parametrize(
