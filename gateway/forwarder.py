@@ -6,7 +6,9 @@ first, and reported back on PUBACK (their nodes are acknowledged then), or
 when they can no longer be delivered from memory (the connection dropped, the
 broker refused one, the gateway stops): they go to disk then. They are never
 resent from memory, and a held frame the router took back (its deadline
-passed) before its pack went out is not published at all.
+passed) before its pack went out is not published at all. Every readings
+PUBACK, from memory or from disk, tells the router its round trip: after a
+missed deadline it waits for quick ones before holding frames again.
 
 Chunks committed while connected are live: they are turned into packs (one
 per node, every frame the waiting chunks hold) and served before the backlog
@@ -38,9 +40,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -84,6 +87,7 @@ class Pack:
     chunks: tuple[int, ...]  # the chunks whose frames it carries
     frames: array[int]  # those frames (FRAME_BITS)
     held: tuple[Pending, ...] = ()  # or the frames held in memory it carries (then no chunks)
+    sent: float = 0.0  # when it was last published (the forwarder's clock)
 
 
 @dataclass(slots=True)
@@ -359,9 +363,14 @@ class HeldSink(Protocol):
 
     def all_lost(self) -> None: ...  # none of the held frames not acknowledged yet will
 
+    def round_trip(self, seconds: float) -> None: ...  # a readings pack was PUBACKed this long after its publish
+
 
 class _NoSink:
     def acked(self, frames: Sequence[Pending]) -> None:
+        pass
+
+    def round_trip(self, seconds: float) -> None:
         pass
 
     def lost(self, frames: Sequence[Pending]) -> None:
@@ -397,6 +406,7 @@ class Forwarder:
         layouts: Layouts,
         topic_base: str,
         sink: HeldSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._worker = worker
         self._uplink = uplink
@@ -407,6 +417,7 @@ class Forwarder:
         self._inflight: dict[int, Pack | Retained] = {}  # mid -> what it carries, on the current connection
         self._live_chunks: list[Chunk] = []
         self._live_frames = 0  # frames in _live_chunks (LIVE_FRAMES)
+        self._clock = clock  # stamps publishes (Pack.sent): the PUBACK round trips the router times
         self._live_overflows = 0  # times live chunks were left to the backlog read on this connection
         self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
         self._live: deque[Pack] = deque()
@@ -483,6 +494,13 @@ class Forwarder:
         """Whether held frames wait here or are in flight (answered or given up on: no longer)."""
         return self._held_frames > 0
 
+    def oldest_unanswered(self) -> float | None:
+        """When the oldest readings pack in flight was published (None: none is); the window is in publish order."""
+        for item in self._inflight.values():
+            if isinstance(item, Pack):
+                return item.sent
+        return None
+
     def release_held(self) -> None:
         """Held frames not acknowledged yet go to disk (the sink), in flight or not; none goes out from memory
         after this. A PUBACK that still comes for one in flight is reported as usual."""
@@ -539,6 +557,7 @@ class Forwarder:
                 if self._refused:
                     log.warning("the broker accepts readings again, after refusing %d publishes", self._refused)
                     self._refused = 0
+                self.sink.round_trip(self._clock() - item.sent)
             else:
                 self._refused_pack(item, reason)
         self._wake.set()
@@ -608,6 +627,7 @@ class Forwarder:
                 self._retained.setdefault(topic, payload)
                 return  # not connected after all: sent when the uplink says it is
             self._inflight[mid] = Retained(topic, payload)
+        sent = self._clock()
         while len(self._inflight) < self._window and self._uplink.connected:
             if asyncio.get_running_loop().time() < self._paused_until:
                 break  # the broker refused readings just now
@@ -624,6 +644,7 @@ class Forwarder:
             if mid is None:
                 queue.appendleft(pack)
                 return  # not connected after all: sent when the uplink says it is
+            pack.sent = sent
             self._inflight[mid] = pack
         self._prefetch()
 

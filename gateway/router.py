@@ -24,15 +24,31 @@ A frame's states (committer.LIVE, DISK, SAFE), each changed on the event loop on
     LIVE --deadline / connection lost / refused / stop--> DISK
     DISK --late PUBACK--> SAFE (node ACKed; a commit not begun passes over it)
 
-After a missed deadline, new frames go disk first until no held frame is
-waiting or in flight any more; the log says so once when it starts and once
-when it ends, not per frame.
+After a missed deadline, new frames go disk first until the broker has shown
+that it answers well within the deadline again (Recovery): no held frame
+waiting or in flight, and every readings PUBACK for RECOVER_S seconds within
+RECOVER_FRACTION of `broker_ack_wait`. The log says so once when it starts and
+once when it ends, not per frame.
+
+Why a measured recovery, not "the held frames are answered" (as before) or a
+backoff: on a link whose round trip sits near the deadline (a congested
+cellular uplink, 1.1 s against 1 s), the held frames were answered a moment
+after each miss, the next frames went broker first, missed again, and so on:
+every frame in flight at a miss is published twice (from memory, and from
+disk), about 28 % of the readings in the review's measurement. A backoff
+would still probe the broker now and then and pay those duplicates at each
+probe. The packs that go out from disk meanwhile are published anyway, so
+timing their PUBACKs costs nothing and probes nothing: the router returns to
+the broker first only when a frame held now would very likely be answered in
+time, and stays on disk as long as the link is slow. The cost is disk writes
+for RECOVER_S after the broker is quick again, never a reading.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -41,13 +57,56 @@ from .forwarder import Forwarder
 
 log = logging.getLogger(__name__)
 
+RECOVER_FRACTION = 0.5  # after a miss, a PUBACK this fraction of broker_ack_wait after its publish is "well within" ...
+RECOVER_S = 10.0  # ... and the broker first again once every one for this long was
+
+
+class Recovery:
+    """Whether a broker that missed a deadline answers well within it again; sans-I/O (the caller passes the clock).
+
+    A run of quick answers starts with a readings PUBACK that came within `quick_s` of its publish;
+    a slower one, or a pack still unanswered after `quick_s`, ends it. The broker has recovered
+    once a run holds quick answers RECOVER_S apart: a run of one answer, however old, is not enough.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        self.quick_s = wait_s * RECOVER_FRACTION
+        self._since: float | None = None  # when the current run of quick answers began (None: no run)
+        self._last = 0.0  # its latest answer
+
+    def reset(self) -> None:
+        self._since = None
+
+    def answered(self, round_trip: float, now: float) -> None:
+        if round_trip > self.quick_s:
+            self._since = None
+            return
+        if self._since is None:
+            self._since = now
+        self._last = now
+
+    def recovered(self, now: float, oldest_unanswered: float | None) -> bool:
+        """oldest_unanswered: when the oldest readings pack still in flight was published (None: none is)."""
+        if oldest_unanswered is not None and now - oldest_unanswered > self.quick_s:
+            self._since = None  # it is slow already, whenever its PUBACK comes
+        return self._since is not None and self._last - self._since >= RECOVER_S
+
 
 class Router:
-    def __init__(self, committer: Committer, forwarder: Forwarder, wait_s: float, safe: Callable[[Sequence[Pending]], None]) -> None:
+    def __init__(
+        self,
+        committer: Committer,
+        forwarder: Forwarder,
+        wait_s: float,
+        safe: Callable[[Sequence[Pending]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._committer = committer
         self._forwarder = forwarder
         self._wait_s = wait_s
         self._safe = safe  # acknowledge frames the broker has (Sessions.safe)
+        self._clock = clock  # the forwarder's (its PUBACK round trips), for Recovery
+        self._recovery = Recovery(wait_s)
         self._held: deque[tuple[float, Pending]] = deque()  # (deadline, frame) held in memory, in arrival order
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -73,9 +132,15 @@ class Router:
         self._closed = True
 
     def _answering(self) -> bool:
-        """False after a missed deadline until every held frame is answered (or given up on)."""
-        if self._late and not self._forwarder.holds():
-            log.info("the broker answers in time again; readings go to it first (%d frames went to disk meanwhile)", self._late)
+        """False after a missed deadline until every held frame is answered (or given up on) and the broker
+        answers well within the deadline again (Recovery)."""
+        if self._late and not self._forwarder.holds() and self._recovery.recovered(self._clock(), self._forwarder.oldest_unanswered()):
+            log.info(
+                "the broker answers in time again (within %g s for %g s); readings go to it first (%d frames went to disk meanwhile)",
+                self._recovery.quick_s,
+                RECOVER_S,
+                self._late,
+            )
             self._late = 0
         return not self._late
 
@@ -97,10 +162,13 @@ class Router:
             if not self._late:
                 log.warning(
                     "the broker did not acknowledge readings within %g s (broker_ack_wait): they are committed to disk, and new"
-                    " readings go to disk first until it answers what it has",
+                    " readings go to disk first until it answers within %g s again for %g s",
                     self._wait_s,
+                    self._recovery.quick_s,
+                    RECOVER_S,
                 )
             self._late += missed
+            self._recovery.reset()
         if self._held:
             self._timer = asyncio.get_running_loop().call_at(self._held[0][0], self._expire)
 
@@ -112,8 +180,12 @@ class Router:
             pending.state = SAFE
         self.acked_by_broker += len(fresh)
         self._safe(fresh)
+
+    def round_trip(self, seconds: float) -> None:
+        """A readings pack (from memory or from disk) was PUBACKed this long after its publish."""
         if self._late:
-            self._answering()  # the last late pack answered ends the episode (else the next frame does)
+            self._recovery.answered(seconds, self._clock())
+            self._answering()  # the answer that completes the run ends the episode (else the next frame does)
 
     def lost(self, frames: Sequence[Pending]) -> None:
         for pending in frames:

@@ -1,6 +1,7 @@
 """Broker first, disk when the broker does not answer in time: frames in over a real Link, through Sessions,
 the router, a real committer on a real buffer and the forwarder, out to a recording uplink whose PUBACKs
-the tests give (or withhold)."""
+the tests give (or withhold). The PUBACK round trips the router times are on a clock the tests move
+(Rig.clock); the deadlines are the event loop's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from gateway.committer import LIVE, CommitResult, Committer
 from gateway.forwarder import LIVE_FRAMES, Forwarder
 from gateway.layouts import Layouts
-from gateway.router import Router
+from gateway.router import RECOVER_S, Recovery, Router
 from gateway.serial_link import Link
 from gateway.sessions import Sessions
 from gateway.store import Store, WindowState
@@ -29,6 +30,14 @@ from tests.test_hostile import HELLO_FIELDS, NODE, _Transport, acked
 WAIT_S = 0.3  # broker_ack_wait here
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Rig:
     """One gateway's READINGS path in this process; the uplink's PUBACKs are given by the test."""
 
@@ -36,10 +45,11 @@ class Rig:
         self.store = Store(tmp_path, 10**9)
         self.worker = StoreWorker(self.store)
         self.uplink = RecordingUplink()
+        self.clock = Clock()
         layouts = Layouts()
-        self.forwarder = Forwarder(self.worker, self.uplink, qos, window, layouts, "edgegw/gw-test")  # type: ignore[arg-type]
+        self.forwarder = Forwarder(self.worker, self.uplink, qos, window, layouts, "edgegw/gw-test", clock=self.clock)  # type: ignore[arg-type]
         self.committer = Committer(self.worker, layouts, "drop_oldest", self._committed)
-        self.router = Router(self.committer, self.forwarder, wait_s, lambda frames: self.sessions.safe(frames))
+        self.router = Router(self.committer, self.forwarder, wait_s, lambda frames: self.sessions.safe(frames), clock=self.clock)
         self.sessions = Sessions(
             "gw-test", "edgegw", self.router, layouts, lambda topic, payload: None, lambda node, info: None, self._save_reset
         )
@@ -149,26 +159,91 @@ async def test_a_retransmission_while_on_the_broker_path_is_published_once_and_a
     assert rig.published() == [2] and await rig.chunks_written() == 0
 
 
-async def test_a_frame_whose_puback_is_late_goes_to_disk_and_new_frames_go_there_first(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+async def test_after_a_late_puback_frames_go_to_disk_first_until_the_broker_answers_well_in_time_for_a_while(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the router went broker first again as soon as the late pack was answered: on a link whose round
+    trip sits just past broker_ack_wait it flapped, and every frame in flight at each miss went out twice. Now
+    only answers within half of broker_ack_wait, RECOVER_S apart with none slower between, bring it back."""
     caplog.set_level(logging.INFO, "gateway.router")
     rig.readings(2)
     await until(lambda: rig.published() == [2])
     await until(lambda: 2 in rig.acked())  # the broker is silent: acknowledged once committed
     assert await rig.stored_counters() == [2] and rig.router.missed_deadline == 1
-    for counter in (3, 4):  # disk first while the late pack is unanswered
-        rig.readings(counter)
-    await until(lambda: {3, 4} <= set(rig.acked()))
-    assert await rig.stored_counters() == [2, 3, 4]
-    assert rig.router.missed_deadline == 1, "3 and 4 were never held for the broker"
-    rig.puback_all()  # the late PUBACK: the broker answers again
+    rig.readings(3)  # disk first while the late pack is unanswered
+    await until(lambda: 3 in rig.published())  # from disk
+    rig.clock.now += WAIT_S * 1.1  # the answers come just past the deadline
+    rig.puback_all()
+    rig.readings(4)
+    await until(lambda: 4 in rig.published())
+    assert 4 in await rig.stored_counters(), "answered late: still disk first"
+    rig.puback_all()  # answered at once: a run of quick answers begins
+    rig.clock.now += RECOVER_S - 0.1
     rig.readings(5)
     await until(lambda: 5 in rig.published())
+    rig.puback_all()  # quick, but less than RECOVER_S after the first
+    rig.readings(6)
+    await until(lambda: 6 in rig.published())
+    assert 6 in await rig.stored_counters(), "the run is not RECOVER_S long yet"
+    rig.clock.now += 0.1
+    rig.puback_all()  # quick, RECOVER_S after the first: broker first again
+    rig.readings(7)
+    await until(lambda: 7 in rig.published())
     rig.puback_all()
-    assert 5 in rig.acked() and 5 not in await rig.stored_counters()
-    assert rig.router.acked_on_disk == 3 and rig.router.acked_by_broker == 1
+    assert 7 in rig.acked() and 7 not in await rig.stored_counters(), "held for the broker, never written"
+    assert rig.router.missed_deadline == 1, "3 to 6 were never held for the broker"
+    assert (rig.router.acked_on_disk, rig.router.acked_by_broker) == (5, 1)
     misses = [r for r in caplog.records if "did not acknowledge readings within" in r.getMessage()]
     assert len(misses) == 1, "one line per episode"
-    assert any("answers in time again" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if "answers in time again" in r.getMessage()] == [
+        "the broker answers in time again (within 0.15 s for 10 s); readings go to it first (1 frames went to disk meanwhile)"
+    ]
+
+
+async def test_a_slow_answer_or_a_slow_pack_in_flight_starts_the_run_of_quick_answers_again(rig: Rig) -> None:
+    rig.readings(2)
+    await until(lambda: 2 in rig.acked())  # missed
+    rig.puback_all()
+    for step, counter in enumerate(range(3, 7)):  # quick, quick, slow, quick: RECOVER_S in all, but the run is broken
+        rig.clock.now += RECOVER_S / 3 if step else 0
+        rig.readings(counter)
+        await until(lambda: counter in rig.published())  # noqa: B023 (awaited at once)
+        rig.clock.now += WAIT_S if counter == 5 else 0
+        rig.puback_all()
+    rig.readings(7)
+    await until(lambda: 7 in rig.published())
+    assert 7 in await rig.stored_counters(), "the slow answer broke the run: still disk first"
+    rig.clock.now += RECOVER_S
+    rig.readings(8)
+    await until(lambda: 8 in rig.published())
+    assert 8 in await rig.stored_counters(), "7's pack is still unanswered, RECOVER_S after its publish: slow"
+    rig.puback_all()  # 7 (slow) and 8 (quick): a run starts at 8
+    rig.clock.now += RECOVER_S
+    rig.readings(9)
+    await until(lambda: 9 in rig.published())
+    rig.puback_all()
+    rig.readings(10)
+    await until(lambda: 10 in rig.published())
+    assert 10 not in await rig.stored_counters(), "quick answers RECOVER_S apart: broker first again"
+
+
+def test_recovery_needs_quick_answers_recover_s_apart_with_none_slow_between() -> None:
+    recovery = Recovery(1.0)  # quick: within 0.5 s
+    assert not recovery.recovered(0.0, None)
+    recovery.answered(0.4, now=100.0)
+    assert not recovery.recovered(100.0 + RECOVER_S * 5, None), "one answer, however long ago, is no run"
+    recovery.answered(0.5, now=100.0 + RECOVER_S)
+    assert recovery.recovered(100.0 + RECOVER_S, None)
+    assert not recovery.recovered(100.0 + RECOVER_S + 1, oldest_unanswered=100.0 + RECOVER_S), "a pack out 1 s: slow"
+    recovery.answered(0.1, now=200.0)
+    recovery.answered(0.1, now=200.0 + RECOVER_S)
+    assert recovery.recovered(200.0 + RECOVER_S, oldest_unanswered=200.0 + RECOVER_S - 0.5)
+    recovery.reset()  # a miss
+    assert not recovery.recovered(200.0 + RECOVER_S, None)
+    recovery.answered(0.1, now=300.0)
+    recovery.answered(0.51, now=305.0)
+    recovery.answered(0.1, now=300.0 + RECOVER_S)
+    assert not recovery.recovered(300.0 + RECOVER_S, None), "the slow answer ended the run"
 
 
 @pytest.mark.parametrize("rig", [{"window": 1}], indirect=True)
