@@ -244,10 +244,10 @@ class Agent:
         self.layouts.saved(layout.id for layout in layouts)
 
     def _committed(self, result: CommitResult) -> None:
-        self.router.committed(result)
+        delivered = self.router.committed(result)  # frames the broker acknowledged while their commit was under way
         self.sessions.committed(result)
         if result.chunk is not None:
-            self.forwarder.live(result.chunk)
+            self.forwarder.live(result.chunk, delivered)
 
     def _connected(self) -> None:
         self.forwarder.connected()

@@ -10,6 +10,14 @@ passed) before its pack went out is not published at all. Every readings
 PUBACK, from memory or from disk, tells the router its round trip: after a
 missed deadline it waits for quick ones before holding frames again.
 
+A held frame whose deadline passed while its pack was in flight is committed
+too, and may still be PUBACKed. The chunk it was committed in waits ("parked")
+until the packs from memory holding its frames are answered: frames the
+broker acknowledged that way are not published from disk again (the PUBACK
+covered exactly those frames, built from the same bytes), and a chunk whose
+every frame the broker has is deleted without being published. If the
+connection drops first, the parked chunk is read as backlog like any other.
+
 Chunks committed while connected are live: they are turned into packs (one
 per node, every frame the waiting chunks hold) and served before the backlog
 whenever a slot in the window frees up; on a link slower than the live load,
@@ -43,7 +51,7 @@ import logging
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -129,16 +137,25 @@ class Grouped:
     groups: list[NodeFrames]
     damaged: list[tuple[int, str]]  # (chunk id, why): chunks that cannot be read, left on disk and reported
     last_id: int  # the newest chunk looked at, skipped ones included (0: none)
+    delivered: list[int] = field(default_factory=list)  # frames passed over as delivered already (FRAME_BITS)
 
 
-def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int] = frozenset(), fill: bool = False) -> Grouped:
+def group_frames(
+    chunks: Iterable[Chunk],
+    layouts: Layouts,
+    skip: frozenset[int] = frozenset(),
+    fill: bool = False,
+    delivered: dict[int, set[int]] | None = None,
+) -> Grouped:
     """The frames of these chunks by node layout, in arrival order.
 
     skip: chunks already in hand (their packs built or acknowledged), passed over.
     fill: stop after the chunk that fills one node's pack (a backlog read).
+    delivered: chunk id -> positions of its frames the broker has already (from memory), passed over.
     """
     groups: dict[int, NodeFrames] = {}
     damaged: list[tuple[int, str]] = []
+    passed: list[int] = []
     last_id = 0
     for chunk in chunks:
         last_id = chunk.id
@@ -153,7 +170,11 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int]
             continue
         per_frame = chunk.readings / max(1, len(chunk.frames))
         full = False
+        known = delivered.get(chunk.id) if delivered else None
         for position, (layout_id, received, payload) in enumerate(chunk.frames):
+            if known and position in known:
+                passed.append(chunk.id << FRAME_BITS | position)
+                continue
             group = groups.get(layout_id)
             if group is None:
                 group = groups[layout_id] = NodeFrames(layouts.by_id[layout_id])
@@ -165,7 +186,7 @@ def group_frames(chunks: Iterable[Chunk], layouts: Layouts, skip: frozenset[int]
             full = full or group.readings >= PACK_READINGS
         if fill and full:
             break
-    return Grouped(list(groups.values()), damaged, last_id)
+    return Grouped(list(groups.values()), damaged, last_id, passed)
 
 
 def _frames(group: NodeFrames, built: Built) -> Iterator[tuple[senml.Frame, int, int]]:
@@ -396,6 +417,15 @@ def held_packs(held: list[Pending], layouts: Layouts, topic_base: str) -> tuple[
     return packs, left
 
 
+@dataclass
+class _Parked:
+    """A live chunk holding frames whose pack from memory is still in flight (they missed their deadline)."""
+
+    chunk: Chunk
+    delivered: set[int]  # positions of its frames the broker acknowledged from memory
+    flying: dict[int, int]  # id() of each frame still in flight from memory -> its position
+
+
 class Forwarder:
     def __init__(
         self,
@@ -417,6 +447,8 @@ class Forwarder:
         self._inflight: dict[int, Pack | Retained] = {}  # mid -> what it carries, on the current connection
         self._live_chunks: list[Chunk] = []
         self._live_frames = 0  # frames in _live_chunks (LIVE_FRAMES)
+        self._live_delivered: dict[int, set[int]] = {}  # live chunk id -> positions the broker has from memory
+        self._parked: list[_Parked] = []
         self._clock = clock  # stamps publishes (Pack.sent): the PUBACK round trips the router times
         self._live_overflows = 0  # times live chunks were left to the backlog read on this connection
         self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
@@ -468,6 +500,7 @@ class Forwarder:
                 self._retained.setdefault(item.topic, item.payload)  # unless a newer one is waiting
         self._inflight.clear()
         self._drop_live()  # not built yet: read from disk as backlog after the reconnect
+        self._parked.clear()  # likewise (a frame the broker had from memory may go out again: a duplicate)
         self.release_held()
 
     # ------------------------------------------------------------ frames held in memory
@@ -510,9 +543,48 @@ class Forwarder:
             self._live = deque(pack for pack in self._live if not pack.held)
         self.sink.all_lost()
 
-    def live(self, chunk: Chunk) -> None:
+    def live(self, chunk: Chunk, delivered: Collection[int] = ()) -> None:
+        """A chunk just committed. delivered: positions of its frames the broker acknowledged from memory
+        while the commit was under way (Router.committed); they are not published again. A chunk with
+        frames still in flight from memory is parked until those are answered."""
         if not self._uplink.connected:
             return
+        flying = self._flying(chunk)
+        if flying:
+            self._parked.append(_Parked(chunk, set(delivered), flying))
+        else:
+            self._take_live(chunk, delivered)
+
+    def _flying(self, chunk: Chunk) -> dict[int, int]:
+        """id() -> position of the chunk's frames that are in a pack in flight from memory (a missed deadline)."""
+        if not self._held_frames:  # none waits or is in flight: the usual case, and the cheap one
+            return {}
+        in_flight = {id(pending.frame) for item in self._inflight.values() if isinstance(item, Pack) for pending in item.held}
+        return {id(frame): position for position, frame in enumerate(chunk.frames) if id(frame) in in_flight}
+
+    def _answered_held(self, pack: Pack, accepted: bool) -> None:
+        """A pack from memory was answered: the parked chunks holding its frames learn which the broker has,
+        and a chunk with none in flight any more goes on: deleted if the broker has all of it, else published."""
+        ids = {id(pending.frame) for pending in pack.held}
+        parked, self._parked = self._parked, []
+        for waiting in parked:
+            for key in ids & waiting.flying.keys():
+                position = waiting.flying.pop(key)
+                if accepted:
+                    waiting.delivered.add(position)
+            if waiting.flying:
+                self._parked.append(waiting)
+            else:
+                self._take_live(waiting.chunk, waiting.delivered)
+
+    def _take_live(self, chunk: Chunk, delivered: Collection[int]) -> None:
+        if delivered and len(delivered) == len(chunk.frames) and chunk.id not in self._tally:
+            # Every frame PUBACKed already, from memory: delete-after-PUBACK holds, nothing to publish.
+            self._tally.done.append(chunk.id)
+            self._wake.set()
+            return
+        if delivered:
+            self._live_delivered[chunk.id] = set(delivered)
         if self._live_frames + len(chunk.frames) > LIVE_FRAMES:
             self._leave_live_to_backlog(chunk.id)
         else:
@@ -536,6 +608,7 @@ class Forwarder:
     def _drop_live(self) -> None:
         self._live_chunks.clear()
         self._live_frames = 0
+        self._live_delivered = {}
 
     def acknowledged(self) -> list[int]:
         """Chunks the broker acknowledged that are not deleted yet (deletes are batched)."""
@@ -549,6 +622,8 @@ class Forwarder:
         item = self._inflight.pop(mid, None)
         if isinstance(item, Pack):
             self._held_frames -= len(item.held)
+            if item.held and self._parked:
+                self._answered_held(item, accepted)
             if accepted:
                 if item.held:
                     self.sink.acked(item.held)
@@ -664,9 +739,10 @@ class Forwarder:
             # Chunks on disk at connect time are the backlog's; the rest are published together. Built
             # only once the last live packs are out: on a slow link they gather into larger packs.
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
+            delivered = self._live_delivered
             self._drop_live()
             if chunks:
-                grouped = group_frames(chunks, self._layouts)
+                grouped = group_frames(chunks, self._layouts, delivered=delivered)
                 self._take_groups(grouped)
                 self._live.extend(self._take_outcomes(grouped.groups, build_groups(grouped.groups, self._topic_base)))
         # While the broker refuses, the refused packs go first: live packs sent ahead of them would be
@@ -682,6 +758,7 @@ class Forwarder:
         self._report(grouped.damaged)
         for group in grouped.groups:
             self._tally.add(group.chunk_ids())
+        self._tally.done_with(grouped.delivered)  # their chunks are open now: a stop keeps only the rest
 
     def _take_outcomes(self, groups: list[NodeFrames], outcomes: list[Built]) -> list[Pack]:
         """Count built packs into their chunks; a group's own count is released after its packs'
@@ -782,6 +859,10 @@ class Forwarder:
         acknowledged in part, the frames the broker has."""
         await self._delete()
         partly = self._tally.partly_delivered()
+        # Committed chunks not built yet with frames the broker has from memory (Forwarder.live): the same.
+        for chunk_id, positions in [*self._live_delivered.items(), *((parked.chunk.id, parked.delivered) for parked in self._parked)]:
+            if positions:
+                partly.setdefault(chunk_id, set()).update(positions)
         if partly:
             deleted = await self._worker.call(keep_undelivered, self._worker.store, partly)
             log.info("%d delivered readings deleted from %d partly delivered chunks", deleted, len(partly))

@@ -12,8 +12,9 @@ committer instead
   the node's counter reset and none of its new frames committed yet (only a
   chunk on disk makes the reset window survive a crash: Sessions.safe);
 - when its PUBACK has not come within `broker_ack_wait` seconds (a frame not yet
-  on the wire is taken back and not published; one in flight may now be
-  published twice, never lost);
+  on the wire is taken back and not published; one in flight is published
+  again from disk only if that publish is not acknowledged after all: a
+  duplicate then, never a loss);
 - when the connection drops, the broker refuses a pack or the gateway stops:
   every held frame not acknowledged yet, in arrival order.
 
@@ -23,6 +24,11 @@ A frame's states (committer.LIVE, DISK, SAFE), each changed on the event loop on
     submit --(otherwise)-------> DISK --commit--> SAFE (node ACKed)
     LIVE --deadline / connection lost / refused / stop--> DISK
     DISK --late PUBACK--> SAFE (node ACKed; a commit not begun passes over it)
+
+A frame committed after its deadline whose publish from memory is PUBACKed
+after all (its commit under way or done) is on disk and at the broker: the
+forwarder deletes that copy rather than publish it again (Forwarder.live:
+a chunk holding frames still in flight from memory waits for their answer).
 
 After a missed deadline, new frames go disk first until the broker has shown
 that it answers well within the deadline again (Recovery): no held frame
@@ -202,8 +208,14 @@ class Router:
 
     # ------------------------------------------------------------ the committer's reports
 
-    def committed(self, result: CommitResult) -> None:
-        for pending in result.committed:
-            if pending.state != SAFE:
+    def committed(self, result: CommitResult) -> list[int]:
+        """The positions in result.chunk of frames the broker acknowledged while their commit was under way
+        (a late PUBACK): the forwarder does not publish them again (Forwarder.live)."""
+        delivered = []
+        for position, pending in enumerate(result.committed):
+            if pending.state == SAFE:
+                delivered.append(position)
+            else:
                 pending.state = SAFE
                 self.acked_on_disk += 1
+        return delivered

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway import forwarder
 from gateway.committer import LIVE, CommitResult, Committer
 from gateway.forwarder import LIVE_FRAMES, Forwarder
 from gateway.layouts import Layouts
@@ -50,6 +51,7 @@ class Rig:
         self.forwarder = Forwarder(self.worker, self.uplink, qos, window, layouts, "edgegw/gw-test", clock=self.clock)  # type: ignore[arg-type]
         self.committer = Committer(self.worker, layouts, "drop_oldest", self._committed)
         self.router = Router(self.committer, self.forwarder, wait_s, lambda frames: self.sessions.safe(frames), clock=self.clock)
+        self.during_commit: Callable[[CommitResult], None] = lambda result: None  # runs as if while the commit was under way
         self.sessions = Sessions(
             "gw-test", "edgegw", self.router, layouts, lambda topic, payload: None, lambda node, info: None, self._save_reset
         )
@@ -71,10 +73,11 @@ class Rig:
         self._folding = asyncio.get_running_loop().create_task(fold())
 
     def _committed(self, result: CommitResult) -> None:
-        self.router.committed(result)
+        self.during_commit(result)
+        delivered = self.router.committed(result)
         self.sessions.committed(result)
         if result.chunk is not None:
-            self.forwarder.live(result.chunk)
+            self.forwarder.live(result.chunk, delivered)
 
     def feed(self, message: Message) -> None:
         self.link.data_received(b"\x00" + encode(message))
@@ -193,6 +196,7 @@ async def test_after_a_late_puback_frames_go_to_disk_first_until_the_broker_answ
     assert 7 in rig.acked() and 7 not in await rig.stored_counters(), "held for the broker, never written"
     assert rig.router.missed_deadline == 1, "3 to 6 were never held for the broker"
     assert (rig.router.acked_on_disk, rig.router.acked_by_broker) == (5, 1)
+    assert rig.published().count(2) == 1, "2's late PUBACK came: its copy on disk is not published"
     misses = [r for r in caplog.records if "did not acknowledge readings within" in r.getMessage()]
     assert len(misses) == 1, "one line per episode"
     assert [r.getMessage() for r in caplog.records if "answers in time again" in r.getMessage()] == [
@@ -246,6 +250,72 @@ def test_recovery_needs_quick_answers_recover_s_apart_with_none_slow_between() -
     assert not recovery.recovered(300.0 + RECOVER_S, None), "the slow answer ended the run"
 
 
+async def test_a_frame_committed_after_its_deadline_and_puback_ed_after_all_is_not_published_from_disk(rig: Rig) -> None:
+    """A frame in flight at its deadline is committed and acknowledged; its chunk waits for the publish from memory to
+    be answered, and since it is, that chunk is deleted, never published (before: published again from disk)."""
+    rig.readings(2)
+    await until(lambda: rig.published() == [2])
+    await until(lambda: 2 in rig.acked())  # missed: committed
+    assert await rig.stored_counters() == [2]
+    await asyncio.sleep(0.2)
+    assert rig.published() == [2], "the chunk waits: 2 is still in flight from memory"
+    rig.puback_all()
+    await asyncio.sleep(0.2)
+    assert rig.published() == [2] and not rig.in_flight()
+    assert (rig.router.acked_on_disk, rig.router.acked_by_broker) == (1, 0)
+    await rig.forwarder.finish()  # a stop's last delete
+    assert await rig.stored_counters() == [], "delivered from memory: deleted"
+
+
+async def test_a_frame_puback_ed_while_its_commit_was_under_way_is_not_published_from_disk(rig: Rig) -> None:
+    rig.router.close()  # disk first: the committer gets the next frames
+    rig.readings(2)
+    rig.readings(3)
+
+    def puback_meanwhile(result: CommitResult) -> None:
+        rig.router.acked([pending for pending in result.committed if pending.counter == 2])  # as a late PUBACK reports it
+
+    rig.during_commit = puback_meanwhile
+    await until(lambda: {2, 3} <= set(rig.acked()))
+    assert await rig.stored_counters() == [2, 3]
+    assert (rig.router.acked_by_broker, rig.router.acked_on_disk) == (1, 1)
+    await until(lambda: rig.published() == [3])
+    rig.puback_all()
+    await asyncio.sleep(0.1)
+    assert rig.published() == [3], "2 is at the broker already"
+    await rig.forwarder.finish()
+    assert await rig.stored_counters() == [], "every frame of the chunk acknowledged: deleted"
+
+
+async def test_a_committed_frame_whose_publish_from_memory_is_lost_is_published_from_disk(rig: Rig) -> None:
+    rig.readings(2)
+    await until(lambda: rig.published() == [2])
+    await until(lambda: 2 in rig.acked())  # missed: committed, its chunk waiting for 2's answer
+    rig.uplink.connected = False
+    rig.forwarder.disconnected()  # no answer will come
+    rig.uplink.connected = True
+    rig.forwarder.connected()
+    await until(lambda: rig.published() == [2, 2])  # the backlog: from disk
+    rig.puback_all()
+    await rig.forwarder.finish()
+    assert await rig.stored_counters() == []
+
+
+async def test_a_committed_frame_whose_publish_from_memory_is_refused_is_published_from_disk(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forwarder, "REFUSED_RETRY_S", 0.2)
+    rig.readings(2)
+    rig.readings(3)  # one pack from memory
+    await until(lambda: rig.published() == [2, 3])
+    await until(lambda: {2, 3} <= set(rig.acked()))  # missed: committed
+    rig.puback_all(accepted=False, reason="Quota exceeded")
+    await until(lambda: rig.published() == [2, 3, 2, 3])  # after the pause, from disk
+    rig.puback_all()
+    await rig.forwarder.finish()
+    assert await rig.stored_counters() == []
+
+
 @pytest.mark.parametrize("rig", [{"window": 1}], indirect=True)
 async def test_a_frame_not_yet_on_the_wire_at_its_deadline_is_not_published_from_memory(rig: Rig) -> None:
     rig.readings(2)
@@ -258,7 +328,7 @@ async def test_a_frame_not_yet_on_the_wire_at_its_deadline_is_not_published_from
         rig.puback_all()
         await asyncio.sleep(0.05)
     assert rig.published().count(3) == 1, "published once, from disk"
-    assert rig.published().count(2) == 2, "2 was in flight at its deadline: published from memory and from disk"
+    assert rig.published().count(2) == 1, "2 was in flight at its deadline and PUBACKed after all: not published from disk"
 
 
 async def test_a_lost_connection_sends_every_held_frame_to_disk_in_arrival_order(rig: Rig) -> None:
