@@ -40,6 +40,28 @@ def test_on_a_flaky_link_the_backlog_shrinks_and_few_rounds_arrive_twice(tmp_pat
     assert result.duplicates <= DUPLICATES_AT_MOST * result.delivered, result.summary()
 
 
+def test_on_a_link_whose_round_trip_sits_near_broker_ack_wait_no_round_arrives_twice(tmp_path: pathlib.Path) -> None:
+    """Issue 12's flapping: a 1.1 s round trip against broker_ack_wait 1 s. Before, the router went broker first
+    again as soon as the late frames were answered, and every frame in flight at each miss was published from
+    memory and again from disk (bench.slow_broker: 644 of 1,320 rounds twice). Now it stays on the disk path
+    while the broker is that slow, and the chunk of a frame whose late PUBACK came is not published."""
+    settings = TrialSettings(
+        backlog_rounds=0,
+        backlog_nodes=1,
+        live_nodes=3,
+        live_interval=0.5,
+        rate=None,
+        cut_every=None,
+        delay=0.55,
+        jitter=0.05,
+        flaky_s=15.0,
+        settle_s=120.0,
+    )
+    result = run_trial(tmp_path, settings)
+    assert result.live_rounds >= 60 and result.missing == 0, result.summary()
+    assert result.duplicates == 0, result.summary()
+
+
 def rounds_of(store: Store) -> list[set[tuple[str, int]]]:
     """(node, counter value) of every frame, per chunk left in the buffer."""
     nodes = {layout.id: layout.node for layout in store.load_layouts()}
