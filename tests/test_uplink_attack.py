@@ -1,0 +1,270 @@
+"""The uplink on the event loop's selector against brokers that misbehave: hostile raw sockets, a stopped
+mosquitto, TLS; each test checks what the gateway relies on (told of every end, reconnects, no socket left)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway.config import MqttConfig, TlsConfig
+from gateway.uplink import Uplink, UplinkEvents
+from hil.certs import Pki, make_pki
+
+pytestmark = pytest.mark.processes
+
+CONNACK_5 = b"\x20\x03\x00\x00\x00"
+SERVER_SHUTTING_DOWN_5 = b"\xe0\x02\x8b\x00"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, object]]]:
+    """Whatever reaches asyncio's exception handler: nothing may."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    loop.set_exception_handler(None)
+
+
+def open_sockets() -> set[str]:
+    """This process's socket fds, as fd:inode."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with_target = "/proc/self/fd/" + fd
+        try:
+            target = os.readlink(with_target)
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add("%s:%s" % (fd, target))
+    return found
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.acked: list[int] = []
+        self.messages: list[tuple[str, bytes]] = []
+        self.arrived = asyncio.Event()
+        self.left = asyncio.Event()
+
+    def events(self) -> UplinkEvents:
+        def connected() -> None:
+            self.calls.append("connected")
+            self.arrived.set()
+
+        def disconnected() -> None:
+            self.calls.append("disconnected")
+            self.left.set()
+
+        def published(mid: int, accepted: bool, _reason: str) -> None:
+            if accepted:
+                self.acked.append(mid)
+
+        def message(topic: str, payload: bytes) -> None:
+            self.messages.append((topic, payload))
+
+        return UplinkEvents(connected=connected, disconnected=disconnected, published=published, message=message)
+
+
+def make_uplink(port: int, recorder: Recorder, keepalive: int, tls: TlsConfig | None) -> Uplink:
+    config = MqttConfig(host="127.0.0.1", port=port, keepalive=keepalive, reconnect_max=1, inflight=200, tls=tls)
+    return Uplink(config, "gw-attack", "edgegw/gw-attack/status", b"{}", recorder.events(), asyncio.get_running_loop(), 1)
+
+
+def read_packet(conn: socket.socket) -> bytes:
+    """One MQTT packet (fixed header included), or b"" at EOF."""
+    head = conn.recv(1)
+    if not head:
+        return b""
+    length, shift, raw = 0, 0, b""
+    while True:
+        byte = conn.recv(1)
+        if not byte:
+            return b""
+        raw += byte
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+    body = b""
+    while len(body) < length:
+        chunk = conn.recv(length - len(body))
+        if not chunk:
+            return b""
+        body += chunk
+    return head + raw + body
+
+
+def tls_server(pki: Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    return context
+
+
+def publish_qos0(topic: bytes, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + b"\x00" + payload  # MQTT 5: no properties
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body
+
+
+class RawBroker:
+    """A listening socket whose every accepted connection is handed to `serve` on a thread of its own."""
+
+    def __init__(self, serve: Callable[[socket.socket, int], None]) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.serve = serve
+        self.accepted = 0
+        self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn, self.accepted), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError):
+            self.serve(conn, number)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running(port: int, recorder: Recorder, keepalive: int = 30, tls: TlsConfig | None = None) -> AsyncIterator[Uplink]:
+    """An uplink started, and stopped at the end however it ends."""
+    uplink = make_uplink(port, recorder, keepalive, tls)
+    uplink.start()
+    try:
+        yield uplink
+    finally:
+        await uplink.stop()
+
+
+async def no_socket_left(before: set[str]) -> None:
+    assert await wait_until(lambda: not open_sockets() - before, 10), open_sockets() - before
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+# ------------------------------------------------------------------ hostile brokers
+
+
+async def test_a_server_disconnect_without_closing_tcp_ends_the_connection_and_reconnects(
+    loop_errors: list[dict[str, object]],
+) -> None:
+    """MQTT 5: a broker says DISCONNECT (server shutting down) and leaves the TCP connection open. The uplink
+    closes it, tells the forwarder, and connects again."""
+    eofs: list[int] = []
+
+    def disconnecting(conn: socket.socket, number: int) -> None:
+        assert read_packet(conn)[0] == 0x10  # CONNECT
+        conn.sendall(CONNACK_5)
+        if number == 1:
+            time.sleep(0.3)
+            conn.sendall(SERVER_SHUTTING_DOWN_5)
+        conn.settimeout(10)
+        while True:
+            packet = read_packet(conn)
+            if not packet:
+                eofs.append(number)
+                return
+            if packet[0] == 0xC0:  # PINGREQ
+                conn.sendall(b"\xd0\x00")
+
+    broker = RawBroker(disconnecting)
+    before = open_sockets()
+    recorder = Recorder()
+    try:
+        async with running(broker.port, recorder):
+            await asyncio.wait_for(recorder.arrived.wait(), 10)
+            recorder.arrived.clear()
+            await asyncio.wait_for(recorder.left.wait(), 5)
+            await asyncio.wait_for(recorder.arrived.wait(), 10)
+            assert recorder.calls == ["connected", "disconnected", "connected"]
+            assert await wait_until(lambda: eofs == [1], 5), "the first connection was closed by the client: %s" % eofs
+    finally:
+        broker.close()
+    await no_socket_left(before)
+    assert loop_errors == []
+
+
+async def test_a_broker_that_closes_right_after_connack_many_times_leaks_nothing(loop_errors: list[dict[str, object]]) -> None:
+    """A broker that accepts and hangs up at once, again and again: each end is told, in order, no socket is
+    left behind and nothing reaches asyncio's exception handler."""
+
+    def hang_up(conn: socket.socket, _number: int) -> None:
+        read_packet(conn)
+        conn.sendall(CONNACK_5)
+        conn.close()
+
+    broker = RawBroker(hang_up)
+    before = open_sockets()
+    recorder = Recorder()
+    try:
+        async with running(broker.port, recorder):
+            assert await wait_until(lambda: broker.accepted >= 8, 30)
+    finally:
+        broker.close()
+    told = recorder.calls
+    assert told.count("connected") >= 6
+    assert told == ["connected", "disconnected"] * (len(told) // 2), told
+    await no_socket_left(before)
+    assert loop_errors == []
+
+
+async def test_tls_packets_left_decrypted_in_the_ssl_object_are_read_without_a_new_event(
+    pki: Pki, loop_errors: list[dict[str, object]]
+) -> None:
+    """CONNACK and five messages in one TLS record: paho reads one packet at the first event (nothing of ours
+    in flight yet), the rest stays decrypted in the SSL object and the socket has nothing new to say; all
+    five are read all the same."""
+    context = tls_server(pki)
+
+    def one_record(conn: socket.socket, _number: int) -> None:
+        tls = context.wrap_socket(conn, server_side=True)
+        assert read_packet(tls)[0] == 0x10
+        tls.sendall(CONNACK_5 + b"".join(publish_qos0(b"t", b"%d" % n) for n in range(5)))
+        tls.settimeout(20)
+        read_packet(tls)
+
+    broker = RawBroker(one_record)
+    recorder = Recorder()
+    try:
+        async with running(broker.port, recorder, tls=TlsConfig(ca_file=str(pki.ca))):
+            await asyncio.wait_for(recorder.arrived.wait(), 10)
+            assert await wait_until(lambda: len(recorder.messages) == 5, 5), recorder.messages
+            assert recorder.messages == [("t", b"%d" % n) for n in range(5)]
+    finally:
+        broker.close()
+    assert loop_errors == []
