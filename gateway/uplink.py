@@ -160,7 +160,7 @@ class Uplink:
         if self._run_task is not None:
             self._run_task.cancel()
             await asyncio.gather(self._run_task, return_exceptions=True)
-        if not self._connecting:  # a connect() still in the executor has no socket of ours yet
+        if not self._connecting:  # a connect() still in the executor: _abandon closes its socket once it returns
             self._close()
         self._link = 0
         if self._loop_link:  # told now, not on a later turn of a loop that may be about to end
@@ -178,8 +178,12 @@ class Uplink:
             self._closed.clear()
             self._unwatch()  # connect() closes the last attempt's socket if paho has not: off the selector first
             self._connecting = True  # until _watch(): paho's socket callbacks come from the executor
+            connecting = self._loop.run_in_executor(None, self._connect)
             try:
-                await self._loop.run_in_executor(None, self._connect)
+                await asyncio.shield(connecting)  # cancelled (stop()), it runs on: _abandon closes what it opens
+            except asyncio.CancelledError:
+                connecting.add_done_callback(self._abandon)
+                raise
             except (OSError, ssl.SSLError, ValueError) as error:
                 self._connecting = False
                 self._note_failure("cannot reach the broker %s: %s" % (where, describe_error(error)))
@@ -208,6 +212,12 @@ class Uplink:
         else:
             self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
 
+    def _abandon(self, connecting: asyncio.Future[None]) -> None:
+        """A connect() that returned after stop(): its socket was never watched, and is closed unused."""
+        self._connecting = False
+        if not connecting.cancelled() and connecting.exception() is None:
+            self._drop()
+
     def _watch(self) -> None:
         """Back on the event loop after a connect: read the new socket, and write what paho has queued (CONNECT)."""
         self._connecting = False
@@ -233,6 +243,13 @@ class Uplink:
         if self._client.socket() is not None:
             self._client.disconnect()
             self._client.loop_write()
+
+    def _drop(self) -> None:
+        """Close paho's socket, if it still has one, without a word to the broker (which then publishes our
+        will), as paho's own keepalive does: paho has no public call for it."""
+        self._unwatch()
+        if self._client.socket() is not None:
+            self._client._sock_close()
 
     def _readable(self) -> None:
         try:

@@ -177,6 +177,59 @@ async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     return condition()
 
 
+# ------------------------------------------------------------------ stop()
+
+
+async def test_a_stop_during_a_connect_in_the_executor_leaves_no_socket_open(pki: Pki, loop_errors: list[dict[str, object]]) -> None:
+    """stop() while paho's connect() still runs in the executor (a slow TLS handshake): once that connect
+    returns, its socket must be closed, not left open with a CONNECT nobody will ever write."""
+    context = tls_server(pki)
+    outcome: list[bytes | str] = []
+
+    def slow_handshake(conn: socket.socket, _number: int) -> None:
+        time.sleep(1.0)  # the handshake answers only after stop() has returned
+        tls = context.wrap_socket(conn, server_side=True)
+        tls.settimeout(5)
+        try:
+            outcome.append(tls.recv(100))  # b"": the client closed it
+        except TimeoutError:
+            outcome.append("still open")
+
+    broker = RawBroker(slow_handshake)
+    before = open_sockets()
+    recorder = Recorder()
+    try:
+        async with running(broker.port, recorder, tls=TlsConfig(ca_file=str(pki.ca))):
+            assert await wait_until(lambda: broker.accepted == 1, 5)
+            await asyncio.sleep(0.2)
+        assert await wait_until(lambda: bool(outcome), 10)
+        assert outcome == [b""], "the socket of a connect() that finished after stop() is closed"
+        assert recorder.calls == []
+    finally:
+        broker.close()
+    await no_socket_left(before)
+    assert loop_errors == []
+
+
+async def test_a_stop_during_a_tls_handshake_with_a_silent_server_returns_at_once(pki: Pki, loop_errors: list[dict[str, object]]) -> None:
+    """The handshake waits paho's 5 s connect timeout in the executor; stop() does not wait for it, and the
+    failure that comes after it reaches nobody's exception handler."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes TCP; no TLS answer ever comes
+    before = open_sockets()
+    recorder = Recorder()
+    try:
+        async with running(silent.getsockname()[1], recorder, tls=TlsConfig(ca_file=str(pki.ca))):
+            await asyncio.sleep(0.5)
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 2
+        await no_socket_left(before)  # once the handshake times out in the executor
+        await asyncio.sleep(0.2)
+    finally:
+        silent.close()
+    assert recorder.calls == []
+    assert loop_errors == []
+
+
 # ------------------------------------------------------------------ hostile brokers
 
 
