@@ -238,11 +238,12 @@ class Uplink:
 
     def _close(self) -> None:
         """Say DISCONNECT if the socket takes it now, and close: paho closes the socket once DISCONNECT is
-        written. One that cannot take it is closed by paho's next connect() (or the process's end)."""
+        written; one that cannot take it (a broker that stopped reading) is closed without it."""
         self._unwatch()
         if self._client.socket() is not None:
             self._client.disconnect()
             self._client.loop_write()
+        self._drop()
 
     def _drop(self) -> None:
         """Close paho's socket, if it still has one, without a word to the broker (which then publishes our

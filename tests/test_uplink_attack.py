@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pathlib
+import signal
 import socket
 import ssl
 import threading
@@ -16,6 +18,7 @@ import pytest
 
 from gateway.config import MqttConfig, TlsConfig
 from gateway.uplink import Uplink, UplinkEvents
+from hil.broker import Mosquitto
 from hil.certs import Pki, make_pki
 
 pytestmark = pytest.mark.processes
@@ -227,6 +230,29 @@ async def test_a_stop_during_a_tls_handshake_with_a_silent_server_returns_at_onc
     finally:
         silent.close()
     assert recorder.calls == []
+    assert loop_errors == []
+
+
+async def test_a_stop_while_the_socket_is_backed_up_closes_it(tmp_path: pathlib.Path, loop_errors: list[dict[str, object]]) -> None:
+    """A broker that stopped reading: DISCONNECT cannot be written, and the socket must be closed all the same
+    (its fd is not left to the end of the process, and the broker sees the connection end)."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        assert broker.process is not None
+        before = open_sockets()
+        recorder = Recorder()
+        async with running(broker.port, recorder) as uplink:
+            await asyncio.wait_for(recorder.arrived.wait(), 10)
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            try:
+                mids = [uplink.publish("edgegw/t/big", bytes(100_000), qos=1) for _ in range(150)]  # 15 MB
+                assert None not in mids
+                await asyncio.sleep(0.3)
+                await uplink.stop(timeout=0.2)
+                assert recorder.calls == ["connected", "disconnected"]
+                leaked = open_sockets() - before
+                assert not leaked, "the backed-up socket is closed by stop(): %s" % leaked
+            finally:
+                os.kill(broker.process.pid, signal.SIGCONT)
     assert loop_errors == []
 
 
