@@ -14,7 +14,8 @@ runs in the default executor; the socket it makes is watched once it returns.
 A run task connects, and on any loss waits a jittered exponential backoff
 before the next attempt, so hundreds of gateways that lost the same broker come
 back spread out instead of at once. A broker that takes the TCP connection but
-never answers CONNACK is given up on after a timeout, and the log says so.
+never answers CONNACK is given up on after a timeout, and the log says so; so is
+one that stops answering (1.5 keepalives without a byte from it).
 
 Every connection the broker accepted is numbered (`_link`); the forwarder hears
 of it, and of its end, through call_soon, in order, and only then does
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 1.0
 STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
 MISC_EVERY_S = 1.0  # paho's loop_misc: keepalive pings, and a PINGRESP that never came
+SILENT_KEEPALIVES = 1.5  # a broker heard nothing from for this many keepalives is gone (the server's own rule)
 CONNACK_TIMEOUT_S = 10.0  # a broker that took the TCP connection answers within this (or the keepalive, if shorter)
 
 
@@ -88,6 +90,7 @@ class Uplink:
         self._loop_link = 0  # the connection the forwarder was told of (0: none)
         self._answered = False  # the current attempt got its CONNACK
         self._closed = asyncio.Event()  # the current attempt's connection is over
+        self._heard = 0.0  # time.monotonic() of the last read event on the socket
         self._connecting = False  # paho's connect() runs in the executor: its socket callbacks there are not ours to act on
         self._watched: socket.socket | None = None  # the socket registered with the event loop
         self._writing = False  # our writer is registered: paho has bytes the socket would not take
@@ -200,10 +203,28 @@ class Uplink:
                         self._note_failure("the broker %s took the connection but sent no CONNACK within %.0f s" % (where, connack_timeout))
                         self._close()
                         break
+                    if self._answered and self._silent():
+                        self._lost()  # told as a silence, not as the end paho would report
+                        self._drop()
+                        break
                     self._client.loop_misc()  # keepalive: PINGREQ, and a broker gone quiet closes the socket
                 self._lost()
             attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt + 1
             await asyncio.sleep(backoff_delay(attempt, self._reconnect_max_s))
+
+    def _silent(self) -> bool:
+        """Nothing heard for 1.5 keepalives (what a server allows a client): paho's own check, a PINGREQ a
+        keepalive after the last thing heard and then a keepalive for its PINGRESP, takes 2. paho pings at
+        most a second of ours late, so a live broker is silent for a keepalive, a second and a round trip
+        at the most: the limit is never below a keepalive and two seconds."""
+        keepalive = self._client.keepalive  # MQTT 5: the broker's Server Keep Alive, if it sent one
+        if not keepalive:
+            return False
+        silence = time.monotonic() - self._heard
+        if silence <= max(SILENT_KEEPALIVES * keepalive, keepalive + 2 * MISC_EVERY_S):
+            return False
+        log.warning("the broker went silent: nothing heard for %.0f s (keepalive %d s); reconnecting", silence, keepalive)
+        return True
 
     def _connect(self) -> None:
         """In the executor: paho's blocking connect (name lookup, TCP, TLS), which queues CONNECT."""
@@ -226,6 +247,7 @@ class Uplink:
             self._closed.set()
             return
         self._watched = sock  # type: ignore[assignment]
+        self._heard = time.monotonic()
         self._loop.add_reader(sock, self._readable)
         self._flush()  # CONNECT
 
@@ -253,6 +275,7 @@ class Uplink:
             self._client._sock_close()
 
     def _readable(self) -> None:
+        self._heard = time.monotonic()
         try:
             self._client.loop_read()
             sock = self._client.socket()

@@ -347,3 +347,36 @@ async def test_tls_packets_left_decrypted_in_the_ssl_object_are_read_without_a_n
     finally:
         broker.close()
     assert loop_errors == []
+
+
+# ------------------------------------------------------------------ keepalive
+
+
+async def test_a_stopped_broker_is_noticed_through_the_keepalive_and_left(
+    tmp_path: pathlib.Path, loop_errors: list[dict[str, object]]
+) -> None:
+    """SIGSTOP: the TCP connection stays up and nothing answers. The uplink gives it up about 1.5 keepalives
+    after the last thing it heard (the server's own rule; paho alone takes 2), and connects again once the
+    broker runs; waiting costs no CPU."""
+    keepalive = 6
+    with Mosquitto(tmp_path / "broker") as broker:
+        assert broker.process is not None
+        recorder = Recorder()
+        async with running(broker.port, recorder, keepalive=keepalive):
+            await asyncio.wait_for(recorder.arrived.wait(), 10)
+            recorder.arrived.clear()
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                await asyncio.wait_for(recorder.left.wait(), 4 * keepalive)
+                noticed = time.monotonic() - stopped
+                cpu_before = time.process_time()
+                await asyncio.sleep(1)
+                idle_cpu = time.process_time() - cpu_before
+            finally:
+                os.kill(broker.process.pid, signal.SIGCONT)
+            await asyncio.wait_for(recorder.arrived.wait(), 15)
+            assert recorder.calls == ["connected", "disconnected", "connected"]
+            assert noticed <= 1.5 * keepalive + 1.5, "a silent broker noticed after %.1f s (keepalive %d s)" % (noticed, keepalive)
+            assert idle_cpu < 0.5
+    assert loop_errors == []
