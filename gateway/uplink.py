@@ -293,9 +293,9 @@ class Uplink:
 
     def _broken(self, doing: str) -> None:
         log.exception("unexpected error %s the broker's connection; reconnecting", doing)
-        with contextlib.suppress(Exception):  # the same bug again: connect() closes the socket instead
+        with contextlib.suppress(Exception):  # the same bug again: closed without DISCONNECT
             self._close()
-        self._unwatch()
+        self._drop()
         self._closed.set()
 
     def _flush(self) -> None:
@@ -305,7 +305,11 @@ class Uplink:
         self._flush_due = False
         if self._watched is None or self._writing:
             return
-        self._client.loop_write()
+        try:
+            self._client.loop_write()
+        except Exception:  # as under the writer: a bug, which must not end the run task (CONNECT) nor stall writes
+            self._broken("writing to")
+            return
         if self._watched is not None and self._client.want_write():
             self._writing = True  # paho counts itself registered already and will not ask again
             self._loop.add_writer(self._watched, self._writable)

@@ -380,3 +380,37 @@ async def test_a_stopped_broker_is_noticed_through_the_keepalive_and_left(
             assert noticed <= 1.5 * keepalive + 1.5, "a silent broker noticed after %.1f s (keepalive %d s)" % (noticed, keepalive)
             assert idle_cpu < 0.5
     assert loop_errors == []
+
+
+# ------------------------------------------------------------------ bugs under paho
+
+
+async def test_an_unexpected_error_writing_drops_the_connection_and_reconnects(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, loop_errors: list[dict[str, object]]
+) -> None:
+    """Almost every write is the end-of-turn flush, not the writer: a bug under it (at CONNECT, at a publish)
+    is logged, drops the connection and connects again, like one under the reader; it must neither end the
+    run task (no connection ever again) nor leave paho counting itself registered (nothing written again)."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        recorder = Recorder()
+        async with running(broker.port, recorder) as uplink:
+            real_write = uplink._client.loop_write
+            failures: list[int] = []
+
+            def failing_write() -> int:
+                failures.append(1)
+                uplink._client.loop_write = real_write  # type: ignore[method-assign]
+                raise RuntimeError("a bug")
+
+            uplink._client.loop_write = failing_write  # type: ignore[method-assign,assignment]  # CONNECT's
+            await asyncio.wait_for(recorder.arrived.wait(), 15)
+            recorder.arrived.clear()
+            uplink._client.loop_write = failing_write  # type: ignore[method-assign,assignment]  # a publish's
+            assert uplink.publish("edgegw/t", b"x", qos=1) is not None
+            await asyncio.wait_for(recorder.arrived.wait(), 15)  # connected again
+            mid = uplink.publish("edgegw/t", b"y", qos=1)
+            assert await wait_until(lambda: mid in recorder.acked, 5)
+            assert failures == [1, 1]
+            assert recorder.calls == ["connected", "disconnected", "connected"]
+            assert caplog.text.count("unexpected error writing to the broker's connection") == 2
+    assert loop_errors == []
