@@ -9,7 +9,7 @@ QoS 1 publish a frame used to wake paho's thread and hand its PUBACK back throug
 call_soon_threadsafe, and those two thread crossings were most of the CPU a
 reading cost on the PUBACK path (docs/PERFORMANCE-notes.md). Only the blocking
 part of a connect (name lookup, TCP and TLS handshakes, in paho's connect())
-runs in the default executor; the socket it makes is watched once it returns.
+runs on a short-lived daemon thread; the socket it makes is watched once it returns.
 
 A run task connects, and on any loss waits a jittered exponential backoff
 before the next attempt, so hundreds of gateways that lost the same broker come
@@ -36,6 +36,7 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ class Uplink:
         self._answered = False  # the current attempt got its CONNACK
         self._closed = asyncio.Event()  # the current attempt's connection is over
         self._heard = 0.0  # time.monotonic() of the last read event on the socket
-        self._connecting = False  # paho's connect() runs in the executor: its socket callbacks there are not ours to act on
+        self._connecting = False  # paho's connect() runs on its own thread: its socket callbacks there are not ours to act on
         self._watched: socket.socket | None = None  # the socket registered with the event loop
         self._writing = False  # our writer is registered: paho has bytes the socket would not take
         self._flush_due = False  # a loop_write is scheduled for the end of this turn of the loop
@@ -163,7 +164,7 @@ class Uplink:
         if self._run_task is not None:
             self._run_task.cancel()
             await asyncio.gather(self._run_task, return_exceptions=True)
-        if not self._connecting:  # a connect() still in the executor: _abandon closes its socket once it returns
+        if not self._connecting:  # a connect() still running: _abandon closes its socket once it returns
             self._close()
         self._link = 0
         if self._loop_link:  # told now, not on a later turn of a loop that may be about to end
@@ -180,8 +181,8 @@ class Uplink:
             self._answered = False
             self._closed.clear()
             self._unwatch()  # connect() closes the last attempt's socket if paho has not: off the selector first
-            self._connecting = True  # until _watch(): paho's socket callbacks come from the executor
-            connecting = self._loop.run_in_executor(None, self._connect)
+            self._connecting = True  # until _watch(): paho's socket callbacks come from the connect's thread
+            connecting = self._connect_apart()
             try:
                 await asyncio.shield(connecting)  # cancelled (stop()), it runs on: _abandon closes what it opens
             except asyncio.CancelledError:
@@ -226,8 +227,34 @@ class Uplink:
         log.warning("the broker went silent: nothing heard for %.0f s (keepalive %d s); reconnecting", silence, keepalive)
         return True
 
+    def _connect_apart(self) -> asyncio.Future[None]:
+        """Run _connect on a daemon thread of its own, not in the default executor, whose threads asyncio.run
+        and the interpreter join at the end: a process stopping while a connect hangs would wait for paho's
+        5 s connect timeout, or for a name lookup's."""
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        def connect() -> None:
+            error: BaseException | None = None
+            try:
+                self._connect()
+            except BaseException as caught:  # handed to the event loop, which sorts it
+                error = caught.with_traceback(None)  # its frames would hold a half-made TLS socket open
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: the process is ending
+                self._loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=connect, name="mqtt-connect", daemon=True).start()
+        return future
+
     def _connect(self) -> None:
-        """In the executor: paho's blocking connect (name lookup, TCP, TLS), which queues CONNECT."""
+        """On its own thread: paho's blocking connect (name lookup, TCP, TLS), which queues CONNECT."""
         if self.mqtt5:
             self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive, clean_start=True)
         else:
@@ -339,10 +366,10 @@ class Uplink:
     # ------------------------------------------------------------ paho's callbacks (all on the event loop)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: object) -> None:
-        pass  # connect() runs in the executor: _watch() registers its socket once it returns
+        pass  # connect() runs on its own thread: _watch() registers its socket once it returns
 
     def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: object) -> None:
-        if not self._connecting:  # in the executor, connect() closes only a socket already off the selector
+        if not self._connecting:  # on its thread, connect() closes only a socket already off the selector
             self._unwatch()
             self._closed.set()
 

@@ -10,6 +10,8 @@ import pathlib
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +25,7 @@ from hil.certs import Pki, make_pki
 
 pytestmark = pytest.mark.processes
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONNACK_5 = b"\x20\x03\x00\x00\x00"
 SERVER_SHUTTING_DOWN_5 = b"\xe0\x02\x8b\x00"
 
@@ -254,6 +257,42 @@ async def test_a_stop_while_the_socket_is_backed_up_closes_it(tmp_path: pathlib.
             finally:
                 os.kill(broker.process.pid, signal.SIGCONT)
     assert loop_errors == []
+
+
+EXIT_DURING_CONNECT = """
+import asyncio, socket, sys, time
+from gateway.config import MqttConfig
+from gateway.uplink import Uplink, UplinkEvents
+
+server = socket.create_server(("127.0.0.1", 0), backlog=0)
+port = server.getsockname()[1]
+queued = [socket.socket() for _ in range(3)]
+for sock in queued:  # the accept queue is full: the kernel drops the uplink's SYN, and its connect() hangs
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+time.sleep(0.2)
+
+async def main():
+    events = UplinkEvents(lambda: None, lambda: None, lambda *_: None, lambda *_: None)
+    uplink = Uplink(MqttConfig(host="127.0.0.1", port=port), "gw-exit", "t", b"", events, asyncio.get_running_loop(), 1)
+    uplink.start()
+    await asyncio.sleep(0.5)
+    await uplink.stop()
+
+asyncio.run(main())
+print("returned", flush=True)
+"""
+
+
+def test_a_process_that_stops_the_uplink_during_a_connect_exits_without_waiting_for_it() -> None:
+    """paho's connect() waits up to its 5 s timeout for a SYN nobody answers (longer for a name lookup);
+    the process that stopped the uplink meanwhile exits at once: the old thread of paho's was a daemon,
+    and the default executor's threads are joined at asyncio.run's end and at exit."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_CONNECT], capture_output=True, timeout=30, cwd=ROOT)
+    took = time.monotonic() - started
+    assert done.returncode == 0 and done.stdout == b"returned\n", done.stderr.decode()[-2000:]
+    assert took < 3.5, "exited %.1f s after start: it waited for the connect's 5 s timeout" % took
 
 
 # ------------------------------------------------------------------ hostile brokers
