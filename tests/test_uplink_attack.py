@@ -186,8 +186,8 @@ async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 # ------------------------------------------------------------------ stop()
 
 
-async def test_a_stop_during_a_connect_in_the_executor_leaves_no_socket_open(pki: Pki, loop_errors: list[dict[str, object]]) -> None:
-    """stop() while paho's connect() still runs in the executor (a slow TLS handshake): once that connect
+async def test_a_stop_during_a_connect_leaves_no_socket_open(pki: Pki, loop_errors: list[dict[str, object]]) -> None:
+    """stop() while paho's connect() still runs on its thread (a slow TLS handshake): once that connect
     returns, its socket must be closed, not left open with a CONNECT nobody will ever write."""
     context = tls_server(pki)
     outcome: list[bytes | str] = []
@@ -218,7 +218,7 @@ async def test_a_stop_during_a_connect_in_the_executor_leaves_no_socket_open(pki
 
 
 async def test_a_stop_during_a_tls_handshake_with_a_silent_server_returns_at_once(pki: Pki, loop_errors: list[dict[str, object]]) -> None:
-    """The handshake waits paho's 5 s connect timeout in the executor; stop() does not wait for it, and the
+    """The handshake waits paho's 5 s connect timeout on its thread; stop() does not wait for it, and the
     failure that comes after it reaches nobody's exception handler."""
     silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes TCP; no TLS answer ever comes
     before = open_sockets()
@@ -228,7 +228,7 @@ async def test_a_stop_during_a_tls_handshake_with_a_silent_server_returns_at_onc
             await asyncio.sleep(0.5)
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 2
-        await no_socket_left(before)  # once the handshake times out in the executor
+        await no_socket_left(before)  # once the handshake times out on its thread
         await asyncio.sleep(0.2)
     finally:
         silent.close()
