@@ -25,6 +25,7 @@ from typing import Any
 from protocols import CounterWindow
 
 from .layouts import Layout, Layouts
+from .senml import Frame
 from .store import FRAME_OVERHEAD, Chunk, Store, StoredFrame, StoreError, StoreFull, WindowState, encode_body
 from .store_worker import StoreWorker
 
@@ -38,6 +39,7 @@ LATE_S = 0.05  # a frame submitted this long after it arrived waited elsewhere f
 # acknowledged on PUBACK), handed to the committer (maybe still in flight to the broker too), or safe
 # (PUBACKed or committed, its node acknowledged): a commit passes over a frame that is safe already.
 LIVE, DISK, SAFE = 0, 1, 2
+NOT_HELD: Frame = ((), 0)  # Pending.samples of a frame on the disk path
 EPISODE_CHECK_S = 1.0  # while full and idle, how often the fill level is looked at
 ROOM_AGAIN = 0.9  # a full episode ends once the buffer is below this fraction of its budget
 
@@ -53,6 +55,9 @@ class Pending:
     layout: Layout
     owner: Any  # the node's session state; `owner.window` is its live CounterWindow
     window: CounterWindow  # owner.window when the frame was accepted; replaced on a counter reset
+    # (samples, time) as decoded on arrival: a pack built from memory (forwarder.held_packs) needs no second
+    # decode of the payload; dropped when the frame goes to disk (NOT_HELD), where the payload is what counts
+    samples: Frame
     state: int = DISK  # LIVE, DISK or SAFE
 
 

@@ -81,7 +81,8 @@ REFUSED_RETRY_S = 5.0  # after the broker refused a publish (quota, authorisatio
 # Frames of live chunks waiting in RAM to be made into packs. Past it the uplink is slower than the
 # live load: the waiting chunks are left to the backlog read (they are on disk already), so RAM stays
 # bounded however long that lasts, and one build on the event loop handles at most this many frames.
-# 4,096 is about 40 s of the field load (400 readings/s in frames of 4), a few MB.
+# 4,096 is about 40 s of the field load (400 readings/s in frames of 4), a few MB (a held frame keeps its
+# samples as decoded on arrival, about 600 B for 10 samples: 2.5 MB at most).
 LIVE_FRAMES = 4_096
 READ_RETRY_S = 5.0  # a backlog read the store could not do (StoreError) is tried again after this
 FRAME_BITS = 20  # a frame is named by its chunk id << FRAME_BITS | its position in the chunk
@@ -214,9 +215,15 @@ def build_packs(group: NodeFrames, topic_base: str) -> Built:
 
     Decoded a pack's worth at a time, so one node with a long backlog costs one pack of memory.
     """
-    layout = group.layout
-    topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
     built = Built()
+    _pack(group.layout, topic_base, _frames(group, built), built)
+    return built
+
+
+def _pack(layout: Layout, topic_base: str, items: Iterable[tuple[senml.Frame, int, int]], built: Built) -> None:
+    """One node's (frame, readings, ref) as SenML packs of at most PACK_READINGS readings into built; a
+    frame SenML cannot carry goes into built.damaged."""
+    topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
     frames: list[senml.Frame] = []
     refs = array("q")
     count = 0
@@ -243,7 +250,7 @@ def build_packs(group: NodeFrames, topic_base: str) -> Built:
         chunks = dict.fromkeys(ref >> FRAME_BITS for ref in kept)  # an ordered set
         built.packs.append(Pack(topic, payload, tuple(chunks), kept))
 
-    for frame, readings, ref in _frames(group, built):
+    for frame, readings, ref in items:
         if count and count + readings > PACK_READINGS:
             pack()
             frames, refs, count = [], array("q"), 0
@@ -252,7 +259,6 @@ def build_packs(group: NodeFrames, topic_base: str) -> Built:
         count += readings
     if frames:
         pack()
-    return built
 
 
 def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Built]:
@@ -401,20 +407,18 @@ class _NoSink:
         pass
 
 
-def held_packs(held: list[Pending], layouts: Layouts, topic_base: str) -> tuple[list[Pack], list[Pending]]:
-    """Frames held in memory as packs, per node like live chunks (group_frames, build_packs);
-    (packs, frames that cannot go out as SenML). Held frames are named by their position."""
-    chunk = Chunk(0, [pending.frame for pending in held], sum(pending.readings for pending in held))
-    grouped = group_frames([chunk], layouts)
-    if grouped.damaged:  # a layout not known: kept as the frames are, they go to disk
-        return [], held
-    packs: list[Pack] = []
-    left: list[Pending] = []
-    for built in build_groups(grouped.groups, topic_base):
-        for pack in built.packs:
-            packs.append(Pack(pack.topic, pack.payload, (), array("q"), tuple(held[ref & POSITION] for ref in pack.frames)))
-        left += [held[ref & POSITION] for ref in built.damaged]
-    return packs, left
+def held_packs(held: list[Pending], topic_base: str) -> tuple[list[Pack], list[Pending]]:
+    """Frames held in memory as packs, per node in arrival order like live chunks (_pack), from the
+    samples decoded on arrival: nothing is copied or decoded again; (packs, frames that cannot go out
+    as SenML). Held frames are named by their position."""
+    by_layout: dict[int, list[int]] = {}
+    for position, pending in enumerate(held):
+        by_layout.setdefault(pending.layout.id, []).append(position)
+    built = Built()
+    for positions in by_layout.values():
+        _pack(held[positions[0]].layout, topic_base, ((held[i].samples, held[i].readings, i) for i in positions), built)
+    packs = [Pack(pack.topic, pack.payload, (), array("q"), tuple(held[ref] for ref in pack.frames)) for pack in built.packs]
+    return packs, [held[ref] for ref in built.damaged]
 
 
 @dataclass
@@ -730,7 +734,7 @@ class Forwarder:
             self._held_frames -= len(self._held) - len(held)
             self._held = []
             if held:
-                packs, left = held_packs(held, self._layouts, self._topic_base)
+                packs, left = held_packs(held, self._topic_base)
                 self._live.extend(packs)
                 if left:
                     self._held_frames -= len(left)

@@ -58,7 +58,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from .committer import DISK, LIVE, SAFE, CommitResult, Committer, Pending
+from .committer import DISK, LIVE, NOT_HELD, SAFE, CommitResult, Committer, Pending
 from .forwarder import Forwarder
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class Router:
 
     def _to_disk(self, pending: Pending) -> None:
         pending.state = DISK
+        pending.samples = NOT_HELD  # the payload goes to disk; the decoded copy would only cost memory while it waits
         self._committer.submit(pending)
 
     def _expire(self) -> None:

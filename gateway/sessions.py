@@ -364,9 +364,11 @@ class Sessions:
         if any(type(value) is float for value in samples[1::3]) and not _finite_when_scaled(samples, layout):
             self._reject(link, node.node_id, message, perr.E_SCHEMA, "a sample value x 10^scale is beyond a double (SPEC 5.4)")
             return
-        frame = StoredFrame(layout.id, round(time.time(), 3), message.payload)  # ms, as the buffer keeps it
+        received = round(time.time(), 3)  # ms, as the buffer keeps it
+        frame = StoredFrame(layout.id, received, message.payload)
         node.waiting[counter] = [link]
-        self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window))
+        decoded = (samples, message.fields.get("base_time", received))  # a SenML frame, as forwarder._frames reads one
+        self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window, decoded))
         if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
             self._publish_status(node)
 

@@ -7,7 +7,7 @@ import pathlib
 import time
 from types import SimpleNamespace
 
-from gateway.committer import GROUP_READY_BYTES, CommitResult, Committer, Pending
+from gateway.committer import GROUP_READY_BYTES, NOT_HELD, CommitResult, Committer, Pending
 from gateway.layouts import Layouts
 from gateway.senml import Channel
 from gateway.store import Store, StoredFrame
@@ -37,7 +37,7 @@ class Nodes:
     def submit(self, size: int = 60, age: float = 0.0) -> None:
         self.counter += 1
         frame = StoredFrame(self.layout.id, time.time() - age, bytes([self.counter % 256]) * size)
-        self.committer.submit(Pending(NODE, self.counter, frame, 10, self.layout, self.node, self.node.window))
+        self.committer.submit(Pending(NODE, self.counter, frame, 10, self.layout, self.node, self.node.window, NOT_HELD))
 
     async def until(self, frames: int) -> None:
         while sum(self.groups) < frames:

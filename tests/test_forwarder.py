@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from gateway import forwarder as forwarder_module
-from gateway.forwarder import PACK_READINGS, Forwarder, Pack, publishable
+from gateway.committer import Pending
+from gateway.fast_decode import readings_fields
+from gateway.forwarder import PACK_READINGS, Forwarder, Pack, held_packs, publishable
 from gateway.layouts import Layouts
 from gateway.senml import Channel, unpack
 from gateway.store import Chunk, Store, StoredFrame, StoreError
@@ -127,6 +129,28 @@ def test_packs_hold_each_node_s_frames_with_their_own_times_and_channels() -> No
 def test_a_pack_holds_at_most_pack_readings() -> None:
     packs = packs_of([Chunk(1, [frame(n) for n in range(PACK_READINGS)], 2 * PACK_READINGS)])  # two readings a frame
     assert [len(unpack(pack.payload)) for pack in packs] == [PACK_READINGS, PACK_READINGS]
+
+
+def test_frames_held_in_memory_make_the_packs_their_chunk_would() -> None:
+    """A held frame's pack is built from the samples decoded on arrival, not from its payload: the same SenML."""
+    frames = [frame(1), frame(2, layout=2), frame(3, base_time=None)] + [frame(n) for n in range(4, 4 + PACK_READINGS // 2)]
+    known = layouts()
+    held = []
+    for counter, stored in enumerate(frames):
+        fields = readings_fields(stored.payload)
+        assert fields is not None
+        samples = (fields["samples"], fields.get("base_time", stored.received))
+        held.append(Pending("n", counter, stored, len(fields["samples"]) // 3, known.by_id[stored.layout], None, None, samples))  # type: ignore[arg-type]
+    packs, left = held_packs(held, "edgegw/gw")
+    assert not left
+    from_disk = packs_of([Chunk(1, frames, sum(p.readings for p in held))])
+    assert len(from_disk) == 3, "node A's frames fill a pack and start another"
+    assert [(p.topic, p.payload) for p in packs] == [(p.topic, p.payload) for p in from_disk]
+    assert [[frames.index(p.frame) for p in pack.held] for pack in packs] == [
+        [frames.index(f) for f in frames if f.layout == 1][: PACK_READINGS // 2],
+        [frames.index(f) for f in frames if f.layout == 1][PACK_READINGS // 2 :],
+        [1],
+    ], "each pack carries its own frames, in arrival order"
 
 
 def test_a_damaged_chunk_is_reported_and_kept() -> None:

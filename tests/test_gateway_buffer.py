@@ -222,12 +222,12 @@ def test_a_refused_tail_is_not_marked_seen() -> None:
     or a restarted gateway would take the refused frames, resent, for duplicates and drop them."""
     from types import SimpleNamespace
 
-    from gateway.committer import Pending, _window_plan
+    from gateway.committer import NOT_HELD, Pending, _window_plan
     from protocols import CounterWindow
     from protocols import window as win
 
     node = SimpleNamespace(window=CounterWindow(4, 1))
-    group = [Pending("n", counter, StoredFrame(1, 0.0, b""), 1, None, node, node.window) for counter in (5, 6, 7)]  # type: ignore[arg-type]
+    group = [Pending("n", counter, StoredFrame(1, 0.0, b""), 1, None, node, node.window, NOT_HELD) for counter in (5, 6, 7)]  # type: ignore[arg-type]
     plan = _window_plan(group)
     state = plan.after(2)["n"]
     window = CounterWindow(state.highest, state.seen)
@@ -328,7 +328,7 @@ def test_drop_oldest_on_a_disk_another_program_filled_says_it_refuses(
     import logging
     from types import SimpleNamespace
 
-    from gateway.committer import Committer, Pending, _commit, _window_plan
+    from gateway.committer import NOT_HELD, Committer, Pending, _commit, _window_plan
     from gateway.layouts import Layouts
     from gateway.store_worker import StoreWorker
     from protocols import CounterWindow
@@ -342,7 +342,7 @@ def test_drop_oldest_on_a_disk_another_program_filled_says_it_refuses(
     outcomes = []
     for counter in range(5, 25):
         frame = StoredFrame(7, 0.0, os.urandom(2000))
-        group = [Pending("n", counter, frame, 1, None, node, node.window)]  # type: ignore[arg-type]
+        group = [Pending("n", counter, frame, 1, None, node, node.window, NOT_HELD)]  # type: ignore[arg-type]
         outcomes.append((_commit(store, group, _window_plan(group), [], "drop_oldest", False), group))
     assert not any(outcome.stored for outcome, _group in outcomes), "nothing fits the full disk"
     worker = StoreWorker(store)
