@@ -191,6 +191,9 @@ class Uplink:
             except (OSError, ssl.SSLError, ValueError) as error:
                 self._connecting = False
                 self._note_failure("cannot reach the broker %s: %s" % (where, describe_error(error)))
+            except Exception:  # a bug: ending the task would leave a gateway that never connects again, silently
+                self._connecting = False
+                log.exception("unexpected error connecting to the broker %s; retrying with backoff", where)
             else:
                 self._watch()
                 while True:
@@ -246,7 +249,9 @@ class Uplink:
             try:
                 self._connect()
             except BaseException as caught:  # handed to the event loop, which sorts it
-                error = caught.with_traceback(None)  # its frames would hold a half-made TLS socket open
+                error = caught
+                if isinstance(caught, (OSError, ValueError)):  # a network failure's frames hold a half-made TLS socket
+                    error = caught.with_traceback(None)  # open; a bug's traceback is kept for the log
             with contextlib.suppress(RuntimeError):  # the event loop is closed: the process is ending
                 self._loop.call_soon_threadsafe(settle, error)
 

@@ -453,3 +453,30 @@ async def test_an_unexpected_error_writing_drops_the_connection_and_reconnects(
             assert recorder.calls == ["connected", "disconnected", "connected"]
             assert caplog.text.count("unexpected error writing to the broker's connection") == 2
     assert loop_errors == []
+
+
+async def test_an_unexpected_error_in_connect_is_logged_and_the_uplink_tries_again(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, loop_errors: list[dict[str, object]]
+) -> None:
+    """A bug under paho's connect() (an exception no network failure raises) must not end the run task:
+    that would leave a gateway that never connects again, and says nothing (stop() gathers the task)."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        recorder = Recorder()
+        uplink = make_uplink(broker.port, recorder, 30, None)
+        real_connect = uplink._connect
+        failures: list[int] = []
+
+        def failing_connect() -> None:
+            failures.append(1)
+            uplink._connect = real_connect  # type: ignore[method-assign]
+            raise RuntimeError("a bug")
+
+        uplink._connect = failing_connect  # type: ignore[method-assign]
+        uplink.start()
+        try:
+            await asyncio.wait_for(recorder.arrived.wait(), 15)
+        finally:
+            await uplink.stop()
+        assert failures == [1]
+        assert caplog.text.count("unexpected error connecting to the broker") == 1
+    assert loop_errors == []
