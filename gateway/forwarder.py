@@ -453,6 +453,10 @@ class Forwarder:
         self._live_frames = 0  # frames in _live_chunks (LIVE_FRAMES)
         self._live_delivered: dict[int, set[int]] = {}  # live chunk id -> positions the broker has from memory
         self._parked: list[_Parked] = []
+        # Chunk id -> positions of its frames the broker has from memory, for every chunk on disk not deleted yet:
+        # a disconnect forgets the live and parked chunks, but a stop (which disconnects first) must not keep those
+        # frames for a restart to publish again (finish).
+        self._from_memory: dict[int, set[int]] = {}
         self._clock = clock  # stamps publishes (Pack.sent): the PUBACK round trips the router times
         self._live_overflows = 0  # times live chunks were left to the backlog read on this connection
         self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
@@ -554,6 +558,8 @@ class Forwarder:
         if not self._uplink.connected:
             return
         flying = self._flying(chunk)
+        if delivered:
+            self._from_memory.setdefault(chunk.id, set()).update(delivered)
         if flying:
             self._parked.append(_Parked(chunk, set(delivered), flying))
         else:
@@ -576,6 +582,7 @@ class Forwarder:
                 position = waiting.flying.pop(key)
                 if accepted:
                     waiting.delivered.add(position)
+                    self._from_memory.setdefault(waiting.chunk.id, set()).add(position)
             if waiting.flying:
                 self._parked.append(waiting)
             else:
@@ -863,10 +870,10 @@ class Forwarder:
         acknowledged in part, the frames the broker has."""
         await self._delete()
         partly = self._tally.partly_delivered()
-        # Committed chunks not built yet with frames the broker has from memory (Forwarder.live): the same.
-        for chunk_id, positions in [*self._live_delivered.items(), *((parked.chunk.id, parked.delivered) for parked in self._parked)]:
-            if positions:
-                partly.setdefault(chunk_id, set()).update(positions)
+        # Committed chunks with frames the broker has from memory (Forwarder.live), whether still live, parked,
+        # or forgotten at a disconnect (the uplink's stop is one) and read as backlog: the same.
+        for chunk_id, positions in self._from_memory.items():
+            partly.setdefault(chunk_id, set()).update(positions)
         if partly:
             deleted = await self._worker.call(keep_undelivered, self._worker.store, partly)
             log.info("%d delivered readings deleted from %d partly delivered chunks", deleted, len(partly))
@@ -878,6 +885,8 @@ class Forwarder:
             self._deleting, self._tally.done = self._tally.done, []
             try:
                 await self._worker.call(self._worker.store.delete, self._deleting)
+                for chunk_id in self._deleting:
+                    self._from_memory.pop(chunk_id, None)
             except StoreError as error:  # the chunks stay; they may be published again, never lost
                 log.error("%s; will try again", error)
                 self._tally.done = self._deleting + self._tally.done

@@ -416,3 +416,25 @@ async def test_without_pubacks_or_with_no_wait_every_frame_goes_to_disk_first(ri
     await until(lambda: 2 in rig.acked())
     assert await rig.stored_counters() == [2] and rig.router.acked_by_broker == 0 and rig.router.acked_on_disk == 1
     assert rig.sessions.moved_windows() == {NODE.hex(): WindowState(2, 0b11)}
+
+
+@pytest.mark.parametrize("rig", [{"window": 1}], indirect=True)
+async def test_a_stop_keeps_on_disk_only_the_frames_of_a_waiting_chunk_the_broker_has_not_acknowledged(rig: Rig) -> None:
+    """The agent's stop order (settle, release_held, the uplink's stop: disconnected, then finish): a committed chunk not
+    built yet, one of whose frames the broker PUBACKed from memory, is rewritten without that frame (before: the
+    disconnect forgot which frames the broker had, and a restart published 2 again)."""
+    rig.router.close()  # disk first
+    rig.readings(5)
+    await until(lambda: rig.published() == [5])  # in flight: the window (1) is full
+    rig.during_commit = lambda result: rig.router.acked([p for p in result.committed if p.counter == 2])
+    rig.readings(2)
+    rig.readings(3)  # one commit: 2 and 3 in one chunk, 2 PUBACKed (as from memory) while it was under way
+    await until(lambda: {2, 3} <= set(rig.acked()))
+    assert await rig.stored_counters() == [5, 2, 3] and await rig.chunks_written() == 2
+    await rig.forwarder.settle(timeout=0.1)  # 5 is not answered
+    rig.forwarder.release_held()
+    rig.uplink.connected = False
+    rig.forwarder.disconnected()
+    await rig.forwarder.finish()
+    assert rig.published() == [5]
+    assert await rig.stored_counters() == [5, 3], "2 is at the broker: not kept for a restart to publish again"
