@@ -318,16 +318,19 @@ def test_with_the_broker_answering_readings_are_acked_on_puback_and_never_writte
     assert acknowledged_counts(broker, capture, 300) == (300, 0, 0), "no reading went through the disk"
     assert chunks_buffered(gateway) == 0
 
+    # The broker's restart above may deliver 300 to the subscriber once more (QoS 1 is at least once to the
+    # subscriber too: a PUBACK of the capture's the broker had not read when it stopped); what counts here is
+    # that the gateway publishes no new copy of it.
+    published_300 = counters_received(capture, "0000a4cf12b3c4d5").count(300)
     assert gateway.stop() == 0  # the windows the PUBACKs moved are written at the stop
-    before = len(gateway.log())
     gateway.start()
-    gateway.wait_for_log("ttyNODE0: open", after=before)
+    gateway.wait_for_log("ttyNODE0: open", after=gateway.log_mark)
     node.acked.clear()
     node.cable.write(b"\x00" + resend)  # the first ACK was lost on the line: a duplicate, after the restart too
     node.wait_acked([last])
     node.wait_acked([node.readings([1, 301, 0])])
     capture.wait_for(lambda msgs: 301 in counters_received(capture, "0000a4cf12b3c4d5"))
-    assert counters_received(capture, "0000a4cf12b3c4d5").count(300) == 1
+    assert counters_received(capture, "0000a4cf12b3c4d5").count(300) == published_300, "the duplicate was not published again"
 
 
 def test_with_the_broker_frozen_readings_go_to_disk_after_the_deadline_and_are_acked(
