@@ -451,7 +451,6 @@ class Forwarder:
         self._inflight: dict[int, Pack | Retained] = {}  # mid -> what it carries, on the current connection
         self._live_chunks: list[Chunk] = []
         self._live_frames = 0  # frames in _live_chunks (LIVE_FRAMES)
-        self._live_delivered: dict[int, set[int]] = {}  # live chunk id -> positions the broker has from memory
         self._parked: list[_Parked] = []
         # Chunk id -> positions of its frames the broker has from memory, for every chunk on disk not deleted yet:
         # a disconnect forgets the live and parked chunks, but a stop (which disconnects first) must not keep those
@@ -594,8 +593,6 @@ class Forwarder:
             self._tally.done.append(chunk.id)
             self._wake.set()
             return
-        if delivered:
-            self._live_delivered[chunk.id] = set(delivered)
         if self._live_frames + len(chunk.frames) > LIVE_FRAMES:
             self._leave_live_to_backlog(chunk.id)
         else:
@@ -619,7 +616,6 @@ class Forwarder:
     def _drop_live(self) -> None:
         self._live_chunks.clear()
         self._live_frames = 0
-        self._live_delivered = {}
 
     def acknowledged(self) -> list[int]:
         """Chunks the broker acknowledged that are not deleted yet (deletes are batched)."""
@@ -750,10 +746,11 @@ class Forwarder:
             # Chunks on disk at connect time are the backlog's; the rest are published together. Built
             # only once the last live packs are out: on a slow link they gather into larger packs.
             chunks = [chunk for chunk in self._live_chunks if chunk.id > self._backlog_end]
-            delivered = self._live_delivered
             self._drop_live()
             if chunks:
-                grouped = group_frames(chunks, self._layouts, delivered=delivered)
+                # A live chunk's frames the broker has from memory are exactly its _from_memory positions: they
+                # are all known when it is taken live (Router.committed, or the answers it was parked for).
+                grouped = group_frames(chunks, self._layouts, delivered=self._from_memory)
                 self._take_groups(grouped)
                 self._live.extend(self._take_outcomes(grouped.groups, build_groups(grouped.groups, self._topic_base)))
         # While the broker refuses, the refused packs go first: live packs sent ahead of them would be
