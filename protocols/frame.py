@@ -17,12 +17,13 @@ from ._compat import const
 from .errors import E_AUTH, E_CRC, E_TOO_LONG, E_TOO_SHORT, E_VERSION, ProtocolError
 
 VERSION_MAJOR = const(1)
-VERSION_MINOR = const(0)
-VERSION = const(0x10)  # VERSION_MAJOR << 4 | VERSION_MINOR
+VERSION_MINOR = const(1)
+VERSION = const(0x11)  # VERSION_MAJOR << 4 | VERSION_MINOR: 1.1 (SPEC.md §7; 1.0 frames are accepted alike)
 
 F_DOWNLINK = const(0x01)  # gateway -> node
 F_ACK_REQ = const(0x02)  # sender keeps the frame until it is acknowledged
 F_RETRY = const(0x04)  # a retransmission of a frame already sent once
+F_PRIORITY = const(0x08)  # 1.1, READINGS only: an event sent at once, published ahead of any backlog (SPEC.md §3.3)
 F_AUTH = const(0x80)  # trailer is an 8-byte HMAC-SHA256 tag instead of the CRC (reserved, SPEC.md §3.4)
 
 HEADER_LEN = const(15)

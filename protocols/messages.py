@@ -74,6 +74,8 @@ MAX_SAMPLES = const(64)  # per READINGS frame
 MAX_CHANNELS = const(32)  # per node
 MAX_SCALE = const(30)  # |channel scale|: 10^scale stays within what a double holds with room to spare
 MAX_ACKS = const(32)  # counters per ACK frame
+MAX_COMMANDS = const(16)  # commands a HELLO may offer
+MAX_COMMAND_NAME = const(16)  # characters of a command's name
 # Time bounds (SPEC.md §5.1): a time fits a C uint32_t, an offset an int32_t, and NaN or ±inf fail both.
 MAX_TIME = const(0xFFFFFFFF)  # READINGS base_time, TIME unix: seconds since 1970, up to 2106-02-07
 MIN_TIME = const(0x10000000)  # READINGS base_time and base_time + dt: 2^28 s (1978-07-04); SenML reads less as "before now"
@@ -87,12 +89,12 @@ MAX_MS = const(999)  # TIME ms
 # a array, m map, * anything; then the range of an integer ("u0-7": 0 to 7,
 # else a schema error, SPEC.md §8); a trailing ! marks a required field.
 SCHEMAS = {
-    HELLO: "proto a! fw_version t! hw_model t! caps u! channels a! interval n",
+    HELLO: "proto a! fw_version t! hw_model t! caps u! channels a! interval n commands m",
     READINGS: "base_time n samples a!",
     ACK: "counters a!",
     TIME: "unix u ms u",
     STATUS: "uptime u! free_heap u reset_cause u0-6 battery_mv u rssi i snr n dropped u retransmits u rx_errors u heap_peak u",
-    CONFIG: "op u0-2! values m keys a errors m",
+    CONFIG: "op u0-2! values m keys a errors m id u",
     COMMAND: "id u! action t! args m",
     COMMAND_RESULT: "id u! outcome u0-4! detail t value *",
     LOG: "severity u0-7! text t!",
@@ -239,6 +241,19 @@ def _check_nested(mtype: int, fields: dict) -> None:
                 if not name or name in names or [char for char in name if char not in NAME_CHARS]:
                     raise ProtocolError(E_SCHEMA, "HELLO channel %d name: not 1+ of A-Z a-z 0-9 - . _, or taken" % index)
                 names.append(name)
+        commands = fields.get("commands", {})
+        if len(commands) > MAX_COMMANDS:
+            raise ProtocolError(E_SCHEMA, "HELLO offers more than %d commands" % MAX_COMMANDS)
+        for command in commands:
+            spec = commands[command]
+            if not isinstance(command, str) or not isinstance(spec, str) or not 0 < len(command) <= MAX_COMMAND_NAME:
+                raise ProtocolError(E_SCHEMA, "HELLO.commands: a name or argument spec is not text, or a name is not 1-16 long")
+            if [char for char in command if char not in NAME_CHARS]:
+                raise ProtocolError(E_SCHEMA, "HELLO command name: not 1+ of A-Z a-z 0-9 - . _")
+            if spec:
+                from . import argspec  # here: a node that offers no commands pays no heap for it
+
+                argspec.rows(spec)
     elif mtype == READINGS:
         base = fields.get("base_time")
         if base is not None and not MIN_TIME <= base <= MAX_TIME:

@@ -54,6 +54,12 @@ def _special(mtype: int, name: str) -> st.SearchStrategy[Any] | None:
         return st.tuples(st.integers(0, 15), st.integers(0, 15)).map(list)
     if mtype == messages.HELLO and name == "channels":
         return st.lists(channels, max_size=4, unique_by=lambda channel: channel["name"])
+    if mtype == messages.HELLO and name == "commands":  # name -> argument spec (SPEC.md §5.9)
+        kinds = st.sampled_from(["u", "i", "n", "t", "u0-100", "n1-86400!", "*"])
+        arg = st.tuples(st.text(alphabet="abcdefgh_", min_size=1, max_size=6), kinds)
+        spec = st.lists(arg, max_size=3, unique_by=lambda pair: pair[0]).map(lambda pairs: " ".join("%s %s" % pair for pair in pairs))
+        name = st.text(alphabet=messages.NAME_CHARS, min_size=1, max_size=messages.MAX_COMMAND_NAME)
+        return st.dictionaries(name, spec, max_size=3)
     if mtype == messages.READINGS and name == "samples":
         values = st.one_of(st.integers(min_value=-(2**31), max_value=2**31), st.floats(allow_nan=False, allow_infinity=False))  # SPEC 5.4
         sample = st.tuples(st.integers(0, messages.MAX_CHANNELS - 1), values, st.one_of(st.integers(0, 3600), st.floats(0, 3600)))
