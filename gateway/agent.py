@@ -90,6 +90,8 @@ class Agent:
                 started=int(self.started),
                 nodes=len(self.sessions.nodes),
                 buffered_readings=self.worker.store.pending_readings,
+                buffered_events=self.worker.store.pending_events,
+                events_published=self.forwarder.events_published,
                 acked_by_broker=self.router.acked_by_broker,
                 acked_on_disk=self.router.acked_on_disk,
                 missed_broker_ack_wait=self.router.missed_deadline,

@@ -11,6 +11,13 @@ chunk ends on and syncs it: at city load, one commit a frame would write a
 4 KiB page and an fsync for every frame of 10 readings, while the gathered
 group writes each page about once. At full speed the queue is past the size
 bound whenever a commit ends, so nothing waits.
+
+Events (READINGS with PRIORITY, SPEC.md §3.3) are committed on their own, in
+chunks of events only, as soon as the transaction before is done: they do not
+wait for a group to gather, and a chunk is evicted or published as a whole, so
+an event must not share one with ordinary readings (Store.commit: a full
+buffer evicts events last; the forwarder publishes them ahead of the backlog).
+Events are few; their own commit costs an fsync each, ordinary frames nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class Pending:
     # decode of the payload; dropped when the frame goes to disk (NOT_HELD), where the payload is what counts
     samples: Frame
     state: int = DISK  # LIVE, DISK or SAFE
+    priority: bool = False  # an event (READINGS with PRIORITY): its own chunks, published ahead of the backlog
 
 
 @dataclass
@@ -131,12 +139,14 @@ def _commit(
     when_full: str,
     holding: bool,
     published: Collection[int] = (),
+    priority: bool = False,
 ) -> _Outcome:
     """Runs on the store thread: one transaction, making room first as configured.
 
     holding: a stop_acking episode is on; nothing is taken until the buffer is below ROOM_AGAIN,
     so that the frames a node keeps are one run, not every other one.
     published: chunks the broker acknowledged, not yet deleted: evicted first, not counted as dropped.
+    priority: the group is events (a chunk of their own).
     """
     outcome = _Outcome(group_bytes=store.max_group_bytes())
     # Layouts the store evicted with their idle node (Store._evict_idle) are written again by the
@@ -172,7 +182,7 @@ def _commit(
             readings = sum(p.readings for p in group)
             windows = plan.after(len(group))  # a refused tail must not be marked seen: its nodes resend it
             outcome.chunk_id, outcome.dropped_readings = store.commit(
-                [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body, published=published
+                [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body, published=published, priority=priority
             )
             outcome.stored = len(group)
     except StoreFull:  # the estimate of room() was short: nothing stored, the nodes keep these frames
@@ -220,6 +230,7 @@ class Committer:
         self._worker = worker
         self._commit_wait = commit_wait
         self._queued_bytes = 0  # payload bytes in the queue
+        self._queued_events = 0  # events in the queue: each is committed without waiting for a group
         self._ready = asyncio.Event()  # the queue reached GROUP_READY_BYTES, or a stop began
         self.commits = 0  # transactions tried (tests count them)
         self._layouts = layouts
@@ -255,9 +266,10 @@ class Committer:
     def submit(self, pending: Pending) -> None:
         self._queue.append(pending)
         self._queued_bytes += _frame_cost(pending)
+        self._queued_events += pending.priority
         # A frame that waited elsewhere first (held for the broker until broker_ack_wait) may be older
         # than the group being gathered: _gather counts the wait again from the oldest frame.
-        if self._queued_bytes >= GROUP_READY_BYTES or time.time() - pending.frame.received > LATE_S:
+        if pending.priority or self._queued_bytes >= GROUP_READY_BYTES or time.time() - pending.frame.received > LATE_S:
             self._ready.set()
         self._idle.clear()
         self._wake.set()
@@ -266,7 +278,7 @@ class Committer:
         """Wait until the queue is worth a transaction: GROUP_READY_BYTES of frames, its oldest frame
         commit_wait old (counted from its arrival, so a frame that waited elsewhere first does not wait
         twice), or a stop."""
-        while self._queue and not self._stopping and self._queued_bytes < GROUP_READY_BYTES:
+        while self._queue and not self._stopping and not self._queued_events and self._queued_bytes < GROUP_READY_BYTES:
             oldest = min(pending.frame.received for pending in self._queue)  # a short queue: below GROUP_READY_BYTES
             left = min(self._commit_wait, self._commit_wait - (time.time() - oldest))
             if left <= 0:
@@ -296,9 +308,7 @@ class Committer:
             self._wake.clear()
             while self._queue:
                 await self._gather()
-                take = self._group_size()
-                group, self._queue = self._queue[:take], self._queue[take:]
-                self._queued_bytes -= sum(_frame_cost(p) for p in group)
+                group, priority = self._take()
                 group = [p for p in group if p.state != SAFE]  # the broker acknowledged these meanwhile
                 if not group:
                     continue
@@ -307,7 +317,9 @@ class Committer:
                 layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())
                 holding = self.full_episode and self._when_full == "stop_acking"
                 published = frozenset(self._published()) if self._when_full == "drop_oldest" or self.full_episode else frozenset()
-                outcome = await self._worker.call(_commit, self._worker.store, group, plan, layouts, self._when_full, holding, published)
+                outcome = await self._worker.call(
+                    _commit, self._worker.store, group, plan, layouts, self._when_full, holding, published, priority
+                )
                 self._group_bytes = outcome.group_bytes
                 self._layouts.evicted(outcome.evicted_layouts)
                 self._report(outcome, group)
@@ -316,11 +328,33 @@ class Committer:
                 chunk = None
                 if stored:
                     self._layouts.saved(layout.id for layout in layouts)
-                    chunk = Chunk(outcome.chunk_id, [p.frame for p in stored], sum(p.readings for p in stored))
+                    chunk = Chunk(outcome.chunk_id, [p.frame for p in stored], sum(p.readings for p in stored), priority=priority)
                 self._on_done(CommitResult(stored, group[len(stored) :], chunk))
             self._idle.set()
             if self._stopping:
                 return
+
+    def _take(self) -> tuple[list[Pending], bool]:
+        """The next group off the queue and whether it is events: the events queued (in the order they came,
+        so each node's stay in order), or else the ordinary frames that make a group."""
+        if self._queued_events:
+            group: list[Pending] = []
+            size = 0
+            for pending in self._queue:  # bounded like an ordinary group (_group_size), so it fits once room is made
+                if pending.priority:
+                    size += _frame_cost(pending)
+                    if group and (size > self._group_bytes or len(group) == MAX_GROUP):
+                        break
+                    group.append(pending)
+            taken = {id(p) for p in group}
+            self._queue = [p for p in self._queue if id(p) not in taken]
+            self._queued_events -= len(group)
+            self._queued_bytes -= sum(_frame_cost(p) for p in group)
+            return group, True
+        take = self._group_size()
+        group, self._queue = self._queue[:take], self._queue[take:]
+        self._queued_bytes -= sum(_frame_cost(p) for p in group)
+        return group, False
 
     def _report(self, outcome: _Outcome, group: list[Pending]) -> None:
         """Log a buffer-full episode and a disk-error episode once when it starts and once when it ends, never silently."""

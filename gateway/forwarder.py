@@ -38,6 +38,16 @@ ones never are, and the backlog read goes on from where it was. The uplink
 makes paho forget its own unacknowledged messages on each new connection
 (gateway/uplink.py), so the forwarder is the only one that resends.
 
+Events (READINGS with PRIORITY, SPEC.md §3.3; chunks of their own, committer.py)
+go on `{prefix}/{gw}/nodes/{node}/events` ahead of everything else: held ones
+from memory, live chunks of events, and the events on disk, which a read of
+their own (Store's index of events) fetches at each connect before any of the
+ordinary backlog. They wait in one queue ordered by when they came (their
+first frame's place in the buffer; held ones after every stored one), resent
+ones included, so a node's events go out in the order the gateway took them: a
+live event waits until the events on disk before it are read. The ordinary
+backlog read passes over chunks of events.
+
 Latest-value retained messages (status topics) are not buffered: the newest
 one per topic is sent when connected, and sent again after a reconnect if the
 broker had not acknowledged it.
@@ -46,6 +56,7 @@ broker had not acknowledged it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -87,6 +98,8 @@ LIVE_FRAMES = 4_096
 READ_RETRY_S = 5.0  # a backlog read the store could not do (StoreError) is tried again after this
 FRAME_BITS = 20  # a frame is named by its chunk id << FRAME_BITS | its position in the chunk
 POSITION = (1 << FRAME_BITS) - 1
+READINGS, EVENTS = "readings", "events"  # the topics' last level: ordinary frames, and those with PRIORITY
+HELD_RANK = 1 << 62  # the rank of event packs held in memory: after every stored event (ranks of those are frame refs)
 
 
 @dataclass(slots=True)
@@ -97,6 +110,7 @@ class Pack:
     frames: array[int]  # those frames (FRAME_BITS)
     held: tuple[Pending, ...] = ()  # or the frames held in memory it carries (then no chunks)
     sent: float = 0.0  # when it was last published (the forwarder's clock)
+    rank: int = 0  # events: the order they go out in (their first frame's ref, or HELD_RANK + n); 0: ordinary readings
 
 
 @dataclass(slots=True)
@@ -210,20 +224,20 @@ def _frames(group: NodeFrames, built: Built) -> Iterator[tuple[senml.Frame, int,
         yield (samples, round(received, 3) if base_time is None else base_time), len(samples) // 3, ref
 
 
-def build_packs(group: NodeFrames, topic_base: str) -> Built:
+def build_packs(group: NodeFrames, topic_base: str, kind: str = READINGS) -> Built:
     """One node's frames as SenML packs of at most PACK_READINGS readings, each naming its chunks.
 
     Decoded a pack's worth at a time, so one node with a long backlog costs one pack of memory.
     """
     built = Built()
-    _pack(group.layout, topic_base, _frames(group, built), built)
+    _pack(group.layout, topic_base, _frames(group, built), built, kind)
     return built
 
 
-def _pack(layout: Layout, topic_base: str, items: Iterable[tuple[senml.Frame, int, int]], built: Built) -> None:
-    """One node's (frame, readings, ref) as SenML packs of at most PACK_READINGS readings into built; a
-    frame SenML cannot carry goes into built.damaged."""
-    topic = "%s/nodes/%s/readings" % (topic_base, layout.node)
+def _pack(layout: Layout, topic_base: str, items: Iterable[tuple[senml.Frame, int, int]], built: Built, kind: str = READINGS) -> None:
+    """One node's (frame, readings, ref) as SenML packs of at most PACK_READINGS readings into built, on the
+    node's `kind` topic (READINGS or EVENTS); a frame SenML cannot carry goes into built.damaged."""
+    topic = "%s/nodes/%s/%s" % (topic_base, layout.node, kind)
     frames: list[senml.Frame] = []
     refs = array("q")
     count = 0
@@ -248,7 +262,7 @@ def _pack(layout: Layout, topic_base: str, items: Iterable[tuple[senml.Frame, in
                 return
             payload = senml.pack(layout.node, layout.channels, good)
         chunks = dict.fromkeys(ref >> FRAME_BITS for ref in kept)  # an ordered set
-        built.packs.append(Pack(topic, payload, tuple(chunks), kept))
+        built.packs.append(Pack(topic, payload, tuple(chunks), kept, rank=kept[0] if kind == EVENTS else 0))
 
     for frame, readings, ref in items:
         if count and count + readings > PACK_READINGS:
@@ -261,10 +275,10 @@ def _pack(layout: Layout, topic_base: str, items: Iterable[tuple[senml.Frame, in
         pack()
 
 
-def build_groups(groups: list[NodeFrames], topic_base: str) -> list[Built]:
+def build_groups(groups: list[NodeFrames], topic_base: str, kind: str = READINGS) -> list[Built]:
     """Each group's packs and left-out frames. Touches no tally: this runs on the store thread, and
     chunks are counted on the event loop only (Tally)."""
-    return [build_packs(group, topic_base) for group in groups]
+    return [build_packs(group, topic_base, kind) for group in groups]
 
 
 def damaged_frames(group: NodeFrames, built: Built) -> list[tuple[int, str]]:
@@ -330,12 +344,14 @@ class Tally:
         return [chunk_id for chunk_id in [*self._open, *self.done] if chunk_id > cursor]
 
 
-def publishable(chunks: Iterable[Chunk], layouts: Layouts, topic_base: str) -> tuple[list[Pack], list[tuple[int, str]]]:
+def publishable(
+    chunks: Iterable[Chunk], layouts: Layouts, topic_base: str, kind: str = READINGS
+) -> tuple[list[Pack], list[tuple[int, str]]]:
     """Every frame of these chunks in SenML packs; (packs, chunks that cannot be read)."""
     grouped = group_frames(chunks, layouts)
     packs: list[Pack] = []
     damaged = list(grouped.damaged)
-    for group, built in zip(grouped.groups, build_groups(grouped.groups, topic_base), strict=True):
+    for group, built in zip(grouped.groups, build_groups(grouped.groups, topic_base, kind), strict=True):
         damaged += damaged_frames(group, built)
         packs += built.packs
     return packs, damaged
@@ -360,7 +376,7 @@ def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
         try:
             readings = sum(len(cbor2.loads(frame.payload)[1]) // 3 for frame in keep)
             if keep:
-                store.commit(keep, readings, {})
+                store.commit(keep, readings, {}, priority=chunk.priority)  # events stay events
             store.delete([chunk_id])
         except StoreError as error:  # the whole chunk stays: published again after a restart, never lost
             log.warning("%s; chunk %d stays as it is", error, chunk_id)
@@ -373,12 +389,29 @@ def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
 
 
 def _read_backlog(store: Store, layouts: Layouts, after_id: int, up_to_id: int, skip: frozenset[int]) -> Grouped:
-    """Runs on the store thread: the next chunks of the backlog, their frames by node."""
-    chunks = store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id)
+    """Runs on the store thread: the next chunks of the backlog (ordinary ones: events have their own read), their frames by node."""
+    chunks = store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id, events=False)
     try:
         return group_frames(chunks, layouts, skip, fill=True)
     finally:
         getattr(chunks, "close", lambda: None)()  # a read that ended early ends the store's cursor here, on its thread
+
+
+def _read_events(
+    store: Store, layouts: Layouts, after_id: int, up_to_id: int, skip: frozenset[int], topic_base: str
+) -> tuple[Grouped, list[Built]]:
+    """Runs on the store thread: the next chunks of events on disk (by their index), grouped and built at once (they are few)."""
+    chunks = store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id, events=True)
+    try:
+        grouped = group_frames(chunks, layouts, skip, fill=True)
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    return grouped, build_groups(grouped.groups, topic_base, EVENTS)
+
+
+def _backlog_end(store: Store) -> tuple[int, bool]:
+    """Runs on the store thread: the newest chunk, and whether no chunk of events is on disk (then none needs reading)."""
+    return store.max_id(), store.pending_event_chunks == 0
 
 
 class HeldSink(Protocol):
@@ -407,7 +440,7 @@ class _NoSink:
         pass
 
 
-def held_packs(held: list[Pending], topic_base: str) -> tuple[list[Pack], list[Pending]]:
+def held_packs(held: list[Pending], topic_base: str, kind: str = READINGS) -> tuple[list[Pack], list[Pending]]:
     """Frames held in memory as packs, per node in arrival order like live chunks (_pack), from the
     samples decoded on arrival: nothing is copied or decoded again; (packs, frames that cannot go out
     as SenML). Held frames are named by their position."""
@@ -416,7 +449,7 @@ def held_packs(held: list[Pending], topic_base: str) -> tuple[list[Pack], list[P
         by_layout.setdefault(pending.layout.id, []).append(position)
     built = Built()
     for positions in by_layout.values():
-        _pack(held[positions[0]].layout, topic_base, ((held[i].samples, held[i].readings, i) for i in positions), built)
+        _pack(held[positions[0]].layout, topic_base, ((held[i].samples, held[i].readings, i) for i in positions), built, kind)
     packs = [Pack(pack.topic, pack.payload, (), array("q"), tuple(held[ref] for ref in pack.frames)) for pack in built.packs]
     return packs, [held[ref] for ref in built.damaged]
 
@@ -461,6 +494,15 @@ class Forwarder:
         self._left_to_backlog = 0  # the newest of them (the backlog's end is at least this)
         self._live: deque[Pack] = deque()
         self._held: list[Pending] = []  # frames held in memory, not yet made into packs
+        # Events: every pack of them to publish (held, live, read from disk, to resend), by rank; served first.
+        self._urgent: deque[Pack] = deque()
+        self._held_events: list[Pending] = []  # events held in memory, not yet made into packs
+        self._held_rank = HELD_RANK  # the next held event pack's rank
+        self._live_events: list[Chunk] = []  # chunks of events committed while connected, not yet made into packs
+        self._event_cursor = 0  # every chunk of events up to here is in hand (Tally) or done
+        self._events_done = True  # every chunk of events up to the backlog's end is read (ordinary ones: _backlog_done)
+        self._event_task: asyncio.Task[None] | None = None  # the store thread's read of events under way
+        self.events_published = 0  # events the broker acknowledged (status)
         # Held frames this forwarder still has, waiting, in packs or in flight (LIVE_FRAMES bounds them with
         # the live chunks' frames): one leaves when its pack is answered or it is given up on.
         self._held_frames = 0
@@ -492,6 +534,7 @@ class Forwarder:
         self._epoch += 1  # an answer about the backlog's end from an earlier connection is asked again
         self._backlog_end = -1  # chunks committed meanwhile join the backlog; the cursor stays where it was
         self._backlog_done = False
+        self._events_done = False  # the events committed meanwhile are read first
         self._live_overflows = 0
         self._left_to_backlog = 0
         self._wake.set()
@@ -499,8 +542,11 @@ class Forwarder:
     def disconnected(self) -> None:
         """What was in flight is published again on the next connection; nothing acknowledged is."""
         self._epoch += 1
-        packs = [item for item in self._inflight.values() if isinstance(item, Pack) and not item.held]
+        packs = [item for item in self._inflight.values() if isinstance(item, Pack) and not item.held and not item.rank]
         self._again.extendleft(reversed(packs))  # ahead of older retries, in the order first sent
+        for item in self._inflight.values():
+            if isinstance(item, Pack) and item.rank and not item.held:
+                self._queue_event(item)  # events from disk: again, in their place
         self._held_frames -= sum(len(item.held) for item in self._inflight.values() if isinstance(item, Pack))
         for item in self._inflight.values():
             if isinstance(item, Retained):
@@ -526,7 +572,7 @@ class Forwarder:
         )
 
     def hold(self, pending: Pending) -> None:
-        self._held.append(pending)
+        (self._held_events if pending.priority else self._held).append(pending)
         self._held_frames += 1
         self._wake.set()
 
@@ -545,10 +591,22 @@ class Forwarder:
         """Held frames not acknowledged yet go to disk (the sink), in flight or not; none goes out from memory
         after this. A PUBACK that still comes for one in flight is reported as usual."""
         self._held_frames -= len(self._held) + sum(len(pack.held) for pack in self._live)
+        self._held_frames -= len(self._held_events) + sum(len(pack.held) for pack in self._urgent)
         self._held = []
+        self._held_events = []
         if any(pack.held for pack in self._live):
             self._live = deque(pack for pack in self._live if not pack.held)
+        if any(pack.held for pack in self._urgent):
+            self._urgent = deque(pack for pack in self._urgent if not pack.held)
         self.sink.all_lost()
+
+    def events_on_disk(self) -> bool:
+        """Whether chunks of events are in the buffer (published or not, until deleted): a new event then goes to
+        disk too (Router.submit), behind them, not from memory ahead of them."""
+        return self._worker.store.pending_event_chunks > 0
+
+    def _queue_event(self, pack: Pack) -> None:
+        bisect.insort(self._urgent, pack, key=lambda item: item.rank)
 
     def live(self, chunk: Chunk, delivered: Collection[int] = ()) -> None:
         """A chunk just committed. delivered: positions of its frames the broker acknowledged from memory
@@ -593,7 +651,9 @@ class Forwarder:
             self._tally.done.append(chunk.id)
             self._wake.set()
             return
-        if self._live_frames + len(chunk.frames) > LIVE_FRAMES:
+        if chunk.priority:  # events are few: never left to the backlog read
+            self._live_events.append(chunk)
+        elif self._live_frames + len(chunk.frames) > LIVE_FRAMES:
             self._leave_live_to_backlog(chunk.id)
         else:
             self._live_chunks.append(chunk)
@@ -615,6 +675,7 @@ class Forwarder:
 
     def _drop_live(self) -> None:
         self._live_chunks.clear()
+        self._live_events.clear()
         self._live_frames = 0
 
     def acknowledged(self) -> list[int]:
@@ -632,6 +693,8 @@ class Forwarder:
             if item.held and self._parked:
                 self._answered_held(item, accepted)
             if accepted:
+                if item.rank:
+                    self.events_published += len(item.held) or len(item.frames)
                 if item.held:
                     self.sink.acked(item.held)
                 else:
@@ -657,6 +720,8 @@ class Forwarder:
         self._refused += 1
         if pack.held:  # from memory: its frames, and every other held one, go to disk
             self.release_held()
+        elif pack.rank:
+            self._queue_event(pack)
         else:
             self._again.append(pack)
         loop = asyncio.get_running_loop()
@@ -698,9 +763,12 @@ class Forwarder:
         if self._failure is not None:
             raise self._failure  # a read or build on the store thread failed: a bug, reported by the agent
         if self._backlog_end < 0:
-            end = await self._worker.call(self._worker.store.max_id)
+            end, no_events = await self._worker.call(_backlog_end, self._worker.store)
             if epoch != self._epoch:
                 return
+            if no_events:  # asked on the store thread, between commits: no event up to `end` to read first
+                self._events_done = True
+                self._event_cursor = max(self._event_cursor, end)
             self._backlog_end = max(end, self._left_to_backlog)  # live chunks left to the backlog meanwhile may be newer
         while self._retained and self._uplink.connected:
             topic, payload = self._retained.popitem()
@@ -731,6 +799,9 @@ class Forwarder:
         self._prefetch()
 
     def _next_queue(self) -> deque[Pack] | None:
+        urgent = self._next_events()
+        if urgent is not None:
+            return urgent
         if self._held and not self._live:
             # Held frames, like live chunks, are built once the last live packs are out.
             held = [pending for pending in self._held if pending.state == LIVE]  # the rest the router took back
@@ -761,6 +832,35 @@ class Forwarder:
                 return queue
         return None
 
+    def _next_events(self) -> deque[Pack] | None:
+        """The queue of events when one may go now: built from what waits (held, live chunks) at once, not once
+        other packs are out; served by rank, and only up to the events read from disk so far: a newer
+        event never overtakes an older one of the same node still on disk."""
+        if self._held_events:
+            held = [pending for pending in self._held_events if pending.state == LIVE]  # the rest the router took back
+            self._held_frames -= len(self._held_events) - len(held)
+            self._held_events = []
+            if held:
+                packs, left = held_packs(held, self._topic_base, EVENTS)
+                for pack in packs:
+                    pack.rank = self._held_rank
+                    self._held_rank += 1
+                    self._queue_event(pack)
+                if left:
+                    self._held_frames -= len(left)
+                    self.sink.lost(left)
+        if self._live_events:
+            chunks = [chunk for chunk in self._live_events if chunk.id > self._backlog_end]  # the others: read from disk
+            self._live_events = []
+            if chunks:
+                grouped = group_frames(chunks, self._layouts, delivered=self._from_memory)
+                self._take_groups(grouped)
+                for pack in self._take_outcomes(grouped.groups, build_groups(grouped.groups, self._topic_base, EVENTS)):
+                    self._queue_event(pack)
+        if self._urgent and (self._events_done or self._urgent[0].rank <= (self._event_cursor << FRAME_BITS | POSITION)):
+            return self._urgent
+        return None
+
     def _take_groups(self, grouped: Grouped) -> None:
         """Count a read's groups into its chunks, before any of its packs exist."""
         self._report(grouped.damaged)
@@ -786,7 +886,12 @@ class Forwarder:
 
     def _prefetch(self) -> None:
         """Keep the store thread a step ahead of the publishing: build the next groups' packs,
-        or read the next part of the backlog, while the packs already built go out."""
+        or read the next part of the backlog, while the packs already built go out. Events on
+        disk are read first, by a task of their own, whatever the ordinary backlog does."""
+        if not self._events_done:  # the ordinary backlog waits until the events on disk are in hand
+            if self._event_task is None and self._backlog_end >= 0 and asyncio.get_running_loop().time() >= self._read_again_at:
+                self._event_task = asyncio.get_running_loop().create_task(self._read_events())
+            return
         if self._task is not None or self._backlog_end < 0 or len(self._backlog) >= self._window:
             return
         if self._groups:
@@ -795,10 +900,10 @@ class Forwarder:
         elif not self._backlog_done and asyncio.get_running_loop().time() >= self._read_again_at:
             self._task = asyncio.get_running_loop().create_task(self._read())
 
-    def _in_hand(self) -> frozenset[int]:
-        """Chunks after the cursor that a read must pass over: live ones built on an earlier
-        connection (outstanding, done or being deleted), and damaged ones already reported."""
-        cursor = self._backlog_cursor
+    def _in_hand(self, cursor: int | None = None) -> frozenset[int]:
+        """Chunks after the cursor (the backlog's, or the one given) that a read must pass over: live ones built
+        on an earlier connection (outstanding, done or being deleted), and damaged ones already reported."""
+        cursor = self._backlog_cursor if cursor is None else cursor
         others = [chunk_id for chunk_id in [*self._deleting, *self._reported] if chunk_id > cursor]
         return frozenset(self._tally.after(cursor) + others)
 
@@ -825,6 +930,33 @@ class Forwarder:
             self._failure = error
         finally:
             self._task = None
+            self._wake.set()
+
+    async def _read_events(self) -> None:
+        """The next part of the events on disk, up to the backlog's end (its cursor moves only here, as _read's)."""
+        try:
+            after, end = self._event_cursor, self._backlog_end
+            try:
+                grouped, outcomes = await self._worker.call(
+                    _read_events, self._worker.store, self._layouts, after, end, self._in_hand(after), self._topic_base
+                )
+            except StoreError as error:  # the disk: tried again as the backlog read is
+                self._read_trouble(str(error))
+                return
+            if self._read_failing:
+                log.warning("the buffered backlog can be read again")
+                self._read_failing = ""
+            if not grouped.last_id:
+                self._events_done = end == self._backlog_end
+                return
+            self._event_cursor = grouped.last_id
+            self._take_groups(grouped)
+            for pack in self._take_outcomes(grouped.groups, outcomes):
+                self._queue_event(pack)
+        except Exception as error:
+            self._failure = error
+        finally:
+            self._event_task = None
             self._wake.set()
 
     def _read_trouble(self, error: str) -> None:

@@ -18,6 +18,12 @@ committer instead
 - when the connection drops, the broker refuses a pack or the gateway stops:
   every held frame not acknowledged yet, in arrival order.
 
+Events (READINGS with PRIORITY) take the same two paths under the same rules,
+and one more: an event goes to disk first while an earlier event went to disk
+and is not deleted yet (on its way to the committer, or buffered): held in
+memory it would be published ahead of that one, and a node's events go out in
+the order the gateway took them.
+
 A frame's states (committer.LIVE, DISK, SAFE), each changed on the event loop only:
 
     submit --(broker answers)--> LIVE --PUBACK--> SAFE (node ACKed)
@@ -117,13 +123,16 @@ class Router:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._late = 0  # frames that missed the deadline in the current episode (0: none)
+        self._disk_events: dict[int, Pending] = {}  # id() -> event handed to the committer, until committed or refused
         self.acked_by_broker = 0  # frames acknowledged to their nodes on PUBACK
         self.acked_on_disk = 0  # ... once committed
         self.missed_deadline = 0  # frames handed to disk because their PUBACK did not come in time
         forwarder.sink = self
 
     def submit(self, pending: Pending) -> None:
-        if self._wait_s and not self._closed and not pending.owner.reset_unsaved and self._forwarder.takes_held() and self._answering():
+        if pending.priority and self._events_behind():
+            self._to_disk(pending)
+        elif self._wait_s and not self._closed and not pending.owner.reset_unsaved and self._forwarder.takes_held() and self._answering():
             pending.state = LIVE
             loop = asyncio.get_running_loop()
             self._held.append((loop.time() + self._wait_s, pending))
@@ -150,7 +159,15 @@ class Router:
             self._late = 0
         return not self._late
 
+    def _events_behind(self) -> bool:
+        """Whether an earlier event is on its way to disk or buffered (until deleted)."""
+        if self._disk_events:
+            self._disk_events = {key: pending for key, pending in self._disk_events.items() if pending.state != SAFE}
+        return bool(self._disk_events) or self._forwarder.events_on_disk()
+
     def _to_disk(self, pending: Pending) -> None:
+        if pending.priority:
+            self._disk_events[id(pending)] = pending
         pending.state = DISK
         pending.samples = NOT_HELD  # the payload goes to disk; the decoded copy would only cost memory while it waits
         self._committer.submit(pending)
@@ -212,6 +229,8 @@ class Router:
     def committed(self, result: CommitResult) -> list[int]:
         """The positions in result.chunk of frames the broker acknowledged while their commit was under way
         (a late PUBACK): the forwarder does not publish them again (Forwarder.live)."""
+        for pending in result.refused:  # not stored: its node sends it again
+            self._disk_events.pop(id(pending), None)
         delivered = []
         for position, pending in enumerate(result.committed):
             if pending.state == SAFE:

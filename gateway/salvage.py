@@ -39,7 +39,7 @@ BATCH = 500  # rows a transaction in the fresh database
 # What reading a damaged file may raise: SQLite's errors, and a UnicodeDecodeError when SQLite's own
 # message quotes a damaged schema text that is not UTF-8.
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
-_INSERT_CHUNKS = "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_CHUNKS = "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows, priority) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 @dataclass
@@ -175,9 +175,10 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
         # The node windows committed with each chunk (schema version 4; a damaged one costs that chunk's windows only).
         windows = "CAST(windows AS BLOB)" if _has_column(source, "chunks", "windows") else "x''"
-        rows = _rows(source, "chunks", "id, received, frames, readings, CAST(body AS BLOB), " + windows, report)
+        priority = "priority" if _has_column(source, "chunks", "priority") else "0"  # schema version 5: chunks of events
+        rows = _rows(source, "chunks", "id, received, frames, readings, CAST(body AS BLOB), %s, %s" % (windows, priority), report)
         seen: set[int] = set()  # a damaged tree can lead to the same leaf twice
-        for _rowid, chunk_id, received, frames, readings, body, chunk_windows in rows:
+        for _rowid, chunk_id, received, frames, readings, body, chunk_windows, chunk_priority in rows:
             if chunk_id in seen:
                 continue
             seen.add(chunk_id)
@@ -189,7 +190,8 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
                 report.lost_chunks += 1
                 report.lost_readings += readings if isinstance(readings, int) else 0
                 continue
-            yield (chunk_id, received, frames, readings, body, chunk_windows if isinstance(chunk_windows, bytes) else b""), readings
+            windows_blob = chunk_windows if isinstance(chunk_windows, bytes) else b""
+            yield (chunk_id, received, frames, readings, body, windows_blob, int(chunk_priority == 1)), readings
 
     def counted(field: str) -> Callable[[int], None]:
         return lambda _readings: setattr(report, field, getattr(report, field) + 1)
@@ -201,9 +203,7 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)", counted("layouts"))
     batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)", counted("nodes"))
     batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
-    batches(
-        chunks(), "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows) VALUES (?, ?, ?, ?, ?, ?)", chunk_counted
-    )
+    batches(chunks(), _INSERT_CHUNKS, chunk_counted)
 
 
 def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
@@ -243,9 +243,11 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
     def chunks() -> Iterator[tuple[tuple[Any, ...], int]]:
         for rowid, values in pages.leaf_records(path):
             first = values[0]
-            if len(values) in (5, 6) and first is None:  # chunks: (id is the rowid), received, frames, readings, body[, windows]
+            # chunks: (id is the rowid), received, frames, readings, body[, windows[, priority]]
+            if len(values) in (5, 6, 7) and first is None:
                 received, frames, readings, body = values[1:5]
-                windows = values[5] if len(values) == 6 and isinstance(values[5], bytes) else b""
+                windows = values[5] if len(values) >= 6 and isinstance(values[5], bytes) else b""
+                priority = int(len(values) == 7 and values[6] == 1)
                 if isinstance(body, str):  # a flipped bit made it text: the bytes are what counts
                     body = body.encode("utf-8", "surrogateescape")
                 if rowid in have or type(frames) is not int or type(readings) is not int or not isinstance(received, int | float):
@@ -259,7 +261,7 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
                     continue
                 have.add(rowid)
                 report.scanned += 1
-                yield (rowid, received, frames, readings, body, windows), readings
+                yield (rowid, received, frames, readings, body, windows, priority), readings
             elif len(values) == 3 and first is None and rowid not in have_layouts:  # layouts: (id), node, channels
                 node, channels = values[1:]
                 if _is_node(node) and isinstance(channels, str) and channels.startswith("["):

@@ -368,7 +368,8 @@ class Sessions:
         frame = StoredFrame(layout.id, received, message.payload)
         node.waiting[counter] = [link]
         decoded = (samples, message.fields.get("base_time", received))  # a SenML frame, as forwarder._frames reads one
-        self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window, decoded))
+        event = bool(message.flags & fr.F_PRIORITY)  # SPEC §3.3: an event, published ahead of any backlog
+        self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window, decoded, priority=event))
         if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
             self._publish_status(node)
 

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "buffer.sqlite3"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
 DELETE_SLICE = 64  # chunks deleted in one transaction: a delete's WAL stays small
@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     frames INTEGER NOT NULL,
     readings INTEGER NOT NULL,
     body BLOB NOT NULL,
-    windows BLOB NOT NULL DEFAULT x''
+    windows BLOB NOT NULL DEFAULT x'',
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS layouts (
     id INTEGER PRIMARY KEY,
@@ -119,7 +120,14 @@ CREATE TABLE IF NOT EXISTS totals (
 
 # A row damaged on disk may hold any type in any column (a flipped bit turns a BLOB into TEXT, which
 # Python would decode as UTF-8 and fail on): readings are summed only where they are integers.
-_COUNT_CHUNKS = "SELECT COUNT(*), COALESCE(SUM(CASE typeof(readings) WHEN 'integer' THEN readings ELSE 0 END), 0) FROM chunks"
+_COUNT_CHUNKS = (
+    "SELECT COUNT(*), COALESCE(SUM(CASE typeof(readings) WHEN 'integer' THEN readings ELSE 0 END), 0),"
+    " COALESCE(SUM(priority = 1), 0), COALESCE(SUM(CASE WHEN priority = 1 AND typeof(frames) = 'integer' THEN frames ELSE 0 END), 0)"
+    " FROM chunks"
+)
+# Event chunks (SPEC.md §3.3: READINGS with PRIORITY) are few; this partial index holds them alone, so an
+# ordinary commit writes no index page, and the forwarder finds the events on disk without a scan.
+_EVENTS_INDEX = "CREATE INDEX IF NOT EXISTS chunks_events ON chunks (id) WHERE priority = 1"
 
 
 class StoreError(Exception):
@@ -142,6 +150,7 @@ class Chunk:
     frames: list[StoredFrame]
     readings: int
     damaged: str = ""  # why the body could not be read (then frames is empty)
+    priority: bool = False  # its frames are events (READINGS with PRIORITY): published ahead of any backlog, evicted last
 
 
 @dataclass(frozen=True)
@@ -252,10 +261,10 @@ class Store:
         self._shm = self._open_shm()
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         try:
-            self._rows, self._readings = self._db.execute(_COUNT_CHUNKS).fetchone()
+            self._rows, self._readings, self._event_chunks, self._events = self._db.execute(_COUNT_CHUNKS).fetchone()
         except sqlite3.DatabaseError as error:  # damage quick_check does not see: the counts start from 0
             log.error("cannot count the buffered chunks of %s (%s); the counts start from 0", self.path, error)
-            self._rows, self._readings = 0, 0
+            self._rows, self._readings, self._event_chunks, self._events = 0, 0, 0, 0
         self._live = self._live_pages()
         self._seen_at = self._high_water()
         # Windows committed with chunks and not folded into the node rows yet (see save_windows).
@@ -327,6 +336,9 @@ class Store:
         if not db.execute("SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name = 'windows'").fetchone()[0]:  # schema version 3
             # Version 3 wrote every node row with each commit: its rows are exact, and its chunks carry no windows.
             db.execute("ALTER TABLE chunks ADD COLUMN windows BLOB NOT NULL DEFAULT x''")
+        if not db.execute("SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name = 'priority'").fetchone()[0]:  # schema version 4
+            db.execute("ALTER TABLE chunks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")  # its chunks hold no events
+        db.execute(_EVENTS_INDEX)
         chunks_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()
         if chunks_sql and "AUTOINCREMENT" in str(chunks_sql[0]).upper() and db.execute("SELECT id FROM chunks LIMIT 1").fetchone() is None:
             # Versions up to 3: AUTOINCREMENT rewrites sqlite_sequence's page with every commit (the ids come from
@@ -334,6 +346,7 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DROP TABLE chunks")
             db.execute(_SCHEMA.split(";")[0])
+            db.execute(_EVENTS_INDEX)
             db.execute("COMMIT")
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # a write: only when it changes
             db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
@@ -742,6 +755,7 @@ class Store:
         make_room: bool = False,
         body: bytes | None = None,
         published: Collection[int] = (),
+        priority: bool = False,
     ) -> tuple[int, int]:
         """Store frames as one chunk, with the windows that admitted them and the layouts they need, in one transaction.
 
@@ -749,7 +763,8 @@ class Store:
         transaction is rolled back (StoreFull), or with make_room the oldest chunks are evicted first
         until the new one fits, and the eviction and its count commit together with it.
         body: encode_body(frames), when the caller has it. published: chunks the broker acknowledged
-        and not yet deleted, evicted first. Returns (chunk id, readings evicted).
+        and not yet deleted, evicted first. priority: the frames are events; with make_room, a chunk of events
+        is evicted only when no chunk of ordinary readings is left to evict. Returns (chunk id, readings evicted).
         A full disk or any other failure is a StoreError and nothing is written.
         """
         db = self._db
@@ -767,8 +782,8 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             chunk_id = self._next_id
             db.execute(
-                "INSERT INTO chunks (id, received, frames, readings, body, windows) VALUES (?, ?, ?, ?, ?, ?)",
-                (chunk_id, frames[0].received, len(frames), readings, body, encode_windows(windows)),
+                "INSERT INTO chunks (id, received, frames, readings, body, windows, priority) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (chunk_id, frames[0].received, len(frames), readings, body, encode_windows(windows), int(priority)),
             )
             if layouts:
                 self._insert_layouts(layouts)
@@ -776,14 +791,19 @@ class Store:
             if live > limit:  # idle nodes' rows go before any readings do
                 idle_layouts = self._evict_idle(lambda: self._live_pages() > limit, keep=windows)
                 live = self._live_pages()
-            freed_rows = evicted = 0
+            freed_rows = evicted = dropped_events = freed_event_chunks = freed_events = 0
             # Chunks the broker already acknowledged (their delete is batched) go first, and are not
             # counted as dropped: their readings were delivered.
-            for row_id, row_readings in self._evictable(published, chunk_id, live > limit, make_room):
+            for row_id, row_readings, row_priority, row_frames in self._evictable(published, chunk_id, live > limit, make_room):
                 db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
                 freed_rows += 1
+                if row_priority == 1:
+                    freed_event_chunks += 1
+                    freed_events += row_frames if type(row_frames) is int else 0
                 if row_id not in published:
                     evicted += row_readings if type(row_readings) is int else 0
+                    if row_priority == 1 and type(row_frames) is int:
+                        dropped_events += row_frames
                 live = self._live_pages()
                 if live <= limit:
                     break
@@ -792,6 +812,8 @@ class Store:
                 raise StoreFull(self.budget().describe())
             if evicted:
                 self._add_total("dropped_readings", evicted)
+            if dropped_events:
+                self._add_total("dropped_events", dropped_events)
             db.execute("COMMIT")
         except sqlite3.Error as error:
             self._rollback()
@@ -807,28 +829,38 @@ class Store:
         self._live = live
         self._rows += 1 - freed_rows
         self._readings += readings - evicted
+        self._event_chunks += int(priority) - freed_event_chunks
+        self._events += (len(frames) if priority else 0) - freed_events
+        if dropped_events:
+            log.error("buffer full: dropped %d events (no ordinary readings were left to drop)", dropped_events)
         return chunk_id, evicted
 
-    def _evictable(self, published: Collection[int], before: int, needed: bool, make_room: bool) -> Iterator[tuple[int, Any]]:
-        """(id, readings) of the chunks older than `before` to evict: acknowledged ones first (costs
-        nothing), then, with make_room, the oldest."""
+    def _evictable(self, published: Collection[int], before: int, needed: bool, make_room: bool) -> Iterator[tuple[int, Any, Any, Any]]:
+        """(id, readings, priority, frames) of the chunks older than `before` to evict: acknowledged ones first
+        (costs nothing), then, with make_room, the oldest ordinary ones, and only then the oldest events
+        (issue 13: an alarm outlives the readings around it)."""
         if not needed:
             return
         done = sorted(chunk_id for chunk_id in published if chunk_id < before)
         for start in range(0, len(done), 500):
             part = done[start : start + 500]
-            yield from self._db.execute("SELECT id, readings FROM chunks WHERE id IN (%s)" % ",".join("?" * len(part)), part).fetchall()
-        after = 0
+            yield from self._db.execute(
+                "SELECT id, readings, priority, frames FROM chunks WHERE id IN (%s)" % ",".join("?" * len(part)), part
+            ).fetchall()
         if not make_room:
             return
-        while True:
-            rows = self._db.execute(
-                "SELECT id, readings FROM chunks WHERE id > ? AND id < ? ORDER BY id LIMIT 64", (after, before)
-            ).fetchall()
-            if not rows:
-                return
-            yield from rows
-            after = rows[-1][0]
+        # The ordinary chunks by the primary key, passing over the few events; then the events by their index.
+        for kind in ("priority != 1", "priority = 1"):
+            after = 0
+            while True:
+                rows = self._db.execute(
+                    "SELECT id, readings, priority, frames FROM chunks WHERE id > ? AND id < ? AND %s ORDER BY id LIMIT 64" % kind,
+                    (after, before),
+                ).fetchall()
+                if not rows:
+                    break
+                yield from rows
+                after = rows[-1][0]
 
     def _evict_idle(self, over: Callable[[], bool], keep: Collection[str] = ()) -> list[int]:
         """Inside a transaction, while over(): delete the rows of nodes that own no buffered chunk and were
@@ -957,11 +989,12 @@ class Store:
 
     # ------------------------------------------------------------ forwarding
 
-    def oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None) -> list[Chunk]:
-        """Chunks after after_id (and at most up_to_id), oldest first, until they hold max_frames frames."""
-        return list(self.each_oldest(max_frames, after_id, up_to_id))
+    def oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None, events: bool | None = None) -> list[Chunk]:
+        """Chunks after after_id (and at most up_to_id), oldest first, until they hold max_frames frames.
+        events: True for the chunks of events only, False for the ordinary ones only, None for both."""
+        return list(self.each_oldest(max_frames, after_id, up_to_id, events))
 
-    def each_oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None) -> Iterator[Chunk]:
+    def each_oldest(self, max_frames: int, after_id: int = 0, up_to_id: int | None = None, events: bool | None = None) -> Iterator[Chunk]:
         """oldest(), one chunk at a time: a reader that keeps only part of each holds one chunk's objects at once.
 
         A chunk whose body cannot be read is yielded as damaged, then deleted: it can never be
@@ -971,14 +1004,17 @@ class Store:
         damaged: list[tuple[int, int, str]] = []
         try:
             # CAST: a body whose type a flipped bit turned into TEXT reads as the bytes it holds.
+            kind = "" if events is None else " AND priority = 1" if events else " AND priority != 1"  # = 1: the partial index
             cursor = self._db.execute(
-                "SELECT id, received, readings, CAST(body AS BLOB) FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
+                "SELECT id, received, readings, CAST(body AS BLOB), priority FROM chunks WHERE id > ? AND id <= ?%s ORDER BY id" % kind,
                 (after_id, up_to_id if up_to_id is not None else 2**63 - 1),
             )
         except sqlite3.Error as error:
             raise StoreError(self._problem("read the buffer", error)) from None
         try:
-            for chunk_id, received, readings, body in _guarded(cursor, lambda error: StoreError(self._problem("read the buffer", error))):
+            for chunk_id, received, readings, body, priority in _guarded(
+                cursor, lambda error: StoreError(self._problem("read the buffer", error))
+            ):
                 if type(readings) is not int:
                     readings = 0  # not known: reported as 0 lost rather than a wrong number
                 try:
@@ -988,10 +1024,10 @@ class Store:
                 except Exception as error:  # whatever damage looks like, it costs this chunk, not the reader
                     why = "%s: %s" % (type(error).__name__, error)
                     damaged.append((chunk_id, readings, why))
-                    yield Chunk(chunk_id, [], readings, damaged=why)
+                    yield Chunk(chunk_id, [], readings, damaged=why, priority=priority == 1)
                     continue
                 total += len(frames)
-                yield Chunk(chunk_id, frames, readings)
+                yield Chunk(chunk_id, frames, readings, priority=priority == 1)
                 if total >= max_frames:
                     break
         finally:
@@ -1029,11 +1065,13 @@ class Store:
         db = self._db
         marks = ",".join("?" * len(ids))
         db.execute("BEGIN IMMEDIATE")
-        removed, readings = db.execute(_COUNT_CHUNKS + " WHERE id IN (%s)" % marks, ids).fetchone()
+        removed, readings, event_chunks, events = db.execute(_COUNT_CHUNKS + " WHERE id IN (%s)" % marks, ids).fetchone()
         db.execute("DELETE FROM chunks WHERE id IN (%s)" % marks, ids)
         db.execute("COMMIT")
         self._rows -= removed
         self._readings -= readings
+        self._event_chunks -= event_chunks
+        self._events -= events
         self._live = self._live_pages()
         return int(readings)
 
@@ -1090,9 +1128,18 @@ class Store:
     def pending_readings(self) -> int:
         return int(self._readings)
 
+    @property
+    def pending_event_chunks(self) -> int:
+        """Chunks of events on disk (published or not, until deleted); read on the event loop too (an int: atomic)."""
+        return int(self._event_chunks)
+
+    @property
+    def pending_events(self) -> int:
+        return int(self._events)
+
 
 _COLUMNS = {
-    "chunks": ("id", "received", "frames", "readings", "body", "windows"),
+    "chunks": ("id", "received", "frames", "readings", "body", "windows", "priority"),
     "layouts": ("id", "node", "channels"),
     "nodes": ("node", "highest", "seen", "info", "last"),
     "totals": ("name", "value"),

@@ -23,7 +23,7 @@ from gateway.agent import Agent
 from gateway.config import parse
 from gateway.layouts import Layout
 from gateway.senml import Channel
-from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState
+from gateway.store import DB_NAME, Chunk, Store, StoredFrame, StoreError, StoreFull, WindowState
 from gateway.store_worker import StoreWorker
 from tests.test_cli import edgegw
 
@@ -582,3 +582,29 @@ def test_a_schema_text_damaged_by_a_flipped_bit_is_salvaged(tmp_path: pathlib.Pa
     assert store.salvaged is not None and numbers(store) == list(range(readings)), why
     assert store.load_windows() == {NODE: WindowState(readings - 1, 0xF)}
     store.close()
+
+
+@pytest.mark.parametrize("how", ["index", "schema"])
+def test_a_salvage_keeps_a_chunk_of_events_a_chunk_of_events(tmp_path: pathlib.Path, how: str) -> None:
+    """Copied by SQL (a damaged index) or read from the leaf pages (a schema SQLite cannot parse): events stay events
+    (published ahead of the backlog, evicted last)."""
+    store = Store(tmp_path, 10**9)
+    for n in range(0, 400, 4):
+        store.commit(noisy(n, size=60), 4, {NODE: WindowState(n + 3, 0xF)}, priority=n % 100 == 0)
+    store.close()
+    path = tmp_path / DB_NAME
+    if how == "index":
+        damage(path, page_of(path, "sqlite_autoindex_nodes_1"))
+    else:
+        data = bytearray(path.read_bytes())
+        data[data.index(b"CREATE TABLE nodes") + 6] = 0xA0
+        path.write_bytes(data)
+    store = Store(tmp_path, 10**9)
+    assert store.salvaged is not None and numbers(store) == list(range(400))
+    assert [numbers_of(chunk) for chunk in store.oldest(10**9, events=True)] == [[n, n + 1, n + 2, n + 3] for n in (0, 100, 200, 300)]
+    assert store.pending_event_chunks == 4
+    store.close()
+
+
+def numbers_of(chunk: Chunk) -> list[int]:
+    return [int.from_bytes(frame.payload[:4], "big") for frame in chunk.frames]

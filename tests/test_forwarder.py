@@ -195,10 +195,10 @@ async def test_a_backlog_read_the_store_cannot_do_is_tried_again(
     failures = [StoreError("cannot read the buffer: disk I/O error")]
     each_oldest = store.each_oldest
 
-    def failing_once(*args: Any) -> Any:
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
         if failures:
             raise failures.pop()
-        return each_oldest(*args)
+        return each_oldest(*args, **kwargs)
 
     monkeypatch.setattr(store, "each_oldest", failing_once)
     deadline = asyncio.get_running_loop().time() + 10

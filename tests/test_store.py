@@ -14,7 +14,7 @@ import pytest
 from gateway import disk
 from gateway.layouts import Layout
 from gateway.senml import Channel
-from gateway.store import DB_NAME, Store, StoredFrame, StoreError, StoreFull, WindowState, decode_body, encode_body
+from gateway.store import DB_NAME, SCHEMA_VERSION, Store, StoredFrame, StoreError, StoreFull, WindowState, decode_body, encode_body
 from tests.conftest import ROOT
 
 
@@ -451,7 +451,7 @@ def test_a_version_3_buffer_is_upgraded_in_place(tmp_path: pathlib.Path) -> None
     db.commit()
     db.close()
     store = Store(tmp_path, 10_000_000)
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert store.load_windows() == {NODE_A: WindowState(41, 7)}
     assert [chunk.frames for chunk in store.oldest(10)] == [frames(1)]
     assert store.total("downlink_counter") == 65536
@@ -487,3 +487,93 @@ def test_node_info_is_saved_with_its_layout_in_one_transaction(tmp_path: pathlib
     store = Store(tmp_path, 10**9)
     assert [(saved.id, saved.node) for saved in store.load_layouts()] == [(7, NODE_A)]
     store.close()
+
+
+# ------------------------------------------------------------ events (READINGS with PRIORITY, issue 13)
+
+
+def test_drop_oldest_evicts_an_event_only_when_no_ordinary_readings_are_left(tmp_path: pathlib.Path) -> None:
+    """Events sit among older and newer ordinary chunks; a full buffer takes every ordinary chunk first, oldest first,
+    and an event only once none is left (then the oldest event, counted in dropped_events)."""
+    store = Store(tmp_path, disk.MIN_BUDGET)
+    n, events = 0, []
+    while store.commit(noisy(n), 4, {}, make_room=True)[1] == 0:  # fill it: mostly ordinary, an event every 10th chunk
+        if n % 40 == 0:
+            events.append(store.commit(noisy(n + 1), 4, {}, make_room=True, priority=True)[0])
+        n += 4
+    assert store.total("dropped_readings") and store.total("dropped_events") == 0
+    assert store.pending_event_chunks == len(events) and store.pending_events == 4 * len(events)
+    assert {chunk.id for chunk in store.oldest(10**6, events=True)} == set(events), "every event still there"
+    ordinary = [chunk.id for chunk in store.oldest(10**6, events=False)]
+    assert ordinary and not set(ordinary) & set(events)
+    assert all(chunk.priority for chunk in store.oldest(10**6, events=True))
+    while store.oldest(10**6, events=False)[0].id < max(events):  # ordinary chunks older than the newest event go first
+        n += 4
+        store.commit(noisy(n), 4, {}, make_room=True)
+        assert {chunk.id for chunk in store.oldest(10**6, events=True)} == set(events), "no event evicted"
+    # Now only events (and ordinary chunks newer than all of them) are left: a commit of a big chunk of events
+    # finds no ordinary chunk older than itself beyond those, and evicts the oldest event last.
+    assert store.total("dropped_events") == 0
+    while store.oldest(10**6, events=False):  # the ordinary ones newer than the events go too, before any event
+        n += 4
+        store.commit(noisy(n), 4, {}, make_room=True, priority=True)
+        if store.oldest(10**6, events=False):
+            assert set(events) <= {chunk.id for chunk in store.oldest(10**6, events=True)}
+    n += 4
+    while store.oldest(1, events=True)[0].id == events[0]:
+        n += 4
+        store.commit(noisy(n), 4, {}, make_room=True, priority=True)
+    assert store.total("dropped_events") >= 1, "an event evicted once nothing else was left, and counted"
+    remaining = [chunk.id for chunk in store.oldest(10**6, events=True)]
+    assert remaining == sorted(remaining) and events[0] not in remaining, "the oldest event went first"
+    assert (store.pending_chunks, store.pending_event_chunks) == (len(remaining), len(remaining))
+    store.close()
+    reopened = Store(tmp_path, disk.MIN_BUDGET)
+    assert reopened.pending_event_chunks == len(remaining), "the counts are rebuilt at a start"
+    reopened.delete(remaining[:2])
+    assert reopened.pending_event_chunks == len(remaining) - 2
+    reopened.close()
+
+
+def test_an_ordinary_commit_writes_no_event_index_page(tmp_path: pathlib.Path) -> None:
+    """The index of events is partial: ordinary chunks are not in it, so their commits cost no index write."""
+    store = Store(tmp_path, 10_000_000)
+    for n in range(50):
+        store.commit(frames(n), 10, {})
+    (entries,) = store._db.execute("SELECT COUNT(*) FROM chunks INDEXED BY chunks_events WHERE priority = 1").fetchone()
+    assert entries == 0
+    event = store.commit(frames(99), 10, {}, priority=True)[0]
+    assert [chunk.id for chunk in store.oldest(10, events=True)] == [event]
+    plan = " ".join(str(row) for row in store._db.execute("EXPLAIN QUERY PLAN SELECT id FROM chunks WHERE id > 0 AND priority = 1"))
+    assert "chunks_events" in plan
+    store.close()
+
+
+V4_SCHEMA = """
+CREATE TABLE chunks (id INTEGER PRIMARY KEY, received REAL NOT NULL, frames INTEGER NOT NULL, readings INTEGER NOT NULL,
+    body BLOB NOT NULL, windows BLOB NOT NULL DEFAULT x'');
+CREATE TABLE layouts (id INTEGER PRIMARY KEY, node TEXT NOT NULL, channels TEXT NOT NULL);
+CREATE TABLE nodes (node TEXT PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL, info TEXT NOT NULL DEFAULT '{}',
+    last REAL NOT NULL DEFAULT 0);
+CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 4;
+"""
+
+
+def test_a_version_4_buffer_is_upgraded_in_place_its_chunks_ordinary(tmp_path: pathlib.Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(V4_SCHEMA)
+    db.execute("INSERT INTO chunks (id, received, frames, readings, body) VALUES (1, ?, 1, 10, ?)", (1795000001.0, encode_body(frames(1))))
+    db.commit()
+    db.close()
+    store = Store(tmp_path, 10_000_000)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [(chunk.id, chunk.priority) for chunk in store.oldest(10)] == [(1, False)]
+    assert store.commit(frames(2), 10, {}, priority=True)[0] == 2
+    store.close()
+    again = Store(tmp_path, 10_000_000)
+    assert [(chunk.id, chunk.priority) for chunk in again.oldest(10)] == [(1, False), (2, True)]
+    assert (again.pending_event_chunks, again.pending_events) == (1, 1)
+    again.close()
