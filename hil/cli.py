@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     run.add_argument("--report-dir", default="hil-reports", help="where NAME.json and NAME.junit.xml go (default: hil-reports)")
     run.add_argument("--target", choices=["emulated", "bench"], default="emulated", help="emulated nodes (default) or a bench of boards")
     run.add_argument("--bench", metavar="FILE", help="the bench file for --target bench (boards and their ports)")
+    run.add_argument(
+        "--shortened", action="store_true", help="the scenario's [shortened] version (fewer nodes, shorter outages: make test's)"
+    )
     run.add_argument("--workdir", help="keep logs, databases and the broker's files here (default: a temporary folder)")
     sub.add_parser("demo", help="3 emulated nodes -> gateway -> local broker, with a live view (Ctrl-C stops it)")
     return {"hil": do_hil, "demo": do_demo}
@@ -47,7 +50,7 @@ def do_hil(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if not path.exists() and (SCENARIOS / ("%s.toml" % args.scenario)).exists():
         path = SCENARIOS / ("%s.toml" % args.scenario)
     try:
-        scenario = load_scenario(path)
+        scenario = load_scenario(path, shortened=getattr(args, "shortened", False))
         workdir = Path(args.workdir) if args.workdir else None
         if workdir is None:
             import tempfile
@@ -84,11 +87,13 @@ class ProgressLine:
         self._last = 0.0
 
     def __call__(self, progress: Progress) -> None:
-        text = "[%5.1f/%g s] %-6s produced %5d  delivered %5d  backlog %4d  %s" % (
+        text = "[%5.1f/%g s] %-6s %s %5d  %s %5d  backlog %4d  %s" % (
             progress.elapsed,
             progress.duration,
             progress.phase,
+            progress.labels[0],
             progress.produced,
+            progress.labels[1],
             progress.delivered,
             progress.produced - progress.delivered,
             ("faults: " + "; ".join(progress.active)) if progress.active else "",

@@ -14,7 +14,8 @@ import random
 from dataclasses import dataclass
 
 LINE_KINDS = ("drop", "bitflip", "garbage", "latency", "throttle", "unplug")
-SYSTEM_KINDS = ("broker_down", "gateway_kill", "node_reboot")
+SYSTEM_KINDS = ("broker_down", "broker_restart", "gateway_kill", "node_reboot")
+INSTANT_KINDS = ("broker_restart", "node_reboot")  # done at `at`, nothing to undo at the end
 UP, DOWN = "up", "down"  # node -> gateway, gateway -> node
 
 

@@ -29,6 +29,7 @@ from .bench import BenchRig, load_bench
 from .broker import Mosquitto
 from .capture import MqttCapture
 from .chain import Rig
+from .city_report import CityReport
 from .continuity import Flow, analyse
 from .faults import Fault
 from .gateway import GatewayProcess
@@ -146,19 +147,27 @@ def hil_continuity(hil_capture: MqttCapture) -> Callable[..., Flow]:
 
 
 @pytest.fixture
-def hil_scenario(tmp_path: Path, hil_target: HilTarget) -> Callable[..., Report]:
-    """report = hil_scenario("broker-outage") (a file of hil/scenarios), a path, or a Scenario."""
+def hil_scenario(tmp_path: Path, hil_target: HilTarget) -> Callable[..., Report | CityReport]:
+    """report = hil_scenario("broker-outage") (a file of hil/scenarios), a path, or a Scenario; a city scenario
+    (roles, commands, world: hil/city.py) gives a CityReport; shortened=True: the file's [shortened] version."""
 
     runs = 0
 
-    def run(which: str | Path | Scenario, **overrides: Any) -> Report:
+    def run(which: str | Path | Scenario, *, shortened: bool = False, **overrides: Any) -> Report | CityReport:
         nonlocal runs
         runs += 1
         if isinstance(which, Scenario):
             scenario = dataclasses.replace(which, **overrides)
         else:
             path = Path(which)
-            scenario = dataclasses.replace(load_scenario(path if path.suffix == ".toml" else SCENARIOS / ("%s.toml" % which)), **overrides)
+            path = path if path.suffix == ".toml" else SCENARIOS / ("%s.toml" % which)
+            scenario = dataclasses.replace(load_scenario(path, shortened=shortened), **overrides)
+        if scenario.city:
+            if hil_target.name != "emulated":
+                pytest.skip("not applicable on the %s target: a city scenario's world (water, cars, lamps) is emulated" % hil_target.name)
+            city = run_scenario(scenario, tmp_path / ("run%d" % runs))
+            print(city.summary())
+            return city
         late = [f.describe() for f in scenario.faults if f.end > scenario.duration]
         if late:
             raise ScenarioError("faults end after the flow (duration %g s): %s" % (scenario.duration, "; ".join(late)))

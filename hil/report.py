@@ -147,22 +147,27 @@ class Report:
                 cases.append((name, "not recovered: readings produced while it lasted are missing", None))
             else:
                 cases.append((name, None, None))
-        suite = ET.Element(
-            "testsuite",
-            name="hil.%s" % self.scenario,
-            tests=str(len(cases)),
-            failures=str(sum(1 for _n, f, _s in cases if f)),
-            skipped=str(sum(1 for _n, _f, s in cases if s)),
-            time="%.1f" % self.wall_s,
-        )
-        for name, failure, skipped in cases:
-            case = ET.SubElement(suite, "testcase", classname="hil.%s" % self.scenario, name=name)
-            if failure:
-                ET.SubElement(case, "failure", message=failure).text = failure
-            if skipped:
-                ET.SubElement(case, "skipped", message=skipped)
-        ET.SubElement(suite, "system-out").text = self.summary()
-        ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+        write_suite(path, self.scenario, cases, self.wall_s, self.summary())
+
+
+def write_suite(path: Path, scenario: str, cases: list[tuple[str, str | None, str | None]], wall_s: float, summary: str) -> None:
+    """JUnit XML: one test suite per scenario; cases are (name, failure message, skipped message)."""
+    suite = ET.Element(
+        "testsuite",
+        name="hil.%s" % scenario,
+        tests=str(len(cases)),
+        failures=str(sum(1 for _n, f, _s in cases if f)),
+        skipped=str(sum(1 for _n, _f, s in cases if s)),
+        time="%.1f" % wall_s,
+    )
+    for name, failure, skipped in cases:
+        case = ET.SubElement(suite, "testcase", classname="hil.%s" % scenario, name=name)
+        if failure:
+            ET.SubElement(case, "failure", message=failure).text = failure
+        if skipped:
+            ET.SubElement(case, "skipped", message=skipped)
+    ET.SubElement(suite, "system-out").text = summary
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def _round(value: float | None) -> float | None:

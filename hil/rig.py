@@ -13,17 +13,19 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.fwtools.build import build
 from gateway.fwtools.emulate import EmulatedNode, micropython_command
 from gateway.fwtools.relay import Line, LineHook, Relay
 from protocols import messages
 from protocols.errors import ProtocolError
-from protocols.frame import node_hex
+from protocols.frame import F_PRIORITY, node_hex
 from protocols.stream import StreamDecoder
 
 from .faults import DOWN, UP, Fault, LineFaults
 from .serial_pair import PtyCable
+from .world import prepare_node
 
 
 class WireTap:
@@ -36,6 +38,7 @@ class WireTap:
         self.highest: dict[str, int] = {}  # highest frame counter seen per node
         self.counter_reuse: dict[str, int] = {}  # HELLOs whose counter was not above everything seen before
         self._hello_counters: dict[str, set[int]] = {}
+        self.events: dict[tuple[str, int], float] = {}  # (node, frame counter) of a PRIORITY READINGS -> first seen
         self.lock = threading.Lock()
 
     def feed(self, index: int, data: bytes, at: float) -> None:
@@ -54,6 +57,9 @@ class WireTap:
                 if "counter" in names:
                     self._counter_channel[node] = names.index("counter")
             self.highest[node] = max(event.counter, self.highest.get(node, -1))
+            if event.type == messages.READINGS and event.flags & F_PRIORITY:
+                with self.lock:
+                    self.events.setdefault((node, event.counter), at)
             if event.type == messages.READINGS and node in self._counter_channel:
                 channel = self._counter_channel[node]
                 samples = event.fields["samples"]
@@ -65,6 +71,11 @@ class WireTap:
     def snapshot(self) -> dict[tuple[str, int], float]:
         with self.lock:
             return dict(self.first_seen)
+
+    def events_sent(self) -> dict[tuple[str, int], float]:
+        """Every event frame the nodes sent (resent copies once): (node, frame counter) -> first seen."""
+        with self.lock:
+            return dict(self.events)
 
 
 class _Line(Line):
@@ -129,6 +140,9 @@ class EmulatedRig:
         seed: int = 1,
         status_interval: float = 30.0,
         faults: list[Fault] | tuple[Fault, ...] = (),
+        roles: list[str] | None = None,
+        role_config: list[dict[str, Any]] | None = None,
+        intervals: list[float] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +151,9 @@ class EmulatedRig:
         self.status_interval = status_interval
         self.bundle = self.workdir / "bundle"
         self.nodes = [EmulatedNode(index, seed + index, self.workdir / ("node%d" % index)) for index in range(count)]
+        self.roles = roles or ["sensor"] * count  # per node (hil/timeline.py ROLES)
+        self.intervals = intervals or [interval] * count  # per node
+        self._role_config = role_config or [{} for _ in range(count)]
         self._faults = list(faults)
         self._seed = seed
         self._lines: list[_Line] = []
@@ -152,13 +169,14 @@ class EmulatedRig:
         build(self.bundle, emulator=True)
         micropython_command()
         for node in self.nodes:
+            prepare_node(node.data_dir, self.roles[node.index], self._role_config[node.index])
             node.open_uart()
             cable = PtyCable(self.workdir / ("tty-node%d" % node.index))
             self._lines.append(_Line(node, cable, LineFaults(self._faults, node.index, self._seed)))
         self._relay.lines = list(self._lines)
         self._relay.start()
         for node in self.nodes:
-            node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
+            node.spawn(self.bundle, self.heap, self.intervals[node.index], self.status_interval)
 
     def begin(self) -> None:
         self.t0 = time.monotonic()
@@ -179,7 +197,7 @@ class EmulatedRig:
         """The node's process is stopped and booted again; its flash (counters) is kept, its RAM (the ring) is not."""
         node = self.nodes[index]
         node.terminate()
-        node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
+        node.spawn(self.bundle, self.heap, self.intervals[index], self.status_interval)
 
     def unplug(self, index: int) -> None:
         with self._relay.lock:

@@ -13,6 +13,12 @@
 The runner starts a real mosquitto, the rig (emulated nodes behind faulty
 cables, or a bench of boards), the real `edgegw run`, and an MQTT capture; it
 plays the timeline, waits for the backlog to drain, and measures continuity.
+
+A city scenario (hil/scenarios/street-lights.toml and others) also has node
+roles, commands, the emulated world's timeline and pass criteria (the keys are
+in hil/timeline.py) and is run by hil/city.py. A `[shortened]` table holds the
+version `make test` runs: its keys replace the file's, its arrays of tables
+([[shortened.roles]], [[shortened.faults]] ...) replace the file's arrays.
 """
 
 from __future__ import annotations
@@ -21,23 +27,38 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .broker import Mosquitto
 from .capture import MqttCapture
 from .chain import Chain, Rig
+from .city_report import CityReport
 from .continuity import analyse
-from .faults import LINE_KINDS, Fault, FaultError
+from .faults import INSTANT_KINDS, LINE_KINDS, Fault, FaultError
 from .gateway import GatewayProcess
 from .report import FaultResult, Report
+from .timeline import (
+    CommandStep,
+    GatewayOptions,
+    PassCriteria,
+    RoleGroup,
+    ScenarioError,
+    WorldStep,
+    check_types,
+    node_roles,
+    parse_commands,
+    parse_gateway,
+    parse_pass,
+    parse_roles,
+    parse_world,
+)
 from .tomlfile import read_toml
 
+__all__ = ["Scenario", "ScenarioError", "load_scenario", "parse_scenario", "run_scenario"]
+
 WARMUP_TIMEOUT_S = 60.0
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be run; the message names the key and what was expected."""
 
 
 @dataclass
@@ -52,6 +73,21 @@ class Scenario:
     settle: float = 90.0  # at most this long for the backlog to drain after the flow
     status_interval: float = 30.0
     faults: list[Fault] = field(default_factory=list)
+    # A city scenario's parts (hil/timeline.py); empty for a continuity scenario.
+    roles: list[RoleGroup] = field(default_factory=list)
+    commands: list[CommandStep] = field(default_factory=list)
+    world: list[WorldStep] = field(default_factory=list)
+    criteria: PassCriteria = field(default_factory=PassCriteria)
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    variant: str = "full"  # or "shortened": the [shortened] table of the file
+
+    @property
+    def city(self) -> bool:
+        return bool(self.roles)
+
+    @property
+    def node_roles(self) -> list[str]:
+        return node_roles(self.roles) if self.roles else ["sensor"] * self.nodes
 
     @property
     def line_faults(self) -> list[Fault]:
@@ -83,21 +119,39 @@ _FAULT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _check(table: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
-    for key, value in table.items():
-        if key not in types:
-            raise ScenarioError("%s: unknown key %r (expected one of %s)" % (where, key, ", ".join(sorted(types))))
-        if isinstance(value, bool) or not isinstance(value, types[key]):
-            expected = " or ".join(t.__name__ for t in types[key])
-            raise ScenarioError("%s: %r must be %s, not %r" % (where, key, expected, value))
+_SECTIONS = ("faults", "roles", "commands", "world", "pass", "gateway", "shortened")
 
 
-def parse_scenario(data: dict[str, Any], default_name: str = "scenario") -> Scenario:
-    top = {k: v for k, v in data.items() if k != "faults"}
-    _check(top, _TYPES, "scenario")
+def parse_scenario(data: dict[str, Any], default_name: str = "scenario", *, shortened: bool = False) -> Scenario:
+    """The scenario of a parsed file; shortened: its [shortened] version (an error if it has none)."""
+    if "shortened" in data and not isinstance(data["shortened"], dict):
+        raise ScenarioError("scenario: 'shortened' must be a table ([shortened])")
+    if shortened:
+        overlay = data.get("shortened")
+        if overlay is None:
+            raise ScenarioError("scenario: no [shortened] table: this scenario has one version only")
+        if "shortened" in overlay or "name" in overlay:
+            raise ScenarioError("shortened: 'name' and 'shortened' cannot be replaced")
+        data = {**{k: v for k, v in data.items() if k != "shortened"}, **overlay}
+    top = {k: v for k, v in data.items() if k not in _SECTIONS}
+    check_types(top, _TYPES, "scenario")
+    roles = parse_roles(data)
+    if roles:
+        counted = sum(group.count for group in roles)
+        if top.setdefault("nodes", counted) != counted:
+            raise ScenarioError("scenario: 'nodes' is %d but the [[roles]] count %d nodes (leave 'nodes' out)" % (top["nodes"], counted))
     scenario = Scenario(name=top.pop("name", default_name), **top)
     if scenario.nodes < 1 or scenario.duration <= 0 or scenario.interval <= 0:
         raise ScenarioError("scenario: nodes must be at least 1, duration and interval above 0")
+    scenario.variant = "shortened" if shortened else "full"
+    scenario.roles = roles
+    kinds = scenario.node_roles
+    scenario.commands = parse_commands(data, kinds, scenario.duration)
+    scenario.world = parse_world(data, kinds, scenario.duration)
+    scenario.criteria = parse_pass(data)
+    scenario.gateway = parse_gateway(data)
+    if (scenario.commands or scenario.world) and not roles:
+        raise ScenarioError("scenario: [[commands]] and [[world]] need [[roles]] (the nodes they act on)")
     raw_faults = data.get("faults", [])
     if not isinstance(raw_faults, list):
         raise ScenarioError("scenario: 'faults' must be an array of tables ([[faults]])")
@@ -105,7 +159,7 @@ def parse_scenario(data: dict[str, Any], default_name: str = "scenario") -> Scen
         where = "faults #%d" % number
         if not isinstance(raw, dict) or "kind" not in raw or "at" not in raw:
             raise ScenarioError("%s: needs at least 'kind' and 'at'" % where)
-        _check(raw, _FAULT_TYPES, where)
+        check_types(raw, _FAULT_TYPES, where)
         options = dict(raw)
         if "nodes" in options:
             if not all(isinstance(n, int) and 0 <= n < scenario.nodes for n in options["nodes"]):
@@ -118,16 +172,16 @@ def parse_scenario(data: dict[str, Any], default_name: str = "scenario") -> Scen
         if fault.end > scenario.duration:
             raise ScenarioError("%s: ends at %g s, after the flow (duration %g s)" % (where, fault.end, scenario.duration))
         for other in scenario.faults:
-            same = other.kind == fault.kind and fault.kind in ("broker_down", "gateway_kill")
-            if same and fault.at < other.end and other.at < fault.end:
+            same = other.kind == fault.kind and fault.kind in ("broker_down", "broker_restart", "gateway_kill")
+            if same and ((fault.at < other.end and other.at < fault.end) or fault.at == other.at):
                 raise ScenarioError("%s: overlaps an earlier %s (%s)" % (where, fault.kind, other.describe()))
         scenario.faults.append(fault)
     return scenario
 
 
-def load_scenario(path: Path | str) -> Scenario:
+def load_scenario(path: Path | str, *, shortened: bool = False) -> Scenario:
     path = Path(path)
-    return parse_scenario(read_toml(path, "scenario", ScenarioError), path.stem)
+    return parse_scenario(read_toml(path, "scenario", ScenarioError), path.stem, shortened=shortened)
 
 
 @dataclass
@@ -138,9 +192,14 @@ class Progress:
     delivered: int
     active: list[str]
     phase: str  # "flow" or "settle"
+    labels: tuple[str, str] = ("produced", "delivered")  # a city scenario counts commands: ("commanded", "final")
 
 
 def make_rig(scenario: Scenario, workdir: Path, target: str = "emulated", bench: Path | None = None) -> Rig:
+    if scenario.city and target != "emulated":
+        raise ScenarioError(
+            "%s: a city scenario needs the emulated target (its world, the water and the cars, is emulated)" % scenario.name
+        )
     if target == "bench":
         from .bench import BenchRig, load_bench
 
@@ -157,6 +216,9 @@ def make_rig(scenario: Scenario, workdir: Path, target: str = "emulated", bench:
         seed=scenario.seed,
         status_interval=scenario.status_interval,
         faults=scenario.line_faults,
+        roles=scenario.node_roles,
+        role_config=[group.config for group in scenario.roles for _ in range(group.count)] or None,
+        intervals=[group.interval or scenario.interval for group in scenario.roles for _ in range(group.count)] or None,
     )
 
 
@@ -166,8 +228,14 @@ def run_scenario(
     *,
     rig: Rig | None = None,
     progress: Callable[[Progress], None] | None = None,
-) -> Report:
+) -> Report | CityReport:
     """Run it end to end and measure; every process started here is stopped before returning."""
+    if scenario.city:
+        from .city import run_city
+        from .rig import EmulatedRig
+
+        assert rig is None or isinstance(rig, EmulatedRig), "a city scenario runs on the emulated rig"
+        return run_city(scenario, workdir, rig=rig, progress=progress)
     started_wall = time.monotonic()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgegw-hil-"))
     rig = rig or make_rig(scenario, workdir / "rig")
@@ -176,7 +244,13 @@ def run_scenario(
         _warm_up(rig, chain.capture, scenario.nodes)
         rig.begin()
         start = time.monotonic()
-        _play(scenario, rig, chain.broker, chain.gateway, chain.capture, start, progress)
+        capture = chain.capture
+
+        def tick(elapsed: float) -> None:
+            if progress:
+                progress(_progress(scenario, rig, capture, start, elapsed, "flow"))
+
+        play(scenario, rig, chain.broker, chain.gateway, start, tick)
         cutoff = time.monotonic()
         _settle(scenario, rig, chain.capture, start, cutoff, progress)
         deliveries = chain.capture.counter_deliveries()
@@ -216,32 +290,33 @@ def _warm_up(rig: Rig, capture: MqttCapture, nodes: int) -> None:
     raise RuntimeError("only %d of %d nodes delivered readings within %.0f s (%s)" % (len(seen), nodes, WARMUP_TIMEOUT_S, seen))
 
 
-def _play(
+def play(
     scenario: Scenario,
     rig: Rig,
     broker: Mosquitto,
     gateway: GatewayProcess,
-    capture: MqttCapture,
     start: float,
-    progress: Callable[[Progress], None] | None,
+    tick: Callable[[float], None] | None = None,
+    actions: list[tuple[float, Callable[[], None]]] | None = None,
 ) -> None:
-    """Run the timeline: system faults here, line faults in the rig's relay."""
-    events: list[tuple[float, int, str, Fault]] = []
+    """Run the timeline: system faults and the given actions (a city scenario's commands) here, line faults in
+    the rig's relay; tick(elapsed) about once a second (progress)."""
+    events: list[tuple[float, int, Callable[[], None]]] = []
     for fault in scenario.faults:
         if fault.kind in LINE_KINDS or rig.not_applicable(fault):
             continue  # line faults are the rig's relay's business; inapplicable ones are reported, not played
-        events.append((fault.at, 0, "begin", fault))
-        if fault.kind != "node_reboot":
-            events.append((fault.end, 1, "end", fault))
+        events.append((fault.at, 0, partial(_apply, "begin", fault, rig, broker, gateway, scenario.nodes)))
+        if fault.kind not in INSTANT_KINDS:
+            events.append((fault.end, 1, partial(_apply, "end", fault, rig, broker, gateway, scenario.nodes)))
+    events += [(at, 2, action) for at, action in actions or []]  # at the same moment: after a fault began or ended
     events.sort(key=lambda e: (e[0], e[1]))
     next_report = 0.0
     while True:
         elapsed = time.monotonic() - start
         while events and events[0][0] <= elapsed:
-            _at, _order, what, fault = events.pop(0)
-            _apply(what, fault, rig, broker, gateway, scenario.nodes)
-        if progress and elapsed >= next_report:
-            progress(_progress(scenario, rig, capture, start, elapsed, "flow"))
+            events.pop(0)[2]()
+        if tick and elapsed >= next_report:
+            tick(elapsed)
             next_report = elapsed + 1.0
         if elapsed >= scenario.duration and not events:
             return
@@ -254,6 +329,8 @@ def _apply(what: str, fault: Fault, rig: Rig, broker: Mosquitto, gateway: Gatewa
             broker.stop()
         else:
             broker.start()
+    elif fault.kind == "broker_restart":
+        broker.restart()  # a graceful stop (sessions and queues saved) and a start at once
     elif fault.kind == "gateway_kill":
         if what == "begin":
             gateway.kill()

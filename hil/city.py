@@ -1,0 +1,181 @@
+"""Run a city scenario end to end: role nodes, commands, the emulated world, faults; then judge what was observed.
+
+The chain is the continuity scenarios' (hil/chain.py: mosquitto, MQTT capture,
+the rig of real firmware on MicroPython, the real `edgegw run`), plus the
+command client (hil/commander.py) and the world's files (hil/world.py). The
+timeline plays faults, commands and lamp failures at their moments; water
+waves and cars are written for the whole timeline at its start (wall-clock
+times the nodes read). Then it waits, at most `settle` seconds, until every
+command has a final state and every change in the world has arrived as an
+event, and judges (hil/outcomes.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .capture import MqttCapture, decode_senml
+from .chain import Chain
+from .city_report import CityReport
+from .commander import Commander
+from .continuity import Flow, analyse
+from .outcomes import EventOutcome, EventSeen, analyse_commands, analyse_events, judge, state_changes
+from .rig import EmulatedRig
+from .scenario import Progress, Scenario, make_rig, play
+from .timeline import CommandStep
+from .world import World
+
+WARMUP_TIMEOUT_S = 120.0  # 200 nodes boot one after another, then each must be heard through the gateway
+BUFFER_FULL = "buffer full (max_bytes reached): dropping the oldest"  # gateway/committer.py, once an episode
+HELD_AFTER_S = 3.0  # after the broker or the gateway is back, reconnecting takes up to reconnect_max (2 s) and a bit
+EVENT_CHANNELS = {"gauge": "flood", "parking": "occupied", "streetlight": "lamp_ok"}
+
+
+def run_city(
+    scenario: Scenario,
+    workdir: Path | None = None,
+    *,
+    rig: EmulatedRig | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> CityReport:
+    """Every process started here is stopped before returning."""
+    started_wall = time.monotonic()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edgegw-hil-"))
+    if rig is None:
+        made = make_rig(scenario, workdir / "rig")
+        assert isinstance(made, EmulatedRig)
+        rig = made
+    options = scenario.gateway
+    with Chain(workdir, rig, reconnect_max=2, max_bytes=options.max_bytes, when_full=options.when_full, inflight=options.inflight) as chain:
+        assert chain.capture is not None and chain.gateway is not None
+        capture = chain.capture
+        ids = _warm_up(rig, capture)
+        commander = Commander(chain.broker.host, chain.broker.port, chain.gateway.gateway_id)
+        try:
+            world = World(scenario.world, [node.data_dir for node in rig.nodes], scenario.node_roles, scenario.seed)
+            rig.begin()
+            start = time.monotonic()
+            actions = world.begin(start)
+            actions += [(step.at, partial(_publish, commander, step, ids)) for step in scenario.commands]
+
+            def tick(elapsed: float, phase: str = "flow") -> None:
+                if progress:
+                    done = len(commander.issued) - len(commander.pending())
+                    active = [f.describe() for f in scenario.faults if f.active(min(elapsed, scenario.duration))]
+                    progress(Progress(elapsed, scenario.duration, len(commander.issued), done, active, phase, ("commanded", "final")))
+
+            play(scenario, rig, chain.broker, chain.gateway, start, tick, actions)
+            cutoff = time.monotonic()
+            channel = scenario.criteria.events_from
+            deadline = cutoff + scenario.settle
+            while time.monotonic() < deadline:
+                events = _events(scenario, world, ids, capture, channel, start) if channel else None
+                if not commander.pending() and (events is None or not events.lost):
+                    break
+                tick(time.monotonic() - start, "settle")
+                time.sleep(0.5)
+            tracks = commander.tracks()
+        finally:
+            commander.close()
+    relay_error = rig.relay_error
+    if relay_error:
+        raise RuntimeError("the rig's relay failed during the run (%s): the measurement is not trustworthy" % relay_error)
+    within = {step.request_id(index): step.within_s for step in scenario.commands for index in step.nodes}
+    field_name = scenario.criteria.changes_per_command
+    records = None
+    if field_name == "level":  # the lamps' own record of their level changes, from the timeline's start
+        records = {
+            ids[i]: [(at, v) for at, v in world.lamp_levels(i) if at >= start]
+            for i, role in enumerate(scenario.node_roles)
+            if role == "streetlight"
+        }
+    commands = analyse_commands(tracks, within, records, field_name) if scenario.commands else None
+    events = _events(scenario, world, ids, capture, channel, start) if channel else None
+    frames = _event_frames(rig, capture, start)
+    readings = _readings(rig, capture, start, cutoff) if "sensor" in scenario.node_roles else None
+    buffer_full = BUFFER_FULL in chain.gateway.log()
+    report = CityReport(
+        scenario.name,
+        scenario.description,
+        scenario.variant,
+        rig.target,
+        {group.role: group.count for group in scenario.roles},
+        scenario.duration,
+        commands=commands,
+        events=events,
+        event_channel=channel,
+        event_frames=frames,
+        readings=readings,
+        faults=[fault.describe() for fault in scenario.faults],
+        wall_s=time.monotonic() - started_wall,
+    )
+    report.checks = judge(scenario.criteria, commands, within, events, frames, readings.lost if readings else None, buffer_full)
+    report.buffer_full = buffer_full
+    return report
+
+
+def _warm_up(rig: EmulatedRig, capture: MqttCapture) -> list[str]:
+    """Until the gateway has published something of every node (its HELLO is known, commands can be checked); the
+    nodes' ids by index."""
+    ids = [node.node_id for node in rig.nodes]
+    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    heard: set[str] = set()
+    while time.monotonic() < deadline:
+        heard = {message.topic.split("/")[3] for message in capture.snapshot() if message.topic.count("/") >= 4}
+        if heard >= set(ids):
+            return ids
+        time.sleep(0.5)
+    silent = sorted(set(ids) - heard)
+    raise RuntimeError(
+        "%d of %d nodes not heard through the gateway within %.0f s: %s" % (len(silent), len(ids), WARMUP_TIMEOUT_S, silent[:10])
+    )
+
+
+def _publish(commander: Commander, step: CommandStep, ids: list[str]) -> None:
+    for index in step.nodes:  # all at once: the gateway gets them as fast as the broker passes them on
+        commander.send(ids[index], step.request_id(index), step.name, step.args, step.ttl_s)
+
+
+def event_records(capture: MqttCapture) -> list[tuple[str, str, Any, float, float]]:
+    """(node, channel, value, the node's time of the event, when it arrived) for every SenML record on .../events."""
+    out = []
+    for message in capture.snapshot():
+        if not message.topic.endswith("/events"):
+            continue
+        for record in decode_senml(message.payload):
+            parts = str(record["name"]).split(":")
+            if len(parts) == 5 and parts[:3] == ["urn", "dev", "edgegw"]:
+                out.append((parts[3], parts[4], record["value"], float(record["time"]), message.at))
+    return out
+
+
+def _events(scenario: Scenario, world: World, ids: list[str], capture: MqttCapture, channel: str, start: float) -> EventOutcome:
+    changes: dict[str, list[tuple[float, Any]]] = {}
+    for index, role in enumerate(scenario.node_roles):
+        if EVENT_CHANNELS.get(role) != channel:
+            continue
+        found = {"gauge": world.flood_changes, "parking": world.bay_changes, "streetlight": world.lamp_failures}[role](index)
+        changes[ids[index]] = [(at, value) for at, value in found if at >= start]
+    seen = [EventSeen(node, value, at_node, at) for node, name, value, at_node, at in event_records(capture) if name == channel]
+    held = [(start + f.at, start + f.end + HELD_AFTER_S) for f in scenario.faults if f.kind in ("broker_down", "gateway_kill")]
+    return analyse_events(changes, state_changes(seen), scenario.criteria.event_p99_s, held)
+
+
+def _event_frames(rig: EmulatedRig, capture: MqttCapture, start: float) -> dict[str, int]:
+    """Event frames the tap saw leave the nodes during the run, and distinct events (node, time) published."""
+    sent = {key for key, at in rig.tap.events_sent().items() if at >= start}
+    if not sent:
+        return {}
+    nodes = {node for node, _counter in sent}
+    delivered = {(node, at_node) for node, _name, _value, at_node, at in event_records(capture) if node in nodes and at >= start}
+    return {"sent": len(sent), "delivered": len(delivered)}
+
+
+def _readings(rig: EmulatedRig, capture: MqttCapture, start: float, cutoff: float) -> Flow:
+    deliveries = capture.counter_deliveries()
+    return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff)
