@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.committer import LIVE, Pending
+from gateway.fast_decode import readings_fields
 from gateway.forwarder import PACK_READINGS, Forwarder, keep_undelivered
 from gateway.senml import unpack
 from gateway.store import Store
 from gateway.store_worker import StoreWorker
 from protocols import Message, messages
 from protocols import frame as fr
-from tests.test_forwarder import GatedWorker, RecordingUplink, connected_forwarder, frame, layouts, rows, settle
+from tests.test_forwarder import NODE_A, GatedWorker, RecordingUplink, connected_forwarder, frame, layouts, rows, settle
 from tests.test_hostile import HELLO_FIELDS, NODE
 from tests.test_router import Rig, until
 
@@ -168,6 +170,22 @@ async def test_a_live_event_overtakes_the_backlog_being_drained(tmp_path: pathli
     await settle(forwarder, 2)
     assert sent(uplink, before)[0] == ("events", 1000), "next after the pack in flight, ahead of the rest of the backlog"
     assert len(sent(uplink, before)) < 1500 - PACK_READINGS // 2, "the rest of the backlog came after it"
+    worker.close()
+
+
+async def test_an_event_held_in_memory_overtakes_the_backlog_being_drained(tmp_path: pathlib.Path) -> None:
+    _store, worker, uplink, forwarder = connected_forwarder(tmp_path, 1500, window=1)
+    await settle(forwarder, 5)
+    stored_frame = frame(2000)
+    fields = readings_fields(stored_frame.payload)
+    assert fields is not None
+    samples = (fields["samples"], fields["base_time"])
+    held = Pending(NODE_A, 2000, stored_frame, 2, layouts().by_id[1], None, None, samples, state=LIVE, priority=True)  # type: ignore[arg-type]
+    forwarder.hold(held)
+    before = len(uplink.published)
+    forwarder.puback(uplink.published[-1][0], True, "Success")
+    await settle(forwarder, 2)
+    assert sent(uplink, before)[0] == ("events", 2000), "next after the pack in flight, ahead of the rest of the backlog"
     worker.close()
 
 

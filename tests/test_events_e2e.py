@@ -96,7 +96,8 @@ def test_events_acknowledged_before_a_kill_9_are_published_after_the_restart(
     capture.wait_for(lambda msgs: len(events_received(capture)) >= 5 and 100 in counters_received(capture, NODE.hex()), timeout=60)
     assert events_received(capture) == [1, 2, 3, 4, 5]
     assert senml_topics(capture)[0] == "events"
-    node.readings(bulky(101))  # the restarted gateway goes on taking readings: the node's window survived
+    samples: list[int | float] = [*bulky(101)]
+    node.readings(samples)  # the restarted gateway goes on taking readings: the node's window survived
     event = send_event(node, 6)
     node.wait_acked([event], timeout=30)
     capture.wait_for(lambda msgs: events_received(capture)[-1:] == [6], timeout=30)
