@@ -11,7 +11,7 @@ STUB_PACKAGE_unix := micropython-unix-stubs
 # Each HAL is checked only against the ports it runs on.
 EXCLUDE_rp2 := firmware/hal_unix\.py
 EXCLUDE_esp32 := firmware/hal_unix\.py
-EXCLUDE_unix := firmware/hal_board\.py
+EXCLUDE_unix := firmware/(hal_board|pwm_lamp)\.py
 PORTABLE := protocols firmware
 
 .PHONY: all demo test test-fast soak lint typecheck-boards venv mosquitto fuse strace bench clean

@@ -1,6 +1,7 @@
 # HAL for real boards (ESP32, RP2040): machine.UART, the board's flash
 # filesystem, machine.WDT, machine.unique_id, and sensors on I2C/ADC/pins
-# as wired in the node's config.
+# as wired in the node's config, /data/node.json: its "role" says what the
+# node is (sensor, streetlight, gauge, parking), the other keys how it is wired.
 import os
 
 import machine
@@ -50,15 +51,35 @@ class Hal:
         self.unique_id = machine.unique_id()
         self.hw_model = os.uname().machine
         self.reset_cause = _RESET_CAUSES.get(machine.reset_cause(), 0)
+        self.role = config.get("role", "sensor")
 
     def uptime_ms(self):
         return self._uptime.update()
 
     def sources(self, role):
+        wiring = self.config
+        try:
+            if role == "streetlight":  # "lamp_pin", "fault_pin": firmware/pwm_lamp.py
+                from firmware.pwm_lamp import PwmLamp
+                from firmware.roles.streetlight import StreetLight
+
+                return [StreetLight(PwmLamp(wiring["lamp_pin"], wiring.get("fault_pin")), self.storage, wiring.get("save_s", 3600))]
+            if role == "gauge":  # "adc": the probe's ADC pin (4-20 mA over a shunt, 0-5 m)
+                from firmware.roles.gauge import Gauge
+
+                return [Gauge(machine.ADC(machine.Pin(wiring["adc"])), self.storage)]
+            if role == "parking":  # "i2c": [SCL, SDA] of the magnetometer, firmware/qmc5883.py
+                from firmware.qmc5883 import QMC5883
+                from firmware.roles.parking import Parking
+
+                scl, sda = wiring["i2c"]
+                return [Parking(QMC5883(machine.I2C(0, scl=machine.Pin(scl), sda=machine.Pin(sda))), self.storage)]
+        except KeyError as missing:  # a role without its wiring: said on the console, the node runs without it
+            report("node.json", "role %s needs %s" % (role, missing))
+            return []
         from firmware import bme280, sensors
 
         found: list = []
-        wiring = self.config
         if "i2c" in wiring:
             scl, sda = wiring["i2c"]
             found.append(bme280.BME280(machine.I2C(0, scl=machine.Pin(scl), sda=machine.Pin(sda))))

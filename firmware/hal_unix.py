@@ -1,5 +1,7 @@
 # HAL for MicroPython's unix port (emulation): a pseudo-terminal path is the
-# UART, a directory is the flash, the sensors are the models of emulation.py.
+# UART, a directory is the flash, the sensors are the models of emulation.py
+# and the roles' worlds those of emulated_*.py. The role is the "role" of
+# node.json in the data directory, as on a board ("sensor" without one).
 # Two environment variables stand in for the board around the firmware:
 # EDGEGW_RESET_CAUSE (the emulator's reset-cause register after it rebooted
 # the node) and EDGEGW_EMULATE_HANG_S (a fault: the sensor bus locks up).
@@ -73,6 +75,7 @@ class Hal:
         self.status_interval = float(args[4]) if len(args) > 4 else 60
         self.uart = Uart(args[0])
         self.storage = Storage(folder)
+        self.role = self.storage.settings("node.json").get("role", "sensor")  # written by `edgegw fw emulate --role`
         self.seed = seed
         self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
         cause = os.getenv("EDGEGW_RESET_CAUSE")
@@ -91,6 +94,8 @@ class Hal:
         return self._uptime.update()
 
     def sources(self, role):
+        if role != "sensor":  # firmware/emulated_ROLE.py makes the role with its emulated world (unknown: ImportError)
+            return [__import__("firmware.emulated_" + role, None, None, ["role"]).role(self)]
         from firmware import emulation, sensors
 
         hang = os.getenv("EDGEGW_EMULATE_HANG_S")

@@ -50,7 +50,7 @@ class Node:
         for key in saved:
             if not self.setting(key, saved[key]):
                 storage.report("config.json", key)
-        self.sources = hal.sources("sensor") + [SampleNumber(hal.storage)]
+        self.sources = hal.sources(hal.role) + [SampleNumber(hal.storage)]
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
         self.offset_ms = None  # unix ms - uptime ms, once TIME arrived (integers: see firmware/uptime.py)

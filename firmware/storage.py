@@ -21,7 +21,7 @@ def report(key, why):
 
 class Storage:
     def __init__(self, folder):
-        self._folder = folder
+        self.folder = folder
         try:
             os.mkdir(folder)
         except OSError:
@@ -31,7 +31,7 @@ class Storage:
         # The record, or None if there is none; one that is there but cannot be
         # read raises OSError.
         try:
-            with open(self._folder + "/" + key, "rb") as handle:
+            with open(self.folder + "/" + key, "rb") as handle:
                 return handle.read()
         except OSError as error:
             if error.errno == _ENOENT:
@@ -39,7 +39,7 @@ class Storage:
             raise
 
     def put(self, key, value):
-        path = self._folder + "/" + key
+        path = self.folder + "/" + key
         with open(path + ".tmp", "wb") as handle:
             handle.write(value)
         os.rename(path + ".tmp", path)

@@ -17,6 +17,7 @@ import serial
 from protocols import ProtocolError, StreamDecoder
 
 from . import __version__, config, logs
+from .fwtools.tools import ROLES
 from .render import describe_event
 
 
@@ -108,7 +109,7 @@ def do_fw(args: argparse.Namespace) -> int:
         if args.fw_command == "flash":
             return flash.flash(args.port, args.role, args.set or [], print, dry_run=args.dry_run)
         if args.fw_command == "emulate":
-            return emulate.run(args.count, args.interval, args.heap, args.seed, Path(args.state) if args.state else None)
+            return emulate.run(args.count, args.interval, args.heap, args.seed, Path(args.state) if args.state else None, args.role)
         return monitor.monitor(args.port, args.baud, print, frames=args.frames, seconds=args.seconds)
     except (build.BuildError, flash.FlashError, emulate.EmulatorError) as error:
         raise CommandError(str(error)) from None
@@ -153,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--debug", action="store_true", help="keep line numbers in tracebacks (costs the node about 1 KB of heap)")
             tool = tools.add_parser("flash", help="copy the bundle and settings to a board with mpremote")
             tool.add_argument("--port", required=True, help="the board's serial port")
-            tool.add_argument("--role", default="sensor", help="node role (sensor)")
+            tool.add_argument("--role", default="sensor", choices=ROLES, help="what the node is (default: sensor)")
             tool.add_argument("--set", action="append", metavar="KEY=VALUE", help="node setting, e.g. interval=30 or i2c=22,21")
             tool.add_argument("--dry-run", action="store_true", help="print the mpremote command instead of running it")
             tool = tools.add_parser("emulate", help="run N emulated nodes (real MicroPython) behind pseudo-terminals")
             tool.add_argument("--count", type=int, default=1)
-            tool.add_argument("--role", default="sensor", choices=["sensor"])
+            tool.add_argument("--role", default="sensor", choices=ROLES, help="what the nodes are (default: sensor)")
             tool.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
             tool.add_argument("--heap", default="64k", help="MicroPython heap size (default 64k, what the firmware is tested in)")
             tool.add_argument("--seed", type=int, default=1, help="seed of the first node's sensor models")

@@ -262,7 +262,8 @@ def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) ->
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["firmware_version"] == build.firmware_version() and manifest["target"] == "emulator"
     assert build.verify(bundle) == []
-    sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in ("firmware", "protocols") for p in (ROOT / pkg).glob("*.py")}
+    sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in build.PACKAGES for p in (ROOT / pkg).glob("*.py")}
+    assert "firmware/roles/gauge.mpy" in sources
     assert sources | {"main.py"} == set(manifest["files"])
     assert all((bundle / name).read_bytes()[:1] == b"M" for name in manifest["files"] if name.endswith(".mpy"))
     (bundle / "firmware" / "node.mpy").write_bytes(b"tampered")
@@ -276,12 +277,19 @@ def test_the_board_bundle_carries_no_emulation(tmp_path: pathlib.Path) -> None:
     """What `fw build` and `fw flash` put on a board: everything a board runs, none of the emulator's modules."""
     manifest = build.build(tmp_path / "board")
     files = set(manifest["files"])  # type: ignore[call-overload]
-    emulation = {"firmware/emulation.mpy", "firmware/emulated_chip.mpy", "firmware/hal_unix.mpy"}
+    emulation = {name.replace(".py", ".mpy") for name in build.EMULATION_MODULES}
+    assert {"firmware/emulation.mpy", "firmware/emulated_gauge.mpy", "firmware/hal_unix.mpy"} <= emulation
     assert not files & emulation
     assert manifest.get("target") == "board"
-    sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in ("firmware", "protocols") for p in (ROOT / pkg).glob("*.py")}
+    sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in build.PACKAGES for p in (ROOT / pkg).glob("*.py")}
     assert files == (sources - emulation) | {"main.py"}
-    assert {"firmware/hal_board.mpy", "firmware/node.mpy", "firmware/bme280.mpy", "protocols/frame.mpy"} <= files
+    assert {
+        "firmware/hal_board.mpy",
+        "firmware/node.mpy",
+        "firmware/bme280.mpy",
+        "protocols/frame.mpy",
+        "firmware/roles/parking.mpy",
+    } <= files
     assert not (tmp_path / "board" / "firmware" / "hal_unix.mpy").exists()
     assert build.verify(tmp_path / "board") == []
 
@@ -320,7 +328,7 @@ def test_emulate_prints_ports_and_survives_a_port_reopen(tmp_path: pathlib.Path)
     try:
         assert emulator.stdout is not None
         lines = [json.loads(emulator.stdout.readline()) for _ in range(2)]
-        assert [set(line) for line in lines] == [{"node_id", "port"}] * 2
+        assert [set(line) for line in lines] == [{"node_id", "port", "role", "data_dir"}] * 2
         assert len({line["node_id"] for line in lines}) == 2
         for attempt in range(2):  # close and reopen, as a restarting gateway does
             with serial.Serial(lines[0]["port"], 115200, timeout=0.2) as port:

@@ -19,7 +19,16 @@ from .tools import find_tool
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # the folder holding firmware/ and protocols/
 BOOT_MAIN = "import firmware.main\n"
 MANIFEST = "manifest.json"
-EMULATION_MODULES = ("firmware/emulated_chip.py", "firmware/emulation.py", "firmware/hal_unix.py")  # the emulator's, never a board's
+EMULATION_MODULES = (  # the emulator's, never a board's
+    "firmware/emulated_chip.py",
+    "firmware/emulated_gauge.py",
+    "firmware/emulated_parking.py",
+    "firmware/emulated_streetlight.py",
+    "firmware/emulated_world.py",
+    "firmware/emulation.py",
+    "firmware/hal_unix.py",
+)
+PACKAGES = ("protocols", "firmware", "firmware/roles")
 
 
 class BuildError(Exception):
@@ -45,15 +54,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _source_name(package: str, module: str, debug: bool) -> str:
+def _source_name(source: Path, debug: bool) -> str:
     # The name tracebacks show. A release build uses the dotted module name:
     # the node already holds that string, so it costs no heap.
-    return "%s/%s.py" % (package, module) if debug else "%s.%s" % (package, module)
+    return source.as_posix() if debug else ".".join(source.with_suffix("").parts)
 
 
 def sources(emulator: bool = False) -> list[Path]:
     """The modules a bundle carries, relative to PACKAGE_ROOT: a board's, or with `emulator` the emulator's too."""
-    found = [Path(package) / path.name for package in ("protocols", "firmware") for path in sorted((PACKAGE_ROOT / package).glob("*.py"))]
+    found = [Path(package) / path.name for package in PACKAGES for path in sorted((PACKAGE_ROOT / package).glob("*.py"))]
     return [source for source in found if emulator or source.as_posix() not in EMULATION_MODULES]
 
 
@@ -74,7 +83,7 @@ def build(out: Path, debug: bool = False, emulator: bool = False) -> dict[str, o
         relative = source.with_suffix(".mpy")
         target = out / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        name = _source_name(source.parent.name, source.stem, debug)
+        name = _source_name(source, debug)
         done = subprocess.run(
             [*compiler, *([] if debug else ["-O3"]), "-o", str(target), "-s", name, str(PACKAGE_ROOT / source)],
             capture_output=True,

@@ -27,7 +27,7 @@ from protocols.messages import RESET_WATCHDOG
 
 from .build import build
 from .relay import Line, Relay
-from .tools import find_tool, stop_process
+from .tools import ROLES, find_tool, stop_process
 
 READY_TIMEOUT_S = 30.0
 WATCHDOG_EXIT = -signal.SIGALRM  # how an emulated node's watchdog resets it (firmware/hal_unix.py)
@@ -62,6 +62,8 @@ class EmulatedNode:
     index: int
     seed: int
     data_dir: Path
+    role: str = "sensor"
+    settings: dict[str, object] = field(default_factory=dict)  # more of node.json for the role (e.g. save_s)
     node_master: int = -1
     node_slave: int = -1
     gateway_master: int = -1
@@ -85,6 +87,7 @@ class EmulatedNode:
     def open_uart(self) -> None:
         self.node_master, self.node_slave = _raw_pty()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        write_node_json(self.data_dir, self.role, self.settings)
 
     def spawn(self, bundle: Path, heap: str, interval: float, status_interval: float, reset_cause: int | None = None) -> None:
         """Boot the node (again: its flash directory is kept) and wait for its ready line."""
@@ -157,16 +160,35 @@ class EmulatedNode:
         self.node_master = self.node_slave = self.gateway_master = self.gateway_slave = -1
 
 
+def write_node_json(data_dir: Path, role: str, settings: dict[str, object] | None = None) -> None:
+    """The node's node.json in its data directory: the role it boots as (the unix HAL reads it as a board reads /data/node.json)."""
+    if role not in ROLES:
+        raise EmulatorError("role %r: not one of %s" % (role, ", ".join(ROLES)))
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    (Path(data_dir) / "node.json").write_text(json.dumps({"role": role, **(settings or {})}))
+
+
 class Emulator:
-    def __init__(self, count: int, interval: float, heap: str, seed: int, state_dir: Path | None, status_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        count: int,
+        interval: float,
+        heap: str,
+        seed: int,
+        state_dir: Path | None,
+        status_interval: float = 60.0,
+        role: str = "sensor",
+    ) -> None:
         if count < 1:
             raise EmulatorError("--count must be at least 1")
+        if role not in ROLES:
+            raise EmulatorError("--role %s: not one of %s" % (role, ", ".join(ROLES)))
         self.interval = interval
         self.status_interval = status_interval
         self.heap = heap
         self._owned_state = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="edgegw-emulate-"))
-        self.nodes = [EmulatedNode(index, seed + index, self.state_dir / ("node%d" % index)) for index in range(count)]
+        self.nodes = [EmulatedNode(index, seed + index, self.state_dir / ("node%d" % index), role) for index in range(count)]
         self._relay: Relay | None = None
         self.bundle = self.state_dir / "bundle"
 
@@ -197,16 +219,16 @@ class Emulator:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def run(count: int, interval: float, heap: str, seed: int, state_dir: Path | None) -> int:
+def run(count: int, interval: float, heap: str, seed: int, state_dir: Path | None, role: str = "sensor") -> int:
     """The CLI: start, print one JSON line per node, run until SIGINT/SIGTERM."""
-    emulator = Emulator(count, interval, heap, seed, state_dir)
+    emulator = Emulator(count, interval, heap, seed, state_dir, role=role)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
         emulator.start()
         for node in emulator.nodes:
-            print(json.dumps({"node_id": node.node_id, "port": node.port}), flush=True)
+            print(json.dumps({"node_id": node.node_id, "port": node.port, "role": node.role, "data_dir": str(node.data_dir)}), flush=True)
         resets: dict[int, int] = {}
         while not stop.is_set():
             for node in emulator.nodes:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .build import build
-from .tools import find_tool
+from .tools import ROLES, find_tool
 
 SETTING_TYPES = {
     "interval": float,
@@ -22,6 +22,9 @@ SETTING_TYPES = {
     "rx": int,
     "adc": int,
     "pulse_pin": int,
+    "lamp_pin": int,  # streetlight: firmware/pwm_lamp.py
+    "fault_pin": int,
+    "save_s": int,  # streetlight: burning seconds between flash writes
 }
 
 
@@ -96,8 +99,8 @@ def explain(output: str) -> str:
 
 
 def flash(port: str, role: str, pairs: list[str], say: Callable[[str], None], dry_run: bool = False) -> int:
-    if role != "sensor":
-        raise FlashError("--role %s: only 'sensor' nodes exist in this release" % role)
+    if role not in ROLES:
+        raise FlashError("--role %s: expected one of: %s" % (role, ", ".join(ROLES)))
     settings = parse_settings(pairs)
     if not dry_run and not os.path.exists(port):
         raise FlashError("%s: no such serial port (is the board plugged in? `ls /dev/serial/by-id/`)" % port)

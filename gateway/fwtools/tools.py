@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# What a node can be (node.json "role"): firmware/roles/ has one module each; "sensor" is the
+# BME280, stream probe and rain gauge node of firmware/hal_*.py.
+ROLES = ("sensor", "streetlight", "gauge", "parking")
+
 
 def find_tool(name: str) -> str | None:
     """A console script of this virtualenv (beside the interpreter), else one on PATH."""
