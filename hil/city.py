@@ -73,9 +73,11 @@ def run_city(
             cutoff = time.monotonic()
             channel = scenario.criteria.events_from
             deadline = cutoff + scenario.settle
+            readings_wanted = not scenario.criteria.readings_lost_allowed
             while time.monotonic() < deadline:
                 events = _events(scenario, world, ids, capture, channel, start) if channel else None
-                if not commander.pending() and (events is None or not events.lost):
+                readings = _readings(rig, capture, start, cutoff) if readings_wanted else None
+                if not commander.pending() and (events is None or not events.lost) and (readings is None or not readings.lost):
                     break
                 tick(time.monotonic() - start, "settle")
                 time.sleep(0.5)
@@ -97,7 +99,8 @@ def run_city(
     commands = analyse_commands(tracks, within, records, field_name) if scenario.commands else None
     events = _events(scenario, world, ids, capture, channel, start) if channel else None
     frames = _event_frames(rig, capture, start)
-    readings = _readings(rig, capture, start, cutoff) if "sensor" in scenario.node_roles else None
+    readings = _readings(rig, capture, start, cutoff)  # every node has the `counter` channel (the roles' last)
+    readings = readings if readings.nodes else None
     buffer_full = BUFFER_FULL in chain.gateway.log()
     report = CityReport(
         scenario.name,

@@ -28,7 +28,7 @@ class CityReport:
     events: EventOutcome | None = None
     event_channel: str | None = None
     event_frames: dict[str, int] = field(default_factory=dict)  # sent (wire) / delivered (distinct at the subscriber)
-    readings: Flow | None = None  # the classic sensor nodes' counter channel, when the scenario has some
+    readings: Flow | None = None  # the nodes' `counter` channel (hil/continuity.py), when they have one
     faults: list[str] = field(default_factory=list)
     buffer_full: bool | None = None  # the gateway said its buffer was full (drop_oldest evicted)
     checks: list[Check] = field(default_factory=list)
@@ -128,7 +128,7 @@ class CityReport:
             lines.append("  frames     event frames sent %(sent)d, delivered %(delivered)d" % self.event_frames)
         if self.readings is not None:
             r = self.readings
-            lines.append("  readings   produced %d  delivered %d  lost %d  (sensor nodes)" % (r.produced, r.delivered, r.lost))
+            lines.append("  readings   produced %d  delivered %d  duplicated %d  lost %d" % (r.produced, r.delivered, r.duplicated, r.lost))
         lines += ["  fault      %s" % fault for fault in self.faults]
         lines += ["  FAILED     %s: %s" % (c.name, c.failure) for c in self.checks if c.failure]
         problems: list[str] = []

@@ -239,7 +239,8 @@ def run_scenario(
     started_wall = time.monotonic()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgegw-hil-"))
     rig = rig or make_rig(scenario, workdir / "rig")
-    with Chain(workdir, rig, reconnect_max=2) as chain:
+    options = scenario.gateway
+    with Chain(workdir, rig, reconnect_max=2, max_bytes=options.max_bytes, when_full=options.when_full, inflight=options.inflight) as chain:
         assert chain.capture is not None and chain.gateway is not None
         _warm_up(rig, chain.capture, scenario.nodes)
         rig.begin()
