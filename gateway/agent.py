@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from protocols import ProtocolError
-from protocols.frame import MAX_COUNTER
 
 from . import __version__
 from .committer import CommitResult, Committer
 from .config import Config
+from .counters import BLOCK, FRESH, DownlinkCounters
 from .forwarder import Forwarder
 from .layouts import Layouts
 from .render import describe_error
@@ -60,8 +60,6 @@ FOLD_CHUNKS = 4096
 SHUTDOWN_DRAIN_S = 30.0  # a stop never waits longer than this for the disk
 STOP_PUBACK_S = 1.0  # a stop waits this long at most for PUBACKs in flight (a slow link must not hold it up)
 STOP_UPLINK_S = 0.5  # ... and this long for the "offline" status, and again for the disconnect
-DOWNLINK_BLOCK = 65536  # downlink counters reserved on disk at a time (SPEC.md §4.1)
-DOWNLINK_FRESH = 2**31  # where the counter continues when its stored value is damaged: never a guess below it (§4.1)
 
 
 class Agent:
@@ -70,10 +68,6 @@ class Agent:
         self.started = time.time()
         self.status_topic = "%s/%s/status" % (config.mqtt.topic_prefix, config.gateway_id)
         self._stop = asyncio.Event()
-        self._downlink_next = 0
-        self._downlink_limit = 0
-        self._reserving = False
-        self._downlink_spent = False
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
         self._reset_fold_due = False  # a fold for counter resets is scheduled (_save_reset)
@@ -102,37 +96,25 @@ class Agent:
             )
         return json.dumps(document).encode()
 
-    def _next_downlink(self) -> int:
-        """The next downlink counter; past 2^32 - 1 there is none (SPEC.md §4.1) and gateway/downlink.py sends nothing."""
-        counter = self._downlink_next
-        if counter > MAX_COUNTER:
-            if not self._downlink_spent:
-                self._downlink_spent = True
-                log.error("downlink counters used up (2^32 frames): no more ACK, TIME or other frames go to the nodes")
-            return counter
-        self._downlink_next += 1
-        if self._downlink_next >= self._downlink_limit - DOWNLINK_BLOCK // 2 and not self._reserving:
-            self._reserving = True
-            asyncio.get_running_loop().create_task(self._reserve_downlink())
-        return counter
-
-    async def _reserve_downlink(self) -> None:
-        try:
-            start = await self.worker.call(self.worker.store.reserve, "downlink_counter", DOWNLINK_BLOCK, DOWNLINK_FRESH)
-        except StoreError as error:  # half a block is still left; the next downlink frame tries again
-            log.error("%s; downlink counters not reserved yet", error)
-            start = self._downlink_limit - DOWNLINK_BLOCK
-        self._downlink_limit = start + DOWNLINK_BLOCK
-        self._reserving = False
+    def _downlink_ready(self, nodes: set[bytes]) -> None:
+        """Downlink counters were reserved: frames that waited for them in the ports' queues go out."""
+        for link in self.ports.links():
+            link.resume()
+        self.sessions.counters_ready(nodes)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         cfg = self.config
         store = await loop.run_in_executor(None, Store, cfg.data_dir, cfg.max_bytes)
         self.worker = StoreWorker(store)
-        self._downlink_next = await self.worker.call(store.reserve, "downlink_counter", DOWNLINK_BLOCK, DOWNLINK_FRESH)
-        self._downlink_limit = self._downlink_next + DOWNLINK_BLOCK
-        self._reserving = False
+        start = await self.worker.call(store.reserve, "downlink_counter", BLOCK, FRESH)
+        self.counters = DownlinkCounters(
+            start,
+            start + BLOCK,
+            lambda limits, gateway: self.worker.call(store.save_downlink, limits, gateway),
+            await self.worker.call(store.load_downlink),
+            self._downlink_ready,
+        )
         windows = await self.worker.call(store.load_windows)
         infos = await self.worker.call(store.node_info)
         layouts = self.layouts = Layouts(await self.worker.call(store.load_layouts))
@@ -162,9 +144,10 @@ class Agent:
             self.forwarder.retained,
             self._save_info,
             self._save_reset,
+            self.counters,
         )
         self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
-        self.ports = PortManager(cfg.serial, self.sessions, self._next_downlink)
+        self.ports = PortManager(cfg.serial, self.sessions, self.counters.take)
 
         tasks = [
             loop.create_task(self.committer.run(), name="committer"),
@@ -205,6 +188,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._folds, return_exceptions=True)
+        await self.counters.close()
         await self._fold()  # the windows as they are now: a start needs no chunk to rebuild them
         await loop.run_in_executor(None, self.worker.close)
         log.info("stopped cleanly")

@@ -17,6 +17,11 @@ downlink counters) only when the transport has room for them, so however long a
 port's reader stalls, what it holds is bounded by the limits below. What does not
 fit is dropped and counted in `dropped`: a node resends what was not acknowledged,
 asks for the time again, and a lost REJECT is answered again on the next resend.
+
+Counters are per node (SPEC.md §4.1, gateway/counters.py) and only those reserved on disk are
+used: what is due to a node whose reservation is not on disk yet stays here, unbuilt, while the
+other nodes' frames go out (`Link.resume` asks again once it is). A frame given a counter by its
+sender (a retransmitted COMMAND keeps its counter) is built with that one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 from protocols import frame as fr
 from protocols import messages
@@ -35,6 +40,11 @@ MAX_FRAMES = 256  # other frames waiting on one port (each at most 255 bytes)
 MAX_COUNTERS_PER_NODE = fr.WINDOW  # a node keeping the span rule never has more unacknowledged (SPEC.md §4.2)
 
 _ACK, _TIME, _FRAME = 0, 1, 2
+
+# The counter source: the next downlink counter of a frame to this node id. None: none may be used yet
+# (its reservation is not on disk): the frame waits here. Above fr.MAX_COUNTER: used up, the frame is
+# dropped (SPEC.md §4.1: never wrapped).
+CounterSource: TypeAlias = Callable[[bytes], int | None]
 
 
 def time_fields() -> dict[str, int]:
@@ -47,7 +57,7 @@ class Downlink:
 
     def __init__(
         self,
-        next_counter: Callable[[], int],
+        next_counter: CounterSource,
         *,
         max_nodes: int = MAX_NODES,
         max_counters: int = MAX_COUNTERS,
@@ -59,7 +69,8 @@ class Downlink:
         self._max_frames = max_frames
         # (kind, node id) -> what is due, in the order it first came due. ACK: {counter: None} (an ordered set); TIME: None.
         self._due: dict[tuple[int, Any], Any] = {}
-        self._frames: dict[tuple[int, Any], Any] = {}  # (FRAME, sequence number) -> (node id, type, payload, flags)
+        # (FRAME, sequence number) -> (node id, type, payload, flags, counter or None: taken when written)
+        self._frames: dict[tuple[int, Any], Any] = {}
         self._sizes = [0, 0, 0]  # entries per kind
         self._counters = 0
         self._sequence = 0
@@ -114,54 +125,82 @@ class Downlink:
         self._sizes[_TIME] += 1
         return True
 
-    def frame(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0) -> bool:
+    def frame(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0, counter: int | None = None) -> bool:
         """Any other frame, in FIFO order. Its payload is encoded and checked now, so what the schema
-        refuses or what does not fit a frame raises ProtocolError here, to the caller, not when it is written."""
+        refuses or what does not fit a frame raises ProtocolError here, to the caller, not when it is written.
+        counter: the frame's own (a retransmission keeps it); None: the node's next one when it is written."""
         payload = messages.encode_payload(mtype, fields)
-        fr.pack(fr.Frame(mtype, node_id, 0, payload, fr.F_DOWNLINK | flags))  # the frame's own limits (length)
+        fr.pack(fr.Frame(mtype, node_id, counter or 0, payload, fr.F_DOWNLINK | flags))  # the frame's own limits
         if self._sizes[_FRAME] >= self._max_frames:
             self.dropped[messages.NAMES.get(mtype, str(mtype))] += 1
             return False
         self._sequence += 1
-        self._frames[(_FRAME, self._sequence)] = (node_id, mtype, payload, flags)
+        self._frames[(_FRAME, self._sequence)] = (node_id, mtype, payload, flags, counter)
         self._sizes[_FRAME] += 1
         return True
 
     def take(self, room: int) -> bytes:
-        """Wire bytes of the frames due first, about `room` of them (at most one frame more); b"" when nothing is due."""
+        """Wire bytes of the frames due first, about `room` of them (at most one frame more); b"" when nothing
+        can go out now (nothing is due, or only frames to nodes without a counter reserved yet)."""
         out = bytearray()
-        while (self._due or self._frames) and len(out) < room:
-            due = self._due or self._frames  # ACKs and TIMEs first
-            key = next(iter(due))
+        waiting: set[bytes] = set()  # nodes found without a counter in this call: their entries stay as they are
+        while len(out) < room:
+            key = self._first(waiting)
+            if key is None:
+                break
             kind = key[0]
+            if kind == _FRAME:
+                node_id, mtype, payload, flags, counter = self._frames[key]
+            else:
+                node_id, counter = key[1], None
+            if counter is None:
+                counter = self._next_counter(node_id)
+                if counter is None:
+                    waiting.add(node_id)
+                    continue
             if kind == _ACK:
-                counters = due[key]
+                counters = self._due[key]
                 batch = []
-                for counter in counters:
-                    batch.append(counter)
+                for acked in counters:
+                    batch.append(acked)
                     if len(batch) == messages.MAX_ACKS:
                         break
-                for counter in batch:
-                    del counters[counter]
+                for acked in batch:
+                    del counters[acked]
                 self._counters -= len(batch)
                 if not counters:
                     self._remove(key)
-                out += self._wire(key[1], messages.ACK, messages.encode_payload(messages.ACK, {"counters": batch}), 0)
+                out += self._wire(node_id, counter, messages.ACK, messages.encode_payload(messages.ACK, {"counters": batch}), 0)
             elif kind == _TIME:
                 self._remove(key)
-                out += self._wire(key[1], messages.TIME, messages.encode_payload(messages.TIME, time_fields()), 0)
+                out += self._wire(node_id, counter, messages.TIME, messages.encode_payload(messages.TIME, time_fields()), 0)
             else:
-                node_id, mtype, payload, flags = due[key]
                 self._remove(key)
-                out += self._wire(node_id, mtype, payload, flags)
+                out += self._wire(node_id, counter, mtype, payload, flags)
         return bytes(out)
+
+    def _first(self, waiting: set[bytes]) -> tuple[int, Any] | None:
+        """The key due first (ACKs and TIMEs before other frames) whose node is not waiting for a counter.
+        Nodes wait only while a reservation is late (a failing disk): then this looks past their entries."""
+        if not waiting:
+            for due in (self._due, self._frames):
+                for key in due:
+                    return key
+            return None
+        for key in self._due:
+            if key[1] not in waiting:
+                return key
+        for key, entry in self._frames.items():
+            if entry[0] not in waiting or entry[4] is not None:  # a frame with its own counter needs none
+                return key
+        return None
 
     def _remove(self, key: tuple[int, Any]) -> None:
         del (self._frames if key[0] == _FRAME else self._due)[key]
         self._sizes[key[0]] -= 1
 
-    def _wire(self, node_id: bytes, mtype: int, payload: bytes, flags: int) -> bytes:
-        counter = self._next_counter()
-        if counter > fr.MAX_COUNTER:  # the gateway's counters are used up: sending nothing beats wrapping (SPEC.md §4.1)
+    @staticmethod
+    def _wire(node_id: bytes, counter: int, mtype: int, payload: bytes, flags: int) -> bytes:
+        if counter > fr.MAX_COUNTER:  # the node's counters are used up: sending nothing beats wrapping (SPEC.md §4.1)
             return b""
         return fr.to_wire(fr.Frame(mtype, node_id, counter, payload, fr.F_DOWNLINK | flags))

@@ -163,9 +163,12 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
                 yield (layout_id, node, channels), 0
 
     def nodes() -> Iterator[tuple[tuple[Any, ...], int]]:
-        for _rowid, node, highest, seen, info in _rows(source, "nodes", "node, highest, seen, info", report):
+        # The limit of the node's downlink counters (schema version 6; 0: none of its own, gateway/counters.py).
+        downlink = "downlink" if _has_column(source, "nodes", "downlink") else "0"
+        for _rowid, node, highest, seen, info, limit in _rows(source, "nodes", "node, highest, seen, info, " + downlink, report):
             if isinstance(node, str) and isinstance(highest, int) and isinstance(seen, bytes) and isinstance(info, str):
-                yield (node, highest, seen, info, time.time()), 0  # last seen: not known, so now (kept the longest)
+                # last seen: not known, so now (kept the longest)
+                yield (node, highest, seen, info, time.time(), limit if type(limit) is int else 0), 0
 
     def totals() -> Iterator[tuple[tuple[Any, ...], int]]:
         for _rowid, name, value in _rows(source, "totals", "name, value", report):
@@ -201,7 +204,7 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
         report.readings += readings
 
     batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)", counted("layouts"))
-    batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)", counted("nodes"))
+    batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last, downlink) VALUES (?, ?, ?, ?, ?, ?)", counted("nodes"))
     batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
     batches(chunks(), _INSERT_CHUNKS, chunk_counted)
 
@@ -223,10 +226,17 @@ def _is_node(value: object) -> bool:
 
 
 def _node(nodes: dict[str, tuple[Any, ...]], node: str, values: list[object]) -> None:
-    """A node row found on a leaf page; of two copies of a row (one on a page freed since), the newest window wins."""
-    highest, seen, info = values
-    if type(highest) is int and type(seen) is bytes and isinstance(info, str) and (node not in nodes or nodes[node][1] < highest):
-        nodes[node] = (node, highest, seen, info, time.time())  # last seen: not known, so now (kept the longest)
+    """A node row found on a leaf page; of two copies of a row (one on a page freed since), the newest window wins,
+    and the highest downlink limit (a limit must never move back, gateway/counters.py)."""
+    highest, seen, info = values[:3]
+    limit = values[4] if len(values) == 5 and type(values[4]) is int else 0
+    if type(highest) is int and type(seen) is bytes and isinstance(info, str):
+        if node in nodes:
+            limit = max(limit, nodes[node][5])
+            if nodes[node][1] >= highest:
+                nodes[node] = (*nodes[node][:5], limit)
+                return
+        nodes[node] = (node, highest, seen, info, time.time(), limit)  # last seen: not known, so now (kept the longest)
 
 
 def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callable[[bytes, float], object]) -> None:
@@ -266,8 +276,8 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
                 node, channels = values[1:]
                 if _is_node(node) and isinstance(channels, str) and channels.startswith("["):
                     layouts[rowid] = (rowid, node, channels)
-            elif len(values) in (4, 5) and isinstance(first, str) and _is_node(first) and first not in have_nodes:
-                _node(nodes, first, values[1:4])  # nodes: node, highest, seen, info[, last]
+            elif len(values) in (4, 5, 6) and isinstance(first, str) and _is_node(first) and first not in have_nodes:
+                _node(nodes, first, values[1:])  # nodes: node, highest, seen, info[, last[, downlink]]
             elif len(values) == 2 and isinstance(first, str) and first not in have_totals and first != "chunks":
                 value = values[1]  # totals: name, value (sqlite_sequence's row for chunks has the same shape)
                 if type(value) is int:
@@ -292,7 +302,7 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
         "INSERT OR IGNORE INTO layouts (id, node, channels) VALUES (?, ?, ?)",
         count("layouts"),
     )
-    insert = "INSERT OR IGNORE INTO nodes (node, highest, seen, info, last) VALUES (?, ?, ?, ?, ?)"
+    insert = "INSERT OR IGNORE INTO nodes (node, highest, seen, info, last, downlink) VALUES (?, ?, ?, ?, ?, ?)"
     _batches(fresh, ((row, 0) for row in nodes.values()), insert, count("nodes"))
     _batches(
         fresh,

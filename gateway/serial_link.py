@@ -2,7 +2,9 @@
 
 `Link` is the protocol on top of one open port's transport (zigpy-znp's uart
 layer): it decodes frames for the sessions and holds the port's downlink queue,
-which the transport drains as fast as the port takes bytes. `PortManager` owns
+which the transport drains as fast as the port takes bytes. A port that closes or
+vanishes is reported up to the sessions (`LinkHandler.lost`): the nodes heard on it
+have no link until they are heard again, on this port reopened or another. `PortManager` owns
 the configured ports: it expands globs so devices that appear later are picked
 up, and reopens a port that vanished or failed, with backoff, while the other
 ports keep running.
@@ -26,7 +28,7 @@ import serial
 from protocols import ProtocolError
 
 from .config import SerialConfig
-from .downlink import Downlink
+from .downlink import CounterSource, Downlink
 from .fast_decode import FastStreamDecoder, ReceivedMessage
 from .render import describe_error
 from .serial_transport import SerialTransport
@@ -47,12 +49,16 @@ class LinkHandler(Protocol):
 
     def bad_frame(self, link: Link, error: ProtocolError) -> None: ...
 
+    def lost(self, link: Link) -> None:
+        """The link's port closed or vanished: nothing more can be sent through it."""
+        ...
+
 
 class Link:
     """One open serial port: decodes frames, counts bad ones, queues what the nodes are owed."""
 
     def __init__(
-        self, path: str, handler: LinkHandler, on_lost: Callable[[Link, Exception | None], None], next_counter: Callable[[], int]
+        self, path: str, handler: LinkHandler, on_lost: Callable[[Link, Exception | None], None], next_counter: CounterSource
     ) -> None:
         self.path = path
         self._handler = handler
@@ -91,7 +97,10 @@ class Link:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._on_lost(self, exc)
+        try:
+            self._handler.lost(self)
+        finally:
+            self._on_lost(self, exc)
 
     def _bad_frame(self, error: ProtocolError) -> None:
         self.errors[error.reason] += 1
@@ -115,9 +124,15 @@ class Link:
         """The node is owed a TIME (one waiting serves: it reads the clock when it is written)."""
         return self._queued(self.transport is not None and self.downlink.time(node_id))
 
-    def send(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0) -> bool:
-        """Any other downlink frame (REJECT, CONFIG, ...), in order. Refused fields raise ProtocolError."""
-        return self._queued(self.transport is not None and self.downlink.frame(node_id, mtype, fields, flags))
+    def send(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0, counter: int | None = None) -> bool:
+        """Any other downlink frame (REJECT, CONFIG, ...), in order. Refused fields raise ProtocolError.
+        counter: the frame's own (a retransmission keeps it); None: the node's next one when written."""
+        return self._queued(self.transport is not None and self.downlink.frame(node_id, mtype, fields, flags, counter))
+
+    def resume(self) -> None:
+        """Counters were reserved: what waited for them in the queue may go out now."""
+        if self.transport is not None and self.downlink:
+            self.transport.output_ready()
 
     def _queued(self, queued: bool) -> bool:
         if self.transport is None:
@@ -160,7 +175,7 @@ class PortManager:
 
     configs: tuple[SerialConfig, ...]
     handler: LinkHandler
-    next_counter: Callable[[], int]  # downlink frame counters (SPEC.md §4.1), shared by every port
+    next_counter: CounterSource  # downlink frame counters per node (SPEC.md §4.1, gateway/counters.py), for every port
     ports: dict[str, _PortState] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False

@@ -5,6 +5,10 @@ layout, READINGS go to the router (broker first or disk first, gateway/router.py
 them and are acknowledged once safe (`safe`), duplicates are re-acknowledged without being
 stored or published twice, and a counter that went backwards is handled as SPEC.md §4.3 says.
 Node info is kept on disk so a restarted gateway still knows every node's channels.
+What the sessions learn is said by gateway/presenter.py (status documents on MQTT); what concerns
+the downlink frames (ACKs of them, COMMAND_RESULTs, CONFIG reports, REJECTs of them, a node's link
+coming and going) goes to a DownlinkListener (gateway/commands.py), which sends its requests with
+`take_counter` and `send_request`. Downlink counters are per node (gateway/counters.py).
 
 What a node says is not trusted (SPEC.md §5.12, §6): a frame that cannot be
 accepted from a sender it can name is answered with REJECT, and never uses up
@@ -20,7 +24,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,9 +35,11 @@ from protocols import window as win
 
 from . import senml
 from .committer import CommitResult, Pending
+from .counters import DownlinkCounters
 from .fast_decode import ReceivedMessage
 from .layouts import Layout, Layouts
 from .logs import Digest, escape
+from .presenter import Presenter, RawResults
 from .render import json_value
 from .serial_link import Link
 from .store import StoredFrame, WindowState
@@ -41,14 +47,14 @@ from .store import StoredFrame, WindowState
 log = logging.getLogger(__name__)
 
 STALE_LOG_INTERVAL_S = 10.0
-STATUS_REPUBLISH_S = 60.0  # a node's retained status is refreshed at most this often by readings alone
 UNKNOWN_REJECT_INTERVAL_S = 1.0  # a node id with no session is sent at most one REJECT this often (SPEC.md §6.2)
 REJECT_INTERVAL_S = 1.0  # a node with a session is sent at most one REJECT this often for one reason (SPEC.md §5.12)
 UNKNOWN_REMEMBERED = 1024  # node ids with no session whose last REJECT time is kept, the least recent forgotten first
 REJECT_DETAIL_MAX = 80  # characters of a REJECT's detail: the frame stays far below the payload limit
-_INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval")
+_INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval", "commands")
 _GATEWAY_ONLY = (messages.COMMAND, messages.RADIO_TX)  # types only a gateway sends: a node's are refused (SPEC.md §6.3)
 _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "snr", "dropped", "retransmits", "rx_errors", "heap_peak")
+_REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
 @dataclass
@@ -59,9 +65,8 @@ class Node:
     hello_counter: int = -1  # the counter of the HELLO that set the layout: only a newer one changes it
     info: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
-    link: Link | None = None
+    link: Link | None = None  # the port it was last heard on; None when none (not since start, or that port was lost)
     last_seen: float = 0.0
-    status_sent_at: float = 0.0
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters not safe yet (broker or disk) -> links to ACK
     # After a counter reset, until the reset window is on disk (a durable fold, Sessions.reset_saved): its
     # frames go disk first (Router), so every frame of the new sequence ACKed before has a chunk holding it.
@@ -69,10 +74,53 @@ class Node:
     stale: int = 0
     stale_logged_at: float = -1e9
     rejected_at: dict[int, float] = field(default_factory=dict)  # reason -> when last sent a REJECT (one key per reason code)
+    requests: dict[int, None] = field(default_factory=dict)  # counters of the latest requests sent (an ordered set)
+    asked: bool = False  # take_counter said None: the listener is told when counters are reserved
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
         self.hex = node_hex(self.node_id)
+
+    @property
+    def port(self) -> str | None:
+        return self.link.path if self.link is not None else None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node as the command life cycle sees it (Sessions.view)."""
+
+    node: str
+    commands: dict[str, str] | None  # HELLO key 6 (name -> argument spec, protocols/argspec.py); None: not said (1.0)
+    port: str | None  # its link now; None: it cannot be sent to
+
+
+class DownlinkListener(Protocol):
+    """What the sessions tell about the downlink (gateway/commands.py; /work/wt/GW-HOOKS.md has the contract).
+
+    Node ids are 16 hex digits. Called on the event loop from inside frame handling: must not block or raise.
+    """
+
+    def hello(self, node: str, commands: dict[str, str] | None) -> None:
+        """A new HELLO was accepted (not a resent one): the node (re)started; commands: its HELLO key 6, None when absent."""
+
+    def link_changed(self, node: str, port: str | None) -> None:
+        """The node was heard on another port (its path), or its port was lost (None)."""
+
+    def acked(self, node: str, counters: list[int]) -> None:
+        """The node acknowledged these downlink counters (resent ACKs included)."""
+
+    def command_result(self, node: str, result: dict[str, Any]) -> None:
+        """A new COMMAND_RESULT frame: id, outcome, detail and value as decoded."""
+
+    def config_report(self, node: str, report: dict[str, Any]) -> None:
+        """A new CONFIG report: values, errors and id (SPEC 1.1: of the CONFIG set it answers), each when present."""
+
+    def rejected(self, node: str, counter: int, reason: int, detail: str) -> None:
+        """The node refused our downlink frame `counter`. For `stale` on a request, the node's counters have moved already."""
+
+    def downlink_ready(self, node: str) -> None:
+        """Counters are reserved for a node take_counter said None for."""
 
 
 def _detail(text: str) -> str:
@@ -116,12 +164,16 @@ class Sessions:
         publish_retained: Callable[[str, bytes], None],
         save_info: Callable[[str, str], None],
         save_reset: Callable[[], None] = lambda: None,
+        counters: DownlinkCounters | None = None,
     ) -> None:
-        """save_reset: asked after a counter reset, to fold the windows (moved_windows) durably soon."""
+        """save_reset: asked after a counter reset, to fold the windows (moved_windows) durably soon.
+        counters: the downlink counters the ports take (None: in memory only, for tools and tests)."""
         self.topic_base = "%s/%s" % (topic_prefix, gateway_id)
         self._committer = committer
         self._layouts = layouts
-        self._publish_retained = publish_retained
+        self.presenter = Presenter(self.topic_base, publish_retained)
+        self.listener: DownlinkListener = RawResults(self.presenter)  # replaced by the command life cycle
+        self.counters = counters if counters is not None else DownlinkCounters(0, fr.MAX_COUNTER + 1)
         self._save_info = save_info
         self._save_reset = save_reset
         self.nodes: dict[str, Node] = {}
@@ -156,6 +208,7 @@ class Sessions:
         node = self._by_id.get(node_id)
         if node is None:
             node = self._by_id[node_id] = self.nodes[node_hex(node_id)] = Node(node_id, CounterWindow())
+            self.counters.open(node_id)  # its downlink counters start above any it may have been sent
         return node
 
     def moved_windows(self) -> dict[str, WindowState]:
@@ -215,10 +268,13 @@ class Sessions:
                 )
                 self._reject(link, message.node_id, message, perr.E_UNKNOWN_NODE, "no HELLO from this node; send HELLO")
             return
-        node.link = link
+        if node.link is not link:
+            self._linked(node, link)
         node.last_seen = time.time()
         if message.type == messages.ACK:
-            return  # acknowledgements of our downlink frames: nothing is kept waiting for them yet
+            # Acknowledgements of our downlink frames: idempotent, so not held to the window (a resent one says the same).
+            self.listener.acked(node.hex, message.fields["counters"])
+            return
         verdict = node.window.check(message.counter)
         if verdict == win.STALE:
             node.stale += 1
@@ -303,7 +359,8 @@ class Sessions:
     def _hello(self, link: Link, message: ReceivedMessage) -> None:
         node = self._node(message.node_id)  # a session starts with the first valid HELLO
         self._unknown.pop(node.node_id, None)
-        node.link = link
+        if node.link is not link:
+            self._linked(node, link)
         node.last_seen = time.time()
         known = node.layout is not None
         verdict = node.window.check(message.counter)
@@ -341,7 +398,8 @@ class Sessions:
         self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
         self._ack(link, node, [message.counter])
         self.send_time(link, node)
-        self._publish_status(node, force=True)
+        self.presenter.status(node, force=True)
+        self.listener.hello(node.hex, node.info.get("commands"))
 
     def _readings(self, node: Node, link: Link, message: ReceivedMessage, verdict: int) -> None:
         counter = message.counter
@@ -370,8 +428,7 @@ class Sessions:
         decoded = (samples, message.fields.get("base_time", received))  # a SenML frame, as forwarder._frames reads one
         event = bool(message.flags & fr.F_PRIORITY)  # SPEC §3.3: an event, published ahead of any backlog
         self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window, decoded, priority=event))
-        if time.time() - node.status_sent_at >= STATUS_REPUBLISH_S:
-            self._publish_status(node)
+        self.presenter.status(node)
 
     def safe(self, frames: Sequence[Pending]) -> None:
         """These frames are durable (committed, or PUBACKed by the broker): accept their counters, then
@@ -394,7 +451,7 @@ class Sessions:
         fields = message.fields
         if message.type == messages.STATUS:
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
-            self._publish_status(node, force=True)
+            self.presenter.status(node, force=True)
         elif message.type == messages.TIME and "unix" not in fields:
             self.send_time(link, node)
         elif message.type == messages.CONFIG:  # a report: the others were refused in message()
@@ -403,22 +460,16 @@ class Sessions:
                 errors = ", ".join("%s: %s" % (key, value) for key, value in fields["errors"].items())
                 log.warning("node %s: config not applied: %s", node.hex, errors)
             self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
-            self._publish_status(node, force=True)
+            self.presenter.status(node, force=True)
+            self.listener.config_report(node.hex, fields)
         elif message.type == messages.LOG:
             level = logging.ERROR if fields["severity"] <= 3 else logging.WARNING if fields["severity"] == 4 else logging.INFO
             # Limited per node (gateway/logs.py bounds the number of kinds): a chatty node spends its own allowance only.
             log.log(level, "node %s says: %s", node.hex, fields["text"], extra={"rate_key": node.hex, "rate_group": "node LOG"})
         elif message.type == messages.REJECT:
-            log.warning(
-                "node %s rejected our frame %s: %s %s",
-                node.hex,
-                fields.get("counter"),
-                perr.REASONS.get(fields["reason"], fields["reason"]),
-                fields.get("detail", ""),
-            )
+            self._rejected(node, fields)
         elif message.type == messages.COMMAND_RESULT:
-            topic = "%s/nodes/%s/command_result" % (self.topic_base, node.hex)
-            self._publish_retained(topic, json.dumps(json_value(fields), allow_nan=False).encode())
+            self.listener.command_result(node.hex, fields)
         else:  # RADIO_RX, and TIME with a time in it: acknowledged when asked, not used
             self._unused_frames.note(
                 {"": message.name}, "node %s: %s not handled by this gateway (acknowledged if asked)", node.hex, message.name
@@ -471,17 +522,80 @@ class Sessions:
             return False
         return self._send(node.link, node, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values}, fr.F_ACK_REQ)
 
-    def _publish_status(self, node: Node, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - node.status_sent_at < STATUS_REPUBLISH_S:
-            return
-        node.status_sent_at = now
-        document = {
-            "node_id": node.hex,
-            "last_seen": round(node.last_seen, 3),
-            "port": node.link.path if node.link else None,
-            **{key: value for key, value in node.info.items() if key != "channels"},
-            "channels": node.info.get("channels", []),
-            **node.status,
-        }
-        self._publish_retained("%s/nodes/%s/status" % (self.topic_base, node.hex), json.dumps(document, allow_nan=False).encode())
+    # ------------------------------------------------------------ links
+
+    def _linked(self, node: Node, link: Link) -> None:
+        node.link = link
+        self.listener.link_changed(node.hex, link.path)
+
+    def lost(self, link: Link) -> None:
+        """A port closed or vanished (LinkHandler): the nodes last heard on it have no link until heard again."""
+        for node in self.nodes.values():
+            if node.link is link:
+                node.link = None
+                self.listener.link_changed(node.hex, None)
+
+    # ------------------------------------------------------------ requests (the command life cycle, GW-HOOKS.md)
+
+    def view(self, node_hex_id: str) -> NodeView | None:
+        """The node as a request to it needs it; None for an id with no session."""
+        node = self.nodes.get(node_hex_id)
+        if node is None:
+            return None
+        commands = node.info.get("commands")
+        offered = {str(name): str(spec) for name, spec in commands.items()} if isinstance(commands, dict) else None
+        return NodeView(node.hex, offered, node.port)
+
+    def take_counter(self, node_hex_id: str) -> int | None:
+        """A fresh downlink counter of the node; None when it has no session, its reservation is not on disk yet
+        (the listener's downlink_ready follows), or its counters are used up."""
+        node = self.nodes.get(node_hex_id)
+        if node is None:
+            return None
+        counter = self.counters.take(node.node_id)
+        if counter is None:
+            node.asked = True
+            return None
+        return counter if counter <= fr.MAX_COUNTER else None
+
+    def send_request(self, node_hex_id: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool:
+        """Queue an ACK_REQ frame (COMMAND, CONFIG set) with this counter (a retransmission keeps it) on the node's
+        port. False when the node has no session or no link, or the port's queue is full; ProtocolError when the
+        fields break the schema or do not fit a frame (then nothing is queued)."""
+        node = self.nodes.get(node_hex_id)
+        if node is None or node.link is None:
+            return False
+        if not node.link.send(node.node_id, mtype, fields, fr.F_ACK_REQ, counter):
+            return False
+        node.requests[counter] = None
+        if len(node.requests) > _REQUESTS_KEPT:
+            del node.requests[next(iter(node.requests))]
+        return True
+
+    def counters_ready(self, node_ids: Collection[bytes]) -> None:
+        """Downlink counters were reserved for these nodes (gateway/counters.py)."""
+        for node_id in node_ids:
+            node = self._by_id.get(node_id)
+            if node is not None and node.asked:
+                node.asked = False
+                self.listener.downlink_ready(node.hex)
+
+    def _rejected(self, node: Node, fields: dict[str, Any]) -> None:
+        """A node refused one of our frames. `stale` for a request means its window is above our counters (the
+        gateway lost its database): its counters move far ahead (SPEC.md §4.1), once per request at most, so a
+        node cannot spend them by repeating itself."""
+        counter = fields.get("counter")
+        reason = fields["reason"]
+        moved = None
+        if reason == perr.E_STALE and counter in node.requests:
+            moved = self.counters.jump(node.node_id, counter)
+        log.warning(
+            "node %s rejected our frame %s: %s %s%s",
+            node.hex,
+            counter,
+            perr.REASONS.get(reason, reason),
+            fields.get("detail", ""),
+            "; its downlink counters continue from %d" % moved if moved is not None else "",
+        )
+        if counter is not None:
+            self.listener.rejected(node.hex, counter, reason, fields.get("detail", ""))

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "buffer.sqlite3"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
 DELETE_SLICE = 64  # chunks deleted in one transaction: a delete's WAL stays small
@@ -109,7 +109,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     highest INTEGER NOT NULL,
     seen BLOB NOT NULL,
     info TEXT NOT NULL DEFAULT '{}',
-    last REAL NOT NULL DEFAULT 0
+    last REAL NOT NULL DEFAULT 0,
+    downlink INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS totals (
     name TEXT PRIMARY KEY,
@@ -339,6 +340,10 @@ class Store:
         if not db.execute("SELECT COUNT(*) FROM pragma_table_info('chunks') WHERE name = 'priority'").fetchone()[0]:  # schema version 4
             db.execute("ALTER TABLE chunks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")  # its chunks hold no events
         db.execute(_EVENTS_INDEX)
+        if not db.execute("SELECT COUNT(*) FROM pragma_table_info('nodes') WHERE name = 'downlink'").fetchone()[0]:  # schema version 5
+            # Up to version 5 the downlink counter was one for the gateway (totals.downlink_counter): every node's
+            # sequence starts from it (gateway/counters.py), above whatever any node was sent.
+            db.execute("ALTER TABLE nodes ADD COLUMN downlink INTEGER NOT NULL DEFAULT 0")
         chunks_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()
         if chunks_sql and "AUTOINCREMENT" in str(chunks_sql[0]).upper() and db.execute("SELECT id FROM chunks LIMIT 1").fetchone() is None:
             # Versions up to 3: AUTOINCREMENT rewrites sqlite_sequence's page with every commit (the ids come from
@@ -899,6 +904,9 @@ class Store:
             marks = ",".join("?" * len(part))
             owned = "SELECT node FROM nodes WHERE rowid IN (%s) AND last < ?" % marks
             layouts += [row[0] for row in db.execute("SELECT id FROM layouts WHERE node IN (%s)" % owned, [*part, owns_none])]
+            # Their downlink limits go with them: every session starts at least at the gateway-wide counter, so
+            # it takes the highest of them, and a node that comes back is never sent a counter it was sent before.
+            self._raise_downlink(db.execute("SELECT MAX(downlink) FROM nodes WHERE rowid IN (%s)" % marks, part).fetchone()[0])
             db.execute("DELETE FROM layouts WHERE node IN (%s)" % owned, [*part, owns_none])
             db.execute("DELETE FROM nodes WHERE rowid IN (%s)" % marks, part)
             evicted += len(part)
@@ -1108,6 +1116,58 @@ class Store:
 
         return self._write("write a counter to", work)
 
+    def save_downlink(self, limits: dict[str, int], gateway: int = 0) -> None:
+        """Downlink counters reserved ahead (gateway/counters.py): node id -> the limit of its counters, and the
+        gateway-wide counter's limit (0: unchanged), in one fsync'd transaction; a limit never moves back.
+        Goes through on a full disk like a delete (it takes the reserve): frames to the nodes wait for it."""
+
+        def work() -> None:
+            seen_at = self._seen_at = max(time.time(), self._seen_at)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO nodes (node, highest, seen, last, downlink) VALUES (?, -1, zeroblob(8), ?, ?)"
+                " ON CONFLICT(node) DO UPDATE SET downlink = MAX(downlink, excluded.downlink)",
+                [(node, seen_at, limit) for node, limit in limits.items()],
+            )
+            self._raise_downlink(gateway)
+            self._db.execute("COMMIT")
+
+        self._write("reserve downlink counters in", work)
+
+    def _raise_downlink(self, limit: object) -> None:
+        """Inside a transaction: the gateway-wide downlink counter is at least `limit` (a damaged value stays
+        damaged: a start then moves it to FRESH, never below)."""
+        if type(limit) is int and limit > 0:
+            self._db.execute(
+                "INSERT INTO totals (name, value) VALUES ('downlink_counter', ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+                (limit,),
+            )
+
+    def load_downlink(self) -> dict[str, int]:
+        """Node id -> the limit of its downlink counters on disk (nodes that have one). A damaged one is left out:
+        that node continues from the gateway-wide counter, and if it finds that behind its window it says so
+        (REJECT stale) and is moved ahead (gateway/counters.py)."""
+        limits: dict[str, int] = {}
+        damaged = []
+        for raw_node, limit in self._startup_rows(
+            "downlink counters", "SELECT CAST(node AS BLOB), downlink FROM nodes WHERE downlink != 0"
+        ):
+            node = _node_id(raw_node)
+            if node is None or type(limit) is not int or not 0 < limit < 2**40:
+                damaged.append(_shown(raw_node))
+                continue
+            limits[node] = limit
+        if damaged:
+            log.error(
+                "the downlink counters of %d nodes in %s are damaged (%s): they continue from the gateway-wide counter,"
+                " and a node that finds it behind says so (REJECT stale) and is moved ahead",
+                len(damaged),
+                self.path,
+                ", ".join(damaged[:3]),
+            )
+        return limits
+
     def max_id(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chunks").fetchone()
         return int(row[0])
@@ -1141,7 +1201,7 @@ class Store:
 _COLUMNS = {
     "chunks": ("id", "received", "frames", "readings", "body", "windows", "priority"),
     "layouts": ("id", "node", "channels"),
-    "nodes": ("node", "highest", "seen", "info", "last"),
+    "nodes": ("node", "highest", "seen", "info", "last", "downlink"),
     "totals": ("name", "value"),
 }
 

@@ -27,6 +27,7 @@ import pytest
 from gateway.agent import Agent
 from gateway.committer import CommitResult, Pending
 from gateway.config import parse
+from gateway.counters import DownlinkCounters
 from gateway.layouts import Layouts
 from gateway.logs import BoundedHandler, OneLineFormatter
 from gateway.render import json_value
@@ -113,7 +114,7 @@ class Bench:
             lambda topic, payload: self.published.append((topic, payload)),
             self.saved.__setitem__,
         )
-        self.link = Link("/dev/ttyTEST", self.sessions, lambda link, exc: None, lambda: next(counters))
+        self.link = Link("/dev/ttyTEST", self.sessions, lambda link, exc: None, lambda node: next(counters))
         self.transport = _Transport(self.link)
         self.link.connection_made(self.transport)  # type: ignore[arg-type]
         self._decoder = StreamDecoder()
@@ -598,18 +599,17 @@ def test_auth_and_version_errors_name_type_and_are_not_answered_for_ack_reject_o
     assert bench.link.errors["wrong_direction"] == 2
 
 
-def test_downlink_counters_used_up_stop_the_downlink_instead_of_wrapping(
-    bench: Bench, agent: Agent, caplog: pytest.LogCaptureFixture
-) -> None:
-    """SPEC.md §4.1: counters never wrap; past 2^32 - 1 the gateway sends nothing more (one error line), never counter 0."""
-    agent._downlink_next = fr.MAX_COUNTER
-    agent._downlink_limit = 2**40  # reserved far ahead: no reservation runs
-    bench.link.downlink._next_counter = agent._next_downlink  # the agent's counters, as PortManager hands them out
-    (ack,) = bench.hello()  # its ACK takes the last counter; the TIME after it has none
+def test_downlink_counters_used_up_stop_the_downlink_instead_of_wrapping(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC.md §4.1: counters never wrap; past 2^32 - 1 the gateway sends that node nothing more (one error line), never counter 0."""
+    counters = DownlinkCounters(fr.MAX_COUNTER, 2**40)  # reserved far ahead: no reservation runs
+    bench.sessions.counters = counters
+    bench.link.downlink._next_counter = counters.take  # the counters as PortManager hands them out
+    (ack,) = bench.hello()  # the session starts at the gateway-wide counter; its ACK takes the last one, the TIME after it has none
     assert (ack.type, ack.counter) == (messages.ACK, fr.MAX_COUNTER)
     assert bench.feed(raw_frame(messages.STATUS, 2, {0: 1})) == []
-    (line,) = log_lines(caplog, "gateway.agent")
-    assert "downlink counters used up" in line
+    assert bench.sessions.take_counter(NODE.hex()) is None
+    (line,) = log_lines(caplog, "gateway.counters")
+    assert "node %s: downlink counters used up" % NODE.hex() in line
 
 
 def test_rules_a_c_implementer_would_otherwise_guess(bench: Bench) -> None:

@@ -56,7 +56,7 @@ class Rig:
             "gw-test", "edgegw", self.router, layouts, lambda topic, payload: None, lambda node, info: None, self._save_reset
         )
         counters = itertools.count(100)
-        self.link = Link("/dev/ttyTEST", self.sessions, lambda link, exc: None, lambda: next(counters))
+        self.link = Link("/dev/ttyTEST", self.sessions, lambda link, exc: None, lambda node: next(counters))
         self.transport = _Transport(self.link)
         self.link.connection_made(self.transport)  # type: ignore[arg-type]
         self._decoder = StreamDecoder()

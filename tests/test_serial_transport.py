@@ -50,7 +50,7 @@ class Counters:
     def __init__(self) -> None:
         self.next = 100
 
-    def __call__(self) -> int:
+    def __call__(self, node_id: bytes) -> int:
         self.next += 1
         return self.next - 1
 
@@ -188,6 +188,9 @@ class Handler:
         self.received.append(message)
 
     def bad_frame(self, link: Link, error: ProtocolError) -> None:
+        pass
+
+    def lost(self, link: Link) -> None:
         pass
 
 

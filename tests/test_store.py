@@ -426,6 +426,46 @@ def test_a_node_whose_window_is_in_an_unfolded_chunk_is_not_evicted_as_idle(tmp_
     store.close()
 
 
+V4_SCHEMA = """
+CREATE TABLE chunks (id INTEGER PRIMARY KEY, received REAL NOT NULL, frames INTEGER NOT NULL, readings INTEGER NOT NULL,
+    body BLOB NOT NULL, windows BLOB NOT NULL DEFAULT x'');
+CREATE TABLE layouts (id INTEGER PRIMARY KEY, node TEXT NOT NULL, channels TEXT NOT NULL);
+CREATE TABLE nodes (node TEXT PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL, info TEXT NOT NULL DEFAULT '{}',
+    last REAL NOT NULL DEFAULT 0);
+CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 4;
+"""
+
+
+def test_a_version_4_buffer_gets_per_node_downlink_counters(tmp_path: pathlib.Path) -> None:
+    """Versions up to 5 had one downlink counter for the gateway: their nodes have no limit of their own (they
+    continue from that counter, gateway/counters.py) until one is reserved, and a limit never moves back.
+    From 4 the upgrade goes through 5 (events: chunks.priority) too."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(V4_SCHEMA)
+    db.execute(
+        "INSERT INTO nodes (node, highest, seen, info, last) VALUES (?, 41, ?, '{}', ?)", (NODE_A, (7).to_bytes(32, "big"), time.time())
+    )
+    db.execute("INSERT INTO totals (name, value) VALUES ('downlink_counter', 65536)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path, 10_000_000)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert store.load_downlink() == {}
+    assert store.reserve("downlink_counter", 65536, 2**31) == 65536
+    store.save_downlink({NODE_A: 300_000, NODE_B: 200_000}, 0)
+    store.save_downlink({NODE_A: 250_000}, 100_000)  # never back: neither a node's limit nor the gateway-wide counter
+    assert store.load_downlink() == {NODE_A: 300_000, NODE_B: 200_000}
+    assert store.total("downlink_counter") == 131072
+    assert store.load_windows() == {NODE_A: WindowState(41, 7), NODE_B: WindowState(-1, 0)}
+    store.close()
+    again = Store(tmp_path, 10_000_000)
+    assert again.load_downlink() == {NODE_A: 300_000, NODE_B: 200_000}
+    again.close()
+
+
 V3_SCHEMA = """
 CREATE TABLE chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, received REAL NOT NULL, frames INTEGER NOT NULL,
     readings INTEGER NOT NULL, body BLOB NOT NULL);
