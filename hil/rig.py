@@ -25,7 +25,6 @@ from protocols.stream import StreamDecoder
 
 from .faults import DOWN, UP, Fault, LineFaults
 from .serial_pair import PtyCable
-from .world import prepare_node
 
 
 class WireTap:
@@ -150,10 +149,13 @@ class EmulatedRig:
         self.heap = heap
         self.status_interval = status_interval
         self.bundle = self.workdir / "bundle"
-        self.nodes = [EmulatedNode(index, seed + index, self.workdir / ("node%d" % index)) for index in range(count)]
-        self.roles = roles or ["sensor"] * count  # per node (hil/timeline.py ROLES)
+        self.roles = roles or ["sensor"] * count  # per node (hil/timeline.py ROLES); node.json is written at open_uart()
+        settings = role_config or [{} for _ in range(count)]
+        self.nodes = [
+            EmulatedNode(index, seed + index, self.workdir / ("node%d" % index), self.roles[index], dict(settings[index]))
+            for index in range(count)
+        ]
         self.intervals = intervals or [interval] * count  # per node
-        self._role_config = role_config or [{} for _ in range(count)]
         self._faults = list(faults)
         self._seed = seed
         self._lines: list[_Line] = []
@@ -169,7 +171,6 @@ class EmulatedRig:
         build(self.bundle, emulator=True)
         micropython_command()
         for node in self.nodes:
-            prepare_node(node.data_dir, self.roles[node.index], self._role_config[node.index])
             node.open_uart()
             cable = PtyCable(self.workdir / ("tty-node%d" % node.index))
             self._lines.append(_Line(node, cable, LineFaults(self._faults, node.index, self._seed)))

@@ -19,7 +19,7 @@ from hil.commander import Commander, CommandTrack, Issued, StateSeen, parse_stat
 from hil.outcomes import EventSeen, analyse_commands, analyse_events, judge, state_changes
 from hil.scenario import ScenarioError, load_scenario, parse_scenario
 from hil.timeline import PassCriteria, WorldStep
-from hil.world import World, car_plan, crossings, prepare_node, water_profile
+from hil.world import World, car_plan, water_profile
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "hil" / "scenarios"
 CITY = ("street-lights", "flood-warning", "parking-rush")
@@ -194,12 +194,8 @@ def test_only_changes_of_the_channel_count_as_its_events() -> None:
 
 def test_the_world_files_the_nodes_read_and_what_is_read_back(tmp_path: Path) -> None:
     dirs = [tmp_path / ("node%d" % i) for i in range(5)]
-    for index, role in enumerate(["gauge", "gauge", "parking", "parking", "streetlight"]):
-        prepare_node(dirs[index], role, {"save_s": 60} if role == "streetlight" else {})
-    assert json.loads((dirs[4] / "node.json").read_text()) == {"save_s": 60, "role": "streetlight"}
-    assert json.loads((dirs[2] / "node.json").read_text()) == {"role": "parking"}
-    prepare_node(tmp_path / "plain", "sensor", {})
-    assert not (tmp_path / "plain" / "node.json").exists(), "a sensor node boots the classic firmware"
+    for folder in dirs:
+        folder.mkdir()
     steps = [
         WorldStep("water_wave", 10.0, (0, 1), duration=20.0, base_m=0.3, peak_m=2.0, stagger_s=3.0),
         WorldStep("cars", 5.0, (2, 3), duration=30.0, fraction=1.0, changes=2),
@@ -210,11 +206,11 @@ def test_the_world_files_the_nodes_read_and_what_is_read_back(tmp_path: Path) ->
     actions = world.begin(start)
     assert (dirs[1] / "water.txt").read_text().split() == [
         "%.3f" % (world.clock.wall(start) + 13),
-        "300",
+        "300.0",
         "%.3f" % (world.clock.wall(start) + 23),
-        "2000",
+        "2000.0",
         "%.3f" % (world.clock.wall(start) + 33),
-        "300",
+        "300.0",
     ]
     flood = world.flood_changes(1)
     assert [state for _at, state in flood] == [1, 0]
@@ -238,7 +234,6 @@ def test_cars_arrive_on_the_share_of_bays_asked_within_the_window_seeded() -> No
     assert all(len(cars) == 1 and cars[0][1] is None for cars in plan.values()), "one change each: the car stays"
     assert car_plan(step, step.nodes, 1000.0, seed=2) != plan
     assert water_profile(WorldStep("water_wave", 5.0, (0,), duration=10.0), 2, 100.0) == [(105.0, 300.0), (110.0, 2000.0), (115.0, 300.0)]
-    assert crossings([[0, 1600], [10, 1000]], 1500, 50) == [(pytest.approx(10 * 150 / 600), 0)], "already over the mark at the start"
 
 
 def test_judge_and_the_city_report_json_and_junit(tmp_path: Path) -> None:
