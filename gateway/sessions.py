@@ -478,9 +478,6 @@ class Sessions:
     # ------------------------------------------------------------ replies
     # Handed to the port's downlink queue as what is due; it builds the frames when the port has room.
 
-    def _send(self, link: Link, node: Node, mtype: int, fields: dict[str, Any], flags: int = 0) -> bool:
-        return link.send(node.node_id, mtype, fields, flags)
-
     def _ack(self, link: Link, node: Node, counters: list[int]) -> None:
         link.ack(node.node_id, counters)
 
@@ -517,10 +514,15 @@ class Sessions:
         link.time(node.node_id)
 
     def send_config(self, node_hex_id: str, values: dict[str, Any]) -> bool:
+        """A CONFIG set, once (`config/set` until the command life cycle takes it over): a request like any other,
+        so a REJECT stale of it moves the node's counters. False when it cannot be queued now."""
         node = self.nodes.get(node_hex_id)
         if node is None or node.link is None:
             return False
-        return self._send(node.link, node, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values}, fr.F_ACK_REQ)
+        counter = self.take_counter(node_hex_id)
+        if counter is None:
+            return False
+        return self.send_request(node_hex_id, counter, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values})
 
     # ------------------------------------------------------------ links
 
