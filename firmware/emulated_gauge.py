@@ -7,35 +7,26 @@
 # plus the probe's noise of +-1 mm.
 from micropython import const
 
-from firmware.emulated_world import Noise, WorldFile, now
+from firmware.emulated_world import World
 
 
 def role(hal):  # the unix HAL's gauge (firmware/hal_unix.py)
     from firmware.roles.gauge import Gauge
 
-    return Gauge(EmulatedWaterADC(hal.storage.folder, hal.seed), hal.storage)
+    return Gauge(EmulatedWaterADC(hal.storage.folder + "/water.txt", hal.seed), hal.storage)
 
 
 _CALM_MM = const(350)
-_POINTS = const(64)
 _ZERO = const(6553)  # ADC counts at 4 mA (0 mm)
 _FULL_MM = const(5000)  # ... and at 20 mA
 
 
-class EmulatedWaterADC:
-    def __init__(self, folder, seed, clock=now):
-        self._clock = clock
-        self._file = WorldFile(folder + "/water.txt", _POINTS)
-        self._points = []
-        self._noise = Noise(seed)
-
+class EmulatedWaterADC(World):
     def level_mm(self):
-        if self._file.changed():
-            self._points = [row for row in self._file.rows() if len(row) == 2]
-        points = self._points
+        t = self.now()
+        points = self.rows  # [unix_s, mm]
         if not points:
             return _CALM_MM
-        t = self._clock()
         if t <= points[0][0]:
             return points[0][1]
         for index in range(1, len(points)):
@@ -46,5 +37,5 @@ class EmulatedWaterADC:
         return points[-1][1]
 
     def read_u16(self):
-        mm = self.level_mm() + self._noise.next(1)
+        mm = self.level_mm() + self.noise(1)
         return max(0, min(65535, int(_ZERO + mm * (65535 - _ZERO) / _FULL_MM + 0.5)))

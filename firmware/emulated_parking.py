@@ -10,42 +10,31 @@ import math
 
 from micropython import const
 
-from firmware.emulated_world import Noise, WorldFile, now
+from firmware.emulated_world import World
 
 
 def role(hal):  # the unix HAL's parking bay (firmware/hal_unix.py)
     from firmware.roles.parking import Parking
 
-    return Parking(EmulatedMagnetometer(hal.storage.folder, hal.seed), hal.storage)
+    return Parking(EmulatedMagnetometer(hal.storage.folder + "/cars.txt", hal.seed), hal.storage)
 
 
-_CARS = const(64)
 _MANOEUVRE_S = const(2)
 
 
-class EmulatedMagnetometer:
-    def __init__(self, folder, seed, clock=now):
-        self._clock = clock
-        self._file = WorldFile(folder + "/cars.txt", _CARS)
-        self._cars = []
-        self._seed = seed
-        self._earth = 470 + seed % 21  # 0.1 uT
-        self._noise = Noise(seed)
-
+class EmulatedMagnetometer(World):
     def read(self):
         # The field's magnitude in 0.1 uT, as the board's driver returns it.
-        if self._file.changed():
-            self._cars = self._file.rows()
-        t = self._clock()
-        field = self._earth + self._noise.next(15)
-        if int(t * 5) % (37 + self._seed % 11) == 0:
+        t = self.now()
+        seed = self.seed
+        field = 470 + seed % 21 + self.noise(15)  # the earth's field here
+        if int(t * 5) % (37 + seed % 11) == 0:
             field += 120  # a car passing in the lane: a fifth of a second
-        for index in range(len(self._cars)):
-            car = self._cars[index]
+        for car in self.rows:  # [arrive, depart] or [arrive]
             arrive = car[0]
             depart = car[1] if len(car) > 1 else t + _MANOEUVRE_S + 1
             if arrive <= t < depart + _MANOEUVRE_S:
-                key = (self._seed * 31 + int(arrive)) % 501
+                key = (seed * 31 + int(arrive)) % 501
                 pull = (150 + key % 251) * (1 if key & 1 else -1)
                 if t < arrive + _MANOEUVRE_S or t >= depart:  # parking or pulling out
                     pull = int(pull * (0.6 + 0.4 * math.sin(9 * t)))

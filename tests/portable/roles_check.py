@@ -97,7 +97,7 @@ def gauge(folder):
     # +1,400 mm in 10 minutes (8,400 mm/h), 5 minutes at the top, down in 20 minutes.
     points = [(0, 400), (120, 400), (720, 450), (1320, 1850), (1620, 1850), (2820, 400)]
     write(folder + "/water.txt", "# t level\n" + "".join("%.3f %d\n" % (start + t, mm) for t, mm in points))
-    gauge = Gauge(EmulatedWaterADC(folder, 7, clock.world), Storage(folder))
+    gauge = Gauge(EmulatedWaterADC(folder + "/water.txt", 7, clock.world), Storage(folder))
     out["boot"] = list(gauge.read())
     seen = []
 
@@ -111,7 +111,7 @@ def gauge(folder):
     out["events"] = seen
     out["set"] = list(gauge.command(node, "set_threshold", {"mm": 300}))  # below the calm water: a flood at once
     out["after_set"] = node.events[len(seen) :]
-    out["rebooted"] = [Gauge(EmulatedWaterADC(folder, 7, clock.world), Storage(folder)).mark]
+    out["rebooted"] = [Gauge(EmulatedWaterADC(folder + "/water.txt", 7, clock.world), Storage(folder)).mark]
     return out
 
 
@@ -124,7 +124,7 @@ def parking(folder):
     start = clock.world()
     visits = [(60, 300), (310, 600), (900, None)]  # a car leaves and the next one parks 10 s later; the last one stays
     write(folder + "/cars.txt", "".join("%.3f\n" % (start + a) if d is None else "%.3f %.3f\n" % (start + a, start + d) for a, d in visits))
-    bay = Parking(EmulatedMagnetometer(folder, 11, clock.world), Storage(folder))
+    bay = Parking(EmulatedMagnetometer(folder + "/cars.txt", 11, clock.world), Storage(folder))
     times = []
     fields = [1000000, 0]  # lowest and highest field seen
 
