@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 WATER = "water.txt"
@@ -35,7 +35,7 @@ def flood_wave(start: float, base_mm: float, peak_mm: float, rise_s: float, fall
     return [(start, base_mm), (start + rise_s, peak_mm), (start + rise_s + fall_s, base_mm)]
 
 
-def crossings(points: list[tuple[float, float]], mark_mm: float, hysteresis_mm: float = 50.0) -> list[tuple[float, int]]:
+def crossings(points: Sequence[tuple[float, float]], mark_mm: float, hysteresis_mm: float = 50.0) -> list[tuple[float, int]]:
     """When a gauge with this flood mark raises and ends its `flood` alarm on this profile, as (unix_seconds, 1 or 0).
 
     The gauge's rule (firmware/roles/gauge.py): on at the mark, off below the mark less the
