@@ -13,7 +13,7 @@ Outbox(counter, capacity, on_reject) -- the reliable sender
                                 above the oldest frame kept. A node asks before every frame (the
                                 gateway windows them all); a gateway before each tracked request
                                 only (a node does not window ACK, TIME, REJECT: NODE_RX).
-    take()                      the next counter (None: spent, or the source has none now).
+                                The caller takes the counter from its source (counter.take()).
     add(counter, wire, now, key=None, deadline=None, wait=None)
                                 keep a frame sent with ACK_REQ (call it BEFORE writing the
                                 bytes). Full: the oldest frame gives way (counted in `dropped`,
@@ -28,23 +28,26 @@ Outbox(counter, capacity, on_reject) -- the reliable sender
     answered(key)               -> RESULT event (the request is done; also when its ACK was
                                 lost), or None if no request has that key (a late or repeated
                                 response).
-    rejected(reason, counter)   -> an event or None, per the on_reject table.
+    rejected(reason, counter)   -> an event or None, per the on_reject table; NEED_HELLO whether
+                                or not the frame is still kept, the others only for a kept frame.
     due(now, jitter, link=True) -> [events]: SEND (a retransmission: write `data`, the same
                                 bytes, same counter) with backoff 2 s doubling to 60 s +-25 %;
                                 EXPIRED for a tracked request past its deadline (removed).
                                 link=False (no port): deadlines only, nothing resent.
-    drop_oldest(), forget(counter), holds(counter), oldest(), pending(): the store itself.
+    counters                    the counters of the frames kept, oldest first (read only).
+    drop_oldest(), forget(counter): the store itself.
     dropped, retransmits: counters for STATUS.
 
-Inbox(table, window=None) -- the receiver
+Inbox(table, window=None) -- the receiver (window: a protocols.window.CounterWindow, default a new one)
     decide(mtype, counter, flags) -> actions (A_* bits) from the table row for the message
     type and the window verdict (NEW, DUPLICATE, STALE). It applies A_ACCEPT and A_RESET
     to its window itself; every other bit is for the caller, who acts in this order:
     A_REJECT_STALE (answer REJECT stale, nothing else), A_PERSIST (write the window to
     durable storage first), A_APPLY (hand the message to the application), A_ACK (send
     ACK for the counter; set only if the frame had ACK_REQ), A_REPLAY (re-send the stored
-    answer to this request), A_LATER (call accept(counter) and ACK once the frame is
-    durable). NODE_RX and GATEWAY_RX are the two tables.
+    answer to this request), A_LATER (call window.accept(counter) and ACK once the frame
+    is durable). NODE_RX and GATEWAY_RX are the two tables, 3 bytes (NEW, DUPLICATE,
+    STALE) per message type 0x00-0x0F; a type with no row of its own has row 0's.
 
 Events are 4-tuples (kind, counter, key, data):
     (SEND, counter, key, wire)      (DELIVERED, counter, key, None)  (DONE, counter, key, None)
@@ -57,7 +60,9 @@ Events are 4-tuples (kind, counter, key, data):
 
 from ._compat import const
 from .frame import WINDOW
-from .window import CounterWindow
+
+if not const(1):  # never true: for the type checker only (no typing module on MicroPython)
+    pass
 
 # Spelled out here rather than imported: every imported or public name is an entry in this
 # module's globals on a node's heap; underscored const() names cost nothing there.
@@ -104,11 +109,12 @@ A_RESET = const(64)  # the window restarts at this counter (HELLO only)
 A_LATER = const(128)  # accept and ACK once the frame is durable (READINGS, SPEC.md §4.2)
 _HANDLE = const(5)  # A_ACCEPT | A_APPLY
 _REQUEST = const(15)  # A_ACCEPT | A_APPLY | A_PERSIST | A_ACK
+_TYPES = const(16)  # rows of a table: message types 0x00 .. 0x0F
 
 # Rows: message type -> (actions if NEW, if DUPLICATE, if STALE), indexed by window.NEW/DUPLICATE/STALE.
 # Row 0: every type not listed. (A_APPLY,) * 3: idempotent, applied whatever the window says and
 # never entered into it (so a gateway that lost its counter can still ACK a node).
-NODE_RX = {
+_NODE_ROWS = {
     0: (0, 0, 0),  # a type that only travels upstream, addressed to this node: ignored
     _ACK: (A_APPLY, A_APPLY, A_APPLY),
     _TIME: (A_APPLY, A_APPLY, A_APPLY),
@@ -116,7 +122,7 @@ NODE_RX = {
     _COMMAND: (_REQUEST, A_ACK | A_REPLAY, A_REJECT_STALE),
     _CONFIG: (_REQUEST, A_ACK | A_REPLAY, A_REJECT_STALE),
 }
-GATEWAY_RX = {
+_GATEWAY_ROWS = {
     0: (_HANDLE | A_ACK, A_ACK, A_REJECT_STALE),  # STATUS, CONFIG report, COMMAND_RESULT, LOG, TIME, RADIO_RX, REJECT
     _HELLO: (_HANDLE | A_ACK, A_ACK, A_RESET | A_APPLY | A_ACK),
     _READINGS: (A_LATER | A_APPLY, A_ACK, A_REJECT_STALE),
@@ -124,17 +130,31 @@ GATEWAY_RX = {
 }
 
 
-class Inbox:
-    def __init__(self, table: dict, window: CounterWindow | None = None) -> None:
-        self.table = table
-        self.window = window if window is not None else CounterWindow()
+def _flat(rows: dict) -> bytes:
+    # The rows as 3 bytes per type 0 .. _TYPES - 1: one small object on a node's heap,
+    # and the dicts above are garbage once the module is loaded.
+    table = bytearray(3 * _TYPES)
+    for mtype in range(_TYPES):
+        table[3 * mtype : 3 * mtype + 3] = bytes(rows.get(mtype, rows[0]))
+    return bytes(table)
 
-    def verdict(self, counter: int) -> int:
-        return self.window.check(counter)
+
+NODE_RX = _flat(_NODE_ROWS)
+GATEWAY_RX = _flat(_GATEWAY_ROWS)
+del _NODE_ROWS, _GATEWAY_ROWS, _flat
+
+
+class Inbox:
+    def __init__(self, table: bytes, window: object = None) -> None:
+        if window is None:
+            from .window import CounterWindow  # here: a node builds its Inbox only for a COMMAND or CONFIG
+
+            window = CounterWindow()
+        self.table = table
+        self.window: CounterWindow = window  # type: ignore[assignment]
 
     def decide(self, mtype: int, counter: int, flags: int) -> int:
-        row = self.table.get(mtype) or self.table[0]
-        actions: int = row[self.window.check(counter)]
+        actions = self.table[3 * (mtype if mtype < _TYPES else 0) + self.window.check(counter)]
         if actions & A_RESET:
             self.window.reset(counter)
         elif actions & A_ACCEPT:
@@ -142,9 +162,6 @@ class Inbox:
         if not flags & _ACK_REQ:
             actions &= ~A_ACK
         return actions
-
-    def accept(self, counter: int) -> None:
-        self.window.accept(counter)
 
 
 class Outbox:
@@ -155,7 +172,7 @@ class Outbox:
         self.counter = counter
         self.capacity = capacity
         self.on_reject = on_reject
-        self._counters: list = []
+        self.counters: list = []
         self._wires: list = []
         self._due: list = []  # now-clock ms when due again
         self._delays: list = []  # current retry delay, ms
@@ -163,30 +180,18 @@ class Outbox:
         self.dropped = 0
         self.retransmits = 0
 
-    def oldest(self) -> int | None:
-        return self._counters[0] if self._counters else None
-
-    def pending(self) -> int:
-        return len(self._counters)
-
-    def holds(self, counter: int) -> bool:
-        return counter in self._counters
-
     def may_send(self) -> bool:
         following = self.counter.peek()  # type: ignore[attr-defined]
-        oldest = self.oldest()
+        oldest = self.counters[0] if self.counters else None
         return following is not None and (oldest is None or following - oldest < WINDOW - 1)
 
-    def take(self) -> int | None:
-        return self.counter.take()  # type: ignore[attr-defined,no-any-return]
-
     def add(self, counter: int, wire: bytes, now: int, key: object = None, deadline: int | None = None, wait: int | None = None) -> None:
-        if len(self._counters) >= self.capacity:
+        if len(self.counters) >= self.capacity:
             self.drop_oldest()
-        kept = len(self._counters)
-        columns = (self._counters, self._wires, self._due, self._delays)
+        kept = len(self.counters)
+        columns = (self.counters, self._wires, self._due, self._delays)
         try:
-            self._counters.append(counter)
+            self.counters.append(counter)
             self._wires.append(wire)
             self._due.append(now + _FIRST_RETRY_MS)
             self._delays.append(_FIRST_RETRY_MS)
@@ -199,15 +204,15 @@ class Outbox:
 
     def drop_oldest(self) -> None:
         # A full store, or a heap too full to go on: the oldest frame gives way, counted.
-        if self._counters:
-            self.forget(self._counters[0])
+        if self.counters:
+            self.forget(self.counters[0])
             self.dropped += 1
 
     def forget(self, counter: int) -> bool:
-        if counter not in self._counters:
+        if counter not in self.counters:
             return False
-        index = self._counters.index(counter)
-        for column in (self._counters, self._wires, self._due, self._delays):
+        index = self.counters.index(counter)
+        for column in (self.counters, self._wires, self._due, self._delays):
             column.pop(index)
         self._tracked.pop(counter, None)
         return True
@@ -225,7 +230,7 @@ class Outbox:
                     events.append((DONE, counter, entry[0], None))
                 else:
                     entry[3] = 1
-                    index = self._counters.index(counter)
+                    index = self.counters.index(counter)
                     self._due[index] = now + entry[2]
                     self._delays[index] = entry[2]
         return events
@@ -238,15 +243,13 @@ class Outbox:
         return None
 
     def rejected(self, reason: int, counter: int | None) -> tuple | None:
-        if counter is None or counter not in self._counters:
-            return None
         action = self.on_reject.get(reason, GAVE_UP)
-        if action == KEEP:
+        if action == NEED_HELLO:  # the peer does not know this sender, whichever frame it names
+            return (NEED_HELLO, counter, None, reason)
+        if action == KEEP or counter is None or counter not in self.counters:
             return None
         entry = self._tracked.get(counter)
         key = entry[0] if entry else None
-        if action == NEED_HELLO:
-            return (NEED_HELLO, counter, None, reason)
         self.forget(counter)
         if action == GAVE_UP:
             self.dropped += 1
@@ -257,8 +260,8 @@ class Outbox:
         # and +-25 % jitter (SPEC.md §4.2); requests past their deadline, removed.
         events = []
         index = 0
-        while index < len(self._counters):
-            counter = self._counters[index]
+        while index < len(self.counters):
+            counter = self.counters[index]
             entry = self._tracked.get(counter)
             if entry is not None and entry[1] is not None and now >= entry[1]:
                 self.forget(counter)

@@ -46,27 +46,27 @@ def run(seed, steps):
         now += rng.next(3000)
         pick = rng.next(9)
         if pick < 3 and node_out.may_send():  # the node sends a frame
-            counter = node_out.take()
+            counter = node_out.counter.take()
             node_out.add(counter, b"n%d" % counter, now)
-            trace.append(["n-send", counter, node_out.pending(), node_out.dropped])
+            trace.append(["n-send", counter, len(node_out.counters), node_out.dropped])
         elif pick < 5:  # the gateway sends a tracked COMMAND
             commands += 1
-            counter = gw_out.take()
+            counter = gw_out.counter.take()
             deadline = now + 30000 if rng.next(1) else None
             gw_out.add(counter, b"g%d" % counter, now, ("c", commands), deadline, 5000 if commands % 3 else None)
             trace.append(["g-send", counter, commands])
-        elif pick == 5 and node_out.pending():  # the gateway ACKs some node frames
-            counters = [node_out.oldest(), node_out.oldest() + rng.next(4)]
+        elif pick == 5 and len(node_out.counters):  # the gateway ACKs some node frames
+            counters = [node_out.counters[0], node_out.counters[0] + rng.next(4)]
             trace.append(["n-acked", counters, node_out.acked(counters, now)])
-        elif pick == 6 and gw_out.pending():  # the node ACKs or answers a command
-            counter = gw_out.oldest() + rng.next(2)
+        elif pick == 6 and gw_out.counters:  # the node ACKs or answers a command
+            counter = gw_out.counters[0] + rng.next(2)
             events = gw_out.acked([counter], now)
             answer = gw_out.answered(("c", rng.next(commands))) if rng.next(1) else None
             trace.append(["g-acked", counter, [list(e) for e in events], list(answer) if answer else None])
         elif pick == 7:  # a REJECT for a frame of either side
             reason = (E_STALE, E_UNKNOWN_NODE, E_AUTH, E_SCHEMA)[rng.next(3)]
             side = node_out if rng.next(1) else gw_out
-            event = side.rejected(reason, side.oldest())
+            event = side.rejected(reason, side.counters[0] if side.counters else None)
             trace.append(["rejected", reason, list(event) if event else None])
         else:  # receivers: a frame of some type and counter through each table
             mtype = (ACK, TIME, REJECT, COMMAND, CONFIG, HELLO, READINGS, STATUS)[rng.next(7)]
