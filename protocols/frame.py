@@ -11,6 +11,7 @@
 
 import binascii
 import struct
+import sys
 
 from . import cobs
 from ._compat import const
@@ -50,7 +51,10 @@ class Frame:
         self.counter = counter
         self.payload = payload
 
-    def __repr__(self) -> str:
+
+if sys.implementation.name != "micropython":  # for logs and tests; a node keeps the heap instead
+
+    def _repr(self: Frame) -> str:
         return "Frame(type=0x%02x, node=%s, counter=%d, flags=0x%02x, %d payload bytes)" % (
             self.type,
             node_hex(self.node_id),
@@ -58,6 +62,8 @@ class Frame:
             self.flags,
             len(self.payload),
         )
+
+    Frame.__repr__ = _repr  # type: ignore[method-assign,assignment]
 
 
 def node_hex(node_id: bytes) -> str:

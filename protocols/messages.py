@@ -5,6 +5,8 @@ to a field name and a kind; decoding turns keys into names, checks kinds and
 required fields, and ignores keys it does not know (forward compatibility).
 """
 
+import sys
+
 from . import cbor
 from . import frame as _frame
 from ._compat import const
@@ -123,6 +125,8 @@ def schema_rows(schema: str) -> list:
 class Message:
     """A frame's header plus its payload decoded into named fields."""
 
+    name: str  # the type's name (NAMES), on CPython: see below
+
     def __init__(
         self, mtype: int, node_id: bytes, counter: int, fields: dict | None = None, flags: int = 0, version: int = _frame.VERSION
     ) -> None:
@@ -133,11 +137,13 @@ class Message:
         self.flags = flags
         self.version = version
 
-    @property
-    def name(self) -> str:
+
+if sys.implementation.name != "micropython":  # for logs and tests; a node keeps the heap instead
+
+    def _name(self: Message) -> str:
         return NAMES.get(self.type, "0x%02x" % self.type)
 
-    def __repr__(self) -> str:
+    def _repr(self: Message) -> str:
         return "Message(%s, node=%s, counter=%d, flags=0x%02x, %r)" % (
             self.name,
             _frame.node_hex(self.node_id),
@@ -146,7 +152,7 @@ class Message:
             self.fields,
         )
 
-    def __eq__(self, other: object) -> bool:
+    def _eq(self: Message, other: object) -> bool:
         return (
             isinstance(other, Message)
             and self.type == other.type
@@ -156,6 +162,10 @@ class Message:
             and self.version == other.version
             and self.fields == other.fields
         )
+
+    Message.name = property(_name)  # type: ignore[assignment]
+    Message.__repr__ = _repr  # type: ignore[method-assign,assignment]
+    Message.__eq__ = _eq  # type: ignore[method-assign,assignment]
 
 
 def _kind_ok(value: object, kind: str) -> bool:
@@ -223,7 +233,7 @@ def _map_from_fields(fields: dict, schema: str, what: str) -> dict:
     return mapping
 
 
-def _check_nested(mtype: int, fields: dict) -> None:
+def _check_nested(mtype: int, fields: dict, decoding: bool = False) -> None:
     """Rules that the flat key tables cannot say (SPEC.md §5)."""
     if mtype == HELLO:
         proto = fields["proto"]
@@ -250,8 +260,10 @@ def _check_nested(mtype: int, fields: dict) -> None:
                 raise ProtocolError(E_SCHEMA, "HELLO.commands: a name or argument spec is not text, or a name is not 1-16 long")
             if [char for char in command if char not in NAME_CHARS]:
                 raise ProtocolError(E_SCHEMA, "HELLO command name: not 1+ of A-Z a-z 0-9 - . _")
-            if spec:
-                from . import argspec  # here: a node that offers no commands pays no heap for it
+            if spec and decoding:
+                # Here, and on decoding only: the receiver checks a HELLO's specs; the node that
+                # encodes its own (constants, tested) does not load argspec on its small heap for it.
+                from . import argspec
 
                 argspec.rows(spec)
     elif mtype == READINGS:
@@ -310,7 +322,7 @@ def decode_payload(mtype: int, payload: bytes) -> dict:
                 entry["scale"] = 0
             channels.append(entry)
         fields["channels"] = channels
-    _check_nested(mtype, fields)
+    _check_nested(mtype, fields, True)
     return fields
 
 
