@@ -153,6 +153,60 @@ VALID = [
 ]
 
 
+for _name, _message in VALID:
+    _message.version = 0x10  # the 1.0 vectors keep their bytes (SPEC.md §7: 1.1 only adds)
+
+# 1.1 (SPEC.md §3.3, §5.3, §5.8, §5.9): made with version 0x11.
+VALID_1_1 = [
+    (
+        "readings_priority_event",
+        Message(messages.READINGS, NODE, 80, {"base_time": 1795000123, "samples": [3, 1, 0, 4, 1840, 0]}, UP | fr.F_PRIORITY),
+    ),
+    (
+        "hello_with_commands",
+        Message(
+            messages.HELLO,
+            NODE,
+            81,
+            {
+                "proto": [1, 1],
+                "fw_version": "0.2.0",
+                "hw_model": "esp32-devkitc",
+                "caps": 0x0F,
+                "channels": [{"name": "level", "unit": "%", "scale": 0}, {"name": "power", "unit": "W", "scale": -1}],
+                "interval": 60,
+                "commands": {"dim": "level u0-100! fade_s u0-600", "reboot": "", "sample_now": "", "set_interval": "s n1-86400!"},
+            },
+            UP,
+        ),
+    ),
+    (
+        "config_set_with_id",
+        Message(messages.CONFIG, NODE, 65600, {"op": messages.CONFIG_SET, "values": {"interval": 30}, "id": 7}, DOWN | fr.F_ACK_REQ),
+    ),
+    (
+        "config_report_with_id",
+        Message(messages.CONFIG, NODE, 82, {"op": messages.CONFIG_REPORT, "values": {"interval": 30, "status_interval": 60}, "id": 7}, UP),
+    ),
+    (
+        "command_dim",
+        Message(messages.COMMAND, NODE, 65601, {"id": 8, "action": "dim", "args": {"level": 40, "fade_s": 5}}, DOWN | fr.F_ACK_REQ),
+    ),
+    ("command_result_ok", Message(messages.COMMAND_RESULT, NODE, 83, {"id": 8, "outcome": messages.OUTCOME_OK, "value": 40}, UP)),
+    (
+        "command_result_bad_args",
+        Message(
+            messages.COMMAND_RESULT,
+            NODE,
+            84,
+            {"id": 9, "outcome": messages.OUTCOME_BAD_ARGS, "detail": "dim.level 140 is outside 0-100"},
+            UP,
+        ),
+    ),
+    ("reject_stale_from_node", Message(messages.REJECT, NODE, 85, {"reason": 11, "counter": 12, "type": messages.COMMAND}, 0)),
+]
+
+
 def wire(raw: bytes) -> str:
     return (cobs.encode(raw) + b"\x00").hex()
 
@@ -176,7 +230,7 @@ def hello_payload(names: list) -> str:
 
 
 def error_vectors() -> list[dict]:
-    good = fr.pack(fr.Frame(messages.LOG, NODE, 20, cbor.dumps({0: 6, 1: "ok"}), UP))
+    good = fr.pack(fr.Frame(messages.LOG, NODE, 20, cbor.dumps({0: 6, 1: "ok"}), UP, 0x10))
     flipped = bytearray(good)
     flipped[17] ^= 0x01
     rows = [
@@ -321,7 +375,7 @@ def main() -> None:
     from protocols import StreamDecoder
 
     frames = []
-    for name, message in VALID:
+    for name, message in VALID + VALID_1_1:
         frames.append({"name": name, "hex": encode(message).hex(), "message": message_to_json(message)})
     frames += error_vectors()
     for vector in decode_only_vectors():
