@@ -58,20 +58,25 @@ def run_city(
         commander = Commander(chain.broker.host, chain.broker.port, chain.gateway.gateway_id)
         try:
             world = World(scenario.world, [node.data_dir for node in rig.nodes], scenario.node_roles, scenario.seed)
+            channel = scenario.criteria.events_from
             rig.begin()
             start = time.monotonic()
             actions = world.begin(start)
             actions += [(step.at, partial(_publish, commander, step, ids)) for step in scenario.commands]
 
             def tick(elapsed: float, phase: str = "flow") -> None:
-                if progress:
+                if not progress:
+                    return
+                active = [f.describe() for f in scenario.faults if f.active(min(elapsed, scenario.duration))]
+                if scenario.commands or not channel:
                     done = len(commander.issued) - len(commander.pending())
-                    active = [f.describe() for f in scenario.faults if f.active(min(elapsed, scenario.duration))]
                     progress(Progress(elapsed, scenario.duration, len(commander.issued), done, active, phase, ("commanded", "final")))
+                else:
+                    seen = _events(scenario, world, ids, capture, channel, start)
+                    progress(Progress(elapsed, scenario.duration, seen.occurred, seen.delivered, active, phase, ("changes", "events")))
 
             play(scenario, rig, chain.broker, chain.gateway, start, tick, actions)
             cutoff = time.monotonic()
-            channel = scenario.criteria.events_from
             deadline = cutoff + scenario.settle
             readings_wanted = not scenario.criteria.readings_lost_allowed
             while time.monotonic() < deadline:
@@ -99,7 +104,14 @@ def run_city(
     commands = analyse_commands(tracks, within, records, field_name) if scenario.commands else None
     events = _events(scenario, world, ids, capture, channel, start) if channel else None
     frames = _event_frames(rig, capture, start)
-    readings = _readings(rig, capture, start, cutoff)  # every node has the `counter` channel (the roles' last)
+    outages = [(start + f.at, start + f.end) for f in scenario.faults if f.kind == "broker_down"]
+    readings = _readings(rig, capture, start, cutoff, outages)  # every node has the `counter` channel (the roles' last)
+    drained = [None if recovery is None else end + recovery for (_begin, end), recovery in zip(outages, readings.recovery, strict=True)]
+    during_drain = None
+    if events is not None:
+        during_drain = sum(
+            1 for at in events.judged_at for (_b, end), done in zip(outages, drained, strict=True) if done and end <= at <= done
+        )
     readings = readings if readings.nodes else None
     buffer_full = BUFFER_FULL in chain.gateway.log()
     report = CityReport(
@@ -117,8 +129,15 @@ def run_city(
         faults=[fault.describe() for fault in scenario.faults],
         wall_s=time.monotonic() - started_wall,
     )
-    report.checks = judge(scenario.criteria, commands, within, events, frames, readings.lost if readings else None, buffer_full)
+    report.checks = judge(
+        scenario.criteria, commands, within, events, frames, readings.lost if readings else None, buffer_full, during_drain
+    )
     report.buffer_full = buffer_full
+    report.drains = [
+        {"outage": "broker_down %g-%g s" % (b - start, e - start), "drained_s": None if d is None else round(d - e, 1)}
+        for (b, e), d in zip(outages, drained, strict=True)
+    ]
+    report.during_drain = during_drain
     return report
 
 
@@ -179,6 +198,9 @@ def _event_frames(rig: EmulatedRig, capture: MqttCapture, start: float) -> dict[
     return {"sent": len(sent), "delivered": len(delivered)}
 
 
-def _readings(rig: EmulatedRig, capture: MqttCapture, start: float, cutoff: float) -> Flow:
+def _readings(
+    rig: EmulatedRig, capture: MqttCapture, start: float, cutoff: float, windows: list[tuple[float, float]] | None = None
+) -> Flow:
+    """The `counter` channel's continuity; recovery per window (a broker_down: how long its backlog took to drain)."""
     deliveries = capture.counter_deliveries()
-    return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff)
+    return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_windows=windows)

@@ -31,6 +31,8 @@ class CityReport:
     readings: Flow | None = None  # the nodes' `counter` channel (hil/continuity.py), when they have one
     faults: list[str] = field(default_factory=list)
     buffer_full: bool | None = None  # the gateway said its buffer was full (drop_oldest evicted)
+    drains: list[dict[str, Any]] = field(default_factory=list)  # per broker_down: seconds until its backlog had arrived
+    during_drain: int | None = None  # changes judged by latency that came while a backlog drained
     checks: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -58,6 +60,8 @@ class CityReport:
             ],
             "faults": self.faults,
             "buffer_full": self.buffer_full,
+            "backlog": self.drains,
+            "events_judged_while_draining": self.during_drain,
         }
         if self.commands is not None:
             c = self.commands
@@ -122,6 +126,11 @@ class CityReport:
                 "  events     %s: occurred %d  delivered %d  late %d  lost %d  out of order %d  duplicated %d  (change -> subscriber %s)"
                 % (self.event_channel, e.occurred, e.delivered, e.late, e.lost, e.out_of_order, e.duplicated, _spread_text(e.latencies))
             )
+        for drain in self.drains:
+            drained = "never" if drain["drained_s"] is None else "%.1f s after it ended" % drain["drained_s"]
+            lines.append("  backlog    %s: drained %s" % (drain["outage"], drained))
+        if self.during_drain is not None:
+            lines.append("  events     %d judged by latency came while a backlog drained" % self.during_drain)
         if self.buffer_full:
             lines.append("  buffer     full: the gateway evicted the oldest readings (drop_oldest)")
         if self.event_frames:

@@ -134,6 +134,7 @@ class EventOutcome:
     unexpected: int = 0  # events the world's record does not explain
     held: int = 0  # delivered, but the change came while the broker was away or the gateway dead: no latency counted
     latencies: list[float] = field(default_factory=list)  # seconds, world change -> first delivery
+    judged_at: list[float] = field(default_factory=list)  # when each change whose latency is judged happened
     problems: list[EventProblem] = field(default_factory=list)
 
     def p99(self) -> float | None:
@@ -198,6 +199,7 @@ def analyse_events(
                 continue
             seconds = max(0.0, events[match].at - at)
             outcome.latencies.append(seconds)
+            outcome.judged_at.append(at)
             if late_after_s is not None and seconds > late_after_s:
                 outcome.late += 1
                 outcome.problems.append(EventProblem(node, "late", value, at, seconds))
@@ -237,6 +239,7 @@ def judge(
     frames: dict[str, int],
     readings_lost: int | None,
     buffer_full: bool | None = None,
+    during_drain: int | None = None,
 ) -> list[Check]:
     """The scenario's pass criteria as named checks, each from the outcomes. within: request id -> its limit, seconds."""
     checks: list[Check] = []
@@ -280,6 +283,9 @@ def judge(
     if frames:
         missing = frames["sent"] - frames["delivered"]
         checks.append(Check("every event frame the nodes sent was published", "%d missing" % missing if missing > 0 else None))
+    if criteria.during_drain:
+        failure = None if during_drain else "no change whose latency is judged came while the backlog drained: the scenario's timing is off"
+        checks.append(Check("events judged while the backlog drained", failure))
     if criteria.buffer_full:
         checks.append(
             Check(

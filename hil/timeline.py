@@ -83,6 +83,7 @@ class PassCriteria:
     events_from: str | None = None  # the event channel each world change must produce ("flood", "occupied", "lamp_ok")
     readings_lost_allowed: bool = True  # a city scenario may evict readings (drop_oldest); False: none may be lost
     buffer_full: bool = False  # the gateway must have said its buffer was full (the scenario tests eviction)
+    during_drain: bool = False  # some changes judged by latency must come after a broker_down, before its backlog drained
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ _PASS_TYPES: dict[str, tuple[type, ...]] = {
     "events_from": (str,),
     "readings_lost_allowed": (bool,),
     "buffer_full": (bool,),
+    "during_drain": (bool,),
 }
 _GATEWAY_TYPES: dict[str, tuple[type, ...]] = {"max_bytes": (int,), "when_full": (str,), "inflight": (int,)}
 

@@ -264,6 +264,10 @@ def test_judge_and_the_city_report_json_and_junit(tmp_path: Path) -> None:
     suite = ET.parse(tmp_path / "r.xml").getroot()
     assert suite.get("name") == "hil.flood" and suite.get("failures") == "4" and suite.get("tests") == str(len(checks))
     fine = judge(PassCriteria(), analyse_commands(tracks, {"dim40-0": None}), {"dim40-0": None}, None, {}, None)
+    drain = PassCriteria(during_drain=True)
+    assert [c.failure is None for c in judge(drain, None, {}, None, {}, None, during_drain=0)] == [False]
+    assert [c.failure is None for c in judge(drain, None, {}, None, {}, None, during_drain=3)] == [True]
+    assert events.judged_at == [1.0]
     lost = analyse_commands([CommandTrack(issued("a", "x-0", 0.0))], {"x-0": 30.0})
     assert [c.failure for c in judge(PassCriteria(), lost, {"x-0": 30.0}, None, {}, None)] == [
         "1 of 1 did not ({'none': 1})",
