@@ -20,6 +20,7 @@ LAMP_LOG = "lamp.log"
 
 
 def _replace(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # before the node's first boot too
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
@@ -64,6 +65,7 @@ def fail_lamp(data_dir: Path, failed: bool = True) -> None:
     """Street light: the lamp fails (dark, no current) or, with failed=False, is replaced."""
     path = Path(data_dir) / LAMP_FAULT
     if failed:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     else:
         path.unlink(missing_ok=True)
