@@ -81,6 +81,7 @@ class _Outcome:
     stored: int = 0  # the first `stored` frames of the group are in chunk `chunk_id`; the rest were not stored
     chunk_id: int = 0
     dropped_readings: int = 0  # evicted to make room (drop_oldest)
+    dropped_events: int = 0  # event frames among them (only once no ordinary readings were left)
     full: bool = False  # the budget was hit by this group
     why_full: str = ""  # which budget: max_bytes, or the disk when it is smaller
     fill: float = 0.0  # used / budget after the transaction
@@ -185,6 +186,7 @@ def _commit(
                 [p.frame for p in group], readings, windows, layouts, make_room=make_room, body=body, published=published, priority=priority
             )
             outcome.stored = len(group)
+            outcome.dropped_events = store.dropped_events
     except StoreFull:  # the estimate of room() was short: nothing stored, the nodes keep these frames
         outcome.full = True
     except StoreError as error:
@@ -246,6 +248,7 @@ class Committer:
         self._group_bytes = worker.store.max_group_bytes()
         self.full_episode = False
         self.dropped_in_episode = 0
+        self.dropped_events_in_episode = 0  # event frames among them
         self._drops_at_full: dict[str, int] = {}
         self._refused_full: set[tuple[str, int]] = set()  # (node, counter) not acknowledged in the full episode, each once
         self.problem = ""  # the disk error of the current episode, while frames cannot be written
@@ -359,6 +362,9 @@ class Committer:
     def _report(self, outcome: _Outcome, group: list[Pending]) -> None:
         """Log a buffer-full episode and a disk-error episode once when it starts and once when it ends, never silently."""
         self.dropped_in_episode += outcome.dropped_readings
+        if outcome.dropped_events and not self.dropped_events_in_episode:
+            log.error("buffer full, and no ordinary readings are left to drop: dropping the oldest buffered events")
+        self.dropped_events_in_episode += outcome.dropped_events
         refused = [(pending.node, pending.counter) for pending in group[outcome.stored :]]
         if outcome.full or self.full_episode:
             self._refused_full.update(refused)
@@ -400,8 +406,13 @@ class Committer:
                     _waited(self._refused_full, self._drops_at_full, self._node_drops()),
                 )
             else:
-                log.warning("buffer has room again; %d readings were dropped while it was full", self.dropped_in_episode)
+                log.warning(
+                    "buffer has room again; %d readings were dropped while it was full%s",
+                    self.dropped_in_episode,
+                    " (%d event frames among them)" % self.dropped_events_in_episode if self.dropped_events_in_episode else "",
+                )
             self.dropped_in_episode = 0
+            self.dropped_events_in_episode = 0
             self._refused_full.clear()
 
     async def drain(self) -> None:

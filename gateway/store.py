@@ -251,6 +251,7 @@ class Store:
         self._reserve_again_at = 0.0  # monotonic time before which a full disk is not tried again
         self._reserve_retry_s = RESERVE_RETRY_S
         self._evicted_layouts: set[int] = set()
+        self.dropped_events = 0  # event frames the last commit evicted (no ordinary readings were left to evict)
         self._least_last: float | None = None  # the least nodes.last when last looked (see _evict_idle)
         self._last_budget: disk.Budget | None = None  # the last split budget() measured
         self._budget_unknown = False  # the disk could not be measured at the last try
@@ -836,8 +837,7 @@ class Store:
         self._readings += readings - evicted
         self._event_chunks += int(priority) - freed_event_chunks
         self._events += (len(frames) if priority else 0) - freed_events
-        if dropped_events:
-            log.error("buffer full: dropped %d events (no ordinary readings were left to drop)", dropped_events)
+        self.dropped_events = dropped_events  # the committer logs them once per full episode
         return chunk_id, evicted
 
     def _evictable(self, published: Collection[int], before: int, needed: bool, make_room: bool) -> Iterator[tuple[int, Any, Any, Any]]:

@@ -9,19 +9,24 @@ the real gateway, mosquitto and ptys are in tests/test_events_e2e.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.committer import LIVE, Pending
+from gateway.committer import LIVE, NOT_HELD, CommitResult, Committer, Pending
+from gateway.disk import MIN_BUDGET
 from gateway.fast_decode import readings_fields
 from gateway.forwarder import PACK_READINGS, Forwarder, keep_undelivered
 from gateway.senml import unpack
-from gateway.store import Store
+from gateway.store import Store, StoredFrame
 from gateway.store_worker import StoreWorker
 from protocols import Message, messages
 from protocols import frame as fr
+from tests.test_committer import NODE as COMMITTER_NODE
+from tests.test_committer import Nodes
 from tests.test_forwarder import NODE_A, GatedWorker, RecordingUplink, connected_forwarder, frame, layouts, rows, settle
 from tests.test_hostile import HELLO_FIELDS, NODE
 from tests.test_router import Rig, until
@@ -221,3 +226,62 @@ async def test_a_stop_keeps_an_event_chunk_an_event_chunk(tmp_path: pathlib.Path
     (chunk,) = store.oldest(10)
     assert chunk.priority and len(chunk.frames) == 1 and store.pending_event_chunks == 1
     worker.close()
+
+
+class EventNodes(Nodes):
+    """tests/test_committer.py's committer on a real store; frames submitted as events or not, each commit's (priority, size) kept."""
+
+    def __init__(self, tmp_path: pathlib.Path, commit_wait: float, max_bytes: int = 10**8) -> None:
+        super().__init__(tmp_path, commit_wait)
+        if max_bytes != 10**8:
+            self.worker.store.close()
+            self.worker = StoreWorker(Store(tmp_path / "small", max_bytes))
+            self.committer = Committer(self.worker, self.layouts, "drop_oldest", self._on_done, commit_wait=commit_wait)
+        self.chunks: list[tuple[bool, int]] = []
+
+    def _on_done(self, result: CommitResult) -> None:
+        if result.chunk is not None:
+            self.chunks.append((result.chunk.priority, len(result.committed)))
+        super()._on_done(result)
+
+    def submit_event(self, payload: bytes) -> None:
+        self.counter += 1
+        frame = StoredFrame(self.layout.id, time.time(), payload)
+        pending = Pending(COMMITTER_NODE, self.counter, frame, 10, self.layout, self.node, self.node.window, NOT_HELD, priority=True)
+        self.committer.submit(pending)
+
+
+async def test_an_event_is_committed_at_once_alone_while_ordinary_frames_go_on_gathering(tmp_path: pathlib.Path) -> None:
+    nodes = EventNodes(tmp_path, commit_wait=60.0)  # far beyond the test's patience: ordinary frames wait for a stop
+    task = asyncio.create_task(nodes.committer.run())
+    nodes.submit()
+    nodes.submit()
+    nodes.submit_event(b"alarm")
+    await nodes.until(1)
+    assert nodes.chunks == [(True, 1)], "the event alone, at once; the two ordinary frames still gathering"
+    await nodes.committer.drain()
+    assert nodes.chunks == [(True, 1), (False, 2)]
+    task.cancel()
+    nodes.worker.close()
+
+
+async def test_events_dropped_when_nothing_else_is_left_are_logged_once_and_counted_at_the_end(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = EventNodes(tmp_path, commit_wait=0.0, max_bytes=MIN_BUDGET)
+    task = asyncio.create_task(nodes.committer.run())
+    store = nodes.worker.store
+    while not store.total("dropped_events"):  # only events: once the budget is reached, events are all there is to drop
+        nodes.submit_event(os.urandom(200))
+        await nodes.until(nodes.counter)
+    nodes.submit_event(os.urandom(200))
+    await nodes.until(nodes.counter)
+    assert caplog.text.count("no ordinary readings are left to drop: dropping the oldest buffered events") == 1, "once an episode"
+    await nodes.worker.call(store.delete, [chunk.id for chunk in store.oldest(10**6)][:-1])  # the broker took them
+    nodes.submit_event(b"alarm")
+    await nodes.until(nodes.counter)
+    dropped = store.total("dropped_events")
+    assert "readings were dropped while it was full (%d event frames among them)" % dropped in caplog.text
+    await nodes.committer.drain()
+    task.cancel()
+    nodes.worker.close()
