@@ -12,7 +12,7 @@ from protocols import messages
 _SAMPLE_MS = const(500)  # the level is read this often: an alarm is an event within half a second
 _SLOT_MS = const(5000)  # rate of rise: one level kept every 5 s ...
 _SLOTS = const(13)  # ... over the last minute (13 levels span 60 s)
-_MIN_SPAN_MS = const(10000)  # no rate from less than 10 s of levels: the probe's noise would make one
+_MIN_SPAN_MS = const(30000)  # no rate from less than 30 s of levels: +-1 mm of noise over 10 s is 720 mm/h
 _MARK_MM = const(1500)  # defaults until set_threshold
 _HYST_MM = const(50)  # a flood ends 5 cm below the mark: waves on the water do not make a string of alarms
 _RISE_MM_H = const(600)  # 10 mm a minute
