@@ -2,7 +2,8 @@
 
 The chain is the continuity scenarios' (hil/chain.py: mosquitto, MQTT capture,
 the rig of real firmware on MicroPython, the real `edgegw run`), plus the
-command client (hil/commander.py) and the world's files (hil/world.py). The
+command client (hil/commander.py), an alarm subscriber of events only, and the
+world's files (hil/world.py). The
 timeline plays faults, commands and lamp failures at their moments; water
 waves and cars are written for the whole timeline at its start (wall-clock
 times the nodes read). Then it waits, at most `settle` seconds, until every
@@ -24,7 +25,7 @@ from .chain import Chain
 from .city_report import CityReport
 from .commander import Commander
 from .continuity import Flow, analyse
-from .outcomes import EventOutcome, EventSeen, analyse_commands, analyse_events, judge, state_changes
+from .outcomes import EventOutcome, EventSeen, analyse_commands, analyse_events, judge, split_latency, state_changes
 from .rig import EmulatedRig
 from .scenario import Progress, Scenario, make_rig, play
 from .timeline import CommandStep
@@ -56,6 +57,10 @@ def run_city(
         capture = chain.capture
         ids = _warm_up(rig, capture)
         commander = Commander(chain.broker.host, chain.broker.port, chain.gateway.gateway_id)
+        # The alarm subscriber: events only, as an operator's alarm client subscribes. A broker sends each client
+        # its messages in order, so a subscriber of everything gets an event only after the backlog published
+        # before it, whatever the gateway does; this one's queue holds nothing but events.
+        alarms = MqttCapture(chain.broker.host, chain.broker.port, ["edgegw/%s/nodes/+/events" % chain.gateway.gateway_id])
         try:
             world = World(scenario.world, [node.data_dir for node in rig.nodes], scenario.node_roles, scenario.seed)
             channel = scenario.criteria.events_from
@@ -72,7 +77,7 @@ def run_city(
                     done = len(commander.issued) - len(commander.pending())
                     progress(Progress(elapsed, scenario.duration, len(commander.issued), done, active, phase, ("commanded", "final")))
                 else:
-                    seen = _events(scenario, world, ids, capture, channel, start)
+                    seen = _events(scenario, world, ids, alarms, channel, start)
                     progress(Progress(elapsed, scenario.duration, seen.occurred, seen.delivered, active, phase, ("changes", "events")))
 
             play(scenario, rig, chain.broker, chain.gateway, start, tick, actions)
@@ -80,7 +85,7 @@ def run_city(
             deadline = cutoff + scenario.settle
             readings_wanted = not scenario.criteria.readings_lost_allowed
             while time.monotonic() < deadline:
-                events = _events(scenario, world, ids, capture, channel, start) if channel else None
+                events = _events(scenario, world, ids, alarms, channel, start) if channel else None
                 readings = _readings(rig, capture, start, cutoff) if readings_wanted else None
                 if not commander.pending() and (events is None or not events.lost) and (readings is None or not readings.lost):
                     break
@@ -89,6 +94,7 @@ def run_city(
             tracks = commander.tracks()
         finally:
             commander.close()
+            alarms.close()
     relay_error = rig.relay_error
     if relay_error:
         raise RuntimeError("the rig's relay failed during the run (%s): the measurement is not trustworthy" % relay_error)
@@ -102,15 +108,15 @@ def run_city(
             if role == "streetlight"
         }
     commands = analyse_commands(tracks, within, records, field_name) if scenario.commands else None
-    events = _events(scenario, world, ids, capture, channel, start) if channel else None
-    frames = _event_frames(rig, capture, start)
+    events = _events(scenario, world, ids, alarms, channel, start) if channel else None
+    frames = _event_frames(rig, alarms, start)
     outages = [(start + f.at, start + f.end) for f in scenario.faults if f.kind == "broker_down"]
-    readings = _readings(rig, capture, start, cutoff, outages)  # every node has the `counter` channel (the roles' last)
-    drained = [None if recovery is None else end + recovery for (_begin, end), recovery in zip(outages, readings.recovery, strict=True)]
+    readings = _readings(rig, capture, start, cutoff)  # every node has the `counter` channel (the roles' last)
+    drained = [_drained(rig, capture, begin, end) for begin, end in outages]
     during_drain = None
-    if events is not None:
+    if events is not None and outages:
         during_drain = sum(
-            1 for at in events.judged_at for (_b, end), done in zip(outages, drained, strict=True) if done and end <= at <= done
+            1 for _n, at, _s in events.judged for (_b, end), done in zip(outages, drained, strict=True) if done and end <= at <= done
         )
     readings = readings if readings.nodes else None
     buffer_full = BUFFER_FULL in chain.gateway.log()
@@ -138,6 +144,11 @@ def run_city(
         for (b, e), d in zip(outages, drained, strict=True)
     ]
     report.during_drain = during_drain
+    if events is not None:
+        wire: dict[str, list[float]] = {}
+        for (node, _counter), at in rig.tap.events_sent().items():
+            wire.setdefault(node, []).append(at)
+        report.node_part, report.gateway_part = split_latency(events.judged, wire)
     return report
 
 
@@ -198,9 +209,15 @@ def _event_frames(rig: EmulatedRig, capture: MqttCapture, start: float) -> dict[
     return {"sent": len(sent), "delivered": len(delivered)}
 
 
-def _readings(
-    rig: EmulatedRig, capture: MqttCapture, start: float, cutoff: float, windows: list[tuple[float, float]] | None = None
-) -> Flow:
-    """The `counter` channel's continuity; recovery per window (a broker_down: how long its backlog took to drain)."""
+def _readings(rig: EmulatedRig, capture: MqttCapture, start: float, cutoff: float) -> Flow:
     deliveries = capture.counter_deliveries()
-    return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff, fault_windows=windows)
+    return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff)
+
+
+def _drained(rig: EmulatedRig, capture: MqttCapture, begin: float, end: float) -> float | None:
+    """When the last reading produced during an outage that reached the subscriber arrived (evicted ones never
+    will): the end of its backlog's drain. None: nothing of it arrived."""
+    deliveries = capture.counter_deliveries()
+    during = {key for key, at in rig.produced(deliveries).items() if begin <= at <= end}
+    arrivals = [at for node, sample, at in deliveries if (node, sample) in during]
+    return max(arrivals) if arrivals else None

@@ -33,6 +33,8 @@ class CityReport:
     buffer_full: bool | None = None  # the gateway said its buffer was full (drop_oldest evicted)
     drains: list[dict[str, Any]] = field(default_factory=list)  # per broker_down: seconds until its backlog had arrived
     during_drain: int | None = None  # changes judged by latency that came while a backlog drained
+    node_part: list[float] = field(default_factory=list)  # judged latencies: change -> event frame on the wire
+    gateway_part: list[float] = field(default_factory=list)  # ... and wire -> subscriber
     checks: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -56,7 +58,8 @@ class CityReport:
             "duration_s": self.duration_s,
             "wall_s": round(self.wall_s, 1),
             "checks": [
-                {"check": c.name, "passed": c.failure is None, **({"failure": c.failure} if c.failure else {})} for c in self.checks
+                {"check": c.name, "passed": c.failure is None, "timed": c.timed, **({"failure": c.failure} if c.failure else {})}
+                for c in self.checks
             ],
             "faults": self.faults,
             "buffer_full": self.buffer_full,
@@ -88,8 +91,10 @@ class CityReport:
                 "out_of_order": e.out_of_order,
                 "duplicated": e.duplicated,
                 "unexpected": e.unexpected,
-                "held_by_an_outage": e.held,
+                "held_by_an_outage_not_judged": e.held,
                 "seconds_after_the_change": _spread(e.latencies),
+                "of_which_node": _spread(self.node_part),
+                "of_which_gateway_and_broker": _spread(self.gateway_part),
                 "problems": [vars(p) for p in e.problems[:100]],
             }
         if self.event_frames:
@@ -133,6 +138,11 @@ class CityReport:
             lines.append("  events     %d judged by latency came while a backlog drained" % self.during_drain)
         if self.buffer_full:
             lines.append("  buffer     full: the gateway evicted the oldest readings (drop_oldest)")
+        if self.node_part:
+            lines.append(
+                "  latency    change -> on the wire %s; wire -> subscriber %s"
+                % (_spread_text(self.node_part), _spread_text(self.gateway_part))
+            )
         if self.event_frames:
             lines.append("  frames     event frames sent %(sent)d, delivered %(delivered)d" % self.event_frames)
         if self.readings is not None:

@@ -125,7 +125,7 @@ class Commander:
         with self._lock:
             self.states.append(seen)
 
-    def send(self, node: str, command_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: float | None = None) -> Issued:
+    def send(self, node: str, command_id: str, name: str, args: dict[str, Any] | None = None, ttl_s: int | None = None) -> Issued:
         """Publish one request (QoS 1); returns at once, the PUBACK is noted when it comes."""
         request: dict[str, Any] = {"id": command_id, "name": name, "args": args or {}}
         if ttl_s is not None:

@@ -134,7 +134,7 @@ class EventOutcome:
     unexpected: int = 0  # events the world's record does not explain
     held: int = 0  # delivered, but the change came while the broker was away or the gateway dead: no latency counted
     latencies: list[float] = field(default_factory=list)  # seconds, world change -> first delivery
-    judged_at: list[float] = field(default_factory=list)  # when each change whose latency is judged happened
+    judged: list[tuple[str, float, float]] = field(default_factory=list)  # (node, change at, seconds) of each latency judged
     problems: list[EventProblem] = field(default_factory=list)
 
     def p99(self) -> float | None:
@@ -199,7 +199,7 @@ def analyse_events(
                 continue
             seconds = max(0.0, events[match].at - at)
             outcome.latencies.append(seconds)
-            outcome.judged_at.append(at)
+            outcome.judged.append((node, at, seconds))
             if late_after_s is not None and seconds > late_after_s:
                 outcome.late += 1
                 outcome.problems.append(EventProblem(node, "late", value, at, seconds))
@@ -229,6 +229,7 @@ def state_changes(seen: list[EventSeen], initial: Any = 0) -> list[EventSeen]:
 class Check:
     name: str
     failure: str | None = None  # None: passed
+    timed: bool = False  # a limit on time: judged by `edgegw hil run`; make test reports it, a loaded CI machine can miss it
 
 
 def judge(
@@ -279,7 +280,7 @@ def judge(
             p99 = e.p99()
             shown = "-" if p99 is None else "%.2f" % p99
             slow = None if p99 is not None and p99 <= criteria.event_p99_s else "p99 %s s (%d late)" % (shown, e.late)
-            checks.append(Check("events reach the subscriber within %g s of the change (p99)" % criteria.event_p99_s, slow))
+            checks.append(Check("events reach the subscriber within %g s of the change (p99)" % criteria.event_p99_s, slow, True))
     if frames:
         missing = frames["sent"] - frames["delivered"]
         checks.append(Check("every event frame the nodes sent was published", "%d missing" % missing if missing > 0 else None))
@@ -296,3 +297,16 @@ def judge(
     if readings_lost is not None and not criteria.readings_lost_allowed:
         checks.append(Check("no reading lost", "%d lost" % readings_lost if readings_lost else None))
     return checks
+
+
+def split_latency(judged: list[tuple[str, float, float]], wire: dict[str, list[float]]) -> tuple[list[float], list[float]]:
+    """Each judged latency in two: change -> the node's event frame on the wire (the node), and wire -> subscriber
+    (gateway and broker). wire: node -> when its event frames first appeared (the tap). The frame taken is the
+    node's first one after the change; a change with none is left out."""
+    node_part, gateway_part = [], []
+    for node, at, seconds in judged:
+        after = [t for t in wire.get(node, []) if t >= at]
+        if after and min(after) - at <= seconds:
+            node_part.append(min(after) - at)
+            gateway_part.append(seconds - (min(after) - at))
+    return node_part, gateway_part

@@ -51,7 +51,7 @@ class CommandStep:
     name: str
     args: dict[str, Any]
     nodes: tuple[int, ...]
-    ttl_s: float | None = None
+    ttl_s: int | None = None
     within_s: float | None = None  # pass: succeeded this long after the publish at the latest; None: by the end
 
     def request_id(self, index: int) -> str:
@@ -100,7 +100,7 @@ _COMMAND_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "args": (dict,),
     "nodes": (str, list),
-    "ttl_s": (int, float),
+    "ttl_s": (int,),  # the gateway takes whole seconds
     "within_s": (int, float),
 }
 _WORLD_TYPES: dict[str, tuple[type, ...]] = {

@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from hil.broker import Mosquitto
 from hil.city_report import CityReport
 from hil.commander import Commander, CommandTrack, Issued, StateSeen, parse_state
-from hil.outcomes import EventSeen, analyse_commands, analyse_events, judge, state_changes
+from hil.outcomes import EventSeen, analyse_commands, analyse_events, judge, split_latency, state_changes
 from hil.scenario import ScenarioError, load_scenario, parse_scenario
 from hil.timeline import PassCriteria, WorldStep
 from hil.world import World, car_plan, water_profile
@@ -267,7 +267,8 @@ def test_judge_and_the_city_report_json_and_junit(tmp_path: Path) -> None:
     drain = PassCriteria(during_drain=True)
     assert [c.failure is None for c in judge(drain, None, {}, None, {}, None, during_drain=0)] == [False]
     assert [c.failure is None for c in judge(drain, None, {}, None, {}, None, during_drain=3)] == [True]
-    assert events.judged_at == [1.0]
+    assert events.judged == [("g", 1.0, 3.0)]
+    assert split_latency([*events.judged, ("h", 5.0, 1.0)], {"g": [0.5, 1.4, 2.0]}) == ([pytest.approx(0.4)], [pytest.approx(2.6)])
     lost = analyse_commands([CommandTrack(issued("a", "x-0", 0.0))], {"x-0": 30.0})
     assert [c.failure for c in judge(PassCriteria(), lost, {"x-0": 30.0}, None, {}, None)] == [
         "1 of 1 did not ({'none': 1})",
