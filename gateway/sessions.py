@@ -28,10 +28,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from protocols import CounterWindow, Message, ProtocolError, messages, node_hex
+from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session
 from protocols import errors as perr
 from protocols import frame as fr
-from protocols import window as win
 
 from . import senml
 from .committer import CommitResult, Pending
@@ -135,6 +134,16 @@ def _may_answer(node: Node, code: int) -> bool:
         return False
     node.rejected_at[code] = now
     return True
+
+
+def _actions(message: Message, verdict: int) -> int:
+    """What the gateway does with a frame from a node with a session, by its type and the window's verdict
+    (protocols/session.py's GATEWAY_RX: the ACK policy of SPEC.md §4.2, §4.3 as a table). The window is moved
+    here (Sessions._accept, or a new one on a reset), not by the table's Inbox: a READINGS frame enters it only
+    once safe, and frames queued before a counter reset keep the window they were admitted by."""
+    row = message.type if message.type < len(session.GATEWAY_RX) // 3 else 0  # 3 bytes a type; row 0: any other type
+    actions = session.GATEWAY_RX[3 * row + verdict]
+    return actions if message.flags & fr.F_ACK_REQ else actions & ~session.A_ACK
 
 
 def _finite_when_scaled(samples: list[Any], layout: Layout) -> bool:
@@ -271,12 +280,8 @@ class Sessions:
         if node.link is not link:
             self._linked(node, link)
         node.last_seen = time.time()
-        if message.type == messages.ACK:
-            # Acknowledgements of our downlink frames: idempotent, so not held to the window (a resent one says the same).
-            self.listener.acked(node.hex, message.fields["counters"])
-            return
-        verdict = node.window.check(message.counter)
-        if verdict == win.STALE:
+        actions = _actions(message, node.window.check(message.counter))
+        if actions & session.A_REJECT_STALE:
             node.stale += 1
             if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
                 log.warning(
@@ -292,12 +297,13 @@ class Sessions:
             )
             return
         if message.type == messages.READINGS:
-            self._readings(node, link, message, verdict)
+            self._readings(node, link, message, actions)
             return
-        if verdict == win.NEW:
+        if actions & session.A_ACCEPT:
             self._accept(node, message.counter)  # not a stored frame: no durability to wait for
+        if actions & session.A_APPLY:
             self._other(node, link, message)
-        if message.flags & fr.F_ACK_REQ:
+        if actions & session.A_ACK:
             self._ack(link, node, [message.counter])
 
     def bad_frame(self, link: Link, error: ProtocolError) -> None:
@@ -363,8 +369,8 @@ class Sessions:
             self._linked(node, link)
         node.last_seen = time.time()
         known = node.layout is not None
-        verdict = node.window.check(message.counter)
-        if verdict == win.STALE:
+        actions = _actions(message, node.window.check(message.counter))
+        if actions & session.A_RESET:
             log.warning(
                 "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
             )
@@ -373,11 +379,12 @@ class Sessions:
             self._reset.add(node.hex)
             node.reset_unsaved = True
             self._save_reset()
-        elif verdict == win.NEW:
+        elif actions & session.A_ACCEPT:
             self._accept(node, message.counter)
-        if verdict == win.DUPLICATE or (verdict == win.NEW and message.counter <= node.hello_counter):
+        if not actions & session.A_APPLY or (actions & session.A_ACCEPT and message.counter <= node.hello_counter):
             # Stored once (SPEC.md §4.3): a resent HELLO, or a late one the node has since replaced, leaves the layout as it is.
-            self._ack(link, node, [message.counter])
+            if actions & session.A_ACK:
+                self._ack(link, node, [message.counter])
             self.send_time(link, node)
             return
         node.hello_counter = message.counter
@@ -396,18 +403,20 @@ class Sessions:
             ", ".join("%s[%s]" % (c.name, c.unit) for c in channels) or "none",
         )
         self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
-        self._ack(link, node, [message.counter])
+        if actions & session.A_ACK:
+            self._ack(link, node, [message.counter])
         self.send_time(link, node)
         self.presenter.status(node, force=True)
         self.listener.hello(node.hex, node.info.get("commands"))
 
-    def _readings(self, node: Node, link: Link, message: ReceivedMessage, verdict: int) -> None:
+    def _readings(self, node: Node, link: Link, message: ReceivedMessage, actions: int) -> None:
         counter = message.counter
         if counter in node.waiting:
             node.waiting[counter].append(link)  # a retransmission of a frame on its way to the broker or disk
             return
-        if verdict == win.DUPLICATE:
-            self._ack(link, node, [counter])
+        if not actions & session.A_LATER:  # a duplicate: acknowledged again, stored once
+            if actions & session.A_ACK:
+                self._ack(link, node, [counter])
             return
         layout = node.layout
         if layout is None:
@@ -449,7 +458,10 @@ class Sessions:
 
     def _other(self, node: Node, link: Link, message: Message) -> None:
         fields = message.fields
-        if message.type == messages.STATUS:
+        if message.type == messages.ACK:
+            # Acknowledgements of our downlink frames: idempotent, applied whatever the window says (a resent one says the same).
+            self.listener.acked(node.hex, fields["counters"])
+        elif message.type == messages.STATUS:
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
             self.presenter.status(node, force=True)
         elif message.type == messages.TIME and "unix" not in fields:
