@@ -4,6 +4,7 @@ that sees what the gateway published in the order it published it."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
@@ -55,6 +56,8 @@ def test_events_buffered_in_an_outage_reach_the_subscriber_ahead_of_the_older_ba
         "the events went out before any of the backlog, the older readings included: %s" % topics[:8]
     )
     assert set(range(1, 1601)) <= set(counters_received(capture, NODE.hex())), "the backlog drained behind them, whole"
+    statuses = [json.loads(m.payload) for m in capture.snapshot() if m.topic == "edgegw/gw-test/status"]
+    assert any(status.get("buffered_events") == 3 for status in statuses), "the status at the reconnect counts the events buffered"
     assert first < last
     capture.close()
     assert gateway.stop() == 0
