@@ -57,11 +57,12 @@ def run_city(
         capture = chain.capture
         ids = _warm_up(rig, capture)
         commander = Commander(chain.broker.host, chain.broker.port, chain.gateway.gateway_id)
-        # The alarm subscriber: events only, as an operator's alarm client subscribes. A broker sends each client
-        # its messages in order, so a subscriber of everything gets an event only after the backlog published
-        # before it, whatever the gateway does; this one's queue holds nothing but events.
-        alarms = MqttCapture(chain.broker.host, chain.broker.port, ["edgegw/%s/nodes/+/events" % chain.gateway.gateway_id])
+        alarms: MqttCapture | None = None
         try:
+            # The alarm subscriber: events only, as an operator's alarm client subscribes. A broker sends each client
+            # its messages in order, so a subscriber of everything gets an event only after the backlog published
+            # before it, whatever the gateway does; this one's queue holds nothing but events.
+            alarms = MqttCapture(chain.broker.host, chain.broker.port, ["edgegw/%s/nodes/+/events" % chain.gateway.gateway_id])
             world = World(scenario.world, [node.data_dir for node in rig.nodes], scenario.node_roles, scenario.seed)
             channel = scenario.criteria.events_from
             rig.begin()
@@ -94,7 +95,8 @@ def run_city(
             tracks = commander.tracks()
         finally:
             commander.close()
-            alarms.close()
+            if alarms is not None:
+                alarms.close()
     relay_error = rig.relay_error
     if relay_error:
         raise RuntimeError("the rig's relay failed during the run (%s): the measurement is not trustworthy" % relay_error)
