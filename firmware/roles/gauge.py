@@ -40,10 +40,7 @@ class Gauge:
     def command(self, node, name, args):  # set_threshold, its args checked by the node
         self.mark = args["mm"]
         self.rise_mm_h = args.get("rise", self.rise_mm_h)
-        try:
-            self._storage.put("gauge.json", b'{"mm": %d, "rise": %d}' % (self.mark, self.rise_mm_h))
-        except OSError as error:
-            return messages.OUTCOME_FAILED, "not saved: %r" % error, None
+        self._storage.put("gauge.json", b'{"mm": %d, "rise": %d}' % (self.mark, self.rise_mm_h))  # raises: FAILED
         self.poll(node, self._sampled_ms)  # a mark moved under the water is a flood now, not at the next reading
         return messages.OUTCOME_OK, None, None
 

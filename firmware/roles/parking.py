@@ -60,10 +60,7 @@ class Parking:
             if not self._learning:
                 base = self._sum // _LEARN
                 self._base64 = base << _FOLLOW
-                try:
-                    self._storage.put("parking.json", b'{"base": %d}' % base)
-                except OSError as error:
-                    print("edgegw-node: parking.json not saved: %r" % error)
+                self._storage.put("parking.json", b'{"base": %d}' % base)  # raises: printed by the node, learned all the same
             return
         base = self._base64 >> _FOLLOW
         away = field - base if field > base else base - field
