@@ -192,11 +192,15 @@ class DownlinkCounters:
         assert self._write is not None
         try:
             await self._write({node_hex(node_id): limit for node_id, limit in nodes.items()}, gateway)
-        except StoreError as error:
+        except Exception as error:  # StoreError; anything else is a bug, but must not stop every later reservation
             self._task = None
             self._due.update(nodes)  # asked again (with what was asked meanwhile) at the next try
             if not self._failing:
-                log.error("%s; downlink counters not reserved: frames to the nodes that need them wait, trying again", error)
+                log.error(
+                    "%s; downlink counters not reserved: frames to the nodes that need them wait, trying again",
+                    error,
+                    exc_info=None if isinstance(error, StoreError) else error,
+                )
                 self._failing = True
             self._schedule(self._retry_s)
             self._retry_s = min(RETRY_MAX_S, self._retry_s * 2)
@@ -214,7 +218,10 @@ class DownlinkCounters:
         self._limit = max(self._limit, gateway)
         if self._due or self._wanted > self._limit:
             self._schedule(0.0)
-        self._ready(set(nodes))
+        try:
+            self._ready(set(nodes))
+        except Exception:  # a bug in what waited for them: the counters stay usable
+            log.exception("handing out reserved downlink counters failed")
 
     async def close(self) -> None:
         """At a stop: the write under way finishes (the store closes after); none starts after it."""

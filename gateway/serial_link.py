@@ -99,8 +99,9 @@ class Link:
         self.transport = None
         try:
             self._handler.lost(self)
-        finally:
-            self._on_lost(self, exc)
+        except Exception:  # a bug in the sessions must not keep the port from being reopened
+            log.exception("%s: handling the port's loss failed", self.path)
+        self._on_lost(self, exc)
 
     def _bad_frame(self, error: ProtocolError) -> None:
         self.errors[error.reason] += 1

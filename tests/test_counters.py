@@ -196,3 +196,25 @@ def test_frames_to_a_node_without_counters_wait_in_the_queue_unbuilt() -> None:
     decoder.feed(queue.take(4096))
     assert [(m.type, m.counter) for m in decoder.drain()] == [(messages.ACK, STALE_STEP), (messages.TIME, STALE_STEP + 1)]  # type: ignore[union-attr]
     assert not queue
+
+
+async def test_a_bug_under_a_reservation_does_not_stop_the_next_ones(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctr, "RETRY_MIN_S", 0.01)
+    gateway = Gateway(tmp_path)
+    real = gateway.counters._write
+    calls: list[int] = []
+
+    async def once_broken(limits: dict[str, int], limit: int) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        assert real is not None
+        await real(limits, limit)
+
+    gateway.counters._write = once_broken
+    gateway.counters.open(A)
+    gateway.counters.jump(A, 0)
+    assert gateway.take(A, 1) == [None]
+    await settled(lambda: bool(gateway.ready))
+    assert gateway.take(A, 1) == [STALE_STEP] and len(calls) == 2
+    await gateway.crash()
