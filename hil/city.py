@@ -191,11 +191,12 @@ def event_records(capture: MqttCapture) -> list[tuple[str, str, Any, float, floa
 
 def _events(scenario: Scenario, world: World, ids: list[str], capture: MqttCapture, channel: str, start: float) -> EventOutcome:
     changes: dict[str, list[tuple[float, Any]]] = {}
+    now = time.monotonic()
     for index, role in enumerate(scenario.node_roles):
         if EVENT_CHANNELS.get(role) != channel:
             continue
         found = {"gauge": world.flood_changes, "parking": world.bay_changes, "streetlight": world.lamp_failures}[role](index)
-        changes[ids[index]] = [(at, value) for at, value in found if at >= start]
+        changes[ids[index]] = [(at, value) for at, value in found if start <= at <= now]  # the world's files hold the future too
     seen = [EventSeen(node, value, at_node, at) for node, name, value, at_node, at in event_records(capture) if name == channel]
     held = [(start + f.at, start + f.end + HELD_AFTER_S) for f in scenario.faults if f.kind in ("broker_down", "gateway_kill")]
     return analyse_events(changes, state_changes(seen), scenario.criteria.event_p99_s, held)
