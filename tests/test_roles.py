@@ -30,11 +30,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return out
 
 
-def role_check(micropython: str, bundle: pathlib.Path, folder: pathlib.Path, mode: str) -> dict[str, Any]:
+def role_check(micropython: str, bundle: pathlib.Path, folder: pathlib.Path, mode: str, *args: str) -> dict[str, Any]:
     folder.mkdir(exist_ok=True)
     # From the compiled bundle, as a node runs; cwd there: MicroPython puts "" first on sys.path.
     done = subprocess.run(
-        [micropython, "-X", "heapsize=512k", str(ROLE_CHECK), str(folder), mode],
+        [micropython, "-X", "heapsize=512k", str(ROLE_CHECK), str(folder), mode, *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -167,8 +167,43 @@ def heap(folder, role):
     return {"role": role, "bytes": before - gc.mem_free(), "sources": len(sources)}
 
 
+class Wire:
+    def __init__(self):
+        self.sent = b""
+
+    def write(self, data):
+        self.sent += data
+
+    def read_available(self, buffer):
+        return 0
+
+
+def hello(folder, role, hw_model):
+    # The node's own HELLO for this role, encoded by the node (firmware/node.py) on a HAL whose
+    # board names itself hw_model: the bytes it wrote, in hex.
+    from firmware import hal_unix
+    from firmware.node import Node
+
+    hal = Bare()
+    hal.storage = Storage(folder)
+    hal.seed = 3
+    hal.role = role
+    hal.hw_model = hw_model
+    hal.unique_id = b"\xe1\x00\x00\x00\x00\x00\x00\x03"
+    hal.interval = 10
+    hal.status_interval = 60
+    hal.reset_cause = 1
+    hal.uart = Wire()
+    hal._pins = []
+    hal.sources = lambda role: hal_unix.Hal.sources(hal, role)
+    Node(hal).hello()
+    return {"role": role, "wire": hal.uart.sent.hex()}
+
+
 folder, mode = sys.argv[1], sys.argv[2]
 if mode.startswith("heap:"):
     print(json.dumps(heap(folder, mode[5:])))
+elif mode.startswith("hello:"):
+    print(json.dumps(hello(folder, mode[6:], sys.argv[3])))
 else:
     print(json.dumps({"streetlight": streetlight, "gauge": gauge, "parking": parking}[mode](folder)))
