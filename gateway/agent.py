@@ -23,21 +23,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from protocols import ProtocolError
-
 from . import __version__
+from .commands import Commands
 from .committer import CommitResult, Committer
 from .config import Config
 from .counters import BLOCK, FRESH, DownlinkCounters
 from .forwarder import Forwarder
 from .layouts import Layouts
-from .render import describe_error
 from .router import Router
 from .serial_link import PortManager
 from .sessions import Sessions
 from .store import Store, StoreError
 from .store_worker import StoreWorker
-from .uplink import Uplink, UplinkEvents
+from .uplink import Inbound, Uplink, UplinkEvents
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +117,12 @@ class Agent:
         infos = await self.worker.call(store.node_info)
         layouts = self.layouts = Layouts(await self.worker.call(store.load_layouts))
 
-        events = UplinkEvents(connected=self._connected, disconnected=self._disconnected, published=self._published, message=self._command)
+        events = UplinkEvents(connected=self._connected, disconnected=self._disconnected, published=self._published, message=self._inbound)
         self.uplink = Uplink(
             cfg.mqtt, cfg.gateway_id, self.status_topic, self._status("offline"), events, loop, reconnect_max_s=cfg.mqtt.reconnect_max
         )
-        self.uplink.subscriptions = ["%s/%s/nodes/+/config/set" % (cfg.mqtt.topic_prefix, cfg.gateway_id)]
         topic_base = "%s/%s" % (cfg.mqtt.topic_prefix, cfg.gateway_id)
+        self.uplink.subscriptions = ["%s/nodes/+/command" % topic_base, "%s/nodes/+/config/set" % topic_base]
         self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight, layouts, topic_base)
         self.committer = Committer(
             self.worker,
@@ -147,6 +145,9 @@ class Agent:
             self.counters,
         )
         self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
+        self.commands = Commands(self.worker, topic_base, self.sessions, self.forwarder.retained, self.uplink.ack, cfg.commands_in_flight)
+        await self.commands.open()
+        self.sessions.listener = self.commands
         self.ports = PortManager(cfg.serial, self.sessions, self.counters.take)
 
         tasks = [
@@ -155,6 +156,7 @@ class Agent:
             loop.create_task(self._status_loop(), name="status"),
             loop.create_task(self._checkpoint_loop(), name="checkpoint"),
             loop.create_task(self._fold_loop(), name="fold"),
+            loop.create_task(self.commands.run(), name="commands"),
         ]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -238,6 +240,7 @@ class Agent:
     def _connected(self) -> None:
         self.forwarder.connected()
         self.forwarder.retained(self.status_topic, self._status("online"))
+        self.commands.connected(self.uplink.session_present)
 
     def _disconnected(self) -> None:
         self.forwarder.disconnected()
@@ -245,28 +248,9 @@ class Agent:
     def _published(self, mid: int, accepted: bool, reason: str) -> None:
         self.forwarder.puback(mid, accepted, reason)
 
-    def _command(self, topic: str, payload: bytes) -> None:
-        """`{prefix}/{gw}/nodes/{node}/config/set` with a JSON object: forwarded as CONFIG set.
-
-        Whatever arrives is either sent or refused with one log line naming the topic and why:
-        an exception here would escape into the event loop, and the sender would never know.
-        """
-        node = topic.split("/")[-3]
-        try:
-            values = json.loads(payload)
-        except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than json can follow
-            log.warning("ignoring %s: payload is not JSON (%s)", topic, describe_error(error))
-            return
-        if not isinstance(values, dict):
-            log.warning("ignoring %s: payload is not a JSON object", topic)
-            return
-        try:
-            sent = self.sessions.send_config(node, values)
-        except ProtocolError as error:  # the frame would break SPEC.md's limits (300 characters do not fit one)
-            log.warning("ignoring %s: cannot send it as CONFIG set (%s)", topic, error)
-            return
-        if not sent:
-            log.warning("ignoring %s: node %s is not connected, or its port is backed up (see replies_dropped)", topic, node)
+    def _inbound(self, inbound: Inbound) -> None:
+        """A request on `.../command` or `.../config/set`: gateway/commands.py stores it, then acknowledges it."""
+        self.commands.message(inbound)
 
     async def _checkpoint_loop(self) -> None:
         """The buffer's WAL copied into the database file, on a thread of its own, when it has grown.

@@ -85,6 +85,7 @@ class Config:
     serial: tuple[SerialConfig, ...] = field(default_factory=tuple)
     log_level: str = "info"
     broker_ack_wait: float = 1.0  # s a frame held for the broker waits for its PUBACK before it goes to disk (0: disk first)
+    commands_in_flight: int = 4  # [commands] in_flight: a node's commands sent and not yet answered at once
 
 
 # ---------------------------------------------------------------- checkers
@@ -155,6 +156,9 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "cert_file": (_PATH, None),
         "key_file": (_PATH, None),
     },
+    "commands": {
+        "in_flight": (_int_range(1, 64), 4),
+    },
     "serial": {
         "port": (_TEXT, _REQUIRED),
         "baud": (_int_range(300, 4_000_000), 115200),
@@ -191,10 +195,10 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config, or raise ConfigError listing every problem."""
     problems: list[str] = []
     for section in document:
-        if section not in ("gateway", "buffer", "mqtt", "serial"):
-            close = difflib.get_close_matches(section, ["gateway", "buffer", "mqtt", "serial"], n=1)
+        if section not in ("gateway", "buffer", "mqtt", "commands", "serial"):
+            close = difflib.get_close_matches(section, ["gateway", "buffer", "mqtt", "commands", "serial"], n=1)
             hint = " (did you mean [%s]?)" % close[0] if close else ""
-            problems.append("[%s]: unknown section%s; expected gateway, buffer, mqtt and [[serial]]" % (section, hint))
+            problems.append("[%s]: unknown section%s; expected gateway, buffer, mqtt, commands and [[serial]]" % (section, hint))
 
     def table(name: str) -> dict[str, Any]:
         value = document.get(name, {})
@@ -207,6 +211,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
     if gateway is None:
         problems.append("[gateway]: missing; it needs at least id and data_dir")
     buffer = _check_table("buffer", table("buffer"), problems)
+    commands = _check_table("commands", table("commands"), problems)
     mqtt = _check_table("mqtt", table("mqtt"), problems) if "mqtt" in document else None
     if mqtt is None:
         problems.append("[mqtt]: missing; it needs at least host")
@@ -249,6 +254,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         when_full=buffer["when_full"],
         commit_wait=float(buffer["commit_wait"]),
         broker_ack_wait=float(buffer["broker_ack_wait"]),
+        commands_in_flight=commands["in_flight"],
         mqtt=MqttConfig(port=port, tls=tls, **mqtt),
         serial=tuple(serial),
     )

@@ -525,17 +525,6 @@ class Sessions:
     def send_time(self, link: Link, node: Node) -> None:
         link.time(node.node_id)
 
-    def send_config(self, node_hex_id: str, values: dict[str, Any]) -> bool:
-        """A CONFIG set, once (`config/set` until the command life cycle takes it over): a request like any other,
-        so a REJECT stale of it moves the node's counters. False when it cannot be queued now."""
-        node = self.nodes.get(node_hex_id)
-        if node is None or node.link is None:
-            return False
-        counter = self.take_counter(node_hex_id)
-        if counter is None:
-            return False
-        return self.send_request(node_hex_id, counter, messages.CONFIG, {"op": messages.CONFIG_SET, "values": values})
-
     # ------------------------------------------------------------ links
 
     def _linked(self, node: Node, link: Link) -> None:

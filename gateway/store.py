@@ -598,6 +598,15 @@ class Store:
             self.disk_full = ""
             self._reserve_retry_s = RESERVE_RETRY_S
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the tables of other modules (gateway/command_book.py); on the store thread only."""
+        return self._db
+
+    def write(self, what: str, work: Callable[[], T]) -> T:
+        """A durable write of another module's tables, as _write does it (StoreError when it cannot be done)."""
+        return self._write(what, work)
+
     def _write(self, what: str, work: Callable[[], T]) -> T:
         """A write that must go through (deletes, counters): on a full disk, give up the reserve and try once more."""
         self._wal_room()

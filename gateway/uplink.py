@@ -22,10 +22,20 @@ of it, and of its end, through call_soon, in order, and only then does
 `connected` change, so nothing is published on a connection the forwarder does
 not know of yet (it would resend what it holds on it and wipe it).
 
-Resends are the forwarder's alone: every connection starts a clean session, and
-paho's own unacknowledged messages from an earlier connection are dropped
-before paho would resend them (it does so on every reconnect, clean session or
-not); the forwarder publishes again what it holds unacknowledged.
+Resends are the forwarder's alone: paho's own unacknowledged messages from an
+earlier connection are dropped before paho would resend them (it does so on every
+reconnect); the forwarder publishes again what it holds unacknowledged.
+
+The session is persistent (MQTT 5: clean_start 0 and a session expiry of
+SESSION_EXPIRY_S; 3.1.1: clean session 0; the client id is the gateway id), so
+the broker keeps the command subscriptions and queues the requests published
+while the gateway is down or restarting. Requests are acknowledged by hand
+(paho's manual_ack): the agent acknowledges one only once it is stored
+(gateway/commands.py), and only on the connection it came on; one not
+acknowledged is delivered again (DUP) on the next connection. `session_present`
+says whether the broker still had the session: when it did not (a broker
+restarted without persistence, an expired session) it has lost the retained
+command states too, and they are published again.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -57,6 +68,18 @@ STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
 MISC_EVERY_S = 1.0  # paho's loop_misc: keepalive pings, and a PINGRESP that never came
 SILENT_KEEPALIVES = 1.5  # a broker heard nothing from for this many keepalives is gone (the server's own rule)
 CONNACK_TIMEOUT_S = 10.0  # a broker that took the TCP connection answers within this (or the keepalive, if shorter)
+SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: the broker keeps our session (and queues requests) this long: the longest ttl
+
+
+class Inbound(NamedTuple):
+    """A message from a subscription; acknowledge it with Uplink.ack(mid, qos, link) once it is safe."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    dup: bool
+    link: int  # the connection it came on
 
 
 @dataclass
@@ -66,7 +89,7 @@ class UplinkEvents:
     connected: Callable[[], None]
     disconnected: Callable[[], None]
     published: Callable[[int, bool, str], None]  # mid, accepted, reason
-    message: Callable[[str, bytes], None]
+    message: Callable[[Inbound], None]
 
 
 class Uplink:
@@ -103,8 +126,9 @@ class Uplink:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=protocol,
-            clean_session=None if self.mqtt5 else True,  # MQTT 5: clean_start on every connect()
+            clean_session=None if self.mqtt5 else False,  # MQTT 5: clean_start 0 on every connect()
             reconnect_on_failure=False,
+            manual_ack=True,
         )
         self._client.max_inflight_messages_set(config.inflight)
         self._client.max_queued_messages_set(0)
@@ -124,6 +148,7 @@ class Uplink:
         self._client.on_socket_unregister_write = self._on_socket_unregister_write
         self.subscriptions: list[str] = []
         self.last_error = ""
+        self.session_present = False  # the broker still had our session at the last CONNACK
 
     # ------------------------------------------------------------ control
 
@@ -261,7 +286,9 @@ class Uplink:
     def _connect(self) -> None:
         """On its own thread: paho's blocking connect (name lookup, TCP, TLS), which queues CONNECT."""
         if self.mqtt5:
-            self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive, clean_start=True)
+            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session.SessionExpiryInterval = SESSION_EXPIRY_S
+            self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive, clean_start=False, properties=session)
         else:
             self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
 
@@ -394,6 +421,7 @@ class Uplink:
             self._note_failure("the broker %s:%d refused the connection: %s" % (self.config.host, self.config.port, reason))
             client.disconnect()
             return
+        self.session_present = bool(getattr(flags, "session_present", False))
         log.info("connected to %s:%d (MQTT %s)", self.config.host, self.config.port, self.config.protocol)
         self.last_error = ""
         for topic in self.subscriptions:
@@ -417,7 +445,15 @@ class Uplink:
         self._loop.call_soon(self._events.published, mid, not reason.is_failure, str(reason))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self._loop.call_soon(self._events.message, message.topic, bytes(message.payload))
+        inbound = Inbound(message.topic, bytes(message.payload), int(message.mid), int(message.qos), bool(message.dup), self._link)
+        self._loop.call_soon(self._events.message, inbound)
+
+    def ack(self, mid: int, qos: int, link: int) -> bool:
+        """PUBACK a message that came on connection `link`, if that connection is still up (else the broker
+        delivers it again on the next one, and nothing is acknowledged that a different message could own)."""
+        if qos == 0 or not link or link != self._link:
+            return False
+        return self._client.ack(mid, qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def backoff_delay(attempt: int, cap_s: float, rng: random.Random | None = None) -> float:

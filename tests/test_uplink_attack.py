@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from gateway.config import MqttConfig, TlsConfig
-from gateway.uplink import Uplink, UplinkEvents
+from gateway.uplink import Inbound, Uplink, UplinkEvents
 from hil.broker import Mosquitto
 from hil.certs import Pki, make_pki
 
@@ -80,8 +80,8 @@ class Recorder:
             if accepted:
                 self.acked.append(mid)
 
-        def message(topic: str, payload: bytes) -> None:
-            self.messages.append((topic, payload))
+        def message(inbound: Inbound) -> None:
+            self.messages.append((inbound.topic, inbound.payload))
 
         return UplinkEvents(connected=connected, disconnected=disconnected, published=published, message=message)
 
