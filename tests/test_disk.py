@@ -460,6 +460,7 @@ def test_a_damaged_file_header_costs_nothing(tmp_path: pathlib.Path, caplog: pyt
     for n in range(0, 400, 4):
         store.commit(noisy(n, size=60), 4, {NODE: WindowState(n + 3, 0xF)}, [layout] if n == 0 else None)
     counter = store.reserve("downlink_counter", 4096, 2**31)
+    store.save_downlink({NODE: 3 * 65536})  # the node's own downlink limit (schema 6)
     store.close()
     with open(tmp_path / DB_NAME, "r+b") as file:
         file.write(b"XQLite format 3\x00")
@@ -468,6 +469,7 @@ def test_a_damaged_file_header_costs_nothing(tmp_path: pathlib.Path, caplog: pyt
     assert numbers(store) == list(range(400))
     assert store.load_layouts() == [layout] and store.load_windows() == {NODE: WindowState(399, 0xF)}
     assert store.reserve("downlink_counter", 4096, 2**31) == counter + 4096, "downlink counters are not used twice"
+    assert store.load_downlink() == {NODE: 3 * 65536}, "nor the node's own"
     assert "lost 0 readings" not in caplog.text
     store.close()
 

@@ -426,6 +426,25 @@ def test_a_node_whose_window_is_in_an_unfolded_chunk_is_not_evicted_as_idle(tmp_
     store.close()
 
 
+def test_an_evicted_nodes_downlink_limit_moves_the_gateway_wide_counter(tmp_path: pathlib.Path) -> None:
+    """A node row given up for room takes its downlink limit with it: the gateway-wide counter, where a session
+    that comes back starts (gateway/counters.py), is raised to it in the same transaction."""
+    store = Store(tmp_path, 10_000_000)
+    assert store.reserve("downlink_counter", 65536, 2**31) == 0
+    store.save_node_infos({NODE_A: "{}", NODE_B: "{}"})
+    store.save_downlink({NODE_A: 5_000_000, NODE_B: 300_000})
+    store._db.execute("UPDATE nodes SET last = 0")  # both long unseen, owning no chunk
+    store._least_last = None
+    store._db.execute("BEGIN")
+    store._evict_idle(lambda: True)
+    store._db.execute("COMMIT")
+    assert node_rows(store) == {} and store.load_downlink() == {}
+    store.close()
+    again = Store(tmp_path, 10_000_000)
+    assert again.reserve("downlink_counter", 65536, 2**31) == 5_000_000, "above every counter either node was sent"
+    again.close()
+
+
 V4_SCHEMA = """
 CREATE TABLE chunks (id INTEGER PRIMARY KEY, received REAL NOT NULL, frames INTEGER NOT NULL, readings INTEGER NOT NULL,
     body BLOB NOT NULL, windows BLOB NOT NULL DEFAULT x'');
