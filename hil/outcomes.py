@@ -255,7 +255,7 @@ def judge(
             ids = {command for command, its in within.items() if its == limit}
             over = {p.id for p in c.problems if p.id in ids and (p.problem.startswith("late") or p.problem == "not succeeded")}
             checks.append(
-                Check("every command succeeded within %g s" % limit, "%d of %d did not" % (len(over), len(ids)) if over else None)
+                Check("every command succeeded within %g s" % limit, "%d of %d did not" % (len(over), len(ids)) if over else None, True)
             )
         if criteria.changes_per_command:
             name = "each node changed %s exactly once per command" % criteria.changes_per_command
