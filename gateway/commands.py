@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import random
@@ -209,8 +208,13 @@ class Commands:
             due = self.scheduler.next_due()
             wait = TICK_S if due is None else max(0.0, min(TICK_S, due - self._clock()))
             if not self._inbox and not self._dirty:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                # A timer sets the event, not asyncio.wait_for: on Python 3.11 a wait_for whose wait ends as the
+                # task is cancelled loses the cancellation (a stop's gather then waits for this task forever).
+                timer = asyncio.get_running_loop().call_later(wait, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
             self._wake.clear()
             while self._inbox:
                 inbound = self._inbox.popleft()
