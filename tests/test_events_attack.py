@@ -26,11 +26,13 @@ from gateway.store import Store, StoredFrame
 from gateway.store_worker import StoreWorker
 from protocols import CounterWindow, Message, messages
 from protocols import frame as fr
-from tests.test_events import event, events, pubacks, sent
+from tests.test_events import event, events, offline, online, pubacks, rig, sent
 from tests.test_forwarder import RecordingUplink, frame, layouts, settle
 from tests.test_hostile import HELLO_FIELDS
 from tests.test_hostile import NODE as NODE_ID
 from tests.test_router import Rig, until
+
+__all__ = ["rig"]  # a fixture, used by name
 
 
 def chunk_of(store: Store, chunk_id: int) -> Any:
@@ -259,3 +261,70 @@ async def test_live_chunks_of_events_are_bounded_in_memory_on_a_slow_uplink(tmp_
     waiting = sum(len(chunk.frames) for chunk in forwarder._live_events) + sum(len(pack.frames) for pack in forwarder._urgent)
     assert waiting <= LIVE_FRAMES, "%d event frames waiting in RAM on a stuck uplink (LIVE_FRAMES %d)" % (waiting, LIVE_FRAMES)
     worker.close()
+
+
+# ------------------------------------------------------------ 6. one event on the disk path sends every node's events there
+
+
+async def test_an_event_published_and_acknowledged_does_not_send_another_node_s_events_to_disk(rig: Rig) -> None:
+    """Router.submit sends an event to disk while forwarder.events_on_disk(): any chunk of events of ANY node still in
+    the buffer, published or not, until its batched delete (DELETE_AFTER_S = 5 s, or 512 chunks). Per-node order
+    needs neither: once the older event is PUBACKed nothing can overtake it. So after one event took the disk path
+    (a brief outage, a missed deadline), every event of every node arriving within ~5 s of the last one is committed
+    on its own (an fsync each) instead of held for the broker, and the chain lasts as long as events keep coming
+    that often (a parking rush: 200 bays, 160 events a minute)."""
+    offline(rig)
+    event(rig, 2)
+    await until(lambda: 2 in rig.acked())  # on disk
+    online(rig)
+    await until(lambda: events(rig.uplink) == [2])
+    pubacks(rig)  # the broker has it: nothing of this node is left to overtake
+    other = bytes.fromhex("0000a4cf12b3c4e6")
+    rig.feed(Message(messages.HELLO, other, 1, HELLO_FIELDS, fr.F_ACK_REQ))
+    rig.feed(Message(messages.READINGS, other, 2, {"samples": [1, 77, 0]}, fr.F_ACK_REQ | fr.F_PRIORITY))
+    await until(lambda: len(events(rig.uplink)) == 2)
+    written = await rig.chunks_written()
+    pubacks(rig)
+    assert written == 1, "another node's event, with the broker answering and nothing of its own buffered, was committed"
+
+
+# ------------------------------------------------------------ 7. PRIORITY where it means nothing, and odd events (these held up)
+
+
+async def test_priority_on_hello_and_status_is_ignored_and_odd_events_are_handled(rig: Rig) -> None:
+    rig.feed(Message(messages.STATUS, NODE_ID, 2, {"uptime": 5}, fr.F_ACK_REQ | fr.F_PRIORITY))
+    rig.feed(Message(messages.READINGS, NODE_ID, 3, {"samples": [7, 1, 0]}, fr.F_ACK_REQ | fr.F_PRIORITY))  # no channel 7
+    rig.feed(Message(messages.READINGS, NODE_ID, 4, {"samples": []}, fr.F_ACK_REQ | fr.F_PRIORITY))  # an event of nothing
+    event(rig, 5)
+    await until(lambda: len(events(rig.uplink)) >= 1)
+    pubacks(rig)
+    await until(lambda: 5 in rig.acked())
+    assert 3 not in rig.acked(), "a bad channel is rejected, event or not"
+    kinds = [topic.rsplit("/", 1)[1] for _mid, topic, _p in rig.uplink.published]
+    assert "events" in kinds
+    assert events(rig.uplink) == [5]
+
+
+# ------------------------------------------------------------ 8. a buffer of events only, and an ordinary reading
+
+
+def test_an_ordinary_reading_does_not_evict_an_event_from_a_buffer_of_events(tmp_path: pathlib.Path) -> None:
+    """Design question more than a slip: the buffer holds only events (an outage long enough, a flood of alarms).
+    An ordinary commit under drop_oldest then evicts the oldest EVENT to store a routine reading: the issue's rule is
+    'never evicts an event while ordinary readings remain to evict', and the incoming frame is the ordinary reading
+    left to drop (refused, its node keeps it, as stop_acking does). Flood-warning: 'with the buffer full under
+    drop_oldest, no event is lost'."""
+    from gateway import disk
+    from gateway.store import StoreFull
+    from tests.test_store import noisy
+
+    store = Store(tmp_path, disk.MIN_BUDGET)
+    n = 0
+    with pytest.raises(StoreFull):
+        while True:  # events until the buffer is full
+            store.commit(noisy(n), 4, {}, priority=True)
+            n += 4
+    events_before = store.pending_events
+    store.commit(noisy(n + 4), 4, {}, make_room=True)  # one ordinary chunk
+    assert store.total("dropped_events") == 0 and store.pending_events == events_before, "an event evicted for an ordinary reading"
+    store.close()
