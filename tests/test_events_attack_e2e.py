@@ -95,3 +95,67 @@ def test_one_node_flooding_events_in_an_outage_costs_no_more_writes_than_its_rea
     finally:
         for cable in cables:
             cable.close()
+
+
+def test_events_acknowledged_while_the_broker_is_frozen_reach_the_subscriber_in_order_after_a_kill_9(
+    tmp_path: pathlib.Path, started: list[Started]
+) -> None:
+    """The broker frozen (SIGSTOP: connected, answering nothing), as a congested uplink or a stalled broker does for
+    more than broker_ack_wait (1 s). Event 1 is held for the broker; event 2, half a second later, too. Event 1 misses
+    its deadline: committed, ACKed, and the router stops holding frames (not answering). Event 3 comes before event
+    2's deadline: Router._events_behind() sees no event on its way to disk or buffered (2 is held in memory), so 3
+    is committed at once, and 2 only at its deadline, after it: the buffer holds 1, 3, 2. The gateway is SIGKILLed,
+    the broker thawed, the gateway started again: the durability holds (every ACKed event arrives), but the
+    subscriber gets 1, 3, 2. (Found by a looser version of this test: 30 events, 1, 11, 2, 12, 13, 3, 14, ...)"""
+    import os
+    import signal
+
+    from hil.capture import MqttCapture
+    from tests.test_events_e2e import EVENT_BASE
+
+    broker = Mosquitto(tmp_path / "broker")
+    started.append(broker)
+    broker.start()
+    capture = MqttCapture(broker.host, broker.port, ["edgegw/#"])
+    started.append(capture)
+    cable = PtyCable(tmp_path / "ttyNODE0")
+    try:
+        gateway = GatewayProcess(tmp_path / "gw", broker.port, [str(cable.link_path)])
+        started.append(gateway)
+        gateway.start()
+        gateway.wait_for_log("connected to")
+        node = ScriptedNode(cable, FLOODER)
+        node.wait_acked([node.hello()])
+
+        def send_event(number: int) -> int:
+            return node.send(messages.READINGS, {"samples": [1, EVENT_BASE + number, 0]}, flags=fr.F_ACK_REQ | fr.F_PRIORITY)
+
+        assert broker.process is not None
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        try:
+            first = send_event(1)
+            node.poll(0.5)
+            second = send_event(2)
+            node.wait_acked([first], timeout=15)  # 1 missed broker_ack_wait: committed; 2 is still held (0.5 s to go)
+            assert second not in node.acked
+            third = send_event(3)
+            node.wait_acked([second, third], timeout=15)
+            gateway.kill()
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        gateway.start()
+        gateway.wait_for_log("ttyNODE0: open", after=gateway.log_mark)
+
+        def got() -> list[int]:
+            return [
+                int(r["value"]) - EVENT_BASE
+                for topic, r in capture.readings("/events")
+                if FLOODER.hex() in topic and r["name"].endswith(":counter")
+            ]
+
+        capture.wait_for(lambda msgs: {1, 2, 3} <= set(got()), timeout=60)
+        assert list(dict.fromkeys(got())) == [1, 2, 3], "first copies in the node's order; all copies: %s" % got()
+        capture.close()
+        assert gateway.stop() == 0
+    finally:
+        cable.close()
