@@ -328,3 +328,31 @@ def test_an_ordinary_reading_does_not_evict_an_event_from_a_buffer_of_events(tmp
     store.commit(noisy(n + 4), 4, {}, make_room=True)  # one ordinary chunk
     assert store.total("dropped_events") == 0 and store.pending_events == events_before, "an event evicted for an ordinary reading"
     store.close()
+
+
+def test_events_dropped_by_a_full_buffer_are_logged_once_an_episode_not_once_a_commit(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Store.commit logs 'buffer full: dropped N events' as an error at every commit that evicts an event; a buffer of
+    events under a steady flow evicts at every commit (each second, or each fsync during a flood): an error line per
+    commit, where the README promises one line when a full episode starts and one when it ends (with the count)."""
+    import logging
+
+    from gateway import disk
+    from gateway.store import StoreFull
+    from tests.test_store import noisy
+
+    store = Store(tmp_path, disk.MIN_BUDGET)
+    n = 0
+    with pytest.raises(StoreFull):
+        while True:
+            store.commit(noisy(n), 4, {}, priority=True)
+            n += 4
+    caplog.set_level(logging.ERROR)
+    for _ in range(50):  # one full episode: events keep coming
+        n += 4
+        store.commit(noisy(n), 4, {}, make_room=True, priority=True)
+    lines = [r for r in caplog.records if "dropped" in r.getMessage() and "events" in r.getMessage()]
+    assert store.total("dropped_events") > 0
+    assert len(lines) <= 1, "%d error lines for one full episode: %s" % (len(lines), lines[0].getMessage())
+    store.close()
