@@ -84,6 +84,7 @@ class Agent:
                 buffered_readings=self.worker.store.pending_readings,
                 buffered_events=self.worker.store.pending_events,
                 events_published=self.forwarder.events_published,
+                events_demoted=self.router.events_demoted,
                 acked_by_broker=self.router.acked_by_broker,
                 acked_on_disk=self.router.acked_on_disk,
                 missed_broker_ack_wait=self.router.missed_deadline,

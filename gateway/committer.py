@@ -17,7 +17,15 @@ chunks of events only, as soon as the transaction before is done: they do not
 wait for a group to gather, and a chunk is evicted or published as a whole, so
 an event must not share one with ordinary readings (Store.commit: a full
 buffer evicts events last; the forwarder publishes them ahead of the backlog).
-Events are few; their own commit costs an fsync each, ordinary frames nothing.
+Their own commit costs an fsync each (bounded: at most EVENTS_PER_MINUTE a
+node, gateway/router.py), ordinary frames nothing. Events do not starve the
+ordinary frames: after a commit of events, the ordinary frames queued are
+committed next, gathered or not (a node sending events as fast as the disk
+takes them would otherwise keep every other node's readings unacknowledged).
+
+Under drop_oldest an ordinary group never evicts an event: when only events
+are left to evict, the group is not stored and its nodes keep it (they resend,
+as under stop_acking), logged once per full episode.
 """
 
 from __future__ import annotations
@@ -233,6 +241,8 @@ class Committer:
         self._commit_wait = commit_wait
         self._queued_bytes = 0  # payload bytes in the queue
         self._queued_events = 0  # events in the queue: each is committed without waiting for a group
+        self._events_last = False  # the last group taken was events: ordinary frames queued go next
+        self._refusing_for_events = False  # in this full episode ordinary groups were refused: only events were left
         self._ready = asyncio.Event()  # the queue reached GROUP_READY_BYTES, or a stop began
         self.commits = 0  # transactions tried (tests count them)
         self._layouts = layouts
@@ -325,7 +335,7 @@ class Committer:
                 )
                 self._group_bytes = outcome.group_bytes
                 self._layouts.evicted(outcome.evicted_layouts)
-                self._report(outcome, group)
+                self._report(outcome, group, priority)
                 stored = group[: outcome.stored]
                 log.debug("group of %d: stored %d, fill %.2f", len(group), len(stored), outcome.fill)
                 chunk = None
@@ -341,27 +351,39 @@ class Committer:
         """The next group off the queue and whether it is events: the events queued (in the order they came,
         so each node's stay in order), or else the ordinary frames that make a group."""
         if self._queued_events:
+            # Events first, but not twice in a row while ordinary frames wait (fairness: see the module's docstring).
+            events = not self._events_last or len(self._queue) == self._queued_events
+            self._events_last = events
             group: list[Pending] = []
             size = 0
             for pending in self._queue:  # bounded like an ordinary group (_group_size), so it fits once room is made
-                if pending.priority:
+                if pending.priority == events:
                     size += _frame_cost(pending)
                     if group and (size > self._group_bytes or len(group) == MAX_GROUP):
                         break
                     group.append(pending)
             taken = {id(p) for p in group}
             self._queue = [p for p in self._queue if id(p) not in taken]
-            self._queued_events -= len(group)
+            if events:
+                self._queued_events -= len(group)
             self._queued_bytes -= sum(_frame_cost(p) for p in group)
-            return group, True
+            return group, events
+        self._events_last = False
         take = self._group_size()
         group, self._queue = self._queue[:take], self._queue[take:]
         self._queued_bytes -= sum(_frame_cost(p) for p in group)
         return group, False
 
-    def _report(self, outcome: _Outcome, group: list[Pending]) -> None:
+    def _report(self, outcome: _Outcome, group: list[Pending], priority: bool = False) -> None:
         """Log a buffer-full episode and a disk-error episode once when it starts and once when it ends, never silently."""
         self.dropped_in_episode += outcome.dropped_readings
+        if outcome.full and not outcome.stored and not outcome.problem and self._when_full == "drop_oldest" and not priority:
+            if not self._refusing_for_events:
+                log.error(
+                    "buffer full, and only events are left to drop: ordinary readings are not acknowledged (their nodes keep them)"
+                    " until there is room"
+                )
+            self._refusing_for_events = True
         if outcome.dropped_events and not self.dropped_events_in_episode:
             log.error("buffer full, and no ordinary readings are left to drop: dropping the oldest buffered events")
         self.dropped_events_in_episode += outcome.dropped_events
@@ -413,6 +435,7 @@ class Committer:
                 )
             self.dropped_in_episode = 0
             self.dropped_events_in_episode = 0
+            self._refusing_for_events = False
             self._refused_full.clear()
 
     async def drain(self) -> None:

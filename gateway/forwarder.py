@@ -95,6 +95,9 @@ REFUSED_RETRY_S = 5.0  # after the broker refused a publish (quota, authorisatio
 # 4,096 is about 40 s of the field load (400 readings/s in frames of 4), a few MB (a held frame keeps its
 # samples as decoded on arrival, about 600 B for 10 samples: 2.5 MB at most).
 LIVE_FRAMES = 4_096
+# A node's events on disk are read this many frames at a time at most, and only while fewer than the window's
+# packs of them wait to go out (like the ordinary backlog): a buffer full of events is not built into RAM at once.
+EVENT_READ_FRAMES = 1_024
 READ_RETRY_S = 5.0  # a backlog read the store could not do (StoreError) is tried again after this
 FRAME_BITS = 20  # a frame is named by its chunk id << FRAME_BITS | its position in the chunk
 POSITION = (1 << FRAME_BITS) - 1
@@ -265,6 +268,8 @@ def _pack(layout: Layout, topic_base: str, items: Iterable[tuple[senml.Frame, in
         built.packs.append(Pack(topic, payload, tuple(chunks), kept, rank=kept[0] if kind == EVENTS else 0))
 
     for frame, readings, ref in items:
+        if not readings:  # a frame of no samples (allowed on the wire) has nothing to publish: no empty pack `[]`
+            continue
         if count and count + readings > PACK_READINGS:
             pack()
             frames, refs, count = [], array("q"), 0
@@ -358,10 +363,11 @@ def publishable(
 
 
 def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
-    """Runs on the store thread when the gateway stops: each partly delivered chunk is replaced by
-    one holding only the frames the broker has not acknowledged, so a restart does not publish the
-    others again. The new chunk is written before the old one is deleted: a crash in between costs
-    duplicates, never readings. Returns the readings deleted."""
+    """Runs on the store thread when the gateway stops: each partly delivered chunk is rewritten in place
+    (Store.keep_only: same id, same place in the buffer's order, so a node's events after a restart still
+    go out in the order it sent them) with only the frames the broker has not acknowledged, so a restart
+    does not publish the others again. One transaction: a crash leaves it whole (duplicates) or rewritten,
+    never readings lost. Returns the readings deleted."""
     deleted = 0
     for chunk_id, positions in sorted(delivered.items()):
         try:
@@ -376,8 +382,9 @@ def keep_undelivered(store: Store, delivered: dict[int, set[int]]) -> int:
         try:
             readings = sum(len(cbor2.loads(frame.payload)[1]) // 3 for frame in keep)
             if keep:
-                store.commit(keep, readings, {}, priority=chunk.priority)  # events stay events
-            store.delete([chunk_id])
+                store.keep_only(chunk_id, keep, readings)
+            else:
+                store.delete([chunk_id])
         except StoreError as error:  # the whole chunk stays: published again after a restart, never lost
             log.warning("%s; chunk %d stays as it is", error, chunk_id)
             continue
@@ -401,7 +408,7 @@ def _read_events(
     store: Store, layouts: Layouts, after_id: int, up_to_id: int, skip: frozenset[int], topic_base: str
 ) -> tuple[Grouped, list[Built]]:
     """Runs on the store thread: the next chunks of events on disk (by their index), grouped and built at once (they are few)."""
-    chunks = store.each_oldest(BACKLOG_FRAMES, after_id, up_to_id, events=True)
+    chunks = store.each_oldest(EVENT_READ_FRAMES, after_id, up_to_id, events=True)
     try:
         grouped = group_frames(chunks, layouts, skip, fill=True)
     finally:
@@ -496,11 +503,18 @@ class Forwarder:
         self._held: list[Pending] = []  # frames held in memory, not yet made into packs
         # Events: every pack of them to publish (held, live, read from disk, to resend), by rank; served first.
         self._urgent: deque[Pack] = deque()
+        self._urgent_next = 0  # the pack of _urgent to publish next (_next_events)
         self._held_events: list[Pending] = []  # events held in memory, not yet made into packs
         self._held_rank = HELD_RANK  # the next held event pack's rank
         self._live_events: list[Chunk] = []  # chunks of events committed while connected, not yet made into packs
         self._event_cursor = 0  # every chunk of events up to here is in hand (Tally) or done
-        self._events_done = True  # every chunk of events up to the backlog's end is read (ordinary ones: _backlog_done)
+        # The newest chunk the read of events covers: the backlog's end at the connect (-1: to be asked), raised
+        # when live events are left to disk (_leave_events_to_disk), never when ordinary live chunks are.
+        self._events_end = -1
+        self._events_left = 0  # the newest live chunk of events left to disk on this connection
+        self._live_event_frames = 0  # frames in _live_events
+        self._events_overflows = 0  # times live events were left to disk on this connection
+        self._events_done = True  # every chunk of events up to _events_end is read (ordinary ones: _backlog_done)
         self._event_task: asyncio.Task[None] | None = None  # the store thread's read of events under way
         self.events_published = 0  # events the broker acknowledged (status)
         # Held frames this forwarder still has, waiting, in packs or in flight (LIVE_FRAMES bounds them with
@@ -535,6 +549,9 @@ class Forwarder:
         self._backlog_end = -1  # chunks committed meanwhile join the backlog; the cursor stays where it was
         self._backlog_done = False
         self._events_done = False  # the events committed meanwhile are read first
+        self._events_end = -1
+        self._events_left = 0
+        self._events_overflows = 0
         self._live_overflows = 0
         self._left_to_backlog = 0
         self._wake.set()
@@ -600,10 +617,42 @@ class Forwarder:
             self._urgent = deque(pack for pack in self._urgent if not pack.held)
         self.sink.all_lost()
 
-    def events_on_disk(self) -> bool:
-        """Whether chunks of events are in the buffer (published or not, until deleted): a new event then goes to
-        disk too (Router.submit), behind them, not from memory ahead of them."""
-        return self._worker.store.pending_event_chunks > 0
+    def events_waiting(self, node: str) -> bool:
+        """Whether an event of this node committed to disk is not acknowledged by the broker yet: a new event of it
+        then goes to disk too (Router.submit), behind it, not from memory ahead of it. Until the events on disk are
+        all read (at a connect, or after live events were left to disk) any node may have one. Other nodes' events,
+        and events the broker has (their chunks awaiting the batched delete), do not count: nothing can overtake them."""
+        if not self._events_done:
+            return self._worker.store.pending_event_chunks > 0  # read on the event loop: an int
+        topic = "%s/nodes/%s/%s" % (self._topic_base, node, EVENTS)
+        flying = (item for item in self._inflight.values() if isinstance(item, Pack))
+        if any(pack.topic == topic and not pack.held for pack in (*self._urgent, *flying)):
+            return True
+        chunks = [*self._live_events, *(waiting.chunk for waiting in self._parked if waiting.chunk.priority)]
+        by_id = self._layouts.by_id
+        return any(frame.layout in by_id and by_id[frame.layout].node == node for chunk in chunks for frame in chunk.frames)
+
+    def _event_frames(self) -> int:
+        """Event frames waiting in RAM: live chunks not built yet, and packs not published yet."""
+        return self._live_event_frames + sum(len(pack.held) or len(pack.frames) for pack in self._urgent)
+
+    def _bound_live_events(self) -> None:
+        """Live events, like live chunks, are bounded in RAM (LIVE_FRAMES): past it, the waiting live chunks of
+        events are left to disk, read by the read of events in their place (a node's order holds: nothing newer
+        of it goes out before the read has passed them)."""
+        if self._live_events and self._event_frames() > LIVE_FRAMES:
+            self._leave_events_to_disk(max(chunk.id for chunk in self._live_events))
+
+    def _leave_events_to_disk(self, newest: int) -> None:
+        self._events_left = max(self._events_left, newest)
+        if self._events_end >= 0:  # else the end is being asked (_fill)
+            self._events_end = max(self._events_end, newest)
+        self._events_done = False
+        self._live_events.clear()
+        self._live_event_frames = 0
+        if not self._events_overflows:
+            log.warning("the uplink is slower than the live events; what it cannot take yet stays on disk and goes out in order")
+        self._events_overflows += 1
 
     def _queue_event(self, pack: Pack) -> None:
         bisect.insort(self._urgent, pack, key=lambda item: item.rank)
@@ -651,8 +700,10 @@ class Forwarder:
             self._tally.done.append(chunk.id)
             self._wake.set()
             return
-        if chunk.priority:  # events are few: never left to the backlog read
+        if chunk.priority:  # bounded apart from the ordinary live chunks: an overflow of those leaves these be
             self._live_events.append(chunk)
+            self._live_event_frames += len(chunk.frames)
+            self._bound_live_events()
         elif self._live_frames + len(chunk.frames) > LIVE_FRAMES:
             self._leave_live_to_backlog(chunk.id)
         else:
@@ -668,15 +719,17 @@ class Forwarder:
         if self._backlog_end >= 0:  # else the end is being asked; the answer may predate these commits (_fill)
             self._backlog_end = max(self._backlog_end, newest)
         self._backlog_done = False
-        self._drop_live()
+        self._drop_live(events=False)  # the live events are bounded on their own; the backlog read passes over events
         if not self._live_overflows:
             log.warning("the uplink is slower than the live data; what it cannot take yet stays on disk and goes out with the backlog")
         self._live_overflows += 1
 
-    def _drop_live(self) -> None:
+    def _drop_live(self, events: bool = True) -> None:
         self._live_chunks.clear()
-        self._live_events.clear()
         self._live_frames = 0
+        if events:  # a disconnect: read from disk after the reconnect (connected: _events_done)
+            self._live_events.clear()
+            self._live_event_frames = 0
 
     def acknowledged(self) -> list[int]:
         """Chunks the broker acknowledged that are not deleted yet (deletes are batched)."""
@@ -766,9 +819,10 @@ class Forwarder:
             end, no_events = await self._worker.call(_backlog_end, self._worker.store)
             if epoch != self._epoch:
                 return
-            if no_events:  # asked on the store thread, between commits: no event up to `end` to read first
+            if no_events and not self._events_left:  # asked on the store thread, between commits: no event up to `end`
                 self._events_done = True
                 self._event_cursor = max(self._event_cursor, end)
+            self._events_end = max(end, self._events_left)  # live events left to disk meanwhile may be newer
             self._backlog_end = max(end, self._left_to_backlog)  # live chunks left to the backlog meanwhile may be newer
         while self._retained and self._uplink.connected:
             topic, payload = self._retained.popitem()
@@ -784,7 +838,11 @@ class Forwarder:
             queue = self._next_queue()
             if queue is None:
                 break
-            pack = queue.popleft()
+            if queue is self._urgent:
+                pack = self._urgent[self._urgent_next]
+                del self._urgent[self._urgent_next]
+            else:
+                pack = queue.popleft()
             if pack.held and any(pending.state != LIVE for pending in pack.held):
                 # The router took some back (their deadline passed): the rest go to disk with them.
                 self._held_frames -= len(pack.held)
@@ -792,7 +850,10 @@ class Forwarder:
                 continue
             mid = self._uplink.publish(pack.topic, pack.payload, self._qos, content_type=CONTENT_TYPE)
             if mid is None:
-                queue.appendleft(pack)
+                if queue is self._urgent:
+                    self._queue_event(pack)
+                else:
+                    queue.appendleft(pack)
                 return  # not connected after all: sent when the uplink says it is
             pack.sent = sent
             self._inflight[mid] = pack
@@ -850,15 +911,24 @@ class Forwarder:
                     self._held_frames -= len(left)
                     self.sink.lost(left)
         if self._live_events:
-            chunks = [chunk for chunk in self._live_events if chunk.id > self._backlog_end]  # the others: read from disk
+            chunks = [chunk for chunk in self._live_events if chunk.id > self._events_end]  # the others: read from disk
             self._live_events = []
+            self._live_event_frames = 0
             if chunks:
                 grouped = group_frames(chunks, self._layouts, delivered=self._from_memory)
                 self._take_groups(grouped)
                 for pack in self._take_outcomes(grouped.groups, build_groups(grouped.groups, self._topic_base, EVENTS)):
                     self._queue_event(pack)
-        if self._urgent and (self._events_done or self._urgent[0].rank <= (self._event_cursor << FRAME_BITS | POSITION)):
-            return self._urgent
+        # One pack of a node's events in flight at a time: one the broker refuses (or a lost connection) is resent
+        # before any later one of the node goes out, so a refusal cannot reorder them.
+        flying = {item.topic for item in self._inflight.values() if isinstance(item, Pack) and item.rank}
+        read = self._event_cursor << FRAME_BITS | POSITION
+        for index, pack in enumerate(self._urgent):
+            if not self._events_done and pack.rank > read:
+                break  # newer than an event on disk not read yet
+            if pack.topic not in flying:
+                self._urgent_next = index
+                return self._urgent
         return None
 
     def _take_groups(self, grouped: Grouped) -> None:
@@ -889,7 +959,14 @@ class Forwarder:
         or read the next part of the backlog, while the packs already built go out. Events on
         disk are read first, by a task of their own, whatever the ordinary backlog does."""
         if not self._events_done:  # the ordinary backlog waits until the events on disk are in hand
-            if self._event_task is None and self._backlog_end >= 0 and asyncio.get_running_loop().time() >= self._read_again_at:
+            read = self._event_cursor << FRAME_BITS | POSITION
+            ready = bisect.bisect_right(self._urgent, read, key=lambda item: item.rank)  # read, waiting to go out
+            if (
+                self._event_task is None
+                and self._events_end >= 0
+                and ready < self._window
+                and asyncio.get_running_loop().time() >= self._read_again_at
+            ):
                 self._event_task = asyncio.get_running_loop().create_task(self._read_events())
             return
         if self._task is not None or self._backlog_end < 0 or len(self._backlog) >= self._window:
@@ -935,7 +1012,7 @@ class Forwarder:
     async def _read_events(self) -> None:
         """The next part of the events on disk, up to the backlog's end (its cursor moves only here, as _read's)."""
         try:
-            after, end = self._event_cursor, self._backlog_end
+            after, end = self._event_cursor, self._events_end
             try:
                 grouped, outcomes = await self._worker.call(
                     _read_events, self._worker.store, self._layouts, after, end, self._in_hand(after), self._topic_base
@@ -947,12 +1024,13 @@ class Forwarder:
                 log.warning("the buffered backlog can be read again")
                 self._read_failing = ""
             if not grouped.last_id:
-                self._events_done = end == self._backlog_end
+                self._events_done = end == self._events_end
                 return
             self._event_cursor = grouped.last_id
             self._take_groups(grouped)
             for pack in self._take_outcomes(grouped.groups, outcomes):
                 self._queue_event(pack)
+            self._bound_live_events()
         except Exception as error:
             self._failure = error
         finally:

@@ -19,10 +19,25 @@ committer instead
   every held frame not acknowledged yet, in arrival order.
 
 Events (READINGS with PRIORITY) take the same two paths under the same rules,
-and one more: an event goes to disk first while an earlier event went to disk
-and is not deleted yet (on its way to the committer, or buffered): held in
-memory it would be published ahead of that one, and a node's events go out in
-the order the gateway took them.
+and one more: an event goes to disk first while an earlier event of the same
+node went to disk and the broker does not have it yet (on its way to the
+committer, or buffered and not PUBACKed: Forwarder.events_waiting): held in
+memory it would be published ahead of that one. And when an event goes to
+disk, the node's events still held in memory go first, in the order they
+came: a chunk committed now would otherwise be published ahead of them. So a
+node's events go out in the order the gateway took them.
+
+A node may send at most EVENTS_PER_MINUTE events a minute (a token bucket of
+that many, refilled over the minute): past it, its PRIORITY frames are handled
+as ordinary readings (acknowledged and published on `readings`, just not
+urgent), one log line when such an episode starts, counted in the status
+(`events_demoted`). Each event costs a commit of its own (an fsync: SD card
+wear, README "Durability"), and a flooding node must not take the disk and
+the front of the queue from every other node.
+
+A frame of no samples (allowed on the wire) is never held: nothing of it is
+published, it goes to disk (its counter must be kept) and its chunk is deleted
+once read.
 
 A frame's states (committer.LIVE, DISK, SAFE), each changed on the event loop only:
 
@@ -71,6 +86,28 @@ log = logging.getLogger(__name__)
 
 RECOVER_FRACTION = 0.5  # after a miss, a PUBACK this fraction of broker_ack_wait after its publish is "well within" ...
 RECOVER_S = 10.0  # ... and the broker first again once every one for this long was
+
+
+EVENTS_PER_MINUTE = 30  # events per node a minute (a burst of as many); past it PRIORITY frames are ordinary readings
+
+
+class EventBudget:
+    """Per node, a token bucket of EVENTS_PER_MINUTE events a minute; sans-I/O (the caller passes the clock)."""
+
+    def __init__(self, per_minute: int = EVENTS_PER_MINUTE) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, float]] = {}  # node -> (tokens, when counted); absent: a full bucket
+        self.over: set[str] = set()  # nodes in an episode past the budget (ends once their bucket is full again)
+
+    def take(self, node: str, now: float) -> bool:
+        """Whether this node may send one more event now (and if so it is counted)."""
+        tokens, then = self._buckets.get(node, (self.per_minute, now))
+        tokens = min(self.per_minute, tokens + (now - then) * self.per_minute / 60.0)
+        if tokens >= self.per_minute:
+            self.over.discard(node)
+        allowed = tokens >= 1
+        self._buckets[node] = (tokens - allowed, now)
+        return allowed
 
 
 class Recovery:
@@ -124,15 +161,26 @@ class Router:
         self._closed = False
         self._late = 0  # frames that missed the deadline in the current episode (0: none)
         self._disk_events: dict[int, Pending] = {}  # id() -> event handed to the committer, until committed or refused
+        self._budget = EventBudget()
+        self.events_demoted = 0  # PRIORITY frames handled as ordinary readings: their node was past its budget
         self.acked_by_broker = 0  # frames acknowledged to their nodes on PUBACK
         self.acked_on_disk = 0  # ... once committed
         self.missed_deadline = 0  # frames handed to disk because their PUBACK did not come in time
         forwarder.sink = self
 
     def submit(self, pending: Pending) -> None:
-        if pending.priority and self._events_behind():
+        if pending.priority and not self._budget.take(pending.node, self._clock()):
+            self._demote(pending)
+        if pending.priority and self._events_behind(pending.node):
             self._to_disk(pending)
-        elif self._wait_s and not self._closed and not pending.owner.reset_unsaved and self._forwarder.takes_held() and self._answering():
+        elif (
+            self._wait_s
+            and pending.readings
+            and not self._closed
+            and not pending.owner.reset_unsaved
+            and self._forwarder.takes_held()
+            and self._answering()
+        ):
             pending.state = LIVE
             loop = asyncio.get_running_loop()
             self._held.append((loop.time() + self._wait_s, pending))
@@ -159,14 +207,34 @@ class Router:
             self._late = 0
         return not self._late
 
-    def _events_behind(self) -> bool:
-        """Whether an earlier event is on its way to disk or buffered (until deleted)."""
+    def _demote(self, pending: Pending) -> None:
+        pending.priority = False
+        self.events_demoted += 1
+        if pending.node not in self._budget.over:
+            self._budget.over.add(pending.node)
+            log.warning(
+                "node %s sends more than %d events a minute: its events are handled as ordinary readings until it sends fewer"
+                " (status events_demoted)",
+                pending.node,
+                self._budget.per_minute,
+            )
+
+    def _events_behind(self, node: str) -> bool:
+        """Whether an earlier event of this node is on its way to disk, or buffered and not PUBACKed yet."""
         if self._disk_events:
             self._disk_events = {key: pending for key, pending in self._disk_events.items() if pending.state != SAFE}
-        return bool(self._disk_events) or self._forwarder.events_on_disk()
+        return any(pending.node == node for pending in self._disk_events.values()) or self._forwarder.events_waiting(node)
 
     def _to_disk(self, pending: Pending) -> None:
         if pending.priority:
+            # The node's events still held (waiting, or in flight: then a duplicate at worst) go to disk first, in
+            # the order they came: this one's chunk would otherwise be published ahead of theirs.
+            for _deadline, held in self._held:
+                if held.priority and held.state == LIVE and held.node == pending.node and held is not pending:
+                    self._disk_events[id(held)] = held
+                    held.state = DISK
+                    held.samples = NOT_HELD
+                    self._committer.submit(held)
             self._disk_events[id(pending)] = pending
         pending.state = DISK
         pending.samples = NOT_HELD  # the payload goes to disk; the decoded copy would only cost memory while it waits

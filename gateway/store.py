@@ -779,7 +779,8 @@ class Store:
         until the new one fits, and the eviction and its count commit together with it.
         body: encode_body(frames), when the caller has it. published: chunks the broker acknowledged
         and not yet deleted, evicted first. priority: the frames are events; with make_room, a chunk of events
-        is evicted only when no chunk of ordinary readings is left to evict. Returns (chunk id, readings evicted).
+        is evicted only by a chunk of events, and only when no chunk of ordinary readings is left to evict.
+        Returns (chunk id, readings evicted).
         A full disk or any other failure is a StoreError and nothing is written.
         """
         db = self._db
@@ -809,7 +810,7 @@ class Store:
             freed_rows = evicted = dropped_events = freed_event_chunks = freed_events = 0
             # Chunks the broker already acknowledged (their delete is batched) go first, and are not
             # counted as dropped: their readings were delivered.
-            for row_id, row_readings, row_priority, row_frames in self._evictable(published, chunk_id, live > limit, make_room):
+            for row_id, row_readings, row_priority, row_frames in self._evictable(published, chunk_id, live > limit, make_room, priority):
                 db.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
                 freed_rows += 1
                 if row_priority == 1:
@@ -849,10 +850,13 @@ class Store:
         self.dropped_events = dropped_events  # the committer logs them once per full episode
         return chunk_id, evicted
 
-    def _evictable(self, published: Collection[int], before: int, needed: bool, make_room: bool) -> Iterator[tuple[int, Any, Any, Any]]:
+    def _evictable(
+        self, published: Collection[int], before: int, needed: bool, make_room: bool, events: bool = False
+    ) -> Iterator[tuple[int, Any, Any, Any]]:
         """(id, readings, priority, frames) of the chunks older than `before` to evict: acknowledged ones first
-        (costs nothing), then, with make_room, the oldest ordinary ones, and only then the oldest events
-        (issue 13: an alarm outlives the readings around it)."""
+        (costs nothing), then, with make_room, the oldest ordinary ones, and only then, for a chunk of events
+        (`events`), the oldest events (issue 13: an alarm outlives the readings around it). An ordinary chunk
+        never evicts an event: when only events are left it does not fit (StoreFull), and its nodes keep it."""
         if not needed:
             return
         done = sorted(chunk_id for chunk_id in published if chunk_id < before)
@@ -864,7 +868,7 @@ class Store:
         if not make_room:
             return
         # The ordinary chunks by the primary key, passing over the few events; then the events by their index.
-        for kind in ("priority != 1", "priority = 1"):
+        for kind in ("priority != 1", "priority = 1") if events else ("priority != 1",):
             after = 0
             while True:
                 rows = self._db.execute(
@@ -1076,6 +1080,33 @@ class Store:
         # again (delivery is at least once), never lost. The next commit's fsync covers it anyway.
         for start in range(0, len(ids), DELETE_SLICE):
             gone += self._unsynced("delete published chunks from", functools.partial(self._delete, ids[start : start + DELETE_SLICE]))
+        return gone
+
+    def keep_only(self, chunk_id: int, frames: list[StoredFrame], readings: int) -> int:
+        """Rewrite a chunk in place with only these of its frames (a stop keeps what the broker does not have yet,
+        Forwarder.finish): same id, so it keeps its place in the buffer's order (a node's events stay in theirs),
+        its priority and the windows that admitted it. Returns the readings dropped from it. One transaction,
+        synced: a power cut leaves the chunk whole (duplicates then) or rewritten, never lost."""
+
+        def work() -> int:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT readings, frames, priority FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return 0
+            before, old_frames, priority = (value if type(value) is int else 0 for value in row)
+            db.execute(
+                "UPDATE chunks SET frames = ?, readings = ?, body = ? WHERE id = ?", (len(frames), readings, encode_body(frames), chunk_id)
+            )
+            db.execute("COMMIT")
+            self._readings += readings - before
+            if priority == 1:
+                self._events += len(frames) - old_frames
+            return before - readings
+
+        gone = self._write("rewrite a partly delivered chunk in", work)
+        self._live = self._live_pages()
         return gone
 
     def _delete(self, ids: list[int]) -> int:

@@ -20,6 +20,7 @@ from gateway.committer import LIVE, NOT_HELD, CommitResult, Committer, Pending
 from gateway.disk import MIN_BUDGET
 from gateway.fast_decode import readings_fields
 from gateway.forwarder import PACK_READINGS, Forwarder, keep_undelivered
+from gateway.router import EVENTS_PER_MINUTE, EventBudget
 from gateway.senml import unpack
 from gateway.store import Store, StoredFrame
 from gateway.store_worker import StoreWorker
@@ -139,8 +140,11 @@ async def test_a_new_event_while_older_ones_are_on_disk_goes_to_disk_behind_them
     online(rig)
     event(rig, 3)  # the broker answers, but event 2 is still buffered: 3 must not overtake it from memory
     await until(lambda: 3 in rig.acked() or len(events(rig.uplink)) >= 2)
-    pubacks(rig)
-    await until(lambda: len(events(rig.uplink)) == 2)
+    for _ in range(100):  # a node's event packs go one at a time: 3 after 2's PUBACK
+        pubacks(rig)
+        if len(events(rig.uplink)) >= 2:
+            break
+        await asyncio.sleep(0.02)
     assert events(rig.uplink) == [2, 3]
     assert await rig.chunks_written() == 2, "3 was written (behind 2), not held in memory"
 
@@ -212,8 +216,14 @@ async def test_a_live_event_waits_for_the_older_events_still_being_read_from_dis
     assert events(uplink) == [], "not ahead of the older event on disk"
     worker.gate.set()
     await settle(forwarder)
+    assert events(uplink) == [100], "one pack of a node's events in flight at a time (a refusal must not reorder them)"
+    assert [kind for kind, _c in sent(uplink)][:1] == ["events"]
+    before = len(sent(uplink))
+    for mid in list(forwarder._inflight):
+        forwarder.puback(mid, True, "Success")
+    await settle(forwarder)
     assert events(uplink) == [100, 101]
-    assert [kind for kind, _c in sent(uplink)][:2] == ["events", "events"]
+    assert [kind for kind, _c in sent(uplink)][before : before + 1] == ["events"], "101 next, ahead of the backlog"
     worker.close()
 
 
@@ -285,3 +295,53 @@ async def test_events_dropped_when_nothing_else_is_left_are_logged_once_and_coun
     await nodes.committer.drain()
     task.cancel()
     nodes.worker.close()
+
+
+# ------------------------------------------------------------ evfix: the per-node bound, empty frames
+
+
+def test_the_event_budget_is_a_token_bucket_per_node() -> None:
+    budget = EventBudget(per_minute=3)
+    assert [budget.take("a", 0.0) for _ in range(4)] == [True, True, True, False], "a burst of 3, then none"
+    assert budget.take("b", 0.0), "another node has its own bucket"
+    assert not budget.take("a", 10.0), "0.5 of a token back after 10 s"
+    assert budget.take("a", 20.0), "one token back after 20 s"
+
+
+async def test_a_node_past_its_event_budget_has_its_events_handled_as_readings_logged_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    count = EVENTS_PER_MINUTE + 5
+    for counter in range(2, 2 + count):
+        event(rig, counter)
+    for _ in range(200):
+        pubacks(rig)
+        if set(range(2, 2 + count)) <= set(rig.acked()):
+            break
+        await asyncio.sleep(0.02)
+    assert set(range(2, 2 + count)) <= set(rig.acked()), "every frame acknowledged, urgent or not"
+    for _ in range(50):
+        pubacks(rig)
+        if len(sent(rig.uplink)) >= count:
+            break
+        await asyncio.sleep(0.02)
+    assert events(rig.uplink) == list(range(2, 2 + EVENTS_PER_MINUTE)), "the budget's worth as events, in order"
+    assert [c for kind, c in sent(rig.uplink) if kind == "readings"] == list(range(2 + EVENTS_PER_MINUTE, 2 + count)), (
+        "the rest published as ordinary readings"
+    )
+    assert rig.router.events_demoted == 5
+    lines = [r for r in caplog.records if "events a minute" in r.getMessage()]
+    assert len(lines) == 1, "one line for the episode"
+
+
+def test_a_frame_of_no_samples_makes_no_pack_event_or_not(tmp_path: pathlib.Path) -> None:
+    """SenML `[]` on the wire says nothing: neither readings nor events publish one."""
+    from gateway.forwarder import EVENTS, READINGS, publishable
+    from gateway.store import Chunk
+
+    empty = StoredFrame(1, time.time(), messages.encode_payload(messages.READINGS, {"samples": []}))
+    for kind in (READINGS, EVENTS):
+        packs, damaged = publishable([Chunk(1, [empty], 0)], layouts(), "edgegw/gw", kind)
+        assert packs == [] and damaged == []
+        packs, damaged = publishable([Chunk(1, [empty, frame(7)], 2)], layouts(), "edgegw/gw", kind)
+        assert len(packs) == 1 and unpack(packs[0].payload) and damaged == []
