@@ -172,6 +172,7 @@ class Router:
         if pending.priority and not self._budget.take(pending.node, self._clock()):
             self._demote(pending)
         if pending.priority and self._events_behind(pending.node):
+            self._earlier_events_to_disk(pending)
             self._to_disk(pending)
         elif (
             self._wait_s
@@ -188,7 +189,19 @@ class Router:
                 self._timer = loop.call_at(self._held[0][0], self._expire)
             self._forwarder.hold(pending)
         else:
+            if pending.priority:
+                self._earlier_events_to_disk(pending)
             self._to_disk(pending)
+
+    def _earlier_events_to_disk(self, pending: Pending) -> None:
+        """An event goes to disk: its node's events held before it (waiting, or in flight: then a duplicate at
+        worst) go first, in the order they came; this one's chunk would otherwise be published ahead of them
+        (a held pack goes out after every stored one). Later ones stay held, behind it anyway."""
+        for _deadline, held in self._held:
+            if held is pending:
+                break
+            if held.priority and held.state == LIVE and held.node == pending.node:
+                self._to_disk(held)
 
     def close(self) -> None:
         """The gateway stops: new frames go to disk (the forwarder publishes no more)."""
@@ -227,14 +240,6 @@ class Router:
 
     def _to_disk(self, pending: Pending) -> None:
         if pending.priority:
-            # The node's events still held (waiting, or in flight: then a duplicate at worst) go to disk first, in
-            # the order they came: this one's chunk would otherwise be published ahead of theirs.
-            for _deadline, held in self._held:
-                if held.priority and held.state == LIVE and held.node == pending.node and held is not pending:
-                    self._disk_events[id(held)] = held
-                    held.state = DISK
-                    held.samples = NOT_HELD
-                    self._committer.submit(held)
             self._disk_events[id(pending)] = pending
         pending.state = DISK
         pending.samples = NOT_HELD  # the payload goes to disk; the decoded copy would only cost memory while it waits
@@ -282,6 +287,8 @@ class Router:
     def lost(self, frames: Sequence[Pending]) -> None:
         for pending in frames:
             if pending.state == LIVE:
+                if pending.priority:
+                    self._earlier_events_to_disk(pending)
                 self._to_disk(pending)
 
     def all_lost(self) -> None:
