@@ -13,7 +13,9 @@ the oldest final rows give way first, and a request that still does not fit is r
 Wire ids (COMMAND `id`, CONFIG `id`) come from a per-node sequence of their own table, so
 pruning rows never brings an id back that the node may still hold a result for.
 
-Runs on the store thread (gateway/store_worker.py), like the Store it writes through.
+The tables are the store's (gateway/store.py COMMAND_TABLES, schema version 7). Runs on the store thread
+(gateway/store_worker.py), like the Store it writes through. A salvage of a damaged database does not copy
+them: the commands not final are lost then (their requesters see no final state).
 """
 
 from __future__ import annotations
@@ -34,31 +36,6 @@ QUEUED, SENT, DELIVERED = "queued", "sent", "delivered"
 SUCCEEDED, FAILED, EXPIRED, REJECTED = "succeeded", "failed", "expired", "rejected"
 FINAL = (SUCCEEDED, FAILED, EXPIRED, REJECTED)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS commands (
-    node TEXT NOT NULL,
-    id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    args TEXT NOT NULL,
-    expires REAL NOT NULL,
-    state TEXT NOT NULL,
-    at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    wire_id INTEGER,
-    counter INTEGER,
-    digest TEXT NOT NULL DEFAULT '',
-    mid INTEGER,
-    PRIMARY KEY (node, id)
-);
-CREATE INDEX IF NOT EXISTS commands_seq ON commands (seq);
-CREATE TABLE IF NOT EXISTS command_ids (
-    node TEXT PRIMARY KEY,
-    next INTEGER NOT NULL
-);
-"""
 _COLUMNS = "node, id, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid"
 
 
@@ -128,7 +105,7 @@ class CommandBook:
         self._db: sqlite3.Connection = store.db
         self.max_rows = max_rows
         self.max_active = max_active
-        store.write("create the command tables in", lambda: self._db.executescript(_SCHEMA))
+        # The tables are the store's (Store._connect makes them: schema version 7).
         self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM commands").fetchone()[0])
 
     def load(self) -> list[Command]:

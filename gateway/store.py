@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "buffer.sqlite3"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 FRAME_OVERHEAD = 12  # at most this many bytes a frame adds to a chunk body beyond its payload
 DELETE_SLICE = 64  # chunks deleted in one transaction: a delete's WAL stays small
@@ -118,6 +118,33 @@ CREATE TABLE IF NOT EXISTS totals (
 );
 """
 
+# The command life cycle's tables (gateway/command_book.py writes them): one row per command request, and each
+# node's next wire id (never given twice, even once the rows are pruned).
+COMMAND_TABLES = """
+CREATE TABLE IF NOT EXISTS commands (
+    node TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    expires REAL NOT NULL,
+    state TEXT NOT NULL,
+    at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    wire_id INTEGER,
+    counter INTEGER,
+    digest TEXT NOT NULL DEFAULT '',
+    mid INTEGER,
+    PRIMARY KEY (node, id)
+);
+CREATE INDEX IF NOT EXISTS commands_seq ON commands (seq);
+CREATE TABLE IF NOT EXISTS command_ids (
+    node TEXT PRIMARY KEY,
+    next INTEGER NOT NULL
+);
+"""
 
 # A row damaged on disk may hold any type in any column (a flipped bit turns a BLOB into TEXT, which
 # Python would decode as UTF-8 and fail on): readings are summed only where they are integers.
@@ -345,6 +372,8 @@ class Store:
             # Up to version 5 the downlink counter was one for the gateway (totals.downlink_counter): every node's
             # sequence starts from it (gateway/counters.py), above whatever any node was sent.
             db.execute("ALTER TABLE nodes ADD COLUMN downlink INTEGER NOT NULL DEFAULT 0")
+        if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('commands', 'command_ids')").fetchone()[0] < 2:  # version 6
+            db.executescript(COMMAND_TABLES)  # the command life cycle's tables (gateway/command_book.py), empty
         chunks_sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'chunks'").fetchone()
         if chunks_sql and "AUTOINCREMENT" in str(chunks_sql[0]).upper() and db.execute("SELECT id FROM chunks LIMIT 1").fetchone() is None:
             # Versions up to 3: AUTOINCREMENT rewrites sqlite_sequence's page with every commit (the ids come from
@@ -1243,7 +1272,11 @@ _COLUMNS = {
     "layouts": ("id", "node", "channels"),
     "nodes": ("node", "highest", "seen", "info", "last", "downlink"),
     "totals": ("name", "value"),
-}
+    "commands": (
+        "node", "id", "seq", "name", "args", "expires", "state", "at", "attempts", "result", "error", "wire_id", "counter", "digest", "mid",
+    ),
+    "command_ids": ("node", "next"),
+}  # fmt: skip
 
 
 def _schema_verdict(db: sqlite3.Connection) -> str:

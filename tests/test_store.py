@@ -471,7 +471,9 @@ def test_a_version_4_buffer_gets_per_node_downlink_counters(tmp_path: pathlib.Pa
     db.commit()
     db.close()
     store = Store(tmp_path, 10_000_000)
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    tables = {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"commands", "command_ids"} <= tables, "version 7: the command life cycle's tables, made on the way up"
     assert store.load_downlink() == {}
     assert store.reserve("downlink_counter", 65536, 2**31) == 65536
     store.save_downlink({NODE_A: 300_000, NODE_B: 200_000}, 0)
