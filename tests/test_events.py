@@ -345,3 +345,35 @@ def test_a_frame_of_no_samples_makes_no_pack_event_or_not(tmp_path: pathlib.Path
         assert packs == [] and damaged == []
         packs, damaged = publishable([Chunk(1, [empty, frame(7)], 2)], layouts(), "edgegw/gw", kind)
         assert len(packs) == 1 and unpack(packs[0].payload) and damaged == []
+
+
+async def test_an_ordinary_group_is_refused_not_stored_over_events_and_logged_once(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """drop_oldest with a buffer of events only: ordinary frames are not acknowledged (their nodes keep them, as
+    under stop_acking), no event is evicted for them, one line for the episode."""
+    nodes = EventNodes(tmp_path, commit_wait=0.0, max_bytes=MIN_BUDGET)
+    task = asyncio.create_task(nodes.committer.run())
+    store = nodes.worker.store
+    try:
+        while not store.total("dropped_events"):  # full of events: the next event evicts the oldest one
+            nodes.submit_event(os.urandom(200))
+            await nodes.until(nodes.counter)
+        dropped, events_before = store.total("dropped_events"), store.pending_events
+        refused = 0
+        for _ in range(200):  # what room the last eviction left takes a few; then every one is refused
+            nodes.submit(size=200)
+            while len(nodes.groups) < nodes.counter:  # one result a frame here (committed or refused)
+                nodes.done.clear()
+                await asyncio.wait_for(nodes.done.wait(), 30)
+            refused += nodes.groups[-1] == 0
+            if refused == 3:
+                break
+        assert refused == 3, "ordinary frames refused once only events were left to evict"
+        assert store.total("dropped_events") == dropped and store.pending_events == events_before, "no event evicted for it"
+        assert caplog.text.count("only events are left to drop: ordinary readings are not acknowledged") == 1
+    finally:
+        await nodes.committer.drain()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        nodes.worker.close()
