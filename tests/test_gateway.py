@@ -256,7 +256,9 @@ def test_status_config_and_last_will(gateway: GatewayProcess, broker: Mosquitto,
 
     capture.client.publish("edgegw/gw-test/nodes/0000a4cf12b3c4d5/config/set", json.dumps({"interval": 30}), qos=1)
     config = node.wait_for(messages.CONFIG)
-    assert config.fields == {"op": messages.CONFIG_SET, "values": {"interval": 30}}
+    # SPEC 1.1: a tracked CONFIG set carries its request id (key 4), which the node's report echoes
+    assert {k: v for k, v in config.fields.items() if k != "id"} == {"op": messages.CONFIG_SET, "values": {"interval": 30}}
+    assert isinstance(config.fields["id"], int) and config.fields["id"] >= 1
     node.send(messages.CONFIG, {"op": messages.CONFIG_REPORT, "values": {"interval": 30}})
     capture.wait_for(
         lambda msgs: any(
