@@ -92,3 +92,6 @@ class Hal:
 
     def tick(self):
         pass
+
+    def reset(self):
+        machine.reset()

@@ -15,6 +15,8 @@ import time
 from firmware.storage import Storage
 from firmware.uptime import Uptime
 
+RESET_EXIT = 75  # exit status of a node that reset itself (a `reboot` command)
+
 
 class Uart:
     def __init__(self, path):
@@ -111,3 +113,8 @@ class Hal:
     def tick(self):
         for pin in self._pins:
             pin.tick()
+
+    def reset(self):
+        # machine.reset() of the emulation: the process ends with RESET_EXIT and the
+        # emulator boots the node again (gateway/fwtools/emulate.py), its flash kept.
+        sys.exit(RESET_EXIT)

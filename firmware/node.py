@@ -1,22 +1,24 @@
 # The sensor node: samples on a schedule, batches samples into READINGS
-# frames, keeps each frame until the gateway acknowledges it, and answers
-# TIME, CONFIG and COMMAND. Same code on boards and on the unix port; the HAL
-# is the only difference.
+# frames, keeps each frame until the gateway acknowledges it (protocols/session.py
+# holds the rules: span, retransmission, REJECT, the receive table), sends events
+# at once, and answers TIME, CONFIG and COMMAND, each COMMAND or CONFIG set
+# executed at most once. Same code on boards and on the unix port; the HAL is the
+# only difference.
 import gc
-import json
 import random
+import sys
 import time
 
 from micropython import const
 
 from firmware import storage
-from firmware.ring import Ring
 from firmware.sensors import SampleNumber
 from firmware.storage import PersistentCounter
 from protocols import frame as fr
 from protocols import messages
+from protocols import session as ss
 from protocols.errors import ProtocolError
-from protocols.frame import WINDOW, node_hex, node_id_from_unique_id
+from protocols.frame import node_hex, node_id_from_unique_id
 from protocols.messages import Message, encode
 from protocols.stream import StreamDecoder
 
@@ -24,17 +26,27 @@ VERSION = "0.1.0"
 # The retransmission ring is sized from the heap left after boot: a full-size
 # frame costs about _FRAME_COST in the ring, and _RESERVE stays free for
 # building and decoding frames. A 64 KB unix-port heap gets a handful of
-# frames, a Pico or an ESP32 the maximum.
+# frames, a Pico or an ESP32 the maximum. A COMMAND or CONFIG loads its code
+# when it comes (firmware/downlink.py) and makes room for it first (handle).
 _RING_MIN = const(4)
 _RING_MAX = const(32)
 _FRAME_COST = const(300)  # a 258-byte slot and its bookkeeping
-_RESERVE = const(6144)
+_RESERVE = const(4096)
+_REQUEST_HEAP = const(6144)  # free heap a COMMAND or CONFIG needs: firmware/downlink.py, the window, argspec, frames
 _MAX_PENDING = const(36)  # samples waiting for a frame while the span rule holds frames back
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _POLL_MS = const(20)
 _LAST_COUNTER = const(0xFFFFFFFF)  # spent on a LOG saying the counter is exhausted (see send)
 _TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
-_MAX_ERROR_KEYS = const(4)  # CONFIG report: at most this many rejected keys, so it fits a frame
+
+
+def unload(name):
+    # A module loaded for one rare job leaves the heap after it (its names stay interned):
+    # on a 64 KB heap the ring is worth more than keeping code for a COMMAND an hour.
+    sys.modules.pop(name, None)
+    package, _, child = name.rpartition(".")
+    if hasattr(sys.modules.get(package), child):
+        delattr(sys.modules[package], child)
 
 
 class Node:
@@ -51,18 +63,27 @@ class Node:
             if not self.setting(key, saved[key]):
                 storage.report("config.json", key)
         self.sources = hal.sources(hal.role) + [SampleNumber(hal.storage)]
+        # name -> (argument spec, the source that runs it or None: the node itself, downlink.py)
+        self.commands = {"identify": ("", None), "reboot": ("", None), "sample_now": ("", None), "set_interval": ("s n1-86400!", None)}
+        self.polled = []
+        for source in self.sources:
+            for name in getattr(source, "COMMANDS", ()):
+                self.commands[name] = (source.COMMANDS[name], source)
+            if hasattr(source, "poll"):
+                self.polled.append(source)
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
         self.offset_ms = None  # unix ms - uptime ms, once TIME arrived (integers: see firmware/uptime.py)
         self.rx_errors = 0
         self.hello_pending = None  # counter of the HELLO waiting for its ACK
         self.heap_peak = 0
-        self.results = []  # [id, outcome, ...] of the last 8 commands, oldest first: a resent COMMAND is not run twice
         self.next_sample = 0  # uptime ms of the next sampling round
         self.last_status = 0  # uptime ms of the last STATUS
         self.last_time = 0  # uptime ms of the last TIME request
+        self.reset_at = None  # uptime ms when a `reboot` resets the board
         gc.collect()
-        self.ring = Ring(max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST)))
+        capacity = max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST))
+        self.out = ss.Outbox(self.counter, capacity, ss.NODE_ON_REJECT)
 
     # -------------------------------------------------------------- sending
 
@@ -76,7 +97,7 @@ class Node:
         if self.counter.peek() > _LAST_COUNTER:
             return None  # spent: see below
         while not self.may_send():
-            self.ring.drop_oldest()
+            self.out.drop_oldest()
         counter = self.counter.take()
         if counter == _LAST_COUNTER:
             # SPEC.md 4.1: a node whose counter reaches 0xFFFFFFFF gets a new id or key
@@ -87,14 +108,12 @@ class Node:
             mtype, fields, flags = messages.LOG, {"severity": 2, "text": "counter spent: needs new id or key"}, fr.F_ACK_REQ
         wire = encode(Message(mtype, self.node_id, counter, fields, flags))
         if flags & fr.F_ACK_REQ:
-            self.ring.add(counter, wire, time.ticks_ms())
+            self.out.add(counter, wire, self.hal.uptime_ms())  # kept before it is written
         self.hal.uart.write(wire)
         return counter
 
     def may_send(self):
-        # The span rule (SPEC.md 4.2): stay within WINDOW of the oldest unacknowledged frame.
-        oldest = self.ring.oldest()
-        return self.counter.peek() <= _LAST_COUNTER and (oldest is None or self.counter.peek() - oldest < WINDOW - 1)
+        return self.counter.peek() <= _LAST_COUNTER and self.out.may_send()
 
     def hello(self):
         self.hal.uart.write(b"\x00")  # end whatever garbage the gateway collected before we were here
@@ -102,6 +121,9 @@ class Node:
         for source in self.sources:
             for name, unit, scale in source.CHANNELS:
                 channels.append({"name": name, "unit": unit, "scale": scale})
+        offered = {}
+        for name in self.commands:
+            offered[name] = self.commands[name][0]
         self.hello_pending = self.send(
             messages.HELLO,
             {
@@ -111,6 +133,7 @@ class Node:
                 "caps": messages.CAP_READINGS | messages.CAP_CONFIG | messages.CAP_COMMANDS | messages.CAP_TIME,
                 "channels": channels,
                 "interval": self.interval,
+                "commands": offered,
             },
         )
 
@@ -125,10 +148,29 @@ class Node:
             try:
                 self.send(messages.READINGS, fields)
             except ProtocolError:  # cannot happen within the limits above; never let it stop the node
-                self.ring.dropped += 1
+                self.out.dropped += 1
             del self.pending[: len(chunk)]
         if not self.pending:
             self.pending_since = None
+
+    def event(self, source, values):
+        # An event (SPEC.md 5.4): a READINGS frame flagged PRIORITY, sent now rather than at
+        # the next interval, through the same ring. values: aligned with source.CHANNELS,
+        # None = absent. The frame counter, or None if it is spent.
+        first = 0
+        for other in self.sources:  # the node's index of the source's first channel
+            if other is source:
+                break
+            first += len(other.CHANNELS)
+        samples = []
+        for index in range(len(values)):
+            if values[index] is not None:
+                samples += [first + index, values[index], 0]
+        fields: dict = {"samples": samples}
+        now = self.now()
+        if now is not None:
+            fields["base_time"] = now
+        return self.send(messages.READINGS, fields, fr.F_ACK_REQ | fr.F_PRIORITY)
 
     def sample(self):
         now = self.now()
@@ -147,7 +189,7 @@ class Node:
                 channel += 1
         while len(self.pending) > 3 * _MAX_PENDING:
             del self.pending[0:3]
-            self.ring.dropped += 1
+            self.out.dropped += 1
 
     def status(self):
         free = gc.mem_free()
@@ -157,8 +199,8 @@ class Node:
                 "uptime": self.hal.uptime_ms() // 1000,
                 "free_heap": free,
                 "reset_cause": self.hal.reset_cause,
-                "dropped": self.ring.dropped,
-                "retransmits": self.ring.retransmits,
+                "dropped": self.out.dropped,
+                "retransmits": self.out.retransmits,
                 "rx_errors": self.rx_errors,
                 "heap_peak": self.heap_peak,
             },
@@ -168,29 +210,33 @@ class Node:
     # -------------------------------------------------------------- receiving
 
     def handle(self, message):
+        # protocols/session.py's NODE_RX table: ACK, TIME and REJECT are applied whatever
+        # their counter (idempotent, never windowed); a COMMAND or CONFIG goes through the
+        # downlink window, kept on flash, in firmware/downlink.py; other types are ignored.
         if message.node_id != self.node_id or not message.flags & fr.F_DOWNLINK:
             return
-        if message.flags & fr.F_ACK_REQ:
-            self.send(messages.ACK, {"counters": [message.counter]}, 0)
         mtype = message.type
         fields = message.fields
         if mtype == messages.ACK:
-            for counter in fields["counters"]:
-                self.ring.forget(counter)
-        elif mtype == messages.TIME and "unix" in fields:
-            self.offset_ms = fields["unix"] * 1000 + fields.get("ms", 0) - self.hal.uptime_ms()
-        elif mtype == messages.CONFIG:
-            self.configure(fields)
-        elif mtype == messages.COMMAND:
-            self.command(fields)
+            self.out.acked(fields["counters"], 0)
+        elif mtype == messages.TIME:
+            if "unix" in fields:
+                self.offset_ms = fields["unix"] * 1000 + fields.get("ms", 0) - self.hal.uptime_ms()
         elif mtype == messages.REJECT:
-            if fields["reason"] in (11, 12):  # stale, unknown_node: say who we are, keep the frames
-                if self.hello_pending is None or not self.ring.holds(self.hello_pending):
-                    self.hello()
-            elif fields["reason"] == 10:
-                pass  # auth: this node sends no AUTH frames, so the line flipped that flag bit; resending helps
-            elif "counter" in fields and self.ring.forget(fields["counter"]):  # version, type, cbor, schema: resending cannot help
-                self.ring.dropped += 1
+            event = self.out.rejected(fields["reason"], fields.get("counter"))
+            if event and event[0] == ss.NEED_HELLO and (self.hello_pending is None or self.hello_pending not in self.out.counters):
+                self.hello()
+        elif mtype == messages.COMMAND or mtype == messages.CONFIG:  # the window's: firmware/downlink.py
+            gc.collect()
+            while gc.mem_free() < _REQUEST_HEAP and self.out.counters:
+                self.out.drop_oldest()  # a request (rare) before the oldest unacknowledged readings (counted)
+                gc.collect()
+            try:
+                __import__("firmware.downlink", None, None, ["request"]).request(self, message)
+            finally:
+                unload("firmware.downlink")
+                unload("protocols.argspec")
+                unload("protocols.window")
 
     def setting(self, key, value):
         # A setting a gateway may change (SPEC.md 5.8), if value is valid for it.
@@ -199,32 +245,6 @@ class Node:
             return False
         setattr(self, key, value)
         return True
-
-    def configure(self, fields):
-        errors: dict = {}
-        values = fields.get("values", {})
-        if fields["op"] == messages.CONFIG_SET:
-            for key in values:
-                if not self.setting(key, values[key]) and len(errors) < _MAX_ERROR_KEYS:
-                    errors[key[:16]] = "rejected"
-            self.hal.storage.put("config.json", json.dumps({"interval": self.interval, "status_interval": self.status_interval}).encode())
-            self.next_sample = self.hal.uptime_ms()  # a new interval starts now
-        report = {"op": messages.CONFIG_REPORT, "values": {"interval": self.interval, "status_interval": self.status_interval}}
-        if errors:
-            report["errors"] = errors
-        self.send(messages.CONFIG, report)
-
-    def command(self, fields):
-        ident = fields["id"]
-        done = self.results[::2]
-        if ident in done:
-            outcome = self.results[2 * done.index(ident) + 1]
-        else:
-            outcome = messages.OUTCOME_OK if fields["action"] == "identify" else messages.OUTCOME_UNKNOWN
-            self.results += [ident, outcome]
-            if len(self.results) > 16:
-                del self.results[0:2]
-        self.send(messages.COMMAND_RESULT, {"id": ident, "outcome": outcome})
 
     def receive(self):
         while True:  # until the UART is empty: a burst must not overflow its small buffer
@@ -260,9 +280,14 @@ class Node:
 
     def step(self):
         self.receive()
-        for wire in self.ring.due(time.ticks_ms(), self.jitter):
-            self.hal.uart.write(wire)
         uptime = self.hal.uptime_ms()
+        for event in self.out.due(uptime, self.jitter):
+            self.hal.uart.write(event[3])
+        for source in self.polled:
+            try:
+                source.poll(self, uptime)
+            except Exception as error:  # a role's fault: said on the console, the node goes on
+                print("edgegw-node: poll failed: %r" % error)
         if uptime >= self.next_sample:
             self.sample_round(uptime)
         if self.pending and self.may_send():
@@ -277,6 +302,8 @@ class Node:
         if uptime - self.last_time >= _TIME_REQUEST_MS and self.may_send():
             self.last_time = uptime
             self.send(messages.TIME, {}, 0)  # ask again: clocks drift
+        if self.reset_at is not None and uptime >= self.reset_at:
+            self.hal.reset()  # a `reboot` command: its answer is on flash and on the line
 
     def run(self, watchdog):
         # One loop and no scheduler: a node has one thing to do at a time, and
@@ -291,7 +318,7 @@ class Node:
             except MemoryError:
                 # A heap too full or too fragmented for this round: the oldest
                 # unacknowledged frame gives way (counted in STATUS), the node goes on.
-                self.ring.drop_oldest()
+                self.out.drop_oldest()
                 gc.collect()
                 print("edgegw-node: out of memory, %d bytes free" % gc.mem_free())
             self.hal.tick()

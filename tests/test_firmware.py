@@ -586,3 +586,237 @@ def test_a_spent_frame_counter_is_never_wrapped(bundle: pathlib.Path, peer: Peer
     finally:
         output = said + stop(node)
     assert peer.received == [] and "frame counter spent" in output and "Traceback" not in output, output
+
+
+# ------------------------------------------------------------------ commands, the downlink window, events (issue 13)
+
+
+def sample_numbers(peer: Peer, after: int = 0) -> list[int]:
+    """The `counter` channel (sample round numbers, the last channel of the sensor node) of every READINGS, in order."""
+    numbers = []
+    for message in peer.received[after:]:
+        if message.type == messages.READINGS and not message.flags & fr.F_PRIORITY:
+            samples = message.fields["samples"]
+            numbers += [samples[i + 1] for i in range(0, len(samples), 3) if samples[i] == 5]
+    return sorted(set(numbers))
+
+
+def command(peer: Peer, node_id: bytes, ident: int, action: str, args: dict | None = None, counter: int | None = None) -> int:
+    """Send a COMMAND (with a counter of our choosing to send a copy); returns its counter."""
+    fields: dict[str, object] = {"id": ident, "action": action}
+    if args is not None:
+        fields["args"] = args
+    if counter is None:
+        peer.counter += 1
+        counter = peer.counter
+    os.write(peer.master, messages.encode(messages.Message(messages.COMMAND, node_id, counter, fields, fr.F_DOWNLINK | fr.F_ACK_REQ)))
+    return counter
+
+
+def results(peer: Peer, ident: int, after: int = 0) -> list[messages.Message]:
+    """The node's answers to command `ident`, one per frame (its own retransmissions left out)."""
+    found: dict[int, messages.Message] = {}
+    for m in peer.received[after:]:
+        if m.type == messages.COMMAND_RESULT and m.fields["id"] == ident:
+            found.setdefault(m.counter, m)
+    return list(found.values())
+
+
+def acks_of(peer: Peer, counter: int, after: int = 0) -> int:
+    return sum(1 for m in peer.received[after:] if m.type == messages.ACK and counter in m.fields["counters"])
+
+
+def wait_for(peer: Peer, check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        peer.pump(0.1)
+    assert check(), [(m.name, m.fields) for m in peer.received[-10:]]
+
+
+def test_hello_offers_the_base_commands(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    node = start_node(bundle, peer, tmp_path / "flash", interval=30)
+    try:
+        hello = peer.wait(messages.HELLO)
+    finally:
+        output = stop(node)
+    assert hello.version == fr.VERSION and hello.fields["proto"] == [1, 1]
+    assert hello.fields["commands"] == {"identify": "", "reboot": "", "sample_now": "", "set_interval": "s n1-86400!"}
+    assert "Traceback" not in output, output
+
+
+def test_a_command_resent_five_times_runs_once_and_every_copy_is_answered(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    """sample_now makes one sampling round (one more sample number) however many copies of its COMMAND arrive."""
+    node = start_node(bundle, peer, tmp_path / "flash", interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        peer.wait(messages.READINGS)  # the first round, at boot
+        before = sample_numbers(peer)
+        mark = len(peer.received)
+        counter = command(peer, hello.node_id, 1, "sample_now")
+        for _ in range(5):  # the gateway did not get the ACK: the same frame again, same counter
+            peer.pump(0.3)
+            command(peer, hello.node_id, 1, "sample_now", counter=counter)
+        wait_for(peer, lambda: len(results(peer, 1, mark)) == 6 and acks_of(peer, counter, mark) == 6)
+        peer.pump(1.0)
+        for message in peer.received:
+            if message.flags & fr.F_ACK_REQ:
+                peer.ack(message)
+        peer.pump(1.0)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    answers = results(peer, 1, mark)
+    assert [m.fields["outcome"] for m in answers] == [messages.OUTCOME_OK] * 6, "each copy answered (the kept answer sent again)"
+    assert sample_numbers(peer) == [*before, before[-1] + 1], "sample_now ran once: one round more, not six"
+
+
+def test_a_node_killed_after_running_a_command_answers_its_repeat_from_flash(
+    bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
+) -> None:
+    """kill -9 after the command ran and answered, its ACK not taken: the repeat after the reboot is not run again."""
+    flash = tmp_path / "flash"
+    node = start_node(bundle, peer, flash, interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        counter = command(peer, hello.node_id, 7, "sample_now")
+        wait_for(peer, lambda: len(results(peer, 7)) == 1)
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+        numbers = sample_numbers(peer)
+        peer.received.clear()
+        node = start_node(bundle, peer, flash, interval=30, status=60)
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        peer.wait(messages.READINGS)  # the boot round
+        mark = len(peer.received)
+        command(peer, hello.node_id, 7, "sample_now", counter=counter)
+        wait_for(peer, lambda: len(results(peer, 7, mark)) == 1 and acks_of(peer, counter, mark) == 1)
+        peer.pump(1.0)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    assert results(peer, 7, mark)[0].fields["outcome"] == messages.OUTCOME_OK
+    after = sample_numbers(peer)
+    assert len(after) == 1 and after[0] > max(numbers), "one round after the reboot (the boot's), none for the repeat"
+
+
+def test_a_request_accepted_but_cut_short_by_a_reset_is_answered_failed_not_run(
+    bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
+) -> None:
+    """The window on flash holds the counter (written before the command ran) and no answer: the reset came mid-execution."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "downlink.json").write_text(json.dumps({"h": 500, "s": "1", "r": []}))
+    node = start_node(bundle, peer, flash, interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        peer.wait(messages.READINGS)
+        numbers = sample_numbers(peer)
+        mark = len(peer.received)
+        command(peer, hello.node_id, 3, "sample_now", counter=500)
+        wait_for(peer, lambda: len(results(peer, 3, mark)) == 1)
+        stale = command(peer, hello.node_id, 4, "sample_now", counter=100)  # 400 behind: the gateway lost its counter
+        wait_for(peer, lambda: any(m.type == messages.REJECT for m in peer.received[mark:]))
+        peer.pump(0.5)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    answer = results(peer, 3, mark)[0].fields
+    assert answer["outcome"] == messages.OUTCOME_FAILED and answer["detail"] == "interrupted by reset"
+    reject = next(m for m in peer.received[mark:] if m.type == messages.REJECT)
+    assert reject.fields == {"reason": 11, "counter": stale, "type": messages.COMMAND}
+    assert results(peer, 4, mark) == [] and sample_numbers(peer) == numbers, "neither ran"
+
+
+def test_bad_arguments_and_unknown_commands_are_answered_without_running(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    node = start_node(bundle, peer, tmp_path / "flash", interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        command(peer, hello.node_id, 1, "set_interval", {"s": 0})
+        command(peer, hello.node_id, 2, "set_interval", {})
+        command(peer, hello.node_id, 3, "set_interval", {"s": 5, "colour": "red"})
+        command(peer, hello.node_id, 4, "launch")
+        command(peer, hello.node_id, 5, "set_interval", {"s": 2})
+        wait_for(peer, lambda: all(results(peer, i) for i in range(1, 6)))
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    answer = {i: results(peer, i)[0].fields for i in range(1, 6)}
+    assert answer[1] == {"id": 1, "outcome": messages.OUTCOME_BAD_ARGS, "detail": "set_interval.s 0 is outside 1-86400"}
+    assert answer[2]["outcome"] == messages.OUTCOME_BAD_ARGS and answer[2]["detail"] == "set_interval.s is missing"
+    assert answer[3]["outcome"] == messages.OUTCOME_BAD_ARGS and "'colour'" in answer[3]["detail"]
+    assert answer[4]["outcome"] == messages.OUTCOME_UNKNOWN and "launch" in answer[4]["detail"]
+    assert answer[5] == {"id": 5, "outcome": messages.OUTCOME_OK, "value": 2}
+
+
+def test_a_config_set_with_an_id_is_answered_with_it_and_kept(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    flash = tmp_path / "flash"
+    node = start_node(bundle, peer, flash, interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        mark = len(peer.received)
+        peer.send(messages.CONFIG, hello.node_id, {"op": messages.CONFIG_SET, "values": {"interval": 45, "x": 1}, "id": 9}, fr.F_ACK_REQ)
+        report = peer.wait(messages.CONFIG, after=mark)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    assert report.fields["id"] == 9 and report.fields["values"]["interval"] == 45 and report.fields["errors"] == {"x": "rejected"}
+    assert json.loads((flash / "config.json").read_text())["interval"] == 45
+
+
+def test_reboot_answers_then_resets_and_is_not_run_again(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    flash = tmp_path / "flash"
+    node = start_node(bundle, peer, flash, interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        counter = command(peer, hello.node_id, 11, "reboot")
+        node.wait(15)
+        peer.pump(0.3)
+        assert node.returncode == 75, "the unix HAL's reset: exit status 75 (firmware/hal_unix.py RESET_EXIT)"
+        assert results(peer, 11) and acks_of(peer, counter) == 1, "ACK and result go out before the reset"
+        peer.received.clear()
+        node = start_node(bundle, peer, flash, interval=30, status=60)
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        command(peer, hello.node_id, 11, "reboot", counter=counter)  # its ACK was lost: sent again
+        wait_for(peer, lambda: len(results(peer, 11)) == 1)
+        peer.pump(1.0)
+        assert node.poll() is None, "the repeat is answered from flash, the node does not reset again"
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+
+
+def test_an_event_goes_out_at_once_with_priority(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
+    """A parking bay: a car arrives; the occupancy change is a PRIORITY READINGS long before the next interval (60 s)."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "node.json").write_text(json.dumps({"role": "parking"}))
+    node = start_node(bundle, peer, flash, interval=60, status=120)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        peer.pump(1.0)
+        names = [c["name"] for c in hello.fields["channels"]]
+        mark = len(peer.received)
+        arrived = time.time()
+        (flash / "cars.txt").write_text("%d\n" % arrived)
+        event = None
+        deadline = time.monotonic() + 20
+        while event is None and time.monotonic() < deadline:
+            peer.pump(0.1)
+            event = next((m for m in peer.received[mark:] if m.type == messages.READINGS and m.flags & fr.F_PRIORITY), None)
+        took = time.time() - arrived
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    assert event is not None, [m.name for m in peer.received[mark:]]
+    assert event.flags & fr.F_ACK_REQ and took < 15, took
+    channels = {names[event.fields["samples"][i]]: event.fields["samples"][i + 1] for i in range(0, len(event.fields["samples"]), 3)}
+    assert channels.get("occupied") == 1, channels

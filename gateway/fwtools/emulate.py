@@ -31,6 +31,7 @@ from .tools import ROLES, find_tool, stop_process
 
 READY_TIMEOUT_S = 30.0
 WATCHDOG_EXIT = -signal.SIGALRM  # how an emulated node's watchdog resets it (firmware/hal_unix.py)
+RESET_EXIT = 75  # how an emulated node resets itself, a `reboot` command (firmware/hal_unix.py RESET_EXIT)
 
 
 class EmulatorError(Exception):
@@ -71,7 +72,7 @@ class EmulatedNode:
     process: subprocess.Popen[bytes] | None = None
     node_id: str = ""
     log: list[str] = field(default_factory=list)
-    resets: int = 0  # watchdog resets, each followed by a reboot
+    resets: int = 0  # watchdog or `reboot` resets, each followed by a boot
     _boot: tuple[Path, str, float, float] | None = None  # what spawn() was given, to boot again after a reset
     _stopping: bool = False
     _rebooting: threading.Lock = field(default_factory=threading.Lock)  # a watchdog reboot and terminate() exclude each other
@@ -128,23 +129,25 @@ class EmulatedNode:
         for raw in process.stdout:
             self.log.append(raw.decode(errors="replace").rstrip())
             del self.log[:-50]
-        # The output ends when the process does. A watchdog reset reboots the node,
-        # as a board boots again after one; any other end is left to whoever stopped it.
+        # The output ends when the process does. A watchdog reset or the node's own
+        # (`reboot`) boots it again, as a board boots again after one; any other end is
+        # left to whoever stopped it.
         process.wait()
         with self._rebooting:
-            if process.returncode != WATCHDOG_EXIT or process is not self.process or self._stopping or self._boot is None:
+            if process.returncode not in (WATCHDOG_EXIT, RESET_EXIT) or process is not self.process or self._stopping or self._boot is None:
                 return
             self.resets += 1
-            self.log.append("edgegw: node %s reset by its watchdog; booting it again" % self.node_id)
+            watchdog = process.returncode == WATCHDOG_EXIT
+            self.log.append("edgegw: node %s reset by %s; booting it again" % (self.node_id, "its watchdog" if watchdog else "itself"))
             try:
-                self.spawn(*self._boot, reset_cause=RESET_WATCHDOG)
+                self.spawn(*self._boot, reset_cause=RESET_WATCHDOG if watchdog else None)
             except EmulatorError as error:
                 self.log.append(str(error))
 
     def exited(self) -> int | None:
-        """The exit status of a node that stopped for good; None while it runs or boots again after a watchdog reset."""
+        """The exit status of a node that stopped for good; None while it runs or boots again after a reset."""
         code = None if self.process is None else self.process.poll()
-        return None if code == WATCHDOG_EXIT else code
+        return None if code in (WATCHDOG_EXIT, RESET_EXIT) else code
 
     def terminate(self) -> None:
         with self._rebooting:  # not while a reboot is starting a process that would outlive this
