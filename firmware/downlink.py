@@ -1,7 +1,9 @@
 # COMMAND and CONFIG on the node (SPEC.md 5.8, 5.9, 6.7): each run at most once,
-# as protocols/session.py's NODE_RX table says. Node.handle loads this module (and
-# with it the window and argspec) for each such frame and unloads it after: they
-# are rare, and on a 64 KB heap their code is worth more as ring slots in between.
+# as protocols/session.py's NODE_RX table says. Node.handle loads this module for
+# each such frame and unloads it after: they are rare, and on a 64 KB heap their code
+# is worth more as ring slots in between. Within a request the code comes and goes
+# in turn: the window (decide) before a command runs, firmware/commands.py and
+# argspec while it runs; they do not all fit at once beside a running node.
 #
 # downlink.json holds the downlink window and the answers to the last _RESULTS
 # requests, [key, outcome, detail, value] (a COMMAND's key is its id, a CONFIG's
@@ -12,19 +14,40 @@ import json
 from micropython import const
 
 from firmware import storage
+from firmware.node import unload
 from protocols import messages
 from protocols import session as ss
-from protocols.errors import E_STALE, ProtocolError
-from protocols.window import CounterWindow
+from protocols.errors import E_STALE
 
 _RESULTS = const(8)
 _DETAIL = const(60)  # characters of a COMMAND_RESULT detail
 _MAX_ERROR_KEYS = const(4)  # CONFIG report: at most this many rejected keys, so it fits a frame
-_RESET_GRACE_MS = const(300)  # reboot: time for the ACK and the answer to leave the UART
 
 
 def save(node, window, results):
-    node.hal.storage.put("downlink.json", json.dumps({"h": window.highest, "s": "%x" % window.seen, "r": results}).encode())
+    # window: (highest, seen) of the CounterWindow, see request.
+    node.hal.storage.put("downlink.json", json.dumps({"h": window[0], "s": "%x" % window[1], "r": results}).encode())
+
+
+def decide(node, message):
+    # The NODE_RX decision with the window kept on flash: (actions, (highest, seen), results).
+    # A function of its own: the window class and the record read are garbage once it returns.
+    from protocols.window import CounterWindow
+
+    record = node.hal.storage.settings("downlink.json")  # a damaged one is reported and reads as {}
+    try:
+        window = CounterWindow(record.get("h", -1), int(record.get("s", "0"), 16))
+        results = list(record.get("r", []))[-_RESULTS:]
+    except (TypeError, ValueError):
+        storage.report("downlink.json", "window")
+        window, results = CounterWindow(), []
+    actions = ss.Inbox(ss.NODE_RX, window).decide(message.type, message.counter, message.flags)
+    return actions, (window.highest, window.seen), results
+
+
+def kept_answers(node):
+    # The answers kept, as save() wrote them just before.
+    return list(node.hal.storage.settings("downlink.json").get("r", []))
 
 
 def request(node, message):
@@ -34,14 +57,11 @@ def request(node, message):
     mtype = message.type
     fields = message.fields
     counter = message.counter
-    record = node.hal.storage.settings("downlink.json")  # a damaged one is reported and reads as {}
-    try:
-        window = CounterWindow(record.get("h", -1), int(record.get("s", "0"), 16))
-        results = list(record.get("r", []))[-_RESULTS:]
-    except (TypeError, ValueError):
-        storage.report("downlink.json", "window")
-        window, results = CounterWindow(), []
-    actions = ss.Inbox(ss.NODE_RX, window).decide(mtype, counter, message.flags)
+    actions, window, results = decide(node, message)
+    # The window is two numbers from here on, and its module leaves the heap before a
+    # command's arguments are checked (argspec) and it runs: on a 64 KB node they do not
+    # fit together beside the rest (NODE-API.md, Heap).
+    unload("protocols.window")
     if actions & ss.A_REJECT_STALE:  # the gateway lost its counter: it moves ahead and sends again
         node.send(messages.REJECT, {"reason": E_STALE, "counter": counter, "type": mtype}, 0)
         return
@@ -49,7 +69,13 @@ def request(node, message):
     result = None
     if actions & ss.A_APPLY:
         save(node, window, results)  # A_PERSIST: before anything runs
-        result = [key, 0, configure(node, fields), None] if mtype == messages.CONFIG else execute(node, key, fields)
+        results = None  # on flash now: off the heap while the request runs, read back after
+        if mtype == messages.CONFIG:
+            result = [key, 0, configure(node, fields), None]
+        else:  # a COMMAND's code is a module of its own: a CONFIG does not load it
+            result = __import__("firmware.commands", None, None, ["execute"]).execute(node, key, fields)
+            unload("firmware.commands")
+        results = kept_answers(node)
         results.append(result)
         del results[:-_RESULTS]
         save(node, window, results)
@@ -75,37 +101,6 @@ def request(node, message):
     if result[3] is not None:
         reply["value"] = result[3]
     node.send(messages.COMMAND_RESULT, reply)
-
-
-def execute(node, key, fields):
-    # The registry (Node.commands): a source's commands run by the source, the node's own here.
-    name = fields["action"]
-    spec = node.commands.get(name)
-    if spec is None:
-        return [key, messages.OUTCOME_UNKNOWN, "no command %s" % name[:20], None]
-    args = fields.get("args", {})
-    try:
-        if spec[0] or args:  # argspec is loaded only for a command that takes arguments
-            from protocols import argspec
-
-            argspec.check(name, spec[0], args)
-        value = None
-        if spec[1] is not None:
-            outcome, detail, value = spec[1].command(node, name, args)
-            return [key, outcome, detail, value]
-        if name == "reboot":  # the answer goes on flash and out first; the loop resets after a grace
-            node.reset_at = node.hal.uptime_ms() + _RESET_GRACE_MS
-        elif name == "sample_now":
-            node.sample()
-            node.flush_readings()
-        elif name == "set_interval":
-            configure(node, {"op": messages.CONFIG_SET, "values": {"interval": args["s"]}})
-            value = node.interval
-        return [key, messages.OUTCOME_OK, None, value]  # identify too
-    except ProtocolError as error:
-        return [key, messages.OUTCOME_BAD_ARGS, error.detail[:_DETAIL], None]
-    except Exception as error:  # a role's fault: the node answers and goes on
-        return [key, messages.OUTCOME_FAILED, repr(error)[:_DETAIL], None]
 
 
 def configure(node, fields):

@@ -32,7 +32,10 @@ _RING_MIN = const(4)
 _RING_MAX = const(32)
 _FRAME_COST = const(300)  # a 258-byte slot and its bookkeeping
 _RESERVE = const(4096)
-_REQUEST_HEAP = const(6144)  # free heap a COMMAND or CONFIG needs: firmware/downlink.py, the window, argspec, frames
+# Free heap a COMMAND or CONFIG needs: firmware/downlink.py with the window, then (the window
+# unloaded) firmware/commands.py and argspec, the answers kept on flash, frames. Measured on the
+# 64 KB unix port: at 6144 a burst of bad-argument COMMANDs now and then ran out (argspec's errors).
+_REQUEST_HEAP = const(6656)
 _MAX_PENDING = const(36)  # samples waiting for a frame while the span rule holds frames back
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _POLL_MS = const(20)
@@ -234,6 +237,7 @@ class Node:
             try:
                 __import__("firmware.downlink", None, None, ["request"]).request(self, message)
             finally:
+                unload("firmware.commands")  # after an exception too (downlink.py unloads it itself)
                 unload("firmware.downlink")
                 unload("protocols.argspec")
                 unload("protocols.window")
@@ -252,15 +256,20 @@ class Node:
             if not count:
                 return
             self.decoder.feed(bytes(self.rx[:count]))
-            for event in self.decoder.drain():
-                if isinstance(event, ProtocolError):
+            while True:  # one message at a time, not drain(): a burst of requests is not all decoded at once
+                try:
+                    event = self.decoder.next_message()
+                except ProtocolError:
                     self.rx_errors += 1
                     continue
+                if event is None:
+                    break
                 try:
                     self.handle(event)
                 except Exception as error:  # no frame from the line may stop the node
                     self.rx_errors += 1
                     print("edgegw-node: frame %d not handled: %r" % (event.counter, error))
+                event = None  # garbage before the next one is decoded
 
     # -------------------------------------------------------------- the loop
 

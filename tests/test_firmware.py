@@ -219,7 +219,7 @@ def test_unacknowledged_frames_fill_the_ring_and_the_oldest_are_dropped_and_coun
     bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
 ) -> None:
     """A gateway that never answers: the ring fills, the oldest frames give way (counted in STATUS), the newest keep being resent."""
-    node = start_node(bundle, peer, tmp_path / "flash", interval=0.2, status=1.0)  # about twice the ring (19 in 64 KB) in 8 s
+    node = start_node(bundle, peer, tmp_path / "flash", interval=0.2, status=1.0)  # about three times the ring (13 in 64 KB) in 8 s
     try:
         peer.pump(8.0)
     finally:

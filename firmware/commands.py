@@ -1,0 +1,43 @@
+# A COMMAND's execution on the node (SPEC.md 5.9): the registry (Node.commands), the
+# arguments checked against the command's spec, the node's own commands. Loaded by
+# firmware/downlink.py for a COMMAND that runs (not for a CONFIG, a repeat or a stale
+# one) and unloaded after: on a 64 KB heap its code is worth more as room in between.
+from micropython import const
+
+from firmware.downlink import configure
+from protocols import messages
+from protocols.errors import ProtocolError
+
+_DETAIL = const(60)  # characters of a COMMAND_RESULT detail
+_RESET_GRACE_MS = const(300)  # reboot: time for the ACK and the answer to leave the UART
+
+
+def execute(node, key, fields):
+    # The registry (Node.commands): a source's commands run by the source, the node's own here.
+    name = fields["action"]
+    spec = node.commands.get(name)
+    if spec is None:
+        return [key, messages.OUTCOME_UNKNOWN, "no command %s" % name[:20], None]
+    args = fields.get("args", {})
+    try:
+        if spec[0] or args:  # argspec is loaded only for a command that takes arguments
+            from protocols import argspec
+
+            argspec.check(name, spec[0], args)
+        value = None
+        if spec[1] is not None:
+            outcome, detail, value = spec[1].command(node, name, args)
+            return [key, outcome, detail, value]
+        if name == "reboot":  # the answer goes on flash and out first; the loop resets after a grace
+            node.reset_at = node.hal.uptime_ms() + _RESET_GRACE_MS
+        elif name == "sample_now":
+            node.sample()
+            node.flush_readings()
+        elif name == "set_interval":
+            configure(node, {"op": messages.CONFIG_SET, "values": {"interval": args["s"]}})
+            value = node.interval
+        return [key, messages.OUTCOME_OK, None, value]  # identify too
+    except ProtocolError as error:
+        return [key, messages.OUTCOME_BAD_ARGS, error.detail[:_DETAIL], None]
+    except Exception as error:  # a role's fault: the node answers and goes on
+        return [key, messages.OUTCOME_FAILED, repr(error)[:_DETAIL], None]
