@@ -5,6 +5,7 @@
 from micropython import const
 
 from firmware.downlink import configure
+from firmware.node import unload
 from protocols import messages
 from protocols.errors import ProtocolError
 
@@ -12,21 +13,38 @@ _DETAIL = const(60)  # characters of a COMMAND_RESULT detail
 _RESET_GRACE_MS = const(300)  # reboot: time for the ACK and the answer to leave the UART
 
 
-def execute(node, key, fields):
-    # The registry (Node.commands): a source's commands run by the source, the node's own here.
+def check(node, key, fields):
+    # The answer for a command the node does not offer or for arguments its spec refuses,
+    # or None: the command may run. Called before the window is written, so that the heap
+    # this takes (argspec, its error texts) is not needed once the command is accepted: a
+    # MemoryError here leaves the frame unacknowledged, to be sent again.
     name = fields["action"]
     spec = node.commands.get(name)
     if spec is None:
         return [key, messages.OUTCOME_UNKNOWN, "no command %s" % name[:20], None]
     args = fields.get("args", {})
+    if not spec[0] and not args:
+        return None  # nothing to check: argspec is not loaded
     try:
-        if spec[0] or args:  # argspec is loaded only for a command that takes arguments
-            from protocols import argspec
+        from protocols import argspec
 
-            argspec.check(name, spec[0], args)
-        value = None
-        if spec[1] is not None:
-            outcome, detail, value = spec[1].command(node, name, args)
+        argspec.check(name, spec[0], args)
+        return None
+    except ProtocolError as error:
+        return [key, messages.OUTCOME_BAD_ARGS, error.detail[:_DETAIL], None]
+    finally:
+        unload("protocols.argspec")
+
+
+def execute(node, key, fields):
+    # Runs a command that check() let through: a source's commands by the source, the node's own here.
+    name = fields["action"]
+    args = fields.get("args", {})
+    source = node.commands[name][1]
+    value = None
+    try:
+        if source is not None:
+            outcome, detail, value = source.command(node, name, args)
             return [key, outcome, detail, value]
         if name == "reboot":  # the answer goes on flash and out first; the loop resets after a grace
             node.reset_at = node.hal.uptime_ms() + _RESET_GRACE_MS
@@ -37,7 +55,5 @@ def execute(node, key, fields):
             configure(node, {"op": messages.CONFIG_SET, "values": {"interval": args["s"]}})
             value = node.interval
         return [key, messages.OUTCOME_OK, None, value]  # identify too
-    except ProtocolError as error:
-        return [key, messages.OUTCOME_BAD_ARGS, error.detail[:_DETAIL], None]
-    except Exception as error:  # a role's fault: the node answers and goes on
+    except Exception as error:  # a role's fault or a heap too full while it ran: the node answers and goes on
         return [key, messages.OUTCOME_FAILED, repr(error)[:_DETAIL], None]

@@ -5,10 +5,16 @@
 # in turn: the window (decide) before a command runs, firmware/commands.py and
 # argspec while it runs; they do not all fit at once beside a running node.
 #
-# downlink.json holds the downlink window and the answers to the last _RESULTS
-# requests, [key, outcome, detail, value] (a COMMAND's key is its id, a CONFIG's
-# "c" + its id). It is written before a request runs (the window: a repeat is a
-# DUPLICATE even after a reset) and after (its answer, for the repeats).
+# On flash, in small records (a 64 KB heap has no room for one big JSON text):
+#   downlink.json  {"h": highest, "s": seen (hex), "n": the next answer slot}: the
+#                  downlink window, written before a request runs, so that a repeat
+#                  is a DUPLICATE even after a reset;
+#   answer.N       N = 0 .. _RESULTS - 1, in turn: [key, outcome, detail, value], the
+#                  answer to one of the last _RESULTS requests (a COMMAND's key is its
+#                  id, a CONFIG's "c" + its id), sent again for its repeats.
+# A MemoryError before the window is written (the command's code, its argument
+# check) leaves the frame unacknowledged and nothing run: the gateway sends it
+# again (SPEC.md 4.2). One while the command runs is its answer: failed.
 import json
 
 from micropython import const
@@ -24,30 +30,34 @@ _DETAIL = const(60)  # characters of a COMMAND_RESULT detail
 _MAX_ERROR_KEYS = const(4)  # CONFIG report: at most this many rejected keys, so it fits a frame
 
 
-def save(node, window, results):
-    # window: (highest, seen) of the CounterWindow, see request.
-    node.hal.storage.put("downlink.json", json.dumps({"h": window[0], "s": "%x" % window[1], "r": results}).encode())
-
-
 def decide(node, message):
-    # The NODE_RX decision with the window kept on flash: (actions, (highest, seen), results).
+    # The NODE_RX decision with the window kept on flash: (actions, (highest, seen), slot).
     # A function of its own: the window class and the record read are garbage once it returns.
     from protocols.window import CounterWindow
 
     record = node.hal.storage.settings("downlink.json")  # a damaged one is reported and reads as {}
     try:
         window = CounterWindow(record.get("h", -1), int(record.get("s", "0"), 16))
-        results = list(record.get("r", []))[-_RESULTS:]
+        slot = int(record.get("n", 0)) % _RESULTS
     except (TypeError, ValueError):
         storage.report("downlink.json", "window")
-        window, results = CounterWindow(), []
+        window, slot = CounterWindow(), 0
     actions = ss.Inbox(ss.NODE_RX, window).decide(message.type, message.counter, message.flags)
-    return actions, (window.highest, window.seen), results
+    return actions, (window.highest, window.seen), slot
 
 
-def kept_answers(node):
-    # The answers kept, as save() wrote them just before.
-    return list(node.hal.storage.settings("downlink.json").get("r", []))
+def kept_answer(node, key):
+    # The answer kept for key, or None.
+    for slot in range(_RESULTS):
+        try:
+            raw = node.hal.storage.get("answer.%d" % slot)
+            answer = json.loads(raw) if raw else None
+        except (OSError, ValueError):
+            storage.report("answer.%d" % slot, "answer")
+            answer = None
+        if isinstance(answer, list) and len(answer) == 4 and answer[0] == key:
+            return answer
+    return None
 
 
 def request(node, message):
@@ -57,34 +67,31 @@ def request(node, message):
     mtype = message.type
     fields = message.fields
     counter = message.counter
-    actions, window, results = decide(node, message)
+    actions, window, slot = decide(node, message)
     # The window is two numbers from here on, and its module leaves the heap before a
     # command's arguments are checked (argspec) and it runs: on a 64 KB node they do not
-    # fit together beside the rest (NODE-API.md, Heap).
+    # fit together beside the rest.
     unload("protocols.window")
     if actions & ss.A_REJECT_STALE:  # the gateway lost its counter: it moves ahead and sends again
         node.send(messages.REJECT, {"reason": E_STALE, "counter": counter, "type": mtype}, 0)
         return
     key = fields["id"] if mtype == messages.COMMAND else "c%s" % fields.get("id", "")
-    result = None
     if actions & ss.A_APPLY:
-        save(node, window, results)  # A_PERSIST: before anything runs
-        results = None  # on flash now: off the heap while the request runs, read back after
-        if mtype == messages.CONFIG:
+        # A command's code is loaded and its arguments checked before the window is written:
+        # if they do not fit, nothing ran and nothing is acknowledged; the frame comes again.
+        commands = __import__("firmware.commands", None, None, ["check"]) if mtype == messages.COMMAND else None
+        result = commands.check(node, key, fields) if commands else None
+        store = node.hal.storage
+        store.put("downlink.json", b'{"h": %d, "s": "%x", "n": %d}' % (window[0], window[1], slot + 1))  # A_PERSIST
+        if commands is None:
             result = [key, 0, configure(node, fields), None]
-        else:  # a COMMAND's code is a module of its own: a CONFIG does not load it
-            result = __import__("firmware.commands", None, None, ["execute"]).execute(node, key, fields)
-            unload("firmware.commands")
-        results = kept_answers(node)
-        results.append(result)
-        del results[:-_RESULTS]
-        save(node, window, results)
+        elif result is None:
+            result = commands.execute(node, key, fields)
+        commands = None
+        unload("firmware.commands")
+        store.put("answer.%d" % slot, json.dumps(result).encode())
     else:  # A_REPLAY
-        for kept in results:
-            if kept[0] == key:
-                result = kept
-        if result is None:
-            result = [key, messages.OUTCOME_FAILED, "interrupted by reset", None]
+        result = kept_answer(node, key) or [key, messages.OUTCOME_FAILED, "interrupted by reset", None]
     if actions & ss.A_ACK:
         node.send(messages.ACK, {"counters": [counter]}, 0)
     if mtype == messages.CONFIG:

@@ -41,6 +41,8 @@ def _number(config, key, default):
 
 
 class Hal:
+    heap_reserved = 0  # a board's code is in its flash, off the heap, or on it as the node's own
+
     def __init__(self):
         self.storage = Storage("/data")
         self.config = config = self.storage.settings("node.json")  # written by `edgegw fw flash`

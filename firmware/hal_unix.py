@@ -65,6 +65,9 @@ class WDT:
 
 class Hal:
     hw_model = "unix-emulation"
+    # Bytes of the heap that are the emulated board's flash: the ROMFS image romboot.py read
+    # (gateway/fwtools/build.py); the node's heap is the rest.
+    heap_reserved = getattr(sys.modules.get("firmware"), "ROM_BYTES", 0)
 
     def __init__(self):
         args = sys.argv[1:]

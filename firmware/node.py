@@ -280,7 +280,7 @@ class Node:
         self.sample()
         self.flush_readings()
         gc.collect()
-        used = gc.mem_alloc()
+        used = gc.mem_alloc() - self.hal.heap_reserved
         if used > self.heap_peak:
             self.heap_peak = used
 

@@ -88,9 +88,8 @@ def start_node(
     heap: str = HEAP,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    command = [str(pathlib.Path(sys.executable).parent / "micropython"), "-X", "heapsize=%s" % heap, "-m", "firmware.main"]
-    command += [peer.path, str(data), "3", str(interval), str(status)]
-    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle, **(env or {}))
+    command = [*emulate.node_command(bundle, heap), peer.path, str(data), "3", str(interval), str(status)]
+    env = dict(os.environ, MICROPYPATH=".frozen", **(env or {}))
     # cwd: MicroPython puts "" first on sys.path; from the repository it would compile the sources instead.
     peer.node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle)
     return peer.node
@@ -264,8 +263,26 @@ def test_build_manifest_matches_and_the_bundle_compiles(bundle: pathlib.Path) ->
     assert build.verify(bundle) == []
     sources = {str(p.relative_to(ROOT).with_suffix(".mpy")) for pkg in build.PACKAGES for p in (ROOT / pkg).glob("*.py")}
     assert "firmware/roles/gauge.mpy" in sources
-    assert sources | {"main.py"} == set(manifest["files"])
+    assert sources | {"main.py", build.ROMFS_IMAGE, build.ROM_BOOT} == set(manifest["files"])
     assert all((bundle / name).read_bytes()[:1] == b"M" for name in manifest["files"] if name.endswith(".mpy"))
+    # The emulated board's flash: the same compiled modules, byte for byte, in the ROMFS image the node boots from.
+    listing = (
+        "import os, vfs\n"
+        "vfs.mount(vfs.VfsRom(open('%s', 'rb').read()), '/rom')\n"
+        "def walk(path):\n"
+        "    for name, kind, *_ in os.ilistdir(path):\n"
+        "        if kind == 0x4000:\n"
+        "            walk(path + '/' + name)\n"
+        "        else:\n"
+        "            print(path[5:] + '/' + name, open(path + '/' + name, 'rb').read() == open(path[5:] + '/' + name, 'rb').read())\n"
+        "walk('/rom')\n" % (bundle / build.ROMFS_IMAGE)
+    )
+    done = subprocess.run(
+        [emulate.micropython_command(), "-c", listing], cwd=bundle, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    packed = dict(line.split() for line in done.stdout.splitlines())
+    assert packed == dict.fromkeys(sources, "True")
     (bundle / "firmware" / "node.mpy").write_bytes(b"tampered")
     try:
         assert build.verify(bundle) == ["firmware/node.mpy"]

