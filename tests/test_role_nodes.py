@@ -29,8 +29,6 @@ from tests.test_roles import role_check
 # The roles' commands and events go through the node API of NODE-API.md (node.event, the command
 # registry, poll): until firmware/node.py has it these tests say so instead of failing.
 pytestmark = pytest.mark.micropython
-HAS_NODE_API = "def event(" in (ROOT / "firmware" / "node.py").read_text()
-needs_node_api = pytest.mark.skipif(not HAS_NODE_API, reason="firmware/node.py has no node API yet")
 ROLES = ("streetlight", "gauge", "parking")
 
 
@@ -97,7 +95,6 @@ def role_node(bundle: pathlib.Path, peer: Peer, data: pathlib.Path, role: str) -
     assert "Traceback" not in output, output
 
 
-@needs_node_api
 @pytest.mark.parametrize("hw_model", ["unix-emulation", "Raspberry Pi Pico W with RP2040"])
 def test_every_roles_hello_offers_its_channels_and_commands_within_a_frame(
     micropython: str, bundle: pathlib.Path, tmp_path: pathlib.Path, hw_model: str
@@ -122,7 +119,6 @@ def test_every_roles_hello_offers_its_channels_and_commands_within_a_frame(
     print("HELLO payload bytes with hw_model %r: %s (limit %d)" % (hw_model, sizes, fr.MAX_PAYLOAD))
 
 
-@needs_node_api
 def test_streetlight_node_dims_with_a_fade_and_reports_a_failed_lamp_at_once(
     bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
 ) -> None:
@@ -166,7 +162,6 @@ def test_streetlight_node_dims_with_a_fade_and_reports_a_failed_lamp_at_once(
         assert (values(event)[0], values(event)[2]) == (30, 1), "the new lamp is alight at the level dimmed to while it was out"
 
 
-@needs_node_api
 def test_gauge_node_sends_the_flood_alarm_at_once_and_takes_a_new_mark(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
     """The rise alarm needs a minute of levels: tests/test_roles.py checks it in emulated time."""
     data = tmp_path / "flash"
@@ -186,7 +181,6 @@ def test_gauge_node_sends_the_flood_alarm_at_once_and_takes_a_new_mark(bundle: p
         assert json.loads((data / "gauge.json").read_text()) == {"mm": 3000, "rise": 99999}
 
 
-@needs_node_api
 def test_parking_node_sends_every_occupancy_change_at_once_and_in_order(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
     data = tmp_path / "flash"
     now = time.time()
@@ -210,7 +204,6 @@ def test_parking_node_sends_every_occupancy_change_at_once_and_in_order(bundle: 
         assert not [m for m in peer.received if is_event(m) and m.counter not in {e.counter for e in seen}], "no car, no event"
 
 
-@needs_node_api
 @pytest.mark.parametrize("role", ROLES)
 def test_a_role_node_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path, role: str) -> None:
     """Sampling every 0.1 s with its world moving and every frame acknowledged: no MemoryError, heap peak under the limit."""
