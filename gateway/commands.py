@@ -106,6 +106,11 @@ class Commands:
         self.book = await self._worker.call(CommandBook, self._worker.store)
         now = self._clock()
         for command in await self._worker.call(self.book.load):
+            # Every stored state again, once, before anything new: a state is stored before it is published,
+            # so a kill between the two (a result taken, `succeeded` committed, the publish still in memory)
+            # left subscribers an older state that a broker keeping our session would never correct
+            # (connected() republishes only when the broker lost it). Bounded like the book (max_rows).
+            self._publish_state(command)
             if not command.final:
                 self.scheduler.add(command, now)
 

@@ -448,11 +448,35 @@ async def test_state_survives_a_restart_and_in_flight_commands_resend_with_their
     task = asyncio.get_running_loop().create_task(second.commands.run())
     await second.settle(lambda: len(second.nodes.sent) == 2)
     assert [(sent[2]["id"], sent[3]) for sent in second.nodes.sent] == [(1, 101), (2, 102)], "the same counters and wire ids"
+    # At start every stored state is published again: one stored just before a kill never was (the broker kept
+    # the session, so connected() alone would not republish it; street-lights in the HIL found that).
+    await second.settle(lambda: {s["id"] for s in second.states()} >= {"k", "q"})
+    second.published.clear()
     second.commands.connected(session_present=False)  # a broker that lost its retained messages: every state again
     await second.settle(lambda: {s["id"] for s in second.states()} >= {"k", "q"})
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     second.worker.close()
+
+
+async def test_a_state_committed_just_before_a_kill_is_published_at_the_start(tmp_path: pathlib.Path) -> None:
+    """Stored, then killed before the publish went (street-lights in the HIL found it): the next start publishes it,
+    even when the broker kept the session and connected() does not ask for every state again."""
+    store = Store(tmp_path, 10_000_000)
+    book = CommandBook(store)
+    done, _, _ = book.add(command("done-1"))
+    done.state, done.result = SUCCEEDED, 40
+    book.save(done)
+    store.close()
+    rig = Rig(tmp_path)
+    await rig.commands.open()
+    task = asyncio.get_running_loop().create_task(rig.commands.run())
+    rig.commands.connected(session_present=True)
+    await rig.settle(lambda: rig.states("done-1"))
+    assert [(s["state"], s["result"]) for s in rig.states("done-1")] == [(SUCCEEDED, 40)]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    rig.worker.close()
 
 
 # ------------------------------------------------------------ config
