@@ -41,7 +41,7 @@ BUDGET = [
         "B",
     ),
     ("link bytes per reading (10-sample frame)", "footprint", "link_bytes_per_reading", 8, "lower", "B"),
-    ("firmware heap: smallest -X heapsize the node runs in (64-bit unix port)", "firmware", "heap_kb", 32, "lower", "KB"),
+    ("firmware heap: smallest heap the node runs in, its code in ROMFS (64-bit unix port)", "firmware", "heap_kb", 32, "lower", "KB"),
     (
         "flaky uplink, 10 KB/s cut every ~8 s for 126 s, 400 live readings/s: buffered at the end / at the start",
         "flaky_uplink",

@@ -615,7 +615,7 @@ def firmware(workdir: Path, seconds: float) -> dict[str, Any]:
     from gateway.fwtools.tools import find_tool
 
     bundle = workdir / "bundle"
-    build(bundle)
+    build(bundle, emulator=True)  # the unix HAL and the ROMFS image the emulated node boots from
     micropython = find_tool("micropython")
     script = bundle / "frames_per_s.py"
     script.write_text(FIRMWARE_SCRIPT)
@@ -629,7 +629,7 @@ def firmware(workdir: Path, seconds: float) -> dict[str, Any]:
         timeout=120,
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    for heap_kb in (48, 52, 56, 60, 64, 72, 80, 96):
+    for heap_kb in (32, 36, 40, 44, 48, 52, 56, 60, 64, 72, 80, 96):
         peak = _node_runs(bundle, str(micropython), heap_kb, seconds=6)
         if peak is not None:
             result["heap_kb"] = heap_kb  # the smallest -X heapsize the node ran in, ACKed, without a MemoryError
@@ -651,8 +651,11 @@ def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float) -> 
     master, slave = os.openpty()
     tty.setraw(slave)
     data = Path(tempfile.mkdtemp(prefix="edgegw-heap-"))
-    command = [micropython, "-X", "heapsize=%dk" % heap_kb, "-m", "firmware.main", os.ttyname(slave), str(data), "5", "0.2", "1"]
-    env = dict(os.environ, MICROPYPATH=".frozen:%s" % bundle)
+    from gateway.fwtools.emulate import node_command
+
+    # The node's heap for its data: its code runs from the ROMFS image, outside it (README "Heap").
+    command = [*node_command(bundle, "%dk" % heap_kb), os.ttyname(slave), str(data), "5", "0.2", "1"]
+    env = dict(os.environ, MICROPYPATH=".frozen")
     node = subprocess.Popen(command, cwd=bundle, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     decoder = StreamDecoder()
     peak = None
