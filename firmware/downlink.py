@@ -46,9 +46,11 @@ def decide(node, message):
     return actions, (window.highest, window.seen), slot
 
 
-def kept_answer(node, key):
-    # The answer kept for key, or None.
-    for slot in range(_RESULTS):
+def kept_answer(node, key, following):
+    # The newest answer kept for key, or None; following: the slot the next request takes.
+    # Newest first: id-less CONFIG sets (1.0 gateways) all have the key "c".
+    for back in range(1, _RESULTS + 1):
+        slot = (following - back) % _RESULTS
         try:
             raw = node.hal.storage.get("answer.%d" % slot)
             answer = json.loads(raw) if raw else None
@@ -91,7 +93,7 @@ def request(node, message):
         unload("firmware.commands")
         store.put("answer.%d" % slot, json.dumps(result).encode())
     else:  # A_REPLAY
-        result = kept_answer(node, key) or [key, messages.OUTCOME_FAILED, "interrupted by reset", None]
+        result = kept_answer(node, key, slot) or [key, messages.OUTCOME_FAILED, "interrupted by reset", None]
     if actions & ss.A_ACK:
         node.send(messages.ACK, {"counters": [counter]}, 0)
     if mtype == messages.CONFIG:

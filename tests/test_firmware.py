@@ -786,6 +786,32 @@ def test_a_config_set_with_an_id_is_answered_with_it_and_kept(bundle: pathlib.Pa
     assert json.loads((flash / "config.json").read_text())["interval"] == 45
 
 
+def test_a_repeated_config_set_without_an_id_is_answered_from_the_newest_kept_answer(
+    bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
+) -> None:
+    """1.0 gateways send CONFIG sets without an id: their kept answers share one key, and a repeat gets the newest."""
+    node = start_node(bundle, peer, tmp_path / "flash", interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        peer.ack(hello)
+        reports = []
+        counters = []
+        for junk in ("first", "second"):
+            mark = len(peer.received)
+            peer.send(messages.CONFIG, hello.node_id, {"op": messages.CONFIG_SET, "values": {junk: 1}}, fr.F_ACK_REQ)
+            counters.append(peer.counter)
+            reports.append(peer.wait(messages.CONFIG, after=mark))
+        mark = len(peer.received)
+        fields = {"op": messages.CONFIG_SET, "values": {"second": 1}}  # the second set again, its ACK lost
+        os.write(peer.master, encode(Message(messages.CONFIG, hello.node_id, counters[1], fields, fr.F_DOWNLINK | fr.F_ACK_REQ)))
+        repeat = peer.wait(messages.CONFIG, after=mark)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    assert [r.fields["errors"] for r in reports] == [{"first": "rejected"}, {"second": "rejected"}]
+    assert repeat.fields["errors"] == {"second": "rejected"}, "the newest kept answer, not an older one with the same key"
+
+
 def test_reboot_answers_then_resets_and_is_not_run_again(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
     flash = tmp_path / "flash"
     node = start_node(bundle, peer, flash, interval=30, status=60)
