@@ -12,7 +12,7 @@ import sys
 import termios
 import time
 
-from firmware.storage import Storage
+from firmware.storage import Storage, report
 from firmware.uptime import Uptime
 
 RESET_EXIT = 75  # exit status of a node that reset itself (a `reboot` command)
@@ -99,8 +99,11 @@ class Hal:
         return self._uptime.update()
 
     def sources(self, role):
-        if role != "sensor":  # firmware/emulated_ROLE.py makes the role with its emulated world (unknown: ImportError)
-            return [__import__("firmware.emulated_" + role, None, None, ["role"]).role(self)]
+        if role != "sensor":  # firmware/emulated_ROLE.py makes the role with its emulated world
+            try:
+                return [__import__("firmware.emulated_" + role, None, None, ["role"]).role(self)]
+            except ImportError:  # a role this firmware does not have: said, and the node runs as a sensor (as a board does)
+                report("node.json", "no role %s" % role)
         from firmware import emulation, sensors
 
         hang = os.getenv("EDGEGW_EMULATE_HANG_S")

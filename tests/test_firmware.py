@@ -812,6 +812,21 @@ def test_a_repeated_config_set_without_an_id_is_answered_from_the_newest_kept_an
     assert repeat.fields["errors"] == {"second": "rejected"}, "the newest kept answer, not an older one with the same key"
 
 
+def test_a_role_the_firmware_does_not_have_is_said_and_the_node_runs_as_a_sensor(
+    bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path
+) -> None:
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "node.json").write_text(json.dumps({"role": "lamp"}))  # a typo for streetlight, edited by hand
+    node = start_node(bundle, peer, flash, interval=30, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output and "bad flash record node.json (no role lamp)" in output, output
+    assert [c["name"] for c in hello.fields["channels"]][:3] == ["temperature", "humidity", "pressure"]
+
+
 def test_reboot_answers_then_resets_and_is_not_run_again(bundle: pathlib.Path, peer: Peer, tmp_path: pathlib.Path) -> None:
     flash = tmp_path / "flash"
     node = start_node(bundle, peer, flash, interval=30, status=60)
