@@ -3,7 +3,8 @@
 # each such frame and unloads it after: they are rare, and on a 64 KB heap their code
 # is worth more as ring slots in between. Within a request the code comes and goes
 # in turn: the window (decide) before a command runs, firmware/commands.py and
-# argspec while it runs; they do not all fit at once beside a running node.
+# argspec while it runs; with the code on a 64 KB heap they do not all fit at once
+# beside a running node.
 #
 # On flash, in small records (a 64 KB heap has no room for one big JSON text):
 #   downlink.json  {"h": highest, "s": seen (hex), "n": the next answer slot}: the
@@ -86,7 +87,7 @@ def request(node, message):
         store = node.hal.storage
         store.put("downlink.json", b'{"h": %d, "s": "%x", "n": %d}' % (window[0], window[1], slot + 1))  # A_PERSIST
         if commands is None:
-            result = [key, 0, configure(node, fields), None]
+            result = [key, messages.OUTCOME_OK, configure(node, fields), None]
         elif result is None:
             result = commands.execute(node, key, fields)
         commands = None

@@ -25,16 +25,19 @@ from protocols.stream import StreamDecoder
 VERSION = "0.1.0"
 # The retransmission ring is sized from the heap left after boot: a full-size
 # frame costs about _FRAME_COST in the ring, and _RESERVE stays free for
-# building and decoding frames. A 64 KB unix-port heap gets a handful of
-# frames, a Pico or an ESP32 the maximum. A COMMAND or CONFIG loads its code
-# when it comes (firmware/downlink.py) and makes room for it first (handle).
+# building and decoding frames. A 64 KB heap that also holds the code gets a
+# handful of frames; with the code in ROMFS or frozen (the emulator, a board
+# deployed that way) or on a Pico or an ESP32, the maximum. A COMMAND or CONFIG
+# loads its code when it comes (firmware/downlink.py) and makes room for it first
+# (handle).
 _RING_MIN = const(4)
 _RING_MAX = const(32)
 _FRAME_COST = const(300)  # a 258-byte slot and its bookkeeping
 _RESERVE = const(4096)
 # Free heap a COMMAND or CONFIG needs: firmware/downlink.py with the window, then (the window
 # unloaded) firmware/commands.py and argspec, the answers kept on flash, frames. Measured on the
-# 64 KB unix port: at 6144 a burst of bad-argument COMMANDs now and then ran out (argspec's errors).
+# 64 KB unix port with the code on the heap: at 6144 a burst of bad-argument COMMANDs now and then
+# ran out (argspec's errors). With the code in ROMFS the heap has far more free than this.
 _REQUEST_HEAP = const(6656)
 _MAX_PENDING = const(36)  # samples waiting for a frame while the span rule holds frames back
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236

@@ -210,7 +210,7 @@ def test_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: Peer, tmp_pa
     assert len(readings) > 50 and statuses
     assert statuses[-1].fields["dropped"] == 0, "every frame was acknowledged: nothing may be dropped"
     peak = statuses[-1].fields["heap_peak"]
-    assert 0 < peak < int(HEAP.rstrip("k")) * 1024
+    assert 0 < peak < emulate.heap_bytes(HEAP)
     print("firmware heap high-water mark: %d bytes of %s" % (peak, HEAP))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.fwtools import build, world
-from gateway.fwtools.emulate import write_node_json
+from gateway.fwtools.emulate import heap_bytes, write_node_json
 from protocols import Message, StreamDecoder, cobs, messages
 from protocols import frame as fr
 from tests.conftest import ROOT
@@ -228,7 +228,7 @@ def test_a_role_node_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: 
     assert statuses and len([m for m in peer.received if m.type == messages.READINGS]) > 30
     peak = statuses[-1].fields["heap_peak"]
     print("%s node heap high-water mark: %d bytes of %s" % (role, peak, HEAP))
-    assert 0 < peak < int(HEAP.rstrip("k")) * 1024
+    assert 0 < peak < heap_bytes(HEAP)
 
 
 def test_emulate_starts_nodes_with_a_role(tmp_path: pathlib.Path) -> None:
