@@ -6,11 +6,12 @@
 
 One task does everything in order: a request is read and checked, stored (gateway/command_book.py),
 then acknowledged to the broker (paho manual ack, on the connection it came on), then its state is
-published; the scheduler (gateway/command_scheduler.py) says which commands go on the wire; a
-command's counter is stored before its frame is written; ACKs, results, CONFIG reports and a node's
-REJECTs (gateway/sessions.py, DownlinkListener) move commands on, and every change is stored before
-it is published. Nothing a client publishes raises here: every request ends as a state on its topic
-(`rejected` with an error that says why) and, for what cannot be tracked by its own id, a log line.
+published; the scheduler (gateway/command_scheduler.py, over each node's protocols.session.Outbox)
+says which commands go on the wire and when they are resent; a command's counter is stored before
+its frame is written; ACKs, results, CONFIG reports and a node's REJECTs (gateway/sessions.py,
+DownlinkListener) move commands on, and every change is stored before it is published. Nothing a
+client publishes raises here: every request ends as a state on its topic (`rejected` with an error
+that says why) and, for what cannot be tracked by its own id, a log line.
 
 Decisions (README, "Commands"):
 - A request whose id is missing gets one (`gw.` and 16 hex digits); one whose id is not 1-64 of
@@ -37,12 +38,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from protocols import errors as perr
-from protocols import frame as fr
 from protocols import messages
 
 from . import command_request as req
-from .command_book import FAILED, QUEUED, REJECTED, SENT, SUCCEEDED, Command, CommandBook, Full
-from .command_scheduler import EXPIRE, SEND, Scheduler
+from .command_book import FAILED, QUEUED, REJECTED, SUCCEEDED, Command, CommandBook, Full
+from .command_scheduler import EXPIRE, FAIL, RESEND, Scheduler
 from .sessions import NodeView
 from .store import StoreError
 from .store_worker import StoreWorker
@@ -61,11 +61,14 @@ OUTCOMES = {
 
 
 class Nodes(Protocol):
-    """What the commands need of the sessions (gateway/sessions.py: Sessions.view, take_counter, send_request)."""
+    """What the commands need of the sessions (gateway/sessions.py: Sessions.view, take_counter, peek_counter,
+    send_request)."""
 
     def view(self, node: str) -> NodeView | None: ...
 
     def take_counter(self, node: str) -> int | None: ...
+
+    def peek_counter(self, node: str) -> int | None: ...
 
     def send_request(self, node: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool: ...
 
@@ -91,7 +94,8 @@ class Commands:
         self._ack = ack
         self._clock = clock
         self._wall = wall
-        self.scheduler = Scheduler(in_flight, rng)
+        self.scheduler = Scheduler(in_flight, lambda node: _Counters(nodes, node), rng)
+        self._resend: list[tuple[str, Command]] = []  # in flight at start: written again at once
         self._inbox: collections.deque[Inbound] = collections.deque()
         # Changed by an event, to store and publish: each change's document, so a command ACKed and answered
         # within one turn is still published as delivered, then succeeded.
@@ -104,7 +108,7 @@ class Commands:
         """The book, and every command not final back in the schedule (those in flight are resent at once,
         under the counter they were stored with)."""
         self.book = await self._worker.call(CommandBook, self._worker.store)
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
         for command in await self._worker.call(self.book.load):
             # Every stored state again, once, before anything new: a state is stored before it is published,
             # so a kill between the two (a result taken, `succeeded` committed, the publish still in memory)
@@ -112,7 +116,7 @@ class Commands:
             # (connected() republishes only when the broker lost it). Bounded like the book (max_rows).
             self._publish_state(command)
             if not command.final:
-                self.scheduler.add(command, now)
+                self._resend += self.scheduler.add(command, now, wall)
 
     # ------------------------------------------------------------ events (on the event loop, from uplink and sessions)
     # The sessions' DownlinkListener (gateway/sessions.py): called from inside frame handling, so nothing here
@@ -135,10 +139,7 @@ class Commands:
             self._wake.set()  # commands waiting for its port go now; with None they wait (step() asks has_link)
 
     def downlink_ready(self, node: str) -> None:
-        for command in self.scheduler.commands(node):
-            if command.counter is None and command.state != QUEUED:
-                self.scheduler.resend_now(command, self._clock())
-        self._wake.set()
+        self._wake.set()  # its counters are on disk: commands waiting for one go at the next step
 
     def command_result(self, node: str, result: dict[str, Any]) -> None:
         self.answered(node, messages.COMMAND_RESULT, result)
@@ -180,14 +181,14 @@ class Commands:
         ahead already) -> a new counter, the same request; any other reason -> failed (the same bytes again
         cannot help)."""
         counter = fields.get("counter")
-        command = self.scheduler.by_counter(node, counter) if type(counter) is int else None
-        if command is None:
+        verdict = self.scheduler.rejected(node, fields["reason"], counter) if type(counter) is int else None
+        if verdict is None:
             return
-        if fields["reason"] == perr.E_STALE:
-            command.counter = None  # the next resend (due now) takes a new counter, stored before it is written
-            self.scheduler.resend_now(command, self._clock())
+        action, command = verdict
+        if action == RESEND:  # the next step takes a new counter, stored before the frame is written
             self._wake.set()
             return
+        assert action == FAIL
         reason = perr.REASONS.get(fields["reason"], str(fields["reason"]))
         command.state, command.error = FAILED, "rejected by the node: %s %s" % (reason, fields.get("detail", ""))
         command.error = command.error.strip()
@@ -235,7 +236,8 @@ class Commands:
                 self._republish = False
                 for command in await self._worker.call(self.book.load):
                     self._publish_state(command)
-            for action, command in self.scheduler.step(self._clock(), self._wall(), self._has_link):
+            actions, self._resend = self._resend + self.scheduler.step(self._clock(), self._wall(), self._has_link), []
+            for action, command in actions:
                 await self._act(action, command)
             if self._clock() - pruned_at >= PRUNE_EVERY_S:
                 pruned_at = self._clock()
@@ -284,7 +286,7 @@ class Commands:
         elif stored.state == REJECTED:
             log.warning("command %s for node %s (%s) rejected: %s", stored.id, node, kind, stored.error)
         else:
-            self.scheduler.add(stored, self._clock())
+            self.scheduler.add(stored, self._clock(), wall)
         self._publish_state(stored)
 
     async def _act(self, action: str, command: Command) -> None:
@@ -292,22 +294,9 @@ class Commands:
             log.warning("command %s for node %s expired (ttl) after %d attempts", command.id, command.node, command.attempts)
             await self._store_and_publish(command)
             return
-        if command.counter is None:  # a first send, or a resend after a REJECT stale
-            counter = self._nodes.take_counter(command.node)
-            if counter is None:  # not on disk yet (downlink_ready follows), or used up (logged where kept)
-                return
-            oldest = min(
-                (c.counter for c in self.scheduler.commands(command.node) if c.state == SENT and c.counter is not None), default=None
-            )
-            if action == SEND and oldest is not None and counter - oldest >= fr.WINDOW - 1:
-                # The span rule (SPEC §4.2, 6): a node's window would no longer hold the oldest request not ACKed,
-                # and its repeat would be STALE there. The new one waits (the counter taken is a gap).
-                self.scheduler.requeue(command)
-                return
-            command.counter = counter
         if not await self._store(command):  # the counter is on disk before its frame is written, or nothing is written
-            return
-        assert command.wire_id is not None
+            return  # (the Outbox resends it at its next due time, stored first)
+        assert command.wire_id is not None and command.counter is not None
         mtype, fields = req.fields_for(command.name, command.args, command.wire_id)
         try:  # False: no link now, or the port's queue is full; resent at its next due time
             self._nodes.send_request(command.node, command.counter, mtype, fields)
@@ -347,6 +336,20 @@ class Commands:
 
     def _publish_state(self, command: Command) -> None:
         self._publish(self._topic(command.node, command.id), json.dumps(command.document()).encode())
+
+
+class _Counters:
+    """One node's downlink counters as its Outbox takes them (protocols/session.py: take, peek)."""
+
+    def __init__(self, nodes: Nodes, node: str) -> None:
+        self._nodes = nodes
+        self._node = node
+
+    def take(self) -> int | None:
+        return self._nodes.take_counter(self._node)
+
+    def peek(self) -> int | None:
+        return self._nodes.peek_counter(self._node)
 
 
 def _storable(text: str) -> str:

@@ -561,6 +561,17 @@ class Sessions:
             return None
         return counter if counter <= fr.MAX_COUNTER else None
 
+    def peek_counter(self, node_hex_id: str) -> int | None:
+        """The counter take_counter would give now, not taken; None as there. A None for want of a reservation
+        asks for it (downlink_ready follows), as take_counter would."""
+        node = self.nodes.get(node_hex_id)
+        if node is None:
+            return None
+        counter = self.counters.peek(node.node_id)
+        if counter is None:
+            return self.take_counter(node_hex_id)  # takes nothing: at the limit it only asks for a reservation
+        return counter if counter <= fr.MAX_COUNTER else None
+
     def send_request(self, node_hex_id: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool:
         """Queue an ACK_REQ frame (COMMAND, CONFIG set) with this counter (a retransmission keeps it) on the node's
         port. False when the node has no session or no link, or the port's queue is full; ProtocolError when the

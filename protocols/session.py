@@ -16,7 +16,9 @@ Outbox(counter, capacity, on_reject) -- the reliable sender
                                 The caller takes the counter from its source (counter.take()).
     add(counter, wire, now, key=None, deadline=None, wait=None)
                                 keep a frame sent with ACK_REQ (call it BEFORE writing the
-                                bytes). Full: the oldest frame gives way (counted in `dropped`,
+                                bytes). `wire` is what SEND gives back: a node's very bytes;
+                                the gateway's command, which its link encodes to the same
+                                bytes every time (same counter, same fields). Full: the oldest frame gives way (counted in `dropped`,
                                 no event: a gateway sizes `capacity` above what it keeps in flight).
                                 With a key (a correlation key, e.g. ("c", COMMAND id)) it is a
                                 tracked request: `deadline` (ms, or None) ends every wait with
@@ -34,6 +36,8 @@ Outbox(counter, capacity, on_reject) -- the reliable sender
                                 bytes, same counter) with backoff 2 s doubling to 60 s +-25 %;
                                 EXPIRED for a tracked request past its deadline (removed).
                                 link=False (no port): deadlines only, nothing resent.
+    next_due()                  -> the earliest retry or deadline (ms), None when nothing is kept:
+                                a caller may sleep until then.
     counters                    the counters of the frames kept, oldest first (read only).
     drop_oldest(), forget(counter): the store itself.
     dropped, retransmits: counters for STATUS.
@@ -185,7 +189,7 @@ class Outbox:
         oldest = self.counters[0] if self.counters else None
         return following is not None and (oldest is None or following - oldest < WINDOW - 1)
 
-    def add(self, counter: int, wire: bytes, now: int, key: object = None, deadline: int | None = None, wait: int | None = None) -> None:
+    def add(self, counter: int, wire: object, now: int, key: object = None, deadline: int | None = None, wait: int | None = None) -> None:
         if len(self.counters) >= self.capacity:
             self.drop_oldest()
         kept = len(self.counters)
@@ -254,6 +258,11 @@ class Outbox:
         if action == GAVE_UP:
             self.dropped += 1
         return (action, counter, key, reason)
+
+    def next_due(self) -> int | None:
+        # When due() next has something: the earliest retry or deadline (ms), None when nothing is kept.
+        times = self._due + [entry[1] for entry in self._tracked.values() if entry[1] is not None]
+        return min(times) if times else None
 
     def due(self, now: int, jitter: object, link: bool = True) -> list:
         # Frames whose retry time has come, oldest first, rescheduled with doubling delays

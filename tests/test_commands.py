@@ -14,7 +14,7 @@ import pytest
 
 from gateway import command_request as req
 from gateway.command_book import DELIVERED, EXPIRED, FAILED, QUEUED, REJECTED, SENT, SUCCEEDED, Command, CommandBook, Full
-from gateway.command_scheduler import EXPIRE, MAX_RETRY_S, RESEND, RESULT_WAIT_S, SEND, Scheduler
+from gateway.command_scheduler import EXPIRE, RESEND, RESULT_WAIT_S, SEND, Scheduler
 from gateway.commands import Commands
 from gateway.config import ConfigError, parse
 from gateway.sessions import NodeView
@@ -199,26 +199,55 @@ def scheduled(count: int, node: str = NODE, ttl: float = 3600, clock: Clock | No
     return made
 
 
+class Counters:
+    """A node's downlink counters (the sessions' take_counter / peek_counter)."""
+
+    def __init__(self, first: int = 501) -> None:
+        self.next = first
+
+    def take(self) -> int | None:
+        self.next += 1
+        return self.next - 1
+
+    def peek(self) -> int | None:
+        return self.next
+
+
+def make_scheduler(in_flight: int, seed: int, counters: Counters | None = None) -> Scheduler:
+    source = counters or Counters()
+    return Scheduler(in_flight, lambda _node: source, rng=random.Random(seed))
+
+
+def added(count: int, in_flight: int, seed: int, ttl: float = 3600) -> tuple[Clock, Counters, Scheduler, list[Command]]:
+    """`count` commands (c0, c1, ...; wire ids 1, 2, ...) added to a new scheduler; counters from 501."""
+    clock, counters = Clock(), Counters()
+    scheduler = make_scheduler(in_flight, seed, counters)
+    commands = scheduled(count, ttl=ttl, clock=clock)
+    for cmd in commands:
+        scheduler.add(cmd, clock.now, clock.wall)
+    return clock, counters, scheduler, commands
+
+
+def three_started(seed: int) -> tuple[Clock, Counters, Scheduler, list[Command]]:
+    """Three commands added and sent, counters 501-503."""
+    clock, counters, scheduler, commands = added(3, 4, seed)
+    assert start(scheduler, clock) == [(SEND, "c0"), (SEND, "c1"), (SEND, "c2")]
+    return clock, counters, scheduler, commands
+
+
 def start(scheduler: Scheduler, clock: Clock, link: bool = True) -> list[tuple[str, str]]:
-    out = []
-    for action, cmd in scheduler.step(clock.now, clock.wall, lambda _node: link):
-        if action == SEND:
-            cmd.counter = 500 + cmd.wire_id  # type: ignore[operator]
-        out.append((action, cmd.id))
-    return out
+    return [(action, cmd.id) for action, cmd in scheduler.step(clock.now, clock.wall, lambda _node: link)]
 
 
 def test_scheduler_in_order_bounded_in_flight() -> None:
-    clock = Clock()
-    scheduler = Scheduler(in_flight=2, rng=random.Random(1))
-    commands = scheduled(5)
-    for cmd in commands:
-        scheduler.add(cmd, clock.now)
+    clock, _counters, scheduler, commands = added(5, 2, 1)
     assert start(scheduler, clock) == [(SEND, "c0"), (SEND, "c1")]
     assert start(scheduler, clock) == [], "two in flight: the rest wait"
     assert [c.state for c in commands] == [SENT, SENT, QUEUED, QUEUED, QUEUED]
+    assert [c.counter for c in commands[:2]] == [501, 502], "counters taken as they start"
     assert [c.id for c in scheduler.acked(NODE, [501], clock.now, clock.wall)] == ["c0"]
     assert commands[0].state == DELIVERED
+    assert scheduler.acked(NODE, [501], clock.now, clock.wall) == [], "an ACK again moves nothing"
     assert start(scheduler, clock) == [], "delivered is not answered yet: still in flight"
     assert scheduler.answered(NODE, 1, config=False) is commands[0]
     commands[0].state = SUCCEEDED
@@ -226,16 +255,15 @@ def test_scheduler_in_order_bounded_in_flight() -> None:
     assert start(scheduler, clock) == [(SEND, "c2")]
     assert scheduler.answered(NODE, 1, config=False) is None, "a result resent later is not taken twice"
     assert scheduler.answered(NODE, 2, config=True) is None, "a CONFIG report does not answer a COMMAND"
+    assert scheduler.answered(NODE, 2, config=False) is commands[1], "a result whose ACK was lost answers too"
 
 
 def test_scheduler_resends_with_backoff_until_acked_then_waits_for_the_result() -> None:
-    clock = Clock()
-    scheduler = Scheduler(in_flight=4, rng=random.Random(7))
-    (cmd,) = scheduled(1)
-    scheduler.add(cmd, clock.now)
+    clock, _counters, scheduler, (cmd,) = added(1, 4, 7)
     assert start(scheduler, clock) == [(SEND, "c0")]
     sent_at = [clock.now]
     while clock.now - sent_at[0] < 400:
+        assert scheduler.next_due() is not None and scheduler.next_due() > clock.now - 0.05  # type: ignore[operator]
         clock.tick(0.05)
         if start(scheduler, clock) == [(RESEND, "c0")]:
             sent_at.append(clock.now)
@@ -243,32 +271,90 @@ def test_scheduler_resends_with_backoff_until_acked_then_waits_for_the_result() 
     nominal = [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
     for gap, expected in zip(gaps, nominal, strict=False):
         assert expected * 0.75 - 0.05 <= gap <= expected * 1.25 + 0.05, (gaps, nominal)
-    assert len(gaps) >= 8 and max(gaps) <= MAX_RETRY_S * 1.25 + 0.05
+    assert len(gaps) >= 8 and max(gaps) <= 60 * 1.25 + 0.05
     assert cmd.attempts == len(sent_at) and cmd.counter == 501, "every resend: the same counter"
     scheduler.acked(NODE, [501], clock.now, clock.wall)
     clock.tick(RESULT_WAIT_S - 0.1)
     assert start(scheduler, clock) == []
     clock.tick(0.2)
     assert start(scheduler, clock) == [(RESEND, "c0")], "no result: the COMMAND again (the node resends its stored result)"
+    clock.tick(2 * RESULT_WAIT_S * 0.75 - 0.2)
+    assert start(scheduler, clock) == [], "the next wait for the result is twice as long (SPEC.md §6.7)"
+    clock.tick(2 * RESULT_WAIT_S * 0.5 + 0.2)
+    assert start(scheduler, clock) == [(RESEND, "c0")] and cmd.counter == 501
 
 
 def test_scheduler_expires_at_the_ttl_and_a_node_without_a_link_waits() -> None:
-    clock = Clock()
-    scheduler = Scheduler(in_flight=4, rng=random.Random(3))
-    commands = scheduled(2, ttl=30, clock=clock)
-    for cmd in commands:
-        scheduler.add(cmd, clock.now)
+    clock, _counters, scheduler, commands = added(3, 4, 3, ttl=30)
     assert start(scheduler, clock, link=False) == []
-    assert [c.state for c in commands] == [QUEUED, QUEUED], "no port: not sent"
+    assert [c.state for c in commands] == [QUEUED] * 3, "no port: not sent"
     clock.tick(10)
     assert start(scheduler, clock, link=False) == []
-    assert start(scheduler, clock) == [(SEND, "c0"), (SEND, "c1")]
+    assert start(scheduler, clock) == [(SEND, "c0"), (SEND, "c1"), (SEND, "c2")]
+    scheduler.acked(NODE, [503], clock.now, clock.wall)
     clock.tick(5)
     assert start(scheduler, clock, link=False) == [], "the port vanished: no resends"
+    clock.wall += 3600  # the wall clock set at boot: a ttl in flight runs on the monotonic clock
+    assert start(scheduler, clock, link=False) == []
     clock.tick(15)
-    assert start(scheduler, clock, link=False) == [(EXPIRE, "c0"), (EXPIRE, "c1")], "ttls run without a link"
-    assert [c.state for c in commands] == [EXPIRED, EXPIRED] and scheduler.commands(NODE) == []
+    assert start(scheduler, clock, link=False) == [(EXPIRE, "c0"), (EXPIRE, "c1"), (EXPIRE, "c2")], "ttls run without a link"
+    assert [c.state for c in commands] == [EXPIRED] * 3 and scheduler.commands(NODE) == []
     assert scheduler.next_due() is None
+
+
+def test_scheduler_queued_commands_expire_by_the_wall_clock() -> None:
+    clock, _counters, scheduler, commands = added(2, 1, 3, ttl=30)
+    assert start(scheduler, clock) == [(SEND, "c0")]
+    clock.tick(31)
+    assert start(scheduler, clock) == [(EXPIRE, "c1"), (EXPIRE, "c0")], "the one waiting, then the one in flight"
+
+
+def test_scheduler_span_rule_and_a_counter_not_reserved_yet() -> None:
+    """SPEC §4.2 (6): a new request starts only while its counter is less than a window above the oldest kept."""
+    clock, counters, scheduler, commands = three_started(2)
+    scheduler.answered(NODE, 2, config=False)
+    scheduler.finish(commands[1])
+    late = scheduled(1)[0]
+    late.id, late.wire_id = "late", 9
+    scheduler.add(late, clock.now, clock.wall)
+    counters.next += 300  # ACKs and TIMEs to the node took counters since
+    assert start(scheduler, clock) == [], "c0 (501) is not ACKed: a counter 800 above would make its repeat STALE"
+    scheduler.acked(NODE, [501, 503], clock.now, clock.wall)
+    assert start(scheduler, clock) == [], "ACKed, still kept while its result is awaited"
+    for cmd in (commands[0], commands[2]):
+        scheduler.answered(NODE, cmd.wire_id, config=False)  # type: ignore[arg-type]
+        scheduler.finish(cmd)
+    peek = counters.peek
+    counters.peek = lambda: None  # type: ignore[method-assign]  # its reservation is not on disk yet
+    assert start(scheduler, clock) == [] and late.state == QUEUED
+    counters.peek = peek  # type: ignore[method-assign]
+    assert start(scheduler, clock) == [(SEND, "late")] and late.counter == 804
+
+
+def test_scheduler_rejects_and_a_restart() -> None:
+    clock, counters, scheduler, commands = three_started(4)
+    assert scheduler.rejected(NODE, perr.E_AUTH, 501) is None, "auth: line damage, kept and resent"
+    assert scheduler.rejected(NODE, perr.E_STALE, 999) is None, "no request of ours has that counter"
+    counters.next = 1 << 24  # the sessions moved the counters ahead first
+    assert scheduler.rejected(NODE, perr.E_STALE, 501) == (RESEND, commands[0])
+    assert start(scheduler, clock) == [], "the span rule: 502 and 503 are kept (ACKed or refused, then it goes)"
+    assert scheduler.rejected(NODE, perr.E_SCHEMA, 502) == ("fail", commands[1])
+    commands[1].state = FAILED
+    scheduler.finish(commands[1])
+    assert scheduler.rejected(NODE, perr.E_SCHEMA, 502) is None
+    assert scheduler.rejected(NODE, perr.E_STALE, 503) == (RESEND, commands[2])
+    assert start(scheduler, clock) == [(RESEND, "c0"), (RESEND, "c2")], "the same requests, new counters"
+    assert [commands[0].counter, commands[2].counter] == [1 << 24, (1 << 24) + 1]
+
+    # A restart: those in flight are registered again under their stored counters and written at once.
+    restarted = make_scheduler(4, 5, Counters(2 << 24))
+    loaded = [
+        Command(NODE, c.id, "dim", {}, c.expires, c.state, c.at, wire_id=c.wire_id, counter=c.counter) for c in (commands[0], commands[2])
+    ]
+    assert [restarted.add(cmd, clock.now, clock.wall) for cmd in loaded] == [[(RESEND, cmd)] for cmd in loaded]
+    assert [c.counter for c in loaded] == [1 << 24, (1 << 24) + 1]
+    assert [c.id for c in restarted.acked(NODE, [(1 << 24) + 1], clock.now, clock.wall)] == ["c2"]
+    assert restarted.answered(NODE, 1, config=False) is loaded[0]
 
 
 # ------------------------------------------------------------ gateway/commands.py with a real store
@@ -291,6 +377,9 @@ class FakeNodes:
     def take_counter(self, node: str) -> int | None:
         self.counter += 1
         return self.counter
+
+    def peek_counter(self, node: str) -> int | None:
+        return self.counter + 1
 
     def send_request(self, node: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool:
         self.sent.append((node, mtype, fields, counter))
@@ -392,7 +481,7 @@ async def test_a_stale_reject_resends_under_a_new_counter(rig: Rig) -> None:
 
 
 async def test_a_new_request_waits_while_the_oldest_unacked_one_is_a_window_behind(rig: Rig) -> None:
-    """SPEC §4.2 (6): the node's window must still hold the oldest request not ACKed when a new one arrives."""
+    """SPEC §4.2 (6): the node's window must still hold the oldest request not answered when a new one arrives."""
     rig.request({"id": "old", "name": "reboot"})
     await rig.settle(lambda: len(rig.nodes.sent) == 1)
     rig.nodes.counter += 300  # ACKs and TIMEs to the node took counters since
@@ -401,6 +490,10 @@ async def test_a_new_request_waits_while_the_oldest_unacked_one_is_a_window_behi
     await asyncio.sleep(0.3)
     assert [s["state"] for s in rig.states("new")] == [QUEUED] and len(rig.nodes.sent) == 1
     rig.commands.acked(NODE, [101])
+    await rig.settle(lambda: [s["state"] for s in rig.states("old")][-1] == DELIVERED)
+    await asyncio.sleep(0.3)
+    assert len(rig.nodes.sent) == 1, "ACKed, its result awaited: its repeat must not be STALE at the node either"
+    rig.commands.command_result(NODE, {"id": rig.nodes.sent[0][2]["id"], "outcome": messages.OUTCOME_OK})
     await rig.settle(lambda: len(rig.nodes.sent) == 2)
     assert rig.nodes.sent[1][2]["action"] == "sample_now"
 

@@ -154,6 +154,21 @@ def test_every_wait_ends_at_the_deadline() -> None:
     assert max(e[1] for e in events if e[0] == ss.SEND) <= 6 and len(out.counters) == 0
 
 
+def test_next_due_is_when_due_has_something_next() -> None:
+    out = ss.Outbox(Counter(5), 8, ss.GATEWAY_ON_REJECT)
+    assert out.next_due() is None
+    out.add(out.counter.take(), b"a", 0, key="short", deadline=1500)
+    out.add(out.counter.take(), b"b", 100)
+    assert out.next_due() == 1500, "a deadline before the first retry"
+    assert out.due(1499, no_jitter) == [] and out.due(1500, no_jitter) == [(ss.EXPIRED, 5, "short", 0)]
+    for _ in range(3):
+        when = out.next_due()
+        assert when is not None and out.due(when - 1, no_jitter) == []
+        assert out.due(when, no_jitter) == [(ss.SEND, 6, None, b"b")]
+    out.acked([6], 0)
+    assert out.next_due() is None
+
+
 def test_a_result_before_the_ack_resolves_the_request() -> None:
     out = ss.Outbox(Counter(5), 8, ss.GATEWAY_ON_REJECT)
     out.add(out.counter.take(), b"a", 0, key=1, wait=5000)

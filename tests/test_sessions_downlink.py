@@ -155,6 +155,26 @@ async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def test_peeking_at_a_counter_that_must_wait_asks_for_its_reservation(bench: Bench, recorder: Recorder) -> None:
+    """The command scheduler peeks (the span rule) before it takes: a peek that would wait must ask for the
+    reservation as a take would, or the command waits for a downlink_ready that never comes."""
+    written: list[dict[str, int]] = []
+
+    async def write(nodes: dict[str, int], gateway: int) -> None:
+        written.append(nodes)
+
+    counters = DownlinkCounters(1000, 1003, write, ready=bench.sessions.counters_ready)
+    bench.sessions.counters = counters
+    bench.link.downlink._next_counter = counters.take
+    bench.hello()  # its ACK and TIME take 1000 and 1001
+    assert bench.sessions.peek_counter(NODE.hex()) == 1002 == bench.sessions.take_counter(NODE.hex())
+    assert bench.sessions.peek_counter(NODE.hex()) is None, "1003 is not reserved on disk yet"
+    assert bench.sessions.peek_counter("00000000000000ff") is None, "no session"
+    await until(lambda: ("downlink_ready", NODE.hex()) in recorder.calls)
+    assert [list(nodes) for nodes in written] == [[NODE.hex()]]
+    assert bench.sessions.peek_counter(NODE.hex()) == 1003 == bench.sessions.take_counter(NODE.hex())
+
+
 async def test_a_node_whose_port_vanished_has_no_link_and_cannot_be_sent_to(tmp_path: pathlib.Path) -> None:
     """The loss of a serial link travels up: PortManager -> Link -> Sessions -> the listener."""
     cable = PtyCable(tmp_path / "ttyNODE0")
