@@ -89,6 +89,7 @@ class Scheduler:
             self._renumber.setdefault(command.node, []).append(command)
             return []
         self._register(command, now, wall)
+        command.attempts += 1
         return [(RESEND, command)]
 
     def commands(self, node: str) -> list[Command]:

@@ -307,6 +307,7 @@ def test_scheduler_queued_commands_expire_by_the_wall_clock() -> None:
     assert start(scheduler, clock) == [(SEND, "c0")]
     clock.tick(31)
     assert start(scheduler, clock) == [(EXPIRE, "c1"), (EXPIRE, "c0")], "the one waiting, then the one in flight"
+    assert [c.state for c in commands] == [EXPIRED, EXPIRED] and scheduler.next_due() is None
 
 
 def test_scheduler_span_rule_and_a_counter_not_reserved_yet() -> None:
@@ -352,7 +353,7 @@ def test_scheduler_rejects_and_a_restart() -> None:
         Command(NODE, c.id, "dim", {}, c.expires, c.state, c.at, wire_id=c.wire_id, counter=c.counter) for c in (commands[0], commands[2])
     ]
     assert [restarted.add(cmd, clock.now, clock.wall) for cmd in loaded] == [[(RESEND, cmd)] for cmd in loaded]
-    assert [c.counter for c in loaded] == [1 << 24, (1 << 24) + 1]
+    assert [c.counter for c in loaded] == [1 << 24, (1 << 24) + 1] and [c.attempts for c in loaded] == [1, 1]
     assert [c.id for c in restarted.acked(NODE, [(1 << 24) + 1], clock.now, clock.wall)] == ["c2"]
     assert restarted.answered(NODE, 1, config=False) is loaded[0]
 
