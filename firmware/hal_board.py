@@ -3,6 +3,7 @@
 # as wired in the node's config, /data/node.json: its "role" says what the
 # node is (sensor, streetlight, gauge, parking), the other keys how it is wired.
 import os
+import select
 
 import machine
 from machine import WDT  # noqa: F401  (main.py arms it first thing)
@@ -17,6 +18,8 @@ class Uart:
             self._uart = machine.UART(uart_id, baudrate=baud, timeout=0)
         else:
             self._uart = machine.UART(uart_id, baudrate=baud, tx=machine.Pin(tx), rx=machine.Pin(rx), timeout=0)
+        self._poll = select.poll()  # machine.UART is a stream select can wait on (ESP32, RP2040)
+        self._poll.register(self._uart, select.POLLIN)
 
     def read_available(self, buffer):
         count = self._uart.readinto(buffer)
@@ -24,6 +27,10 @@ class Uart:
 
     def write(self, data):
         self._uart.write(data)
+
+    def wait(self, ms):
+        # Until a byte is there or ms have passed: the node's loop idles here.
+        self._poll.poll(ms)
 
 
 _RESET_CAUSES = {}
