@@ -57,6 +57,7 @@ class MqttCapture:
         key_file: str | None = None,
     ) -> None:
         self.messages: list[Received] = []
+        self.connects: list[float] = []  # when each connection (the first and every reconnect) was made (monotonic s)
         self._counters: list[tuple[str, int, float]] = []
         self._counted = 0  # messages already scanned for counter records
         self._lock = threading.Lock()
@@ -81,6 +82,7 @@ class MqttCapture:
             raise TimeoutError("capture could not subscribe")
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object) -> None:
+        self.connects.append(time.monotonic())
         for topic in self._topics:
             client.subscribe(topic, qos=1)
 

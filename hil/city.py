@@ -78,7 +78,7 @@ def run_city(
                     done = len(commander.issued) - len(commander.pending())
                     progress(Progress(elapsed, scenario.duration, len(commander.issued), done, active, phase, ("commanded", "final")))
                 else:
-                    seen = _events(scenario, world, ids, alarms, channel, start)
+                    seen = _events(scenario, world, ids, alarms, channel, start, capture)
                     progress(Progress(elapsed, scenario.duration, seen.occurred, seen.delivered, active, phase, ("changes", "events")))
 
             play(scenario, rig, chain.broker, chain.gateway, start, tick, actions)
@@ -86,7 +86,7 @@ def run_city(
             deadline = cutoff + scenario.settle
             readings_wanted = not scenario.criteria.readings_lost_allowed
             while time.monotonic() < deadline:
-                events = _events(scenario, world, ids, alarms, channel, start) if channel else None
+                events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None
                 readings = _readings(rig, capture, start, cutoff) if readings_wanted else None
                 if not commander.pending() and (events is None or not events.lost) and (readings is None or not readings.lost):
                     break
@@ -110,7 +110,7 @@ def run_city(
             if role == "streetlight"
         }
     commands = analyse_commands(tracks, within, records, field_name) if scenario.commands else None
-    events = _events(scenario, world, ids, alarms, channel, start) if channel else None
+    events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None
     frames = _event_frames(rig, alarms, start)
     outages = [(start + f.at, start + f.end) for f in scenario.faults if f.kind == "broker_down"]
     readings = _readings(rig, capture, start, cutoff)  # every node has the `counter` channel (the roles' last)
@@ -189,7 +189,9 @@ def event_records(capture: MqttCapture) -> list[tuple[str, str, Any, float, floa
     return out
 
 
-def _events(scenario: Scenario, world: World, ids: list[str], capture: MqttCapture, channel: str, start: float) -> EventOutcome:
+def _events(
+    scenario: Scenario, world: World, ids: list[str], capture: MqttCapture, channel: str, start: float, readings: MqttCapture
+) -> EventOutcome:
     changes: dict[str, list[tuple[float, Any]]] = {}
     now = time.monotonic()
     for index, role in enumerate(scenario.node_roles):
@@ -198,8 +200,27 @@ def _events(scenario: Scenario, world: World, ids: list[str], capture: MqttCaptu
         found = {"gauge": world.flood_changes, "parking": world.bay_changes, "streetlight": world.lamp_failures}[role](index)
         changes[ids[index]] = [(at, value) for at, value in found if start <= at <= now]  # the world's files hold the future too
     seen = [EventSeen(node, value, at_node, at) for node, name, value, at_node, at in event_records(capture) if name == channel]
-    held = [(start + f.at, start + f.end + HELD_AFTER_S) for f in scenario.faults if f.kind in ("broker_down", "gateway_kill")]
-    return analyse_events(changes, state_changes(seen), scenario.criteria.event_p99_s, held)
+    return analyse_events(changes, state_changes(seen), scenario.criteria.event_p99_s, _held(scenario, start, capture, readings))
+
+
+def _held(scenario: Scenario, start: float, alarms: MqttCapture, readings: MqttCapture) -> list[tuple[float, float]]:
+    """When a change is not judged by its latency (it must still arrive): while the broker is away or the gateway
+    dead, and after, until the chain is whole again: HELD_AFTER_S after a gateway restart; after a broker outage,
+    until the alarm subscriber has reconnected and a reading has come through (the gateway reconnected), at most
+    HELD_AFTER_S. From there on a change's event must beat the backlog the gateway drains."""
+    held = []
+    arrivals = [at for _node, _sample, at in readings.counter_deliveries()]
+    for fault in scenario.faults:
+        if fault.kind not in ("broker_down", "gateway_kill"):
+            continue
+        begin, end = start + fault.at, start + fault.end
+        back = end + HELD_AFTER_S
+        if fault.kind == "broker_down":
+            subscriber = min((at for at in alarms.connects if at >= end), default=back)
+            gateway = min((at for at in arrivals if at >= end), default=back)
+            back = min(back, max(subscriber, gateway))
+        held.append((begin, back))
+    return held
 
 
 def _event_frames(rig: EmulatedRig, capture: MqttCapture, start: float) -> dict[str, int]:
