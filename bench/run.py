@@ -630,16 +630,19 @@ def firmware(workdir: Path, seconds: float) -> dict[str, Any]:
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     for heap_kb in (32, 36, 40, 44, 48, 52, 56, 60, 64, 72, 80, 96):
-        peak = _node_runs(bundle, str(micropython), heap_kb, seconds=6)
+        peak, _cpu = _node_runs(bundle, str(micropython), heap_kb, seconds=6)
         if peak is not None:
             result["heap_kb"] = heap_kb  # the smallest -X heapsize the node ran in, ACKed, without a MemoryError
             result["heap_peak_bytes"] = peak  # its own report (STATUS heap_peak: live heap after a collection)
             break
+    # An idle node (a sample every 30 s, as the parking bays): what a rig of 200 of them costs the machine.
+    _peak, result["idle_cpu_percent"] = _node_runs(bundle, str(micropython), 64, seconds=20, interval="30")
     return result
 
 
-def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float) -> int | None:
-    """The node's reported heap peak if it ran `seconds` in this heap with every frame acknowledged, else None."""
+def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float, interval: str = "0.2") -> tuple[int | None, float]:
+    """The node's reported heap peak if it ran `seconds` in this heap with every frame acknowledged, else None;
+    and the CPU it took (user + system, % of one core) after its first 3 s (its boot)."""
     import select
     import tty
 
@@ -660,9 +663,14 @@ def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float) -> 
     decoder = StreamDecoder()
     peak = None
     counter = 1000
+    booted: tuple[float, int] | None = None
+    cpu = 0.0
     try:
-        deadline = time.monotonic() + seconds
+        begin = time.monotonic()
+        deadline = begin + seconds
         while time.monotonic() < deadline and node.poll() is None:
+            if booted is None and time.monotonic() - begin >= 3:
+                booted = (time.monotonic(), _cpu_ticks(node.pid))
             ready, _, _ = select.select([master], [], [], 0.1)
             if not ready:
                 continue
@@ -675,6 +683,8 @@ def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float) -> 
                     os.write(master, encode(Message(m.ACK, message.node_id, counter, {"counters": [message.counter]}, F_DOWNLINK)))
                 if message.type == m.STATUS:
                     peak = message.fields.get("heap_peak")
+        if booted is not None and node.poll() is None:
+            cpu = 100.0 * (_cpu_ticks(node.pid) - booted[1]) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - booted[0])
     finally:
         node.terminate()
         out, _ = node.communicate(timeout=10)
@@ -683,8 +693,14 @@ def _node_runs(bundle: Path, micropython: str, heap_kb: int, seconds: float) -> 
         shutil.rmtree(data, ignore_errors=True)
     said = out.decode(errors="replace")
     if "MemoryError" in said or "out of memory" in said or "Traceback" in said:
-        return None
-    return peak
+        return None, cpu
+    return peak, cpu
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system clock ticks of a process, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 FIRMWARE_SCRIPT = """
