@@ -3,8 +3,12 @@
 A damaged page costs the rows on it, not the file. Each table is read in rowid
 order and, where a read fails, rowid by rowid past the damage, without its
 indexes (often the damaged part). A chunk is kept only when its body decodes,
-so what is published from it is what the nodes sent; layouts, node windows
-and node info are kept where their rows read. The fresh file is complete on
+so what is published from it is what the nodes sent; layouts, node windows,
+node info and the command life cycle's rows (commands, each node's next wire
+id) are kept where their rows read. A node's next wire id is never below one
+its commands kept used, and one whose row was lost moves WIRE_ID_STEP ahead:
+a command made after the salvage never takes the wire id of one whose row was
+lost, whose late result would otherwise answer it. The fresh file is complete on
 disk before the damaged one is moved: a gateway stopped in between finds one
 or the other at its next start (finish_interrupted). Only reading the damaged
 file may fail: when the fresh one cannot be written (a full disk), the salvage
@@ -39,6 +43,10 @@ BATCH = 500  # rows a transaction in the fresh database
 # What reading a damaged file may raise: SQLite's errors, and a UnicodeDecodeError when SQLite's own
 # message quotes a damaged schema text that is not UTF-8.
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+WIRE_ID_STEP = 1 << 16  # a node's next command wire id, when its row is lost: this far above the highest kept
+_COMMAND_STATES = ("queued", "sent", "delivered", "succeeded", "failed", "expired", "rejected")  # gateway/command_book.py
+_COMMAND_COLUMNS = "node, id, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid"
+_INSERT_COMMANDS = "INSERT OR IGNORE INTO commands (%s) VALUES (%s)" % (_COMMAND_COLUMNS, ", ".join("?" * 15))
 _INSERT_CHUNKS = "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows, priority) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -48,6 +56,7 @@ class Report:
     readings: int = 0
     layouts: int = 0
     nodes: int = 0
+    commands: int = 0
     lost_chunks: int = 0  # read, but the body does not decode
     lost_readings: int = 0  # what those chunks held
     unreadable: int = 0  # places where reading a table failed (what the rows there held is unknown)
@@ -62,6 +71,8 @@ class Report:
             self.layouts,
             self.nodes,
         )
+        if self.commands:
+            text += ", and %d commands" % self.commands
         if self.scanned:
             text += " (%d of the chunks read from the file's pages directly)" % self.scanned
         unknown = self.schema_lost or self.unreadable or self.unread_pages
@@ -206,7 +217,45 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     batches(layouts(), "INSERT OR REPLACE INTO layouts (id, node, channels) VALUES (?, ?, ?)", counted("layouts"))
     batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last, downlink) VALUES (?, ?, ?, ?, ?, ?)", counted("nodes"))
     batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
+    if _has_column(source, "commands", "mid"):  # schema version 7
+        rows = (row[1:] for row in _rows(source, "commands", _COMMAND_COLUMNS, report))
+        batches(((row, 0) for row in rows if _is_command(row)), _INSERT_COMMANDS, counted("commands"))
+        rows = (row[1:] for row in _rows(source, "command_ids", "node, next", report))
+        batches(((row, 0) for row in rows if _is_node(row[0]) and type(row[1]) is int), _INSERT_IDS, lambda _readings: None)
     batches(chunks(), _INSERT_CHUNKS, chunk_counted)
+    _wire_ids_ahead(fresh)
+
+
+_INSERT_IDS = "INSERT OR REPLACE INTO command_ids (node, next) VALUES (?, ?)"
+
+
+def _is_command(row: tuple[Any, ...]) -> bool:
+    """A commands row whose every column has its type (a damaged one is not kept: a state must be what was stored)."""
+    node, cid, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid = row
+    texts = all(isinstance(value, str) for value in (cid, name, args, digest))
+    numbers = all(isinstance(value, int | float) and type(value) is not bool for value in (expires, at))
+    optional = all(value is None or type(value) is int for value in (wire_id, counter, mid))
+    return (
+        _is_node(node)
+        and texts
+        and numbers
+        and optional
+        and type(seq) is int
+        and type(attempts) is int
+        and state in _COMMAND_STATES
+        and all(value is None or isinstance(value, str) for value in (result, error))
+    )
+
+
+def _wire_ids_ahead(fresh: sqlite3.Connection) -> None:
+    """Each node's next wire id above every one its kept commands used; WIRE_ID_STEP above them if its row was lost."""
+    fresh.execute("BEGIN")
+    for node, highest in fresh.execute("SELECT node, MAX(wire_id) FROM commands WHERE wire_id IS NOT NULL GROUP BY node").fetchall():
+        row = fresh.execute("SELECT next FROM command_ids WHERE node = ?", (node,)).fetchone()
+        wanted = highest + 1 if row is not None else highest + 1 + WIRE_ID_STEP
+        if row is None or row[0] < wanted:
+            fresh.execute(_INSERT_IDS, (node, max(wanted, row[0] if row else 0)))
+    fresh.execute("COMMIT")
 
 
 def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
@@ -245,6 +294,8 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
     have_layouts = {row[0] for row in fresh.execute("SELECT id FROM layouts")}
     have_nodes = {row[0] for row in fresh.execute("SELECT node FROM nodes")}
     have_totals = {row[0] for row in fresh.execute("SELECT name FROM totals")}
+    have_commands = {(row[0], row[1]) for row in fresh.execute("SELECT node, id FROM commands")}
+    commands: dict[tuple[str, str], tuple[Any, ...]] = {}
     layouts: dict[int, tuple[Any, ...]] = {}
     nodes: dict[str, tuple[Any, ...]] = {}
     totals: dict[str, int] = {}
@@ -278,6 +329,10 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
                     layouts[rowid] = (rowid, node, channels)
             elif len(values) in (4, 5, 6) and isinstance(first, str) and _is_node(first) and first not in have_nodes:
                 _node(nodes, first, values[1:])  # nodes: node, highest, seen, info[, last[, downlink]]
+            elif len(values) == 15 and _is_command(tuple(values)) and (first, values[1]) not in have_commands:
+                key = (str(first), str(values[1]))  # commands: node, id, ...; of two copies (one on a freed page), the later state
+                if key not in commands or commands[key][7] <= values[7]:
+                    commands[key] = tuple(values)
             elif len(values) == 2 and isinstance(first, str) and first not in have_totals and first != "chunks":
                 value = values[1]  # totals: name, value (sqlite_sequence's row for chunks has the same shape)
                 if type(value) is int:
@@ -306,10 +361,14 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
     _batches(fresh, ((row, 0) for row in nodes.values()), insert, count("nodes"))
     _batches(
         fresh,
-        (((name, value), 0) for name, value in totals.items()),
+        (((name, value), 0) for name, value in totals.items() if not _is_node(name)),
         "INSERT OR IGNORE INTO totals (name, value) VALUES (?, ?)",
         lambda _r: None,
     )
+    ids = [((name, value), 0) for name, value in totals.items() if _is_node(name)]  # command_ids: node, next
+    _batches(fresh, iter(ids), "INSERT OR IGNORE INTO command_ids (node, next) VALUES (?, ?)", lambda _r: None)
+    _batches(fresh, ((row, 0) for row in commands.values()), _INSERT_COMMANDS, count("commands"))
+    _wire_ids_ahead(fresh)
 
 
 def _pages_in_use(path: Path) -> int:

@@ -20,8 +20,10 @@ from gateway import agent as agent_module
 from gateway import disk
 from gateway import store as store_module
 from gateway.agent import Agent
+from gateway.command_book import QUEUED, SENT, Command, CommandBook
 from gateway.config import parse
 from gateway.layouts import Layout
+from gateway.salvage import WIRE_ID_STEP
 from gateway.senml import Channel
 from gateway.store import DB_NAME, Chunk, Store, StoredFrame, StoreError, StoreFull, WindowState
 from gateway.store_worker import StoreWorker
@@ -610,3 +612,38 @@ def test_a_salvage_keeps_a_chunk_of_events_a_chunk_of_events(tmp_path: pathlib.P
 
 def numbers_of(chunk: Chunk) -> list[int]:
     return [int.from_bytes(frame.payload[:4], "big") for frame in chunk.frames]
+
+
+@pytest.mark.parametrize("how", ["index", "schema", "ids lost"])
+def test_a_salvage_keeps_the_commands_and_never_gives_a_wire_id_twice(tmp_path: pathlib.Path, how: str) -> None:
+    """Copied by SQL (a damaged index, or with a node's next-wire-id row lost) or read from the leaf pages (a schema
+    SQLite cannot parse): a command in flight keeps its state and counter (the node deduplicates by it), and a
+    node's next wire id stays above every one given (a late result must not answer a new command)."""
+    buffered(tmp_path, chunks=50)
+    store = Store(tmp_path, 10**9)
+    book = CommandBook(store)
+    made = [book.add(Command(NODE, "c%d" % index, "dim", {"level": 40}, 2e9, QUEUED, 1e9 + index))[0] for index in range(3)]
+    made[0].state, made[0].counter, made[0].attempts = SENT, 1234, 1
+    book.save(made[0])
+    store.close()
+    path = tmp_path / DB_NAME
+    if how == "schema":
+        data = bytearray(path.read_bytes())
+        data[data.index(b"CREATE TABLE nodes") + 6] = 0xA0
+        path.write_bytes(data)
+    else:
+        if how == "ids lost":
+            db = sqlite3.connect(path)
+            db.execute("DELETE FROM command_ids")
+            db.commit()
+            db.close()
+        damage(path, page_of(path, "sqlite_autoindex_nodes_1"))
+    store = Store(tmp_path, 10**9)
+    assert store.salvaged is not None and store.salvaged.commands == 3
+    book = CommandBook(store)
+    loaded = {c.id: c for c in book.load()}
+    assert (loaded["c0"].state, loaded["c0"].counter, loaded["c0"].attempts) == (SENT, 1234, 1)
+    assert [(loaded["c%d" % i].wire_id, loaded["c%d" % i].state) for i in range(3)] == [(1, SENT), (2, QUEUED), (3, QUEUED)]
+    fresh, new, _ = book.add(Command(NODE, "d", "reboot", {}, 2e9, QUEUED, 1e9 + 9))
+    assert new and fresh.wire_id == (4 + WIRE_ID_STEP if how == "ids lost" else 4)
+    store.close()
