@@ -85,7 +85,9 @@ class Scheduler:
         self._nodes.setdefault(command.node, {})[command.id] = command
         if command.state not in (SENT, DELIVERED):
             return []
-        if command.counter is None:  # its counter was never stored: it never went out under one
+        if command.counter is None or command.expires <= wall:
+            # No counter stored: it never went out under one, it takes one at the next step. Its ttl passed while
+            # the gateway was down: not written again, the next step expires it (it waits there for that too).
             self._renumber.setdefault(command.node, []).append(command)
             return []
         self._register(command, now, wall)
@@ -170,10 +172,11 @@ class Scheduler:
             outbox = self._outboxes[node] = session.Outbox(self._counters(node), 1 << 30, session.GATEWAY_ON_REJECT)
         return outbox
 
-    def next_due(self) -> float | None:
+    def next_due(self, has_link: Callable[[str], bool]) -> float | None:
         """The earliest resend or deadline (monotonic s), if any: the caller may sleep until then or until
-        something happens (queued ttls are looked at on the caller's tick)."""
-        due = [outbox.next_due() for outbox in self._outboxes.values()]
+        something happens (queued ttls are looked at on the caller's tick). A node without a link has only
+        deadlines: its resends wait for the link (else a resend time past would wake the caller at once, for ever)."""
+        due = [outbox.next_due(has_link(node)) for node, outbox in self._outboxes.items()]
         earliest = min((ms for ms in due if ms is not None), default=None)
         return None if earliest is None else earliest / 1000
 

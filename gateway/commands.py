@@ -211,7 +211,7 @@ class Commands:
         assert self.book is not None
         pruned_at = -PRUNE_EVERY_S
         while True:
-            due = self.scheduler.next_due()
+            due = self.scheduler.next_due(self._has_link)
             wait = TICK_S if due is None else max(0.0, min(TICK_S, due - self._clock()))
             if not self._inbox and not self._dirty:
                 # A timer sets the event, not asyncio.wait_for: on Python 3.11 a wait_for whose wait ends as the
@@ -294,9 +294,13 @@ class Commands:
             log.warning("command %s for node %s expired (ttl) after %d attempts", command.id, command.node, command.attempts)
             await self._store_and_publish(command)
             return
+        if command.final:  # made final by an earlier action of this turn (its ttl passed while the gateway was down)
+            return
         if not await self._store(command):  # the counter is on disk before its frame is written, or nothing is written
             return  # (the Outbox resends it at its next due time, stored first)
-        assert command.wire_id is not None and command.counter is not None
+        if command.final or command.counter is None:
+            return  # while it was stored: answered, expired, or a REJECT stale took its counter (the next step renumbers)
+        assert command.wire_id is not None
         mtype, fields = req.fields_for(command.name, command.args, command.wire_id)
         try:  # False: no link now, or the port's queue is full; resent at its next due time
             self._nodes.send_request(command.node, command.counter, mtype, fields)

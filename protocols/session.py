@@ -36,8 +36,8 @@ Outbox(counter, capacity, on_reject) -- the reliable sender
                                 bytes, same counter) with backoff 2 s doubling to 60 s +-25 %;
                                 EXPIRED for a tracked request past its deadline (removed).
                                 link=False (no port): deadlines only, nothing resent.
-    next_due()                  -> the earliest retry or deadline (ms), None when nothing is kept:
-                                a caller may sleep until then.
+    next_due(link=True)         -> the earliest retry (none without a link) or deadline (ms), None
+                                when there is none: a caller may sleep until then.
     counters                    the counters of the frames kept, oldest first (read only).
     drop_oldest(), forget(counter): the store itself.
     dropped, retransmits: counters for STATUS.
@@ -186,7 +186,9 @@ class Outbox:
 
     def may_send(self) -> bool:
         following = self.counter.peek()  # type: ignore[attr-defined]
-        oldest = self.counters[0] if self.counters else None
+        # min, not the first kept: a gateway that restarted keeps its requests in the order they were
+        # made, and one renumbered (REJECT stale) has a counter above those made after it.
+        oldest = min(self.counters) if self.counters else None
         return following is not None and (oldest is None or following - oldest < WINDOW - 1)
 
     def add(self, counter: int, wire: object, now: int, key: object = None, deadline: int | None = None, wait: int | None = None) -> None:
@@ -259,9 +261,12 @@ class Outbox:
             self.dropped += 1
         return (action, counter, key, reason)
 
-    def next_due(self) -> int | None:
-        # When due() next has something: the earliest retry or deadline (ms), None when nothing is kept.
-        times = self._due + [entry[1] for entry in self._tracked.values() if entry[1] is not None]
+    def next_due(self, link: bool = True) -> int | None:
+        # When due(now, jitter, link) next has something: the earliest retry (none without a
+        # link) or deadline (ms); None when there is none.
+        times = [entry[1] for entry in self._tracked.values() if entry[1] is not None]
+        if link:
+            times += self._due
         return min(times) if times else None
 
     def due(self, now: int, jitter: object, link: bool = True) -> list:

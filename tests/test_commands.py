@@ -8,6 +8,7 @@ import itertools
 import json
 import pathlib
 import random
+import time
 from typing import Any
 
 import pytest
@@ -235,6 +236,10 @@ def three_started(seed: int) -> tuple[Clock, Counters, Scheduler, list[Command]]
     return clock, counters, scheduler, commands
 
 
+def linked(_node: str) -> bool:
+    return True
+
+
 def start(scheduler: Scheduler, clock: Clock, link: bool = True) -> list[tuple[str, str]]:
     return [(action, cmd.id) for action, cmd in scheduler.step(clock.now, clock.wall, lambda _node: link)]
 
@@ -263,7 +268,7 @@ def test_scheduler_resends_with_backoff_until_acked_then_waits_for_the_result() 
     assert start(scheduler, clock) == [(SEND, "c0")]
     sent_at = [clock.now]
     while clock.now - sent_at[0] < 400:
-        assert scheduler.next_due() is not None and scheduler.next_due() > clock.now - 0.05  # type: ignore[operator]
+        assert scheduler.next_due(linked) is not None and scheduler.next_due(linked) > clock.now - 0.05  # type: ignore[operator]
         clock.tick(0.05)
         if start(scheduler, clock) == [(RESEND, "c0")]:
             sent_at.append(clock.now)
@@ -299,7 +304,7 @@ def test_scheduler_expires_at_the_ttl_and_a_node_without_a_link_waits() -> None:
     clock.tick(15)
     assert start(scheduler, clock, link=False) == [(EXPIRE, "c0"), (EXPIRE, "c1"), (EXPIRE, "c2")], "ttls run without a link"
     assert [c.state for c in commands] == [EXPIRED] * 3 and scheduler.commands(NODE) == []
-    assert scheduler.next_due() is None
+    assert scheduler.next_due(linked) is None
 
 
 def test_scheduler_queued_commands_expire_by_the_wall_clock() -> None:
@@ -307,7 +312,7 @@ def test_scheduler_queued_commands_expire_by_the_wall_clock() -> None:
     assert start(scheduler, clock) == [(SEND, "c0")]
     clock.tick(31)
     assert start(scheduler, clock) == [(EXPIRE, "c1"), (EXPIRE, "c0")], "the one waiting, then the one in flight"
-    assert [c.state for c in commands] == [EXPIRED, EXPIRED] and scheduler.next_due() is None
+    assert [c.state for c in commands] == [EXPIRED, EXPIRED] and scheduler.next_due(linked) is None
 
 
 def test_scheduler_span_rule_and_a_counter_not_reserved_yet() -> None:
@@ -356,6 +361,36 @@ def test_scheduler_rejects_and_a_restart() -> None:
     assert [c.counter for c in loaded] == [1 << 24, (1 << 24) + 1] and [c.attempts for c in loaded] == [1, 1]
     assert [c.id for c in restarted.acked(NODE, [(1 << 24) + 1], clock.now, clock.wall)] == ["c2"]
     assert restarted.answered(NODE, 1, config=False) is loaded[0]
+
+
+def test_scheduler_a_node_without_a_link_has_only_deadlines_due() -> None:
+    """A resend time past, its node without a link: not due (else the commands task would wake at once, for ever)."""
+    clock, _counters, scheduler, (cmd,) = added(1, 4, 1, ttl=60)
+    start(scheduler, clock)
+    assert cmd.state == SENT
+    clock.tick(5)
+    assert start(scheduler, clock, link=False) == []
+    assert scheduler.next_due(linked) < clock.now, "with its link, the resend is overdue"  # type: ignore[operator]
+    assert scheduler.next_due(lambda _node: False) == pytest.approx(clock.now + 55), "without: its ttl only"
+
+
+def test_scheduler_a_restart_registers_what_was_in_flight_without_sending_the_expired() -> None:
+    """At start: a command whose ttl passed while the gateway was down is expired, never written again; the span
+    rule counts from the lowest counter kept, whatever order the commands were made in (a renumbered older one
+    has a counter above a younger one's)."""
+    clock = Clock()
+    scheduler = make_scheduler(4, 6, Counters(1200))
+    late = Command(NODE, "late", "reboot", {}, clock.wall - 60, SENT, clock.wall - 120, wire_id=7, counter=90)
+    older = Command(NODE, "c0", "dim", {}, clock.wall + 600, SENT, clock.wall - 5, wire_id=8, counter=1000)
+    younger = Command(NODE, "c1", "dim", {}, clock.wall + 600, DELIVERED, clock.wall - 4, wire_id=9, counter=600)
+    new = Command(NODE, "c2", "dim", {}, clock.wall + 600, QUEUED, clock.wall, wire_id=10)
+    assert scheduler.add(late, clock.now, clock.wall) == [], "past its ttl: not written"
+    assert [scheduler.add(cmd, clock.now, clock.wall) for cmd in (older, younger, new)] == [[(RESEND, older)], [(RESEND, younger)], []]
+    assert start(scheduler, clock) == [(EXPIRE, "late")] and late.state == EXPIRED
+    assert new.state == QUEUED, "1200 is a window above 600 (c1's repeat would be stale at the node)"
+    scheduler.answered(NODE, 9, config=False)
+    scheduler.finish(younger)
+    assert start(scheduler, clock) == [(SEND, "c2")] and new.counter == 1200
 
 
 # ------------------------------------------------------------ gateway/commands.py with a real store
@@ -479,6 +514,47 @@ async def test_a_stale_reject_resends_under_a_new_counter(rig: Rig) -> None:
     rig.commands.refused(NODE, {"reason": perr.E_STALE, "counter": rig.nodes.sent[0][3]})
     await rig.settle(lambda: len(rig.nodes.sent) == 2)
     assert [sent[3] for sent in rig.nodes.sent] == [101, 102] and rig.nodes.sent[0][2] == rig.nodes.sent[1][2], "same request, new counter"
+
+
+async def test_a_stale_reject_while_a_resend_is_being_stored_renumbers_it(rig: Rig) -> None:
+    """The REJECT came for an earlier copy while the next one's row was being written: the copy is not written
+    under the counter just taken from it, the task goes on, the next step sends the request under a new one."""
+    rig.request({"id": "x", "name": "reboot"})
+    await rig.settle(lambda: rig.nodes.sent)
+    first = rig.nodes.sent[0][3]
+    store = rig.commands._store
+
+    async def stored_then_refused(command: Command) -> bool:
+        done = await store(command)
+        if command.attempts == 2 and command.counter == first:
+            rig.commands.refused(NODE, {"reason": perr.E_STALE, "counter": first})
+        return done
+
+    rig.commands._store = stored_then_refused  # type: ignore[method-assign]
+    for _ in range(800):  # the resend comes 2 s after the first copy
+        if len(rig.nodes.sent) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [sent[3] for sent in rig.nodes.sent] == [first, first + 1], "never written again under the stale counter"
+
+
+async def test_a_command_whose_ttl_passed_while_the_gateway_was_down_is_expired_not_sent(tmp_path: pathlib.Path) -> None:
+    store = Store(tmp_path, 10_000_000)
+    book = CommandBook(store)
+    now = time.time()
+    late, _new, _evicted = book.add(Command(NODE, "late", "reboot", {}, now - 60, QUEUED, now - 120))
+    late.state, late.counter = SENT, 101  # sent before the gateway went down, an hour ago
+    book.save(late)
+    store.close()
+    rig = Rig(tmp_path)
+    await rig.commands.open()
+    task = asyncio.get_running_loop().create_task(rig.commands.run())
+    await rig.settle(lambda: EXPIRED in [s["state"] for s in rig.states("late")])
+    await asyncio.sleep(0.2)
+    assert rig.nodes.sent == [], "a node must not run what its requester is told expired"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    rig.worker.close()
 
 
 async def test_a_new_request_waits_while_the_oldest_unacked_one_is_a_window_behind(rig: Rig) -> None:

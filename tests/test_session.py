@@ -165,7 +165,10 @@ def test_next_due_is_when_due_has_something_next() -> None:
         when = out.next_due()
         assert when is not None and out.due(when - 1, no_jitter) == []
         assert out.due(when, no_jitter) == [(ss.SEND, 6, None, b"b")]
-    out.acked([6], 0)
+    assert out.next_due(link=False) is None, "without a link nothing is resent: only deadlines are due"
+    out.add(out.counter.take(), b"c", 0, key="k", deadline=99_000)
+    assert out.next_due(link=False) == 99_000
+    out.acked([6, 7], 0)
     assert out.next_due() is None
 
 
