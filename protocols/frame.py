@@ -7,6 +7,7 @@
 11  counter   u32  big-endian, per sender, monotonic across reboots
 15  payload   0..MAX_PAYLOAD bytes of CBOR
 -4  crc32     u32  big-endian CRC-32 (binascii.crc32) of bytes 0 .. end of payload
+                   (flag AUTH: -8, an 8-byte HMAC-SHA256 tag instead, protocols/auth.py)
 """
 
 import binascii
@@ -25,7 +26,7 @@ F_DOWNLINK = const(0x01)  # gateway -> node
 F_ACK_REQ = const(0x02)  # sender keeps the frame until it is acknowledged
 F_RETRY = const(0x04)  # a retransmission of a frame already sent once
 F_PRIORITY = const(0x08)  # 1.1, READINGS only: an event sent at once, published ahead of any backlog (SPEC.md §3.3)
-F_AUTH = const(0x80)  # trailer is an 8-byte HMAC-SHA256 tag instead of the CRC (reserved, SPEC.md §3.4)
+F_AUTH = const(0x80)  # trailer is an 8-byte HMAC-SHA256 tag instead of the CRC (SPEC.md §3.4)
 
 HEADER_LEN = const(15)
 CRC_LEN = const(4)
@@ -89,26 +90,35 @@ def node_id_from_unique_id(unique_id: bytes) -> bytes:
     return bytes(folded)
 
 
-def pack(frame: Frame) -> bytearray:
-    """Header + payload + CRC: the frame before COBS."""
+def pack(frame: Frame, key: bytes | None = None) -> bytearray:
+    """Header + payload + CRC: the frame before COBS. With flag AUTH: + the tag under `key` (the node's)."""
     if len(frame.node_id) != NODE_ID_LEN:
         raise ValueError("node id must be %d bytes" % NODE_ID_LEN)
     if not 0 <= frame.counter <= MAX_COUNTER:
         raise ValueError("counter out of range")
+    trailer = CRC_LEN
     if frame.flags & F_AUTH:
-        raise ProtocolError(E_AUTH, "authenticated frames are not implemented yet")
-    if len(frame.payload) > MAX_PAYLOAD:
-        raise ProtocolError(E_TOO_LONG, "payload of %d bytes exceeds %d" % (len(frame.payload), MAX_PAYLOAD))
+        if key is None:
+            raise ProtocolError(E_AUTH, "an authenticated frame needs the node's key")
+        trailer = AUTH_TAG_LEN
+    if len(frame.payload) > MAX_FRAME - HEADER_LEN - trailer:
+        raise ProtocolError(E_TOO_LONG, "payload of %d bytes exceeds %d" % (len(frame.payload), MAX_FRAME - HEADER_LEN - trailer))
     end = HEADER_LEN + len(frame.payload)
-    raw = bytearray(end + CRC_LEN)  # one buffer: header, payload and CRC are written into it
+    raw = bytearray(end + trailer)  # one buffer: header, payload and trailer are written into it
     struct.pack_into(_HEADER, raw, 0, frame.version, frame.type, frame.flags, frame.node_id, frame.counter)
     raw[HEADER_LEN:end] = frame.payload
-    struct.pack_into(">I", raw, end, binascii.crc32(memoryview(raw)[:end]) & 0xFFFFFFFF)
+    if trailer == AUTH_TAG_LEN:
+        from .auth import tag  # here: a node without a key never loads it
+
+        raw[end:] = tag(key, memoryview(raw)[:end])  # type: ignore[arg-type]
+    else:
+        struct.pack_into(">I", raw, end, binascii.crc32(memoryview(raw)[:end]) & 0xFFFFFFFF)
     return raw
 
 
-def unpack(raw: bytes) -> Frame:
-    """Check length, integrity and version of a decoded frame, in that order (SPEC.md §3.5)."""
+def unpack(raw: bytes, key_of: object = None) -> Frame:
+    """Check length, integrity and version of a decoded frame, in that order (SPEC.md §3.5).
+    key_of(node_id) -> the node's key or None: an AUTH frame is checked with it; without one it is `auth`."""
     length = len(raw)
     if length > MAX_FRAME:
         raise ProtocolError(E_TOO_LONG, "frame of %d bytes exceeds %d" % (length, MAX_FRAME))
@@ -116,12 +126,27 @@ def unpack(raw: bytes) -> Frame:
         raise ProtocolError(E_TOO_SHORT, "frame of %d bytes, need at least %d" % (length, HEADER_LEN + CRC_LEN))
     version, mtype, flags, node_id, counter = struct.unpack_from(_HEADER, raw, 0)
     if flags & F_AUTH:
-        raise ProtocolError(E_AUTH, "authenticated frame and no key configured", node_id, counter, mtype, flags)
+        key = key_of(node_id) if key_of is not None else None  # type: ignore[operator]
+        if key is None:
+            raise ProtocolError(E_AUTH, "authenticated frame and no key configured", node_id, counter, mtype, flags)
+        body_end = length - AUTH_TAG_LEN
+        if body_end < HEADER_LEN:  # 19-22 bytes: passed the length check, too short for a tag (SPEC.md §3.5, 2)
+            raise ProtocolError(E_AUTH, "authenticated frame too short for its tag", node_id, counter, mtype, flags)
+        from .auth import same, tag
+
+        if not same(tag(key, raw[:body_end]), raw[body_end:]):
+            # Nothing of the header is trusted: the sender may not be who it says.
+            raise ProtocolError(E_AUTH, "tag does not match the node's key")
+        return _checked(raw, version, mtype, flags, node_id, counter, body_end)
     body_end = length - CRC_LEN
     expected = struct.unpack_from(">I", raw, body_end)[0]
     actual = binascii.crc32(raw[:body_end]) & 0xFFFFFFFF
     if actual != expected:
         raise ProtocolError(E_CRC, "crc %08x, frame says %08x" % (actual, expected))
+    return _checked(raw, version, mtype, flags, node_id, counter, body_end)
+
+
+def _checked(raw: bytes, version: int, mtype: int, flags: int, node_id: bytes, counter: int, body_end: int) -> Frame:
     if version >> 4 != VERSION_MAJOR:
         detail = "major version %d, this side speaks %d" % (version >> 4, VERSION_MAJOR)
         raise ProtocolError(E_VERSION, detail, node_id, counter, mtype, flags)  # every major version keeps the header (SPEC.md §7)
