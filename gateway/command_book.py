@@ -35,8 +35,9 @@ KEEP_FINAL_S = 24 * 3600  # a final state is kept (and republished when the brok
 QUEUED, SENT, DELIVERED = "queued", "sent", "delivered"
 SUCCEEDED, FAILED, EXPIRED, REJECTED = "succeeded", "failed", "expired", "rejected"
 FINAL = (SUCCEEDED, FAILED, EXPIRED, REJECTED)
+STATES = (QUEUED, SENT, DELIVERED, *FINAL)
 
-_COLUMNS = "node, id, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid"
+COLUMNS = "node, id, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid"
 
 
 class Full(StoreError):
@@ -124,7 +125,7 @@ class CommandBook:
         return None
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Command]:
-        rows = self._db.execute("SELECT %s FROM commands WHERE %s" % (_COLUMNS, where), args).fetchall()
+        rows = self._db.execute("SELECT %s FROM commands WHERE %s" % (COLUMNS, where), args).fetchall()
         found = []
         for row in rows:
             try:
@@ -176,7 +177,7 @@ class CommandBook:
                 db.execute("INSERT OR REPLACE INTO command_ids (node, next) VALUES (?, ?)", (command.node, command.wire_id + 1))
             self._seq += 1
             command.seq = self._seq
-            db.execute("INSERT INTO commands (%s) VALUES (%s)" % (_COLUMNS, ",".join("?" * 15)), _row(command))
+            db.execute("INSERT INTO commands (%s) VALUES (%s)" % (COLUMNS, ",".join("?" * 15)), _row(command))
             db.execute("COMMIT")
             return command, True
 

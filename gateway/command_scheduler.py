@@ -13,8 +13,9 @@ then write, then publish). The rules:
 - A node's commands start in the order they were stored, while fewer than `in_flight` of its
   commands are `sent` or `delivered`, and only under the span rule (Outbox.may_send, SPEC.md
   §4.2 (6)): a new request's counter stays less than a window above the oldest one kept (not
-  ACKed, or ACKed and its result awaited), or the node would take that one's repeat as STALE. A command's counter is taken and its frame
-  registered in the Outbox here, before the caller stores the counter and writes the frame.
+  ACKed, or ACKed and its result awaited), or the node would take that one's repeat as STALE.
+  A command's counter is taken and its frame registered in the Outbox here, before the caller
+  stores the counter and writes the frame.
   A node with no link (its port vanished, or it never said HELLO since the start) starts
   nothing: its commands stay `queued`, those in flight are not resent; their ttls still run.
 - Resends (the Outbox): the same frame (same counter, same wire id) 2 s after it was sent,
@@ -57,9 +58,14 @@ class CounterSource(Protocol):
 
 
 def key_of(command: Command) -> tuple[str, int]:
-    """The correlation key (SPEC.md §4.2): CONFIG reports answer CONFIG sets, COMMAND_RESULTs COMMANDs, by wire id."""
+    """The command's correlation key (SPEC.md §4.2)."""
     assert command.wire_id is not None
-    return ("config" if command.name == "config" else "command", command.wire_id)
+    return _key(command.name == "config", command.wire_id)
+
+
+def _key(config: bool, wire_id: int) -> tuple[str, int]:
+    # CONFIG reports answer CONFIG sets, COMMAND_RESULTs COMMANDs, by wire id.
+    return ("config" if config else "command", wire_id)
 
 
 class Scheduler:
@@ -196,7 +202,7 @@ class Scheduler:
     def answered(self, node: str, wire_id: int, config: bool) -> Command | None:
         """The command a COMMAND_RESULT (config False) or a CONFIG report (True) with this id answers, if it is
         in flight; the caller makes it final and calls finish()."""
-        key = ("config" if config else "command", wire_id)
+        key = _key(config, wire_id)
         outbox = self._outboxes.get(node)
         if outbox is None or outbox.answered(key) is None:
             return None  # a result resent, or one for a command final already

@@ -294,7 +294,7 @@ class Commands:
             log.warning("command %s for node %s expired (ttl) after %d attempts", command.id, command.node, command.attempts)
             await self._store_and_publish(command)
             return
-        if command.final:  # made final by an earlier action of this turn (its ttl passed while the gateway was down)
+        if command.final:  # made final while this turn's earlier actions were awaited (answered, refused): not stored again
             return
         if not await self._store(command):  # the counter is on disk before its frame is written, or nothing is written
             return  # (the Outbox resends it at its next due time, stored first)

@@ -44,9 +44,6 @@ BATCH = 500  # rows a transaction in the fresh database
 # message quotes a damaged schema text that is not UTF-8.
 READ_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 WIRE_ID_STEP = 1 << 16  # a node's next command wire id, when its row is lost: this far above the highest kept
-_COMMAND_STATES = ("queued", "sent", "delivered", "succeeded", "failed", "expired", "rejected")  # gateway/command_book.py
-_COMMAND_COLUMNS = "node, id, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid"
-_INSERT_COMMANDS = "INSERT OR IGNORE INTO commands (%s) VALUES (%s)" % (_COMMAND_COLUMNS, ", ".join("?" * 15))
 _INSERT_CHUNKS = "INSERT OR IGNORE INTO chunks (id, received, frames, readings, body, windows, priority) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -218,8 +215,9 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
     batches(nodes(), "INSERT OR REPLACE INTO nodes (node, highest, seen, info, last, downlink) VALUES (?, ?, ?, ?, ?, ?)", counted("nodes"))
     batches(totals(), "INSERT OR REPLACE INTO totals (name, value) VALUES (?, ?)", lambda _readings: None)
     if _has_column(source, "commands", "mid"):  # schema version 7
-        rows = (row[1:] for row in _rows(source, "commands", _COMMAND_COLUMNS, report))
-        batches(((row, 0) for row in rows if _is_command(row)), _INSERT_COMMANDS, counted("commands"))
+        columns, insert = _commands_sql()
+        rows = (row[1:] for row in _rows(source, "commands", columns, report))
+        batches(((row, 0) for row in rows if _is_command(row)), insert, counted("commands"))
         rows = (row[1:] for row in _rows(source, "command_ids", "node, next", report))
         batches(((row, 0) for row in rows if _is_node(row[0]) and type(row[1]) is int), _INSERT_IDS, lambda _readings: None)
     batches(chunks(), _INSERT_CHUNKS, chunk_counted)
@@ -229,8 +227,18 @@ def _copy(source: sqlite3.Connection, fresh: sqlite3.Connection, report: Report,
 _INSERT_IDS = "INSERT OR REPLACE INTO command_ids (node, next) VALUES (?, ?)"
 
 
+def _commands_sql() -> tuple[str, str]:
+    """The commands table's columns as gateway/command_book.py reads and writes them, and the INSERT of a row.
+    Imported here, not at the top: command_book imports the store, which imports this module."""
+    from .command_book import COLUMNS
+
+    return COLUMNS, "INSERT OR IGNORE INTO commands (%s) VALUES (%s)" % (COLUMNS, ", ".join("?" * len(COLUMNS.split(","))))
+
+
 def _is_command(row: tuple[Any, ...]) -> bool:
     """A commands row whose every column has its type (a damaged one is not kept: a state must be what was stored)."""
+    from .command_book import STATES  # (see _commands_sql)
+
     node, cid, seq, name, args, expires, state, at, attempts, result, error, wire_id, counter, digest, mid = row
     texts = all(isinstance(value, str) for value in (cid, name, args, digest))
     numbers = all(isinstance(value, int | float) and type(value) is not bool for value in (expires, at))
@@ -242,7 +250,7 @@ def _is_command(row: tuple[Any, ...]) -> bool:
         and optional
         and type(seq) is int
         and type(attempts) is int
-        and state in _COMMAND_STATES
+        and state in STATES
         and all(value is None or isinstance(value, str) for value in (result, error))
     )
 
@@ -367,7 +375,7 @@ def _scan(path: Path, fresh: sqlite3.Connection, report: Report, decode: Callabl
     )
     ids = [((name, value), 0) for name, value in totals.items() if _is_node(name)]  # command_ids: node, next
     _batches(fresh, iter(ids), "INSERT OR IGNORE INTO command_ids (node, next) VALUES (?, ?)", lambda _r: None)
-    _batches(fresh, ((row, 0) for row in commands.values()), _INSERT_COMMANDS, count("commands"))
+    _batches(fresh, ((row, 0) for row in commands.values()), _commands_sql()[1], count("commands"))
     _wire_ids_ahead(fresh)
 
 

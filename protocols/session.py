@@ -18,8 +18,9 @@ Outbox(counter, capacity, on_reject) -- the reliable sender
                                 keep a frame sent with ACK_REQ (call it BEFORE writing the
                                 bytes). `wire` is what SEND gives back: a node's very bytes;
                                 the gateway's command, which its link encodes to the same
-                                bytes every time (same counter, same fields). Full: the oldest frame gives way (counted in `dropped`,
-                                no event: a gateway sizes `capacity` above what it keeps in flight).
+                                bytes every time (same counter, same fields). Full: the
+                                oldest frame gives way (counted in `dropped`, no event: a
+                                gateway sizes `capacity` above what it keeps in flight).
                                 With a key (a correlation key, e.g. ("c", COMMAND id)) it is a
                                 tracked request: `deadline` (ms, or None) ends every wait with
                                 EXPIRED; `wait` (ms) is how long the response may take after the
