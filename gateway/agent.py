@@ -29,7 +29,9 @@ from .committer import CommitResult, Committer
 from .config import Config
 from .counters import BLOCK, FRESH, DownlinkCounters
 from .forwarder import Forwarder
+from .keystore import Keystore, KeystoreError
 from .layouts import Layouts
+from .rekey import Rekeys
 from .router import Router
 from .serial_link import PortManager
 from .sessions import Sessions
@@ -40,6 +42,7 @@ from .uplink import Inbound, Uplink, UplinkEvents
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 60.0
+KEYS_CHECK_S = 1.0  # the keys file is looked at this often: a revocation or a rotation takes effect within it
 # Checkpoints (see _checkpoint_loop): the WAL is looked at every CHECKPOINT_CHECK_S, and copied into the
 # database file once it holds CHECKPOINT_BYTES (or a quarter of the WAL allowance, when that is less), or
 # CHECKPOINT_MAX_S after the last checkpoint.
@@ -81,6 +84,7 @@ class Agent:
                 uptime_s=int(time.time() - self.started),
                 started=int(self.started),
                 nodes=len(self.sessions.nodes),
+                nodes_with_key=len(self.keys.entries),
                 buffered_readings=self.worker.store.pending_readings,
                 buffered_events=self.worker.store.pending_events,
                 events_published=self.forwarder.events_published,
@@ -104,6 +108,7 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        self.keys = Keystore(cfg.keys_path).load()  # KeystoreError: the gateway does not start (cli.py says why)
         store = await loop.run_in_executor(None, Store, cfg.data_dir, cfg.max_bytes)
         self.worker = StoreWorker(store)
         start = await self.worker.call(store.reserve, "downlink_counter", BLOCK, FRESH)
@@ -144,12 +149,17 @@ class Agent:
             self._save_info,
             self._save_reset,
             self.counters,
+            self.keys,
         )
         self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
         self.commands = Commands(self.worker, topic_base, self.sessions, self.forwarder.retained, self.uplink.ack, cfg.commands_in_flight)
         await self.commands.open()
         self.sessions.listener = self.commands
-        self.ports = PortManager(cfg.serial, self.sessions, self.counters.take)
+        self.rekeys = Rekeys(self.keys, self.commands.submit)
+        self.commands.on_final.append(self.rekeys.finished)
+        self.sessions.next_key_used = self.rekeys.next_key_used
+        self.rekeys.poll()
+        self.ports = PortManager(cfg.serial, self.sessions, self.counters.take, self.keys)
 
         tasks = [
             loop.create_task(self.committer.run(), name="committer"),
@@ -158,6 +168,7 @@ class Agent:
             loop.create_task(self._checkpoint_loop(), name="checkpoint"),
             loop.create_task(self._fold_loop(), name="fold"),
             loop.create_task(self.commands.run(), name="commands"),
+            loop.create_task(self._keys_loop(), name="keys"),
         ]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -166,11 +177,12 @@ class Agent:
         self.uplink.start()
         self.ports.start()
         log.info(
-            "edgegw %s running as %s: %d buffered readings, %d known nodes, %d serial pattern(s)",
+            "edgegw %s running as %s: %d buffered readings, %d known nodes, %d with a key, %d serial pattern(s)",
             __version__,
             cfg.gateway_id,
             store.pending_readings,
             len(self.sessions.nodes),
+            len(self.keys.entries),
             len(cfg.serial),
         )
         failed = await self._wait(tasks)
@@ -325,6 +337,27 @@ class Agent:
             return
         self._fold_failed = False
         self.sessions.reset_saved(moved)
+
+    async def _keys_loop(self) -> None:
+        """The keys file read again when it changed (`edgegw keys` writes it): revocations, new keys and rotations
+        take effect without a restart. A file that became unusable is said once; the keys loaded before stay."""
+        failing = False
+        while True:
+            await asyncio.sleep(KEYS_CHECK_S)
+            if not self.keys.changed():
+                continue
+            try:
+                self.keys.load()
+            except KeystoreError as error:
+                if not failing:
+                    log.error("%s; the node keys loaded before stay in use until the file is fixed", error)
+                failing = True
+                continue
+            if failing:
+                log.info("the keys file %s is usable again", self.keys.path)
+            failing = False
+            log.info("keys file read again: %d node(s) with a key", len(self.keys.entries))
+            self.rekeys.poll(file_changed=True)
 
     async def _status_loop(self) -> None:
         while True:

@@ -18,7 +18,7 @@ from protocols import ProtocolError, StreamDecoder
 
 from . import __version__, config, logs
 from .fwtools.tools import ROLES
-from .render import describe_event
+from .render import describe_error, describe_event
 
 
 class CommandError(Exception):
@@ -72,11 +72,12 @@ def do_run(args: argparse.Namespace) -> int:
         raise CommandError(error.report()) from None
     handler = logs.setup(args.log_level.upper() if args.log_level else cfg.log_level.upper())
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
+    from .keystore import KeystoreError
     from .store import StoreError
 
     try:
         return asyncio.run(_run_agent(cfg, handler))
-    except StoreError as error:
+    except (StoreError, KeystoreError) as error:
         raise CommandError(str(error)) from None
     except Exception:  # a bug: its traceback goes into the log as one line, like every other record
         logging.getLogger("gateway").critical("the gateway stopped on an unexpected error", exc_info=True)
@@ -117,11 +118,23 @@ def do_fw(args: argparse.Namespace) -> int:
         raise CommandError("%s: %s" % (getattr(args, "port", "?"), error)) from None
 
 
+def do_keys(args: argparse.Namespace) -> int:
+    """Node keys: add (provision), list, rotate, revoke."""
+    from . import keytools
+    from .keystore import KeystoreError
+
+    try:
+        return keytools.run(args)
+    except (KeystoreError, OSError) as error:
+        raise CommandError(describe_error(error) if isinstance(error, OSError) else str(error)) from None
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "decode": (do_decode, "decode protocol frames given as hex"),
     "run": (do_run, "run the gateway: edgegw run --config PATH"),
     "fw": (do_fw, "firmware tools: fw build | fw flash | fw emulate | fw monitor"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
+    "keys": (do_keys, "node keys: keys add | list | rotate | revoke"),
 }
 
 
@@ -169,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--baud", type=int, default=115200)
             tool.add_argument("--frames", type=int, help="stop after this many frames")
             tool.add_argument("--seconds", type=float, help="stop after this long")
+        elif name == "keys":
+            from . import keytools
+
+            keytools.add_arguments(command)
         elif name == "config":
             command.add_argument("action", choices=["check"], help="what to do with the file")
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")

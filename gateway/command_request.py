@@ -23,6 +23,7 @@ from .render import describe_error
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NODE_PATTERN = re.compile(r"[0-9a-f]{16}")
+REKEY = "rekey"  # a node's new key, sent by the gateway alone (gateway/rekey.py); refused from MQTT
 CONFIG = "config"  # the command name a config/set becomes (no node may offer a command of that name: it is CONFIG)
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 7 * 24 * 3600
@@ -105,6 +106,8 @@ def check(request: Request, known: bool, offers: dict[str, str] | None) -> str |
         return "unknown node %r: a node id is 16 lowercase hex digits" % request.node
     if not known:
         return "unknown node %s: it has not said HELLO to this gateway" % request.node
+    if request.name == REKEY:
+        return "%s is the gateway's own command: `edgegw keys rotate %s` on the gateway changes a node's key" % (REKEY, request.node)
     if request.name != CONFIG and offers is not None:
         if request.name not in offers:
             return "node %s does not offer %r (it offers: %s)" % (request.node, request.name, ", ".join(sorted(offers)) or "nothing")
@@ -135,7 +138,7 @@ def frame_for(request: Request, wire_id: int, counter: int, node_id: bytes) -> b
     """The request's frame (raises ProtocolError when it breaks SPEC.md's limits)."""
     mtype, fields = fields_for(request.name, request.args, wire_id)
     payload = messages.encode_payload(mtype, fields)
-    return fr.pack(fr.Frame(mtype, node_id, counter, payload, fr.F_DOWNLINK | fr.F_ACK_REQ))
+    return fr.pack(fr.Frame(mtype, node_id, counter, payload, fr.F_DOWNLINK | fr.F_ACK_REQ | fr.F_AUTH), bytes(32))  # tag included
 
 
 def _text(value: object) -> str:

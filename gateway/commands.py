@@ -103,6 +103,8 @@ class Commands:
         self._republish = False
         self._wake = asyncio.Event()
         self.book: CommandBook | None = None
+        self._own: collections.deque[Command] = collections.deque()  # the gateway's own commands (submit), to store
+        self.on_final: list[Callable[[Command], None]] = []  # told of every command that ends (gateway/rekey.py)
 
     async def open(self) -> None:
         """The book, and every command not final back in the schedule (those in flight are resent at once,
@@ -198,6 +200,21 @@ class Commands:
         command.at = self._wall()
         self.scheduler.finish(command)
         self._changed(command)
+        self._tell_final(command)
+
+    def _tell_final(self, command: Command) -> None:
+        for hook in self.on_final:
+            try:
+                hook(command)
+            except Exception:  # a bug in a hook must not stop the commands
+                log.exception("a hook on command %s failed", command.id)
+
+    def submit(self, node: str, command_id: str, name: str, args: dict[str, Any], ttl_s: float) -> None:
+        """A command of the gateway's own (a key rotation, gateway/rekey.py): stored and run like a request from
+        MQTT, without the checks a client's request gets. The same node and id again is the same command."""
+        wall = self._wall()
+        self._own.append(Command(node, command_id, name, args, wall + ttl_s, QUEUED, wall))
+        self._wake.set()
 
     def _changed(self, command: Command) -> None:
         self._dirty.append((command, json.dumps(command.document()).encode()))
@@ -213,7 +230,7 @@ class Commands:
         while True:
             due = self.scheduler.next_due(self._has_link)
             wait = TICK_S if due is None else max(0.0, min(TICK_S, due - self._clock()))
-            if not self._inbox and not self._dirty:
+            if not self._inbox and not self._dirty and not self._own:
                 # A timer sets the event, not asyncio.wait_for: on Python 3.11 a wait_for whose wait ends as the
                 # task is cancelled loses the cancellation (a stop's gather then waits for this task forever).
                 timer = asyncio.get_running_loop().call_later(wait, self._wake.set)
@@ -222,6 +239,8 @@ class Commands:
                 finally:
                     timer.cancel()
             self._wake.clear()
+            while self._own:
+                await self._add_own(self._own.popleft())
             while self._inbox:
                 inbound = self._inbox.popleft()
                 try:
@@ -289,10 +308,28 @@ class Commands:
             self.scheduler.add(stored, self._clock(), wall)
         self._publish_state(stored)
 
+    async def _add_own(self, command: Command) -> None:
+        assert self.book is not None
+        try:
+            stored, new, evicted = await self._worker.call(self.book.add, command)
+        except (Full, StoreError) as error:
+            log.error("command %s for node %s not stored: %s", command.id, command.node, error)
+            command.state, command.error = REJECTED, "not stored: %s" % error
+            self._tell_final(command)
+            return
+        for gone in evicted:
+            self._publish(self._topic(*gone), b"")
+        if new:
+            self.scheduler.add(stored, self._clock(), self._wall())
+        elif stored.final:
+            self._tell_final(stored)
+        self._publish_state(stored)
+
     async def _act(self, action: str, command: Command) -> None:
         if action == EXPIRE:
             log.warning("command %s for node %s expired (ttl) after %d attempts", command.id, command.node, command.attempts)
             await self._store_and_publish(command)
+            self._tell_final(command)
             return
         if command.final:  # made final while this turn's earlier actions were awaited (answered, refused): not stored again
             return

@@ -72,6 +72,11 @@ class MqttConfig:
 class SerialConfig:
     port: str
     baud: int = 115200
+    # Unauthenticated frames (SPEC.md §3.4) on this port: None (the default) refuses them from a node that
+    # has a key and takes them from the others; True refuses them from every node; False takes them from
+    # every node, keyed or not (a bench port while a node is being provisioned). Frames through a radio
+    # bridge are refused without a key whatever this says (docs/SECURITY.md).
+    require_auth: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,11 @@ class Config:
     log_level: str = "info"
     broker_ack_wait: float = 1.0  # s a frame held for the broker waits for its PUBACK before it goes to disk (0: disk first)
     commands_in_flight: int = 4  # [commands] in_flight: a node's commands sent and not yet answered at once
+    keys_file: Path | None = None  # [gateway] keys_file; None: data_dir / "keys.json"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
 
 
 # ---------------------------------------------------------------- checkers
@@ -129,6 +139,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
         "id": (_GATEWAY_ID, _REQUIRED),
         "data_dir": (_PATH, _REQUIRED),
         "log_level": (_choice("debug", "info", "warning", "error"), "info"),
+        "keys_file": (_PATH, None),
     },
     "buffer": {
         "max_bytes": (_int_range(MIN_BUDGET, 2**50), 2_000_000_000),
@@ -162,6 +173,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     "serial": {
         "port": (_TEXT, _REQUIRED),
         "baud": (_int_range(300, 4_000_000), 115200),
+        "require_auth": (_BOOL, None),
     },
 }
 
@@ -250,6 +262,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         gateway_id=gateway["id"],
         data_dir=Path(gateway["data_dir"]),
         log_level=gateway["log_level"],
+        keys_file=Path(gateway["keys_file"]) if gateway["keys_file"] else None,
         max_bytes=buffer["max_bytes"],
         when_full=buffer["when_full"],
         commit_wait=float(buffer["commit_wait"]),

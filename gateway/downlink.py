@@ -62,8 +62,10 @@ class Downlink:
         max_nodes: int = MAX_NODES,
         max_counters: int = MAX_COUNTERS,
         max_frames: int = MAX_FRAMES,
+        key_of: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         self._next_counter = next_counter
+        self._key_of = key_of  # node id -> the key frames to it are tagged with (SPEC.md §3.4); None: a CRC
         self._max_nodes = max_nodes
         self._max_counters = max_counters
         self._max_frames = max_frames
@@ -130,7 +132,8 @@ class Downlink:
         refuses or what does not fit a frame raises ProtocolError here, to the caller, not when it is written.
         counter: the frame's own (a retransmission keeps it); None: the node's next one when it is written."""
         payload = messages.encode_payload(mtype, fields)
-        fr.pack(fr.Frame(mtype, node_id, counter or 0, payload, fr.F_DOWNLINK | flags))  # the frame's own limits
+        tagged = fr.F_AUTH if self._key_of is not None and self._key_of(node_id) is not None else 0
+        fr.pack(fr.Frame(mtype, node_id, counter or 0, payload, fr.F_DOWNLINK | flags | tagged), bytes(32))  # its limits, tag included
         if self._sizes[_FRAME] >= self._max_frames:
             self.dropped[messages.NAMES.get(mtype, str(mtype))] += 1
             return False
@@ -199,8 +202,10 @@ class Downlink:
         del (self._frames if key[0] == _FRAME else self._due)[key]
         self._sizes[key[0]] -= 1
 
-    @staticmethod
-    def _wire(node_id: bytes, counter: int, mtype: int, payload: bytes, flags: int) -> bytes:
+    def _wire(self, node_id: bytes, counter: int, mtype: int, payload: bytes, flags: int) -> bytes:
         if counter > fr.MAX_COUNTER:  # the node's counters are used up: sending nothing beats wrapping (SPEC.md §4.1)
             return b""
-        return fr.to_wire(fr.Frame(mtype, node_id, counter, payload, fr.F_DOWNLINK | flags))
+        key = self._key_of(node_id) if self._key_of is not None else None
+        if key is not None:  # a node with a key takes only tagged frames: a forged ACK or dim is never acted on
+            flags |= fr.F_AUTH
+        return fr.to_wire(fr.Frame(mtype, node_id, counter, payload, fr.F_DOWNLINK | flags), key)

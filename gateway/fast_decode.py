@@ -64,6 +64,7 @@ class ReceivedMessage(Message):
     def __init__(self, frame: Frame, fields: dict[str, Any]) -> None:
         super().__init__(frame.type, frame.node_id, frame.counter, fields, frame.flags, frame.version)
         self.payload = frame.payload
+        self.key_index = frame.key_index
 
 
 def decode_frame(frame: Frame) -> ReceivedMessage:

@@ -30,6 +30,7 @@ from protocols import ProtocolError
 from .config import SerialConfig
 from .downlink import CounterSource, Downlink
 from .fast_decode import FastStreamDecoder, ReceivedMessage
+from .keystore import Keystore
 from .render import describe_error
 from .serial_transport import SerialTransport
 
@@ -58,13 +59,21 @@ class Link:
     """One open serial port: decodes frames, counts bad ones, queues what the nodes are owed."""
 
     def __init__(
-        self, path: str, handler: LinkHandler, on_lost: Callable[[Link, Exception | None], None], next_counter: CounterSource
+        self,
+        path: str,
+        handler: LinkHandler,
+        on_lost: Callable[[Link, Exception | None], None],
+        next_counter: CounterSource,
+        keys: Keystore | None = None,
+        require_auth: bool | None = None,
     ) -> None:
         self.path = path
         self._handler = handler
         self._on_lost = on_lost
-        self._decoder = FastStreamDecoder()
-        self.downlink = Downlink(next_counter)
+        # AUTH frames are checked with the node's keys, and frames to a node with a key are tagged (SPEC.md §3.4)
+        self._decoder = FastStreamDecoder(keys.uplink_keys if keys is not None else None)
+        self.downlink = Downlink(next_counter, key_of=keys.downlink_key if keys is not None else None)
+        self.require_auth = require_auth  # [[serial]] require_auth (gateway/config.py); Sessions.auth_required reads it
         self.transport: SerialTransport | None = None
         self._greeting = b"\x00"  # ends whatever the nodes' receivers collected before we were here
         self.frames = 0
@@ -177,6 +186,7 @@ class PortManager:
     configs: tuple[SerialConfig, ...]
     handler: LinkHandler
     next_counter: CounterSource  # downlink frame counters per node (SPEC.md §4.1, gateway/counters.py), for every port
+    keys: Keystore | None = None  # the node keys, for every port
     ports: dict[str, _PortState] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -238,7 +248,7 @@ class PortManager:
             return
         finally:
             state.opening = False
-        link = Link(path, self.handler, self._lost, self.next_counter)
+        link = Link(path, self.handler, self._lost, self.next_counter, self.keys, state.config.require_auth)
         SerialTransport(loop, port, link)
         if self._stopping:
             link.abort()

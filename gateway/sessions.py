@@ -36,6 +36,7 @@ from . import senml
 from .committer import CommitResult, Pending
 from .counters import DownlinkCounters
 from .fast_decode import ReceivedMessage
+from .keystore import Keystore, key_id
 from .layouts import Layout, Layouts
 from .logs import Digest, escape
 from .presenter import Presenter, RawResults
@@ -75,6 +76,9 @@ class Node:
     rejected_at: dict[int, float] = field(default_factory=dict)  # reason -> when last sent a REJECT (one key per reason code)
     requests: dict[int, None] = field(default_factory=dict)  # counters of the latest requests sent (an ordered set)
     asked: bool = False  # take_counter said None: the listener is told when counters are reserved
+    last_port: str | None = None  # the port it was last heard on, kept when that port is lost (a move is logged)
+    unauthenticated: int = 0  # frames without a tag dropped because it must send them with one (auth_required)
+    key_checked: bytes | None = None  # the current key its info's key_id was last compared with (Sessions._key_seen)
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -174,6 +178,7 @@ class Sessions:
         save_info: Callable[[str, str], None],
         save_reset: Callable[[], None] = lambda: None,
         counters: DownlinkCounters | None = None,
+        keys: Keystore | None = None,
     ) -> None:
         """save_reset: asked after a counter reset, to fold the windows (moved_windows) durably soon.
         counters: the downlink counters the ports take (None: in memory only, for tools and tests)."""
@@ -195,6 +200,10 @@ class Sessions:
         self._unused_frames = Digest(log, "frames this gateway does not use")
         self._moved: dict[str, Node] = {}  # nodes whose window moved since moved_windows() was last asked
         self._reset: set[str] = set()  # ... of them, those whose counter was reset (their window replaces the stored one)
+        self.keys = keys  # the node keys (gateway/keystore.py); None: no node has one
+        self.next_key_used: Callable[[str], None] = lambda node: None  # a frame came under a rotation's next key (gateway/rekey.py)
+        self._unauthenticated_frames = Digest(log, "frames without authentication from nodes that must send it", level=logging.WARNING)
+        self._moves = Digest(log, "nodes heard on another port", level=logging.WARNING)
 
     # ------------------------------------------------------------ restoring
 
@@ -258,6 +267,12 @@ class Sessions:
         if message.flags & fr.F_DOWNLINK:
             self._wrong_direction(link, message)
             return
+        if not message.flags & fr.F_AUTH:
+            if self.auth_required(link, message.node_id):
+                self._unauthenticated(link, message)
+                return
+        elif message.key_index == 1:  # the next key of a rotation: the node has it (gateway/rekey.py ends the rotation)
+            self.next_key_used(node_hex(message.node_id))
         wrong = self._sent_by_gateway_only(message)
         if wrong:
             self._reject(link, message.node_id, message, wrong[0], wrong[1])
@@ -296,6 +311,8 @@ class Sessions:
                 link, node.node_id, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest)
             )
             return
+        if message.key_index == 0:
+            self._key_seen(node)
         if message.type == messages.READINGS:
             self._readings(node, link, message, actions)
             return
@@ -360,6 +377,68 @@ class Sessions:
             node_hex(frame.node_id or b""),
         )
 
+    # ------------------------------------------------------------ authentication (SPEC.md §3.4, docs/SECURITY.md)
+
+    def auth_required(self, link: Link, node_id: bytes, bridged: bool = False) -> bool:
+        """Whether a frame of this node must carry a tag: always through a radio bridge (anyone in range can
+        transmit); else as the port's `require_auth` says, and when it says nothing, if the node has a key."""
+        if bridged:
+            return True
+        if link.require_auth is not None:
+            return link.require_auth
+        return self.keys is not None and self.keys.keyed(node_id)
+
+    def _unauthenticated(self, link: Link, message: Message) -> None:
+        """Counted and dropped, no REJECT: the sender is not who it says, and the node itself never sends such a frame."""
+        link.errors["auth"] += 1
+        node = self._by_id.get(message.node_id)
+        if node is not None:
+            node.unauthenticated += 1
+        self._unauthenticated_frames.note(
+            {"": node_hex(message.node_id), "port": link.path},
+            "node %s: %s without authentication on %s; the node %s; dropped (auth)",
+            node_hex(message.node_id),
+            message.name,
+            link.path,
+            "has a key" if self.keys is not None and self.keys.keyed(message.node_id) else "is on a port with require_auth",
+        )
+
+    def _key_seen(self, node: Node) -> None:
+        """A frame under the node's current key was accepted: its info names that key (key_id, never the key).
+        From then on, a HELLO under that key cannot reset the node's window (_may_reset)."""
+        entry = self.keys.entry(node.node_id) if self.keys is not None else None
+        if entry is None or entry.key is node.key_checked:
+            return
+        node.key_checked = entry.key
+        kid = key_id(entry.key)
+        if node.info.get("key_id") != kid:
+            node.info["key_id"] = kid
+            self._save_info(node.hex, json.dumps(node.info, allow_nan=False))
+
+    def _may_reset(self, node: Node, message: Message) -> bool:
+        """A HELLO whose counter is behind the window resets it (SPEC.md §4.3) only for a node without a key, or
+        under a key no frame of the node was accepted with yet (a board provisioned anew: its counter starts
+        again). Any other such HELLO is a recording played again (docs/SECURITY.md): a node with a key keeps its
+        counter across reboots, and moves it far ahead when its flash record is damaged (firmware/storage.py)."""
+        entry = self.keys.entry(node.node_id) if self.keys is not None else None
+        if entry is None:
+            return True
+        return message.key_index == 0 and node.info.get("key_id") != key_id(entry.key)
+
+    def _refuse_replayed_hello(self, link: Link, node: Node, message: Message) -> None:
+        node.stale += 1
+        link.errors["replayed"] += 1
+        if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
+            log.warning(
+                "node %s: HELLO with counter %d behind %d under a key already in use (a replay?); rejected as stale (%d such frames)",
+                node.hex,
+                message.counter,
+                node.window.highest,
+                node.stale,
+            )
+            node.stale_logged_at = time.monotonic()
+        self._reject(link, node.node_id, message, perr.E_STALE, "counter %d is behind %d" % (message.counter, node.window.highest))
+
     # ------------------------------------------------------------ messages
 
     def _hello(self, link: Link, message: ReceivedMessage) -> None:
@@ -370,6 +449,11 @@ class Sessions:
         node.last_seen = time.time()
         known = node.layout is not None
         actions = _actions(message, node.window.check(message.counter))
+        if actions & session.A_RESET and not self._may_reset(node, message):
+            self._refuse_replayed_hello(link, node, message)
+            return
+        if message.key_index == 0:
+            self._key_seen(node)
         if actions & session.A_RESET:
             log.warning(
                 "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
@@ -391,7 +475,10 @@ class Sessions:
         fields = message.fields
         channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
         node.layout = self._layouts.announce(node.hex, channels)
+        key_seen = node.info.get("key_id")
         node.info = {key: json_value(fields[key]) for key in _INFO_FIELDS if key in fields}
+        if key_seen is not None:
+            node.info["key_id"] = key_seen
         node.info["channels"] = [{"name": c.name, "unit": c.unit, "scale": c.scale} for c in channels]
         self._hellos.note(
             {"": "known" if known else "new", "firmware": str(fields["fw_version"]), "port": link.path},
@@ -528,7 +615,17 @@ class Sessions:
     # ------------------------------------------------------------ links
 
     def _linked(self, node: Node, link: Link) -> None:
+        if node.last_port is not None and node.last_port != link.path:
+            # A cable moved, or two nodes claim one id (a spoofer: one without the node's key never gets here)
+            self._moves.note(
+                {"": node.hex},
+                "node %s: heard on %s, before on %s (moved, or two nodes with one id)",
+                node.hex,
+                link.path,
+                node.last_port,
+            )
         node.link = link
+        node.last_port = link.path
         self.listener.link_changed(node.hex, link.path)
 
     def lost(self, link: Link) -> None:

@@ -23,11 +23,12 @@ CHANNELS = [
 
 
 class ScriptedNode:
-    def __init__(self, cable: PtyCable, node_id: bytes, counter: int = 1) -> None:
+    def __init__(self, cable: PtyCable, node_id: bytes, counter: int = 1, key: bytes | None = None) -> None:
         self.cable = cable
         self.node_id = node_id
         self.counter = counter
-        self.decoder = StreamDecoder()
+        self.key = key  # a provisioned node: every frame tagged (SPEC.md §3.4), only tagged ones taken
+        self.decoder = StreamDecoder(lambda node_id: key if node_id == self.node_id else None)
         self.inbox: list[Message] = []
         self.acked: set[int] = set()
         self.unacked: dict[int, bytes] = {}
@@ -41,7 +42,9 @@ class ScriptedNode:
             self.poll(0.05)
         counter = self.counter
         self.counter += 1
-        wire = encode(Message(mtype, self.node_id, counter, fields, flags))
+        if self.key is not None:
+            flags |= fr.F_AUTH
+        wire = encode(Message(mtype, self.node_id, counter, fields, flags), self.key)
         if flags & fr.F_ACK_REQ:
             self.unacked[counter] = wire
         self.cable.write(b"\x00" + wire)
@@ -52,7 +55,8 @@ class ScriptedNode:
         return not self.unacked or self.counter - min(self.unacked) < WINDOW - 1
 
     def hello(self, channels: list[dict[str, Any]] | None = None) -> int:
-        fields = {"proto": [1, 0], "fw_version": "test-1", "hw_model": "pty", "caps": 0x0B, "channels": channels or CHANNELS}
+        caps = 0x0B | (messages.CAP_AUTH if self.key is not None else 0)
+        fields = {"proto": [1, 0], "fw_version": "test-1", "hw_model": "pty", "caps": caps, "channels": channels or CHANNELS}
         return self.send(messages.HELLO, fields)
 
     def readings(self, samples: list[int | float], base_time: float | None = None) -> int:
@@ -72,7 +76,7 @@ class ScriptedNode:
         if data:
             self.decoder.feed(data)
             for message in self.decoder.drain():
-                if isinstance(message, ProtocolError):
+                if isinstance(message, ProtocolError) or (self.key is not None and not message.flags & fr.F_AUTH):
                     continue
                 got.append(message)
                 if message.type == messages.ACK:

@@ -13,11 +13,27 @@ from ._compat import const
 
 KEY_LEN = const(32)
 TAG_LEN = const(8)
+NONCE_LEN = const(16)
 _BLOCK = const(64)  # SHA-256's block size
 
 
 def tag(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA256(key, data), its first TAG_LEN bytes."""
+    return mac(key, data)[:TAG_LEN]
+
+
+def wrap(key: bytes, nonce: bytes, other: bytes) -> bytes:
+    """A new key sent under the current one (the `rekey` command, SPEC.md §3.6): other XOR
+    HMAC-SHA256(key, "edgegw rekey" || nonce). Its own inverse: wrap(key, nonce, wrapped) is the new key.
+    The nonce (16 random bytes) is never used twice with a key, so the pad is never reused."""
+    if len(other) != KEY_LEN or len(nonce) != NONCE_LEN:
+        raise ValueError("rekey: a %d-byte key and a %d-byte nonce" % (KEY_LEN, NONCE_LEN))
+    pad = mac(key, b"edgegw rekey" + nonce)
+    return bytes([other[index] ^ pad[index] for index in range(KEY_LEN)])
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256(key, data), all 32 bytes (RFC 2104)."""
     if len(key) != KEY_LEN:
         raise ValueError("a node key is %d bytes, not %d" % (KEY_LEN, len(key)))
     pad = _BLOCK - KEY_LEN
@@ -25,7 +41,7 @@ def tag(key: bytes, data: bytes) -> bytes:
     inner.update(data)
     outer = hashlib.sha256(bytes([byte ^ 0x5C for byte in key]) + b"\x5c" * pad)
     outer.update(inner.digest())
-    return outer.digest()[:TAG_LEN]
+    return outer.digest()
 
 
 def same(expected: bytes, given: bytes) -> bool:

@@ -44,6 +44,8 @@ _HEADER = ">BBB8sI"
 class Frame:
     """One decoded frame: header fields and the raw (still CBOR-encoded) payload."""
 
+    key_index = -1  # an AUTH frame: which of the keys unpack was given matched (-1: none checked, a CRC frame)
+
     def __init__(self, mtype: int, node_id: bytes, counter: int, payload: bytes = b"", flags: int = 0, version: int = VERSION) -> None:
         self.version = version
         self.type = mtype
@@ -118,7 +120,9 @@ def pack(frame: Frame, key: bytes | None = None) -> bytearray:
 
 def unpack(raw: bytes, key_of: object = None) -> Frame:
     """Check length, integrity and version of a decoded frame, in that order (SPEC.md §3.5).
-    key_of(node_id) -> the node's key or None: an AUTH frame is checked with it; without one it is `auth`."""
+    key_of(node_id) -> the keys an AUTH frame of that node may carry, in order (a tuple; None entries
+    are skipped; or one key), or None: the tag is checked with each, and the index of the one that matched is the
+    frame's key_index. No key, or none that matches, is `auth`."""
     length = len(raw)
     if length > MAX_FRAME:
         raise ProtocolError(E_TOO_LONG, "frame of %d bytes exceeds %d" % (length, MAX_FRAME))
@@ -126,18 +130,24 @@ def unpack(raw: bytes, key_of: object = None) -> Frame:
         raise ProtocolError(E_TOO_SHORT, "frame of %d bytes, need at least %d" % (length, HEADER_LEN + CRC_LEN))
     version, mtype, flags, node_id, counter = struct.unpack_from(_HEADER, raw, 0)
     if flags & F_AUTH:
-        key = key_of(node_id) if key_of is not None else None  # type: ignore[operator]
-        if key is None:
+        keys = key_of(node_id) if key_of is not None else None  # type: ignore[operator]
+        if not keys:
             raise ProtocolError(E_AUTH, "authenticated frame and no key configured", node_id, counter, mtype, flags)
+        if isinstance(keys, (bytes, bytearray)):
+            keys = (keys,)  # one key
         body_end = length - AUTH_TAG_LEN
         if body_end < HEADER_LEN:  # 19-22 bytes: passed the length check, too short for a tag (SPEC.md §3.5, 2)
             raise ProtocolError(E_AUTH, "authenticated frame too short for its tag", node_id, counter, mtype, flags)
         from .auth import same, tag
 
-        if not same(tag(key, raw[:body_end]), raw[body_end:]):
-            # Nothing of the header is trusted: the sender may not be who it says.
-            raise ProtocolError(E_AUTH, "tag does not match the node's key")
-        return _checked(raw, version, mtype, flags, node_id, counter, body_end)
+        body = raw[:body_end]
+        for index in range(len(keys)):
+            if keys[index] is not None and same(tag(keys[index], body), raw[body_end:]):  # type: ignore[arg-type]
+                frame = _checked(raw, version, mtype, flags, node_id, counter, body_end)
+                frame.key_index = index
+                return frame
+        # Nothing of the header is trusted: the sender may not be who it says.
+        raise ProtocolError(E_AUTH, "tag does not match the node's key")
     body_end = length - CRC_LEN
     expected = struct.unpack_from(">I", raw, body_end)[0]
     actual = binascii.crc32(raw[:body_end]) & 0xFFFFFFFF
@@ -153,6 +163,6 @@ def _checked(raw: bytes, version: int, mtype: int, flags: int, node_id: bytes, c
     return Frame(mtype, node_id, counter, raw[HEADER_LEN:body_end], flags, version)
 
 
-def to_wire(frame: Frame) -> bytes:
-    """COBS-encoded frame followed by the 0x00 delimiter, ready for the UART."""
-    return cobs.encode(pack(frame), True)
+def to_wire(frame: Frame, key: bytes | None = None) -> bytes:
+    """COBS-encoded frame followed by the 0x00 delimiter, ready for the UART (with flag AUTH: tagged under key)."""
+    return cobs.encode(pack(frame, key), True)

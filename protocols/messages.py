@@ -126,6 +126,7 @@ class Message:
     """A frame's header plus its payload decoded into named fields."""
 
     name: str  # the type's name (NAMES), on CPython: see below
+    key_index = -1  # decoded from an AUTH frame: which key matched (frame.unpack); -1: a CRC frame
 
     def __init__(
         self, mtype: int, node_id: bytes, counter: int, fields: dict | None = None, flags: int = 0, version: int = _frame.VERSION
@@ -295,10 +296,10 @@ def encode_payload(mtype: int, fields: dict) -> bytes:
     return cbor.dumps(mapping)
 
 
-def encode(message: Message) -> bytes:
-    """The message as wire bytes: COBS-encoded frame plus delimiter."""
+def encode(message: Message, key: bytes | None = None) -> bytes:
+    """The message as wire bytes: COBS-encoded frame plus delimiter (flag AUTH: tagged under key, SPEC.md §3.4)."""
     payload = encode_payload(message.type, message.fields)
-    return _frame.to_wire(_frame.Frame(message.type, message.node_id, message.counter, payload, message.flags, message.version))
+    return _frame.to_wire(_frame.Frame(message.type, message.node_id, message.counter, payload, message.flags, message.version), key)
 
 
 def decode_frame(frame: _frame.Frame) -> Message:
@@ -311,4 +312,7 @@ def decode_frame(frame: _frame.Frame) -> Message:
         error.mtype = frame.type
         error.flags = frame.flags
         raise
-    return Message(frame.type, frame.node_id, frame.counter, fields, frame.flags, frame.version)
+    message = Message(frame.type, frame.node_id, frame.counter, fields, frame.flags, frame.version)
+    if frame.key_index >= 0:
+        message.key_index = frame.key_index
+    return message

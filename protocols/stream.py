@@ -16,7 +16,8 @@ _COMPACT_AT = const(1024)  # consumed bytes kept before the buffer is shifted do
 
 
 class StreamDecoder:
-    def __init__(self) -> None:
+    def __init__(self, key_of: object = None) -> None:
+        self.key_of = key_of  # node id -> the keys its AUTH frames may carry (frame.unpack); None: no keys
         self._buffer = bytearray()
         self._pos = 0  # start of the bytes not yet looked at
         self._discarding = False  # inside an over-long run: skip to the next delimiter
@@ -57,7 +58,7 @@ class StreamDecoder:
             if end - start > _frame.MAX_ENCODED:
                 self.bytes_dropped += end - start
                 raise ProtocolError(E_TOO_LONG, "%d encoded bytes exceed %d" % (end - start, _frame.MAX_ENCODED))
-            return _frame.unpack(cobs.decode(bytes(buffer[start:end])))
+            return _frame.unpack(cobs.decode(bytes(buffer[start:end])), self.key_of)
 
     def next_message(self) -> messages.Message | None:
         """The next decoded message, None when more bytes are needed."""
