@@ -32,6 +32,8 @@ from .forwarder import Forwarder
 from .keystore import Keystore, KeystoreError
 from .layouts import Layouts
 from .rekey import Rekeys
+from .replay_journal import NAME as NAME_JOURNAL
+from .replay_journal import ReplayJournal
 from .router import Router
 from .serial_link import PortManager
 from .sessions import Sessions
@@ -151,7 +153,13 @@ class Agent:
             self.counters,
             self.keys,
         )
-        self.sessions.restore({node: (w.highest, w.seen) for node, w in windows.items()}, infos)
+        self.journal = ReplayJournal(cfg.data_dir)
+        restored = {node: (w.highest, w.seen) for node, w in windows.items()}
+        replayed = self.journal.replay(restored)  # counters of provisioned nodes acknowledged after the last fold
+        if replayed:
+            log.info("%d counters of provisioned nodes taken from %s (acknowledged after the last fold)", replayed, NAME_JOURNAL)
+        self.sessions.restore(restored, infos)
+        self.sessions.journal = self.journal
         self.commands = Commands(self.worker, topic_base, self.sessions, self.forwarder.retained, self.uplink.ack, cfg.commands_in_flight)
         await self.commands.open()
         self.sessions.listener = self.commands
@@ -205,6 +213,7 @@ class Agent:
         await asyncio.gather(*self._folds, return_exceptions=True)
         await self.counters.close()
         await self._fold()  # the windows as they are now: a start needs no chunk to rebuild them
+        self.journal.close()
         await loop.run_in_executor(None, self.worker.close)
         log.info("stopped cleanly")
         return 1 if failed else 0
@@ -325,6 +334,7 @@ class Agent:
 
     async def _fold(self) -> None:
         moved = self.sessions.moved_windows()
+        self.journal.rotate()  # in the same turn: every counter after this snapshot goes to the new file
         # A reset window is fsync'd: until it is, its node's frames go disk first (their chunks hold it).
         durable = any(state.reset for state in moved.values())
         try:
@@ -336,6 +346,7 @@ class Agent:
             self._fold_failed = True
             return
         self._fold_failed = False
+        self.journal.folded()
         self.sessions.reset_saved(moved)
 
     async def _keys_loop(self) -> None:

@@ -41,6 +41,7 @@ from .layouts import Layout, Layouts
 from .logs import Digest, escape
 from .presenter import Presenter, RawResults
 from .render import json_value
+from .replay_journal import ReplayJournal
 from .serial_link import Link
 from .store import StoredFrame, WindowState
 
@@ -201,6 +202,7 @@ class Sessions:
         self._moved: dict[str, Node] = {}  # nodes whose window moved since moved_windows() was last asked
         self._reset: set[str] = set()  # ... of them, those whose counter was reset (their window replaces the stored one)
         self.keys = keys  # the node keys (gateway/keystore.py); None: no node has one
+        self.journal: ReplayJournal | None = None  # counters of nodes with a key, written before their ACK (the agent's)
         self.next_key_used: Callable[[str], None] = lambda node: None  # a frame came under a rotation's next key (gateway/rekey.py)
         self._unauthenticated_frames = Digest(log, "frames without authentication from nodes that must send it", level=logging.WARNING)
         self._moves = Digest(log, "nodes heard on another port", level=logging.WARNING)
@@ -256,6 +258,8 @@ class Sessions:
         """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
         node.window.accept(counter)
         self._moved[node.hex] = node
+        if self.journal is not None and self.keys is not None and self.keys.keyed(node.node_id):
+            self.journal.append(((node.node_id, counter),))  # before the ACK: a replay after a kill is a duplicate
 
     def reported_drops(self) -> dict[str, int]:
         """Node -> frames it says it dropped from its ring since it booted (the `dropped` of its latest STATUS)."""
@@ -327,6 +331,11 @@ class Sessions:
         """A frame that names its sender is answered with REJECT (SPEC.md §5.12); one damaged before that, not."""
         if error.node_id is None or error.counter is None:
             return
+        if error.flags is not None and not error.flags & fr.F_AUTH and self.auth_required(link, error.node_id):
+            # Untagged, from a node that must tag its frames: not the node; its errors must not act on the node's
+            # session either (a malformed HELLO would make the gateway forget the node's channels)
+            self._unauthenticated(link, error)
+            return
         if error.flags & fr.F_DOWNLINK:
             self._wrong_direction(link, error)
         elif error.mtype == messages.ACK or error.mtype == messages.REJECT:
@@ -388,19 +397,21 @@ class Sessions:
             return link.require_auth
         return self.keys is not None and self.keys.keyed(node_id)
 
-    def _unauthenticated(self, link: Link, message: Message) -> None:
+    def _unauthenticated(self, link: Link, frame: Message | ProtocolError) -> None:
         """Counted and dropped, no REJECT: the sender is not who it says, and the node itself never sends such a frame."""
+        node_id = frame.node_id or b""
         link.errors["auth"] += 1
-        node = self._by_id.get(message.node_id)
+        node = self._by_id.get(node_id)
         if node is not None:
             node.unauthenticated += 1
+        mtype = frame.mtype if isinstance(frame, ProtocolError) else frame.type
         self._unauthenticated_frames.note(
-            {"": node_hex(message.node_id), "port": link.path},
+            {"": node_hex(node_id), "port": link.path},
             "node %s: %s without authentication on %s; the node %s; dropped (auth)",
-            node_hex(message.node_id),
-            message.name,
+            node_hex(node_id),
+            messages.NAMES.get(mtype, "frame") if mtype is not None else "frame",
             link.path,
-            "has a key" if self.keys is not None and self.keys.keyed(message.node_id) else "is on a port with require_auth",
+            "has a key" if self.keys is not None and self.keys.keyed(node_id) else "is on a port with require_auth",
         )
 
     def _key_seen(self, node: Node) -> None:

@@ -28,7 +28,7 @@ from gateway.rekey import Rekeys
 from gateway.serial_link import Link
 from gateway.sessions import Sessions
 from hil.scripted_node import CHANNELS
-from protocols import Message, ProtocolError, StreamDecoder, auth, cobs, encode, messages
+from protocols import Message, ProtocolError, StreamDecoder, auth, cbor, cobs, encode, messages
 from protocols import errors as perr
 from protocols import frame as fr
 from tests.test_hostile import _Committer, _Transport
@@ -240,8 +240,11 @@ def test_a_hello_spoofing_a_provisioned_node_from_another_port_changes_nothing(b
     for counter in (2, 10_000):
         assert bench.feed(frame(messages.HELLO, counter, spoof, key=None), "/dev/ttyB") == []
         assert bench.feed(frame(messages.HELLO, counter + 1, spoof, key=bytes(32)), "/dev/ttyB") == []
+    # A HELLO the schema refuses, with a good CRC: its REJECT path once made the gateway forget the node's channels
+    bad_hello = fr.to_wire(fr.Frame(messages.HELLO, NODE, 20_000, cbor.dumps({0: 1}), fr.F_ACK_REQ))
+    assert bench.feed(bad_hello, "/dev/ttyB") == []
     assert node.layout is layout and node.port == "/dev/ttyA"
-    assert bench.links["/dev/ttyB"].errors["auth"] == 4
+    assert bench.links["/dev/ttyB"].errors["auth"] == 5
     bench.feed(readings(2))  # the real node is not `stale`: nothing of the spoofer's reached its window
     assert bench.stored() == [2]
 
@@ -417,3 +420,36 @@ def test_random_authenticated_frames_never_crash_and_memory_stays_bounded(bench:
     assert bench.stored() == [] and link.errors["auth"] >= 22_000
     bench.feed(readings(2))
     assert bench.stored() == [2]  # the node is not stuck
+
+
+# ------------------------------------------------------------ edgegw keys
+
+
+def test_edgegw_keys_provisions_lists_rotates_and_revokes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    keys_file, node_dir = tmp_path / "keys.json", tmp_path / "node0"
+    node_dir.mkdir()
+    assert main(["keys", "add", "--keys", str(keys_file), "--node-dir", str(node_dir), NODE.hex().upper()]) == 0
+    key = bytes.fromhex((node_dir / "key").read_text().strip())
+    assert ks.Keystore(keys_file).load().entries[NODE.hex()].key == key  # the same key in both places
+    assert stat.S_IMODE((node_dir / "key").stat().st_mode) == 0o600 and stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    assert main(["keys", "add", "--keys", str(keys_file), "--node-dir", str(node_dir), NODE.hex()]) == 2  # has one already
+    assert main(["keys", "rotate", "--keys", str(keys_file), NODE.hex()]) == 0
+    assert main(["keys", "list", "--keys", str(keys_file), "--json"]) == 0
+    out = capsys.readouterr()
+    listed = json.loads(out.out[out.out.index('{\n "keys_file"') :])
+    assert [(row["node"], row["state"], row["key_id"]) for row in listed["nodes"]] == [(NODE.hex(), "rotating", ks.key_id(key))]
+    assert "has a key already" in out.err and "--replace" in out.err
+    assert main(["keys", "revoke", "--keys", str(keys_file), NODE.hex()]) == 0
+    assert main(["keys", "list", "--keys", str(keys_file)]) == 0
+    out = capsys.readouterr()
+    assert "revoked" in out.out
+    entry = ks.Keystore(keys_file).load().entries[NODE.hex()]
+    assert entry.next is not None
+    for secret in (key, entry.next):
+        assert secret.hex() not in out.out + out.err
+    assert main(["keys", "add", "--keys", str(keys_file), "--node-dir", str(tmp_path / "absent"), OTHER.hex()]) == 2
+    assert OTHER.hex() not in ks.Keystore(keys_file).load().entries  # the node could not be written: the file as before
+    assert main(["keys", "rotate", "--keys", str(keys_file), "12345"]) == 2
+    assert "expected 16 hex digits" in capsys.readouterr().err
