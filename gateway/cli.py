@@ -99,6 +99,7 @@ async def _run_agent(cfg: config.Config, handler: logs.BoundedHandler) -> int:
 def do_fw(args: argparse.Namespace) -> int:
     """Firmware developer tools: build, flash, emulate, monitor."""
     from .fwtools import build, emulate, flash, monitor
+    from .keystore import KeystoreError, node_name
 
     try:
         if args.fw_command == "build":
@@ -108,11 +109,19 @@ def do_fw(args: argparse.Namespace) -> int:
             print("built firmware %s: %d files in %s (manifest.json)" % (manifest["firmware_version"], len(files), args.out))
             return 0
         if args.fw_command == "flash":
-            return flash.flash(args.port, args.role, args.set or [], print, dry_run=args.dry_run)
+            keys = None
+            if args.provision:
+                from .keytools import keystore_for
+
+                if not (args.keys or args.config):
+                    raise CommandError("--provision: say where the gateway's keys are: --config PATH or --keys FILE")
+                keys = keystore_for(args)
+            node = node_name(args.node) if args.node else None
+            return flash.flash(args.port, args.role, args.set or [], print, args.dry_run, keys, node, args.replace)
         if args.fw_command == "emulate":
             return emulate.run(args.count, args.interval, args.heap, args.seed, Path(args.state) if args.state else None, args.role)
         return monitor.monitor(args.port, args.baud, print, frames=args.frames, seconds=args.seconds)
-    except (build.BuildError, flash.FlashError, emulate.EmulatorError) as error:
+    except (build.BuildError, flash.FlashError, emulate.EmulatorError, KeystoreError) as error:
         raise CommandError(str(error)) from None
     except serial.SerialException as error:
         raise CommandError("%s: %s" % (getattr(args, "port", "?"), error)) from None
@@ -170,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--role", default="sensor", choices=ROLES, help="what the node is (default: sensor)")
             tool.add_argument("--set", action="append", metavar="KEY=VALUE", help="node setting, e.g. interval=30 or i2c=22,21")
             tool.add_argument("--dry-run", action="store_true", help="print the mpremote command instead of running it")
+            tool.add_argument("--provision", action="store_true", help="give the node a new key (also into the gateway's keys file)")
+            tool.add_argument("--config", metavar="PATH", help="--provision: the gateway's configuration (its keys file)")
+            tool.add_argument("--keys", metavar="FILE", help="--provision: the gateway's keys file itself")
+            tool.add_argument("--node", help="--provision: the node id (default: read from the board's unique id)")
+            tool.add_argument("--replace", action="store_true", help="--provision: the node has a key already; replace it")
             tool = tools.add_parser("emulate", help="run N emulated nodes (real MicroPython) behind pseudo-terminals")
             tool.add_argument("--count", type=int, default=1)
             tool.add_argument("--role", default="sensor", choices=ROLES, help="what the nodes are (default: sensor)")

@@ -97,14 +97,14 @@ def add(keys: Keystore, node: str, port: str | None, node_dir: Path | None, repl
             assert port is not None
             write_board(port, key)
     except KeystoreError:
-        _put_back(keys, node, before)
+        put_back(keys, node, before)
         raise
     say("node %s: key %s in %s and on the node%s" % (node, key_id(key), keys.path, " (replaced)" if before else ""))
     say("  the node signs its frames from its next boot; the gateway requires them signed from now on")
     return 0
 
 
-def _put_back(keys: Keystore, node: str, before: Entry | None) -> None:
+def put_back(keys: Keystore, node: str, before: Entry | None) -> None:
     with keys.editing() as entries:
         if before is None:
             entries.pop(node, None)
@@ -112,8 +112,13 @@ def _put_back(keys: Keystore, node: str, before: Entry | None) -> None:
             entries[node] = before
 
 
-def key_text(key: bytes) -> bytes:
-    return key.hex().encode() + b"\n"
+def write_key_file(path: Path, key: bytes) -> None:
+    """The node's key record as firmware/node.py reads it (64 hex digits), mode 0600, on disk before it is used."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.hex().encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_node_dir(folder: Path, key: bytes) -> None:
@@ -121,11 +126,7 @@ def write_node_dir(folder: Path, key: bytes) -> None:
     if not folder.is_dir():
         raise KeystoreError("%s: no such folder (an emulated node's flash folder, as given to edgegw fw emulate --state)" % folder)
     temporary = folder / (KEY_RECORD + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key_text(key))
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_key_file(temporary, key)
     os.replace(temporary, folder / KEY_RECORD)
 
 
@@ -144,9 +145,7 @@ def write_board(port: str, key: bytes) -> None:
         raise KeystoreError("%s: no such serial port (is the board plugged in? `ls /dev/serial/by-id/`)" % port)
     with tempfile.TemporaryDirectory(prefix="edgegw-key-") as work:
         key_file = Path(work) / KEY_RECORD
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key_text(key))
+        write_key_file(key_file, key)
         try:
             done = subprocess.run(board_command(port, key_file), capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired, FlashError) as error:

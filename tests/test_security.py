@@ -453,3 +453,65 @@ def test_edgegw_keys_provisions_lists_rotates_and_revokes(tmp_path: Path, capsys
     assert OTHER.hex() not in ks.Keystore(keys_file).load().entries  # the node could not be written: the file as before
     assert main(["keys", "rotate", "--keys", str(keys_file), "12345"]) == 2
     assert "expected 16 hex digits" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ edgegw fw flash --provision
+
+# No board is attached here: mpremote's part is played by a script that keeps the board's files in a folder
+# (named as the emulation it is). Everything else is the real flash: the bundle, the keys file, the rollback.
+BOARD_MPREMOTE = """#!/bin/sh
+board="$EDGEGW_TEST_BOARD"
+[ -n "$EDGEGW_TEST_BOARD_FAIL" ] && case "$*" in *":/data/key"*) echo "OSError: [Errno 28] ENOSPC" >&2; exit 1;; esac
+case "$*" in *unique_id*) echo e66038b7134f2a21; exit 0;; esac
+while [ $# -gt 0 ]; do
+  if [ "$1" = cp ] && [ "$2" != -r ]; then mkdir -p "$board/data"; cp "$2" "$board${3#:}"; fi
+  shift
+done
+"""
+
+
+@pytest.fixture
+def emulated_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from gateway.fwtools import flash
+
+    script = tmp_path / "mpremote-emulated-board"
+    script.write_text(BOARD_MPREMOTE)
+    script.chmod(0o755)
+    board = tmp_path / "board"
+    board.mkdir()
+    monkeypatch.setenv("EDGEGW_TEST_BOARD", str(board))
+    monkeypatch.setattr(flash, "mpremote", lambda: str(script))
+    monkeypatch.setattr(flash, "REBOOT_WAIT_S", 0)
+    port = tmp_path / "ttyACM0"
+    port.touch()
+    return board
+
+
+def test_flash_provision_puts_one_key_on_the_board_and_into_the_keys_file(tmp_path: Path, emulated_board: Path) -> None:
+    from gateway.fwtools import flash
+
+    keys = ks.Keystore(tmp_path / "keys.json")
+    lines: list[str] = []
+    assert flash.flash(str(tmp_path / "ttyACM0"), "streetlight", [], lines.append, provision=keys) == 0
+    node = fr.node_id_from_unique_id(bytes.fromhex("e66038b7134f2a21")).hex()  # read from the board
+    on_board = bytes.fromhex((emulated_board / "data" / "key").read_text().strip())
+    assert keys.load().entries[node].key == on_board
+    assert on_board.hex() not in "\n".join(lines) and ks.key_id(on_board) in "\n".join(lines)
+    dry: list[str] = []
+    flash.flash("/dev/ttyACM9", "sensor", [], dry.append, dry_run=True, provision=keys, node=OTHER.hex())
+    assert ":/data/key" in dry[-1] and dry[-1].index(":/data/key") < dry[-1].index(":main.py")
+    assert OTHER.hex() not in keys.load().entries  # a dry run makes no key
+
+
+def test_flash_provision_that_fails_on_the_board_leaves_the_keys_file_as_it_was(
+    tmp_path: Path, emulated_board: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.fwtools import flash
+
+    keys = keyfile(tmp_path, {NODE: KEY})
+    monkeypatch.setenv("EDGEGW_TEST_BOARD_FAIL", "1")
+    with pytest.raises(flash.FlashError, match="filesystem is full"):
+        flash.flash(str(tmp_path / "ttyACM0"), "sensor", [], lambda line: None, provision=keys, node=NODE.hex(), replace=True)
+    assert keys.load().entries[NODE.hex()].key == KEY
+    with pytest.raises(ks.KeystoreError, match="has a key already"):
+        flash.flash(str(tmp_path / "ttyACM0"), "sensor", [], lambda line: None, provision=keys, node=NODE.hex())

@@ -10,6 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from protocols.frame import node_id_from_unique_id
+
+from ..keystore import Keystore, key_id, new_key
+from ..keytools import put_back, write_key_file
 from .build import build
 from .tools import ROLES, find_tool
 
@@ -64,12 +68,13 @@ def mpremote() -> str:
     return found
 
 
-def command_lines(port: str, bundle: Path, settings_file: Path, forget_config: bool) -> list[list[str]]:
+def command_lines(port: str, bundle: Path, settings_file: Path, forget_config: bool, key_file: Path | None = None) -> list[list[str]]:
     """The mpremote invocations that install a node.
 
     First the running firmware is stopped from coming back (main.py removed, board
     reset): its watchdog cannot be disabled and would reset the board mid-copy.
-    Then folders, bundle and settings are copied, main.py last, and the board reset.
+    Then folders, bundle, settings and (--provision) the node's key are copied, main.py
+    last, and the board reset.
     """
     stale = ["/main.py"] + (["/data/config.json"] if forget_config else [])
     stop = "import os\nfor f in %r:\n try: os.remove(f)\n except OSError: pass" % (stale,)
@@ -82,6 +87,7 @@ def command_lines(port: str, bundle: Path, settings_file: Path, forget_config: b
             "exec", make_dirs, "+",
             "fs", "cp", "-r", str(bundle / "protocols"), str(bundle / "firmware"), ":", "+",
             "fs", "cp", str(settings_file), ":/data/node.json", "+",
+            *(["fs", "cp", str(key_file), ":/data/key", "+"] if key_file is not None else []),
             "fs", "cp", str(bundle / "main.py"), ":main.py", "+",
             "reset",
         ],
@@ -98,7 +104,31 @@ def explain(output: str) -> str:
     return lines[-1] if lines else "mpremote failed"
 
 
-def flash(port: str, role: str, pairs: list[str], say: Callable[[str], None], dry_run: bool = False) -> int:
+UNIQUE_ID = "import machine, binascii\nprint(binascii.hexlify(machine.unique_id()).decode())"
+
+
+def board_node_id(port: str) -> str:
+    """The node id the board will have (SPEC.md §3.2), from its MCU unique id, asked over the REPL."""
+    done = subprocess.run([mpremote(), "connect", port, "exec", UNIQUE_ID], capture_output=True, text=True, timeout=60, check=False)
+    text = done.stdout.strip().splitlines()[-1:] if done.returncode == 0 else []
+    try:
+        return node_id_from_unique_id(bytes.fromhex(text[0])).hex()
+    except (IndexError, ValueError):
+        raise FlashError("%s: could not read the board's unique id: %s" % (port, explain(done.stdout + done.stderr))) from None
+
+
+def flash(
+    port: str,
+    role: str,
+    pairs: list[str],
+    say: Callable[[str], None],
+    dry_run: bool = False,
+    provision: Keystore | None = None,
+    node: str | None = None,
+    replace: bool = False,
+) -> int:
+    """provision: make the node a key and put it into this keys file and onto the board (node: its id, else
+    read from the board; replace: it has a key already)."""
     if role not in ROLES:
         raise FlashError("--role %s: expected one of: %s" % (role, ", ".join(ROLES)))
     settings = parse_settings(pairs)
@@ -110,18 +140,38 @@ def flash(port: str, role: str, pairs: list[str], say: Callable[[str], None], dr
         manifest = build(bundle)
         settings_file = Path(work) / "node.json"
         settings_file.write_text(json.dumps({"role": role, **settings}))
+        key_file = Path(work) / "key" if provision is not None else None
         # Settings given now replace those a gateway set over CONFIG earlier.
-        commands = command_lines(port, bundle, settings_file, forget_config=bool({"interval", "status_interval"} & set(settings)))
+        forget = bool({"interval", "status_interval"} & set(settings))
+        commands = command_lines(port, bundle, settings_file, forget, key_file)
         if dry_run:
+            if provision is not None:
+                say("a new key for node %s would go into %s and to /data/key" % (node or "(its id read from the board)", provision.path))
             for command in commands:
                 say(" ".join(command))
             return 0
-        steps = ("stopping the running firmware", "copying %d files (firmware %s)" % (len(manifest["files"]), manifest["firmware_version"]))  # type: ignore[arg-type]
-        for step, command in zip(steps, commands, strict=True):
-            say("%s: %s" % (port, step))
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-            if done.returncode != 0:
-                raise FlashError("%s: %s" % (port, explain(done.stdout + done.stderr)))
-            time.sleep(REBOOT_WAIT_S if step == steps[0] else 0)
+        if provision is not None and key_file is not None:
+            node = node or board_node_id(port)
+            before = provision.load().entries.get(node)
+            key = new_key()
+            provision.add(node, key, replace)
+            write_key_file(key_file, key)
+            say("node %s: new key %s in %s" % (node, key_id(key), provision.path))
+        try:
+            _run_steps(port, manifest, commands, say)
+        except FlashError:
+            if provision is not None and node is not None:
+                put_back(provision, node, before)  # a key in the keys file only would lock the node out
+            raise
         say("flashed and reset; the node says HELLO on its UART when it boots")
     return 0
+
+
+def _run_steps(port: str, manifest: dict[str, object], commands: list[list[str]], say: Callable[[str], None]) -> None:
+    steps = ("stopping the running firmware", "copying %d files (firmware %s)" % (len(manifest["files"]), manifest["firmware_version"]))  # type: ignore[arg-type]
+    for step, command in zip(steps, commands, strict=True):
+        say("%s: %s" % (port, step))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise FlashError("%s: %s" % (port, explain(done.stdout + done.stderr)))
+        time.sleep(REBOOT_WAIT_S if step == steps[0] else 0)
