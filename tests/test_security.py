@@ -515,3 +515,26 @@ def test_flash_provision_that_fails_on_the_board_leaves_the_keys_file_as_it_was(
     assert keys.load().entries[NODE.hex()].key == KEY
     with pytest.raises(ks.KeystoreError, match="has a key already"):
         flash.flash(str(tmp_path / "ttyACM0"), "sensor", [], lambda line: None, provision=keys, node=NODE.hex())
+
+
+def test_a_broker_without_tls_elsewhere_and_a_readable_password_file_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway import config
+    from gateway.agent import _warn_exposed
+
+    secret = tmp_path / "password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    document = {
+        "gateway": {"id": "gw", "data_dir": str(tmp_path)},
+        "mqtt": {"host": "broker.city.example", "username": "gw", "password_file": str(secret)},
+    }
+    with caplog.at_level(logging.WARNING, logger="gateway.agent"):
+        _warn_exposed(config.parse(document))
+        assert "no tls" in caplog.text and "readable by group or others" in caplog.text and "hunter2" not in caplog.text
+        caplog.clear()
+        secret.chmod(0o600)
+        document["mqtt"] = {"host": "127.0.0.1", "password_file": str(secret)}
+        _warn_exposed(config.parse(document))
+    assert caplog.text == ""
