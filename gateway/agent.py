@@ -96,7 +96,12 @@ class Agent:
                 acked_on_disk=self.router.acked_on_disk,
                 missed_broker_ack_wait=self.router.missed_deadline,
                 ports={
-                    link.path: {"frames": link.frames, "errors": dict(link.errors), "replies_dropped": dict(link.downlink.dropped)}
+                    link.path: {
+                        "frames": link.frames,
+                        "duplicates": link.duplicates,
+                        "errors": dict(link.errors),
+                        "replies_dropped": dict(link.downlink.dropped),
+                    }
                     for link in self.ports.links()
                 },
             )

@@ -77,6 +77,7 @@ class Link:
         self.transport: SerialTransport | None = None
         self._greeting = b"\x00"  # ends whatever the nodes' receivers collected before we were here
         self.frames = 0
+        self.duplicates = 0  # frames whose counter the node's window had seen (Sessions.message)
         self.errors: Counter[str] = Counter()
         self._errors_logged_at = 0.0
         self._errors_unlogged = 0

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session
 from protocols import errors as perr
 from protocols import frame as fr
+from protocols.window import DUPLICATE
 
 from . import senml
 from .committer import CommitResult, Pending
@@ -299,7 +300,10 @@ class Sessions:
         if node.link is not link:
             self._linked(node, link)
         node.last_seen = time.time()
-        actions = _actions(message, node.window.check(message.counter))
+        verdict = node.window.check(message.counter)
+        if verdict == DUPLICATE:
+            link.duplicates += 1  # a resend whose ACK was lost, or a recording played again: answered, never used twice
+        actions = _actions(message, verdict)
         if actions & session.A_REJECT_STALE:
             node.stale += 1
             if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
@@ -459,7 +463,10 @@ class Sessions:
             self._linked(node, link)
         node.last_seen = time.time()
         known = node.layout is not None
-        actions = _actions(message, node.window.check(message.counter))
+        verdict = node.window.check(message.counter)
+        if verdict == DUPLICATE:
+            link.duplicates += 1
+        actions = _actions(message, verdict)
         if actions & session.A_RESET and not self._may_reset(node, message):
             self._refuse_replayed_hello(link, node, message)
             return

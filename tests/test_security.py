@@ -177,7 +177,7 @@ def test_a_recorded_session_played_again_stores_nothing_before_and_after_a_resta
     assert bench.committer.pending == []
     for wire in recorded:  # the replay: acknowledged as duplicates (the node may have missed the ACK), never stored
         bench.feed(wire)
-    assert bench.stored() == []
+    assert bench.stored() == [] and bench.links["/dev/ttyA"].duplicates == len(recorded)
     # A restart: the windows as a stop writes them, the node info as saved
     node = bench.sessions.nodes[NODE.hex()]
     windows = {NODE.hex(): (node.window.highest, node.window.seen)}
