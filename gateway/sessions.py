@@ -306,6 +306,7 @@ class Sessions:
         actions = _actions(message, verdict)
         if actions & session.A_REJECT_STALE:
             node.stale += 1
+            link.errors["stale"] += 1
             if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
                 log.warning(
                     "node %s: counter went backwards from %d to %d (%d such frames); rejected until the node says HELLO",

@@ -192,6 +192,7 @@ def test_a_recorded_session_played_again_stores_nothing_before_and_after_a_resta
     again.safe_all()
     replies = [reply for wire in recorded[1:] for reply in again.feed(wire)]
     assert again.stored() == [] and set(rejects(replies)) == {perr.E_STALE}
+    assert again.links["/dev/ttyA"].errors["stale"] == len(recorded) - 1
 
 
 def test_a_replayed_hello_cannot_reset_a_provisioned_nodes_window(bench: KeyBench, caplog: pytest.LogCaptureFixture) -> None:
