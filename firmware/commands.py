@@ -2,6 +2,8 @@
 # arguments checked against the command's spec, the node's own commands. Loaded by
 # firmware/downlink.py for a COMMAND that runs (not for a CONFIG, a repeat or a stale
 # one) and unloaded after: on a 64 KB heap its code is worth more as room in between.
+from binascii import hexlify, unhexlify
+
 from micropython import const
 
 from firmware.downlink import configure
@@ -54,6 +56,47 @@ def execute(node, key, fields):
         elif name == "set_interval":
             configure(node, {"op": messages.CONFIG_SET, "values": {"interval": args["s"]}})
             value = node.interval
+        elif name == "rekey":
+            refused = rekey(node, args["nonce"], args["key"])
+            if refused:
+                return [key, messages.OUTCOME_BAD_ARGS, refused, None]
         return [key, messages.OUTCOME_OK, None, value]  # identify too
     except Exception as error:  # a role's fault or a heap too full while it ran: the node answers and goes on
         return [key, messages.OUTCOME_FAILED, repr(error)[:_DETAIL], None]
+
+
+def rekey(node, nonce, wrapped):
+    # SPEC.md 3.6: a new key, wrapped under the key that tagged this COMMAND (protocols/auth.py
+    # wrap), its arguments lowercase hex text. That key is the node's current one, or its previous
+    # one if the gateway has not heard of the last rotation (its answer lost, a reset): unwrapped
+    # with it, a rekey sent again yields the same key, never garbage. That key becomes the previous
+    # one, so the COMMAND's repeats (under it) are still taken and answered from the kept answer;
+    # the ACK and the answer go out under the new key, and the gateway's first frame under it ends
+    # the rotation (Node.end_rotation). key.old is on flash before key: a reset between the two
+    # leaves the node a key the gateway has, never one it lacks. Nothing of a key is ever said
+    # (detail, value, console). None, or why the arguments are refused.
+    from protocols import auth
+
+    nonce = _hex(nonce, auth.NONCE_LEN)
+    if nonce is None:
+        return "rekey.nonce is not %d hex digits" % (2 * auth.NONCE_LEN)
+    wrapped = _hex(wrapped, auth.KEY_LEN)
+    if wrapped is None:
+        return "rekey.key is not %d hex digits" % (2 * auth.KEY_LEN)
+    under = node.keys[node.via]
+    new = auth.wrap(under, nonce, wrapped)
+    store = node.hal.storage
+    store.put("key.old", hexlify(under) + b"\n")
+    store.put("key", hexlify(new) + b"\n")
+    node.keys = (new, under)
+    return None
+
+
+def _hex(text, size):
+    # size bytes written as 2 * size hex digits, or None.
+    if len(text) != 2 * size:
+        return None
+    try:
+        return unhexlify(text)
+    except ValueError:
+        return None

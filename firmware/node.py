@@ -4,6 +4,16 @@
 # at once, and answers TIME, CONFIG and COMMAND, each COMMAND or CONFIG set
 # executed at most once. Same code on boards and on the unix port; the HAL is the
 # only difference.
+#
+# A node with a key (SPEC.md 3.4) authenticates every frame both ways. On flash:
+#   key      64 hex digits (a newline after them allowed): the node's 32-byte key,
+#            written by the provisioning tools (`edgegw keys add`, `fw flash --provision`);
+#   key.old  the same, the previous key while a rotation (the `rekey` command,
+#            firmware/commands.py) waits for the gateway's first frame under the new one.
+# Such a node tags every frame it sends under its current key and takes only downlink
+# frames tagged under one of its keys; a node without one sends CRC frames as in 1.0
+# and never loads protocols/auth.py. No key is ever printed.
+import binascii
 import gc
 import random
 import sys
@@ -43,6 +53,7 @@ _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double
 _IDLE_MS = const(100)  # the loop's longest wait: the roles read their sensors every 200-500 ms
 _LAST_COUNTER = const(0xFFFFFFFF)  # spent on a LOG saying the counter is exhausted (see send)
 _TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
+_KEY_HEX = const(64)  # a key record: the 32-byte key in hex digits
 
 
 def unload(name):
@@ -54,12 +65,35 @@ def unload(name):
         delattr(sys.modules[package], child)
 
 
+def read_key(store, name):
+    # A key record, or None if there is none. A damaged one is reported, never its content
+    # (it may be most of a key), and reads as None: a node whose `key` is damaged runs without
+    # one, and the gateway drops its frames, which shows.
+    try:
+        raw = store.get(name)
+        if raw is None:
+            return None
+        if raw[-1:] == b"\n":
+            raw = raw[:-1]
+        if len(raw) == _KEY_HEX:
+            return binascii.unhexlify(raw)  # ValueError for a digit that is not hex
+    except (OSError, ValueError):
+        pass
+    storage.report(name, "not %d hex digits" % _KEY_HEX)
+    return None
+
+
 class Node:
     def __init__(self, hal):
         self.hal = hal
         self.node_id = node_id_from_unique_id(hal.unique_id)
         self.counter = PersistentCounter(hal.storage, "counter")
-        self.decoder = StreamDecoder()
+        # (current key, previous key or None) of a node that has a key, else None.
+        key = read_key(hal.storage, "key")
+        self.keys = None if key is None else (key, read_key(hal.storage, "key.old"))
+        self.via = -1  # the key the downlink frame being handled came under: an index into keys
+        # Downlink AUTH frames are checked with the node's keys, its own id's only; with no key, each is an `auth` error.
+        self.decoder = StreamDecoder(None if self.keys is None else self.keys_of)
         self.rx = bytearray(64)
         self.interval = hal.interval
         self.status_interval = hal.status_interval
@@ -70,6 +104,8 @@ class Node:
         self.sources = hal.sources(hal.role) + [SampleNumber(hal.storage)]
         # name -> (argument spec, the source that runs it or None: the node itself, downlink.py)
         self.commands = {"identify": ("", None), "reboot": ("", None), "sample_now": ("", None), "set_interval": ("s n1-86400!", None)}
+        if self.keys is not None:
+            self.commands["rekey"] = ("nonce t! key t!", None)  # a new key, wrapped (SPEC.md 3.6, firmware/commands.py)
         self.polled = []
         for source in self.sources:
             for name in getattr(source, "COMMANDS", ()):
@@ -86,6 +122,8 @@ class Node:
         self.last_status = 0  # uptime ms of the last STATUS
         self.last_time = 0  # uptime ms of the last TIME request
         self.reset_at = None  # uptime ms when a `reboot` resets the board
+        if self.keys is not None:
+            __import__("protocols.auth")  # its first frame would load it: here, the ring is sized with it on the heap
         gc.collect()
         capacity = max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST))
         self.out = ss.Outbox(self.counter, capacity, ss.NODE_ON_REJECT)
@@ -111,7 +149,11 @@ class Node:
             # follows. The loop goes on: frames already sent are still retransmitted,
             # the watchdog is fed, and the console says why the node is silent (step).
             mtype, fields, flags = messages.LOG, {"severity": 2, "text": "counter spent: needs new id or key"}, fr.F_ACK_REQ
-        wire = encode(Message(mtype, self.node_id, counter, fields, flags))
+        key = None
+        if self.keys is not None:  # a keyed node sends nothing unauthenticated
+            flags |= fr.F_AUTH
+            key = self.keys[0]
+        wire = encode(Message(mtype, self.node_id, counter, fields, flags), key)  # kept and resent as it is: under this key
         if flags & fr.F_ACK_REQ:
             self.out.add(counter, wire, self.hal.uptime_ms())  # kept before it is written
         self.hal.uart.write(wire)
@@ -129,18 +171,28 @@ class Node:
         offered = {}
         for name in self.commands:
             offered[name] = self.commands[name][0]
-        self.hello_pending = self.send(
-            messages.HELLO,
-            {
-                "proto": [fr.VERSION_MAJOR, fr.VERSION_MINOR],
-                "fw_version": VERSION,
-                "hw_model": self.hal.hw_model,
-                "caps": messages.CAP_READINGS | messages.CAP_CONFIG | messages.CAP_COMMANDS | messages.CAP_TIME,
-                "channels": channels,
-                "interval": self.interval,
-                "commands": offered,
-            },
-        )
+        caps = messages.CAP_READINGS | messages.CAP_CONFIG | messages.CAP_COMMANDS | messages.CAP_TIME
+        if self.keys is not None:
+            caps |= messages.CAP_AUTH
+        fields = {
+            "proto": [fr.VERSION_MAJOR, fr.VERSION_MINOR],
+            "fw_version": VERSION,
+            "hw_model": self.hal.hw_model,
+            "caps": caps,
+            "channels": channels,
+            "interval": self.interval,
+            "commands": offered,
+        }
+        # A long board name (os.uname().machine: "Raspberry Pi Pico W with RP2040") beside six
+        # channels and rekey passes the payload limit, 4 bytes lower under a tag. The name only
+        # informs: it is cut to fit, rather than a HELLO refused and a node that cannot start.
+        room = fr.MAX_FRAME - fr.HEADER_LEN - (fr.CRC_LEN if self.keys is None else fr.AUTH_TAG_LEN)
+        over = len(messages.encode_payload(messages.HELLO, fields)) - room
+        model = self.hal.hw_model
+        while over > 0 and model:
+            model = fields["hw_model"] = model[:-over]
+            over = len(messages.encode_payload(messages.HELLO, fields)) - room
+        self.hello_pending = self.send(messages.HELLO, fields)
 
     def flush_readings(self):
         # At most _FRAME_SAMPLES per frame, so a frame stays under the 255-byte limit
@@ -220,6 +272,15 @@ class Node:
         # downlink window, kept on flash, in firmware/downlink.py; other types are ignored.
         if message.node_id != self.node_id or not message.flags & fr.F_DOWNLINK:
             return
+        if self.keys is not None:
+            # A keyed node takes no frame without a tag (a forged ACK would drop its readings, a
+            # forged COMMAND run); a wrong tag never got here (the decoder's `auth`, counted).
+            if message.key_index < 0:
+                self.rx_errors += 1
+                return
+            self.via = message.key_index
+            if message.key_index == 0 and self.keys[1] is not None:
+                self.end_rotation()
         mtype = message.type
         fields = message.fields
         if mtype == messages.ACK:
@@ -243,6 +304,21 @@ class Node:
                 unload("firmware.downlink")
                 unload("protocols.argspec")
                 unload("protocols.window")
+
+    def keys_of(self, node_id):
+        # The decoder's key_of: the keys a downlink frame may carry, the current one first.
+        return self.keys if node_id == self.node_id else None
+
+    def end_rotation(self):
+        # A downlink frame under the new key: the gateway has switched, the old key goes.
+        # If flash fails to forget it, the node still does (it comes back after a reset, to go again).
+        keys = self.keys
+        if keys is not None:
+            self.keys = (keys[0], None)
+        try:
+            self.hal.storage.remove("key.old")
+        except OSError as error:
+            storage.report("key.old", repr(error))
 
     def setting(self, key, value):
         # A setting a gateway may change (SPEC.md 5.8), if value is valid for it.

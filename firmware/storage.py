@@ -44,6 +44,14 @@ class Storage:
             handle.write(value)
         os.rename(path + ".tmp", path)
 
+    def remove(self, key):
+        # The record gone; none there is no error.
+        try:
+            os.remove(self.folder + "/" + key)
+        except OSError as error:
+            if error.errno != _ENOENT:
+                raise
+
     def settings(self, key):
         # A JSON map of settings ({} if none); a damaged one is reported and reads as {}.
         try:

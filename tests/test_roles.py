@@ -31,10 +31,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def role_check(micropython: str, bundle: pathlib.Path, folder: pathlib.Path, mode: str, *args: str) -> dict[str, Any]:
-    folder.mkdir(exist_ok=True)
+    return bundle_check(micropython, bundle, ROLE_CHECK, "512k", str(folder), mode, *args)
+
+
+def bundle_check(micropython: str, bundle: pathlib.Path, script: pathlib.Path, heap: str, *args: str) -> dict[str, Any]:
+    """A check script of tests/portable run on the MicroPython VM from the compiled bundle; its JSON answer."""
+    pathlib.Path(args[0]).mkdir(exist_ok=True)  # the node's flash folder
     # From the compiled bundle, as a node runs; cwd there: MicroPython puts "" first on sys.path.
     done = subprocess.run(
-        [micropython, "-X", "heapsize=512k", str(ROLE_CHECK), str(folder), mode, *args],
+        [micropython, "-X", "heapsize=%s" % heap, str(script), *args],
         capture_output=True,
         text=True,
         timeout=300,

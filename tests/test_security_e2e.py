@@ -4,6 +4,7 @@ and, behind the real gateway, in test_a_forged_dim_never_reaches_a_street_light 
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import random
@@ -11,18 +12,23 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from gateway.fwtools.emulate import Emulator
+from gateway.fwtools.relay import DOWN, Line, LineHook
 from gateway.keystore import Keystore
+from gateway.keytools import write_node_dir
 from hil.broker import Mosquitto
 from hil.capture import MqttCapture
 from hil.gateway import GatewayProcess
 from hil.scripted_node import ScriptedNode
 from hil.serial_pair import PtyCable
-from protocols import cbor, cobs, messages
+from protocols import Message, StreamDecoder, cbor, cobs, encode, messages
 from protocols import frame as fr
 from tests import test_gateway
 
@@ -149,3 +155,97 @@ def test_the_gateway_refuses_to_start_with_a_keys_file_others_can_read(tmp_path:
     assert done.returncode == 2
     assert "keys.json is readable or writable by group or others (mode 0644)" in done.stderr and "chmod 600" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout and KEY.hex() not in done.stderr + done.stdout
+
+
+# ------------------------------------------------------------ the real firmware behind the real gateway
+
+
+class Attacker(LineHook):
+    """On the street light's cable: records what the gateway sends it, and slips frames of its own in."""
+
+    def __init__(self) -> None:
+        self.down = bytearray()  # everything the gateway sent towards the node
+        self.inject: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def tick(self, line: Line, now: float) -> None:
+        with self.lock:
+            for wire in self.inject:
+                line.push(DOWN, b"\x00" + wire, now)  # queued whole, between the gateway's chunks
+            self.inject.clear()
+
+    def carry(self, line: Line, direction: str, data: bytes, now: float) -> tuple[bytes, float]:
+        if direction == DOWN:
+            with self.lock:
+                self.down += data
+        return data, now
+
+    def recorded_commands(self, key: bytes) -> list[tuple[bytes, dict[str, Any]]]:
+        """Each COMMAND the gateway sent, as wire bytes and fields."""
+        with self.lock:
+            parts = bytes(self.down).split(b"\x00")
+        found = []
+        for part in parts:
+            decoder = StreamDecoder(lambda node: key)
+            decoder.feed(part + b"\x00")
+            for event in decoder.drain():
+                if isinstance(event, Message) and event.type == messages.COMMAND:
+                    found.append((part + b"\x00", event.fields))
+        return found
+
+
+def levels(capture: MqttCapture, node: str) -> list[float]:
+    return [r["value"] for topic, r in capture.readings() if node in topic and r["name"].endswith(":level")]
+
+
+def command_state(capture: MqttCapture, base: str, command_id: str) -> str | None:
+    found = [json.loads(m.payload)["state"] for m in capture.snapshot() if m.topic == "%s/command/%s" % (base, command_id) and m.payload]
+    return found[-1] if found else None
+
+
+def test_a_forged_or_replayed_dim_never_reaches_a_street_light(tmp_path: pathlib.Path, broker: Mosquitto, capture: MqttCapture) -> None:
+    key = os.urandom(32)
+    attacker = Attacker()
+    emulator = Emulator(1, 0.3, "64k", 7, tmp_path / "nodes", status_interval=30, role="streetlight", hook=attacker)
+    node_hex = "e100%012x" % 7  # the unix HAL's unique id: e1 00 and the seed
+    emulator.nodes[0].data_dir.mkdir(parents=True)
+    write_node_dir(emulator.nodes[0].data_dir, key)
+    emulator.start()
+    gateway = GatewayProcess(tmp_path / "gw", broker.port, [emulator.nodes[0].port])
+    Keystore(gateway.data_dir / "keys.json").add(node_hex, key)
+    base = "edgegw/gw-test/nodes/%s" % node_hex
+    try:
+        gateway.start()
+        gateway.wait_for_log("node %s: HELLO on" % node_hex, timeout=30)
+
+        def dim(command_id: str, level: int) -> None:
+            document = {"id": command_id, "name": "dim", "args": {"level": level}}
+            capture.client.publish("%s/command" % base, json.dumps(document), qos=1).wait_for_publish(5)
+            capture.wait_for(lambda _: command_state(capture, base, command_id) == "succeeded", timeout=30)
+            capture.wait_for(lambda _: levels(capture, node_hex)[-3:] == [level] * 3, timeout=30)
+
+        dim("first", 40)  # through the gateway, tagged: runs
+        recorded = attacker.recorded_commands(key)
+        assert [fields["args"] for _, fields in recorded][:1] == [{"level": 40}]
+        forged = {"id": 999, "action": "dim", "args": {"level": 3}}
+        node_id = bytes.fromhex(node_hex)
+        flags = fr.F_DOWNLINK | fr.F_ACK_REQ
+        with attacker.lock:
+            attacker.inject += [
+                encode(Message(messages.COMMAND, node_id, 2**31, forged, flags)),  # no tag: a CRC frame
+                encode(Message(messages.COMMAND, node_id, 2**31 + 1, forged, flags | fr.F_AUTH), os.urandom(32)),  # another key
+                encode(Message(messages.ACK, node_id, 2**31 + 2, {"counters": list(range(1, 33))}, fr.F_DOWNLINK)),  # a forged ACK
+            ]
+        dim("second", 70)
+        with attacker.lock:
+            attacker.inject.append(recorded[0][0])  # the recorded `dim 40`, played again
+        time.sleep(3)  # the node reads a level every 300 ms
+        assert levels(capture, node_hex)[-5:] == [70] * 5
+        assert 3 not in levels(capture, node_hex)  # the forged dim never ran
+        assert command_state(capture, base, "first") == "succeeded"
+        assert emulator.nodes[0].exited() is None
+        node_log = "\n".join(emulator.nodes[0].log)
+        assert key.hex() not in node_log and key.hex() not in gateway.log()
+    finally:
+        gateway.close()
+        emulator.stop()

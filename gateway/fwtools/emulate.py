@@ -26,7 +26,7 @@ from pathlib import Path
 from protocols.messages import RESET_WATCHDOG
 
 from .build import ROM_BOOT, ROMFS_IMAGE, build
-from .relay import Line, Relay
+from .relay import Line, LineHook, Relay
 from .tools import ROLES, find_tool, stop_process
 
 READY_TIMEOUT_S = 30.0
@@ -196,7 +196,9 @@ class Emulator:
         state_dir: Path | None,
         status_interval: float = 60.0,
         role: str = "sensor",
+        hook: LineHook | None = None,
     ) -> None:
+        """hook: what stands on the cables (relay.LineHook; the HIL rig's faults, a test's attacker)."""
         if count < 1:
             raise EmulatorError("--count must be at least 1")
         if role not in ROLES:
@@ -208,6 +210,7 @@ class Emulator:
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="edgegw-emulate-"))
         self.nodes = [EmulatedNode(index, seed + index, self.state_dir / ("node%d" % index), role) for index in range(count)]
         self._relay: Relay | None = None
+        self._hook = hook
         self.bundle = self.state_dir / "bundle"
 
     def start(self) -> None:
@@ -216,7 +219,7 @@ class Emulator:
         for node in self.nodes:
             node.open_uart()
             node.gateway_master, node.gateway_slave = _raw_pty()
-        self._relay = Relay([Line(node.node_master, node.gateway_master) for node in self.nodes])
+        self._relay = Relay([Line(node.node_master, node.gateway_master) for node in self.nodes], self._hook)
         self._relay.start()
         for node in self.nodes:
             node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
