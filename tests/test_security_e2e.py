@@ -249,3 +249,58 @@ def test_a_forged_or_replayed_dim_never_reaches_a_street_light(tmp_path: pathlib
     finally:
         gateway.close()
         emulator.stop()
+
+
+def edgegw(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a technician runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+    )
+
+
+def test_rotate_and_revoke_a_real_node_through_the_cli(tmp_path: pathlib.Path, broker: Mosquitto, capture: MqttCapture) -> None:
+    key = os.urandom(32)
+    emulator = Emulator(1, 0.3, "64k", 8, tmp_path / "nodes", status_interval=30, role="streetlight")
+    node_hex = "e100%012x" % 8
+    flash = emulator.nodes[0].data_dir
+    flash.mkdir(parents=True)
+    write_node_dir(flash, key)
+    emulator.start()
+    gateway = GatewayProcess(tmp_path / "gw", broker.port, [emulator.nodes[0].port])
+    keys_file = str(gateway.data_dir / "keys.json")
+    Keystore(gateway.data_dir / "keys.json").add(node_hex, key)
+    base = "edgegw/gw-test/nodes/%s" % node_hex
+    try:
+        gateway.start()
+        gateway.wait_for_log("node %s: HELLO on" % node_hex, timeout=30)
+        done = edgegw("keys", "rotate", "--keys", keys_file, node_hex)
+        assert done.returncode == 0, done.stderr
+        gateway.wait_for_log("node %s: key rotated" % node_hex, timeout=30)
+        entry = Keystore(gateway.data_dir / "keys.json").load().entries[node_hex]
+        assert entry.previous == key and entry.key != key
+        assert bytes.fromhex((flash / "key").read_text().strip()) == entry.key  # the node has the same new key
+        seen = len(levels(capture, node_hex))
+        capture.client.publish("%s/command" % base, json.dumps({"id": "after", "name": "dim", "args": {"level": 55}}), qos=1)
+        capture.wait_for(lambda _: command_state(capture, base, "after") == "succeeded", timeout=30)  # tagged with the new key
+        capture.wait_for(lambda _: len(levels(capture, node_hex)) > seen + 3 and levels(capture, node_hex)[-1] == 55, timeout=30)
+        listed = edgegw("keys", "list", "--keys", keys_file, "--json")
+        assert json.loads(listed.stdout)["nodes"][0]["state"] == "active"
+        assert key.hex() not in listed.stdout and entry.key.hex() not in listed.stdout
+
+        done = edgegw("keys", "revoke", "--keys", keys_file, node_hex)
+        assert done.returncode == 0, done.stderr
+        gateway.wait_for_log("keys file read again", timeout=15, after=len(gateway.log()) - 2000)
+        time.sleep(1.5)
+        stopped_at = len(levels(capture, node_hex))
+        time.sleep(3)  # the node goes on sending: nothing of it is acknowledged or published now
+        assert len(levels(capture, node_hex)) == stopped_at
+        assert emulator.nodes[0].exited() is None
+        for secret in (key, entry.key):
+            assert secret.hex() not in gateway.log() and secret.hex() not in "\n".join(emulator.nodes[0].log)
+    finally:
+        gateway.close()
+        emulator.stop()
