@@ -76,6 +76,7 @@ class Agent:
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
         self._reset_fold_due = False  # a fold for counter resets is scheduled (_save_reset)
         self._folds: set[asyncio.Task[None]] = set()  # those folds under way
+        self._fold_lock = asyncio.Lock()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -171,6 +172,7 @@ class Agent:
         self.sessions.listener = self.commands
         self.rekeys = Rekeys(self.keys, self.commands.submit)
         self.commands.on_final.append(self.rekeys.finished)
+        self.commands.vetoes.append(self.rekeys.veto)
         self.sessions.next_key_used = self.rekeys.next_key_used
         self.rekeys.poll()
         self.ports = PortManager(cfg.serial, self.sessions, self.counters.take, self.keys)
@@ -340,6 +342,11 @@ class Agent:
         task.add_done_callback(self._folds.discard)
 
     async def _fold(self) -> None:
+        # One at a time: the journal file a fold deletes when done must hold only counters that fold wrote
+        async with self._fold_lock:
+            await self._fold_once()
+
+    async def _fold_once(self) -> None:
         moved = self.sessions.moved_windows()
         self.journal.rotate()  # in the same turn: every counter after this snapshot goes to the new file
         # A reset window is fsync'd: until it is, its node's frames go disk first (their chunks hold it).
@@ -369,6 +376,11 @@ class Agent:
             except KeystoreError as error:
                 if not failing:
                     log.error("%s; the node keys loaded before stay in use until the file is fixed", error)
+                failing = True
+                continue
+            except Exception:  # a bug: said, and the keys loaded before stay (a bad file must not stop the gateway)
+                if not failing:
+                    log.exception("reading the keys file %s failed; the node keys loaded before stay in use", self.keys.path)
                 failing = True
                 continue
             if failing:

@@ -105,6 +105,8 @@ class Commands:
         self.book: CommandBook | None = None
         self._own: collections.deque[Command] = collections.deque()  # the gateway's own commands (submit), to store
         self.on_final: list[Callable[[Command], None]] = []  # told of every command that ends (gateway/rekey.py)
+        # Asked before each frame of a command is written: a reason it must not go (it fails with it), or None
+        self.vetoes: list[Callable[[Command], str | None]] = []
 
     async def open(self) -> None:
         """The book, and every command not final back in the schedule (those in flight are resent at once,
@@ -333,6 +335,13 @@ class Commands:
             return
         if command.final:  # made final while this turn's earlier actions were awaited (answered, refused): not stored again
             return
+        for veto in self.vetoes:
+            reason = veto(command)
+            if reason is not None:  # e.g. a rekey whose wrapping key is no longer the node's (gateway/rekey.py)
+                log.warning("command %s for node %s not sent: %s", command.id, command.node, reason)
+                command.state, command.error = FAILED, reason
+                self._finished(command)
+                return
         if not await self._store(command):  # the counter is on disk before its frame is written, or nothing is written
             return  # (the Outbox resends it at its next due time, stored first)
         if command.final or command.counter is None:

@@ -77,8 +77,8 @@ def _key(value: object, where: str) -> bytes:
 
 
 def _number(value: object, where: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise KeystoreError("%s: expected a number (unix seconds)" % where)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1e11:
+        raise KeystoreError("%s: expected a number of unix seconds" % where)
     return float(value)
 
 
@@ -98,7 +98,8 @@ def check_private(path: Path) -> None:
             "%s is readable or writable by group or others (mode %04o); the node keys must be private: chmod 600 %s"
             % (path, stat.S_IMODE(info.st_mode), path)
         )
-    if info.st_uid != os.geteuid():
+    if info.st_uid != os.geteuid() and not (os.geteuid() == 0 and info.st_uid == path.parent.stat().st_uid):
+        # (root, for `sudo edgegw keys`, may use the file of the folder's owner: the service user's)
         raise KeystoreError(
             "%s belongs to uid %d, not to the user the gateway runs as (uid %d): chown it" % (path, info.st_uid, os.geteuid())
         )
@@ -109,6 +110,8 @@ def parse(text: str, path: Path) -> dict[str, Entry]:
         document = json.loads(text)
     except json.JSONDecodeError as error:  # its message quotes no text of the file: a key stays out of it
         raise KeystoreError("%s: not valid JSON (%s at line %d)" % (path, error.msg, error.lineno)) from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, nesting deeper than json follows
+        raise KeystoreError("%s: not JSON the keys file can hold" % path) from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("nodes"), dict):
         raise KeystoreError('%s: expected {"format": %d, "nodes": {...}}' % (path, FORMAT))
     entries: dict[str, Entry] = {}
@@ -150,6 +153,14 @@ def dump(entries: dict[str, Entry]) -> str:
     return json.dumps({"format": FORMAT, "nodes": nodes}, indent=1) + "\n"
 
 
+def _own_like_folder(descriptor: int, folder: Path) -> None:
+    """`sudo edgegw keys ...`: the files it makes stay the service user's (the folder's owner), or the gateway
+    could not read its keys nor lock the file to end a rotation."""
+    owner = folder.stat()
+    if os.geteuid() == 0 and owner.st_uid != 0:
+        os.fchown(descriptor, owner.st_uid, owner.st_gid)
+
+
 class Keystore:
     """The keys file as the gateway and `edgegw keys` use it."""
 
@@ -163,19 +174,28 @@ class Keystore:
     # ------------------------------------------------------------ reading
 
     def load(self) -> Keystore:
-        """Read the file (none: no node has a key). KeystoreError if it is not private or not valid."""
+        """Read the file (none, the first time: no node has a key). KeystoreError if it is not private or not
+        valid, or if it disappeared after it was read (moved away to be edited: the keys read before stay)."""
         try:
             check_private(self.path)
             with open(self.path, encoding="utf-8") as handle:
                 info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise KeystoreError("%s: not a regular file" % self.path)
                 text = handle.read()
         except FileNotFoundError:
+            if self._seen is not None:
+                raise KeystoreError("%s: gone (moved or deleted); the keys read before stay in use" % self.path) from None
             self._set({}, None)
             return self
         except PermissionError:
             raise KeystoreError("%s: not readable by this user (uid %d)" % (self.path, os.geteuid())) from None
         except UnicodeDecodeError:
             raise KeystoreError("%s: not UTF-8 text" % self.path) from None
+        except IsADirectoryError:
+            raise KeystoreError("%s: a directory, not the keys file" % self.path) from None
+        except OSError as error:
+            raise KeystoreError("%s: cannot be read (%s)" % (self.path, error.strerror or type(error).__name__)) from None
         self._set(parse(text, self.path), (info.st_ino, info.st_size, info.st_mtime_ns))
         return self
 
@@ -185,6 +205,8 @@ class Keystore:
             info = self.path.stat()
         except FileNotFoundError:
             return self._seen is not None
+        except OSError:
+            return True  # load() says what is wrong
         return (info.st_ino, info.st_size, info.st_mtime_ns) != self._seen
 
     def _set(self, entries: dict[str, Entry], seen: tuple[int, int, int] | None) -> None:
@@ -218,6 +240,7 @@ class Keystore:
         lock_path = self.path.with_name(self.path.name + ".lock")
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            _own_like_folder(descriptor, self.path.parent)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             self.load()
             entries = dict(self.entries)
@@ -233,9 +256,7 @@ class Keystore:
             temporary.unlink()
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            owner = self.path.parent.stat()
-            if os.geteuid() == 0 and owner.st_uid != 0:  # `sudo edgegw keys ...`: the file stays the service user's
-                os.fchown(descriptor, owner.st_uid, owner.st_gid)
+            _own_like_folder(descriptor, self.path.parent)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(dump(entries))
                 handle.flush()

@@ -96,7 +96,7 @@ def add(keys: Keystore, node: str, port: str | None, node_dir: Path | None, repl
         else:
             assert port is not None
             write_board(port, key)
-    except KeystoreError:
+    except BaseException:  # a failed copy, Ctrl-C, a full disk: a key in the keys file only would lock the node out
         put_back(keys, node, before)
         raise
     say("node %s: key %s in %s and on the node%s" % (node, key_id(key), keys.path, " (replaced)" if before else ""))
@@ -148,7 +148,7 @@ def write_board(port: str, key: bytes) -> None:
         write_key_file(key_file, key)
         try:
             done = subprocess.run(board_command(port, key_file), capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired, FlashError) as error:
+        except (OSError, subprocess.SubprocessError, FlashError) as error:
             raise KeystoreError("%s: the key could not be written to the board: %s" % (port, error)) from None
         if done.returncode != 0:
             raise KeystoreError("%s: the key could not be written to the board: %s" % (port, explain(done.stdout + done.stderr)))

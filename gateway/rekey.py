@@ -9,10 +9,16 @@ command's success, whichever comes first: the new key becomes the node's key, th
 accepted for keystore.GRACE_S on frames the node built before (its unacknowledged ones are resent as they
 were), and frames to the node are tagged with the new key from then on.
 
-A command id is "rekey.<new key's id>.<attempt>": after a restart the same attempt is the same command
-(its row in the command book), never a second one. A rotation whose command fails or expires is said in
-the log; `edgegw keys rotate NODE` again starts the next attempt, with the same new key (the node may have
-taken it even though its answer was lost: then its next frame ends the rotation anyway).
+A command id is "rekey:<new key's id>:<id of the key it is wrapped under>:<attempt>" (a ':' no request
+from MQTT may use, so no client can take the id first): after a restart the same attempt is the same
+command (its row in the command book), never a second one. Before each frame of it is written, the ids
+are checked against the keys file (`veto`): if the node's key changed meanwhile (provisioned anew,
+revoked, or the rotation ended at a frame under the new key), the frame would be tagged with a key it is
+not wrapped under, and the node would unwrap a key nobody has; the command fails instead.
+
+A rotation whose command fails or expires is said in the log; `edgegw keys rotate NODE` again starts the
+next attempt, with the same new key (the node may have taken it even though its answer was lost: then its
+next frame ends the rotation anyway).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class Rekeys:
             if node in self._sent or node in self._failed:
                 continue
             attempt = self._attempt[node] = self._attempt.get(node, 0) + 1
-            command_id = "%s.%s.%d" % (REKEY, key_id(entry.next), attempt)
+            command_id = "%s:%s:%s:%d" % (REKEY, key_id(entry.next), key_id(entry.key), attempt)
             nonce = os.urandom(NONCE_LEN)
             args = {"nonce": nonce.hex(), "key": wrap(entry.key, nonce, entry.next).hex()}
             self._sent[node] = command_id
@@ -64,9 +70,30 @@ class Rekeys:
         """The node tagged a frame with its next key: it has it."""
         self._end(node, "the node uses it")
 
+    def veto(self, command: Command) -> str | None:
+        """Commands.vetoes: a rekey goes out only under the key it is wrapped under, while its rotation is on."""
+        if command.name != REKEY:
+            return None
+        parts = command.id.split(":")
+        entry = self._keys.entries.get(command.node)
+        if len(parts) != 4 or entry is None or entry.revoked is not None:
+            return "the node has no key any more"
+        if entry.next is None or key_id(entry.next) != parts[1]:
+            return "its rotation is over (the node has the key, or another rotation replaced it)"
+        if key_id(entry.key) != parts[2]:
+            return "the node's key changed since it was wrapped"
+        return None
+
     def finished(self, command: Command) -> None:
         """Commands.on_final: a rekey command ended."""
-        if command.name != REKEY or self._sent.get(command.node) != command.id:
+        if command.name != REKEY:
+            return
+        entry = self._keys.entries.get(command.node)
+        parts = command.id.split(":")
+        if command.state != SUCCEEDED and entry is not None and len(parts) == 4 and key_id(entry.key) == parts[1]:
+            self._sent.pop(command.node, None)  # the rotation ended at a frame under the new key: nothing failed
+            return
+        if self._sent.get(command.node) != command.id:
             return
         if command.state == SUCCEEDED:
             self._end(command.node, "the node confirmed it")

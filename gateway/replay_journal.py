@@ -5,12 +5,13 @@ confirmed moves its node's window in memory only, and after a crash a start knew
 node without a key that costs a duplicate at most (SPEC.md §4.2, 5). For a node with a key it let a
 recorded frame of that gap be taken as new after a restart: a replay stored again (docs/SECURITY.md).
 
-So every counter a node with a key gets acknowledged for is appended here first: 12 bytes (node id,
-counter), one write() for a burst, no fsync. A write() is in the kernel before the ACK is queued, so a
-kill -9 (or an OOM kill, a crash of the interpreter) loses none; a power cut may lose the last seconds the
-kernel had not written back, which docs/SECURITY.md states. A start applies both files to the windows it
-loaded (`replay`). Each fold starts a new file (`rotate`) and deletes the one before once the fold is done
-(`folded`): the file holds about an hour of a provisioned node's frames, bounded by the fold.
+So every counter a node with a key gets acknowledged for is appended here first: 13 bytes (node id,
+counter, and whether it was a reset of the window), one write() for a burst, no fsync. A write() is in
+the kernel before the ACK is queued, so a kill -9 (or an OOM kill, a crash of the interpreter) loses none;
+a power cut may lose the last seconds the kernel had not written back, which docs/SECURITY.md states.
+A start applies both files to the windows it loaded (`replay`). Each fold starts a new file (`rotate`)
+and deletes the one before once the fold is done (`folded`): the file holds about an hour of a
+provisioned node's frames, bounded by the fold.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from protocols import CounterWindow
 
 log = logging.getLogger(__name__)
 
-_RECORD = struct.Struct(">8sI")
+_RECORD = struct.Struct(">8sIB")  # node id, counter, kind
+_ACCEPT, _RESET = 0, 1
 NAME = "replay.journal"
 
 
@@ -51,16 +53,25 @@ class ReplayJournal:
                 )
                 continue
             usable = len(data) - len(data) % _RECORD.size  # a record cut short by a crash mid-write is ignored
-            for node_id, counter in _RECORD.iter_unpack(data[:usable]):
+            for node_id, counter, kind in _RECORD.iter_unpack(data[:usable]):
                 name = node_id.hex()
                 window = CounterWindow(*windows.get(name, (-1, 0)))
-                window.accept(counter)
+                if kind == _RESET:  # the node's counter was reset: what came before is not joined to what follows
+                    window.reset(counter)
+                else:
+                    window.accept(counter)
                 windows[name] = (window.highest, window.seen)
                 count += 1
         return count
 
     def append(self, records: Iterable[tuple[bytes, int]]) -> None:
-        data = b"".join(_RECORD.pack(node_id, counter) for node_id, counter in records)
+        self._write(b"".join(_RECORD.pack(node_id, counter, _ACCEPT) for node_id, counter in records))
+
+    def reset(self, node_id: bytes, counter: int) -> None:
+        """The node's window was reset to this counter (a HELLO, SPEC.md §4.3)."""
+        self._write(_RECORD.pack(node_id, counter, _RESET))
+
+    def _write(self, data: bytes) -> None:
         if not data:
             return
         try:

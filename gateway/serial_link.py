@@ -107,6 +107,8 @@ class Link:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.errors:  # the whole count, not the last 10 s line's: what a technician compares after an incident
+            log.info("%s: closed after %d frames; bad frames and refusals %s", self.path, self.frames, dict(self.errors))
         try:
             self._handler.lost(self)
         except Exception:  # a bug in the sessions must not keep the port from being reopened

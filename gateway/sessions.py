@@ -81,6 +81,8 @@ class Node:
     last_port: str | None = None  # the port it was last heard on, kept when that port is lost (a move is logged)
     unauthenticated: int = 0  # frames without a tag dropped because it must send them with one (auth_required)
     key_checked: bytes | None = None  # the current key its info's key_id was last compared with (Sessions._key_seen)
+    key_after_reset: bool = False  # a tagged HELLO reset its window: the key is recorded once the reset is on disk
+    untagged_moved: bool = False  # untagged frames of this keyed node moved its window (a require_auth = false port)
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -254,6 +256,9 @@ class Sessions:
             node = self.nodes.get(name)
             if state.reset and node is not None and name not in self._reset:
                 node.reset_unsaved = False
+                if node.key_after_reset:
+                    node.key_after_reset = False
+                    self._key_seen(node)
 
     def _accept(self, node: Node, counter: int) -> None:
         """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
@@ -320,8 +325,8 @@ class Sessions:
                 link, node.node_id, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest)
             )
             return
-        if message.key_index == 0:
-            self._key_seen(node)
+        if actions & (session.A_ACCEPT | session.A_LATER):  # new to the window (not a duplicate, nor an ACK behind it)
+            self._moved_by(node, message)
         if message.type == messages.READINGS:
             self._readings(node, link, message, actions)
             return
@@ -350,7 +355,8 @@ class Sessions:
         else:
             self._reject(link, error.node_id, error, error.code, error.detail)
             node = self._by_id.get(error.node_id)
-            if error.mtype == messages.HELLO and node is not None and node.layout is not None:
+            # Only a header the CRC or a tag vouched for may cost the node its channels: an `auth` error's is as read
+            if error.code != perr.E_AUTH and error.mtype == messages.HELLO and node is not None and node.layout is not None:
                 self._forget_layout(node, error.counter)
 
     def _forget_layout(self, node: Node, counter: int) -> None:
@@ -419,6 +425,14 @@ class Sessions:
             "has a key" if self.keys is not None and self.keys.keyed(node_id) else "is on a port with require_auth",
         )
 
+    def _moved_by(self, node: Node, message: Message) -> None:
+        """A frame new to the node's window: under its current key, its info names that key (_key_seen); untagged
+        (a keyed node on a require_auth = false port), a tagged HELLO may reset what it moved (_may_reset)."""
+        if message.key_index == 0:
+            self._key_seen(node)
+        elif message.key_index < 0 and self.keys is not None and self.keys.keyed(node.node_id):
+            node.untagged_moved = True
+
     def _key_seen(self, node: Node) -> None:
         """A frame under the node's current key was accepted: its info names that key (key_id, never the key).
         From then on, a HELLO under that key cannot reset the node's window (_may_reset)."""
@@ -439,7 +453,9 @@ class Sessions:
         entry = self.keys.entry(node.node_id) if self.keys is not None else None
         if entry is None:
             return True
-        return message.key_index == 0 and node.info.get("key_id") != key_id(entry.key)
+        # untagged_moved: untagged frames (a require_auth = false port, which trusts whoever is on it) moved the
+        # window since the last reset: the node's own tagged HELLO may take it back
+        return message.key_index == 0 and (node.untagged_moved or node.info.get("key_id") != key_id(entry.key))
 
     def _refuse_replayed_hello(self, link: Link, node: Node, message: Message) -> None:
         node.stale += 1
@@ -471,14 +487,18 @@ class Sessions:
         if actions & session.A_RESET and not self._may_reset(node, message):
             self._refuse_replayed_hello(link, node, message)
             return
-        if message.key_index == 0:
-            self._key_seen(node)
+        if actions & session.A_ACCEPT:
+            self._moved_by(node, message)
         if actions & session.A_RESET:
             log.warning(
                 "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
             )
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
             self._moved[node.hex] = node
+            node.untagged_moved = False
+            node.key_after_reset = message.key_index == 0  # its key_id is saved once the reset window is (reset_saved)
+            if self.journal is not None and self.keys is not None and self.keys.keyed(node.node_id):
+                self.journal.reset(node.node_id, message.counter)  # a start must not join the old counters to the new
             self._reset.add(node.hex)
             node.reset_unsaved = True
             self._save_reset()

@@ -137,7 +137,8 @@ def unpack(raw: bytes, key_of: object = None) -> Frame:
             keys = (keys,)  # one key
         body_end = length - AUTH_TAG_LEN
         if body_end < HEADER_LEN:  # 19-22 bytes: passed the length check, too short for a tag (SPEC.md §3.5, 2)
-            raise ProtocolError(E_AUTH, "authenticated frame too short for its tag", node_id, counter, mtype, flags)
+            # As a tag that does not match: nothing of the header is trusted (the node may be a keyed one's)
+            raise ProtocolError(E_AUTH, "authenticated frame too short for its tag")
         from .auth import same, tag
 
         body = raw[:body_end]

@@ -501,7 +501,7 @@ def test_a_keyed_node_runs_sustained_within_its_heap(bundle: pathlib.Path, peer:
     node = start_node(bundle, peer, flash, interval=0.05, status=1.0, heap=HEAP)
     try:
         nid = peer.wait(messages.HELLO).node_id
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 5
         acked = 0
         ident = 0
         next_command = time.monotonic()

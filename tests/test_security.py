@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import stat
+import struct
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gateway import keystore as ks
 from gateway.command_book import FAILED, SUCCEEDED, Command
 from gateway.layouts import Layouts
 from gateway.rekey import Rekeys
+from gateway.replay_journal import ReplayJournal
 from gateway.serial_link import Link
 from gateway.sessions import Sessions
 from hil.scripted_node import CHANNELS
@@ -213,14 +215,20 @@ def test_a_replayed_hello_cannot_reset_a_provisioned_nodes_window(bench: KeyBenc
     assert bench.stored() == []  # and the readings recorded after it stay stale
 
 
-def test_a_board_provisioned_anew_may_start_its_counter_again(tmp_path: Path) -> None:
+def provisioned_anew(tmp_path: Path, frames: int) -> tuple[KeyBench, bytes]:
+    """A node that sent frames under KEY, then `edgegw keys add --replace` (its flash was erased): the new key."""
     keys = keyfile(tmp_path, {NODE: KEY})
     bench = KeyBench(keys)
-    for counter in range(1, 300):
+    for counter in range(1, frames + 1):
         bench.feed(hello(counter) if counter == 1 else readings(counter))
     bench.safe_all()
     new = os.urandom(32)
-    keys.add(NODE.hex(), new, replace=True)  # `edgegw keys add --replace`: its flash was erased
+    keys.add(NODE.hex(), new, replace=True)
+    return bench, new
+
+
+def test_a_board_provisioned_anew_may_start_its_counter_again(tmp_path: Path) -> None:
+    bench, new = provisioned_anew(tmp_path, 299)
     assert acked(bench.feed(hello(1, key=new))) == [1]  # under a key no frame was accepted with yet: the reset is allowed
     assert bench.sessions.nodes[NODE.hex()].window.highest == 1
     bench.feed(readings(2, key=new))
@@ -300,7 +308,7 @@ def test_rotation_sends_the_new_key_wrapped_and_ends_at_the_first_frame_under_it
     rekeys.poll()
     assert len(submitted) == 1  # one command under way, not one per poll
     _node, command_id, name, args, _ttl = submitted[0]
-    assert name == "rekey" and command_id == "rekey.%s.1" % ks.key_id(new)
+    assert name == "rekey" and command_id == "rekey:%s:%s:1" % (ks.key_id(new), ks.key_id(KEY))
     assert new.hex() not in json.dumps(args) and KEY.hex() not in json.dumps(args)
     assert auth.wrap(KEY, bytes.fromhex(args["nonce"]), bytes.fromhex(args["key"])) == new  # the node unwraps it
     bench.feed(readings(2))  # under the old key: still taken
@@ -347,7 +355,7 @@ def test_a_failed_rotation_is_said_and_waits_for_rotate_again(bench: KeyBench, c
     assert len(submitted) == 1
     bench.keys.rotate(NODE.hex())  # again: the same new key, the next attempt
     rekeys.poll(file_changed=True)
-    assert len(submitted) == 2 and submitted[1][1].endswith(".2")
+    assert len(submitted) == 2 and submitted[1][1].endswith(":2")
     assert bench.keys.entries[NODE.hex()].key == KEY  # not changed until the node has the new key
 
 
@@ -539,3 +547,133 @@ def test_a_broker_without_tls_elsewhere_and_a_readable_password_file_are_warned_
         document["mqtt"] = {"host": "127.0.0.1", "password_file": str(secret)}
         _warn_exposed(config.parse(document))
     assert caplog.text == ""
+
+
+# ------------------------------------------------------------ found by an attack review
+
+
+def test_a_short_tagged_hello_names_nobody_and_changes_nothing(bench: KeyBench) -> None:
+    bench.feed(hello(1))
+    node = bench.sessions.nodes[NODE.hex()]
+    layout = node.layout
+    short = cobs.encode(struct.pack(">BBB8sI", 0x11, messages.HELLO, fr.F_AUTH, NODE, 0xFFFFFFFF) + bytes(4), True)
+    assert bench.feed(short, "/dev/ttyB") == []  # no REJECT on the attacker's port either
+    assert node.layout is layout and node.hello_counter == 1
+    bench.feed(readings(2))
+    assert bench.stored() == [2]
+
+
+def test_an_unusable_keys_file_never_stops_the_gateway_and_keeps_the_keys(tmp_path: Path) -> None:
+    keys = keyfile(tmp_path, {NODE: KEY})
+    good = keys.path.read_text()
+    bad_texts = [
+        good.replace('"added": ', '"added": 1' + "0" * 400 + ', "x": ', 1),
+        '{"format": 1, "nodes": {"%s": {"key": "%s", "added": %s}}}' % (NODE.hex(), KEY.hex(), "9" * 5000),
+        good.replace('"added": ', '"added": -', 1),
+    ]
+    for text in bad_texts:
+        keys.path.write_text(text)
+        with pytest.raises(ks.KeystoreError):
+            keys.load()
+        assert keys.uplink_keys(NODE) == (KEY, None, None)  # the keys read before stay
+    keys.path.unlink()
+    keys.path.mkdir(mode=0o700)
+    with pytest.raises(ks.KeystoreError, match=r"a directory|not a regular file"):
+        keys.load()
+    keys.path.rmdir()
+    assert keys.changed()
+    with pytest.raises(ks.KeystoreError, match="gone"):  # moved away to be edited: not "no node has a key"
+        keys.load()
+    assert keys.keyed(NODE)
+
+
+def test_a_rekey_is_never_sent_under_a_key_it_is_not_wrapped_under(bench: KeyBench) -> None:
+    submitted: list[Any] = []
+    rekeys = Rekeys(bench.keys, lambda *args: submitted.append(args))
+    bench.keys.rotate(NODE.hex())
+    rekeys.poll()
+    command = Command(NODE.hex(), submitted[0][1], "rekey", submitted[0][3], 0, "sent", 0)
+    assert rekeys.veto(command) is None
+    bench.keys.add(NODE.hex(), os.urandom(32), replace=True)  # the board was provisioned anew meanwhile
+    assert rekeys.veto(command) == "its rotation is over (the node has the key, or another rotation replaced it)"
+    bench.keys.rotate(NODE.hex())
+    assert rekeys.veto(command) is not None  # another next key, and the key it was wrapped under is gone
+    assert rekeys.veto(Command(NODE.hex(), "dim-1", "dim", {}, 0, "sent", 0)) is None
+    from gateway import command_request as req
+
+    taken = req.parse(NODE.hex(), "command", json.dumps({"id": submitted[0][1], "name": "dim"}).encode())
+    assert isinstance(taken, req.Rejected)  # a client cannot take the gateway's id first
+
+
+def test_a_rekey_that_ended_by_a_frame_under_the_new_key_is_not_reported_failed(bench: KeyBench, caplog: pytest.LogCaptureFixture) -> None:
+    submitted: list[Any] = []
+    rekeys = Rekeys(bench.keys, lambda *args: submitted.append(args))
+    bench.sessions.next_key_used = rekeys.next_key_used
+    bench.feed(hello(1))
+    new = bench.keys.rotate(NODE.hex()).next
+    assert new is not None
+    rekeys.poll()
+    bench.feed(readings(2, key=new))  # the rotation ends here
+    command = Command(NODE.hex(), submitted[0][1], "rekey", submitted[0][3], 0, "delivered", 0)
+    reason = rekeys.veto(command)  # its answer was lost: resending it now would be tagged with the new key
+    assert reason is not None
+    with caplog.at_level(logging.ERROR, logger="gateway.rekey"):
+        rekeys.finished(Command(NODE.hex(), command.id, "rekey", {}, 0, FAILED, 0, error=reason))
+    assert caplog.text == ""
+
+
+def test_an_ack_behind_the_window_does_not_use_up_a_new_keys_reset(tmp_path: Path) -> None:
+    bench, new = provisioned_anew(tmp_path, 399)
+    bench.feed(frame(messages.ACK, 2, {"counters": [100]}, key=new))  # the fresh board's ACK, before its HELLO got through
+    assert acked(bench.feed(hello(1, key=new))) == [1]
+    assert bench.sessions.nodes[NODE.hex()].window.highest == 1
+
+
+def test_a_tagged_hello_takes_back_a_window_moved_by_untagged_frames(tmp_path: Path) -> None:
+    bench = KeyBench(keyfile(tmp_path, {NODE: KEY}), require_auth=False)
+    bench.feed(hello(1))
+    bench.feed(frame(messages.STATUS, 0xFFFFFFF0, {"uptime": 1}, key=None))  # somebody on the open bench port
+    assert rejects(bench.feed(readings(2))) == [perr.E_STALE]
+    assert acked(bench.feed(hello(3))) == [3]  # the node's own tagged HELLO: the window is its again
+    bench.feed(readings(4))
+    assert bench.stored() == [4]
+
+
+def test_the_journal_keeps_a_reset(tmp_path: Path) -> None:
+    journal = ReplayJournal(tmp_path)
+    journal.append((NODE, counter) for counter in range(1, 400))
+    journal.reset(NODE, 1)
+    journal.append((NODE, counter) for counter in range(2, 6))
+    journal.rotate()  # a fold began, and the process died before it was done
+    journal.append([(NODE, 6)])
+    journal.close()
+    windows: dict[str, tuple[int, int]] = {NODE.hex(): (399, 1)}  # what the store had
+    assert ReplayJournal(tmp_path).replay(windows) == 405
+    assert windows[NODE.hex()] == (6, 0b111111)
+
+
+def test_keys_written_with_sudo_stay_the_service_users(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (sudo edgegw keys)")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    os.chown(folder, 12345, 12345)
+    keys = ks.Keystore(folder / "keys.json")
+    keys.add(NODE.hex(), KEY)
+    assert keys.path.stat().st_uid == 12345 and (folder / "keys.json.lock").stat().st_uid == 12345
+    keys.revoke(NODE.hex())  # root may go on using the service user's file
+    assert ks.Keystore(keys.path).load().entries[NODE.hex()].revoked is not None
+
+
+def test_an_interrupted_keys_add_leaves_the_keys_file_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import keytools
+
+    keys = ks.Keystore(tmp_path / "keys.json")
+
+    def interrupted(folder: Path, key: bytes) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keytools, "write_node_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        keytools.add(keys, NODE.hex(), None, tmp_path, False, print)
+    assert NODE.hex() not in keys.load().entries

@@ -159,9 +159,9 @@ def flash(
             say("node %s: new key %s in %s" % (node, key_id(key), provision.path))
         try:
             _run_steps(port, manifest, commands, say)
-        except FlashError:
+        except BaseException:  # a failed copy, a timeout, Ctrl-C: a key in the keys file only would lock the node out
             if provision is not None and node is not None:
-                put_back(provision, node, before)  # a key in the keys file only would lock the node out
+                put_back(provision, node, before)
             raise
         say("flashed and reset; the node says HELLO on its UART when it boots")
     return 0
@@ -171,7 +171,10 @@ def _run_steps(port: str, manifest: dict[str, object], commands: list[list[str]]
     steps = ("stopping the running firmware", "copying %d files (firmware %s)" % (len(manifest["files"]), manifest["firmware_version"]))  # type: ignore[arg-type]
     for step, command in zip(steps, commands, strict=True):
         say("%s: %s" % (port, step))
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            raise FlashError("%s: %s took more than 300 s (is the board still connected?)" % (port, step)) from None
         if done.returncode != 0:
             raise FlashError("%s: %s" % (port, explain(done.stdout + done.stderr)))
         time.sleep(REBOOT_WAIT_S if step == steps[0] else 0)
