@@ -39,6 +39,7 @@ MAX_COUNTER = const(0xFFFFFFFF)
 WINDOW = const(256)  # SPEC.md §4.2: receivers remember this many counters; senders keep their unacknowledged span below it
 
 _HEADER = ">BBB8sI"
+_auth = None  # protocols/auth.py, once a frame needed it (unpack)
 
 
 class Frame:
@@ -139,11 +140,13 @@ def unpack(raw: bytes, key_of: object = None) -> Frame:
         if body_end < HEADER_LEN:  # 19-22 bytes: passed the length check, too short for a tag (SPEC.md §3.5, 2)
             # As a tag that does not match: nothing of the header is trusted (the node may be a keyed one's)
             raise ProtocolError(E_AUTH, "authenticated frame too short for its tag")
-        from .auth import same, tag
+        global _auth
+        if _auth is None:
+            from . import auth as _auth  # here: a node without a key never loads it
 
         body = raw[:body_end]
         for index in range(len(keys)):
-            if keys[index] is not None and same(tag(keys[index], body), raw[body_end:]):  # type: ignore[arg-type]
+            if keys[index] is not None and _auth.same(_auth.tag(keys[index], body), raw[body_end:]):  # type: ignore[attr-defined]
                 frame = _checked(raw, version, mtype, flags, node_id, counter, body_end)
                 frame.key_index = index
                 return frame
