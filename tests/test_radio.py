@@ -1,0 +1,203 @@
+"""Issue 15, the air: LoRa airtime, the EU868 duty cycle (protocols/, both interpreters) and the emulated
+medium (hil/radio.py), each held to published values or to theory."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from hil.radio import COLLISION, DELIVERED, HALF_DUPLEX, TOO_WEAK, Medium, PathLoss, Transmission
+from protocols.airtime import airtime_us, payload_symbols, symbol_us
+from protocols.dutycycle import DutyCycle, band
+from tests.conftest import run_micropython
+from tests.portable import radio_check
+
+CH = 868_100_000  # LoRaWAN EU868's first channel, in the 1 % sub-band
+RX2 = 869_525_000  # in the 10 % sub-band
+
+# ------------------------------------------------------------ airtime
+
+
+@pytest.mark.parametrize(
+    ("length", "sf", "ms"),
+    [
+        (13, 9, 164.864),  # the LoRa Modem Designer's Guide (AN1200.13) formula's worked case: 28 payload symbols
+        (25, 7, 61.696),  # LoRaWAN, 12 bytes of application payload + 13 of header: The Things Network's 61.7 ms
+        (25, 12, 1482.752),  # the same at SF12 (low data rate optimisation on): 1,482.8 ms
+    ],
+)
+def test_airtime_matches_worked_values(length: int, sf: int, ms: float) -> None:
+    assert airtime_us(length, sf) / 1000 == pytest.approx(ms, abs=0.001)
+
+
+def test_airtime_pieces() -> None:
+    assert symbol_us(7) == 1024 and symbol_us(12) == 32768 and symbol_us(12, 500_000) == 8192
+    assert payload_symbols(13, 9) == 28
+    # SF11 and SF12 at 125 kHz use the low data rate optimisation (4 * (SF - 2) in the denominator), SF10 not
+    assert payload_symbols(50, 12) == 8 + math.ceil((400 - 48 + 44) / 40) * 5
+    assert payload_symbols(50, 10) == 8 + math.ceil((400 - 40 + 44) / 40) * 5
+    assert payload_symbols(0, 12) == 8  # 8*0 - 48 + 44 < 0: max(.., 0)
+    with pytest.raises(ValueError):
+        symbol_us(13)
+
+
+# ------------------------------------------------------------ duty cycle
+
+
+def test_a_one_percent_band_closes_for_99_times_the_airtime() -> None:
+    duty = DutyCycle()
+    on_air = airtime_us(25, 7)  # 61.696 ms: 62 ms accounted
+    assert duty.spend(CH, on_air, 1000)
+    assert duty.wait_ms(CH, 1000) == 6200 and duty.wait_ms(868_500_000, 1000) == 6200  # the whole sub-band
+    assert duty.wait_ms(RX2, 1000) == 0  # another sub-band is open
+    assert not duty.spend(CH, on_air, 7199) and duty.refused == 1
+    assert duty.spend(CH, on_air, 7200)
+    assert duty.spend(RX2, on_air, 7200) and duty.wait_ms(RX2, 7200) == 620  # 10 %
+    assert duty.budget_ms(CH, 7200) == 36_000 - 2 * 62  # 1 % of the hour, less what it holds
+    with pytest.raises(ValueError, match="no EU868 sub-band"):
+        band(868_650_000)  # between h1.4 and h1.5: no transmitter here may use it
+    with pytest.raises(ValueError):
+        duty.spend(915_000_000, on_air, 0)
+
+
+def test_whatever_is_asked_no_hour_holds_more_than_the_limit() -> None:
+    rng = random.Random(15)
+    duty = DutyCycle()
+    sent: list[tuple[int, int]] = []  # (start ms, on air ms)
+    now = 0
+    while now < 4 * 3_600_000:
+        now += rng.randint(1, 3000)  # a node (or a bridge) that wants to transmit far more often than it may
+        on_air = airtime_us(rng.randint(10, 200), rng.choice((7, 9, 12)))
+        if duty.spend(CH, on_air, now):
+            sent.append((now, (on_air + 999) // 1000))
+    assert duty.refused > len(sent)
+    for index, (start, _on_air) in enumerate(sent):  # every hour that starts with a transmission
+        in_hour = sum(ms for begin, ms in sent[index:] if begin < start + 3_600_000)
+        assert in_hour <= 36_000  # 1 % of the hour, whatever frame lengths came
+
+
+def test_airtime_and_duty_cycle_are_the_same_on_micropython(micropython: str) -> None:
+    done = run_micropython(micropython, "tests/portable/radio_check.py")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(json.dumps(radio_check.run()))
+
+
+# ------------------------------------------------------------ the medium against theory
+
+
+@pytest.mark.parametrize("load", [0.1, 0.25, 0.5, 0.75, 1.0])
+def test_without_capture_one_channel_is_pure_aloha(load: float) -> None:
+    """Poisson traffic of G frames per airtime on one channel and SF, capture off: delivery e^(-2G)."""
+    medium = Medium(seed=7, capture=False)
+    medium.place("bridge", 0, 0, {(CH, 7)})
+    senders = ["n%d" % i for i in range(500)]
+    for index, name in enumerate(senders):
+        medium.place(name, 100 + index % 50, 100 + index // 50)  # close: never too weak (7.8 dB shadowing or not)
+    airtime = airtime_us(20, 7) / 1e6
+    rng = random.Random(int(load * 1000))
+    now, frames = 0.0, 8000
+    for _ in range(frames):
+        now += rng.expovariate(load / airtime)
+        medium.transmit(Transmission(rng.choice(senders), now, CH, 7, 20))
+    got = medium.outcomes(now + 10)
+    assert len(got) == frames
+    delivered = sum(r.outcome == DELIVERED for r in got) / frames
+    assert delivered == pytest.approx(math.exp(-2 * load), abs=0.02)
+
+
+def bench_pair(distance_a: float, distance_b: float, **options: bool) -> Medium:
+    medium = Medium(seed=3, path_loss=PathLoss(sigma_db=0.0), **options)
+    medium.place("bridge", 0, 0, {(CH, 7), (CH, 12)})
+    medium.place("a", distance_a, 0)
+    medium.place("b", -distance_b, 0)
+    return medium
+
+
+def outcome(got: list, sender: str) -> str:
+    return next(r.outcome for r in got if r.transmission.sender == sender)
+
+
+def test_capture_the_stronger_frame_survives_an_overlap() -> None:
+    medium = bench_pair(100, 1000)  # a is 23 dB stronger at the bridge
+    medium.transmit(Transmission("a", 0.00, CH, 7, 20))
+    medium.transmit(Transmission("b", 0.02, CH, 7, 20))
+    got = medium.outcomes(1)
+    assert (outcome(got, "a"), outcome(got, "b")) == (DELIVERED, COLLISION)
+    equal = bench_pair(500, 500)
+    equal.transmit(Transmission("a", 0.00, CH, 7, 20))
+    equal.transmit(Transmission("b", 0.02, CH, 7, 20))
+    got = equal.outcomes(1)
+    assert (outcome(got, "a"), outcome(got, "b")) == (COLLISION, COLLISION)
+    plain = bench_pair(100, 1000, capture=False)
+    plain.transmit(Transmission("a", 0.00, CH, 7, 20))
+    plain.transmit(Transmission("b", 0.02, CH, 7, 20))
+    assert {r.outcome for r in plain.outcomes(1)} == {COLLISION}
+
+
+def test_a_frame_whose_preamble_is_hit_only_early_is_still_heard() -> None:
+    medium = bench_pair(1000, 100)  # b is stronger, and a starts just as b ends
+    b = Transmission("b", 0.0, CH, 7, 20)
+    medium.transmit(b)
+    medium.transmit(Transmission("a", b.end - 2 * symbol_us(7) / 1e6, CH, 7, 20))  # 2 of 8 preamble symbols hit
+    got = medium.outcomes(1)
+    assert outcome(got, "a") == DELIVERED
+    late = bench_pair(1000, 100)
+    late.transmit(b)
+    late.transmit(Transmission("a", b.end - 4 * symbol_us(7) / 1e6, CH, 7, 20))  # into the last 5: lost
+    assert outcome(late.outcomes(1), "a") == COLLISION
+
+
+def test_other_spreading_factors_interfere_past_their_threshold() -> None:
+    # SF7 wanted under an SF12 interferer: it needs SIR >= -20 dB (Goursaud): 16 dB weaker survives, 25 dB weaker not
+    for distance_m, survives in ((500, True), (1200, False)):
+        medium = bench_pair(distance_m, 100)  # a farther: 23.2 log10(5) = 16.2 dB weaker, 23.2 log10(12) = 25 dB
+        medium.transmit(Transmission("a", 0.0, CH, 7, 20))
+        medium.transmit(Transmission("b", 0.0, CH, 12, 20))
+        got = medium.outcomes(5)
+        assert (outcome(got, "a") == DELIVERED) is survives, (distance_m, got)
+    ideal = bench_pair(1200, 100, orthogonal=True)
+    ideal.transmit(Transmission("a", 0.0, CH, 7, 20))
+    ideal.transmit(Transmission("b", 0.0, CH, 12, 20))
+    assert outcome(ideal.outcomes(5), "a") == DELIVERED
+
+
+def test_a_node_far_away_needs_a_higher_spreading_factor() -> None:
+    medium = Medium(seed=1, path_loss=PathLoss(sigma_db=0.0))
+    medium.place("bridge", 0, 0, {(CH, 7), (CH, 12)})
+    medium.place("far", 12_000, 0)  # 14 dBm - 128.95 - 23.2 log10(12) = -140 dBm: under every SF
+    medium.place("mid", 5_000, 0)  # -131.2 dBm
+    rssi = medium.rssi_dbm(Transmission("mid", 0, CH, 7, 10), medium.radios["bridge"])
+    assert -137 < rssi < -123  # between SF12's sensitivity and SF7's
+    medium.transmit(Transmission("mid", 0.0, CH, 7, 10))
+    medium.transmit(Transmission("mid", 1.0, CH, 12, 10))
+    medium.transmit(Transmission("far", 3.0, CH, 12, 10))
+    got = medium.outcomes(10)
+    assert [r.outcome for r in got] == [TOO_WEAK, DELIVERED, TOO_WEAK]
+    assert got[1].snr_db == pytest.approx(rssi - (-174 + 10 * math.log10(125_000) + 6), abs=0.1)
+
+
+def test_a_bridge_that_transmits_hears_nothing_meanwhile_and_a_node_only_its_window() -> None:
+    medium = Medium(seed=1)
+    medium.place("bridge", 0, 0, {(CH, 7)})
+    medium.place("node", 50, 0, {(CH, 7)}, always=False)
+    medium.place("other", 0, 50)
+    medium.transmit(Transmission("other", 0.0, CH, 7, 30))
+    medium.transmit(Transmission("bridge", 0.01, RX2, 7, 10))  # an ACK to somebody, on another channel
+    assert [(r.receiver, r.outcome) for r in medium.outcomes(1)] == [("bridge", HALF_DUPLEX)]
+    medium.window("node", 2.0, 2.05, CH, 7)  # class A: a window at a fixed delay after its uplink
+    medium.transmit(Transmission("bridge", 2.03, CH, 7, 12))  # starts inside it: heard
+    medium.transmit(Transmission("bridge", 3.00, CH, 7, 12))  # after it closed: not
+    got = medium.outcomes(5)
+    assert [(r.receiver, r.outcome, r.transmission.start) for r in got] == [("node", DELIVERED, 2.03)]
+
+
+def test_shadowing_is_seeded_and_the_same_both_ways() -> None:
+    one, two, other = Medium(seed=5), Medium(seed=5), Medium(seed=6)
+    assert one.shadowing_db("a", "b") == one.shadowing_db("b", "a") == two.shadowing_db("a", "b")
+    assert one.shadowing_db("a", "b") != other.shadowing_db("a", "b")
+    spread = [Medium(seed=s).shadowing_db("x", "y") for s in range(2000)]
+    assert sum(spread) / len(spread) == pytest.approx(0, abs=0.6)
+    assert (sum(v * v for v in spread) / len(spread)) ** 0.5 == pytest.approx(7.8, abs=0.4)
