@@ -49,6 +49,7 @@ EMULATION_MODULES = (  # the emulator's, never a board's
     "firmware/emulated_gauge.py",
     "firmware/emulated_parking.py",
     "firmware/emulated_streetlight.py",
+    "firmware/emulated_sx1262.py",
     "firmware/emulated_sx1276.py",
     "firmware/emulated_world.py",
     "firmware/emulation.py",

@@ -1,0 +1,43 @@
+# The SX1262 driver (firmware/sx1262.py) against the emulated chip (firmware/emulated_sx1262.py), printed
+# as JSON. Portable: run on the MicroPython unix port by tests/test_sx1262.py.
+import json
+
+from firmware.emulated_sx1262 import EmulatedSX1262
+from firmware.sx1262 import SX1262
+
+
+def run():
+    out = []
+    now = [0]
+    sent = []
+    chip = EmulatedSX1262(lambda *args: sent.append(args), lambda: now[0])
+    radio = SX1262(chip, chip.cs, chip.busy)
+    radio.begin()
+    out.append(["begin", list(chip.commands), "%02x%02x" % (chip.registers[0x0740], chip.registers[0x0741]), chip.refused])
+    radio.configure(868100000, 9, 125000, 1, 14)
+    out.append(["config", list(chip.settings()), chip.power, list(chip.pa), chip.ldro])
+    radio.configure(869525000, 12, power_dbm=22)
+    out.append(["ldro", chip.ldro, chip.power, list(chip.pa), list(chip.settings())])
+    radio.configure(868300000, 7, 250000, 4, 17)
+    radio.send(bytes(range(1, 43)))
+    out.append(["sent", [s[0].hex() for s in sent], [list(s[1:]) for s in sent], list(chip.packet), radio.tx_done()])
+    now[0] += 100
+    out.append(["tx_done", radio.tx_done(), chip.mode, radio.tx_done()])
+    out.append(["not listening", chip.deliver(b"early", -80, 9.5)])
+    radio.start_receive()
+    out.append(["rx mode", chip.mode, chip.packet[2], radio.poll()])
+    chip.deliver(b"\x00frame\xff" * 3, -118.0, 7.25)
+    got = radio.poll()
+    out.append(["rx", got[0].hex(), got[1], got[2], radio.poll()])
+    chip.deliver(b"damaged", -100.0, 3.0, crc_ok=False)
+    out.append(["crc", radio.poll(), radio.crc_errors, chip.refused])
+    try:
+        radio.configure(1200000000, 7)
+        out.append(["band", "accepted"])
+    except ValueError:
+        out.append(["band", "refused"])
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run()))
