@@ -92,6 +92,9 @@ class Node:
         key = read_key(hal.storage, "key")
         self.keys = None if key is None else (key, read_key(hal.storage, "key.old"))
         self.via = -1  # the key the downlink frame being handled came under: an index into keys
+        # The highest downlink counter taken (fresh): from the window on flash at boot, kept in RAM after
+        high = hal.storage.settings("downlink.json").get("h", -1) if self.keys is not None else -1
+        self.down_high = high if isinstance(high, int) else -1
         # Downlink AUTH frames are checked with the node's keys, its own id's only; with no key, each is an `auth` error.
         self.decoder = StreamDecoder(None if self.keys is None else self.keys_of)
         self.rx = bytearray(64)
@@ -281,6 +284,9 @@ class Node:
             self.via = message.key_index
             if message.key_index == 0 and self.keys[1] is not None:
                 self.end_rotation()
+            if not self.fresh(message):
+                self.rx_errors += 1
+                return
         mtype = message.type
         fields = message.fields
         if mtype == messages.ACK:
@@ -304,6 +310,23 @@ class Node:
                 unload("firmware.downlink")
                 unload("protocols.argspec")
                 unload("protocols.window")
+
+    def fresh(self, message):
+        # A keyed node's replay check for what no window guards: a TIME or a REJECT played again would
+        # set its clock back (the readings' times) or make it say HELLO. The gateway numbers every frame
+        # to a node from one counter as it writes it, so a new TIME or REJECT comes with a counter above
+        # every frame before it; a COMMAND or CONFIG keeps its counter when resent (its window guards
+        # it), and an ACK only ever acknowledges frames still in the ring (a recording acknowledges none).
+        counter = message.counter
+        mtype = message.type
+        if mtype == messages.TIME or mtype == messages.REJECT:
+            if counter <= self.down_high:
+                return False
+            if mtype == messages.REJECT and message.fields.get("counter") not in self.out.counters:
+                return False  # names no frame this node still holds: nothing for it to do
+        if counter > self.down_high:
+            self.down_high = counter
+        return True
 
     def keys_of(self, node_id):
         # The decoder's key_of: the keys a downlink frame may carry, the current one first.

@@ -38,7 +38,7 @@ from .replay_journal import ReplayJournal
 from .router import Router
 from .serial_link import PortManager
 from .sessions import Sessions
-from .store import Store, StoreError
+from .store import Store, StoreError, WindowState
 from .store_worker import StoreWorker
 from .uplink import Inbound, Uplink, UplinkEvents
 
@@ -164,7 +164,12 @@ class Agent:
         restored = {node: (w.highest, w.seen) for node, w in windows.items()}
         replayed = self.journal.replay(restored)  # counters of provisioned nodes acknowledged after the last fold
         if replayed:
-            log.info("%d counters of provisioned nodes taken from %s (acknowledged after the last fold)", replayed, NAME_JOURNAL)
+            # Into the store durably before anything else, then the journal goes: kept in memory only, the next
+            # fold would not write them (nothing moved) and would delete the journal, their only copy
+            states = {node: WindowState(*restored[node], reset) for node, reset in replayed.items()}
+            await self.worker.call(store.save_windows, states, True)
+            self.journal.discard()
+            log.info("windows of %d provisioned nodes taken from %s (acknowledged after the last fold)", len(replayed), NAME_JOURNAL)
         self.sessions.restore(restored, infos)
         self.sessions.journal = self.journal
         self.commands = Commands(self.worker, topic_base, self.sessions, self.forwarder.retained, self.uplink.ack, cfg.commands_in_flight)
@@ -173,6 +178,8 @@ class Agent:
         self.rekeys = Rekeys(self.keys, self.commands.submit)
         self.commands.on_final.append(self.rekeys.finished)
         self.commands.vetoes.append(self.rekeys.veto)
+        self.commands.only_under = self.rekeys.only_under
+        self.rekeys.adopt(self.commands.resumed)
         self.sessions.next_key_used = self.rekeys.next_key_used
         self.rekeys.poll()
         self.ports = PortManager(cfg.serial, self.sessions, self.counters.take, self.keys)

@@ -70,7 +70,7 @@ class Nodes(Protocol):
 
     def peek_counter(self, node: str) -> int | None: ...
 
-    def send_request(self, node: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool: ...
+    def send_request(self, node: str, counter: int, mtype: int, fields: dict[str, Any], only_under: bytes | None = None) -> bool: ...
 
 
 class Commands:
@@ -107,6 +107,9 @@ class Commands:
         self.on_final: list[Callable[[Command], None]] = []  # told of every command that ends (gateway/rekey.py)
         # Asked before each frame of a command is written: a reason it must not go (it fails with it), or None
         self.vetoes: list[Callable[[Command], str | None]] = []
+        # The key a command's frame must go out tagged with, or None (a rekey: the key it is wrapped under)
+        self.only_under: Callable[[Command], bytes | None] = lambda command: None
+        self.resumed: list[Command] = []  # the commands not final found at open(), as they were loaded
 
     async def open(self) -> None:
         """The book, and every command not final back in the schedule (those in flight are resent at once,
@@ -121,6 +124,7 @@ class Commands:
             self._publish_state(command)
             if not command.final:
                 self._resend += self.scheduler.add(command, now, wall)
+                self.resumed.append(command)
 
     # ------------------------------------------------------------ events (on the event loop, from uplink and sessions)
     # The sessions' DownlinkListener (gateway/sessions.py): called from inside frame handling, so nothing here
@@ -349,7 +353,7 @@ class Commands:
         assert command.wire_id is not None
         mtype, fields = req.fields_for(command.name, command.args, command.wire_id)
         try:  # False: no link now, or the port's queue is full; resent at its next due time
-            self._nodes.send_request(command.node, command.counter, mtype, fields)
+            self._nodes.send_request(command.node, command.counter, mtype, fields, self.only_under(command))
         except ValueError as error:  # checked when it was taken; a bug if it happens
             log.error("command %s for node %s cannot be sent: %s", command.id, command.node, error)
         self._publish_state(command)

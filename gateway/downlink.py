@@ -127,10 +127,20 @@ class Downlink:
         self._sizes[_TIME] += 1
         return True
 
-    def frame(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0, counter: int | None = None) -> bool:
+    def frame(
+        self,
+        node_id: bytes,
+        mtype: int,
+        fields: dict[str, Any],
+        flags: int = 0,
+        counter: int | None = None,
+        only_under: bytes | None = None,
+    ) -> bool:
         """Any other frame, in FIFO order. Its payload is encoded and checked now, so what the schema
         refuses or what does not fit a frame raises ProtocolError here, to the caller, not when it is written.
-        counter: the frame's own (a retransmission keeps it); None: the node's next one when it is written."""
+        counter: the frame's own (a retransmission keeps it); None: the node's next one when it is written.
+        only_under: the key it must be tagged with (a rekey, wrapped under it): dropped, counted, if the node's
+        key is another one by the time it is written."""
         payload = messages.encode_payload(mtype, fields)
         tagged = fr.F_AUTH if self._key_of is not None and self._key_of(node_id) is not None else 0
         fr.pack(fr.Frame(mtype, node_id, counter or 0, payload, fr.F_DOWNLINK | flags | tagged), bytes(32))  # its limits, tag included
@@ -138,7 +148,7 @@ class Downlink:
             self.dropped[messages.NAMES.get(mtype, str(mtype))] += 1
             return False
         self._sequence += 1
-        self._frames[(_FRAME, self._sequence)] = (node_id, mtype, payload, flags, counter)
+        self._frames[(_FRAME, self._sequence)] = (node_id, mtype, payload, flags, counter, only_under)
         self._sizes[_FRAME] += 1
         return True
 
@@ -153,7 +163,11 @@ class Downlink:
                 break
             kind = key[0]
             if kind == _FRAME:
-                node_id, mtype, payload, flags, counter = self._frames[key]
+                node_id, mtype, payload, flags, counter, only_under = self._frames[key]
+                if only_under is not None and (self._key_of is None or self._key_of(node_id) != only_under):
+                    self._remove(key)  # its key changed since it was queued: tagged now, it would say something else
+                    self.dropped["key changed"] += 1
+                    continue
             else:
                 node_id, counter = key[1], None
             if counter is None:

@@ -10,6 +10,7 @@ each by its key id (gateway/keystore.key_id).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -22,6 +23,7 @@ from . import config
 from .keystore import Entry, Keystore, KeystoreError, key_id, new_key, node_name
 
 KEY_RECORD = "key"  # the node's flash record (firmware/node.py reads it): 64 hex digits
+OLD_KEY_RECORD = "key.old"  # the node's previous key during a rotation: removed whenever a key is provisioned
 MPREMOTE_TIMEOUT_S = 60
 
 
@@ -128,13 +130,15 @@ def write_node_dir(folder: Path, key: bytes) -> None:
     temporary = folder / (KEY_RECORD + ".tmp")
     write_key_file(temporary, key)
     os.replace(temporary, folder / KEY_RECORD)
+    with contextlib.suppress(FileNotFoundError):  # a rotation's previous key: it must not outlive a new provisioning
+        (folder / OLD_KEY_RECORD).unlink()
 
 
 def board_command(port: str, key_file: Path) -> list[str]:
     """The mpremote invocation that puts the key on a board (and resets it: it signs from its next boot)."""
     from .fwtools.flash import mpremote
 
-    make_dirs = "import os\ntry: os.mkdir('/data')\nexcept OSError: pass"
+    make_dirs = "import os\ntry: os.mkdir('/data')\nexcept OSError: pass\ntry: os.remove('/data/%s')\nexcept OSError: pass" % OLD_KEY_RECORD
     return [mpremote(), "connect", port, "exec", make_dirs, "+", "fs", "cp", str(key_file), ":/data/" + KEY_RECORD, "+", "reset"]
 
 

@@ -9,12 +9,13 @@ command's success, whichever comes first: the new key becomes the node's key, th
 accepted for keystore.GRACE_S on frames the node built before (its unacknowledged ones are resent as they
 were), and frames to the node are tagged with the new key from then on.
 
-A command id is "rekey:<new key's id>:<id of the key it is wrapped under>:<attempt>" (a ':' no request
-from MQTT may use, so no client can take the id first): after a restart the same attempt is the same
-command (its row in the command book), never a second one. Before each frame of it is written, the ids
+A command id is "rekey:<new key's id>:<id of the key it is wrapped under>:<ms since the epoch>" (a ':'
+no request from MQTT may use, so no client can take the id first). After a restart the rekey commands
+still under way go on (`adopt`: Commands.resumed), and no second one is sent. Before each frame of it is written, the ids
 are checked against the keys file (`veto`): if the node's key changed meanwhile (provisioned anew,
 revoked, or the rotation ended at a frame under the new key), the frame would be tagged with a key it is
-not wrapped under, and the node would unwrap a key nobody has; the command fails instead.
+not wrapped under, and the node would unwrap a key nobody has; the command fails instead. And a frame
+queued before such a change is dropped when it would be written (`only_under`, gateway/downlink.py).
 
 A rotation whose command fails or expires is said in the log; `edgegw keys rotate NODE` again starts the
 next attempt, with the same new key (the node may have taken it even though its answer was lost: then its
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from protocols.auth import NONCE_LEN, wrap
@@ -43,8 +45,7 @@ class Rekeys:
     def __init__(self, keys: Keystore, submit: Callable[[str, str, str, dict[str, Any], float], None]) -> None:
         self._keys = keys
         self._submit = submit  # Commands.submit(node, id, name, args, ttl_s)
-        self._sent: dict[str, str] = {}  # node -> the id of its rekey command under way (this run)
-        self._attempt: dict[str, int] = {}  # node -> attempts made this run
+        self._sent: dict[str, str] = {}  # node -> the id of its rekey command under way
         self._failed: set[str] = set()  # nodes whose latest attempt failed: the next waits for `keys rotate` again
 
     def poll(self, file_changed: bool = False) -> None:
@@ -58,8 +59,9 @@ class Rekeys:
                 continue
             if node in self._sent or node in self._failed:
                 continue
-            attempt = self._attempt[node] = self._attempt.get(node, 0) + 1
-            command_id = "%s:%s:%s:%d" % (REKEY, key_id(entry.next), key_id(entry.key), attempt)
+            # An id of its own each time (the ms since the epoch): a retry after a restart is never taken for an
+            # old attempt already final in the command book
+            command_id = "%s:%s:%s:%d" % (REKEY, key_id(entry.next), key_id(entry.key), int(time.time() * 1000))
             nonce = os.urandom(NONCE_LEN)
             args = {"nonce": nonce.hex(), "key": wrap(entry.key, nonce, entry.next).hex()}
             self._sent[node] = command_id
@@ -69,6 +71,19 @@ class Rekeys:
     def next_key_used(self, node: str) -> None:
         """The node tagged a frame with its next key: it has it."""
         self._end(node, "the node uses it")
+
+    def adopt(self, commands: Iterable[Command]) -> None:
+        """The rekey commands still under way at a start (Commands.resumed): they go on, no second one is sent."""
+        for command in commands:
+            if command.name == REKEY and not command.final:
+                self._sent[command.node] = command.id
+
+    def only_under(self, command: Command) -> bytes | None:
+        """Commands.only_under: a rekey goes out tagged with the key it is wrapped under, or not at all."""
+        if command.name != REKEY or self.veto(command) is not None:
+            return None
+        entry = self._keys.entries.get(command.node)
+        return entry.key if entry is not None else None
 
     def veto(self, command: Command) -> str | None:
         """Commands.vetoes: a rekey goes out only under the key it is wrapped under, while its rotation is on."""

@@ -39,9 +39,12 @@ class ReplayJournal:
         self._fd: int | None = None
         self._failed = False
 
-    def replay(self, windows: dict[str, tuple[int, int]]) -> int:
-        """The counters of both files accepted into these windows (node hex -> (highest, seen)); how many."""
-        count = 0
+    def replay(self, windows: dict[str, tuple[int, int]]) -> dict[str, bool]:
+        """The counters of both files accepted into these windows (node hex -> (highest, seen)). Returns the nodes
+        whose windows it changed, each with whether a reset is among its records (its window then replaces the
+        stored one, as a reset's does: WindowState.reset). The caller writes those windows durably before
+        anything else, then `discard`s the files: a start that died before that reads them again."""
+        touched: dict[str, bool] = {}
         for path in (self._older, self._current):
             try:
                 data = path.read_bytes()
@@ -61,8 +64,15 @@ class ReplayJournal:
                 else:
                     window.accept(counter)
                 windows[name] = (window.highest, window.seen)
-                count += 1
-        return count
+                touched[name] = touched.get(name, False) or kind == _RESET
+        return touched
+
+    def discard(self) -> None:
+        """Both files, once the windows they changed are in the store (after `replay`)."""
+        self.close()
+        for path in (self._older, self._current):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def append(self, records: Iterable[tuple[bytes, int]]) -> None:
         self._write(b"".join(_RECORD.pack(node_id, counter, _ACCEPT) for node_id, counter in records))

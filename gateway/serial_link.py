@@ -137,10 +137,19 @@ class Link:
         """The node is owed a TIME (one waiting serves: it reads the clock when it is written)."""
         return self._queued(self.transport is not None and self.downlink.time(node_id))
 
-    def send(self, node_id: bytes, mtype: int, fields: dict[str, Any], flags: int = 0, counter: int | None = None) -> bool:
+    def send(
+        self,
+        node_id: bytes,
+        mtype: int,
+        fields: dict[str, Any],
+        flags: int = 0,
+        counter: int | None = None,
+        only_under: bytes | None = None,
+    ) -> bool:
         """Any other downlink frame (REJECT, CONFIG, ...), in order. Refused fields raise ProtocolError.
-        counter: the frame's own (a retransmission keeps it); None: the node's next one when written."""
-        return self._queued(self.transport is not None and self.downlink.frame(node_id, mtype, fields, flags, counter))
+        counter: the frame's own (a retransmission keeps it); None: the node's next one when written.
+        only_under: the key it must go out tagged with, else it is dropped (Downlink.frame)."""
+        return self._queued(self.transport is not None and self.downlink.frame(node_id, mtype, fields, flags, counter, only_under))
 
     def resume(self) -> None:
         """Counters were reserved: what waited for them in the queue may go out now."""

@@ -429,7 +429,10 @@ class Sessions:
         """A frame new to the node's window: under its current key, its info names that key (_key_seen); untagged
         (a keyed node on a require_auth = false port), a tagged HELLO may reset what it moved (_may_reset)."""
         if message.key_index == 0:
-            self._key_seen(node)
+            if node.reset_unsaved:
+                node.key_after_reset = True  # recorded with the reset window on disk (reset_saved), not before
+            else:
+                self._key_seen(node)
         elif message.key_index < 0 and self.keys is not None and self.keys.keyed(node.node_id):
             node.untagged_moved = True
 
@@ -708,14 +711,14 @@ class Sessions:
             return self.take_counter(node_hex_id)  # takes nothing: at the limit it only asks for a reservation
         return counter if counter <= fr.MAX_COUNTER else None
 
-    def send_request(self, node_hex_id: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool:
+    def send_request(self, node_hex_id: str, counter: int, mtype: int, fields: dict[str, Any], only_under: bytes | None = None) -> bool:
         """Queue an ACK_REQ frame (COMMAND, CONFIG set) with this counter (a retransmission keeps it) on the node's
         port. False when the node has no session or no link, or the port's queue is full; ProtocolError when the
         fields break the schema or do not fit a frame (then nothing is queued)."""
         node = self.nodes.get(node_hex_id)
         if node is None or node.link is None:
             return False
-        if not node.link.send(node.node_id, mtype, fields, fr.F_ACK_REQ, counter):
+        if not node.link.send(node.node_id, mtype, fields, fr.F_ACK_REQ, counter, only_under):
             return False
         node.requests[counter] = None
         if len(node.requests) > _REQUESTS_KEPT:

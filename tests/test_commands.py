@@ -417,7 +417,7 @@ class FakeNodes:
     def peek_counter(self, node: str) -> int | None:
         return self.counter + 1
 
-    def send_request(self, node: str, counter: int, mtype: int, fields: dict[str, Any]) -> bool:
+    def send_request(self, node: str, counter: int, mtype: int, fields: dict[str, Any], only_under: bytes | None = None) -> bool:
         self.sent.append((node, mtype, fields, counter))
         return True
 

@@ -23,6 +23,7 @@ import pytest
 from gateway.fwtools import build, emulate
 from protocols import Message, ProtocolError, StreamDecoder, auth, cobs, encode, messages
 from protocols import frame as fr
+from protocols.errors import E_STALE
 from tests.test_firmware import HEAP, Peer, acks_of, results, start_node, stop, wait_for
 from tests.test_roles import bundle_check, role_check
 
@@ -525,3 +526,37 @@ def test_a_keyed_node_runs_sustained_within_its_heap(bundle: pathlib.Path, peer:
     peak = statuses[-1].fields["heap_peak"]
     assert 0 < peak < emulate.heap_bytes(HEAP)
     print("keyed firmware heap high-water mark: %d bytes of %s" % (peak, HEAP))
+
+
+def test_a_replayed_time_or_reject_changes_nothing(bundle: pathlib.Path, peer: KeyedPeer, tmp_path: pathlib.Path) -> None:
+    """No window guards TIME and REJECT: a recorded TIME played again would set the clock back (the readings'
+    times), a recorded REJECT make the node say HELLO again. Taken only with a counter above every frame taken
+    before, and a REJECT only for a frame the node still holds."""
+    flash = tmp_path / "flash"
+    provision(flash, K0)
+    node = start_node(bundle, peer, flash, interval=0.5, status=60)
+    try:
+        hello = peer.wait(messages.HELLO)
+        nid = hello.node_id
+        _counter, old_time = peer.frame(messages.TIME, nid, {"unix": 1_700_000_000, "ms": 0})  # recorded long ago
+        now = int(time.time())
+        peer.frame(messages.TIME, nid, {"unix": now, "ms": 0})
+        peer.ack(hello)
+        os.write(peer.master, old_time)  # the recording, played again
+        peer.pump(1.0)
+        mark = len(peer.received)
+        reading = peer.wait(messages.READINGS, after=mark)
+        assert abs(reading.fields["base_time"] - now) < 30, "the clock was set back by a replayed TIME"
+        _counter, reject = peer.frame(messages.REJECT, nid, {"reason": E_STALE, "counter": reading.counter, "type": 2})
+        again = peer.wait(messages.HELLO, after=mark)  # a fresh REJECT for a frame it holds: it says HELLO
+        peer.ack(again)
+        peer.ack(reading)
+        peer.pump(0.5)
+        mark = len(peer.received)
+        os.write(peer.master, reject)  # played again
+        peer.frame(messages.REJECT, nid, {"reason": E_STALE, "counter": 999_999, "type": 2})  # names no frame it holds
+        peer.pump(3.0)
+    finally:
+        output = stop(node)
+    assert "Traceback" not in output, output
+    assert after(peer, mark, messages.HELLO) == [], "a replayed or stray REJECT made the node say HELLO"

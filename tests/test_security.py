@@ -235,6 +235,7 @@ def test_a_board_provisioned_anew_may_start_its_counter_again(tmp_path: Path) ->
     assert bench.stored() == [2]
     assert rejects(bench.feed(hello(1, key=new))) == []  # the same HELLO again is a duplicate, not a second reset
     assert bench.feed(hello(1)) == []  # the old key is not accepted any more
+    bench.sessions.reset_saved(bench.sessions.moved_windows())  # the reset window is on disk: the key is recorded
     assert json.loads(bench.saved[NODE.hex()])["key_id"] == ks.key_id(new)
 
 
@@ -308,7 +309,7 @@ def test_rotation_sends_the_new_key_wrapped_and_ends_at_the_first_frame_under_it
     rekeys.poll()
     assert len(submitted) == 1  # one command under way, not one per poll
     _node, command_id, name, args, _ttl = submitted[0]
-    assert name == "rekey" and command_id == "rekey:%s:%s:1" % (ks.key_id(new), ks.key_id(KEY))
+    assert name == "rekey" and command_id.startswith("rekey:%s:%s:" % (ks.key_id(new), ks.key_id(KEY)))
     assert new.hex() not in json.dumps(args) and KEY.hex() not in json.dumps(args)
     assert auth.wrap(KEY, bytes.fromhex(args["nonce"]), bytes.fromhex(args["key"])) == new  # the node unwraps it
     bench.feed(readings(2))  # under the old key: still taken
@@ -355,7 +356,7 @@ def test_a_failed_rotation_is_said_and_waits_for_rotate_again(bench: KeyBench, c
     assert len(submitted) == 1
     bench.keys.rotate(NODE.hex())  # again: the same new key, the next attempt
     rekeys.poll(file_changed=True)
-    assert len(submitted) == 2 and submitted[1][1].endswith(":2")
+    assert len(submitted) == 2 and submitted[1][1] != submitted[0][1]  # a new command, not the failed one again
     assert bench.keys.entries[NODE.hex()].key == KEY  # not changed until the node has the new key
 
 
@@ -648,7 +649,7 @@ def test_the_journal_keeps_a_reset(tmp_path: Path) -> None:
     journal.append([(NODE, 6)])
     journal.close()
     windows: dict[str, tuple[int, int]] = {NODE.hex(): (399, 1)}  # what the store had
-    assert ReplayJournal(tmp_path).replay(windows) == 405
+    assert ReplayJournal(tmp_path).replay(windows) == {NODE.hex(): True}  # a reset among them: it replaces the stored one
     assert windows[NODE.hex()] == (6, 0b111111)
 
 
@@ -677,3 +678,45 @@ def test_an_interrupted_keys_add_leaves_the_keys_file_as_it_was(tmp_path: Path, 
     with pytest.raises(KeyboardInterrupt):
         keytools.add(keys, NODE.hex(), None, tmp_path, False, print)
     assert NODE.hex() not in keys.load().entries
+
+
+def test_a_new_key_on_a_node_folder_removes_a_rotations_previous_key(tmp_path: Path) -> None:
+    from gateway.keytools import board_command, write_node_dir
+
+    (tmp_path / "key.old").write_text(KEY.hex() + "\n")  # revoked mid-rotation: the stolen key is the previous one
+    write_node_dir(tmp_path, os.urandom(32))
+    assert not (tmp_path / "key.old").exists()
+    assert "os.remove('/data/key.old')" in " ".join(board_command("/dev/ttyACM0", tmp_path / "key"))
+
+
+def test_a_rekey_queued_before_the_key_changed_is_dropped_when_it_would_be_written(bench: KeyBench) -> None:
+    bench.feed(hello(1))
+    link = bench.links["/dev/ttyA"]
+    transport = bench.transports["/dev/ttyA"]
+    transport.output_ready = lambda: None  # type: ignore[method-assign]  # the port is busy: nothing written yet
+    fields = {"id": 7, "action": "rekey", "args": {"nonce": "00" * 16, "key": "11" * 32}}
+    assert bench.sessions.send_request(NODE.hex(), 500, messages.COMMAND, fields, only_under=KEY)
+    bench.keys.add(NODE.hex(), os.urandom(32), replace=True)  # provisioned anew while it waited
+    transport.written += link.pull(1 << 20)
+    assert [reply.type for reply in bench.replies(key=bench.keys.downlink_key(NODE))] == []
+    assert link.downlink.dropped["key changed"] == 1
+
+
+def test_a_key_is_recorded_only_once_a_reset_is_on_disk(tmp_path: Path) -> None:
+    bench, new = provisioned_anew(tmp_path, 299)
+    bench.feed(hello(1, key=new))  # the reset
+    bench.feed(frame(messages.STATUS, 2, {"uptime": 5}, key=new))  # new to the reset window, before it is on disk
+    assert "key_id" not in json.loads(bench.saved[NODE.hex()]) or json.loads(bench.saved[NODE.hex()])["key_id"] != ks.key_id(new)
+    moved = bench.sessions.moved_windows()
+    bench.sessions.reset_saved(moved)  # the durable fold is done
+    assert json.loads(bench.saved[NODE.hex()])["key_id"] == ks.key_id(new)
+
+
+def test_rekeys_under_way_at_a_start_go_on_and_no_second_one_is_sent(bench: KeyBench) -> None:
+    submitted: list[Any] = []
+    bench.keys.rotate(NODE.hex())
+    rekeys = Rekeys(bench.keys, lambda *args: submitted.append(args))
+    resumed = Command(NODE.hex(), "rekey:a:b:1", "rekey", {}, 0, "sent", 0)
+    rekeys.adopt([resumed])
+    rekeys.poll()
+    assert submitted == []

@@ -76,6 +76,10 @@ def test_a_recorded_session_replayed_after_a_kill_is_never_published_again(
     gateway.kill()  # no stop, no fold: the windows in the store are older than these frames
     gateway.start()
     gateway.wait_for_log("ttyNODE0: open", after=gateway.log_mark)
+    assert gateway.stop() == 0  # a clean stop while the node is silent: its fold must not lose what the journal held
+    assert not journal.exists()
+    gateway.start()
+    gateway.wait_for_log("ttyNODE0: open", after=gateway.log_mark)
     replayer = ScriptedNode(cables[0], NODE, key=KEY)
     for wire in recorded:  # the attacker's recording, played again
         cables[0].write(b"\x00" + wire)

@@ -76,7 +76,8 @@ def command_lines(port: str, bundle: Path, settings_file: Path, forget_config: b
     Then folders, bundle, settings and (--provision) the node's key are copied, main.py
     last, and the board reset.
     """
-    stale = ["/main.py"] + (["/data/config.json"] if forget_config else [])
+    # /data/key.old: a rotation's previous key must not outlive a new provisioning (it would still command the node)
+    stale = ["/main.py"] + (["/data/config.json"] if forget_config else []) + (["/data/key.old"] if key_file is not None else [])
     stop = "import os\nfor f in %r:\n try: os.remove(f)\n except OSError: pass" % (stale,)
     make_dirs = "import os\ntry: os.mkdir('/data')\nexcept OSError: pass"
     tool = mpremote()
