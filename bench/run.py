@@ -47,6 +47,7 @@ from hil.uplink_trial import TrialSettings, run_trial
 from protocols import cobs, messages
 from protocols import frame as fr
 
+from . import radio
 from .feeder import SAMPLES_PER_FRAME, Feeders, FeedResult, node_id, readings_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -796,6 +797,7 @@ def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = Non
     try:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("footprint", footprint),
+            ("radio", lambda: radio.figures(scale)),  # issue 15: airtime per reading, nodes per bridge (bench/radio.py)
             ("firmware", lambda: firmware(work / "fw", 5 * scale)),
             ("ingest_gateway", lambda: ingest("gateway", work / "ig", 4, 50, seconds)),
             ("ingest_baseline", lambda: ingest("baseline", work / "ib", 4, 50, seconds)),
