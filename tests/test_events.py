@@ -9,10 +9,12 @@ the real gateway, mosquitto and ptys are in tests/test_events_e2e.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -54,19 +56,27 @@ def event(rig: Rig, counter: int) -> None:
     rig.feed(Message(messages.READINGS, NODE, counter, {"samples": [1, counter, 0]}, EVENT))
 
 
-@pytest.fixture
-async def rig(tmp_path: pathlib.Path) -> AsyncIterator[Rig]:
-    """tests/test_router.py's rig, broker connected, the node's HELLO acknowledged."""
-    made = Rig(tmp_path)
+@contextlib.asynccontextmanager
+async def running_rig(tmp_path: pathlib.Path, **options: Any) -> AsyncIterator[Rig]:
+    """tests/test_router.py's rig, broker connected, the node's HELLO acknowledged (options: Rig's)."""
+    made = Rig(tmp_path, **options)
     tasks = [asyncio.create_task(made.committer.run()), asyncio.create_task(made.forwarder.run())]
     made.forwarder.connected()
     made.feed(Message(messages.HELLO, NODE, 1, HELLO_FIELDS, fr.F_ACK_REQ))
     assert made.acked() == [1]
-    yield made
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    made.worker.close()
+    try:
+        yield made
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        made.worker.close()
+
+
+@pytest.fixture
+async def rig(tmp_path: pathlib.Path) -> AsyncIterator[Rig]:
+    async with running_rig(tmp_path) as made:
+        yield made
 
 
 def pubacks(rig: Rig) -> None:
