@@ -86,7 +86,7 @@ def test_hil_run_reports_a_loss_and_exits_non_zero(tmp_path: Path) -> None:
     scenario = tmp_path / "too-long-unplug.toml"
     scenario.write_text(
         'name = "too-long-unplug"\ndescription = "Longer than the ring of a 64 KB node can hold."\n'
-        'nodes = 1\nduration = 20\ninterval = 0.5\nheap = "64k"\nsettle = 20\n'
+        'nodes = 1\nduration = 18\ninterval = 0.5\nheap = "64k"\nsettle = 5\n'
         '[[faults]]\nkind = "unplug"\nat = 2\nduration = 15\n'
     )
     reports = tmp_path / "reports"
