@@ -28,6 +28,7 @@ class Shown(Protocol):
     last_seen: float
     info: dict[str, Any]
     status: dict[str, Any]
+    radio: dict[str, Any]  # a node heard through a LoRa bridge: its last reception ({} for a node on a cable)
 
     @property
     def port(self) -> str | None: ...
@@ -53,6 +54,8 @@ class Presenter:
             "channels": node.info.get("channels", []),
             **node.status,
         }
+        if node.radio:
+            document["radio"] = node.radio
         self._publish_retained("%s/nodes/%s/status" % (self.topic_base, node.hex), json.dumps(document, allow_nan=False).encode())
 
     def command_result(self, node: str, result: dict[str, Any]) -> None:

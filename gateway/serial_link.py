@@ -181,6 +181,14 @@ class Link:
             self.transport.abort()
 
 
+class RadioLink(Link):
+    """The link of the nodes one LoRa bridge hears (gateway/sessions.py, Sessions._bridged): a port with no
+    transport yet, so nothing is sent over it (RADIO_TX is issue 15's next part). Tags are always required."""
+
+    def __init__(self, bridge: str, handler: LinkHandler, keys: Keystore | None) -> None:
+        super().__init__("radio:" + bridge, handler, lambda link, error: None, lambda node_id: None, keys, require_auth=True)
+
+
 @dataclass
 class _PortState:
     config: SerialConfig

@@ -36,14 +36,14 @@ from protocols.window import DUPLICATE
 from . import senml
 from .committer import CommitResult, Pending
 from .counters import DownlinkCounters
-from .fast_decode import ReceivedMessage
+from .fast_decode import ReceivedMessage, decode_frame
 from .keystore import Keystore, key_id
 from .layouts import Layout, Layouts
 from .logs import Digest, escape
 from .presenter import Presenter, RawResults
 from .render import json_value
 from .replay_journal import ReplayJournal
-from .serial_link import Link
+from .serial_link import Link, RadioLink
 from .store import StoredFrame, WindowState
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Node:
     key_checked: bytes | None = None  # the current key its info's key_id was last compared with (Sessions._key_seen)
     key_after_reset: bool = False  # a tagged HELLO reset its window: the key is recorded once the reset is on disk
     untagged_moved: bool = False  # untagged frames of this keyed node moved its window (a require_auth = false port)
+    radio: dict[str, Any] = field(default_factory=dict)  # heard through a bridge: rssi, snr, sf, freq, bridge (best)
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -209,6 +210,7 @@ class Sessions:
         self.next_key_used: Callable[[str], None] = lambda node: None  # a frame came under a rotation's next key (gateway/rekey.py)
         self._unauthenticated_frames = Digest(log, "frames without authentication from nodes that must send it", level=logging.WARNING)
         self._moves = Digest(log, "nodes heard on another port", level=logging.WARNING)
+        self._radio_links: dict[str, RadioLink] = {}  # bridge node hex -> the link its radio nodes are heard on
 
     # ------------------------------------------------------------ restoring
 
@@ -611,10 +613,43 @@ class Sessions:
             self._rejected(node, fields)
         elif message.type == messages.COMMAND_RESULT:
             self.listener.command_result(node.hex, fields)
-        else:  # RADIO_RX, and TIME with a time in it: acknowledged when asked, not used
+        elif message.type == messages.RADIO_RX:
+            self._bridged(node, fields)
+        else:  # TIME with a time in it: acknowledged when asked, not used
             self._unused_frames.note(
                 {"": message.name}, "node %s: %s not handled by this gateway (acknowledged if asked)", node.hex, message.name
             )
+
+    # ------------------------------------------------------------ nodes heard through a LoRa bridge (issue 15)
+
+    def _bridged(self, bridge: Node, fields: dict[str, Any]) -> None:
+        """A radio frame a bridge relayed (RADIO_RX, SPEC.md §5.11): checked as a frame of its own node (with that
+        node's keys; a tag is required, anyone in range can transmit) and handled as that node's, on the bridge's
+        radio link. A frame heard by several bridges is one frame: the window takes it once, and the node's status
+        names the bridge that heard it best. Nothing goes back yet: the radio link has no downlink (RADIO_TX in the
+        node's receive window is issue 15's next part), so the node is not acknowledged over the air."""
+        radio = self._radio_links.get(bridge.hex)
+        if radio is None:
+            radio = self._radio_links[bridge.hex] = RadioLink(bridge.hex, self, self.keys)
+        try:
+            inner = fr.unpack(fields["frame"], self.keys.uplink_keys if self.keys is not None else None)
+            message = decode_frame(inner)
+        except ProtocolError as error:
+            radio.errors[error.reason] += 1  # no REJECT goes over the air: counted, as a damaged frame on a cable
+            return
+        radio.frames += 1
+        node = self._by_id.get(message.node_id)
+        previous = node.link if node is not None else None
+        better = node is None or node.radio.get("counter") != message.counter or fields["rssi"] > node.radio.get("rssi", -999)
+        self.message(radio, message)  # the node's own frame, on the bridge's radio link: every rule of a cable's
+        node = self._by_id.get(message.node_id)
+        if node is None or message.key_index < 0:
+            return  # refused (no session, or untagged): nothing of it describes the node
+        if better:
+            reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
+            node.radio = json_value({**reception, "bridge": bridge.hex, "counter": message.counter})
+        elif previous is not None:
+            node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
 
     # ------------------------------------------------------------ replies
     # Handed to the port's downlink queue as what is due; it builds the frames when the port has room.
@@ -657,7 +692,8 @@ class Sessions:
     # ------------------------------------------------------------ links
 
     def _linked(self, node: Node, link: Link) -> None:
-        if node.last_port is not None and node.last_port != link.path:
+        radio_to_radio = isinstance(link, RadioLink) and (node.last_port or "").startswith("radio:")
+        if node.last_port is not None and node.last_port != link.path and not radio_to_radio:  # bridges overlap: no move
             # A cable moved, or two nodes claim one id (a spoofer: one without the node's key never gets here)
             self._moves.note(
                 {"": node.hex},
