@@ -312,19 +312,13 @@ class Sessions:
             link.duplicates += 1  # a resend whose ACK was lost, or a recording played again: answered, never used twice
         actions = _actions(message, verdict)
         if actions & session.A_REJECT_STALE:
-            node.stale += 1
-            link.errors["stale"] += 1
-            if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
-                log.warning(
-                    "node %s: counter went backwards from %d to %d (%d such frames); rejected until the node says HELLO",
-                    node.hex,
-                    node.window.highest,
-                    message.counter,
-                    node.stale,
-                )
-                node.stale_logged_at = time.monotonic()
-            self._reject(
-                link, node.node_id, message, perr.E_STALE, "counter %d is behind %d; send HELLO" % (message.counter, node.window.highest)
+            self._refuse_stale(
+                link,
+                node,
+                message,
+                "stale",
+                "node %s: counter went backwards from %d to %d (%d such frames); rejected until the node says HELLO",
+                "; send HELLO",
             )
             return
         if actions & (session.A_ACCEPT | session.A_LATER):  # new to the window (not a duplicate, nor an ACK behind it)
@@ -462,19 +456,16 @@ class Sessions:
         # window since the last reset: the node's own tagged HELLO may take it back
         return message.key_index == 0 and (node.untagged_moved or node.info.get("key_id") != key_id(entry.key))
 
-    def _refuse_replayed_hello(self, link: Link, node: Node, message: Message) -> None:
+    def _refuse_stale(self, link: Link, node: Node, message: Message, kind: str, what: str, advice: str = "") -> None:
+        """REJECT stale (SPEC.md §4.3), counted per node and in the port's errors[kind]; the log says so at most
+        every STALE_LOG_INTERVAL_S. what: the log line, given the node, the window's highest, the counter, the count."""
         node.stale += 1
-        link.errors["replayed"] += 1
+        link.errors[kind] += 1
         if time.monotonic() - node.stale_logged_at >= STALE_LOG_INTERVAL_S:
-            log.warning(
-                "node %s: HELLO with counter %d behind %d under a key already in use (a replay?); rejected as stale (%d such frames)",
-                node.hex,
-                message.counter,
-                node.window.highest,
-                node.stale,
-            )
+            log.warning(what, node.hex, node.window.highest, message.counter, node.stale)
             node.stale_logged_at = time.monotonic()
-        self._reject(link, node.node_id, message, perr.E_STALE, "counter %d is behind %d" % (message.counter, node.window.highest))
+        detail = "counter %d is behind %d%s" % (message.counter, node.window.highest, advice)
+        self._reject(link, node.node_id, message, perr.E_STALE, detail)
 
     # ------------------------------------------------------------ messages
 
@@ -490,7 +481,13 @@ class Sessions:
             link.duplicates += 1
         actions = _actions(message, verdict)
         if actions & session.A_RESET and not self._may_reset(node, message):
-            self._refuse_replayed_hello(link, node, message)
+            self._refuse_stale(
+                link,
+                node,
+                message,
+                "replayed",
+                "node %s: HELLO behind %d (counter %d) under a key already in use (a replay?); rejected as stale (%d such frames)",
+            )
             return
         if actions & session.A_ACCEPT:
             self._moved_by(node, message)
