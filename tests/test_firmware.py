@@ -79,6 +79,14 @@ class Peer:
         os.close(self.slave)
 
 
+def ack_new(peer: Peer, acked: int) -> int:
+    """ACK every frame from index `acked` on that asks for one; the index up to which all are."""
+    for message in peer.received[acked:]:
+        if message.flags & fr.F_ACK_REQ:
+            peer.ack(message)
+    return len(peer.received)
+
+
 def start_node(
     bundle: pathlib.Path,
     peer: Peer,
@@ -198,10 +206,7 @@ def test_runs_sustained_within_its_heap(bundle: pathlib.Path, peer: Peer, tmp_pa
         acked = 0
         while time.monotonic() < deadline and node.poll() is None:
             peer.pump(0.2)
-            for message in peer.received[acked:]:
-                if message.flags & fr.F_ACK_REQ:
-                    peer.ack(message)
-            acked = len(peer.received)
+            acked = ack_new(peer, acked)
     finally:
         output = stop(node)
     assert "MemoryError" not in output and "Traceback" not in output and "out of memory" not in output, output
@@ -578,10 +583,7 @@ def test_a_spent_frame_counter_is_never_wrapped(bundle: pathlib.Path, peer: Peer
         acked = 0
         while time.monotonic() < deadline and not any(m.counter == SPENT for m in peer.received):
             peer.pump(0.2)
-            for message in peer.received[acked:]:
-                if message.flags & fr.F_ACK_REQ:
-                    peer.ack(message)
-            acked = len(peer.received)
+            acked = ack_new(peer, acked)
         last = [m for m in peer.received if m.counter == SPENT]
         assert last and last[0].type == messages.LOG and "new id or key" in last[0].fields["text"], [m.name for m in peer.received]
         peer.ack(last[0])

@@ -24,7 +24,7 @@ from gateway.fwtools import build, emulate
 from protocols import Message, ProtocolError, StreamDecoder, auth, cobs, encode, messages
 from protocols import frame as fr
 from protocols.errors import E_STALE
-from tests.test_firmware import HEAP, Peer, acks_of, results, start_node, stop, wait_for
+from tests.test_firmware import HEAP, Peer, ack_new, acks_of, results, start_node, stop, wait_for
 from tests.test_roles import bundle_check, role_check
 
 pytestmark = pytest.mark.micropython
@@ -508,10 +508,7 @@ def test_a_keyed_node_runs_sustained_within_its_heap(bundle: pathlib.Path, peer:
         next_command = time.monotonic()
         while time.monotonic() < deadline and node.poll() is None:
             peer.pump(0.2)
-            for message in peer.received[acked:]:
-                if message.flags & fr.F_ACK_REQ:
-                    peer.ack(message)
-            acked = len(peer.received)
+            acked = ack_new(peer, acked)
             if time.monotonic() >= next_command:
                 ident += 1
                 peer.command(nid, ident, "identify" if ident % 2 else "sample_now")

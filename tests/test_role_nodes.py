@@ -23,7 +23,7 @@ from gateway.fwtools.emulate import heap_bytes, write_node_json
 from protocols import Message, StreamDecoder, cobs, messages
 from protocols import frame as fr
 from tests.conftest import ROOT
-from tests.test_firmware import HEAP, Peer, start_node, stop
+from tests.test_firmware import HEAP, Peer, ack_new, start_node, stop
 from tests.test_roles import role_check
 
 # The roles' commands and events go through the node API of NODE-API.md (node.event, the command
@@ -37,14 +37,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("bundle")
     build.build(out, emulator=True)
     return out
-
-
-def ack_new(peer: Peer, acked: int) -> int:
-    """ACK every frame from index `acked` on that asks for one; the index up to which all are."""
-    for message in peer.received[acked:]:
-        if message.flags & fr.F_ACK_REQ:
-            peer.ack(message)
-    return len(peer.received)
 
 
 def wait_for(peer: Peer, match: Callable[[Message], bool], what: str, after: int = 0, timeout: float = 20.0) -> Message:
