@@ -16,11 +16,11 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import config
-from .keystore import Entry, Keystore, KeystoreError, key_id, new_key, node_name
+from .keystore import Keystore, KeystoreError, key_id, new_key, node_name
 
 KEY_RECORD = "key"  # the node's flash record (firmware/node.py reads it): 64 hex digits
 OLD_KEY_RECORD = "key.old"  # the node's previous key during a rotation: removed whenever a key is provisioned
@@ -89,29 +89,34 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> int:
 
 
 def add(keys: Keystore, node: str, port: str | None, node_dir: Path | None, replace: bool, say: Callable[[str], None]) -> int:
-    key = new_key()
-    before = keys.load().entries.get(node)
-    keys.add(node, key, replace)
-    try:
+    with provisioning(keys, node, replace) as (key, replaced):
         if node_dir is not None:
             write_node_dir(node_dir, key)
         else:
             assert port is not None
             write_board(port, key)
-    except BaseException:  # a failed copy, Ctrl-C, a full disk: a key in the keys file only would lock the node out
-        put_back(keys, node, before)
-        raise
-    say("node %s: key %s in %s and on the node%s" % (node, key_id(key), keys.path, " (replaced)" if before else ""))
+    say("node %s: key %s in %s and on the node%s" % (node, key_id(key), keys.path, " (replaced)" if replaced else ""))
     say("  the node signs its frames from its next boot; the gateway requires them signed from now on")
     return 0
 
 
-def put_back(keys: Keystore, node: str, before: Entry | None) -> None:
-    with keys.editing() as entries:
-        if before is None:
-            entries.pop(node, None)
-        else:
-            entries[node] = before
+@contextlib.contextmanager
+def provisioning(keys: Keystore, node: str, replace: bool) -> Iterator[tuple[bytes, bool]]:
+    """A new key for the node, in the keys file for the block (which puts it on the node): (key, whether one was
+    replaced). If the block fails in any way (a failed copy, a timeout, Ctrl-C, a full disk), the keys file is put
+    back as it was: a key in the keys file only would lock the node out."""
+    before = keys.load().entries.get(node)
+    key = new_key()
+    keys.add(node, key, replace)
+    try:
+        yield key, before is not None
+    except BaseException:
+        with keys.editing() as entries:
+            if before is None:
+                entries.pop(node, None)
+            else:
+                entries[node] = before
+        raise
 
 
 def write_key_file(path: Path, key: bytes) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from protocols.frame import node_id_from_unique_id
 
-from ..keystore import Keystore, key_id, new_key
-from ..keytools import put_back, write_key_file
+from ..keystore import Keystore, key_id
+from ..keytools import provisioning, write_key_file
 from .build import build
 from .tools import ROLES, find_tool
 
@@ -151,19 +151,14 @@ def flash(
             for command in commands:
                 say(" ".join(command))
             return 0
-        if provision is not None and key_file is not None:
-            node = node or board_node_id(port)
-            before = provision.load().entries.get(node)
-            key = new_key()
-            provision.add(node, key, replace)
-            write_key_file(key_file, key)
-            say("node %s: new key %s in %s" % (node, key_id(key), provision.path))
-        try:
+        if provision is None or key_file is None:
             _run_steps(port, manifest, commands, say)
-        except BaseException:  # a failed copy, a timeout, Ctrl-C: a key in the keys file only would lock the node out
-            if provision is not None and node is not None:
-                put_back(provision, node, before)
-            raise
+        else:
+            node = node or board_node_id(port)
+            with provisioning(provision, node, replace) as (key, _replaced):
+                write_key_file(key_file, key)
+                say("node %s: new key %s in %s" % (node, key_id(key), provision.path))
+                _run_steps(port, manifest, commands, say)
         say("flashed and reset; the node says HELLO on its UART when it boots")
     return 0
 
