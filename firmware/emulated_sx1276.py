@@ -17,8 +17,10 @@ class EmulatedSX1276:
         self.regs[0x01] = 0x01  # RegOpMode after reset: FSK/OOK, standby (DS 6.4: 0x01)
         self.regs[0x42] = _VERSION
         self.regs[0x0E] = 0x80  # RegFifoTxBaseAddr after reset
+        self.regs[0x33] = 0x27  # RegInvertIQ after reset: I/Q not inverted
         self.fifo = bytearray(256)
-        self.air = air  # air(payload, freq, sf, bw, cr, power_dbm) for each transmission
+        self.air = air  # air(payload, freq, sf, bw, cr, power_dbm, inverted_iq) for each transmission
+        self.on_listen = None  # on_listen(settings or None) when the chip starts or stops RXCONTINUOUS in LoRa mode
         self.clock_ms = clock_ms or (lambda: 0)
         self._tx_end = None
         self.selected = False
@@ -71,6 +73,8 @@ class EmulatedSX1276:
         if (old ^ value) & 0x80 and old & 0x07 != 0x00:
             value = (value & 0x7F) | (old & 0x80)  # LongRangeMode changes in SLEEP only (DS 4.1.1)
         self.regs[0x01] = value
+        if self.on_listen is not None and (old == 0x85) != (value == 0x85):
+            self.on_listen(self.settings() + ((self.regs[0x33] >> 6) & 1,) if value == 0x85 else None)
         if value & 0x80 and value & 0x07 == 0x03:
             self._transmit()
 
@@ -82,7 +86,7 @@ class EmulatedSX1276:
         power = (self.regs[0x09] & 0x0F) + 2 if self.regs[0x09] & 0x80 else None
         self._tx_end = self.clock_ms() + (airtime_us(length, sf, bw, cr) + 999) // 1000
         if self.air is not None:
-            self.air(payload, freq, sf, bw, cr, power)
+            self.air(payload, freq, sf, bw, cr, power, 0 if self.regs[0x33] & 0x01 else 1)  # InvertIQ-TX: bit 0 clear
         self._tick()
 
     def _tick(self):
@@ -98,6 +102,13 @@ class EmulatedSX1276:
         return (frf * 32000000) >> 19, self.regs[0x1E] >> 4, bw, (self.regs[0x1D] >> 1) & 0x07
 
     # -------------------------------------------------------------- the air's side
+
+    def hear(self):
+        # A packet's preamble and header arrive (its end comes with deliver): ValidHeader, in RXCONTINUOUS only.
+        if self.regs[0x01] != 0x85:
+            return False
+        self.regs[0x12] |= 0x10
+        return True
 
     def deliver(self, payload, rssi_dbm, snr_db, crc_ok=True):
         # A packet the air brings; heard only in LoRa RXCONTINUOUS. True if the chip took it.

@@ -7,6 +7,7 @@
 # the node) and EDGEGW_EMULATE_HANG_S (a fault: the sensor bus locks up).
 import _thread
 import os
+import random
 import select
 import sys
 import termios
@@ -22,8 +23,10 @@ class Uart:
     def __init__(self, path):
         self._file = open(path, "r+b")
         termios.setraw(self._file.fileno())
-        self._poll = select.poll()
+        self._poll = select.poll()  # this line's bytes: read_available
         self._poll.register(self._file, select.POLLIN)
+        self._idle = select.poll()  # what ends wait(): this line, and others (also)
+        self._idle.register(self._file, select.POLLIN)
 
     def read_available(self, buffer):
         # Bytes waiting, without blocking. FileIO.read(n) on this port blocks for
@@ -41,10 +44,14 @@ class Uart:
     def write(self, data):
         self._file.write(data)
 
+    def also(self, other):
+        # wait() wakes for the other's bytes too (a bridge's radio beside its serial line)
+        self._idle.register(other._file, select.POLLIN)
+
     def wait(self, ms):
         # Until a byte is there or ms have passed: the node's loop idles here, in poll()
         # (time.sleep_ms() on this port wakes every 0.5 ms; see WDT._watch).
-        self._poll.poll(ms)
+        self._idle.poll(ms)
 
 
 class WDT:
@@ -93,8 +100,12 @@ class Hal:
         self.status_interval = float(args[4]) if len(args) > 4 else 60
         self.uart = Uart(args[0])
         self.storage = Storage(folder)
-        self.role = self.storage.settings("node.json").get("role", "sensor")  # written by `edgegw fw emulate --role`
+        board = self.storage.settings("node.json")  # written by `edgegw fw emulate --role` or the HIL
+        self.role = board.get("role", "sensor")
         self.seed = seed
+        random.seed(
+            (seed * 2654435761) & 0xFFFFFFFF
+        )  # a board seeds from its hardware RNG at boot; the emulation, a stream per node (mixed: near seeds start near)
         self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
         cause = os.getenv("EDGEGW_RESET_CAUSE")
         if cause:
@@ -107,12 +118,42 @@ class Hal:
                 self.reset_cause = 1  # power-on: a new board
         self._uptime = Uptime()
         self._pins = []
+        self.radio = None
+        if board.get("air"):
+            self._radio(board)
+
+    def _radio(self, board):
+        # An SX1276 on the emulated medium (firmware/emulated_air.py, hil/air.py). A bridge keeps its serial
+        # line to the gateway and relays what the radio hears; any other role's link to the gateway is the
+        # air itself (firmware/radio_port.py), class A.
+        from firmware.emulated_air import AirBus
+        from firmware.sx1276 import SX1276
+
+        air = Uart(board["air"])
+        bus = AirBus(air, self.uptime_ms)
+        self.radio = SX1276(bus, bus.cs)
+        self.radio.begin()
+        self.radio_settings = board
+        if self.role == "lora_bridge":
+            self.uart.also(air)
+        else:
+            from firmware.radio_port import RadioPort
+            from protocols.lora import UPLINK_CHANNELS as RADIO_CHANNELS
+
+            channels = tuple(board.get("channels") or ()) or RADIO_CHANNELS
+            # the node needs only write, read_available and wait of it, which a RadioPort has
+            self.uart = RadioPort(self.radio, self.uptime_ms, air.wait, board.get("sf", 9), board.get("power", 14), channels)  # type: ignore[assignment]
 
     def uptime_ms(self):
         return self._uptime.update()
 
     def sources(self, role):
-        if role != "sensor":  # firmware/emulated_ROLE.py makes the role with its emulated world
+        if role == "lora_bridge" and self.radio is not None:
+            from firmware.roles.bridge import Bridge
+
+            board = self.radio_settings
+            return [Bridge(self.radio, board.get("freq", 868100000), board.get("sf", 9))]
+        if role not in ("sensor", "lora_sensor"):  # firmware/emulated_ROLE.py makes the role with its emulated world
             try:
                 return [__import__("firmware.emulated_" + role, None, None, ["role"]).role(self)]
             except ImportError:  # a role this firmware does not have: said, and the node runs as a sensor (as a board does)
@@ -121,6 +162,8 @@ class Hal:
 
         hang = os.getenv("EDGEGW_EMULATE_HANG_S")
         model = emulation.Model(self.seed, self.uptime_ms, float(hang) if hang else None)
+        if role == "lora_sensor":  # a battery probe in the field: its climate sensor only
+            return [emulation.EmulatedBME280(model)]
         pin = emulation.EmulatedPin(model)
         self._pins.append(pin)
         return [

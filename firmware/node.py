@@ -50,6 +50,8 @@ _RESERVE = const(4096)
 _REQUEST_HEAP = const(6656)
 _MAX_PENDING = const(36)  # samples waiting for a frame while the span rule holds frames back
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
+_RADIO_FRAME = const(204)  # protocols/lora.py MAX_RADIO_FRAME
+_RADIO_SAMPLES = const(9)  # 9 x 15 bytes at worst fits a radio frame
 _IDLE_MS = const(100)  # the loop's longest wait: the roles read their sensors every 200-500 ms
 _LAST_COUNTER = const(0xFFFFFFFF)  # spent on a LOG saying the counter is exhausted (see send)
 _TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
@@ -115,6 +117,21 @@ class Node:
                 self.commands[name] = (source.COMMANDS[name], source)
             if hasattr(source, "poll"):
                 self.polled.append(source)
+        # The radio whose figures STATUS carries: a bridge role's (it also takes RADIO_TX), or the port of a
+        # node whose link is the air (firmware/radio_port.py), which asks before sending a frame whether the
+        # node still wants it (not acknowledged while it waited for the duty cycle).
+        self.bridge = None
+        self.radio = None
+        for source in self.sources:
+            if hasattr(source, "radio_tx"):
+                self.bridge = self.radio = source
+        self.frame_limit = fr.MAX_FRAME
+        self.frame_samples = _FRAME_SAMPLES
+        if hasattr(hal.uart, "wanted"):
+            self.radio = hal.uart
+            hal.uart.wanted = self.out_wants
+            self.frame_limit = _RADIO_FRAME  # a bridge wraps each of its frames in a RADIO_RX (SPEC.md 5.11)
+            self.frame_samples = _RADIO_SAMPLES
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
         self.offset_ms = None  # unix ms - uptime ms, once TIME arrived (integers: see firmware/uptime.py)
@@ -130,6 +147,9 @@ class Node:
         gc.collect()
         capacity = max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST))
         self.out = ss.Outbox(self.counter, capacity, ss.NODE_ON_REJECT)
+
+    def out_wants(self, counter):
+        return counter in self.out.counters
 
     # -------------------------------------------------------------- sending
 
@@ -189,19 +209,33 @@ class Node:
         # A long board name (os.uname().machine: "Raspberry Pi Pico W with RP2040") beside six
         # channels and rekey passes the payload limit, 4 bytes lower under a tag. The name only
         # informs: it is cut to fit, rather than a HELLO refused and a node that cannot start.
-        room = fr.MAX_FRAME - fr.HEADER_LEN - (fr.CRC_LEN if self.keys is None else fr.AUTH_TAG_LEN)
+        room = self.frame_limit - fr.HEADER_LEN - (fr.CRC_LEN if self.keys is None else fr.AUTH_TAG_LEN)
         over = len(messages.encode_payload(messages.HELLO, fields)) - room
         model = self.hal.hw_model
         while over > 0 and model:
             model = fields["hw_model"] = model[:-over]
             over = len(messages.encode_payload(messages.HELLO, fields)) - room
+        for name in ("identify", "sample_now", "set_interval", "reboot"):
+            if over <= 0:
+                break
+            # Over the air (a smaller limit): without the built-in commands a node in the field needs least
+            # rather than no HELLO at all; the role's own commands are what it is there for.
+            if offered.pop(name, None) is not None:
+                print("edgegw-node: HELLO over the radio frame limit: %s not offered" % name)
+                over = len(messages.encode_payload(messages.HELLO, fields)) - room
+        if over > 0:
+            print("edgegw-node: HELLO %d bytes over the frame limit: sent without its commands" % over)
+            del fields["commands"]
         self.hello_pending = self.send(messages.HELLO, fields)
 
     def flush_readings(self):
         # At most _FRAME_SAMPLES per frame, so a frame stays under the 255-byte limit
-        # whatever piled up while the span rule held frames back.
-        while self.pending and self.may_send():
-            chunk = self.pending[: 3 * _FRAME_SAMPLES]
+        # whatever piled up while the span rule held frames back. A link that is the air sends a
+        # frame when its duty cycle lets it (firmware/radio_port.py): until then samples gather.
+        port = self.hal.uart
+        air = self.radio is port and self.radio is not None
+        while self.pending and self.may_send() and not (air and port.busy()):
+            chunk = self.pending[: 3 * self.frame_samples]
             fields: dict = {"samples": chunk}
             if self.pending_since is not None:
                 fields["base_time"] = self.pending_since
@@ -234,7 +268,9 @@ class Node:
 
     def sample(self):
         now = self.now()
-        if not self.pending:
+        if not self.pending or self.pending_since is None:
+            # The first sample waiting, or the first since the clock came (TIME) while undated ones wait: a
+            # node on the air always has samples waiting, and must not date them all "when received"
             self.pending_since = now
         dt = 0 if now is None or self.pending_since is None else now - self.pending_since
         channel = 0
@@ -253,19 +289,19 @@ class Node:
 
     def status(self):
         free = gc.mem_free()
-        self.send(
-            messages.STATUS,
-            {
-                "uptime": self.hal.uptime_ms() // 1000,
-                "free_heap": free,
-                "reset_cause": self.hal.reset_cause,
-                "dropped": self.out.dropped,
-                "retransmits": self.out.retransmits,
-                "rx_errors": self.rx_errors,
-                "heap_peak": self.heap_peak,
-            },
-            0,
-        )
+        fields = {
+            "uptime": self.hal.uptime_ms() // 1000,
+            "free_heap": free,
+            "reset_cause": self.hal.reset_cause,
+            "dropped": self.out.dropped,
+            "retransmits": self.out.retransmits,
+            "rx_errors": self.rx_errors,
+            "heap_peak": self.heap_peak,
+        }
+        radio = self.radio
+        if radio is not None:  # a bridge's radio or a radio node's link (SPEC.md 5.7 `air`)
+            fields["air"] = radio.report(self.hal.uptime_ms())
+        self.send(messages.STATUS, fields, 0)
 
     # -------------------------------------------------------------- receiving
 
@@ -298,6 +334,8 @@ class Node:
             event = self.out.rejected(fields["reason"], fields.get("counter"))
             if event and event[0] == ss.NEED_HELLO and (self.hello_pending is None or self.hello_pending not in self.out.counters):
                 self.hello()
+        elif mtype == messages.RADIO_TX and self.bridge is not None:
+            self.bridge.radio_tx(self, fields)
         elif mtype == messages.COMMAND or mtype == messages.CONFIG:  # the window's: firmware/downlink.py
             gc.collect()
             while gc.mem_free() < _REQUEST_HEAP and self.out.counters:
@@ -419,7 +457,10 @@ class Node:
         # Until the next sample, _IDLE_MS at most. A byte on the UART ends the wait
         # at once (an ACK, a COMMAND): a 20 ms poll cost an idle node 2 % of a core
         # on the unix port for nothing, and a battery node its battery.
-        wait = self.next_sample - self.hal.uptime_ms()
+        now = self.hal.uptime_ms()
+        wait = self.next_sample - now
+        if self.bridge is not None:  # a bridge's transmission due sooner (a node's receive window)
+            wait = min(wait, self.bridge.next_ms(now))
         return 0 if wait < 0 else (_IDLE_MS if wait > _IDLE_MS else wait)
 
     def run(self, watchdog):

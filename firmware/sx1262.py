@@ -52,6 +52,7 @@ class SX1262:
         self._busy = busy
         self.crc_errors = 0  # received packets with a bad header or payload CRC: dropped here, counted
         self.freq = 0
+        self._iq = 0x00
         self.sf = 0
         self.bw = 0
         self.cr = 0
@@ -97,7 +98,8 @@ class SX1262:
             self._cs(1)
         return out[1]
 
-    def configure(self, freq, sf, bw=125000, cr=1, power_dbm=14, preamble=8):
+    def configure(self, freq, sf, bw=125000, cr=1, power_dbm=14, preamble=8, invert_iq=False):
+        # invert_iq: for downlinks (a bridge sending, a node's receive window), as firmware/sx1276.py says
         if not 7 <= sf <= 12 or bw not in _BANDWIDTHS or not 1 <= cr <= 4 or not -9 <= power_dbm <= 22:
             raise ValueError("SX1262: SF7-12, 125/250/500 kHz, CR 1-4, -9..22 dBm")
         if not 150000000 <= freq <= 960000000:
@@ -114,12 +116,13 @@ class SX1262:
         ldro = 1 if symbol_us(sf, bw) >= 16384 else 0
         self._command(bytes((_SET_MODULATION_PARAMS, sf, _BANDWIDTHS[bw], cr, ldro)))
         self._preamble = preamble
+        self._iq = 0x01 if invert_iq else 0x00
         self._command(bytes((_SET_BUFFER_BASE, 0, 0)))
         self.freq, self.sf, self.bw, self.cr = freq, sf, bw, cr
 
     def _packet_params(self, length):
-        # Preamble, explicit header, payload length (the maximum when receiving), CRC on, standard IQ
-        self._command(bytes((_SET_PACKET_PARAMS, self._preamble >> 8, self._preamble & 0xFF, 0x00, length, 0x01, 0x00)))
+        # Preamble, explicit header, payload length (the maximum when receiving), CRC on, I/Q standard or inverted
+        self._command(bytes((_SET_PACKET_PARAMS, self._preamble >> 8, self._preamble & 0xFF, 0x00, length, 0x01, self._iq)))
 
     def _clear(self, mask=0xFFFF):
         self._command(bytes((_CLEAR_IRQ_STATUS, mask >> 8, mask & 0xFF)))

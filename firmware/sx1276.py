@@ -26,6 +26,7 @@ _REG_IRQ_FLAGS = const(0x12)  # write 1 to clear
 IRQ_RX_DONE = const(0x40)
 IRQ_CRC_ERROR = const(0x20)
 IRQ_TX_DONE = const(0x08)
+IRQ_VALID_HEADER = const(0x10)
 _REG_RX_NB_BYTES = const(0x13)
 _REG_PKT_SNR = const(0x19)  # signed, quarter dB
 _REG_PKT_RSSI = const(0x1A)  # packet RSSI = -157 + value on the HF port (DS 5.5.5)
@@ -35,6 +36,8 @@ _REG_PREAMBLE_MSB = const(0x20)
 _REG_PAYLOAD_LENGTH = const(0x22)
 _REG_MODEM_CONFIG3 = const(0x26)  # LowDataRateOptimize 3, AgcAutoOn 2
 _REG_SYNC_WORD = const(0x39)
+_REG_INVERT_IQ = const(0x33)
+_REG_INVERT_IQ2 = const(0x3B)
 _REG_VERSION = const(0x42)
 VERSION = const(0x12)
 _RSSI_HF = const(-157)
@@ -97,8 +100,10 @@ class SX1276:
         if self.read(_REG_OPMODE) != _LONG_RANGE | _MODE_STDBY:
             raise OSError("the SX1276 did not enter LoRa standby")
 
-    def configure(self, freq, sf, bw=125000, cr=1, power_dbm=14, preamble=8):
+    def configure(self, freq, sf, bw=125000, cr=1, power_dbm=14, preamble=8, invert_iq=False):
         # Channel, spreading factor 7-12, bandwidth, coding rate 4/(4+cr), output power 2-17 dBm on PA_BOOST.
+        # invert_iq: downlinks (a bridge sending, a node's receive window) use inverted I/Q, as LoRaWAN's do, so
+        # that a node listening for its answer never hears another node's uplink, nor a bridge another's answer.
         if not 7 <= sf <= 12 or bw not in _BANDWIDTHS or not 1 <= cr <= 4 or not 2 <= power_dbm <= 17:
             raise ValueError("SX1276: SF7-12, 125/250/500 kHz, CR 1-4, 2-17 dBm")
         if not 862000000 <= freq <= 1020000000:
@@ -113,6 +118,10 @@ class SX1276:
         self.write(_REG_MODEM_CONFIG3, ldro | 0x04)  # AGC on
         self._burst(_REG_PREAMBLE_MSB, bytes((preamble >> 8, preamble & 0xFF)))
         self.write(_REG_SYNC_WORD, _SYNC_PRIVATE)
+        # RegInvertIQ: bit 6 set inverts receiving, bit 0 clear inverts sending (0x27 after reset: neither), the
+        # other bits at their reset value; RegInvertIQ2 0x19 inverted, 0x1D normal (as Semtech's LoRaMac-node sets them)
+        self.write(_REG_INVERT_IQ, 0x66 if invert_iq else 0x27)
+        self.write(_REG_INVERT_IQ2, 0x19 if invert_iq else 0x1D)
         self.write(_REG_FIFO_TX_BASE, 0)
         self.write(_REG_FIFO_RX_BASE, 0)
         self.freq, self.sf, self.bw, self.cr = freq, sf, bw, cr
@@ -146,7 +155,7 @@ class SX1276:
         flags = self.read(_REG_IRQ_FLAGS)
         if not flags & IRQ_RX_DONE:
             return None
-        self.write(_REG_IRQ_FLAGS, IRQ_RX_DONE | IRQ_CRC_ERROR)
+        self.write(_REG_IRQ_FLAGS, IRQ_RX_DONE | IRQ_CRC_ERROR | IRQ_VALID_HEADER)
         if flags & IRQ_CRC_ERROR:
             self.crc_errors += 1
             return None
@@ -159,6 +168,11 @@ class SX1276:
         snr4 = snr4 - 256 if snr4 > 127 else snr4
         rssi = _RSSI_HF + self.read(_REG_PKT_RSSI) + (snr4 // 4 if snr4 < 0 else 0)  # DS 5.5.5, below the noise
         return bytes(out[1:]), rssi, snr4 / 4
+
+    def receiving(self):
+        # A packet's header was heard and its end has not come yet (ValidHeader without RxDone): a receive
+        # window stays open for it.
+        return self.read(_REG_IRQ_FLAGS) & (IRQ_VALID_HEADER | IRQ_RX_DONE) == IRQ_VALID_HEADER
 
     def sleep(self):
         self._mode(_MODE_SLEEP)

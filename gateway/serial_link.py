@@ -27,6 +27,7 @@ import serial
 
 from protocols import ProtocolError
 
+from .air import AirTransport
 from .config import SerialConfig
 from .downlink import CounterSource, Downlink
 from .fast_decode import FastStreamDecoder, ReceivedMessage
@@ -55,6 +56,16 @@ class LinkHandler(Protocol):
         ...
 
 
+class Transport(Protocol):
+    """What carries a link's bytes: a serial port (SerialTransport), or the air through a bridge (AirTransport)."""
+
+    def output_ready(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Link:
     """One open serial port: decodes frames, counts bad ones, queues what the nodes are owed."""
 
@@ -74,7 +85,7 @@ class Link:
         self._decoder = FastStreamDecoder(keys.uplink_keys if keys is not None else None)
         self.downlink = Downlink(next_counter, key_of=keys.downlink_key if keys is not None else None)
         self.require_auth = require_auth  # [[serial]] require_auth (gateway/config.py); Sessions.auth_required reads it
-        self.transport: SerialTransport | None = None
+        self.transport: Transport | None = None
         self._greeting = b"\x00"  # ends whatever the nodes' receivers collected before we were here
         self.frames = 0
         self.duplicates = 0  # frames whose counter the node's window had seen (Sessions.message)
@@ -85,7 +96,7 @@ class Link:
 
     # ------------------------------------------------------------ transport side
 
-    def connection_made(self, transport: SerialTransport) -> None:
+    def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         transport.output_ready()  # the greeting
 
@@ -182,11 +193,22 @@ class Link:
 
 
 class RadioLink(Link):
-    """The link of the nodes one LoRa bridge hears (gateway/sessions.py, Sessions._bridged): a port with no
-    transport yet, so nothing is sent over it (RADIO_TX is issue 15's next part). Tags are always required."""
+    """The link of the nodes one LoRa bridge hears (gateway/sessions.py, Sessions._bridged). Its transport is
+    the air (gateway/air.py): what it owes a node goes through the bridge as RADIO_TX, in the node's receive
+    windows. Tags are always required."""
 
-    def __init__(self, bridge: str, handler: LinkHandler, keys: Keystore | None) -> None:
-        super().__init__("radio:" + bridge, handler, lambda link, error: None, lambda node_id: None, keys, require_auth=True)
+    def __init__(
+        self,
+        bridge: str,
+        bridge_id: bytes,
+        handler: LinkHandler,
+        keys: Keystore | None,
+        next_counter: CounterSource,
+        send: Callable[[bytes, dict[str, Any]], bool],
+    ) -> None:
+        super().__init__("radio:" + bridge, handler, lambda link, error: None, next_counter, keys, require_auth=True)
+        self.air = AirTransport(self.pull, bridge_id, send, ask_time=self.downlink.time)
+        self.connection_made(self.air)
 
 
 @dataclass

@@ -56,6 +56,8 @@ REJECT_DETAIL_MAX = 80  # characters of a REJECT's detail: the frame stays far b
 _INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval", "commands")
 _GATEWAY_ONLY = (messages.COMMAND, messages.RADIO_TX)  # types only a gateway sends: a node's are refused (SPEC.md §6.3)
 _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "snr", "dropped", "retransmits", "rx_errors", "heap_peak")
+# STATUS `air` (SPEC.md §5.7): a bridge's radio or a radio node's, integers each; others are not kept
+_AIR_FIELDS = ("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq")
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
@@ -83,7 +85,12 @@ class Node:
     key_checked: bytes | None = None  # the current key its info's key_id was last compared with (Sessions._key_seen)
     key_after_reset: bool = False  # a tagged HELLO reset its window: the key is recorded once the reset is on disk
     untagged_moved: bool = False  # untagged frames of this keyed node moved its window (a require_auth = false port)
-    radio: dict[str, Any] = field(default_factory=dict)  # heard through a bridge: rssi, snr, sf, freq, bridge (best)
+    radio: dict[str, Any] = field(default_factory=dict)  # heard through a bridge: rssi, snr, sf, freq, bridge (best), pdr
+    # Counters heard over the air, for the packet delivery ratio: new counters heard / the span they cover (a
+    # counter first heard as a retransmission counts: what was lost is what never arrived at all)
+    radio_first: int = -1
+    radio_high: int = -1
+    radio_new: int = 0
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -591,6 +598,14 @@ class Sessions:
             self.listener.acked(node.hex, fields["counters"])
         elif message.type == messages.STATUS:
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
+            air = fields.get("air")
+            if isinstance(air, dict):
+                node.status["air"] = {
+                    key: air[key] for key in _AIR_FIELDS if isinstance(air.get(key), int) and not isinstance(air[key], bool)
+                }
+            radio = self._radio_links.get(node.hex)
+            if radio is not None:  # a bridge: what the gateway sent through it (gateway/air.py)
+                node.status["downlink"] = dict(radio.air.counts)
             self.presenter.status(node, force=True)
         elif message.type == messages.TIME and "unix" not in fields:
             self.send_time(link, node)
@@ -627,7 +642,11 @@ class Sessions:
         node's receive window is issue 15's next part), so the node is not acknowledged over the air."""
         radio = self._radio_links.get(bridge.hex)
         if radio is None:
-            radio = self._radio_links[bridge.hex] = RadioLink(bridge.hex, self, self.keys)
+
+            def send(bridge_id: bytes, tx: dict[str, Any]) -> bool:
+                return bridge.link is not None and bridge.link.send(bridge_id, messages.RADIO_TX, tx)
+
+            radio = self._radio_links[bridge.hex] = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send)
         try:
             inner = fr.unpack(fields["frame"], self.keys.uplink_keys if self.keys is not None else None)
             message = decode_frame(inner)
@@ -635,6 +654,8 @@ class Sessions:
             radio.errors[error.reason] += 1  # no REJECT goes over the air: counted, as a damaged frame on a cable
             return
         radio.frames += 1
+        if message.key_index >= 0 and "at" in fields:  # authentic, from a bridge that says when: a receive window
+            radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
         better = node is None or node.radio.get("counter") != message.counter or fields["rssi"] > node.radio.get("rssi", -999)
@@ -642,9 +663,16 @@ class Sessions:
         node = self._by_id.get(message.node_id)
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
+        if message.counter > node.radio_high:  # a counter never heard before: the delivery ratio's count
+            if node.radio_high < 0:
+                node.radio_first = message.counter
+            node.radio_high = message.counter
+            node.radio_new += 1
         if better:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
-            node.radio = json_value({**reception, "bridge": bridge.hex, "counter": message.counter})
+            span = node.radio_high - node.radio_first + 1
+            pdr = round(node.radio_new / span, 3) if span > 0 else None
+            node.radio = json_value({**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr})
         elif previous is not None:
             node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
 

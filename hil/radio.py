@@ -144,6 +144,12 @@ class Medium:
         radio.windows.append((start, until, channel, sf))
         self._listeners[name] = radio
 
+    def close_windows(self, name: str, at: float) -> None:
+        """A radio stopped listening at `at`: its windows open past it end there (hil/air.py: a receiver
+        switched on and off in real time opens a window with no end)."""
+        radio = self.radios[name]
+        radio.windows = [(start, min(until, at), channel, sf) for start, until, channel, sf in radio.windows]
+
     # ------------------------------------------------------------ the physics
 
     def shadowing_db(self, a: str, b: str) -> float:

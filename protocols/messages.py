@@ -95,13 +95,13 @@ SCHEMAS = {
     READINGS: "base_time n samples a!",
     ACK: "counters a!",
     TIME: "unix u ms u",
-    STATUS: "uptime u! free_heap u reset_cause u0-6 battery_mv u rssi i snr n dropped u retransmits u rx_errors u heap_peak u",
+    STATUS: "uptime u! free_heap u reset_cause u0-6 battery_mv u rssi i snr n dropped u retransmits u rx_errors u heap_peak u air m",
     CONFIG: "op u0-2! values m keys a errors m id u",
     COMMAND: "id u! action t! args m",
     COMMAND_RESULT: "id u! outcome u0-4! detail t value *",
     LOG: "severity u0-7! text t!",
-    RADIO_RX: "frame b! rssi i! snr n! freq u! sf u7-12! bw u",
-    RADIO_TX: "frame b! - - - - freq u! sf u7-12! bw u power i delay_ms u",
+    RADIO_RX: "frame b! rssi i! snr n! freq u! sf u7-12! bw u at u",
+    RADIO_TX: "frame b! - - - - freq u! sf u7-12! bw u power i delay_ms u at u",
     REJECT: "reason u! detail t counter u type u",
 }
 _CHANNEL_SCHEMA = "name t! unit t! scale i"

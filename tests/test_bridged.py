@@ -3,12 +3,13 @@
 The real Sessions behind real Links: two bridges on two ports relay a keyed battery node's frames. Its frames
 are checked with its own key (a tag is required over radio, whatever the port says), handled as its own on
 the bridge's radio link, stored once when two bridges hear the same frame, and its status names the bridge
-that heard it best. Nothing goes back over the air yet (RADIO_TX is the next part).
+that heard it best; what the node is owed goes back as RADIO_TX in its receive windows (gateway/air.py).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from gateway.serial_link import RadioLink
 from hil.scripted_node import CHANNELS
 from protocols import Message, encode, messages
 from protocols import frame as fr
+from protocols.airtime import airtime_us
+from protocols.dutycycle import BANDS, band
 from tests.test_security import KEY, KeyBench, keyfile
 
 BATTERY = bytes.fromhex("0000b0b0b0b0b0b1")
@@ -30,15 +33,25 @@ class Radio:
     def __init__(self, tmp_path: Path) -> None:
         self.bench = KeyBench(keyfile(tmp_path, {BATTERY: KEY}))
         self.counters = {port: 1 for port in BRIDGES}
+        self.later: Any = None
         for port, bridge in BRIDGES.items():
             self.bench.feed(encode(Message(messages.HELLO, bridge, 1, BRIDGE_HELLO, fr.F_ACK_REQ)), port)
 
-    def relay(self, port: str, inner: bytes, rssi: int = -110, snr: float = 2.5) -> None:
-        """The bridge on `port` passes up a radio frame it heard (RADIO_RX, acknowledged to it by the gateway)."""
+    def relay(self, port: str, inner: bytes, rssi: int = -110, snr: float = 2.5, at: int | None = None) -> list[Message]:
+        """The bridge on `port` passes up a radio frame it heard (RADIO_RX, acknowledged to it by the gateway);
+        `at`: when it heard it, on its clock. What the gateway wrote to the bridge."""
         self.counters[port] += 1
-        fields = {"frame": inner, "rssi": rssi, "snr": snr, "freq": 868_100_000, "sf": 9}
+        fields: dict[str, Any] = {"frame": inner, "rssi": rssi, "snr": snr, "freq": 868_100_000, "sf": 9}
+        if at is not None:
+            fields["at"] = at
         replies = self.bench.feed(encode(Message(messages.RADIO_RX, BRIDGES[port], self.counters[port], fields, fr.F_ACK_REQ)), port)
         assert any(r.type == messages.ACK and self.counters[port] in r.fields["counters"] for r in replies)  # the bridge's own ACK
+        return replies + self.decide(port)
+
+    def decide(self, port: str = "/dev/ttyA") -> list[Message]:
+        """DECIDE_S later: the windows' frames are chosen. What the gateway wrote to the bridge then."""
+        self.later.run()
+        return self.bench.replies(port)
 
 
 def on_air(mtype: int, counter: int, fields: dict[str, Any], key: bytes | None = KEY) -> bytes:
@@ -47,9 +60,27 @@ def on_air(mtype: int, counter: int, fields: dict[str, Any], key: bytes | None =
     return bytes(fr.pack(fr.Frame(mtype, BATTERY, counter, messages.encode_payload(mtype, fields), flags), key))
 
 
+class Later:
+    """The event loop's call_later for gateway/air.py: a window's frame is chosen when the test says time has come."""
+
+    def __init__(self) -> None:
+        self.due: list[Any] = []
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> None:
+        self.due.append((callback, args))
+
+    def run(self) -> None:
+        due, self.due = self.due, []
+        for callback, args in due:
+            callback(*args)
+
+
 @pytest.fixture
-def radio(tmp_path: Path) -> Radio:
-    return Radio(tmp_path)
+def radio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Radio:
+    made = Radio(tmp_path)
+    made.later = Later()
+    monkeypatch.setattr("gateway.air.asyncio.get_running_loop", lambda: made.later)
+    return made
 
 
 def test_a_battery_node_heard_through_a_bridge_is_a_node_of_its_own(radio: Radio) -> None:
@@ -60,7 +91,15 @@ def test_a_battery_node_heard_through_a_bridge_is_a_node_of_its_own(radio: Radio
     radio.relay("/dev/ttyA", readings, rssi=-118)
     radio.relay("/dev/ttyB", readings, rssi=-104)  # the same frame, heard better by the other bridge
     assert radio.bench.stored() == [2]  # once
-    assert node.radio == {"rssi": -104, "snr": 2.5, "sf": 9, "freq": 868_100_000, "bridge": BRIDGES["/dev/ttyB"].hex(), "counter": 2}
+    assert node.radio == {
+        "rssi": -104,
+        "snr": 2.5,
+        "sf": 9,
+        "freq": 868_100_000,
+        "bridge": BRIDGES["/dev/ttyB"].hex(),
+        "counter": 2,
+        "pdr": 1.0,
+    }
     assert node.port == "radio:" + BRIDGES["/dev/ttyB"].hex()
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0, 1, 8, 0]}), rssi=-120)
     radio.relay("/dev/ttyB", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0, 1, 8, 0]}), rssi=-125)
@@ -88,3 +127,59 @@ def test_over_radio_a_tag_is_required_and_a_damaged_frame_is_counted(radio: Radi
     radio.relay("/dev/ttyB", plain)
     assert stranger.hex() not in radio.bench.sessions.nodes
     assert links[BRIDGES["/dev/ttyB"].hex()].errors["auth"] == 1
+
+
+def over_the_air(replies: list[Message]) -> list[tuple[int, Message]]:
+    """The RADIO_TX among what the gateway wrote to a bridge: (at, the frame inside, checked with the node's key)."""
+    out = []
+    for reply in replies:
+        if reply.type == messages.RADIO_TX:
+            assert reply.fields["freq"] in (868_100_000, 869_525_000) and reply.fields["sf"] == 9  # RX1: the uplink's channel; RX2
+            inner = fr.unpack(reply.fields["frame"], lambda node: (KEY,))
+            assert inner.key_index == 0  # tagged with the node's key
+            out.append((reply.fields["at"], messages.decode_frame(inner)))
+    return out
+
+
+def test_a_radio_node_is_answered_in_its_two_receive_windows(radio: Radio) -> None:
+    sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=50_000))
+    # RX1: the HELLO's ACK; RX2: the TIME a node gets after its HELLO, made for that window
+    assert [(at, m.type) for at, m in sent] == [(51_100, messages.ACK), (52_100, messages.TIME)]
+    assert sent[0][1].fields["counters"] == [1] and sent[0][1].node_id == BATTERY
+    assert abs(sent[1][1].fields["unix"] - time.time()) < 2
+    readings = on_air(messages.READINGS, 2, {"samples": [0, 2150, 0, 1, 7, 0]})
+    assert over_the_air(radio.relay("/dev/ttyA", readings, at=60_000)) == []  # not safe yet: no ACK, nothing owed
+    radio.bench.safe_all()
+    sent = over_the_air(radio.bench.replies("/dev/ttyA"))
+    # ACKed once committed, in time; in RX2: the 1 % sub-band of RX1 is closed for 100 x the first ACK's airtime
+    assert [(at, m.type, m.fields["counters"]) for at, m in sent] == [(62_100, messages.ACK, [2])]
+
+
+def test_a_window_too_late_to_reach_is_missed_and_what_is_owed_waits_for_the_next(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=100_000)
+    air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    # A frame the bridge heard 10 s ago on its clock (its report was held up): both windows have passed
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2150, 0]}), at=90_000)
+    radio.bench.safe_all()
+    assert over_the_air(radio.bench.replies("/dev/ttyA")) == [] and air.counts["missed"] == 2
+    # The node's next uplink, 30 s later (its own duty cycle, and the bridge's time-offs after its first answers, are over)
+    sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0]}), at=130_000))
+    assert [(at, m.type, m.fields["counters"]) for at, m in sent] == [(131_100, messages.ACK, [2])]  # the next window carries it
+
+
+def test_the_bridge_duty_cycle_is_kept_on_its_clock(radio: Radio) -> None:
+    sent: list[Message] = []
+    for counter in range(1, 40):  # a node that sends every 100 ms (no node may): its windows come faster than the bridge may answer
+        inner = on_air(messages.HELLO, 1, NODE_HELLO) if counter == 1 else on_air(messages.READINGS, counter, {"samples": [0, counter, 0]})
+        sent += radio.relay("/dev/ttyA", inner, at=200_000 + 100 * counter)
+        radio.bench.safe_all()
+        sent += radio.bench.replies("/dev/ttyA")
+    air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    assert air.counts["no_budget"] > 0 and air.counts["sent"] >= 2
+    last: dict[int, tuple[int, float]] = {}
+    for tx in sorted((m for m in sent if m.type == messages.RADIO_TX), key=lambda m: m.fields["at"]):
+        index = band(tx.fields["freq"])
+        if index in last:  # the time-off after the previous frame in its sub-band: T x (100 / d - 1)
+            at, airtime_ms = last[index]
+            assert tx.fields["at"] - at >= airtime_ms * (100000 / BANDS[index][2]), (tx.fields, last)
+        last[index] = (tx.fields["at"], airtime_us(len(tx.fields["frame"]), 9) / 1000)

@@ -20,7 +20,7 @@ def test_the_sx1276_driver_drives_the_emulated_chip(micropython: str) -> None:
     bw125_cr45, sf9_crc, agc, pa_boost_14dbm, private_sync = 0x72, 0x94, 0x04, 0xFC, 0x12
     assert rows["config"] == [bw125_cr45, sf9_crc, agc, pa_boost_14dbm, private_sync]
     assert rows["ldro"][0] == 0x0C  # SF12 at 125 kHz: low data rate optimisation on (a symbol of 32 ms)
-    assert rows["sent"] == [["".join("%02x" % i for i in range(1, 43))], [[868_299_987, 7, 250_000, 4, 17]], False]
+    assert rows["sent"] == [["".join("%02x" % i for i in range(1, 43))], [[868_299_987, 7, 250_000, 4, 17, 0]], False]
     assert airtime_us(42, 7, 250_000, 4) < 100_000  # ... and TxDone comes once its airtime has passed:
     assert rows["tx_done"] == [True, 0x81, False]  # standby again, the flag cleared
     assert rows["not listening"] == [False]  # a packet while not in RX continuous is not heard

@@ -45,6 +45,7 @@ firmware.ROM_BYTES = len(image)  # not the node's heap: the HAL tells the node (
 import firmware.main
 """
 EMULATION_MODULES = (  # the emulator's, never a board's
+    "firmware/emulated_air.py",
     "firmware/emulated_chip.py",
     "firmware/emulated_gauge.py",
     "firmware/emulated_parking.py",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # What a node can be (node.json "role"): firmware/roles/ has one module each; "sensor" is the
 # BME280, stream probe and rain gauge node of firmware/hal_*.py.
-ROLES = ("sensor", "streetlight", "gauge", "parking")
+ROLES = ("sensor", "streetlight", "gauge", "parking", "lora_sensor", "lora_bridge")
 
 
 def find_tool(name: str) -> str | None:

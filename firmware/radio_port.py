@@ -1,0 +1,202 @@
+# A battery node's link to the gateway over LoRa, class A (SPEC.md 5.11): the node's frames go on air
+# one per packet, and a receive window opens a fixed delay after each uplink, for the ACKs and requests
+# the gateway sends back through a bridge. The port looks like a UART to the node (write,
+# read_available, wait), so the node's session rules (retransmission, the span, REJECT) are the same
+# over a cable and over the air; only the timing is the radio's:
+#
+# - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
+#   before. At most _QUEUE wait, a HELLO first, then answers to the gateway, then the rest, each oldest
+#   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it is still in the node's
+#   ring and comes again when its retransmission is due). A frame the node no longer wants (acknowledged
+#   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
+#   `busy` tells the node to keep its samples for a later, fuller frame rather than queue another.
+# - The uplink hops over its channels (1 %); two receive windows listen at the node's SF, the first on
+#   the uplink's channel RX_DELAY_MS after the uplink ended, the second on the 10 % downlink channel
+#   RX2_DELAY_MS after it, each for RX_WINDOW_MS and longer while a frame whose preamble it heard is
+#   still coming (protocols/lora.py), each closing after one frame. Two sub-bands, two duty cycles: the
+#   bridge can answer in both (an ACK, then a request).
+# - Between windows the radio sleeps. `tx_ms` and `rx_ms` are the radio's time on air and listening,
+#   which STATUS reports and the energy model (hil/energy.py) turns into battery life.
+import random
+
+from micropython import const
+
+from protocols import cobs
+from protocols.airtime import airtime_us
+from protocols.dutycycle import DutyCycle
+from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS, UPLINK_CHANNELS
+
+_HEARD_MS = const(50)  # a preamble was heard: the window stays open while the frame is still coming
+_QUEUE = const(4)
+_TYPE = const(1)  # header offsets (protocols/frame.py _HEADER)
+_FLAGS = const(2)
+_COUNTER = const(11)
+_ACK_REQ = const(0x02)
+_HELLO = const(0x01)
+_ANSWERS = (0x03, 0x06, 0x08)  # ACK, CONFIG (a node's are reports), COMMAND_RESULT
+
+_IDLE = const(0)
+_TX = const(1)
+_WAIT_RX = const(2)
+_RX = const(3)
+
+
+def _rank(frame):
+    # The order frames wait in: a HELLO first (nothing else is taken before it), then what answers the
+    # gateway (ACK, CONFIG report, COMMAND_RESULT: a command waits on it), then the rest; each by counter.
+    mtype = frame[_TYPE]
+    first = 0 if mtype == _HELLO else 1 if mtype in _ANSWERS else 2
+    return (first, frame[_COUNTER : _COUNTER + 4])
+
+
+class RadioPort:
+    def __init__(self, radio, clock, idle, sf=9, power_dbm=14, channels=UPLINK_CHANNELS):
+        # radio: an SX1276 or SX1262 driver; clock(): uptime ms; idle(ms): sleep until the radio has
+        # something or ms passed (the HAL's: an interrupt pin on a board, the air's pty on the unix port).
+        self.radio = radio
+        self.clock = clock
+        self.idle = idle
+        self.sf = sf
+        self.power = power_dbm
+        self.channels = channels  # those its bridges listen on (a bridge with one radio hears one)
+        self.duty = DutyCycle()
+        self.wanted = None  # wanted(counter): False once the node no longer needs the frame sent
+        self.queue = []
+        self.inbox = []  # received frames, COBS-encoded with their delimiter: what a UART would read
+        self.state = _IDLE
+        self.until = 0  # the end of the current state: TX's expected end, the window's opening or closing
+        self.since = 0
+        self.hop = 0
+        self.tx_end = 0
+        self.not_before = random.getrandbits(12)  # ms of uptime: the first transmission waits up to 4 s too
+        self.tx = self.rx = self.dropped = self.tx_ms = self.rx_ms = 0
+        radio.sleep()
+
+    # -------------------------------------------------------------- the UART's face
+
+    def write(self, data):
+        # COBS-encoded frames, each ending in 0 (what the node writes to a cable); each becomes a packet.
+        start = 0
+        while True:
+            end = data.find(b"\x00", start)
+            if end < 0:
+                return
+            if end > start:
+                self.enqueue(cobs.decode(data[start:end]))
+            start = end + 1
+
+    def read_available(self, buffer):
+        self.pump()
+        if not self.inbox:
+            return 0
+        wire = self.inbox[0]
+        count = min(len(buffer), len(wire))
+        buffer[:count] = wire[:count]
+        if count == len(wire):
+            self.inbox.pop(0)
+        else:
+            self.inbox[0] = wire[count:]
+        return count
+
+    def wait(self, ms):
+        # The node's idle time: asleep, waking for what the radio must do next.
+        self.pump()
+        if self.inbox:
+            return
+        now = self.clock()
+        if self.state != _IDLE or self.queue:
+            left = (self.until if self.state != _IDLE else max(self.not_before, now + self.duty.wait_ms(self.channels[0], now))) - now
+            ms = max(1, min(ms, left))
+        self.idle(ms)
+        self.pump()
+
+    # -------------------------------------------------------------- the radio
+
+    def busy(self):
+        # More than one frame already waits for the duty cycle: a new one would wait behind them
+        return len(self.queue) > 1
+
+    def enqueue(self, frame):
+        counter = frame[_COUNTER : _COUNTER + 4]
+        for index in range(len(self.queue)):
+            if self.queue[index][_COUNTER : _COUNTER + 4] == counter:
+                self.queue[index] = frame  # a retransmission of a frame still waiting: one copy, the newest
+                return
+        if len(self.queue) >= _QUEUE:
+            self.dropped += 1
+            if _rank(self.queue[-1]) < _rank(frame):
+                return  # the node keeps it in its ring: it comes again when its retransmission is due
+            self.queue.pop()
+        index = len(self.queue)
+        rank = _rank(frame)
+        while index and _rank(self.queue[index - 1]) > rank:
+            index -= 1
+        self.queue.insert(index, frame)
+
+    def pump(self):
+        now = self.clock()
+        state = self.state
+        if state == _TX:
+            if self.radio.tx_done():
+                self.tx_ms += now - self.since
+                self.state = _WAIT_RX
+                self.tx_end = now
+                self.until = now + RX_DELAY_MS
+        elif state == _WAIT_RX:
+            if now >= self.until:  # RX1 on the uplink's channel, RX2 on the 10 % one (protocols/lora.py)
+                second = now >= self.tx_end + RX2_DELAY_MS
+                channel = DOWNLINK_FREQ if second else self.channels[self.hop]
+                self.radio.configure(channel, self.sf, power_dbm=self.power, invert_iq=True)  # downlinks are inverted
+                self.radio.start_receive()
+                self.state = _RX
+                self.since = now
+                self.until = now + RX_WINDOW_MS
+        elif state == _RX:
+            got = self.radio.poll()
+            if got is not None:
+                self.rx += 1
+                self.inbox.append(cobs.encode(got[0], True))
+                self.until = now
+            elif self.radio.receiving():
+                self.until = now + _HEARD_MS
+            if now >= self.until:
+                self.radio.sleep()
+                self.rx_ms += now - self.since
+                second = self.tx_end + RX2_DELAY_MS
+                if now < second:  # the first window closed: the second opens at its time
+                    self.state = _WAIT_RX
+                    self.until = second
+                else:
+                    self.state = _IDLE
+        if self.state == _IDLE and self.queue:
+            self.send_next(now)
+
+    def send_next(self, now):
+        wanted = self.wanted
+        while self.queue:
+            frame = self.queue[0]
+            if wanted is None or not frame[_FLAGS] & _ACK_REQ or wanted(int.from_bytes(frame[_COUNTER : _COUNTER + 4], "big")):
+                break
+            self.queue.pop(0)  # acknowledged while it waited
+        if not self.queue or now < self.not_before:
+            return
+        self.hop = (self.hop + 1) % len(self.channels)
+        channel = self.channels[self.hop]
+        frame = self.queue[0]
+        airtime = airtime_us(len(frame), self.sf)
+        if self.duty.wait_ms(channel, now) or not self.duty.spend(channel, airtime, now):
+            return  # the sub-band is closed: the frame waits (wait() sleeps until it opens)
+        self.queue.pop(0)
+        # ALOHA needs chance: two nodes whose time-offs end together (woken by one event: a power cut
+        # ending, a flood) must not go on air together each time. Up to 4 s more after every time-off.
+        self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(12)
+        self.radio.configure(channel, self.sf, power_dbm=self.power)
+        self.radio.send(frame)
+        self.tx += 1
+        self.state = _TX
+        self.since = now
+        self.until = now + (airtime + 999) // 1000
+
+    def report(self, now_ms):
+        # STATUS `air` (SPEC.md 5.7)
+        return {"tx": self.tx, "tx_ms": self.tx_ms, "rx": self.rx, "rx_ms": self.rx_ms, "dropped": self.dropped, "sf": self.sf}

@@ -1,0 +1,220 @@
+"""The downlink over the air: what the sessions owe a node heard through a LoRa bridge goes back as RADIO_TX,
+in that node's receive windows, within the bridge's duty cycle (SPEC.md §5.11).
+
+A `RadioLink` (gateway/serial_link.py) queues a radio node's ACKs and requests like any port; its transport
+here takes them as frames and keeps them per node until the node opens its windows: class A, RX1 on the
+uplink's channel RX_DELAY_MS after each of its uplinks ends, RX2 on the 10 % channel RX2_DELAY_MS after it
+(protocols/lora.py). The bridge says when it heard the uplink (`at`, its uptime in ms), so the gateway asks it
+to transmit at `at` + the window's delay + RX_AIM_MS on the bridge's own clock, and only while that time is
+still ahead of the bridge by LEAD_MS; a window the gateway can no longer reach (the frame was committed too
+late, the serial line was slow) is missed, counted, and the frames wait for the next uplink. The frames are
+chosen DECIDE_S after the uplink was heard, when the ACK of a frame just committed is there to choose: one
+per window, the ACK first unless the node's previous window carried an ACK and a request (COMMAND, CONFIG,
+TIME, REJECT) waits; a TIME is made when it is chosen, so that it says the time when it goes on air.
+
+The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
+bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
+and drops what it cannot send; its STATUS `air` says how much of the hour's budget is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols import cobs, messages
+from protocols.airtime import airtime_us
+from protocols.dutycycle import DutyCycle
+from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
+
+log = logging.getLogger(__name__)
+
+RX_AIM_MS = 100  # into the node's window: room for the jitter of two clocks and a serial line either way
+LEAD_MS = 40  # a RADIO_TX reaches the bridge at least this long before its time, or the window is missed
+DRIFT_PPM = 100  # two crystals drift apart by far less (20-50 ppm): the bridge's clock estimate may follow this fast
+REBOOTED_MS = 60000  # a bridge clock that went back more than this rebooted
+KEPT = 8  # frames per node waiting for a window; a ninth pushes out the oldest (counted)
+DECIDE_S = 0.6  # after an uplink is heard, the window's frame is chosen this much later: its ACK is queued by then
+KEPT_S = 900.0  # a frame that found no window in this long is dropped (counted): what it answered is old
+_TYPE = 1  # header offsets (protocols/frame.py)
+_NODE = slice(3, 11)
+
+
+@dataclass
+class Window:
+    at: int  # the bridge's uptime (ms) when the uplink ended
+    freq: int  # the uplink's channel: the first window's
+    sf: int
+    bw: int
+    ready: bool = False  # the time to choose its frame came (DECIDE_S)
+    used: bool = False
+
+
+@dataclass
+class BridgeClock:
+    """A bridge's uptime, estimated from the `at` of its RADIO_RX: a report can only be late (the serial line,
+    the bridge's loop), never early, so the estimate that puts the bridge furthest ahead is the best one. It
+    may fall by DRIFT_PPM of the time since (two crystals drift apart); a bridge whose clock went back by more
+    than a minute rebooted, and starts again, duty cycle included (its own started again too)."""
+
+    offset_ms: float | None = None
+    updated: float = 0.0
+    duty: DutyCycle = field(default_factory=DutyCycle)
+
+    def heard(self, at: int, now: float) -> None:
+        estimate = at - now * 1000
+        if self.offset_ms is not None and estimate < self.offset_ms - REBOOTED_MS:
+            self.offset_ms = None
+            self.duty = DutyCycle()
+        if self.offset_ms is None:
+            self.offset_ms = estimate
+        else:
+            self.offset_ms = max(estimate, self.offset_ms - (now - self.updated) * 1000 * DRIFT_PPM / 1e6)
+        self.updated = now
+
+    def now_ms(self, now: float) -> int:
+        return int(now * 1000 + (self.offset_ms or 0))
+
+
+class AirTransport:
+    """The transport of one bridge's RadioLink: the bridge's serial link carries its frames as RADIO_TX."""
+
+    def __init__(
+        self,
+        pull: Callable[[int], bytes],
+        bridge_id: bytes,
+        send: Callable[[bytes, dict[str, Any]], bool],
+        clock: Callable[[], float] = time.monotonic,
+        ask_time: Callable[[bytes], object] = lambda node_id: None,
+    ) -> None:
+        self._pull = pull  # the RadioLink's downlink queue (Link.pull)
+        self._ask_time = ask_time  # queue a TIME for a node on the RadioLink (read from the clock when it is pulled)
+        self.time_owed: set[bytes] = set()
+        self.bridge_id = bridge_id
+        self._send = send  # RADIO_TX fields -> queued on the bridge's serial link
+        self._clock = clock
+        self.bridge_clock = BridgeClock()
+        self.windows: dict[bytes, Window] = {}
+        self.waiting: dict[bytes, list[tuple[bytes, float]]] = {}
+        self.acked_last: dict[bytes, bool] = {}
+        self._fresh_time: set[bytes] = set()  # nodes whose TIME is being made for a window now
+        self.counts: Counter[str] = Counter()
+
+    # ------------------------------------------------------------ what the sessions tell it
+
+    def heard(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> None:
+        """An authentic uplink of the node ended at `at` (bridge ms): a window opens."""
+        now = self._clock()
+        self.bridge_clock.heard(at, now)
+        window = self.windows[node_id] = Window(at, freq, sf, bw)
+        try:
+            asyncio.get_running_loop().call_later(DECIDE_S, self._decide, window)
+        except RuntimeError:  # no event loop (a tool, a test): chosen now
+            self._decide(window)
+
+    def _decide(self, window: Window) -> None:
+        window.ready = True
+        self.flush()
+
+    # ------------------------------------------------------------ the transport's face (Link)
+
+    def output_ready(self) -> None:
+        self._take()
+        self.flush()
+
+    def _take(self) -> None:
+        now = self._clock()
+        for chunk in self._pull(1 << 16).split(b"\x00"):
+            if not chunk:
+                continue
+            raw = cobs.decode(chunk)
+            node_id = bytes(raw[_NODE])
+            if raw[_TYPE] == messages.TIME and node_id not in self._fresh_time:
+                # A TIME says the time when it was made, and a window may be minutes away: it is owed, and
+                # made again when its window comes (its counter is spent: counters only need to rise)
+                self.time_owed.add(node_id)
+                continue
+            queue = self.waiting.setdefault(node_id, [])
+            if len(queue) >= KEPT:
+                queue.pop(0)
+                self.counts["dropped"] += 1
+            queue.append((raw, now))
+
+    def close(self) -> None:
+        self.waiting.clear()
+
+    abort = close
+
+    # ------------------------------------------------------------ scheduling
+
+    def flush(self) -> None:
+        now = self._clock()
+        for node_id in list(self.waiting):
+            queue = [entry for entry in self.waiting[node_id] if now - entry[1] < KEPT_S]
+            self.counts["stale"] += len(self.waiting[node_id]) - len(queue)
+            self.waiting[node_id] = queue
+            window = self.windows.get(node_id)
+            if not queue:
+                del self.waiting[node_id]
+            elif window is not None and window.ready and not window.used:
+                self._answer(node_id, window, queue, now)
+        for node_id in list(self.time_owed):
+            window = self.windows.get(node_id)
+            if node_id not in self.waiting and window is not None and window.ready and not window.used:
+                self._answer(node_id, window, [], now)
+
+    def _answer(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], now: float) -> None:
+        """The node's two windows after one uplink: a frame in each that the bridge's duty cycle allows."""
+        window.used = True
+        bridge_now = self.bridge_clock.now_ms(now)
+        for delay, freq in ((RX_DELAY_MS, window.freq), (RX2_DELAY_MS, DOWNLINK_FREQ)):
+            at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
+            if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
+                self.counts["missed"] += 1  # too late for this window
+                continue
+            if not (queue or node_id in self.time_owed):
+                return
+            self._send_one(node_id, window, queue, at, freq)
+
+    def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int) -> bool:
+        index = self._choose(node_id, queue)
+        if index < 0:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
+            self._fresh_time.add(node_id)
+            self._ask_time(node_id)
+            self._take()
+            self._fresh_time.discard(node_id)
+            self.time_owed.discard(node_id)
+            queue = self.waiting.get(node_id, [])
+            index = len(queue) - 1
+            if index < 0 or queue[index][0][_TYPE] != messages.TIME:
+                self.counts["dropped"] += 1
+                return False
+        raw = queue[index][0]
+        duty = self.bridge_clock.duty
+        if duty.wait_ms(freq, at) or not duty.spend(freq, airtime_us(len(raw), window.sf, window.bw), at):
+            self.counts["no_budget"] += 1
+            return False
+        fields = {"frame": bytes(raw), "freq": freq, "sf": window.sf, "bw": window.bw, "at": at}
+        if not self._send(self.bridge_id, fields):
+            self.counts["dropped"] += 1  # the bridge's serial link is gone or backed up
+            return False
+        del queue[index]
+        self.acked_last[node_id] = raw[_TYPE] == messages.ACK
+        self.counts["sent"] += 1
+        return True
+
+    def _choose(self, node_id: bytes, queue: list[tuple[bytes, float]]) -> int:
+        """The index in queue of the frame for this window; -1: the TIME owed."""
+        acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
+        others = [index for index, entry in enumerate(queue) if entry[0][_TYPE] != messages.ACK]
+        request = bool(others) or node_id in self.time_owed
+        if acks and not (request and self.acked_last.get(node_id)):
+            return acks[-1]  # the newest: ACKs of one node are merged as they queue, the newest says the most
+        if node_id in self.time_owed:
+            return -1  # before the other requests: a node without the time cannot date its readings
+        return others[0]

@@ -1,0 +1,14 @@
+"""The radio side of the protocol (SPEC.md §5.11): the channels and the class-A receive window that a LoRa
+node, its bridge and the gateway agree on. Constants only: the firmware (firmware/radio_port.py,
+firmware/roles/bridge.py) and the gateway (gateway/air.py) import the same numbers."""
+
+from ._compat import const
+
+UPLINK_CHANNELS = (868100000, 868300000, 868500000)  # sub-band h1.4, 1 %: nodes hop over them
+DOWNLINK_FREQ = const(869525000)  # sub-band h1.6, 10 %: every node's second receive window
+RX_DELAY_MS = const(1000)  # a node's first receive window opens this long after its uplink ended, on the uplink's channel
+RX2_DELAY_MS = const(2000)  # and its second this long after it, on DOWNLINK_FREQ (another sub-band: its own duty cycle)
+RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much of the opening is heard
+# A frame on air, at most: wrapped in a bridge's RADIO_RX (bw left out at 125 kHz, SNR in quarter dB as the
+# chips give it) the bridge's tagged frame stays within 255 bytes, 3 to spare
+MAX_RADIO_FRAME = const(204)
