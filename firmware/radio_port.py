@@ -28,6 +28,7 @@ from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_M
 
 _HEARD_MS = const(50)  # a preamble was heard: the window stays open while the frame is still coming
 _QUEUE = const(4)
+_TX_SLACK_MS = const(500)  # past a transmission's airtime without TxDone: the radio is reset (an IRQ lost, a brown-out)
 _TYPE = const(1)  # header offsets (protocols/frame.py _HEADER)
 _FLAGS = const(2)
 _COUNTER = const(11)
@@ -137,7 +138,11 @@ class RadioPort:
         now = self.clock()
         state = self.state
         if state == _TX:
-            if self.radio.tx_done():
+            late = now > self.until + _TX_SLACK_MS  # no TxDone long after the airtime: the chip is started again
+            if late:
+                self.dropped += 1
+                self.radio.begin()
+            if late or self.radio.tx_done():
                 self.tx_ms += now - self.since
                 self.state = _WAIT_RX
                 self.tx_end = now

@@ -29,7 +29,7 @@ from typing import Any
 
 from protocols import cobs, messages
 from protocols.airtime import airtime_us
-from protocols.dutycycle import DutyCycle
+from protocols.dutycycle import DutyCycle, band
 from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ RX_AIM_MS = 100  # into the node's window: room for the jitter of two clocks and
 LEAD_MS = 40  # a RADIO_TX reaches the bridge at least this long before its time, or the window is missed
 DRIFT_PPM = 100  # two crystals drift apart by far less (20-50 ppm): the bridge's clock estimate may follow this fast
 REBOOTED_MS = 60000  # a bridge clock that went back more than this rebooted
+MAX_AT = 1 << 53  # a bridge's uptime in ms beyond this is no clock (and would overflow a RADIO_TX's at)
 KEPT = 8  # frames per node waiting for a window; a ninth pushes out the oldest (counted)
 DECIDE_S = 0.6  # after an uplink is heard, the window's frame is chosen this much later: its ACK is queued by then
 KEPT_S = 900.0  # a frame that found no window in this long is dropped (counted): what it answered is old
@@ -91,7 +92,9 @@ class AirTransport:
         send: Callable[[bytes, dict[str, Any]], bool],
         clock: Callable[[], float] = time.monotonic,
         ask_time: Callable[[bytes], object] = lambda node_id: None,
+        is_link: Callable[[bytes], bool] = lambda node_id: True,
     ) -> None:
+        self._is_link = is_link  # whether this bridge is the node's link (it heard its latest frame best)
         self._pull = pull  # the RadioLink's downlink queue (Link.pull)
         self._ask_time = ask_time  # queue a TIME for a node on the RadioLink (read from the clock when it is pulled)
         self.time_owed: set[bytes] = set()
@@ -108,7 +111,18 @@ class AirTransport:
     # ------------------------------------------------------------ what the sessions tell it
 
     def heard(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> None:
-        """An authentic uplink of the node ended at `at` (bridge ms): a window opens."""
+        """An authentic uplink of the node ended at `at` (bridge ms): a window opens. A bridge whose report
+        no window can be built on (a channel outside EU868, a bandwidth no chip has, a clock past 2^53 ms)
+        opens none: counted, never an exception in the sessions."""
+        try:
+            band(freq)
+            airtime_us(1, sf, bw)
+        except (ValueError, KeyError):
+            self.counts["bad_report"] += 1
+            return
+        if not 0 <= at < MAX_AT:
+            self.counts["bad_report"] += 1
+            return
         now = self._clock()
         self.bridge_clock.heard(at, now)
         window = self.windows[node_id] = Window(at, freq, sf, bw)
@@ -121,11 +135,17 @@ class AirTransport:
         window.ready = True
         self.flush()
 
+    def rebooted(self) -> None:
+        """The bridge said HELLO: it started again, its clock and its duty cycle with it."""
+        self.bridge_clock = BridgeClock()
+        self.windows.clear()
+
     # ------------------------------------------------------------ the transport's face (Link)
 
     def output_ready(self) -> None:
-        self._take()
-        self.flush()
+        # What is owed stays in the link's queue (where a node's ACKs merge into one) until a window is there
+        if any(window.ready and not window.used for window in self.windows.values()):
+            self.flush()
 
     def _take(self) -> None:
         now = self._clock()
@@ -140,8 +160,9 @@ class AirTransport:
                 self.time_owed.add(node_id)
                 continue
             queue = self.waiting.setdefault(node_id, [])
-            if len(queue) >= KEPT:
-                queue.pop(0)
+            if len(queue) >= KEPT:  # the oldest ACK goes first (a newer one says more), else the oldest
+                acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
+                queue.pop(acks[0] if acks else 0)
                 self.counts["dropped"] += 1
             queue.append((raw, now))
 
@@ -153,6 +174,15 @@ class AirTransport:
     # ------------------------------------------------------------ scheduling
 
     def flush(self) -> None:
+        try:
+            self._take()
+            self._flush()
+        except Exception:  # a bug here must not reach the sessions (a commit's ACKs) or the bridge's link
+            log.exception("radio downlink through %s failed", self.bridge_id.hex())
+            for window in self.windows.values():
+                window.used = window.used or window.ready
+
+    def _flush(self) -> None:
         now = self._clock()
         for node_id in list(self.waiting):
             queue = [entry for entry in self.waiting[node_id] if now - entry[1] < KEPT_S]
@@ -171,6 +201,11 @@ class AirTransport:
     def _answer(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], now: float) -> None:
         """The node's two windows after one uplink: a frame in each that the bridge's duty cycle allows."""
         window.used = True
+        if not self._is_link(node_id):  # another bridge heard it better: that one answers (SPEC.md §5.11)
+            self.counts["elsewhere"] += len(queue)
+            queue.clear()
+            self.time_owed.discard(node_id)
+            return
         bridge_now = self.bridge_clock.now_ms(now)
         for delay, freq in ((RX_DELAY_MS, window.freq), (RX2_DELAY_MS, DOWNLINK_FREQ)):
             at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
@@ -196,13 +231,15 @@ class AirTransport:
                 return False
         raw = queue[index][0]
         duty = self.bridge_clock.duty
-        if duty.wait_ms(freq, at) or not duty.spend(freq, airtime_us(len(raw), window.sf, window.bw), at):
+        airtime = airtime_us(len(raw), window.sf, window.bw)
+        if duty.wait_ms(freq, at) or duty.budget_ms(freq, at) < (airtime + 999) // 1000:
             self.counts["no_budget"] += 1
             return False
         fields = {"frame": bytes(raw), "freq": freq, "sf": window.sf, "bw": window.bw, "at": at}
         if not self._send(self.bridge_id, fields):
-            self.counts["dropped"] += 1  # the bridge's serial link is gone or backed up
+            self.counts["dropped"] += 1  # the bridge's serial link is gone or backed up: nothing goes on air
             return False
+        duty.spend(freq, airtime, at)  # what the bridge will spend: booked only for a frame it was sent
         del queue[index]
         self.acked_last[node_id] = raw[_TYPE] == messages.ACK
         self.counts["sent"] += 1
@@ -214,7 +251,7 @@ class AirTransport:
         others = [index for index, entry in enumerate(queue) if entry[0][_TYPE] != messages.ACK]
         request = bool(others) or node_id in self.time_owed
         if acks and not (request and self.acked_last.get(node_id)):
-            return acks[-1]  # the newest: ACKs of one node are merged as they queue, the newest says the most
+            return acks[-1]  # the newest: a node's ACKs merge while they wait in the link's queue, the newest says most
         if node_id in self.time_owed:
             return -1  # before the other requests: a node without the time cannot date its readings
         return others[0]

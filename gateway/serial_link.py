@@ -205,9 +205,10 @@ class RadioLink(Link):
         keys: Keystore | None,
         next_counter: CounterSource,
         send: Callable[[bytes, dict[str, Any]], bool],
+        linked: Callable[[bytes, Link], bool],
     ) -> None:
         super().__init__("radio:" + bridge, handler, lambda link, error: None, next_counter, keys, require_auth=True)
-        self.air = AirTransport(self.pull, bridge_id, send, ask_time=self.downlink.time)
+        self.air = AirTransport(self.pull, bridge_id, send, ask_time=self.downlink.time, is_link=lambda node_id: linked(node_id, self))
         self.connection_made(self.air)
 
 

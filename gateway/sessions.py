@@ -520,6 +520,8 @@ class Sessions:
             self.send_time(link, node)
             return
         node.hello_counter = message.counter
+        if node.hex in self._radio_links:  # a bridge that started again: its clock and duty cycle did too
+            self._radio_links[node.hex].air.rebooted()
         fields = message.fields
         channels = [senml.Channel(c["name"], c["unit"], c.get("scale", 0)) for c in fields["channels"]]
         node.layout = self._layouts.announce(node.hex, channels)
@@ -646,7 +648,11 @@ class Sessions:
             def send(bridge_id: bytes, tx: dict[str, Any]) -> bool:
                 return bridge.link is not None and bridge.link.send(bridge_id, messages.RADIO_TX, tx)
 
-            radio = self._radio_links[bridge.hex] = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send)
+            def linked(node_id: bytes, link: Link) -> bool:
+                node = self._by_id.get(node_id)
+                return node is not None and node.link is link
+
+            radio = self._radio_links[bridge.hex] = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send, linked)
         try:
             inner = fr.unpack(fields["frame"], self.keys.uplink_keys if self.keys is not None else None)
             message = decode_frame(inner)

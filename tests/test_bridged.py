@@ -183,3 +183,47 @@ def test_the_bridge_duty_cycle_is_kept_on_its_clock(radio: Radio) -> None:
             at, airtime_ms = last[index]
             assert tx.fields["at"] - at >= airtime_ms * (100000 / BANDS[index][2]), (tx.fields, last)
         last[index] = (tx.fields["at"], airtime_us(len(tx.fields["frame"]), 9) / 1000)
+
+
+def test_a_node_two_bridges_hear_is_answered_through_the_better_one_only(radio: Radio) -> None:
+    hello = on_air(messages.HELLO, 1, NODE_HELLO)
+    radio.relay("/dev/ttyA", hello, rssi=-120, at=10_000)
+    radio.bench.feed(b"")  # nothing decided yet: both copies come within DECIDE_S
+    sent_b = over_the_air(radio.relay("/dev/ttyB", hello, rssi=-100, at=70_000))
+    sent_a = over_the_air(radio.decide("/dev/ttyA"))
+    assert [m.type for _, m in sent_b] == [messages.ACK, messages.TIME] and sent_a == []  # one answer, from B
+
+
+def test_a_report_no_window_can_be_built_on_is_counted_not_raised(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    for bad in ({"freq": 915_000_000}, {"bw": 62_500}, {"at": 2**60}):
+        radio.counters["/dev/ttyA"] += 1
+        counter = 1 + radio.counters["/dev/ttyA"]
+        fields = {
+            "frame": on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}),
+            "rssi": -100,
+            "snr": 1.0,
+            "freq": 868_100_000,
+            "sf": 9,
+            "at": 20_000,
+        }
+        fields.update(bad)
+        radio.bench.feed(encode(Message(messages.RADIO_RX, BRIDGES["/dev/ttyA"], radio.counters["/dev/ttyA"], fields, fr.F_ACK_REQ)))
+        radio.bench.safe_all()  # the commit's ACK goes through the air's code: nothing escapes into it
+    assert air.counts["bad_report"] == 3
+    assert radio.bench.sessions.nodes[BATTERY.hex()].window.highest >= 4  # every frame taken and acknowledged
+
+
+def test_airtime_is_booked_only_for_a_frame_the_bridge_was_sent(radio: Radio) -> None:
+    bridge = radio.bench.sessions.nodes[BRIDGES["/dev/ttyA"].hex()]
+    fields = {"frame": on_air(messages.HELLO, 1, NODE_HELLO), "rssi": -100, "snr": 1.0, "freq": 868_100_000, "sf": 9, "at": 10_000}
+    radio.bench.feed(encode(Message(messages.RADIO_RX, BRIDGES["/dev/ttyA"], 2, fields, fr.F_ACK_REQ)))
+    radio.counters["/dev/ttyA"] = 2
+    link, bridge.link = bridge.link, None  # the bridge's port is lost before the node's windows are decided
+    radio.decide()
+    air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    assert air.counts["sent"] == 0 and air.counts["dropped"] >= 1 and sum(air.bridge_clock.duty.on_air_ms) == 0
+    bridge.link = link
+    sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2, 0]}), at=12_000))
+    assert [at for at, _ in sent][:1] == [13_100]  # RX1 open: nothing was booked for the frames never sent

@@ -15,7 +15,11 @@ from protocols.dutycycle import DutyCycle
 from protocols.lora import DOWNLINK_FREQ, MAX_RADIO_FRAME
 
 _QUEUE = const(8)
-_LATE_MS = const(20)  # a transmission this much past its time would miss the node's window: dropped
+_LATE_MS = const(20)
+_AHEAD_MS = const(10000)  # no window is further ahead than this
+_TX_SLACK_MS = const(
+    500
+)  # past a transmission's airtime without TxDone: the radio is reset  # a transmission this much past its time would miss the node's window: dropped
 
 
 class Bridge:
@@ -30,6 +34,7 @@ class Bridge:
         self.duty = DutyCycle()
         self.queue = []  # [at ms, frame, freq, sf, bw, power], by at
         self.sending = None  # uptime ms the current transmission started
+        self.tx_end = 0  # and when its airtime ends
         self.rx = self.tx = self.tx_ms = self.dropped = self.late = self.relayed = 0
         self.listen()
 
@@ -44,7 +49,11 @@ class Bridge:
 
     def poll(self, node, now_ms):
         if self.sending is not None:
-            if not self.radio.tx_done():
+            late = now_ms > self.tx_end + _TX_SLACK_MS  # no TxDone long after the airtime: the chip is started again
+            if late:
+                self.dropped += 1
+                self.radio.begin()
+            elif not self.radio.tx_done():
                 return
             self.tx_ms += now_ms - self.sending
             self.sending = None
@@ -66,13 +75,15 @@ class Bridge:
             if now_ms - at > _LATE_MS:
                 self.late += 1
                 continue
-            if not self.duty.spend(freq, airtime_us(len(frame), sf, bw), now_ms):
+            airtime = airtime_us(len(frame), sf, bw)
+            if not self.duty.spend(freq, airtime, now_ms):
                 self.dropped += 1
                 continue
             self.radio.configure(freq, sf, bw, power_dbm=power, invert_iq=True)  # a downlink: inverted I/Q
             self.radio.send(frame)
             self.tx += 1
             self.sending = now_ms
+            self.tx_end = now_ms + (airtime + 999) // 1000
             return
 
     def next_ms(self, now_ms):
@@ -91,6 +102,9 @@ class Bridge:
             at = now + fields.get("delay_ms", 0)
         if at < now - _LATE_MS:
             self.late += 1
+            return False
+        if at > now + _AHEAD_MS:  # on a clock it no longer has (it rebooted since): would hold a slot for days
+            self.dropped += 1
             return False
         if len(self.queue) >= _QUEUE:
             self.dropped += 1
