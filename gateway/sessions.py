@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session
 from protocols import errors as perr
 from protocols import frame as fr
+from protocols.lora import MARGIN_DB, SNR_FLOOR_DB10
 from protocols.window import DUPLICATE
 
 from . import senml
@@ -59,6 +60,18 @@ _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "s
 # STATUS `air` (SPEC.md §5.7): a bridge's radio or a radio node's, integers each; others are not kept
 _AIR_FIELDS = ("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq")
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
+
+
+def link_advice(fields: dict[str, Any]) -> dict[str, Any]:
+    """A radio node's link margin (the frame's SNR less its SF's demodulation floor, dB) and the SF advised: the
+    lowest that keeps MARGIN_DB (SNR does not depend on the SF; a frame heard at SF10 with 10 dB to spare
+    would have 2.5 dB at SF7). What a technician reads in the node's status; nothing is sent to the node."""
+    snr = fields["snr"]
+    if not isinstance(snr, (int, float)) or snr != snr or not 7 <= fields["sf"] <= 12:
+        return {}
+    margin = snr - SNR_FLOOR_DB10[fields["sf"] - 7] / 10
+    advised = next((sf for sf in range(7, 13) if snr - SNR_FLOOR_DB10[sf - 7] / 10 >= MARGIN_DB), 12)
+    return {"margin_db": round(margin, 1), "advised_sf": advised}
 
 
 @dataclass
@@ -678,7 +691,7 @@ class Sessions:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
             span = node.radio_high - node.radio_first + 1
             pdr = round(node.radio_new / span, 3) if span > 0 else None
-            node.radio = json_value({**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr})
+            node.radio = json_value({**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_advice(fields)})
         elif previous is not None:
             node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
 

@@ -41,11 +41,12 @@ import random
 from dataclasses import dataclass, field
 
 from protocols.airtime import PREAMBLE, airtime_us, symbol_us
+from protocols.lora import SNR_FLOOR_DB10
 
 CAPTURE_DB = 6.0  # same SF: a frame this much stronger survives the overlap (LoRaSim, Bor et al. 2016)
 NOISE_FIGURE_DB = 6.0
 SENSITIVITY_DBM = {7: -123.0, 8: -126.0, 9: -129.0, 10: -132.0, 11: -134.5, 12: -137.0}  # SX1276, 125 kHz
-SNR_FLOOR_DB = {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
+SNR_FLOOR_DB = {sf: SNR_FLOOR_DB10[sf - 7] / 10 for sf in range(7, 13)}  # -7.5 ... -20 dB
 # SIR a frame of SF (row, 7-12) needs over an interferer of SF (column, 7-12); the diagonal is the capture.
 SIR_DB = (
     (6, -16, -18, -19, -19, -20),

@@ -12,3 +12,7 @@ RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much o
 # A frame on air, at most: wrapped in a bridge's RADIO_RX (bw left out at 125 kHz, SNR in quarter dB as the
 # chips give it) the bridge's tagged frame stays within 255 bytes, 3 to spare
 MAX_RADIO_FRAME = const(204)
+# The SNR a demodulator needs at SF7 ... SF12, in tenths of a dB (SX1276 datasheet: -7.5 ... -20 dB), for the
+# link margin a gateway reports (a frame's SNR less its SF's floor) and the emulated medium (hil/radio.py)
+SNR_FLOOR_DB10 = (-75, -100, -125, -150, -175, -200)
+MARGIN_DB = const(10)  # the margin a link is advised to keep: the lowest SF that leaves this much is advised

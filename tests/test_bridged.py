@@ -99,6 +99,8 @@ def test_a_battery_node_heard_through_a_bridge_is_a_node_of_its_own(radio: Radio
         "bridge": BRIDGES["/dev/ttyB"].hex(),
         "counter": 2,
         "pdr": 1.0,
+        "margin_db": 15.0,  # 2.5 dB of SNR: 15 dB over SF9's floor, 10 over SF7's
+        "advised_sf": 7,
     }
     assert node.port == "radio:" + BRIDGES["/dev/ttyB"].hex()
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0, 1, 8, 0]}), rssi=-120)
@@ -227,3 +229,11 @@ def test_airtime_is_booked_only_for_a_frame_the_bridge_was_sent(radio: Radio) ->
     bridge.link = link
     sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2, 0]}), at=12_000))
     assert [at for at, _ in sent][:1] == [13_100]  # RX1 open: nothing was booked for the frames never sent
+
+
+def test_the_link_margin_and_the_sf_advised() -> None:
+    from gateway.sessions import link_advice
+
+    assert link_advice({"snr": -10.0, "sf": 10}) == {"margin_db": 5.0, "advised_sf": 12}  # only SF12 keeps 10 dB
+    assert link_advice({"snr": 9.0, "sf": 12}) == {"margin_db": 29.0, "advised_sf": 7}  # far too slow for this link
+    assert link_advice({"snr": float("nan"), "sf": 9}) == {}
