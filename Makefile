@@ -69,8 +69,9 @@ lint: $(STAMP) typecheck-boards
 # Three workers on CI's two cores, a test file each at a time: the end-to-end tests mostly wait on
 # the wall clock (a broker down for 30 s, a minute of faults, the city scenarios), so the two HIL
 # files run beside the rest. Measured: about 55 % of two cores busy, 8.5 minutes (12 with two workers).
+# The slowest files first (tests/conftest.py SLOW_FILES), not xdist's most-tests-first order.
 test: $(STAMP) mosquitto fuse lint
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=12
 
 # 1,000 power cuts under the gateway (tests/test_powercut.py; `make test` runs 50). About 35 minutes.
 soak: $(STAMP) mosquitto fuse

@@ -24,9 +24,30 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 _PROCESS_FIXTURES = ("hil_broker", "hil_gateway", "hil_nodes", "hil_capture", "hil_scenario", "pytester")
 
 
+# The files that take longest, longest first (`pytest --durations`, summed per file; a fresh clone on this
+# machine, 2026-12-03). `make test` hands whole files to its workers in collection order
+# (--dist loadfile --no-loadscope-reorder): these go first, so that no worker starts a four-minute file
+# while the others run out of work (longest-processing-time-first scheduling). xdist's own reorder puts
+# the files with the most tests first: the many quick unit tests, and the long end-to-end files last.
+SLOW_FILES = (
+    "test_hil_e2e.py",
+    "test_hil_city_e2e.py",
+    "test_powercut.py",
+    "test_lora_e2e.py",
+    "test_logs.py",
+    "test_firmware.py",
+    "test_security_e2e.py",
+    "test_commands_e2e.py",
+    "test_events_e2e.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by what they use: `micropython` runs the VM, `processes` starts brokers, gateways or nodes.
-    Tests that start processes without a fixture (the hil-marked ones, subprocess calls) mark themselves."""
+    Tests that start processes without a fixture (the hil-marked ones, subprocess calls) mark themselves.
+    The slowest files go first (SLOW_FILES); the rest keep their order."""
+    rank = {name: index for index, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: order within a file kept
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "micropython" in names:
