@@ -201,3 +201,26 @@ def test_shadowing_is_seeded_and_the_same_both_ways() -> None:
     spread = [Medium(seed=s).shadowing_db("x", "y") for s in range(2000)]
     assert sum(spread) / len(spread) == pytest.approx(0, abs=0.6)
     assert (sum(v * v for v in spread) / len(spread)) ** 0.5 == pytest.approx(7.8, abs=0.4)
+
+
+def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> None:
+    """firmware/radio_port.py and the bridge role on a scripted radio (tests/portable/radio_port_check.py)."""
+    done = run_micropython(micropython, "tests/portable/radio_port_check.py")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    tx, wait_rx = 1, 2  # RadioPort's states
+    assert out["waiting"] == [tx, 0]  # the airtime is over: TxDone may still come
+    assert out["after_timeout"] == [wait_rx, 1, True]  # 500 ms later: the radio started again, counted, windows next
+    # RX1 on the uplink's channel, RX2 on 869.525 MHz, both for inverted I/Q (downlinks), asleep between and after
+    assert out["windows"][-6:] == [
+        ["configure", 868_100_000, 9, True],
+        ["receive"],
+        ["sleep"],
+        ["configure", 869_525_000, 9, True],
+        ["receive"],
+        ["sleep"],
+    ]
+    assert out["queued"] == [True, False]  # a RADIO_TX 20 s ahead is refused: no window is that far
+    assert out["bridge_sent"] == [1, [["configure", 869_525_000, 9, True], ["send", 20]]]  # a downlink: inverted I/Q
+    dropped, sending, log = out["bridge_after_timeout"]  # dropped: the RADIO_TX 20 s ahead, and the lost TxDone
+    assert dropped == 2 and sending is None and log[-3:] == [["begin"], ["configure", 868_100_000, 9, False], ["receive"]]

@@ -1,0 +1,100 @@
+# firmware/radio_port.py (a node's link over the air) and firmware/roles/bridge.py on a scripted radio and a
+# stepped clock, on the MicroPython unix port: the class-A windows' channels, times and I/Q, and a TxDone
+# that never comes (the radio is started again, counted, and the node and bridge go on). Prints JSON;
+# tests/test_radio.py checks it.
+import json
+
+from firmware.radio_port import RadioPort
+from firmware.roles.bridge import Bridge
+from protocols import messages
+from protocols.frame import F_ACK_REQ
+from protocols.messages import Message, encode
+
+
+class Radio:
+    def __init__(self):
+        self.log = []
+        self.done = False  # TxDone: never, unless a test says
+        self.crc_errors = 0
+
+    def configure(self, freq, sf, bw=125000, cr=1, power_dbm=14, preamble=8, invert_iq=False):
+        self.log.append(["configure", freq, sf, invert_iq])
+
+    def send(self, payload):
+        self.log.append(["send", len(payload)])
+
+    def tx_done(self):
+        return self.done
+
+    def start_receive(self):
+        self.log.append(["receive"])
+
+    def poll(self):
+        return None
+
+    def receiving(self):
+        return False
+
+    def sleep(self):
+        self.log.append(["sleep"])
+
+    def begin(self):
+        self.log.append(["begin"])
+
+
+class Clock:
+    now = 0
+
+    def __call__(self):
+        return self.now
+
+
+def run():
+    out = {}
+    clock = Clock()
+    radio = Radio()
+    port = RadioPort(radio, clock, lambda ms: None, 9, 14, (868100000,))
+    port.write(encode(Message(messages.READINGS, b"\x00" * 8, 7, {"samples": [0, 1, 0]}, F_ACK_REQ)))
+    clock.now = 5000  # past the first transmission's 0-4 s of chance
+    port.pump()
+    sent_at = clock.now
+    clock.now += 600  # the airtime is over, no TxDone: still waiting for it
+    port.pump()
+    out["waiting"] = [port.state, port.dropped]
+    clock.now += 500  # 500 ms past the airtime and no TxDone: the radio is started again
+    port.pump()
+    out["after_timeout"] = [port.state, port.dropped, ["begin"] in radio.log]
+    for _ in range(40):  # the two windows: 100 ms steps
+        clock.now += 100
+        port.pump()
+    out["windows"] = [entry for entry in radio.log if entry[0] in ("configure", "receive", "sleep")]
+    out["tx_ms"] = [port.tx_ms >= 1100, clock.now - sent_at]
+
+    bridge_radio = Radio()
+    bridge = Bridge(bridge_radio, 868100000, 9)
+
+    class Hal:
+        def uptime_ms(self):
+            return clock.now
+
+    class Node:
+        hal = Hal()
+
+        def may_send(self):
+            return True
+
+    node = Node()
+    clock.now = 100000
+    fields = {"frame": b"x" * 20, "freq": 869525000, "sf": 9, "at": 100100}
+    out["queued"] = [bridge.radio_tx(node, fields), bridge.radio_tx(node, dict(fields, at=120000))]
+    clock.now = 100100
+    bridge.poll(node, clock.now)
+    out["bridge_sent"] = [bridge.tx, bridge_radio.log[-2:]]
+    clock.now += 1000  # long past the airtime (113 ms) and the slack: no TxDone came
+    bridge.poll(node, clock.now)
+    out["bridge_after_timeout"] = [bridge.dropped, bridge.sending, bridge_radio.log[-4:]]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run()))
