@@ -102,24 +102,6 @@ def radio_frame_bytes(samples: int = RADIO_SAMPLES) -> int:
 # ------------------------------------------------------------------ the capacity curve
 
 
-class _Frame(Transmission):
-    """A Transmission whose airtime is worked out once per (length, SF, bandwidth, coding rate), not at every look
-    (the medium looks at `end` in every comparison that orders its frames): the same values, some times faster."""
-
-    @property
-    def airtime(self) -> float:
-        return _airtime_s(self.length, self.sf, self.bw, self.cr)
-
-    @property
-    def end(self) -> float:
-        return self.start + _airtime_s(self.length, self.sf, self.bw, self.cr)
-
-
-@functools.cache
-def _airtime_s(length: int, sf: int, bw: int, cr: int) -> float:
-    return airtime_us(length, sf, bw, cr) / 1e6
-
-
 @dataclass
 class _Node:
     name: str
@@ -163,7 +145,7 @@ def delivery(nodes: int, sf: int, length: int, minutes: int, seed: int = 15, ret
     if retries == 0:
         for node in layout:
             for start, channel in node.plan:
-                medium.transmit(_Frame(node.name, start, channel, sf, length))
+                medium.transmit(Transmission(node.name, start, channel, sf, length))
         got = medium.outcomes(START_S + minutes * 60 + 120)
         return sum(r.outcome == DELIVERED for r in got) / (nodes * minutes)
     return _with_retries(medium, layout, sf, length, retries, earlier) / (nodes * minutes)
@@ -207,7 +189,7 @@ def _with_retries(medium: Medium, layout: list[_Node], sf: int, length: int, ret
             not_before[index] = now_ms + (airtime + 999) // 1000 + layout[index].retry.randrange(EARLIER_CHANCE_MS + 1)
         else:  # the firmware: the time-off the transmission just started, then chance
             not_before[index] = now_ms + duty[index].wait_ms(channel, now_ms) + layout[index].retry.randrange(CHANCE_MS + 1)
-        transmission = _Frame(layout[index].name, now_ms / 1000, channel, sf, length)
+        transmission = Transmission(layout[index].name, now_ms / 1000, channel, sf, length)
         medium.transmit(transmission)
         sent[id(transmission)] = (transmission, index, reading, attempt)
         heapq.heappush(events, (transmission.end, next(order), check, index, reading, attempt, channel))

@@ -103,9 +103,9 @@ class Hal:
         board = self.storage.settings("node.json")  # written by `edgegw fw emulate --role` or the HIL
         self.role = board.get("role", "sensor")
         self.seed = seed
-        random.seed(
-            (seed * 2654435761) & 0xFFFFFFFF
-        )  # a board seeds from its hardware RNG at boot; the emulation, a stream per node (mixed: near seeds start near)
+        # A board seeds from its hardware RNG at boot; the emulation a stream per node, the seed mixed
+        # (near seeds start near: two nodes would draw the same chance before their first transmission)
+        random.seed((seed * 2654435761) & 0xFFFFFFFF)
         self.unique_id = bytes([0xE1, 0]) + seed.to_bytes(6, "big")  # "e1" marks an emulated node
         cause = os.getenv("EDGEGW_RESET_CAUSE")
         if cause:

@@ -6,8 +6,8 @@
 #
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
 #   before. At most _QUEUE wait, a HELLO first, then answers to the gateway, then the rest, each oldest
-#   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it is still in the node's
-#   ring and comes again when its retransmission is due). A frame the node no longer wants (acknowledged
+#   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it
+#   is still in the node's ring and comes again when its retransmission is due). A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
 #   `busy` tells the node to keep its samples for a later, fuller frame rather than queue another.
 # - The uplink hops over its channels (1 %); two receive windows listen at the node's SF, the first on
@@ -21,9 +21,10 @@ import random
 
 from micropython import const
 
-from protocols import cobs
+from protocols import cobs, messages
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle
+from protocols.frame import F_ACK_REQ
 from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS, UPLINK_CHANNELS
 
 _HEARD_MS = const(50)  # a preamble was heard: the window stays open while the frame is still coming
@@ -32,9 +33,7 @@ _TX_SLACK_MS = const(500)  # past a transmission's airtime without TxDone: the r
 _TYPE = const(1)  # header offsets (protocols/frame.py _HEADER)
 _FLAGS = const(2)
 _COUNTER = const(11)
-_ACK_REQ = const(0x02)
-_HELLO = const(0x01)
-_ANSWERS = (0x03, 0x06, 0x08)  # ACK, CONFIG (a node's are reports), COMMAND_RESULT
+_ANSWERS = (messages.ACK, messages.CONFIG, messages.COMMAND_RESULT)  # a node's CONFIG is a report
 
 _IDLE = const(0)
 _TX = const(1)
@@ -46,7 +45,7 @@ def _rank(frame):
     # The order frames wait in: a HELLO first (nothing else is taken before it), then what answers the
     # gateway (ACK, CONFIG report, COMMAND_RESULT: a command waits on it), then the rest; each by counter.
     mtype = frame[_TYPE]
-    first = 0 if mtype == _HELLO else 1 if mtype in _ANSWERS else 2
+    first = 0 if mtype == messages.HELLO else 1 if mtype in _ANSWERS else 2
     return (first, frame[_COUNTER : _COUNTER + 4])
 
 
@@ -180,7 +179,7 @@ class RadioPort:
         wanted = self.wanted
         while self.queue:
             frame = self.queue[0]
-            if wanted is None or not frame[_FLAGS] & _ACK_REQ or wanted(int.from_bytes(frame[_COUNTER : _COUNTER + 4], "big")):
+            if wanted is None or not frame[_FLAGS] & F_ACK_REQ or wanted(int.from_bytes(frame[_COUNTER : _COUNTER + 4], "big")):
                 break
             self.queue.pop(0)  # acknowledged while it waited
         if not self.queue or now < self.not_before:

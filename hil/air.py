@@ -47,7 +47,6 @@ class Air:
         self._inverted: dict[int, int] = {}  # id(transmission) -> 1 if sent with inverted I/Q
         self.malformed = 0  # lines from a radio this protocol does not know
         self.received: Counter[tuple[str, str]] = Counter()  # (sender, receiver) -> frames delivered
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,10 +71,6 @@ class Air:
             for fd in (radio.master, radio.slave):
                 os.close(fd)
         self.radios.clear()
-
-    def airtime_s(self, sender: str, since: float = 0.0) -> float:
-        with self._lock:
-            return sum(t.airtime for t in self.transmissions if t.sender == sender and t.start >= since)
 
     # ------------------------------------------------------------ the thread
 
@@ -120,8 +115,7 @@ class Air:
             self.malformed += 1
 
     def _transmit(self, transmission: Transmission) -> None:
-        with self._lock:
-            self.transmissions.append(transmission)
+        self.transmissions.append(transmission)
         self.medium.transmit(transmission)
         for radio in self.radios.values():
             if (

@@ -35,6 +35,7 @@ with capture off on one channel and SF, Poisson traffic of load G delivers e^(-2
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import random
@@ -99,11 +100,18 @@ class Transmission:
 
     @property
     def airtime(self) -> float:
-        return airtime_us(self.length, self.sf, self.bw, self.cr) / 1e6
+        return _airtime_s(self.length, self.sf, self.bw, self.cr)
 
     @property
     def end(self) -> float:
-        return self.start + self.airtime
+        return self.start + _airtime_s(self.length, self.sf, self.bw, self.cr)
+
+
+@functools.cache
+def _airtime_s(length: int, sf: int, bw: int, cr: int) -> float:
+    """Once per (length, SF, bandwidth, coding rate): the medium looks at `end` in every comparison that orders
+    its frames, and a capacity run makes hundreds of thousands of them."""
+    return airtime_us(length, sf, bw, cr) / 1e6
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 # RADIO_TX, to be sent at `at` (the same clock: a node's receive window) or `delay_ms` after it came.
 # Every transmission keeps the EU868 duty cycle (protocols/dutycycle.py): one that would break it, or
 # whose time passed, or that finds _QUEUE waiting, is dropped and counted, never sent late or over the
-# limit. The bridge is half duplex: while it transmits it hears nothing (and says so in `deaf_ms`).
+# limit. The bridge is half duplex: while it transmits it hears nothing.
 # STATUS `air` carries its airtime, the downlink sub-band's budget for the hour and the counts the
 # gateway schedules against.
 from micropython import const
@@ -15,11 +15,9 @@ from protocols.dutycycle import DutyCycle
 from protocols.lora import DOWNLINK_FREQ, MAX_RADIO_FRAME
 
 _QUEUE = const(8)
-_LATE_MS = const(20)
+_LATE_MS = const(20)  # a transmission this much past its time would miss the node's window: dropped
 _AHEAD_MS = const(10000)  # no window is further ahead than this
-_TX_SLACK_MS = const(
-    500
-)  # past a transmission's airtime without TxDone: the radio is reset  # a transmission this much past its time would miss the node's window: dropped
+_TX_SLACK_MS = const(500)  # past a transmission's airtime without TxDone: the radio is reset
 
 
 class Bridge:
