@@ -32,7 +32,7 @@ from protocols import CounterWindow, Message, ProtocolError, messages, node_hex,
 from protocols import errors as perr
 from protocols import frame as fr
 from protocols.lora import MARGIN_DB, SNR_FLOOR_DB10
-from protocols.window import DUPLICATE
+from protocols.window import DUPLICATE, NEW
 
 from . import senml
 from .committer import CommitResult, Pending
@@ -99,8 +99,8 @@ class Node:
     key_after_reset: bool = False  # a tagged HELLO reset its window: the key is recorded once the reset is on disk
     untagged_moved: bool = False  # untagged frames of this keyed node moved its window (a require_auth = false port)
     radio: dict[str, Any] = field(default_factory=dict)  # heard through a bridge: rssi, snr, sf, freq, bridge (best), pdr
-    # Counters heard over the air, for the packet delivery ratio: new counters heard / the span they cover (a
-    # counter first heard as a retransmission counts: what was lost is what never arrived at all)
+    # Counters heard over the air, for the packet delivery ratio: counters new to its window / the span they
+    # cover (a counter first heard as a retransmission counts: what was lost is what never arrived at all)
     radio_first: int = -1
     radio_high: int = -1
     radio_new: int = 0
@@ -653,8 +653,8 @@ class Sessions:
         """A radio frame a bridge relayed (RADIO_RX, SPEC.md §5.11): checked as a frame of its own node (with that
         node's keys; a tag is required, anyone in range can transmit) and handled as that node's, on the bridge's
         radio link. A frame heard by several bridges is one frame: the window takes it once, and the node's status
-        names the bridge that heard it best. Nothing goes back yet: the radio link has no downlink (RADIO_TX in the
-        node's receive window is issue 15's next part), so the node is not acknowledged over the air."""
+        names the bridge that heard it best. What the node is owed goes back through the air (gateway/air.py): an
+        authentic frame from a bridge that says when it heard it opens the node's receive windows."""
         radio = self._radio_links.get(bridge.hex)
         if radio is None:
 
@@ -678,14 +678,15 @@ class Sessions:
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
         better = node is None or node.radio.get("counter") != message.counter or fields["rssi"] > node.radio.get("rssi", -999)
+        # New to its window, however late (not a copy another bridge brought, nor one on its way to disk): counted
+        fresh = node is None or (node.window.check(message.counter) == NEW and message.counter not in node.waiting)
         self.message(radio, message)  # the node's own frame, on the bridge's radio link: every rule of a cable's
         node = self._by_id.get(message.node_id)
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
-        if message.counter > node.radio_high:  # a counter never heard before: the delivery ratio's count
-            if node.radio_high < 0:
-                node.radio_first = message.counter
-            node.radio_high = message.counter
+        if fresh:  # the delivery ratio's count
+            node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
+            node.radio_high = max(node.radio_high, message.counter)
             node.radio_new += 1
         if better:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}

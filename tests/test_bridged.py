@@ -237,3 +237,15 @@ def test_the_link_margin_and_the_sf_advised() -> None:
     assert link_advice({"snr": -10.0, "sf": 10}) == {"margin_db": 5.0, "advised_sf": 12}  # only SF12 keeps 10 dB
     assert link_advice({"snr": 9.0, "sf": 12}) == {"margin_db": 29.0, "advised_sf": 7}  # far too slow for this link
     assert link_advice({"snr": float("nan"), "sf": 9}) == {}
+
+
+def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO))
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    for counter in (2, 4):  # 3 lost on its first try
+        radio.relay("/dev/ttyA", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}))
+    assert node.radio["pdr"] == 0.75  # 3 of the 4 counters 1-4
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 4, {"samples": [0, 4, 0]}), rssi=-100)  # a duplicate: not counted
+    assert node.radio["pdr"] == 0.75
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 3, 0]}), rssi=-90)  # 3's retransmission
+    assert node.radio["pdr"] == 1.0  # every counter of the span arrived at last
