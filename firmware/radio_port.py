@@ -5,7 +5,7 @@
 # over a cable and over the air; only the timing is the radio's:
 #
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
-#   before. At most _QUEUE wait, a HELLO first, then answers to the gateway, then the rest, each oldest
+#   before. At most _QUEUE wait, a HELLO first, then answers to the gateway, then events, then the rest, each oldest
 #   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it
 #   is still in the node's ring and comes again when its retransmission is due). A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
@@ -24,7 +24,7 @@ from micropython import const
 from protocols import cobs, messages
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle
-from protocols.frame import F_ACK_REQ
+from protocols.frame import F_ACK_REQ, F_PRIORITY
 from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS, UPLINK_CHANNELS
 
 _HEARD_MS = const(50)  # a preamble was heard: the window stays open while the frame is still coming
@@ -43,9 +43,10 @@ _RX = const(3)
 
 def _rank(frame):
     # The order frames wait in: a HELLO first (nothing else is taken before it), then what answers the
-    # gateway (ACK, CONFIG report, COMMAND_RESULT: a command waits on it), then the rest; each by counter.
+    # gateway (ACK, CONFIG report, COMMAND_RESULT: a command waits on it), then events (PRIORITY: a flood
+    # alarm must not wait behind the readings of the last minutes), then the rest; each by counter.
     mtype = frame[_TYPE]
-    first = 0 if mtype == messages.HELLO else 1 if mtype in _ANSWERS else 2
+    first = 0 if mtype == messages.HELLO else 1 if mtype in _ANSWERS else 2 if frame[_FLAGS] & F_PRIORITY else 3
     return (first, frame[_COUNTER : _COUNTER + 4])
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 import tty
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .radio import COLLISION, DELIVERED, SENSITIVITY_DBM, Medium, Transmission
@@ -47,6 +48,7 @@ class Air:
         self._inverted: dict[int, int] = {}  # id(transmission) -> 1 if sent with inverted I/Q
         self.malformed = 0  # lines from a radio this protocol does not know
         self.received: Counter[tuple[str, str]] = Counter()  # (sender, receiver) -> frames delivered
+        self.on_transmit: Callable[[Transmission], None] | None = None  # told of each transmission, in the air's thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -116,6 +118,8 @@ class Air:
 
     def _transmit(self, transmission: Transmission) -> None:
         self.transmissions.append(transmission)
+        if self.on_transmit is not None:
+            self.on_transmit(transmission)
         self.medium.transmit(transmission)
         for radio in self.radios.values():
             if (

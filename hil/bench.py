@@ -102,6 +102,9 @@ class BenchRig:
     def counter_reuse(self) -> dict[str, int]:
         return {}  # no tap: frame counters are not seen on a bench
 
+    def keys(self) -> dict[str, bytes]:
+        return {}  # its nodes are not provisioned: their frames need no tag
+
     def produced(self, deliveries: list[tuple[str, int, float]]) -> dict[tuple[str, int], float]:
         """Every sample number between a node's first and last arrival; a missing one is dated by its predecessor."""
         arrived: dict[str, dict[int, float]] = {}

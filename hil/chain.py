@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.keystore import Keystore
+
 from .broker import Mosquitto
 from .capture import MqttCapture
 from .faults import Fault
@@ -32,6 +34,7 @@ class Rig(Protocol):
     def not_applicable(self, fault: Fault) -> str | None: ...
     def line_damage(self) -> dict[str, int]: ...
     def counter_reuse(self) -> dict[str, int]: ...
+    def keys(self) -> dict[str, bytes]: ...  # node hex -> key, for nodes that must tag their frames (radio nodes)
 
 
 class Chain:
@@ -49,6 +52,9 @@ class Chain:
             self.capture = MqttCapture(self.broker.host, self.broker.port, ["edgegw/#"])
             self.rig.start()
             self.gateway = GatewayProcess(self.workdir / "gateway", self.broker.port, self.rig.ports, **self._gateway_options)
+            keystore = Keystore(self.gateway.data_dir / "keys.json")
+            for node_hex, key in self.rig.keys().items():
+                keystore.add(node_hex, key)
             self.gateway.start()
         except BaseException:
             self.close()

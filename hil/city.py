@@ -18,15 +18,19 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from gateway.fwtools.emulate import EmulatedNode
+
+from .air_report import analyse_air
 from .capture import MqttCapture, decode_senml
-from .chain import Chain
+from .chain import Chain, Rig
 from .city_report import CityReport
 from .commander import Commander
 from .continuity import Flow, analyse
 from .outcomes import EventOutcome, EventSeen, analyse_commands, analyse_events, judge, split_latency, state_changes
-from .rig import EmulatedRig
+from .radio_rig import RadioRig
+from .rig import EmulatedRig, WireTap
 from .scenario import Progress, Scenario, make_rig, play
 from .timeline import CommandStep
 from .world import World
@@ -37,11 +41,24 @@ HELD_AFTER_S = 3.0  # after the broker or the gateway is back, reconnecting take
 EVENT_CHANNELS = {"gauge": "flood", "parking": "occupied", "streetlight": "lamp_ok"}
 
 
+class CityRig(Rig, Protocol):
+    """A rig of emulated role nodes whose world this runner writes and whose frames a tap reads: the nodes on
+    cables (hil/rig.py) or on the air (hil/radio_rig.py)."""
+
+    tap: WireTap
+
+    @property
+    def nodes(self) -> list[EmulatedNode]: ...
+
+    @property
+    def relay_error(self) -> str | None: ...
+
+
 def run_city(
     scenario: Scenario,
     workdir: Path | None = None,
     *,
-    rig: EmulatedRig | None = None,
+    rig: CityRig | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> CityReport:
     """Every process started here is stopped before returning."""
@@ -49,13 +66,13 @@ def run_city(
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgegw-hil-"))
     if rig is None:
         made = make_rig(scenario, workdir / "rig")
-        assert isinstance(made, EmulatedRig)
+        assert isinstance(made, (EmulatedRig, RadioRig))
         rig = made
     options = scenario.gateway
     with Chain(workdir, rig, reconnect_max=2, max_bytes=options.max_bytes, when_full=options.when_full, inflight=options.inflight) as chain:
         assert chain.capture is not None and chain.gateway is not None
         capture = chain.capture
-        ids = _warm_up(rig, capture)
+        ids = _warm_up(rig, capture, scenario.warmup or WARMUP_TIMEOUT_S)
         commander = Commander(chain.broker.host, chain.broker.port, chain.gateway.gateway_id)
         alarms: MqttCapture | None = None
         try:
@@ -140,6 +157,16 @@ def run_city(
     report.checks = judge(
         scenario.criteria, commands, within, events, frames, readings.lost if readings else None, buffer_full, during_drain
     )
+    if isinstance(rig, RadioRig):
+        report.air = analyse_air(
+            rig.air.transmissions,
+            rig.air.received,
+            rig.air.malformed,
+            {placed.name: placed.node_hex for placed in rig.radios},
+            {placed.name: placed.node_hex for placed in rig.bridges},
+            capture,
+        )
+        report.checks += report.air.checks(scenario.criteria.battery_estimates)
     report.buffer_full = buffer_full
     report.drains = [
         {"outage": "broker_down %g-%g s" % (b - start, e - start), "drained_s": None if d is None else round(d - e, 1)}
@@ -154,20 +181,20 @@ def run_city(
     return report
 
 
-def _warm_up(rig: EmulatedRig, capture: MqttCapture) -> list[str]:
+def _warm_up(rig: CityRig, capture: MqttCapture, timeout: float) -> list[str]:
     """Until the gateway has published something of every node (its HELLO is known, commands can be checked); the
-    nodes' ids by index."""
-    ids = [node.node_id for node in rig.nodes]
-    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    nodes' ids by index. A node's id is known once it has booted (a rig may boot them while this waits)."""
+    deadline = time.monotonic() + timeout
     heard: set[str] = set()
     while time.monotonic() < deadline:
+        ids = [node.node_id for node in rig.nodes]
         heard = {message.topic.split("/")[3] for message in capture.snapshot() if message.topic.count("/") >= 4}
-        if heard >= set(ids):
+        if all(ids) and heard >= set(ids):
             return ids
         time.sleep(0.5)
-    silent = sorted(set(ids) - heard)
+    silent = [node.node_id or "node %d (not booted)" % index for index, node in enumerate(rig.nodes) if node.node_id not in heard]
     raise RuntimeError(
-        "%d of %d nodes not heard through the gateway within %.0f s: %s" % (len(silent), len(ids), WARMUP_TIMEOUT_S, silent[:10])
+        "%d of %d nodes not heard through the gateway within %.0f s: %s" % (len(silent), len(rig.nodes), timeout, silent[:10])
     )
 
 
@@ -223,7 +250,7 @@ def _held(scenario: Scenario, start: float, alarms: MqttCapture, readings: MqttC
     return held
 
 
-def _event_frames(rig: EmulatedRig, capture: MqttCapture, start: float) -> dict[str, int]:
+def _event_frames(rig: CityRig, capture: MqttCapture, start: float) -> dict[str, int]:
     """Event frames the tap saw leave the nodes during the run, and distinct events (node, time) published."""
     sent = {key for key, at in rig.tap.events_sent().items() if at >= start}
     if not sent:
@@ -233,12 +260,12 @@ def _event_frames(rig: EmulatedRig, capture: MqttCapture, start: float) -> dict[
     return {"sent": len(sent), "delivered": len(delivered)}
 
 
-def _readings(rig: EmulatedRig, capture: MqttCapture, start: float, cutoff: float) -> Flow:
+def _readings(rig: CityRig, capture: MqttCapture, start: float, cutoff: float) -> Flow:
     deliveries = capture.counter_deliveries()
     return analyse(rig.produced(deliveries), deliveries, start=start, cutoff=cutoff)
 
 
-def _drained(rig: EmulatedRig, capture: MqttCapture, begin: float, end: float) -> float | None:
+def _drained(rig: CityRig, capture: MqttCapture, begin: float, end: float) -> float | None:
     """When the last reading produced during an outage that reached the subscriber arrived (evicted ones never
     will): the end of its backlog's drain. None: nothing of it arrived."""
     deliveries = capture.counter_deliveries()

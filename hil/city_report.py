@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .air_report import AirOutcome
 from .continuity import Flow, percentile
 from .outcomes import Check, CommandOutcome, EventOutcome
 from .report import write_suite
@@ -35,6 +36,7 @@ class CityReport:
     during_drain: int | None = None  # changes judged by latency that came while a backlog drained
     node_part: list[float] = field(default_factory=list)  # judged latencies: change -> event frame on the wire
     gateway_part: list[float] = field(default_factory=list)  # ... and wire -> subscriber
+    air: AirOutcome | None = None  # the nodes were on the air (hil/air_report.py)
     checks: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
 
@@ -102,6 +104,8 @@ class CityReport:
         if self.readings is not None:
             r = self.readings
             data["readings"] = {"produced": r.produced, "delivered": r.delivered, "duplicated": r.duplicated, "lost": r.lost}
+        if self.air is not None:
+            data["air"] = self.air.as_dict()
         return data
 
     def summary(self) -> str:
@@ -148,6 +152,8 @@ class CityReport:
         if self.readings is not None:
             r = self.readings
             lines.append("  readings   produced %d  delivered %d  duplicated %d  lost %d" % (r.produced, r.delivered, r.duplicated, r.lost))
+        if self.air is not None:
+            lines += self.air.summary()
         lines += ["  fault      %s" % fault for fault in self.faults]
         lines += ["  FAILED     %s: %s" % (c.name, c.failure) for c in self.checks if c.failure]
         problems: list[str] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from .serial_pair import PtyCable
 class WireTap:
     """What the nodes sent, decoded independently of the gateway: (node, sample number) -> first seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_of: Callable[[bytes], object] | None = None) -> None:
+        self._key_of = key_of  # node id -> its key(s), for nodes whose frames are tagged (StreamDecoder's)
         self._decoders: dict[int, StreamDecoder] = {}
         self._counter_channel: dict[str, int] = {}
         self.first_seen: dict[tuple[str, int], float] = {}
@@ -41,7 +43,7 @@ class WireTap:
         self.lock = threading.Lock()
 
     def feed(self, index: int, data: bytes, at: float) -> None:
-        decoder = self._decoders.setdefault(index, StreamDecoder())
+        decoder = self._decoders.setdefault(index, StreamDecoder(self._key_of))
         decoder.feed(data)
         for event in decoder.drain():
             if isinstance(event, ProtocolError):
@@ -224,6 +226,9 @@ class EmulatedRig:
 
     def counter_reuse(self) -> dict[str, int]:
         return dict(self.tap.counter_reuse)
+
+    def keys(self) -> dict[str, bytes]:
+        return {}  # its nodes are not provisioned: their frames need no tag
 
     def stop(self) -> None:
         self._relay.stop()

@@ -40,6 +40,7 @@ from .faults import INSTANT_KINDS, LINE_KINDS, Fault, FaultError
 from .gateway import GatewayProcess
 from .report import FaultResult, Report
 from .timeline import (
+    AirLayout,
     CommandStep,
     GatewayOptions,
     PassCriteria,
@@ -48,6 +49,7 @@ from .timeline import (
     WorldStep,
     check_types,
     node_roles,
+    parse_air,
     parse_commands,
     parse_gateway,
     parse_pass,
@@ -72,6 +74,7 @@ class Scenario:
     seed: int = 1
     settle: float = 90.0  # at most this long for the backlog to drain after the flow
     status_interval: float = 30.0
+    warmup: float | None = None  # at most this long for every node to be heard before the timeline starts; None: the runner's
     faults: list[Fault] = field(default_factory=list)
     # A city scenario's parts (hil/timeline.py); empty for a continuity scenario.
     roles: list[RoleGroup] = field(default_factory=list)
@@ -79,6 +82,7 @@ class Scenario:
     world: list[WorldStep] = field(default_factory=list)
     criteria: PassCriteria = field(default_factory=PassCriteria)
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    air: AirLayout | None = None  # the nodes are on the air, behind these bridges (hil/radio_rig.py)
     variant: str = "full"  # or "shortened": the [shortened] table of the file
 
     @property
@@ -104,6 +108,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "settle": (int, float),
     "status_interval": (int, float),
+    "warmup": (int, float),
 }
 _FAULT_TYPES: dict[str, tuple[type, ...]] = {
     "kind": (str,),
@@ -119,7 +124,7 @@ _FAULT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-_SECTIONS = ("faults", "roles", "commands", "world", "pass", "gateway", "shortened")
+_SECTIONS = ("faults", "roles", "commands", "world", "pass", "gateway", "air", "shortened")
 
 
 def parse_scenario(data: dict[str, Any], default_name: str = "scenario", *, shortened: bool = False) -> Scenario:
@@ -150,6 +155,7 @@ def parse_scenario(data: dict[str, Any], default_name: str = "scenario", *, shor
     scenario.world = parse_world(data, kinds, scenario.duration)
     scenario.criteria = parse_pass(data)
     scenario.gateway = parse_gateway(data)
+    scenario.air = parse_air(data, roles)
     if (scenario.commands or scenario.world) and not roles:
         raise ScenarioError("scenario: [[commands]] and [[world]] need [[roles]] (the nodes they act on)")
     raw_faults = data.get("faults", [])
@@ -206,6 +212,17 @@ def make_rig(scenario: Scenario, workdir: Path, target: str = "emulated", bench:
         if bench is None:
             raise ScenarioError("the bench target needs a bench file (--hil-config)")
         return BenchRig(load_bench(bench), workdir)
+    if scenario.air is not None:
+        from .radio_rig import RadioRig
+
+        return RadioRig.for_scenario(
+            workdir,
+            scenario.air,
+            scenario.roles,
+            interval=scenario.interval,
+            status_interval=scenario.status_interval,
+            seed=scenario.seed,
+        )
     from .rig import EmulatedRig
 
     return EmulatedRig(
@@ -232,9 +249,10 @@ def run_scenario(
     """Run it end to end and measure; every process started here is stopped before returning."""
     if scenario.city:
         from .city import run_city
+        from .radio_rig import RadioRig
         from .rig import EmulatedRig
 
-        assert rig is None or isinstance(rig, EmulatedRig), "a city scenario runs on the emulated rig"
+        assert rig is None or isinstance(rig, (EmulatedRig, RadioRig)), "a city scenario runs on emulated nodes"
         return run_city(scenario, workdir, rig=rig, progress=progress)
     started_wall = time.monotonic()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgegw-hil-"))
@@ -242,7 +260,7 @@ def run_scenario(
     options = scenario.gateway
     with Chain(workdir, rig, reconnect_max=2, max_bytes=options.max_bytes, when_full=options.when_full, inflight=options.inflight) as chain:
         assert chain.capture is not None and chain.gateway is not None
-        _warm_up(rig, chain.capture, scenario.nodes)
+        _warm_up(rig, chain.capture, scenario.nodes, scenario.warmup or WARMUP_TIMEOUT_S)
         rig.begin()
         start = time.monotonic()
         capture = chain.capture
@@ -280,15 +298,15 @@ def run_scenario(
     )
 
 
-def _warm_up(rig: Rig, capture: MqttCapture, nodes: int) -> None:
+def _warm_up(rig: Rig, capture: MqttCapture, nodes: int, timeout: float) -> None:
     """Until every node's readings reach the broker: the flow is measured from there."""
-    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len({node for node, _sample, _at in capture.counter_deliveries()}) >= nodes:
             return
         time.sleep(0.2)
     seen = sorted({node for node, _sample, _at in capture.counter_deliveries()})
-    raise RuntimeError("only %d of %d nodes delivered readings within %.0f s (%s)" % (len(seen), nodes, WARMUP_TIMEOUT_S, seen))
+    raise RuntimeError("only %d of %d nodes delivered readings within %.0f s (%s)" % (len(seen), nodes, timeout, seen))
 
 
 def play(

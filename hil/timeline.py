@@ -17,6 +17,13 @@
     event_p99_s = 2.0
     [gateway]                 # the gateway's buffer for this scenario
     max_bytes = 600000
+    [air]                     # the nodes are on the air, behind LoRa bridges on the gateway's serial lines
+    bridges = [{ x = 0, y = 0, sf = 9 }, { x = 3000, y = 0, sf = 9 }]   # metres; SF and channel each listens on
+    boot_spread_s = 60        # the nodes are switched on one after another over this long (default 0)
+
+With [air], every node of [[roles]] is a radio node (firmware/radio_port.py) placed at a seeded random bearing
+from (0, 0), `distance_m = [near, far]` of its group away (default 200-1500 m), sending at `sf` (an SF, or an
+array of SFs its group's nodes take in turn; default the first bridge's).
 
 Sans-I/O: this module only parses and checks; every error names the key.
 """
@@ -27,7 +34,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("sensor", "streetlight", "gauge", "parking")  # firmware/roles; "sensor": the classic node
+from protocols.lora import UPLINK_CHANNELS
+
+ROLES = ("sensor", "streetlight", "gauge", "parking", "lora_sensor")  # firmware/roles; "sensor": the classic node
+DISTANCE_M = (200.0, 1500.0)  # a radio group's default ring around the bridges' origin
 WORLD_KINDS = {"water_wave": "gauge", "cars": "parking", "lamp_failure": "streetlight"}  # kind -> the role it acts on
 COMMAND_ID = re.compile(r"^[A-Za-z0-9._-]{1,56}$")  # 64 with the "-{index}" suffix
 
@@ -42,6 +52,24 @@ class RoleGroup:
     count: int
     config: dict[str, Any] = field(default_factory=dict)  # more keys of the node's node.json (hil/world.py)
     interval: float | None = None  # these nodes' sampling interval; None: the scenario's
+    sf: tuple[int, ...] = ()  # on the air: the SFs its nodes take in turn; (): the first bridge's
+    distance_m: tuple[float, float] = DISTANCE_M  # on the air: how far from (0, 0) its nodes are placed
+
+
+@dataclass(frozen=True)
+class BridgeSpot:
+    x: float
+    y: float
+    sf: int = 9
+    freq: int = 868100000
+
+
+@dataclass(frozen=True)
+class AirLayout:
+    """The [air] table: the bridges; the nodes' places come from their groups (hil/radio_rig.py places them)."""
+
+    bridges: tuple[BridgeSpot, ...]
+    boot_spread_s: float = 0.0  # the nodes are switched on one after another over this long
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,7 @@ class PassCriteria:
     readings_lost_allowed: bool = True  # a city scenario may evict readings (drop_oldest); False: none may be lost
     buffer_full: bool = False  # the gateway must have said its buffer was full (the scenario tests eviction)
     during_drain: bool = False  # some changes judged by latency must come after a broker_down, before its backlog drained
+    battery_estimates: bool = False  # on the air: every node's battery life must be estimated (two STATUS or more)
 
 
 @dataclass(frozen=True)
@@ -93,7 +122,15 @@ class GatewayOptions:
     inflight: int = 64
 
 
-_GROUP_TYPES: dict[str, tuple[type, ...]] = {"role": (str,), "count": (int,), "config": (dict,), "interval": (int, float)}
+_GROUP_TYPES: dict[str, tuple[type, ...]] = {
+    "role": (str,),
+    "count": (int,),
+    "config": (dict,),
+    "interval": (int, float),
+    "sf": (int, list),
+    "distance_m": (list,),
+}
+_BRIDGE_TYPES: dict[str, tuple[type, ...]] = {"x": (int, float), "y": (int, float), "sf": (int,), "freq": (int,)}
 _COMMAND_TYPES: dict[str, tuple[type, ...]] = {
     "at": (int, float),
     "id": (str,),
@@ -122,6 +159,7 @@ _PASS_TYPES: dict[str, tuple[type, ...]] = {
     "readings_lost_allowed": (bool,),
     "buffer_full": (bool,),
     "during_drain": (bool,),
+    "battery_estimates": (bool,),
 }
 _GATEWAY_TYPES: dict[str, tuple[type, ...]] = {"max_bytes": (int,), "when_full": (str,), "inflight": (int,)}
 
@@ -157,8 +195,54 @@ def parse_roles(data: dict[str, Any]) -> list[RoleGroup]:
             raise ScenarioError("%s: 'count' must be at least 1" % where)
         if raw.get("interval", 1) <= 0:
             raise ScenarioError("%s: 'interval' must be above 0" % where)
-        groups.append(RoleGroup(raw["role"], raw["count"], dict(raw.get("config", {})), raw.get("interval")))
+        sfs = raw.get("sf", [])
+        sfs = [sfs] if isinstance(sfs, int) else sfs
+        if not all(isinstance(sf, int) and not isinstance(sf, bool) and 7 <= sf <= 12 for sf in sfs):
+            raise ScenarioError("%s: 'sf' must be a spreading factor 7..12 or an array of them, not %r" % (where, raw["sf"]))
+        distance = raw.get("distance_m", DISTANCE_M)
+        if len(distance) != 2 or not all(_number(d) for d in distance) or not 0 < distance[0] <= distance[1]:
+            raise ScenarioError("%s: 'distance_m' must be [near, far] in metres, 0 < near <= far, not %r" % (where, distance))
+        group = RoleGroup(raw["role"], raw["count"], dict(raw.get("config", {})), raw.get("interval"), tuple(sfs), tuple(distance))
+        groups.append(group)
     return groups
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_air(data: dict[str, Any], groups: list[RoleGroup]) -> AirLayout | None:
+    """The [air] table, or None: the nodes are on cables. Radio keys of [[roles]] need it."""
+    raw = data.get("air")
+    if raw is None:
+        radio_keys = [n for n, g in enumerate(groups, 1) if g.sf or g.distance_m != DISTANCE_M]
+        if radio_keys:
+            raise ScenarioError("roles #%d: 'sf' and 'distance_m' place nodes on the air, which needs an [air] table" % radio_keys[0])
+        return None
+    if not isinstance(raw, dict):
+        raise ScenarioError("scenario: 'air' must be a table ([air])")
+    check_types(raw, {"bridges": (list,), "boot_spread_s": (int, float)}, "air")
+    if raw.get("boot_spread_s", 0) < 0:
+        raise ScenarioError("air: 'boot_spread_s' must be 0 or more seconds, not %r" % raw["boot_spread_s"])
+    if not groups:
+        raise ScenarioError("air: needs [[roles]] (the nodes on the air)")
+    bridges = []
+    for number, spot in enumerate(raw.get("bridges", []), 1):
+        where = "air: bridges #%d" % number
+        if not isinstance(spot, dict):
+            raise ScenarioError("%s: must be a table such as { x = 0, y = 0, sf = 9 }" % where)
+        check_types(spot, _BRIDGE_TYPES, where)
+        if "x" not in spot or "y" not in spot:
+            raise ScenarioError("%s: needs 'x' and 'y' (metres)" % where)
+        if not 7 <= spot.get("sf", 9) <= 12:
+            raise ScenarioError("%s: 'sf' must be 7..12, not %r" % (where, spot["sf"]))
+        if spot.get("freq", 868100000) not in UPLINK_CHANNELS:
+            channels = ", ".join(map(str, UPLINK_CHANNELS))
+            raise ScenarioError("%s: 'freq' must be an uplink channel (%s), not %r" % (where, channels, spot["freq"]))
+        bridges.append(BridgeSpot(float(spot["x"]), float(spot["y"]), spot.get("sf", 9), spot.get("freq", 868100000)))
+    if not bridges:
+        raise ScenarioError("air: 'bridges' must list at least one bridge, such as [{ x = 0, y = 0, sf = 9 }]")
+    return AirLayout(tuple(bridges), float(raw.get("boot_spread_s", 0)))
 
 
 def node_roles(groups: list[RoleGroup]) -> list[str]:

@@ -55,7 +55,10 @@ BASE: dict[str, Any] = {"duration": 30, "roles": [{"role": "streetlight", "count
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"roles": [{"role": "lamp", "count": 2}]}, "roles #1: 'role' must be one of sensor, streetlight, gauge, parking, not 'lamp'"),
+        (
+            {"roles": [{"role": "lamp", "count": 2}]},
+            "roles #1: 'role' must be one of sensor, streetlight, gauge, parking, lora_sensor, not 'lamp'",
+        ),
         ({"roles": [{"role": "gauge"}]}, "roles #1: needs 'role' and 'count'"),
         ({"roles": [{"role": "gauge", "count": 0}]}, "roles #1: 'count' must be at least 1"),
         ({"roles": [{"role": "gauge", "count": 2, "colour": 1}]}, "roles #1: unknown key 'colour'"),

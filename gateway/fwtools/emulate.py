@@ -81,6 +81,7 @@ class EmulatedNode:
     data_dir: Path
     role: str = "sensor"
     settings: dict[str, object] = field(default_factory=dict)  # more of node.json for the role (e.g. save_s)
+    interval: float | None = None  # its own sampling interval; None: the emulator's
     node_master: int = -1
     node_slave: int = -1
     gateway_master: int = -1
@@ -213,7 +214,8 @@ class Emulator:
         self._hook = hook
         self.bundle = self.state_dir / "bundle"
 
-    def start(self) -> None:
+    def start(self, spawn: bool = True) -> None:
+        """spawn=False: the lines are ready and the nodes are booted by the caller (`boot`), when it chooses."""
         build(self.bundle, emulator=True)
         micropython_command()  # a clear error before any pty is made
         for node in self.nodes:
@@ -221,13 +223,22 @@ class Emulator:
             node.gateway_master, node.gateway_slave = _raw_pty()
         self._relay = Relay([Line(node.node_master, node.gateway_master) for node in self.nodes], self._hook)
         self._relay.start()
-        for node in self.nodes:
-            node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
+        if spawn:
+            for node in self.nodes:
+                self.boot(node)
+
+    def boot(self, node: EmulatedNode) -> None:
+        node.spawn(self.bundle, self.heap, node.interval or self.interval, self.status_interval)
+
+    @property
+    def relay_error(self) -> str | None:
+        """The first unexpected error of the relay thread, for a report."""
+        return None if self._relay is None else self._relay.error
 
     def restart(self, node: EmulatedNode) -> None:
         """Stop a node's process and boot it again (a reboot): its flash directory is kept."""
         node.terminate()
-        node.spawn(self.bundle, self.heap, self.interval, self.status_interval)
+        self.boot(node)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -1,0 +1,173 @@
+"""What a city scenario on the air (hil/radio_rig.py) adds to its report: the air's own record and the nodes' radio.
+
+From the air (hil/air.py, which saw every transmission): uplinks and downlinks, every transmission that broke its
+sender's EU868 duty cycle (none may), and which nodes got a downlink at all. From the status documents the gateway
+published (SPEC.md §5.7 `air`, §5.11 `radio`): per SF, the nodes' delivery ratio and link margin, each bridge's
+airtime and budget, and each node's battery life as hil/energy.py extrapolates it from what the node measured
+between its first and last STATUS (its radio's time on air and listening, and its uplinks): the steady state,
+not the boot's HELLO and first TIME.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols.dutycycle import BANDS, band
+
+from .capture import MqttCapture
+from .energy import estimate_from_report
+from .outcomes import Check
+from .radio import Transmission
+
+STARTUP_SLACK_S = 0.05  # the air stamps a start when it reads the line: two processes' scheduling either way
+
+
+@dataclass
+class AirOutcome:
+    uplinks: int
+    downlinks: int
+    nodes: int
+    answered: int  # nodes that received at least one downlink
+    duty_breaches: list[str]
+    malformed: int  # lines from a radio the air's protocol does not know
+    by_sf: dict[int, dict[str, Any]] = field(default_factory=dict)  # sf -> nodes, pdr, margin, battery years
+    bridges: dict[str, dict[str, Any]] = field(default_factory=dict)  # bridge hex -> its STATUS air and downlink counts
+    years: dict[str, float] = field(default_factory=dict)  # node hex -> estimated battery life
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uplinks": self.uplinks,
+            "downlinks": self.downlinks,
+            "nodes_answered": "%d of %d" % (self.answered, self.nodes),
+            "duty_cycle_breaches": self.duty_breaches[:100],
+            "malformed_lines": self.malformed,
+            "by_sf": {str(sf): values for sf, values in sorted(self.by_sf.items())},
+            "bridges": self.bridges,
+            "battery_years": {node: round(years, 2) for node, years in sorted(self.years.items())},
+        }
+
+    def summary(self) -> list[str]:
+        lines = [
+            "  air        uplinks %d  downlinks %d  nodes answered %d of %d  duty-cycle breaches %d"
+            % (self.uplinks, self.downlinks, self.answered, self.nodes, len(self.duty_breaches))
+        ]
+        for sf, values in sorted(self.by_sf.items()):
+            years = values.get("battery_years")
+            life = "" if not years else "  battery %.2f-%.2f years (median %.2f)" % (years["min"], years["max"], years["median"])
+            lines.append(
+                "  SF%-2d       %d nodes  pdr median %s  margin median %s dB%s"
+                % (sf, values["nodes"], _text(values.get("pdr")), _text(values.get("margin_db")), life)
+            )
+        for bridge, air in sorted(self.bridges.items()):
+            lines.append("  bridge     %s %s" % (bridge, "  ".join("%s %s" % item for item in sorted(air.items()))))
+        return lines
+
+    def checks(self, battery_estimates: bool) -> list[Check]:
+        found = [
+            Check("air: every transmission kept its sender's duty cycle", "; ".join(self.duty_breaches[:5]) or None),
+            Check("air: every node received a downlink", None if self.answered == self.nodes else "%d of %d" % (self.answered, self.nodes)),
+        ]
+        if battery_estimates:
+            missing = self.nodes - len(self.years)
+            failure = "%d of %d nodes sent too few STATUS for an estimate" % (missing, self.nodes) if missing else None
+            found.append(Check("energy: a battery life estimated for every node", failure))
+        return found
+
+
+def duty_breaches(transmissions: list[Transmission]) -> list[str]:
+    """Every transmission that started before its sub-band's time-off after the same sender's previous one ended."""
+    broken = []
+    last: dict[tuple[str, int], Transmission] = {}
+    for t in sorted(transmissions, key=lambda t: t.start):
+        index = band(t.channel)
+        previous = last.get((t.sender, index))
+        if previous is not None and t.start < previous.start + previous.airtime * 100000 / BANDS[index][2] - STARTUP_SLACK_S:
+            breach = t.start - previous.start
+            broken.append("%s at %.2f s, %.2f s after a frame of %.3f s" % (t.sender, t.start, breach, previous.airtime))
+        last[(t.sender, index)] = t
+    return broken
+
+
+def analyse_air(
+    transmissions: list[Transmission],
+    received: Counter[tuple[str, str]],
+    malformed: int,
+    nodes: dict[str, str],
+    bridges: dict[str, str],
+    capture: MqttCapture,
+    power_dbm: float = 14.0,
+) -> AirOutcome:
+    """nodes, bridges: name on the air -> node hex."""
+    uplinks = sum(1 for t in transmissions if t.sender in nodes)
+    answered = sum(1 for name in nodes if any(received[(bridge, name)] for bridge in bridges))
+    statuses = _statuses(capture)
+    outcome = AirOutcome(uplinks, len(transmissions) - uplinks, len(nodes), answered, duty_breaches(transmissions), malformed)
+    per_sf: dict[int, dict[str, list[float]]] = {}
+    for node_hex in nodes.values():
+        documents = statuses.get(node_hex, [])
+        radio = next((d["radio"] for d in reversed(documents) if isinstance(d.get("radio"), dict)), None)
+        if radio is None:
+            continue
+        values = per_sf.setdefault(radio["sf"], {"pdr": [], "margin_db": [], "years": []})
+        values["pdr"].append(radio.get("pdr", 0.0))
+        if "margin_db" in radio:
+            values["margin_db"].append(radio["margin_db"])
+        years = _battery_years(documents, power_dbm)
+        if years is not None:
+            outcome.years[node_hex] = years
+            values["years"].append(years)
+    for sf, values in per_sf.items():
+        outcome.by_sf[sf] = {
+            "nodes": len(values["pdr"]),
+            "pdr": _spread(values["pdr"]),
+            "margin_db": _spread(values["margin_db"]),
+            "battery_years": _spread(values["years"]),
+        }
+    for bridge_hex in bridges.values():
+        documents = statuses.get(bridge_hex, [])
+        if documents:
+            latest = documents[-1]
+            outcome.bridges[bridge_hex] = {**latest.get("air", {}), **{"downlink_" + k: v for k, v in latest.get("downlink", {}).items()}}
+    return outcome
+
+
+def _statuses(capture: MqttCapture) -> dict[str, list[dict[str, Any]]]:
+    """Each node's status documents in the order published, one per uptime (a republished one says nothing new)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for message in capture.snapshot():
+        if not message.topic.endswith("/status") or "/nodes/" not in message.topic or not message.payload:
+            continue
+        document = json.loads(message.payload)
+        kept = found.setdefault(message.topic.split("/")[-2], [])
+        if kept and kept[-1].get("uptime") == document.get("uptime"):
+            kept[-1] = document
+        else:
+            kept.append(document)
+    return found
+
+
+def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float | None:
+    """From the first and last STATUS of one boot: what the node measured in between, extrapolated."""
+    reports = [d for d in documents if isinstance(d.get("air"), dict) and isinstance(d.get("uptime"), int)]
+    if len(reports) < 2:
+        return None
+    first, last = reports[0], reports[-1]
+    elapsed = last["uptime"] - first["uptime"]
+    delta = {key: last["air"].get(key, 0) - first["air"].get(key, 0) for key in ("tx_ms", "rx_ms", "tx")}
+    if elapsed <= 0 or min(delta.values()) < 0:  # a reboot in between: its counters started again
+        return None
+    return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power_dbm).years
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2), "max": round(max(values), 2)}
+
+
+def _text(spread: dict[str, float] | None) -> str:
+    return "-" if spread is None else "%g" % spread["median"]
