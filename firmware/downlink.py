@@ -98,7 +98,7 @@ def request(node, message):
     if actions & ss.A_ACK:
         node.send(messages.ACK, {"counters": [counter]}, 0)
     if mtype == messages.CONFIG:
-        report = {"op": messages.CONFIG_REPORT, "values": {"interval": node.interval, "status_interval": node.status_interval}}
+        report = {"op": messages.CONFIG_REPORT, "values": node.config()}
         if result[2]:
             report["errors"] = result[2] if isinstance(result[2], dict) else {"*": result[2]}
         if "id" in fields:
@@ -119,8 +119,9 @@ def configure(node, fields):
     values = fields.get("values", {})
     if fields["op"] == messages.CONFIG_SET:
         for key in values:
-            if not node.setting(key, values[key]) and len(errors) < _MAX_ERROR_KEYS:
-                errors[key[:16]] = "rejected"
-        node.hal.storage.put("config.json", json.dumps({"interval": node.interval, "status_interval": node.status_interval}).encode())
+            why = node.setting(key, values[key])
+            if why and len(errors) < _MAX_ERROR_KEYS:
+                errors[key[:16]] = why
+        node.save_config()
         node.next_sample = node.hal.uptime_ms()  # a new interval starts now
     return errors or None

@@ -15,6 +15,7 @@
 # and never loads protocols/auth.py. No key is ever printed.
 import binascii
 import gc
+import json
 import random
 import sys
 
@@ -104,7 +105,7 @@ class Node:
         self.status_interval = hal.status_interval
         saved = hal.storage.settings("config.json")  # what a gateway set over CONFIG, kept across reboots
         for key in saved:
-            if not self.setting(key, saved[key]):
+            if self.setting(key, saved[key]):
                 storage.report("config.json", key)
         self.sources = hal.sources(hal.role) + [SampleNumber(hal.storage)]
         # name -> (argument spec, the source that runs it or None: the node itself, downlink.py)
@@ -130,6 +131,7 @@ class Node:
         if hasattr(hal.uart, "wanted"):
             self.radio = hal.uart
             hal.uart.wanted = self.out_wants
+            hal.uart.on_fallback = self.save_config  # the gateway's link setting failed: forgotten on flash too
             self.frame_limit = _RADIO_FRAME  # a bridge wraps each of its frames in a RADIO_RX (SPEC.md 5.11)
             self.frame_samples = _RADIO_SAMPLES
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
@@ -382,12 +384,26 @@ class Node:
             storage.report("key.old", repr(error))
 
     def setting(self, key, value):
-        # A setting a gateway may change (SPEC.md 5.8), if value is valid for it.
+        # A setting a gateway may change (SPEC.md 5.8): None once set, else why it was not.
+        port = self.hal.uart
+        if (key == "sf" or key == "tx_power" or key == "margin_db") and hasattr(port, "advise"):
+            return port.advise(key, value)  # link adaptation, for a node whose link is the air (radio_port.py)
         low = 1 if key == "interval" else 10 if key == "status_interval" else 0
         if not low or not isinstance(value, (int, float)) or not low <= value <= 86400:
-            return False
+            return "rejected"
         setattr(self, key, value)
-        return True
+        return None
+
+    def config(self):
+        # The values a CONFIG report carries and config.json keeps: the link's only as the gateway set them
+        values = {"interval": self.interval, "status_interval": self.status_interval}
+        link = getattr(self.hal.uart, "link", None)
+        if link:
+            values.update(link)
+        return values
+
+    def save_config(self):
+        self.hal.storage.put("config.json", json.dumps(self.config()).encode())
 
     def receive(self):
         while True:  # until the UART is empty: a burst must not overflow its small buffer

@@ -15,6 +15,11 @@
 #   RX2_DELAY_MS after it, each for RX_WINDOW_MS and longer while a frame whose preamble it heard is
 #   still coming (protocols/lora.py), each closing after one frame. Two sub-bands, two duty cycles: the
 #   bridge can answer in both (an ACK, then a request).
+# - Link adaptation (SPEC.md 5.11): the gateway may set `sf`, `tx_power` and `margin_db` over CONFIG (advise);
+#   they apply from the next uplink (its windows listen at its SF: a window already due keeps the SF of the
+#   uplink it follows). If nothing is heard in the windows of ADR_SILENT uplinks in a row at such a setting, no
+#   bridge hears the node there any more: it goes back to its own SF and full power (counted in `fallback`) and
+#   `on_fallback` forgets the setting on flash, so a bad advice never loses the node for good.
 # - Between windows the radio sleeps. `tx_ms` and `rx_ms` are the radio's time on air and listening,
 #   which STATUS reports and the energy model (hil/energy.py) turns into battery life.
 import random
@@ -25,8 +30,21 @@ from protocols import cobs, messages
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle
 from protocols.frame import F_ACK_REQ, F_PRIORITY
-from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS, UPLINK_CHANNELS
+from protocols.lora import (
+    ADR_SILENT,
+    DOWNLINK_FREQ,
+    MAX_POWER_DBM,
+    MIN_POWER_DBM,
+    RX2_DELAY_MS,
+    RX_DELAY_MS,
+    RX_WINDOW_MS,
+    SF_MAX,
+    SF_MIN,
+    UPLINK_CHANNELS,
+)
 
+_MARGIN_MIN = const(-128)  # a margin_db the gateway sets: an int8 on a node written in C
+_MARGIN_MAX = const(127)
 _HEARD_MS = const(50)  # a preamble was heard: the window stays open while the frame is still coming
 _QUEUE = const(4)
 _TX_SLACK_MS = const(500)  # past a transmission's airtime without TxDone: the radio is reset (an IRQ lost, a brown-out)
@@ -57,8 +75,13 @@ class RadioPort:
         self.radio = radio
         self.clock = clock
         self.idle = idle
-        self.sf = sf
+        self.sf = self.rx_sf = sf  # rx_sf: the SF of the uplink whose windows are open or due
         self.power = power_dbm
+        self.own = (sf, power_dbm)  # node.json's: what a fallback goes back to, at full power
+        self.link = None  # {key: value} of sf, tx_power, margin_db as the gateway set them (advise), or None
+        self.silent = 0  # uplinks since a frame was last heard in a window
+        self.fallback = 0
+        self.on_fallback = None  # called when a fallback dropped the gateway's setting (the node rewrites config.json)
         self.channels = channels  # those its bridges listen on (a bridge with one radio hears one)
         self.duty = DutyCycle()
         self.wanted = None  # wanted(counter): False once the node no longer needs the frame sent
@@ -151,7 +174,7 @@ class RadioPort:
             if now >= self.until:  # RX1 on the uplink's channel, RX2 on the 10 % one (protocols/lora.py)
                 second = now >= self.tx_end + RX2_DELAY_MS
                 channel = DOWNLINK_FREQ if second else self.channels[self.hop]
-                self.radio.configure(channel, self.sf, power_dbm=self.power, invert_iq=True)  # downlinks are inverted
+                self.radio.configure(channel, self.rx_sf, power_dbm=self.power, invert_iq=True)  # downlinks are inverted
                 self.radio.start_receive()
                 self.state = _RX
                 self.since = now
@@ -160,6 +183,7 @@ class RadioPort:
             got = self.radio.poll()
             if got is not None:
                 self.rx += 1
+                self.silent = 0
                 self.inbox.append(cobs.encode(got[0], True))
                 self.until = now
             elif self.radio.receiving():
@@ -185,6 +209,14 @@ class RadioPort:
             self.queue.pop(0)  # acknowledged while it waited
         if not self.queue or now < self.not_before:
             return
+        if self.link is not None and self.silent >= ADR_SILENT:  # LoRaWAN's ADR_ACK_LIMIT, in one step
+            self.sf = self.own[0]
+            self.power = MAX_POWER_DBM
+            self.link = None
+            self.silent = 0
+            self.fallback += 1
+            if self.on_fallback is not None:
+                self.on_fallback()
         self.hop = (self.hop + 1) % len(self.channels)
         channel = self.channels[self.hop]
         frame = self.queue[0]
@@ -197,11 +229,38 @@ class RadioPort:
         self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(12)
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
+        self.rx_sf = self.sf
         self.tx += 1
+        self.silent += 1
         self.state = _TX
         self.since = now
         self.until = now + (airtime + 999) // 1000
 
+    def advise(self, key, value):
+        # A CONFIG key of link adaptation (SPEC.md 5.8): None once taken (from the next uplink), else why not.
+        if key == "sf":
+            low, high = SF_MIN, SF_MAX
+        elif key == "tx_power":
+            low, high = MIN_POWER_DBM, MAX_POWER_DBM
+        else:
+            low, high = _MARGIN_MIN, _MARGIN_MAX
+        if type(value) is not int or not low <= value <= high:  # a bool is not an int here
+            return "want int %d..%d" % (low, high)
+        if key == "sf":
+            self.sf = value
+        elif key == "tx_power":
+            self.power = value
+        if self.link is None:
+            self.link = {}
+        self.link[key] = value
+        self.silent = 0
+        return None
+
     def report(self, now_ms):
-        # STATUS `air` (SPEC.md 5.7)
-        return {"tx": self.tx, "tx_ms": self.tx_ms, "rx": self.rx, "rx_ms": self.rx_ms, "dropped": self.dropped, "sf": self.sf}
+        # STATUS `air` (SPEC.md 5.7): sf and power are those of the next uplink
+        air = {"tx": self.tx, "tx_ms": self.tx_ms, "rx": self.rx, "rx_ms": self.rx_ms, "dropped": self.dropped, "sf": self.sf}
+        air["power"] = self.power
+        air["fallback"] = self.fallback
+        if self.link is not None and "margin_db" in self.link:
+            air["margin"] = self.link["margin_db"]
+        return air

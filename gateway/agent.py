@@ -180,6 +180,10 @@ class Agent:
         self.commands.vetoes.append(self.rekeys.veto)
         self.commands.only_under = self.rekeys.only_under
         self.rekeys.adopt(self.commands.resumed)
+        # Link adaptation: the SF and power advised to radio nodes go to them as the gateway's own CONFIG sets
+        self.sessions.adr.submit = self.commands.submit
+        self.commands.on_final.append(self.sessions.adr.finished)
+        self.sessions.adr.adopt(self.commands.resumed)
         self.sessions.next_key_used = self.rekeys.next_key_used
         self.rekeys.poll()
         self.ports = PortManager(cfg.serial, self.sessions, self.counters.take, self.keys)

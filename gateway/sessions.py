@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session
 from protocols import errors as perr
 from protocols import frame as fr
-from protocols.lora import MARGIN_DB, SNR_FLOOR_DB10
+from protocols.lora import SF_MAX, SF_MIN, SNR_FLOOR_DB10
 from protocols.window import DUPLICATE, NEW
 
 from . import senml
@@ -40,6 +40,7 @@ from .counters import DownlinkCounters
 from .fast_decode import ReceivedMessage, decode_frame
 from .keystore import Keystore, key_id
 from .layouts import Layout, Layouts
+from .link_adr import LinkAdaptation
 from .logs import Digest, escape
 from .presenter import Presenter, RawResults
 from .render import json_value
@@ -58,20 +59,21 @@ _INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval", "commands
 _GATEWAY_ONLY = (messages.COMMAND, messages.RADIO_TX)  # types only a gateway sends: a node's are refused (SPEC.md §6.3)
 _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "snr", "dropped", "retransmits", "rx_errors", "heap_peak")
 # STATUS `air` (SPEC.md §5.7): a bridge's radio or a radio node's, integers each; others are not kept
-_AIR_FIELDS = ("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq")
+# (`power`, `margin`, `fallback`: a radio node's link adaptation, gateway/link_adr.py)
+_AIR_FIELDS = (
+    *("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq"),
+    *("power", "margin", "fallback"),
+)
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
-def link_advice(fields: dict[str, Any]) -> dict[str, Any]:
-    """A radio node's link margin (the frame's SNR less its SF's demodulation floor, dB) and the SF advised: the
-    lowest that keeps MARGIN_DB (SNR does not depend on the SF; a frame heard at SF10 with 10 dB to spare
-    would have 2.5 dB at SF7). What a technician reads in the node's status; nothing is sent to the node."""
+def link_margin(fields: dict[str, Any]) -> dict[str, Any]:
+    """A radio node's link margin on one frame: its SNR less its SF's demodulation floor, dB (what a technician
+    reads in the node's status; the SF and power advised to it are gateway/link_adr.py's)."""
     snr = fields["snr"]
-    if not isinstance(snr, (int, float)) or snr != snr or not 7 <= fields["sf"] <= 12:
+    if not isinstance(snr, (int, float)) or snr != snr or not SF_MIN <= fields["sf"] <= SF_MAX:
         return {}
-    margin = snr - SNR_FLOOR_DB10[fields["sf"] - 7] / 10
-    advised = next((sf for sf in range(7, 13) if snr - SNR_FLOOR_DB10[sf - 7] / 10 >= MARGIN_DB), 12)
-    return {"margin_db": round(margin, 1), "advised_sf": advised}
+    return {"margin_db": round(snr - SNR_FLOOR_DB10[fields["sf"] - SF_MIN] / 10, 1)}
 
 
 @dataclass
@@ -231,6 +233,8 @@ class Sessions:
         self._unauthenticated_frames = Digest(log, "frames without authentication from nodes that must send it", level=logging.WARNING)
         self._moves = Digest(log, "nodes heard on another port", level=logging.WARNING)
         self._radio_links: dict[str, RadioLink] = {}  # bridge node hex -> the link its radio nodes are heard on
+        self._bridge_sf: dict[str, int] = {}  # bridge node hex -> the SF it listens on (RADIO_RX `sf`, STATUS air `sf`)
+        self.adr = LinkAdaptation(self._listened)  # the SF and power advised to radio nodes (the agent wires it to send)
 
     # ------------------------------------------------------------ restoring
 
@@ -621,11 +625,18 @@ class Sessions:
             radio = self._radio_links.get(node.hex)
             if radio is not None:  # a bridge: what the gateway sent through it (gateway/air.py)
                 node.status["downlink"] = dict(radio.air.counts)
+            air_now = node.status.get("air", {})
+            if node.info.get("caps", 0) & messages.CAP_RADIO_BRIDGE:
+                self._bridge_heard_on(node.hex, air_now.get("sf"))
+            elif isinstance(node.link, RadioLink):  # a radio node: its power, its fallbacks
+                self.adr.status(node.hex, air_now)
             self.presenter.status(node, force=True)
         elif message.type == messages.TIME and "unix" not in fields:
             self.send_time(link, node)
         elif message.type == messages.CONFIG:  # a report: the others were refused in message()
             node.info["config"] = json_value(fields.get("values", {}))
+            if isinstance(node.link, RadioLink):  # the SF and power it uses now
+                self.adr.reported(node.hex, node.info["config"])
             if fields.get("errors"):
                 errors = ", ".join("%s: %s" % (key, value) for key, value in fields["errors"].items())
                 log.warning("node %s: config not applied: %s", node.hex, errors)
@@ -673,6 +684,7 @@ class Sessions:
             radio.errors[error.reason] += 1  # no REJECT goes over the air: counted, as a damaged frame on a cable
             return
         radio.frames += 1
+        self._bridge_heard_on(bridge.hex, fields["sf"])
         if message.key_index >= 0 and "at" in fields:  # authentic, from a bridge that says when: a receive window
             radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         node = self._by_id.get(message.node_id)
@@ -688,13 +700,25 @@ class Sessions:
             node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
             node.radio_high = max(node.radio_high, message.counter)
             node.radio_new += 1
+        self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
         if better:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
             span = node.radio_high - node.radio_first + 1
             pdr = round(node.radio_new / span, 3) if span > 0 else None
-            node.radio = json_value({**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_advice(fields)})
+            advice = self.adr.summary(node.hex)
+            node.radio = json_value(
+                {**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_margin(fields), **advice}
+            )
         elif previous is not None:
             node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
+
+    def _bridge_heard_on(self, bridge: str, sf: Any) -> None:
+        if type(sf) is int and SF_MIN <= sf <= SF_MAX:
+            self._bridge_sf[bridge] = sf
+
+    def _listened(self) -> set[int]:
+        """The SFs the bridges with a link listen on: those a radio node may be advised."""
+        return {sf for bridge, sf in self._bridge_sf.items() if self.nodes[bridge].link is not None}
 
     # ------------------------------------------------------------ replies
     # Handed to the port's downlink queue as what is due; it builds the frames when the port has room.

@@ -16,3 +16,13 @@ MAX_RADIO_FRAME = const(204)
 # link margin a gateway reports (a frame's SNR less its SF's floor) and the emulated medium (hil/radio.py)
 SNR_FLOOR_DB10 = (-75, -100, -125, -150, -175, -200)
 MARGIN_DB = const(10)  # the margin a link is advised to keep: the lowest SF that leaves this much is advised
+# Link adaptation (SPEC.md 5.11, LoRaWAN's ADR the model): the gateway advises a node an SF and a TX power,
+# the node applies them from its next uplink and falls back to its own when they stop working
+SF_MIN = const(7)
+SF_MAX = const(12)
+MAX_POWER_DBM = const(14)  # EU868, 868.0-868.6 MHz: 25 mW ERP
+MIN_POWER_DBM = const(2)  # the lowest power advised (an SX1276's PA_BOOST starts here)
+POWER_STEP_DB = const(3)  # power is lowered in these steps: 14, 11, 8, 5, 2
+ADR_FRAMES = const(10)  # the gateway keeps the best SNR of a node's last this many counters
+ADR_FIRST = const(4)  # ... and decides once this many are known (after an advice: ADR_FRAMES at its settings)
+ADR_SILENT = const(32)  # uplinks with nothing heard in their windows after which a node drops the advice

@@ -8,6 +8,7 @@ that heard it best; what the node is owed goes back as RADIO_TX in its receive w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from gateway.commands import Commands
 from gateway.serial_link import RadioLink
+from gateway.store import Store
+from gateway.store_worker import StoreWorker
 from hil.scripted_node import CHANNELS
 from protocols import Message, encode, messages
 from protocols import frame as fr
@@ -100,7 +104,8 @@ def test_a_battery_node_heard_through_a_bridge_is_a_node_of_its_own(radio: Radio
         "counter": 2,
         "pdr": 1.0,
         "margin_db": 15.0,  # 2.5 dB of SNR: 15 dB over SF9's floor, 10 over SF7's
-        "advised_sf": 7,
+        "advised_sf": 9,  # SF7 would do, but both bridges listen on SF9 only
+        "advised_power": 11,  # 12 dB of margin left at SF9; at 8 dBm, 9
     }
     assert node.port == "radio:" + BRIDGES["/dev/ttyB"].hex()
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0, 1, 8, 0]}), rssi=-120)
@@ -231,12 +236,12 @@ def test_airtime_is_booked_only_for_a_frame_the_bridge_was_sent(radio: Radio) ->
     assert [at for at, _ in sent][:1] == [13_100]  # RX1 open: nothing was booked for the frames never sent
 
 
-def test_the_link_margin_and_the_sf_advised() -> None:
-    from gateway.sessions import link_advice
+def test_the_link_margin_of_a_frame() -> None:
+    from gateway.sessions import link_margin
 
-    assert link_advice({"snr": -10.0, "sf": 10}) == {"margin_db": 5.0, "advised_sf": 12}  # only SF12 keeps 10 dB
-    assert link_advice({"snr": 9.0, "sf": 12}) == {"margin_db": 29.0, "advised_sf": 7}  # far too slow for this link
-    assert link_advice({"snr": float("nan"), "sf": 9}) == {}
+    assert link_margin({"snr": -10.0, "sf": 10}) == {"margin_db": 5.0}
+    assert link_margin({"snr": 9.0, "sf": 12}) == {"margin_db": 29.0}
+    assert link_margin({"snr": float("nan"), "sf": 9}) == {}
 
 
 def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Radio) -> None:
@@ -249,3 +254,58 @@ def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Ra
     assert node.radio["pdr"] == 0.75
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 3, 0]}), rssi=-90)  # 3's retransmission
     assert node.radio["pdr"] == 1.0  # every counter of the span arrived at last
+
+
+class _Now:
+    """Radio.decide's `later` when the real event loop chooses the windows (gateway/air.py, DECIDE_S patched down)."""
+
+    def run(self) -> None:
+        pass
+
+
+async def test_a_radio_node_is_advised_its_link_in_a_receive_window_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Link adaptation through the command life cycle (gateway/commands.py, a real store) and the air: after four
+    frames the node is sent a CONFIG set of the SF and power advised, in one of its windows; while it is not
+    answered no second advice goes (only the same frame again); its report ends the command."""
+    monkeypatch.setattr("gateway.air.DECIDE_S", 0.02)
+    radio = Radio(tmp_path)
+    radio.later = _Now()
+    sessions = radio.bench.sessions
+    published: list[tuple[str, bytes]] = []
+    worker = StoreWorker(Store(tmp_path / "gw", 10_000_000))
+    commands = Commands(worker, sessions.topic_base, sessions, lambda t, p: published.append((t, p)), lambda *a: True, 4)
+    await commands.open()
+    sessions.listener = commands
+    sessions.adr.submit = commands.submit
+    commands.on_final.append(sessions.adr.finished)
+    task = asyncio.get_running_loop().create_task(commands.run())
+    try:
+
+        async def uplink(counter: int, mtype: int, fields: dict[str, Any]) -> list[tuple[int, Message]]:
+            """The node's frame heard by bridge A (2.5 dB of SNR), 30 s after the last; what went back over the air."""
+            replies = radio.relay("/dev/ttyA", on_air(mtype, counter, fields), at=30_000 * counter)
+            await asyncio.sleep(0.1)  # its windows are chosen; the commands' task has run
+            radio.bench.safe_all()
+            await asyncio.sleep(0.1)
+            return over_the_air(replies + radio.bench.replies("/dev/ttyA"))
+
+        sent = await uplink(1, messages.HELLO, NODE_HELLO)
+        for counter in (2, 3):
+            sent += await uplink(counter, messages.READINGS, {"samples": [0, counter, 0]})
+        assert [m.type for _, m in sent if m.type == messages.CONFIG] == []  # three frames: too few to go on
+        configs: list[Message] = []
+        # The fourth frame heard: SF9 (both bridges listen there) at 11 dBm is advised, in a window of that frame.
+        # The node does not answer it: no second advice follows, the same frame again at most
+        for counter in range(4, 9):
+            configs += [m for _, m in await uplink(counter, messages.READINGS, {"samples": [0, counter, 0]}) if m.type == messages.CONFIG]
+        assert configs and {(m.counter, m.fields["id"]) for m in configs} == {(configs[0].counter, configs[0].fields["id"])}
+        assert configs[0].fields["op"] == messages.CONFIG_SET
+        assert configs[0].fields["values"] == {"sf": 9, "tx_power": 11, "margin_db": 12}
+        values = {"interval": 10, "status_interval": 60, "sf": 9, "tx_power": 11, "margin_db": 12}
+        await uplink(9, messages.CONFIG, {"op": messages.CONFIG_REPORT, "values": values, "id": configs[0].fields["id"]})
+        states = [json.loads(p) for t, p in published if "/command/adr:" in t and p]
+        assert states and states[-1]["state"] == "succeeded" and states[-1]["name"] == "config"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        worker.close()

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hil.radio import COLLISION, DELIVERED, HALF_DUPLEX, TOO_WEAK, Medium, PathLoss, Transmission
+from protocols import Message, messages
+from protocols import frame as fr
 from protocols.airtime import airtime_us, payload_symbols, symbol_us
 from protocols.dutycycle import DutyCycle, band
 from tests.conftest import run_micropython
@@ -224,3 +228,45 @@ def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> N
     assert out["bridge_sent"] == [1, [["configure", 869_525_000, 9, True], ["send", 20]]]  # a downlink: inverted I/Q
     dropped, sending, log = out["bridge_after_timeout"]  # dropped: the RADIO_TX 20 s ahead, and the lost TxDone
     assert dropped == 2 and sending is None and log[-3:] == [["begin"], ["configure", 868_100_000, 9, False], ["receive"]]
+
+
+def test_a_radio_node_takes_the_link_the_gateway_advises_and_falls_back_on_micropython(micropython: str, tmp_path: Path) -> None:
+    """Link adaptation on the node (tests/portable/link_check.py): firmware/node.py over a RadioPort, scripted radio."""
+    done = run_micropython(micropython, "tests/portable/link_check.py", str(tmp_path / "flash"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+
+    def sent(log: list[list[Any]]) -> list[tuple[int, int, Message]]:
+        """(sf, dBm, the frame) of each uplink."""
+        uplinks = [entry for entry in log if entry[0] == "tx"]
+        return [(sf, dbm, messages.decode_frame(fr.unpack(bytes.fromhex(wire)))) for _, _, sf, dbm, wire in uplinks]
+
+    uplinks = sent(out["advised"])
+    # The CONFIG set came in the first uplink's RX1; its RX2 still listens at that uplink's SF9. From the next
+    # uplink on, SF7 at 8 dBm: the ACK of the set, then the report with the values kept
+    assert [entry for entry in out["advised"] if entry[0] == "rx"][:2] == [["rx", 868_100_000, 9], ["rx", 869_525_000, 9]]
+    assert [(sf, dbm, m.type) for sf, dbm, m in uplinks] == [(9, 14, messages.READINGS), (7, 8, messages.ACK), (7, 8, messages.CONFIG)]
+    assert uplinks[1][2].fields["counters"] == [1000]
+    report = uplinks[2][2].fields
+    assert report["id"] == 5 and "errors" not in report
+    assert report["values"] == {"interval": 3600, "status_interval": 86400, "sf": 7, "tx_power": 8, "margin_db": 11}
+    assert out["config_json"] == report["values"]  # on flash: a reset keeps it
+    assert out["air"]["sf"] == 7 and out["air"]["power"] == 8 and out["air"]["margin"] == 11 and out["air"]["fallback"] == 0
+    assert out["rebooted"] == [7, 8, {"sf": 7, "tx_power": 8, "margin_db": 11}]
+
+    refused = sent(out["refused"])[-1][2].fields  # out of range, not integers, unknown: each said, nothing changed
+    assert refused["id"] == 6 and refused["errors"] == {
+        "sf": "want int 7..12",
+        "tx_power": "want int 2..14",
+        "margin_db": "want int -128..127",
+        "sf_": "rejected",
+    }
+    assert out["refused_air"] == [7, 8]
+
+    # 32 uplinks since a frame was last heard in a window (the ACK and report after it among them): the 33rd at
+    # the node's own SF and full power, the gateway's setting forgotten on flash, the fallback counted
+    assert out["since_heard"] == 2
+    assert out["silent"] == [868_100_000, 7, 8] and out["fell_back"] == [868_100_000, 9, 14]
+    assert out["fell_back_air"]["fallback"] == 1 and "margin" not in out["fell_back_air"]
+    assert out["fell_back_json"] == {"interval": 3600, "status_interval": 86400}
+    assert out["wired"] == {"sf": "rejected", "tx_power": "rejected"}  # a node on a cable has no link to adapt
