@@ -56,6 +56,9 @@ _RADIO_SAMPLES = const(9)  # 9 x 15 bytes at worst fits a radio frame
 _IDLE_MS = const(100)  # the loop's longest wait: the roles read their sensors every 200-500 ms
 _LAST_COUNTER = const(0xFFFFFFFF)  # spent on a LOG saying the counter is exhausted (see send)
 _TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
+# On the air an event before the node's first TIME waits this long for it, at most _HELD of them (SPEC.md 5.4)
+_HELD_MS = const(60000)
+_HELD = const(4)
 _KEY_HEX = const(64)  # a key record: the 32-byte key in hex digits
 
 
@@ -134,6 +137,7 @@ class Node:
             hal.uart.on_fallback = self.save_config  # the gateway's link setting failed: forgotten on flash too
             self.frame_limit = _RADIO_FRAME  # a bridge wraps each of its frames in a RADIO_RX (SPEC.md 5.11)
             self.frame_samples = _RADIO_SAMPLES
+        self.held = []  # on the air: events from before the first TIME, (uptime ms, samples), oldest first
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
         self.offset_ms = None  # unix ms - uptime ms, once TIME arrived (integers: see firmware/uptime.py)
@@ -266,7 +270,24 @@ class Node:
         now = self.now()
         if now is not None:
             fields["base_time"] = now
+        elif self.radio is not None and self.radio is self.hal.uart and len(self.held) < _HELD:
+            # On the air a frame may wait a minute for its duty cycle; undated, the gateway would date it when
+            # received, after a later event that was dated, and the two would read in the wrong order. It
+            # waits for the clock (the TIME asked for at boot comes in a receive window) or _HELD_MS.
+            self.held.append((self.hal.uptime_ms(), samples))
+            return 0
         return self.send(messages.READINGS, fields, fr.F_ACK_REQ | fr.F_PRIORITY)
+
+    def send_held(self, uptime):
+        # The held events, dated by their uptime once the clock is known, else (after _HELD_MS) undated
+        while self.held and (self.offset_ms is not None or uptime - self.held[0][0] >= _HELD_MS):
+            at, samples = self.held[0]
+            fields: dict = {"samples": samples}
+            if self.offset_ms is not None:
+                fields["base_time"] = (at + self.offset_ms) // 1000
+            if self.send(messages.READINGS, fields, fr.F_ACK_REQ | fr.F_PRIORITY) is None:
+                return  # the counter is spent: nothing goes out any more
+            self.held.pop(0)
 
     def sample(self):
         now = self.now()
@@ -447,6 +468,8 @@ class Node:
         uptime = self.hal.uptime_ms()
         for event in self.out.due(uptime, self.jitter):
             self.hal.uart.write(event[3])
+        if self.held:
+            self.send_held(uptime)
         for source in self.polled:
             try:
                 source.poll(self, uptime)

@@ -270,3 +270,31 @@ def test_a_radio_node_takes_the_link_the_gateway_advises_and_falls_back_on_micro
     assert out["fell_back_air"]["fallback"] == 1 and "margin" not in out["fell_back_air"]
     assert out["fell_back_json"] == {"interval": 3600, "status_interval": 86400}
     assert out["wired"] == {"sf": "rejected", "tx_power": "rejected"}  # a node on a cable has no link to adapt
+
+
+def test_a_radio_node_holds_an_event_until_its_clock_comes_on_micropython(micropython: str, tmp_path: Path) -> None:
+    """SPEC.md §5.4: on the air an event before the first TIME is held, then dated by the uptime it happened at;
+    without a TIME it goes undated after 60 s (tests/portable/held_event_check.py)."""
+    done = run_micropython(micropython, "tests/portable/held_event_check.py", str(tmp_path / "flash"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["held_return"] == 0  # told to the role as sent: it does not try again
+
+    def events(wires: list[str]) -> list[Message]:
+        """The event frames among the uplinks, each counter once (nothing acknowledges them here: resent)."""
+        found = {}
+        for wire in wires:
+            message = messages.decode_frame(fr.unpack(bytes.fromhex(wire)))
+            if message.type == messages.READINGS and message.flags & fr.F_PRIORITY:
+                found.setdefault(message.counter, message)
+        return list(found.values())
+
+    assert events(out["before_time"]) == []  # the node's readings went; its event waited for the clock
+    dated = events(out["after_time"])
+    assert len(dated) == 1
+    # dated when it happened (uptime 5 s), not when the TIME came (20 s) or when it went on air
+    assert dated[0].fields["base_time"] == (5000 + out["offset_ms"]) // 1000 == 1700000000 + (5000 - 20000 + 250) // 1000
+    assert dated[0].fields["samples"] == [0, 1, 0]
+    assert events(out["at_59s"]) == []
+    undated = events(out["at_99s"])
+    assert len(undated) == 1 and "base_time" not in undated[0].fields

@@ -1,0 +1,82 @@
+# A radio node's events before its first TIME (SPEC.md 5.4): firmware/node.py over firmware/radio_port.py on
+# the scripted radio of link_check.py, on the MicroPython unix port. An event with no clock is held; the TIME
+# that comes dates it by the uptime it happened at; one whose TIME never comes goes undated after 60 s.
+# Usage: held_event_check.py FOLDER. Prints JSON; tests/test_radio.py checks it.
+import json
+import os
+import sys
+
+from protocols import cobs, messages
+from protocols import frame as fr
+from tests.portable.link_check import NODE_ID, Clock, Hal
+
+
+class Flood:
+    CHANNELS = (("flood", "", 0),)
+
+    def read(self):
+        return (1,)
+
+
+class EventHal(Hal):
+    def __init__(self, folder, clock):
+        for path in (folder[: folder.rindex("/")], folder):
+            try:
+                os.mkdir(path)
+            except OSError:  # there already
+                pass
+        super().__init__(folder, clock)
+
+    def sources(self, role):
+        return [Flood()]
+
+
+def time_frame(counter, unix, ms):
+    payload = messages.encode_payload(messages.TIME, {"unix": unix, "ms": ms})
+    return bytes(fr.pack(fr.Frame(messages.TIME, NODE_ID, counter, payload, fr.F_DOWNLINK)))
+
+
+def uplinks(radio):
+    return [entry[4] for entry in radio.log if entry[0] == "tx"]
+
+
+def run_until_quiet(node, clock, ms):
+    # the node's loop in 100 ms steps: what is due is sent, the port's duty cycle and windows run
+    for _ in range(ms // 100):
+        clock.now += 100
+        node.step()
+        node.hal.uart.pump()
+
+
+def run(folder):
+    from firmware.node import Node
+
+    out = {}
+    clock = Clock()
+    clock.now = 5000
+    hal = EventHal(folder + "/dated", clock)
+    node = Node(hal)
+    source = node.sources[0]
+    out["held_return"] = node.event(source, (1,))  # no clock yet: held, not sent
+    run_until_quiet(node, clock, 8000)
+    out["before_time"] = uplinks(hal.radio)
+    hal.uart.inbox.append(cobs.encode(time_frame(900, 1700000000, 250), True))  # as a receive window delivers it
+    clock.now = 20000
+    node.receive()
+    out["offset_ms"] = node.offset_ms
+    run_until_quiet(node, clock, 40000)  # past the first uplink's time-off
+    out["after_time"] = uplinks(hal.radio)
+
+    clock.now = 5000
+    lone = EventHal(folder + "/undated", clock)
+    node = Node(lone)
+    node.event(node.sources[0], (1,))
+    run_until_quiet(node, clock, 59000)  # the event was 59 s ago: still held
+    out["at_59s"] = uplinks(lone.radio)
+    run_until_quiet(node, clock, 40000)  # past 60 s, and the time-off of the last uplink
+    out["at_99s"] = uplinks(lone.radio)
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1])))
