@@ -153,6 +153,8 @@ class Node:
         gc.collect()
         capacity = max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST))
         self.out = ss.Outbox(self.counter, capacity, ss.NODE_ON_REJECT)
+        if self.radio is not None and self.radio is hal.uart:
+            hal.uart.on_aired = self.out.aired  # a frame whose windows brought no ACK is due again at once
 
     def out_wants(self, counter):
         return counter in self.out.counters

@@ -5,7 +5,7 @@
 # over a cable and over the air; only the timing is the radio's:
 #
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
-#   before. At most _QUEUE wait, a HELLO first, then answers to the gateway, then events, then the rest, each oldest
+#   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway, then the rest, each oldest
 #   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it
 #   is still in the node's ring and comes again when its retransmission is due). A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
@@ -60,11 +60,12 @@ _RX = const(3)
 
 
 def _rank(frame):
-    # The order frames wait in: a HELLO first (nothing else is taken before it), then what answers the
-    # gateway (ACK, CONFIG report, COMMAND_RESULT: a command waits on it), then events (PRIORITY: a flood
-    # alarm must not wait behind the readings of the last minutes), then the rest; each by counter.
+    # The order frames wait in: a HELLO first (nothing else is taken before it), then events (PRIORITY: a
+    # flood alarm must not wait a minute behind the answers of a CONFIG exchange, measured in
+    # flood-warning-radio), then what answers the gateway (ACK, CONFIG report, COMMAND_RESULT: a command
+    # waits on it), then the rest; each by counter.
     mtype = frame[_TYPE]
-    first = 0 if mtype == messages.HELLO else 1 if mtype in _ANSWERS else 2 if frame[_FLAGS] & F_PRIORITY else 3
+    first = 0 if mtype == messages.HELLO else 1 if frame[_FLAGS] & F_PRIORITY else 2 if mtype in _ANSWERS else 3
     return (first, frame[_COUNTER : _COUNTER + 4])
 
 
@@ -82,6 +83,8 @@ class RadioPort:
         self.silent = 0  # uplinks since a frame was last heard in a window
         self.fallback = 0
         self.on_fallback = None  # called when a fallback dropped the gateway's setting (the node rewrites config.json)
+        self.aired = None  # the counter (4 bytes) of the uplink whose windows are open or due, if it wants an ACK
+        self.on_aired = None  # on_aired(counter, now) when they closed (the node's outbox: it is due again)
         self.channels = channels  # those its bridges listen on (a bridge with one radio hears one)
         self.duty = DutyCycle()
         self.wanted = None  # wanted(counter): False once the node no longer needs the frame sent
@@ -197,6 +200,9 @@ class RadioPort:
                     self.until = second
                 else:
                     self.state = _IDLE
+                    if self.aired is not None and self.on_aired is not None:  # its windows closed: was it answered?
+                        self.on_aired(int.from_bytes(self.aired, "big"), now)
+                    self.aired = None
         if self.state == _IDLE and self.queue:
             self.send_next(now)
 
@@ -229,6 +235,7 @@ class RadioPort:
         self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(12)
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
+        self.aired = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None
         self.rx_sf = self.sf
         self.tx += 1
         self.silent += 1

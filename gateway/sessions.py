@@ -706,9 +706,12 @@ class Sessions:
             span = node.radio_high - node.radio_first + 1
             pdr = round(node.radio_new / span, 3) if span > 0 else None
             advice = self.adr.summary(node.hex)
+            moved = node.radio.get("bridge") != bridge.hex
             node.radio = json_value(
                 {**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_margin(fields), **advice}
             )
+            if moved:  # first heard over the air, or now best by another bridge: the technician sees it at once
+                self.presenter.status(node, force=True)
         elif previous is not None:
             node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
 

@@ -23,6 +23,7 @@ from .energy import estimate_from_report
 from .outcomes import Check
 from .radio import Transmission
 
+MIN_UPLINKS = 3  # uplinks measured between two STATUS for a battery estimate
 STARTUP_SLACK_S = 0.05  # the air stamps a start when it reads the line: two processes' scheduling either way
 
 
@@ -151,16 +152,20 @@ def _statuses(capture: MqttCapture) -> dict[str, list[dict[str, Any]]]:
 
 
 def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float | None:
-    """From the first and last STATUS of one boot: what the node measured in between, extrapolated."""
+    """From the first and last STATUS of one boot: what the node measured in between, extrapolated at the TX power
+    of the last (power_dbm if it does not say)."""
     reports = [d for d in documents if isinstance(d.get("air"), dict) and isinstance(d.get("uptime"), int)]
     if len(reports) < 2:
         return None
     first, last = reports[0], reports[-1]
+    power = last["air"].get("power", power_dbm)  # the node's TX power (link adaptation may have lowered it)
     elapsed = last["uptime"] - first["uptime"]
     delta = {key: last["air"].get(key, 0) - first["air"].get(key, 0) for key in ("tx_ms", "rx_ms", "tx")}
     if elapsed <= 0 or min(delta.values()) < 0:  # a reboot in between: its counters started again
         return None
-    return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power_dbm).years
+    if delta["tx"] < MIN_UPLINKS:  # a window of one uplink or none says more about the window than the node
+        return None
+    return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power).years
 
 
 def _spread(values: list[float]) -> dict[str, float] | None:

@@ -54,7 +54,7 @@ class Chain:
             self.gateway = GatewayProcess(self.workdir / "gateway", self.broker.port, self.rig.ports, **self._gateway_options)
             keystore = Keystore(self.gateway.data_dir / "keys.json")
             for node_hex, key in self.rig.keys().items():
-                keystore.add(node_hex, key)
+                keystore.add(node_hex, key, replace=True)  # the rig's keys are the nodes' (a rerun in the same place)
             self.gateway.start()
         except BaseException:
             self.close()

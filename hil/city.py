@@ -105,7 +105,10 @@ def run_city(
             while time.monotonic() < deadline:
                 events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None
                 readings = _readings(rig, capture, start, cutoff) if readings_wanted else None
-                if not commander.pending() and (events is None or not events.lost) and (readings is None or not readings.lost):
+                frames = _event_frames(rig, alarms, start) if channel else {}
+                unpublished = frames.get("sent", 0) > frames.get("delivered", 0)  # on the air a frame may come minutes late
+                done = (events is None or not events.lost) and (readings is None or not readings.lost)
+                if done and not (commander.pending() or unpublished):
                     break
                 tick(time.monotonic() - start, "settle")
                 time.sleep(0.5)
@@ -144,7 +147,7 @@ def run_city(
         scenario.description,
         scenario.variant,
         rig.target,
-        {group.role: group.count for group in scenario.roles},
+        {role: scenario.node_roles.count(role) for role in dict.fromkeys(scenario.node_roles)},
         scenario.duration,
         commands=commands,
         events=events,

@@ -26,9 +26,14 @@ from protocols import cobs
 
 from .air import Air
 from .faults import LINE_KINDS, Fault
-from .radio import Medium, PathLoss, Transmission
+from .radio import SENSITIVITY_DBM, Medium, PathLoss, Transmission
 from .rig import WireTap
-from .timeline import AirLayout, RoleGroup
+from .timeline import AirLayout, RoleGroup, ScenarioError
+
+INSTALL_MARGIN_DB = 3.0  # a node is installed where a bridge hears its full power this far above sensitivity
+INSTALL_POWER_DBM = 14.0
+INSTALL_TRIES = 200
+BRIDGE_STATUS_S = 30.0  # a bridge's STATUS goes over its cable, not the air: its airtime and budget, often
 
 
 @dataclass
@@ -81,12 +86,33 @@ class RadioRig:
         draw = random.Random(seed)
         for group in groups:
             sfs = group.sf or (layout.bridges[0].sf,)
-            near, far = group.distance_m
             for number in range(group.count):
-                bearing, distance = draw.uniform(0, 2 * math.pi), draw.uniform(near, far)
-                x, y = distance * math.cos(bearing), distance * math.sin(bearing)
-                rig.radio(x, y, group.role, sfs[number % len(sfs)], channels, group.interval, group.config)
+                sf = sfs[number % len(sfs)]
+                x, y = rig._site(draw, "node%d" % len(rig.emulator.nodes), sf, group.distance_m)
+                rig.radio(x, y, group.role, sf, channels, group.interval, group.config)
         return rig
+
+    def _site(self, draw: random.Random, name: str, sf: int, distance_m: tuple[float, float]) -> tuple[float, float]:
+        """Where a node is installed: a seeded bearing and distance, drawn again until a bridge on its SF hears it
+        with INSTALL_MARGIN_DB to spare (the installer's link check). The medium's shadowing belongs to the pair of
+        radios, not to the spot, so a node in a deep shadow is drawn ever nearer (to a tenth of its ring) until heard."""
+        near, far = distance_m
+        medium = self.air.medium
+        listening = [placed for placed in self.bridges if placed.node.settings["sf"] == sf]
+        if not listening:
+            raise ScenarioError("air: no bridge listens on SF%d, which node %s sends at" % (sf, name))
+        for attempt in range(INSTALL_TRIES):
+            nearer = 1.0 - 0.9 * attempt / INSTALL_TRIES
+            bearing, distance = draw.uniform(0, 2 * math.pi), draw.uniform(near, far) * nearer
+            x, y = distance * math.cos(bearing), distance * math.sin(bearing)
+            for bridge in listening:
+                loss = medium.path_loss.loss_db(math.hypot(x - bridge.x, y - bridge.y), medium.shadowing_db(name, bridge.name))
+                if INSTALL_POWER_DBM - loss - SENSITIVITY_DBM[sf] >= INSTALL_MARGIN_DB:
+                    return x, y
+        raise ScenarioError(
+            "air: node %s at SF%d: no spot up to %g m out where a bridge hears it with %g dB to spare (%d tried): raise "
+            "its SF" % (name, sf, far, INSTALL_MARGIN_DB, INSTALL_TRIES)
+        )
 
     def _place(self, role: str, x: float, y: float, settings: dict[str, object]) -> Placed:
         index = len(self.emulator.nodes)
@@ -101,6 +127,7 @@ class RadioRig:
 
     def bridge(self, x: float, y: float, sf: int = 7, freq: int = 868100000) -> Placed:
         placed = self._place("lora_bridge", x, y, {"sf": sf, "freq": freq})
+        placed.node.status_interval = BRIDGE_STATUS_S
         self.bridges.append(placed)
         return placed
 

@@ -242,6 +242,16 @@ class Outbox:
                     self._delays[index] = entry[2]
         return events
 
+    def aired(self, counter: int, now: int) -> None:
+        # On the air (SPEC.md §4.2, §5.11): the frame went out and its receive windows closed without its ACK.
+        # It is due again now; the link's duty cycle decides when it goes. A doubling clock started when the
+        # frame was handed to the link would have grown while it waited for its duty cycle, and a frame lost
+        # on air would wait a minute more. A request already acknowledged (awaiting its answer) is left be.
+        if counter in self.counters:
+            entry = self._tracked.get(counter)
+            if entry is None or entry[3] == 0:
+                self._due[self.counters.index(counter)] = now
+
     def answered(self, key: object) -> tuple | None:
         for counter in self._tracked:
             if self._tracked[counter][0] == key:

@@ -33,7 +33,7 @@ SLOW_FILES = (
     "test_hil_e2e.py",
     "test_hil_city_e2e.py",
     "test_powercut.py",
-    "test_lora_e2e.py",
+    "test_hil_radio_e2e.py",
     "test_logs.py",
     "test_firmware.py",
     "test_security_e2e.py",

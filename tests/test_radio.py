@@ -224,6 +224,8 @@ def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> N
         ["receive"],
         ["sleep"],
     ]
+    ((counter, at),), tx_end = out["aired"]  # the node's outbox is told once the second window closed unanswered
+    assert counter == 7 and tx_end + 2000 + 500 <= at <= tx_end + 2000 + 600
     assert out["queued"] == [True, False]  # a RADIO_TX 20 s ahead is refused: no window is that far
     assert out["bridge_sent"] == [1, [["configure", 869_525_000, 9, True], ["send", 20]]]  # a downlink: inverted I/Q
     dropped, sending, log = out["bridge_after_timeout"]  # dropped: the RADIO_TX 20 s ahead, and the lost TxDone

@@ -56,6 +56,23 @@ def test_a_frame_is_resent_after_2_s_then_doubling_to_60_s() -> None:
     assert out.retransmits == len(times)
 
 
+def test_a_frame_on_the_air_whose_windows_closed_unanswered_is_due_again_at_once() -> None:
+    """SPEC.md §5.11: the doubling delay grew while the frame waited for its duty cycle; once it was on air and its
+    windows brought no ACK it is due at once. Unknown counters are ignored; an acknowledged frame is gone."""
+    out = ss.Outbox(Counter(), 8)
+    first, second = out.counter.take(), out.counter.take()
+    out.add(first, b"one", 0)
+    out.add(second, b"two", 0)
+    for now in (2000, 6000, 14_000):  # waiting for the duty cycle: retried at 2, 6, 14 s, next at 30 s
+        assert sent(out.due(now, no_jitter)) == [first, second]
+    out.aired(first, 20_000)
+    out.aired(99, 20_000)  # not kept: nothing happens
+    assert out.next_due() == 20_000 and sent(out.due(20_000, no_jitter)) == [first]
+    out.acked([second], 21_000)
+    out.aired(second, 22_000)
+    assert out.counters == [first]
+
+
 def test_jitter_stays_within_25_percent() -> None:
     out = ss.Outbox(Counter(), 8)
     out.add(out.counter.take(), b"one", 0)

@@ -82,6 +82,7 @@ class EmulatedNode:
     role: str = "sensor"
     settings: dict[str, object] = field(default_factory=dict)  # more of node.json for the role (e.g. save_s)
     interval: float | None = None  # its own sampling interval; None: the emulator's
+    status_interval: float | None = None  # its own STATUS interval; None: the emulator's
     node_master: int = -1
     node_slave: int = -1
     gateway_master: int = -1
@@ -117,7 +118,12 @@ class EmulatedNode:
         if reset_cause is not None:
             env["EDGEGW_RESET_CAUSE"] = str(reset_cause)  # the board's reset-cause register, read by the unix HAL
         # cwd: MicroPython puts "" first on sys.path; anywhere else it might find and compile sources.
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle, start_new_session=True)
+        # Unbuffered: _wait_ready selects on the pipe, then reads a line. A buffered reader would take the
+        # ready line into its buffer with the lines before it (a radio node says what its HELLO leaves out), and
+        # select would then wait for more that never comes: a node up and sending, called "did not start".
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=bundle, start_new_session=True, bufsize=0
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -228,7 +234,7 @@ class Emulator:
                 self.boot(node)
 
     def boot(self, node: EmulatedNode) -> None:
-        node.spawn(self.bundle, self.heap, node.interval or self.interval, self.status_interval)
+        node.spawn(self.bundle, self.heap, node.interval or self.interval, node.status_interval or self.status_interval)
 
     @property
     def relay_error(self) -> str | None:

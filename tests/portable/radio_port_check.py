@@ -54,6 +54,8 @@ def run():
     clock = Clock()
     radio = Radio()
     port = RadioPort(radio, clock, lambda ms: None, 9, 14, (868100000,))
+    aired = []
+    port.on_aired = lambda counter, now: aired.append([counter, now])
     port.write(encode(Message(messages.READINGS, b"\x00" * 8, 7, {"samples": [0, 1, 0]}, F_ACK_REQ)))
     clock.now = 5000  # past the first transmission's 0-4 s of chance
     port.pump()
@@ -68,6 +70,7 @@ def run():
         clock.now += 100
         port.pump()
     out["windows"] = [entry for entry in radio.log if entry[0] in ("configure", "receive", "sleep")]
+    out["aired"] = [aired, port.tx_end]  # told once, when the second window closed (no ACK came)
     out["tx_ms"] = [port.tx_ms >= 1100, clock.now - sent_at]
 
     bridge_radio = Radio()

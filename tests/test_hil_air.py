@@ -1,0 +1,170 @@
+"""City scenarios on the air, without processes: the [air] table, where the rig installs the nodes, what its tap reads
+and what the report makes of the air (hil/timeline.py, hil/radio_rig.py, hil/air_report.py). The scenarios themselves
+run end to end in tests/test_hil_radio_e2e.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.air_report import AirOutcome, _battery_years, duty_breaches
+from hil.energy import estimate_from_report
+from hil.radio import SENSITIVITY_DBM, Transmission
+from hil.radio_rig import INSTALL_MARGIN_DB, RadioRig
+from hil.scenario import ScenarioError, parse_scenario
+from protocols import Message, cobs, encode, messages
+from protocols import frame as fr
+
+AIR = {"bridges": [{"x": 0, "y": 0, "sf": 9}, {"x": 500, "y": 0, "sf": 10, "freq": 868300000}], "boot_spread_s": 30}
+ROLES = [
+    {"role": "lora_sensor", "count": 4, "sf": [9, 10], "distance_m": [300, 2500], "interval": 900},
+    {"role": "streetlight", "count": 2, "sf": 9},
+]
+
+
+def scenario(air: Any = AIR, roles: Any = ROLES, **more: Any) -> Any:
+    return parse_scenario({"name": "t", "duration": 60, "air": air, "roles": roles, **more})
+
+
+def test_an_air_table_puts_the_roles_on_the_air_behind_its_bridges() -> None:
+    parsed = scenario()
+    assert parsed.air is not None and parsed.air.boot_spread_s == 30
+    assert [(b.x, b.y, b.sf, b.freq) for b in parsed.air.bridges] == [(0, 0, 9, 868100000), (500, 0, 10, 868300000)]
+    assert parsed.roles[0].sf == (9, 10) and parsed.roles[0].distance_m == (300, 2500)
+    assert parsed.roles[1].sf == (9,) and parsed.roles[1].distance_m == (200.0, 1500.0)
+    assert parse_scenario({"name": "t", "roles": [{"role": "gauge", "count": 1}]}).air is None
+
+
+@pytest.mark.parametrize(
+    ("air", "roles", "message"),
+    [
+        ({}, ROLES, "air: 'bridges' must list at least one bridge"),
+        ({"bridges": [{"x": 0}]}, ROLES, "air: bridges #1: needs 'x' and 'y' (metres)"),
+        ({"bridges": [{"x": 0, "y": 0, "sf": 13}]}, ROLES, "air: bridges #1: 'sf' must be 7..12, not 13"),
+        ({"bridges": [{"x": 0, "y": 0, "freq": 869525000}]}, ROLES, "air: bridges #1: 'freq' must be an uplink channel"),
+        ({"bridges": [{"x": 0, "y": 0, "power": 14}]}, ROLES, "air: bridges #1: unknown key 'power'"),
+        ({**AIR, "boot_spread_s": -1}, ROLES, "air: 'boot_spread_s' must be 0 or more seconds, not -1"),
+        (AIR, [{"role": "gauge", "count": 1, "sf": 6}], "roles #1: 'sf' must be a spreading factor 7..12"),
+        (AIR, [{"role": "gauge", "count": 1, "sf": [7, True]}], "roles #1: 'sf' must be a spreading factor 7..12"),
+        (AIR, [{"role": "gauge", "count": 1, "distance_m": [500, 100]}], "roles #1: 'distance_m' must be [near, far] in metres"),
+        (AIR, [{"role": "gauge", "count": 1, "distance_m": [0, 100]}], "roles #1: 'distance_m' must be [near, far] in metres"),
+        (None, [{"role": "gauge", "count": 1, "sf": 7}], "roles #1: 'sf' and 'distance_m' place nodes on the air"),
+    ],
+)
+def test_a_bad_air_table_names_the_key(air: Any, roles: Any, message: str) -> None:
+    data: dict[str, Any] = {"name": "t", "duration": 60, "roles": roles}
+    if air is not None:
+        data["air"] = air
+    with pytest.raises(ScenarioError) as raised:
+        parse_scenario(data)
+    assert message in str(raised.value)
+
+
+def test_the_rig_installs_each_node_where_a_bridge_on_its_sf_hears_it(tmp_path: Path) -> None:
+    parsed = scenario()
+    assert parsed.air is not None
+    rig = RadioRig.for_scenario(tmp_path, parsed.air, parsed.roles, interval=30, status_interval=60, seed=3)
+    try:
+        assert [placed.node.settings["sf"] for placed in rig.bridges] == [9, 10] and rig.boot_spread_s == 30
+        assert [placed.node.role for placed in rig.radios] == ["lora_sensor"] * 4 + ["streetlight"] * 2
+        assert [placed.node.settings["sf"] for placed in rig.radios] == [9, 10, 9, 10, 9, 9]  # a group's SFs in turn
+        assert [placed.node.interval for placed in rig.radios] == [900] * 4 + [None] * 2  # None: the scenario's
+        medium = rig.air.medium
+        for placed in rig.radios:
+            settings = placed.node.settings
+            assert settings["channels"] == [868100000, 868300000]  # those its bridges listen on
+            assert math.hypot(placed.x, placed.y) <= (2500 if placed.node.role == "lora_sensor" else 1500)
+            margins = [
+                14 - medium.path_loss.loss_db(math.hypot(placed.x - b.x, placed.y - b.y), medium.shadowing_db(placed.name, b.name))
+                for b in rig.bridges
+                if b.node.settings["sf"] == settings["sf"]
+            ]
+            assert max(margins) - SENSITIVITY_DBM[int(settings["sf"])] >= INSTALL_MARGIN_DB
+        again = RadioRig.for_scenario(tmp_path / "again", parsed.air, parsed.roles, interval=30, status_interval=60, seed=3)
+        assert [(p.x, p.y) for p in again.radios] == [(p.x, p.y) for p in rig.radios]  # seeded
+        again.air.stop()
+        assert set(rig.keys()) == {placed.node_hex for placed in rig.bridges + rig.radios}
+    finally:
+        rig.air.stop()
+
+
+def test_a_node_no_bridge_can_hear_is_refused_by_name(tmp_path: Path) -> None:
+    far = scenario(roles=[{"role": "lora_sensor", "count": 1, "sf": 9, "distance_m": [40000, 60000]}])
+    with pytest.raises(ScenarioError, match="node node2 at SF9: no spot up to 60000 m out where a bridge hears it"):
+        RadioRig.for_scenario(tmp_path, far.air, far.roles, interval=30, status_interval=60, seed=1)
+    deaf = scenario(roles=[{"role": "lora_sensor", "count": 1, "sf": 12}])
+    with pytest.raises(ScenarioError, match="air: no bridge listens on SF12"):
+        RadioRig.for_scenario(tmp_path / "deaf", deaf.air, deaf.roles, interval=30, status_interval=60, seed=1)
+
+
+def test_the_tap_reads_each_sample_a_node_put_on_air_with_its_key(tmp_path: Path) -> None:
+    rig = RadioRig(tmp_path)
+    try:
+        rig.bridge(0, 0)
+        node = rig.radio(100, 0)
+        node_id = bytes.fromhex(node.node_hex)
+        channels = [{"name": "temperature", "unit": "Cel", "scale": -2}, {"name": "counter", "unit": "", "scale": 0}]
+        hello = {"proto": [1, 1], "fw_version": "t", "hw_model": "t", "caps": 0x0B | messages.CAP_AUTH, "channels": channels}
+        frames = [
+            Message(messages.HELLO, node_id, 1, hello, fr.F_ACK_REQ | fr.F_AUTH),
+            Message(messages.READINGS, node_id, 2, {"samples": [0, 2150, 0, 1, 7, 0]}, fr.F_ACK_REQ | fr.F_AUTH),
+            Message(messages.READINGS, node_id, 3, {"samples": [1, 8, 0]}, fr.F_ACK_REQ | fr.F_AUTH | fr.F_PRIORITY),
+        ]
+        for at, message in enumerate(frames, 10):
+            rig._tapped(Transmission(node.name, float(at), 868100000, 7, 0, payload=on_air(message, node.key)))
+        forged = Message(messages.READINGS, node_id, 4, {"samples": [1, 9, 0]}, fr.F_ACK_REQ | fr.F_AUTH)
+        rig._tapped(Transmission(node.name, 20.0, 868100000, 7, 0, payload=on_air(forged, bytes(32))))  # not its key
+        rig._tapped(Transmission("bridge0", 21.0, 869525000, 7, 0, payload=on_air(frames[1], node.key)))  # a downlink
+        assert rig.tap.snapshot() == {(node.node_hex, 7): 11.0, (node.node_hex, 8): 12.0}
+        assert rig.tap.events_sent() == {(node.node_hex, 3): 12.0}
+    finally:
+        rig.air.stop()
+
+
+def on_air(message: Message, key: bytes) -> bytes:
+    """The frame as a radio sends it: one packet, no COBS (encode gives it as a cable carries it)."""
+    return cobs.decode(encode(message, key).rstrip(b"\x00"))
+
+
+def _sent(sender: str, start: float, channel: int = 868100000, length: int = 50) -> Transmission:
+    return Transmission(sender, start, channel, 7, length)
+
+
+def test_a_transmission_inside_its_senders_time_off_is_a_breach_per_sub_band() -> None:
+    airtime = _sent("a", 0).airtime  # 1 %: the sub-band is closed 99 airtimes after it
+    kept = [_sent("a", 0), _sent("b", 0.01), _sent("a", 100 * airtime), _sent("a", 100 * airtime + 0.1, 869525000)]
+    assert duty_breaches(kept) == []
+    broken = duty_breaches([*kept, _sent("a", 100 * airtime + 50 * airtime, 868300000)])  # h1.4 again, too soon
+    assert len(broken) == 1 and broken[0].startswith("a at ")
+
+
+def _status(uptime: int, tx_ms: int, rx_ms: int, tx: int) -> dict[str, Any]:
+    return {"uptime": uptime, "air": {"tx_ms": tx_ms, "rx_ms": rx_ms, "tx": tx}}
+
+
+def test_battery_life_comes_from_what_the_node_measured_between_its_first_and_last_status() -> None:
+    documents = [_status(900, 5000, 3000, 4), {"uptime": 900}, _status(1800, 9000, 5000, 7), _status(2700, 14000, 8000, 11)]
+    years = _battery_years(documents, 14.0)
+    assert years == pytest.approx(estimate_from_report(9000, 5000, 1800, 7, power_dbm=14.0).years)
+    assert years is not None and 0 < years < 20
+    assert _battery_years(documents[:2], 14.0) is None  # one report: nothing measured in between
+    documents[-1]["air"]["power"] = 8  # link adaptation lowered it: the current a transmission draws is less
+    assert _battery_years(documents, 14.0) == pytest.approx(estimate_from_report(9000, 5000, 1800, 7, power_dbm=8).years)
+    assert _battery_years([_status(900, 5000, 3000, 4), _status(60, 100, 50, 1)], 14.0) is None  # rebooted between
+    assert _battery_years([_status(900, 5000, 3000, 4), _status(1800, 5100, 3500, 6)], 14.0) is None  # 2 uplinks: a guess
+
+
+def test_the_air_checks_name_what_failed() -> None:
+    outcome = AirOutcome(10, 8, 3, 2, ["node3 at 5.00 s, 1.00 s after a frame of 0.100 s"], 0, years={"e1": 2.0})
+    failures = {check.name: check.failure for check in outcome.checks(battery_estimates=True)}
+    assert failures == {
+        "air: every transmission kept its sender's duty cycle": "node3 at 5.00 s, 1.00 s after a frame of 0.100 s",
+        "air: every node received a downlink": "2 of 3",
+        "energy: a battery life estimated for every node": "2 of 3 nodes sent too few STATUS for an estimate",
+    }
+    fine = AirOutcome(10, 8, 1, 1, [], 0, years={"e1": 2.0})
+    assert all(check.failure is None for check in fine.checks(battery_estimates=True))
+    assert "uplinks 10  downlinks 8  nodes answered 1 of 1" in fine.summary()[0]
