@@ -32,7 +32,7 @@ from protocols import CounterWindow, Message, ProtocolError, messages, node_hex,
 from protocols import errors as perr
 from protocols import frame as fr
 from protocols.lora import SF_MAX, SF_MIN, SNR_FLOOR_DB10
-from protocols.window import DUPLICATE, NEW
+from protocols.window import DUPLICATE
 
 from . import senml
 from .committer import CommitResult, Pending
@@ -64,6 +64,7 @@ _AIR_FIELDS = (
     *("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq"),
     *("power", "margin", "fallback"),
 )
+_PDR_SPAN = 256  # counters a radio node's delivery ratio remembers it heard
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
@@ -101,11 +102,14 @@ class Node:
     key_after_reset: bool = False  # a tagged HELLO reset its window: the key is recorded once the reset is on disk
     untagged_moved: bool = False  # untagged frames of this keyed node moved its window (a require_auth = false port)
     radio: dict[str, Any] = field(default_factory=dict)  # heard through a bridge: rssi, snr, sf, freq, bridge (best), pdr
-    # Counters heard over the air, for the packet delivery ratio: counters new to its window / the span they
-    # cover (a counter first heard as a retransmission counts: what was lost is what never arrived at all)
+    # Counters heard over the air since this gateway started, for the packet delivery ratio: distinct counters
+    # heard / the span they cover (a counter first heard as a retransmission counts: what was lost is what never
+    # arrived at all; a copy another bridge brought does not count twice; nor does the window decide, which
+    # after a restart calls a frame stored before it a duplicate though this run never heard it)
     radio_first: int = -1
     radio_high: int = -1
     radio_new: int = 0
+    radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -690,16 +694,17 @@ class Sessions:
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
         better = node is None or node.radio.get("counter") != message.counter or fields["rssi"] > node.radio.get("rssi", -999)
-        # New to its window, however late (not a copy another bridge brought, nor one on its way to disk): counted
-        fresh = node is None or (node.window.check(message.counter) == NEW and message.counter not in node.waiting)
         self.message(radio, message)  # the node's own frame, on the bridge's radio link: every rule of a cable's
         node = self._by_id.get(message.node_id)
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
-        if fresh:  # the delivery ratio's count
+        if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late
             node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
             node.radio_high = max(node.radio_high, message.counter)
             node.radio_new += 1
+            node.radio_heard.add(message.counter)
+            if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
+                node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
         self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
         if better:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
