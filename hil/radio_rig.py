@@ -184,7 +184,9 @@ class RadioRig:
 
     def _boot_nodes(self) -> None:
         step = self.boot_spread_s / max(1, len(self.radios))
-        for placed in self.radios:
+        order = list(self.radios)
+        random.Random(self.seed).shuffle(order)  # groups interleaved: a group's long HELLOs not back to back
+        for placed in order:
             if self._stopping.is_set():
                 return
             try:
