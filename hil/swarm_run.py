@@ -182,6 +182,7 @@ def run(workdir: Path, settings: Settings, log: Any = print) -> dict[str, Any]:
         swarm_errors=c.swarm.errors[:5],
         air_malformed=malformed,
         wall_s=round(time.monotonic() - started, 1),
+        loadavg_at_end=[round(value, 2) for value in os.getloadavg()],  # the machine is shared: how busy it was
     )
     return figures
 
