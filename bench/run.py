@@ -47,7 +47,7 @@ from hil.uplink_trial import TrialSettings, run_trial
 from protocols import cobs, messages
 from protocols import frame as fr
 
-from . import radio
+from . import radio, radio_gateway
 from .feeder import SAMPLES_PER_FRAME, Feeders, FeedResult, node_id, readings_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -798,6 +798,8 @@ def run_all(quick: bool, log: Callable[[str], None], only: set[str] | None = Non
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("footprint", footprint),
             ("radio", lambda: radio.figures(scale)),  # issue 15: airtime per reading, nodes per bridge (bench/radio.py)
+            # issue 15: delivery against nodes per bridge through a real bridge, gateway and broker (bench/radio_gateway.py)
+            ("radio_gateway", lambda: radio_gateway.figures(work / "rg", scale, log)),
             ("firmware", lambda: firmware(work / "fw", 5 * scale)),
             ("ingest_gateway", lambda: ingest("gateway", work / "ig", 4, 50, seconds)),
             ("ingest_baseline", lambda: ingest("baseline", work / "ib", 4, 50, seconds)),

@@ -9,6 +9,22 @@ I/Q sense (downlinks are inverted, as LoRaWAN's: no node hears another's uplink 
 (received) or `C` (destroyed by a collision: a CRC error). Time is the monotonic clock of this process, read when a
 line arrives: a transmission starts when its `T` is read. A thread serves every pty; `transmissions`
 keeps what went on air (sender, start, channel, SF, airtime), which a test checks the duty cycle on.
+
+In-process radios live on the same air next to the pty ones, for many light radios driven from one thread
+(hil/swarm.py): no process, no pty, no line protocol, and the same physics (the medium judges both kinds
+alike; only how a radio is told differs).
+
+- `antenna(name, x, y)` places one and gives its `Antenna`: `transmit(freq, sf, payload, power_dbm=,
+  invert_iq=)` is a `T`, `listen(freq, sf, invert_iq=)` an `L`, `sleep()` an `S`. What it hears comes back
+  as calls, in the air's thread: `on_header()` for `H`, `on_frame(payload, rssi, snr)` for `P`,
+  `on_crc_error(rssi, snr)` for `C`.
+- `every_tick(callback)`: callback(now) is called from the air's thread on every turn of its loop (every
+  few ms) with the monotonic time: whoever drives antennas does it there, so nothing of the air is shared
+  between threads and no lock is needed. An antenna's time is the monotonic clock when it is called.
+- `on_reception(reception, heard)` is told of every reception the medium judged (hil/radio.py's Reception:
+  receiver, transmission, outcome), with whether the receiver had its header (listening for it from its
+  start, for its I/Q sense, strong enough): only then does its radio get it (`P`, `C`). In the air's
+  thread: a run can tell what a bridge's radio made of each of its frames, and why one was lost.
 """
 
 from __future__ import annotations
@@ -24,31 +40,94 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .radio import COLLISION, DELIVERED, SENSITIVITY_DBM, Medium, Transmission
+from .radio import COLLISION, DELIVERED, SENSITIVITY_DBM, Medium, Reception, Transmission
 
 _TICK_S = 0.005  # how often ended transmissions are judged (their end is known to this much)
+
+
+def chip_freq(freq: int) -> int:
+    """The frequency an SX1276 transmits and listens on when set to `freq` Hz: Frf = f * 2^19 / 32 MHz, rounded down
+    (firmware/sx1276.py sets it so, firmware/emulated_sx1276.py reports it back), so 868.1 MHz is 868 099 975 Hz."""
+    return (((freq << 19) // 32000000) * 32000000) >> 19
 
 
 @dataclass
 class _Radio:
     name: str
-    master: int
-    slave: int
-    line: bytearray = field(default_factory=bytearray)
     listening: tuple[int, int, int] | None = None  # (freq, sf, bw) while its receiver is on
     iq: int = 0  # 1: its receiver is set for inverted I/Q (a node's receive window)
     heard: set[int] = field(default_factory=set)  # ids of transmissions it got a header of
+
+    def header(self) -> None:
+        raise NotImplementedError
+
+    def got(self, delivered: bool, rssi: float, snr: float, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class _PtyRadio(_Radio):
+    master: int = -1
+    slave: int = -1
+    line: bytearray = field(default_factory=bytearray)
+
+    def header(self) -> None:
+        self.write(b"H\n")
+
+    def got(self, delivered: bool, rssi: float, snr: float, payload: bytes) -> None:
+        self.write(b"%s %.1f %.1f %s\n" % (b"P" if delivered else b"C", rssi, snr, payload.hex().encode()))
+
+    def write(self, data: bytes) -> None:
+        # A node that is not reading (stopped) misses what a switched-off radio misses
+        with contextlib.suppress(OSError):
+            os.write(self.master, data)
+
+
+class Antenna(_Radio):
+    """An in-process radio (see the module's docstring); made by Air.antenna."""
+
+    def __init__(self, air: Air, name: str) -> None:
+        super().__init__(name)
+        self._air = air
+        self.on_header: Callable[[], None] | None = None
+        self.on_frame: Callable[[bytes, float, float], None] | None = None
+        self.on_crc_error: Callable[[float, float], None] | None = None
+
+    def transmit(
+        self, freq: int, sf: int, payload: bytes, *, power_dbm: int = 14, bw: int = 125000, invert_iq: bool = False
+    ) -> Transmission:
+        transmission = Transmission(self.name, time.monotonic(), chip_freq(freq), sf, len(payload), float(power_dbm), bw, 1, bytes(payload))
+        self._air._transmit(transmission, int(invert_iq))
+        return transmission
+
+    def listen(self, freq: int, sf: int, *, bw: int = 125000, invert_iq: bool = True) -> None:
+        self._air._listen(self, time.monotonic(), chip_freq(freq), sf, bw, int(invert_iq))
+
+    def sleep(self) -> None:
+        self._air._sleep(self, time.monotonic())
+
+    def header(self) -> None:
+        if self.on_header is not None:
+            self.on_header()
+
+    def got(self, delivered: bool, rssi: float, snr: float, payload: bytes) -> None:
+        if delivered and self.on_frame is not None:
+            self.on_frame(payload, rssi, snr)
+        elif not delivered and self.on_crc_error is not None:
+            self.on_crc_error(rssi, snr)
 
 
 class Air:
     def __init__(self, medium: Medium) -> None:
         self.medium = medium
         self.radios: dict[str, _Radio] = {}
+        self._listening: dict[str, _Radio] = {}  # the radios whose receiver is on: those a transmission may reach
         self.transmissions: list[Transmission] = []
-        self._inverted: dict[int, int] = {}  # id(transmission) -> 1 if sent with inverted I/Q
         self.malformed = 0  # lines from a radio this protocol does not know
         self.received: Counter[tuple[str, str]] = Counter()  # (sender, receiver) -> frames delivered
         self.on_transmit: Callable[[Transmission], None] | None = None  # told of each transmission, in the air's thread
+        self._ticks: list[Callable[[float], None]] = []  # called every turn of the air's loop, in its thread
+        self.on_reception: Callable[[Reception, bool], None] | None = None  # every reception judged, and if it was heard
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -58,8 +137,20 @@ class Air:
         tty.setraw(slave)
         os.set_blocking(master, False)
         self.medium.place(name, x, y, always=False)
-        self.radios[name] = _Radio(name, master, slave)
+        self.radios[name] = _PtyRadio(name, master=master, slave=slave)
         return os.ttyname(slave)
+
+    def antenna(self, name: str, x: float, y: float) -> Antenna:
+        """An in-process radio at (x, y) metres (before `start`, or from the air's thread: every_tick)."""
+        if name in self.radios:
+            raise ValueError("a radio named %r is on the air already" % name)
+        self.medium.place(name, x, y, always=False)
+        antenna = self.radios[name] = Antenna(self, name)
+        return antenna
+
+    def every_tick(self, callback: Callable[[float], None]) -> None:
+        """callback(now) on every turn of the air's loop, in its thread, from its next turn on."""
+        self._ticks.append(callback)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="air", daemon=True)
@@ -70,14 +161,16 @@ class Air:
         if self._thread is not None:
             self._thread.join(5)
         for radio in self.radios.values():
-            for fd in (radio.master, radio.slave):
-                os.close(fd)
+            if isinstance(radio, _PtyRadio):
+                for fd in (radio.master, radio.slave):
+                    os.close(fd)
         self.radios.clear()
+        self._listening.clear()
 
     # ------------------------------------------------------------ the thread
 
     def _serve(self) -> None:
-        by_fd = {radio.master: radio for radio in self.radios.values()}
+        by_fd = {radio.master: radio for radio in self.radios.values() if isinstance(radio, _PtyRadio)}
         while not self._stop.is_set():
             ready, _, _ = select.select(list(by_fd), [], [], _TICK_S)
             now = time.monotonic()
@@ -92,62 +185,67 @@ class Air:
                     line, _, rest = bytes(radio.line).partition(b"\n")
                     radio.line = bytearray(rest)
                     self._line(radio, line.decode(errors="replace").split(), now)
+            for tick in self._ticks:
+                tick(time.monotonic())
             for reception in self.medium.outcomes(time.monotonic()):
-                self._outcome(reception.receiver, reception.transmission, reception.outcome, reception.rssi_dbm, reception.snr_db)
+                self._outcome(reception)
 
-    def _line(self, radio: _Radio, parts: list[str], now: float) -> None:
+    def _line(self, radio: _PtyRadio, parts: list[str], now: float) -> None:
         try:
             if parts[0] == "T":
                 freq, sf, bw, power, iq = (int(value) for value in parts[1:6])
                 payload = bytes.fromhex(parts[6])
-                transmission = Transmission(radio.name, now, freq, sf, len(payload), float(power), bw, 1, payload)
-                self._inverted[id(transmission)] = iq
-                self._transmit(transmission)
+                self._transmit(Transmission(radio.name, now, freq, sf, len(payload), float(power), bw, 1, payload), iq)
             elif parts[0] == "L":
                 freq, sf, bw, iq = (int(value) for value in parts[1:5])
-                radio.listening = (freq, sf, bw)
-                radio.iq = iq
-                self.medium.window(radio.name, now, math.inf, freq, sf)
+                self._listen(radio, now, freq, sf, bw, iq)
             elif parts[0] == "S":
-                radio.listening = None
-                self.medium.close_windows(radio.name, now)
+                self._sleep(radio, now)
             else:
                 raise ValueError(parts[0])
         except (ValueError, IndexError):
             self.malformed += 1
 
-    def _transmit(self, transmission: Transmission) -> None:
+    def _listen(self, radio: _Radio, now: float, freq: int, sf: int, bw: int, iq: int) -> None:
+        radio.listening = (freq, sf, bw)
+        radio.iq = iq
+        self._listening[radio.name] = radio
+        self.medium.window(radio.name, now, math.inf, freq, sf)
+
+    def _sleep(self, radio: _Radio, now: float) -> None:
+        radio.listening = None
+        self._listening.pop(radio.name, None)
+        self.medium.close_windows(radio.name, now)
+
+    def _transmit(self, transmission: Transmission, iq: int) -> None:
         self.transmissions.append(transmission)
         if self.on_transmit is not None:
             self.on_transmit(transmission)
         self.medium.transmit(transmission)
-        for radio in self.radios.values():
+        for radio in list(self._listening.values()):  # a header callback may switch a receiver on or off
             if (
                 radio.name == transmission.sender
                 or radio.listening is None
                 or radio.listening[:2] != (transmission.channel, transmission.sf)
-                or radio.iq != self._inverted[id(transmission)]  # set for the other I/Q sense: it hears nothing of it
+                or radio.iq != iq  # set for the other I/Q sense: it hears nothing of it
             ):
                 continue
             if self.medium.rssi_dbm(transmission, self.medium.radios[radio.name]) >= SENSITIVITY_DBM[transmission.sf]:
                 radio.heard.add(id(transmission))
-                self._write(radio, b"H\n")
+                radio.header()
 
-    def _outcome(self, name: str, transmission: Transmission, outcome: str, rssi: float, snr: float) -> None:
-        radio = self.radios.get(name)
+    def _outcome(self, reception: Reception) -> None:
+        radio = self.radios.get(reception.receiver)
         if radio is None:
             return
+        transmission = reception.transmission
         heard = id(transmission) in radio.heard
         radio.heard.discard(id(transmission))
+        if self.on_reception is not None:
+            self.on_reception(reception, heard)
         if not heard:  # not listening for it from its start, or for the other I/Q sense, or too weak to detect
             return
-        if outcome == DELIVERED:
-            self.received[(transmission.sender, name)] += 1
-        if outcome in (DELIVERED, COLLISION):
-            kind = b"P" if outcome == DELIVERED else b"C"
-            self._write(radio, b"%s %.1f %.1f %s\n" % (kind, rssi, snr, transmission.payload.hex().encode()))
-
-    def _write(self, radio: _Radio, data: bytes) -> None:
-        # A node that is not reading (stopped) misses what a switched-off radio misses
-        with contextlib.suppress(OSError):
-            os.write(radio.master, data)
+        if reception.outcome == DELIVERED:
+            self.received[(transmission.sender, radio.name)] += 1
+        if reception.outcome in (DELIVERED, COLLISION):
+            radio.got(reception.outcome == DELIVERED, reception.rssi_dbm, reception.snr_db, transmission.payload)

@@ -1,0 +1,71 @@
+"""hil/air.py: radios in this process (antennas) and behind ptys (the emulated chips' line protocol) on one air,
+judged by the same medium."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+import pytest
+
+from hil.air import Air, chip_freq
+from hil.radio import DELIVERED, Medium, PathLoss
+
+CHANNEL = 868100000
+
+
+def read_lines(fd: int, want: int, timeout: float = 3.0) -> list[str]:
+    got = b""
+    deadline = time.monotonic() + timeout
+    while got.count(b"\n") < want and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.05)[0]:
+            got += os.read(fd, 4096)
+    return got.decode().splitlines()
+
+
+def test_an_antenna_and_a_pty_radio_hear_each_other_by_the_same_rules() -> None:
+    air = Air(Medium(1, PathLoss(sigma_db=0.0)))
+    path = air.add("chip", 0, 0)
+    ant = air.antenna("light", 300, 0)
+    deaf = air.antenna("deaf", 200, 0)  # listening for the other I/Q sense
+    frames: list[tuple[str, bytes]] = []
+    headers: list[str] = []
+    receptions: list[tuple[str, str, str, bool]] = []
+    ant.on_header, ant.on_frame = (lambda: headers.append("light")), (lambda payload, rssi, snr: frames.append(("light", payload)))
+    deaf.on_header, deaf.on_frame = (lambda: headers.append("deaf")), (lambda payload, rssi, snr: frames.append(("deaf", payload)))
+    air.on_reception = lambda r, heard: receptions.append((r.receiver, r.transmission.sender, r.outcome, heard))
+    chip = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    air.start()
+    try:
+        # The antenna sends an uplink (I/Q not inverted): the pty radio listening for it gets H, then P with the bytes
+        os.write(chip, b"L %d 7 125000 0\n" % chip_freq(CHANNEL))  # what an emulated SX1276 says for 868.1 MHz
+        time.sleep(0.2)  # the air reads the L line in its own time: the uplink must start after it
+        deaf.listen(CHANNEL, 7, invert_iq=True)
+        sent = ant.transmit(CHANNEL, 7, b"uplink")
+        lines = read_lines(chip, 2)
+        assert lines[0] == "H" and lines[1].startswith("P ") and lines[1].endswith(b"uplink".hex())
+        assert "deaf" not in headers and ("deaf", b"uplink") not in frames
+        # The pty radio answers inverted: the antenna listening inverted hears it (header, then frame), and both are told
+        os.write(chip, b"S\n")
+        ant.listen(CHANNEL, 7, invert_iq=True)
+        time.sleep(0.2)
+        os.write(chip, b"T %d 7 125000 14 1 %s\n" % (chip_freq(CHANNEL), b"down".hex().encode()))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(frames) < 2:
+            time.sleep(0.02)
+        assert sorted(frames) == [("deaf", b"down"), ("light", b"down")] and sorted(headers) == ["deaf", "light"]
+        assert ("chip", "light", DELIVERED, True) in receptions and ("light", "chip", DELIVERED, True) in receptions
+        assert ("deaf", "light", DELIVERED, False) in receptions  # judged by the medium, not heard: the other I/Q sense
+        assert sent.sender == "light" and air.transmissions[0] is sent and air.malformed == 0
+        assert sent.channel == chip_freq(CHANNEL) == 868099975
+    finally:
+        air.stop()
+        os.close(chip)
+
+
+def test_an_antenna_name_is_one_radio() -> None:
+    air = Air(Medium(1))
+    air.antenna("a", 0, 0)
+    with pytest.raises(ValueError, match="'a'"):
+        air.antenna("a", 1, 1)
