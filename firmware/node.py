@@ -348,6 +348,8 @@ class Node:
             if not self.fresh(message):
                 self.rx_errors += 1
                 return
+        if self.radio is not None and self.radio is self.hal.uart:
+            self.radio.silent = 0  # a frame for this node came through: the link works (another's would not say so)
         mtype = message.type
         fields = message.fields
         if mtype == messages.ACK:

@@ -80,7 +80,7 @@ class RadioPort:
         self.power = power_dbm
         self.own = (sf, power_dbm)  # node.json's: what a fallback goes back to, at full power
         self.link = None  # {key: value} of sf, tx_power, margin_db as the gateway set them (advise), or None
-        self.silent = 0  # uplinks since a frame was last heard in a window
+        self.silent = 0  # uplinks since a frame for this node was last heard (the node resets it: radio_port cannot tell)
         self.fallback = 0
         self.on_fallback = None  # called when a fallback dropped the gateway's setting (the node rewrites config.json)
         self.aired = None  # the counter (4 bytes) of the uplink whose windows are open or due, if it wants an ACK
@@ -186,7 +186,6 @@ class RadioPort:
             got = self.radio.poll()
             if got is not None:
                 self.rx += 1
-                self.silent = 0
                 self.inbox.append(cobs.encode(got[0], True))
                 self.until = now
             elif self.radio.receiving():

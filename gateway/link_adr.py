@@ -48,6 +48,9 @@ ADR = "adr"  # the prefix of the ids of its commands: "adr:<ms since the epoch>"
 ADR_TTL_S = 86400.0  # a node heard less than once a day gets a fresh advice from fresh frames instead
 
 
+SNR_LIMIT_DB = 50  # a LoRa SNR is within this of 0 dB; a bridge that says more is broken
+
+
 @dataclass(frozen=True)
 class Advice:
     sf: int
@@ -60,9 +63,10 @@ def snr10(snr: float) -> int:
     return math.floor(snr * 10)
 
 
-def advise(snrs: Iterable[int], power: int, listened: Iterable[int]) -> Advice | None:
+def advise(snrs: Iterable[int], power: int, listened: Iterable[int], floor: int = MIN_POWER_DBM) -> Advice | None:
     """The setting for a node whose frames were heard with these SNRs (tenths of a dB, snr10) while it sent at
-    `power` dBm, by bridges that listen on the SFs `listened`; None when there is nothing to go on."""
+    `power` dBm, by bridges that listen on the SFs `listened`, never below `floor` dBm; None when there is
+    nothing to go on."""
     sfs = sorted({sf for sf in listened if SF_MIN <= sf <= SF_MAX})
     heard = list(snrs)
     if not heard or not sfs:
@@ -74,7 +78,7 @@ def advise(snrs: Iterable[int], power: int, listened: Iterable[int]) -> Advice |
 
     sf = next((sf for sf in sfs if margin10(sf, MAX_POWER_DBM) >= 10 * MARGIN_DB), sfs[-1])
     dbm = MAX_POWER_DBM
-    while dbm - POWER_STEP_DB >= MIN_POWER_DBM and margin10(sf, dbm - POWER_STEP_DB) >= 10 * MARGIN_DB:
+    while dbm - POWER_STEP_DB >= max(MIN_POWER_DBM, floor) and margin10(sf, dbm - POWER_STEP_DB) >= 10 * MARGIN_DB:
         dbm -= POWER_STEP_DB
     return Advice(sf, dbm, margin10(sf, dbm) // 10)  # // rounds down, as C's floor of a negative does not
 
@@ -86,9 +90,11 @@ class _Node:
     power: int | None = None  # dBm; None: not known (MAX_POWER_DBM is assumed)
     advised: bool = False  # it took an advice: the next waits for ADR_FRAMES frames at that setting
     advised_sf: int | None = None  # the SF of the advice it took last
+    advised_power: int | None = None  # ... and its power
     outstanding: tuple[str, Advice] | None = None  # the command id of the advice under way
     fallbacks: int | None = None  # STATUS air.fallback last seen
     excluded: set[int] = field(default_factory=set)  # SFs it fell back from: not advised again
+    floor: int = MIN_POWER_DBM  # dBm: a power it fell back from at its own SF, and all below it, not advised again
     refused: bool = False  # it refused the keys (a node without link adaptation): not advised again
 
 
@@ -111,8 +117,8 @@ class LinkAdaptation:
 
     def heard(self, node: str, counter: int, snr: Any, sf: int) -> None:
         """A copy of the node's authentic frame `counter`, heard by a bridge at this SNR (dB) and SF."""
-        if not isinstance(snr, (int, float)) or isinstance(snr, bool) or not math.isfinite(snr):
-            return
+        if not isinstance(snr, (int, float)) or isinstance(snr, bool) or not -SNR_LIMIT_DB <= snr <= SNR_LIMIT_DB:
+            return  # not a LoRa SNR (a broken or hostile bridge): nothing to decide on
         state = self._node(node)
         if state.outstanding is not None:
             return  # the node may have taken the advice already: not known at which setting this came
@@ -136,7 +142,8 @@ class LinkAdaptation:
                 self._fell_back(node, state, air.get("sf"))
             state.fallbacks = fallbacks
         power = air.get("power")
-        if isinstance(power, int) and state.outstanding is None and power != state.power:
+        valid = isinstance(power, int) and MIN_POWER_DBM <= power <= MAX_POWER_DBM
+        if valid and state.outstanding is None and power != state.power:
             state.power = power
             state.snrs.clear()
 
@@ -163,7 +170,7 @@ class LinkAdaptation:
         state.snrs.clear()  # sent before the node took it, or at a setting no longer known
         state.advised = True  # whatever came of it: the next waits for ADR_FRAMES frames
         if command.state == SUCCEEDED:
-            state.sf, state.power, state.advised_sf = advice.sf, advice.power, advice.sf
+            state.sf, state.power, state.advised_sf, state.advised_power = advice.sf, advice.power, advice.sf, advice.power
         elif command.state == EXPIRED:
             state.power = None  # it may have taken it and lost the answer: its next STATUS says
         else:  # the node refused the keys: a node without link adaptation (or the command was not stored)
@@ -183,7 +190,7 @@ class LinkAdaptation:
         state = self._nodes.get(node)
         if state is None:
             return {}
-        advice = advise(state.snrs.values(), self._power(state), self._listened(state))
+        advice = advise(state.snrs.values(), self._power(state), self._listened(state), state.floor)
         if advice is None:
             return {}
         return {"advised_sf": advice.sf, "advised_power": advice.power}
@@ -200,7 +207,7 @@ class LinkAdaptation:
         if self.submit is None or state.refused or len(state.snrs) < (ADR_FRAMES if state.advised else ADR_FIRST):
             return
         power = self._power(state)
-        advice = advise(state.snrs.values(), power, self._listened(state))
+        advice = advise(state.snrs.values(), power, self._listened(state), state.floor)
         if advice is None or (advice.sf, advice.power) == (state.sf, power):
             return
         command_id = "%s:%d" % (ADR, int(time.time() * 1000))
@@ -220,10 +227,17 @@ class LinkAdaptation:
     def _fell_back(self, node: str, state: _Node, own_sf: Any) -> None:
         # The STATUS says the SF it went back to: the advised one, if another, is one no bridge in range of the
         # node listens on (if the same, the power was not enough: the next advice starts from full power)
-        advised = state.advised_sf
+        # An advice still under way when the STATUS came (its answer lost in the silent uplinks) is what it fell from
+        taken = state.outstanding[1] if state.outstanding is not None else None
+        advised = taken.sf if taken is not None else state.advised_sf
         if advised is not None and advised != own_sf:
             state.excluded.add(advised)
             log.warning("node %s fell back from SF%d (nothing heard in its windows): not advised it again", node, advised)
-        state.advised, state.advised_sf = False, None
+        elif advised is not None:  # the power was not enough at its own SF: that power and less are not advised again
+            power = taken.power if taken is not None else state.advised_power
+            if power is not None:
+                state.floor = max(state.floor, min(MAX_POWER_DBM, power + POWER_STEP_DB))
+                log.warning("node %s fell back from %d dBm at SF%d: not advised under %d dBm again", node, power, advised, state.floor)
+        state.advised, state.advised_sf = True, None  # the next advice waits for ADR_FRAMES frames at full power
         state.power = None
         state.snrs.clear()

@@ -705,18 +705,19 @@ class Sessions:
             node.radio_heard.add(message.counter)
             if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
                 node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
-        self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
+        if node.info.get("caps", 0) & messages.CAP_CONFIG:  # advice goes as a CONFIG set: only to a node that takes one
+            self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
         if better:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
             span = node.radio_high - node.radio_first + 1
             pdr = round(node.radio_new / span, 3) if span > 0 else None
             advice = self.adr.summary(node.hex)
-            moved = node.radio.get("bridge") != bridge.hex
+            first = not node.radio
             node.radio = json_value(
                 {**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_margin(fields), **advice}
             )
-            if moved:  # first heard over the air, or now best by another bridge: the technician sees it at once
-                self.presenter.status(node, force=True)
+            if first:  # first heard over the air: the technician sees its link at once (changes: with the readings,
+                self.presenter.status(node, force=True)  # STATUS_REPUBLISH_S; not each copy that bettered another)
         elif previous is not None:
             node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
 

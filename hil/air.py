@@ -124,6 +124,7 @@ class Air:
         self._listening: dict[str, _Radio] = {}  # the radios whose receiver is on: those a transmission may reach
         self.transmissions: list[Transmission] = []
         self.malformed = 0  # lines from a radio this protocol does not know
+        self.observer_error: str | None = None  # the first error of on_transmit, for a report
         self.received: Counter[tuple[str, str]] = Counter()  # (sender, receiver) -> frames delivered
         self.on_transmit: Callable[[Transmission], None] | None = None  # told of each transmission, in the air's thread
         self._ticks: list[Callable[[float], None]] = []  # called every turn of the air's loop, in its thread
@@ -219,9 +220,12 @@ class Air:
 
     def _transmit(self, transmission: Transmission, iq: int) -> None:
         self.transmissions.append(transmission)
-        if self.on_transmit is not None:
-            self.on_transmit(transmission)
         self.medium.transmit(transmission)
+        if self.on_transmit is not None:
+            try:
+                self.on_transmit(transmission)
+            except Exception as error:  # an observer's fault must not take the air down with it
+                self.observer_error = self.observer_error or "%s: %s" % (type(error).__name__, error)
         for radio in list(self._listening.values()):  # a header callback may switch a receiver on or off
             if (
                 radio.name == transmission.sender

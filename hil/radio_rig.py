@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.fwtools.emulate import EmulatedNode, Emulator, EmulatorError
+from gateway.fwtools.emulate import BOOT_TRIES, READY_TIMEOUT_S, EmulatedNode, Emulator, EmulatorError
 from gateway.keytools import write_node_dir
 from protocols import cobs
 
@@ -200,7 +200,7 @@ class RadioRig:
 
     @property
     def relay_error(self) -> str | None:
-        return self.emulator.relay_error or self.boot_error
+        return self.emulator.relay_error or self.boot_error or self.air.observer_error
 
     def reboot(self, index: int) -> None:
         self.emulator.restart(self.radios[index].node)
@@ -223,6 +223,6 @@ class RadioRig:
     def stop(self) -> None:
         self._stopping.set()
         if self._booting is not None:
-            self._booting.join(60)
+            self._booting.join(BOOT_TRIES * READY_TIMEOUT_S + 5)  # a boot under way ends (or is stopped below)
         self.emulator.stop()
         self.air.stop()

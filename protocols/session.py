@@ -182,6 +182,7 @@ class Outbox:
         self._due: list = []  # now-clock ms when due again
         self._delays: list = []  # current retry delay, ms
         self._tracked: dict = {}
+        self._aired: set = set()  # counters whose first airing made them due at once (aired)
         self.dropped = 0
         self.retransmits = 0
 
@@ -222,6 +223,7 @@ class Outbox:
         for column in (self.counters, self._wires, self._due, self._delays):
             column.pop(index)
         self._tracked.pop(counter, None)
+        self._aired.discard(counter)
         return True
 
     def acked(self, counters: list, now: int) -> list:
@@ -247,10 +249,15 @@ class Outbox:
         # It is due again now; the link's duty cycle decides when it goes. A doubling clock started when the
         # frame was handed to the link would have grown while it waited for its duty cycle, and a frame lost
         # on air would wait a minute more. A request already acknowledged (awaiting its answer) is left be.
-        if counter in self.counters:
+        # Its first airing only: after that the doubling delay runs from now, so the oldest unanswered frame does
+        # not take every uplink while the gateway cannot answer (its bridge out of budget) and newer ones wait.
+        if counter in self.counters and counter not in self._aired:
             entry = self._tracked.get(counter)
             if entry is None or entry[3] == 0:
-                self._due[self.counters.index(counter)] = now
+                self._aired.add(counter)
+                index = self.counters.index(counter)
+                self._due[index] = now
+                self._delays[index] = _FIRST_RETRY_MS
 
     def answered(self, key: object) -> tuple | None:
         for counter in self._tracked:

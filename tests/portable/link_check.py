@@ -82,6 +82,11 @@ def config_set(counter, values, wire_id):
     return bytes(fr.pack(fr.Frame(messages.CONFIG, NODE_ID, counter, payload, fr.F_ACK_REQ | fr.F_DOWNLINK)))
 
 
+def other_node_frame(counter):
+    payload = messages.encode_payload(messages.ACK, {"counters": [counter]})
+    return bytes(fr.pack(fr.Frame(messages.ACK, b"\xe1\x00\x00\x00\x00\x00\x00\x08", counter, payload, fr.F_DOWNLINK)))
+
+
 def settle(node, clock):
     # 100 ms steps until the port has sent all it holds and its windows closed (the duty cycle, 0-4 s of chance)
     port = node.hal.uart
@@ -124,7 +129,9 @@ def run(folder):
 
     radio.log = []
     out["since_heard"] = hal.uart.silent  # the ACK and the report went after the last frame heard
-    for value in range(32 - hal.uart.silent):  # nothing heard in 32 uplinks' windows: the next goes at its own SF
+    for value in range(32 - hal.uart.silent):  # nothing for it in 32 uplinks' windows: the next goes at its own SF
+        if value % 4 == 0:  # another node's downlink heard in its window says nothing of its own link
+            radio.downlinks.append(other_node_frame(2000 + value))
         uplink(node, clock, 10 + value)
     out["silent"] = [entry[1:4] for entry in radio.log if entry[0] == "tx"][-1]
     uplink(node, clock, 99)
