@@ -66,12 +66,13 @@ lint: $(STAMP) typecheck-boards
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway protocols hil
 
-# Three workers on CI's two cores, a test file each at a time: the end-to-end tests mostly wait on
-# the wall clock (a broker down for 30 s, a minute of faults, the city scenarios), so the two HIL
-# files run beside the rest. Measured: about 55 % of two cores busy, 8.5 minutes (12 with two workers).
+# Four workers on CI's two cores, a test file each at a time: the end-to-end tests mostly wait on
+# the wall clock (a broker down for 30 s, a minute of faults, the city scenarios, the radio ones'
+# duty cycle), so they run beside the rest. Measured with three on 2026-12-03: 7 CPU minutes in 11
+# minutes of wall clock (a third of two cores busy), once the radio scenarios came (8.5 minutes before).
 # The slowest files first (tests/conftest.py SLOW_FILES), not xdist's most-tests-first order.
 test: $(STAMP) mosquitto fuse lint
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=12
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder --durations=12
 
 # 1,000 power cuts under the gateway (tests/test_powercut.py; `make test` runs 50). About 35 minutes.
 soak: $(STAMP) mosquitto fuse

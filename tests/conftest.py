@@ -30,15 +30,19 @@ _PROCESS_FIXTURES = ("hil_broker", "hil_gateway", "hil_nodes", "hil_capture", "h
 # while the others run out of work (longest-processing-time-first scheduling). xdist's own reorder puts
 # the files with the most tests first: the many quick unit tests, and the long end-to-end files last.
 SLOW_FILES = (
+    "test_hil_radio_tree_e2e.py",
+    "test_hil_radio_flood_e2e.py",
+    "test_hil_radio_e2e.py",
     "test_hil_e2e.py",
     "test_hil_city_e2e.py",
     "test_powercut.py",
-    "test_hil_radio_e2e.py",
+    "test_swarm_e2e.py",
     "test_logs.py",
     "test_firmware.py",
     "test_security_e2e.py",
     "test_commands_e2e.py",
     "test_events_e2e.py",
+    "test_swarm.py",
 )
 
 

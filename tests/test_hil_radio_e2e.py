@@ -1,4 +1,5 @@
-"""Issue 15's city scenarios on the air, in their [shortened] versions (hil/scenarios/*-radio.toml, tree-health.toml):
+"""Issue 15's city scenarios on the air, in their [shortened] versions (street-lights-radio here; flood and tree in
+tests/test_hil_radio_flood_e2e.py and tests/test_hil_radio_tree_e2e.py) (hil/scenarios/*-radio.toml, tree-health.toml):
 role nodes running the real firmware on the MicroPython VM, each radio an SX1276 driver on an emulated chip whose
 antenna is the emulated air (hil/air.py: airtime, path loss, collisions, duty cycle), `lora_bridge` nodes on the
 gateway's serial lines, the real `edgegw run`, a real mosquitto. The only fake is the air.
@@ -55,28 +56,3 @@ def test_street_lights_over_the_air_dimmed_once_each_through_a_gateway_kill_and_
     # Each sample once (a frame both bridges heard is one frame), none lost, though the air lost frames on the way
     assert readings.produced > lamps and readings.lost == 0 and readings.duplicated == 0
     the_air_was_kept(report, {7})
-
-
-def test_flood_warning_over_the_air_every_alarm_arrives_in_order_through_a_broker_outage(hil_scenario: RunScenario) -> None:
-    report = hil_scenario("flood-warning-radio", shortened=True)
-    untimed_checks_pass(report)
-    events = report.events
-    assert events is not None
-    gauges = report.roles["gauge"]
-    assert (events.occurred, events.delivered, events.lost) == (2 * gauges, 2 * gauges, 0), "a flood began and ended at each"
-    assert events.out_of_order == 0 and events.duplicated == 0 and events.unexpected == 0
-    assert events.held > 0, "some crossings came while the broker was away"
-    the_air_was_kept(report, {7})
-
-
-def test_tree_health_probes_lose_nothing_and_get_a_battery_life_from_what_they_measured(hil_scenario: RunScenario) -> None:
-    report = hil_scenario("tree-health", shortened=True)
-    untimed_checks_pass(report)
-    readings, air = report.readings, report.air
-    assert readings is not None and air is not None
-    assert readings.produced > 0 and readings.lost == 0 and readings.duplicated == 0
-    the_air_was_kept(report, {7, 8})
-    # Estimated for a probe with three uplinks or more between its first and last STATUS (two minutes are short
-    # for that; the full version requires it of every probe). A round a minute and a STATUS every 40 s, each frame
-    # waiting for its duty cycle: weeks to months of an AA cell
-    assert air.years and all(0.005 < years < 5 for years in air.years.values()), air.years
