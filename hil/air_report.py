@@ -19,7 +19,7 @@ from typing import Any
 from protocols.dutycycle import BANDS, band
 
 from .capture import MqttCapture
-from .energy import estimate_from_report
+from .energy import SX1276, estimate_from_report
 from .outcomes import Check
 from .radio import Transmission
 
@@ -159,13 +159,20 @@ def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float |
         return None
     first, last = reports[0], reports[-1]
     power = last["air"].get("power", power_dbm)  # the node's TX power (link adaptation may have lowered it)
+    # The datasheet's table starts at +7 dBm (RFO, 20 mA): a node advised 2 or 5 dBm is counted at that current,
+    # which the datasheet gives no lower figure for (an estimate on the safe side, not a refusal)
+    lowest, highest = SX1276.tx_ma[0][0], SX1276.tx_ma[-1][0]
+    power = min(max(power, lowest), highest)
     elapsed = last["uptime"] - first["uptime"]
     delta = {key: last["air"].get(key, 0) - first["air"].get(key, 0) for key in ("tx_ms", "rx_ms", "tx")}
     if elapsed <= 0 or min(delta.values()) < 0:  # a reboot in between: its counters started again
         return None
     if delta["tx"] < MIN_UPLINKS:  # a window of one uplink or none says more about the window than the node
         return None
-    return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power).years
+    try:
+        return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power).years
+    except ValueError:  # figures the model refuses (more on air than a day holds: a node's counters gone wrong)
+        return None
 
 
 def _spread(values: list[float]) -> dict[str, float] | None:

@@ -153,6 +153,8 @@ def test_battery_life_comes_from_what_the_node_measured_between_its_first_and_la
     assert _battery_years(documents[:2], 14.0) is None  # one report: nothing measured in between
     documents[-1]["air"]["power"] = 8  # link adaptation lowered it: the current a transmission draws is less
     assert _battery_years(documents, 14.0) == pytest.approx(estimate_from_report(9000, 5000, 1800, 7, power_dbm=8).years)
+    documents[-1]["air"]["power"] = 2  # under the datasheet's lowest row (+7 dBm): counted at its current
+    assert _battery_years(documents, 14.0) == pytest.approx(estimate_from_report(9000, 5000, 1800, 7, power_dbm=7).years)
     assert _battery_years([_status(900, 5000, 3000, 4), _status(60, 100, 50, 1)], 14.0) is None  # rebooted between
     assert _battery_years([_status(900, 5000, 3000, 4), _status(1800, 5100, 3500, 6)], 14.0) is None  # 2 uplinks: a guess
 
