@@ -43,6 +43,7 @@ from gateway.store import Store, StoredFrame
 from hil.broker import Mosquitto
 from hil.continuity import percentile
 from hil.gateway import GatewayProcess
+from hil.processes import cpu_seconds
 from hil.uplink_trial import TrialSettings, run_trial
 from protocols import cobs, messages
 from protocols import frame as fr
@@ -51,7 +52,6 @@ from . import radio, radio_gateway
 from .feeder import SAMPLES_PER_FRAME, Feeders, FeedResult, node_id, readings_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Steady-load latencies leave out frames written in the first seconds: the first frame of each of 1,000 nodes
 # costs first-contact work (node status, channels), which is start-up, not steady state. Reported separately.
 WARMUP_S = 2.0
@@ -60,11 +60,6 @@ FULL_SPEED_SUPPLY = 40_000
 
 
 # ------------------------------------------------------------------ process meters
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
 
 
 def io_counters(pid: int) -> dict[str, int]:

@@ -24,7 +24,7 @@ from .outcomes import Check
 from .radio import Transmission
 
 MIN_UPLINKS = 3  # uplinks measured between two STATUS for a battery estimate
-STARTUP_SLACK_S = 0.05  # the air stamps a start when it reads the line: two processes' scheduling either way
+STARTUP_SLACK_S = 0.05  # the air stamps a pty radio's start when it reads the line: two processes' scheduling either way
 
 
 @dataclass
@@ -79,16 +79,19 @@ class AirOutcome:
         return found
 
 
-def duty_breaches(transmissions: list[Transmission]) -> list[str]:
-    """Every transmission that started before its sub-band's time-off after the same sender's previous one ended."""
+def duty_breaches(transmissions: list[Transmission], senders: set[str] | None = None, slack_s: float = STARTUP_SLACK_S) -> list[str]:
+    """Every transmission (of `senders`, if given) that started before its sub-band's time-off after the same
+    sender's previous one ended, less `slack_s` for how its start was stamped."""
     broken = []
     last: dict[tuple[str, int], Transmission] = {}
     for t in sorted(transmissions, key=lambda t: t.start):
+        if senders is not None and t.sender not in senders:
+            continue
         index = band(t.channel)
         previous = last.get((t.sender, index))
-        if previous is not None and t.start < previous.start + previous.airtime * 100000 / BANDS[index][2] - STARTUP_SLACK_S:
+        if previous is not None and t.start < previous.start + previous.airtime * 100000 / BANDS[index][2] - slack_s:
             breach = t.start - previous.start
-            broken.append("%s at %.2f s, %.2f s after a frame of %.3f s" % (t.sender, t.start, breach, previous.airtime))
+            broken.append("%s at %.3f s, %.3f s after a frame of %.3f s" % (t.sender, t.start, breach, previous.airtime))
         last[(t.sender, index)] = t
     return broken
 

@@ -44,6 +44,7 @@ from .air import chip_freq
 from .broker import Mosquitto
 from .capture import MqttCapture
 from .gateway import GatewayProcess
+from .processes import cpu_seconds
 from .radio import COLLISION, DELIVERED, HALF_DUPLEX, Medium, PathLoss, Reception, Transmission
 from .radio_rig import Placed, RadioRig
 from .swarm import Swarm
@@ -52,7 +53,6 @@ CHANNEL = 868100000
 SF = 7
 RING_M = (50.0, 850.0)
 DRAIN_S = 15.0  # after the window: a reading in flight (a bridge's queue, the gateway's commit) is counted
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -63,11 +63,6 @@ class Settings:
     retransmit: bool = False
     seed: int = 1
     warmup_s: float | None = None  # default: two intervals
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
 
 
 class BridgeEar:

@@ -23,6 +23,7 @@ import pytest
 
 from hil.broker import Mosquitto
 from hil.gateway import GatewayProcess
+from hil.processes import cpu_seconds
 from hil.scripted_node import CHANNELS
 from hil.serial_pair import PtyCable
 from protocols import Message, ProtocolError, StreamDecoder, encode, messages
@@ -36,13 +37,6 @@ BYTES_PER_S = BAUD / 10  # 8N1: ten bits a byte
 def hello_wire(node_id: bytes) -> bytes:
     fields = {"proto": [1, 0], "fw_version": "test-1", "hw_model": "pty", "caps": 0x0B, "channels": CHANNELS}
     return b"\x00" + encode(Message(messages.HELLO, node_id, 1, fields, fr.F_ACK_REQ))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class ThrottledNodeSide:

@@ -10,29 +10,19 @@ from dataclasses import dataclass, field
 import pytest
 
 from hil.air import Air, Antenna
+from hil.air_report import duty_breaches
 from hil.radio import Medium, PathLoss, Transmission
 from hil.swarm import RETRIES, Swarm
 from protocols import frame as fr
 from protocols import messages
-from protocols.dutycycle import BANDS, band
 from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
 
 CHANNEL = 868100000
 
 
 def duty_cycle_breaches(transmissions: list[Transmission], senders: set[str]) -> list[str]:
-    """Every transmission of `senders` that started before its sub-band's time-off after the sender's previous one."""
-    broken = []
-    last: dict[tuple[str, int], Transmission] = {}
-    for t in sorted(transmissions, key=lambda t: t.start):
-        if t.sender not in senders:
-            continue
-        previous = last.get((t.sender, band(t.channel)))
-        # An antenna's start is the clock when it transmitted; the time-off is counted in whole ms from it
-        if previous is not None and t.start < previous.start + previous.airtime * 100000 / BANDS[band(t.channel)][2] - 0.002:
-            broken.append("%s at %.3f, %.3f s after a frame of %.3f s" % (t.sender, t.start, t.start - previous.start, previous.airtime))
-        last[(t.sender, band(t.channel))] = t
-    return broken
+    # An antenna's start is the clock when it transmitted; the time-off is counted in whole ms from it
+    return duty_breaches(transmissions, senders, slack_s=0.002)
 
 
 @dataclass
