@@ -68,6 +68,7 @@ class RadioRig:
         self.radios: list[Placed] = []
         self.tap = WireTap(self._key_of)
         self._index: dict[str, int] = {}  # a radio node's name on the air -> its index in `radios`
+        self._radio_keys: dict[bytes, bytes] = {}  # a radio node's id -> its key (the tap's)
         self.boot_spread_s = 0.0  # the nodes are booted over this long (start)
         self.boot_error: str | None = None
         self._booting: threading.Thread | None = None
@@ -144,11 +145,12 @@ class RadioRig:
         placed = self._place(role, x, y, {**(settings or {}), "sf": sf, "channels": list(channels)})
         placed.node.interval = interval
         self._index[placed.name] = len(self.radios)
+        self._radio_keys[bytes.fromhex(placed.node_hex)] = placed.key
         self.radios.append(placed)
         return placed
 
     def _key_of(self, node_id: bytes) -> bytes | None:
-        return next((placed.key for placed in self.radios if placed.node_hex == node_id.hex()), None)
+        return self._radio_keys.get(node_id)  # per frame on the air's thread: looked up, not searched
 
     def _tapped(self, transmission: Transmission) -> None:
         index = self._index.get(transmission.sender)
