@@ -32,6 +32,8 @@ from protocols.dutycycle import DutyCycle
 from protocols.frame import F_ACK_REQ, F_PRIORITY
 from protocols.lora import (
     ADR_SILENT,
+    CHANCE_AIRTIMES,
+    CHANCE_MS,
     DOWNLINK_FREQ,
     MAX_POWER_DBM,
     MIN_POWER_DBM,
@@ -230,8 +232,9 @@ class RadioPort:
             return  # the sub-band is closed: the frame waits (wait() sleeps until it opens)
         self.queue.pop(0)
         # ALOHA needs chance: two nodes whose time-offs end together (woken by one event: a power cut
-        # ending, a flood) must not go on air together each time. Up to 4 s more after every time-off.
-        self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(12)
+        # ending, a flood, a collision) must not go on air together each time (protocols/lora.py)
+        chance = max(CHANCE_MS, CHANCE_AIRTIMES * airtime // 1000)
+        self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(20) % chance
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
         self.aired = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None

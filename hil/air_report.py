@@ -18,10 +18,11 @@ from typing import Any
 
 from protocols.dutycycle import BANDS, band
 
+from .air_record import FATES, AirRecord
 from .capture import MqttCapture
 from .energy import SX1276, estimate_from_report
 from .outcomes import Check
-from .radio import Transmission
+from .radio import DELIVERED, Transmission
 
 MIN_UPLINKS = 3  # uplinks measured between two STATUS for a battery estimate
 STARTUP_SLACK_S = 0.05  # the air stamps a pty radio's start when it reads the line: two processes' scheduling either way
@@ -38,6 +39,8 @@ class AirOutcome:
     by_sf: dict[int, dict[str, Any]] = field(default_factory=dict)  # sf -> nodes, pdr, margin, battery years
     bridges: dict[str, dict[str, Any]] = field(default_factory=dict)  # bridge hex -> its STATUS air and downlink counts
     years: dict[str, float] = field(default_factory=dict)  # node hex -> estimated battery life
+    fates: dict[int, Counter[str]] = field(default_factory=dict)  # SF on air -> the nodes' uplinks by fate (air_record.py)
+    unheard: dict[str, dict[str, int]] = field(default_factory=dict)  # node hex -> its uplinks' fates, for a node no bridge got
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,8 @@ class AirOutcome:
             "by_sf": {str(sf): values for sf, values in sorted(self.by_sf.items())},
             "bridges": self.bridges,
             "battery_years": {node: round(years, 2) for node, years in sorted(self.years.items())},
+            "uplink_fates": {str(sf): dict(fates) for sf, fates in sorted(self.fates.items())},
+            "unheard_nodes": self.unheard,
         }
 
     def summary(self) -> list[str]:
@@ -63,6 +68,11 @@ class AirOutcome:
                 "  SF%-2d       %d nodes  pdr median %s  margin median %s dB%s"
                 % (sf, values["nodes"], _text(values.get("pdr")), _text(values.get("margin_db")), life)
             )
+        for sf, fates in sorted(self.fates.items()):
+            told = "  ".join("%s %d" % (fate, fates[fate]) for fate in FATES if fates[fate])
+            lines.append("  on air     SF%-2d uplinks %d: %s" % (sf, sum(fates.values()), told))
+        for node_hex, lost in sorted(self.unheard.items()):
+            lines.append("  unheard    %s: %s" % (node_hex, "  ".join("%s %d" % item for item in sorted(lost.items()))))
         for bridge, air in sorted(self.bridges.items()):
             lines.append("  bridge     %s %s" % (bridge, "  ".join("%s %s" % item for item in sorted(air.items()))))
         return lines
@@ -104,8 +114,9 @@ def analyse_air(
     bridges: dict[str, str],
     capture: MqttCapture,
     power_dbm: float = 14.0,
+    record: AirRecord | None = None,
 ) -> AirOutcome:
-    """nodes, bridges: name on the air -> node hex."""
+    """nodes, bridges: name on the air -> node hex; record: what each bridge got of each uplink."""
     uplinks = sum(1 for t in transmissions if t.sender in nodes)
     answered = sum(1 for name in nodes if any(received[(bridge, name)] for bridge in bridges))
     statuses = _statuses(capture)
@@ -131,6 +142,13 @@ def analyse_air(
             "margin_db": _spread(values["margin_db"]),
             "battery_years": _spread(values["years"]),
         }
+    if record is not None:
+        for name, fates in record.fates(transmissions, set(nodes)).items():
+            if not fates[DELIVERED]:
+                outcome.unheard[nodes[name]] = dict(fates)
+        for t in transmissions:
+            if t.sender in nodes:
+                outcome.fates.setdefault(t.sf, Counter())[record.fate(t)] += 1
     for bridge_hex in bridges.values():
         documents = statuses.get(bridge_hex, [])
         if documents:

@@ -168,6 +168,7 @@ def run_city(
             {placed.name: placed.node_hex for placed in rig.radios},
             {placed.name: placed.node_hex for placed in rig.bridges},
             capture,
+            record=rig.record,
         )
         report.checks += report.air.checks(scenario.criteria.battery_estimates)
     report.buffer_full = buffer_full

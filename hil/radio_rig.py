@@ -25,6 +25,7 @@ from gateway.keytools import write_node_dir
 from protocols import cobs
 
 from .air import Air
+from .air_record import AirRecord
 from .faults import LINE_KINDS, Fault
 from .radio import SENSITIVITY_DBM, Medium, PathLoss, Transmission
 from .rig import WireTap
@@ -58,6 +59,9 @@ class RadioRig:
     ) -> None:
         self.air = Air(Medium(seed, path_loss))
         self.air.on_transmit = self._tapped
+        self.record = AirRecord(set())  # the bridges' names join it as they are placed
+        self.air.on_reception = self.record
+        self.workdir = Path(workdir)
         self.seed = 7000 + 100 * seed  # the nodes' (their ids)
         # 96 KB of heap, not the sensor node's 64: on the unix port the emulated SX1276 (its FIFO and registers),
         # the air's line buffer and the hex of each packet live on the node's heap, where a board has a chip;
@@ -130,6 +134,7 @@ class RadioRig:
         placed = self._place("lora_bridge", x, y, {"sf": sf, "freq": freq})
         placed.node.status_interval = BRIDGE_STATUS_S
         self.bridges.append(placed)
+        self.record.bridges.add(placed.name)
         return placed
 
     def radio(
@@ -228,3 +233,5 @@ class RadioRig:
             self._booting.join(BOOT_TRIES * READY_TIMEOUT_S + 5)  # a boot under way ends (or is stopped below)
         self.emulator.stop()
         self.air.stop()
+        names = {placed.name: placed.node_hex for placed in self.bridges + self.radios}
+        self.record.write(self.workdir / "air.jsonl", self.air.transmissions, names)  # kept with the run's logs

@@ -23,7 +23,8 @@ it heard is still coming, each closing after one frame (protocols/lora.py). What
   HELLO and resent on the session's timer up to RETRIES times, then forgotten.
 - A frame waits in a queue (the HELLO first, then by counter; at most QUEUE, the last in that order left
   out and counted in `dropped`, as the firmware's) for the node's windows to be over, its sub-band's
-  time-off, and after each transmission 0-4095 ms of chance more (firmware's `random.getrandbits(12)`);
+  time-off, and after each transmission a random 0 .. max(CHANCE_MS, CHANCE_AIRTIMES x its airtime) ms more
+  (protocols/lora.py, as the firmware);
   a frame acknowledged while it waited is not sent.
 - What comes in a window is decoded with the node's key; an ACK is taken, a REJECT unknown_node makes it
   say HELLO again, anything else (TIME, the gateway's link-adaptation CONFIG) is counted in `received`
@@ -51,14 +52,13 @@ from protocols import messages, session
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle, band
 from protocols.errors import E_UNKNOWN_NODE, ProtocolError
-from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
+from protocols.lora import CHANCE_AIRTIMES, CHANCE_MS, DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
 
 from .air import Air, Antenna
 from .radio import Transmission
 
 INTERVAL_S = 60.0
 JITTER_S = 3.0  # each uplink this much either side of the node's phase (bench/radio.py's medium-only curve too)
-CHANCE_MS = 4095  # firmware/radio_port.py: random.getrandbits(12) after every time-off
 QUEUE = 4  # frames waiting for the radio, at most (firmware/radio_port.py _QUEUE)
 RETRIES = 3  # with `retransmit`: a reading is resent at most this many times (bench/radio.py's RETRIES)
 HEARD_S = 2.0  # a window whose header was heard closes at the frame's outcome; this long at most after it opened
@@ -325,7 +325,8 @@ class Swarm:
             return  # the sub-band is closed: the frame waits
         node.queue.pop(0)
         node.hop = hop
-        node.not_before_ms = now_ms + node.duty.wait_ms(channel, now_ms) + node.rng.randint(0, CHANCE_MS)
+        chance = max(CHANCE_MS, CHANCE_AIRTIMES * airtime // 1000)
+        node.not_before_ms = now_ms + node.duty.wait_ms(channel, now_ms) + node.rng.randrange(chance)
         assert node.antenna is not None
         transmission = node.antenna.transmit(channel, node.sf, raw)
         mtype, sample = node.kinds[counter]

@@ -8,6 +8,11 @@ UPLINK_CHANNELS = (868100000, 868300000, 868500000)  # sub-band h1.4, 1 %: nodes
 DOWNLINK_FREQ = const(869525000)  # sub-band h1.6, 10 %: every node's second receive window
 RX_DELAY_MS = const(1000)  # a node's first receive window opens this long after its uplink ended, on the uplink's channel
 RX2_DELAY_MS = const(2000)  # and its second this long after it, on DOWNLINK_FREQ (another sub-band: its own duty cycle)
+# ALOHA needs chance: after each time-off a node waits a random 0 .. max(CHANCE_MS, CHANCE_AIRTIMES x the frame's
+# airtime) ms more, so that two frames that collided (time-offs that end together) meet again only by chance: a
+# 7.4 s SF12 HELLO drawn within 4 s of another would collide with it after every time-off
+CHANCE_MS = const(4096)
+CHANCE_AIRTIMES = const(16)
 RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much of the opening is heard
 # A frame on air, at most: wrapped in a bridge's RADIO_RX (bw left out at 125 kHz, SNR in quarter dB as the
 # chips give it) the bridge's tagged frame stays within 255 bytes, 3 to spare

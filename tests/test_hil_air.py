@@ -4,15 +4,18 @@ run end to end in tests/test_hil_radio_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hil.air_report import AirOutcome, _battery_years, duty_breaches
+from hil.air_record import DEAF, AirRecord
+from hil.air_report import AirOutcome, _battery_years, analyse_air, duty_breaches
 from hil.energy import estimate_from_report
-from hil.radio import SENSITIVITY_DBM, Transmission
+from hil.radio import DELIVERED, SENSITIVITY_DBM, Medium, PathLoss, Reception, Transmission
 from hil.radio_rig import INSTALL_MARGIN_DB, RadioRig
 from hil.scenario import ScenarioError, parse_scenario
 from protocols import Message, cobs, encode, messages
@@ -209,3 +212,44 @@ def test_a_boot_the_vm_crashed_is_tried_again_and_counted(tmp_path: Path, monkey
         boot(emulate.BOOT_TRIES, "segv")  # every try crashed
     with pytest.raises(emulate.EmulatorError, match="node 0 did not start"):
         boot(1, "term")  # not the VM's crash: not hidden
+
+
+def test_the_air_record_says_why_each_uplink_was_lost(tmp_path: Path) -> None:
+    """The real medium judges; the record keeps the best a bridge got of each uplink, and writes every transmission."""
+    medium = Medium(1, PathLoss(sigma_db=0.0))
+    medium.place("bridge0", 0, 0, {(868100000, 7)})
+    for name, x in (("near", 100), ("far", 9000), ("other", 120), ("elsewhere", 200)):
+        medium.place(name, x, 0)
+    record = AirRecord({"bridge0"})
+    sent = [
+        Transmission("near", 0.0, 868100000, 7, 20),  # alone: delivered
+        Transmission("far", 5.0, 868100000, 7, 20),  # 9 km at SF7: too weak
+        Transmission("near", 10.0, 868100000, 7, 20),  # both at once, equally strong: a collision
+        Transmission("other", 10.0, 868100000, 7, 20),
+        Transmission("elsewhere", 20.0, 868300000, 7, 20),  # a channel no bridge listens on
+        Transmission("bridge0", 30.0, 868100000, 7, 20),  # the bridge sends while a node's frame comes in
+        Transmission("near", 30.01, 868100000, 7, 20),
+    ]
+    for transmission in sent:
+        medium.transmit(transmission)
+    for reception in medium.outcomes(math.inf):
+        record(reception, heard=True)
+    assert [record.fate(t) for t in sent] == ["delivered", "too_weak", "collision", "collision", "unheard", "unheard", "half_duplex"]
+    nodes = {"near", "far", "other", "elsewhere"}
+    assert record.fates(sent, nodes)["near"] == {"delivered": 1, "collision": 1, "half_duplex": 1}
+    record(Reception(sent[0], "bridge0", DELIVERED, -80.0, 9.0), heard=False)  # delivered, but its start went unheard
+    assert record.fate(sent[0]) == DEAF
+    outcome = analyse_air(sent, Counter(), 0, {n: "hex-" + n for n in nodes}, {"bridge0": "hex-b"}, _NoCapture(), record=record)
+    heard_none = {"hex-far": {"too_weak": 1}, "hex-other": {"collision": 1}, "hex-elsewhere": {"unheard": 1}}
+    assert outcome.unheard == {**heard_none, "hex-near": {"deaf": 1, "collision": 1, "half_duplex": 1}}
+    assert outcome.fates[7] == {"deaf": 1, "too_weak": 1, "collision": 2, "half_duplex": 1, "unheard": 1}
+    assert any(line.startswith("  on air     SF7  uplinks 6: collision 2") for line in outcome.summary())
+    record.write(tmp_path / "air.jsonl", sent, {"near": "e1"})
+    lines = [json.loads(line) for line in (tmp_path / "air.jsonl").read_text().splitlines()]
+    assert len(lines) == len(sent) and lines[2]["t"] == 10.0 and lines[2]["got"] == {"bridge0": "collision"}
+    assert lines[0]["from_node"] == "e1" and lines[0]["ms"] == pytest.approx(sent[0].airtime * 1000, abs=0.1)
+
+
+class _NoCapture:
+    def snapshot(self) -> list[Any]:
+        return []

@@ -1,0 +1,89 @@
+"""What became of every frame on the emulated air: per transmission, what each radio that could hear it got.
+
+The medium judges each transmission for every radio listening on its channel and SF from its start
+(hil/radio.py); the air tells an observer (`Air.on_reception`) of each judgement, with whether the radio
+had its header. An `AirRecord` is that observer for a city run: it keeps the outcome per receiver, so
+that the report can say why a node's uplinks were lost (collision, half duplex, too weak, a bridge that
+was deaf to its start, or no bridge listening on its channel and SF at all), and `write` puts the whole
+record in a file, a line a transmission, for the question the report does not answer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+from protocols import messages
+
+from .radio import COLLISION, DELIVERED, HALF_DUPLEX, NOT_LISTENING, TOO_WEAK, Reception, Transmission
+
+DEAF = "deaf"  # the medium delivered it, but the radio was not listening for it from its start (or for its I/Q)
+UNHEARD = "unheard"  # no radio of interest listened on its channel and SF when it started
+FATES = (DELIVERED, COLLISION, HALF_DUPLEX, DEAF, TOO_WEAK, NOT_LISTENING, UNHEARD)  # best first
+_TYPE = 1  # a frame's header (protocols/frame.py): its type, then the node it is from or to
+_NODE = slice(3, 11)
+
+
+class AirRecord:
+    """Air.on_reception for a run: called in the air's thread, read from another (a lock between them).
+
+    bridges: the bridges' names on the air; an uplink's fate is the best any of them had of it. Other
+    receivers (nodes in their windows) are kept only when they were listening (their downlinks)."""
+
+    def __init__(self, bridges: set[str]) -> None:
+        self.bridges = bridges
+        self._got: dict[int, dict[str, str]] = {}  # id(transmission) -> receiver -> outcome
+        self._lock = threading.Lock()
+
+    def __call__(self, reception: Reception, heard: bool) -> None:
+        outcome = DEAF if reception.outcome == DELIVERED and not heard else reception.outcome
+        if outcome == NOT_LISTENING and reception.receiver not in self.bridges:
+            return
+        with self._lock:
+            self._got.setdefault(id(reception.transmission), {})[reception.receiver] = outcome
+
+    def got(self, transmission: Transmission) -> dict[str, str]:
+        with self._lock:
+            return dict(self._got.get(id(transmission), {}))
+
+    def fate(self, transmission: Transmission) -> str:
+        """An uplink's: the best outcome at any bridge."""
+        at_bridges = [outcome for receiver, outcome in self.got(transmission).items() if receiver in self.bridges]
+        return min(at_bridges, key=FATES.index) if at_bridges else UNHEARD
+
+    def fates(self, transmissions: list[Transmission], senders: set[str]) -> dict[str, Counter[str]]:
+        """sender -> how many of its transmissions met each fate."""
+        found: dict[str, Counter[str]] = {}
+        for transmission in transmissions:
+            if transmission.sender in senders:
+                found.setdefault(transmission.sender, Counter())[self.fate(transmission)] += 1
+        return found
+
+    def write(self, path: Path, transmissions: list[Transmission], names: dict[str, str]) -> None:
+        """A JSON line per transmission, in order of start: seconds from the first, its sender (name on the air),
+        the node in its header and its type, channel, SF, bytes, power, airtime, and what each receiver got.
+        names: name on the air -> node hex."""
+        if not transmissions:
+            Path(path).write_text("")
+            return
+        first = transmissions[0].start
+        with open(path, "w") as out:
+            for t in transmissions:
+                payload = t.payload or b""
+                kind = messages.NAMES.get(payload[_TYPE], "?") if len(payload) > _TYPE else "?"
+                line = {
+                    "t": round(t.start - first, 3),
+                    "from": t.sender,
+                    "from_node": names.get(t.sender),
+                    "node": bytes(payload[_NODE]).hex() if len(payload) >= _NODE.stop else None,
+                    "type": kind,
+                    "freq": t.channel,
+                    "sf": t.sf,
+                    "bytes": t.length,
+                    "dbm": t.power_dbm,
+                    "ms": round(t.airtime * 1000, 1),
+                    "got": self.got(t),
+                }
+                out.write(json.dumps(line) + "\n")
