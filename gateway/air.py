@@ -10,7 +10,8 @@ still ahead of the bridge by LEAD_MS; a window the gateway can no longer reach (
 late, the serial line was slow) is missed, counted, and the frames wait for the next uplink. The frames are
 chosen DECIDE_S after the uplink was heard, when the ACK of a frame just committed is there to choose: one
 per window, the ACK first unless the node's previous window carried an ACK and a request (COMMAND, CONFIG,
-TIME, REJECT) waits; a TIME is made when it is chosen, so that it says the time when it goes on air.
+TIME, REJECT) waits; a TIME is made when it is chosen, so that it says the time when it goes on air. A node
+owed one frame gets it in RX2, whose sub-band has ten times the budget; RX1's is kept for a node owed two.
 
 The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
 bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
@@ -207,14 +208,23 @@ class AirTransport:
             self.time_owed.discard(node_id)
             return
         bridge_now = self.bridge_clock.now_ms(now)
+        reachable = []
         for delay, freq in ((RX_DELAY_MS, window.freq), (RX2_DELAY_MS, DOWNLINK_FREQ)):
             at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
             if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
                 self.counts["missed"] += 1  # too late for this window
-                continue
+            else:
+                reachable.append((at, freq))
+        one = len(queue) + (node_id in self.time_owed) == 1
+        if one:
+            # One frame owed: RX2 first. Its sub-band allows ten times the airtime of RX1's (10 % against 1 %, the
+            # uplinks' channel), so RX1's budget is kept for a node owed two (an ACK and a request) in one uplink.
+            reachable.reverse()
+        for at, freq in reachable:
             if not (queue or node_id in self.time_owed):
                 return
-            self._send_one(node_id, window, queue, at, freq)
+            if self._send_one(node_id, window, queue, at, freq) and one:
+                return  # sent in the one window it needed (a TIME made just now may have pulled more: next uplink)
 
     def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int) -> bool:
         index = self._choose(node_id, queue)

@@ -185,7 +185,26 @@ def test_a_window_too_late_to_reach_is_missed_and_what_is_owed_waits_for_the_nex
     assert over_the_air(radio.bench.replies("/dev/ttyA")) == [] and air.counts["missed"] == 2
     # The node's next uplink, 30 s later (its own duty cycle, and the bridge's time-offs after its first answers, are over)
     sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0]}), at=130_000))
-    assert [(at, m.type, m.fields["counters"]) for at, m in sent] == [(131_100, messages.ACK, [2])]  # the next window carries it
+    # The next uplink's windows carry it: in RX2, the one frame owed (the 10 % sub-band first, RX1's 1 % kept)
+    assert [(at, m.type, m.fields["counters"]) for at, m in sent] == [(132_100, messages.ACK, [2])]
+
+
+def test_one_frame_owed_goes_in_rx2_and_in_rx1_only_when_rx2_cannot_carry_it(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=100_000)  # ACK in RX1, TIME in RX2
+    air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    channels = []
+    for counter in range(2, 6):  # a readings frame every 20 s: one ACK owed after each
+        at = 100_000 + 20_000 * (counter - 1)
+        radio.relay("/dev/ttyA", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}), at=at)
+        radio.bench.safe_all()
+        channels += [(tx.fields["at"] - at, tx.fields["freq"]) for tx in radio.bench.replies("/dev/ttyA") if tx.type == messages.RADIO_TX]
+    assert channels == [(2100, 869_525_000)] * 4
+    # RX2's sub-band spent (what the bridge's clock says it sent there): the next one goes in RX1
+    air.bridge_clock.duty.spend(869_525_000, 3_000_000, 190_000)
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 6, {"samples": [0, 6, 0]}), at=200_000)
+    radio.bench.safe_all()
+    sent = [tx.fields for tx in radio.bench.replies("/dev/ttyA") if tx.type == messages.RADIO_TX]
+    assert [(tx["at"], tx["freq"]) for tx in sent] == [(201_100, 868_100_000)]
 
 
 def test_the_bridge_duty_cycle_is_kept_on_its_clock(radio: Radio) -> None:
