@@ -1,9 +1,14 @@
 # HAL for real boards (ESP32, RP2040): machine.UART, the board's flash
 # filesystem, machine.WDT, machine.unique_id, and sensors on I2C/ADC/pins
 # as wired in the node's config, /data/node.json: its "role" says what the
-# node is (sensor, streetlight, gauge, parking), the other keys how it is wired.
+# node is (sensor, streetlight, gauge, parking, lora_sensor, lora_bridge), the
+# other keys how it is wired. A LoRa chip (firmware/sx1276.py, firmware/sx1262.py)
+# on SPI: "radio": "sx1276" or "sx1262", "spi": [id, sck, mosi, miso], "cs",
+# "reset", and for the SX1262 "busy" (pin numbers); then firmware/radio_link.py's
+# keys ("sf", "power", "channels", "freq").
 import os
 import select
+import time
 
 import machine
 from machine import WDT  # noqa: F401  (main.py arms it first thing)
@@ -61,12 +66,32 @@ class Hal:
         self.hw_model = os.uname().machine
         self.reset_cause = _RESET_CAUSES.get(machine.reset_cause(), 0)
         self.role = config.get("role", "sensor")
+        self.radio = None
+        if config.get("radio"):
+            self._radio(config)
+
+    def _radio(self, config):
+        try:
+            self.radio = _chip(config)
+        except (KeyError, ValueError, TypeError, OSError) as error:  # miswired or absent: said, the node runs on its UART
+            report("node.json", "radio %s: %r" % (config.get("radio"), error))
+            return
+        if self.role != "lora_bridge":  # the radio is the node's link; a bridge relays it over its UART
+            from firmware import radio_link
+
+            self.uart = radio_link.port(self.radio, config, self.uptime_ms, time.sleep_ms)
 
     def uptime_ms(self):
         return self._uptime.update()
 
     def sources(self, role):
         wiring = self.config
+        if role == "lora_bridge" and self.radio is not None:
+            from firmware import radio_link
+
+            return [radio_link.bridge(self.radio, wiring)]
+        if role == "lora_sensor":  # a battery probe: its climate sensor, as the "sensor" role wires one
+            role = "sensor"
         try:
             if role == "streetlight":  # "lamp_pin", "fault_pin": firmware/pwm_lamp.py
                 from firmware.pwm_lamp import PwmLamp
@@ -104,3 +129,30 @@ class Hal:
 
     def reset(self):
         machine.reset()
+
+
+def _chip(config):
+    # The chip on its SPI bus, reset and found (begin() raises OSError if it does not answer as it should).
+    spi_id, sck, mosi, miso = config["spi"]
+    Pin = machine.Pin
+    spi = machine.SPI(spi_id, baudrate=1000000, polarity=0, phase=0, sck=Pin(sck), mosi=Pin(mosi), miso=Pin(miso))
+    cs = Pin(config["cs"], Pin.OUT, value=1)
+    if "reset" in config:  # NRESET low for over 100 us, then the chip's start-up (DS: 5 ms SX1276, 3.5 ms SX1262)
+        reset = Pin(config["reset"], Pin.OUT, value=0)
+        time.sleep_ms(1)
+        reset(1)
+        time.sleep_ms(10)
+    chip = config["radio"]
+    if chip == "sx1262":
+        from firmware.sx1262 import SX1262
+
+        sx1262 = SX1262(spi, cs, Pin(config["busy"], Pin.IN))
+        sx1262.begin()
+        return sx1262
+    if chip == "sx1276":
+        from firmware.sx1276 import SX1276
+
+        sx1276 = SX1276(spi, cs)
+        sx1276.begin()
+        return sx1276
+    raise ValueError("radio: sx1276 or sx1262")

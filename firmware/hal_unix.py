@@ -137,22 +137,18 @@ class Hal:
         if self.role == "lora_bridge":
             self.uart.also(air)
         else:
-            from firmware.radio_port import RadioPort
-            from protocols.lora import UPLINK_CHANNELS as RADIO_CHANNELS
+            from firmware import radio_link
 
-            channels = tuple(board.get("channels") or ()) or RADIO_CHANNELS
-            # the node needs only write, read_available and wait of it, which a RadioPort has
-            self.uart = RadioPort(self.radio, self.uptime_ms, air.wait, board.get("sf", 9), board.get("power", 14), channels)  # type: ignore[assignment]
+            self.uart = radio_link.port(self.radio, board, self.uptime_ms, air.wait)  # type: ignore[assignment]
 
     def uptime_ms(self):
         return self._uptime.update()
 
     def sources(self, role):
         if role == "lora_bridge" and self.radio is not None:
-            from firmware.roles.bridge import Bridge
+            from firmware import radio_link
 
-            board = self.radio_settings
-            return [Bridge(self.radio, board.get("freq", 868100000), board.get("sf", 9))]
+            return [radio_link.bridge(self.radio, self.radio_settings)]
         if role not in ("sensor", "lora_sensor"):  # firmware/emulated_ROLE.py makes the role with its emulated world
             try:
                 return [__import__("firmware.emulated_" + role, None, None, ["role"]).role(self)]

@@ -344,6 +344,20 @@ def test_flash_explains_user_mistakes() -> None:
         flash.parse_settings(["colour=red"])
     with pytest.raises(flash.FlashError, match="expected a number"):
         flash.parse_settings(["interval=fast"])
+    with pytest.raises(flash.FlashError, match=r"spi=1,5,27: expected the SPI bus's ID,SCK,MOSI,MISO"):
+        flash.parse_settings(["spi=1,5,27"])
+    with pytest.raises(flash.FlashError, match="radio=rfm95: expected one of: sx1276, sx1262"):
+        flash.parse_settings(["radio=rfm95"])
+    radio = ["radio=sx1262", "spi=1,9,10,11", "cs=8", "reset=12", "busy=13", "sf=10", "channels=868100000,868300000"]
+    assert flash.parse_settings(radio) == {
+        "radio": "sx1262",
+        "spi": [1, 9, 10, 11],
+        "cs": 8,
+        "reset": 12,
+        "busy": 13,
+        "sf": 10,
+        "channels": [868100000, 868300000],
+    }
     assert "did not answer as a MicroPython REPL" in flash.explain("mpremote: could not enter raw repl")
     assert "filesystem is full" in flash.explain("OSError: [Errno 28] ENOSPC")
 

@@ -29,7 +29,21 @@ SETTING_TYPES = {
     "lamp_pin": int,  # streetlight: firmware/pwm_lamp.py
     "fault_pin": int,
     "save_s": int,  # streetlight: burning seconds between flash writes
+    # a LoRa chip on SPI (firmware/hal_board.py) and its link (firmware/radio_link.py)
+    "cs": int,
+    "reset": int,
+    "busy": int,  # SX1262 only
+    "sf": int,
+    "power": int,
+    "freq": int,  # lora_bridge: the channel it listens on
 }
+# Keys whose value is a comma-separated list of integers: how many (None: one or more), and an example
+LIST_SETTINGS = {
+    "i2c": (2, "SCL,SDA pin numbers, e.g. i2c=22,21"),
+    "spi": (4, "the SPI bus's ID,SCK,MOSI,MISO, e.g. spi=1,5,27,19"),
+    "channels": (None, "uplink channels in Hz, e.g. channels=868100000,868300000"),
+}
+RADIOS = ("sx1276", "sx1262")
 
 
 REBOOT_WAIT_S = 2.0  # after the first reset, for the board's USB serial to come back
@@ -45,15 +59,22 @@ def parse_settings(pairs: list[str]) -> dict[str, object]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise FlashError("--set %s: expected KEY=VALUE" % pair)
-        if key == "i2c":
+        if key in LIST_SETTINGS:
+            count, expected = LIST_SETTINGS[key]
             parts = value.split(",")
-            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-                raise FlashError("--set i2c=%s: expected SCL,SDA pin numbers, e.g. i2c=22,21" % value)
+            if (count is not None and len(parts) != count) or not all(p.strip().isdigit() for p in parts):
+                raise FlashError("--set %s=%s: expected %s" % (key, value, expected))
             settings[key] = [int(p) for p in parts]
+            continue
+        if key == "radio":
+            if value not in RADIOS:
+                raise FlashError("--set radio=%s: expected one of: %s" % (value, ", ".join(RADIOS)))
+            settings[key] = value
             continue
         kind = SETTING_TYPES.get(key)
         if kind is None:
-            raise FlashError("--set %s: unknown key; expected one of: %s" % (key, ", ".join(sorted([*SETTING_TYPES, "i2c"]))))
+            known = sorted([*SETTING_TYPES, *LIST_SETTINGS, "radio"])
+            raise FlashError("--set %s: unknown key; expected one of: %s" % (key, ", ".join(known)))
         try:
             settings[key] = kind(value)
         except ValueError:
