@@ -31,6 +31,7 @@ from typing import Any
 from protocols import cobs, messages
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle, band
+from protocols.frame import AUTH_TAG_LEN, HEADER_LEN
 from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ DECIDE_S = 0.6  # after an uplink is heard, the window's frame is chosen this mu
 KEPT_S = 900.0  # a frame that found no window in this long is dropped (counted): what it answered is old
 _TYPE = 1  # header offsets (protocols/frame.py)
 _NODE = slice(3, 11)
+
+
+def _body(raw: bytes) -> bytes:
+    """A frame's payload: between its header and its trailer (a tag, as every radio frame has)."""
+    return bytes(raw[HEADER_LEN:-AUTH_TAG_LEN])
 
 
 @dataclass
@@ -94,8 +100,12 @@ class AirTransport:
         clock: Callable[[], float] = time.monotonic,
         ask_time: Callable[[bytes], object] = lambda node_id: None,
         is_link: Callable[[bytes], bool] = lambda node_id: True,
+        hand_over: Callable[[bytes, list[tuple[bytes, float]], bool], bool] = lambda node_id, frames, time_owed: False,
     ) -> None:
         self._is_link = is_link  # whether this bridge is the node's link (it heard its latest frame best)
+        # what this bridge owes a node whose link another bridge is goes to that one's transport (take_over): the
+        # ACK of a frame both heard is queued where the first copy came in, often not the bridge that heard it best
+        self._hand_over = hand_over
         self._pull = pull  # the RadioLink's downlink queue (Link.pull)
         self._ask_time = ask_time  # queue a TIME for a node on the RadioLink (read from the clock when it is pulled)
         self.time_owed: set[bytes] = set()
@@ -132,6 +142,16 @@ class AirTransport:
         except RuntimeError:  # no event loop (a tool, a test): chosen now
             self._decide(window)
 
+    def take_over(self, node_id: bytes, frames: list[tuple[bytes, float]], time_owed: bool) -> None:
+        """What another bridge owed a node this bridge is now the link of: sent in its windows, from the next one
+        not yet chosen (the same uplink's, if this bridge's report of it came later)."""
+        for raw, at in frames:
+            self._keep(node_id, raw, at)
+        self.waiting.get(node_id, []).sort(key=lambda entry: entry[1])
+        if time_owed:
+            self.time_owed.add(node_id)
+        self.flush()
+
     def _decide(self, window: Window) -> None:
         window.ready = True
         self.flush()
@@ -160,12 +180,17 @@ class AirTransport:
                 # made again when its window comes (its counter is spent: counters only need to rise)
                 self.time_owed.add(node_id)
                 continue
-            queue = self.waiting.setdefault(node_id, [])
-            if len(queue) >= KEPT:  # the oldest ACK goes first (a newer one says more), else the oldest
-                acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
-                queue.pop(acks[0] if acks else 0)
-                self.counts["dropped"] += 1
-            queue.append((raw, now))
+            self._keep(node_id, raw, now)
+
+    def _keep(self, node_id: bytes, raw: bytes, at: float) -> None:
+        queue = self.waiting.setdefault(node_id, [])
+        if raw[_TYPE] == messages.ACK and any(entry[0][_TYPE] == messages.ACK and _body(entry[0]) == _body(raw) for entry in queue):
+            return  # the same counters acknowledged already (a copy another bridge heard too, handed over)
+        if len(queue) >= KEPT:  # the oldest ACK goes first (a newer one says more), else the oldest
+            acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
+            queue.pop(acks[0] if acks else 0)
+            self.counts["dropped"] += 1
+        queue.append((raw, at))
 
     def close(self) -> None:
         self.waiting.clear()
@@ -203,7 +228,11 @@ class AirTransport:
         """The node's two windows after one uplink: a frame in each that the bridge's duty cycle allows."""
         window.used = True
         if not self._is_link(node_id):  # another bridge heard it better: that one answers (SPEC.md §5.11)
-            self.counts["elsewhere"] += len(queue)
+            owed = node_id in self.time_owed
+            if self._hand_over(node_id, list(queue), owed):
+                self.counts["handed_over"] += len(queue) + owed
+            else:
+                self.counts["elsewhere"] += len(queue) + owed
             queue.clear()
             self.time_owed.discard(node_id)
             return

@@ -206,9 +206,12 @@ class RadioLink(Link):
         next_counter: CounterSource,
         send: Callable[[bytes, dict[str, Any]], bool],
         linked: Callable[[bytes, Link], bool],
+        hand_over: Callable[[bytes, list[tuple[bytes, float]], bool], bool] = lambda node_id, frames, time_owed: False,
     ) -> None:
         super().__init__("radio:" + bridge, handler, lambda link, error: None, next_counter, keys, require_auth=True)
-        self.air = AirTransport(self.pull, bridge_id, send, ask_time=self.downlink.time, is_link=lambda node_id: linked(node_id, self))
+        self.air = AirTransport(
+            self.pull, bridge_id, send, ask_time=self.downlink.time, is_link=lambda node_id: linked(node_id, self), hand_over=hand_over
+        )
         self.connection_made(self.air)
 
 

@@ -680,7 +680,15 @@ class Sessions:
                 node = self._by_id.get(node_id)
                 return node is not None and node.link is link
 
-            radio = self._radio_links[bridge.hex] = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send, linked)
+            def hand_over(node_id: bytes, frames: list[tuple[bytes, float]], time_owed: bool) -> bool:
+                node = self._by_id.get(node_id)
+                if node is None or not isinstance(node.link, RadioLink) or node.link is radio:
+                    return False
+                node.link.air.take_over(node_id, frames, time_owed)
+                return True
+
+            radio = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send, linked, hand_over)
+            self._radio_links[bridge.hex] = radio
         try:
             inner = fr.unpack(fields["frame"], self.keys.uplink_keys if self.keys is not None else None)
             message = decode_frame(inner)

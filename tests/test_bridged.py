@@ -41,16 +41,18 @@ class Radio:
         for port, bridge in BRIDGES.items():
             self.bench.feed(encode(Message(messages.HELLO, bridge, 1, BRIDGE_HELLO, fr.F_ACK_REQ)), port)
 
-    def relay(self, port: str, inner: bytes, rssi: int = -110, snr: float = 2.5, at: int | None = None) -> list[Message]:
+    def relay(
+        self, port: str, inner: bytes, rssi: int = -110, snr: float = 2.5, at: int | None = None, decide: bool = True
+    ) -> list[Message]:
         """The bridge on `port` passes up a radio frame it heard (RADIO_RX, acknowledged to it by the gateway);
-        `at`: when it heard it, on its clock. What the gateway wrote to the bridge."""
+        `at`: when it heard it, on its clock. What the gateway wrote to the bridge (and, with `decide`, in its windows)."""
         self.counters[port] += 1
         fields: dict[str, Any] = {"frame": inner, "rssi": rssi, "snr": snr, "freq": 868_100_000, "sf": 9}
         if at is not None:
             fields["at"] = at
         replies = self.bench.feed(encode(Message(messages.RADIO_RX, BRIDGES[port], self.counters[port], fields, fr.F_ACK_REQ)), port)
         assert any(r.type == messages.ACK and self.counters[port] in r.fields["counters"] for r in replies)  # the bridge's own ACK
-        return replies + self.decide(port)
+        return replies + self.decide(port) if decide else replies
 
     def decide(self, port: str = "/dev/ttyA") -> list[Message]:
         """DECIDE_S later: the windows' frames are chosen. What the gateway wrote to the bridge then."""
@@ -232,6 +234,17 @@ def test_a_node_two_bridges_hear_is_answered_through_the_better_one_only(radio: 
     sent_b = over_the_air(radio.relay("/dev/ttyB", hello, rssi=-100, at=70_000))
     sent_a = over_the_air(radio.decide("/dev/ttyA"))
     assert [m.type for _, m in sent_b] == [messages.ACK, messages.TIME] and sent_a == []  # one answer, from B
+
+
+def test_what_the_weaker_bridge_was_owed_is_sent_by_the_better_one(radio: Radio) -> None:
+    radio.relay("/dev/ttyB", on_air(messages.HELLO, 1, NODE_HELLO), rssi=-100, at=10_000)
+    readings = on_air(messages.READINGS, 2, {"samples": [0, 2150, 0]})
+    radio.relay("/dev/ttyA", readings, rssi=-120, at=40_000, decide=False)  # the weaker copy is reported first ...
+    radio.relay("/dev/ttyB", readings, rssi=-100, at=100_000, decide=False)  # ... the better one a moment later
+    radio.bench.safe_all()  # committed: its ACK is owed on the link the first copy came in on
+    sent_a, sent_b = over_the_air(radio.decide("/dev/ttyA")), over_the_air(radio.decide("/dev/ttyB"))
+    assert sent_a == [] and [(at, m.type, m.fields["counters"]) for at, m in sent_b] == [(102_100, messages.ACK, [2])]
+    assert radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air.counts["handed_over"] == 1
 
 
 def test_a_report_no_window_can_be_built_on_is_counted_not_raised(radio: Radio) -> None:
