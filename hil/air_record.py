@@ -22,7 +22,8 @@ from .radio import COLLISION, DELIVERED, HALF_DUPLEX, NOT_LISTENING, TOO_WEAK, R
 DEAF = "deaf"  # the medium delivered it, but the radio was not listening for it from its start (or for its I/Q)
 UNHEARD = "unheard"  # no radio of interest listened on its channel and SF when it started
 FATES = (DELIVERED, COLLISION, HALF_DUPLEX, DEAF, TOO_WEAK, NOT_LISTENING, UNHEARD)  # best first
-_TYPE = 1  # a frame's header (protocols/frame.py): its type, then the node it is from or to
+_TYPE = 1  # a frame's header (protocols/frame.py): its type, its flags, the node it is from or to
+_FLAGS = 2
 _NODE = slice(3, 11)
 
 
@@ -63,7 +64,7 @@ class AirRecord:
 
     def write(self, path: Path, transmissions: list[Transmission], names: dict[str, str]) -> None:
         """A JSON line per transmission, in order of start: seconds from the first, its sender (name on the air),
-        the node in its header and its type, channel, SF, bytes, power, airtime, and what each receiver got.
+        the node in its header, its type and flags, channel, SF, bytes, power, airtime, and what each receiver got.
         names: name on the air -> node hex."""
         if not transmissions:
             Path(path).write_text("")
@@ -79,6 +80,7 @@ class AirRecord:
                     "from_node": names.get(t.sender),
                     "node": bytes(payload[_NODE]).hex() if len(payload) >= _NODE.stop else None,
                     "type": kind,
+                    "flags": payload[_FLAGS] if len(payload) > _FLAGS else None,
                     "freq": t.channel,
                     "sf": t.sf,
                     "bytes": t.length,
