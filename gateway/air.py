@@ -7,11 +7,13 @@ uplink's channel RX_DELAY_MS after each of its uplinks ends, RX2 on the 10 % cha
 (protocols/lora.py). The bridge says when it heard the uplink (`at`, its uptime in ms), so the gateway asks it
 to transmit at `at` + the window's delay + RX_AIM_MS on the bridge's own clock, and only while that time is
 still ahead of the bridge by LEAD_MS; a window the gateway can no longer reach (the frame was committed too
-late, the serial line was slow) is missed, counted, and the frames wait for the next uplink. The frames are
-chosen DECIDE_S after the uplink was heard, when the ACK of a frame just committed is there to choose: one
-per window, the ACK first unless the node's previous window carried an ACK and a request (COMMAND, CONFIG,
-TIME, REJECT) waits; a TIME is made when it is chosen, so that it says the time when it goes on air. A node
-owed one frame gets it in RX2, whose sub-band has ten times the budget; RX1's is kept for a node owed two.
+late, the serial line was slow) is missed, counted, and the frames wait for the next uplink. RX1's frame is
+chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when the ACK of a frame committed
+meanwhile is there to choose (a radio node's frames are committed within RADIO_COMMIT_S: gateway/sessions.py):
+one per window, the ACK first unless the node's previous window carried an ACK and a request (COMMAND,
+CONFIG, TIME, REJECT) waits; a TIME is made when it is chosen, so that it says the time when it goes on air.
+RX1 carries a frame only for a node owed two when its time comes, or one that RX2's duty cycle leaves no room
+for: RX2's sub-band has ten times the budget.
 
 The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
 bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
@@ -42,8 +44,10 @@ DRIFT_PPM = 100  # two crystals drift apart by far less (20-50 ppm): the bridge'
 REBOOTED_MS = 60000  # a bridge clock that went back more than this rebooted
 MAX_AT = 1 << 53  # a bridge's uptime in ms beyond this is no clock (and would overflow a RADIO_TX's at)
 KEPT = 8  # frames per node waiting for a window; a ninth pushes out the oldest (counted)
-DECIDE_S = 0.6  # after an uplink is heard, the window's frame is chosen this much later: its ACK is queued by then
+DECIDE_S = 0.6  # after an uplink is heard, RX1's frame is chosen this much later (RX1 opens 1 s after the uplink)
+DECIDE_RX2_S = 1.5  # and RX2's this much later: the ACK of a frame committed meanwhile (RADIO_COMMIT_S) is there
 KEPT_S = 900.0  # a frame that found no window in this long is dropped (counted): what it answered is old
+TIME_BYTES = 34  # a TIME frame on air (header, unix and ms, tag): made only when its window comes
 _TYPE = 1  # header offsets (protocols/frame.py)
 _NODE = slice(3, 11)
 
@@ -59,8 +63,13 @@ class Window:
     freq: int  # the uplink's channel: the first window's
     sf: int
     bw: int
-    ready: bool = False  # the time to choose its frame came (DECIDE_S)
+    ready: bool = False  # the time to choose RX1's frame came (DECIDE_S)
     used: bool = False
+    rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
+    rx2_used: bool = False
+
+    def due(self) -> bool:
+        return (self.ready and not self.used) or (self.rx2_ready and not self.rx2_used)
 
 
 @dataclass
@@ -138,9 +147,13 @@ class AirTransport:
         self.bridge_clock.heard(at, now)
         window = self.windows[node_id] = Window(at, freq, sf, bw)
         try:
-            asyncio.get_running_loop().call_later(DECIDE_S, self._decide, window)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a tool, a test): chosen now
             self._decide(window)
+            self._decide_rx2(window)
+        else:
+            loop.call_later(DECIDE_S, self._decide, window)
+            loop.call_later(DECIDE_RX2_S, self._decide_rx2, window)
 
     def take_over(self, node_id: bytes, frames: list[tuple[bytes, float]], time_owed: bool) -> None:
         """What another bridge owed a node this bridge is now the link of: sent in its windows, from the next one
@@ -156,6 +169,10 @@ class AirTransport:
         window.ready = True
         self.flush()
 
+    def _decide_rx2(self, window: Window) -> None:
+        window.rx2_ready = True
+        self.flush()
+
     def rebooted(self) -> None:
         """The bridge said HELLO: it started again, its clock and its duty cycle with it."""
         self.bridge_clock = BridgeClock()
@@ -165,7 +182,7 @@ class AirTransport:
 
     def output_ready(self) -> None:
         # What is owed stays in the link's queue (where a node's ACKs merge into one) until a window is there
-        if any(window.ready and not window.used for window in self.windows.values()):
+        if any(window.due() for window in self.windows.values()):
             self.flush()
 
     def _take(self) -> None:
@@ -207,6 +224,7 @@ class AirTransport:
             log.exception("radio downlink through %s failed", self.bridge_id.hex())
             for window in self.windows.values():
                 window.used = window.used or window.ready
+                window.rx2_used = window.rx2_used or window.rx2_ready
 
     def _flush(self) -> None:
         now = self._clock()
@@ -217,43 +235,54 @@ class AirTransport:
             window = self.windows.get(node_id)
             if not queue:
                 del self.waiting[node_id]
-            elif window is not None and window.ready and not window.used:
+            elif window is not None and window.due():
                 self._answer(node_id, window, queue, now)
         for node_id in list(self.time_owed):
             window = self.windows.get(node_id)
-            if node_id not in self.waiting and window is not None and window.ready and not window.used:
+            if node_id not in self.waiting and window is not None and window.due():
                 self._answer(node_id, window, [], now)
 
     def _answer(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], now: float) -> None:
-        """The node's two windows after one uplink: a frame in each that the bridge's duty cycle allows."""
-        window.used = True
+        """What is due of the node's two windows after one uplink: RX1's frame once its time to choose came, RX2's
+        once its came. RX1 carries a frame only for a node owed two, or one RX2 has no room for: one frame goes in
+        RX2, whose sub-band allows ten times the airtime of RX1's (10 % against the uplinks' 1 %), and is chosen
+        later (an ACK committed by then goes in it)."""
+        rx1, rx2 = window.ready and not window.used, window.rx2_ready and not window.rx2_used
+        window.used, window.rx2_used = window.used or rx1, window.rx2_used or rx2
         if not self._is_link(node_id):  # another bridge heard it better: that one answers (SPEC.md §5.11)
-            owed = node_id in self.time_owed
-            if self._hand_over(node_id, list(queue), owed):
-                self.counts["handed_over"] += len(queue) + owed
+            time_owed = node_id in self.time_owed
+            if self._hand_over(node_id, list(queue), time_owed):
+                self.counts["handed_over"] += len(queue) + time_owed
             else:
-                self.counts["elsewhere"] += len(queue) + owed
+                self.counts["elsewhere"] += len(queue) + time_owed
             queue.clear()
             self.time_owed.discard(node_id)
             return
         bridge_now = self.bridge_clock.now_ms(now)
-        reachable = []
-        for delay, freq in ((RX_DELAY_MS, window.freq), (RX2_DELAY_MS, DOWNLINK_FREQ)):
-            at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
-            if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
-                self.counts["missed"] += 1  # too late for this window
-            else:
-                reachable.append((at, freq))
-        one = len(queue) + (node_id in self.time_owed) == 1
-        if one:
-            # One frame owed: RX2 first. Its sub-band allows ten times the airtime of RX1's (10 % against 1 %, the
-            # uplinks' channel), so RX1's budget is kept for a node owed two (an ACK and a request) in one uplink.
-            reachable.reverse()
-        for at, freq in reachable:
-            if not (queue or node_id in self.time_owed):
-                return
-            if self._send_one(node_id, window, queue, at, freq) and one:
-                return  # sent in the one window it needed (a TIME made just now may have pulled more: next uplink)
+        if rx1:
+            at = self._reach(window, RX_DELAY_MS, bridge_now)
+            owed = len(queue) + (node_id in self.time_owed)
+            longest = max([len(raw) for raw, _at in queue] + [TIME_BYTES if node_id in self.time_owed else 0])
+            if at is not None and (owed >= 2 or (owed and not self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest))):
+                self._send_one(node_id, window, queue, at, window.freq)
+        if rx2:
+            at = self._reach(window, RX2_DELAY_MS, bridge_now)
+            if at is not None and (queue or node_id in self.time_owed):
+                self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
+
+    def _fits(self, window: Window, freq: int, at: int, length: int) -> bool:
+        """Whether the bridge's duty cycle leaves room at `at` on `freq` for a frame of `length` bytes."""
+        airtime = airtime_us(length, window.sf, window.bw)
+        duty = self.bridge_clock.duty
+        return not duty.wait_ms(freq, at) and duty.budget_ms(freq, at) >= (airtime + 999) // 1000
+
+    def _reach(self, window: Window, delay: int, bridge_now: int) -> int | None:
+        """The bridge's time to transmit in the window `delay` ms after the uplink, or None: too late for it."""
+        at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
+        if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
+            self.counts["missed"] += 1
+            return None
+        return at
 
     def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int) -> bool:
         index = self._choose(node_id, queue)
@@ -269,16 +298,15 @@ class AirTransport:
                 self.counts["dropped"] += 1
                 return False
         raw = queue[index][0]
-        duty = self.bridge_clock.duty
-        airtime = airtime_us(len(raw), window.sf, window.bw)
-        if duty.wait_ms(freq, at) or duty.budget_ms(freq, at) < (airtime + 999) // 1000:
+        if not self._fits(window, freq, at, len(raw)):
             self.counts["no_budget"] += 1
             return False
+        airtime = airtime_us(len(raw), window.sf, window.bw)
         fields = {"frame": bytes(raw), "freq": freq, "sf": window.sf, "bw": window.bw, "at": at}
         if not self._send(self.bridge_id, fields):
             self.counts["dropped"] += 1  # the bridge's serial link is gone or backed up: nothing goes on air
             return False
-        duty.spend(freq, airtime, at)  # what the bridge will spend: booked only for a frame it was sent
+        self.bridge_clock.duty.spend(freq, airtime, at)  # what the bridge will spend: booked only for a frame it was sent
         del queue[index]
         self.acked_last[node_id] = raw[_TYPE] == messages.ACK
         self.counts["sent"] += 1

@@ -5,7 +5,9 @@ ACK is sent only by the callback that runs after its transaction committed.
 
 A group is bounded by time as well as by size: while frames trickle in, the
 committer gathers them for up to `commit_wait` seconds after the first one
-arrived (a `[buffer]` key), and commits at once when the group reaches
+arrived (a `[buffer]` key), or less for a frame that says so (`commit_within`:
+a radio node's, whose ACK must make its receive windows, RADIO_COMMIT_S in
+gateway/sessions.py), and commits at once when the group reaches
 GROUP_READY_BYTES, or at a stop. Each commit rewrites at least the page its
 chunk ends on and syncs it: at city load, one commit a frame would write a
 4 KiB page and an fsync for every frame of 10 readings, while the gathered
@@ -75,6 +77,9 @@ class Pending:
     samples: Frame
     state: int = DISK  # LIVE, DISK or SAFE
     priority: bool = False  # an event (READINGS with PRIORITY): its own chunks, published ahead of the backlog
+    # seconds after its arrival by which its group is committed, if sooner than commit_wait: a radio node's ACK
+    # must be there before its receive windows close (gateway/air.py), a second or two after its uplink
+    commit_within: float | None = None
 
 
 @dataclass
@@ -284,16 +289,21 @@ class Committer:
         # than the group being gathered: _gather counts the wait again from the oldest frame.
         if pending.priority or self._queued_bytes >= GROUP_READY_BYTES or time.time() - pending.frame.received > LATE_S:
             self._ready.set()
+        elif pending.commit_within is not None:
+            self._ready.set()  # _gather counts its wait again, to this frame's sooner deadline
         self._idle.clear()
         self._wake.set()
 
     async def _gather(self) -> None:
         """Wait until the queue is worth a transaction: GROUP_READY_BYTES of frames, its oldest frame
         commit_wait old (counted from its arrival, so a frame that waited elsewhere first does not wait
-        twice), or a stop."""
+        twice), or a frame's own commit_within (a radio node's) is up."""
         while self._queue and not self._stopping and not self._queued_events and self._queued_bytes < GROUP_READY_BYTES:
-            oldest = min(pending.frame.received for pending in self._queue)  # a short queue: below GROUP_READY_BYTES
-            left = min(self._commit_wait, self._commit_wait - (time.time() - oldest))
+            deadline = min(  # a short queue: below GROUP_READY_BYTES
+                p.frame.received + (self._commit_wait if p.commit_within is None else min(p.commit_within, self._commit_wait))
+                for p in self._queue
+            )
+            left = min(self._commit_wait, deadline - time.time())
             if left <= 0:
                 return
             self._ready.clear()

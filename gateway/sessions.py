@@ -65,6 +65,9 @@ _AIR_FIELDS = (
     *("power", "margin", "fallback"),
 )
 _PDR_SPAN = 256  # counters a radio node's delivery ratio remembers it heard
+# A radio node's frame is committed within this long of its arrival (not the [buffer] commit_wait): its ACK must be
+# queued before the gateway chooses the frame of the node's second receive window (gateway/air.py, DECIDE_RX2_S)
+RADIO_COMMIT_S = 0.5
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
@@ -594,7 +597,10 @@ class Sessions:
         node.waiting[counter] = [link]
         decoded = (samples, message.fields.get("base_time", received))  # a SenML frame, as forwarder._frames reads one
         event = bool(message.flags & fr.F_PRIORITY)  # SPEC §3.3: an event, published ahead of any backlog
-        self._committer.submit(Pending(node.hex, counter, frame, len(samples) // 3, layout, node, node.window, decoded, priority=event))
+        within = RADIO_COMMIT_S if isinstance(link, RadioLink) else None  # its ACK must make the node's receive windows
+        readings = len(samples) // 3
+        pending = Pending(node.hex, counter, frame, readings, layout, node, node.window, decoded, priority=event, commit_within=within)
+        self._committer.submit(pending)
         self.presenter.status(node)
 
     def safe(self, frames: Sequence[Pending]) -> None:

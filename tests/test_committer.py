@@ -34,10 +34,11 @@ class Nodes:
         self.groups.append(len(result.committed))
         self.done.set()
 
-    def submit(self, size: int = 60, age: float = 0.0) -> None:
+    def submit(self, size: int = 60, age: float = 0.0, within: float | None = None) -> None:
         self.counter += 1
         frame = StoredFrame(self.layout.id, time.time() - age, bytes([self.counter % 256]) * size)
-        self.committer.submit(Pending(NODE, self.counter, frame, 10, self.layout, self.node, self.node.window, NOT_HELD))
+        pending = Pending(NODE, self.counter, frame, 10, self.layout, self.node, self.node.window, NOT_HELD, commit_within=within)
+        self.committer.submit(pending)
 
     async def until(self, frames: int) -> None:
         while sum(self.groups) < frames:
@@ -98,6 +99,22 @@ async def test_a_frame_that_waited_for_the_broker_is_not_held_back_by_a_younger_
     await asyncio.sleep(0.05)
     assert nodes.groups == [], "a young frame alone waits"
     nodes.submit(age=60.0)  # held for the broker all this while
+    await nodes.until(2)
+    assert nodes.groups == [2]
+    await nodes.committer.drain()
+    task.cancel()
+    nodes.worker.close()
+
+
+async def test_a_radio_nodes_frame_is_committed_within_its_own_bound(tmp_path: pathlib.Path) -> None:
+    """A radio node's ACK must make its receive windows (gateway/air.py): its frame's commit_within, sooner than
+    commit_wait, times the group it joins, the frames gathered before it included."""
+    nodes = Nodes(tmp_path, commit_wait=60.0)  # far beyond the test's patience: only the radio frame's bound can commit them
+    task = asyncio.create_task(nodes.committer.run())
+    nodes.submit()
+    await asyncio.sleep(0.05)
+    assert nodes.groups == [], "a cable's frame alone waits"
+    nodes.submit(within=0.2)
     await nodes.until(2)
     assert nodes.groups == [2]
     await nodes.committer.drain()
