@@ -50,6 +50,7 @@ KEPT_S = 900.0  # a frame that found no window in this long is dropped (counted)
 TIME_BYTES = 34  # a TIME frame on air (header, unix and ms, tag): made only when its window comes
 _TYPE = 1  # header offsets (protocols/frame.py)
 _NODE = slice(3, 11)
+_COUNTER = slice(11, 15)  # big-endian
 
 
 def _body(raw: bytes) -> bytes:
@@ -165,6 +166,13 @@ class AirTransport:
             self.time_owed.add(node_id)
         self.flush()
 
+    def acked(self, node_id: bytes, counters: list[int]) -> None:
+        """The node acknowledged these downlink counters: a copy of those requests still waiting is not sent."""
+        queue = self.waiting.get(node_id)
+        if queue:
+            done = {counter.to_bytes(4, "big") for counter in counters if type(counter) is int and 0 <= counter < 1 << 32}
+            queue[:] = [entry for entry in queue if entry[0][_TYPE] == messages.ACK or bytes(entry[0][_COUNTER]) not in done]
+
     def _decide(self, window: Window) -> None:
         window.ready = True
         self.flush()
@@ -203,6 +211,13 @@ class AirTransport:
         queue = self.waiting.setdefault(node_id, [])
         if raw[_TYPE] == messages.ACK and any(entry[0][_TYPE] == messages.ACK and _body(entry[0]) == _body(raw) for entry in queue):
             return  # the same counters acknowledged already (a copy another bridge heard too, handed over)
+        if raw[_TYPE] != messages.ACK:
+            for index, (old, since) in enumerate(queue):
+                if old[_TYPE] == raw[_TYPE] and old[_COUNTER] == raw[_COUNTER]:
+                    # A request resent (its counter kept) while its first copy still waits for a window: one copy,
+                    # or each window would carry another and the node answer each (a CONFIG report is 86 bytes)
+                    queue[index] = (raw, since)
+                    return
         if len(queue) >= KEPT:  # the oldest ACK goes first (a newer one says more), else the oldest
             acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
             queue.pop(acks[0] if acks else 0)

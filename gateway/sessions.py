@@ -625,6 +625,9 @@ class Sessions:
         if message.type == messages.ACK:
             # Acknowledgements of our downlink frames: idempotent, applied whatever the window says (a resent one says the same).
             self.listener.acked(node.hex, fields["counters"])
+            if isinstance(link, RadioLink):  # a copy of a request it acknowledged may still wait for a window, on any bridge
+                for bridged in self._radio_links.values():
+                    bridged.air.acked(node.node_id, fields["counters"])
         elif message.type == messages.STATUS:
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
             air = fields.get("air")

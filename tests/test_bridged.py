@@ -247,6 +247,21 @@ def test_what_the_weaker_bridge_was_owed_is_sent_by_the_better_one(radio: Radio)
     assert radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air.counts["handed_over"] == 1
 
 
+def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    dim = {"id": 7, "action": "dim", "args": {"level": 40}}
+    for _ in range(3):  # the command's retransmissions, its counter kept, while the node sends nothing
+        assert radio.bench.sessions.send_request(BATTERY.hex(), 900, messages.COMMAND, dim)
+        air.flush()
+    assert [raw[1] for raw, _at in air.waiting[BATTERY]] == [messages.COMMAND]  # one copy waits
+    assert radio.bench.sessions.send_request(BATTERY.hex(), 901, messages.COMMAND, {**dim, "id": 8})
+    air.flush()
+    # The node's ACK of the first (a copy of it heard in an earlier window) comes up: that copy is not sent again
+    sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.ACK, 2, {"counters": [900]}), at=40_000))
+    assert [(m.type, m.counter, m.fields["id"]) for _, m in sent] == [(messages.COMMAND, 901, 8)]
+
+
 def test_a_report_no_window_can_be_built_on_is_counted_not_raised(radio: Radio) -> None:
     radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
     air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
