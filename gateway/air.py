@@ -333,7 +333,10 @@ class AirTransport:
         others = [index for index, entry in enumerate(queue) if entry[0][_TYPE] != messages.ACK]
         request = bool(others) or node_id in self.time_owed
         if acks and not (request and self.acked_last.get(node_id)):
-            return acks[-1]  # the newest: a node's ACKs merge while they wait in the link's queue, the newest says most
+            # The oldest: each carries the counters due when it was made (a node's ACKs merge in the link's queue until
+            # taken), so a newer one does not say what an older one does; newest first starved the HELLO's ACK of a node
+            # whose every window brought a newer one, and it said HELLO for five minutes
+            return acks[0]
         if node_id in self.time_owed:
             return -1  # before the other requests: a node without the time cannot date its readings
         return others[0]

@@ -25,6 +25,7 @@ FATES = (DELIVERED, COLLISION, HALF_DUPLEX, DEAF, TOO_WEAK, NOT_LISTENING, UNHEA
 _TYPE = 1  # a frame's header (protocols/frame.py): its type, its flags, the node it is from or to
 _FLAGS = 2
 _NODE = slice(3, 11)
+_COUNTER = slice(11, 15)
 
 
 class AirRecord:
@@ -64,7 +65,7 @@ class AirRecord:
 
     def write(self, path: Path, transmissions: list[Transmission], names: dict[str, str]) -> None:
         """A JSON line per transmission, in order of start: seconds from the first, its sender (name on the air),
-        the node in its header, its type and flags, channel, SF, bytes, power, airtime, and what each receiver got.
+        the node in its header, its type, flags and counter, channel, SF, bytes, power, airtime, and what each receiver got.
         names: name on the air -> node hex."""
         if not transmissions:
             Path(path).write_text("")
@@ -81,6 +82,7 @@ class AirRecord:
                     "node": bytes(payload[_NODE]).hex() if len(payload) >= _NODE.stop else None,
                     "type": kind,
                     "flags": payload[_FLAGS] if len(payload) > _FLAGS else None,
+                    "counter": int.from_bytes(payload[_COUNTER], "big") if len(payload) >= _COUNTER.stop else None,
                     "freq": t.channel,
                     "sf": t.sf,
                     "bytes": t.length,

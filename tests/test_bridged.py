@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway.air import AirTransport
 from gateway.commands import Commands
 from gateway.serial_link import RadioLink
 from gateway.store import Store
@@ -260,6 +261,24 @@ def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: 
     # The node's ACK of the first (a copy of it heard in an earlier window) comes up: that copy is not sent again
     sent = over_the_air(radio.relay("/dev/ttyA", on_air(messages.ACK, 2, {"counters": [900]}), at=40_000))
     assert [(m.type, m.counter, m.fields["id"]) for _, m in sent] == [(messages.COMMAND, 901, 8)]
+
+
+def test_of_two_acks_waiting_the_older_goes_first() -> None:
+    """Each ACK carries the counters due when it was made: a newer one does not say what an older one does, so
+    the older is not left behind (a node whose every window brought a newer ACK never had its HELLO's)."""
+    owed: list[bytes] = []
+    sent: list[dict[str, Any]] = []
+    air = AirTransport(lambda room: b"".join(owed.pop(0) for _ in list(owed)), b"\x01" * 8, lambda b, tx: sent.append(tx) or True)
+
+    def ack(counter: int, acked: list[int]) -> bytes:
+        return bytes(encode(Message(messages.ACK, BATTERY, counter, {"counters": acked}, fr.F_DOWNLINK), KEY))
+
+    owed.append(ack(10, [1]))  # the HELLO's, taken at a window that carried something else
+    air.flush()
+    owed.append(ack(11, [5, 6]))  # the readings' since
+    for uplink_at in (100_000, 200_000):
+        air.heard(BATTERY, uplink_at, 868_100_000, 9, 125000)  # no event loop: its windows are chosen at once
+    assert [messages.decode_frame(fr.unpack(tx["frame"], [KEY])).fields["counters"] for tx in sent] == [[1], [5, 6]]
 
 
 def test_a_report_no_window_can_be_built_on_is_counted_not_raised(radio: Radio) -> None:
