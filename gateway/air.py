@@ -274,6 +274,18 @@ class AirTransport:
             self.time_owed.discard(node_id)
             return
         bridge_now = self.bridge_clock.now_ms(now)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: node %s window %s%s at %d (bridge now %d): owed %s%s",
+                self.bridge_id.hex(),
+                node_id.hex(),
+                "RX1" if rx1 else "",
+                "RX2" if rx2 else "",
+                window.at,
+                bridge_now,
+                [messages.NAMES.get(raw[_TYPE], raw[_TYPE]) for raw, _at in queue],
+                " + TIME" if node_id in self.time_owed else "",
+            )
         if rx1:
             at = self._reach(window, RX_DELAY_MS, bridge_now)
             owed = len(queue) + (node_id in self.time_owed)
@@ -315,6 +327,7 @@ class AirTransport:
         raw = queue[index][0]
         if not self._fits(window, freq, at, len(raw)):
             self.counts["no_budget"] += 1
+            log.debug("%s: no budget on %d at %d for %d bytes", self.bridge_id.hex(), freq, at, len(raw))
             return False
         airtime = airtime_us(len(raw), window.sf, window.bw)
         fields = {"frame": bytes(raw), "freq": freq, "sf": window.sf, "bw": window.bw, "at": at}
