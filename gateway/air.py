@@ -291,7 +291,7 @@ class AirTransport:
             owed = len(queue) + (node_id in self.time_owed)
             longest = max([len(raw) for raw, _at in queue] + [TIME_BYTES if node_id in self.time_owed else 0])
             if at is not None and (owed >= 2 or (owed and not self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest))):
-                self._send_one(node_id, window, queue, at, window.freq)
+                self._send_one(node_id, window, queue, at, window.freq, rx1=True)
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
             if at is not None and (queue or node_id in self.time_owed):
@@ -311,8 +311,8 @@ class AirTransport:
             return None
         return at
 
-    def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int) -> bool:
-        index = self._choose(node_id, queue)
+    def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int, rx1: bool = False) -> bool:
+        index = self._choose(node_id, queue, rx1)
         if index < 0:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
             self._fresh_time.add(node_id)
             self._ask_time(node_id)
@@ -340,12 +340,17 @@ class AirTransport:
         self.counts["sent"] += 1
         return True
 
-    def _choose(self, node_id: bytes, queue: list[tuple[bytes, float]]) -> int:
-        """The index in queue of the frame for this window; -1: the TIME owed."""
+    def _choose(self, node_id: bytes, queue: list[tuple[bytes, float]], rx1: bool = False) -> int:
+        """The index in queue of the frame for this window; -1: the TIME owed. In RX1, with a request to follow in RX2,
+        an ACK: RX1 is on the uplinks' channel, where another node's uplink can drown a downlink at the node, RX2 on
+        a channel only downlinks use; a lost ACK costs a retransmission (windows again soon), a lost request a whole
+        uplink interval. Requests: a TIME owed, then COMMANDs (someone waits for them), then the rest (the gateway's
+        own link advice among them), each oldest first."""
         acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
         others = [index for index, entry in enumerate(queue) if entry[0][_TYPE] != messages.ACK]
+        others.sort(key=lambda index: queue[index][0][_TYPE] != messages.COMMAND)
         request = bool(others) or node_id in self.time_owed
-        if acks and not (request and self.acked_last.get(node_id)):
+        if acks and (rx1 or not (request and self.acked_last.get(node_id))):
             # The oldest: each carries the counters due when it was made (a node's ACKs merge in the link's queue until
             # taken), so a newer one does not say what an older one does; newest first starved the HELLO's ACK of a node
             # whose every window brought a newer one, and it said HELLO for five minutes

@@ -281,6 +281,26 @@ def test_of_two_acks_waiting_the_older_goes_first() -> None:
     assert [messages.decode_frame(fr.unpack(tx["frame"], [KEY])).fields["counters"] for tx in sent] == [[1], [5, 6]]
 
 
+def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config() -> None:
+    """RX1 is on the uplinks' channel (another node's uplink may drown it at the node): the ACK goes there, whose loss
+    costs a retransmission; the request goes in RX2, a COMMAND before the link advice queued earlier."""
+    owed: list[bytes] = []
+    sent: list[dict[str, Any]] = []
+    air = AirTransport(lambda room: b"".join(owed.pop(0) for _ in list(owed)), b"\x01" * 8, lambda b, tx: sent.append(tx) or True)
+    advice = {"op": messages.CONFIG_SET, "id": 1, "values": {"tx_power": 11}}
+    for counter, mtype, fields in (
+        (10, messages.CONFIG, advice),
+        (11, messages.COMMAND, {"id": 2, "action": "dim", "args": {"level": 40}}),
+        (12, messages.ACK, {"counters": [5]}),
+    ):
+        owed.append(bytes(encode(Message(mtype, BATTERY, counter, fields, fr.F_DOWNLINK | fr.F_ACK_REQ * (mtype != messages.ACK)), KEY)))
+    air.heard(BATTERY, 100_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in sent] == [
+        (868_100_000, messages.ACK),
+        (869_525_000, messages.COMMAND),
+    ]
+
+
 def test_a_report_no_window_can_be_built_on_is_counted_not_raised(radio: Radio) -> None:
     radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
     air = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
@@ -346,7 +366,8 @@ def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Ra
 
 
 class _Now:
-    """Radio.decide's `later` when the real event loop chooses the windows (gateway/air.py, DECIDE_S patched down)."""
+    """Radio.decide's `later` when the real event loop chooses the windows (gateway/air.py, DECIDE_S and DECIDE_RX2_S
+    patched down)."""
 
     def run(self) -> None:
         pass
@@ -357,6 +378,7 @@ async def test_a_radio_node_is_advised_its_link_in_a_receive_window_once(tmp_pat
     frames the node is sent a CONFIG set of the SF and power advised, in one of its windows; while it is not
     answered no second advice goes (only the same frame again); its report ends the command."""
     monkeypatch.setattr("gateway.air.DECIDE_S", 0.02)
+    monkeypatch.setattr("gateway.air.DECIDE_RX2_S", 0.05)
     radio = Radio(tmp_path)
     radio.later = _Now()
     sessions = radio.bench.sessions
