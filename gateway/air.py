@@ -82,13 +82,13 @@ class BridgeClock:
 
     offset_ms: float | None = None
     updated: float = 0.0
-    duty: DutyCycle = field(default_factory=DutyCycle)
+    duty: DutyCycle = field(default_factory=lambda: DutyCycle(time_off=False))  # a bridge's: the hourly rule alone
 
     def heard(self, at: int, now: float) -> None:
         estimate = at - now * 1000
         if self.offset_ms is not None and estimate < self.offset_ms - REBOOTED_MS:
             self.offset_ms = None
-            self.duty = DutyCycle()
+            self.duty = DutyCycle(time_off=False)
         if self.offset_ms is None:
             self.offset_ms = estimate
         else:

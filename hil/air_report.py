@@ -106,6 +106,25 @@ def duty_breaches(transmissions: list[Transmission], senders: set[str] | None = 
     return broken
 
 
+def hourly_breaches(transmissions: list[Transmission], senders: set[str]) -> list[str]:
+    """Every transmission of `senders` that brought its sub-band's airtime in the hour it ended past the limit (ETSI's
+    own rule, the one a bridge keeps: protocols/dutycycle.py)."""
+    broken = []
+    kept: dict[tuple[str, int], list[Transmission]] = {}
+    for t in sorted(transmissions, key=lambda t: t.start):
+        if t.sender not in senders:
+            continue
+        index = band(t.channel)
+        hour = kept.setdefault((t.sender, index), [])
+        hour.append(t)
+        while hour[0].end <= t.end - 3600:
+            hour.pop(0)
+        on_air = sum(min(other.end, t.end) - max(other.start, t.end - 3600) for other in hour)
+        if on_air > 3600 * BANDS[index][2] / 100000 + STARTUP_SLACK_S:
+            broken.append("%s at %.3f s: %.1f s on air in the hour before" % (t.sender, t.start, on_air))
+    return broken
+
+
 def analyse_air(
     transmissions: list[Transmission],
     received: Counter[tuple[str, str]],
@@ -120,7 +139,9 @@ def analyse_air(
     uplinks = sum(1 for t in transmissions if t.sender in nodes)
     answered = sum(1 for name in nodes if any(received[(bridge, name)] for bridge in bridges))
     statuses = _statuses(capture)
-    outcome = AirOutcome(uplinks, len(transmissions) - uplinks, len(nodes), answered, duty_breaches(transmissions), malformed)
+    # The nodes keep LoRaWAN's time-off after each frame; the bridges ETSI's hourly limit (protocols/dutycycle.py)
+    breaches = duty_breaches(transmissions, set(nodes)) + hourly_breaches(transmissions, set(bridges))
+    outcome = AirOutcome(uplinks, len(transmissions) - uplinks, len(nodes), answered, breaches, malformed)
     per_sf: dict[int, dict[str, list[float]]] = {}
     for node_hex in nodes.values():
         documents = statuses.get(node_hex, [])

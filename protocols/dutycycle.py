@@ -11,7 +11,8 @@ Any other frequency is refused: a transmitter here never guesses a limit. Two ru
 the one LoRaWAN devices keep, after a transmission of T on air the sub-band is closed for T * (100 / d - 1)
 (d in percent), so between the starts of two transmissions lie at least T * 100 / d (no bursts); and
 ETSI's own, no hour holds more than d of it on air (the time-off alone lets a window hold one frame
-more), checked against the airtime of the last 61 minutes kept by minute. Sans-I/O: the caller passes
+more), checked against the airtime of the last 61 minutes kept by minute. A node keeps both; a bridge
+(`DutyCycle(time_off=False)`) ETSI's alone, as a LoRaWAN gateway's downlinks are scheduled. Sans-I/O: the caller passes
 its clock (monotonic milliseconds, the firmware's uptime) and the airtime (protocols/airtime.py);
 nothing here sleeps. Small enough for a node: four bands of 61 small integers.
 """
@@ -41,7 +42,11 @@ def band(freq: int) -> int:
 
 
 class DutyCycle:
-    def __init__(self) -> None:
+    def __init__(self, time_off: bool = True) -> None:
+        # time_off False: ETSI's hourly rule alone, as a bridge keeps it (a gateway's downlinks go in its nodes'
+        # receive windows, which a time-off after each would often close; LoRaWAN's network servers schedule a
+        # gateway's duty cycle over the hour alike). A node keeps both (LoRaWAN RP002's end-device rule).
+        self.time_off = time_off
         bands = len(BANDS)
         self.free_at = [0] * bands  # ms: when each sub-band may be used again (the time-off after a transmission)
         self.on_air_ms = [0] * bands  # ms on air per sub-band since start (for STATUS)
@@ -66,7 +71,8 @@ class DutyCycle:
             return False
         self.on_air_ms[index] += on_air
         self._minutes[index][(now_ms // _MINUTE_MS) % _MINUTES] += on_air
-        self.free_at[index] = now_ms + on_air * _WHOLE // BANDS[index][2]  # start to start: T * 100 / d
+        if self.time_off:
+            self.free_at[index] = now_ms + on_air * _WHOLE // BANDS[index][2]  # start to start: T * 100 / d
         return True
 
     def budget_ms(self, freq: int, now_ms: int) -> int:

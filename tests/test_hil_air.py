@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hil.air_record import DEAF, AirRecord
-from hil.air_report import AirOutcome, _battery_years, analyse_air, duty_breaches
+from hil.air_report import AirOutcome, _battery_years, analyse_air, duty_breaches, hourly_breaches
 from hil.energy import estimate_from_report
 from hil.radio import DELIVERED, SENSITIVITY_DBM, Medium, PathLoss, Reception, Transmission
 from hil.radio_rig import INSTALL_MARGIN_DB, RadioRig
@@ -253,3 +253,16 @@ def test_the_air_record_says_why_each_uplink_was_lost(tmp_path: Path) -> None:
 class _NoCapture:
     def snapshot(self) -> list[Any]:
         return []
+
+
+def test_a_bridge_breaks_its_duty_cycle_only_by_the_hour() -> None:
+    """A bridge keeps ETSI's hourly limit, not a node's time-off: downlinks back to back are fine until the hour's
+    10 % (RX2's sub-band) is spent."""
+    frame = _sent("bridge0", 0, 869525000, 200)  # about 0.4 s at SF7
+    burst = [_sent("bridge0", n * (frame.airtime + 0.01), 869525000, 200) for n in range(20)]
+    assert hourly_breaches(burst, {"bridge0"}) == [] and duty_breaches(burst, {"bridge0"})  # a node's rule would break
+    per_hour = int(360 / frame.airtime)  # 10 % of an hour
+    spent = [_sent("bridge0", n * 3.0, 869525000, 200) for n in range(per_hour + 2)]
+    broken = hourly_breaches(spent, {"bridge0"})
+    assert broken and broken[0].startswith("bridge0 at ") and len(broken) == 2
+    assert hourly_breaches(spent, {"node1"}) == []

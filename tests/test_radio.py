@@ -67,9 +67,21 @@ def test_a_one_percent_band_closes_for_99_times_the_airtime() -> None:
         duty.spend(915_000_000, on_air, 0)
 
 
-def test_whatever_is_asked_no_hour_holds_more_than_the_limit() -> None:
+def test_a_bridge_keeps_the_hourly_limit_alone() -> None:
+    duty = DutyCycle(time_off=False)  # firmware/roles/bridge.py, gateway/air.py's mirror of it
+    on_air = airtime_us(25, 7)  # 62 ms accounted
+    assert duty.spend(CH, on_air, 1000) and duty.wait_ms(CH, 1000) == 0
+    assert duty.spend(CH, on_air, 1100)  # back to back: no time-off closes the sub-band
+    room = duty.budget_ms(CH, 1200)
+    assert room == 36_000 - 2 * 62 and duty.spend(CH, (room - 30) * 1000, 1200)
+    assert not duty.spend(CH, on_air, 1300) and duty.refused == 1  # the hour's 1 % is spent
+    assert duty.spend(CH, on_air, 1000 + 3_660_000)  # an hour (and the minute it is kept by) later: room again
+
+
+@pytest.mark.parametrize("time_off", [True, False])
+def test_whatever_is_asked_no_hour_holds_more_than_the_limit(time_off: bool) -> None:
     rng = random.Random(15)
-    duty = DutyCycle()
+    duty = DutyCycle(time_off)
     sent: list[tuple[int, int]] = []  # (start ms, on air ms)
     now = 0
     while now < 4 * 3_600_000:

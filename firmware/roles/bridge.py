@@ -29,7 +29,7 @@ class Bridge:
         self.freq = freq
         self.sf = sf
         self.bw = bw
-        self.duty = DutyCycle()
+        self.duty = DutyCycle(False)  # the hourly rule alone (protocols/dutycycle.py): downlinks go in nodes' windows
         self.queue = []  # [at ms, frame, freq, sf, bw, power], by at
         self.sending = None  # uptime ms the current transmission started
         self.tx_end = 0  # and when its airtime ends
