@@ -28,6 +28,8 @@ class GatewayProcess:
         protocol: str = "5",
         debug: bool = False,
     ) -> None:
+        # EDGEGW_HIL_GATEWAY_DEBUG=1: the gateway logs at DEBUG in any run (each radio window's decision among it)
+        debug = debug or os.environ.get("EDGEGW_HIL_GATEWAY_DEBUG") == "1"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
