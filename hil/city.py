@@ -255,13 +255,15 @@ def _held(scenario: Scenario, start: float, alarms: MqttCapture, readings: MqttC
 
 
 def _event_frames(rig: CityRig, capture: MqttCapture, start: float) -> dict[str, int]:
-    """Event frames the tap saw leave the nodes during the run, and distinct events (node, time) published."""
-    sent = {key for key, at in rig.tap.events_sent().items() if at >= start}
+    """Distinct events (node, the time the event carries) the tap saw leave the nodes during the run, and how many of
+    them were published. By time, not by frame: two event frames of one node with one time (a flood and a rise in
+    the same reading) are one event to the subscriber."""
+    sent = {key for key, at in rig.tap.event_moments().items() if at >= start}
     if not sent:
         return {}
-    nodes = {node for node, _counter in sent}
-    delivered = {(node, at_node) for node, _name, _value, at_node, at in event_records(capture) if node in nodes and at >= start}
-    return {"sent": len(sent), "delivered": len(delivered)}
+    nodes = {node for node, _moment in sent}
+    published = {(node, round(at_node, 3)) for node, _name, _value, at_node, at in event_records(capture) if node in nodes}
+    return {"sent": len(sent), "delivered": len(sent & published)}
 
 
 def _readings(rig: CityRig, capture: MqttCapture, start: float, cutoff: float) -> Flow:

@@ -148,7 +148,7 @@ class CityReport:
                 % (_spread_text(self.node_part), _spread_text(self.gateway_part))
             )
         if self.event_frames:
-            lines.append("  frames     event frames sent %(sent)d, delivered %(delivered)d" % self.event_frames)
+            lines.append("  frames     events sent %(sent)d (distinct by node and time), published %(delivered)d" % self.event_frames)
         if self.readings is not None:
             r = self.readings
             lines.append("  readings   produced %d  delivered %d  duplicated %d  lost %d" % (r.produced, r.delivered, r.duplicated, r.lost))

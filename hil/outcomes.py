@@ -283,7 +283,7 @@ def judge(
             checks.append(Check("events reach the subscriber within %g s of the change (p99)" % criteria.event_p99_s, slow, True))
     if frames:
         missing = frames["sent"] - frames["delivered"]
-        checks.append(Check("every event frame the nodes sent was published", "%d missing" % missing if missing > 0 else None))
+        checks.append(Check("every event the nodes sent was published", "%d missing" % missing if missing > 0 else None))
     if criteria.during_drain:
         failure = None if during_drain else "no change whose latency is judged came while the backlog drained: the scenario's timing is off"
         checks.append(Check("events judged while the backlog drained", failure, True))  # how fast it drains is the machine's

@@ -40,6 +40,9 @@ class WireTap:
         self.counter_reuse: dict[str, int] = {}  # HELLOs whose counter was not above everything seen before
         self._hello_counters: dict[str, set[int]] = {}
         self.events: dict[tuple[str, int], float] = {}  # (node, frame counter) of a PRIORITY READINGS -> first seen
+        # (node, the event's time as the gateway will publish it: base_time + the first sample's offset, to the ms) ->
+        # first seen; a frame without base_time (sent before the node had the time) by ("frame", its counter)
+        self.moments: dict[tuple[str, object], float] = {}
         self.lock = threading.Lock()
 
     def feed(self, index: int, data: bytes, at: float) -> None:
@@ -59,8 +62,13 @@ class WireTap:
                     self._counter_channel[node] = names.index("counter")
             self.highest[node] = max(event.counter, self.highest.get(node, -1))
             if event.type == messages.READINGS and event.flags & F_PRIORITY:
+                fields = event.fields
+                moment: object = ("frame", event.counter)
+                if "base_time" in fields and fields["samples"]:
+                    moment = round(fields["base_time"] + fields["samples"][2], 3)
                 with self.lock:
                     self.events.setdefault((node, event.counter), at)
+                    self.moments.setdefault((node, moment), at)
             if event.type == messages.READINGS and node in self._counter_channel:
                 channel = self._counter_channel[node]
                 samples = event.fields["samples"]
@@ -72,6 +80,12 @@ class WireTap:
     def snapshot(self) -> dict[tuple[str, int], float]:
         with self.lock:
             return dict(self.first_seen)
+
+    def event_moments(self) -> dict[tuple[str, object], float]:
+        """Every distinct event the nodes sent, by the time it carries (two event frames of one node with one time are
+        one event to a subscriber): (node, time) -> first seen."""
+        with self.lock:
+            return dict(self.moments)
 
     def events_sent(self) -> dict[tuple[str, int], float]:
         """Every event frame the nodes sent (resent copies once): (node, frame counter) -> first seen."""

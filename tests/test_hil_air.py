@@ -123,6 +123,12 @@ def test_the_tap_reads_each_sample_a_node_put_on_air_with_its_key(tmp_path: Path
         rig._tapped(Transmission("bridge0", 21.0, 869525000, 7, 0, payload=on_air(frames[1], node.key)))  # a downlink
         assert rig.tap.snapshot() == {(node.node_hex, 7): 11.0, (node.node_hex, 8): 12.0}
         assert rig.tap.events_sent() == {(node.node_hex, 3): 12.0}
+        assert rig.tap.event_moments() == {(node.node_hex, ("frame", 3)): 12.0}  # no base_time: by its frame
+        for counter in (5, 6):  # two event frames of one moment (a flood and a rise in one reading): one event
+            fields = {"samples": [0, 9, 2], "base_time": 1.8e9 + 0.5}
+            dated = Message(messages.READINGS, node_id, counter, fields, fr.F_AUTH | fr.F_PRIORITY)
+            rig._tapped(Transmission(node.name, 20.0 + counter, 868100000, 7, 0, payload=on_air(dated, node.key)))
+        assert rig.tap.event_moments()[(node.node_hex, 1800000002.5)] == 25.0 and len(rig.tap.event_moments()) == 2
     finally:
         rig.air.stop()
 

@@ -249,7 +249,7 @@ def test_judge_and_the_city_report_json_and_junit(tmp_path: Path) -> None:
     assert failed == {
         "every command succeeded within 30 s": "1 of 1 did not",
         "events reach the subscriber within 2 s of the change (p99)": "p99 3.00 s (1 late)",
-        "every event frame the nodes sent was published": "1 missing",
+        "every event the nodes sent was published": "1 missing",
         "the gateway's buffer was full (drop_oldest evicted readings)": "the gateway never said its buffer was full",
     }
     assert {c.name for c in checks if c.timed} == {
