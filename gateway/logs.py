@@ -13,6 +13,7 @@ What the log promises (README, "Running the gateway", Log):
 - A message is known by its logger, level and template (the `%s` string, not its arguments): at
   most BURST of a kind are written per WINDOW_S; the rest are counted, and when the window ends
   the last of them is written with the count: `... (the last of 1,234 like this held back in 60 s)`.
+  DEBUG records (log_level "debug", asked for to see everything) are not limited.
   Asyncio's exception handler, uncaught exceptions of threads and `warnings` go through the same limit.
 - At most MAX_KEYS kinds are tracked at once (a kind leaves when its window ends); when the tracker
   is full, further kinds share one limit, so neither memory nor output grows with what a node invents.
@@ -131,6 +132,9 @@ class RateLimiter:
     def admit(self, record: logging.LogRecord, now: float) -> list[logging.LogRecord]:
         """What to write now: the counts of windows that ended, then the record unless it is held back."""
         out = self.expire(now)
+        if record.levelno < logging.INFO:  # DEBUG is asked for, to see everything: not limited (still one line each)
+            out.append(record)
+            return out
         key = record_key(record)
         window = self._windows.get(key)
         if window is None:

@@ -117,6 +117,12 @@ def test_repeated_messages_are_written_a_burst_at_a_time_then_counted(logger: lo
     assert len(out.getvalue().splitlines()) == logs.BURST + 3
 
 
+def test_debug_records_asked_for_are_all_written(logger: logging.Logger, out: io.StringIO) -> None:
+    for window in range(3 * logs.BURST):  # log_level "debug": whoever asked wants every one (each still one line)
+        logger.debug("node %s window %d", "00000000000000a1", window)
+    assert len(out.getvalue().splitlines()) == 3 * logs.BURST
+
+
 def test_the_same_template_at_another_level_or_logger_is_another_kind(logger: logging.Logger, out: io.StringIO) -> None:
     for _ in range(logs.BURST):
         logger.warning("port lost")
