@@ -313,7 +313,11 @@ class AirTransport:
 
     def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int, rx1: bool = False) -> bool:
         index = self._choose(node_id, queue, rx1)
-        if index < 0:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
+        made = index < 0
+        if made:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
+            if not self._fits(window, freq, at, TIME_BYTES):  # not made (it would wait, saying a time long past)
+                self.counts["no_budget"] += 1
+                return False
             self._fresh_time.add(node_id)
             self._ask_time(node_id)
             self._take()
@@ -328,17 +332,25 @@ class AirTransport:
         if not self._fits(window, freq, at, len(raw)):
             self.counts["no_budget"] += 1
             log.debug("%s: no budget on %d at %d for %d bytes", self.bridge_id.hex(), freq, at, len(raw))
-            return False
+            return self._unmade(node_id, queue, index, made)
         airtime = airtime_us(len(raw), window.sf, window.bw)
         fields = {"frame": bytes(raw), "freq": freq, "sf": window.sf, "bw": window.bw, "at": at}
         if not self._send(self.bridge_id, fields):
             self.counts["dropped"] += 1  # the bridge's serial link is gone or backed up: nothing goes on air
-            return False
+            return self._unmade(node_id, queue, index, made)
         self.bridge_clock.duty.spend(freq, airtime, at)  # what the bridge will spend: booked only for a frame it was sent
         del queue[index]
         self.acked_last[node_id] = raw[_TYPE] == messages.ACK
         self.counts["sent"] += 1
         return True
+
+    def _unmade(self, node_id: bytes, queue: list[tuple[bytes, float]], index: int, made: bool) -> bool:
+        """A frame that could not go: a TIME made for this window is thrown away and owed again (made anew for the
+        next window: kept, it would say a time long past when it went on air)."""
+        if made:
+            del queue[index]
+            self.time_owed.add(node_id)
+        return False
 
     def _choose(self, node_id: bytes, queue: list[tuple[bytes, float]], rx1: bool = False) -> int:
         """The index in queue of the frame for this window; -1: the TIME owed. In RX1, with a request to follow in RX2,

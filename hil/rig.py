@@ -41,7 +41,8 @@ class WireTap:
         self._hello_counters: dict[str, set[int]] = {}
         self.events: dict[tuple[str, int], float] = {}  # (node, frame counter) of a PRIORITY READINGS -> first seen
         # (node, the event's time as the gateway will publish it: base_time + the first sample's offset, to the ms) ->
-        # first seen; a frame without base_time (sent before the node had the time) by ("frame", its counter)
+        # first seen; a frame without base_time (sent before the node had the time: the gateway dates it on arrival)
+        # by ("frame", its counter)
         self.moments: dict[tuple[str, object], float] = {}
         self.lock = threading.Lock()
 

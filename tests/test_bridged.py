@@ -250,7 +250,13 @@ def test_what_the_weaker_bridge_was_owed_is_sent_by_the_better_one(radio: Radio)
     radio.bench.safe_all()  # committed: its ACK is owed on the link the first copy came in on
     sent_a, sent_b = over_the_air(radio.decide("/dev/ttyA")), over_the_air(radio.decide("/dev/ttyB"))
     assert sent_a == [] and [(at, m.type, m.fields["counters"]) for at, m in sent_b] == [(102_100, messages.ACK, [2])]
-    assert radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air.counts["handed_over"] == 1
+    # one ACK, made for the node's link (B), none on A to hand over or to send twice
+    assert radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air.counts["handed_over"] == 0
+    radio.relay("/dev/ttyB", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0]}), rssi=-100, at=130_000, decide=False)
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 2151, 0]}), rssi=-90, at=60_000, decide=False)
+    radio.bench.safe_all()  # a frame whose better copy (A's) came second: B owes nothing, A the ACK
+    sent_b, sent_a = over_the_air(radio.decide("/dev/ttyB")), over_the_air(radio.decide("/dev/ttyA"))
+    assert sent_b == [] and [(m.type, m.fields["counters"]) for _, m in sent_a] == [(messages.ACK, [3])]
 
 
 def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: Radio) -> None:
@@ -304,6 +310,30 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
         (868_100_000, messages.ACK),
         (869_525_000, messages.COMMAND),
     ]
+
+
+def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
+    """RX1's 1 % spent for the hour: the TIME owed is not made for RX1 (it would wait there, saying a time long
+    past when it went out), but for RX2; found by an independent review."""
+    owed: list[bytes] = []
+    sent: list[dict[str, Any]] = []
+    made: list[int] = []
+
+    def ask_time(node_id: bytes) -> None:
+        made.append(int(time.time()))
+        owed.append(bytes(encode(Message(messages.TIME, BATTERY, 100 + len(made), {"unix": made[-1], "ms": 0}, fr.F_DOWNLINK), KEY)))
+
+    air = AirTransport(
+        lambda room: b"".join(owed.pop(0) for _ in list(owed)), b"\x01" * 8, lambda b, tx: sent.append(tx) or True, ask_time=ask_time
+    )
+    air.bridge_clock.duty.spend(868_100_000, 35_990_000, 50_000)  # RX1's sub-band: the hour's 1 % spent
+    air.time_owed.add(BATTERY)
+    config = {"op": messages.CONFIG_GET, "id": 1}
+    owed.append(bytes(encode(Message(messages.CONFIG, BATTERY, 50, config, fr.F_DOWNLINK | fr.F_ACK_REQ), KEY)))
+    air.heard(BATTERY, 51_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in sent] == [(869_525_000, messages.TIME)]
+    assert len(made) == 1 and air.counts["no_budget"] == 1 and BATTERY not in air.time_owed
+    assert [raw[1] for raw, _at in air.waiting[BATTERY]] == [messages.CONFIG]  # the CONFIG waits; no TIME with it
 
 
 def test_a_report_no_window_can_be_built_on_is_counted_not_raised(radio: Radio) -> None:
