@@ -42,7 +42,11 @@ def the_air_was_kept(report: CityReport, sfs: set[int]) -> None:
         assert 0 < values["pdr"]["min"] <= values["pdr"]["max"] <= 1
     assert len(air.bridges) == 2
     for bridge in air.bridges.values():
-        assert bridge["relayed"] > 0 and 0 < bridge["budget_ms"] <= 360000 and bridge["downlink_sent"] > 0
+        assert bridge["relayed"] > 0 and 0 < bridge["budget_ms"] <= 360000
+    # Downlinks go through each node's best bridge (SPEC 5.11): one bridge may carry them all; the gateway's counts
+    # start again at its restart, the bridge's own `tx` does not
+    assert sum(bridge.get("downlink_sent", 0) for bridge in air.bridges.values()) > 0
+    assert sum(bridge["tx"] for bridge in air.bridges.values()) >= air.nodes
 
 
 def test_street_lights_over_the_air_dimmed_once_each_through_a_gateway_kill_and_no_reading_lost(hil_scenario: RunScenario) -> None:
