@@ -105,7 +105,7 @@ def run_city(
             while time.monotonic() < deadline:
                 events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None
                 readings = _readings(rig, capture, start, cutoff) if readings_wanted else None
-                frames = _event_frames(rig, alarms, start) if channel else {}
+                frames = _event_frames(rig, alarms, start, cutoff) if channel else {}
                 unpublished = frames.get("sent", 0) > frames.get("delivered", 0)  # on the air a frame may come minutes late
                 done = (events is None or not events.lost) and (readings is None or not readings.lost)
                 if done and not (commander.pending() or unpublished):
@@ -131,7 +131,7 @@ def run_city(
         }
     commands = analyse_commands(tracks, within, records, field_name) if scenario.commands else None
     events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None
-    frames = _event_frames(rig, alarms, start)
+    frames = _event_frames(rig, alarms, start, cutoff)
     outages = [(start + f.at, start + f.end) for f in scenario.faults if f.kind == "broker_down"]
     readings = _readings(rig, capture, start, cutoff)  # every node has the `counter` channel (the roles' last)
     drained = [_drained(rig, capture, begin, end) for begin, end in outages]
@@ -254,13 +254,14 @@ def _held(scenario: Scenario, start: float, alarms: MqttCapture, readings: MqttC
     return held
 
 
-def _event_frames(rig: CityRig, capture: MqttCapture, start: float) -> dict[str, int]:
-    """Distinct events (node, the time the event carries) the tap saw leave the nodes during the run, and how many of
-    them were published. By time, not by frame: two event frames of one node with one time (a flood and a rise in
-    the same reading) are one event to the subscriber."""
+def _event_frames(rig: CityRig, capture: MqttCapture, start: float, cutoff: float) -> dict[str, int]:
+    """Distinct events (node, the time the event carries) the tap saw leave the nodes during the timeline (start to
+    cutoff: one sent while the run settles is not waited for), and how many of them were published. By time, not
+    by frame: two event frames of one node with one time (a flood and a rise in the same reading) are one event to
+    the subscriber."""
     # An event sent before its node had the time carries none: the gateway dates it when it comes, which the tap
     # cannot know, so it is left out here (the change it reports is judged with the others all the same)
-    sent = {key for key, at in rig.tap.event_moments().items() if at >= start and not isinstance(key[1], tuple)}
+    sent = {key for key, at in rig.tap.event_moments().items() if start <= at <= cutoff and not isinstance(key[1], tuple)}
     if not sent:
         return {}
     nodes = {node for node, _moment in sent}
