@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -27,7 +29,23 @@ def find_mosquitto() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
+    """A free loopback port below the kernel's ephemeral range. One inside it can be taken while the broker is
+    down: a client retrying 127.0.0.1:PORT may be given PORT as its own source port and connect to itself (TCP
+    simultaneous open), and the restarted broker then finds its address in use (a full flood-warning-radio run
+    ended so)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    draw = random.Random()
+    for _ in range(200):
+        port = draw.randrange(10000, max(10001, low))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # nothing free below the range: any port the kernel gives
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
