@@ -41,11 +41,12 @@ from gateway.keystore import Entry, Keystore
 from protocols import messages
 
 from .air import chip_freq
+from .air_record import UNHEARD, AirRecord
 from .broker import Mosquitto
 from .capture import MqttCapture
 from .gateway import GatewayProcess
 from .processes import cpu_seconds
-from .radio import COLLISION, DELIVERED, HALF_DUPLEX, Medium, PathLoss, Reception, Transmission
+from .radio import COLLISION, DELIVERED, HALF_DUPLEX, Medium, PathLoss, Transmission
 from .radio_rig import Placed, RadioRig
 from .swarm import Swarm
 
@@ -63,21 +64,6 @@ class Settings:
     retransmit: bool = False
     seed: int = 1
     warmup_s: float | None = None  # default: two intervals
-
-
-class BridgeEar:
-    """What the bridge's radio made of each swarm uplink (Air.on_reception, in the air's thread): the outcome,
-    with 'deaf' for a frame the medium delivered whose start the bridge did not hear (it was transmitting or
-    turning round)."""
-
-    def __init__(self, bridge: str) -> None:
-        self.bridge = bridge
-        self.outcome: dict[int, str] = {}  # id(transmission) -> outcome at the bridge
-
-    def __call__(self, reception: Reception, heard: bool) -> None:
-        if reception.receiver == self.bridge:
-            outcome = reception.outcome
-            self.outcome[id(reception.transmission)] = "deaf" if outcome == DELIVERED and not heard else outcome
 
 
 def medium_only(swarm: Swarm, seed: int, kinds: tuple[int, ...] = (messages.HELLO, messages.READINGS)) -> set[int]:
@@ -102,7 +88,6 @@ class Chain:
     rig: RadioRig
     bridge: Placed
     swarm: Swarm
-    ear: BridgeEar
     gateway: GatewayProcess
 
 
@@ -121,8 +106,6 @@ def chain(workdir: Path, broker_port: int, settings: Settings) -> Iterator[Chain
         retransmit=settings.retransmit,
         seed=settings.seed,
     )
-    ear = BridgeEar(bridge.name)
-    rig.air.on_reception = ear
     gateway: GatewayProcess | None = None
     try:
         rig.start()  # the bridge's serial line exists from here
@@ -134,7 +117,7 @@ def chain(workdir: Path, broker_port: int, settings: Settings) -> Iterator[Chain
         gateway.wait_for_log("%s: open" % bridge.node.port, timeout=30)
         time.sleep(3)  # the bridge's HELLO answered, its radio listening: the swarm's first frames are not lost to the start
         swarm.start()
-        yield Chain(rig, bridge, swarm, ear, gateway)
+        yield Chain(rig, bridge, swarm, gateway)
     finally:
         if gateway is not None:
             gateway.close()
@@ -163,7 +146,7 @@ def run(workdir: Path, settings: Settings, log: Any = print) -> dict[str, Any]:
                 malformed = c.rig.air.malformed
         finally:
             capture.close()
-    figures = _figures(c.swarm, c.ear, deliveries, window, settings.seed)
+    figures = _figures(c.swarm, c.rig.record, deliveries, window, settings.seed)
     figures.update(
         nodes=settings.nodes,
         interval_s=settings.interval,
@@ -188,8 +171,16 @@ def _own_cpu() -> float:
 
 
 def _figures(
-    swarm: Swarm, ear: BridgeEar, deliveries: list[tuple[str, int, float]], window: tuple[float, float], seed: int
+    swarm: Swarm, record: AirRecord, deliveries: list[tuple[str, int, float]], window: tuple[float, float], seed: int
 ) -> dict[str, Any]:
+    """record: the rig's (hil/air_record.py), what the bridge's radio made of each uplink: 'deaf' for a frame the
+    medium delivered whose start it did not hear (it was transmitting or turning round), 'not_listening' here
+    for one it was not listening for at all."""
+
+    def at_the_bridge(transmission: Transmission) -> str:
+        fate = record.fate(transmission)
+        return "not_listening" if fate == UNHEARD else fate
+
     first, last = window
     readings = [s for s in swarm.sent if s.kind == messages.READINGS and s.attempt == 0 and first <= s.transmission.start < last]
     wanted = {(swarm.nodes[s.node].node_hex, s.sample) for s in readings}
@@ -200,13 +191,13 @@ def _figures(
             every_try.setdefault((swarm.nodes[s.node].node_hex, s.sample), []).append(id(s.transmission))
     replay = medium_only(swarm, seed)
     alone = medium_only(swarm, seed, (messages.READINGS,))
-    at_bridge = Counter(ear.outcome.get(id(s.transmission), "not_listening") for s in readings)
+    at_bridge = Counter(at_the_bridge(s.transmission) for s in readings)
     known_from: dict[int, float] = {}  # node -> when the bridge's radio first got one of its HELLOs
     for s in swarm.sent:
-        if s.kind == messages.HELLO and ear.outcome.get(id(s.transmission)) == DELIVERED:
+        if s.kind == messages.HELLO and at_the_bridge(s.transmission) == DELIVERED:
             known_from.setdefault(s.node, s.transmission.start)
     unknown = sum(
-        1 for s in readings if ear.outcome.get(id(s.transmission)) == DELIVERED and known_from.get(s.node, math.inf) > s.transmission.start
+        1 for s in readings if at_the_bridge(s.transmission) == DELIVERED and known_from.get(s.node, math.inf) > s.transmission.start
     )
     in_window = [s for s in swarm.sent if first <= s.transmission.start < last]
     sent = len(readings) or 1
