@@ -10,10 +10,9 @@ still ahead of the bridge by LEAD_MS; a window the gateway can no longer reach (
 late, the serial line was slow) is missed, counted, and the frames wait for the next uplink. RX1's frame is
 chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when the ACK of a frame committed
 meanwhile is there to choose (a radio node's frames are committed within RADIO_COMMIT_S: gateway/sessions.py):
-one per window, the ACK first unless the node's previous window carried an ACK and a request (COMMAND,
-CONFIG, TIME, REJECT) waits; a TIME is made when it is chosen, so that it says the time when it goes on air.
-RX1 carries a frame only for a node owed two when its time comes, or one that RX2's duty cycle leaves no room
-for: RX2's sub-band has ten times the budget.
+one per window (_choose says which); a TIME is made when it is chosen, so that it says the time when it goes
+on air. RX1 carries a frame only for a node owed two when its time comes, or one that RX2's duty cycle leaves
+no room for: RX2's sub-band has ten times the budget.
 
 The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
 bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
@@ -218,7 +217,7 @@ class AirTransport:
                     # or each window would carry another and the node answer each (a CONFIG report is 86 bytes)
                     queue[index] = (raw, since)
                     return
-        if len(queue) >= KEPT:  # the oldest ACK goes first (a newer one says more), else the oldest
+        if len(queue) >= KEPT:  # the oldest ACK is pushed out (the node resends what it named), else the oldest
             acks = [index for index, entry in enumerate(queue) if entry[0][_TYPE] == messages.ACK]
             queue.pop(acks[0] if acks else 0)
             self.counts["dropped"] += 1
