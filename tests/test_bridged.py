@@ -274,39 +274,46 @@ def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: 
     assert [(m.type, m.counter, m.fields["id"]) for _, m in sent] == [(messages.COMMAND, 901, 8)]
 
 
+class BareAir:
+    """One bridge's AirTransport alone: what its link owes (`owe`) is what it pulls, what it sends is kept (`sent`)."""
+
+    def __init__(self, ask_time: Any = None) -> None:
+        self.owed: list[bytes] = []
+        self.sent: list[dict[str, Any]] = []
+        extra = {} if ask_time is None else {"ask_time": ask_time}
+        self.air = AirTransport(self._pull, b"\x01" * 8, lambda bridge, tx: self.sent.append(tx) or True, **extra)
+
+    def _pull(self, room: int) -> bytes:
+        taken, self.owed = self.owed, []
+        return b"".join(taken)
+
+    def owe(self, mtype: int, counter: int, fields: dict[str, Any]) -> None:
+        """A downlink frame to BATTERY, as the link builds it (a request asks for an ACK; an ACK or a TIME does not)."""
+        flags = fr.F_DOWNLINK | (fr.F_ACK_REQ if mtype in (messages.COMMAND, messages.CONFIG) else 0)
+        self.owed.append(bytes(encode(Message(mtype, BATTERY, counter, fields, flags), KEY)))
+
+
 def test_of_two_acks_waiting_the_older_goes_first() -> None:
     """Each ACK carries the counters due when it was made: a newer one does not say what an older one does, so
     the older is not left behind (a node whose every window brought a newer ACK never had its HELLO's)."""
-    owed: list[bytes] = []
-    sent: list[dict[str, Any]] = []
-    air = AirTransport(lambda room: b"".join(owed.pop(0) for _ in list(owed)), b"\x01" * 8, lambda b, tx: sent.append(tx) or True)
-
-    def ack(counter: int, acked: list[int]) -> bytes:
-        return bytes(encode(Message(messages.ACK, BATTERY, counter, {"counters": acked}, fr.F_DOWNLINK), KEY))
-
-    owed.append(ack(10, [1]))  # the HELLO's, taken at a window that carried something else
-    air.flush()
-    owed.append(ack(11, [5, 6]))  # the readings' since
+    bare = BareAir()
+    bare.owe(messages.ACK, 10, {"counters": [1]})  # the HELLO's, taken at a window that carried something else
+    bare.air.flush()
+    bare.owe(messages.ACK, 11, {"counters": [5, 6]})  # the readings' since
     for uplink_at in (100_000, 200_000):
-        air.heard(BATTERY, uplink_at, 868_100_000, 9, 125000)  # no event loop: its windows are chosen at once
-    assert [messages.decode_frame(fr.unpack(tx["frame"], [KEY])).fields["counters"] for tx in sent] == [[1], [5, 6]]
+        bare.air.heard(BATTERY, uplink_at, 868_100_000, 9, 125000)  # no event loop: its windows are chosen at once
+    assert [messages.decode_frame(fr.unpack(tx["frame"], [KEY])).fields["counters"] for tx in bare.sent] == [[1], [5, 6]]
 
 
 def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config() -> None:
     """RX1 is on the uplinks' channel (another node's uplink may drown it at the node): the ACK goes there, whose loss
     costs a retransmission; the request goes in RX2, a COMMAND before the link advice queued earlier."""
-    owed: list[bytes] = []
-    sent: list[dict[str, Any]] = []
-    air = AirTransport(lambda room: b"".join(owed.pop(0) for _ in list(owed)), b"\x01" * 8, lambda b, tx: sent.append(tx) or True)
-    advice = {"op": messages.CONFIG_SET, "id": 1, "values": {"tx_power": 11}}
-    for counter, mtype, fields in (
-        (10, messages.CONFIG, advice),
-        (11, messages.COMMAND, {"id": 2, "action": "dim", "args": {"level": 40}}),
-        (12, messages.ACK, {"counters": [5]}),
-    ):
-        owed.append(bytes(encode(Message(mtype, BATTERY, counter, fields, fr.F_DOWNLINK | fr.F_ACK_REQ * (mtype != messages.ACK)), KEY)))
-    air.heard(BATTERY, 100_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
-    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in sent] == [
+    bare = BareAir()
+    bare.owe(messages.CONFIG, 10, {"op": messages.CONFIG_SET, "id": 1, "values": {"tx_power": 11}})
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.owe(messages.ACK, 12, {"counters": [5]})
+    bare.air.heard(BATTERY, 100_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [
         (868_100_000, messages.ACK),
         (869_525_000, messages.COMMAND),
     ]
@@ -315,23 +322,19 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
 def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
     """RX1's 1 % spent for the hour: the TIME owed is not made for RX1 (it would wait there, saying a time long
     past when it went out), but for RX2; found by an independent review."""
-    owed: list[bytes] = []
-    sent: list[dict[str, Any]] = []
     made: list[int] = []
 
     def ask_time(node_id: bytes) -> None:
         made.append(int(time.time()))
-        owed.append(bytes(encode(Message(messages.TIME, BATTERY, 100 + len(made), {"unix": made[-1], "ms": 0}, fr.F_DOWNLINK), KEY)))
+        bare.owe(messages.TIME, 100 + len(made), {"unix": made[-1], "ms": 0})
 
-    air = AirTransport(
-        lambda room: b"".join(owed.pop(0) for _ in list(owed)), b"\x01" * 8, lambda b, tx: sent.append(tx) or True, ask_time=ask_time
-    )
+    bare = BareAir(ask_time)
+    air = bare.air
     air.bridge_clock.duty.spend(868_100_000, 35_990_000, 50_000)  # RX1's sub-band: the hour's 1 % spent
     air.time_owed.add(BATTERY)
-    config = {"op": messages.CONFIG_GET, "id": 1}
-    owed.append(bytes(encode(Message(messages.CONFIG, BATTERY, 50, config, fr.F_DOWNLINK | fr.F_ACK_REQ), KEY)))
+    bare.owe(messages.CONFIG, 50, {"op": messages.CONFIG_GET, "id": 1})
     air.heard(BATTERY, 51_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
-    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in sent] == [(869_525_000, messages.TIME)]
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [(869_525_000, messages.TIME)]
     assert len(made) == 1 and air.counts["no_budget"] == 1 and BATTERY not in air.time_owed
     assert [raw[1] for raw, _at in air.waiting[BATTERY]] == [messages.CONFIG]  # the CONFIG waits; no TIME with it
 
