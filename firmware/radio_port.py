@@ -32,8 +32,6 @@ from protocols.dutycycle import DutyCycle
 from protocols.frame import F_ACK_REQ, F_PRIORITY
 from protocols.lora import (
     ADR_SILENT,
-    CHANCE_AIRTIMES,
-    CHANCE_MS,
     DOWNLINK_FREQ,
     MAX_POWER_DBM,
     MIN_POWER_DBM,
@@ -43,6 +41,7 @@ from protocols.lora import (
     SF_MAX,
     SF_MIN,
     UPLINK_CHANNELS,
+    chance_ms,
 )
 
 _MARGIN_MIN = const(-128)  # a margin_db the gateway sets: an int8 on a node written in C
@@ -233,8 +232,7 @@ class RadioPort:
         self.queue.pop(0)
         # ALOHA needs chance: two nodes whose time-offs end together (woken by one event: a power cut
         # ending, a flood, a collision) must not go on air together each time (protocols/lora.py)
-        chance = max(CHANCE_MS, CHANCE_AIRTIMES * airtime // 1000)
-        self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(20) % chance
+        self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(20) % chance_ms(airtime)
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
         self.aired = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None

@@ -23,8 +23,8 @@ it heard is still coming, each closing after one frame (protocols/lora.py). What
   HELLO and resent on the session's timer up to RETRIES times, then forgotten.
 - A frame waits in a queue (the HELLO first, then by counter; at most QUEUE, the last in that order left
   out and counted in `dropped`, as the firmware's) for the node's windows to be over, its sub-band's
-  time-off, and after each transmission a random 0 .. max(CHANCE_MS, CHANCE_AIRTIMES x its airtime) ms more
-  (protocols/lora.py, as the firmware);
+  time-off, and after each transmission a random 0 .. chance_ms(its airtime) ms more (protocols/lora.py, as the
+  firmware);
   a frame acknowledged while it waited is not sent.
 - What comes in a window is decoded with the node's key; an ACK is taken, a REJECT unknown_node makes it
   say HELLO again, anything else (TIME, the gateway's link-adaptation CONFIG) is counted in `received`
@@ -52,7 +52,7 @@ from protocols import messages, session
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle, band
 from protocols.errors import E_UNKNOWN_NODE, ProtocolError
-from protocols.lora import CHANCE_AIRTIMES, CHANCE_MS, DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
+from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS, chance_ms
 
 from .air import Air, Antenna
 from .radio import Transmission
@@ -325,8 +325,7 @@ class Swarm:
             return  # the sub-band is closed: the frame waits
         node.queue.pop(0)
         node.hop = hop
-        chance = max(CHANCE_MS, CHANCE_AIRTIMES * airtime // 1000)
-        node.not_before_ms = now_ms + node.duty.wait_ms(channel, now_ms) + node.rng.randrange(chance)
+        node.not_before_ms = now_ms + node.duty.wait_ms(channel, now_ms) + node.rng.randrange(chance_ms(airtime))
         assert node.antenna is not None
         transmission = node.antenna.transmit(channel, node.sf, raw)
         mtype, sample = node.kinds[counter]

@@ -1,6 +1,6 @@
 """The radio side of the protocol (SPEC.md §5.11): the channels and the class-A receive window that a LoRa
-node, its bridge and the gateway agree on. Constants only: the firmware (firmware/radio_port.py,
-firmware/roles/bridge.py) and the gateway (gateway/air.py) import the same numbers."""
+node, its bridge and the gateway agree on. Constants, and the one rule of chance built on two of them: the
+firmware (firmware/radio_port.py, firmware/roles/bridge.py) and the gateway (gateway/air.py) import the same."""
 
 from ._compat import const
 
@@ -13,6 +13,12 @@ RX2_DELAY_MS = const(2000)  # and its second this long after it, on DOWNLINK_FRE
 # 7.4 s SF12 HELLO drawn within 4 s of another would collide with it after every time-off
 CHANCE_MS = const(4096)
 CHANCE_AIRTIMES = const(16)
+
+
+def chance_ms(airtime_us):
+    # The span of that random wait, in ms, after a frame of this airtime (firmware/radio_port.py, hil/swarm.py)
+    return max(CHANCE_MS, CHANCE_AIRTIMES * airtime_us // 1000)
+
 RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much of the opening is heard
 # A frame on air, at most: wrapped in a bridge's RADIO_RX (bw left out at 125 kHz, SNR in quarter dB as the
 # chips give it) the bridge's tagged frame stays within 255 bytes, 3 to spare
