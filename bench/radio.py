@@ -79,7 +79,10 @@ SEEDS = (15, 16, 17)  # each point the mean over these layouts and phases
 SFS = (7, 9, 12)
 RETRIES = 3
 RETRIES_UP_TO = 150  # the retransmission curves stop here: SF9 at 300 nodes takes a minute a layout (SF7's 99 % lies beyond)
-CHANCE_MS = 4095  # firmware/radio_port.py: 0-4095 ms of chance (getrandbits(12)) after each time-off has ended
+# firmware/radio_port.py until 2026-12-03: 0-4095 ms of chance (getrandbits(12)) after each time-off had ended. It now
+# draws 0 .. protocols.lora.chance_ms(airtime): the same span after this bench's SF7 frames, up to 16 airtimes after
+# its SF9 ones (7 s after 452 ms); the SF9 retransmission curves here keep the old span and were not measured again
+CHANCE_MS = 4095
 EARLIER_CHANCE_MS = 1023  # the earlier firmware's: 0-1023 ms after the last frame's airtime, from its start
 RADIO_SAMPLES = 9  # firmware/node.py _RADIO_SAMPLES: the most samples a radio node's READINGS carries
 START_S = 10.0  # the first minute starts here: the duty cycle's clock never sees a negative time
