@@ -1,4 +1,5 @@
-"""What became of every frame on the emulated air: per transmission, what each radio that could hear it got.
+"""What became of every frame on the emulated air: per transmission, what each bridge that could hear it got (and,
+of a bridge's downlink, each node listening).
 
 The medium judges each transmission for every radio listening on its channel and SF from its start
 (hil/radio.py); the air tells an observer (`Air.on_reception`) of each judgement, with whether the radio
