@@ -19,6 +19,7 @@ def chance_ms(airtime_us):
     # The span of that random wait, in ms, after a frame of this airtime (firmware/radio_port.py, hil/swarm.py)
     return max(CHANCE_MS, CHANCE_AIRTIMES * airtime_us // 1000)
 
+
 RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much of the opening is heard
 # A frame on air, at most: wrapped in a bridge's RADIO_RX (bw left out at 125 kHz, SNR in quarter dB as the
 # chips give it) the bridge's tagged frame stays within 255 bytes, 3 to spare
