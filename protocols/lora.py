@@ -15,7 +15,7 @@ CHANCE_MS = const(4096)
 CHANCE_AIRTIMES = const(16)
 
 
-def chance_ms(airtime_us):
+def chance_ms(airtime_us: int) -> int:
     # The span of that random wait, in ms, after a frame of this airtime (firmware/radio_port.py, hil/swarm.py)
     return max(CHANCE_MS, CHANCE_AIRTIMES * airtime_us // 1000)
 
