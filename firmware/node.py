@@ -53,6 +53,7 @@ _MAX_PENDING = const(36)  # samples waiting for a frame while the span rule hold
 _FRAME_SAMPLES = const(12)  # per READINGS frame: 12 x 15 bytes at worst (double float, 4-byte dt) fits 236
 _RADIO_FRAME = const(204)  # protocols/lora.py MAX_RADIO_FRAME
 _RADIO_SAMPLES = const(9)  # 9 x 15 bytes at worst fits a radio frame
+_SHORT_HELLO_SF = const(11)  # protocols/lora.py SHORT_HELLO_SF
 _IDLE_MS = const(100)  # the loop's longest wait: the roles read their sensors every 200-500 ms
 _LAST_COUNTER = const(0xFFFFFFFF)  # spent on a LOG saying the counter is exhausted (see send)
 _TIME_REQUEST_MS = const(21600000)  # ask the gateway for the time every 6 hours
@@ -234,6 +235,8 @@ class Node:
         if over > 0:
             print("edgegw-node: HELLO %d bytes over the frame limit: sent without its commands" % over)
             del fields["commands"]
+        elif self.radio is self.hal.uart and self.radio.sf >= _SHORT_HELLO_SF:
+            del fields["commands"]  # at SF11 and SF12 the offer costs seconds on air (SPEC.md 5.11)
         self.hello_pending = self.send(messages.HELLO, fields)
 
     def flush_readings(self):

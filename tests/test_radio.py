@@ -95,6 +95,18 @@ def test_whatever_is_asked_no_hour_holds_more_than_the_limit(time_off: bool) -> 
         assert in_hour <= 36_000  # 1 % of the hour, whatever frame lengths came
 
 
+def test_the_firmwares_copies_of_the_radio_constants_are_protocols() -> None:
+    """firmware/node.py keeps its own const() copies of two of protocols/lora.py's (no import of lora on the heap;
+    it imports `micropython`, so it is read here, not imported)."""
+    import re
+
+    from protocols import lora
+
+    source = (Path(__file__).parent.parent / "firmware" / "node.py").read_text()
+    copies = {name: int(value) for name, value in re.findall(r"^(_RADIO_FRAME|_SHORT_HELLO_SF) = const\((\d+)\)", source, re.M)}
+    assert copies == {"_RADIO_FRAME": lora.MAX_RADIO_FRAME, "_SHORT_HELLO_SF": lora.SHORT_HELLO_SF}
+
+
 def test_airtime_and_duty_cycle_are_the_same_on_micropython(micropython: str) -> None:
     done = run_micropython(micropython, "tests/portable/radio_check.py")
     assert done.returncode == 0, done.stderr
@@ -255,6 +267,11 @@ def test_a_radio_node_takes_the_link_the_gateway_advises_and_falls_back_on_micro
         uplinks = [entry for entry in log if entry[0] == "tx"]
         return [(sf, dbm, messages.decode_frame(fr.unpack(bytes.fromhex(wire)))) for _, _, sf, dbm, wire in uplinks]
 
+    # SPEC.md 5.11: at SF11 and up a HELLO offers no commands (seconds on air); below, all of them
+    hellos = [(sf, messages.decode_frame(fr.unpack(bytes.fromhex(wire)))) for sf, _, wire in out["hello"]]
+    assert [(sf, m.type) for sf, m in hellos] == [(9, messages.HELLO), (12, messages.HELLO)]
+    assert {"reboot", "identify", "rekey"} & set(hellos[0][1].fields["commands"]) and "commands" not in hellos[1][1].fields
+    assert hellos[1][1].fields["channels"] == hellos[0][1].fields["channels"]
     uplinks = sent(out["advised"])
     # The CONFIG set came in the first uplink's RX1; its RX2 still listens at that uplink's SF9. From the next
     # uplink on, SF7 at 8 dBm: the ACK of the set, then the report with the values kept

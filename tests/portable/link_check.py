@@ -82,9 +82,13 @@ def config_set(counter, values, wire_id):
     return bytes(fr.pack(fr.Frame(messages.CONFIG, NODE_ID, counter, payload, fr.F_ACK_REQ | fr.F_DOWNLINK)))
 
 
+def ack(counter, acked, node_id=NODE_ID):
+    payload = messages.encode_payload(messages.ACK, {"counters": [acked]})
+    return bytes(fr.pack(fr.Frame(messages.ACK, node_id, counter, payload, fr.F_DOWNLINK)))
+
+
 def other_node_frame(counter):
-    payload = messages.encode_payload(messages.ACK, {"counters": [counter]})
-    return bytes(fr.pack(fr.Frame(messages.ACK, b"\xe1\x00\x00\x00\x00\x00\x00\x08", counter, payload, fr.F_DOWNLINK)))
+    return ack(counter, counter, b"\xe1\x00\x00\x00\x00\x00\x00\x08")
 
 
 def settle(node, clock):
@@ -107,8 +111,16 @@ def uplink(node, clock, value):
 def run(folder):
     from firmware.node import Node
 
-    out = {}
+    out = {"hello": []}  # (sf, dBm, frame hex) of a HELLO at SF9 and at SF12: the offer of commands only at SF9
     clock = Clock()
+    for sf in (9, 12):
+        hal = Hal(folder + "-hello%d" % sf, clock)
+        hal.uart.sf = sf
+        node = Node(hal)
+        node.hello()
+        hal.radio.downlinks.append(ack(900, node.hello_pending))  # heard in its RX1: not sent again
+        settle(node, clock)
+        out["hello"].append([entry[2:] for entry in hal.radio.log if entry[0] == "tx"][-1])
     hal = Hal(folder, clock)
     node = Node(hal)
     radio = hal.radio
