@@ -187,18 +187,30 @@ def run_city(
 
 def _warm_up(rig: CityRig, capture: MqttCapture, timeout: float) -> list[str]:
     """Until the gateway has published something of every node (its HELLO is known, commands can be checked); the
-    nodes' ids by index. A node's id is known once it has booted (a rig may boot them while this waits)."""
-    deadline = time.monotonic() + timeout
+    nodes' ids by index. Each node has `timeout` from its switching on: a node's id is known once it has booted, and
+    a rig may boot them one by one while this waits (RadioRig's boot_spread_s: a probe switched on at minute 29 is
+    owed as long to be heard as the first). A node not booted within the spread is late by that much more."""
+    began = time.monotonic()
+    last_boot = began + getattr(rig, "boot_spread_s", 0.0)
+    booted: dict[int, float] = {}  # a node's index -> when its id was first known here
     heard: set[str] = set()
-    while time.monotonic() < deadline:
+    while True:
+        now = time.monotonic()
         ids = [node.node_id for node in rig.nodes]
+        for index, node_id in enumerate(ids):
+            if node_id and index not in booted:
+                booted[index] = now
         heard = {message.topic.split("/")[3] for message in capture.snapshot() if message.topic.count("/") >= 4}
         if all(ids) and heard >= set(ids):
             return ids
+        late = [index for index, node_id in enumerate(ids) if node_id not in heard and booted.get(index, last_boot) + timeout < now]
+        if late:
+            break
         time.sleep(0.5)
     silent = [node.node_id or "node %d (not booted)" % index for index, node in enumerate(rig.nodes) if node.node_id not in heard]
     raise RuntimeError(
-        "%d of %d nodes not heard through the gateway within %.0f s: %s" % (len(silent), len(rig.nodes), timeout, silent[:10])
+        "%d of %d nodes not heard through the gateway within %.0f s of switching on (%d not within %.0f s so far): %s"
+        % (len(late), len(rig.nodes), timeout, len(silent), now - began, silent[:10])
     )
 
 

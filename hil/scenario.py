@@ -74,7 +74,7 @@ class Scenario:
     seed: int = 1
     settle: float = 90.0  # at most this long for the backlog to drain after the flow
     status_interval: float = 30.0
-    warmup: float | None = None  # at most this long for every node to be heard before the timeline starts; None: the runner's
+    warmup: float | None = None  # each node has this long from its switching on to be heard before the flow; None: the runner's
     faults: list[Fault] = field(default_factory=list)
     # A city scenario's parts (hil/timeline.py); empty for a continuity scenario.
     roles: list[RoleGroup] = field(default_factory=list)

@@ -335,3 +335,42 @@ def test_the_command_client_publishes_with_qos1_and_follows_retained_states_acro
         gateway.loop_stop()
         gateway.disconnect()
         broker.stop()
+
+
+class _Booting:
+    """A rig whose second node is switched on `late` s after the warm-up began (RadioRig's boot_spread_s)."""
+
+    def __init__(self, late: float) -> None:
+        self.boot_spread_s = late
+        self.began = time.monotonic()
+        self.late = late
+
+    @property
+    def nodes(self) -> list[Any]:
+        second = "e1b" if time.monotonic() - self.began >= self.late else None
+        return [type("Node", (), {"node_id": "e1a"}), type("Node", (), {"node_id": second})]
+
+
+class _Heard:
+    """A capture that has a message of the first node at once and of the second `after` s on."""
+
+    def __init__(self, after: float | None) -> None:
+        self.began = time.monotonic()
+        self.after = after
+
+    def snapshot(self) -> list[Any]:
+        topics = ["edgegw/gw/nodes/e1a/status"]
+        if self.after is not None and time.monotonic() - self.began >= self.after:
+            topics.append("edgegw/gw/nodes/e1b/status")
+        return [type("Message", (), {"topic": topic}) for topic in topics]
+
+
+def test_each_node_has_the_warm_up_from_its_own_switching_on() -> None:
+    from hil.city import _warm_up
+
+    # switched on at 1.5 s, heard at 2.5 s: past a 2 s warm-up counted from the start, within it counted from its own
+    assert _warm_up(_Booting(1.5), _Heard(2.5), 2.0) == ["e1a", "e1b"]  # type: ignore[arg-type]
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"1 of 2 nodes not heard through the gateway within 1 s of switching on.*e1b"):
+        _warm_up(_Booting(0.5), _Heard(None), 1.0)  # type: ignore[arg-type]
+    assert time.monotonic() - began >= 1.5  # it waited the late node's own second, not the first node's
