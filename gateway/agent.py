@@ -22,22 +22,33 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from . import __version__
 from .commands import Commands
 from .committer import CommitResult, Committer
 from .config import Config
+from .control import ControlError, ControlServer
 from .counters import BLOCK, FRESH, DownlinkCounters
 from .forwarder import Forwarder
 from .keystore import Keystore, KeystoreError
 from .layouts import Layouts
+from .metrics import (
+    BufferTrend,
+    Metrics,
+    buffer_reader,
+    counts_reader,
+    node_reader,
+    port_reader,
+    uplink_reader,
+    value_reader,
+)
 from .rekey import Rekeys
 from .replay_journal import NAME as NAME_JOURNAL
 from .replay_journal import ReplayJournal
 from .router import Router
 from .serial_link import PortManager
 from .sessions import Sessions
+from .status import document, mqtt_document
 from .store import Store, StoreError, WindowState
 from .store_worker import StoreWorker
 from .uplink import Inbound, Uplink, UplinkEvents
@@ -45,6 +56,7 @@ from .uplink import Inbound, Uplink, UplinkEvents
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 60.0
+SAMPLE_S = 5.0  # the buffer's size and oldest age are sampled this often (its drain rate, `edgegw status`)
 KEYS_CHECK_S = 1.0  # the keys file is looked at this often: a revocation or a rotation takes effect within it
 # Checkpoints (see _checkpoint_loop): the WAL is looked at every CHECKPOINT_CHECK_S, and copied into the
 # database file once it holds CHECKPOINT_BYTES (or a quarter of the WAL allowance, when that is less), or
@@ -71,6 +83,8 @@ class Agent:
         self.config = config
         self.started = time.time()
         self.status_topic = "%s/%s/status" % (config.mqtt.topic_prefix, config.gateway_id)
+        self.metrics = Metrics(config.gateway_id, __version__)
+        self.trend = BufferTrend()
         self._stop = asyncio.Event()
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
@@ -82,31 +96,46 @@ class Agent:
         self._stop.set()
 
     def _status(self, state: str) -> bytes:
-        document: dict[str, Any] = {"state": state, "gateway_id": self.config.gateway_id, "version": __version__}
-        if state == "online":
-            document.update(
-                uptime_s=int(time.time() - self.started),
-                started=int(self.started),
-                nodes=len(self.sessions.nodes),
-                nodes_with_key=len(self.keys.entries),
-                buffered_readings=self.worker.store.pending_readings,
-                buffered_events=self.worker.store.pending_events,
-                events_published=self.forwarder.events_published,
-                events_demoted=self.router.events_demoted,
-                acked_by_broker=self.router.acked_by_broker,
-                acked_on_disk=self.router.acked_on_disk,
-                missed_broker_ack_wait=self.router.missed_deadline,
-                ports={
-                    link.path: {
-                        "frames": link.frames,
-                        "duplicates": link.duplicates,
-                        "errors": dict(link.errors),
-                        "replies_dropped": dict(link.downlink.dropped),
-                    }
-                    for link in self.ports.links()
-                },
+        """The retained status topic's document (gateway/status.py), from the metrics registry."""
+        if state != "online":
+            return json.dumps({"state": state, "gateway_id": self.config.gateway_id, "version": __version__}).encode()
+        return json.dumps(mqtt_document(self.metrics.snapshot(), state), allow_nan=False).encode()
+
+    def status_document(self) -> dict[str, object]:
+        """What `edgegw status` shows (the control socket's answer)."""
+        return document(self.metrics.snapshot(), "online")
+
+    def _read_metrics(self) -> None:
+        """The layers' state joins the registry: read at each collection, kept nowhere else."""
+        metrics, cfg = self.metrics, self.config
+        metrics.reader(port_reader(self.ports.links))
+        metrics.reader(node_reader(lambda: self.sessions.nodes.values()))
+        metrics.reader(buffer_reader(lambda: self.worker.store, self.trend))
+        metrics.reader(uplink_reader(self.uplink, cfg.mqtt.host, cfg.mqtt.port))
+        metrics.reader(
+            counts_reader(
+                "edgegw_frames_acked",
+                "frames acknowledged to their nodes: on the broker's PUBACK, or once on disk",
+                lambda: {"broker": self.router.acked_by_broker, "disk": self.router.acked_on_disk},
+                "how",
             )
-        return json.dumps(document).encode()
+        )
+        metrics.reader(
+            value_reader(
+                "edgegw_frames_broker_ack_missed",
+                "frames that went to disk because their PUBACK missed [buffer] broker_ack_wait",
+                lambda: self.router.missed_deadline,
+            )
+        )
+        metrics.reader(value_reader("edgegw_events_published", "events the broker acknowledged", lambda: self.forwarder.events_published))
+        metrics.reader(
+            value_reader(
+                "edgegw_events_demoted", "events handled as readings (their node past its budget)", lambda: self.router.events_demoted
+            )
+        )
+        metrics.reader(value_reader("edgegw_nodes_with_key", "nodes with a key in the keys file", lambda: len(self.keys.entries), False))
+        metrics.reader(counts_reader("edgegw_commands", "commands not final, by state", self.commands.scheduler.states, "state", False))
+        self.commands.on_final.append(lambda command: self.metrics.commands_ended.labels(command.state).inc())
 
     def _downlink_ready(self, nodes: set[bytes]) -> None:
         """Downlink counters were reserved: frames that waited for them in the ports' queues go out."""
@@ -138,7 +167,7 @@ class Agent:
         )
         topic_base = "%s/%s" % (cfg.mqtt.topic_prefix, cfg.gateway_id)
         self.uplink.subscriptions = ["%s/nodes/+/command" % topic_base, "%s/nodes/+/config/set" % topic_base]
-        self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight, layouts, topic_base)
+        self.forwarder = Forwarder(self.worker, self.uplink, cfg.mqtt.qos, cfg.mqtt.inflight, layouts, topic_base, metrics=self.metrics)
         self.committer = Committer(
             self.worker,
             layouts,
@@ -147,6 +176,7 @@ class Agent:
             node_drops=lambda: self.sessions.reported_drops(),
             published=self.forwarder.acknowledged,
             commit_wait=cfg.commit_wait,
+            metrics=self.metrics,
         )
         self.router = Router(self.committer, self.forwarder, cfg.broker_ack_wait, lambda frames: self.sessions.safe(frames))
         self.sessions = Sessions(
@@ -187,6 +217,12 @@ class Agent:
         self.sessions.next_key_used = self.rekeys.next_key_used
         self.rekeys.poll()
         self.ports = PortManager(cfg.serial, self.sessions, self.counters.take, self.keys)
+        self._read_metrics()
+        self.control = ControlServer(cfg.socket_path, self.status_document)
+        try:
+            await self.control.start()
+        except ControlError as error:  # the gateway's job goes on without it: said, not fatal
+            log.error("%s; `edgegw status` cannot reach this agent", error)
 
         tasks = [
             loop.create_task(self.committer.run(), name="committer"),
@@ -196,6 +232,7 @@ class Agent:
             loop.create_task(self._fold_loop(), name="fold"),
             loop.create_task(self.commands.run(), name="commands"),
             loop.create_task(self._keys_loop(), name="keys"),
+            loop.create_task(self._sample_loop(), name="sample"),
         ]
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
@@ -227,6 +264,7 @@ class Agent:
             except TimeoutError:
                 log.error("the last commits did not finish within %.0f s; their frames were not acknowledged", SHUTDOWN_DRAIN_S)
         await self.ports.stop()  # frames read after the last commit are not acknowledged: their nodes resend them
+        await self.control.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -399,6 +437,17 @@ class Agent:
             failing = False
             log.info("keys file read again: %d node(s) with a key", len(self.keys.entries))
             self.rekeys.poll(file_changed=True)
+
+    async def _sample_loop(self) -> None:
+        """The buffer's size and the age of its oldest reading, every SAMPLE_S (its drain rate and ETA)."""
+        store = self.worker.store
+        while True:
+            try:
+                oldest = await self.worker.call(store.oldest_received)
+            except StoreError:  # a damaged or busy store: the age stays as it was, the committer says what is wrong
+                oldest = None
+            self.trend.add(time.monotonic(), store.pending_readings, oldest, time.time())
+            await asyncio.sleep(SAMPLE_S)
 
     async def _status_loop(self) -> None:
         while True:

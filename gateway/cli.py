@@ -96,6 +96,40 @@ async def _run_agent(cfg: config.Config, handler: logs.BoundedHandler) -> int:
         stop_watching()
 
 
+def do_status(args: argparse.Namespace) -> int:
+    """Ask the running agent for its status over its control socket (gateway/control.py)."""
+    import json
+    import time
+
+    from .control import ControlError, ask
+    from .status import table
+
+    if args.socket:
+        path = Path(args.socket)
+    else:
+        try:
+            path = config.load(args.config).socket_path
+        except config.ConfigError as error:
+            raise CommandError(error.report()) from None
+    while True:
+        try:
+            answer = ask(path)
+        except ControlError as error:
+            raise CommandError(str(error)) from None
+        if args.json:
+            print(json.dumps(answer, sort_keys=True), flush=True)
+        else:
+            if args.watch is not None and sys.stdout.isatty():
+                print("\x1b[H\x1b[2J", end="")  # the terminal cleared: each screen in place of the last
+            try:
+                print(table(answer), end="", flush=True)
+            except (KeyError, TypeError, ValueError) as error:
+                raise CommandError("the agent's status lacks %s: is the agent the same version as this tool?" % error) from None
+        if args.watch is None:
+            return 0
+        time.sleep(args.watch)
+
+
 def do_fw(args: argparse.Namespace) -> int:
     """Firmware developer tools: build, flash, emulate, monitor."""
     from .fwtools import build, emulate, flash, monitor
@@ -144,6 +178,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "fw": (do_fw, "firmware tools: fw build | fw flash | fw emulate | fw monitor"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
     "keys": (do_keys, "node keys: keys add | list | rotate | revoke"),
+    "status": (do_status, "the running gateway's status: edgegw status --config PATH [--json] [--watch]"),
 }
 
 
@@ -156,6 +191,16 @@ def plugin_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argp
     for entry in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         handlers.update(entry.load()(sub))
     return handlers
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seconds, found %r" % text) from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("expected 0.1 to 3600 seconds, found %s" % text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
             from . import keytools
 
             keytools.add_arguments(command)
+        elif name == "status":
+            where = command.add_mutually_exclusive_group(required=True)
+            where.add_argument("--config", metavar="PATH", help="the agent's configuration (its [status] socket)")
+            where.add_argument("--socket", metavar="PATH", help="the agent's control socket itself")
+            command.add_argument("--json", action="store_true", help="the status document as JSON, for scripts")
+            command.add_argument(
+                "--watch",
+                nargs="?",
+                type=_positive_seconds,
+                const=2.0,
+                metavar="SECONDS",
+                help="follow it: again every SECONDS (default 2)",
+            )
         elif name == "config":
             command.add_argument("action", choices=["check"], help="what to do with the file")
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")

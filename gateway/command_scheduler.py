@@ -85,6 +85,14 @@ class Scheduler:
         self._keyed: dict[str, dict[tuple[str, int], Command]] = {}  # node -> correlation key -> command in flight
         self._renumber: dict[str, list[Command]] = {}  # in flight, out of the Outbox: waiting for a new counter
 
+    def states(self) -> dict[str, int]:
+        """The commands not final, by state (queued, sent, delivered)."""
+        counts: dict[str, int] = {}
+        for commands in self._nodes.values():
+            for command in commands.values():
+                counts[command.state] = counts.get(command.state, 0) + 1
+        return counts
+
     def add(self, command: Command, now: float, wall: float) -> list[tuple[str, Command]]:
         """A command not final: new (`queued`), or loaded at start. One in flight (`sent`/`delivered`, with the
         counter it was stored with) is registered again and returned as (RESEND, command): write it at once."""

@@ -42,6 +42,7 @@ from typing import Any
 from protocols import CounterWindow
 
 from .layouts import Layout, Layouts
+from .metrics import Metrics
 from .senml import Frame
 from .store import FRAME_OVERHEAD, Chunk, Store, StoredFrame, StoreError, StoreFull, WindowState, encode_body
 from .store_worker import StoreWorker
@@ -241,8 +242,11 @@ class Committer:
         node_drops: Callable[[], dict[str, int]] = dict,
         published: Callable[[], Collection[int]] = frozenset,
         commit_wait: float = COMMIT_WAIT_S,
+        metrics: Metrics | None = None,
     ) -> None:
         self._worker = worker
+        counted = metrics or Metrics("-", "-")  # the agent's registry; a committer of its own counts into a private one
+        self._latency, self._failures = counted.commit, counted.commit_failures
         self._commit_wait = commit_wait
         self._queued_bytes = 0  # payload bytes in the queue
         self._queued_events = 0  # events in the queue: each is committed without waiting for a group
@@ -340,9 +344,13 @@ class Committer:
                 layouts = list({p.layout.id: p.layout for p in group if p.layout.id in self._layouts.unsaved}.values())
                 holding = self.full_episode and self._when_full == "stop_acking"
                 published = frozenset(self._published()) if self._when_full == "drop_oldest" or self.full_episode else frozenset()
+                began = time.monotonic()
                 outcome = await self._worker.call(
                     _commit, self._worker.store, group, plan, layouts, self._when_full, holding, published, priority
                 )
+                self._latency.observe(time.monotonic() - began)  # the store thread's queue included: what a node waits
+                if outcome.problem:
+                    self._failures.inc()
                 self._group_bytes = outcome.group_bytes
                 self._layouts.evicted(outcome.evicted_layouts)
                 self._report(outcome, group, priority)

@@ -92,10 +92,16 @@ class Config:
     broker_ack_wait: float = 1.0  # s a frame held for the broker waits for its PUBACK before it goes to disk (0: disk first)
     commands_in_flight: int = 4  # [commands] in_flight: a node's commands sent and not yet answered at once
     keys_file: Path | None = None  # [gateway] keys_file; None: data_dir / "keys.json"
+    status_socket: Path | None = None  # [status] socket; None: data_dir / "edgegw.sock"
 
     @property
     def keys_path(self) -> Path:
         return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
+
+    @property
+    def socket_path(self) -> Path:
+        """Where `edgegw status` reaches the running agent (gateway/control.py)."""
+        return self.status_socket if self.status_socket is not None else self.data_dir / "edgegw.sock"
 
 
 # ---------------------------------------------------------------- checkers
@@ -170,12 +176,18 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     "commands": {
         "in_flight": (_int_range(1, 64), 4),
     },
+    "status": {
+        "socket": (_PATH, None),
+    },
     "serial": {
         "port": (_TEXT, _REQUIRED),
         "baud": (_int_range(300, 4_000_000), 115200),
         "require_auth": (_BOOL, None),
     },
 }
+
+
+_SECTIONS = ("gateway", "buffer", "mqtt", "commands", "status", "serial")
 
 
 def _unknown_key(section: str, key: str) -> str:
@@ -207,10 +219,10 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
     """Check a parsed TOML document and build the Config, or raise ConfigError listing every problem."""
     problems: list[str] = []
     for section in document:
-        if section not in ("gateway", "buffer", "mqtt", "commands", "serial"):
-            close = difflib.get_close_matches(section, ["gateway", "buffer", "mqtt", "commands", "serial"], n=1)
+        if section not in _SECTIONS:
+            close = difflib.get_close_matches(section, list(_SECTIONS), n=1)
             hint = " (did you mean [%s]?)" % close[0] if close else ""
-            problems.append("[%s]: unknown section%s; expected gateway, buffer, mqtt, commands and [[serial]]" % (section, hint))
+            problems.append("[%s]: unknown section%s; expected gateway, buffer, mqtt, commands, status and [[serial]]" % (section, hint))
 
     def table(name: str) -> dict[str, Any]:
         value = document.get(name, {})
@@ -224,6 +236,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         problems.append("[gateway]: missing; it needs at least id and data_dir")
     buffer = _check_table("buffer", table("buffer"), problems)
     commands = _check_table("commands", table("commands"), problems)
+    status = _check_table("status", table("status"), problems)
     mqtt = _check_table("mqtt", table("mqtt"), problems) if "mqtt" in document else None
     if mqtt is None:
         problems.append("[mqtt]: missing; it needs at least host")
@@ -268,6 +281,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         commit_wait=float(buffer["commit_wait"]),
         broker_ack_wait=float(buffer["broker_ack_wait"]),
         commands_in_flight=commands["in_flight"],
+        status_socket=Path(status["socket"]) if status["socket"] else None,
         mqtt=MqttConfig(port=port, tls=tls, **mqtt),
         serial=tuple(serial),
     )

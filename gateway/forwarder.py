@@ -71,6 +71,7 @@ import cbor2
 from . import senml
 from .committer import LIVE, Pending
 from .layouts import Layout, Layouts
+from .metrics import Metrics
 from .senml import CONTENT_TYPE
 from .store import Chunk, Store, StoreError
 from .store_worker import StoreWorker
@@ -481,9 +482,13 @@ class Forwarder:
         topic_base: str,
         sink: HeldSink | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._worker = worker
         self._uplink = uplink
+        counted = metrics or Metrics("-", "-")  # the agent's registry; a forwarder of its own counts into a private one
+        self._counted = {kind: counted.publishes.labels(kind) for kind in ("readings", "events", "retained")}
+        self._puback = counted.puback
         self._qos = qos
         self._window = window
         self._layouts = layouts
@@ -755,7 +760,9 @@ class Forwarder:
                 if self._refused:
                     log.warning("the broker accepts readings again, after refusing %d publishes", self._refused)
                     self._refused = 0
-                self.sink.round_trip(self._clock() - item.sent)
+                round_trip = self._clock() - item.sent
+                self.sink.round_trip(round_trip)
+                self._puback.observe(round_trip)
             else:
                 self._refused_pack(item, reason)
         self._wake.set()
@@ -831,6 +838,7 @@ class Forwarder:
                 self._retained.setdefault(topic, payload)
                 return  # not connected after all: sent when the uplink says it is
             self._inflight[mid] = Retained(topic, payload)
+            self._counted["retained"].inc()
         sent = self._clock()
         while len(self._inflight) < self._window and self._uplink.connected:
             if asyncio.get_running_loop().time() < self._paused_until:
@@ -857,6 +865,7 @@ class Forwarder:
                 return  # not connected after all: sent when the uplink says it is
             pack.sent = sent
             self._inflight[mid] = pack
+            self._counted["events" if pack.rank else "readings"].inc()
         self._prefetch()
 
     def _next_queue(self) -> deque[Pack] | None:

@@ -88,6 +88,7 @@ class Link:
         self.transport: Transport | None = None
         self._greeting = b"\x00"  # ends whatever the nodes' receivers collected before we were here
         self.frames = 0
+        self.bytes_in = 0
         self.duplicates = 0  # frames whose counter the node's window had seen (Sessions.message)
         self.errors: Counter[str] = Counter()
         self._errors_logged_at = 0.0
@@ -101,6 +102,7 @@ class Link:
         transport.output_ready()  # the greeting
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         self._decoder.feed(data)
         for event in self._decoder.drain():
             if isinstance(event, ProtocolError):

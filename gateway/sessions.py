@@ -32,7 +32,7 @@ from protocols import CounterWindow, Message, ProtocolError, messages, node_hex,
 from protocols import errors as perr
 from protocols import frame as fr
 from protocols.lora import SF_MAX, SF_MIN, SNR_FLOOR_DB10
-from protocols.window import DUPLICATE
+from protocols.window import DUPLICATE, NEW
 
 from . import senml
 from .committer import CommitResult, Pending
@@ -113,6 +113,8 @@ class Node:
     radio_high: int = -1
     radio_new: int = 0
     radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
+    readings: int = 0  # readings safe (stored or published) since the agent started
+    missing: int = 0  # counters skipped since the agent started and not filled in since (frames that never arrived)
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
@@ -295,6 +297,11 @@ class Sessions:
 
     def _accept(self, node: Node, counter: int) -> None:
         """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
+        highest = node.window.highest
+        if counter > highest >= 0:
+            node.missing += counter - highest - 1
+        elif counter < highest and node.missing and node.window.check(counter) == NEW:
+            node.missing -= 1  # a gap filled (a frame resent after a later one got through)
         node.window.accept(counter)
         self._moved[node.hex] = node
         if self.journal is not None and self.keys is not None and self.keys.keyed(node.node_id):
@@ -610,6 +617,8 @@ class Sessions:
         for pending in frames:
             node = pending.owner
             if pending.window is node.window:  # not from before a counter reset
+                if node.window.check(pending.counter) == NEW:
+                    node.readings += pending.readings
                 self._accept(node, pending.counter)
             links = node.waiting.pop(pending.counter, [])
             if links and all(isinstance(link, RadioLink) for link in links):

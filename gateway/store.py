@@ -927,8 +927,7 @@ class Store:
         cutoff = time.time() - IDLE_S
         if self._least_last is not None and self._least_last >= cutoff:
             return []  # no node row is old enough yet: no scan (a full buffer with drop_oldest asks at every commit)
-        first = db.execute("SELECT received FROM chunks ORDER BY id LIMIT 1").fetchone()
-        oldest = first[0] if first is not None and type(first[0]) in (int, float) else None
+        oldest = self.oldest_received()
         owns_none = cutoff if oldest is None else min(cutoff, oldest)
         kept = {node.encode() for node in (*keep, *self._unfolded)}  # nodes of chunks not folded yet own them
         rows = db.execute(
@@ -1252,6 +1251,12 @@ class Store:
     @property
     def pending_chunks(self) -> int:
         return int(self._rows)
+
+    def oldest_received(self) -> float | None:
+        """Unix time the oldest chunk on disk was received (by the primary key, no scan); None when there is none
+        or its value is damaged. On the store's thread."""
+        first = self._db.execute("SELECT received FROM chunks ORDER BY id LIMIT 1").fetchone()
+        return float(first[0]) if first is not None and type(first[0]) in (int, float) else None
 
     @property
     def pending_readings(self) -> int:

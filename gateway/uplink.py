@@ -112,6 +112,7 @@ class Uplink:
         self._link = 0  # the number of the connection up now (0: none)
         self._links = 0  # connections accepted so far
         self._loop_link = 0  # the connection the forwarder was told of (0: none)
+        self._since = 0.0  # time.time() it was told of it
         self._answered = False  # the current attempt got its CONNACK
         self._closed = asyncio.Event()  # the current attempt's connection is over
         self._heard = 0.0  # time.monotonic() of the last read event on the socket
@@ -151,6 +152,16 @@ class Uplink:
         self.session_present = False  # the broker still had our session at the last CONNACK
 
     # ------------------------------------------------------------ control
+
+    @property
+    def connections(self) -> int:
+        """Connections the broker accepted since start."""
+        return self._links
+
+    @property
+    def connected_since(self) -> float | None:
+        """Unix time the connection up now began (the forwarder's view), None when there is none."""
+        return self._since if self._loop_link else None
 
     @property
     def connected(self) -> bool:
@@ -388,6 +399,7 @@ class Uplink:
         """The only place where `connected` becomes true, right before the forwarder hears of it."""
         if self._link == link:
             self._loop_link = link
+            self._since = time.time()
             self._events.connected()
 
     def _departed(self, link: int) -> None:
