@@ -130,6 +130,20 @@ def do_status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def do_doctor(args: argparse.Namespace) -> int:
+    """Every check a technician would make, PASS / WARN / FAIL with the fix; exit 1 on any FAIL."""
+    import json
+
+    from . import doctor
+
+    checks = doctor.run(args.config, args.user, args.listen)
+    if args.json:
+        print(json.dumps(doctor.as_json(checks), indent=2))
+    else:
+        print(doctor.report(checks), end="")
+    return doctor.exit_status(checks)
+
+
 def do_fw(args: argparse.Namespace) -> int:
     """Firmware developer tools: build, flash, emulate, monitor."""
     from .fwtools import build, emulate, flash, monitor
@@ -178,6 +192,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "fw": (do_fw, "firmware tools: fw build | fw flash | fw emulate | fw monitor"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
     "keys": (do_keys, "node keys: keys add | list | rotate | revoke"),
+    "doctor": (do_doctor, "check this gateway: config, ports, broker, disk, clock: edgegw doctor --config PATH"),
     "status": (do_status, "the running gateway's status: edgegw status --config PATH [--json] [--watch]"),
 }
 
@@ -257,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
                 const=2.0,
                 metavar="SECONDS",
                 help="follow it: again every SECONDS (default 2)",
+            )
+        elif name == "doctor":
+            command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
+            command.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
+            command.add_argument("--user", help="the service's user, whose access is checked (default: edgegw if it exists, else you)")
+            command.add_argument(
+                "--listen",
+                type=_positive_seconds,
+                default=3.0,
+                metavar="SECONDS",
+                help="how long an idle port is listened to for a node (3)",
             )
         elif name == "config":
             command.add_argument("action", choices=["check"], help="what to do with the file")

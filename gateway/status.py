@@ -158,7 +158,7 @@ def _span(seconds: float | None) -> str:
     return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
 
 
-def _size(count: float) -> str:
+def size_text(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1000 or unit == "GB":
             return ("%d %s" if unit == "B" else "%.1f %s") % (count, unit)
@@ -197,10 +197,10 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
         drain = "draining %.1f/s, empty in about %s" % (buffer["drain_per_s"], _span(eta)) if eta else "not draining"
         lines.append(
             "buffer    %d readings (%d events), %s, oldest %s; %s"
-            % (buffer["readings"], buffer["events"], _size(buffer["bytes"]), _span(buffer["oldest_age_s"]), drain)
+            % (buffer["readings"], buffer["events"], size_text(buffer["bytes"]), _span(buffer["oldest_age_s"]), drain)
         )
     else:
-        lines.append("buffer    empty (%s of pages)" % _size(buffer["bytes"]))
+        lines.append("buffer    empty (%s of pages)" % size_text(buffer["bytes"]))
     commit = storage["commit_mean_ms"]
     lines.append(
         "storage   %d commits%s, %d failed; %s written since start"
@@ -208,7 +208,7 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
             storage["commits"],
             ", mean %.1f ms" % commit if commit is not None else "",
             storage["commit_failures"],
-            _size(storage["written_bytes"]),
+            size_text(storage["written_bytes"]),
         )
     )
     live = doc["commands"]
@@ -226,7 +226,7 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
             [
                 path,
                 str(port["frames"]),
-                _size(port["bytes"]),
+                size_text(port["bytes"]),
                 str(sum(port["errors"].values())),
                 str(sum(port["replies_dropped"].values())),
             ]

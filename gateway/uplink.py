@@ -92,6 +92,14 @@ class UplinkEvents:
     message: Callable[[Inbound], None]
 
 
+def secure(client: mqtt.Client, config: MqttConfig) -> None:
+    """The credentials and TLS of [mqtt] on a paho client: the agent's and `edgegw doctor`'s CONNECT are the same."""
+    if config.username:
+        client.username_pw_set(config.username, config.password())
+    if config.tls is not None:
+        client.tls_set(ca_certs=config.tls.ca_file, certfile=config.tls.cert_file, keyfile=config.tls.key_file)
+
+
 class Uplink:
     def __init__(
         self,
@@ -135,10 +143,7 @@ class Uplink:
         self._client.max_queued_messages_set(0)
         self._properties: dict[str, Properties] = {}
         self._client.will_set(will_topic, will_payload, qos=1, retain=True)
-        if config.username:
-            self._client.username_pw_set(config.username, config.password())
-        if config.tls is not None:
-            self._client.tls_set(ca_certs=config.tls.ca_file, certfile=config.tls.cert_file, keyfile=config.tls.key_file)
+        secure(self._client, config)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish

@@ -215,6 +215,21 @@ def test_edgegw_status_shows_the_running_agents_ports_nodes_and_buffer(running: 
     out, _ = watching.communicate(timeout=10)
     assert out.count("edgegw gw-test") >= 2  # followed: screen after screen
 
+    # the doctor asks the running agent rather than opening its ports, and logs in beside it
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "doctor", "--config", str(gateway.config_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    checks = {check["check"]: check for check in json.loads(done.stdout)["checks"]}
+    assert checks["agent"]["result"] == "PASS" and "uplink connected" in checks["agent"]["detail"]
+    assert checks["node on %s" % port]["result"] == "PASS" and "the agent has read" in checks["node on %s" % port]["detail"]
+    assert checks["broker login"]["result"] == "PASS"
+    after = json.loads(_status("--config", str(gateway.config_path), "--json").stdout)["uplink"]
+    assert after["connected"] and after["connections"] == 1  # the doctor's CONNECT did not take the agent's session over
+
     assert gateway.stop() == 0
     done = _status("--config", str(gateway.config_path))
     assert done.returncode == 2 and "no agent is running for this config" in done.stderr and "Traceback" not in done.stderr
