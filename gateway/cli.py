@@ -144,6 +144,28 @@ def do_doctor(args: argparse.Namespace) -> int:
     return doctor.exit_status(checks)
 
 
+def do_init(args: argparse.Namespace) -> int:
+    """Write a commented config from questions or flags, then check it with the doctor."""
+    from . import doctor, init_config
+
+    try:
+        answers = init_config.gather(args, init_config.interactive(args))
+        init_config.write(Path(args.config), init_config.render(answers), args.force)
+    except init_config.InitError as error:
+        raise CommandError(str(error)) from None
+    except (EOFError, OSError) as error:
+        raise CommandError(
+            "%s not written: %s" % (args.config, describe_error(error) if isinstance(error, OSError) else "no answer")
+        ) from None
+    print("wrote %s" % args.config)
+    if args.no_doctor:
+        return 0
+    print("checking it (edgegw doctor):")
+    checks = doctor.run(args.config, args.user, args.listen)
+    print(doctor.report(checks), end="")
+    return doctor.exit_status(checks)
+
+
 def do_fw(args: argparse.Namespace) -> int:
     """Firmware developer tools: build, flash, emulate, monitor."""
     from .fwtools import build, emulate, flash, monitor
@@ -192,6 +214,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "fw": (do_fw, "firmware tools: fw build | fw flash | fw emulate | fw monitor"),
     "config": (do_config_check, "check a configuration file: edgegw config check --config PATH"),
     "keys": (do_keys, "node keys: keys add | list | rotate | revoke"),
+    "init": (do_init, "write a commented config from questions or flags, then run the doctor: edgegw init --config PATH"),
     "doctor": (do_doctor, "check this gateway: config, ports, broker, disk, clock: edgegw doctor --config PATH"),
     "status": (do_status, "the running gateway's status: edgegw status --config PATH [--json] [--watch]"),
 }
@@ -273,6 +296,25 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="SECONDS",
                 help="follow it: again every SECONDS (default 2)",
             )
+        elif name == "init":
+            command.add_argument("--config", required=True, metavar="PATH", help="the file to write")
+            command.add_argument("--id", help="gateway id (default: the host name)")
+            command.add_argument("--data-dir", help="the buffer's folder (default /var/lib/edgegw)")
+            command.add_argument("--broker", metavar="HOST[:PORT]", help="the MQTT broker")
+            command.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None, help="TLS to the broker (default: yes)")
+            command.add_argument("--ca-file", help="the CA of the broker's certificate (default: the system's CAs)")
+            command.add_argument("--username", help="MQTT user name")
+            command.add_argument("--password-file", help="the file holding the MQTT password")
+            command.add_argument("--serial", action="append", metavar="DEVICE", help="a serial port or glob (repeat; default: all found)")
+            command.add_argument("--scan", default="/dev/serial/by-id", metavar="DIR", help="where serial devices are looked for")
+            command.add_argument("--max-bytes", type=int, help="[buffer] max_bytes (default 2000000000)")
+            command.add_argument("--force", action="store_true", help="replace the file if it exists")
+            asking = command.add_mutually_exclusive_group()
+            asking.add_argument("--ask", dest="ask", action="store_const", const=True, help="ask questions even without a terminal")
+            asking.add_argument("--yes", dest="ask", action="store_const", const=False, help="ask nothing: flags and defaults only")
+            command.add_argument("--no-doctor", action="store_true", help="do not run edgegw doctor on it afterwards")
+            command.add_argument("--user", help="the doctor's service user (default: edgegw if it exists, else you)")
+            command.add_argument("--listen", type=_positive_seconds, default=3.0, metavar="SECONDS", help="the doctor's listening time")
         elif name == "doctor":
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
             command.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
