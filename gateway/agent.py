@@ -51,6 +51,7 @@ from .sessions import Sessions
 from .status import document, mqtt_document
 from .store import Store, StoreError, WindowState
 from .store_worker import StoreWorker
+from .systemd import Notifier
 from .uplink import Inbound, Uplink, UplinkEvents
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Agent:
         self.status_topic = "%s/%s/status" % (config.mqtt.topic_prefix, config.gateway_id)
         self.metrics = Metrics(config.gateway_id, __version__)
         self.trend = BufferTrend()
+        self.notifier = Notifier()
         self._stop = asyncio.Event()
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
@@ -100,6 +102,16 @@ class Agent:
         if state != "online":
             return json.dumps({"state": state, "gateway_id": self.config.gateway_id, "version": __version__}).encode()
         return json.dumps(mqtt_document(self.metrics.snapshot(), state), allow_nan=False).encode()
+
+    def _summary(self) -> str:
+        """One line for `systemctl status` (STATUS=): what a technician looks at first."""
+        ports = self.ports.links()
+        return "uplink %s; %d port(s) open, %d node(s); %d readings buffered" % (
+            "connected" if self.uplink.connected else "NOT connected",
+            len(ports),
+            len(self.sessions.nodes),
+            self.worker.store.pending_readings,
+        )
 
     def status_document(self) -> dict[str, object]:
         """What `edgegw status` shows (the control socket's answer)."""
@@ -234,6 +246,8 @@ class Agent:
             loop.create_task(self._keys_loop(), name="keys"),
             loop.create_task(self._sample_loop(), name="sample"),
         ]
+        if self.notifier.watchdog_s is not None:  # systemd's WatchdogSec: pinged from this loop, so a hung loop is restarted
+            tasks.append(loop.create_task(self.notifier.watchdog(), name="watchdog"))
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         _warn_exposed(cfg)
@@ -250,7 +264,9 @@ class Agent:
             len(self.keys.entries),
             len(cfg.serial),
         )
+        self.notifier.ready(self._summary())
         failed = await self._wait(tasks)
+        self.notifier.stopping("stopping: the last commits, then the ports close")
 
         log.info("stopping: waiting briefly for the broker's acknowledgements; the nodes are still acknowledged")
         self.router.close()  # new frames go to disk
@@ -447,6 +463,7 @@ class Agent:
             except StoreError:  # a damaged or busy store: the age stays as it was, the committer says what is wrong
                 oldest = None
             self.trend.add(time.monotonic(), store.pending_readings, oldest, time.time())
+            self.notifier.status(self._summary())
             await asyncio.sleep(SAMPLE_S)
 
     async def _status_loop(self) -> None:

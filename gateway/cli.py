@@ -166,6 +166,23 @@ def do_init(args: argparse.Namespace) -> int:
     return doctor.exit_status(checks)
 
 
+def do_service(args: argparse.Namespace) -> int:
+    """The systemd unit: print it, or install it (with its system user)."""
+    from . import service
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as error:
+        raise CommandError(error.report()) from None
+    if args.action == "unit":
+        print(service.render_unit(str(Path(args.config).resolve()), args.user, str(cfg.data_dir)), end="")
+        return 0
+    try:
+        return service.install(args.config, args.user, args.unit_dir, str(cfg.data_dir), args.dry_run)
+    except (service.ServiceError, OSError) as error:
+        raise CommandError(str(error)) from None
+
+
 def do_fw(args: argparse.Namespace) -> int:
     """Firmware developer tools: build, flash, emulate, monitor."""
     from .fwtools import build, emulate, flash, monitor
@@ -216,6 +233,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "keys": (do_keys, "node keys: keys add | list | rotate | revoke"),
     "init": (do_init, "write a commented config from questions or flags, then run the doctor: edgegw init --config PATH"),
     "doctor": (do_doctor, "check this gateway: config, ports, broker, disk, clock: edgegw doctor --config PATH"),
+    "service": (do_service, "the systemd unit: edgegw service unit | install --config PATH"),
     "status": (do_status, "the running gateway's status: edgegw status --config PATH [--json] [--watch]"),
 }
 
@@ -315,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--no-doctor", action="store_true", help="do not run edgegw doctor on it afterwards")
             command.add_argument("--user", help="the doctor's service user (default: edgegw if it exists, else you)")
             command.add_argument("--listen", type=_positive_seconds, default=3.0, metavar="SECONDS", help="the doctor's listening time")
+        elif name == "service":
+            command.add_argument("action", choices=["unit", "install"], help="print the unit, or install it and its user")
+            command.add_argument("--config", required=True, metavar="PATH", help="the configuration the service runs with")
+            command.add_argument("--user", default="edgegw", help="the service's system user (default edgegw; created if missing)")
+            command.add_argument("--unit-dir", default="/etc/systemd/system", metavar="DIR", help="where the unit goes")
+            command.add_argument("--dry-run", action="store_true", help="say what install would do, change nothing")
         elif name == "doctor":
             command.add_argument("--config", required=True, metavar="PATH", help="the TOML configuration file")
             command.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")

@@ -27,6 +27,7 @@ class GatewayProcess:
         inflight: int = 64,
         protocol: str = "5",
         debug: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         # EDGEGW_HIL_GATEWAY_DEBUG=1: the gateway logs at DEBUG in any run (each radio window's decision among it)
         debug = debug or os.environ.get("EDGEGW_HIL_GATEWAY_DEBUG") == "1"
@@ -36,6 +37,7 @@ class GatewayProcess:
         self.config_path = self.workdir / "edgegw.toml"
         self.log_path = self.workdir / "gateway.log"
         self.gateway_id = gateway_id
+        self.env = env or {}  # more environment for the process (systemd's NOTIFY_SOCKET in a test)
         lines = [
             "[gateway]",
             'id = "%s"' % gateway_id,
@@ -70,7 +72,7 @@ class GatewayProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
         )
         track(self.process)
 
