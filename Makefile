@@ -14,7 +14,7 @@ EXCLUDE_esp32 := firmware/hal_unix\.py
 EXCLUDE_unix := firmware/(hal_board|pwm_lamp)\.py
 PORTABLE := protocols firmware
 
-.PHONY: all demo test test-fast soak lint typecheck-boards venv mosquitto fuse strace bench clean
+.PHONY: all demo test test-fast soak lint typecheck-boards venv mosquitto fuse chromium strace bench clean
 
 all: test
 
@@ -47,6 +47,10 @@ mosquitto:
 fuse:
 	$(call debian_package,fuse3,command -v fusermount3 >/dev/null && ldconfig -p | grep -q 'libfuse3\.so\.3')
 
+# Debian's chromium: the status page is tested in a real headless browser (tests/test_status_page.py, hil/browser.py).
+chromium:
+	$(call debian_package,chromium,command -v chromium >/dev/null)
+
 # MicroPython stubs per board, each in its own folder: they shadow the standard library.
 $(VENV)/stubs/%/.installed: | $(STAMP)
 	@rm -rf $(VENV)/stubs/$*
@@ -71,7 +75,7 @@ lint: $(STAMP) typecheck-boards
 # duty cycle), so they run beside the rest. Measured with three on 2026-12-03: 7 CPU minutes in 11
 # minutes of wall clock (a third of two cores busy), once the radio scenarios came (8.5 minutes before).
 # The slowest files first (tests/conftest.py SLOW_FILES), not xdist's most-tests-first order.
-test: $(STAMP) mosquitto fuse lint
+test: $(STAMP) mosquitto fuse chromium lint
 	$(BIN)/python -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder --durations=12
 
 # 1,000 power cuts under the gateway (tests/test_powercut.py; `make test` runs 50). About 35 minutes.

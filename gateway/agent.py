@@ -30,6 +30,9 @@ from .config import Config
 from .control import ControlError, ControlServer
 from .counters import BLOCK, FRESH, DownlinkCounters
 from .forwarder import Forwarder
+from .history import STEP_S as HISTORY_STEP_S
+from .history import History
+from .http_server import HttpServer
 from .keystore import Keystore, KeystoreError
 from .layouts import Layouts
 from .metrics import (
@@ -42,6 +45,7 @@ from .metrics import (
     uplink_reader,
     value_reader,
 )
+from .page import render as render_page
 from .rekey import Rekeys
 from .replay_journal import NAME as NAME_JOURNAL
 from .replay_journal import ReplayJournal
@@ -87,6 +91,8 @@ class Agent:
         self.metrics = Metrics(config.gateway_id, __version__)
         self.trend = BufferTrend()
         self.notifier = Notifier()
+        self.history = History()
+        self.http: HttpServer | None = None
         self._stop = asyncio.Event()
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
@@ -114,8 +120,30 @@ class Agent:
         )
 
     def status_document(self) -> dict[str, object]:
-        """What `edgegw status` shows (the control socket's answer)."""
-        return document(self.metrics.snapshot(), "online")
+        """What `edgegw status` shows (the control socket's answer, the page's status.json)."""
+        doc = document(self.metrics.snapshot(), "online")
+        doc["page"] = self.http.url if self.http is not None else None
+        return doc
+
+    def _page(self) -> str:
+        return render_page(self.status_document(), self.history)
+
+    async def _start_http(self) -> None:
+        listen = self.config.status_http
+        if listen is None:
+            return
+        server = HttpServer(listen[0], listen[1], self._page, self.status_document, self.metrics.exposition)
+        try:
+            await server.start()
+        except OSError as error:  # the gateway's job goes on without the page: said, not fatal
+            log.error(
+                "[status] http: cannot listen on %s:%d (%s); no status page or /metrics", listen[0], listen[1], error.strerror or error
+            )
+            return
+        self.http = server
+        log.info("status page on %s, Prometheus metrics on %smetrics", server.url, server.url)
+        if listen[0] not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("[status] http on %s: the status page and /metrics are open to that network, without a password", listen[0])
 
     def _read_metrics(self) -> None:
         """The layers' state joins the registry: read at each collection, kept nowhere else."""
@@ -235,6 +263,7 @@ class Agent:
             await self.control.start()
         except ControlError as error:  # the gateway's job goes on without it: said, not fatal
             log.error("%s; `edgegw status` cannot reach this agent", error)
+        await self._start_http()
 
         tasks = [
             loop.create_task(self.committer.run(), name="committer"),
@@ -245,6 +274,7 @@ class Agent:
             loop.create_task(self.commands.run(), name="commands"),
             loop.create_task(self._keys_loop(), name="keys"),
             loop.create_task(self._sample_loop(), name="sample"),
+            loop.create_task(self._history_loop(), name="history"),
         ]
         if self.notifier.watchdog_s is not None:  # systemd's WatchdogSec: pinged from this loop, so a hung loop is restarted
             tasks.append(loop.create_task(self.notifier.watchdog(), name="watchdog"))
@@ -281,6 +311,8 @@ class Agent:
                 log.error("the last commits did not finish within %.0f s; their frames were not acknowledged", SHUTDOWN_DRAIN_S)
         await self.ports.stop()  # frames read after the last commit are not acknowledged: their nodes resend them
         await self.control.stop()
+        if self.http is not None:
+            await self.http.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -465,6 +497,12 @@ class Agent:
             self.trend.add(time.monotonic(), store.pending_readings, oldest, time.time())
             self.notifier.status(self._summary())
             await asyncio.sleep(SAMPLE_S)
+
+    async def _history_loop(self) -> None:
+        """The last hour for the page's sparklines: the registry sampled every minute (the first at start)."""
+        while True:
+            self.history.sample(self.metrics.snapshot(), time.time())
+            await asyncio.sleep(HISTORY_STEP_S)
 
     async def _status_loop(self) -> None:
         while True:

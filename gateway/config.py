@@ -93,6 +93,7 @@ class Config:
     commands_in_flight: int = 4  # [commands] in_flight: a node's commands sent and not yet answered at once
     keys_file: Path | None = None  # [gateway] keys_file; None: data_dir / "keys.json"
     status_socket: Path | None = None  # [status] socket; None: data_dir / "edgegw.sock"
+    status_http: tuple[str, int] | None = ("127.0.0.1", 9120)  # [status] http: the status page and /metrics; None: off
 
     @property
     def keys_path(self) -> Path:
@@ -138,6 +139,23 @@ _TOPIC_PREFIX: Checker = (
 )
 _PATH: Checker = _TEXT
 
+
+def _host_port(value: object) -> tuple[str, int] | None:
+    """'host:port' ('[::1]:9120' for IPv6) as (host, port), or None when it is not one."""
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
+_LISTEN: Checker = (
+    "'host:port' (e.g. '127.0.0.1:9120'; port 0: any free one), or '' for none",
+    lambda v: v == "" or _host_port(v) is not None,
+)
+
 # section -> key -> (checker, default or _REQUIRED)
 _REQUIRED = object()
 SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
@@ -178,6 +196,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     },
     "status": {
         "socket": (_PATH, None),
+        "http": (_LISTEN, "127.0.0.1:9120"),
     },
     "serial": {
         "port": (_TEXT, _REQUIRED),
@@ -282,6 +301,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         broker_ack_wait=float(buffer["broker_ack_wait"]),
         commands_in_flight=commands["in_flight"],
         status_socket=Path(status["socket"]) if status["socket"] else None,
+        status_http=_host_port(status["http"]),
         mqtt=MqttConfig(port=port, tls=tls, **mqtt),
         serial=tuple(serial),
     )

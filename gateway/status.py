@@ -145,7 +145,7 @@ def _by(snapshot: Snapshot, name: str, label: str, **fixed: str) -> dict[str, in
 # ------------------------------------------------------------ for people
 
 
-def _span(seconds: float | None) -> str:
+def span_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -175,7 +175,9 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
     """The status as a technician reads it in a terminal: one screen, the problems first in each line."""
     now = time.time() if now is None else now
     uplink, buffer, storage = doc["uplink"], doc["buffer"], doc["storage"]
-    lines = ["edgegw %s (%s), up %s" % (doc["gateway_id"], doc["version"], _span(doc["uptime_s"]))]
+    lines = ["edgegw %s (%s), up %s" % (doc["gateway_id"], doc["version"], span_text(doc["uptime_s"]))]
+    if doc.get("page"):
+        lines.append("page      %s (Prometheus: %smetrics)" % (doc["page"], doc["page"]))
     if uplink["connected"]:
         since = uplink["connected_since"]
         puback = uplink["puback_mean_ms"]
@@ -183,7 +185,7 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
             "uplink    connected to %s for %s; %d publishes, PUBACK %s"
             % (
                 uplink["broker"],
-                _span(now - since if since else None),
+                span_text(now - since if since else None),
                 sum(uplink["publishes"].values()),
                 "mean %.1f ms" % puback if puback is not None else "none yet",
             )
@@ -194,10 +196,10 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
         )
     if buffer["readings"]:
         eta = buffer["empty_in_s"]
-        drain = "draining %.1f/s, empty in about %s" % (buffer["drain_per_s"], _span(eta)) if eta else "not draining"
+        drain = "draining %.1f/s, empty in about %s" % (buffer["drain_per_s"], span_text(eta)) if eta else "not draining"
         lines.append(
             "buffer    %d readings (%d events), %s, oldest %s; %s"
-            % (buffer["readings"], buffer["events"], size_text(buffer["bytes"]), _span(buffer["oldest_age_s"]), drain)
+            % (buffer["readings"], buffer["events"], size_text(buffer["bytes"]), span_text(buffer["oldest_age_s"]), drain)
         )
     else:
         lines.append("buffer    empty (%s of pages)" % size_text(buffer["bytes"]))
@@ -245,7 +247,7 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
                 [
                     node,
                     entry["port"] or "-",
-                    _span(now - last) + " ago" if last else "never",
+                    span_text(now - last) + " ago" if last else "never",
                     str(entry["readings"]),
                     str(entry["missing_frames"]),
                     "%.2f V" % entry["battery_v"] if "battery_v" in entry else "-",

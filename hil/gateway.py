@@ -54,6 +54,8 @@ class GatewayProcess:
             "inflight = %d" % inflight,
             *(mqtt_extra or []),
         ]
+        # Many gateways run at once in the tests and HIL runs: each page on a port of its own (the log says which)
+        lines += ["[status]", 'http = "127.0.0.1:0"']
         for port in serial_ports:
             lines += ["[[serial]]", 'port = "%s"' % port]
         self.config_path.write_text("\n".join(lines) + "\n")

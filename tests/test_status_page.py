@@ -1,0 +1,72 @@
+"""Issue 16: the status page and /metrics of a running gateway with emulated nodes (the real firmware on the
+MicroPython VM), loaded in a real headless Chromium (Debian's package)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.page import sparkline
+from hil.browser import count_colour, dom, screenshot
+from hil.chain import Chain
+from hil.rig import EmulatedRig
+
+STROKE = (0x15, 0x65, 0xC0)  # the sparklines' colour (gateway/page.py)
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+def test_the_page_lists_the_rigs_nodes_with_sparklines_in_chromium(tmp_path: Path) -> None:
+    rig = EmulatedRig(tmp_path / "rig", 3, interval=1.0)
+    with Chain(tmp_path, rig) as chain:
+        assert chain.gateway is not None
+        chain.gateway.wait_for_log("status page on http://", timeout=30)
+        url = re.search(r"status page on (http://\S+/),", chain.gateway.log())
+        assert url, chain.gateway.log()[-2000:]
+        page = url.group(1)
+        ids = {node.node_id for node in rig.nodes}
+        deadline = time.monotonic() + 60
+        doc: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            doc = json.loads(_get(page + "status.json")[2])
+            if ids <= set(doc["nodes"]) and all(doc["nodes"][node]["readings"] > 0 for node in ids):
+                break
+            time.sleep(0.5)
+        assert ids <= set(doc["nodes"]), doc["nodes"]
+        assert doc["page"] == page
+
+        status, kind, body = _get(page + "metrics")
+        assert status == 200 and kind.startswith("text/plain")
+        families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+        readings = {s.labels["node"]: s.value for s in families["edgegw_node_readings"].samples if s.name.endswith("_total")}
+        assert ids <= set(readings) and all(readings[node] > 0 for node in ids)
+        assert _get(page + "nope")[0] == 404
+
+        rendered = dom(page)
+        for node in ids:
+            assert node in rendered
+        assert rendered.count("<polyline") == len(ids) + 1  # a sparkline per node, and the buffer's
+        shot = screenshot(page, tmp_path / "page.png")
+    # drawn: pixels of the stroke (1.5 px, antialiased: lighter than its colour), about 250 a line here
+    assert count_colour(shot, STROKE, tolerance=60) > 50 * (len(ids) + 1)
+
+
+def test_a_sparkline_scales_to_its_largest_value_and_draws_one_point_flat() -> None:
+    svg = sparkline([0.0, 5.0, 10.0], "x")
+    points = [tuple(map(float, pair.split(","))) for pair in re.search(r'points="([^"]+)"', svg).group(1).split()]  # type: ignore[union-attr]
+    assert points[0][1] == 22.0 and points[2][1] == 2.0 and points[1][1] == 12.0  # bottom, top, middle (24 px, 2 px margins)
+    assert len(re.search(r'points="([^"]+)"', sparkline([3.0], "y")).group(1).split()) == 2  # type: ignore[union-attr]
+    assert "&lt;b&gt;" in sparkline([], "<b>")  # a label is escaped
