@@ -32,6 +32,7 @@ from .counters import BLOCK, FRESH, DownlinkCounters
 from .forwarder import Forwarder
 from .history import STEP_S as HISTORY_STEP_S
 from .history import History
+from .homeassistant import STATE_EVERY_S, HomeAssistant
 from .http_server import HttpServer
 from .keystore import Keystore, KeystoreError
 from .layouts import Layouts
@@ -93,6 +94,7 @@ class Agent:
         self.notifier = Notifier()
         self.history = History()
         self.http: HttpServer | None = None
+        self.homeassistant: HomeAssistant | None = None
         self._stop = asyncio.Event()
         self._infos: dict[str, str] = {}  # node info waiting to be written, newest per node
         self._fold_failed = False  # a fold failed and was said once: the next failures are not
@@ -241,6 +243,16 @@ class Agent:
             self.journal.discard()
             log.info("windows of %d provisioned nodes taken from %s (acknowledged after the last fold)", len(replayed), NAME_JOURNAL)
         self.sessions.restore(restored, infos)
+        if cfg.homeassistant_prefix is not None:
+            self.homeassistant = HomeAssistant(
+                topic_base, cfg.gateway_id, cfg.homeassistant_prefix, self.status_topic, self.forwarder.retained
+            )
+            self.sessions.homeassistant = self.homeassistant
+            self.homeassistant.gateway(__version__)
+            for node in self.sessions.nodes.values():
+                if node.layout is not None:
+                    self.homeassistant.node(node.hex, node.info, node.layout.channels)
+            self.uplink.subscriptions.append(self.homeassistant.birth_topic)
         self.sessions.journal = self.journal
         self.commands = Commands(self.worker, topic_base, self.sessions, self.forwarder.retained, self.uplink.ack, cfg.commands_in_flight)
         await self.commands.open()
@@ -276,6 +288,8 @@ class Agent:
             loop.create_task(self._sample_loop(), name="sample"),
             loop.create_task(self._history_loop(), name="history"),
         ]
+        if self.homeassistant is not None:
+            tasks.append(loop.create_task(self._homeassistant_loop(), name="homeassistant"))
         if self.notifier.watchdog_s is not None:  # systemd's WatchdogSec: pinged from this loop, so a hung loop is restarted
             tasks.append(loop.create_task(self.notifier.watchdog(), name="watchdog"))
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -377,7 +391,13 @@ class Agent:
         self.forwarder.puback(mid, accepted, reason)
 
     def _inbound(self, inbound: Inbound) -> None:
-        """A request on `.../command` or `.../config/set`: gateway/commands.py stores it, then acknowledges it."""
+        """A request on `.../command` or `.../config/set`: gateway/commands.py stores it, then acknowledges it.
+        Home Assistant's birth message: every discovery config again."""
+        if self.homeassistant is not None and inbound.topic == self.homeassistant.birth_topic:
+            self.uplink.ack(inbound.mid, inbound.qos, inbound.link)
+            if inbound.payload == b"online":
+                self.homeassistant.again()
+            return
         self.commands.message(inbound)
 
     async def _checkpoint_loop(self) -> None:
@@ -497,6 +517,13 @@ class Agent:
             self.trend.add(time.monotonic(), store.pending_readings, oldest, time.time())
             self.notifier.status(self._summary())
             await asyncio.sleep(SAMPLE_S)
+
+    async def _homeassistant_loop(self) -> None:
+        """The nodes' latest values to Home Assistant's state topics, at most every STATE_EVERY_S."""
+        assert self.homeassistant is not None
+        while True:
+            await asyncio.sleep(STATE_EVERY_S)
+            self.homeassistant.flush()
 
     async def _history_loop(self) -> None:
         """The last hour for the page's sparklines: the registry sampled every minute (the first at start)."""

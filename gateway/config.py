@@ -94,6 +94,7 @@ class Config:
     keys_file: Path | None = None  # [gateway] keys_file; None: data_dir / "keys.json"
     status_socket: Path | None = None  # [status] socket; None: data_dir / "edgegw.sock"
     status_http: tuple[str, int] | None = ("127.0.0.1", 9120)  # [status] http: the status page and /metrics; None: off
+    homeassistant_prefix: str | None = None  # [homeassistant] discovery_prefix when discovery = true; None: off
 
     @property
     def keys_path(self) -> Path:
@@ -194,6 +195,10 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
     "commands": {
         "in_flight": (_int_range(1, 64), 4),
     },
+    "homeassistant": {
+        "discovery": (_BOOL, False),
+        "discovery_prefix": (_TOPIC_PREFIX, "homeassistant"),
+    },
     "status": {
         "socket": (_PATH, None),
         "http": (_LISTEN, "127.0.0.1:9120"),
@@ -206,7 +211,7 @@ SCHEMA: dict[str, dict[str, tuple[Checker, Any]]] = {
 }
 
 
-_SECTIONS = ("gateway", "buffer", "mqtt", "commands", "status", "serial")
+_SECTIONS = ("gateway", "buffer", "mqtt", "commands", "status", "homeassistant", "serial")
 
 
 def _unknown_key(section: str, key: str) -> str:
@@ -241,7 +246,9 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         if section not in _SECTIONS:
             close = difflib.get_close_matches(section, list(_SECTIONS), n=1)
             hint = " (did you mean [%s]?)" % close[0] if close else ""
-            problems.append("[%s]: unknown section%s; expected gateway, buffer, mqtt, commands, status and [[serial]]" % (section, hint))
+            problems.append(
+                "[%s]: unknown section%s; expected gateway, buffer, mqtt, commands, status, homeassistant and [[serial]]" % (section, hint)
+            )
 
     def table(name: str) -> dict[str, Any]:
         value = document.get(name, {})
@@ -256,6 +263,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
     buffer = _check_table("buffer", table("buffer"), problems)
     commands = _check_table("commands", table("commands"), problems)
     status = _check_table("status", table("status"), problems)
+    homeassistant = _check_table("homeassistant", table("homeassistant"), problems)
     mqtt = _check_table("mqtt", table("mqtt"), problems) if "mqtt" in document else None
     if mqtt is None:
         problems.append("[mqtt]: missing; it needs at least host")
@@ -302,6 +310,7 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
         commands_in_flight=commands["in_flight"],
         status_socket=Path(status["socket"]) if status["socket"] else None,
         status_http=_host_port(status["http"]),
+        homeassistant_prefix=homeassistant["discovery_prefix"] if homeassistant["discovery"] else None,
         mqtt=MqttConfig(port=port, tls=tls, **mqtt),
         serial=tuple(serial),
     )

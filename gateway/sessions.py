@@ -38,6 +38,7 @@ from . import senml
 from .committer import CommitResult, Pending
 from .counters import DownlinkCounters
 from .fast_decode import ReceivedMessage, decode_frame
+from .homeassistant import HomeAssistant
 from .keystore import Keystore, key_id
 from .layouts import Layout, Layouts
 from .link_adr import LinkAdaptation
@@ -222,6 +223,7 @@ class Sessions:
         self._committer = committer
         self._layouts = layouts
         self.presenter = Presenter(self.topic_base, publish_retained)
+        self.homeassistant: HomeAssistant | None = None  # [homeassistant] discovery: the latest values as JSON states
         self.listener: DownlinkListener = RawResults(self.presenter)  # replaced by the command life cycle
         self.counters = counters if counters is not None else DownlinkCounters(0, fr.MAX_COUNTER + 1)
         self._save_info = save_info
@@ -575,6 +577,8 @@ class Sessions:
             self._ack(link, node, [message.counter])
         self.send_time(link, node)
         self.presenter.status(node, force=True)
+        if self.homeassistant is not None and node.layout is not None:
+            self.homeassistant.node(node.hex, node.info, node.layout.channels)
         self.listener.hello(node.hex, node.info.get("commands"))
 
     def _readings(self, node: Node, link: Link, message: ReceivedMessage, actions: int) -> None:
@@ -609,6 +613,8 @@ class Sessions:
         pending = Pending(node.hex, counter, frame, readings, layout, node, node.window, decoded, priority=event, commit_within=within)
         self._committer.submit(pending)
         self.presenter.status(node)
+        if self.homeassistant is not None:
+            self.homeassistant.readings(node.hex, layout.channels, samples)
 
     def safe(self, frames: Sequence[Pending]) -> None:
         """These frames are durable (committed, or PUBACKed by the broker): accept their counters, then
