@@ -107,9 +107,14 @@ class Agent:
 
     def _status(self, state: str) -> bytes:
         """The retained status topic's document (gateway/status.py), from the metrics registry."""
+        brief = {"state": state, "gateway_id": self.config.gateway_id, "version": __version__}
         if state != "online":
-            return json.dumps({"state": state, "gateway_id": self.config.gateway_id, "version": __version__}).encode()
-        return json.dumps(mqtt_document(self.metrics.snapshot(), state), allow_nan=False).encode()
+            return json.dumps(brief).encode()
+        try:
+            return json.dumps(mqtt_document(self.metrics.snapshot(), state), allow_nan=False).encode()
+        except Exception:  # a bug in a reader, or a value JSON cannot hold: the brief document, and the agent goes on
+            log.exception("building the status document failed; publishing the brief one")
+            return json.dumps(brief).encode()
 
     def _summary(self) -> str:
         """One line for `systemctl status` (STATUS=): what a technician looks at first."""
@@ -515,6 +520,7 @@ class Agent:
             except StoreError:  # a damaged or busy store: the age stays as it was, the committer says what is wrong
                 oldest = None
             self.trend.add(time.monotonic(), store.pending_readings, oldest, time.time())
+            self.history.note_buffer(store.pending_readings)
             self.notifier.status(self._summary())
             await asyncio.sleep(SAMPLE_S)
 

@@ -7,6 +7,7 @@ import asyncio
 import faulthandler
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -108,14 +109,18 @@ def do_status(args: argparse.Namespace) -> int:
         path = Path(args.socket)
     else:
         try:
-            path = config.load(args.config).socket_path
+            path = config.load(args.config, secrets=False).socket_path
         except config.ConfigError as error:
             raise CommandError(error.report()) from None
     while True:
         try:
             answer = ask(path)
         except ControlError as error:
-            raise CommandError(str(error)) from None
+            if args.watch is None:
+                raise CommandError(str(error)) from None
+            print("edgegw: %s; asking again in %g s" % (error, args.watch), file=sys.stderr, flush=True)  # a restart
+            time.sleep(args.watch)
+            continue
         if args.json:
             print(json.dumps(answer, sort_keys=True), flush=True)
         else:
@@ -367,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edgegw status --watch | head`: the reader went, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
 
 
 if __name__ == "__main__":

@@ -316,8 +316,10 @@ def parse(document: dict[str, Any], path: str = "<config>") -> Config:
     )
 
 
-def load(path: str | Path) -> Config:
-    """Read and check a config file; every failure is a ConfigError naming the file."""
+def load(path: str | Path, secrets: bool = True) -> Config:
+    """Read and check a config file; every failure is a ConfigError naming the file. secrets=False: the secret
+    files (password, TLS key) are not checked for being readable (`edgegw status` as a technician, who may not
+    read them, only needs the socket's path)."""
     name = str(path)
     try:
         with open(path, "rb") as handle:
@@ -333,6 +335,8 @@ def load(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(name, ["not UTF-8 text"]) from None
     config = parse(document, name)
+    if not secrets:
+        return config
     secret_problems = []
     password_file = config.mqtt.password_file
     if password_file and not os.access(password_file, os.R_OK):

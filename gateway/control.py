@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 MODE = 0o660
 REQUEST_MAX = 64  # bytes of a request line
-REQUEST_WAIT_S = 5.0  # a client that says nothing this long is dropped
+REQUEST_WAIT_S = 5.0  # a client that says nothing (or reads nothing) this long is dropped
+STOP_WAIT_S = 1.0  # a stop waits this long at most for the connections it ended
+CLIENTS = 8  # connections served at once; more are closed at once
 MAX_PATH = 107  # sun_path holds 108 bytes with its NUL
 
 
@@ -36,66 +38,81 @@ class ControlServer:
         self.path = path
         self._status = status
         self._server: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.Task[Any]] = set()  # the connections being served: a stop ends them
 
     async def start(self) -> None:
         """Bind the socket (replacing one left by a dead agent; refusing one a live agent answers on)."""
         path = str(self.path)
         if len(os.fsencode(path)) > MAX_PATH:
             raise ControlError("[status] socket: %s is longer than the %d bytes a UNIX socket path may have" % (path, MAX_PATH))
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise ControlError("[status] socket: %s exists and is not a socket; remove it or choose another path" % path)
-            if _answers(path):
-                raise ControlError("[status] socket: another agent is running and answers on %s" % path)
-            os.unlink(path)  # left by an agent that was killed
-        old = os.umask(0o117)  # made 0660 from the start: never a moment when others may connect
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=path)
+            if os.path.lexists(path):
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    raise ControlError("[status] socket: %s exists and is not a socket; remove it or choose another path" % path)
+                if _answers(path):
+                    raise ControlError("[status] socket: another agent is running and answers on %s" % path)
+                os.unlink(path)  # left by an agent that was killed
+            # Connecting needs write permission on the socket: bound under the usual umask (022) nobody but us may
+            # connect until the chmod, so no moment is open to others (and no process-wide umask is changed)
+            self._server = await asyncio.start_unix_server(self._serve, path=path, limit=REQUEST_MAX * 2)
+            os.chmod(path, MODE)
         except OSError as error:
             raise ControlError("[status] socket: cannot listen on %s: %s" % (path, error.strerror or error)) from None
-        finally:
-            os.umask(old)
-        os.chmod(path, MODE)
 
     async def stop(self) -> None:
+        """Best effort and quick: a client that does not read cannot hold the agent's stop."""
         if self._server is None:
             return
         self._server.close()
+        for task in list(self._clients):
+            task.cancel()
         with contextlib.suppress(Exception):
-            await self._server.wait_closed()
+            await asyncio.wait_for(self._server.wait_closed(), STOP_WAIT_S)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._clients) >= CLIENTS:
+            writer.close()
+            return
+        self._clients.add(task)
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_WAIT_S)
             except (TimeoutError, ValueError, ConnectionError):
                 return
-            request = line[:REQUEST_MAX].strip().decode("ascii", "replace")
-            if request == "status":
-                try:
-                    answer: dict[str, Any] = self._status()
-                except Exception:  # a bug in a reader: said here and to the client, the agent goes on
-                    log.exception("building the status for the control socket failed")
-                    answer = {"error": "the agent failed to build its status (see its log)"}
-            else:
-                answer = {"error": "unknown request %r; the one request is: status" % request[:32]}
-            writer.write(json.dumps(answer, allow_nan=False).encode() + b"\n")
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            writer.write(self._answer(line[:REQUEST_MAX].strip().decode("ascii", "replace")))
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.drain(), REQUEST_WAIT_S)  # a client that does not read is dropped
+        except asyncio.CancelledError:
+            pass  # the agent stops: the connection goes
         finally:
+            self._clients.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+
+    def _answer(self, request: str) -> bytes:
+        if request != "status":
+            return json.dumps({"error": "unknown request %r; the one request is: status" % request[:32]}).encode() + b"\n"
+        try:
+            return json.dumps(self._status(), allow_nan=False).encode() + b"\n"
+        except Exception:  # a bug in a reader, or a value JSON cannot hold: said here and to the client, the agent goes on
+            log.exception("building the status for the control socket failed")
+            return json.dumps({"error": "the agent failed to build its status (see its log)"}).encode() + b"\n"
 
 
 def _answers(path: str) -> bool:
+    """Whether an agent listens there: a refused connection means none; one we may not make means we cannot tell,
+    and a socket we cannot tell about is not removed."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(path)
+        except PermissionError:
+            raise ControlError(
+                "[status] socket: %s belongs to another user (an agent of theirs?); remove it or choose another path" % path
+            ) from None
         except OSError:
             return False
         return True
@@ -118,6 +135,8 @@ def ask(path: Path, request: str = "status", timeout: float = 10.0) -> dict[str,
             ) from None
         except ConnectionRefusedError:
             raise ControlError("the agent is not running (%s is left from one that stopped): start it" % path) from None
+        except IsADirectoryError:
+            raise ControlError("%s is a folder, not the agent's socket" % path) from None
         except OSError as error:
             raise ControlError("cannot reach the agent at %s: %s" % (path, error.strerror or error)) from None
         try:

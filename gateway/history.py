@@ -22,10 +22,12 @@ class History:
         self._readings: dict[str, deque[float]] = {}  # node -> its readings total at each sample, oldest first
         self._buffer: deque[float] = deque(maxlen=steps + 1)
         self._samples: deque[float] = deque(maxlen=steps + 1)  # when each was taken (unix s)
+        self._buffer_peak = 0.0  # the most readings buffered since the last sample (note_buffer, every few seconds)
 
     def sample(self, snapshot: Snapshot, now: float) -> None:
         self._samples.append(now)
-        self._buffer.append(snapshot.value("edgegw_buffer_readings"))
+        self._buffer.append(max(self._buffer_peak, snapshot.value("edgegw_buffer_readings")))
+        self._buffer_peak = 0.0
         seen = snapshot.by("edgegw_node_readings_total", "node")
         for node, total in seen.items():
             series = self._readings.get(node)
@@ -37,13 +39,20 @@ class History:
             if node not in seen:
                 series.append(series[-1] if series else 0.0)
 
-    def per_minute(self, node: str, live: float | None = None) -> list[float]:
-        """Readings in each minute of the last hour, oldest first; `live` (its total now) adds the minute under way."""
+    def note_buffer(self, readings: float) -> None:
+        """The buffer's size now (the agent's sampling every few seconds): a minute's sample keeps its most, so a
+        backlog that came and drained within the minute still shows."""
+        self._buffer_peak = max(self._buffer_peak, readings)
+
+    def per_minute(self, node: str, live: float | None = None, now: float | None = None) -> list[float]:
+        """Readings in each minute of the last hour, oldest first; `live` (its total `now`) adds the minute under
+        way, scaled to a whole minute (once 5 s of it passed: a rate from less says little)."""
         series = list(self._readings.get(node, ()))
-        if live is not None:
-            series.append(live)
-        return [max(0.0, later - earlier) for earlier, later in pairwise(series)]
+        minutes = [max(0.0, later - earlier) for earlier, later in pairwise(series)]
+        if live is not None and now is not None and series and self._samples and now - self._samples[-1] >= 5.0:
+            minutes.append(max(0.0, live - series[-1]) * STEP_S / (now - self._samples[-1]))
+        return minutes
 
     def buffer(self, live: float | None = None) -> list[float]:
-        """The buffer's readings at each sample, oldest first (and now)."""
-        return [*self._buffer, *([] if live is None else [live])]
+        """The buffer's readings at each sample (the most within its minute), oldest first, and now."""
+        return [*self._buffer, *([] if live is None else [max(live, self._buffer_peak)])]

@@ -182,15 +182,19 @@ class NodeView(Protocol):
     last_seen: float
     last_port: str | None
     readings: int
-    missing: int
     status: dict[str, Any]
     radio: dict[str, Any]
+
+    @property
+    def missing(self) -> int: ...
 
 
 def node_reader(nodes: Callable[[], Iterable[NodeView]]) -> Reader:
     def read() -> list[Metric]:
         known = list(nodes())
-        port = [({"node": node.hex, "port": node.last_port or ""}, node.last_seen) for node in known]
+        seen = [({"node": node.hex}, node.last_seen) for node in known]
+        # where it was last heard, apart: a node that moves port changes this series only (Prometheus' info pattern)
+        port = [({"node": node.hex, "port": node.last_port or ""}, 1.0) for node in known]
         radio = [node for node in known if node.radio]
 
         def radio_rows(key: str) -> list[tuple[Labels, float]]:
@@ -198,13 +202,12 @@ def node_reader(nodes: Callable[[], Iterable[NodeView]]) -> Reader:
 
         battery = [({"node": node.hex}, node.status["battery_mv"] / 1000.0) for node in known if type(node.status.get("battery_mv")) is int]
         return [
-            _gauge(
-                "edgegw_node_last_seen_seconds", "when a frame of the node was last read (unix time), and where", port, ("node", "port")
-            ),
+            _gauge("edgegw_node_last_seen_seconds", "when a frame of the node was last read (unix time)", seen, ("node",)),
+            _gauge("edgegw_node_port_info", "the port the node was last heard on (value 1)", port, ("node", "port")),
             _counter("edgegw_node_readings", "readings stored or published", [({"node": n.hex}, n.readings) for n in known], ("node",)),
-            _counter(
+            _gauge(  # a gauge: a gap a resent frame fills later is taken back
                 "edgegw_node_missing_frames",
-                "the node's frame counters skipped since the agent started (frames that never arrived)",
+                "frame counters the node skipped since the agent started and that have not arrived since",
                 [({"node": n.hex}, n.missing) for n in known],
                 ("node",),
             ),

@@ -122,9 +122,10 @@ def render(doc: dict[str, Any], history: History, now: float | None = None) -> s
     nodes = []
     for node, entry in sorted(doc["nodes"].items()):
         last = entry["last_seen"]
-        radio = (
-            "SF%s, %.0f dBm, %.1f dB" % (entry.get("sf", "?"), entry["rssi_dbm"], entry.get("snr_db", 0.0)) if "rssi_dbm" in entry else "-"
-        )
+        radio = "-"
+        if "rssi_dbm" in entry:
+            radio = "SF%s, %.0f dBm" % (entry.get("sf", "?"), entry["rssi_dbm"])
+            radio += ", %.1f dB" % entry["snr_db"] if "snr_db" in entry else ""
         nodes.append(
             [
                 "<code>%s</code>" % e(node),
@@ -134,7 +135,7 @@ def render(doc: dict[str, Any], history: History, now: float | None = None) -> s
                 '<span class="bad">%d</span>' % entry["missing_frames"] if entry["missing_frames"] else "0",
                 "%.2f V" % entry["battery_v"] if "battery_v" in entry else "-",
                 e(radio),
-                sparkline(history.per_minute(node, entry["readings"]), "readings per minute of %s, last hour" % node),
+                sparkline(history.per_minute(node, entry["readings"], now), "readings per minute of %s, last hour" % node),
             ]
         )
     parts.append(

@@ -81,6 +81,10 @@ def link_margin(fields: dict[str, Any]) -> dict[str, Any]:
     return {"margin_db": round(snr - SNR_FLOOR_DB10[fields["sf"] - SF_MIN] / 10, 1)}
 
 
+_GAP_MAX = 256  # a counter that jumps further ahead moved (a restore, a damaged flash): its skip is not frames lost
+_GAPS_KEPT = 4096  # a node's gaps remembered to be taken back; older ones stay counted
+
+
 @dataclass
 class Node:
     node_id: bytes
@@ -115,11 +119,34 @@ class Node:
     radio_new: int = 0
     radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
     readings: int = 0  # readings safe (stored or published) since the agent started
-    missing: int = 0  # counters skipped since the agent started and not filled in since (frames that never arrived)
+    # Frames that never arrived (edgegw status' MISSING): counters skipped between frames that arrived this run,
+    # taken back when one arrives late; not what a HELLO skips (a node's counter moves to its next flash block at
+    # a reboot, SPEC.md 4.1), nor a jump of more than _GAP_MAX (a counter moved, not frames lost)
+    arrival_high: int = -1
+    gaps: set[int] = field(default_factory=set)
+    gaps_forgotten: int = 0  # gaps too old to keep (beyond _GAPS_KEPT): counted, no longer taken back
     hex: str = field(init=False)  # the node id as shown everywhere; computed once, it is looked up per frame
 
     def __post_init__(self) -> None:
         self.hex = node_hex(self.node_id)
+
+    @property
+    def missing(self) -> int:
+        return self.gaps_forgotten + len(self.gaps)
+
+    def arrived(self, counter: int, hello: bool = False) -> None:
+        """A frame new to the window arrived (stored, refused or applied alike): the gaps it opens or fills."""
+        high = self.arrival_high
+        if counter > high:
+            if high >= 0 and not hello and counter - high - 1 <= _GAP_MAX:
+                self.gaps.update(range(high + 1, counter))
+                if len(self.gaps) > _GAPS_KEPT:
+                    old = sorted(self.gaps)[: _GAPS_KEPT // 2]
+                    self.gaps.difference_update(old)
+                    self.gaps_forgotten += len(old)
+            self.arrival_high = counter
+        else:
+            self.gaps.discard(counter)
 
     @property
     def port(self) -> str | None:
@@ -299,11 +326,6 @@ class Sessions:
 
     def _accept(self, node: Node, counter: int) -> None:
         """The one place a window takes a counter: what is kept in memory is remembered for the next fold."""
-        highest = node.window.highest
-        if counter > highest >= 0:
-            node.missing += counter - highest - 1
-        elif counter < highest and node.missing and node.window.check(counter) == NEW:
-            node.missing -= 1  # a gap filled (a frame resent after a later one got through)
         node.window.accept(counter)
         self._moved[node.hex] = node
         if self.journal is not None and self.keys is not None and self.keys.keyed(node.node_id):
@@ -348,6 +370,8 @@ class Sessions:
             self._linked(node, link)
         node.last_seen = time.time()
         verdict = node.window.check(message.counter)
+        if verdict == NEW:
+            node.arrived(message.counter)
         if verdict == DUPLICATE:
             link.duplicates += 1  # a resend whose ACK was lost, or a recording played again: answered, never used twice
         actions = _actions(message, verdict)
@@ -511,6 +535,7 @@ class Sessions:
 
     def _hello(self, link: Link, message: ReceivedMessage) -> None:
         node = self._node(message.node_id)  # a session starts with the first valid HELLO
+        node.arrived(message.counter, hello=True)
         self._unknown.pop(node.node_id, None)
         if node.link is not link:
             self._linked(node, link)

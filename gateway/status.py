@@ -36,9 +36,10 @@ def _mean_ms(snapshot: Snapshot, name: str) -> float | None:
     return round(snapshot.value(name + "_sum") / count * 1000, 1) if count > 0 else None
 
 
-def document(snapshot: Snapshot, state: str = "online", now: float | None = None) -> dict[str, Any]:
+def document(snapshot: Snapshot, state: str = "online", now: float | None = None, with_nodes: bool = True) -> dict[str, Any]:
     """Everything, by topic; plus the flat keys the MQTT status topic had before this document (kept for its
-    readers: `buffered_readings`, `acked_by_broker` ...)."""
+    readers: `buffered_readings`, `acked_by_broker` ...). Each family is gone through once (a thousand nodes
+    must not cost a thousand scans of each: this runs on the agent's event loop)."""
     now = time.time() if now is None else now
     started = snapshot.value("edgegw_start_time_seconds")
     info = snapshot.rows("edgegw_info")
@@ -47,36 +48,8 @@ def document(snapshot: Snapshot, state: str = "online", now: float | None = None
     drain = snapshot.value("edgegw_buffer_drain_per_second")
     since = snapshot.value("edgegw_uplink_connected_since_seconds")
     broker = snapshot.rows("edgegw_uplink_connected")
-    ports: dict[str, dict[str, Any]] = {}
-    for port_labels, _ in snapshot.rows("edgegw_port_open"):
-        path = port_labels["port"]
-        ports[path] = {
-            "frames": int(snapshot.value("edgegw_port_frames_total", port=path)),
-            "bytes": int(snapshot.value("edgegw_port_bytes_total", port=path)),
-            "duplicates": int(snapshot.value("edgegw_port_duplicates_total", port=path)),
-            "errors": _by(snapshot, "edgegw_port_bad_frames_total", "reason", port=path),
-            "replies_dropped": _by(snapshot, "edgegw_port_replies_dropped_total", "reason", port=path),
-        }
-    nodes: dict[str, dict[str, Any]] = {}
-    for node_labels, last_seen in snapshot.rows("edgegw_node_last_seen_seconds"):
-        node = node_labels["node"]
-        entry: dict[str, Any] = {
-            "port": node_labels.get("port") or None,
-            "last_seen": round(last_seen, 3) if last_seen else None,
-            "readings": int(snapshot.value("edgegw_node_readings_total", node=node)),
-            "missing_frames": int(snapshot.value("edgegw_node_missing_frames_total", node=node)),
-        }
-        for key, name in (
-            ("battery_v", "edgegw_node_battery_volts"),
-            ("rssi_dbm", "edgegw_node_rssi_dbm"),
-            ("snr_db", "edgegw_node_snr_db"),
-            ("sf", "edgegw_node_spreading_factor"),
-            ("delivery_ratio", "edgegw_node_delivery_ratio"),
-        ):
-            value = snapshot.value(name, math.nan, node=node)
-            if not math.isnan(value):
-                entry[key] = int(value) if key == "sf" else value
-        nodes[node] = entry
+    ports = _ports(snapshot)
+    nodes = _nodes(snapshot) if with_nodes else {}
     publishes = {kind: int(value) for kind, value in snapshot.by("edgegw_uplink_publishes_total", "kind").items()}
     acked = snapshot.by("edgegw_frames_acked_total", "how")
     document: dict[str, Any] = {
@@ -100,7 +73,7 @@ def document(snapshot: Snapshot, state: str = "online", now: float | None = None
             "bytes": int(snapshot.value("edgegw_buffer_bytes")),
             "oldest_age_s": round(snapshot.value("edgegw_buffer_oldest_age_seconds"), 1),
             "drain_per_s": round(drain, 1),
-            "empty_in_s": round(readings / drain) if readings and drain > 0 else (0 if not readings else None),
+            "empty_in_s": max(1, round(readings / drain)) if readings and drain > 0 else (0 if not readings else None),
         },
         "storage": {
             "commits": int(snapshot.value("edgegw_commit_seconds_count")),
@@ -129,17 +102,50 @@ def document(snapshot: Snapshot, state: str = "online", now: float | None = None
 def mqtt_document(snapshot: Snapshot, state: str) -> dict[str, Any]:
     """The retained status topic: the document without the node table (each node has its own status topic),
     and `nodes` as their number, as it always was."""
-    full = document(snapshot, state)
-    full["nodes"] = len(full["nodes"])
+    full = document(snapshot, state, with_nodes=False)
+    full["nodes"] = len(snapshot.rows("edgegw_node_last_seen_seconds"))
     return full
 
 
-def _by(snapshot: Snapshot, name: str, label: str, **fixed: str) -> dict[str, int]:
-    return {
-        labels[label]: int(value)
-        for labels, value in snapshot.rows(name)
-        if label in labels and all(labels.get(key) == wanted for key, wanted in fixed.items())
+def _ports(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
+    ports: dict[str, dict[str, Any]] = {
+        labels["port"]: {"frames": 0, "bytes": 0, "duplicates": 0, "errors": {}, "replies_dropped": {}}
+        for labels, _ in snapshot.rows("edgegw_port_open")
     }
+    counts = (("frames", "edgegw_port_frames_total"), ("bytes", "edgegw_port_bytes_total"), ("duplicates", "edgegw_port_duplicates_total"))
+    for key, name in counts:
+        for labels, value in snapshot.rows(name):
+            if labels.get("port") in ports:
+                ports[labels["port"]][key] = int(value)
+    for key, name in (("errors", "edgegw_port_bad_frames_total"), ("replies_dropped", "edgegw_port_replies_dropped_total")):
+        for labels, value in snapshot.rows(name):
+            if labels.get("port") in ports:
+                ports[labels["port"]][key][labels["reason"]] = int(value)
+    return ports
+
+
+def _nodes(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
+    nodes: dict[str, dict[str, Any]] = {
+        labels["node"]: {"port": None, "last_seen": round(last_seen, 3) if last_seen else None, "readings": 0, "missing_frames": 0}
+        for labels, last_seen in snapshot.rows("edgegw_node_last_seen_seconds")
+    }
+    for labels, _ in snapshot.rows("edgegw_node_port_info"):
+        if labels["node"] in nodes:
+            nodes[labels["node"]]["port"] = labels["port"] or None
+    for key, name, kind in (
+        ("readings", "edgegw_node_readings_total", int),
+        ("missing_frames", "edgegw_node_missing_frames", int),
+        ("battery_v", "edgegw_node_battery_volts", float),
+        ("rssi_dbm", "edgegw_node_rssi_dbm", float),
+        ("snr_db", "edgegw_node_snr_db", float),
+        ("sf", "edgegw_node_spreading_factor", int),
+        ("delivery_ratio", "edgegw_node_delivery_ratio", float),
+    ):
+        for labels, value in snapshot.rows(name):
+            entry = nodes.get(labels["node"])
+            if entry is not None and math.isfinite(value):
+                entry[key] = kind(value)
+    return nodes
 
 
 # ------------------------------------------------------------ for people
@@ -242,7 +248,8 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
             last = entry["last_seen"]
             radio = ""
             if "rssi_dbm" in entry:
-                radio = "SF%s %.0f dBm %.1f dB" % (entry.get("sf", "?"), entry["rssi_dbm"], entry.get("snr_db", math.nan))
+                snr = " %.1f dB" % entry["snr_db"] if "snr_db" in entry else ""
+                radio = "SF%s %.0f dBm%s" % (entry.get("sf", "?"), entry["rssi_dbm"], snr)
             rows.append(
                 [
                     node,

@@ -46,6 +46,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -1256,7 +1257,9 @@ class Store:
         """Unix time the oldest chunk on disk was received (by the primary key, no scan); None when there is none
         or its value is damaged. On the store's thread."""
         first = self._db.execute("SELECT received FROM chunks ORDER BY id LIMIT 1").fetchone()
-        return float(first[0]) if first is not None and type(first[0]) in (int, float) else None
+        if first is None or type(first[0]) not in (int, float) or not math.isfinite(first[0]):
+            return None
+        return float(first[0])
 
     @property
     def pending_readings(self) -> int:

@@ -240,3 +240,53 @@ def test_edgegw_status_with_a_bad_config_names_the_key(tmp_path: pathlib.Path) -
     bad.write_text('[gateway]\nid = "gw"\ndata_dir = "%s"\n[mqtt]\nhost = "localhost"\n[status]\nsockett = "x"\n' % tmp_path)
     done = _status("--config", str(bad))
     assert done.returncode == 2 and "[status] sockett: unknown key (did you mean 'socket'?)" in done.stderr
+
+
+def test_missing_frames_are_counter_gaps_of_frames_that_never_arrived() -> None:
+    """Not what a reboot's HELLO skips, not a counter that jumped, not a frame that arrived and was refused; a gap
+    filled by a late frame is taken back."""
+    from protocols import Message, encode, messages
+    from protocols import frame as fr
+    from tests.test_hostile import NODE, Bench
+
+    bench = Bench()
+
+    def readings(counter: int, samples: list[Any] | None = None) -> None:
+        bench.feed(encode(Message(messages.READINGS, NODE, counter, {"samples": samples or [0, 1, 0]}, fr.F_ACK_REQ)))
+
+    bench.hello(1)
+    node = bench.sessions.nodes[NODE.hex()]
+    for counter in (2, 3, 5, 6):  # 4 never came
+        readings(counter)
+    assert node.missing == 1
+    readings(4)  # resent late: not missing after all
+    assert node.missing == 0
+    readings(9, [7, 1, 0])  # 7 and 8 never came; 9 arrived and was refused (channel 7 is not in its HELLO)
+    readings(10)
+    assert node.missing == 2
+    bench.hello(64)  # a reboot: the node's counter moved to its next flash block, nothing lost
+    readings(65)
+    assert node.missing == 2
+    readings(65 + 300)  # a counter that jumped far (moved, not 300 frames lost)
+    assert node.missing == 2
+
+
+async def test_a_client_that_never_reads_cannot_hold_the_agents_stop(tmp_path: pathlib.Path) -> None:
+    import asyncio
+
+    path = tmp_path / "edgegw.sock"
+    server = ControlServer(path, lambda: {"nodes": {"%016x" % i: {"x": "y" * 64} for i in range(50_000)}})  # megabytes
+    await server.start()
+    sluggard = socket.socket(socket.AF_UNIX)
+    sluggard.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sluggard, str(path))
+    await asyncio.get_running_loop().sock_sendall(sluggard, b"status\n")
+    silent = socket.socket(socket.AF_UNIX)  # and one that says nothing at all
+    silent.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(silent, str(path))
+    await asyncio.sleep(0.5)  # the answer is under way, its client reads nothing
+    began = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - began < 3.0 and not path.exists()
+    sluggard.close()
+    silent.close()

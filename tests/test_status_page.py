@@ -70,3 +70,24 @@ def test_a_sparkline_scales_to_its_largest_value_and_draws_one_point_flat() -> N
     assert points[0][1] == 22.0 and points[2][1] == 2.0 and points[1][1] == 12.0  # bottom, top, middle (24 px, 2 px margins)
     assert len(re.search(r'points="([^"]+)"', sparkline([3.0], "y")).group(1).split()) == 2  # type: ignore[union-attr]
     assert "&lt;b&gt;" in sparkline([], "<b>")  # a label is escaped
+
+
+def test_the_history_gives_readings_per_minute_and_the_buffers_peak_of_each_minute() -> None:
+    from gateway.history import History
+    from gateway.metrics import Snapshot
+
+    def snap(node_total: float, buffered: float) -> Snapshot:
+        return Snapshot({"edgegw_node_readings_total": [({"node": "n1"}, node_total)], "edgegw_buffer_readings": [({}, buffered)]})
+
+    history = History(steps=3)
+    history.sample(snap(0, 0), 0.0)
+    history.note_buffer(500)  # a backlog that came and went within the minute
+    history.sample(snap(60, 0), 60.0)
+    history.sample(snap(180, 0), 120.0)
+    assert history.per_minute("n1") == [60.0, 120.0]
+    assert history.per_minute("n1", live=190, now=150.0) == [60.0, 120.0, 20.0]  # 10 in half a minute: 20 a minute
+    assert history.per_minute("n1", live=181, now=122.0) == [60.0, 120.0]  # 2 s into the minute: not yet
+    assert history.buffer() == [0.0, 500.0, 0.0]
+    for second in (180.0, 240.0):
+        history.sample(snap(200, 0), second)
+    assert len(history.per_minute("n1")) == 3  # an hour's worth (here 3 steps), no more
