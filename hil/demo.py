@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from typing import TextIO
 from .broker import Mosquitto
 from .capture import MqttCapture, decode_senml
 from .chain import Chain
+from .gateway import GatewayProcess
 from .rig import EmulatedRig
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -59,7 +61,7 @@ class LiveView:
         span = min(60.0, max(1.0, now - arrivals[0])) if arrivals else 60.0
         return len(arrivals) * 60.0 / span
 
-    def render(self, broker: Mosquitto, started: float) -> str:
+    def render(self, broker: Mosquitto, started: float, gateway: GatewayProcess | None = None) -> str:
         now = time.monotonic()
         status = self.gateway_status
         lines = [
@@ -67,6 +69,7 @@ class LiveView:
             "broker mqtt://127.0.0.1:%d   gateway %s, buffered on disk: %s readings   running %ds   Ctrl-C stops everything"
             % (broker.port, status.get("state", "starting"), status.get("buffered_readings", "?"), now - started),
             "watch it yourself:  mosquitto_sub -p %d -t 'edgegw/#' -v" % broker.port,
+            *_technician(gateway),
             "",
             "%-18s %-12s %14s  %-6s %8s  %s" % ("node", "channel", "latest value", "unit", "age", "readings/min (node)"),
         ]
@@ -83,6 +86,17 @@ class LiveView:
             "frame on disk before acknowledging it and publishes SenML (CBOR) to edgegw/<gateway>/nodes/<node>/readings.",
         ]
         return "\n".join(lines)
+
+
+def _technician(gateway: GatewayProcess | None) -> list[str]:
+    """What a technician would use on this gateway: its status, and its page once it said where (its log)."""
+    if gateway is None:
+        return []
+    page = re.search(r"status page on (http://\S+/),", gateway.log())
+    return [
+        "the gateway's own view:  edgegw status --config %s   (--watch to follow)" % gateway.config_path,
+        "its status page:  %s   (Prometheus: %smetrics)" % (page.group(1), page.group(1)) if page else "its status page: starting",
+    ]
 
 
 def _value(value: object) -> str:
@@ -122,10 +136,10 @@ def _show(chain: Chain, out: TextIO, stop: threading.Event, seconds: float | Non
             return 1
         view.update()
         if interactive:
-            out.write(CLEAR + view.render(chain.broker, started) + "\n")
+            out.write(CLEAR + view.render(chain.broker, started, chain.gateway) + "\n")
             out.flush()
         elif now >= next_plain:
-            print(view.render(chain.broker, started) + "\n", file=out, flush=True)
+            print(view.render(chain.broker, started, chain.gateway) + "\n", file=out, flush=True)
             next_plain = now + 10.0
         stop.wait(1.0)
     print("edgegw demo: stopping the gateway, the nodes and the broker ...", file=out, flush=True)
