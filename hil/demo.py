@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import sys
 import tempfile
@@ -92,10 +91,10 @@ def _technician(gateway: GatewayProcess | None) -> list[str]:
     """What a technician would use on this gateway: its status, and its page once it said where (its log)."""
     if gateway is None:
         return []
-    page = re.search(r"status page on (http://\S+/),", gateway.log())
+    page = gateway.page_url()
     return [
         "the gateway's own view:  edgegw status --config %s   (--watch to follow)" % gateway.config_path,
-        "its status page:  %s   (Prometheus: %smetrics)" % (page.group(1), page.group(1)) if page else "its status page: starting",
+        "its status page:  %s   (Prometheus: %smetrics)" % (page, page) if page else "its status page: starting",
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,11 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def page_url(self) -> str | None:
+        """The status page's address this run's log gave (`[status] http` is port 0 here: the system chose it)."""
+        found = re.findall(r"status page on (http://\S+/),", self.log()[self.log_mark :])
+        return found[-1] if found else None
 
     def wait_for_log(self, text: str, timeout: float = 15.0, after: int = 0) -> None:
         """Wait for `text` in the log past character `after` (pass `log_mark` for this run's lines only)."""

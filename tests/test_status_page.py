@@ -34,9 +34,8 @@ def test_the_page_lists_the_rigs_nodes_with_sparklines_in_chromium(tmp_path: Pat
     with Chain(tmp_path, rig) as chain:
         assert chain.gateway is not None
         chain.gateway.wait_for_log("status page on http://", timeout=30)
-        url = re.search(r"status page on (http://\S+/),", chain.gateway.log())
-        assert url, chain.gateway.log()[-2000:]
-        page = url.group(1)
+        page = chain.gateway.page_url()
+        assert page, chain.gateway.log()[-2000:]
         ids = {node.node_id for node in rig.nodes}
         deadline = time.monotonic() + 60
         doc: dict[str, Any] = {}
