@@ -155,7 +155,7 @@ class Agent:
     def _read_metrics(self) -> None:
         """The layers' state joins the registry: read at each collection, kept nowhere else."""
         metrics, cfg = self.metrics, self.config
-        metrics.reader(port_reader(self.ports.links))
+        metrics.reader(port_reader(lambda: [*self.ports.links(), *self.sessions.radio_links()]))  # a bridge's air: a port too
         metrics.reader(node_reader(lambda: self.sessions.nodes.values()))
         metrics.reader(buffer_reader(lambda: self.worker.store, self.trend))
         metrics.reader(uplink_reader(self.uplink, cfg.mqtt.host, cfg.mqtt.port))

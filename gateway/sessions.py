@@ -276,6 +276,10 @@ class Sessions:
 
     # ------------------------------------------------------------ restoring
 
+    def radio_links(self) -> list[RadioLink]:
+        """The links of the nodes each LoRa bridge hears (a port of its own in the status: frames, bad frames on air)."""
+        return list(self._radio_links.values())
+
     def restore(self, windows: dict[str, tuple[int, int]], infos: dict[str, str]) -> None:
         for node_hex_id, (highest, seen) in windows.items():
             self._node(bytes.fromhex(node_hex_id)).window = CounterWindow(highest, seen)
@@ -743,6 +747,8 @@ class Sessions:
 
             radio = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send, linked, hand_over)
             self._radio_links[bridge.hex] = radio
+        if isinstance(fields["frame"], bytes):
+            radio.bytes_in += len(fields["frame"])  # the frame as it was on air (the status' bytes read, for the air)
         try:
             inner = fr.unpack(fields["frame"], self.keys.uplink_keys if self.keys is not None else None)
             message = decode_frame(inner)

@@ -151,6 +151,15 @@ def test_over_radio_a_tag_is_required_and_a_damaged_frame_is_counted(radio: Radi
     radio.relay("/dev/ttyB", plain)
     assert stranger.hex() not in radio.bench.sessions.nodes
     assert links[BRIDGES["/dev/ttyB"].hex()].errors["auth"] == 1
+    # the bridge's air is a port of its own in the status (gateway/metrics.py): frames and bad frames by reason
+    from gateway.metrics import Metrics, port_reader
+    from gateway.status import document
+
+    metrics = Metrics("gw", "1")
+    metrics.reader(port_reader(radio.bench.sessions.radio_links))
+    ports = document(metrics.snapshot())["ports"]
+    air = ports["radio:%s" % BRIDGES["/dev/ttyA"].hex()]
+    assert air["errors"]["auth"] == 3 and air["frames"] >= 1 and air["bytes"] > 0
 
 
 def over_the_air(replies: list[Message]) -> list[tuple[int, Message]]:
