@@ -9,6 +9,7 @@ the agent, the ports, the broker, the disk, the clock. Exit status: 0 without a 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -32,7 +33,6 @@ from protocols import ProtocolError, StreamDecoder
 
 from . import config as configuration
 from .control import ControlError, ask
-from .keystore import KeystoreError, check_private
 from .status import size_text
 from .uplink import secure
 
@@ -73,12 +73,22 @@ class ServiceUser:
         return cls(name, entry.pw_uid, frozenset(gids))
 
     def may(self, path: str, read: bool = True, write: bool = True, search: bool = False) -> bool:
-        """Whether the mode bits let this user read/write (search a folder); root may do anything."""
-        info = os.stat(path)
+        """Whether the mode bits let this user read/write (search a folder) it, every folder above it searchable
+        by it too; root may do anything."""
         if self.uid == 0:
             return True
+        folder = os.path.dirname(os.path.abspath(path))
+        while True:
+            if not self._bits(folder, 1):
+                return False
+            if folder == "/":
+                break
+            folder = os.path.dirname(folder)
+        return self._bits(path, (4 if read else 0) | (2 if write else 0) | (1 if search else 0))
+
+    def _bits(self, path: str, wanted: int) -> bool:
+        info = os.stat(path)
         shift = 6 if info.st_uid == self.uid else 3 if info.st_gid in self.gids else 0
-        wanted = (4 if read else 0) | (2 if write else 0) | (1 if search else 0)
         return (info.st_mode >> shift) & wanted == wanted
 
     def group_of(self, path: str) -> str:
@@ -94,7 +104,7 @@ class ServiceUser:
 
 def check_config(path: str) -> tuple[configuration.Config | None, list[Check]]:
     try:
-        cfg = configuration.load(path)
+        cfg = configuration.load(path, secrets=False)  # readable by the service user, not by us: check_secrets
     except configuration.ConfigError as error:
         return None, [Check("config", FAIL, problem, "edit %s: %s" % (path, problem)) for problem in error.problems]
     return cfg, [Check("config", PASS, "%s: every key valid (gateway %s)" % (path, cfg.gateway_id))]
@@ -131,7 +141,12 @@ def check_ports(cfg: configuration.Config, user: ServiceUser, agent: dict[str, A
             if device in heard or os.path.realpath(device) in {os.path.realpath(path) for path in heard}:
                 checks.append(_heard_by_agent(device, heard))
             elif checks[-1].result == PASS:
-                checks.append(_listen(device, entry.baud, listen_s))
+                holders = _holders(device)
+                if holders:  # the agent (not reachable from here) or another program: its frames are not ours to take
+                    detail = "open in process %s: not listened to" % ", ".join(holders)
+                    checks.append(Check("node on %s" % device, WARN, detail, "edgegw status, or fuser -v %s" % device))
+                else:
+                    checks.append(_listen(device, entry.baud, listen_s))
     if not cfg.serial:
         checks.append(Check("serial", WARN, "no [[serial]] ports configured", "add a [[serial]] table with port = the node's device"))
     return checks
@@ -160,6 +175,23 @@ def _heard_by_agent(device: str, heard: dict[str, Any]) -> Check:
     return Check(
         "node on %s" % device, WARN, "the agent has read no frame here yet (%d bad)" % bad, "check the node is powered and its role sends"
     )
+
+
+def _holders(device: str) -> list[str]:
+    """The processes with the device open (what /proc shows us: all of them as root, our own otherwise)."""
+    real = os.path.realpath(device)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            for fd in os.listdir("/proc/%s/fd" % entry):
+                if os.path.realpath("/proc/%s/fd/%s" % (entry, fd)) == real:
+                    found.append(entry)
+                    break
+        except OSError:
+            continue
+    return found
 
 
 def _listen(device: str, baud: int, listen_s: float) -> Check:
@@ -223,7 +255,13 @@ def check_broker(cfg: configuration.Config) -> list[Check]:
             ),
         ]
     except ssl.SSLError as error:
-        return [*checks, Check("broker TLS", FAIL, "TLS failed: %s" % (error.reason or error), "is the port a TLS port? (8883 usually)")]
+        reason = str(error.reason or error)
+        fix = {
+            "KEY_VALUES_MISMATCH": "[mqtt.tls] key_file is not the key of cert_file",
+            "NO_CERTIFICATE_OR_CRL_FOUND": "[mqtt.tls] ca_file holds no certificate (PEM)",
+            "WRONG_VERSION_NUMBER": "the port does not speak TLS: the broker's TLS port (8883 usually), or no [mqtt.tls]",
+        }.get(reason, "check [mqtt.tls] and the broker's TLS listener")
+        return [*checks, Check("broker TLS", FAIL, "TLS failed: %s" % reason, fix)]
     except TimeoutError:
         return [
             *checks,
@@ -293,6 +331,8 @@ def check_disk(cfg: configuration.Config, user: ServiceUser, mounts: str | None 
     existing = data_dir
     while not os.path.exists(existing):
         existing = os.path.dirname(existing) or "/"
+    if existing != data_dir and not os.path.isdir(existing):
+        return [Check("data_dir", FAIL, "%s cannot be made: %s is a file" % (data_dir, existing), "set [gateway] data_dir to a folder")]
     checks: list[Check] = []
     if existing != data_dir:
         if user.may(existing, read=False, write=True, search=True):
@@ -306,6 +346,8 @@ def check_disk(cfg: configuration.Config, user: ServiceUser, mounts: str | None 
                     "sudo install -d -o %s %s" % (user.name, data_dir),
                 )
             )
+    elif not os.path.isdir(data_dir):
+        checks.append(Check("data_dir", FAIL, "%s is not a folder" % data_dir, "set [gateway] data_dir to a folder"))
     elif not user.may(data_dir, read=True, write=True, search=True):
         checks.append(
             Check("data_dir", FAIL, "%s may not write in %s" % (user.name, data_dir), "sudo chown -R %s %s" % (user.name, data_dir))
@@ -314,7 +356,10 @@ def check_disk(cfg: configuration.Config, user: ServiceUser, mounts: str | None 
         checks.append(Check("data_dir", PASS, "%s is writable by %s" % (data_dir, user.name)))
     vfs = os.statvfs(existing)
     free = vfs.f_bavail * vfs.f_frsize
-    used = sum(os.path.getsize(path) for path in glob.glob(os.path.join(data_dir, "*")) if os.path.isfile(path))
+    used = 0
+    for path in glob.glob(os.path.join(data_dir, "*")):
+        with contextlib.suppress(OSError):  # the running agent may delete one meanwhile
+            used += os.path.getsize(path) if os.path.isfile(path) else 0
     if free + used >= cfg.max_bytes:
         checks.append(
             Check(
@@ -361,7 +406,7 @@ def _storage_kind(path: str, mounts: str | None) -> Check:
         )
     if kind.startswith(("nfs", "cifs", "smb", "fuse.sshfs")):
         return Check("storage", WARN, "network storage: %s; a lost network stops acknowledgements" % where, "put data_dir on local storage")
-    if source.startswith("/dev/mmcblk"):
+    if source.startswith("/dev/mmcblk") or (source == "/dev/root" and os.path.exists("/sys/block/mmcblk0")):
         return Check("storage", PASS, "SD card: %s; it wears with every write (docs/PERFORMANCE.md: bytes per reading)" % where)
     if kind == "overlay":
         return Check(
@@ -414,15 +459,37 @@ def _clock_state() -> int | None:
     return None if result < 0 else result
 
 
-def check_keys(cfg: configuration.Config) -> list[Check]:
-    path = cfg.keys_path
-    if not path.exists():
-        return [Check("keys", PASS, "no keys file (%s): nodes without keys only" % path)]
-    try:
-        check_private(path)
-    except KeystoreError as error:
-        return [Check("keys", FAIL, str(error), "chmod 600 %s and chown it to the service user" % path)]
-    return [Check("keys", PASS, "%s is private" % path)]
+def check_secrets(cfg: configuration.Config, user: ServiceUser) -> list[Check]:
+    """The files the agent reads at start, as the service user will: the MQTT password, the TLS files, the node
+    keys (the agent's rule: the service user's own, mode 0600 or stricter, gateway/keystore.py)."""
+    checks: list[Check] = []
+    files = [("[mqtt] password_file", cfg.mqtt.password_file)]
+    if cfg.mqtt.tls is not None:
+        files += [("[mqtt.tls] %s" % key, getattr(cfg.mqtt.tls, key)) for key in ("ca_file", "cert_file", "key_file")]
+    for name, path in files:
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            checks.append(Check(name, FAIL, "%s is missing" % path, "put it there, or fix the path in the config"))
+        elif not user.may(path, read=True, write=False):
+            fix = "sudo chown %s %s && sudo chmod 600 %s" % (user.name, path, path)
+            checks.append(Check(name, FAIL, "%s may not read %s" % (user.name, path), fix))
+        else:
+            checks.append(Check(name, PASS, "%s readable by %s" % (path, user.name)))
+    keys = cfg.keys_path
+    if not keys.exists():
+        return [*checks, Check("keys", PASS, "no keys file (%s): nodes without keys only" % keys)]
+    info = keys.stat()
+    if info.st_mode & 0o077 or (info.st_uid != user.uid and user.uid != 0):
+        fix = "sudo chown %s %s && sudo chmod 600 %s" % (user.name, keys, keys)
+        detail = "%s must be %s's own, mode 0600 (it is uid %d, mode %04o): the agent refuses it" % (
+            keys,
+            user.name,
+            info.st_uid,
+            stat.S_IMODE(info.st_mode),
+        )
+        return [*checks, Check("keys", FAIL, detail, fix)]
+    return [*checks, Check("keys", PASS, "%s is %s's, mode 0600" % (keys, user.name))]
 
 
 # ------------------------------------------------------------ all of them
@@ -439,12 +506,15 @@ def run(config_path: str, user_name: str | None = None, listen_s: float = LISTEN
             *checks,
             Check("service user", FAIL, "no user %s on this machine" % user_name, "create it, or give --user the service's user"),
         ]
+    if user_name is None and user.name != "edgegw":
+        fix = "sudo edgegw service install --config %s (it creates the user), then run the doctor again" % config_path
+        checks.append(Check("service user", WARN, "no user edgegw: access is checked for %s, who runs this" % user.name, fix))
     agent, found = check_agent(cfg)
     checks += found
     checks += check_ports(cfg, user, agent, listen_s)
     checks += check_broker(cfg)
     checks += check_disk(cfg, user)
-    checks += check_keys(cfg)
+    checks += check_secrets(cfg, user)
     checks += check_clock()
     return checks
 

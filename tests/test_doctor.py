@@ -3,6 +3,7 @@ without a node on them, the disk this runs on, and the clock rules with their in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -169,3 +170,44 @@ def test_the_command_prints_each_check_with_its_fix_and_exits_1_on_a_fail(tmp_pa
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "doctor", "--config", str(bad)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "FAIL  config" in done.stdout and "hots: unknown key (did you mean 'host'?)" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_secrets_and_data_dir_are_checked_as_the_service_user_and_a_held_port_is_left_alone(tmp_path: pathlib.Path) -> None:
+    tmp_path.chmod(0o755)
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)  # root's own: the service user (nobody here) cannot read it
+    keys = tmp_path / "keys.json"
+    keys.write_text("{}")
+    keys.chmod(0o600)
+    cfg = doctor.configuration.load(
+        _config(tmp_path, 'host = "127.0.0.1"\nusername = "gw"\npassword_file = "%s"\n' % secret, extra='keys_file = "%s"\n' % keys),
+        secrets=False,
+    )
+    nobody = ServiceUser("nobody", 65534, frozenset({65534}))
+    found = _by_name(doctor.check_secrets(cfg, nobody))
+    assert found["[mqtt] password_file"].result == FAIL and "nobody may not read" in found["[mqtt] password_file"].detail
+    assert found["keys"].result == FAIL and "must be nobody's own" in found["keys"].detail
+    assert {check.result for check in doctor.check_secrets(cfg, ServiceUser.find("root"))} == {PASS}
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for data_dir in (afile, afile / "sub"):
+        bad = dataclasses.replace(doctor.configuration.load(_config(tmp_path, 'host = "127.0.0.1"\n'), secrets=False), data_dir=data_dir)
+        assert doctor.check_disk(bad, nobody)[0].result == FAIL
+
+    cable = PtyCable(tmp_path / "ttyHELD")
+    try:
+        with open(os.path.realpath(tmp_path / "ttyHELD"), "rb", buffering=0) as device:
+            held = subprocess.Popen(["sleep", "30"], stdin=device)  # another program has it open
+        try:
+            serial = '[[serial]]\nport = "%s"\n' % (tmp_path / "ttyHELD")
+            ports = doctor.configuration.load(_config(tmp_path, 'host = "127.0.0.1"\n', serial), secrets=False)
+            checks = _by_name(doctor.check_ports(ports, ServiceUser.find(None), None, listen_s=0.5))
+        finally:
+            held.kill()
+            held.wait()
+    finally:
+        cable.close()
+    assert checks["node on %s" % (tmp_path / "ttyHELD")].result == WARN
+    assert "not listened to" in checks["node on %s" % (tmp_path / "ttyHELD")].detail

@@ -90,3 +90,45 @@ def test_the_history_gives_readings_per_minute_and_the_buffers_peak_of_each_minu
     for second in (180.0, 240.0):
         history.sample(snap(200, 0), second)
     assert len(history.per_minute("n1")) == 3  # an hour's worth (here 3 steps), no more
+
+
+async def test_the_http_server_cannot_be_held_by_its_clients() -> None:
+    import asyncio
+    import socket
+
+    from gateway.http_server import HttpServer
+
+    built = []
+
+    def page() -> str:
+        built.append(1)
+        return "x" * 5_000_000  # megabytes: more than the socket buffers hold
+
+    server = HttpServer("127.0.0.1", 0, page, dict, bytes)
+    port = await server.start()
+    loop = asyncio.get_running_loop()
+
+    async def ask(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    assert (await ask(b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert (await ask(b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 9000 + b"\r\n\r\n")).startswith(b"HTTP/1.1 431")
+    assert (await ask(b"POST / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+    sluggards = []
+    for _ in range(3):  # ask for the big page and read nothing
+        sluggard = socket.socket()
+        sluggard.setblocking(False)
+        await loop.sock_connect(sluggard, ("127.0.0.1", port))
+        await loop.sock_sendall(sluggard, b"GET / HTTP/1.1\r\n\r\n")
+        sluggards.append(sluggard)
+    await asyncio.sleep(0.5)
+    assert len(built) == 1  # three asks within FRESH_S: the page built once
+    began = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - began < 3.0
+    for sluggard in sluggards:
+        sluggard.close()
