@@ -176,14 +176,16 @@ def do_service(args: argparse.Namespace) -> int:
     from . import service
 
     try:
-        cfg = config.load(args.config)
+        cfg = config.load(args.config, secrets=False)  # install makes the secret files the service user's
     except config.ConfigError as error:
         raise CommandError(error.report()) from None
-    if args.action == "unit":
-        print(service.render_unit(str(Path(args.config).resolve()), args.user, str(cfg.data_dir)), end="")
-        return 0
+    secrets = [path for path in (cfg.mqtt.password_file, cfg.mqtt.tls.key_file if cfg.mqtt.tls else None, str(cfg.keys_path)) if path]
+    writable = [str(cfg.socket_path.parent), str(cfg.keys_path.parent)]  # the socket is made there; a rotation rewrites the keys
     try:
-        return service.install(args.config, args.user, args.unit_dir, str(cfg.data_dir), args.dry_run)
+        if args.action == "unit":
+            print(service.render_unit(str(Path(args.config).resolve()), args.user, str(cfg.data_dir), writable=writable), end="")
+            return 0
+        return service.install(args.config, args.user, args.unit_dir, str(cfg.data_dir), args.dry_run, secrets, writable)
     except (service.ServiceError, OSError) as error:
         raise CommandError(str(error)) from None
 

@@ -9,6 +9,7 @@ missing required answer is an error that names the flag. The serial devices offe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -67,13 +68,8 @@ def gather(args: argparse.Namespace, ask: Callable[[str], str] | None) -> Answer
 
     answers.gateway_id = value(args.id, "Gateway id (letters, digits, . _ -)", _default_id(), option="--id")
     answers.data_dir = value(args.data_dir, "Buffer folder (data_dir)", answers.data_dir, option="--data-dir")
-    broker = value(args.broker, "MQTT broker host[:port]", required=True, option="--broker")
-    host, _, port = broker.rpartition(":") if broker.count(":") == 1 else (broker, "", "")
-    answers.host = host
-    if port:
-        if not port.isdigit():
-            raise InitError("--broker: %r is not host:port" % broker)
-        answers.port = int(port)
+    broker = value(args.broker, "MQTT broker host[:port] ([::1]:8883 for IPv6)", required=True, option="--broker")
+    answers.host, answers.port = _broker(broker)
     if args.tls is not None:
         answers.tls = args.tls
     elif ask is not None:
@@ -105,6 +101,20 @@ def gather(args: argparse.Namespace, ask: Callable[[str], str] | None) -> Answer
     return answers
 
 
+def _broker(text: str) -> tuple[str, int | None]:
+    """'host', 'host:port', '[v6]' or '[v6]:port' (a bare IPv6 address has no port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not (port.isdigit() and 1 <= int(port) <= 65535)) or text.endswith(":"):
+        raise InitError("--broker: %r is not host, host:port or [IPv6]:port" % text)
+    return host, int(port) if port else None
+
+
 def _default_id() -> str:
     name = socket.gethostname().split(".")[0]
     return "".join(char if char.isalnum() or char in "._-" else "-" for char in name).strip("-") or "gw-1"
@@ -123,8 +133,8 @@ def _chosen(reply: str, devices: list[str]) -> list[str]:
 
 
 def _q(text: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's for these)."""
-    return json.dumps(text, ensure_ascii=False)
+    """A TOML basic string: JSON's escapes are TOML's, and every control character (DEL too) is escaped."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def render(answers: Answers) -> str:
@@ -152,7 +162,9 @@ def render(answers: Answers) -> str:
         )
     if answers.username:
         lines.append("username = %s" % _q(answers.username))
-        lines.append("password_file = %s   # the password alone, mode 0600" % _q(answers.password_file))
+        lines.append(
+            "password_file = %s   # the password alone; the service user's, mode 0600 (service install does it)" % _q(answers.password_file)
+        )
     else:
         lines.append('# username = "..."             # and password_file = "/etc/edgegw/mqtt-password"')
     lines += ["", "[status]", '# socket = "..."               # where `edgegw status` asks the agent; default: edgegw.sock in data_dir']
@@ -174,19 +186,32 @@ def write(path: Path, text: str, force: bool) -> None:
     import tomllib
 
     try:
+        data = text.encode("utf-8")
         configuration.parse(tomllib.loads(text), str(path))
     except configuration.ConfigError as error:
         raise InitError("the answers do not make a valid config:\n%s" % error.report()) from None
-    if path.exists() and not force:
+    except (UnicodeError, tomllib.TOMLDecodeError) as error:
+        raise InitError("an answer holds what a config file cannot: %s" % error) from None
+    existing = path.stat() if path.exists() else None
+    if existing is not None and not force:
         raise InitError("%s exists; --force to replace it" % path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # the password file holds the secret
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    # 0640: the service's group reads it (`service install` gives it that group); it names the password file,
+    # not the password
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            if existing is not None:  # a replaced config keeps its owner and group (the service's)
+                os.fchown(handle.fileno(), existing.st_uid, existing.st_gid)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def interactive(args: argparse.Namespace) -> Callable[[str], str] | None:

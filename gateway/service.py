@@ -36,8 +36,22 @@ def executable() -> str:
     return found or "%s -m gateway.cli" % sys.executable
 
 
-def render_unit(config: str, user: str = "edgegw", data_dir: str = STATE_DIR, command: str | None = None) -> str:
-    writable = "" if os.path.normpath(data_dir) == STATE_DIR else "ReadWritePaths=%s\n" % data_dir
+def _plain(path: str) -> str:
+    """A path as a unit file takes it unquoted: absolute, without spaces, quotes, backslashes or '%'."""
+    if not os.path.isabs(path) or any(char in path for char in " \t\n\"'\\%;"):
+        raise ServiceError("%r: the unit needs an absolute path without spaces, quotes, backslashes, ';' or '%%'" % path)
+    return path
+
+
+def render_unit(
+    config: str, user: str = "edgegw", data_dir: str = STATE_DIR, command: str | None = None, writable: Sequence[str] = ()
+) -> str:
+    """writable: folders the agent writes beside data_dir (the status socket's, the keys file's)."""
+    folders = sorted({os.path.normpath(path) for path in (data_dir, *writable)} - {STATE_DIR})
+    writable_line = "ReadWritePaths=%s\n" % " ".join(_plain(folder) for folder in folders) if folders else ""
+    for part in (command or executable()).split(" "):
+        _plain(part)
+    _plain(config)
     return (
         "# Written by `edgegw service install`. docs/OPERATIONS.md says what each line is for.\n"
         "[Unit]\n"
@@ -62,17 +76,25 @@ def render_unit(config: str, user: str = "edgegw", data_dir: str = STATE_DIR, co
         "TimeoutStopSec=%(stop)d\n"
         "NoNewPrivileges=yes\n"
         "ProtectSystem=strict\n"
-        "ProtectHome=yes\n"
+        "ProtectHome=read-only\n"  # a checkout's .venv under /home/pi runs; nothing there is written
         "PrivateTmp=yes\n"
         "%(writable)s"
         "\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
-    ) % {"command": command or executable(), "config": config, "user": user, "watchdog": WATCHDOG_S, "stop": STOP_S, "writable": writable}
+    ) % {
+        "command": command or executable(),
+        "config": config,
+        "user": user,
+        "watchdog": WATCHDOG_S,
+        "stop": STOP_S,
+        "writable": writable_line,
+    }
 
 
-def install_steps(config: str, user: str, unit_dir: str) -> list[tuple[str, Sequence[str] | None]]:
-    """What install does, in order: (what it is, the command, or None for the unit file written here)."""
+def install_steps(config: str, user: str, unit_dir: str, secrets: Sequence[str] = ()) -> list[tuple[str, Sequence[str] | None]]:
+    """What install does, in order: (what it is, the command, or None for the unit file written here). secrets:
+    the files only the agent may read (the MQTT password, the TLS key, the node keys): made its own, mode 0600."""
     steps: list[tuple[str, Sequence[str] | None]] = []
     try:
         import pwd
@@ -97,6 +119,9 @@ def install_steps(config: str, user: str, unit_dir: str) -> list[tuple[str, Sequ
             )
         )
     steps.append(("let the service's group read %s" % config, ["chgrp", user, config]))
+    for secret in secrets:
+        steps.append(("make %s the service's own" % secret, ["chown", "%s:%s" % (user, user), secret]))
+        steps.append(("keep %s private" % secret, ["chmod", "600", secret]))
     steps.append(("write %s" % os.path.join(unit_dir, UNIT_NAME), None))
     steps.append(("reload systemd's units", ["systemctl", "daemon-reload"]))
     return steps
@@ -108,11 +133,13 @@ def install(
     unit_dir: str,
     data_dir: str,
     dry_run: bool,
+    secrets: Sequence[str] = (),
+    writable: Sequence[str] = (),
     say: Callable[[str], None] = print,
     run: Callable[[Sequence[str]], int] = lambda argv: subprocess.run(list(argv), check=False).returncode,
 ) -> int:
-    unit = render_unit(os.path.abspath(config), user, data_dir)
-    steps = install_steps(os.path.abspath(config), user, unit_dir)
+    unit = render_unit(os.path.abspath(config), user, data_dir, writable=writable)
+    steps = install_steps(os.path.abspath(config), user, unit_dir, [os.path.abspath(path) for path in secrets if os.path.exists(path)])
     if dry_run:
         for what, argv in steps:
             say("would %s%s" % (what, ": " + " ".join(argv) if argv else ""))

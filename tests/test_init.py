@@ -74,3 +74,18 @@ def test_what_is_missing_or_wrong_is_said_and_nothing_is_written(tmp_path: pathl
     done = _init("--config", str(target), "--yes", "--broker", "b", "--id", "gw 1/#")
     assert done.returncode == 2 and "[gateway] id: expected letters, digits" in done.stderr and "Traceback" not in done.stderr
     assert not target.exists()
+
+
+def test_odd_answers_ipv6_and_a_replaced_file_keeping_its_group(tmp_path: pathlib.Path) -> None:
+    import grp
+
+    target = tmp_path / "edgegw.toml"
+    done = _init("--config", str(target), "--yes", "--no-doctor", "--broker", "[::1]:8883", "--data-dir", "/tmp/a\x7fb")
+    assert done.returncode == 0, done.stderr
+    document = tomllib.loads(target.read_text())
+    assert (document["mqtt"]["host"], document["mqtt"]["port"], document["gateway"]["data_dir"]) == ("::1", 8883, "/tmp/a\x7fb")
+    assert _init("--config", str(target), "--yes", "--broker", "h:").returncode == 2
+    group = grp.getgrnam("nogroup").gr_gid
+    os.chown(target, -1, group)  # as `edgegw service install` leaves it: the service's group
+    assert _init("--config", str(target), "--yes", "--no-doctor", "--force", "--broker", "h:1884").returncode == 0
+    assert os.stat(target).st_gid == group and tomllib.loads(target.read_text())["mqtt"]["port"] == 1884

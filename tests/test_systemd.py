@@ -133,3 +133,20 @@ def test_the_unit_passes_systemds_verifier_and_install_says_its_steps(tmp_path: 
     assert "would create the system user edgegw-nobody" in dry and "useradd --system" in dry
     assert "would write %s/edgegw.service" % units in dry and "systemctl daemon-reload" in dry
     assert list(units.iterdir()) == []  # a dry run writes nothing
+
+    # its secrets become the service user's; a data_dir elsewhere is writable; a path a unit cannot hold is refused
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    config.write_text(
+        '[gateway]\nid = "gw"\ndata_dir = "%s"\n[mqtt]\nhost = "localhost"\nusername = "gw"\npassword_file = "%s"\n'
+        % (tmp_path / "d", secret)
+    )
+    dry = subprocess.run([*command, "--user", "edgegw-nobody", "--unit-dir", str(units)], capture_output=True, text=True, check=True).stdout
+    assert "chown edgegw-nobody:edgegw-nobody %s" % secret in dry and "chmod 600 %s" % secret in dry
+    assert "ReadWritePaths=%s" % (tmp_path / "d") in dry
+    spaced = tmp_path / "a b.toml"
+    spaced.write_text(config.read_text())
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "service", "unit", "--config", str(spaced)], capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "without spaces" in refused.stderr and "Traceback" not in refused.stderr
