@@ -70,6 +70,8 @@ class HomeAssistant:
         self.status_topic = status_topic
         self._publish = publish_retained
         self._announced: dict[str, tuple[Any, ...]] = {}  # node -> the channels its configs were made for
+        self._topics: dict[str, set[str]] = {}  # node -> the config topics published for it (a channel gone: emptied)
+        self._version = ""
         self._infos: dict[str, dict[str, Any]] = {}
         self._latest: dict[str, dict[str, float]] = {}  # node -> channel name -> latest value
         self._due: set[str] = set()  # nodes whose state changed since the last flush
@@ -101,17 +103,33 @@ class HomeAssistant:
             return
         self._announced[node] = channels
         self._infos[node] = info
+        topics = set()
+        taken: set[str] = set()
         for channel in channels:
-            topic, config = self.sensor_config(node, info, channel.name, channel.unit)
+            ident = object_id(channel.name)
+            while ident in taken:  # "pm2.5" and "pm2_5" are two channels: not one entity
+                ident += "_"
+            taken.add(ident)
+            topic, config = self.sensor_config(node, info, channel.name, channel.unit, ident)
+            topics.add(topic)
             self._publish(topic, json.dumps(config, ensure_ascii=False).encode())
+        for gone in self._topics.get(node, set()) - topics:  # a channel its new HELLO no longer has: removed in HA
+            self._publish(gone, b"")
+        self._topics[node] = topics
+        names = {channel.name for channel in channels}
+        latest = self._latest.get(node)
+        if latest is not None and set(latest) - names:
+            self._latest[node] = {name: value for name, value in latest.items() if name in names}
 
-    def sensor_config(self, node: str, info: dict[str, Any], name: str, senml_unit: str) -> tuple[str, dict[str, Any]]:
-        ident = object_id(name)
+    def sensor_config(
+        self, node: str, info: dict[str, Any], name: str, senml_unit: str, ident: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        ident = ident or object_id(name)
         unit, device_class = unit_of(senml_unit)
         config: dict[str, Any] = {
             "name": name,
             "unique_id": "edgegw_%s_%s" % (node, ident),
-            "object_id": "edgegw_%s_%s" % (node, ident),
+            "default_entity_id": "sensor.edgegw_%s_%s" % (node, ident),  # object_id's successor (Home Assistant 2025.10)
             "state_topic": self.state_topic(node),
             "value_template": "{{ value_json[%s] }}" % json.dumps(name),
             "state_class": "measurement",
@@ -127,13 +145,14 @@ class HomeAssistant:
 
     def gateway(self, version: str) -> None:
         """The gateway as a device: its buffer and its nodes, from its own retained status."""
+        self._version = version
         device = {"identifiers": ["edgegw_gateway_%s" % self.gateway_id], "name": "edgegw %s" % self.gateway_id}
         device |= {"manufacturer": MANUFACTURER, "sw_version": version}
         for key, name in (("buffered_readings", "buffered readings"), ("nodes", "nodes")):
             config = {
                 "name": name,
                 "unique_id": "edgegw_gateway_%s_%s" % (self.gateway_id, key),
-                "object_id": "edgegw_gateway_%s_%s" % (self.gateway_id, key),
+                "default_entity_id": "sensor.edgegw_gateway_%s_%s" % (object_id(self.gateway_id), key),
                 "state_topic": self.status_topic,
                 "value_template": "{{ value_json.%s }}" % key,
                 "state_class": "measurement",
@@ -147,6 +166,8 @@ class HomeAssistant:
 
     def again(self) -> None:
         """Home Assistant restarted: every config once more (they are retained, but it may have lost them)."""
+        if self._version:
+            self.gateway(self._version)
         for node, channels in list(self._announced.items()):
             self.node(node, self._infos.get(node, {}), channels, force=True)
 

@@ -148,3 +148,21 @@ def test_a_gateway_with_discovery_on_shows_its_nodes_to_home_assistant(tmp_path:
         ha.close()
         gateway.close()
         cable.close()
+
+
+def test_a_channel_a_new_hello_drops_is_removed_and_two_names_make_two_entities() -> None:
+    published: list[tuple[str, bytes]] = []
+    ha = HomeAssistant("edgegw/gw-1", "gw-1", "homeassistant", "edgegw/gw-1/status", lambda t, p: published.append((t, p)))
+    ha.node(NODE, {}, (Channel("pm2.5", "", 0), Channel("pm2_5", "", 0), Channel("temperature", "Cel", -2)))
+    topics = [topic for topic, _ in published]
+    assert len(set(topics)) == 3 and len({json.loads(p)["unique_id"] for _, p in published}) == 3
+    ha.readings(NODE, (Channel("pm2.5", "", 0), Channel("pm2_5", "", 0), Channel("temperature", "Cel", -2)), [2, 2137, 0])
+    published.clear()
+    ha.node(NODE, {}, (Channel("temperature", "Cel", -2),))  # its new HELLO: the two pm channels gone
+    emptied = sorted(topic for topic, payload in published if payload == b"")
+    assert emptied == sorted(t for t in topics if "/pm2" in t)  # an empty retained config: Home Assistant removes it
+    published.clear()
+    ha.gateway("0.1.0")
+    published.clear()
+    ha.again()  # Home Assistant restarted: the gateway's own sensors come again too
+    assert any("/edgegw_gateway_gw-1/" in topic for topic, _ in published)
