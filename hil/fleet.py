@@ -39,7 +39,10 @@ class FleetResult:
     reconnect_max_s: int
     reconnect_s: list[float] = field(default_factory=list)  # per gateway: from the broker's return to its reconnection
     not_back: list[str] = field(default_factory=list)
-    lost: int = 0  # counter values of the backlogs never delivered
+    frames: int = 0  # READINGS frames in all the backlogs (4 readings each), each with a counter
+    lost: int = 0  # frames of the backlogs never delivered (by their counter)
+    packs_at_stop: int = 0  # readings packs the broker had passed on when it was stopped: the drain was under way
+    buffered_at_stop: int = 0  # readings still in the gateways' buffers then (a chunk counts until it is deleted)
     duplicated: int = 0  # deliveries beyond the first (QoS 1 is at least once; an outage may resend a pack)
     drained_s: float = 0.0  # from the broker's return until every buffer was empty
     wall_s: float = 0.0
@@ -108,11 +111,13 @@ def run(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(_connects(gateway) for gateway in fleet):
             time.sleep(0.2)
+        result.packs_at_stop = len({(m.topic, m.payload) for m in capture.snapshot()})
+        result.buffered_at_stop = sum(buffered_readings(gateway.data_dir) for gateway in fleet)
         log("all connected; the broker goes down for %.0f s while they drain" % down_s)
         broker.stop()
         time.sleep(down_s)
+        back = time.time()  # from the moment it is started: a gateway may be back before start() has seen the port open
         broker.start()
-        back = time.time()
         log("the broker is back; waiting for every gateway and every reading")
         deadline = time.monotonic() + settle_s
         while time.monotonic() < deadline:
@@ -136,6 +141,7 @@ def run(
                 if str(record["name"]).endswith(":counter"):
                     seen[(parts[1], parts[3], int(record["value"]))] += 1
         wanted = {("gw-%02d" % g, backlog_node(k % NODES), k // NODES + 1) for g in range(gateways) for k in range(rounds)}
+        result.frames = len(wanted)
         result.lost = len(wanted - set(seen))
         result.duplicated = sum(count - 1 for key, count in seen.items() if key in wanted)
     finally:
