@@ -87,7 +87,7 @@ class Scheduler:
 
     def states(self) -> dict[str, int]:
         """The commands not final, by state (queued, sent, delivered)."""
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = {QUEUED: 0, SENT: 0, DELIVERED: 0}  # every state there, 0 or not: scripts index it
         for commands in self._nodes.values():
             for command in commands.values():
                 counts[command.state] = counts.get(command.state, 0) + 1

@@ -6,6 +6,7 @@ itself every REFRESH_S. Everything a node or a config could put in it is escaped
 from __future__ import annotations
 
 import html
+import math
 import time
 from typing import Any
 
@@ -27,8 +28,7 @@ svg.spark polyline{fill:none;stroke:#1565c0;stroke-width:1.5}
 
 def sparkline(values: list[float], label: str) -> str:
     """An inline SVG of the values (at least two points: one point is drawn as a flat line)."""
-    if not values:
-        values = [0.0]
+    values = [value if math.isfinite(value) and value > 0 else 0.0 for value in values] or [0.0]
     if len(values) == 1:
         values = values * 2
     top = max(values) or 1.0
@@ -114,7 +114,7 @@ def render(doc: dict[str, Any], history: History, now: float | None = None) -> s
         "<h2>Commands</h2>",
         "<p>%s; ended: %s</p>"
         % (
-            e(", ".join("%d %s" % (live[state], state) for state in sorted(live)) or "none waiting"),
+            e(", ".join("%d %s" % (live[state], state) for state in sorted(live) if live[state]) or "none waiting"),
             e(", ".join("%d %s" % (ended[state], state) for state in sorted(ended)) or "none"),
         ),
         "<h2>Nodes (%d)</h2>" % len(doc["nodes"]),

@@ -224,7 +224,7 @@ def table(doc: dict[str, Any], now: float | None = None) -> str:
     lines.append(
         "commands  %s; ended: %s"
         % (
-            ", ".join("%d %s" % (live[state], state) for state in sorted(live)) or "none waiting",
+            ", ".join("%d %s" % (live[state], state) for state in sorted(live) if live[state]) or "none waiting",
             ", ".join("%d %s" % (ended[state], state) for state in sorted(ended)) or "none",
         )
     )
