@@ -26,7 +26,7 @@ RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much o
 MAX_RADIO_FRAME = const(204)
 # From this SF up a node's HELLO offers no commands (SPEC.md 5.11): a 204-byte HELLO is 4.1 s on air at SF11 and
 # 7.4 s at SF12 (then 7 and 12 minutes of time-off), and the longer a frame the likelier it meets another; without
-# the offer a climate probe's is 114 bytes, 2.5 and 4.4 s
+# the offer a climate probe's is 125 bytes on air, 2.6 and 4.8 s
 SHORT_HELLO_SF = const(11)
 # The SNR a demodulator needs at SF7 ... SF12, in tenths of a dB (SX1276 datasheet: -7.5 ... -20 dB), for the
 # link margin a gateway reports (a frame's SNR less its SF's floor) and the emulated medium (hil/radio.py)
