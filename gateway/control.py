@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .one_shot import OneShot
+
 log = logging.getLogger(__name__)
 
 MODE = 0o660
 REQUEST_MAX = 64  # bytes of a request line
 REQUEST_WAIT_S = 5.0  # a client that says nothing (or reads nothing) this long is dropped
-STOP_WAIT_S = 1.0  # a stop waits this long at most for the connections it ended
 CLIENTS = 8  # connections served at once; more are closed at once
 MAX_PATH = 107  # sun_path holds 108 bytes with its NUL
 
@@ -37,8 +38,12 @@ class ControlServer:
     def __init__(self, path: Path, status: Callable[[], dict[str, Any]]) -> None:
         self.path = path
         self._status = status
-        self._server: asyncio.base_events.Server | None = None
-        self._clients: set[asyncio.Task[Any]] = set()  # the connections being served: a stop ends them
+        self._connections = OneShot(
+            lambda reader: reader.readline(),
+            lambda line: self._answer(line[:REQUEST_MAX].strip().decode("ascii", "replace")),
+            CLIENTS,
+            REQUEST_WAIT_S,
+        )
 
     async def start(self) -> None:
         """Bind the socket (replacing one left by a dead agent; refusing one a live agent answers on)."""
@@ -54,43 +59,16 @@ class ControlServer:
                 os.unlink(path)  # left by an agent that was killed
             # Connecting needs write permission on the socket: bound under the usual umask (022) nobody but us may
             # connect until the chmod, so no moment is open to others (and no process-wide umask is changed)
-            self._server = await asyncio.start_unix_server(self._serve, path=path, limit=REQUEST_MAX * 2)
+            self._connections.server = await asyncio.start_unix_server(self._connections.serve, path=path, limit=REQUEST_MAX * 2)
             os.chmod(path, MODE)
         except OSError as error:
             raise ControlError("[status] socket: cannot listen on %s: %s" % (path, error.strerror or error)) from None
 
     async def stop(self) -> None:
         """Best effort and quick: a client that does not read cannot hold the agent's stop."""
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), STOP_WAIT_S)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-        self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None or len(self._clients) >= CLIENTS:
-            writer.close()
-            return
-        self._clients.add(task)
-        try:
-            try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_WAIT_S)
-            except (TimeoutError, ValueError, ConnectionError):
-                return
-            writer.write(self._answer(line[:REQUEST_MAX].strip().decode("ascii", "replace")))
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.drain(), REQUEST_WAIT_S)  # a client that does not read is dropped
-        except asyncio.CancelledError:
-            pass  # the agent stops: the connection goes
-        finally:
-            self._clients.discard(task)
-            writer.close()
+        if await self._connections.close():
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def _answer(self, request: str) -> bytes:
         if request != "status":

@@ -12,7 +12,6 @@ may touch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,17 +19,26 @@ from collections.abc import Callable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .one_shot import OneShot
+
 log = logging.getLogger(__name__)
 
 HEAD_MAX = 8192
 REQUEST_WAIT_S = 5.0
 CLIENTS = 16
-STOP_WAIT_S = 1.0  # a stop waits this long at most for the connections it ended
 # A page is built at most this often, whoever asks: at 1,000 nodes it takes ~0.1 s of the event loop, and a
 # client asking in a loop must not hold the loop (the nodes' ACKs) for more than that each FRESH_S
 FRESH_S = 2.0
 
 Route = Callable[[], tuple[str, bytes]]  # -> (content type, body)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """The request's head; b"431" when it is over HEAD_MAX (answered so, not dropped)."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        return b"431"
 
 
 class HttpServer:
@@ -44,13 +52,12 @@ class HttpServer:
             "/metrics": lambda: (CONTENT_TYPE_LATEST, metrics()),
         }
         self._made: dict[str, tuple[float, str, bytes]] = {}  # path -> (when, type, body): built at most every FRESH_S
-        self._server: asyncio.base_events.Server | None = None
-        self._clients: set[asyncio.Task[object]] = set()
+        self._connections = OneShot(_read_head, self._response, CLIENTS, REQUEST_WAIT_S)
 
     async def start(self) -> int:
         """Listen; the port bound (the one asked for, or the system's choice for 0). OSError when it cannot."""
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=HEAD_MAX)
-        self.port = self._server.sockets[0].getsockname()[1]
+        server = self._connections.server = await asyncio.start_server(self._connections.serve, self.host, self.port, limit=HEAD_MAX)
+        self.port = server.sockets[0].getsockname()[1]
         return self.port
 
     @property
@@ -59,45 +66,15 @@ class HttpServer:
         return "http://%s:%d/" % (host, self.port)
 
     async def stop(self) -> None:
-        """Quick whatever the clients do: those being served are ended (a client that reads nothing cannot hold
-        the agent's stop; since Python 3.12.1 wait_closed waits for every connection)."""
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), STOP_WAIT_S)
-        self._server = None
+        """Quick whatever the clients do: those being served are ended (gateway/one_shot.py)."""
+        await self._connections.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None or len(self._clients) >= CLIENTS:
-            writer.close()
-            return
-        self._clients.add(task)
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_WAIT_S)
-            except asyncio.LimitOverrunError:
-                head = b"431"
-            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                return
-            status, content_type, body, head_only = self._answer(head)
-            writer.write(
-                (
-                    "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
-                    "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n" % (status, content_type, len(body))
-                ).encode()
-                + (b"" if head_only else body)
-            )
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.drain(), REQUEST_WAIT_S)  # a client that reads nothing is dropped
-        except asyncio.CancelledError:
-            pass  # the agent stops
-        finally:
-            self._clients.discard(task)
-            writer.close()
+    def _response(self, head: bytes) -> bytes:
+        status, content_type, body, head_only = self._answer(head)
+        return (
+            "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n"
+            "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n" % (status, content_type, len(body))
+        ).encode() + (b"" if head_only else body)
 
     def _answer(self, head: bytes) -> tuple[str, str, bytes, bool]:
         if head == b"431":
