@@ -16,6 +16,7 @@ the node windows are written (those PUBACKs moved too), then the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ from .uplink import Inbound, Uplink, UplinkEvents
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 60.0
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # hosts whose traffic never leaves the gateway
 SAMPLE_S = 5.0  # the buffer's size and oldest age are sampled this often (its drain rate, `edgegw status`)
 KEYS_CHECK_S = 1.0  # the keys file is looked at this often: a revocation or a rotation takes effect within it
 # Checkpoints (see _checkpoint_loop): the WAL is looked at every CHECKPOINT_CHECK_S, and copied into the
@@ -149,7 +151,7 @@ class Agent:
             return
         self.http = server
         log.info("status page on %s, Prometheus metrics on %smetrics", server.url, server.url)
-        if listen[0] not in ("127.0.0.1", "localhost", "::1"):
+        if listen[0] not in LOOPBACK:
             log.warning("[status] http on %s: the status page and /metrics are open to that network, without a password", listen[0])
 
     def _read_metrics(self) -> None:
@@ -515,11 +517,9 @@ class Agent:
         """The buffer's size and the age of its oldest reading, every SAMPLE_S (its drain rate and ETA)."""
         store = self.worker.store
         while True:
-            try:
-                oldest = await self.worker.call(store.oldest_received)
-            except StoreError:  # a damaged or busy store: the age stays as it was, the committer says what is wrong
-                oldest = None
-            self.trend.add(time.monotonic(), store.pending_readings, oldest, time.time())
+            with contextlib.suppress(StoreError):  # a damaged or busy store: the age stays as it was (the committer says why)
+                self.trend.oldest(await self.worker.call(store.oldest_received), time.time())
+            self.trend.add(time.monotonic(), store.pending_readings)
             self.history.note_buffer(store.pending_readings)
             self.notifier.status(self._summary())
             await asyncio.sleep(SAMPLE_S)
@@ -546,7 +546,7 @@ class Agent:
 
 def _warn_exposed(cfg: Config) -> None:
     """What docs/SECURITY.md asks for on the MQTT side and the configuration does not give: said once at start."""
-    if cfg.mqtt.tls is None and cfg.mqtt.host not in ("localhost", "127.0.0.1", "::1"):
+    if cfg.mqtt.tls is None and cfg.mqtt.host not in LOOPBACK:
         log.warning("[mqtt] no tls: readings, commands and the password travel in the clear to %s (docs/SECURITY.md)", cfg.mqtt.host)
     if cfg.mqtt.password_file:
         try:

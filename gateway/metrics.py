@@ -241,11 +241,14 @@ class BufferTrend:
     oldest_age_s: float = 0.0
     _points: list[tuple[float, int]] | None = None
 
-    def add(self, now: float, readings: int, oldest_received: float | None, wall: float) -> None:
+    def add(self, now: float, readings: int) -> None:
         points = self._points = [*(self._points or []), (now, readings)]
         while len(points) > 2 and now - points[1][0] >= self.window_s:
             points.pop(0)
-        self.oldest_age_s = max(0.0, wall - oldest_received) if oldest_received is not None else 0.0
+
+    def oldest(self, received: float | None, wall: float) -> None:
+        """The oldest chunk's time of receipt (None: the buffer is empty)."""
+        self.oldest_age_s = max(0.0, wall - received) if received is not None else 0.0
 
     def drain_per_s(self) -> float:
         """Readings leaving the buffer per second, net of those coming in, over the window; 0 when it is not shrinking."""

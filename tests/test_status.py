@@ -66,8 +66,9 @@ def _registry() -> tuple[Metrics, BufferTrend]:
 
 def test_the_status_is_built_from_the_registry_alone() -> None:
     metrics, trend = _registry()
-    trend.add(0.0, 1500, 1_799_999_000.0, 1_800_000_000.0)
-    trend.add(30.0, 1200, 1_799_999_100.0, 1_800_000_030.0)  # 300 readings left in 30 s: 10/s, empty in 120 s
+    trend.add(0.0, 1500)
+    trend.add(30.0, 1200)  # 300 readings left in 30 s: 10/s, empty in 120 s
+    trend.oldest(1_799_999_100.0, 1_800_000_030.0)
     for seconds in (0.004, 0.004, 0.3):
         metrics.puback.observe(seconds)
     metrics.publishes.labels("readings").inc(3)
@@ -109,11 +110,11 @@ def test_the_prometheus_exposition_is_the_same_registry() -> None:
 def test_the_drain_rate_looks_back_one_minute_and_is_zero_while_the_buffer_grows() -> None:
     trend = BufferTrend(window_s=60.0)
     for second in range(0, 121, 5):  # 100/s out until 60 s, then growing
-        trend.add(float(second), 10_000 - 100 * min(second, 60) + 50 * max(0, second - 60), None, 0.0)
+        trend.add(float(second), 10_000 - 100 * min(second, 60) + 50 * max(0, second - 60))
     assert trend.drain_per_s() == 0.0
     trend = BufferTrend(window_s=60.0)
     for second in range(0, 121, 5):
-        trend.add(float(second), 20_000 - 100 * second, None, 0.0)
+        trend.add(float(second), 20_000 - 100 * second)
     assert trend.drain_per_s() == pytest.approx(100.0)
 
 
