@@ -36,6 +36,7 @@ from protocols.window import DUPLICATE, NEW
 
 from . import senml
 from .committer import CommitResult, Pending
+from .copies import Transmissions
 from .counters import DownlinkCounters
 from .fast_decode import ReceivedMessage, decode_frame
 from .homeassistant import HomeAssistant
@@ -118,6 +119,7 @@ class Node:
     radio_high: int = -1
     radio_new: int = 0
     radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
+    transmissions: Transmissions = field(default_factory=Transmissions)  # which bridge's copy counts (gateway/copies.py)
     readings: int = 0  # readings safe (stored or published) since the agent started
     # Frames that never arrived (edgegw status' MISSING): counters skipped between frames that arrived this run,
     # taken back when one arrives late; not what a HELLO skips (a node's counter moves to its next flash block at
@@ -761,11 +763,21 @@ class Sessions:
             radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
-        better = node is None or node.radio.get("counter") != message.counter or fields["rssi"] > node.radio.get("rssi", -999)
+        new = node is None or node.window.check(message.counter) == NEW  # not a copy the gateway has: nor a replay
+        seen = node.transmissions.copy(message.counter, fields["rssi"], new) if node is not None and message.key_index >= 0 else None
+        if seen is not None and seen.again and not new:
+            # Another bridge's copy of a transmission answered already: that answer (made once, on the first copy's
+            # link) goes through the bridge that heard it best, which may be this one; a second ACK or TIME would
+            # take a window of the node's next uplink from what it is owed then
+            radio.duplicates += 1
+            if seen.best and node is not None and node.link is not radio:
+                self._linked(node, radio)
+            return
         self.message(radio, message)  # the node's own frame, on the bridge's radio link: every rule of a cable's
         node = self._by_id.get(message.node_id)
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
+        best, first, _again = seen if seen is not None else node.transmissions.copy(message.counter, fields["rssi"], new)
         if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late
             node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
             node.radio_high = max(node.radio_high, message.counter)
@@ -773,21 +785,25 @@ class Sessions:
             node.radio_heard.add(message.counter)
             if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
                 node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
+        if not first:  # a retransmission or a replay: its best copy's bridge has the window for its answer, that is all
+            if not best and previous is not None:
+                node.link = previous
+            return
         if node.info.get("caps", 0) & messages.CAP_CONFIG:  # advice goes as a CONFIG set: only to a node that takes one
             self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
-        if better:
+        if best:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
             span = node.radio_high - node.radio_first + 1
             pdr = round(node.radio_new / span, 3) if span > 0 else None
             advice = self.adr.summary(node.hex)
-            first = not node.radio
+            introduced = not node.radio
             node.radio = json_value(
                 {**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_margin(fields), **advice}
             )
-            if first:  # first heard over the air: the technician sees its link at once (changes: with the readings,
+            if introduced:  # first heard over the air: the technician sees its link at once (changes: with the readings,
                 self.presenter.status(node, force=True)  # STATUS_REPUBLISH_S; not each copy that bettered another)
         elif previous is not None:
-            node.link = previous  # a weaker copy of a frame another bridge heard: the best bridge stays its link
+            node.link = previous  # a weaker copy of a transmission another bridge heard: the best bridge stays its link
 
     def _bridge_heard_on(self, bridge: str, sf: Any) -> None:
         if type(sf) is int and SF_MIN <= sf <= SF_MAX:

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.air import AirTransport
 from gateway.commands import Commands
+from gateway.copies import COPY_SPAN_S, Transmissions
 from gateway.serial_link import RadioLink
 from gateway.store import Store
 from gateway.store_worker import StoreWorker
@@ -43,12 +44,19 @@ class Radio:
             self.bench.feed(encode(Message(messages.HELLO, bridge, 1, BRIDGE_HELLO, fr.F_ACK_REQ)), port)
 
     def relay(
-        self, port: str, inner: bytes, rssi: int = -110, snr: float = 2.5, at: int | None = None, decide: bool = True
+        self,
+        port: str,
+        inner: bytes,
+        rssi: int = -110,
+        snr: float = 2.5,
+        at: int | None = None,
+        decide: bool = True,
+        sf: int = 9,
     ) -> list[Message]:
         """The bridge on `port` passes up a radio frame it heard (RADIO_RX, acknowledged to it by the gateway);
         `at`: when it heard it, on its clock. What the gateway wrote to the bridge (and, with `decide`, in its windows)."""
         self.counters[port] += 1
-        fields: dict[str, Any] = {"frame": inner, "rssi": rssi, "snr": snr, "freq": 868_100_000, "sf": 9}
+        fields: dict[str, Any] = {"frame": inner, "rssi": rssi, "snr": snr, "freq": 868_100_000, "sf": sf}
         if at is not None:
             fields["at"] = at
         replies = self.bench.feed(encode(Message(messages.RADIO_RX, BRIDGES[port], self.counters[port], fields, fr.F_ACK_REQ)), port)
@@ -244,11 +252,12 @@ def test_the_bridge_duty_cycle_is_kept_on_its_clock(radio: Radio) -> None:
 
 def test_a_node_two_bridges_hear_is_answered_through_the_better_one_only(radio: Radio) -> None:
     hello = on_air(messages.HELLO, 1, NODE_HELLO)
-    radio.relay("/dev/ttyA", hello, rssi=-120, at=10_000)
-    radio.bench.feed(b"")  # nothing decided yet: both copies come within DECIDE_S
-    sent_b = over_the_air(radio.relay("/dev/ttyB", hello, rssi=-100, at=70_000))
+    radio.relay("/dev/ttyA", hello, rssi=-120, at=10_000, decide=False)  # nothing decided yet: both copies come
+    sent_b = over_the_air(radio.relay("/dev/ttyB", hello, rssi=-100, at=70_000))  # within DECIDE_S
     sent_a = over_the_air(radio.decide("/dev/ttyA"))
     assert [m.type for _, m in sent_b] == [messages.ACK, messages.TIME] and sent_a == []  # one answer, from B
+    # A copy that comes after the answer went (a bridge's report held up): the answer is not made again
+    assert over_the_air(radio.relay("/dev/ttyA", hello, rssi=-90, at=11_000)) == over_the_air(radio.decide("/dev/ttyB")) == []
 
 
 def test_what_the_weaker_bridge_was_owed_is_sent_by_the_better_one(radio: Radio) -> None:
@@ -266,6 +275,67 @@ def test_what_the_weaker_bridge_was_owed_is_sent_by_the_better_one(radio: Radio)
     radio.bench.safe_all()  # a frame whose better copy (A's) came second: B owes nothing, A the ACK
     sent_b, sent_a = over_the_air(radio.decide("/dev/ttyB")), over_the_air(radio.decide("/dev/ttyA"))
     assert sent_b == [] and [(m.type, m.fields["counters"]) for _, m in sent_a] == [(messages.ACK, [3])]
+
+
+def test_the_weaker_copy_of_a_first_hello_does_not_take_the_link(radio: Radio) -> None:
+    hello = on_air(messages.HELLO, 1, NODE_HELLO)
+    radio.relay("/dev/ttyB", hello, rssi=-100, at=10_000, decide=False)  # the node's session starts with B's copy
+    radio.relay("/dev/ttyA", hello, rssi=-120, at=70_000, decide=False)  # A's weaker copy a moment later
+    sent_b, sent_a = over_the_air(radio.decide("/dev/ttyB")), over_the_air(radio.decide("/dev/ttyA"))
+    assert [m.type for _, m in sent_b] == [messages.ACK, messages.TIME] and sent_a == []
+    assert radio.bench.sessions.nodes[BATTERY.hex()].radio["bridge"] == BRIDGES["/dev/ttyB"].hex()
+
+
+def later_transmissions(radio: Radio) -> list[float]:
+    """The node's copies from now on arrive at the gateway at now[0] (monotonic s), as the test moves it."""
+    now = [1000.0]
+    radio.bench.sessions.nodes[BATTERY.hex()].transmissions = Transmissions(clock=lambda: now[0])
+    return now
+
+
+def test_a_retransmission_only_the_weaker_bridge_heard_is_answered_in_its_window(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), rssi=-90, at=10_000, decide=False)
+    radio.relay("/dev/ttyB", on_air(messages.HELLO, 1, NODE_HELLO), rssi=-115, at=40_000, decide=False)
+    assert len(over_the_air(radio.decide("/dev/ttyA"))) == 2 and over_the_air(radio.decide("/dev/ttyB")) == []
+    now = later_transmissions(radio)
+    readings = on_air(messages.READINGS, 2, {"samples": [0, 2150, 0]})
+    radio.relay("/dev/ttyA", readings, rssi=-90, at=30_000, decide=False)  # heard by A alone; its ACK never reached the node
+    radio.bench.safe_all()
+    assert [(m.type, m.fields["counters"]) for _, m in over_the_air(radio.decide("/dev/ttyA"))] == [(messages.ACK, [2])]
+    now[0] += COPY_SPAN_S + 2  # after the node's windows and time-off: it sends 2 again, and only B hears it
+    sent_b = over_the_air(radio.relay("/dev/ttyB", readings, rssi=-115, at=66_000))
+    sent_a = over_the_air(radio.decide("/dev/ttyA"))
+    # B alone has a window for it: the duplicate's ACK goes there, not to A (the better bridge, for a window it never had)
+    assert [(at, m.type, m.fields["counters"]) for at, m in sent_b] == [(68_100, messages.ACK, [2])] and sent_a == []
+    assert radio.bench.stored() == []  # a duplicate: not stored again
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    assert node.radio["bridge"] == BRIDGES["/dev/ttyA"].hex() and node.radio["rssi"] == -90  # its link: the first transmission's
+
+
+def test_a_replayed_frame_does_not_move_the_nodes_link_figures(radio: Radio) -> None:
+    """Someone in range records a frame and plays it back later, louder and at another SF: the window calls it a
+    duplicate (answered, never stored twice), and it is not a measurement of the node's link: its status and link
+    adaptation stay as the node's own transmissions made them."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), rssi=-112, snr=-4.0, at=10_000)
+    now = later_transmissions(radio)
+    for counter in range(2, 8):
+        now[0] += 60
+        frame = on_air(messages.READINGS, counter, {"samples": [0, counter, 0]})
+        radio.relay("/dev/ttyA", frame, rssi=-112, snr=-4.0, at=10_000 + 60_000 * counter)
+        radio.bench.safe_all()
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    adr = radio.bench.sessions.adr
+    status, advised, kept = dict(node.radio), adr.summary(BATTERY.hex()), dict(adr._node(BATTERY.hex()).snrs)
+    assert status["counter"] == 7 and len(kept) == 7
+    now[0] += 600
+    for port, sf in (("/dev/ttyB", 9), ("/dev/ttyB", 7), ("/dev/ttyA", 9)):
+        radio.relay(port, on_air(messages.READINGS, 5, {"samples": [0, 5, 0]}), rssi=-40, snr=12.0, at=900_000, decide=False, sf=sf)
+        now[0] += COPY_SPAN_S + 1
+    assert node.radio == status and adr.summary(BATTERY.hex()) == advised and dict(adr._node(BATTERY.hex()).snrs) == kept
+    assert adr._node(BATTERY.hex()).sf == 9 and radio.bench.stored() == []  # nothing stored again
+    # A frame the gateway never had is the node's, whoever plays it: a late first transmission counts
+    radio.relay("/dev/ttyB", on_air(messages.READINGS, 9, {"samples": [0, 9, 0]}), rssi=-100, snr=1.0, at=950_000, decide=False)
+    assert node.radio["counter"] == 9 and node.radio["bridge"] == BRIDGES["/dev/ttyB"].hex()
 
 
 def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: Radio) -> None:
