@@ -33,6 +33,7 @@ SLOW_FILES = (
     "test_hil_radio_tree_e2e.py",
     "test_hil_radio_flood_e2e.py",
     "test_hil_radio_e2e.py",
+    "test_hil_radio_parking_e2e.py",
     "test_hil_e2e.py",
     "test_hil_city_e2e.py",
     "test_powercut.py",
