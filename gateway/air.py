@@ -97,6 +97,10 @@ class BridgeClock:
     def now_ms(self, now: float) -> int:
         return int(now * 1000 + (self.offset_ms or 0))
 
+    def late_s(self, at: int, now: float) -> float:
+        """How long ago, by this estimate, the moment `at` of the bridge's clock was: what a report came late by."""
+        return max(0.0, (self.now_ms(now) - at) / 1000)
+
 
 class AirTransport:
     """The transport of one bridge's RadioLink: the bridge's serial link carries its frames as RADIO_TX."""
@@ -130,19 +134,19 @@ class AirTransport:
 
     # ------------------------------------------------------------ what the sessions tell it
 
-    def heard(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> None:
-        """An authentic uplink of the node ended at `at` (bridge ms): a window opens. A bridge whose report
-        no window can be built on (a channel outside EU868, a bandwidth no chip has, a clock past 2^53 ms)
-        opens none: counted, never an exception in the sessions."""
+    def heard(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> float | None:
+        """An authentic uplink of the node ended at `at` (bridge ms): a window opens. How long ago the uplink
+        ended, by the bridge's clock as estimated (s); None for a report no window can be built on (a channel
+        outside EU868, a bandwidth no chip has, a clock past 2^53 ms): counted, never an exception in the sessions."""
         try:
             band(freq)
             airtime_us(1, sf, bw)
         except (ValueError, KeyError):
             self.counts["bad_report"] += 1
-            return
+            return None
         if not 0 <= at < MAX_AT:
             self.counts["bad_report"] += 1
-            return
+            return None
         now = self._clock()
         self.bridge_clock.heard(at, now)
         window = self.windows[node_id] = Window(at, freq, sf, bw)
@@ -154,6 +158,7 @@ class AirTransport:
         else:
             loop.call_later(DECIDE_S, self._decide, window)
             loop.call_later(DECIDE_RX2_S, self._decide_rx2, window)
+        return self.bridge_clock.late_s(at, now)
 
     def take_over(self, node_id: bytes, frames: list[tuple[bytes, float]], time_owed: bool) -> None:
         """What another bridge owed a node this bridge is now the link of: sent in its windows, from the next one

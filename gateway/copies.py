@@ -1,14 +1,17 @@
 """Which bridge's copy of a radio node's frame counts (issue 15, SPEC.md §5.11): the copies of one transmission.
 
-Every bridge in range relays a frame it heard, so the gateway gets one copy per bridge of each transmission, within
-the relay's latency of each other. The node's own retransmission of a counter is another transmission: it comes
-after the node's receive windows and time-off, at least COPY_SPAN_S later, and may reach other bridges than the
-first did (only the bridges that heard it have a receive window for its ACK). A recording played back later by
-someone in range is one more transmission of an old counter, at whatever power and SF the player chose.
+Every bridge in range relays a frame it heard, so the gateway gets one copy per bridge of each transmission. The
+node's own retransmission of a counter is another transmission: it ends at least COPY_SPAN_S after the first did
+(the node's receive windows and time-off come between), and may reach other bridges than the first did (only the
+bridges that heard it have a receive window for its answer). A recording played back by someone in range is one
+more transmission of an old counter, at whatever power, SF and channel the player chose.
 
-So per node: the best copy of each transmission is the one downlinks go through, and only the copies of a counter's
-first transmission, while the counter is new to the node's window, describe the node's link (its status' reception
-and link adaptation's SNRs), so that a replay cannot talk the gateway into another SF or bridge for it.
+So copies are grouped by when they ended on air (the bridge's `at`, on the gateway's estimate of that bridge's
+clock: a report held up on a serial line or in a busy gateway is still of its transmission), and a copy on another
+SF or channel than its transmission's first is not the node's. Per node: the best copy of each transmission is the
+one downlinks go through, and only the copies of a counter's first transmission, heard while the counter was new to
+the node's window, describe the node's link (its status' reception and link adaptation's SNRs), so that a replay
+cannot talk the gateway into another SF or bridge for it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,32 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
-# Copies of one transmission reach the gateway within this of each other (each bridge relays a frame when it ends,
-# over its own serial line). A node sends a counter again only after its RX2 window closed (2.5 s after the frame
-# ended) and its time-off: 99 airtimes at 1 %, over 4 s for the shortest frame at SF7 (41 ms).
+# Copies of one transmission ended on air within this of each other, as the gateway estimates the bridges' clocks
+# (or, from a bridge that gives no time, as its reports arrived). A node sends a counter again only after its RX2
+# window closed (2.5 s after the frame ended) and its time-off: 99 airtimes at 1 %, over 4 s for the shortest frame
+# at SF7 (41 ms).
 COPY_SPAN_S = 3.0
 KEPT = 64  # counters remembered: a node's retransmissions are of its latest few
+
+
+class Copy(NamedTuple):
+    best: bool  # the strongest copy of its transmission so far (of those whose bridge opened a window for it, if
+    # any did: one that says not when it heard a frame has none): downlinks go through its bridge
+    first: bool  # of the counter's first transmission, heard while the counter was new: a measure of the node's link
+    again: bool  # not the first copy of its transmission: another bridge's copy came before it
+    answered: bool  # an earlier copy of its transmission came from a bridge that opened a receive window for it
+
+
+@dataclass
+class _Transmission:
+    ended: float  # when it ended on air (monotonic s, estimated)
+    best: tuple[bool, float]  # its best copy's (window, rssi): a bridge that can answer first, then the strongest
+    first: bool
+    channel: tuple[int, int]  # (sf, freq) of its first copy
+    answered: bool
 
 
 class Transmissions:
@@ -30,25 +52,24 @@ class Transmissions:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._seen: OrderedDict[int, list[Any]] = OrderedDict()  # counter -> [first copy's arrival, best RSSI, first]
+        self._seen: OrderedDict[int, _Transmission] = OrderedDict()  # counter -> its latest transmission
 
-    def copy(self, counter: int, rssi: float, new: bool) -> Copy:
-        """A copy of frame `counter` heard at `rssi` dBm arrived now; `new`: its counter is new to the node's window
-        (never accepted: not a retransmission of a frame the gateway has, nor a replay)."""
-        now = self._clock()
+    def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], window: bool, late_s: float = 0.0) -> Copy:
+        """A copy of frame `counter` heard at `rssi` dBm on `channel` (sf, freq), reported `late_s` after it ended on
+        air; `new`: its counter is new to the node's window (never accepted: not a retransmission of a frame the
+        gateway has, nor a replay); `window`: its bridge opened a receive window for it."""
+        ended = self._clock() - late_s
         seen = self._seen.get(counter)
-        if seen is not None and now - seen[0] <= COPY_SPAN_S:
-            best = rssi > seen[1]
-            seen[1] = max(seen[1], rssi)
-            return Copy(best, seen[2], True)
-        self._seen[counter] = [now, rssi, new]
+        if seen is not None and abs(ended - seen.ended) <= COPY_SPAN_S:
+            answered = seen.answered
+            seen.answered = answered or window
+            if channel != seen.channel:  # not the node's: one transmission is on one channel at one SF
+                return Copy(False, False, True, answered)
+            best = (window, rssi) > seen.best
+            seen.best = max(seen.best, (window, rssi))
+            return Copy(best, seen.first, True, answered)
+        self._seen[counter] = _Transmission(ended, (window, rssi), new, channel, window)
         self._seen.move_to_end(counter)
         while len(self._seen) > KEPT:
             self._seen.popitem(last=False)
-        return Copy(True, new, False)
-
-
-class Copy(NamedTuple):
-    best: bool  # the strongest copy of its transmission so far: downlinks go through its bridge
-    first: bool  # its transmission is the counter's first heard while the counter was new: a measure of the node's link
-    again: bool  # not the first copy of its transmission: another bridge's copy came before it
+        return Copy(True, new, False, False)

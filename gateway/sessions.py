@@ -759,25 +759,30 @@ class Sessions:
             return
         radio.frames += 1
         self._bridge_heard_on(bridge.hex, fields["sf"])
+        late = None  # how long ago it ended on air, when its bridge opened a receive window for it
         if message.key_index >= 0 and "at" in fields:  # authentic, from a bridge that says when: a receive window
-            radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
+            late = radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
+        channel = (fields["sf"], fields["freq"])
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
-        new = node is None or node.window.check(message.counter) == NEW  # not a copy the gateway has: nor a replay
-        seen = node.transmissions.copy(message.counter, fields["rssi"], new) if node is not None and message.key_index >= 0 else None
-        if seen is not None and seen.again and not new:
-            # Another bridge's copy of a transmission answered already: that answer (made once, on the first copy's
-            # link) goes through the bridge that heard it best, which may be this one; a second ACK or TIME would
-            # take a window of the node's next uplink from what it is owed then
+        verdict = node.window.check(message.counter) if node is not None else NEW  # NEW: not a copy the gateway has
+        seen = None
+        if node is not None and message.key_index >= 0:
+            seen = node.transmissions.copy(message.counter, fields["rssi"], verdict == NEW, channel, late is not None, late or 0.0)
+        if seen is not None and seen.again and seen.answered and verdict == DUPLICATE:
+            # Another bridge's copy of a transmission answered already: that answer (made once, with a copy whose
+            # bridge has a window for it) goes through the bridge that heard it best, which may be this one; a second
+            # ACK or TIME would take a window of the node's next uplink from what it is owed then
             radio.duplicates += 1
             if seen.best and node is not None and node.link is not radio:
                 self._linked(node, radio)
-            return
-        self.message(radio, message)  # the node's own frame, on the bridge's radio link: every rule of a cable's
+        else:
+            self.message(radio, message)  # the node's own frame, on the bridge's radio link: every rule of a cable's
         node = self._by_id.get(message.node_id)
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
-        best, first, _again = seen if seen is not None else node.transmissions.copy(message.counter, fields["rssi"], new)
+        if seen is None:  # its first frame (its HELLO) made its session
+            seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late is not None, late or 0.0)
         if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late
             node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
             node.radio_high = max(node.radio_high, message.counter)
@@ -785,13 +790,13 @@ class Sessions:
             node.radio_heard.add(message.counter)
             if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
                 node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
-        if not first:  # a retransmission or a replay: its best copy's bridge has the window for its answer, that is all
-            if not best and previous is not None:
+        if not seen.first:  # a retransmission or a replay: its best copy's bridge has the window for its answer
+            if not seen.best and previous is not None:
                 node.link = previous
             return
         if node.info.get("caps", 0) & messages.CAP_CONFIG:  # advice goes as a CONFIG set: only to a node that takes one
             self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
-        if best:
+        if seen.best:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
             span = node.radio_high - node.radio_first + 1
             pdr = round(node.radio_new / span, 3) if span > 0 else None

@@ -286,6 +286,41 @@ def test_the_weaker_copy_of_a_first_hello_does_not_take_the_link(radio: Radio) -
     assert radio.bench.sessions.nodes[BATTERY.hex()].radio["bridge"] == BRIDGES["/dev/ttyB"].hex()
 
 
+def test_a_frame_first_reported_by_a_bridge_without_a_window_is_answered_by_one_with_it(radio: Radio) -> None:
+    hello = on_air(messages.HELLO, 1, NODE_HELLO)
+    radio.relay("/dev/ttyA", hello, rssi=-100, decide=False)  # a bridge that says not when it heard it: no window
+    sent_b = over_the_air(radio.relay("/dev/ttyB", hello, rssi=-110, at=10_000))
+    assert [m.type for _, m in sent_b] == [messages.ACK, messages.TIME]
+    for counter in (2, 3):  # and so on: each frame A reports first is answered through B
+        readings = on_air(messages.READINGS, counter, {"samples": [0, counter, 0]})
+        radio.relay("/dev/ttyA", readings, rssi=-100, decide=False)
+        radio.bench.safe_all()
+        sent_b = over_the_air(radio.relay("/dev/ttyB", readings, rssi=-110, at=10_000 + 60_000 * counter))
+        assert [(m.type, m.fields["counters"]) for _, m in sent_b] == [(messages.ACK, [counter])]
+
+
+def test_the_best_copy_coming_after_the_answer_is_the_nodes_reception(radio: Radio) -> None:
+    hello = on_air(messages.HELLO, 1, NODE_HELLO)
+    radio.relay("/dev/ttyA", hello, rssi=-120, snr=-5.0, at=10_000, decide=False)  # accepted with this copy
+    radio.relay("/dev/ttyB", hello, rssi=-90, snr=5.0, at=40_000, decide=False)  # a duplicate, and the better copy
+    sent_a, sent_b = over_the_air(radio.decide("/dev/ttyA")), over_the_air(radio.decide("/dev/ttyB"))
+    assert sent_a == [] and [m.type for _, m in sent_b] == [messages.ACK, messages.TIME]  # answered once, through B
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    assert (node.radio["bridge"], node.radio["rssi"]) == (BRIDGES["/dev/ttyB"].hex(), -90)
+    assert dict(radio.bench.sessions.adr._node(BATTERY.hex()).snrs) == {1: 50}  # the best SNR of the frame
+
+
+def test_a_report_says_how_late_it_came_by_the_bridges_clock() -> None:
+    """So that copies are grouped by when they ended on air (gateway/copies.py), not by when their reports came."""
+    now = [100.0]
+    air = AirTransport(lambda size: b"", BRIDGES["/dev/ttyA"], lambda bridge, tx: True, clock=lambda: now[0])
+    assert air.heard(BATTERY, 50_000, 868_100_000, 9, 125_000) == 0.0
+    now[0] += 20
+    assert air.heard(BATTERY, 62_000, 868_100_000, 9, 125_000) == pytest.approx(8.0, abs=0.01)  # held up 8 s
+    assert air.heard(BATTERY, 70_500, 868_100_000, 9, 125_000) == 0.0  # this one came at once: the clock moves on
+    assert air.heard(BATTERY, 70_000, 868_000_000 - 1, 9, 125_000) is None  # no window on a channel outside EU868
+
+
 def later_transmissions(radio: Radio) -> list[float]:
     """The node's copies from now on arrive at the gateway at now[0] (monotonic s), as the test moves it."""
     now = [1000.0]
@@ -336,6 +371,21 @@ def test_a_replayed_frame_does_not_move_the_nodes_link_figures(radio: Radio) -> 
     # A frame the gateway never had is the node's, whoever plays it: a late first transmission counts
     radio.relay("/dev/ttyB", on_air(messages.READINGS, 9, {"samples": [0, 9, 0]}), rssi=-100, snr=1.0, at=950_000, decide=False)
     assert node.radio["counter"] == 9 and node.radio["bridge"] == BRIDGES["/dev/ttyB"].hex()
+
+
+def test_a_copy_at_another_sf_is_not_the_nodes_transmission(radio: Radio) -> None:
+    """Played back at once, before the frame was committed, through a bridge on another SF: not a measurement of
+    the node's link, and not the bridge its answers go through."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), rssi=-112, snr=-4.0, at=10_000)
+    readings = on_air(messages.READINGS, 2, {"samples": [0, 2, 0]})
+    radio.relay("/dev/ttyA", readings, rssi=-112, snr=-4.0, at=70_000, decide=False)
+    radio.relay("/dev/ttyB", readings, rssi=-40, snr=12.0, at=40_000, decide=False, sf=7)
+    adr = radio.bench.sessions.adr._node(BATTERY.hex())
+    assert adr.sf == 9 and dict(adr.snrs) == {1: -40, 2: -40}
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    assert node.link is radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()] and node.radio["rssi"] == -112
+    radio.bench.safe_all()
+    assert radio.bench.stored() == []  # stored once (the copies' one commit went with safe_all)
 
 
 def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: Radio) -> None:
