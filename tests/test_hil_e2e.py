@@ -90,8 +90,9 @@ def test_hil_run_reports_a_loss_and_exits_non_zero(tmp_path: Path) -> None:
         '[[faults]]\nkind = "unplug"\nat = 2\nduration = 15\n'
     )
     reports = tmp_path / "reports"
+    where = ["--report-dir", str(reports), "--workdir", str(tmp_path / "work")]  # not a directory of its own in /tmp
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "hil", "run", str(scenario), "--report-dir", str(reports)],
+        [sys.executable, "-m", "gateway.cli", "hil", "run", str(scenario), *where],
         capture_output=True,
         text=True,
         timeout=300,
