@@ -3,8 +3,8 @@
 LoRaWAN's ADR is the model. Per node the gateway keeps the best SNR (over the bridges that heard it) of each of
 its last ADR_FRAMES counters, all sent at one setting. Once ADR_FIRST are known (after an advice it took:
 ADR_FRAMES at its new setting, so advice does not swing with every frame) it works out, from the best of them
-brought to MAX_POWER_DBM, the lowest SF a bridge of this gateway listens on that leaves MARGIN_DB, then the lowest
-power in POWER_STEP_DB steps that still leaves it (`advise`). A setting other than the node's goes to it as a
+brought to MAX_POWER_DBM, the lowest SF a bridge of this gateway listens on, not above the node's, that leaves
+MARGIN_DB, then the lowest power in POWER_STEP_DB steps that still leaves it (`advise`). A setting other than the node's goes to it as a
 CONFIG set {"sf", "tx_power", "margin_db"}: one of the gateway's own commands (gateway/commands.py: stored,
 sent in the node's receive windows, resent until answered), one at a time per node.
 
@@ -201,7 +201,12 @@ class LinkAdaptation:
         return state.power if state.power is not None else MAX_POWER_DBM
 
     def _listened(self, state: _Node) -> set[int]:
-        return self._bridge_sfs() - state.excluded
+        """The SFs it may be advised: a bridge listens there, it did not fall back from there, and none above the
+        SF it sends at (LoRaWAN's ADR never lowers a data rate: a link short of margin is advised full power, and the
+        node's own fallback raises its SF if nothing reaches it). Advising up to keep MARGIN_DB where the link
+        delivers crowded the slowest channel: tree-health's probes, installed 3 dB above sensitivity, went to SF12
+        by the dozen and drowned it (docs/HIL.md)."""
+        return {sf for sf in self._bridge_sfs() - state.excluded if state.sf is None or sf <= state.sf}
 
     def _decide(self, node: str, state: _Node) -> None:
         if self.submit is None or state.refused or len(state.snrs) < (ADR_FRAMES if state.advised else ADR_FIRST):

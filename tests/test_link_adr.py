@@ -88,6 +88,19 @@ def test_an_advice_goes_after_four_frames_and_not_again_while_it_is_under_way() 
     assert len(bench.sent) == 1
 
 
+def test_a_link_short_of_margin_is_advised_full_power_never_a_higher_sf() -> None:
+    bench = Bench({7, 9, 12})
+    bench.adr.status(NODE, {"sf": 9, "power": 11, "fallback": 0})
+    bench.frames(4, snr=-5.0)  # 4.5 dB of margin at SF9 and 11 dBm; SF12 would leave 15, but the link delivers
+    assert [args for *_, args, _ in bench.sent] == [{"sf": 9, "tx_power": 14, "margin_db": 10}]
+    bench.finish(SUCCEEDED)
+    bench.frames(10, snr=-8.0, sf=9)  # 4.5 dB at full power: short, and nothing else to advise
+    assert len(bench.sent) == 1 and bench.adr.summary(NODE) == {"advised_sf": 9, "advised_power": 14}
+    far = Bench({9, 10, 11, 12})
+    far.frames(4, snr=0.0, sf=12)  # 20 dB of margin at SF12: down it goes, to the lowest SF that leaves 10
+    assert [args for *_, args, _ in far.sent] == [{"sf": 9, "tx_power": 14, "margin_db": 12}]  # 12.5 dB at SF9
+
+
 def test_the_best_copy_of_a_frame_counts() -> None:
     bench = Bench()
     for counter in range(1, 5):
