@@ -54,11 +54,13 @@ class Transmissions:
         self._clock = clock
         self._seen: OrderedDict[int, _Transmission] = OrderedDict()  # counter -> its latest transmission
 
-    def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], window: bool, late_s: float = 0.0) -> Copy:
-        """A copy of frame `counter` heard at `rssi` dBm on `channel` (sf, freq), reported `late_s` after it ended on
-        air; `new`: its counter is new to the node's window (never accepted: not a retransmission of a frame the
-        gateway has, nor a replay); `window`: its bridge opened a receive window for it."""
-        ended = self._clock() - late_s
+    def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], late_s: float | None) -> Copy:
+        """A copy of frame `counter` heard at `rssi` dBm on `channel` (sf, freq); `new`: its counter is new to the
+        node's window (never accepted: not a retransmission of a frame the gateway has, nor a replay); `late_s`: how
+        long after it ended on air its bridge reported it, which opened a receive window for it (AirTransport.heard),
+        or None: its bridge opened none (a report without `at`), and when it came is all there is."""
+        window = late_s is not None
+        ended = self._clock() - (late_s or 0.0)
         seen = self._seen.get(counter)
         if seen is not None and abs(ended - seen.ended) <= COPY_SPAN_S:
             answered = seen.answered

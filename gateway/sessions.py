@@ -759,7 +759,7 @@ class Sessions:
             return
         radio.frames += 1
         self._bridge_heard_on(bridge.hex, fields["sf"])
-        late = None  # how long ago it ended on air, when its bridge opened a receive window for it
+        late = None  # how long ago it ended on air, when its bridge opened a receive window for it (else None)
         if message.key_index >= 0 and "at" in fields:  # authentic, from a bridge that says when: a receive window
             late = radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         channel = (fields["sf"], fields["freq"])
@@ -768,7 +768,7 @@ class Sessions:
         verdict = node.window.check(message.counter) if node is not None else NEW  # NEW: not a copy the gateway has
         seen = None
         if node is not None and message.key_index >= 0:
-            seen = node.transmissions.copy(message.counter, fields["rssi"], verdict == NEW, channel, late is not None, late or 0.0)
+            seen = node.transmissions.copy(message.counter, fields["rssi"], verdict == NEW, channel, late)
         if seen is not None and seen.again and seen.answered and verdict == DUPLICATE:
             # Another bridge's copy of a transmission answered already: that answer (made once, with a copy whose
             # bridge has a window for it) goes through the bridge that heard it best, which may be this one; a second
@@ -782,7 +782,7 @@ class Sessions:
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
         if seen is None:  # its first frame (its HELLO) made its session
-            seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late is not None, late or 0.0)
+            seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late)
         if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late
             node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
             node.radio_high = max(node.radio_high, message.counter)

@@ -11,46 +11,46 @@ SF9 = (9, 868_100_000)
 def test_copies_that_ended_together_are_one_transmission_and_the_strongest_is_best() -> None:
     now = [100.0]
     seen = Transmissions(clock=lambda: now[0])
-    assert seen.copy(5, -110, True, SF9, window=False) == Copy(best=True, first=True, again=False, answered=False)
+    assert seen.copy(5, -110, True, SF9, late_s=None) == Copy(best=True, first=True, again=False, answered=False)
     now[0] += 0.4
     # stronger, not yet committed; the first copy's bridge gave no time, so nothing answers it yet
-    assert seen.copy(5, -100, True, SF9, window=True) == Copy(best=True, first=True, again=True, answered=False)
+    assert seen.copy(5, -100, True, SF9, late_s=0.0) == Copy(best=True, first=True, again=True, answered=False)
     now[0] += 0.4
-    assert seen.copy(5, -105, False, SF9, window=True) == Copy(best=False, first=True, again=True, answered=True)
-    assert seen.copy(5, -100, False, SF9, window=True).best is False  # as strong is not better: the link stays
+    assert seen.copy(5, -105, False, SF9, late_s=0.0) == Copy(best=False, first=True, again=True, answered=True)
+    assert seen.copy(5, -100, False, SF9, late_s=0.0).best is False  # as strong is not better: the link stays
     # A report that came 10 s late (a serial line that resent it, a busy gateway) ended with the others
     now[0] += 10
-    assert seen.copy(5, -90, False, SF9, window=True, late_s=10.5) == Copy(best=True, first=True, again=True, answered=True)
+    assert seen.copy(5, -90, False, SF9, late_s=10.5) == Copy(best=True, first=True, again=True, answered=True)
 
 
 def test_a_copy_on_another_sf_or_channel_is_not_the_nodes() -> None:
     seen = Transmissions(clock=lambda: 0.0)
-    seen.copy(5, -110, True, SF9, window=True)
-    assert seen.copy(5, -40, True, (7, 868_100_000), window=True) == Copy(best=False, first=False, again=True, answered=True)
-    assert seen.copy(5, -40, True, (9, 868_300_000), window=True).best is False
+    seen.copy(5, -110, True, SF9, late_s=0.0)
+    assert seen.copy(5, -40, True, (7, 868_100_000), late_s=0.0) == Copy(best=False, first=False, again=True, answered=True)
+    assert seen.copy(5, -40, True, (9, 868_300_000), late_s=0.0).best is False
 
 
 def test_the_same_counter_later_is_another_transmission_first_only_if_the_counter_was_new() -> None:
     now = [0.0]
     seen = Transmissions(clock=lambda: now[0])
-    seen.copy(7, -90, True, SF9, window=True)
+    seen.copy(7, -90, True, SF9, late_s=0.0)
     now[0] += COPY_SPAN_S + 0.1  # the node's retransmission (its ACK was lost), or a replay: the gateway has it
-    assert seen.copy(7, -120, False, SF9, window=True) == Copy(best=True, first=False, again=False, answered=False)
-    assert seen.copy(7, -60, False, SF9, window=True) == Copy(best=True, first=False, again=True, answered=True)
+    assert seen.copy(7, -120, False, SF9, late_s=0.0) == Copy(best=True, first=False, again=False, answered=False)
+    assert seen.copy(7, -60, False, SF9, late_s=0.0) == Copy(best=True, first=False, again=True, answered=True)
     now[0] += COPY_SPAN_S + 0.1  # lost the first time, heard now: the counter's first transmission heard
-    assert seen.copy(8, -95, True, SF9, window=True) == Copy(best=True, first=True, again=False, answered=False)
+    assert seen.copy(8, -95, True, SF9, late_s=0.0) == Copy(best=True, first=True, again=False, answered=False)
 
 
 def test_it_remembers_the_latest_counters_only() -> None:
     seen = Transmissions(clock=lambda: 0.0)
     for counter in range(KEPT + 10):
-        seen.copy(counter, -100, True, SF9, window=True)
+        seen.copy(counter, -100, True, SF9, late_s=0.0)
     assert len(seen._seen) == KEPT and 9 not in seen._seen and KEPT + 9 in seen._seen
-    assert seen.copy(0, -130, False, SF9, window=True) == Copy(best=True, first=False, again=False, answered=False)
+    assert seen.copy(0, -130, False, SF9, late_s=0.0) == Copy(best=True, first=False, again=False, answered=False)
 
 
 def test_a_copy_whose_bridge_opened_a_window_is_better_than_a_stronger_one_without() -> None:
     seen = Transmissions(clock=lambda: 0.0)
-    seen.copy(5, -90, True, SF9, window=False)  # a bridge that says not when it heard it cannot answer in a window
-    assert seen.copy(5, -110, True, SF9, window=True).best is True
-    assert seen.copy(5, -80, False, SF9, window=False).best is False
+    seen.copy(5, -90, True, SF9, late_s=None)  # a bridge that says not when it heard it cannot answer in a window
+    assert seen.copy(5, -110, True, SF9, late_s=0.0).best is True
+    assert seen.copy(5, -80, False, SF9, late_s=None).best is False
