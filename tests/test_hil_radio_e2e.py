@@ -29,6 +29,14 @@ def untimed_checks_pass(report: CityReport) -> None:
     assert not failed, report.summary()
 
 
+def every_reading_once(report: CityReport) -> None:
+    """Each sample published once (a frame several bridges heard is one frame), none lost, though the air lost
+    frames on the way."""
+    readings = report.readings
+    assert readings is not None, report.summary()
+    assert readings.produced > 0 and readings.lost == 0 and readings.duplicated == 0, report.summary()
+
+
 def the_air_was_kept(report: CityReport, sfs: set[int]) -> None:
     """No transmission broke its sender's duty cycle, every node was answered over the air, both bridges relayed
     frames and said their budget, and the gateway published each node's link (delivery ratio, margin)."""
@@ -52,11 +60,10 @@ def the_air_was_kept(report: CityReport, sfs: set[int]) -> None:
 def test_street_lights_over_the_air_dimmed_once_each_through_a_gateway_kill_and_no_reading_lost(hil_scenario: RunScenario) -> None:
     report = hil_scenario("street-lights-radio", shortened=True)
     untimed_checks_pass(report)
-    commands, readings = report.commands, report.readings
-    assert commands is not None and readings is not None
+    commands = report.commands
+    assert commands is not None
     lamps = report.roles["streetlight"]
     assert commands.commanded == commands.succeeded == commands.executed == lamps, report.summary()
     assert commands.executed_twice == 0 and commands.unexplained == 0 and commands.lost == 0
-    # Each sample once (a frame both bridges heard is one frame), none lost, though the air lost frames on the way
-    assert readings.produced > 0 and readings.lost == 0 and readings.duplicated == 0
+    every_reading_once(report)
     the_air_was_kept(report, {7})
