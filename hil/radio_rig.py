@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.fwtools.emulate import READY_TIMEOUT_S, EmulatedNode, Emulator, EmulatorError
+from gateway.fwtools.emulate import BOOT_TRIES, READY_TIMEOUT_S, EmulatedNode, Emulator, EmulatorError
 from gateway.keytools import write_node_dir
 from protocols import cobs
 
@@ -230,7 +230,7 @@ class RadioRig:
     def stop(self) -> None:
         self._stopping.set()
         if self._booting is not None:
-            self._booting.join(READY_TIMEOUT_S + 5)  # a boot under way ends (or is stopped below)
+            self._booting.join(BOOT_TRIES * READY_TIMEOUT_S + 5)  # a boot under way ends (or is stopped below)
         self.emulator.stop()
         self.air.stop()
         names = {placed.name: placed.node_hex for placed in self.bridges + self.radios}

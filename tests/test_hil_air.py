@@ -181,6 +181,45 @@ def test_the_air_checks_name_what_failed() -> None:
     assert "uplinks 10  downlinks 8  nodes answered 1 of 1" in fine.summary()[0]
 
 
+def test_a_boot_the_vm_crashed_is_tried_again_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MicroPython VM now and then dies of SIGSEGV before a node's ready line (gateway/fwtools/emulate.py): the
+    node is booted again, at most BOOT_TRIES in all; any other death before the ready line is an error at once."""
+    import sys
+
+    from gateway.fwtools import emulate
+
+    script = (
+        "import os, signal, sys, time\n"
+        "marker = sys.argv[2] + '/crashed-%s'\n"
+        "count = len([n for n in os.listdir(sys.argv[2]) if n.startswith('crashed-')])\n"
+        "if count < int(os.environ['CRASHES']):\n"
+        "    open(marker % count, 'w').close()\n"
+        "    os.kill(os.getpid(), signal.SIGSEGV if os.environ['HOW'] == 'segv' else signal.SIGTERM)\n"
+        "print('edgegw-node e100000000000001 ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    monkeypatch.setattr(emulate, "node_command", lambda bundle, heap: [sys.executable, "-c", script])
+
+    def boot(crashes: int, how: str) -> emulate.EmulatedNode:
+        monkeypatch.setenv("CRASHES", str(crashes))
+        monkeypatch.setenv("HOW", how)
+        node = emulate.EmulatedNode(0, 1, tmp_path / ("%s%d" % (how, crashes)))
+        node.open_uart()
+        try:
+            node.spawn(tmp_path, "64k", 1.0, 60.0)
+        finally:
+            node.close()
+        return node
+
+    node = boot(2, "segv")
+    assert node.node_id == "e100000000000001" and node.boot_crashes == 2
+    assert node.log.count("edgegw: the MicroPython VM crashed booting node 0 (SIGSEGV); booting it again") == 2
+    with pytest.raises(emulate.EmulatorError, match="node 0 did not start"):
+        boot(emulate.BOOT_TRIES, "segv")  # every try crashed
+    with pytest.raises(emulate.EmulatorError, match="node 0 did not start"):
+        boot(1, "term")  # not the VM's crash: not hidden
+
+
 def test_the_air_record_says_why_each_uplink_was_lost(tmp_path: Path) -> None:
     """The real medium judges; the record keeps the best a bridge got of each uplink, and writes every transmission."""
     medium = Medium(1, PathLoss(sigma_db=0.0))
