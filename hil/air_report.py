@@ -24,7 +24,10 @@ from .energy import SX1276, estimate_from_report
 from .outcomes import Check
 from .radio import DELIVERED, Transmission
 
-MIN_UPLINKS = 3  # uplinks measured between two STATUS for a battery estimate
+# Uplinks measured between two STATUS for a battery estimate: two are a whole round of a node that sends a STATUS
+# with each reading round (tree-health: a READINGS, a STATUS, the windows of each, the sleep between), so a STATUS
+# lost on the air (it is sent once, unacknowledged) still leaves two STATUS a round apart to measure between
+MIN_UPLINKS = 2
 STARTUP_SLACK_S = 0.05  # the air stamps a pty radio's start when it reads the line: two processes' scheduling either way
 
 
@@ -209,7 +212,7 @@ def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float |
     delta = {key: last["air"].get(key, 0) - first["air"].get(key, 0) for key in ("tx_ms", "rx_ms", "tx")}
     if elapsed <= 0 or min(delta.values()) < 0:  # a reboot in between: its counters started again
         return None
-    if delta["tx"] < MIN_UPLINKS:  # a window of one uplink or none says more about the window than the node
+    if delta["tx"] < MIN_UPLINKS:  # one uplink or none, no whole round: it says more about the window than the node
         return None
     try:
         return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power).years

@@ -10,8 +10,9 @@ The physics, each a documented model:
 
 - **Airtime** by the Semtech formula (protocols/airtime.py).
 - **Path loss**: log-distance, PL(d) = PL(d0) + 10 n log10(d / d0) + X, with X a zero-mean normal of
-  sigma dB drawn once per pair of radios from the seed (shadowing: a building between them stays
-  there). Defaults from a measurement in a city (Petajajarvi et al. 2015, Oulu: d0 = 1 km, PL(d0) =
+  sigma dB drawn once per pair of spots from the seed (shadowing: a building between them stays
+  there, and shadows every radio at either spot alike: radios placed at one spot, such as a cabinet's
+  bridges, share their draws). Defaults from a measurement in a city (Petajajarvi et al. 2015, Oulu: d0 = 1 km, PL(d0) =
   128.95 dB, n = 2.32, sigma = 7.8 dB); `PathLoss` takes others (LoRaSim's, Bor et al. 2016, indoors
   and near: 40 m, 127.41 dB, 2.08, 3.57 dB).
 - **Sensitivity and SNR floor** per SF at 125 kHz (SX1276 datasheet: -123 ... -137 dBm; demodulator
@@ -132,6 +133,8 @@ class Medium:
         self.radios: dict[str, Receiver] = {}
         self._listeners: dict[str, Receiver] = {}  # radios that ever listen: only they are judged for a frame
         self._shadowing: dict[tuple[str, str], float] = {}
+        self._spots: dict[tuple[float, float], str] = {}  # a spot -> the first radio placed there (its draws' name)
+        self._spot_of: dict[str, str] = {}  # a radio -> the name its shadowing is drawn by
         self._pending: list[Transmission] = []  # by end: not yet judged
         self._recent: list[Transmission] = []  # by start: judged or not, kept while they can still overlap one
         self._starts: list[float] = []
@@ -143,6 +146,7 @@ class Medium:
     def place(self, name: str, x: float, y: float, listens: set[tuple[int, int]] | None = None, always: bool = True) -> Receiver:
         """A radio at (x, y) metres. listens: (channel, SF) pairs it demodulates at once (none: it only sends)."""
         radio = self.radios[name] = Receiver(name, x, y, set(listens or ()), always)
+        self._spot_of[name] = self._spots.setdefault((x, y), name)
         if radio.listens:
             self._listeners[name] = radio
         return radio
@@ -162,7 +166,13 @@ class Medium:
     # ------------------------------------------------------------ the physics
 
     def shadowing_db(self, a: str, b: str) -> float:
-        """The pair's shadowing, drawn once from the seed and the two names (the same whichever way)."""
+        """The pair's shadowing, drawn once from the seed and the two names (the same whichever way). A radio
+        placed where another already stood draws by that one's name: what stands between two spots shadows
+        every radio at them alike (a cabinet's four bridges see one probe through the same trees). A name not
+        yet placed draws by itself (hil/radio_rig.py asks before it places a node)."""
+        a, b = self._spot_of.get(a, a), self._spot_of.get(b, b)
+        if a == b:
+            return 0.0  # one spot: nothing stands between
         pair = (a, b) if a <= b else (b, a)
         value = self._shadowing.get(pair)
         if value is None:

@@ -99,8 +99,9 @@ class RadioRig:
 
     def _site(self, draw: random.Random, name: str, sf: int, distance_m: tuple[float, float]) -> tuple[float, float]:
         """Where a node is installed: a seeded bearing and distance, drawn again until a bridge on its SF hears it
-        with INSTALL_MARGIN_DB to spare (the installer's link check). The medium's shadowing belongs to the pair of
-        radios, not to the spot, so a node in a deep shadow is drawn ever nearer (to a tenth of its ring) until heard."""
+        with INSTALL_MARGIN_DB to spare (the installer's link check). The medium's shadowing is drawn by the node's name
+        (and the bridge's spot), not by where it is drawn, so a node in a deep shadow is drawn ever nearer (to a tenth of
+        its ring) until heard."""
         near, far = distance_m
         medium = self.air.medium
         listening = [placed for placed in self.bridges if placed.node.settings["sf"] == sf]

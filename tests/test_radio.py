@@ -231,6 +231,24 @@ def test_shadowing_is_seeded_and_the_same_both_ways() -> None:
     assert (sum(v * v for v in spread) / len(spread)) ** 0.5 == pytest.approx(7.8, abs=0.4)
 
 
+def test_radios_at_one_spot_share_their_shadowing() -> None:
+    """A cabinet's bridges see a probe through the same trees: an advice worked out at one holds at the others."""
+    medium = Medium(seed=5)
+    for name in ("sf9", "sf10", "sf11", "sf12"):
+        medium.place(name, 0, 0, {(CH, 7)})
+    medium.place("across", 0, 3)  # a radio 3 m away: a spot of its own
+    probes = ["probe%d" % n for n in range(20)]
+    for n, name in enumerate(probes):
+        medium.place(name, 1000 + n, 500)
+    for name in probes:
+        seen = {medium.shadowing_db(name, bridge) for bridge in ("sf9", "sf10", "sf11", "sf12")}
+        assert len(seen) == 1
+        assert medium.shadowing_db(name, "across") != medium.shadowing_db(name, "sf10")
+    assert medium.shadowing_db("sf9", "sf12") == 0.0
+    # the first radio at a spot draws as it always did: other scenarios' layouts keep their draws
+    assert medium.shadowing_db("probe3", "sf9") == Medium(seed=5).shadowing_db("probe3", "sf9")
+
+
 def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> None:
     """firmware/radio_port.py and the bridge role on a scripted radio (tests/portable/radio_port_check.py)."""
     done = run_micropython(micropython, "tests/portable/radio_port_check.py")
