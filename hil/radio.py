@@ -144,7 +144,10 @@ class Medium:
     # ------------------------------------------------------------ set-up
 
     def place(self, name: str, x: float, y: float, listens: set[tuple[int, int]] | None = None, always: bool = True) -> Receiver:
-        """A radio at (x, y) metres. listens: (channel, SF) pairs it demodulates at once (none: it only sends)."""
+        """A radio at (x, y) metres. listens: (channel, SF) pairs it demodulates at once (none: it only sends).
+        Once per name: its spot decides its shadowing draws, and a radio moved would leave others sharing them."""
+        if name in self.radios:
+            raise ValueError("a radio named %r is placed already" % name)
         radio = self.radios[name] = Receiver(name, x, y, set(listens or ()), always)
         self._spot_of[name] = self._spots.setdefault((x, y), name)
         if radio.listens:

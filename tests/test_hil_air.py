@@ -166,7 +166,8 @@ def test_battery_life_comes_from_what_the_node_measured_between_its_first_and_la
     assert _battery_years(documents, 14.0) == pytest.approx(estimate_from_report(9000, 5000, 1800, 7, power_dbm=7).years)
     assert _battery_years([_status(900, 5000, 3000, 4), _status(60, 100, 50, 1)], 14.0) is None  # rebooted between
     assert _battery_years([_status(900, 5000, 3000, 4), _status(1800, 5100, 3500, 5)], 14.0) is None  # 1 uplink: no round
-    # a round (a READINGS and a STATUS) between two STATUS is enough: the STATUS between them was lost on the air
+    # a whole round (a READINGS and a STATUS) between two STATUS is enough: what is left when the STATUS of a
+    # round after them was lost on the air
     two = [_status(900, 5000, 3000, 4), _status(1800, 5100, 3500, 6)]
     assert _battery_years(two, 14.0) == pytest.approx(estimate_from_report(100, 500, 900, 2, power_dbm=14.0).years)
 

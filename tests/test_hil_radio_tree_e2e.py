@@ -18,7 +18,7 @@ def test_tree_health_probes_lose_nothing_and_get_a_battery_life_from_what_they_m
     the_air_was_kept(report, {7, 8})
     air = report.air
     assert air is not None
-    # Estimated for a probe with three uplinks or more between its first and last STATUS (two minutes are short
+    # Estimated for a probe with two uplinks or more between its first and last STATUS (two minutes are short
     # for that; the full version requires it of every probe). A round a minute and a STATUS every 40 s, each frame
     # waiting for its duty cycle: weeks to months of an AA cell
     assert air.years and all(0.005 < years < 5 for years in air.years.values()), air.years

@@ -247,6 +247,8 @@ def test_radios_at_one_spot_share_their_shadowing() -> None:
     assert medium.shadowing_db("sf9", "sf12") == 0.0
     # the first radio at a spot draws as it always did: other scenarios' layouts keep their draws
     assert medium.shadowing_db("probe3", "sf9") == Medium(seed=5).shadowing_db("probe3", "sf9")
+    with pytest.raises(ValueError, match="placed already"):  # moved, it would leave the others sharing its draws
+        medium.place("sf9", 1500, 1500)
 
 
 def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> None:
