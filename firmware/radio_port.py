@@ -7,7 +7,9 @@
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
 #   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway, then the rest, each oldest
 #   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it
-#   is still in the node's ring and comes again when its retransmission is due). A frame the node no longer wants (acknowledged
+#   is still in the node's ring and comes again when its retransmission is due). A frame of the node's own schedule
+#   (not a HELLO, event or answer) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
+#   as every frame does after a time-off: periodic rounds must not line up with another node's. A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
 #   `busy` tells the node to keep its samples for a later, fuller frame rather than queue another.
 # - The uplink hops over its channels (1 %); two receive windows listen at the node's SF, the first on
@@ -160,6 +162,14 @@ class RadioPort:
         while index and _rank(self.queue[index - 1]) > rank:
             index -= 1
         self.queue.insert(index, frame)
+        if rank[0] == 3 and len(self.queue) == 1 and self.state == _IDLE:
+            now = self.clock()
+            if now >= self.not_before:
+                # ALOHA needs chance here too: a frame of the node's own schedule (a reading round, a STATUS) that
+                # finds the time-off long over would go at the same moment of every round, and two nodes whose
+                # rounds line up would collide every round (tree-health: a probe lost 4 STATUS of 4 to one
+                # neighbour's READINGS). Events and answers go at once: someone waits for them.
+                self.not_before = now + random.getrandbits(20) % chance_ms(airtime_us(len(frame), self.sf))
 
     def pump(self):
         now = self.clock()

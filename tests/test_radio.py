@@ -269,6 +269,12 @@ def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> N
         ["sleep"],
     ]
     ((counter, at),), tx_end = out["aired"]  # the node's outbox is told once the second window closed unanswered
+    # a reading round on an idle port: 0 .. chance_ms (4096 ms at SF9 for this frame) later, never at once each
+    # time; an event goes on air at once
+    *periodic, (event_state, _event_wait) = out["chance"]
+    assert all(state == 0 and 0 <= wait < 4096 for state, wait in periodic), periodic
+    assert len({wait for _state, wait in periodic}) > 10, periodic
+    assert event_state == tx
     assert counter == 7 and tx_end + 2000 + 500 <= at <= tx_end + 2000 + 600
     assert out["queued"] == [True, False]  # a RADIO_TX 20 s ahead is refused: no window is that far
     assert out["bridge_sent"] == [1, [["configure", 869_525_000, 9, True], ["send", 20]]]  # a downlink: inverted I/Q

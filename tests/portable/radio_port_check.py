@@ -7,7 +7,7 @@ import json
 from firmware.radio_port import RadioPort
 from firmware.roles.bridge import Bridge
 from protocols import messages
-from protocols.frame import F_ACK_REQ
+from protocols.frame import F_ACK_REQ, F_PRIORITY
 from protocols.messages import Message, encode
 
 
@@ -72,6 +72,19 @@ def run():
     out["windows"] = [entry for entry in radio.log if entry[0] in ("configure", "receive", "sleep")]
     out["aired"] = [aired, port.tx_end]  # told once, when the second window closed (no ACK came)
     out["tx_ms"] = [port.tx_ms >= 1100, clock.now - sent_at]
+
+    # An idle port whose time-off is long over: a frame of the node's schedule waits 0 .. chance_ms (not the
+    # same moment each round), an event goes at once
+    chance = []
+    for trial in range(21):
+        clock.now = 0
+        idle = RadioPort(Radio(), clock, lambda ms: None, 9, 14, (868100000,))
+        clock.now = 100000
+        flags = F_ACK_REQ | (F_PRIORITY if trial == 20 else 0)
+        idle.write(encode(Message(messages.READINGS, b"\x00" * 8, 9, {"samples": [0, 1, 0]}, flags)))
+        idle.pump()
+        chance.append([idle.state, idle.not_before - clock.now])
+    out["chance"] = chance
 
     bridge_radio = Radio()
     bridge = Bridge(bridge_radio, 868100000, 9)
