@@ -9,7 +9,8 @@
 #   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it
 #   is still in the node's ring and comes again when its retransmission is due). A frame of the node's own schedule
 #   (not a HELLO, event or answer) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
-#   as every frame does after a time-off: periodic rounds must not line up with another node's. A frame the node no longer wants (acknowledged
+#   as every frame does after a time-off: periodic rounds must not line up with another node's (a HELLO, event or
+#   answer written meanwhile goes at once). A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
 #   `busy` tells the node to keep its samples for a later, fuller frame rather than queue another.
 # - The uplink hops over its channels (1 %); two receive windows listen at the node's SF, the first on
@@ -99,6 +100,7 @@ class RadioPort:
         self.hop = 0
         self.tx_end = 0
         self.not_before = random.getrandbits(12)  # ms of uptime: the first transmission waits up to 4 s too
+        self.chanced = False  # not_before is a periodic frame's chance on an idle port (enqueue), not a time-off
         self.tx = self.rx = self.dropped = self.tx_ms = self.rx_ms = 0
         radio.sleep()
 
@@ -168,8 +170,14 @@ class RadioPort:
                 # ALOHA needs chance here too: a frame of the node's own schedule (a reading round, a STATUS) that
                 # finds the time-off long over would go at the same moment of every round, and two nodes whose
                 # rounds line up would collide every round (tree-health: a probe lost 4 STATUS of 4 to one
-                # neighbour's READINGS). Events and answers go at once: someone waits for them.
+                # neighbour's READINGS)
                 self.not_before = now + random.getrandbits(20) % chance_ms(airtime_us(len(frame), self.sf))
+                self.chanced = True
+        elif rank[0] < 3 and self.chanced:
+            # A HELLO, event or answer goes at once (someone waits for it), not after that chance (at SF12 up to
+            # 37 s): the time-off was over when it was drawn
+            self.not_before = self.clock()
+            self.chanced = False
 
     def pump(self):
         now = self.clock()
@@ -243,6 +251,7 @@ class RadioPort:
         # ALOHA needs chance: two nodes whose time-offs end together (woken by one event: a power cut
         # ending, a flood, a collision) must not go on air together each time (protocols/lora.py)
         self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(20) % chance_ms(airtime)
+        self.chanced = False
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
         self.aired = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None

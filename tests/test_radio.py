@@ -275,6 +275,8 @@ def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> N
     assert all(state == 0 and 0 <= wait < 4096 for state, wait in periodic), periodic
     assert len({wait for _state, wait in periodic}) > 10, periodic
     assert event_state == tx
+    # an event written while a STATUS waits out that chance goes at once, ahead of it (the STATUS still waits)
+    assert out["event_first"] == [0, tx, 10, 1]
     assert counter == 7 and tx_end + 2000 + 500 <= at <= tx_end + 2000 + 600
     assert out["queued"] == [True, False]  # a RADIO_TX 20 s ahead is refused: no window is that far
     assert out["bridge_sent"] == [1, [["configure", 869_525_000, 9, True], ["send", 20]]]  # a downlink: inverted I/Q

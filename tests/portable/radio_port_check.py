@@ -85,6 +85,16 @@ def run():
         idle.pump()
         chance.append([idle.state, idle.not_before - clock.now])
     out["chance"] = chance
+    # An event written while a periodic frame waits out its chance: the event goes at once, the frame after it
+    clock.now = 0
+    idle = RadioPort(Radio(), clock, lambda ms: None, 9, 14, (868100000,))
+    clock.now = 100000
+    idle.write(encode(Message(messages.STATUS, b"\x00" * 8, 9, {"uptime": 100}, 0)))
+    idle.pump()
+    before = idle.state
+    idle.write(encode(Message(messages.READINGS, b"\x00" * 8, 10, {"samples": [0, 1, 0]}, F_ACK_REQ | F_PRIORITY)))
+    idle.pump()
+    out["event_first"] = [before, idle.state, idle.aired is not None and int.from_bytes(idle.aired, "big"), len(idle.queue)]
 
     bridge_radio = Radio()
     bridge = Bridge(bridge_radio, 868100000, 9)
