@@ -63,6 +63,11 @@ _WAIT_RX = const(2)
 _RX = const(3)
 
 
+def _chance(airtime):
+    # ALOHA's random wait before a frame goes: 0 .. chance_ms for a frame of this airtime (us)
+    return random.getrandbits(20) % chance_ms(airtime)
+
+
 def _rank(frame):
     # The order frames wait in: a HELLO first (nothing else is taken before it), then events (PRIORITY: a
     # flood alarm must not wait a minute behind the answers of a CONFIG exchange, measured in
@@ -171,7 +176,7 @@ class RadioPort:
                 # finds the time-off long over would go at the same moment of every round, and two nodes whose
                 # rounds line up would collide every round (tree-health: a probe lost 4 STATUS of 4 to one
                 # neighbour's READINGS)
-                self.not_before = now + random.getrandbits(20) % chance_ms(airtime_us(len(frame), self.sf))
+                self.not_before = now + _chance(airtime_us(len(frame), self.sf))
                 self.chanced = True
         elif rank[0] < 3 and self.chanced:
             # A HELLO, event or answer goes at once (someone waits for it), not after that chance (at SF12 up to
@@ -250,7 +255,7 @@ class RadioPort:
         self.queue.pop(0)
         # ALOHA needs chance: two nodes whose time-offs end together (woken by one event: a power cut
         # ending, a flood, a collision) must not go on air together each time (protocols/lora.py)
-        self.not_before = now + self.duty.wait_ms(channel, now) + random.getrandbits(20) % chance_ms(airtime)
+        self.not_before = now + self.duty.wait_ms(channel, now) + _chance(airtime)
         self.chanced = False
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)

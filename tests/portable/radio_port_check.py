@@ -75,20 +75,22 @@ def run():
 
     # An idle port whose time-off is long over: a frame of the node's schedule waits 0 .. chance_ms (not the
     # same moment each round), an event goes at once
+    def idle_port():
+        clock.now = 0
+        port = RadioPort(Radio(), clock, lambda ms: None, 9, 14, (868100000,))
+        clock.now = 100000
+        return port
+
     chance = []
     for trial in range(21):
-        clock.now = 0
-        idle = RadioPort(Radio(), clock, lambda ms: None, 9, 14, (868100000,))
-        clock.now = 100000
+        idle = idle_port()
         flags = F_ACK_REQ | (F_PRIORITY if trial == 20 else 0)
         idle.write(encode(Message(messages.READINGS, b"\x00" * 8, 9, {"samples": [0, 1, 0]}, flags)))
         idle.pump()
         chance.append([idle.state, idle.not_before - clock.now])
     out["chance"] = chance
     # An event written while a periodic frame waits out its chance: the event goes at once, the frame after it
-    clock.now = 0
-    idle = RadioPort(Radio(), clock, lambda ms: None, 9, 14, (868100000,))
-    clock.now = 100000
+    idle = idle_port()
     idle.write(encode(Message(messages.STATUS, b"\x00" * 8, 9, {"uptime": 100}, 0)))
     idle.pump()
     before = idle.state
