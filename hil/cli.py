@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from gateway.fwtools.emulate import EmulatorError
+
 from .bench import BenchError
 from .scenario import Progress, ScenarioError, load_scenario, make_rig, run_scenario
 
@@ -51,7 +53,7 @@ def do_hil(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         path = SCENARIOS / ("%s.toml" % args.scenario)
     try:
         scenario = load_scenario(path, shortened=getattr(args, "shortened", False))
-        workdir = Path(args.workdir) if args.workdir else None
+        workdir = Path(args.workdir).resolve() if args.workdir else None  # its paths go to processes that run elsewhere
         if workdir is None:
             import tempfile
 
@@ -64,7 +66,7 @@ def do_hil(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     display = ProgressLine(out)
     try:
         report = run_scenario(scenario, workdir, rig=rig, progress=display)
-    except (RuntimeError, OSError, ValueError, AssertionError) as error:  # the harness failed, not the scenario
+    except (RuntimeError, OSError, ValueError, AssertionError, EmulatorError) as error:  # the harness failed, not the scenario
         display.done()
         print("edgegw: the scenario could not be run: %s (logs in %s)" % (error, workdir), file=sys.stderr)
         return 2

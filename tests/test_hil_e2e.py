@@ -81,6 +81,13 @@ def test_node_reboot_counters_continue_and_no_frame_is_stored_twice(hil_scenario
     assert report.flow.duplicated == 0, "the gateway did not crash: every frame is stored and published once"
 
 
+def hil_run(scenario: Path, reports: Path, workdir: str) -> subprocess.CompletedProcess[str]:
+    """`edgegw hil run` as a technician runs it, from the project's folder."""
+    where = ["--report-dir", str(reports), "--workdir", workdir]
+    command = [sys.executable, "-m", "gateway.cli", "hil", "run", str(scenario), *where]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+
+
 def test_hil_run_reports_a_loss_and_exits_non_zero(tmp_path: Path) -> None:
     """The harness must see a loss when there is one: a 64 KB node's small ring cannot outlast a 15 s unplug."""
     scenario = tmp_path / "too-long-unplug.toml"
@@ -90,20 +97,23 @@ def test_hil_run_reports_a_loss_and_exits_non_zero(tmp_path: Path) -> None:
         '[[faults]]\nkind = "unplug"\nat = 2\nduration = 15\n'
     )
     reports = tmp_path / "reports"
-    where = ["--report-dir", str(reports), "--workdir", str(tmp_path / "work")]  # not a directory of its own in /tmp
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "hil", "run", str(scenario), *where],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
-    )
+    # Not a directory of its own in /tmp; relative, as a technician types it: the nodes' VMs run in another folder
+    done = hil_run(scenario, reports, os.path.relpath(tmp_path / "work", ROOT))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED" in done.stdout and "LOST" in done.stdout and "NOT recovered" in done.stdout
     data = json.loads((reports / "too-long-unplug.json").read_text())
     assert data["passed"] is False and data["readings"]["lost"] > 0
     assert "<failure" in (reports / "too-long-unplug.junit.xml").read_text()
+
+
+def test_hil_run_says_why_a_node_did_not_start_without_a_traceback(tmp_path: Path) -> None:
+    """A heap too small for the firmware: the harness failed, not the scenario (exit 2), and the node's own last words say why."""
+    scenario = tmp_path / "tiny-heap.toml"
+    scenario.write_text('name = "tiny-heap"\ndescription = "No node boots in it."\nnodes = 1\nduration = 5\ninterval = 0.5\nheap = "2k"\n')
+    done = hil_run(scenario, tmp_path / "reports", str(tmp_path / "work"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "could not be run: node 0 did not start" in done.stderr and "MemoryError" in done.stderr, done.stderr
+    assert "Traceback (most recent call last):\n" not in done.stderr, "a Python traceback of the harness itself"
 
 
 def test_demo_shows_live_readings_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

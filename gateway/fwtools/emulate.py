@@ -112,9 +112,12 @@ class EmulatedNode:
 
     def spawn(self, bundle: Path, heap: str, interval: float, status_interval: float, reset_cause: int | None = None) -> None:
         """Boot the node (again: its flash directory is kept) and wait for its ready line."""
+        # Absolute: the VM runs in the bundle (below), where a path relative to the caller's folder names nothing
+        bundle = Path(bundle).resolve()
         self._boot = (bundle, heap, interval, status_interval)
         self._stopping = False
-        args = [*node_command(bundle, heap), self.node_path, str(self.data_dir), str(self.seed), str(interval), str(status_interval)]
+        data_dir = str(self.data_dir.resolve())
+        args = [*node_command(bundle, heap), self.node_path, data_dir, str(self.seed), str(interval), str(status_interval)]
         env = dict(os.environ, MICROPYPATH=".frozen")  # every module of the node comes from its ROMFS
         env.pop("EDGEGW_RESET_CAUSE", None)
         if reset_cause is not None:
