@@ -138,6 +138,7 @@ class Node:
             hal.uart.on_fallback = self.save_config  # the gateway's link setting failed: forgotten on flash too
             self.frame_limit = _RADIO_FRAME  # a bridge wraps each of its frames in a RADIO_RX (SPEC.md 5.11)
             self.frame_samples = _RADIO_SAMPLES
+        self.on_air = self.radio is hal.uart  # its link is the air (firmware/radio_port.py), not a cable
         self.held = []  # on the air: events from before the first TIME, (uptime ms, samples), oldest first
         self.pending = []  # flat [ch, value, dt, ...] not yet framed
         self.pending_since = None  # unix time (or None) of the first pending round
@@ -154,7 +155,7 @@ class Node:
         gc.collect()
         capacity = max(_RING_MIN, min(_RING_MAX, (gc.mem_free() - _RESERVE) // _FRAME_COST))
         self.out = ss.Outbox(self.counter, capacity, ss.NODE_ON_REJECT)
-        if self.radio is not None and self.radio is hal.uart:
+        if self.on_air:
             hal.uart.on_aired = self.out.aired  # a frame whose windows brought no ACK is due again at once
 
     def out_wants(self, counter):
@@ -235,7 +236,7 @@ class Node:
         if over > 0:
             print("edgegw-node: HELLO %d bytes over the frame limit: sent without its commands" % over)
             del fields["commands"]
-        elif self.radio is self.hal.uart and self.radio.sf >= _SHORT_HELLO_SF:
+        elif self.on_air and self.hal.uart.sf >= _SHORT_HELLO_SF:
             del fields["commands"]  # at SF11 and SF12 the offer costs seconds on air (SPEC.md 5.11)
         self.hello_pending = self.send(messages.HELLO, fields)
 
@@ -275,7 +276,7 @@ class Node:
         now = self.now()
         if now is not None:
             fields["base_time"] = now
-        elif self.radio is not None and self.radio is self.hal.uart and len(self.held) < _HELD:
+        elif self.on_air and len(self.held) < _HELD:
             # On the air a frame may wait a minute for its duty cycle; undated, the gateway would date it when
             # received, after a later event that was dated, and the two would read in the wrong order. It
             # waits for the clock (the TIME asked for at boot comes in a receive window) or _HELD_MS.
@@ -329,7 +330,10 @@ class Node:
         radio = self.radio
         if radio is not None:  # a bridge's radio or a radio node's link (SPEC.md 5.7 `air`)
             fields["air"] = radio.report(self.hal.uptime_ms())
-        self.send(messages.STATUS, fields, 0)
+        # On the air a STATUS asks for an ACK and is sent until it has one: a battery node sends one an hour, not one
+        # a minute as on a cable, and at SF11-12 a third of frames meet another; one lost would leave the
+        # gateway an hour or two without its health and its radio's figures (SPEC.md 5.11)
+        self.send(messages.STATUS, fields, fr.F_ACK_REQ if self.on_air else 0)
 
     # -------------------------------------------------------------- receiving
 
@@ -351,14 +355,18 @@ class Node:
             if not self.fresh(message):
                 self.rx_errors += 1
                 return
-        if self.radio is not None and self.radio is self.hal.uart:
-            self.radio.silent = 0  # a frame for this node came through: the link works (another's would not say so)
+        if self.on_air:
+            self.hal.uart.silent = 0  # a frame for this node came through: the link works (another's would not say so)
         mtype = message.type
         fields = message.fields
         if mtype == messages.ACK:
             self.out.acked(fields["counters"], 0)
         elif mtype == messages.TIME:
             if "unix" in fields:
+                if self.offset_ms is None and self.on_air:
+                    # A radio node's first STATUS goes once it is answered (its reset cause, its radio's
+                    # figures after the HELLO and the first TIME), not a whole status_interval after its boot
+                    self.last_status = self.hal.uptime_ms() - int(self.status_interval * 1000)
                 self.offset_ms = fields["unix"] * 1000 + fields.get("ms", 0) - self.hal.uptime_ms()
         elif mtype == messages.REJECT:
             event = self.out.rejected(fields["reason"], fields.get("counter"))

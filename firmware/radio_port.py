@@ -6,7 +6,8 @@
 #
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
 #   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway, then the rest, each oldest
-#   counter first (_rank); when more come, the last in that order is left out (counted in `dropped`: it
+#   counter first (_rank), except that of the node's own frames the one sent last, not acknowledged, goes after
+#   the next; when more come, the last in that order is left out (counted in `dropped`: it
 #   is still in the node's ring and comes again when its retransmission is due). A frame of the node's own schedule
 #   (not a HELLO, event or answer) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
 #   as every frame does after a time-off: periodic rounds must not line up with another node's (a HELLO, event or
@@ -93,6 +94,7 @@ class RadioPort:
         self.fallback = 0
         self.on_fallback = None  # called when a fallback dropped the gateway's setting (the node rewrites config.json)
         self.aired = None  # the counter (4 bytes) of the uplink whose windows are open or due, if it wants an ACK
+        self.again = None  # the counter of the last uplink that wanted an ACK: sent again, it lets its schedule go first
         self.on_aired = None  # on_aired(counter, now) when they closed (the node's outbox: it is due again)
         self.channels = channels  # those its bridges listen on (a bridge with one radio hears one)
         self.duty = DutyCycle()
@@ -231,12 +233,13 @@ class RadioPort:
 
     def send_next(self, now):
         wanted = self.wanted
-        while self.queue:
-            frame = self.queue[0]
-            if wanted is None or not frame[_FLAGS] & F_ACK_REQ or wanted(int.from_bytes(frame[_COUNTER : _COUNTER + 4], "big")):
-                break
-            self.queue.pop(0)  # acknowledged while it waited
-        if not self.queue or now < self.not_before:
+        queue = self.queue
+        if wanted is not None:
+            for index in range(len(queue) - 1, -1, -1):
+                frame = queue[index]
+                if frame[_FLAGS] & F_ACK_REQ and not wanted(int.from_bytes(frame[_COUNTER : _COUNTER + 4], "big")):
+                    queue.pop(index)  # acknowledged while it waited
+        if not queue or now < self.not_before:
             return
         if self.link is not None and self.silent >= ADR_SILENT:  # LoRaWAN's ADR_ACK_LIMIT, in one step
             self.sf = self.own[0]
@@ -248,11 +251,16 @@ class RadioPort:
                 self.on_fallback()
         self.hop = (self.hop + 1) % len(self.channels)
         channel = self.channels[self.hop]
-        frame = self.queue[0]
+        # A frame of the node's own schedule sent last and not acknowledged goes after the next of them: one the air
+        # keeps losing (a weak node, neighbours' frames) must not hold back every later round and STATUS for good
+        # (tree-health: a probe's first READINGS lost 7 times, and no STATUS of it ever went). Events and answers
+        # keep their order: an alarm's changes must arrive as they happened
+        index = 1 if len(queue) > 1 and queue[0][_COUNTER : _COUNTER + 4] == self.again and _rank(queue[0])[0] == 3 else 0
+        frame = queue[index]
         airtime = airtime_us(len(frame), self.sf)
         if self.duty.wait_ms(channel, now) or not self.duty.spend(channel, airtime, now):
             return  # the sub-band is closed: the frame waits (wait() sleeps until it opens)
-        self.queue.pop(0)
+        queue.pop(index)
         # ALOHA needs chance: two nodes whose time-offs end together (woken by one event: a power cut
         # ending, a flood, a collision) must not go on air together each time (protocols/lora.py)
         self.not_before = now + self.duty.wait_ms(channel, now) + _chance(airtime)
@@ -260,6 +268,8 @@ class RadioPort:
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
         self.aired = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None
+        if self.aired is not None:
+            self.again = self.aired
         self.rx_sf = self.sf
         self.tx += 1
         self.silent += 1

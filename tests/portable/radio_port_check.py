@@ -98,6 +98,34 @@ def run():
     idle.pump()
     out["event_first"] = [before, idle.state, idle.aired is not None and int.from_bytes(idle.aired, "big"), len(idle.queue)]
 
+    # A frame of the node's schedule sent and not acknowledged goes after the next one waiting; events keep order
+    fair = idle_port()
+    fair.radio.done = True
+    sent = []
+
+    def aired_next(*frames):
+        for frame in frames:
+            fair.write(encode(frame))
+        tx = fair.tx
+        for _ in range(1000):  # 100 ms steps: the time-off (SF9: about 20 s) and the chance after it
+            clock.now += 100
+            fair.pump()
+            if fair.tx > tx and fair.state == 0:  # on air, and both windows closed without an ACK
+                sent.append(int.from_bytes(fair.again, "big"))
+                return
+
+    def reading(counter, flags=F_ACK_REQ):
+        return Message(messages.READINGS, b"\x00" * 8, counter, {"samples": [0, counter, 0]}, flags)
+
+    status = Message(messages.STATUS, b"\x00" * 8, 21, {"uptime": 100}, F_ACK_REQ)
+    aired_next(reading(20))
+    aired_next(reading(20), status)  # 20 again, and the STATUS: the STATUS first
+    aired_next(status)  # the STATUS again: now 20, waiting since
+    event = F_ACK_REQ | F_PRIORITY
+    aired_next(reading(30, event))
+    aired_next(reading(30, event), reading(31, event))  # an event again, and a newer one: in their order
+    out["again"] = sent
+
     bridge_radio = Radio()
     bridge = Bridge(bridge_radio, 868100000, 9)
 

@@ -1,0 +1,37 @@
+# A radio node's STATUS (SPEC.md 5.11): firmware/node.py over firmware/radio_port.py on the scripted radio of
+# link_check.py, on the MicroPython unix port. None before the first TIME (its status_interval is a day here); once the
+# TIME came, one at once, asking for an ACK, sent again until acknowledged, and not after. Usage:
+# radio_status_check.py FOLDER. Prints JSON (each phase's uplinks, hex); tests/test_radio.py checks it.
+import json
+import sys
+
+from protocols import cobs
+from tests.portable.held_event_check import EventHal, run_until_quiet, time_frame, uplinks
+from tests.portable.link_check import Clock, ack
+
+
+def run(folder):
+    from firmware.node import Node
+
+    out = {}
+    clock = Clock()
+    clock.now = 5000
+    hal = EventHal(folder, clock)
+    node = Node(hal)
+    run_until_quiet(node, clock, 15000)
+    out["before_time"] = uplinks(hal.radio)
+    hal.uart.inbox.append(cobs.encode(time_frame(900, 1700000000, 250), True))  # as a receive window delivers it
+    node.receive()
+    run_until_quiet(node, clock, 150000)  # nothing acknowledges it here: it goes again after each time-off
+    sent = uplinks(hal.radio)
+    out["unanswered"] = sent[len(out["before_time"]) :]
+    for index, counter in enumerate(list(node.out.counters)):  # every frame kept acknowledged, as windows would
+        hal.uart.inbox.append(cobs.encode(ack(1000 + index, counter), True))
+        node.receive()
+    run_until_quiet(node, clock, 150000)
+    out["after_ack"] = uplinks(hal.radio)[len(sent) :]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(sys.argv[1])))
