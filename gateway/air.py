@@ -170,6 +170,20 @@ class AirTransport:
             self.time_owed.add(node_id)
         self.flush()
 
+    def give_up(self, node_id: bytes) -> bool:
+        """The node's link is another bridge now: what this one owes it goes to that one's windows (False: the
+        node has no such bridge, and it stays). At once when the link moved, not at this bridge's next window for
+        the node: an uplink this bridge did not hear opens none, and a COMMAND waited here for the next one it did
+        (street-lights-radio: a lamp's command 131 s late)."""
+        queue = self.waiting.get(node_id, [])
+        time_owed = node_id in self.time_owed
+        if not (queue or time_owed) or not self._hand_over(node_id, list(queue), time_owed):
+            return False
+        self.counts["handed_over"] += len(queue) + time_owed
+        self.waiting.pop(node_id, None)
+        self.time_owed.discard(node_id)
+        return True
+
     def acked(self, node_id: bytes, counters: list[int]) -> None:
         """The node acknowledged these downlink counters: a copy of those requests still waiting is not sent."""
         queue = self.waiting.get(node_id)
@@ -269,13 +283,10 @@ class AirTransport:
         rx1, rx2 = window.ready and not window.used, window.rx2_ready and not window.rx2_used
         window.used, window.rx2_used = window.used or rx1, window.rx2_used or rx2
         if not self._is_link(node_id):  # another bridge heard it better: that one answers (SPEC.md §5.11)
-            time_owed = node_id in self.time_owed
-            if self._hand_over(node_id, list(queue), time_owed):
-                self.counts["handed_over"] += len(queue) + time_owed
-            else:
-                self.counts["elsewhere"] += len(queue) + time_owed
-            queue.clear()
-            self.time_owed.discard(node_id)
+            if not self.give_up(node_id):
+                self.counts["elsewhere"] += len(queue) + (node_id in self.time_owed)
+                queue.clear()
+                self.time_owed.discard(node_id)
             return
         bridge_now = self.bridge_clock.now_ms(now)
         if log.isEnabledFor(logging.DEBUG):

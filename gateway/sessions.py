@@ -783,6 +783,8 @@ class Sessions:
             return  # refused (no session, or untagged): nothing of it describes the node
         if seen is None:  # its first frame (its HELLO) made its session
             seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late)
+        if seen.best and node.link is radio and isinstance(previous, RadioLink) and previous is not radio:
+            previous.air.give_up(message.node_id)  # what the node was owed there goes in this bridge's windows
         if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late
             node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
             node.radio_high = max(node.radio_high, message.counter)

@@ -403,6 +403,22 @@ def test_a_request_resent_while_it_waits_goes_once_and_not_after_its_ack(radio: 
     assert [(m.type, m.counter, m.fields["id"]) for _, m in sent] == [(messages.COMMAND, 901, 8)]
 
 
+def test_what_the_old_link_owes_goes_in_the_window_of_the_bridge_that_alone_heard_the_node(radio: Radio) -> None:
+    """A COMMAND waiting for the node's window at bridge A: the node's next uplink reaches B alone (A's copy lost).
+    B's windows carry the ACK and the COMMAND; it does not wait for an uplink A hears (a street lamp's command
+    was 131 s late, twice in a row)."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    air_a = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].air
+    assert radio.bench.sessions.send_request(BATTERY.hex(), 900, messages.COMMAND, {"id": 7, "action": "dim", "args": {"level": 40}})
+    air_a.flush()
+    assert [raw[1] for raw, _at in air_a.waiting[BATTERY]] == [messages.COMMAND]  # A's, for the node's next window
+    radio.relay("/dev/ttyB", on_air(messages.READINGS, 2, {"samples": [0, 2150, 0]}), at=50_000, decide=False)
+    radio.bench.safe_all()
+    sent_b = over_the_air(radio.decide("/dev/ttyB"))
+    assert [(at, m.type) for at, m in sent_b] == [(51_100, messages.ACK), (52_100, messages.COMMAND)]
+    assert BATTERY not in air_a.waiting and over_the_air(radio.decide("/dev/ttyA")) == []
+
+
 class BareAir:
     """One bridge's AirTransport alone: what its link owes (`owe`) is what it pulls, what it sends is kept (`sent`)."""
 
