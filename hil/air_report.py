@@ -24,9 +24,9 @@ from .energy import SX1276, estimate_from_report
 from .outcomes import Check
 from .radio import DELIVERED, Transmission
 
-# Uplinks measured between two STATUS for a battery estimate: two are a whole round of a node that sends a STATUS
-# with each reading round (tree-health: a READINGS, a STATUS, the windows of each, the sleep between), so a STATUS
-# lost on the air (it is sent once, unacknowledged) still leaves two STATUS a round apart to measure between
+# Uplinks measured between two STATUS for a battery estimate: at least a STATUS and a reading round (tree-health,
+# a STATUS per 30 minutes: the STATUS, two READINGS, the windows of each, the sleep between; a retransmission adds
+# one), never a window's worth of one frame
 MIN_UPLINKS = 2
 STARTUP_SLACK_S = 0.05  # the air stamps a pty radio's start when it reads the line: two processes' scheduling either way
 
