@@ -175,6 +175,7 @@ class AirTransport:
         node has no such bridge, and it stays). At once when the link moved, not at this bridge's next window for
         the node: an uplink this bridge did not hear opens none, and a COMMAND waited here for the next one it did
         (street-lights-radio: a lamp's command 131 s late)."""
+        self._take()  # what the link's queue still holds for it (a COMMAND written while no window was due)
         queue = self.waiting.get(node_id, [])
         time_owed = node_id in self.time_owed
         if not (queue or time_owed) or not self._hand_over(node_id, list(queue), time_owed):

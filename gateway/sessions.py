@@ -94,6 +94,7 @@ class Node:
     hello_counter: int = -1  # the counter of the HELLO that set the layout: only a newer one changes it
     info: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
+    status_counter: int = -1  # the counter of the STATUS `status` is from, or of the HELLO after it: an older is not taken
     link: Link | None = None  # the port it was last heard on; None when none (not since start, or that port was lost)
     last_seen: float = 0.0
     waiting: dict[int, list[Link]] = field(default_factory=dict)  # counters not safe yet (broker or disk) -> links to ACK
@@ -584,6 +585,7 @@ class Sessions:
             self.send_time(link, node)
             return
         node.hello_counter = message.counter
+        node.status_counter = message.counter  # a STATUS from before this boot is not its status (after a counter reset, lower)
         if node.hex in self._radio_links:  # a bridge that started again: its clock and duty cycle did too
             self._radio_links[node.hex].air.rebooted()
         fields = message.fields
@@ -679,7 +681,13 @@ class Sessions:
             if isinstance(link, RadioLink):  # a copy of a request it acknowledged may still wait for a window, on any bridge
                 for bridged in self._radio_links.values():
                     bridged.air.acked(node.node_id, fields["counters"])
+        elif message.type == messages.STATUS and message.counter < node.status_counter:
+            # Older than the status it has (a retransmission that came after a newer STATUS: on the air one the air
+            # lost goes after the next frame): acknowledged, not applied, or the node's status would go back in time
+            # and link adaptation read its older fallback count as a new fallback
+            pass
         elif message.type == messages.STATUS:
+            node.status_counter = message.counter
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
             air = fields.get("air")
             if isinstance(air, dict):
