@@ -148,6 +148,7 @@ class Node:
         self.heap_peak = 0
         self.next_sample = 0  # uptime ms of the next sampling round
         self.last_status = 0  # uptime ms of the last STATUS
+        self.status_counter = None  # on the air: the counter of the last STATUS (kept until acknowledged)
         self.last_time = 0  # uptime ms of the last TIME request
         self.reset_at = None  # uptime ms when a `reboot` resets the board
         if self.keys is not None:
@@ -333,7 +334,12 @@ class Node:
         # On the air a STATUS asks for an ACK and is sent until it has one: a battery node sends one an hour, not one
         # a minute as on a cable, and at SF11-12 a third of frames meet another; one lost would leave the
         # gateway an hour or two without its health and its radio's figures (SPEC.md 5.11)
-        self.send(messages.STATUS, fields, fr.F_ACK_REQ if self.on_air else 0)
+        if self.on_air:
+            if self.status_counter is not None:
+                self.out.forget(self.status_counter)  # superseded: an older STATUS must not arrive after this one
+            self.status_counter = self.send(messages.STATUS, fields, fr.F_ACK_REQ)
+        else:
+            self.send(messages.STATUS, fields, 0)
 
     # -------------------------------------------------------------- receiving
 
@@ -363,14 +369,14 @@ class Node:
             self.out.acked(fields["counters"], 0)
         elif mtype == messages.TIME:
             if "unix" in fields:
-                if self.offset_ms is None and self.on_air:
+                if self.offset_ms is None and self.on_air and self.status_counter is None:
                     # A radio node's first STATUS goes once it is answered (its reset cause, its radio's
                     # figures after the HELLO and the first TIME), not a whole status_interval after its boot
                     self.last_status = self.hal.uptime_ms() - int(self.status_interval * 1000)
                 self.offset_ms = fields["unix"] * 1000 + fields.get("ms", 0) - self.hal.uptime_ms()
         elif mtype == messages.REJECT:
             event = self.out.rejected(fields["reason"], fields.get("counter"))
-            if event and event[0] == ss.NEED_HELLO and (self.hello_pending is None or self.hello_pending not in self.out.counters):
+            if event and event[0] == ss.NEED_HELLO and not self.hello_waiting():
                 self.hello()
         elif mtype == messages.RADIO_TX and self.bridge is not None:
             self.bridge.radio_tx(self, fields)
@@ -501,11 +507,23 @@ class Node:
             elif self.may_send():
                 self.last_status = uptime
                 self.status()
-        if uptime - self.last_time >= _TIME_REQUEST_MS and self.may_send():
+        if uptime - self.last_time >= self.time_request_ms() and self.may_send():
             self.last_time = uptime
             self.send(messages.TIME, {}, 0)  # ask again: clocks drift
         if self.reset_at is not None and uptime >= self.reset_at:
             self.hal.reset()  # a `reboot` command: its answer is on flash and on the line
+
+    def hello_waiting(self):
+        # A HELLO of this node waits for its ACK
+        return self.hello_pending is not None and self.hello_pending in self.out.counters
+
+    def time_request_ms(self):
+        # On the air a node whose HELLO was answered but that has no clock (the TIME after it lost at the node:
+        # another bridge's downlink, a frame for another node in its window) asks every _HELD_MS: the gateway owes
+        # it no TIME until asked, and its events wait for one (a flood alarm 80 s late); otherwise every 6 hours
+        if self.offset_ms is None and self.on_air and not self.hello_waiting():
+            return _HELD_MS
+        return _TIME_REQUEST_MS
 
     def idle_ms(self):
         # Until the next sample, _IDLE_MS at most. A byte on the UART ends the wait

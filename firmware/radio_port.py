@@ -94,7 +94,7 @@ class RadioPort:
         self.fallback = 0
         self.on_fallback = None  # called when a fallback dropped the gateway's setting (the node rewrites config.json)
         self.aired = None  # the counter (4 bytes) of the uplink whose windows are open or due, if it wants an ACK
-        self.again = None  # the counter of the last uplink that wanted an ACK: sent again, it lets its schedule go first
+        self.again = None  # the counter of the last uplink, if it wanted an ACK: sent again, it lets the next go first
         self.on_aired = None  # on_aired(counter, now) when they closed (the node's outbox: it is due again)
         self.channels = channels  # those its bridges listen on (a bridge with one radio hears one)
         self.duty = DutyCycle()
@@ -157,8 +157,9 @@ class RadioPort:
 
     def enqueue(self, frame):
         counter = frame[_COUNTER : _COUNTER + 4]
+        asking = frame[_TYPE] == messages.TIME  # a node's TIME is a request: a newer replaces one still waiting
         for index in range(len(self.queue)):
-            if self.queue[index][_COUNTER : _COUNTER + 4] == counter:
+            if self.queue[index][_COUNTER : _COUNTER + 4] == counter or (asking and self.queue[index][_TYPE] == messages.TIME):
                 self.queue[index] = frame  # a retransmission of a frame still waiting: one copy, the newest
                 return
         if len(self.queue) >= _QUEUE:
@@ -267,9 +268,7 @@ class RadioPort:
         self.chanced = False
         self.radio.configure(channel, self.sf, power_dbm=self.power)
         self.radio.send(frame)
-        self.aired = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None
-        if self.aired is not None:
-            self.again = self.aired
+        self.aired = self.again = frame[_COUNTER : _COUNTER + 4] if frame[_FLAGS] & F_ACK_REQ else None
         self.rx_sf = self.sf
         self.tx += 1
         self.silent += 1

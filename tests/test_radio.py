@@ -361,6 +361,15 @@ def test_a_radio_node_holds_an_event_until_its_clock_comes_on_micropython(microp
     undated = events(out["at_99s"])
     assert len(undated) == 1 and "base_time" not in undated[0].fields
 
+    def time_requests(wires: list[str]) -> list[int]:
+        found = [messages.decode_frame(fr.unpack(bytes.fromhex(wire))) for wire in wires]
+        return [m.counter for m in found if m.type == messages.TIME and "unix" not in m.fields]
+
+    # A node with no clock asks for one every 60 s (the gateway owes it no TIME until asked); one with it, not
+    asked, most_waiting = out["asked"]
+    assert time_requests(asked) and most_waiting == 1 and time_requests(out["at_59s"]) == []
+    assert time_requests(out["after_time"] + out["later"]) == []
+
 
 def test_a_radio_nodes_status_goes_once_it_has_the_time_and_until_acknowledged_on_micropython(micropython: str, tmp_path: Path) -> None:
     """SPEC.md §5.11: a radio node's first STATUS follows its first TIME, not a status_interval after its boot, asks
@@ -377,4 +386,7 @@ def test_a_radio_nodes_status_goes_once_it_has_the_time_and_until_acknowledged_o
     sent = statuses(out["unanswered"])
     assert len(sent) >= 2 and len({message.counter for message in sent}) == 1, sent  # one STATUS, sent again
     assert sent[0].flags & fr.F_ACK_REQ and sent[0].fields["air"]["tx"] >= 1  # its radio's figures after the HELLO
+    assert out["superseded"] == [False, True]  # a newer STATUS made: the older is forgotten, not sent after it
+    newer = statuses(out["next"])
+    assert newer and len({message.counter for message in newer}) == 1 and newer[0].counter > sent[0].counter, newer
     assert statuses(out["after_ack"]) == []  # acknowledged: not sent again, and the next is a day away

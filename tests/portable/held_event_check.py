@@ -8,7 +8,7 @@ import sys
 
 from protocols import cobs, messages
 from protocols import frame as fr
-from tests.portable.link_check import NODE_ID, Clock, Hal
+from tests.portable.link_check import NODE_ID, Clock, Hal, ack
 
 
 class Flood:
@@ -66,6 +66,8 @@ def run(folder):
     out["offset_ms"] = node.offset_ms
     run_until_quiet(node, clock, 40000)  # past the first uplink's time-off
     out["after_time"] = uplinks(hal.radio)
+    run_until_quiet(node, clock, 120000)  # it has the time: no TIME request for 6 hours
+    out["later"] = uplinks(hal.radio)[len(out["after_time"]) :]
 
     clock.now = 5000
     lone = EventHal(folder + "/undated", clock)
@@ -75,6 +77,16 @@ def run(folder):
     out["at_59s"] = uplinks(lone.radio)
     run_until_quiet(node, clock, 40000)  # past 60 s, and the time-off of the last uplink
     out["at_99s"] = uplinks(lone.radio)
+    # Nothing acknowledged yet: its TIME requests wait behind the event it keeps resending, one copy, the newest
+    run_until_quiet(node, clock, 60000)
+    waiting = [frame[11:15] for frame in lone.uart.queue if frame[1] == messages.TIME]
+    # Its frames acknowledged (as a gateway's windows would): the request goes, and the next 60 s later
+    sent = uplinks(lone.radio)
+    for index, counter in enumerate(list(node.out.counters)):
+        lone.uart.inbox.append(cobs.encode(ack(2000 + index, counter), True))
+        node.receive()
+    run_until_quiet(node, clock, 120000)
+    out["asked"] = [uplinks(lone.radio)[len(sent) :], len(waiting)]
     return out
 
 

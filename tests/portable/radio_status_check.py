@@ -1,6 +1,6 @@
 # A radio node's STATUS (SPEC.md 5.11): firmware/node.py over firmware/radio_port.py on the scripted radio of
 # link_check.py, on the MicroPython unix port. None before the first TIME (its status_interval is a day here); once the
-# TIME came, one at once, asking for an ACK, sent again until acknowledged, and not after. Usage:
+# TIME came, one at once, asking for an ACK, sent again until acknowledged (or a newer one is made), and not after. Usage:
 # radio_status_check.py FOLDER. Prints JSON (each phase's uplinks, hex); tests/test_radio.py checks it.
 import json
 import sys
@@ -25,6 +25,12 @@ def run(folder):
     run_until_quiet(node, clock, 150000)  # nothing acknowledges it here: it goes again after each time-off
     sent = uplinks(hal.radio)
     out["unanswered"] = sent[len(out["before_time"]) :]
+    first = node.status_counter
+    node.status()  # the next, the first still unacknowledged: it supersedes it (an older must not come after it)
+    out["superseded"] = [first in node.out.counters, node.status_counter in node.out.counters]
+    run_until_quiet(node, clock, 150000)
+    out["next"] = uplinks(hal.radio)[len(sent) :]
+    sent = uplinks(hal.radio)
     for index, counter in enumerate(list(node.out.counters)):  # every frame kept acknowledged, as windows would
         hal.uart.inbox.append(cobs.encode(ack(1000 + index, counter), True))
         node.receive()
