@@ -152,7 +152,13 @@ class Hal:
         else:
             from firmware import radio_link
 
-            self.uart = radio_link.port(self.radio, board, self.uptime_ms, air.wait)  # type: ignore[assignment]
+            def idle(ms):
+                # Asleep until the air says something; what it said is read at once, also while the radio sleeps (the
+                # end of a frame whose window closed before it): left unread, it would end every later wait at once
+                air.wait(ms)
+                bus.pump()
+
+            self.uart = radio_link.port(self.radio, board, self.uptime_ms, idle)  # type: ignore[assignment]
 
     def uptime_ms(self):
         return self._uptime.update()

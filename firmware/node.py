@@ -507,7 +507,9 @@ class Node:
             elif self.may_send():
                 self.last_status = uptime
                 self.status()
-        if uptime - self.last_time >= self.time_request_ms() and self.may_send():
+        # Not while an uplink's receive windows are open or due: the TIME may be on its way (the gateway sends one in
+        # RX2 after a HELLO's ACK in RX1; a request made between the two went a minute later, the clock long set)
+        if uptime - self.last_time >= self.time_request_ms() and self.may_send() and not (self.on_air and self.hal.uart.answering()):
             self.last_time = uptime
             self.send(messages.TIME, {}, 0)  # ask again: clocks drift
         if self.reset_at is not None and uptime >= self.reset_at:

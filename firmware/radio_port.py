@@ -149,6 +149,10 @@ class RadioPort:
         self.idle(ms)
         self.pump()
 
+    def answering(self):
+        # An uplink is on air or its receive windows are open or due: what the gateway answers may be coming
+        return self.state != _IDLE
+
     # -------------------------------------------------------------- the radio
 
     def busy(self):

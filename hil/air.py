@@ -56,7 +56,7 @@ class _Radio:
     name: str
     listening: tuple[int, int, int] | None = None  # (freq, sf, bw) while its receiver is on
     iq: int = 0  # 1: its receiver is set for inverted I/Q (a node's receive window)
-    heard: set[int] = field(default_factory=set)  # ids of transmissions it got a header of
+    heard: dict[int, float] = field(default_factory=dict)  # id -> end of the transmissions it got a header of
 
     def header(self) -> None:
         raise NotImplementedError
@@ -214,6 +214,9 @@ class Air:
         self.medium.window(radio.name, now, math.inf, freq, sf)
 
     def _sleep(self, radio: _Radio, now: float) -> None:
+        # A receiver switched off misses the frames it was receiving: their end finds it asleep (a window that closed
+        # after another frame's CRC error, hil/radio.py judging a later, stronger one delivered by capture)
+        radio.heard = {key: end for key, end in radio.heard.items() if end <= now}
         radio.listening = None
         self._listening.pop(radio.name, None)
         self.medium.close_windows(radio.name, now)
@@ -235,7 +238,7 @@ class Air:
             ):
                 continue
             if self.medium.rssi_dbm(transmission, self.medium.radios[radio.name]) >= SENSITIVITY_DBM[transmission.sf]:
-                radio.heard.add(id(transmission))
+                radio.heard[id(transmission)] = transmission.end
                 radio.header()
 
     def _outcome(self, reception: Reception) -> None:
@@ -244,7 +247,7 @@ class Air:
             return
         transmission = reception.transmission
         heard = id(transmission) in radio.heard
-        radio.heard.discard(id(transmission))
+        radio.heard.pop(id(transmission), None)
         if self.on_reception is not None:
             self.on_reception(reception, heard)
         if not heard:  # not listening for it from its start, or for the other I/Q sense, or too weak to detect

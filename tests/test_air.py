@@ -69,3 +69,32 @@ def test_an_antenna_name_is_one_radio() -> None:
     air.antenna("a", 0, 0)
     with pytest.raises(ValueError, match="'a'"):
         air.antenna("a", 1, 1)
+
+
+def test_a_receiver_switched_off_before_a_frame_ends_does_not_get_it() -> None:
+    """A node's window closes (after another frame's CRC error) while a frame whose header it heard is still on air:
+    that frame's end finds the radio asleep. It is not delivered to it, and the record says it was not heard."""
+    air = Air(Medium(1, PathLoss(sigma_db=0.0)))
+    sender = air.antenna("bridge", 0, 0)
+    node = air.antenna("node", 300, 0)
+    headers: list[str] = []
+    frames: list[bytes] = []
+    receptions: list[tuple[str, str, bool]] = []
+    node.on_header, node.on_frame = (lambda: headers.append("node")), (lambda payload, rssi, snr: frames.append(payload))
+    air.on_reception = lambda r, heard: receptions.append((r.receiver, r.outcome, heard))
+    air.start()
+    try:
+        node.listen(CHANNEL, 12)
+        sent = sender.transmit(CHANNEL, 12, b"x" * 40, invert_iq=True)  # about 2 s on air at SF12
+        deadline = time.monotonic() + 3
+        while not headers and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert headers == ["node"], "the node's radio got the header"
+        node.sleep()  # the window closes while the frame is still on air
+        deadline = time.monotonic() + 5
+        while not receptions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert time.monotonic() > sent.end - 0.5 and frames == []
+        assert receptions and all(not heard for receiver, _outcome, heard in receptions if receiver == "node"), receptions
+    finally:
+        air.stop()

@@ -390,3 +390,6 @@ def test_a_radio_nodes_status_goes_once_it_has_the_time_and_until_acknowledged_o
     newer = statuses(out["next"])
     assert newer and len({message.counter for message in newer}) == 1 and newer[0].counter > sent[0].counter, newer
     assert statuses(out["after_ack"]) == []  # acknowledged: not sent again, and the next is a day away
+    # A node with no clock does not ask while an uplink's windows may still bring the TIME; once they closed, it does
+    late = out["late_asks"]
+    assert all(not asked for answering, asked in late if answering) and late[0][0] and late[-1] == [False, True], late

@@ -5,7 +5,7 @@
 import json
 import sys
 
-from protocols import cobs
+from protocols import cobs, messages
 from tests.portable.held_event_check import EventHal, run_until_quiet, time_frame, uplinks
 from tests.portable.link_check import Clock, ack
 
@@ -36,6 +36,21 @@ def run(folder):
         node.receive()
     run_until_quiet(node, clock, 150000)
     out["after_ack"] = uplinks(hal.radio)[len(sent) :]
+
+    # No clock after 60 s, but an uplink's windows open or due: its TIME may be on the way (the gateway's RX2 after
+    # a HELLO's ACK in RX1), so the node does not ask yet; once they closed with nothing, it does
+    clock.now = 5000
+    late = Node(EventHal(folder + "/late", clock))
+    late.last_time = 0
+    late.send(messages.READINGS, {"samples": [0, 1, 0]})
+    clock.now = 70000
+    late.hal.uart.pump()  # on air: its windows follow
+    requests = []
+    for _ in range(60):  # 6 s: the uplink, its windows, closing unanswered
+        clock.now += 100
+        late.step()
+        requests.append([late.hal.uart.answering(), any(f[1] == messages.TIME for f in late.hal.uart.queue)])
+    out["late_asks"] = requests
     return out
 
 
