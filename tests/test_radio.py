@@ -334,6 +334,11 @@ def test_a_radio_node_takes_the_link_the_gateway_advises_and_falls_back_on_micro
     assert out["wired"] == {"sf": "rejected", "tx_power": "rejected"}  # a node on a cable has no link to adapt
 
 
+def decoded(wires: list[str]) -> list[Message]:
+    """A portable check's uplinks (frame hex, as its scripted radio logged them), decoded."""
+    return [messages.decode_frame(fr.unpack(bytes.fromhex(wire))) for wire in wires]
+
+
 def test_a_radio_node_holds_an_event_until_its_clock_comes_on_micropython(micropython: str, tmp_path: Path) -> None:
     """SPEC.md §5.4: on the air an event before the first TIME is held, then dated by the uptime it happened at;
     without a TIME it goes undated after 60 s (tests/portable/held_event_check.py)."""
@@ -345,8 +350,7 @@ def test_a_radio_node_holds_an_event_until_its_clock_comes_on_micropython(microp
     def events(wires: list[str]) -> list[Message]:
         """The event frames among the uplinks, each counter once (nothing acknowledges them here: resent)."""
         found = {}
-        for wire in wires:
-            message = messages.decode_frame(fr.unpack(bytes.fromhex(wire)))
+        for message in decoded(wires):
             if message.type == messages.READINGS and message.flags & fr.F_PRIORITY:
                 found.setdefault(message.counter, message)
         return list(found.values())
@@ -362,8 +366,7 @@ def test_a_radio_node_holds_an_event_until_its_clock_comes_on_micropython(microp
     assert len(undated) == 1 and "base_time" not in undated[0].fields
 
     def time_requests(wires: list[str]) -> list[int]:
-        found = [messages.decode_frame(fr.unpack(bytes.fromhex(wire))) for wire in wires]
-        return [m.counter for m in found if m.type == messages.TIME and "unix" not in m.fields]
+        return [m.counter for m in decoded(wires) if m.type == messages.TIME and "unix" not in m.fields]
 
     # A node with no clock asks for one every 60 s (the gateway owes it no TIME until asked); one with it, not
     asked, most_waiting = out["asked"]
@@ -379,8 +382,7 @@ def test_a_radio_nodes_status_goes_once_it_has_the_time_and_until_acknowledged_o
     out = json.loads(done.stdout)
 
     def statuses(wires: list[str]) -> list[Message]:
-        found = [messages.decode_frame(fr.unpack(bytes.fromhex(wire))) for wire in wires]
-        return [message for message in found if message.type == messages.STATUS]
+        return [message for message in decoded(wires) if message.type == messages.STATUS]
 
     assert statuses(out["before_time"]) == []  # its interval is a day: none before the TIME
     sent = statuses(out["unanswered"])

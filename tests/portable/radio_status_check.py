@@ -6,8 +6,8 @@ import json
 import sys
 
 from protocols import cobs, messages
-from tests.portable.held_event_check import EventHal, run_until_quiet, time_frame, uplinks
-from tests.portable.link_check import Clock, ack
+from tests.portable.held_event_check import EventHal, ack_all, run_until_quiet, time_frame, uplinks
+from tests.portable.link_check import Clock
 
 
 def run(folder):
@@ -31,9 +31,7 @@ def run(folder):
     run_until_quiet(node, clock, 150000)
     out["next"] = uplinks(hal.radio)[len(sent) :]
     sent = uplinks(hal.radio)
-    for index, counter in enumerate(list(node.out.counters)):  # every frame kept acknowledged, as windows would
-        hal.uart.inbox.append(cobs.encode(ack(1000 + index, counter), True))
-        node.receive()
+    ack_all(node, 1000)
     run_until_quiet(node, clock, 150000)
     out["after_ack"] = uplinks(hal.radio)[len(sent) :]
 
