@@ -76,7 +76,8 @@ def run(folder):
     run_until_quiet(node, clock, 120000)  # it has the time: no TIME request for 6 hours
     out["later"] = uplinks(hal.radio)[len(out["after_time"]) :]
 
-    clock.now = 5000
+    # Booted at uptime 0 (a node asks for its first TIME 60 s after boot, its last_time 0): by 59 s it has not asked
+    clock.now = 0
     lone = EventHal(folder + "/undated", clock)
     node = Node(lone)
     node.event(node.sources[0], (1,))
