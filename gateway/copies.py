@@ -12,6 +12,13 @@ SF or channel than its transmission's first is not the node's. Per node: the bes
 one downlinks go through, and only the copies of a counter's first transmission, heard while the counter was new to
 the node's window, describe the node's link (its status' reception and link adaptation's SNRs), so that a replay
 cannot talk the gateway into another SF or bridge for it.
+
+A node keeps its duty cycle (protocols/dutycycle.py: 1 % in the sub-band of its uplink channels). One heard on air
+for more than twice that over the last hour is broken, or played back by someone in range: its transmissions past
+that are `over` (SPEC.md §5.11), neither handled nor answered, so that one node cannot spend its bridges' downlink
+budget, which every node of theirs shares. Twice: the gateway's estimate of when a transmission ended may put a
+frame in another minute than the node's own clock did, and a copy whose bridge's clock is badly estimated may count
+as a transmission of its own; a node keeping its duty cycle stays under twice it whatever the gateway estimates.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from protocols.dutycycle import DutyCycle
+from protocols.lora import UPLINK_CHANNELS
 
 # Copies of one transmission ended on air within this of each other, as the gateway estimates the bridges' clocks
 # (or, from a bridge that gives no time, as its reports arrived). A node sends a counter again only after its RX2
@@ -36,6 +46,7 @@ class Copy(NamedTuple):
     first: bool  # of the counter's first transmission, heard while the counter was new: a measure of the node's link
     again: bool  # not the first copy of its transmission: another bridge's copy came before it
     answered: bool  # an earlier copy of its transmission came from a bridge that opened a receive window for it
+    over: bool = False  # its transmission took the node past twice its duty cycle over the last hour: not answered
 
 
 @dataclass
@@ -45,6 +56,7 @@ class _Transmission:
     first: bool
     channel: tuple[int, int]  # (sf, freq) of its first copy
     answered: bool
+    over: bool
 
 
 class Transmissions:
@@ -53,12 +65,15 @@ class Transmissions:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._seen: OrderedDict[int, _Transmission] = OrderedDict()  # counter -> its latest transmission
+        # The node's airtime heard, each transmission at half its airtime: the 1 % hour allows it twice its own
+        self._heard: DutyCycle | None = None  # made at its first transmission: a cable's node needs none
 
-    def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], late_s: float | None) -> Copy:
+    def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], late_s: float | None, airtime_us: int = 0) -> Copy:
         """A copy of frame `counter` heard at `rssi` dBm on `channel` (sf, freq); `new`: its counter is new to the
         node's window (never accepted: not a retransmission of a frame the gateway has, nor a replay); `late_s`: how
         long after it ended on air its bridge reported it, which opened a receive window for it (AirTransport.heard),
-        or None: its bridge opened none (a report without `at`), and when it came is all there is."""
+        or None: its bridge opened none (a report without `at`), and when it came is all there is; `airtime_us`: the
+        frame's time on air, what its transmission, if new, adds to the node's hour."""
         window = late_s is not None
         ended = self._clock() - (late_s or 0.0)
         seen = self._seen.get(counter)
@@ -66,12 +81,15 @@ class Transmissions:
             answered = seen.answered
             seen.answered = answered or window
             if channel != seen.channel:  # not the node's: one transmission is on one channel at one SF
-                return Copy(False, False, True, answered)
+                return Copy(False, False, True, answered, seen.over)
             best = (window, rssi) > seen.best
             seen.best = max(seen.best, (window, rssi))
-            return Copy(best, seen.first, True, answered)
-        self._seen[counter] = _Transmission(ended, (window, rssi), new, channel, window)
+            return Copy(best, seen.first, True, answered, seen.over)
+        if self._heard is None:
+            self._heard = DutyCycle(time_off=False)  # the hour's rule alone: the node keeps its time-off on its own clock
+        over = not self._heard.spend(UPLINK_CHANNELS[0], airtime_us // 2, int(ended * 1000))
+        self._seen[counter] = _Transmission(ended, (window, rssi), new, channel, window, over)
         self._seen.move_to_end(counter)
         while len(self._seen) > KEPT:
             self._seen.popitem(last=False)
-        return Copy(True, new, False, False)
+        return Copy(True, new, False, False, over)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session
 from protocols import errors as perr
 from protocols import frame as fr
+from protocols.airtime import airtime_us
 from protocols.lora import SF_MAX, SF_MIN, SNR_FLOOR_DB10
 from protocols.window import DUPLICATE, NEW
 
@@ -273,6 +274,7 @@ class Sessions:
         self.next_key_used: Callable[[str], None] = lambda node: None  # a frame came under a rotation's next key (gateway/rekey.py)
         self._unauthenticated_frames = Digest(log, "frames without authentication from nodes that must send it", level=logging.WARNING)
         self._moves = Digest(log, "nodes heard on another port", level=logging.WARNING)
+        self._over_duty = Digest(log, "radio frames past twice their node's duty cycle", level=logging.WARNING)
         self._radio_links: dict[str, RadioLink] = {}  # bridge node hex -> the link its radio nodes are heard on
         self._bridge_sf: dict[str, int] = {}  # bridge node hex -> the SF it listens on (RADIO_RX `sf`, STATUS air `sf`)
         self.adr = LinkAdaptation(self._listened)  # the SF and power advised to radio nodes (the agent wires it to send)
@@ -771,12 +773,27 @@ class Sessions:
         if message.key_index >= 0 and "at" in fields:  # authentic, from a bridge that says when: a receive window
             late = radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         channel = (fields["sf"], fields["freq"])
+        try:
+            on_air = airtime_us(len(fields["frame"]), fields["sf"], fields.get("bw", 125000))
+        except ValueError:  # a bandwidth no chip has (the report opened no window): timed as 125 kHz, the slowest
+            on_air = airtime_us(len(fields["frame"]), fields["sf"])
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
         verdict = node.window.check(message.counter) if node is not None else NEW  # NEW: not a copy the gateway has
         seen = None
         if node is not None and message.key_index >= 0:
-            seen = node.transmissions.copy(message.counter, fields["rssi"], verdict == NEW, channel, late)
+            seen = node.transmissions.copy(message.counter, fields["rssi"], verdict == NEW, channel, late, on_air)
+        if node is not None and seen is not None and seen.over:
+            # Broken, or played back by someone in range (copies.py): what it sends past that is counted, not
+            # answered; the bridge's downlink budget is every node's
+            radio.errors["over_duty_cycle"] += 1
+            self._over_duty.note(
+                {"node": node.hex},
+                "node %s: frame %d not answered: heard on air for over twice its duty cycle in the last hour",
+                node.hex,
+                message.counter,
+            )
+            return
         if seen is not None and seen.again and seen.answered and verdict == DUPLICATE:
             # Another bridge's copy of a transmission answered already: that answer (made once, with a copy whose
             # bridge has a window for it) goes through the bridge that heard it best, which may be this one; a second
@@ -790,7 +807,7 @@ class Sessions:
         if node is None or message.key_index < 0:
             return  # refused (no session, or untagged): nothing of it describes the node
         if seen is None:  # its first frame (its HELLO) made its session
-            seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late)
+            seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late, on_air)
         if seen.best and node.link is radio and isinstance(previous, RadioLink) and previous is not radio:
             previous.air.give_up(message.node_id)  # what the node was owed there goes in this bridge's windows
         if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late

@@ -84,6 +84,12 @@ class Later:
     def call_later(self, delay: float, callback: Any, *args: Any) -> None:
         self.due.append((callback, args))
 
+    def call_at(self, when: float, callback: Any, *args: Any) -> None:  # a log digest's summary (gateway/logs.py)
+        self.due.append((callback, args))
+
+    def time(self) -> float:
+        return 0.0
+
     def run(self) -> None:
         due, self.due = self.due, []
         for callback, args in due:
@@ -617,3 +623,28 @@ async def test_a_radio_node_is_advised_its_link_in_a_receive_window_once(tmp_pat
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         worker.close()
+
+
+def test_a_node_heard_past_twice_its_duty_cycle_is_counted_and_no_longer_answered(radio: Radio) -> None:
+    """SPEC.md §5.11: a broken node sending with no time-off (or a recording played back over and over) spends no
+    more of its bridge's downlink budget, which all its nodes share, than twice its own duty cycle would let it."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    now = later_transmissions(radio)
+    answered = stored = 0
+    for counter in range(2, 402):  # a frame every 1.5 s, for 10 minutes: 10 times what its 1 % lets it send
+        now[0] += 1.5
+        frame = on_air(messages.READINGS, counter, {"samples": [0, 1000 + counter, 0]})  # each as long
+        radio.relay("/dev/ttyA", frame, at=10_000 + 1500 * counter, decide=False)
+        stored += len(radio.bench.stored())
+        radio.bench.safe_all()
+        answered += len([m for _, m in over_the_air(radio.decide("/dev/ttyA")) if m.type == messages.ACK])
+    # Each transmission counted at half its airtime (whole ms) against 1 % of an hour, 36 s (the HELLO came before
+    # the test's clock: not in that hour)
+    allowed = 36_000 // -(-(airtime_us(len(frame), 9) // 2) // 1000)
+    errors = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].errors
+    assert stored == allowed and errors["over_duty_cycle"] == 400 - stored
+    assert 0 < answered <= stored  # the bridge's own duty cycle answers fewer still
+    # Its hour clear again (it kept quiet, or its firmware was fixed): it is answered as before
+    now[0] += 3660
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 500, {"samples": [0, 500, 0]}), at=10_000 + 1500 * 402 + 3_660_000, decide=False)
+    assert radio.bench.stored() == [500]

@@ -4,6 +4,7 @@ transmissions describe the node's link (issue 15). Sessions' use of it: tests/te
 from __future__ import annotations
 
 from gateway.copies import COPY_SPAN_S, KEPT, Copy, Transmissions
+from protocols.airtime import airtime_us
 
 SF9 = (9, 868_100_000)
 
@@ -54,3 +55,26 @@ def test_a_copy_whose_bridge_opened_a_window_is_better_than_a_stronger_one_witho
     seen.copy(5, -90, True, SF9, late_s=None)  # a bridge that says not when it heard it cannot answer in a window
     assert seen.copy(5, -110, True, SF9, late_s=0.0).best is True
     assert seen.copy(5, -80, False, SF9, late_s=None).best is False
+
+
+def test_a_node_keeping_its_duty_cycle_is_never_over_and_one_past_twice_it_is_until_its_hour_clears() -> None:
+    """SPEC.md §5.11: a node heard on air for more than twice its 1 % over the last hour: its transmissions past that
+    are `over` (not answered), and its copies with them; under it again once its hour holds less."""
+    airtime = airtime_us(40, 12)  # a 40-byte frame at SF12: 1.8 s on air
+    spacing = airtime * 100 / 1e6  # the node's time-off at 1 %: start to start, 100 airtimes
+    now = [10.0]
+    keeping = Transmissions(clock=lambda: now[0])
+    for counter in range(int(2 * 3600 / spacing)):  # two hours at the full 1 %, every transmission heard
+        assert keeping.copy(counter, -120, True, SF9, late_s=None, airtime_us=airtime).over is False
+        now[0] += spacing
+    now[0] = 10.0
+    broken = Transmissions(clock=lambda: now[0])
+    verdicts = []
+    for counter in range(200):  # one every 2 s: a node that keeps no time-off
+        verdicts.append(broken.copy(counter, -120, True, SF9, late_s=None, airtime_us=airtime).over)
+        assert broken.copy(counter, -110, True, SF9, late_s=0.5, airtime_us=airtime).over is verdicts[-1]  # its copy, alike
+        now[0] += 2
+    allowed = 36_000 // -(-(airtime // 2) // 1000)  # each at half its airtime (whole ms) against 1 % of an hour, 36 s
+    assert verdicts == [False] * allowed + [True] * (200 - allowed)
+    now[0] += 3600 + 60  # silent for the hour (and the minute its ring counts by)
+    assert broken.copy(500, -120, True, SF9, late_s=None, airtime_us=airtime).over is False
