@@ -926,3 +926,28 @@ def test_an_event_goes_out_at_once_with_priority(bundle: pathlib.Path, peer: Pee
     assert event.flags & fr.F_ACK_REQ and took < 15, took
     channels = {names[event.fields["samples"][i]]: event.fields["samples"][i + 1] for i in range(0, len(event.fields["samples"]), 3)}
     assert channels.get("occupied") == 1, channels
+
+
+def test_a_line_from_the_air_while_the_radio_sleeps_does_not_end_every_later_wait(tmp_path: pathlib.Path) -> None:
+    """firmware/hal_unix.py: the unix port's radio idles in poll() on the air's pty, and reads what woke it even with
+    the radio asleep (the chip drops it). Unread, the line kept the pty readable: each wait returned at once and the
+    node spun at 100 % of a core for as long as its radio slept (tests/portable/air_idle_check.py)."""
+    uart_master, uart_slave = os.openpty()
+    air_master, air_slave = os.openpty()
+    for fd in (uart_slave, air_slave):
+        tty.setraw(fd)
+    (tmp_path / "node.json").write_text(json.dumps({"role": "lora_sensor", "air": os.ttyname(air_slave), "sf": 9}))
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % ROOT)
+    command = [str(ROOT / ".venv/bin/micropython"), "tests/portable/air_idle_check.py", os.ttyname(uart_slave), str(tmp_path)]
+    node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env, text=True)
+    try:
+        assert node.stdout is not None
+        assert node.stdout.readline().strip() == "ready"
+        os.write(air_master, b"C -120 -5.0 00\n")  # a damaged frame's end, as hil/air.py says it
+        out, _ = node.communicate(timeout=60)
+    finally:
+        node.kill()
+        for fd in (uart_master, uart_slave, air_master, air_slave):
+            os.close(fd)
+    took = json.loads(out.strip().splitlines()[-1])
+    assert len(took) == 3 and min(took) >= 290, took  # each slept its 300 ms (a loaded machine makes it longer, not shorter)
