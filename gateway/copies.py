@@ -16,9 +16,11 @@ cannot talk the gateway into another SF or bridge for it.
 A node keeps its duty cycle (protocols/dutycycle.py: 1 % in the sub-band of its uplink channels). One heard on air
 for more than twice that over the last hour is broken, or played back by someone in range: its transmissions past
 that are `over` (SPEC.md §5.11), neither handled nor answered, so that one node cannot spend its bridges' downlink
-budget, which every node of theirs shares. Twice: the gateway's estimate of when a transmission ended may put a
-frame in another minute than the node's own clock did, and a copy whose bridge's clock is badly estimated may count
-as a transmission of its own; a node keeping its duty cycle stays under twice it whatever the gateway estimates.
+budget, which every node of theirs shares. Two hours are kept: the transmissions of counters new to the node's
+window, which decide whether a new counter is handled, and those of counters it has (the node's retransmissions,
+replays), which decide only whether they are answered again; a recording played back cannot silence the node's own
+frames. Twice: the gateway's estimate of when a transmission ended may put a frame in another minute than the
+node's own clock did, and a copy whose bridge's clock is badly estimated may count as a transmission of its own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from protocols.lora import UPLINK_CHANNELS
 # at SF7 (41 ms).
 COPY_SPAN_S = 3.0
 KEPT = 64  # counters remembered: a node's retransmissions are of its latest few
+PER_COUNTER = 4  # transmissions remembered per counter (the node's retransmissions of it, replays)
+_HOUR_MS = 3_600_000
 
 
 class Copy(NamedTuple):
@@ -64,20 +68,27 @@ class Transmissions:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._seen: OrderedDict[int, _Transmission] = OrderedDict()  # counter -> its latest transmission
-        # The node's airtime heard, each transmission at half its airtime: the 1 % hour allows it twice its own
-        self._heard: DutyCycle | None = None  # made at its first transmission: a cable's node needs none
+        # counter -> its latest transmissions (PER_COUNTER): a copy belongs to whichever of them its end is near, so
+        # a bridge whose clock is estimated badly starts no transmission of its own between two that are right
+        self._seen: OrderedDict[int, list[_Transmission]] = OrderedDict()
+        # The node's airtime heard, each transmission at half its airtime (the 1 % hour allows it twice its own):
+        # what new counters took, which decides whether a new counter is handled; and what the counters the
+        # window has took again (the node's retransmissions, replays), which decides only whether they are
+        # answered again. A replay cannot fill the first: it cannot silence the node's own new frames.
+        self._hours: dict[bool, DutyCycle] = {}  # made at a first such transmission: a cable's node needs none
+        self._latest_ms = 0
 
     def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], late_s: float | None, airtime_us: int = 0) -> Copy:
         """A copy of frame `counter` heard at `rssi` dBm on `channel` (sf, freq); `new`: its counter is new to the
         node's window (never accepted: not a retransmission of a frame the gateway has, nor a replay); `late_s`: how
         long after it ended on air its bridge reported it, which opened a receive window for it (AirTransport.heard),
         or None: its bridge opened none (a report without `at`), and when it came is all there is; `airtime_us`: the
-        frame's time on air, what its transmission, if new, adds to the node's hour."""
+        frame's time on air, what its transmission adds to the node's hour."""
         window = late_s is not None
         ended = self._clock() - (late_s or 0.0)
-        seen = self._seen.get(counter)
-        if seen is not None and abs(ended - seen.ended) <= COPY_SPAN_S:
+        kept = self._seen.get(counter, [])
+        seen = next((t for t in kept if abs(ended - t.ended) <= COPY_SPAN_S), None)
+        if seen is not None:
             answered = seen.answered
             seen.answered = answered or window
             if channel != seen.channel:  # not the node's: one transmission is on one channel at one SF
@@ -85,10 +96,16 @@ class Transmissions:
             best = (window, rssi) > seen.best
             seen.best = max(seen.best, (window, rssi))
             return Copy(best, seen.first, True, answered, seen.over)
-        if self._heard is None:
-            self._heard = DutyCycle(time_off=False)  # the hour's rule alone: the node keeps its time-off on its own clock
-        over = not self._heard.spend(UPLINK_CHANNELS[0], airtime_us // 2, int(ended * 1000))
-        self._seen[counter] = _Transmission(ended, (window, rssi), new, channel, window, over)
+        hour = self._hours.get(new)
+        if hour is None:
+            hour = self._hours[new] = DutyCycle(time_off=False)  # the hour's rule alone: the node keeps its time-off
+        # By the minute it ended in; one reported over an hour late counts in the oldest minute the hour keeps
+        ended_ms = max(int(ended * 1000), self._latest_ms - _HOUR_MS)
+        self._latest_ms = max(self._latest_ms, ended_ms)
+        over = not hour.spend(UPLINK_CHANNELS[0], airtime_us // 2, ended_ms)  # its uplink sub-band, whatever freq says
+        kept.append(_Transmission(ended, (window, rssi), new, channel, window, over))
+        del kept[:-PER_COUNTER]
+        self._seen[counter] = kept
         self._seen.move_to_end(counter)
         while len(self._seen) > KEPT:
             self._seen.popitem(last=False)

@@ -74,6 +74,17 @@ RADIO_COMMIT_S = 0.5
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
+def _count_heard(node: Node, counter: int) -> None:
+    """The delivery ratio's count (a radio node's status `pdr`): each counter once, however late."""
+    if counter not in node.radio_heard:
+        node.radio_first = counter if node.radio_high < 0 else min(node.radio_first, counter)
+        node.radio_high = max(node.radio_high, counter)
+        node.radio_new += 1
+        node.radio_heard.add(counter)
+        if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
+            node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
+
+
 def link_margin(fields: dict[str, Any]) -> dict[str, Any]:
     """A radio node's link margin on one frame: its SNR less its SF's demodulation floor, dB (what a technician
     reads in the node's status; the SF and power advised to it are gateway/link_adr.py's)."""
@@ -787,6 +798,7 @@ class Sessions:
             # Broken, or played back by someone in range (copies.py): what it sends past that is counted, not
             # answered; the bridge's downlink budget is every node's
             radio.errors["over_duty_cycle"] += 1
+            _count_heard(node, message.counter)  # it came: the delivery ratio is the link's, not the node's manners
             self._over_duty.note(
                 {"node": node.hex},
                 "node %s: frame %d not answered: heard on air for over twice its duty cycle in the last hour",
@@ -810,13 +822,7 @@ class Sessions:
             seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late, on_air)
         if seen.best and node.link is radio and isinstance(previous, RadioLink) and previous is not radio:
             previous.air.give_up(message.node_id)  # what the node was owed there goes in this bridge's windows
-        if message.counter not in node.radio_heard:  # the delivery ratio's count: each counter once, however late
-            node.radio_first = message.counter if node.radio_high < 0 else min(node.radio_first, message.counter)
-            node.radio_high = max(node.radio_high, message.counter)
-            node.radio_new += 1
-            node.radio_heard.add(message.counter)
-            if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
-                node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
+        _count_heard(node, message.counter)
         if not seen.first:  # a retransmission or a replay: its best copy's bridge has the window for its answer
             if not seen.best and previous is not None:
                 node.link = previous

@@ -27,7 +27,7 @@ from protocols import Message, encode, messages
 from protocols import frame as fr
 from protocols.airtime import airtime_us
 from protocols.dutycycle import band
-from tests.test_security import KEY, KeyBench, keyfile
+from tests.test_security import KEY, KeyBench, acked, keyfile
 
 BATTERY = bytes.fromhex("0000b0b0b0b0b0b1")
 BRIDGES = {"/dev/ttyA": bytes.fromhex("00000000000b0001"), "/dev/ttyB": bytes.fromhex("00000000000b0002")}
@@ -648,3 +648,27 @@ def test_a_node_heard_past_twice_its_duty_cycle_is_counted_and_no_longer_answere
     now[0] += 3660
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 500, {"samples": [0, 500, 0]}), at=10_000 + 1500 * 402 + 3_660_000, decide=False)
     assert radio.bench.stored() == [500]
+
+
+def test_a_recording_played_back_past_twice_the_duty_cycle_does_not_silence_the_nodes_own_frames(radio: Radio) -> None:
+    """Someone in range plays one recorded frame back hundreds of times: past twice the node's duty cycle the copies
+    are not answered again, and the node's own new frames are stored and answered all along (only new counters are
+    judged by what new counters took: gateway/copies.py)."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    now = later_transmissions(radio)
+    recorded = on_air(messages.READINGS, 2, {"samples": [0, 1002, 0]})
+    radio.relay("/dev/ttyA", recorded, at=20_000)
+    radio.bench.safe_all()
+    replayed_acks = 0
+    for index in range(330):  # every 4 s for 22 minutes: 4 times the whole hour twice its 1 % allows
+        now[0] += 4
+        replayed_acks += len(acked([m for _, m in over_the_air(radio.relay("/dev/ttyA", recorded, at=30_000 + 4000 * index))]))
+    errors = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].errors
+    assert errors["over_duty_cycle"] > 0 and replayed_acks < 330  # the recording stopped being answered
+    stored = []
+    for counter in range(3, 13):  # the node's own frames meanwhile, a minute apart
+        now[0] += 60
+        radio.relay("/dev/ttyA", on_air(messages.READINGS, counter, {"samples": [0, 1000 + counter, 0]}), at=1_400_000 + 60_000 * counter)
+        stored += radio.bench.stored()
+        radio.bench.safe_all()
+    assert stored == list(range(3, 13))

@@ -78,3 +78,13 @@ def test_a_node_keeping_its_duty_cycle_is_never_over_and_one_past_twice_it_is_un
     assert verdicts == [False] * allowed + [True] * (200 - allowed)
     now[0] += 3600 + 60  # silent for the hour (and the minute its ring counts by)
     assert broken.copy(500, -120, True, SF9, late_s=None, airtime_us=airtime).over is False
+
+
+def test_a_copy_near_an_earlier_copy_of_its_transmission_is_of_it_when_another_bridge_was_estimated_far_off() -> None:
+    """Three bridges heard one transmission; the second's clock is estimated 4 s off, so its copy starts a
+    transmission of its own. The third copy, as the first ended, belongs to the first: one airtime more, not two."""
+    now = [100.0]
+    seen = Transmissions(clock=lambda: now[0])
+    assert seen.copy(5, -110, True, SF9, late_s=0.0, airtime_us=400_000).again is False
+    assert seen.copy(5, -105, True, SF9, late_s=4.0, airtime_us=400_000).again is False  # as if it ended 4 s before
+    assert seen.copy(5, -100, True, SF9, late_s=0.0, airtime_us=400_000) == Copy(best=True, first=True, again=True, answered=True)
