@@ -14,7 +14,7 @@ ETSI's own, no hour holds more than d of it on air (the time-off alone lets a wi
 more), checked against the airtime of the last 61 minutes kept by minute. A node keeps both; a bridge
 (`DutyCycle(time_off=False)`) ETSI's alone, as a LoRaWAN gateway's downlinks are scheduled. Sans-I/O: the caller passes
 its clock (monotonic milliseconds, the firmware's uptime) and the airtime (protocols/airtime.py);
-nothing here sleeps. Small enough for a node: four bands of 61 small integers.
+nothing here sleeps. Small enough for a node: 61 small integers per sub-band it transmits in.
 """
 
 from ._compat import const
@@ -51,8 +51,9 @@ class DutyCycle:
         self.free_at = [0] * bands  # ms: when each sub-band may be used again (the time-off after a transmission)
         self.on_air_ms = [0] * bands  # ms on air per sub-band since start (for STATUS)
         # Per sub-band, ms on air in each of the last _MINUTES minutes (a ring, by minute number % _MINUTES):
-        # the hour any transmission ends is checked whole, not hoped for from the time-off alone
-        self._minutes = [[0] * _MINUTES for _ in range(bands)]
+        # the hour any transmission ends is checked whole, not hoped for from the time-off alone. Made at the
+        # sub-band's first transmission: a node uses one or two of the four (a gateway keeps two per radio node)
+        self._minutes: list = [None] * bands
         self._minute = [0] * bands  # the newest minute each ring holds
         self.refused = 0  # transmissions asked for while their sub-band was closed (waited for or dropped)
 
@@ -70,7 +71,11 @@ class DutyCycle:
             self.refused += 1
             return False
         self.on_air_ms[index] += on_air
-        self._minutes[index][(now_ms // _MINUTE_MS) % _MINUTES] += on_air
+        ring = self._minutes[index]
+        if ring is None:
+            ring = self._minutes[index] = [0] * _MINUTES
+            self._minute[index] = now_ms // _MINUTE_MS
+        ring[(now_ms // _MINUTE_MS) % _MINUTES] += on_air
         if self.time_off:
             self.free_at[index] = now_ms + on_air * _WHOLE // BANDS[index][2]  # start to start: T * 100 / d
         return True
@@ -87,6 +92,8 @@ class DutyCycle:
         moment within the current minute is inside them, so the check errs on the safe side)."""
         minute = now_ms // _MINUTE_MS
         ring = self._minutes[index]
+        if ring is None:  # nothing sent in it yet
+            return 0
         gap = minute - self._minute[index]
         if gap > 0:  # minutes with nothing sent since the ring was last used: cleared
             for step in range(1, (gap if gap < _MINUTES else _MINUTES) + 1):
