@@ -17,9 +17,9 @@ A node keeps its duty cycle (protocols/dutycycle.py: 1 % in the sub-band of its 
 for more than twice that over the last hour is broken, or played back by someone in range: its transmissions past
 that are `over` (SPEC.md §5.11), neither handled nor answered, so that one node cannot spend its bridges' downlink
 budget, which every node of theirs shares. Two hours are kept: the transmissions of counters new to the node's
-window, which decide whether a new counter is handled, and those of counters it has (the node's retransmissions,
-replays), which decide only whether they are answered again; a recording played back cannot silence the node's own
-frames. Twice: the gateway's estimate of when a transmission ended may put a frame in another minute than the
+window (each counter once), which decide whether a new counter is handled, and the others (the node's
+retransmissions, replays), which decide only whether they are answered again; a recording played back cannot
+silence the node's own frames. Twice: the gateway's estimate of when a transmission ended may put a frame in another minute than the
 node's own clock did, and a copy whose bridge's clock is badly estimated may count as a transmission of its own.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from protocols.dutycycle import DutyCycle
@@ -63,6 +63,12 @@ class _Transmission:
     over: bool
 
 
+@dataclass
+class _Counter:
+    handled: bool = False  # a new transmission of it fit its hour: it is new no more, however often it comes again
+    transmissions: list[_Transmission] = field(default_factory=list)  # its latest (PER_COUNTER)
+
+
 class Transmissions:
     """A radio node's transmissions as its bridges reported them, to tell what each copy is (Copy)."""
 
@@ -70,7 +76,7 @@ class Transmissions:
         self._clock = clock
         # counter -> its latest transmissions (PER_COUNTER): a copy belongs to whichever of them its end is near, so
         # a bridge whose clock is estimated badly starts no transmission of its own between two that are right
-        self._seen: OrderedDict[int, list[_Transmission]] = OrderedDict()
+        self._seen: OrderedDict[int, _Counter] = OrderedDict()
         # The node's airtime heard, each transmission at half its airtime (the 1 % hour allows it twice its own):
         # what new counters took, which decides whether a new counter is handled; and what the counters the
         # window has took again (the node's retransmissions, replays), which decides only whether they are
@@ -86,8 +92,8 @@ class Transmissions:
         frame's time on air, what its transmission adds to the node's hour."""
         window = late_s is not None
         ended = self._clock() - (late_s or 0.0)
-        kept = self._seen.get(counter, [])
-        seen = next((t for t in kept if abs(ended - t.ended) <= COPY_SPAN_S), None)
+        kept = self._seen.get(counter) or _Counter()
+        seen = next((t for t in kept.transmissions if abs(ended - t.ended) <= COPY_SPAN_S), None)
         if seen is not None:
             answered = seen.answered
             seen.answered = answered or window
@@ -96,15 +102,20 @@ class Transmissions:
             best = (window, rssi) > seen.best
             seen.best = max(seen.best, (window, rssi))
             return Copy(best, seen.first, True, answered, seen.over)
-        hour = self._hours.get(new)
-        if hour is None:
-            hour = self._hours[new] = DutyCycle(time_off=False)  # the hour's rule alone: the node keeps its time-off
-        # By the minute it ended in; one reported over an hour late counts in the oldest minute the hour keeps
-        ended_ms = max(int(ended * 1000), self._latest_ms - _HOUR_MS)
-        self._latest_ms = max(self._latest_ms, ended_ms)
-        over = not hour.spend(UPLINK_CHANNELS[0], airtime_us // 2, ended_ms)  # its uplink sub-band, whatever freq says
-        kept.append(_Transmission(ended, (window, rssi), new, channel, window, over))
-        del kept[:-PER_COUNTER]
+        # New once: a counter whose first transmission was handled is never new again, even if the window did not take
+        # it (an uplink ACK, a refused frame): played back, it would fill the hour that decides the node's new frames
+        new = new and not kept.handled
+        ended_ms = int(ended * 1000)
+        over = False
+        if ended_ms >= self._latest_ms - _HOUR_MS:  # one that ended over an hour before the latest is in no hour now
+            self._latest_ms = max(self._latest_ms, ended_ms)
+            hour = self._hours.get(new)
+            if hour is None:
+                hour = self._hours[new] = DutyCycle(time_off=False)  # the hour's rule alone: the node keeps its time-off
+            over = not hour.spend(UPLINK_CHANNELS[0], airtime_us // 2, ended_ms)  # its uplink sub-band, whatever freq says
+        kept.handled = kept.handled or (new and not over)
+        kept.transmissions.append(_Transmission(ended, (window, rssi), new, channel, window, over))
+        del kept.transmissions[:-PER_COUNTER]
         self._seen[counter] = kept
         self._seen.move_to_end(counter)
         while len(self._seen) > KEPT:

@@ -88,3 +88,27 @@ def test_a_copy_near_an_earlier_copy_of_its_transmission_is_of_it_when_another_b
     assert seen.copy(5, -110, True, SF9, late_s=0.0, airtime_us=400_000).again is False
     assert seen.copy(5, -105, True, SF9, late_s=4.0, airtime_us=400_000).again is False  # as if it ended 4 s before
     assert seen.copy(5, -100, True, SF9, late_s=0.0, airtime_us=400_000) == Copy(best=True, first=True, again=True, answered=True)
+
+
+def test_a_transmission_reported_over_an_hour_after_the_latest_is_in_no_hour() -> None:
+    """A report held up for over an hour (a bridge's backlog after an outage): its minute is gone from the hour, so it
+    is neither judged nor counted; counted in the minute its ring slot now holds, it would take the latest minute's
+    room (gateway/copies.py)."""
+    now = [10_000.0]
+    seen = Transmissions(clock=lambda: now[0])
+    assert seen.copy(1, -110, True, SF9, late_s=0.0, airtime_us=60_000_000).over is False  # 30 s of the hour's 36
+    assert seen.copy(2, -110, True, SF9, late_s=3661.0, airtime_us=60_000_000).over is False  # ended 61 minutes before
+    assert seen.copy(3, -110, True, SF9, late_s=0.0, airtime_us=10_000_000).over is False  # 5 s more: 35 of 36
+
+
+def test_a_counter_the_window_never_takes_is_new_once_however_often_it_is_played_back() -> None:
+    """An uplink ACK's counter never enters the node's window: each copy of it comes as new. Played back, it must not
+    fill the hour that decides the node's new frames (SPEC.md §5.11), nor be taken for a measure of its link."""
+    now = [100.0]
+    seen = Transmissions(clock=lambda: now[0])
+    assert seen.copy(2, -110, True, SF9, late_s=0.0, airtime_us=1_000_000).first is True
+    for _ in range(1000):
+        now[0] += 4
+        assert seen.copy(2, -60, True, SF9, late_s=0.0, airtime_us=1_000_000).first is False
+    # None of the replays is in the hour of new frames: one of 70 s (35 s counted) fits
+    assert seen.copy(3, -110, True, SF9, late_s=0.0, airtime_us=70_000_000).over is False
