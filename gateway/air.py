@@ -134,10 +134,10 @@ class AirTransport:
 
     # ------------------------------------------------------------ what the sessions tell it
 
-    def heard(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> float | None:
-        """An authentic uplink of the node ended at `at` (bridge ms): a window opens. How long ago the uplink
-        ended, by the bridge's clock as estimated (s); None for a report no window can be built on (a channel
-        outside EU868, a bandwidth no chip has, a clock past 2^53 ms): counted, never an exception in the sessions."""
+    def late(self, at: int, freq: int, sf: int, bw: int) -> float | None:
+        """How long ago an uplink the bridge heard ended at `at` (bridge ms), by the bridge's clock as estimated
+        (s), which it moves on; None for a report no window can be built on (a channel outside EU868, a bandwidth
+        no chip has, a clock past 2^53 ms): counted, never an exception in the sessions."""
         try:
             band(freq)
             airtime_us(1, sf, bw)
@@ -149,6 +149,11 @@ class AirTransport:
             return None
         now = self._clock()
         self.bridge_clock.heard(at, now)
+        return self.bridge_clock.late_s(at, now)
+
+    def open(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> None:
+        """The node's receive windows after its uplink that ended at `at` (a report `late` took): what it is owed
+        goes in them."""
         window = self.windows[node_id] = Window(at, freq, sf, bw)
         try:
             loop = asyncio.get_running_loop()
@@ -158,7 +163,6 @@ class AirTransport:
         else:
             loop.call_later(DECIDE_S, self._decide, window)
             loop.call_later(DECIDE_RX2_S, self._decide_rx2, window)
-        return self.bridge_clock.late_s(at, now)
 
     def take_over(self, node_id: bytes, frames: list[tuple[bytes, float]], time_owed: bool) -> None:
         """What another bridge owed a node this bridge is now the link of: sent in its windows, from the next one

@@ -28,11 +28,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from protocols.dutycycle import DutyCycle
 from protocols.lora import UPLINK_CHANNELS
+from protocols.window import NEW, CounterWindow
 
 # Copies of one transmission ended on air within this of each other, as the gateway estimates the bridges' clocks
 # (or, from a bridge that gives no time, as its reports arrived). A node sends a counter again only after its RX2
@@ -63,12 +64,6 @@ class _Transmission:
     over: bool
 
 
-@dataclass
-class _Counter:
-    handled: bool = False  # a new transmission of it fit its hour: it is new no more, however often it comes again
-    transmissions: list[_Transmission] = field(default_factory=list)  # its latest (PER_COUNTER)
-
-
 class Transmissions:
     """A radio node's transmissions as its bridges reported them, to tell what each copy is (Copy)."""
 
@@ -76,7 +71,12 @@ class Transmissions:
         self._clock = clock
         # counter -> its latest transmissions (PER_COUNTER): a copy belongs to whichever of them its end is near, so
         # a bridge whose clock is estimated badly starts no transmission of its own between two that are right
-        self._seen: OrderedDict[int, _Counter] = OrderedDict()
+        self._seen: OrderedDict[int, list[_Transmission]] = OrderedDict()
+        # The counters whose new transmission fit its hour: new no more, however often they come again. As the node's
+        # own window keeps them (the same span; a counter behind it is never new), not among the counters kept
+        # above, which a player of 64 other recordings could push one out of (an uplink ACK's, which the node's
+        # window never takes, would be new again)
+        self._handled = CounterWindow()
         # The node's airtime heard, each transmission at half its airtime (the 1 % hour allows it twice its own):
         # what new counters took, which decides whether a new counter is handled; and what the counters the
         # window has took again (the node's retransmissions, replays), which decides only whether they are
@@ -87,13 +87,13 @@ class Transmissions:
     def copy(self, counter: int, rssi: float, new: bool, channel: tuple[int, int], late_s: float | None, airtime_us: int = 0) -> Copy:
         """A copy of frame `counter` heard at `rssi` dBm on `channel` (sf, freq); `new`: its counter is new to the
         node's window (never accepted: not a retransmission of a frame the gateway has, nor a replay); `late_s`: how
-        long after it ended on air its bridge reported it, which opened a receive window for it (AirTransport.heard),
+        long after it ended on air its bridge reported it, which opened a receive window for it (AirTransport.late),
         or None: its bridge opened none (a report without `at`), and when it came is all there is; `airtime_us`: the
         frame's time on air, what its transmission adds to the node's hour."""
         window = late_s is not None
         ended = self._clock() - (late_s or 0.0)
-        kept = self._seen.get(counter) or _Counter()
-        seen = next((t for t in kept.transmissions if abs(ended - t.ended) <= COPY_SPAN_S), None)
+        kept = self._seen.get(counter, [])
+        seen = next((t for t in kept if abs(ended - t.ended) <= COPY_SPAN_S), None)
         if seen is not None:
             answered = seen.answered
             seen.answered = answered or window
@@ -104,7 +104,7 @@ class Transmissions:
             return Copy(best, seen.first, True, answered, seen.over)
         # New once: a counter whose first transmission was handled is never new again, even if the window did not take
         # it (an uplink ACK, a refused frame): played back, it would fill the hour that decides the node's new frames
-        new = new and not kept.handled
+        new = new and self._handled.check(counter) == NEW
         ended_ms = int(ended * 1000)
         over = False
         if ended_ms >= self._latest_ms - _HOUR_MS:  # one that ended over an hour before the latest is in no hour now
@@ -113,11 +113,18 @@ class Transmissions:
             if hour is None:
                 hour = self._hours[new] = DutyCycle(time_off=False)  # the hour's rule alone: the node keeps its time-off
             over = not hour.spend(UPLINK_CHANNELS[0], airtime_us // 2, ended_ms)  # its uplink sub-band, whatever freq says
-        kept.handled = kept.handled or (new and not over)
-        kept.transmissions.append(_Transmission(ended, (window, rssi), new, channel, window, over))
-        del kept.transmissions[:-PER_COUNTER]
+        if new and not over:
+            self._handled.accept(counter)
+        kept.append(_Transmission(ended, (window, rssi), new, channel, window, over))
+        del kept[:-PER_COUNTER]
         self._seen[counter] = kept
         self._seen.move_to_end(counter)
         while len(self._seen) > KEPT:
             self._seen.popitem(last=False)
         return Copy(True, new, False, False, over)
+
+    def counter_reset(self) -> None:
+        """The node's counter was reset (a HELLO behind its window, SPEC.md §4.3): its counters start again, new to
+        the gateway; what it was heard on air for stays in its hours."""
+        self._seen.clear()
+        self._handled = CounterWindow()

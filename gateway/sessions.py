@@ -581,6 +581,7 @@ class Sessions:
                 "node %s: counter reset from %d to %d (HELLO); accepting the new counter", node.hex, node.window.highest, message.counter
             )
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
+            node.transmissions.counter_reset()
             self._moved[node.hex] = node
             node.untagged_moved = False
             node.key_after_reset = message.key_index == 0  # its key_id is saved once the reset window is (reset_saved)
@@ -782,7 +783,7 @@ class Sessions:
         self._bridge_heard_on(bridge.hex, fields["sf"])
         late = None  # how long ago it ended on air, when its bridge opened a receive window for it (else None)
         if message.key_index >= 0 and "at" in fields:  # authentic, from a bridge that says when: a receive window
-            late = radio.air.heard(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
+            late = radio.air.late(fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         channel = (fields["sf"], fields["freq"])
         try:
             on_air = airtime_us(len(fields["frame"]), fields["sf"], fields.get("bw", 125000))
@@ -805,7 +806,9 @@ class Sessions:
                 node.hex,
                 message.counter,
             )
-            return
+            return  # and no window: one opened for it would take the node's own, and what it is owed
+        if late is not None:
+            radio.air.open(message.node_id, fields["at"], fields["freq"], fields["sf"], fields.get("bw", 125000))
         if seen is not None and seen.again and seen.answered and verdict == DUPLICATE:
             # Another bridge's copy of a transmission answered already: that answer (made once, with a copy whose
             # bridge has a window for it) goes through the bridge that heard it best, which may be this one; a second

@@ -316,15 +316,21 @@ def test_the_best_copy_coming_after_the_answer_is_the_nodes_reception(radio: Rad
     assert dict(radio.bench.sessions.adr._node(BATTERY.hex()).snrs) == {1: 50}  # the best SNR of the frame
 
 
+def heard(air: AirTransport, at: int, freq: int, sf: int, bw: int) -> None:
+    """The battery node's uplink that ended at `at` reported to `air` (as the sessions do): its windows open."""
+    assert air.late(at, freq, sf, bw) is not None
+    air.open(BATTERY, at, freq, sf, bw)
+
+
 def test_a_report_says_how_late_it_came_by_the_bridges_clock() -> None:
     """So that copies are grouped by when they ended on air (gateway/copies.py), not by when their reports came."""
     now = [100.0]
     air = AirTransport(lambda size: b"", BRIDGES["/dev/ttyA"], lambda bridge, tx: True, clock=lambda: now[0])
-    assert air.heard(BATTERY, 50_000, 868_100_000, 9, 125_000) == 0.0
+    assert air.late(50_000, 868_100_000, 9, 125_000) == 0.0
     now[0] += 20
-    assert air.heard(BATTERY, 62_000, 868_100_000, 9, 125_000) == pytest.approx(8.0, abs=0.01)  # held up 8 s
-    assert air.heard(BATTERY, 70_500, 868_100_000, 9, 125_000) == 0.0  # this one came at once: the clock moves on
-    assert air.heard(BATTERY, 70_000, 868_000_000 - 1, 9, 125_000) is None  # no window on a channel outside EU868
+    assert air.late(62_000, 868_100_000, 9, 125_000) == pytest.approx(8.0, abs=0.01)  # held up 8 s
+    assert air.late(70_500, 868_100_000, 9, 125_000) == 0.0  # this one came at once: the clock moves on
+    assert air.late(70_000, 868_000_000 - 1, 9, 125_000) is None  # no window on a channel outside EU868
 
 
 def later_transmissions(radio: Radio) -> list[float]:
@@ -466,7 +472,7 @@ def test_of_two_acks_waiting_the_older_goes_first() -> None:
     bare.air.flush()
     bare.owe(messages.ACK, 11, {"counters": [5, 6]})  # the readings' since
     for uplink_at in (100_000, 200_000):
-        bare.air.heard(BATTERY, uplink_at, 868_100_000, 9, 125000)  # no event loop: its windows are chosen at once
+        heard(bare.air, uplink_at, 868_100_000, 9, 125000)  # no event loop: its windows are chosen at once
     assert [messages.decode_frame(fr.unpack(tx["frame"], [KEY])).fields["counters"] for tx in bare.sent] == [[1], [5, 6]]
 
 
@@ -477,7 +483,7 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
     bare.owe(messages.CONFIG, 10, {"op": messages.CONFIG_SET, "id": 1, "values": {"tx_power": 11}})
     bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
     bare.owe(messages.ACK, 12, {"counters": [5]})
-    bare.air.heard(BATTERY, 100_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
+    heard(bare.air, 100_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
     assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [
         (868_100_000, messages.ACK),
         (869_525_000, messages.COMMAND),
@@ -498,7 +504,7 @@ def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
     air.bridge_clock.duty.spend(868_100_000, 35_990_000, 50_000)  # RX1's sub-band: the hour's 1 % spent
     air.time_owed.add(BATTERY)
     bare.owe(messages.CONFIG, 50, {"op": messages.CONFIG_GET, "id": 1})
-    air.heard(BATTERY, 51_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
+    heard(air, 51_000, 868_100_000, 9, 125000)  # no event loop: both windows chosen at once
     assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [(869_525_000, messages.TIME)]
     assert len(made) == 1 and air.counts["no_budget"] == 1 and BATTERY not in air.time_owed
     assert [raw[1] for raw, _at in air.waiting[BATTERY]] == [messages.CONFIG]  # the CONFIG waits; no TIME with it
@@ -682,3 +688,27 @@ def test_a_recording_played_back_past_twice_the_duty_cycle_does_not_silence_the_
         radio.bench.safe_all()
         answered += acked([m for _, m in over_the_air(radio.bench.replies("/dev/ttyA"))])
     assert stored == answered == list(range(3, 13))
+
+
+def test_a_copy_over_the_duty_cycle_does_not_take_the_window_of_the_nodes_own_frame(radio: Radio) -> None:
+    """A replay judged over, heard just after the node's own frame, opens no window: the ACK owed for the node's frame
+    goes in the windows of that frame, the ones the node listens in (an over copy's would come 0.8 s later)."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    now = later_transmissions(radio)
+    recorded = on_air(messages.READINGS, 2, {"samples": [0, 1002, 0]})
+    radio.relay("/dev/ttyA", recorded, at=20_000)
+    radio.bench.safe_all()
+    for index in range(500):  # the recording, until its copies are over
+        now[0] += 4
+        radio.relay("/dev/ttyA", recorded, at=30_000 + 4000 * index)
+    errors = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].errors
+    over = errors["over_duty_cycle"]
+    assert over > 0
+    now[0] += 60
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 1003, 0]}), at=2_100_000, decide=False)
+    now[0] += 0.8
+    radio.relay("/dev/ttyA", recorded, at=2_100_800, decide=False)
+    assert errors["over_duty_cycle"] == over + 1
+    radio.bench.safe_all()
+    sent = over_the_air(radio.bench.replies("/dev/ttyA") + radio.decide("/dev/ttyA"))
+    assert [(at, m.type, m.fields["counters"]) for at, m in sent] == [(2_102_100, messages.ACK, [3])]

@@ -107,8 +107,11 @@ def test_a_counter_the_window_never_takes_is_new_once_however_often_it_is_played
     now = [100.0]
     seen = Transmissions(clock=lambda: now[0])
     assert seen.copy(2, -110, True, SF9, late_s=0.0, airtime_us=1_000_000).first is True
-    for _ in range(1000):
+    for index in range(1000):
         now[0] += 4
         assert seen.copy(2, -60, True, SF9, late_s=0.0, airtime_us=1_000_000).first is False
+        if index % 100 == 0:  # between them, recordings of 70 other frames (the window has them): KEPT pushed over
+            for other in range(100, 170):
+                seen.copy(other, -60, False, SF9, late_s=0.0, airtime_us=100_000)
     # None of the replays is in the hour of new frames: one of 70 s (35 s counted) fits
     assert seen.copy(3, -110, True, SF9, late_s=0.0, airtime_us=70_000_000).over is False
