@@ -10,6 +10,7 @@ not the boot's HELLO and first TIME.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from collections import Counter
@@ -44,6 +45,9 @@ class AirOutcome:
     years: dict[str, float] = field(default_factory=dict)  # node hex -> estimated battery life
     fates: dict[int, Counter[str]] = field(default_factory=dict)  # SF on air -> the nodes' uplinks by fate (air_record.py)
     unheard: dict[str, dict[str, int]] = field(default_factory=dict)  # node hex -> its uplinks' fates, for a node no bridge got
+    # Frames the gateway judged past twice their node's duty cycle (SPEC.md §5.11), by its latest status: none from a
+    # node that keeps it, as every node here does
+    over_duty: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,7 @@ class AirOutcome:
             "battery_years": {node: round(years, 2) for node, years in sorted(self.years.items())},
             "uplink_fates": {str(sf): dict(fates) for sf, fates in sorted(self.fates.items())},
             "unheard_nodes": self.unheard,
+            "over_duty_cycle": self.over_duty,
         }
 
     def summary(self) -> list[str]:
@@ -84,6 +89,7 @@ class AirOutcome:
         found = [
             Check("air: every transmission kept its sender's duty cycle", "; ".join(self.duty_breaches[:5]) or None),
             Check("air: every node received a downlink", None if self.answered == self.nodes else "%d of %d" % (self.answered, self.nodes)),
+            Check("gateway: no node heard past its duty cycle", "%d frames" % self.over_duty if self.over_duty else None),
         ]
         if battery_estimates:
             missing = self.nodes - len(self.years)
@@ -173,6 +179,8 @@ def analyse_air(
         for t in transmissions:
             if t.sender in nodes:
                 outcome.fates.setdefault(t.sf, Counter())[record.fate(t)] += 1
+    ports = _gateway_status(capture).get("ports", {})
+    outcome.over_duty = sum(port.get("errors", {}).get("over_duty_cycle", 0) for name, port in ports.items() if name.startswith("radio:"))
     for bridge_hex in bridges.values():
         documents = statuses.get(bridge_hex, [])
         if documents:
@@ -194,6 +202,19 @@ def _statuses(capture: MqttCapture) -> dict[str, list[dict[str, Any]]]:
         else:
             kept.append(document)
     return found
+
+
+def _gateway_status(capture: MqttCapture) -> dict[str, Any]:
+    """The gateway's latest full status document (its `{base}/{gateway}/status` while online: the one it leaves at
+    its stop says only `offline`), or {} if none came."""
+    latest: dict[str, Any] = {}
+    for message in capture.snapshot():
+        if message.topic.count("/") == 2 and message.topic.endswith("/status") and message.payload:
+            with contextlib.suppress(ValueError):
+                document = json.loads(message.payload)
+                if isinstance(document, dict) and isinstance(document.get("ports"), dict):
+                    latest = document
+    return latest
 
 
 def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float | None:

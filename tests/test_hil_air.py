@@ -173,11 +173,12 @@ def test_battery_life_comes_from_what_the_node_measured_between_its_first_and_la
 
 
 def test_the_air_checks_name_what_failed() -> None:
-    outcome = AirOutcome(10, 8, 3, 2, ["node3 at 5.00 s, 1.00 s after a frame of 0.100 s"], 0, years={"e1": 2.0})
+    outcome = AirOutcome(10, 8, 3, 2, ["node3 at 5.00 s, 1.00 s after a frame of 0.100 s"], 0, years={"e1": 2.0}, over_duty=4)
     failures = {check.name: check.failure for check in outcome.checks(battery_estimates=True)}
     assert failures == {
         "air: every transmission kept its sender's duty cycle": "node3 at 5.00 s, 1.00 s after a frame of 0.100 s",
         "air: every node received a downlink": "2 of 3",
+        "gateway: no node heard past its duty cycle": "4 frames",
         "energy: a battery life estimated for every node": "2 of 3 nodes sent too few STATUS for an estimate",
     }
     fine = AirOutcome(10, 8, 1, 1, [], 0, years={"e1": 2.0})
@@ -276,3 +277,35 @@ def test_a_bridge_breaks_its_duty_cycle_only_by_the_hour() -> None:
     broken = hourly_breaches(spent, {"bridge0"})
     assert broken and broken[0].startswith("bridge0 at ") and len(broken) == 2
     assert hourly_breaches(spent, {"node1"}) == []
+
+
+class _StatusCapture:
+    """What a run's subscriber got: the gateway's status documents, in order."""
+
+    def __init__(self, *documents: dict[str, Any]) -> None:
+        self.documents = documents
+
+    def snapshot(self) -> list[Any]:
+        from hil.capture import Received
+
+        return [Received("edgegw/gw/status", json.dumps(d).encode(), True, 0.0, None) for d in self.documents]
+
+
+def test_a_run_fails_when_the_gateway_judged_a_node_past_its_duty_cycle() -> None:
+    """Every node of a run keeps its duty cycle, so the gateway's guard against one that does not (SPEC.md §5.11) must
+    never trigger: the latest status document's radio ports are checked."""
+    sent = [Transmission("node0", 0.0, 868100000, 7, 20)]
+
+    def check(capture: Any) -> str | None:
+        outcome = analyse_air(sent, Counter(), 0, {"node0": "hex-n"}, {"bridge0": "hex-b"}, capture)
+        return next(c.failure for c in outcome.checks(False) if c.name.startswith("gateway: no node heard past"))
+
+    def status(over: int) -> dict[str, Any]:
+        return {
+            "state": "online",
+            "ports": {"/dev/ttyACM0": {"errors": {}}, "radio:00000000000b0001": {"errors": {"over_duty_cycle": over}}},
+        }
+
+    assert check(_NoCapture()) is None and check(_StatusCapture(status(0))) is None
+    assert check(_StatusCapture(status(0), status(3))) == "3 frames"
+    assert check(_StatusCapture(status(3), {"state": "offline"})) == "3 frames"  # the brief one at its stop says nothing
