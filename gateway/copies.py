@@ -19,8 +19,9 @@ that are `over` (SPEC.md §5.11), neither handled nor answered, so that one node
 budget, which every node of theirs shares. Two hours are kept: the transmissions of counters new to the node's
 window (each counter once), which decide whether a new counter is handled, and the others (the node's
 retransmissions, replays), which decide only whether they are answered again; a recording played back cannot
-silence the node's own frames. Twice: the gateway's estimate of when a transmission ended may put a frame in another minute than the
-node's own clock did, and a copy whose bridge's clock is badly estimated may count as a transmission of its own.
+silence the node's own frames. Twice: the gateway's estimate of when a transmission ended may put a frame in
+another minute than the node's own clock did, and a copy whose bridge's clock is badly estimated may count as a
+transmission of its own.
 """
 
 from __future__ import annotations
