@@ -20,7 +20,7 @@ from typing import Any
 from protocols.dutycycle import BANDS, band
 
 from .air_record import FATES, AirRecord
-from .capture import MqttCapture
+from .capture import MqttCapture, is_gateway_status
 from .energy import SX1276, estimate_from_report
 from .outcomes import Check
 from .radio import DELIVERED, Transmission
@@ -209,7 +209,7 @@ def _gateway_status(capture: MqttCapture) -> dict[str, Any]:
     its stop says only `offline`), or {} if none came."""
     latest: dict[str, Any] = {}
     for message in capture.snapshot():
-        if message.topic.count("/") == 2 and message.topic.endswith("/status") and message.payload:
+        if is_gateway_status(message.topic) and message.payload:
             with contextlib.suppress(ValueError):
                 document = json.loads(message.payload)
                 if isinstance(document, dict) and isinstance(document.get("ports"), dict):

@@ -28,6 +28,11 @@ class Received:
     properties: Any
 
 
+def is_gateway_status(topic: str) -> bool:
+    """The gateway's own status topic, `{prefix}/{gateway}/status` (a node's is `{prefix}/{gateway}/nodes/{node}/status`)."""
+    return topic.count("/") == 2 and topic.endswith("/status")
+
+
 def decode_senml(payload: bytes) -> list[dict[str, Any]]:
     """Resolved records (RFC 8428 §4.6): name, unit, value, time. Written from the RFC, not from gateway/senml.py."""
     records = cbor2.loads(payload)

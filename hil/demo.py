@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .broker import Mosquitto
-from .capture import MqttCapture, decode_senml
+from .capture import MqttCapture, decode_senml, is_gateway_status
 from .chain import Chain
 from .gateway import GatewayProcess
 from .rig import EmulatedRig
@@ -49,7 +49,7 @@ class LiveView:
                     node, channel = parts[3], parts[4]
                     self.latest[(node, channel)] = (record["value"], record["unit"], message.at)
                     self.arrivals.setdefault(node, deque()).append(message.at)
-            elif message.topic.count("/") == 2 and message.topic.endswith("/status"):
+            elif is_gateway_status(message.topic):
                 with contextlib.suppress(ValueError):  # not the gateway's JSON status: ignore
                     self.gateway_status = json.loads(message.payload)
 

@@ -658,6 +658,21 @@ def test_a_node_heard_past_twice_its_duty_cycle_is_counted_and_no_longer_answere
     assert radio.bench.sessions.nodes[BATTERY.hex()].radio["pdr"] == round(402 / 500, 3)
 
 
+def played_back(radio: Radio, recorded: bytes) -> tuple[list[float], int]:
+    """The node says HELLO and sends `recorded`; then someone in range plays it back 500 times, every 4 s (33 minutes:
+    more than the hour at twice the node's 1 % allows). The test's clock (later_transmissions) and how many of the
+    replays were acknowledged."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    now = later_transmissions(radio)
+    radio.relay("/dev/ttyA", recorded, at=20_000)
+    radio.bench.safe_all()
+    acks = 0
+    for index in range(500):
+        now[0] += 4
+        acks += len(acked([m for _, m in over_the_air(radio.relay("/dev/ttyA", recorded, at=30_000 + 4000 * index))]))
+    return now, acks
+
+
 @pytest.mark.parametrize(
     "recorded",
     [
@@ -670,14 +685,7 @@ def test_a_recording_played_back_past_twice_the_duty_cycle_does_not_silence_the_
     """Someone in range plays one recorded frame back hundreds of times: past twice the node's duty cycle the copies
     are not answered again, and the node's own new frames are stored and answered all along (a counter is judged by
     what new counters took only at its first transmission: gateway/copies.py)."""
-    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
-    now = later_transmissions(radio)
-    radio.relay("/dev/ttyA", recorded, at=20_000)
-    radio.bench.safe_all()
-    replayed_acks = 0
-    for index in range(500):  # every 4 s for 33 minutes: more than the hour at twice its 1 % allows
-        now[0] += 4
-        replayed_acks += len(acked([m for _, m in over_the_air(radio.relay("/dev/ttyA", recorded, at=30_000 + 4000 * index))]))
+    now, replayed_acks = played_back(radio, recorded)
     errors = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].errors
     assert errors["over_duty_cycle"] > 0 and replayed_acks < 500  # the recording stopped being answered
     stored, answered = [], []
@@ -693,14 +701,8 @@ def test_a_recording_played_back_past_twice_the_duty_cycle_does_not_silence_the_
 def test_a_copy_over_the_duty_cycle_does_not_take_the_window_of_the_nodes_own_frame(radio: Radio) -> None:
     """A replay judged over, heard just after the node's own frame, opens no window: the ACK owed for the node's frame
     goes in the windows of that frame, the ones the node listens in (an over copy's would come 0.8 s later)."""
-    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
-    now = later_transmissions(radio)
     recorded = on_air(messages.READINGS, 2, {"samples": [0, 1002, 0]})
-    radio.relay("/dev/ttyA", recorded, at=20_000)
-    radio.bench.safe_all()
-    for index in range(500):  # the recording, until its copies are over
-        now[0] += 4
-        radio.relay("/dev/ttyA", recorded, at=30_000 + 4000 * index)
+    now, _acks = played_back(radio, recorded)  # until its copies are over
     errors = radio.bench.sessions._radio_links[BRIDGES["/dev/ttyA"].hex()].errors
     over = errors["over_duty_cycle"]
     assert over > 0

@@ -928,7 +928,7 @@ def test_an_event_goes_out_at_once_with_priority(bundle: pathlib.Path, peer: Pee
     assert channels.get("occupied") == 1, channels
 
 
-def test_a_line_from_the_air_while_the_radio_sleeps_does_not_end_every_later_wait(tmp_path: pathlib.Path) -> None:
+def test_a_line_from_the_air_while_the_radio_sleeps_does_not_end_every_later_wait(micropython: str, tmp_path: pathlib.Path) -> None:
     """firmware/hal_unix.py: the unix port's radio idles in poll() on the air's pty, and reads what woke it even with
     the radio asleep (the chip drops it). Unread, the line kept the pty readable: each wait returned at once and the
     node spun at 100 % of a core for as long as its radio slept (tests/portable/air_idle_check.py)."""
@@ -938,7 +938,7 @@ def test_a_line_from_the_air_while_the_radio_sleeps_does_not_end_every_later_wai
         tty.setraw(fd)
     (tmp_path / "node.json").write_text(json.dumps({"role": "lora_sensor", "air": os.ttyname(air_slave), "sf": 9}))
     env = dict(os.environ, MICROPYPATH=".frozen:%s" % ROOT)
-    command = [str(ROOT / ".venv/bin/micropython"), "tests/portable/air_idle_check.py", os.ttyname(uart_slave), str(tmp_path)]
+    command = [micropython, "tests/portable/air_idle_check.py", os.ttyname(uart_slave), str(tmp_path)]
     node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env, text=True)
     try:
         assert node.stdout is not None
