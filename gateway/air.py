@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ class Window:
     used: bool = False
     rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
     rx2_used: bool = False
+    rx2_sent: bool = False  # a frame went to the bridge for RX2 (another bridge's RX2 at this SF must not meet it)
 
     def due(self) -> bool:
         return (self.ready and not self.used) or (self.rx2_ready and not self.rx2_used)
@@ -114,11 +115,15 @@ class AirTransport:
         ask_time: Callable[[bytes], object] = lambda node_id: None,
         is_link: Callable[[bytes], bool] = lambda node_id: True,
         hand_over: Callable[[bytes, list[tuple[bytes, float]], bool], bool] = lambda node_id, frames, time_owed: False,
+        rivals: Callable[[], Iterable[AirTransport]] = lambda: (),
     ) -> None:
         self._is_link = is_link  # whether this bridge is the node's link (it heard its latest frame best)
         # what this bridge owes a node whose link another bridge is goes to that one's transport (take_over): the
         # ACK of a frame both heard is queued where the first copy came in, often not the bridge that heard it best
         self._hand_over = hand_over
+        # every bridge's transport: all answer RX2 on one channel, and two of them at one SF that heard two uplinks
+        # ending together (on two channels) would answer both at once, each answer drowning the other at its node
+        self._rivals = rivals
         self._pull = pull  # the RadioLink's downlink queue (Link.pull)
         self._ask_time = ask_time  # queue a TIME for a node on the RadioLink (read from the clock when it is pulled)
         self.time_owed: set[bytes] = set()
@@ -310,12 +315,48 @@ class AirTransport:
             at = self._reach(window, RX_DELAY_MS, bridge_now)
             owed = len(queue) + (node_id in self.time_owed)
             longest = max([len(raw) for raw, _at in queue] + [TIME_BYTES if node_id in self.time_owed else 0])
-            if at is not None and (owed >= 2 or (owed and not self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest))):
+            if (
+                at is not None
+                and owed
+                and (
+                    owed >= 2
+                    or not self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest)
+                    or (self._fits(window, window.freq, at, longest) and self._rx2_contested(node_id, window, longest))
+                )
+            ):
                 self._send_one(node_id, window, queue, at, window.freq, rx1=True)
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
             if at is not None and (queue or node_id in self.time_owed):
-                self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
+                window.rx2_sent = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
+
+    def rx2_starts(self, window: Window) -> float | None:
+        """When the window's RX2 frame would go on air, on the gateway's clock (None: the bridge's clock is unknown)."""
+        offset = self.bridge_clock.offset_ms
+        return None if offset is None else (window.at + RX2_DELAY_MS + RX_AIM_MS - offset) / 1000
+
+    def _rx2_contested(self, node_id: bytes, window: Window, length: int) -> bool:
+        """Whether another bridge may answer in RX2 at this window's SF and bandwidth while this window's RX2 frame of
+        `length` bytes is on air: a window of a node that bridge is the link of, whose RX2 frame went or is still to
+        be chosen (its frame's length taken as this one's). RX1, on this uplink's channel, then reaches the node. tree-health with two
+        SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met another bridge's."""
+        mine = self.rx2_starts(window)
+        if mine is None:
+            return False
+        span = airtime_us(length, window.sf, window.bw) / 1e6
+        for rival in self._rivals():
+            if rival is self:
+                continue
+            for other_id, other in rival.windows.items():
+                if other_id == node_id or other.sf != window.sf or other.bw != window.bw:
+                    continue
+                if other.rx2_used and not other.rx2_sent:
+                    continue  # chosen, and nothing went
+                theirs = rival.rx2_starts(other)
+                if theirs is not None and abs(theirs - mine) < span and rival._is_link(other_id):
+                    self.counts["rx2_contested"] += 1
+                    return True
+        return False
 
     def _fits(self, window: Window, freq: int, at: int, length: int) -> bool:
         """Whether the bridge's duty cycle leaves room at `at` on `freq` for a frame of `length` bytes."""

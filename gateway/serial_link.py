@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -209,10 +209,17 @@ class RadioLink(Link):
         send: Callable[[bytes, dict[str, Any]], bool],
         linked: Callable[[bytes, Link], bool],
         hand_over: Callable[[bytes, list[tuple[bytes, float]], bool], bool] = lambda node_id, frames, time_owed: False,
+        rivals: Callable[[], Iterable[AirTransport]] = lambda: (),
     ) -> None:
         super().__init__("radio:" + bridge, handler, lambda link, error: None, next_counter, keys, require_auth=True)
         self.air = AirTransport(
-            self.pull, bridge_id, send, ask_time=self.downlink.time, is_link=lambda node_id: linked(node_id, self), hand_over=hand_over
+            self.pull,
+            bridge_id,
+            send,
+            ask_time=self.downlink.time,
+            is_link=lambda node_id: linked(node_id, self),
+            hand_over=hand_over,
+            rivals=rivals,
         )
         self.connection_made(self.air)
 

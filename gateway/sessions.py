@@ -36,6 +36,7 @@ from protocols.lora import SF_MAX, SF_MIN, SNR_FLOOR_DB10
 from protocols.window import DUPLICATE, NEW
 
 from . import senml
+from .air import AirTransport
 from .committer import CommitResult, Pending
 from .copies import Transmissions
 from .counters import DownlinkCounters
@@ -769,7 +770,10 @@ class Sessions:
                 node.link.air.take_over(node_id, frames, time_owed)
                 return True
 
-            radio = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send, linked, hand_over)
+            def rivals() -> list[AirTransport]:  # the other bridges' answers in RX2 (gateway/air.py)
+                return [link.air for link in self._radio_links.values()]
+
+            radio = RadioLink(bridge.hex, bridge.node_id, self, self.keys, self.counters.take, send, linked, hand_over, rivals)
             self._radio_links[bridge.hex] = radio
         if isinstance(fields["frame"], bytes):
             radio.bytes_in += len(fields["frame"])  # the frame as it was on air (the status' bytes read, for the air)

@@ -448,10 +448,12 @@ def test_an_older_status_that_comes_after_a_newer_one_is_acknowledged_not_taken(
 class BareAir:
     """One bridge's AirTransport alone: what its link owes (`owe`) is what it pulls, what it sends is kept (`sent`)."""
 
-    def __init__(self, ask_time: Any = None) -> None:
+    def __init__(self, ask_time: Any = None, node: bytes = BATTERY, **extra: Any) -> None:
         self.owed: list[bytes] = []
         self.sent: list[dict[str, Any]] = []
-        extra = {} if ask_time is None else {"ask_time": ask_time}
+        self.node = node
+        if ask_time is not None:
+            extra["ask_time"] = ask_time
         self.air = AirTransport(self._pull, b"\x01" * 8, lambda bridge, tx: self.sent.append(tx) or True, **extra)
 
     def _pull(self, room: int) -> bytes:
@@ -459,9 +461,9 @@ class BareAir:
         return b"".join(taken)
 
     def owe(self, mtype: int, counter: int, fields: dict[str, Any]) -> None:
-        """A downlink frame to BATTERY, as the link builds it (a request asks for an ACK; an ACK or a TIME does not)."""
+        """A downlink frame to its node, as the link builds it (a request asks for an ACK; an ACK or a TIME does not)."""
         flags = fr.F_DOWNLINK | (fr.F_ACK_REQ if mtype in (messages.COMMAND, messages.CONFIG) else 0)
-        self.owed.append(bytes(encode(Message(mtype, BATTERY, counter, fields, flags), KEY)))
+        self.owed.append(bytes(encode(Message(mtype, self.node, counter, fields, flags), KEY)))
 
 
 def test_of_two_acks_waiting_the_older_goes_first() -> None:
@@ -488,6 +490,40 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
         (868_100_000, messages.ACK),
         (869_525_000, messages.COMMAND),
     ]
+
+
+@pytest.mark.parametrize(
+    ("later_s", "sf", "rx1_spent", "window"),
+    [
+        (0.3, 12, False, "rx1"),  # its RX2 answer would be on air with the first bridge's: RX1, on its own channel
+        (5.0, 12, False, "rx2"),  # long after the first bridge's
+        (0.3, 11, False, "rx2"),  # at another SF: a node listening at SF12 does not hear it
+        (0.3, 12, True, "rx2"),  # RX1's 1 % spent for the hour: RX2 all the same
+    ],
+)
+def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: int, rx1_spent: bool, window: str) -> None:
+    """Two bridges in one cabinet at SF12, one on 868.1 and one on 868.3 MHz, hear two uplinks that ended 0.3 s
+    apart: both answers in RX2 (869.525 MHz, every bridge's) would be on air together, each drowning the other at
+    its node (full tree-health: 22 of 204 RX2 downlinks at SF12 lost so). The second goes in RX1."""
+    now = [1000.0]
+    other = bytes.fromhex("e1000000000000aa")
+    bridges: list[BareAir] = []
+    first = BareAir(clock=lambda: now[0], rivals=lambda: [bare.air for bare in bridges])
+    second = BareAir(node=other, clock=lambda: now[0], rivals=lambda: [bare.air for bare in bridges])
+    bridges += [first, second]
+    first.owe(messages.ACK, 10, {"counters": [5]})
+    first.air.late(100_000, 868_100_000, 12, 125_000)
+    first.air.open(BATTERY, 100_000, 868_100_000, 12, 125_000)  # no event loop: both windows chosen at once
+    assert [tx["freq"] for tx in first.sent] == [869_525_000]
+    now[0] += later_s
+    at = 7_000_000 + int(later_s * 1000)  # another clock: the bridges booted at other times
+    if rx1_spent:
+        second.air.bridge_clock.duty.spend(868_300_000, 35_990_000, at - 60_000)
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.late(at, 868_300_000, sf, 125_000)
+    second.air.open(other, at, 868_300_000, sf, 125_000)
+    assert [tx["freq"] for tx in second.sent] == [868_300_000 if window == "rx1" else 869_525_000]
+    assert second.air.counts["rx2_contested"] == (window == "rx1")
 
 
 def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
