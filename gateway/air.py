@@ -12,7 +12,8 @@ chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when th
 meanwhile is there to choose (a radio node's frames are committed within RADIO_COMMIT_S: gateway/sessions.py):
 one per window (_choose says which); a TIME is made when it is chosen, so that it says the time when it goes
 on air. RX1 carries a frame only for a node owed two when its time comes, or one that RX2's duty cycle leaves
-no room for: RX2's sub-band has ten times the budget.
+no room for: RX2's sub-band has ten times the budget; or one whose RX2 answer would be on air with an earlier
+one of another bridge at its SF (every bridge answers RX2 on one channel: _rx2_contested).
 
 The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
 bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
@@ -67,7 +68,8 @@ class Window:
     used: bool = False
     rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
     rx2_used: bool = False
-    rx2_sent: bool = False  # a frame went to the bridge for RX2 (another bridge's RX2 at this SF must not meet it)
+    rx2_at: int = 0  # the bridge's time for the frame sent for RX2, and its length (0: none went); another bridge's
+    rx2_bytes: int = 0  # RX2 answer at this SF must not be on air with it
 
     def due(self) -> bool:
         return (self.ready and not self.used) or (self.rx2_ready and not self.rx2_used)
@@ -287,9 +289,9 @@ class AirTransport:
 
     def _answer(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], now: float) -> None:
         """What is due of the node's two windows after one uplink: RX1's frame once its time to choose came, RX2's
-        once its came. RX1 carries a frame only for a node owed two, or one RX2 has no room for: one frame goes in
-        RX2, whose sub-band allows ten times the airtime of RX1's (10 % against the uplinks' 1 %), and is chosen
-        later (an ACK committed by then goes in it)."""
+        once its came. RX1 carries a frame only for a node owed two, or one RX2 has no room for, or one whose RX2
+        answer another bridge's would meet: one frame goes in RX2, whose sub-band allows ten times the airtime of
+        RX1's (10 % against the uplinks' 1 %), and is chosen later (an ACK committed by then goes in it)."""
         rx1, rx2 = window.ready and not window.used, window.rx2_ready and not window.rx2_used
         window.used, window.rx2_used = window.used or rx1, window.rx2_used or rx2
         if not self._is_link(node_id):  # another bridge heard it better: that one answers (SPEC.md §5.11)
@@ -314,47 +316,64 @@ class AirTransport:
         if rx1:
             at = self._reach(window, RX_DELAY_MS, bridge_now)
             owed = len(queue) + (node_id in self.time_owed)
-            longest = max([len(raw) for raw, _at in queue] + [TIME_BYTES if node_id in self.time_owed else 0])
-            if (
-                at is not None
-                and owed
-                and (
-                    owed >= 2
-                    or not self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest)
-                    or (self._fits(window, window.freq, at, longest) and self._rx2_contested(node_id, window, longest))
+            if at is not None and owed:
+                longest = self._longest(node_id)
+                rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest)
+                contested = (
+                    owed == 1
+                    and rx2_room
+                    and self._fits(window, window.freq, at, longest)
+                    and self._rx2_contested(node_id, window, longest)
                 )
-            ):
-                self._send_one(node_id, window, queue, at, window.freq, rx1=True)
+                sent = (owed >= 2 or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=True)
+                if sent and contested:
+                    self.counts["rx2_contested"] += 1
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
             if at is not None and (queue or node_id in self.time_owed):
-                window.rx2_sent = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
+                window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
+                window.rx2_at = at
 
-    def rx2_starts(self, window: Window) -> float | None:
-        """When the window's RX2 frame would go on air, on the gateway's clock (None: the bridge's clock is unknown)."""
+    def _longest(self, node_id: bytes) -> int:
+        """The longest frame this bridge owes the node, in bytes on air (0: none)."""
+        return max([len(raw) for raw, _at in self.waiting.get(node_id, [])] + [TIME_BYTES if node_id in self.time_owed else 0])
+
+    def rx2_slot(self, node_id: bytes, window: Window) -> tuple[float, float] | None:
+        """When the window's RX2 frame is on air, its start and end on the gateway's clock: the frame sent for it, or,
+        while RX2's is still to be chosen, the longest this bridge owes the node at the window's aim. None: none
+        went or will (or the bridge's clock is not known)."""
         offset = self.bridge_clock.offset_ms
-        return None if offset is None else (window.at + RX2_DELAY_MS + RX_AIM_MS - offset) / 1000
+        if offset is None:
+            return None
+        if window.rx2_bytes:
+            at, length = window.rx2_at, window.rx2_bytes
+        else:
+            length = 0 if window.rx2_used else self._longest(node_id)
+            at = window.at + RX2_DELAY_MS + RX_AIM_MS
+        if not length:
+            return None
+        start = (at - offset) / 1000
+        return start, start + airtime_us(length, window.sf, window.bw) / 1e6
 
     def _rx2_contested(self, node_id: bytes, window: Window, length: int) -> bool:
-        """Whether another bridge may answer in RX2 at this window's SF and bandwidth while this window's RX2 frame of
-        `length` bytes is on air: a window of a node that bridge is the link of, whose RX2 frame went or is still to
-        be chosen (its frame's length taken as this one's). RX1, on this uplink's channel, then reaches the node. tree-health with two
-        SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met another bridge's."""
-        mine = self.rx2_starts(window)
-        if mine is None:
+        """Whether this window's RX2 frame of `length` bytes would be on air with an earlier RX2 frame of another
+        bridge at the same SF and bandwidth (rx2_slot; for a node that bridge is the link of): all bridges answer
+        RX2 on one channel, and two at one SF on two channels hear two uplinks ending together. The later of the two
+        goes in RX1, on its uplink's channel (the earlier keeps RX2; of two at the same time, the lower bridge id).
+        tree-health with two SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met another bridge's."""
+        offset = self.bridge_clock.offset_ms
+        if offset is None:
             return False
-        span = airtime_us(length, window.sf, window.bw) / 1e6
+        start = (window.at + RX2_DELAY_MS + RX_AIM_MS - offset) / 1000
+        end = start + airtime_us(length, window.sf, window.bw) / 1e6
         for rival in self._rivals():
             if rival is self:
                 continue
             for other_id, other in rival.windows.items():
-                if other_id == node_id or other.sf != window.sf or other.bw != window.bw:
+                if other_id == node_id or other.sf != window.sf or other.bw != window.bw or not rival._is_link(other_id):
                     continue
-                if other.rx2_used and not other.rx2_sent:
-                    continue  # chosen, and nothing went
-                theirs = rival.rx2_starts(other)
-                if theirs is not None and abs(theirs - mine) < span and rival._is_link(other_id):
-                    self.counts["rx2_contested"] += 1
+                slot = rival.rx2_slot(other_id, other)
+                if slot is not None and slot[0] < end and start < slot[1] and (slot[0], rival.bridge_id) < (start, self.bridge_id):
                     return True
         return False
 
@@ -372,13 +391,14 @@ class AirTransport:
             return None
         return at
 
-    def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int, rx1: bool = False) -> bool:
+    def _send_one(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], at: int, freq: int, rx1: bool = False) -> int:
+        """The frame for this window sent to the bridge: its length in bytes (0: none went)."""
         index = self._choose(node_id, queue, rx1)
         made = index < 0
         if made:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
             if not self._fits(window, freq, at, TIME_BYTES):  # not made (it would wait, saying a time long past)
                 self.counts["no_budget"] += 1
-                return False
+                return 0
             self._fresh_time.add(node_id)
             self._ask_time(node_id)
             self._take()
@@ -388,7 +408,7 @@ class AirTransport:
             index = len(queue) - 1
             if index < 0 or queue[index][0][_TYPE] != messages.TIME:
                 self.counts["dropped"] += 1
-                return False
+                return 0
         raw = queue[index][0]
         if not self._fits(window, freq, at, len(raw)):
             self.counts["no_budget"] += 1
@@ -403,15 +423,15 @@ class AirTransport:
         del queue[index]
         self.acked_last[node_id] = raw[_TYPE] == messages.ACK
         self.counts["sent"] += 1
-        return True
+        return len(raw)
 
-    def _unmade(self, node_id: bytes, queue: list[tuple[bytes, float]], index: int, made: bool) -> bool:
+    def _unmade(self, node_id: bytes, queue: list[tuple[bytes, float]], index: int, made: bool) -> int:
         """A frame that could not go: a TIME made for this window is thrown away and owed again (made anew for the
         next window: kept, it would say a time long past when it went on air)."""
         if made:
             del queue[index]
             self.time_owed.add(node_id)
-        return False
+        return 0
 
     def _choose(self, node_id: bytes, queue: list[tuple[bytes, float]], rx1: bool = False) -> int:
         """The index in queue of the frame for this window; -1: the TIME owed. In RX1, with a request to follow in RX2,

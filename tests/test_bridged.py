@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.air import AirTransport
+from gateway.air import AirTransport, Window
 from gateway.commands import Commands
 from gateway.copies import COPY_SPAN_S, Transmissions
 from gateway.serial_link import RadioLink
@@ -492,6 +492,25 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
     ]
 
 
+OTHER = bytes.fromhex("e1000000000000aa")
+
+
+def cabinet(now: list[float]) -> tuple[BareAir, BareAir]:
+    """Two bridges' transports in one cabinet, each the other's rival in RX2: the first for BATTERY, the second for OTHER."""
+    bridges: list[BareAir] = []
+    for node in (BATTERY, OTHER):
+        bridges.append(BareAir(node=node, clock=lambda: now[0], rivals=lambda: [bare.air for bare in bridges]))
+    bridges[1].air.bridge_id = b"\x02" * 8
+    return bridges[0], bridges[1]
+
+
+def uplink(bare: BareAir, at: int, freq: int, sf: int = 12) -> Window:
+    """The uplink of the bridge's node, reported: its windows are open, neither chosen yet."""
+    assert bare.air.late(at, freq, sf, 125_000) is not None
+    window = bare.air.windows[bare.node] = Window(at, freq, sf, 125_000)
+    return window
+
+
 @pytest.mark.parametrize(
     ("later_s", "sf", "rx1_spent", "window"),
     [
@@ -506,14 +525,9 @@ def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: 
     apart: both answers in RX2 (869.525 MHz, every bridge's) would be on air together, each drowning the other at
     its node (full tree-health: 22 of 204 RX2 downlinks at SF12 lost so). The second goes in RX1."""
     now = [1000.0]
-    other = bytes.fromhex("e1000000000000aa")
-    bridges: list[BareAir] = []
-    first = BareAir(clock=lambda: now[0], rivals=lambda: [bare.air for bare in bridges])
-    second = BareAir(node=other, clock=lambda: now[0], rivals=lambda: [bare.air for bare in bridges])
-    bridges += [first, second]
+    first, second = cabinet(now)
     first.owe(messages.ACK, 10, {"counters": [5]})
-    first.air.late(100_000, 868_100_000, 12, 125_000)
-    first.air.open(BATTERY, 100_000, 868_100_000, 12, 125_000)  # no event loop: both windows chosen at once
+    heard(first.air, 100_000, 868_100_000, 12, 125_000)  # no event loop: both windows chosen at once
     assert [tx["freq"] for tx in first.sent] == [869_525_000]
     now[0] += later_s
     at = 7_000_000 + int(later_s * 1000)  # another clock: the bridges booted at other times
@@ -521,9 +535,36 @@ def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: 
         second.air.bridge_clock.duty.spend(868_300_000, 35_990_000, at - 60_000)
     second.owe(messages.ACK, 20, {"counters": [7]})
     second.air.late(at, 868_300_000, sf, 125_000)
-    second.air.open(other, at, 868_300_000, sf, 125_000)
+    second.air.open(OTHER, at, 868_300_000, sf, 125_000)
     assert [tx["freq"] for tx in second.sent] == [868_300_000 if window == "rx1" else 869_525_000]
     assert second.air.counts["rx2_contested"] == (window == "rx1")
+
+
+@pytest.mark.parametrize("first_owes", [True, False])
+def test_of_two_rx2_answers_at_once_the_later_goes_in_rx1_and_only_it(first_owes: bool) -> None:
+    """The windows chosen in their real order (RX1 0.6 s after an uplink is heard, RX2 1.5 s after): the first
+    bridge keeps RX2, the second moves to RX1, and not both (on one channel both would meet again there). A first
+    bridge that owes its node nothing takes no RX2, and the second keeps it (found by the review of the first
+    version, which moved both, and moved for a window with nothing to send)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    if first_owes:
+        first.owe(messages.ACK, 10, {"counters": [5]})
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    window_a = uplink(first, 100_000, 868_100_000)
+    now[0] += 0.3
+    window_b = uplink(second, 7_000_300, 868_300_000)
+    now[0] += 0.3
+    first.air._decide(window_a)  # RX1's choice, 0.6 s after the first uplink
+    now[0] += 0.3
+    second.air._decide(window_b)
+    now[0] += 0.6
+    first.air._decide_rx2(window_a)  # RX2's, 1.5 s after
+    now[0] += 0.3
+    second.air._decide_rx2(window_b)
+    assert [tx["freq"] for tx in first.sent] == ([869_525_000] if first_owes else [])
+    assert [tx["freq"] for tx in second.sent] == [868_300_000 if first_owes else 869_525_000]
+    assert second.air.counts["rx2_contested"] == first_owes and first.air.counts["rx2_contested"] == 0
 
 
 def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
