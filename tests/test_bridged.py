@@ -540,6 +540,29 @@ def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: 
     assert second.air.counts["rx2_contested"] == (window == "rx1")
 
 
+def test_a_longer_rx2_frame_of_another_bridge_is_met_for_all_its_airtime_and_a_failed_rx1_is_not_counted() -> None:
+    """Each answer spans its own airtime: the first bridge's CONFIG at SF12 (61 bytes, 2.8 s) began 2 s before
+    the second's ACK (1.5 s) would, and still overlaps it; and an RX1 frame the bridge's link could not take is
+    not counted as moved (second review of 144ce00)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    first.owe(messages.CONFIG, 10, {"op": messages.CONFIG_SET, "id": 1, "values": {"interval": 900.0, "status_interval": 1800.0, "sf": 12}})
+    heard(first.air, 100_000, 868_100_000, 12, 125_000)
+    assert [tx["freq"] for tx in first.sent] == [869_525_000] and airtime_us(len(first.sent[0]["frame"]), 12) > 2_700_000
+    now[0] += 2.0
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.late(7_002_000, 868_300_000, 12, 125_000)
+    second.air.open(OTHER, 7_002_000, 868_300_000, 12, 125_000)
+    assert [tx["freq"] for tx in second.sent] == [868_300_000] and second.air.counts["rx2_contested"] == 1
+    second.sent.clear()
+    second.air._send = lambda bridge, tx: False  # the bridge's serial link is gone: nothing goes, in RX1 or RX2
+    second.owe(messages.ACK, 21, {"counters": [8]})
+    now[0] += 0.1  # the first bridge's CONFIG report is still on air when this RX2 would be
+    second.air.late(7_002_100, 868_300_000, 12, 125_000)
+    second.air.open(OTHER, 7_002_100, 868_300_000, 12, 125_000)
+    assert second.air.counts["rx2_contested"] == 1 and second.air.counts["dropped"] >= 1
+
+
 @pytest.mark.parametrize("first_owes", [True, False])
 def test_of_two_rx2_answers_at_once_the_later_goes_in_rx1_and_only_it(first_owes: bool) -> None:
     """The windows chosen in their real order (RX1 0.6 s after an uplink is heard, RX2 1.5 s after): the first
