@@ -342,15 +342,15 @@ class AirTransport:
         """When the window's RX2 frame is on air, its start and end on the gateway's clock: the frame sent for it, or,
         while RX2's is still to be chosen, the longest this bridge owes the node at the window's aim. None: none
         went or will (or the bridge's clock is not known)."""
-        offset = self.bridge_clock.offset_ms
-        if offset is None:
-            return None
         if window.rx2_bytes:
-            at, length = window.rx2_at, window.rx2_bytes
-        else:
-            length = 0 if window.rx2_used else self._longest(node_id)
-            at = window.at + RX2_DELAY_MS + RX_AIM_MS
-        if not length:
+            return self._on_air(window, window.rx2_at, window.rx2_bytes)
+        return self._on_air(window, window.at + RX2_DELAY_MS + RX_AIM_MS, 0 if window.rx2_used else self._longest(node_id))
+
+    def _on_air(self, window: Window, at: int, length: int) -> tuple[float, float] | None:
+        """When a frame of `length` bytes sent at `at` of the bridge's clock is on air, start and end on the
+        gateway's clock; None for no frame (0 bytes) or a bridge whose clock is not known."""
+        offset = self.bridge_clock.offset_ms
+        if offset is None or not length:
             return None
         start = (at - offset) / 1000
         return start, start + airtime_us(length, window.sf, window.bw) / 1e6
@@ -361,11 +361,10 @@ class AirTransport:
         RX2 on one channel, and two at one SF on two channels hear two uplinks ending together. The later of the two
         goes in RX1, on its uplink's channel (the earlier keeps RX2; of two at the same time, the lower bridge id).
         tree-health with two SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met another bridge's."""
-        offset = self.bridge_clock.offset_ms
-        if offset is None:
+        mine = self._on_air(window, window.at + RX2_DELAY_MS + RX_AIM_MS, length)
+        if mine is None:
             return False
-        start = (window.at + RX2_DELAY_MS + RX_AIM_MS - offset) / 1000
-        end = start + airtime_us(length, window.sf, window.bw) / 1e6
+        start, end = mine
         for rival in self._rivals():
             if rival is self:
                 continue

@@ -316,10 +316,10 @@ def test_the_best_copy_coming_after_the_answer_is_the_nodes_reception(radio: Rad
     assert dict(radio.bench.sessions.adr._node(BATTERY.hex()).snrs) == {1: 50}  # the best SNR of the frame
 
 
-def heard(air: AirTransport, at: int, freq: int, sf: int, bw: int) -> None:
-    """The battery node's uplink that ended at `at` reported to `air` (as the sessions do): its windows open."""
+def heard(air: AirTransport, at: int, freq: int, sf: int, bw: int, node: bytes = BATTERY) -> None:
+    """The node's uplink that ended at `at` reported to `air` (as the sessions do): its windows open."""
     assert air.late(at, freq, sf, bw) is not None
-    air.open(BATTERY, at, freq, sf, bw)
+    air.open(node, at, freq, sf, bw)
 
 
 def test_a_report_says_how_late_it_came_by_the_bridges_clock() -> None:
@@ -534,8 +534,7 @@ def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: 
     if rx1_spent:
         second.air.bridge_clock.duty.spend(868_300_000, 35_990_000, at - 60_000)
     second.owe(messages.ACK, 20, {"counters": [7]})
-    second.air.late(at, 868_300_000, sf, 125_000)
-    second.air.open(OTHER, at, 868_300_000, sf, 125_000)
+    heard(second.air, at, 868_300_000, sf, 125_000, OTHER)
     assert [tx["freq"] for tx in second.sent] == [868_300_000 if window == "rx1" else 869_525_000]
     assert second.air.counts["rx2_contested"] == (window == "rx1")
 
@@ -551,15 +550,13 @@ def test_a_longer_rx2_frame_of_another_bridge_is_met_for_all_its_airtime_and_a_f
     assert [tx["freq"] for tx in first.sent] == [869_525_000] and airtime_us(len(first.sent[0]["frame"]), 12) > 2_700_000
     now[0] += 2.0
     second.owe(messages.ACK, 20, {"counters": [7]})
-    second.air.late(7_002_000, 868_300_000, 12, 125_000)
-    second.air.open(OTHER, 7_002_000, 868_300_000, 12, 125_000)
+    heard(second.air, 7_002_000, 868_300_000, 12, 125_000, OTHER)
     assert [tx["freq"] for tx in second.sent] == [868_300_000] and second.air.counts["rx2_contested"] == 1
     second.sent.clear()
     second.air._send = lambda bridge, tx: False  # the bridge's serial link is gone: nothing goes, in RX1 or RX2
     second.owe(messages.ACK, 21, {"counters": [8]})
     now[0] += 0.1  # the first bridge's CONFIG report is still on air when this RX2 would be
-    second.air.late(7_002_100, 868_300_000, 12, 125_000)
-    second.air.open(OTHER, 7_002_100, 868_300_000, 12, 125_000)
+    heard(second.air, 7_002_100, 868_300_000, 12, 125_000, OTHER)
     assert second.air.counts["rx2_contested"] == 1 and second.air.counts["dropped"] >= 1
 
 
