@@ -318,6 +318,11 @@ class Node:
             self.out.dropped += 1
 
     def status(self):
+        last = self.status_counter
+        if self.on_air and last is not None and self.out.unaired(last) and not self.hal.uart.sending(last):
+            # The last one has not gone on air yet: it goes for this one. A counter spent on a frame that never goes
+            # would count as a frame lost in the gateway's delivery ratio and MISSING (SPEC.md 5.11)
+            return
         free = gc.mem_free()
         fields = {
             "uptime": self.hal.uptime_ms() // 1000,
@@ -335,8 +340,8 @@ class Node:
         # a minute as on a cable, and at SF11-12 a third of frames meet another; one lost would leave the
         # gateway an hour or two without its health and its radio's figures (SPEC.md 5.11)
         if self.on_air:
-            if self.status_counter is not None:
-                self.out.forget(self.status_counter)  # superseded: an older STATUS must not arrive after this one
+            if last is not None:
+                self.out.forget(last)  # superseded: an older STATUS must not arrive after this one
             self.status_counter = self.send(messages.STATUS, fields, fr.F_ACK_REQ)
         else:
             self.send(messages.STATUS, fields, 0)
@@ -511,7 +516,8 @@ class Node:
         # RX2 after a HELLO's ACK in RX1; a request made between the two went a minute later, the clock long set)
         if uptime - self.last_time >= self.time_request_ms() and self.may_send() and not (self.on_air and self.hal.uart.answering()):
             self.last_time = uptime
-            self.send(messages.TIME, {}, 0)  # ask again: clocks drift
+            if not (self.on_air and self.hal.uart.waiting(messages.TIME)):  # one still waiting to go asks for this one
+                self.send(messages.TIME, {}, 0)  # ask again: clocks drift
         if self.reset_at is not None and uptime >= self.reset_at:
             self.hal.reset()  # a `reboot` command: its answer is on flash and on the line
 

@@ -153,6 +153,14 @@ class RadioPort:
         # An uplink is on air or its receive windows are open or due: what the gateway answers may be coming
         return self.state != _IDLE
 
+    def sending(self, counter):
+        # The uplink of this counter (one asking for an ACK) is on air, or its receive windows are open or due
+        return self.aired is not None and int.from_bytes(self.aired, "big") == counter
+
+    def waiting(self, mtype):
+        # A frame of this type waits to go
+        return any(frame[_TYPE] == mtype for frame in self.queue)
+
     # -------------------------------------------------------------- the radio
 
     def busy(self):
@@ -161,9 +169,8 @@ class RadioPort:
 
     def enqueue(self, frame):
         counter = frame[_COUNTER : _COUNTER + 4]
-        asking = frame[_TYPE] == messages.TIME  # a node's TIME is a request: a newer replaces one still waiting
         for index in range(len(self.queue)):
-            if self.queue[index][_COUNTER : _COUNTER + 4] == counter or (asking and self.queue[index][_TYPE] == messages.TIME):
+            if self.queue[index][_COUNTER : _COUNTER + 4] == counter:
                 self.queue[index] = frame  # a retransmission of a frame still waiting: one copy, the newest
                 return
         if len(self.queue) >= _QUEUE:

@@ -259,6 +259,10 @@ class Outbox:
                 self._due[index] = now
                 self._delays[index] = _FIRST_RETRY_MS
 
+    def unaired(self, counter: int) -> bool:
+        # Kept, and no airing of it has ended yet (aired): on the air, it never went, or it is going now.
+        return counter in self.counters and counter not in self._aired
+
     def answered(self, key: object) -> tuple | None:
         for counter in self._tracked:
             if self._tracked[counter][0] == key:

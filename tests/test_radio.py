@@ -371,6 +371,11 @@ def test_a_radio_node_holds_an_event_until_its_clock_comes_on_micropython(microp
     # A node with no clock asks for one every 60 s (the gateway owes it no TIME until asked); one with it, not
     asked, most_waiting = out["asked"]
     assert time_requests(asked) and most_waiting == 1 and time_requests(out["at_59s"]) == []
+    # A request waiting to go stands for the next: none is made and dropped unsent, whose counter the gateway would
+    # count as a frame lost (its delivery ratio, MISSING)
+    idle, following = out["spent"]
+    on_air = {message.counter for message in decoded(out["at_99s"] + asked)}
+    assert idle and on_air == set(range(min(on_air), following)), (sorted(on_air), following)
     assert time_requests(out["after_time"] + out["later"]) == []
 
 
@@ -388,7 +393,13 @@ def test_a_radio_nodes_status_goes_once_it_has_the_time_and_until_acknowledged_o
     sent = statuses(out["unanswered"])
     assert len(sent) >= 2 and len({message.counter for message in sent}) == 1, sent  # one STATUS, sent again
     assert sent[0].flags & fr.F_ACK_REQ and sent[0].fields["air"]["tx"] >= 1  # its radio's figures after the HELLO
-    assert out["superseded"] == [False, True]  # a newer STATUS made: the older is forgotten, not sent after it
+    # A STATUS due while the last still waits to go, never on air: that one goes for it. A counter spent on a frame
+    # dropped unsent would count as a frame lost in the gateway's delivery ratio and MISSING
+    (first, following, waiting), after = out["unsent"]
+    assert first is not None and waiting and after == [first, following]
+    assert out["superseded"] == [False, True]  # one that went on air unacknowledged: forgotten, not sent after the newer
+    on_air, first, newer = out["on_air"]
+    assert on_air and newer > first  # so is one on air for the first time, its windows still to close
     newer = statuses(out["next"])
     assert newer and len({message.counter for message in newer}) == 1 and newer[0].counter > sent[0].counter, newer
     assert statuses(out["after_ack"]) == []  # acknowledged: not sent again, and the next is a day away

@@ -93,6 +93,7 @@ def run(folder):
     ack_all(node, 2000)
     run_until_quiet(node, clock, 120000)
     out["asked"] = [uplinks(lone.radio)[len(sent) :], waiting]
+    out["spent"] = [lone.uart.queue == [], node.counter.peek()]  # every counter taken below this went on air
     return out
 
 

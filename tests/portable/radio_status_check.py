@@ -22,6 +22,10 @@ def run(folder):
     out["before_time"] = uplinks(hal.radio)
     hal.uart.inbox.append(cobs.encode(time_frame(900, 1700000000, 250), True))  # as a receive window delivers it
     node.receive()
+    node.step()  # its first STATUS, made at once, waits for the HELLO's time-off
+    made = [node.status_counter, node.counter.peek(), node.hal.uart.waiting(messages.STATUS)]
+    node.status()  # the next, the first not yet on air: that one goes for it, and no counter is spent
+    out["unsent"] = [made, [node.status_counter, node.counter.peek()]]
     run_until_quiet(node, clock, 150000)  # nothing acknowledges it here: it goes again after each time-off
     sent = uplinks(hal.radio)
     out["unanswered"] = sent[len(out["before_time"]) :]
@@ -49,6 +53,21 @@ def run(folder):
         late.step()
         requests.append([late.hal.uart.answering(), any(f[1] == messages.TIME for f in late.hal.uart.queue)])
     out["late_asks"] = requests
+
+    # A STATUS due while the last is on air for the first time (its windows not yet closed): that one went, so the new
+    # one is made and replaces it
+    clock.now = 5000
+    busy = Node(EventHal(folder + "/busy", clock))
+    busy.status()
+    first = busy.status_counter
+    for _ in range(100):  # its first transmission waits up to 4 s
+        if busy.hal.uart.sending(first):
+            break
+        clock.now += 100
+        busy.hal.uart.pump()
+    on_air = busy.hal.uart.sending(first)
+    busy.status()
+    out["on_air"] = [on_air, first, busy.status_counter]
     return out
 
 
