@@ -75,9 +75,12 @@ RADIO_COMMIT_S = 0.5
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
 
 
-def _count_heard(node: Node, counter: int) -> None:
-    """The delivery ratio's count (a radio node's status `pdr`): each counter once, however late."""
+def _count_heard(node: Node, counter: int, hello: bool = False) -> None:
+    """The delivery ratio's count (a radio node's status `pdr`): each counter once, however late. The counters a
+    HELLO skips are not frames lost: after a reboot a node goes on from the counter it persisted ahead (SPEC.md 4.1)."""
     if counter not in node.radio_heard:
+        if hello and 0 <= node.radio_high < counter:
+            node.radio_skipped += counter - node.radio_high - 1
         node.radio_first = counter if node.radio_high < 0 else min(node.radio_first, counter)
         node.radio_high = max(node.radio_high, counter)
         node.radio_new += 1
@@ -133,6 +136,7 @@ class Node:
     radio_high: int = -1
     radio_new: int = 0
     radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
+    radio_skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
     transmissions: Transmissions = field(default_factory=Transmissions)  # which bridge's copy counts (gateway/copies.py)
     readings: int = 0  # readings safe (stored or published) since the agent started
     # Frames that never arrived (edgegw status' MISSING): counters skipped between frames that arrived this run,
@@ -145,6 +149,12 @@ class Node:
 
     def __post_init__(self) -> None:
         self.hex = node_hex(self.node_id)
+
+    def delivery_restart(self) -> None:
+        """The delivery ratio counts again from the next counter heard (a counter reset: the old span is not the new)."""
+        self.radio_first = self.radio_high = -1
+        self.radio_new = self.radio_skipped = 0
+        self.radio_heard = set()
 
     @property
     def missing(self) -> int:
@@ -583,6 +593,7 @@ class Sessions:
             )
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
             node.transmissions.counter_reset()
+            node.delivery_restart()
             self._moved[node.hex] = node
             node.untagged_moved = False
             node.key_after_reset = message.key_index == 0  # its key_id is saved once the reset window is (reset_saved)
@@ -803,7 +814,7 @@ class Sessions:
             # Broken, or played back by someone in range (copies.py): what it sends past that is counted, not
             # answered; the bridge's downlink budget is every node's
             radio.errors["over_duty_cycle"] += 1
-            _count_heard(node, message.counter)  # it came: the delivery ratio is the link's, not the node's manners
+            _count_heard(node, message.counter, message.type == messages.HELLO)  # it came: the ratio is the link's
             self._over_duty.note(
                 {"node": node.hex},
                 "node %s: frame %d not answered: heard on air for over twice its duty cycle in the last hour",
@@ -829,7 +840,7 @@ class Sessions:
             seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late, on_air)
         if seen.best and node.link is radio and isinstance(previous, RadioLink) and previous is not radio:
             previous.air.give_up(message.node_id)  # what the node was owed there goes in this bridge's windows
-        _count_heard(node, message.counter)
+        _count_heard(node, message.counter, message.type == messages.HELLO)
         if not seen.first:  # a retransmission or a replay: its best copy's bridge has the window for its answer
             if not seen.best and previous is not None:
                 node.link = previous
@@ -838,7 +849,7 @@ class Sessions:
             self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
         if seen.best:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
-            span = node.radio_high - node.radio_first + 1
+            span = node.radio_high - node.radio_first + 1 - node.radio_skipped
             pdr = round(node.radio_new / span, 3) if span > 0 else None
             advice = self.adr.summary(node.hex)
             introduced = not node.radio

@@ -663,13 +663,29 @@ def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Ra
     assert node.radio["pdr"] == 1.0  # every counter of the span arrived at last
     # A restarted gateway has heard nothing of the node yet; its window (from disk) calls the retransmission of a
     # frame stored before the restart a duplicate, but this run heard it: the ratio counts it, once
-    node.radio_first = node.radio_high = -1
-    node.radio_new = 0
-    node.radio_heard = set()
+    node.delivery_restart()
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 4, {"samples": [0, 4, 0]}), rssi=-80)
     assert radio.bench.stored() == [2, 4, 3] and node.radio["pdr"] == 1.0  # stored once all the same
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 6, {"samples": [0, 6, 0]}), rssi=-70)
     assert node.radio["pdr"] == 0.667  # 4 and 6 of 4-6
+
+
+def test_the_delivery_ratio_leaves_out_what_a_reboot_skips_and_starts_again_at_a_counter_reset(radio: Radio) -> None:
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO))
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    for counter in (2, 4):  # 3 lost
+        radio.relay("/dev/ttyA", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}))
+    # Rebooted: its counter moved on to its next flash block (SPEC.md 4.1); 5-64 were never sent
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 65, NODE_HELLO))
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 67, {"samples": [0, 67, 0]}))  # 66 lost
+    assert node.missing == 2 and node.radio["pdr"] == 0.714  # 5 of 1-4 and 65-67, as MISSING counts 3 and 66
+    # Later, provisioned anew (a new board under the node's id): its counter starts again, and so does the ratio
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 400, {"samples": [0, 400, 0]}))
+    radio.bench.safe_all()  # its readings committed: the window moved
+    node.info.pop("key_id", None)  # no frame under this key accepted yet (gateway/sessions.py _may_reset)
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO))
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2, 0]}))
+    assert node.window.highest == 1 and node.radio["pdr"] == 1.0  # reset, and 1-2 heard
 
 
 class _Now:
