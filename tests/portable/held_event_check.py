@@ -94,6 +94,17 @@ def run(folder):
     run_until_quiet(node, clock, 120000)
     out["asked"] = [uplinks(lone.radio)[len(sent) :], waiting]
     out["spent"] = [lone.uart.queue == [], node.counter.peek()]  # every counter taken below this went on air
+
+    # Four frames nothing acknowledges keep the port's queue full: the requests due meanwhile would be refused
+    clock.now = 0
+    crowded = EventHal(folder + "/crowded", clock)
+    node = Node(crowded)
+    ack_all(node, 3000)  # its HELLO: the node asks for the time every 60 s
+    for index in range(4):
+        node.send(messages.READINGS, {"samples": [0, index, 0]})
+    run_until_quiet(node, clock, 600000)
+    waiting = [int.from_bytes(frame[11:15], "big") for frame in crowded.uart.queue if frame[1] == messages.TIME]
+    out["crowded"] = [crowded.uart.dropped, uplinks(crowded.radio), waiting, node.out.counters, node.counter.peek()]
     return out
 
 
