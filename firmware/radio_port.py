@@ -7,9 +7,9 @@
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
 #   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway, then the rest, each oldest
 #   counter first (_rank), except that of the node's own frames the one sent last, not acknowledged, goes after
-#   the next; when more come, the last in that order of those still in the node's ring is left out (counted in
-#   `dropped`: it comes again when its retransmission is due), and one the node does not keep (a TIME request, an
-#   answer) only if no such frame waits. A frame of the node's own schedule
+#   the next; when more come, the last in that order is left out (counted in `dropped`: it is still in the
+#   node's ring and comes again when its retransmission is due), except that of the node's own schedule such a frame
+#   is left out before a TIME request, which the node does not keep (_giving_way). A frame of the node's own schedule
 #   (not a HELLO, event or answer) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
 #   as every frame does after a time-off: periodic rounds must not line up with another node's (a HELLO, event or
 #   answer written meanwhile goes at once). A frame the node no longer wants (acknowledged
@@ -78,6 +78,14 @@ def _rank(frame):
     mtype = frame[_TYPE]
     first = 0 if mtype == messages.HELLO else 1 if frame[_FLAGS] & F_PRIORITY else 2 if mtype in _ANSWERS else 3
     return (first, frame[_COUNTER : _COUNTER + 4])
+
+
+def _giving_way(frame):
+    # Which frame a full queue leaves out first: the last in sending order, except that of the node's own schedule one
+    # it keeps in its ring (ACK_REQ: it comes again when due) goes before one it does not (a TIME request: lost, and
+    # its counter with it, which the gateway would count as a frame lost)
+    rank = _rank(frame)
+    return (rank[0], rank[0] == 3 and frame[_FLAGS] & F_ACK_REQ != 0, rank[1])
 
 
 class RadioPort:
@@ -175,17 +183,11 @@ class RadioPort:
                 self.queue[index] = frame  # a retransmission of a frame still waiting: one copy, the newest
                 return
         if len(self.queue) >= _QUEUE:
-            # The last in order of the frames the node keeps in its ring (ACK_REQ) gives way, this one included: it
-            # comes again when its retransmission is due. One it does not keep (a TIME request, an answer) would be
-            # lost, and the gateway would count its counter as a frame lost; it gives way only if no kept frame waits
             self.dropped += 1
-            victim = -1
-            for index in range(len(self.queue)):
-                if self.queue[index][_FLAGS] & F_ACK_REQ:
-                    victim = index
-            if frame[_FLAGS] & F_ACK_REQ and (victim < 0 or _rank(self.queue[victim]) < _rank(frame)):
-                return
-            self.queue.pop(victim)
+            last = max(range(len(self.queue)), key=lambda index: _giving_way(self.queue[index]))
+            if _giving_way(self.queue[last]) < _giving_way(frame):
+                return  # the node keeps it in its ring: it comes again when its retransmission is due
+            self.queue.pop(last)
         index = len(self.queue)
         rank = _rank(frame)
         while index and _rank(self.queue[index - 1]) > rank:

@@ -280,6 +280,16 @@ def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> N
     # Of the node's own frames the one the air lost goes after the next waiting (a STATUS is not held back for
     # good behind a READINGS a weak node keeps losing); events go in their order all the same
     assert out["again"] == [20, 21, 20, 30, 30]
+    # A full queue: the last in sending order is left out (counted), except that a READINGS the node keeps goes
+    # before a TIME request it does not; events and answers go before a TIME request as before
+    assert out["full"] == [
+        [41, 42, 43, 45, 1],  # 44 left out: it comes again when due; the request would have been lost
+        [41, 42, 43, 44, 1],  # 45 refused, for the same reason
+        [41, 42, 43, 44, 1],  # events go first: the request (40) is left out
+        [41, 42, 43, 45, 1],  # and so it is for a newer event
+        [41, 42, 43, 44, 1],  # and for an answer to the gateway
+        [41, 42, 43, 44, 1],  # among answers (an ACK not kept, a COMMAND_RESULT kept) their order alone decides
+    ]
     assert counter == 7 and tx_end + 2000 + 500 <= at <= tx_end + 2000 + 600
     assert out["queued"] == [True, False]  # a RADIO_TX 20 s ahead is refused: no window is that far
     assert out["bridge_sent"] == [1, [["configure", 869_525_000, 9, True], ["send", 20]]]  # a downlink: inverted I/Q

@@ -126,6 +126,32 @@ def run():
     aired_next(reading(30, event), reading(31, event))  # an event again, and a newer one: in their order
     out["again"] = sent
 
+    # A full queue (4 frames) leaves out the last in sending order (kept in the node's ring, it comes again), except
+    # that of the node's own schedule one it keeps goes before a TIME request, which it does not keep
+    def left_in(*frames):
+        port = idle_port()
+        for frame in frames:
+            port.write(encode(frame))
+        return [int.from_bytes(frame[11:15], "big") for frame in port.queue] + [port.dropped]
+
+    def time_request(counter):
+        return Message(messages.TIME, b"\x00" * 8, counter, {}, 0)
+
+    def answer(counter):
+        return Message(messages.ACK, b"\x00" * 8, counter, {"counters": [7]}, 0)
+
+    def result(counter):
+        return Message(messages.COMMAND_RESULT, b"\x00" * 8, counter, {"id": 1, "outcome": 0}, F_ACK_REQ)
+
+    out["full"] = [
+        left_in(reading(41), reading(42), reading(43), reading(44), time_request(45)),
+        left_in(reading(41), reading(42), reading(43), time_request(44), reading(45)),
+        left_in(time_request(40), reading(41, event), reading(42, event), reading(43, event), reading(44, event)),
+        left_in(reading(41, event), reading(42, event), reading(43, event), time_request(44), reading(45, event)),
+        left_in(answer(41), answer(42), answer(43), time_request(40), answer(44)),
+        left_in(answer(41), answer(42), result(43), answer(44), answer(45)),
+    ]
+
     bridge_radio = Radio()
     bridge = Bridge(bridge_radio, 868100000, 9)
 
