@@ -33,7 +33,7 @@ from protocols import errors as perr
 from protocols import frame as fr
 from protocols.airtime import airtime_us
 from protocols.lora import SF_MAX, SF_MIN, SNR_FLOOR_DB10
-from protocols.window import DUPLICATE, NEW
+from protocols.window import DUPLICATE, NEW, STALE
 
 from . import senml
 from .air import AirTransport
@@ -69,6 +69,7 @@ _AIR_FIELDS = (
     *("power", "margin", "fallback"),
 )
 _PDR_SPAN = 256  # counters a radio node's delivery ratio remembers it heard
+_SKIPS_KEPT = 8  # a radio node's latest reboots whose skipped counters its delivery ratio leaves out of the span
 # A radio node's frame is committed within this long of its arrival (not the [buffer] commit_wait): its ACK must be
 # queued before the gateway chooses the frame of the node's second receive window (gateway/air.py, DECIDE_RX2_S)
 RADIO_COMMIT_S = 0.5
@@ -79,8 +80,11 @@ def _count_heard(node: Node, counter: int, hello: bool = False) -> None:
     """The delivery ratio's count (a radio node's status `pdr`): each counter once, however late. The counters a
     HELLO skips are not frames lost: after a reboot a node goes on from the counter it persisted ahead (SPEC.md 4.1)."""
     if counter not in node.radio_heard:
-        if hello and 0 <= node.radio_high < counter:
+        if hello and 0 <= node.radio_high < counter - 1:
+            node.radio_skips = [*node.radio_skips[1 - _SKIPS_KEPT :], (node.radio_high + 1, counter)]
             node.radio_skipped += counter - node.radio_high - 1
+        elif any(low <= counter < high for low, high in node.radio_skips):
+            node.radio_skipped -= 1  # from before the reboot after all, heard late (another bridge's copy)
         node.radio_first = counter if node.radio_high < 0 else min(node.radio_first, counter)
         node.radio_high = max(node.radio_high, counter)
         node.radio_new += 1
@@ -137,6 +141,7 @@ class Node:
     radio_new: int = 0
     radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
     radio_skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
+    radio_skips: list[tuple[int, int]] = field(default_factory=list)  # [first, end) of the latest such skips
     transmissions: Transmissions = field(default_factory=Transmissions)  # which bridge's copy counts (gateway/copies.py)
     readings: int = 0  # readings safe (stored or published) since the agent started
     # Frames that never arrived (edgegw status' MISSING): counters skipped between frames that arrived this run,
@@ -155,6 +160,7 @@ class Node:
         self.radio_first = self.radio_high = -1
         self.radio_new = self.radio_skipped = 0
         self.radio_heard = set()
+        self.radio_skips = []
 
     @property
     def missing(self) -> int:
@@ -807,6 +813,7 @@ class Sessions:
         node = self._by_id.get(message.node_id)
         previous = node.link if node is not None else None
         verdict = node.window.check(message.counter) if node is not None else NEW  # NEW: not a copy the gateway has
+        window = node.window if node is not None else None
         seen = None
         if node is not None and message.key_index >= 0:
             seen = node.transmissions.copy(message.counter, fields["rssi"], verdict == NEW, channel, late, on_air)
@@ -814,7 +821,8 @@ class Sessions:
             # Broken, or played back by someone in range (copies.py): what it sends past that is counted, not
             # answered; the bridge's downlink budget is every node's
             radio.errors["over_duty_cycle"] += 1
-            _count_heard(node, message.counter, message.type == messages.HELLO)  # it came: the ratio is the link's
+            if verdict != STALE:  # it came: the ratio is the link's, not the node's manners
+                _count_heard(node, message.counter, message.type == messages.HELLO)
             self._over_duty.note(
                 {"node": node.hex},
                 "node %s: frame %d not answered: heard on air for over twice its duty cycle in the last hour",
@@ -840,7 +848,8 @@ class Sessions:
             seen = node.transmissions.copy(message.counter, fields["rssi"], True, channel, late, on_air)
         if seen.best and node.link is radio and isinstance(previous, RadioLink) and previous is not radio:
             previous.air.give_up(message.node_id)  # what the node was owed there goes in this bridge's windows
-        _count_heard(node, message.counter, message.type == messages.HELLO)
+        if verdict != STALE or node.window is not window:  # behind the window: played back (refused), unless it reset it
+            _count_heard(node, message.counter, message.type == messages.HELLO)
         if not seen.first:  # a retransmission or a replay: its best copy's bridge has the window for its answer
             if not seen.best and previous is not None:
                 node.link = previous

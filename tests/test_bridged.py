@@ -679,13 +679,27 @@ def test_the_delivery_ratio_leaves_out_what_a_reboot_skips_and_starts_again_at_a
     radio.relay("/dev/ttyA", on_air(messages.HELLO, 65, NODE_HELLO))
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 67, {"samples": [0, 67, 0]}))  # 66 lost
     assert node.missing == 2 and node.radio["pdr"] == 0.714  # 5 of 1-4 and 65-67, as MISSING counts 3 and 66
+    # Late copies, through the other bridge, of 3 and of 5, sent just before the reboot; then 66
+    for counter in (3, 5):
+        radio.relay("/dev/ttyB", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}), decide=False)
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 66, {"samples": [0, 66, 0]}))
+    assert node.radio["pdr"] == 1.0  # 1-5 and 65-67 all came: 5 counts once, not also as skipped
+    # A recording of its first HELLO played back far behind the window (refused) after a gateway restart (which
+    # heard 367 and 368 of the node): it says nothing of the link
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 367, {"samples": [0, 367, 0]}))
+    radio.bench.safe_all()
+    node.delivery_restart()
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 368, {"samples": [0, 368, 0]}))
+    radio.relay("/dev/ttyB", on_air(messages.HELLO, 1, NODE_HELLO), decide=False)
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 369, {"samples": [0, 369, 0]}))
+    assert node.radio["pdr"] == 1.0
     # Later, provisioned anew (a new board under the node's id): its counter starts again, and so does the ratio
-    radio.relay("/dev/ttyA", on_air(messages.READINGS, 400, {"samples": [0, 400, 0]}))
     radio.bench.safe_all()  # its readings committed: the window moved
     node.info.pop("key_id", None)  # no frame under this key accepted yet (gateway/sessions.py _may_reset)
     radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO))
-    radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2, 0]}))
-    assert node.window.highest == 1 and node.radio["pdr"] == 1.0  # reset, and 1-2 heard
+    assert node.window.highest == 1 and node.radio["pdr"] == 1.0  # reset, and its HELLO counted
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 3, 0]}))
+    assert node.radio["pdr"] == 0.667  # 1 and 3 of 1-3
 
 
 class _Now:
