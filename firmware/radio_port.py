@@ -7,10 +7,9 @@
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
 #   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway, then the rest, each oldest
 #   counter first (_rank), except that of the node's own frames the one sent last, not acknowledged, goes after
-#   the next; when more come, the last in that order is left out (counted in `dropped`: it is still in the
-#   node's ring and comes again when its retransmission is due), except that of the node's own schedule such a frame
-#   is left out before a TIME request, which the node does not keep (_giving_way). A frame of the node's own schedule
-#   (not a HELLO, event or answer) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
+#   the next; when more come, the last in that order is left out (counted in `dropped`: one the node keeps in its
+#   ring comes again when its retransmission is due). A frame of the node's own schedule
+#   (not a HELLO, event, answer or TIME request) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
 #   as every frame does after a time-off: periodic rounds must not line up with another node's (a HELLO, event or
 #   answer written meanwhile goes at once). A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
@@ -57,7 +56,7 @@ _TX_SLACK_MS = const(500)  # past a transmission's airtime without TxDone: the r
 _TYPE = const(1)  # header offsets (protocols/frame.py _HEADER)
 _FLAGS = const(2)
 _COUNTER = const(11)
-_ANSWERS = (messages.ACK, messages.CONFIG, messages.COMMAND_RESULT)  # a node's CONFIG is a report
+_EXCHANGES = (messages.ACK, messages.CONFIG, messages.COMMAND_RESULT, messages.TIME)  # a node's CONFIG is a report, its TIME a request
 
 _IDLE = const(0)
 _TX = const(1)
@@ -74,18 +73,13 @@ def _rank(frame):
     # The order frames wait in: a HELLO first (nothing else is taken before it), then events (PRIORITY: a
     # flood alarm must not wait a minute behind the answers of a CONFIG exchange, measured in
     # flood-warning-radio), then what answers the gateway (ACK, CONFIG report, COMMAND_RESULT: a command
-    # waits on it), then the rest; each by counter.
+    # waits on it) and a TIME request, then the rest; each by counter. A TIME request is a few bytes, and a node's
+    # clock, its held events and its first STATUS wait on it: behind a READINGS it waited that frame's time-off (at
+    # SF12 over 4 minutes; tree-health's last probes then had too little time for two STATUS). Not kept in the
+    # node's ring, it would also be lost, with its counter, to any READINGS a full queue took instead.
     mtype = frame[_TYPE]
-    first = 0 if mtype == messages.HELLO else 1 if frame[_FLAGS] & F_PRIORITY else 2 if mtype in _ANSWERS else 3
+    first = 0 if mtype == messages.HELLO else 1 if frame[_FLAGS] & F_PRIORITY else 2 if mtype in _EXCHANGES else 3
     return (first, frame[_COUNTER : _COUNTER + 4])
-
-
-def _giving_way(frame):
-    # Which frame a full queue leaves out first: the last in sending order, except that of the node's own schedule one
-    # it keeps in its ring (ACK_REQ: it comes again when due) goes before one it does not (a TIME request: lost, and
-    # its counter with it, which the gateway would count as a frame lost)
-    rank = _rank(frame)
-    return (rank[0], rank[0] == 3 and frame[_FLAGS] & F_ACK_REQ != 0, rank[1])
 
 
 class RadioPort:
@@ -184,10 +178,9 @@ class RadioPort:
                 return
         if len(self.queue) >= _QUEUE:
             self.dropped += 1
-            last = max(range(len(self.queue)), key=lambda index: _giving_way(self.queue[index]))
-            if _giving_way(self.queue[last]) < _giving_way(frame):
+            if _rank(self.queue[-1]) < _rank(frame):
                 return  # the node keeps it in its ring: it comes again when its retransmission is due
-            self.queue.pop(last)
+            self.queue.pop()
         index = len(self.queue)
         rank = _rank(frame)
         while index and _rank(self.queue[index - 1]) > rank:
@@ -203,7 +196,7 @@ class RadioPort:
                 self.not_before = now + _chance(airtime_us(len(frame), self.sf))
                 self.chanced = True
         elif rank[0] < 3 and self.chanced:
-            # A HELLO, event or answer goes at once (someone waits for it), not after that chance (at SF12 up to
+            # A HELLO, event, answer or TIME request goes at once (someone waits for it), not after that chance (at SF12 up to
             # 37 s): the time-off was over when it was drawn
             self.not_before = self.clock()
             self.chanced = False
