@@ -5,13 +5,13 @@
 # over a cable and over the air; only the timing is the radio's:
 #
 # - A frame waits for the EU868 duty cycle of its sub-band (protocols/dutycycle.py); it is never sent
-#   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway, then the rest, each oldest
-#   counter first (_rank), except that of the node's own frames the one sent last, not acknowledged, goes after
-#   the next; when more come, the last in that order is left out (counted in `dropped`: one the node keeps in its
-#   ring comes again when its retransmission is due). A frame of the node's own schedule
-#   (not a HELLO, event, answer or TIME request) that finds the port idle and its time-off over still waits a random 0 .. chance_ms,
-#   as every frame does after a time-off: periodic rounds must not line up with another node's (a HELLO, event or
-#   answer written meanwhile goes at once). A frame the node no longer wants (acknowledged
+#   before. At most _QUEUE wait, a HELLO first, then events, then answers to the gateway and TIME requests, then the
+#   rest, each oldest counter first (_rank), except that of the node's own frames the one sent last, not
+#   acknowledged, goes after the next; when more come, the last in that order is left out (counted in `dropped`: one
+#   the node keeps in its ring comes again when its retransmission is due). A frame of the node's own schedule (not
+#   a HELLO, event, answer or request) that finds the port idle and its time-off over still waits a random
+#   0 .. chance_ms, as every frame does after a time-off: periodic rounds must not line up with another node's (a
+#   HELLO, event, answer or request written meanwhile goes at once). A frame the node no longer wants (acknowledged
 #   meanwhile: `wanted`) is dropped unsent; a retransmission of a frame still waiting replaces it.
 #   `busy` tells the node to keep its samples for a later, fuller frame rather than queue another.
 # - The uplink hops over its channels (1 %); two receive windows listen at the node's SF, the first on
@@ -56,7 +56,8 @@ _TX_SLACK_MS = const(500)  # past a transmission's airtime without TxDone: the r
 _TYPE = const(1)  # header offsets (protocols/frame.py _HEADER)
 _FLAGS = const(2)
 _COUNTER = const(11)
-_EXCHANGES = (messages.ACK, messages.CONFIG, messages.COMMAND_RESULT, messages.TIME)  # a node's CONFIG is a report, its TIME a request
+# A node's CONFIG is a report, its TIME a request
+_EXCHANGES = (messages.ACK, messages.CONFIG, messages.COMMAND_RESULT, messages.TIME)
 
 _IDLE = const(0)
 _TX = const(1)
@@ -196,8 +197,8 @@ class RadioPort:
                 self.not_before = now + _chance(airtime_us(len(frame), self.sf))
                 self.chanced = True
         elif rank[0] < 3 and self.chanced:
-            # A HELLO, event, answer or TIME request goes at once (someone waits for it), not after that chance (at SF12 up to
-            # 37 s): the time-off was over when it was drawn
+            # A HELLO, event, answer or TIME request goes at once (someone waits for it), not after that chance (at
+            # SF12 up to 37 s): the time-off was over when it was drawn
             self.not_before = self.clock()
             self.chanced = False
 
