@@ -40,6 +40,7 @@ from .air import AirTransport
 from .committer import CommitResult, Pending
 from .copies import Transmissions
 from .counters import DownlinkCounters
+from .delivery import DeliveryRatio
 from .fast_decode import ReceivedMessage, decode_frame
 from .homeassistant import HomeAssistant
 from .keystore import Keystore, key_id
@@ -68,29 +69,10 @@ _AIR_FIELDS = (
     *("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq"),
     *("power", "margin", "fallback"),
 )
-_PDR_SPAN = 256  # counters a radio node's delivery ratio remembers it heard
-_SKIPS_KEPT = 8  # a radio node's latest reboots whose skipped counters its delivery ratio leaves out of the span
 # A radio node's frame is committed within this long of its arrival (not the [buffer] commit_wait): its ACK must be
 # queued before the gateway chooses the frame of the node's second receive window (gateway/air.py, DECIDE_RX2_S)
 RADIO_COMMIT_S = 0.5
 _REQUESTS_KEPT = 64  # counters of a node's latest requests (send_request) kept, to tell a REJECT stale of one
-
-
-def _count_heard(node: Node, counter: int, hello: bool = False) -> None:
-    """The delivery ratio's count (a radio node's status `pdr`): each counter once, however late. The counters a
-    HELLO skips are not frames lost: after a reboot a node goes on from the counter it persisted ahead (SPEC.md 4.1)."""
-    if counter not in node.radio_heard:
-        if hello and 0 <= node.radio_high < counter - 1:
-            node.radio_skips = [*node.radio_skips[1 - _SKIPS_KEPT :], (node.radio_high + 1, counter)]
-            node.radio_skipped += counter - node.radio_high - 1
-        elif any(low <= counter < high for low, high in node.radio_skips):
-            node.radio_skipped -= 1  # from before the reboot after all, heard late (another bridge's copy)
-        node.radio_first = counter if node.radio_high < 0 else min(node.radio_first, counter)
-        node.radio_high = max(node.radio_high, counter)
-        node.radio_new += 1
-        node.radio_heard.add(counter)
-        if len(node.radio_heard) > 2 * _PDR_SPAN:  # bounded: a counter this far back will not come again
-            node.radio_heard = {c for c in node.radio_heard if c > node.radio_high - _PDR_SPAN}
 
 
 def link_margin(fields: dict[str, Any]) -> dict[str, Any]:
@@ -132,16 +114,7 @@ class Node:
     key_after_reset: bool = False  # a tagged HELLO reset its window: the key is recorded once the reset is on disk
     untagged_moved: bool = False  # untagged frames of this keyed node moved its window (a require_auth = false port)
     radio: dict[str, Any] = field(default_factory=dict)  # heard through a bridge: rssi, snr, sf, freq, bridge (best), pdr
-    # Counters heard over the air since this gateway started, for the packet delivery ratio: distinct counters
-    # heard / the span they cover (a counter first heard as a retransmission counts: what was lost is what never
-    # arrived at all; a copy another bridge brought does not count twice; nor does the window decide, which
-    # after a restart calls a frame stored before it a duplicate though this run never heard it)
-    radio_first: int = -1
-    radio_high: int = -1
-    radio_new: int = 0
-    radio_heard: set[int] = field(default_factory=set)  # the counters counted, the last _PDR_SPAN of them
-    radio_skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
-    radio_skips: list[tuple[int, int]] = field(default_factory=list)  # [first, end) of the latest such skips
+    delivery: DeliveryRatio = field(default_factory=DeliveryRatio)  # its radio status' pdr (gateway/delivery.py)
     transmissions: Transmissions = field(default_factory=Transmissions)  # which bridge's copy counts (gateway/copies.py)
     readings: int = 0  # readings safe (stored or published) since the agent started
     # Frames that never arrived (edgegw status' MISSING): counters skipped between frames that arrived this run,
@@ -154,13 +127,6 @@ class Node:
 
     def __post_init__(self) -> None:
         self.hex = node_hex(self.node_id)
-
-    def delivery_restart(self) -> None:
-        """The delivery ratio counts again from the next counter heard (a counter reset: the old span is not the new)."""
-        self.radio_first = self.radio_high = -1
-        self.radio_new = self.radio_skipped = 0
-        self.radio_heard = set()
-        self.radio_skips = []
 
     @property
     def missing(self) -> int:
@@ -599,7 +565,7 @@ class Sessions:
             )
             node.window = CounterWindow(message.counter, 1)  # a new object: frames queued before stay out of it
             node.transmissions.counter_reset()
-            node.delivery_restart()
+            node.delivery = DeliveryRatio()  # the old counters' span is not the new ones'
             self._moved[node.hex] = node
             node.untagged_moved = False
             node.key_after_reset = message.key_index == 0  # its key_id is saved once the reset window is (reset_saved)
@@ -822,7 +788,7 @@ class Sessions:
             # answered; the bridge's downlink budget is every node's
             radio.errors["over_duty_cycle"] += 1
             if verdict != STALE:  # it came: the ratio is the link's, not the node's manners
-                _count_heard(node, message.counter, message.type == messages.HELLO)
+                node.delivery.count(message.counter, message.type == messages.HELLO)
             self._over_duty.note(
                 {"node": node.hex},
                 "node %s: frame %d not answered: heard on air for over twice its duty cycle in the last hour",
@@ -849,7 +815,7 @@ class Sessions:
         if seen.best and node.link is radio and isinstance(previous, RadioLink) and previous is not radio:
             previous.air.give_up(message.node_id)  # what the node was owed there goes in this bridge's windows
         if verdict != STALE or node.window is not window:  # behind the window: played back (refused), unless it reset it
-            _count_heard(node, message.counter, message.type == messages.HELLO)
+            node.delivery.count(message.counter, message.type == messages.HELLO)
         if not seen.first:  # a retransmission or a replay: its best copy's bridge has the window for its answer
             if not seen.best and previous is not None:
                 node.link = previous
@@ -858,12 +824,17 @@ class Sessions:
             self.adr.heard(node.hex, message.counter, fields["snr"], fields["sf"])
         if seen.best:
             reception = {"rssi": fields["rssi"], "snr": fields["snr"], "sf": fields["sf"], "freq": fields["freq"]}
-            span = node.radio_high - node.radio_first + 1 - node.radio_skipped
-            pdr = round(node.radio_new / span, 3) if span > 0 else None
             advice = self.adr.summary(node.hex)
             introduced = not node.radio
             node.radio = json_value(
-                {**reception, "bridge": bridge.hex, "counter": message.counter, "pdr": pdr, **link_margin(fields), **advice}
+                {
+                    **reception,
+                    "bridge": bridge.hex,
+                    "counter": message.counter,
+                    "pdr": node.delivery.ratio(),
+                    **link_margin(fields),
+                    **advice,
+                }
             )
             if introduced:  # first heard over the air: the technician sees its link at once (changes: with the readings,
                 self.presenter.status(node, force=True)  # STATUS_REPUBLISH_S; not each copy that bettered another)

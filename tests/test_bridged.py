@@ -19,6 +19,7 @@ import pytest
 from gateway.air import AirTransport, Window
 from gateway.commands import Commands
 from gateway.copies import COPY_SPAN_S, Transmissions
+from gateway.delivery import DeliveryRatio
 from gateway.serial_link import RadioLink
 from gateway.store import Store
 from gateway.store_worker import StoreWorker
@@ -663,7 +664,7 @@ def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Ra
     assert node.radio["pdr"] == 1.0  # every counter of the span arrived at last
     # A restarted gateway has heard nothing of the node yet; its window (from disk) calls the retransmission of a
     # frame stored before the restart a duplicate, but this run heard it: the ratio counts it, once
-    node.delivery_restart()
+    node.delivery = DeliveryRatio()
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 4, {"samples": [0, 4, 0]}), rssi=-80)
     assert radio.bench.stored() == [2, 4, 3] and node.radio["pdr"] == 1.0  # stored once all the same
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 6, {"samples": [0, 6, 0]}), rssi=-70)
@@ -688,7 +689,7 @@ def test_the_delivery_ratio_leaves_out_what_a_reboot_skips_and_starts_again_at_a
     # heard 367 and 368 of the node): it says nothing of the link
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 367, {"samples": [0, 367, 0]}))
     radio.bench.safe_all()
-    node.delivery_restart()
+    node.delivery = DeliveryRatio()
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 368, {"samples": [0, 368, 0]}))
     radio.relay("/dev/ttyB", on_air(messages.HELLO, 1, NODE_HELLO), decide=False)
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 369, {"samples": [0, 369, 0]}))

@@ -1,0 +1,46 @@
+"""A radio node's packet delivery ratio (its status `pdr`, SPEC.md §5.11): the counters heard over the air since
+this gateway started, each once however late, over the span they cover.
+
+A counter first heard as a retransmission counts: what was lost is what never arrived at all. A copy another bridge
+brought does not count twice; nor does the counter window decide, which after a restart calls a frame stored before
+it a duplicate though this run never heard it. The counters a HELLO skips are not frames lost: after a reboot a
+node goes on from the counter it persisted ahead (SPEC.md §4.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SPAN = 256  # counters the ratio remembers it heard
+SKIPS_KEPT = 8  # a node's latest reboots whose skipped counters the ratio leaves out of the span
+
+
+@dataclass
+class DeliveryRatio:
+    first: int = -1
+    high: int = -1
+    new: int = 0
+    heard: set[int] = field(default_factory=set)  # the counters counted, the last SPAN of them
+    skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
+    skips: list[tuple[int, int]] = field(default_factory=list)  # [first, end) of the latest such skips
+
+    def count(self, counter: int, hello: bool = False) -> None:
+        """A counter heard (of a HELLO: the counters it skipped were never sent)."""
+        if counter in self.heard:
+            return
+        if hello and 0 <= self.high < counter - 1:
+            self.skips = [*self.skips[1 - SKIPS_KEPT :], (self.high + 1, counter)]
+            self.skipped += counter - self.high - 1
+        elif any(low <= counter < end for low, end in self.skips):
+            self.skipped -= 1  # from before the reboot after all, heard late (another bridge's copy)
+        self.first = counter if self.high < 0 else min(self.first, counter)
+        self.high = max(self.high, counter)
+        self.new += 1
+        self.heard.add(counter)
+        if len(self.heard) > 2 * SPAN:  # bounded: a counter this far back will not come again
+            self.heard = {c for c in self.heard if c > self.high - SPAN}
+
+    def ratio(self) -> float | None:
+        """Counters heard over their span, to 3 decimals; None before the first."""
+        span = self.high - self.first + 1 - self.skipped
+        return round(self.new / span, 3) if span > 0 else None
