@@ -95,7 +95,8 @@ def run(folder):
     ack_all(node, 2000)
     run_until_quiet(node, clock, 120000)
     out["asked"] = [uplinks(lone.radio)[len(sent) :], waiting]
-    out["spent"] = [lone.uart.queue == [], node.counter.peek()]  # every counter taken below this went on air
+    # every counter taken below this went on air, at some time of the run
+    out["spent"] = [lone.uart.queue == [], uplinks(lone.radio), node.counter.peek()]
 
     # Four frames nothing acknowledges keep the port's queue full: the requests due meanwhile would be refused
     clock.now = 0
