@@ -1,10 +1,15 @@
 """A radio node's packet delivery ratio (its status `pdr`, SPEC.md §5.11): the counters heard over the air since
-this gateway started, each once however late, over the span they cover.
+this gateway started, each once however late, over the span they cover (after a restart, from the counter after
+the node's window on disk).
 
 A counter first heard as a retransmission counts: what was lost is what never arrived at all. A copy another bridge
-brought does not count twice; nor does the counter window decide, which after a restart calls a frame stored before
-it a duplicate though this run never heard it. The counters a HELLO skips are not frames lost: after a reboot a
-node goes on from the counter it persisted ahead (SPEC.md §4.1).
+brought does not count twice. The counters a HELLO skips are not frames lost: after a reboot a node goes on from
+the counter it persisted ahead (SPEC.md §4.1). A restarted gateway goes on from the node's window on disk
+(`after`): the counters up to its highest were the last run's span, heard or not, and a retransmission of one
+of them now (a frame whose ACK the restart lost, or one first on air after newer ones) would stretch this run's
+span back over counters it never heard: in a street-lights-radio run with a gateway SIGKILL a lamp was published
+at 0.31, its first counters after the restart being 3 and 4 (a STATUS and a READINGS made at its boot that went
+on air behind newer frames), while the last run had heard 6-12.
 """
 
 from __future__ import annotations
@@ -23,10 +28,17 @@ class DeliveryRatio:
     heard: set[int] = field(default_factory=set)  # the counters counted, the last SPAN of them
     skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
     skips: list[tuple[int, int]] = field(default_factory=list)  # [first, end) of the latest such skips
+    floor: int = -1  # counters up to this are not counted: a restart's (after)
+
+    @classmethod
+    def after(cls, counter: int) -> DeliveryRatio:
+        """The ratio of a node whose counters up to `counter` a gateway run before this one had (its window on disk):
+        the span goes on from the next."""
+        return cls(first=counter + 1, high=counter, floor=counter)
 
     def count(self, counter: int, hello: bool = False) -> None:
         """A counter heard (of a HELLO: the counters it skipped were never sent)."""
-        if counter in self.heard:
+        if counter <= self.floor or counter in self.heard:
             return
         if hello and 0 <= self.high < counter - 1:
             self.skips = [*self.skips[1 - SKIPS_KEPT :], (self.high + 1, counter)]

@@ -281,7 +281,9 @@ class Sessions:
 
     def restore(self, windows: dict[str, tuple[int, int]], infos: dict[str, str]) -> None:
         for node_hex_id, (highest, seen) in windows.items():
-            self._node(bytes.fromhex(node_hex_id)).window = CounterWindow(highest, seen)
+            node = self._node(bytes.fromhex(node_hex_id))
+            node.window = CounterWindow(highest, seen)
+            node.delivery = DeliveryRatio.after(highest)  # the last run's span is not this one's
         for node_hex_id, text in infos.items():
             node = self._node(bytes.fromhex(node_hex_id))
             try:

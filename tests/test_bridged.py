@@ -19,7 +19,6 @@ import pytest
 from gateway.air import AirTransport, Window
 from gateway.commands import Commands
 from gateway.copies import COPY_SPAN_S, Transmissions
-from gateway.delivery import DeliveryRatio
 from gateway.serial_link import RadioLink
 from gateway.store import Store
 from gateway.store_worker import StoreWorker
@@ -662,13 +661,17 @@ def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Ra
     assert node.radio["pdr"] == 0.75
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 3, 0]}), rssi=-90)  # 3's retransmission
     assert node.radio["pdr"] == 1.0  # every counter of the span arrived at last
-    # A restarted gateway has heard nothing of the node yet; its window (from disk) calls the retransmission of a
-    # frame stored before the restart a duplicate, but this run heard it: the ratio counts it, once
-    node.delivery = DeliveryRatio()
-    radio.relay("/dev/ttyA", on_air(messages.READINGS, 4, {"samples": [0, 4, 0]}), rssi=-80)
-    assert radio.bench.stored() == [2, 4, 3] and node.radio["pdr"] == 1.0  # stored once all the same
-    radio.relay("/dev/ttyA", on_air(messages.READINGS, 6, {"samples": [0, 6, 0]}), rssi=-70)
-    assert node.radio["pdr"] == 0.667  # 4 and 6 of 4-6
+    # A restarted gateway goes on from the node's window on disk: the counters up to its highest were the last run's.
+    # A retransmission of one of them now (2: its ACK lost to the restart, or sent again after newer frames) would
+    # stretch this run's span back over 3 and 4, which this run never could hear
+    radio.bench.safe_all()
+    assert node.window.highest == 4
+    radio.bench.sessions.restore({BATTERY.hex(): (node.window.highest, node.window.seen)}, {})
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2, 0]}), rssi=-80)
+    for counter in (5, 7):  # 6 lost
+        radio.relay("/dev/ttyA", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}), rssi=-70)
+    assert radio.bench.stored() == [5, 7]  # 2, stored before, not again
+    assert node.radio["pdr"] == 0.667  # 5 and 7 of 5-7 (counting 2: 0.5, 3 of 2-7)
 
 
 def test_the_delivery_ratio_leaves_out_what_a_reboot_skips_and_starts_again_at_a_counter_reset(radio: Radio) -> None:
@@ -685,11 +688,11 @@ def test_the_delivery_ratio_leaves_out_what_a_reboot_skips_and_starts_again_at_a
         radio.relay("/dev/ttyB", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}), decide=False)
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 66, {"samples": [0, 66, 0]}))
     assert node.radio["pdr"] == 1.0  # 1-5 and 65-67 all came: 5 counts once, not also as skipped
-    # A recording of its first HELLO played back far behind the window (refused) after a gateway restart (which
-    # heard 367 and 368 of the node): it says nothing of the link
+    # A recording of its first HELLO played back far behind the window (refused) after a gateway restart (its window
+    # on disk ends at 367; this run hears 368 and 369): it says nothing of the link
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 367, {"samples": [0, 367, 0]}))
     radio.bench.safe_all()
-    node.delivery = DeliveryRatio()
+    radio.bench.sessions.restore({BATTERY.hex(): (node.window.highest, node.window.seen)}, {})
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 368, {"samples": [0, 368, 0]}))
     radio.relay("/dev/ttyB", on_air(messages.HELLO, 1, NODE_HELLO), decide=False)
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 369, {"samples": [0, 369, 0]}))
