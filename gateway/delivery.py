@@ -1,15 +1,16 @@
 """A radio node's packet delivery ratio (its status `pdr`, SPEC.md §5.11): the counters heard over the air since
-this gateway started, each once however late, over the span they cover (after a restart, from the counter after
-the node's window on disk).
+this gateway started, each once however late, over the span they cover (after a restart, those above the node's
+window on disk).
 
 A counter first heard as a retransmission counts: what was lost is what never arrived at all. A copy another bridge
 brought does not count twice. The counters a HELLO skips are not frames lost: after a reboot a node goes on from
-the counter it persisted ahead (SPEC.md §4.1). A restarted gateway goes on from the node's window on disk
-(`after`): the counters up to its highest were the last run's span, heard or not, and a retransmission of one
-of them now (a frame whose ACK the restart lost, or one first on air after newer ones) would stretch this run's
-span back over counters it never heard: in a street-lights-radio run with a gateway SIGKILL a lamp was published
-at 0.31, its first counters after the restart being 3 and 4 (a STATUS and a READINGS made at its boot that went
-on air behind newer frames), while the last run had heard 6-12.
+the counter it persisted ahead (SPEC.md §4.1). A restarted gateway leaves out the counters up to the highest of
+the node's window on disk (`after`): the last run's span. A retransmission of one of them now (a frame whose ACK
+the restart lost), or its first transmission behind newer frames, would stretch this run's span back over
+counters it never heard: in a street-lights-radio run with a gateway SIGKILL a lamp was published at 0.31, its
+first counters after the restart being 3 and 4 (a STATUS and a READINGS made at its boot that went on air behind
+newer frames), while the last run had heard 6-12. The span starts at the first counter counted, not after the
+window's highest: what the window does not hold (a node's ACK of a downlink enters no window) may have been heard.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ class DeliveryRatio:
     heard: set[int] = field(default_factory=set)  # the counters counted, the last SPAN of them
     skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
     skips: list[tuple[int, int]] = field(default_factory=list)  # [first, end) of the latest such skips
-    floor: int = -1  # counters up to this are not counted: a restart's (after)
+    floor: int = -1  # counters up to this are not counted: the last run's (after)
 
     @classmethod
     def after(cls, counter: int) -> DeliveryRatio:
-        """The ratio of a node whose counters up to `counter` a gateway run before this one had (its window on disk):
-        the span goes on from the next."""
-        return cls(first=counter + 1, high=counter, floor=counter)
+        """The ratio of a node whose counters up to `counter` a gateway run before this one had (its window on disk)."""
+        return cls(floor=counter)
 
     def count(self, counter: int, hello: bool = False) -> None:
         """A counter heard (of a HELLO: the counters it skipped were never sent)."""
@@ -55,4 +55,9 @@ class DeliveryRatio:
     def ratio(self) -> float | None:
         """Counters heard over their span, to 3 decimals; None before the first."""
         span = self.high - self.first + 1 - self.skipped
-        return round(self.new / span, 3) if span > 0 else None
+        return round(self.new / span, 3) if self.new and span > 0 else None
+
+    def fields(self) -> dict[str, float]:
+        """The node status' `pdr`; left out before a counter was counted (after a restart, the last run's only)."""
+        ratio = self.ratio()
+        return {} if ratio is None else {"pdr": ratio}

@@ -833,7 +833,7 @@ class Sessions:
                     **reception,
                     "bridge": bridge.hex,
                     "counter": message.counter,
-                    "pdr": node.delivery.ratio(),
+                    **node.delivery.fields(),
                     **link_margin(fields),
                     **advice,
                 }

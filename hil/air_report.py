@@ -152,13 +152,16 @@ def analyse_air(
     breaches = duty_breaches(transmissions, set(nodes)) + hourly_breaches(transmissions, set(bridges))
     outcome = AirOutcome(uplinks, len(transmissions) - uplinks, len(nodes), answered, breaches, malformed)
     per_sf: dict[int, dict[str, list[float]]] = {}
+    nodes_at: Counter[int] = Counter()
     for node_hex in nodes.values():
         documents = statuses.get(node_hex, [])
         radio = next((d["radio"] for d in reversed(documents) if isinstance(d.get("radio"), dict)), None)
         if radio is None:
             continue
         values = per_sf.setdefault(radio["sf"], {"pdr": [], "margin_db": [], "years": []})
-        values["pdr"].append(radio.get("pdr", 0.0))
+        nodes_at[radio["sf"]] += 1
+        if "pdr" in radio:  # left out until a counter this gateway run may count came (gateway/delivery.py)
+            values["pdr"].append(radio["pdr"])
         if "margin_db" in radio:
             values["margin_db"].append(radio["margin_db"])
         years = _battery_years(documents, power_dbm)
@@ -167,7 +170,7 @@ def analyse_air(
             values["years"].append(years)
     for sf, values in per_sf.items():
         outcome.by_sf[sf] = {
-            "nodes": len(values["pdr"]),
+            "nodes": nodes_at[sf],
             "pdr": _spread(values["pdr"]),
             "margin_db": _spread(values["margin_db"]),
             "battery_years": _spread(values["years"]),

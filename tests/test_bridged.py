@@ -661,17 +661,21 @@ def test_the_delivery_ratio_counts_a_frame_that_came_late_as_delivered(radio: Ra
     assert node.radio["pdr"] == 0.75
     radio.relay("/dev/ttyA", on_air(messages.READINGS, 3, {"samples": [0, 3, 0]}), rssi=-90)  # 3's retransmission
     assert node.radio["pdr"] == 1.0  # every counter of the span arrived at last
-    # A restarted gateway goes on from the node's window on disk: the counters up to its highest were the last run's.
-    # A retransmission of one of them now (2: its ACK lost to the restart, or sent again after newer frames) would
-    # stretch this run's span back over 3 and 4, which this run never could hear
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 6, {"samples": [0, 6, 0]}))  # 5 lost on its first try
+    # A restarted gateway leaves out the counters up to the highest of the node's window on disk: the last run's. One
+    # of them now (5's retransmission; 6, whose ACK the restart lost; 2, sent again after newer frames) would stretch
+    # this run's span back over counters it never heard
     radio.bench.safe_all()
-    assert node.window.highest == 4
+    assert node.window.highest == 6
     radio.bench.sessions.restore({BATTERY.hex(): (node.window.highest, node.window.seen)}, {})
-    radio.relay("/dev/ttyA", on_air(messages.READINGS, 2, {"samples": [0, 2, 0]}), rssi=-80)
-    for counter in (5, 7):  # 6 lost
+    node.transmissions, node.radio = Transmissions(), {}  # a new process: nothing heard of the node yet
+    radio.relay("/dev/ttyA", on_air(messages.READINGS, 5, {"samples": [0, 5, 0]}), rssi=-80)
+    assert node.radio["rssi"] == -80 and "pdr" not in node.radio  # nothing of this run's span yet: left out, not null
+    for counter in (2, 6, 8, 10):  # 7 (or a downlink's ACK, which enters no window) and 9 lost
         radio.relay("/dev/ttyA", on_air(messages.READINGS, counter, {"samples": [0, counter, 0]}), rssi=-70)
-    assert radio.bench.stored() == [5, 7]  # 2, stored before, not again
-    assert node.radio["pdr"] == 0.667  # 5 and 7 of 5-7 (counting 2: 0.5, 3 of 2-7)
+    assert radio.bench.stored() == [5, 8, 10]  # 2 and 6, stored before, not again
+    # 8 and 10 of 8-10 (counting 6: 0.6; counting 5, 2 and 6: 0.556; from 7, after the window: 0.5)
+    assert node.radio["pdr"] == 0.667
 
 
 def test_the_delivery_ratio_leaves_out_what_a_reboot_skips_and_starts_again_at_a_counter_reset(radio: Radio) -> None:

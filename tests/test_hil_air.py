@@ -309,3 +309,23 @@ def test_a_run_fails_when_the_gateway_judged_a_node_past_its_duty_cycle() -> Non
     assert check(_NoCapture()) is None and check(_StatusCapture(status(0))) is None
     assert check(_StatusCapture(status(0), status(3))) == "3 frames"
     assert check(_StatusCapture(status(3), {"state": "offline"})) == "3 frames"  # the brief one at its stop says nothing
+
+
+def test_a_node_status_without_a_delivery_ratio_is_a_node_but_no_ratio() -> None:
+    """A restarted gateway leaves a radio node's `pdr` out until it hears a counter above the node's window on disk
+    (gateway/delivery.py): the report counts the node at its SF and leaves it out of the ratio, not as 0."""
+    from hil.capture import Received
+
+    radio = {"rssi": -110, "snr": -5.0, "sf": 9, "freq": 868100000, "bridge": "hex-b", "counter": 9, "margin_db": 7.5}
+
+    class Capture:
+        def snapshot(self) -> list[Any]:
+            documents = {"hex-n0": {**radio, "pdr": 0.8}, "hex-n1": radio}
+            return [
+                Received("edgegw/gw/nodes/%s/status" % node, json.dumps({"radio": r}).encode(), True, 0.0, None)
+                for node, r in documents.items()
+            ]
+
+    nodes = {"node0": "hex-n0", "node1": "hex-n1"}
+    outcome = analyse_air([], Counter(), 0, nodes, {"bridge0": "hex-b"}, Capture())
+    assert outcome.by_sf[9]["nodes"] == 2 and outcome.by_sf[9]["pdr"] == {"min": 0.8, "median": 0.8, "max": 0.8}
