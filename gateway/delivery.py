@@ -11,6 +11,8 @@ counters it never heard: in a street-lights-radio run with a gateway SIGKILL a l
 first counters after the restart being 3 and 4 (a STATUS and a READINGS made at its boot that went on air behind
 newer frames), while the last run had heard 6-12. The span starts at the first counter counted, not after the
 window's highest: what the window does not hold (a node's ACK of a downlink enters no window) may have been heard.
+But a HELLO of a node that rebooted while the gateway was down skipped from the window's highest: a late copy of a
+counter sent before the reboot would otherwise count the whole skip as lost.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ class DeliveryRatio:
     high: int = -1
     new: int = 0
     heard: set[int] = field(default_factory=set)  # the counters counted, the last SPAN of them
-    skipped: int = 0  # of the span, counters a HELLO skipped (a reboot's): never sent
-    skips: list[tuple[int, int]] = field(default_factory=list)  # [first, end) of the latest such skips
+    # The latest HELLOs' skips (a reboot's counters, never sent): [first, end), and how many of them came after all
+    # (sent just before the reboot, a late copy through another bridge)
+    skips: list[list[int]] = field(default_factory=list)
     floor: int = -1  # counters up to this are not counted: the last run's (after)
 
     @classmethod
@@ -40,11 +43,13 @@ class DeliveryRatio:
         """A counter heard (of a HELLO: the counters it skipped were never sent)."""
         if counter <= self.floor or counter in self.heard:
             return
-        if hello and 0 <= self.high < counter - 1:
-            self.skips = [*self.skips[1 - SKIPS_KEPT :], (self.high + 1, counter)]
-            self.skipped += counter - self.high - 1
-        elif any(low <= counter < end for low, end in self.skips):
-            self.skipped -= 1  # from before the reboot after all, heard late (another bridge's copy)
+        last = max(self.high, self.floor)  # after a restart a HELLO may be the first counted: it skipped from the floor
+        if hello and 0 <= last < counter - 1:
+            self.skips = [*self.skips[1 - SKIPS_KEPT :], [last + 1, counter, 0]]
+        else:
+            for skip in self.skips:
+                if skip[0] <= counter < skip[1]:
+                    skip[2] += 1
         self.first = counter if self.high < 0 else min(self.first, counter)
         self.high = max(self.high, counter)
         self.new += 1
@@ -53,8 +58,11 @@ class DeliveryRatio:
             self.heard = {c for c in self.heard if c > self.high - SPAN}
 
     def ratio(self) -> float | None:
-        """Counters heard over their span, to 3 decimals; None before the first."""
-        span = self.high - self.first + 1 - self.skipped
+        """Counters heard over their span, less the skipped ones that never came, to 3 decimals; None before the first."""
+        skipped = 0
+        for low, end, came in self.skips:  # within the span: a skip from the floor may start below its first counter
+            skipped += max(0, min(end, self.high + 1) - max(low, self.first)) - came
+        span = self.high - self.first + 1 - skipped
         return round(self.new / span, 3) if self.new and span > 0 else None
 
     def fields(self) -> dict[str, float]:

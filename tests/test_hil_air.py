@@ -316,11 +316,11 @@ def test_a_node_status_without_a_delivery_ratio_is_a_node_but_no_ratio() -> None
     (gateway/delivery.py): the report counts the node at its SF and leaves it out of the ratio, not as 0."""
     from hil.capture import Received
 
-    radio = {"rssi": -110, "snr": -5.0, "sf": 9, "freq": 868100000, "bridge": "hex-b", "counter": 9, "margin_db": 7.5}
+    radio = {"rssi": -110, "snr": -5.0, "sf": 9, "freq": 868100000, "bridge": "hex-b", "counter": 9}
 
     class Capture:
         def snapshot(self) -> list[Any]:
-            documents = {"hex-n0": {**radio, "pdr": 0.8}, "hex-n1": radio}
+            documents = {"hex-n0": {**radio, "pdr": 0.8, "margin_db": 7.5}, "hex-n1": radio}
             return [
                 Received("edgegw/gw/nodes/%s/status" % node, json.dumps({"radio": r}).encode(), True, 0.0, None)
                 for node, r in documents.items()

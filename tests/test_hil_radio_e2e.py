@@ -47,7 +47,7 @@ def the_air_was_kept(report: CityReport, sfs: set[int], bridges: int = 2) -> Non
     assert air.uplinks > report.nodes and air.downlinks >= report.nodes
     assert set(air.by_sf) == sfs and sum(values["nodes"] for values in air.by_sf.values()) == report.nodes
     for values in air.by_sf.values():
-        assert 0 < values["pdr"]["min"] <= values["pdr"]["max"] <= 1
+        assert values["pdr"] is not None and 0 < values["pdr"]["min"] <= values["pdr"]["max"] <= 1, values
     assert len(air.bridges) == bridges
     for bridge in air.bridges.values():
         assert bridge["relayed"] > 0 and 0 < bridge["budget_ms"] <= 360000
