@@ -11,9 +11,10 @@ late, the serial line was slow) is missed, counted, and the frames wait for the 
 chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when the ACK of a frame committed
 meanwhile is there to choose (a radio node's frames are committed within RADIO_COMMIT_S: gateway/sessions.py):
 one per window (_choose says which); a TIME is made when it is chosen, so that it says the time when it goes
-on air. RX1 carries a frame only for a node owed two when its time comes, or one that RX2's duty cycle leaves
-no room for: RX2's sub-band has ten times the budget; or one whose RX2 answer would be on air with an earlier
-one of another bridge at its SF (every bridge answers RX2 on one channel: _rx2_contested).
+on air. RX1 carries a frame only for a node owed two when its time comes (and only if that frame is off the air
+when RX2's is due: _off_air_by_rx2), or one that RX2's duty cycle leaves no room for: RX2's sub-band has ten
+times the budget; or one whose RX2 answer would be on air with an earlier one of another bridge at its SF (every
+bridge answers RX2 on one channel: _rx2_contested).
 
 The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
 bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
@@ -68,6 +69,7 @@ class Window:
     used: bool = False
     rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
     rx2_used: bool = False
+    rx1_end: int = 0  # the bridge's time RX1's frame leaves the air (0: none went): RX2's goes only after it
     rx2_at: int = 0  # the bridge's time for the frame sent for RX2, and its length (0: none went); another bridge's
     rx2_bytes: int = 0  # RX2 answer at this SF must not be on air with it
 
@@ -319,20 +321,34 @@ class AirTransport:
             if at is not None and owed:
                 longest = self._longest(node_id)
                 rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest)
+                two = owed >= 2 and self._off_air_by_rx2(window, at, self._rx1_length(node_id, queue))
+                if owed >= 2 and not two:  # as for one owed: it goes in one window; the rest waits for the next uplink
+                    self.counts["rx1_too_long"] += 1
                 contested = (
-                    owed == 1
-                    and rx2_room
-                    and self._fits(window, window.freq, at, longest)
-                    and self._rx2_contested(node_id, window, longest)
+                    not two and rx2_room and self._fits(window, window.freq, at, longest) and self._rx2_contested(node_id, window, longest)
                 )
-                sent = (owed >= 2 or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=True)
+                sent = (two or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=True)
+                if sent:
+                    window.rx1_end = at + (airtime_us(sent, window.sf, window.bw) + 999) // 1000
                 if sent and contested:
                     self.counts["rx2_contested"] += 1
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
-            if at is not None and (queue or node_id in self.time_owed):
+            if at is not None and at >= window.rx1_end and (queue or node_id in self.time_owed):
                 window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
                 window.rx2_at = at
+
+    def _rx1_length(self, node_id: bytes, queue: list[tuple[bytes, float]]) -> int:
+        """The bytes on air of the frame RX1 would carry (_choose)."""
+        index = self._choose(node_id, queue, rx1=True)
+        return TIME_BYTES if index < 0 else len(queue[index][0])
+
+    def _off_air_by_rx2(self, window: Window, at: int, length: int) -> bool:
+        """Whether a frame of `length` bytes sent in RX1 at `at` has left the air when RX2's is due: the bridge is half
+        duplex and drops a frame it could not send in time, and the node's radio is still receiving the first (at SF12
+        an ACK is 1.65 s on air and RX2 comes 1 s after RX1: in a full tree-health every RX1 ACK at SF12 for a node
+        owed two was followed by an RX2 frame the bridge dropped late, 31 of them)."""
+        return at + (airtime_us(length, window.sf, window.bw) + 999) // 1000 <= window.at + RX2_DELAY_MS + RX_AIM_MS
 
     def _longest(self, node_id: bytes) -> int:
         """The longest frame this bridge owes the node, in bytes on air (0: none)."""

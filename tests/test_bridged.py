@@ -492,6 +492,27 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
     ]
 
 
+@pytest.mark.parametrize("sf", [9, 11, 12])
+def test_two_frames_go_in_one_uplinks_windows_only_if_rx1s_is_off_air_when_rx2s_is_due(sf: int) -> None:
+    """The bridge is half duplex (it drops a frame it could not send in time) and the node's radio is still receiving
+    RX1's frame: at SF12 an ACK is 1.65 s on air, and RX2 comes 1 s after RX1. There one frame goes, the ACK, in RX2,
+    and the COMMAND waits for the node's next uplink."""
+    bare = BareAir()
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.owe(messages.ACK, 12, {"counters": [5]})
+    heard(bare.air, 100_000, 868_100_000, sf, 125000)  # no event loop: both windows chosen at once
+    sent = [(tx["at"], tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent]
+    if sf < 12:  # SF11: a 27-byte ACK is 0.82 s on air, off it 0.18 s before RX2's frame
+        assert sent == [(101_100, 868_100_000, messages.ACK), (102_100, 869_525_000, messages.COMMAND)]
+        assert bare.air.counts["rx1_too_long"] == 0
+        return
+    assert sent == [(102_100, 869_525_000, messages.ACK)] and bare.air.counts["rx1_too_long"] == 1
+    heard(bare.air, 400_000, 868_100_000, sf, 125000)
+    assert [(tx["at"], tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent[1:]] == [
+        (402_100, 869_525_000, messages.COMMAND)
+    ]
+
+
 OTHER = bytes.fromhex("e1000000000000aa")
 
 
@@ -586,6 +607,33 @@ def test_of_two_rx2_answers_at_once_the_later_goes_in_rx1_and_only_it(first_owes
     assert [tx["freq"] for tx in first.sent] == ([869_525_000] if first_owes else [])
     assert [tx["freq"] for tx in second.sent] == [868_300_000 if first_owes else 869_525_000]
     assert second.air.counts["rx2_contested"] == first_owes and first.air.counts["rx2_contested"] == 0
+
+
+def test_a_node_owed_two_at_sf12_is_answered_in_one_window_and_rx1_when_rx2_is_contested() -> None:
+    """Owed an ACK and a COMMAND at SF12, where RX1's ACK would still be on air when RX2's frame is due: one goes, as for
+    a node owed one, so the contest for RX2 applies too. The first bridge keeps RX2; the second sends its ACK in RX1
+    and nothing in RX2 (the bridge would drop it late), and its COMMAND waits."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    first.owe(messages.ACK, 10, {"counters": [5]})
+    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.flush()
+    window_a = uplink(first, 100_000, 868_100_000)
+    now[0] += 0.3
+    window_b = uplink(second, 7_000_300, 868_300_000)
+    now[0] += 0.3
+    first.air._decide(window_a)
+    now[0] += 0.3
+    second.air._decide(window_b)
+    now[0] += 0.6
+    first.air._decide_rx2(window_a)
+    now[0] += 0.3
+    second.air._decide_rx2(window_b)
+    assert [tx["freq"] for tx in first.sent] == [869_525_000]
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.ACK)]
+    assert second.air.counts["rx2_contested"] == 1 and second.air.counts["rx1_too_long"] == 1
+    assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.COMMAND]
 
 
 def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
