@@ -12,7 +12,7 @@ chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when th
 meanwhile is there to choose (a radio node's frames are committed within RADIO_COMMIT_S: gateway/sessions.py):
 one per window (_choose says which); a TIME is made when it is chosen, so that it says the time when it goes
 on air. RX1 carries a frame only for a node owed two when its time comes (and only if that frame is off the air
-when RX2's is due: _off_air_by_rx2), or one that RX2's duty cycle leaves no room for: RX2's sub-band has ten
+when its RX2 opens: _rx2_opens), or one that RX2's duty cycle leaves no room for: RX2's sub-band has ten
 times the budget; or one whose RX2 answer would be on air with an earlier one of another bridge at its SF (every
 bridge answers RX2 on one channel: _rx2_contested).
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RX_AIM_MS = 100  # into the node's window: room for the jitter of two clocks and a serial line either way
 LEAD_MS = 40  # a RADIO_TX reaches the bridge at least this long before its time, or the window is missed
+RX1_CLEAR_MS = 50  # RX1's frame has left the air this long before the node opens RX2, or it opens none
 DRIFT_PPM = 100  # two crystals drift apart by far less (20-50 ppm): the bridge's clock estimate may follow this fast
 REBOOTED_MS = 60000  # a bridge clock that went back more than this rebooted
 MAX_AT = 1 << 53  # a bridge's uptime in ms beyond this is no clock (and would overflow a RADIO_TX's at)
@@ -69,7 +70,7 @@ class Window:
     used: bool = False
     rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
     rx2_used: bool = False
-    rx1_end: int = 0  # the bridge's time RX1's frame leaves the air (0: none went): RX2's goes only after it
+    rx1_end: int = 0  # the bridge's time RX1's frame leaves the air (0: none went): the node opens RX2 only after it
     rx2_at: int = 0  # the bridge's time for the frame sent for RX2, and its length (0: none went); another bridge's
     rx2_bytes: int = 0  # RX2 answer at this SF must not be on air with it
 
@@ -291,9 +292,10 @@ class AirTransport:
 
     def _answer(self, node_id: bytes, window: Window, queue: list[tuple[bytes, float]], now: float) -> None:
         """What is due of the node's two windows after one uplink: RX1's frame once its time to choose came, RX2's
-        once its came. RX1 carries a frame only for a node owed two, or one RX2 has no room for, or one whose RX2
-        answer another bridge's would meet: one frame goes in RX2, whose sub-band allows ten times the airtime of
-        RX1's (10 % against the uplinks' 1 %), and is chosen later (an ACK committed by then goes in it)."""
+        once its came. RX1 carries a frame only for a node owed two (whose RX2 opens after RX1's frame), or one RX2
+        has no room for, or one whose RX2 answer another bridge's would meet: one frame goes in RX2, whose sub-band
+        allows ten times the airtime of RX1's (10 % against the uplinks' 1 %), and is chosen later (an ACK committed
+        by then goes in it)."""
         rx1, rx2 = window.ready and not window.used, window.rx2_ready and not window.rx2_used
         window.used, window.rx2_used = window.used or rx1, window.rx2_used or rx2
         if not self._is_link(node_id):  # another bridge heard it better: that one answers (SPEC.md §5.11)
@@ -321,34 +323,41 @@ class AirTransport:
             if at is not None and owed:
                 longest = self._longest(node_id)
                 rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest)
-                two = owed >= 2 and self._off_air_by_rx2(window, at, self._rx1_length(node_id, queue))
-                if owed >= 2 and not two:  # as for one owed: it goes in one window; the rest waits for the next uplink
+                rx1_length = self._rx1_length(node_id, queue)
+                two = owed >= 2 and self._rx2_opens(window, self._end(window, at, rx1_length))
+                if owed >= 2 and not two and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
                     self.counts["rx1_too_long"] += 1
                 contested = (
                     not two and rx2_room and self._fits(window, window.freq, at, longest) and self._rx2_contested(node_id, window, longest)
                 )
                 sent = (two or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=True)
                 if sent:
-                    window.rx1_end = at + (airtime_us(sent, window.sf, window.bw) + 999) // 1000
+                    window.rx1_end = self._end(window, at, sent)
                 if sent and contested:
                     self.counts["rx2_contested"] += 1
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
-            if at is not None and at >= window.rx1_end and (queue or node_id in self.time_owed):
+            if at is not None and self._rx2_opens(window, window.rx1_end) and (queue or node_id in self.time_owed):
                 window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
                 window.rx2_at = at
 
     def _rx1_length(self, node_id: bytes, queue: list[tuple[bytes, float]]) -> int:
-        """The bytes on air of the frame RX1 would carry (_choose)."""
+        """The bytes on air of the frame RX1 would carry (_choose; of a TIME, at most)."""
         index = self._choose(node_id, queue, rx1=True)
         return TIME_BYTES if index < 0 else len(queue[index][0])
 
-    def _off_air_by_rx2(self, window: Window, at: int, length: int) -> bool:
-        """Whether a frame of `length` bytes sent in RX1 at `at` has left the air when RX2's is due: the bridge is half
-        duplex and drops a frame it could not send in time, and the node's radio is still receiving the first (at SF12
-        an ACK is 1.65 s on air and RX2 comes 1 s after RX1: in a full tree-health every RX1 ACK at SF12 for a node
-        owed two was followed by an RX2 frame the bridge dropped late, 31 of them)."""
-        return at + (airtime_us(length, window.sf, window.bw) + 999) // 1000 <= window.at + RX2_DELAY_MS + RX_AIM_MS
+    @staticmethod
+    def _end(window: Window, at: int, length: int) -> int:
+        """When a frame of `length` bytes sent at `at` leaves the air, on the bridge's clock."""
+        return at + (airtime_us(length, window.sf, window.bw) + 999) // 1000
+
+    @staticmethod
+    def _rx2_opens(window: Window, rx1_end: int) -> bool:
+        """Whether the node opens RX2 after an RX1 frame that leaves the air at `rx1_end` (0: none): it listens in RX1
+        until the frame has come, and opens RX2 only if that was before RX2's time (firmware/radio_port.py). At SF12 a
+        23-byte ACK is 1.48 s on air and RX2 comes 1 s after RX1; the bridge, half duplex, also dropped RX2's frame
+        late: in a full tree-health every RX1 ACK at SF12 for a node owed two was followed by one, 31 in all."""
+        return rx1_end <= window.at + RX2_DELAY_MS - RX1_CLEAR_MS
 
     def _longest(self, node_id: bytes) -> int:
         """The longest frame this bridge owes the node, in bytes on air (0: none)."""
@@ -360,7 +369,8 @@ class AirTransport:
         went or will (or the bridge's clock is not known)."""
         if window.rx2_bytes:
             return self._on_air(window, window.rx2_at, window.rx2_bytes)
-        return self._on_air(window, window.at + RX2_DELAY_MS + RX_AIM_MS, 0 if window.rx2_used else self._longest(node_id))
+        none = window.rx2_used or not self._rx2_opens(window, window.rx1_end)  # after RX1's frame, the node opens no RX2
+        return self._on_air(window, window.at + RX2_DELAY_MS + RX_AIM_MS, 0 if none else self._longest(node_id))
 
     def _on_air(self, window: Window, at: int, length: int) -> tuple[float, float] | None:
         """When a frame of `length` bytes sent at `at` of the bridge's clock is on air, start and end on the

@@ -492,17 +492,25 @@ def test_rx1_carries_the_ack_and_rx2_the_command_before_the_gateways_own_config(
     ]
 
 
-@pytest.mark.parametrize("sf", [9, 11, 12])
-def test_two_frames_go_in_one_uplinks_windows_only_if_rx1s_is_off_air_when_rx2s_is_due(sf: int) -> None:
-    """The bridge is half duplex (it drops a frame it could not send in time) and the node's radio is still receiving
-    RX1's frame: at SF12 an ACK is 1.65 s on air, and RX2 comes 1 s after RX1. There one frame goes, the ACK, in RX2,
-    and the COMMAND waits for the node's next uplink."""
+@pytest.mark.parametrize(
+    ("sf", "counters", "two"),
+    [
+        (9, [5], True),
+        (11, [5], True),  # a 23-byte ACK: 0.82 s on air, gone 0.08 s before the node opens RX2
+        (11, [300, 301], False),  # 28 bytes: 0.91 s, still on air when RX2 should open
+        (12, [5], False),  # 1.48 s
+    ],
+)
+def test_two_frames_go_in_one_uplinks_windows_only_if_rx1s_has_left_the_air_when_rx2_opens(sf: int, counters: list[int], two: bool) -> None:
+    """A node listens in RX1 until the frame it started to receive has come, and opens RX2 only if that was before
+    RX2's time (firmware/radio_port.py); the bridge, half duplex, also drops RX2's frame late. Where RX1's ACK is too
+    long, one frame goes, the ACK, in RX2, and the COMMAND waits for the node's next uplink."""
     bare = BareAir()
     bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
-    bare.owe(messages.ACK, 12, {"counters": [5]})
+    bare.owe(messages.ACK, 12, {"counters": counters})
     heard(bare.air, 100_000, 868_100_000, sf, 125000)  # no event loop: both windows chosen at once
     sent = [(tx["at"], tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent]
-    if sf < 12:  # SF11: a 27-byte ACK is 0.82 s on air, off it 0.18 s before RX2's frame
+    if two:
         assert sent == [(101_100, 868_100_000, messages.ACK), (102_100, 869_525_000, messages.COMMAND)]
         assert bare.air.counts["rx1_too_long"] == 0
         return
@@ -610,7 +618,7 @@ def test_of_two_rx2_answers_at_once_the_later_goes_in_rx1_and_only_it(first_owes
 
 
 def test_a_node_owed_two_at_sf12_is_answered_in_one_window_and_rx1_when_rx2_is_contested() -> None:
-    """Owed an ACK and a COMMAND at SF12, where RX1's ACK would still be on air when RX2's frame is due: one goes, as for
+    """Owed an ACK and a COMMAND at SF12, where RX1's ACK would still be on air when the node opens RX2: one goes, as for
     a node owed one, so the contest for RX2 applies too. The first bridge keeps RX2; the second sends its ACK in RX1
     and nothing in RX2 (the bridge would drop it late), and its COMMAND waits."""
     now = [1000.0]
@@ -626,6 +634,7 @@ def test_a_node_owed_two_at_sf12_is_answered_in_one_window_and_rx1_when_rx2_is_c
     first.air._decide(window_a)
     now[0] += 0.3
     second.air._decide(window_b)
+    assert second.air.rx2_slot(OTHER, window_b) is None  # the node opens no RX2 after that ACK: none for a third bridge
     now[0] += 0.6
     first.air._decide_rx2(window_a)
     now[0] += 0.3
