@@ -192,6 +192,13 @@ def analyse_air(
     return outcome
 
 
+def unestimated(capture: MqttCapture, nodes: list[str], power_dbm: float = 14.0) -> list[str]:
+    """The nodes (hex) whose STATUS published so far give no battery estimate: what a run's settle waits for when
+    the estimates are judged (a probe switched on last, its STATUS lost at SF12, sends it again 11 minutes later)."""
+    statuses = _statuses(capture)
+    return [node for node in nodes if _battery_years(statuses.get(node, []), power_dbm) is None]
+
+
 def _statuses(capture: MqttCapture) -> dict[str, list[dict[str, Any]]]:
     """Each node's status documents in the order published, one per uptime (a republished one says nothing new)."""
     found: dict[str, list[dict[str, Any]]] = {}

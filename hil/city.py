@@ -7,8 +7,9 @@ world's files (hil/world.py). The
 timeline plays faults, commands and lamp failures at their moments; water
 waves and cars are written for the whole timeline at its start (wall-clock
 times the nodes read). Then it waits, at most `settle` seconds, until every
-command has a final state and every change in the world has arrived as an
-event, and judges (hil/outcomes.py).
+command has a final state, every change in the world has arrived as an
+event, every reading has arrived and (where the scenario judges them) every
+radio node's STATUS give a battery estimate, and judges (hil/outcomes.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from gateway.fwtools.emulate import EmulatedNode
 
-from .air_report import analyse_air
+from .air_report import analyse_air, unestimated
 from .capture import MqttCapture, decode_senml
 from .chain import Chain, Rig
 from .city_report import CityReport
@@ -102,16 +103,20 @@ def run_city(
             cutoff = time.monotonic()
             deadline = cutoff + scenario.settle
             readings_wanted = not scenario.criteria.readings_lost_allowed
+            # On the air a battery estimate needs a node's second STATUS: the probe switched on last gets its clock,
+            # which its first waits for, last, and a STATUS lost at SF12 goes again 11 minutes later
+            probes = [placed.node_hex for placed in rig.radios] if scenario.criteria.battery_estimates and isinstance(rig, RadioRig) else []
             while time.monotonic() < deadline:
                 events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None
                 readings = _readings(rig, capture, start, cutoff) if readings_wanted else None
                 frames = _event_frames(rig, alarms, start, cutoff) if channel else {}
                 unpublished = frames.get("sent", 0) > frames.get("delivered", 0)  # on the air a frame may come minutes late
                 done = (events is None or not events.lost) and (readings is None or not readings.lost)
-                if done and not (commander.pending() or unpublished):
+                if done and not (commander.pending() or unpublished or (probes and unestimated(capture, probes))):
                     break
                 tick(time.monotonic() - start, "settle")
                 time.sleep(0.5)
+            settled = time.monotonic() - cutoff
             tracks = commander.tracks()
         finally:
             commander.close()
@@ -156,6 +161,7 @@ def run_city(
         readings=readings,
         faults=[fault.describe() for fault in scenario.faults],
         wall_s=time.monotonic() - started_wall,
+        settle_s=settled,
     )
     report.checks = judge(
         scenario.criteria, commands, within, events, frames, readings.lost if readings else None, buffer_full, during_drain

@@ -39,6 +39,7 @@ class CityReport:
     air: AirOutcome | None = None  # the nodes were on the air (hil/air_report.py)
     checks: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
+    settle_s: float = 0.0  # after the flow, until all it judges had arrived (at most the scenario's settle)
 
     @property
     def passed(self) -> bool:
@@ -59,6 +60,7 @@ class CityReport:
             "roles": self.roles,
             "duration_s": self.duration_s,
             "wall_s": round(self.wall_s, 1),
+            "settle_s": round(self.settle_s, 1),
             "checks": [
                 {"check": c.name, "passed": c.failure is None, "timed": c.timed, **({"failure": c.failure} if c.failure else {})}
                 for c in self.checks
@@ -111,7 +113,7 @@ class CityReport:
     def summary(self) -> str:
         roles = ", ".join("%d %s" % (n, role) for role, n in self.roles.items())
         lines = [
-            "scenario %s (%s, %s target, %d nodes: %s, %g s timeline, %.0f s wall): %s"
+            "scenario %s (%s, %s target, %d nodes: %s, %g s timeline, %.0f s settle, %.0f s wall): %s"
             % (
                 self.scenario,
                 self.variant,
@@ -119,6 +121,7 @@ class CityReport:
                 self.nodes,
                 roles,
                 self.duration_s,
+                self.settle_s,
                 self.wall_s,
                 "PASSED" if self.passed else "FAILED",
             )

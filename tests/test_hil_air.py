@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hil.air_record import DEAF, AirRecord
-from hil.air_report import AirOutcome, _battery_years, analyse_air, duty_breaches, hourly_breaches
+from hil.air_report import AirOutcome, _battery_years, analyse_air, duty_breaches, hourly_breaches, unestimated
 from hil.energy import estimate_from_report
 from hil.radio import DELIVERED, SENSITIVITY_DBM, Medium, PathLoss, Reception, Transmission
 from hil.radio_rig import INSTALL_MARGIN_DB, RadioRig
@@ -329,3 +329,27 @@ def test_a_node_status_without_a_delivery_ratio_is_a_node_but_no_ratio() -> None
     nodes = {"node0": "hex-n0", "node1": "hex-n1"}
     outcome = analyse_air([], Counter(), 0, nodes, {"bridge0": "hex-b"}, Capture())
     assert outcome.by_sf[9]["nodes"] == 2 and outcome.by_sf[9]["pdr"] == {"min": 0.8, "median": 0.8, "max": 0.8}
+
+
+def test_a_run_settles_until_every_probe_has_two_status_with_a_round_between() -> None:
+    """What the settle of a run judged on battery estimates waits for (hil/city.py): a node with no STATUS, with
+    one, or with two without a round between has none yet; a republished STATUS (same uptime) is not a second."""
+    from hil.capture import Received
+
+    published = {
+        "hex-a": [_status(900, 5000, 3000, 4), _status(1800, 9000, 5000, 7)],
+        "hex-b": [_status(900, 5000, 3000, 4), _status(900, 5000, 3000, 4)],
+        "hex-c": [_status(900, 5000, 3000, 4), _status(1800, 5100, 3500, 5)],
+    }
+
+    class Capture:
+        def snapshot(self) -> list[Any]:
+            return [
+                Received("edgegw/gw/nodes/%s/status" % node, json.dumps(d).encode(), True, 0.0, None)
+                for node, documents in published.items()
+                for d in documents
+            ]
+
+    assert unestimated(Capture(), ["hex-a", "hex-b", "hex-c", "hex-d"]) == ["hex-b", "hex-c", "hex-d"]
+    published["hex-b"].append(_status(2700, 9000, 6000, 8))
+    assert unestimated(Capture(), ["hex-a", "hex-b"]) == []
