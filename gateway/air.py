@@ -70,6 +70,7 @@ class Window:
     used: bool = False
     rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
     rx2_used: bool = False
+    rx2_ceded: bool = False  # RX2 left to another bridge's answer at this SF (_rx2_contested): nothing goes in it
     rx1_end: int = 0  # the bridge's time RX1's frame leaves the air (0: none went): the node opens RX2 only after it
     rx2_at: int = 0  # the bridge's time for the frame sent for RX2, and its length (0: none went); another bridge's
     rx2_bytes: int = 0  # RX2 answer at this SF must not be on air with it
@@ -321,15 +322,22 @@ class AirTransport:
             at = self._reach(window, RX_DELAY_MS, bridge_now)
             owed = len(queue) + (node_id in self.time_owed)
             if at is not None and owed:
-                longest = self._longest(node_id)
-                rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, longest)
-                rx1_length = self._rx1_length(node_id, queue)
+                rx1_length = self._length(node_id, queue, rx1=True)
                 two = owed >= 2 and self._rx2_opens(window, self._end(window, at, rx1_length))
+                # Otherwise one frame goes, the one RX2 would carry (_choose), in RX2 if it has room for that frame
+                single = self._length(node_id, queue, rx1=False)
+                rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, single)
                 if owed >= 2 and not two and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
                     self.counts["rx1_too_long"] += 1
                 contested = (
-                    not two and rx2_room and self._fits(window, window.freq, at, longest) and self._rx2_contested(node_id, window, longest)
+                    not two
+                    and rx2_room
+                    and self._fits(window, window.freq, at, rx1_length)
+                    and self._rx2_contested(node_id, window, single)
                 )
+                # The rival keeps RX2 even if RX1's frame cannot go, or an ACK committed before RX2's choice would be
+                # sent into it and drown the rival's answer with its own
+                window.rx2_ceded = contested
                 sent = (two or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=True)
                 if sent:
                     window.rx1_end = self._end(window, at, sent)
@@ -337,13 +345,16 @@ class AirTransport:
                     self.counts["rx2_contested"] += 1
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
-            if at is not None and self._rx2_opens(window, window.rx1_end) and (queue or node_id in self.time_owed):
+            owes = bool(queue) or node_id in self.time_owed
+            if at is not None and owes and window.rx2_ceded:
+                self.counts["rx2_ceded"] += 1  # it waits for the node's next uplink
+            elif at is not None and owes and self._rx2_opens(window, window.rx1_end):
                 window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
                 window.rx2_at = at
 
-    def _rx1_length(self, node_id: bytes, queue: list[tuple[bytes, float]]) -> int:
-        """The bytes on air of the frame RX1 would carry (_choose; of a TIME, at most)."""
-        index = self._choose(node_id, queue, rx1=True)
+    def _length(self, node_id: bytes, queue: list[tuple[bytes, float]], rx1: bool) -> int:
+        """The bytes on air of the frame RX1 (rx1) or RX2 would carry (_choose; of a TIME, at most)."""
+        index = self._choose(node_id, queue, rx1)
         return TIME_BYTES if index < 0 else len(queue[index][0])
 
     @staticmethod
@@ -369,7 +380,8 @@ class AirTransport:
         went or will (or the bridge's clock is not known)."""
         if window.rx2_bytes:
             return self._on_air(window, window.rx2_at, window.rx2_bytes)
-        none = window.rx2_used or not self._rx2_opens(window, window.rx1_end)  # after RX1's frame, the node opens no RX2
+        # Ceded to another bridge, or after RX1's frame the node opens no RX2
+        none = window.rx2_used or window.rx2_ceded or not self._rx2_opens(window, window.rx1_end)
         return self._on_air(window, window.at + RX2_DELAY_MS + RX_AIM_MS, 0 if none else self._longest(node_id))
 
     def _on_air(self, window: Window, at: int, length: int) -> tuple[float, float] | None:

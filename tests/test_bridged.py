@@ -521,6 +521,64 @@ def test_two_frames_go_in_one_uplinks_windows_only_if_rx1s_has_left_the_air_when
     ]
 
 
+def test_the_node_opens_rx2_only_after_an_rx1_frame_gone_50_ms_before_it() -> None:
+    """The rule's edge, on the bridge's clock: RX2 opens at the uplink's `at` + 2000 (firmware/radio_port.py)."""
+    window = Window(100_000, 868_100_000, 11, 125_000)
+    assert AirTransport._rx2_opens(window, 0)  # no RX1 frame
+    assert AirTransport._rx2_opens(window, 101_950)
+    assert not AirTransport._rx2_opens(window, 101_951)
+    # a 23-byte ACK at SF11 is 823.3 ms on air: counted as 824, whole ms up
+    assert AirTransport._end(window, 101_100, 23) == 101_924
+
+
+@pytest.mark.parametrize(("late_ms", "two"), [(1070, True), (1090, False)])
+def test_rx1_sent_later_than_aimed_is_judged_at_the_time_it_goes(late_ms: int, two: bool) -> None:
+    """RX1's choice came late (a slow loop): the frame goes LEAD_MS after the bridge's time, not at its aim, and ends
+    later; a 23-byte ACK at SF11 sent after +1126 is still on air 50 ms before RX2 opens."""
+    now = [1000.0]
+    bare = BareAir(clock=lambda: now[0])
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.owe(messages.ACK, 12, {"counters": [5]})
+    window = uplink(bare, 100_000, 868_100_000, sf=11)
+    now[0] += late_ms / 1000
+    bare.air._decide(window)
+    bare.air._decide_rx2(window)
+    sent = [(tx["at"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent]
+    if two:
+        assert sent == [(100_000 + late_ms + 40, messages.ACK), (102_100, messages.COMMAND)]
+    else:
+        assert sent == [(102_100, messages.ACK)] and bare.air.counts["rx1_too_long"] == 1
+
+
+def test_owed_two_that_do_not_fit_with_no_room_in_rx2_go_one_in_rx1_not_counted_too_long() -> None:
+    """RX2's 10 % spent for the hour: the one frame goes in RX1 (an ACK), and that is no room lacking in RX1."""
+    bare = BareAir()
+    bare.air.late(100_000, 868_100_000, 12, 125_000)
+    bare.air.bridge_clock.duty.spend(869_525_000, 359_900_000, 50_000)
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.owe(messages.ACK, 12, {"counters": [5]})
+    heard(bare.air, 100_000, 868_100_000, 12, 125_000)
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [(868_100_000, messages.ACK)]
+    assert bare.air.counts["rx1_too_long"] == 0
+
+
+def test_rx2_room_is_judged_for_the_frame_it_would_carry_not_the_longest_owed() -> None:
+    """Owed an ACK and a CONFIG at SF12 (one per uplink), with RX2's hour nearly spent: room for the ACK RX2 would
+    carry, not for the 61-byte CONFIG, so the ACK goes in RX2 and RX1's 1 % is not spent (found by a review)."""
+    bare = BareAir()
+    bare.air.late(100_000, 868_100_000, 12, 125_000)
+    values = {"interval": 900.0, "status_interval": 1800.0, "sf": 12}
+    bare.owe(messages.CONFIG, 11, {"op": messages.CONFIG_SET, "id": 1, "values": values})
+    bare.owe(messages.ACK, 12, {"counters": [5]})
+    bare.air.flush()
+    ack, config = (len(raw) for raw in sorted((raw for raw, _ in bare.air.waiting[BATTERY]), key=lambda raw: raw[1] == messages.CONFIG))
+    left_ms = (airtime_us(ack, 12) + airtime_us(config, 12)) // 2000  # between the two frames' airtimes
+    assert airtime_us(ack, 12) // 1000 < left_ms < airtime_us(config, 12) // 1000
+    bare.air.bridge_clock.duty.spend(869_525_000, 360_000_000 - left_ms * 1000, 50_000)
+    heard(bare.air, 100_000, 868_100_000, 12, 125_000)
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [(869_525_000, messages.ACK)]
+
+
 OTHER = bytes.fromhex("e1000000000000aa")
 
 
@@ -643,6 +701,53 @@ def test_a_node_owed_two_at_sf12_is_answered_in_one_window_and_rx1_when_rx2_is_c
     assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.ACK)]
     assert second.air.counts["rx2_contested"] == 1 and second.air.counts["rx1_too_long"] == 1
     assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.COMMAND]
+
+
+def test_after_a_long_rx1_frame_nothing_goes_in_rx2_even_a_short_ack_that_fits() -> None:
+    """RX2's hour has room for an ACK but not for the 61-byte CONFIG owed: the CONFIG goes in RX1 (2.8 s at SF12, on air
+    long after RX2 opens). An ACK committed before RX2's choice is not sent in an RX2 the node does not open."""
+    now = [1000.0]
+    bare = BareAir(clock=lambda: now[0])
+    values = {"interval": 900.0, "status_interval": 1800.0, "sf": 12}
+    bare.owe(messages.CONFIG, 11, {"op": messages.CONFIG_SET, "id": 1, "values": values})
+    window = uplink(bare, 100_000, 868_100_000)
+    bare.air.bridge_clock.duty.spend(869_525_000, 360_000_000 - 2_000_000, 50_000)  # 2 s left: an ACK's 1.5 s
+    now[0] += 0.6
+    bare.air._decide(window)
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in bare.sent] == [(868_100_000, messages.CONFIG)]
+    bare.owe(messages.ACK, 12, {"counters": [5]})
+    now[0] += 0.9
+    bare.air._decide_rx2(window)
+    assert len(bare.sent) == 1 and [raw[1] for raw, _at in bare.air.waiting[BATTERY]] == [messages.ACK]
+
+
+def test_a_bridge_that_gave_rx2_up_sends_nothing_in_it_even_an_ack_committed_since() -> None:
+    """At SF9 the second bridge's COMMAND moves to RX1 (its RX2 answer would meet the first bridge's); an ACK committed
+    before its RX2 choice waits for the node's next uplink rather than go in the RX2 it gave up (found by a review:
+    it went, on air with the first bridge's ACK), and a third bridge sees no RX2 frame of it."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    first.owe(messages.ACK, 10, {"counters": [5]})
+    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    second.air.flush()
+    window_a = uplink(first, 100_000, 868_100_000, sf=9)
+    now[0] += 0.05
+    window_b = uplink(second, 7_000_050, 868_300_000, sf=9)
+    now[0] += 0.55
+    first.air._decide(window_a)
+    now[0] += 0.05
+    second.air._decide(window_b)
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.COMMAND)]
+    second.owe(messages.ACK, 20, {"counters": [7]})  # committed between the two choices
+    second.air.flush()
+    assert second.air.rx2_slot(OTHER, window_b) is None
+    now[0] += 0.85
+    first.air._decide_rx2(window_a)
+    now[0] += 0.05
+    second.air._decide_rx2(window_b)
+    assert [tx["freq"] for tx in first.sent] == [869_525_000]
+    assert len(second.sent) == 1 and second.air.counts["rx2_ceded"] == 1
+    assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.ACK]
 
 
 def test_a_time_is_made_only_for_a_window_that_can_carry_it() -> None:
