@@ -29,6 +29,7 @@ from .radio import DELIVERED, Transmission
 # a STATUS per 30 minutes: the STATUS, two READINGS, the windows of each, the sleep between; a retransmission adds
 # one), never a window's worth of one frame
 MIN_UPLINKS = 2
+_MEASURED = ("tx_ms", "rx_ms", "tx")  # a node's STATUS `air` counts the estimate is made of
 STARTUP_SLACK_S = 0.05  # the air stamps a pty radio's start when it reads the line: two processes' scheduling either way
 
 
@@ -228,20 +229,28 @@ def _gateway_status(capture: MqttCapture) -> dict[str, Any]:
 
 
 def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float | None:
-    """From the first and last STATUS of one boot: what the node measured in between, extrapolated at the TX power
-    of the last (power_dbm if it does not say)."""
-    reports = [d for d in documents if isinstance(d.get("air"), dict) and isinstance(d.get("uptime"), int)]
-    if len(reports) < 2:
+    """From the first and last STATUS of the node's latest boot with two: what it measured in between, extrapolated
+    at the TX power of the last (power_dbm if it does not say)."""
+    boots: list[list[dict[str, Any]]] = []  # the reports split where the node started again
+    for document in documents:
+        if not (isinstance(document.get("air"), dict) and isinstance(document.get("uptime"), int)):
+            continue
+        if boots and not _restarted(boots[-1][-1], document):
+            boots[-1].append(document)
+        else:
+            boots.append([document])
+    boot = next((reports for reports in reversed(boots) if len(reports) >= 2), None)  # the latest measured
+    if boot is None:
         return None
-    first, last = reports[0], reports[-1]
+    first, last = boot[0], boot[-1]
     power = last["air"].get("power", power_dbm)  # the node's TX power (link adaptation may have lowered it)
     # The datasheet's table starts at +7 dBm (RFO, 20 mA): a node advised 2 or 5 dBm is counted at that current,
     # which the datasheet gives no lower figure for (an estimate on the safe side, not a refusal)
     lowest, highest = SX1276.tx_ma[0][0], SX1276.tx_ma[-1][0]
     power = min(max(power, lowest), highest)
     elapsed = last["uptime"] - first["uptime"]
-    delta = {key: last["air"].get(key, 0) - first["air"].get(key, 0) for key in ("tx_ms", "rx_ms", "tx")}
-    if elapsed <= 0 or min(delta.values()) < 0:  # a reboot in between: its counters started again
+    delta = {key: last["air"].get(key, 0) - first["air"].get(key, 0) for key in _MEASURED}
+    if elapsed <= 0:  # two reports of one moment
         return None
     if delta["tx"] < MIN_UPLINKS:  # one uplink or none, no whole round: it says more about the window than the node
         return None
@@ -249,6 +258,12 @@ def _battery_years(documents: list[dict[str, Any]], power_dbm: float) -> float |
         return estimate_from_report(delta["tx_ms"], delta["rx_ms"], elapsed, delta["tx"], power_dbm=power).years
     except ValueError:  # figures the model refuses (more on air than a day holds: a node's counters gone wrong)
         return None
+
+
+def _restarted(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether the node started again between two of its STATUS: its uptime, or a count of its radio's, went back
+    (an estimate across a reboot would add two boots' counts: a review found 0.37 and 0.55 years made 1.17)."""
+    return after["uptime"] < before["uptime"] or any(after["air"].get(key, 0) < before["air"].get(key, 0) for key in _MEASURED)
 
 
 def _spread(values: list[float]) -> dict[str, float] | None:

@@ -103,8 +103,8 @@ def run_city(
             cutoff = time.monotonic()
             deadline = cutoff + scenario.settle
             readings_wanted = not scenario.criteria.readings_lost_allowed
-            # On the air a battery estimate needs a node's second STATUS: the probe switched on last gets its clock,
-            # which its first waits for, last, and a STATUS lost at SF12 goes again 11 minutes later
+            # On the air a battery estimate needs two STATUS of one boot with a round between (hil/air_report.py): the
+            # probe switched on last gets its clock, which its first waits for, last; one lost at SF12 goes 11 minutes later
             probes = [placed.node_hex for placed in rig.radios] if scenario.criteria.battery_estimates and isinstance(rig, RadioRig) else []
             while time.monotonic() < deadline:
                 events = _events(scenario, world, ids, alarms, channel, start, capture) if channel else None

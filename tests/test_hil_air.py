@@ -165,6 +165,13 @@ def test_battery_life_comes_from_what_the_node_measured_between_its_first_and_la
     documents[-1]["air"]["power"] = 2  # under the datasheet's lowest row (+7 dBm): counted at its current
     assert _battery_years(documents, 14.0) == pytest.approx(estimate_from_report(9000, 5000, 1800, 7, power_dbm=7).years)
     assert _battery_years([_status(900, 5000, 3000, 4), _status(60, 100, 50, 1)], 14.0) is None  # rebooted between
+    # Two boots of two reports each, the second's counts all past the first's: the second boot's alone
+    boots = [_status(900, 5000, 3000, 4), _status(1800, 9000, 5000, 7), _status(600, 9500, 5500, 8), _status(1500, 12000, 7000, 11)]
+    assert _battery_years(boots, 14.0) == pytest.approx(estimate_from_report(2500, 1500, 900, 3, power_dbm=14.0).years)
+    assert _battery_years(boots[:3], 14.0) == pytest.approx(estimate_from_report(4000, 2000, 900, 3, power_dbm=14.0).years)
+    # its radio's counts went back though its uptime did not (a boot between two reports the gateway missed)
+    missed = [_status(900, 5000, 3000, 4), _status(4000, 100, 50, 1), _status(4900, 2100, 1050, 4)]
+    assert _battery_years(missed, 14.0) == pytest.approx(estimate_from_report(2000, 1000, 900, 3, power_dbm=14.0).years)
     assert _battery_years([_status(900, 5000, 3000, 4), _status(1800, 5100, 3500, 5)], 14.0) is None  # 1 uplink: no round
     # a whole round (a READINGS and a STATUS) between two STATUS is enough: what is left when the STATUS of a
     # round after them was lost on the air
