@@ -14,7 +14,8 @@ one per window (_choose says which); a TIME is made when it is chosen, so that i
 on air. RX1 carries a frame only for a node owed two when its time comes (and only if that frame is off the air
 when its RX2 opens: _rx2_opens), or one that RX2's duty cycle leaves no room for: RX2's sub-band has ten
 times the budget; or one whose RX2 answer would be on air with an earlier one of another bridge at its SF (every
-bridge answers RX2 on one channel: _rx2_contested).
+bridge answers RX2 on one channel: _rx2_contested, judged again at RX2's choice, where the later answer is not
+sent at all).
 
 The bridge's duty cycle is mirrored here (protocols/dutycycle.py on the bridge's clock, the same code the
 bridge keeps it with): a frame that would break it is not sent (counted) and waits. The bridge checks again
@@ -322,23 +323,18 @@ class AirTransport:
             at = self._reach(window, RX_DELAY_MS, bridge_now)
             owed = len(queue) + (node_id in self.time_owed)
             if at is not None and owed:
-                rx1_length = self._length(node_id, queue, rx1=True)
-                two = owed >= 2 and self._rx2_opens(window, self._end(window, at, rx1_length))
-                # Otherwise one frame goes, the one RX2 would carry (_choose), in RX2 if it has room for that frame
+                two = owed >= 2 and self._rx2_opens(window, self._end(window, at, self._length(node_id, queue, rx1=True)))
+                # Otherwise one frame goes, the one RX2 would carry (_choose), in RX2 if it has room for it; in RX1 too
+                # (always the ACK there, a node whose windows each brought one would never get its COMMAND or TIME)
                 single = self._length(node_id, queue, rx1=False)
                 rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, single)
                 if owed >= 2 and not two and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
                     self.counts["rx1_too_long"] += 1
-                contested = (
-                    not two
-                    and rx2_room
-                    and self._fits(window, window.freq, at, rx1_length)
-                    and self._rx2_contested(node_id, window, single)
-                )
+                contested = not two and rx2_room and self._fits(window, window.freq, at, single) and self._rx2_contested(node_id, window)
                 # The rival keeps RX2 even if RX1's frame cannot go, or an ACK committed before RX2's choice would be
                 # sent into it and drown the rival's answer with its own
                 window.rx2_ceded = contested
-                sent = (two or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=True)
+                sent = (two or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=two)
                 if sent:
                     window.rx1_end = self._end(window, at, sent)
                 if sent and contested:
@@ -346,11 +342,14 @@ class AirTransport:
         if rx2:
             at = self._reach(window, RX2_DELAY_MS, bridge_now)
             owes = bool(queue) or node_id in self.time_owed
-            if at is not None and owes and window.rx2_ceded:
-                self.counts["rx2_ceded"] += 1  # it waits for the node's next uplink
-            elif at is not None and owes and self._rx2_opens(window, window.rx1_end):
-                window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
-                window.rx2_at = at
+            if at is not None and owes and self._rx2_opens(window, window.rx1_end):
+                # Judged again: at RX1's choice this window or the rival may have owed nothing, or this one two
+                window.rx2_ceded = window.rx2_ceded or self._rx2_contested(node_id, window)
+                if window.rx2_ceded:
+                    self.counts["rx2_ceded"] += 1  # what it owes waits for the node's next uplink
+                else:
+                    window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
+                    window.rx2_at = at
 
     def _length(self, node_id: bytes, queue: list[tuple[bytes, float]], rx1: bool) -> int:
         """The bytes on air of the frame RX1 (rx1) or RX2 would carry (_choose; of a TIME, at most)."""
@@ -393,16 +392,17 @@ class AirTransport:
         start = (at - offset) / 1000
         return start, start + airtime_us(length, window.sf, window.bw) / 1e6
 
-    def _rx2_contested(self, node_id: bytes, window: Window, length: int) -> bool:
-        """Whether this window's RX2 frame of `length` bytes would be on air with an earlier RX2 frame of another
-        bridge at the same SF and bandwidth (rx2_slot; for a node that bridge is the link of): all bridges answer
-        RX2 on one channel, and two at one SF on two channels hear two uplinks ending together. The later of the two
-        goes in RX1, on its uplink's channel (the earlier keeps RX2; of two at the same time, the lower bridge id).
-        tree-health with two SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met another bridge's."""
-        mine = self._on_air(window, window.at + RX2_DELAY_MS + RX_AIM_MS, length)
-        if mine is None:
+    def _rx2_contested(self, node_id: bytes, window: Window) -> bool:
+        """Whether this window's RX2 frame would start while an earlier RX2 frame of another bridge at the same SF and
+        bandwidth is on air (rx2_slot; for a node that bridge is the link of): all bridges answer RX2 on one channel,
+        and two at one SF on two channels hear two uplinks ending together. The later of the two gives RX2 up (the
+        earlier keeps it; of two at the same time, the lower bridge id): its answer goes in RX1, on its uplink's
+        channel, or waits. tree-health with two SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met
+        another bridge's. As the earlier frame starts no later, this one's length does not matter."""
+        offset = self.bridge_clock.offset_ms
+        if offset is None:
             return False
-        start, end = mine
+        start = (window.at + RX2_DELAY_MS + RX_AIM_MS - offset) / 1000
         for rival in self._rivals():
             if rival is self:
                 continue
@@ -410,7 +410,7 @@ class AirTransport:
                 if other_id == node_id or other.sf != window.sf or other.bw != window.bw or not rival._is_link(other_id):
                     continue
                 slot = rival.rx2_slot(other_id, other)
-                if slot is not None and slot[0] < end and start < slot[1] and (slot[0], rival.bridge_id) < (start, self.bridge_id):
+                if slot is not None and start < slot[1] and (slot[0], rival.bridge_id) < (start, self.bridge_id):
                     return True
         return False
 

@@ -604,7 +604,7 @@ def uplink(bare: BareAir, at: int, freq: int, sf: int = 12) -> Window:
         (0.3, 12, False, "rx1"),  # its RX2 answer would be on air with the first bridge's: RX1, on its own channel
         (5.0, 12, False, "rx2"),  # long after the first bridge's
         (0.3, 11, False, "rx2"),  # at another SF: a node listening at SF12 does not hear it
-        (0.3, 12, True, "rx2"),  # RX1's 1 % spent for the hour: RX2 all the same
+        (0.3, 12, True, "none"),  # RX1's 1 % spent for the hour: nothing (in RX2 both answers would be lost); it waits
     ],
 )
 def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: int, rx1_spent: bool, window: str) -> None:
@@ -622,8 +622,9 @@ def test_two_bridges_do_not_answer_at_once_in_rx2_at_one_sf(later_s: float, sf: 
         second.air.bridge_clock.duty.spend(868_300_000, 35_990_000, at - 60_000)
     second.owe(messages.ACK, 20, {"counters": [7]})
     heard(second.air, at, 868_300_000, sf, 125_000, OTHER)
-    assert [tx["freq"] for tx in second.sent] == [868_300_000 if window == "rx1" else 869_525_000]
-    assert second.air.counts["rx2_contested"] == (window == "rx1")
+    assert [tx["freq"] for tx in second.sent] == {"rx1": [868_300_000], "rx2": [869_525_000], "none": []}[window]
+    assert second.air.counts["rx2_contested"] == (window == "rx1") and second.air.counts["rx2_ceded"] == (window == "none")
+    assert second.air.counts["no_budget"] == 0  # RX1 is not tried where its duty cycle has no room
 
 
 def test_a_longer_rx2_frame_of_another_bridge_is_met_for_all_its_airtime_and_a_failed_rx1_is_not_counted() -> None:
@@ -675,23 +676,22 @@ def test_of_two_rx2_answers_at_once_the_later_goes_in_rx1_and_only_it(first_owes
     assert second.air.counts["rx2_contested"] == first_owes and first.air.counts["rx2_contested"] == 0
 
 
+def owe_ack_and_command(first: BareAir, second: BareAir) -> None:
+    """The first bridge owes its node an ACK, the second its node a COMMAND and a newer ACK, taken from its link."""
+    first.owe(messages.ACK, 10, {"counters": [5]})
+    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.flush()
+
+
 def test_a_node_owed_two_at_sf12_is_answered_in_one_window_and_rx1_when_rx2_is_contested() -> None:
     """Owed an ACK and a COMMAND at SF12, where RX1's ACK would still be on air when the node opens RX2: one goes, as for
     a node owed one, so the contest for RX2 applies too. The first bridge keeps RX2; the second sends its ACK in RX1
     and nothing in RX2 (the bridge would drop it late), and its COMMAND waits."""
     now = [1000.0]
     first, second = cabinet(now)
-    first.owe(messages.ACK, 10, {"counters": [5]})
-    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
-    second.owe(messages.ACK, 20, {"counters": [7]})
-    second.air.flush()
-    window_a = uplink(first, 100_000, 868_100_000)
-    now[0] += 0.3
-    window_b = uplink(second, 7_000_300, 868_300_000)
-    now[0] += 0.3
-    first.air._decide(window_a)
-    now[0] += 0.3
-    second.air._decide(window_b)
+    owe_ack_and_command(first, second)
+    window_a, window_b = rx1_chosen(now, first, second, 12, 0.3)
     assert second.air.rx2_slot(OTHER, window_b) is None  # the node opens no RX2 after that ACK: none for a third bridge
     now[0] += 0.6
     first.air._decide_rx2(window_a)
@@ -701,6 +701,64 @@ def test_a_node_owed_two_at_sf12_is_answered_in_one_window_and_rx1_when_rx2_is_c
     assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.ACK)]
     assert second.air.counts["rx2_contested"] == 1 and second.air.counts["rx1_too_long"] == 1
     assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.COMMAND]
+
+
+def rx1_chosen(now: list[float], first: BareAir, second: BareAir, sf: int, apart: float) -> tuple[Window, Window]:
+    """Two uplinks ending `apart` s from each other on two channels, each bridge's RX1 chosen 0.6 s after its own."""
+    window_a = uplink(first, 100_000, 868_100_000, sf=sf)
+    now[0] += apart
+    window_b = uplink(second, 7_000_000 + round(apart * 1000), 868_300_000, sf=sf)
+    now[0] += 0.6 - apart
+    first.air._decide(window_a)
+    now[0] += apart
+    second.air._decide(window_b)
+    return window_a, window_b
+
+
+@pytest.mark.parametrize("case", ["owed two", "owed nothing at rx1", "rival owed nothing at rx1"])
+def test_rx2_is_judged_again_at_its_choice_and_given_up_to_an_earlier_answer(case: str) -> None:
+    """At SF9 two uplinks end 50 ms apart on two channels; RX2's answers would meet on 869.525 MHz. Whatever either
+    bridge owed at RX1's choice, the later RX2 answer is not sent (found by a review; each of these went):
+    - owed two: the ACK in RX1, the COMMAND not in RX2;
+    - owed nothing at RX1's choice, an ACK committed before RX2's;
+    - the first bridge owed nothing when the second chose RX1, and an ACK before its own RX2."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    if case != "rival owed nothing at rx1":
+        first.owe(messages.ACK, 10, {"counters": [5]})
+    if case == "owed two":
+        second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    if case != "owed nothing at rx1":
+        second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.flush()
+    window_a, window_b = rx1_chosen(now, first, second, 9, 0.05)
+    now[0] += 0.85
+    # committed after RX1's time, taken at RX2's choice
+    if case == "owed nothing at rx1":
+        second.owe(messages.ACK, 20, {"counters": [7]})
+    if case == "rival owed nothing at rx1":
+        first.owe(messages.ACK, 10, {"counters": [5]})
+    first.air._decide_rx2(window_a)
+    now[0] += 0.05
+    second.air._decide_rx2(window_b)
+    assert [tx["freq"] for tx in first.sent] == [869_525_000]
+    rx1 = [(868_300_000, messages.ACK)] if case == "owed two" else []
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == rx1
+    assert second.air.counts["rx2_ceded"] == 1
+    assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.COMMAND if case == "owed two" else messages.ACK]
+
+
+def test_an_answer_moved_to_rx1_is_the_frame_rx2_would_carry() -> None:
+    """At SF12 (one frame per uplink) a node whose last window brought an ACK is owed a COMMAND and a new ACK, and its
+    RX2 is contested: RX1 carries the COMMAND, as RX2 would have; always the ACK there, a node whose every window
+    was contested would never get its COMMAND (found by a review)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    owe_ack_and_command(first, second)
+    second.air.acked_last[OTHER] = True
+    rx1_chosen(now, first, second, 12, 0.3)
+    assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.COMMAND)]
+    assert second.air.counts["rx2_contested"] == 1
 
 
 def test_after_a_long_rx1_frame_nothing_goes_in_rx2_even_a_short_ack_that_fits() -> None:
@@ -730,13 +788,7 @@ def test_a_bridge_that_gave_rx2_up_sends_nothing_in_it_even_an_ack_committed_sin
     first.owe(messages.ACK, 10, {"counters": [5]})
     second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
     second.air.flush()
-    window_a = uplink(first, 100_000, 868_100_000, sf=9)
-    now[0] += 0.05
-    window_b = uplink(second, 7_000_050, 868_300_000, sf=9)
-    now[0] += 0.55
-    first.air._decide(window_a)
-    now[0] += 0.05
-    second.air._decide(window_b)
+    window_a, window_b = rx1_chosen(now, first, second, 9, 0.05)
     assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.COMMAND)]
     second.owe(messages.ACK, 20, {"counters": [7]})  # committed between the two choices
     second.air.flush()
