@@ -323,16 +323,18 @@ class AirTransport:
             at = self._reach(window, RX_DELAY_MS, bridge_now)
             owed = len(queue) + (node_id in self.time_owed)
             if at is not None and owed:
-                two = owed >= 2 and self._rx2_opens(window, self._end(window, at, self._length(node_id, queue, rx1=True)))
+                fit = owed >= 2 and self._rx2_opens(window, self._end(window, at, self._length(node_id, queue, rx1=True)))
                 # Otherwise one frame goes, the one RX2 would carry (_choose), in RX2 if it has room for it; in RX1 too
-                # (always the ACK there, a node whose windows each brought one would never get its COMMAND or TIME)
+                # (were it always the ACK there, a node whose windows each brought one would never get its COMMAND)
                 single = self._length(node_id, queue, rx1=False)
                 rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, single)
-                if owed >= 2 and not two and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
+                if owed >= 2 and not fit and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
                     self.counts["rx1_too_long"] += 1
-                contested = not two and rx2_room and self._fits(window, window.freq, at, single) and self._rx2_contested(node_id, window)
-                # The rival keeps RX2 even if RX1's frame cannot go, or an ACK committed before RX2's choice would be
-                # sent into it and drown the rival's answer with its own
+                contested = rx2_room and self._fits(window, window.freq, at, single) and self._rx2_contested(node_id, window)
+                # Contested, a node owed two gets one too, RX2's choice, in RX1: with the ACK there and the request
+                # ceded in RX2 at every uplink so contested, it would never get the request. The rival keeps RX2 even
+                # if RX1's frame cannot go, or an ACK committed before RX2's choice would drown the rival's answer
+                two = fit and not contested
                 window.rx2_ceded = contested
                 sent = (two or not rx2_room or contested) and self._send_one(node_id, window, queue, at, window.freq, rx1=two)
                 if sent:

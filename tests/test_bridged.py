@@ -748,6 +748,35 @@ def test_rx2_is_judged_again_at_its_choice_and_given_up_to_an_earlier_answer(cas
     assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.COMMAND if case == "owed two" else messages.ACK]
 
 
+def test_a_node_owed_two_whose_rx2_is_contested_at_every_uplink_still_gets_its_command() -> None:
+    """At SF9 the second bridge's node, owed a COMMAND, brings a new ACK at every uplink, and each ends 50 ms after the
+    first bridge's node's: RX2 is always the first bridge's. The node gets one frame in RX1, RX2's choice, which
+    alternates ACK and request; with the ACK in RX1 and the COMMAND ceded in RX2 it never came (found by a review)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    for cycle in range(4):
+        first.owe(messages.ACK, 10 + cycle, {"counters": [5 + cycle]})
+        second.owe(messages.ACK, 20 + cycle, {"counters": [7 + cycle]})
+        first.air.flush()
+        second.air.flush()
+        window_a = uplink(first, 100_000 + cycle * 100_000, 868_100_000, sf=9)
+        now[0] += 0.05
+        window_b = uplink(second, 7_000_050 + cycle * 100_000, 868_300_000, sf=9)
+        now[0] += 0.55
+        first.air._decide(window_a)
+        now[0] += 0.05
+        second.air._decide(window_b)
+        now[0] += 0.85
+        first.air._decide_rx2(window_a)
+        now[0] += 0.05
+        second.air._decide_rx2(window_b)
+        now[0] += 100 - 1.55
+    assert all(tx["freq"] == 869_525_000 for tx in first.sent) and len(first.sent) == 4
+    kinds = [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent]
+    assert all(freq == 868_300_000 for freq, _ in kinds) and (868_300_000, messages.COMMAND) in kinds[:2]
+
+
 def test_an_answer_moved_to_rx1_is_the_frame_rx2_would_carry() -> None:
     """At SF12 (one frame per uplink) a node whose last window brought an ACK is owed a COMMAND and a new ACK, and its
     RX2 is contested: RX1 carries the COMMAND, as RX2 would have; always the ACK there, a node whose every window
@@ -759,6 +788,27 @@ def test_an_answer_moved_to_rx1_is_the_frame_rx2_would_carry() -> None:
     rx1_chosen(now, first, second, 12, 0.3)
     assert [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent] == [(868_300_000, messages.COMMAND)]
     assert second.air.counts["rx2_contested"] == 1
+
+
+def test_rx1_room_for_a_contested_answer_is_judged_for_the_frame_it_would_carry() -> None:
+    """The answer moved to RX1 is RX2's choice, here the COMMAND (the node's last window brought an ACK): RX1's hour
+    has room for the ACK but not the COMMAND, so nothing is tried there, and RX2 is given up all the same."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    owe_ack_and_command(first, second)
+    second.air.acked_last[OTHER] = True
+    lengths = {raw[1]: len(raw) for raw, _ in second.air.waiting[OTHER]}
+    ack_ms, command_ms = (airtime_us(lengths[kind], 12) // 1000 for kind in (messages.ACK, messages.COMMAND))
+    assert ack_ms + 10 < command_ms
+    left_ms = (ack_ms + command_ms) // 2
+    second.air.late(7_000_300, 868_300_000, 12, 125_000)  # its clock, for its RX1's hour
+    second.air.bridge_clock.duty.spend(868_300_000, (36_000 - left_ms) * 1000, 6_990_000)
+    window_a, window_b = rx1_chosen(now, first, second, 12, 0.3)
+    now[0] += 0.6
+    first.air._decide_rx2(window_a)
+    now[0] += 0.3
+    second.air._decide_rx2(window_b)
+    assert second.sent == [] and second.air.counts["no_budget"] == 0 and second.air.counts["rx2_ceded"] == 1
 
 
 def test_after_a_long_rx1_frame_nothing_goes_in_rx2_even_a_short_ack_that_fits() -> None:
