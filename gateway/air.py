@@ -49,6 +49,7 @@ MAX_AT = 1 << 53  # a bridge's uptime in ms beyond this is no clock (and would o
 KEPT = 8  # frames per node waiting for a window; a ninth pushes out the oldest (counted)
 DECIDE_S = 0.6  # after an uplink is heard, RX1's frame is chosen this much later (RX1 opens 1 s after the uplink)
 DECIDE_RX2_S = 1.5  # and RX2's this much later: the ACK of a frame committed meanwhile (RADIO_COMMIT_S) is there
+ON_AIR_KEPT_MS = 60000  # the bridge's own transmissions kept this long (a window is at most a few seconds ahead)
 KEPT_S = 900.0  # a frame that found no window in this long is dropped (counted): what it answered is old
 TIME_BYTES = 34  # a TIME frame on air (header, unix and ms, tag): made only when its window comes
 _TYPE = 1  # header offsets (protocols/frame.py)
@@ -72,6 +73,8 @@ class Window:
     rx2_ready: bool = False  # the time to choose RX2's came (DECIDE_RX2_S)
     rx2_used: bool = False
     rx2_ceded: bool = False  # RX2 left to another bridge's answer at this SF (_rx2_contested): nothing goes in it
+    idle: bool = False  # nothing owed when RX1's choice came, in time: a frame owed later that misses it is no window missed
+    rx2_idle: bool = False  # the same for RX2's
     rx1_end: int = 0  # the bridge's time RX1's frame leaves the air (0: none went): the node opens RX2 only after it
     rx2_at: int = 0  # the bridge's time for the frame sent for RX2, and its length (0: none went); another bridge's
     rx2_bytes: int = 0  # RX2 answer at this SF must not be on air with it
@@ -141,6 +144,10 @@ class AirTransport:
         self.windows: dict[bytes, Window] = {}
         self.waiting: dict[bytes, list[tuple[bytes, float]]] = {}
         self.acked_last: dict[bytes, bool] = {}
+        # nodes whose request was ceded in RX2 (_rx2_contested at RX2's choice): at the next uplink it goes in RX1, or
+        # a node owed a new ACK at each would see it ceded each time
+        self.ceded: set[bytes] = set()
+        self.on_air: list[tuple[int, int]] = []  # the bridge's own transmissions asked for, (start, end) on its clock
         self._fresh_time: set[bytes] = set()  # nodes whose TIME is being made for a window now
         self.counts: Counter[str] = Counter()
 
@@ -211,10 +218,13 @@ class AirTransport:
     def _decide(self, window: Window) -> None:
         window.ready = True
         self.flush()
+        # Nothing owed: the window stays open to a frame committed while it can be reached
+        window.idle = not window.used and self._reachable(window, RX_DELAY_MS)
 
     def _decide_rx2(self, window: Window) -> None:
         window.rx2_ready = True
         self.flush()
+        window.rx2_idle = not window.rx2_used and self._reachable(window, RX2_DELAY_MS)
 
     def rebooted(self) -> None:
         """The bridge said HELLO: it started again, its clock and its duty cycle with it."""
@@ -320,7 +330,7 @@ class AirTransport:
                 " + TIME" if node_id in self.time_owed else "",
             )
         if rx1:
-            at = self._reach(window, RX_DELAY_MS, bridge_now)
+            at = self._reach(window, RX_DELAY_MS, bridge_now, not window.idle)
             owed = len(queue) + (node_id in self.time_owed)
             if at is not None and owed:
                 fit = owed >= 2 and self._rx2_opens(window, self._end(window, at, self._length(node_id, queue, rx1=True)))
@@ -330,7 +340,12 @@ class AirTransport:
                 rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, single)
                 if owed >= 2 and not fit and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
                     self.counts["rx1_too_long"] += 1
-                contested = rx2_room and self._fits(window, window.freq, at, single) and self._rx2_contested(node_id, window)
+                rx2_at = max(window.at + RX2_DELAY_MS + RX_AIM_MS, bridge_now + LEAD_MS)
+                contested = (
+                    rx2_room
+                    and self._fits(window, window.freq, at, single)
+                    and (node_id in self.ceded or self._rx2_contested(node_id, window, rx2_at, single))
+                )
                 # Contested, a node owed two gets one too, RX2's choice, in RX1: with the ACK there and the request
                 # ceded in RX2 at every uplink so contested, it would never get the request. The rival keeps RX2 even
                 # if RX1's frame cannot go, or an ACK committed before RX2's choice would drown the rival's answer
@@ -342,13 +357,16 @@ class AirTransport:
                 if sent and contested:
                     self.counts["rx2_contested"] += 1
         if rx2:
-            at = self._reach(window, RX2_DELAY_MS, bridge_now)
+            at = self._reach(window, RX2_DELAY_MS, bridge_now, not window.rx2_idle)
             owes = bool(queue) or node_id in self.time_owed
             if at is not None and owes and self._rx2_opens(window, window.rx1_end):
                 # Judged again: at RX1's choice this window or the rival may have owed nothing, or this one two
-                window.rx2_ceded = window.rx2_ceded or self._rx2_contested(node_id, window)
+                single = self._length(node_id, queue, rx1=False)
+                window.rx2_ceded = window.rx2_ceded or self._rx2_contested(node_id, window, at, single)
                 if window.rx2_ceded:
                     self.counts["rx2_ceded"] += 1  # what it owes waits for the node's next uplink
+                    if self._choose(node_id, queue) < 0 or queue[self._choose(node_id, queue)][0][_TYPE] != messages.ACK:
+                        self.ceded.add(node_id)  # a request: the next uplink's RX1 carries it
                 else:
                     window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
                     window.rx2_at = at
@@ -394,17 +412,18 @@ class AirTransport:
         start = (at - offset) / 1000
         return start, start + airtime_us(length, window.sf, window.bw) / 1e6
 
-    def _rx2_contested(self, node_id: bytes, window: Window) -> bool:
-        """Whether this window's RX2 frame would start while an earlier RX2 frame of another bridge at the same SF and
-        bandwidth is on air (rx2_slot; for a node that bridge is the link of): all bridges answer RX2 on one channel,
-        and two at one SF on two channels hear two uplinks ending together. The later of the two gives RX2 up (the
-        earlier keeps it; of two at the same time, the lower bridge id): its answer goes in RX1, on its uplink's
-        channel, or waits. tree-health with two SF12 bridges on two channels: 22 of 204 RX2 downlinks at SF12 met
-        another bridge's. As the earlier frame starts no later, this one's length does not matter."""
-        offset = self.bridge_clock.offset_ms
-        if offset is None:
+    def _rx2_contested(self, node_id: bytes, window: Window, at: int, length: int) -> bool:
+        """Whether this window's RX2 frame of `length` bytes sent at `at` (the bridge's clock) would be on air with an
+        RX2 frame of another bridge at the same SF and bandwidth (rx2_slot; for a node that bridge is the link of):
+        all bridges answer RX2 on one channel, and two at one SF on two channels hear two uplinks ending together. A
+        frame already sent is met whichever began first (the choices need not come in the order of the windows: a
+        report held up, a stalled loop); of one still to be chosen, the later gives RX2 up (of two at the same time,
+        the lower bridge id keeps it). tree-health with two SF12 bridges on two channels: 22 of 204 RX2 downlinks at
+        SF12 met another bridge's."""
+        mine = self._on_air(window, at, length)
+        if mine is None:
             return False
-        start = (window.at + RX2_DELAY_MS + RX_AIM_MS - offset) / 1000
+        start, end = mine
         for rival in self._rivals():
             if rival is self:
                 continue
@@ -412,21 +431,35 @@ class AirTransport:
                 if other_id == node_id or other.sf != window.sf or other.bw != window.bw or not rival._is_link(other_id):
                     continue
                 slot = rival.rx2_slot(other_id, other)
-                if slot is not None and start < slot[1] and (slot[0], rival.bridge_id) < (start, self.bridge_id):
+                if slot is None or not (slot[0] < end and start < slot[1]):
+                    continue
+                if other.rx2_bytes or (slot[0], rival.bridge_id) < (start, self.bridge_id):
                     return True
         return False
 
     def _fits(self, window: Window, freq: int, at: int, length: int) -> bool:
-        """Whether the bridge's duty cycle leaves room at `at` on `freq` for a frame of `length` bytes."""
+        """Whether the bridge's duty cycle leaves room at `at` on `freq` for a frame of `length` bytes, and the bridge
+        is not sending another then."""
         airtime = airtime_us(length, window.sf, window.bw)
         duty = self.bridge_clock.duty
-        return not duty.wait_ms(freq, at) and duty.budget_ms(freq, at) >= (airtime + 999) // 1000
+        room = not duty.wait_ms(freq, at) and duty.budget_ms(freq, at) >= (airtime + 999) // 1000
+        return room and not self._busy(at, self._end(window, at, length))
 
-    def _reach(self, window: Window, delay: int, bridge_now: int) -> int | None:
-        """The bridge's time to transmit in the window `delay` ms after the uplink, or None: too late for it."""
+    def _busy(self, start: int, end: int) -> bool:
+        """Whether the bridge, half duplex, is asked to send another frame between start and end (its clock): one
+        node's RX2 and another's RX1 can come at the same moment, and the bridge would drop the later as late."""
+        return any(begun < end and start < ended for begun, ended in self.on_air)
+
+    def _reachable(self, window: Window, delay: int) -> bool:
+        """Whether the window `delay` ms after the uplink can still be reached now."""
+        return self._reach(window, delay, self.bridge_clock.now_ms(self._clock()), count=False) is not None
+
+    def _reach(self, window: Window, delay: int, bridge_now: int, count: bool = True) -> int | None:
+        """The bridge's time to transmit in the window `delay` ms after the uplink, or None: too late for it (counted
+        as missed if something was owed when its choice came)."""
         at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
         if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
-            self.counts["missed"] += 1
+            self.counts["missed"] += count
             return None
         return at
 
@@ -450,7 +483,7 @@ class AirTransport:
                 return 0
         raw = queue[index][0]
         if not self._fits(window, freq, at, len(raw)):
-            self.counts["no_budget"] += 1
+            self.counts["busy" if self._busy(at, self._end(window, at, len(raw))) else "no_budget"] += 1
             log.debug("%s: no budget on %d at %d for %d bytes", self.bridge_id.hex(), freq, at, len(raw))
             return self._unmade(node_id, queue, index, made)
         airtime = airtime_us(len(raw), window.sf, window.bw)
@@ -459,6 +492,9 @@ class AirTransport:
             self.counts["dropped"] += 1  # the bridge's serial link is gone or backed up: nothing goes on air
             return self._unmade(node_id, queue, index, made)
         self.bridge_clock.duty.spend(freq, airtime, at)  # what the bridge will spend: booked only for a frame it was sent
+        self.on_air = [span for span in self.on_air if span[1] > at - ON_AIR_KEPT_MS] + [(at, self._end(window, at, len(raw)))]
+        if raw[_TYPE] != messages.ACK:
+            self.ceded.discard(node_id)
         del queue[index]
         self.acked_last[node_id] = raw[_TYPE] == messages.ACK
         self.counts["sent"] += 1

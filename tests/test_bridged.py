@@ -9,6 +9,7 @@ that heard it best; what the node is owed goes back as RADIO_TX in its receive w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
@@ -641,6 +642,7 @@ def test_a_longer_rx2_frame_of_another_bridge_is_met_for_all_its_airtime_and_a_f
     heard(second.air, 7_002_000, 868_300_000, 12, 125_000, OTHER)
     assert [tx["freq"] for tx in second.sent] == [868_300_000] and second.air.counts["rx2_contested"] == 1
     second.sent.clear()
+    second.air.on_air.clear()  # its frame above is no concern here (this uplink would have come after it)
     second.air._send = lambda bridge, tx: False  # the bridge's serial link is gone: nothing goes, in RX1 or RX2
     second.owe(messages.ACK, 21, {"counters": [8]})
     now[0] += 0.1  # the first bridge's CONFIG report is still on air when this RX2 would be
@@ -748,6 +750,31 @@ def test_rx2_is_judged_again_at_its_choice_and_given_up_to_an_earlier_answer(cas
     assert [raw[1] for raw, _at in second.air.waiting[OTHER]] == [messages.COMMAND if case == "owed two" else messages.ACK]
 
 
+def contested_uplinks(now: list[float], first: BareAir, second: BareAir, cycle: int, first_acks_late: bool) -> None:
+    """One of a series of uplinks 100 s apart at SF9, the second bridge's node's ending 50 ms after the first's, each
+    bringing both a new ACK, and each window chosen in its real order. first_acks_late: the first bridge's ACK is
+    committed after both RX1 choices (before its RX2's)."""
+    second.owe(messages.ACK, 20 + cycle, {"counters": [7 + cycle]})
+    second.air.flush()
+    if not first_acks_late:
+        first.owe(messages.ACK, 10 + cycle, {"counters": [5 + cycle]})
+        first.air.flush()
+    window_a = uplink(first, 100_000 + cycle * 100_000, 868_100_000, sf=9)
+    now[0] += 0.05
+    window_b = uplink(second, 7_000_050 + cycle * 100_000, 868_300_000, sf=9)
+    now[0] += 0.55
+    first.air._decide(window_a)
+    now[0] += 0.05
+    second.air._decide(window_b)
+    if first_acks_late:
+        first.owe(messages.ACK, 10 + cycle, {"counters": [5 + cycle]})
+    now[0] += 0.85
+    first.air._decide_rx2(window_a)
+    now[0] += 0.05
+    second.air._decide_rx2(window_b)
+    now[0] += 100 - 1.55
+
+
 def test_a_node_owed_two_whose_rx2_is_contested_at_every_uplink_still_gets_its_command() -> None:
     """At SF9 the second bridge's node, owed a COMMAND, brings a new ACK at every uplink, and each ends 50 ms after the
     first bridge's node's: RX2 is always the first bridge's. The node gets one frame in RX1, RX2's choice, which
@@ -756,25 +783,98 @@ def test_a_node_owed_two_whose_rx2_is_contested_at_every_uplink_still_gets_its_c
     first, second = cabinet(now)
     second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
     for cycle in range(4):
-        first.owe(messages.ACK, 10 + cycle, {"counters": [5 + cycle]})
-        second.owe(messages.ACK, 20 + cycle, {"counters": [7 + cycle]})
-        first.air.flush()
-        second.air.flush()
-        window_a = uplink(first, 100_000 + cycle * 100_000, 868_100_000, sf=9)
-        now[0] += 0.05
-        window_b = uplink(second, 7_000_050 + cycle * 100_000, 868_300_000, sf=9)
-        now[0] += 0.55
-        first.air._decide(window_a)
-        now[0] += 0.05
-        second.air._decide(window_b)
-        now[0] += 0.85
-        first.air._decide_rx2(window_a)
-        now[0] += 0.05
-        second.air._decide_rx2(window_b)
-        now[0] += 100 - 1.55
+        contested_uplinks(now, first, second, cycle, first_acks_late=False)
     assert all(tx["freq"] == 869_525_000 for tx in first.sent) and len(first.sent) == 4
     kinds = [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent]
     assert all(freq == 868_300_000 for freq, _ in kinds) and (868_300_000, messages.COMMAND) in kinds[:2]
+
+
+def rx2_spans(*bridges: BareAir) -> list[tuple[float, float]]:
+    """The RX2 frames the bridges were asked to send, start and end on the gateway's clock."""
+    spans = []
+    for bare in bridges:
+        offset = bare.air.bridge_clock.offset_ms or 0
+        for tx in bare.sent:
+            if tx["freq"] == 869_525_000:
+                start = (tx["at"] - offset) / 1000
+                spans.append((start, start + airtime_us(len(tx["frame"]), tx["sf"]) / 1e6))
+    return sorted(spans)
+
+
+def test_rx2_answers_chosen_late_do_not_meet_whichever_is_chosen_first() -> None:
+    """The loop stalled 0.65 s: both RX2 choices come late, each frame goes later than its aim, and the first bridge's
+    ACK was committed after both RX1 choices. Judged at their aims, both went, on air together (a review)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.flush()
+    window_a, window_b = rx1_chosen(now, first, second, 9, 0.05)
+    first.owe(messages.ACK, 10, {"counters": [5]})
+    now[0] += 0.85 + 0.65
+    first.air._decide_rx2(window_a)
+    now[0] += 0.05
+    second.air._decide_rx2(window_b)
+    spans = rx2_spans(first, second)
+    assert len(spans) == 1 or all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert len(spans) == 1 and first.air.counts["rx2_ceded"] + second.air.counts["rx2_ceded"] == 1
+
+
+def test_an_rx2_answer_sent_already_is_met_whichever_window_began_first() -> None:
+    """The second bridge's report came first (the first's was held up on its serial line), so its RX2 was chosen and
+    sent first, and the first bridge's ACK committed after: the first's window is the earlier, but its answer would
+    meet one already on air, and is not sent (a review: both went)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    second.owe(messages.ACK, 20, {"counters": [7]})
+    second.air.flush()
+    window_a, window_b = rx1_chosen(now, first, second, 9, 0.05)
+    now[0] += 0.85
+    second.air._decide_rx2(window_b)
+    first.owe(messages.ACK, 10, {"counters": [5]})
+    first.air._decide_rx2(window_a)
+    assert len(rx2_spans(first, second)) == 1 and first.air.counts["rx2_ceded"] == 1
+
+
+def test_a_request_ceded_in_rx2_goes_in_rx1_at_the_next_uplink() -> None:
+    """The first bridge's ACK is committed after the second's RX1 choice at every uplink: the second, owed a COMMAND
+    and a new ACK each time, sent its ACK in RX1 and had the COMMAND ceded in RX2 each time (a review: six uplinks,
+    six ACKs). A request ceded goes in RX1 at the next uplink."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    for cycle in range(3):
+        contested_uplinks(now, first, second, cycle, first_acks_late=True)
+    kinds = [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent]
+    assert (868_300_000, messages.COMMAND) in kinds[:3] and not any(freq == 869_525_000 for freq, _ in kinds)
+
+
+def test_a_bridge_is_not_asked_to_send_two_frames_at_once() -> None:
+    """Half duplex: node X's RX2 (its uplink ended at 100 s on the bridge's clock) and node Y's RX1 (its uplink ended
+    a second later) come at the same moment. Asked for both, the bridge sent one and dropped the other late."""
+    other = bytes.fromhex("e1000000000000bb")
+    bare = BareAir()
+    bare.owe(messages.ACK, 10, {"counters": [5]})
+    heard(bare.air, 100_000, 868_100_000, 9, 125_000)  # no event loop: both windows chosen at once
+    bare.node = other
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.owe(messages.ACK, 12, {"counters": [7]})
+    heard(bare.air, 101_000, 868_100_000, 9, 125_000, other)
+    spans = sorted((tx["at"], tx["at"] + airtime_us(len(tx["frame"]), 9) / 1000) for tx in bare.sent)
+    assert len(spans) >= 2 and all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert bare.air.counts["busy"] >= 1
+
+
+def test_a_window_with_nothing_owed_at_its_choices_is_not_missed_by_a_frame_owed_minutes_later() -> None:
+    """A COMMAND written five minutes after an uplink whose windows carried nothing: no window was missed (each stays
+    open to a frame committed while it can be reached; the count said 2, published in the node's status)."""
+    now = [1000.0]
+    bare = BareAir(clock=lambda: now[0])
+    heard(bare.air, 100_000, 868_100_000, 9, 125_000)  # no event loop: both windows chosen at once, nothing owed
+    now[0] += 300
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.air.flush()
+    assert bare.sent == [] and bare.air.counts["missed"] == 0
+    assert [raw[1] for raw, _at in bare.air.waiting[BATTERY]] == [messages.COMMAND]
 
 
 def test_an_answer_moved_to_rx1_is_the_frame_rx2_would_carry() -> None:
