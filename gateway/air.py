@@ -94,9 +94,11 @@ class BridgeClock:
     updated: float = 0.0
     duty: DutyCycle = field(default_factory=lambda: DutyCycle(time_off=False))  # a bridge's: the hourly rule alone
 
-    def heard(self, at: int, now: float) -> None:
+    def heard(self, at: int, now: float) -> bool:
+        """Moves the estimate on; True when the clock went back (the bridge rebooted) and the estimate started again."""
         estimate = at - now * 1000
-        if self.offset_ms is not None and estimate < self.offset_ms - REBOOTED_MS:
+        restarted = self.offset_ms is not None and estimate < self.offset_ms - REBOOTED_MS
+        if restarted:
             self.offset_ms = None
             self.duty = DutyCycle(time_off=False)
         if self.offset_ms is None:
@@ -104,6 +106,7 @@ class BridgeClock:
         else:
             self.offset_ms = max(estimate, self.offset_ms - (now - self.updated) * 1000 * DRIFT_PPM / 1e6)
         self.updated = now
+        return restarted
 
     def now_ms(self, now: float) -> int:
         return int(now * 1000 + (self.offset_ms or 0))
@@ -167,7 +170,8 @@ class AirTransport:
             self.counts["bad_report"] += 1
             return None
         now = self._clock()
-        self.bridge_clock.heard(at, now)
+        if self.bridge_clock.heard(at, now):
+            self.on_air.clear()  # times of the clock before
         return self.bridge_clock.late_s(at, now)
 
     def open(self, node_id: bytes, at: int, freq: int, sf: int, bw: int) -> None:
@@ -206,6 +210,7 @@ class AirTransport:
         self.counts["handed_over"] += len(queue) + time_owed
         self.waiting.pop(node_id, None)
         self.time_owed.discard(node_id)
+        self.ceded.discard(node_id)
         return True
 
     def acked(self, node_id: bytes, counters: list[int]) -> None:
@@ -230,6 +235,8 @@ class AirTransport:
         """The bridge said HELLO: it started again, its clock and its duty cycle with it."""
         self.bridge_clock = BridgeClock()
         self.windows.clear()
+        self.on_air.clear()
+        self.ceded.clear()
 
     # ------------------------------------------------------------ the transport's face (Link)
 
@@ -271,6 +278,7 @@ class AirTransport:
 
     def close(self) -> None:
         self.waiting.clear()
+        self.ceded.clear()
 
     abort = close
 
@@ -315,6 +323,7 @@ class AirTransport:
                 self.counts["elsewhere"] += len(queue) + (node_id in self.time_owed)
                 queue.clear()
                 self.time_owed.discard(node_id)
+                self.ceded.discard(node_id)
             return
         bridge_now = self.bridge_clock.now_ms(now)
         if log.isEnabledFor(logging.DEBUG):
@@ -333,6 +342,8 @@ class AirTransport:
             at = self._reach(window, RX_DELAY_MS, bridge_now, not window.idle)
             owed = len(queue) + (node_id in self.time_owed)
             if at is not None and owed:
+                if not (node_id in self.time_owed or any(raw[_TYPE] != messages.ACK for raw, _at in queue)):
+                    self.ceded.discard(node_id)  # the request ceded went since (acknowledged, stale, another bridge's)
                 fit = owed >= 2 and self._rx2_opens(window, self._end(window, at, self._length(node_id, queue, rx1=True)))
                 # Otherwise one frame goes, the one RX2 would carry (_choose), in RX2 if it has room for it; in RX1 too
                 # (were it always the ACK there, a node whose windows each brought one would never get its COMMAND)
@@ -445,6 +456,10 @@ class AirTransport:
         room = not duty.wait_ms(freq, at) and duty.budget_ms(freq, at) >= (airtime + 999) // 1000
         return room and not self._busy(at, self._end(window, at, length))
 
+    def _no_room(self, window: Window, at: int, length: int) -> None:
+        """Counts a frame _fits refused: the bridge sending another then (busy), or its duty cycle."""
+        self.counts["busy" if self._busy(at, self._end(window, at, length)) else "no_budget"] += 1
+
     def _busy(self, start: int, end: int) -> bool:
         """Whether the bridge, half duplex, is asked to send another frame between start and end (its clock): one
         node's RX2 and another's RX1 can come at the same moment, and the bridge would drop the later as late."""
@@ -469,7 +484,7 @@ class AirTransport:
         made = index < 0
         if made:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
             if not self._fits(window, freq, at, TIME_BYTES):  # not made (it would wait, saying a time long past)
-                self.counts["no_budget"] += 1
+                self._no_room(window, at, TIME_BYTES)
                 return 0
             self._fresh_time.add(node_id)
             self._ask_time(node_id)
@@ -483,7 +498,7 @@ class AirTransport:
                 return 0
         raw = queue[index][0]
         if not self._fits(window, freq, at, len(raw)):
-            self.counts["busy" if self._busy(at, self._end(window, at, len(raw))) else "no_budget"] += 1
+            self._no_room(window, at, len(raw))
             log.debug("%s: no budget on %d at %d for %d bytes", self.bridge_id.hex(), freq, at, len(raw))
             return self._unmade(node_id, queue, index, made)
         airtime = airtime_us(len(raw), window.sf, window.bw)

@@ -848,6 +848,50 @@ def test_a_request_ceded_in_rx2_goes_in_rx1_at_the_next_uplink() -> None:
     assert (868_300_000, messages.COMMAND) in kinds[:3] and not any(freq == 869_525_000 for freq, _ in kinds)
 
 
+@pytest.mark.parametrize("gone", ["acknowledged", "stale", "bridge rebooted"])
+def test_a_node_whose_ceded_request_went_otherwise_is_answered_in_rx2_again(gone: str) -> None:
+    """The COMMAND ceded in RX2 was then acknowledged (a copy in an earlier window), went stale or the bridge rebooted:
+    the node's later ACKs go in RX2 again, not forced into RX1 for good (a review of 0e867a7)."""
+    now = [1000.0]
+    first, second = cabinet(now)
+    second.owe(messages.COMMAND, 19, {"id": 2, "action": "dim", "args": {"level": 40}})
+    contested_uplinks(now, first, second, 0, first_acks_late=True)
+    assert OTHER in second.air.ceded
+    if gone == "acknowledged":
+        second.air.acked(OTHER, [19])
+    elif gone == "stale":
+        now[0] += 900
+        second.air.flush()
+    else:
+        second.air.rebooted()
+    second.sent.clear()
+    second.owe(messages.ACK, 30, {"counters": [20]})
+    second.air.flush()
+    window = uplink(second, 7_900_000 if gone == "stale" else 7_200_000, 868_300_000, sf=9)
+    now[0] += 0.6
+    second.air._decide(window)
+    now[0] += 0.9
+    second.air._decide_rx2(window)
+    kinds = [(tx["freq"], fr.unpack(tx["frame"], [KEY]).type) for tx in second.sent]
+    if gone == "bridge rebooted":  # the COMMAND still owed: two frames, as at any uplink at SF9
+        assert kinds == [(868_300_000, messages.ACK), (869_525_000, messages.COMMAND)]
+    else:
+        assert kinds == [(869_525_000, messages.ACK)]
+
+
+def test_a_rebooted_bridge_forgets_the_transmissions_it_was_asked_for() -> None:
+    """Its clock starts again: a frame asked for before, at a time the new clock comes to, is no busy slot."""
+    bare = BareAir()
+    bare.owe(messages.ACK, 10, {"counters": [5]})
+    heard(bare.air, 100_000, 868_100_000, 9, 125_000)
+    bare.air.rebooted()
+    bare.owe(messages.COMMAND, 11, {"id": 2, "action": "dim", "args": {"level": 40}})
+    bare.owe(messages.ACK, 12, {"counters": [6]})
+    heard(bare.air, 100_000, 868_100_000, 9, 125_000)
+    assert [fr.unpack(tx["frame"], [KEY]).type for tx in bare.sent[1:]] == [messages.ACK, messages.COMMAND]
+    assert bare.air.counts["busy"] == 0
+
+
 def test_a_bridge_is_not_asked_to_send_two_frames_at_once() -> None:
     """Half duplex: node X's RX2 (its uplink ended at 100 s on the bridge's clock) and node Y's RX1 (its uplink ended
     a second later) come at the same moment. Asked for both, the bridge sent one and dropped the other late."""
