@@ -351,7 +351,7 @@ class AirTransport:
                 rx2_room = self._fits(window, DOWNLINK_FREQ, at + RX2_DELAY_MS - RX_DELAY_MS, single)
                 if owed >= 2 and not fit and rx2_room:  # as for one owed: one window; the rest waits for the next uplink
                     self.counts["rx1_too_long"] += 1
-                rx2_at = max(window.at + RX2_DELAY_MS + RX_AIM_MS, bridge_now + LEAD_MS)
+                rx2_at = self._aim(window, RX2_DELAY_MS, bridge_now)
                 contested = (
                     rx2_room
                     and self._fits(window, window.freq, at, single)
@@ -376,7 +376,8 @@ class AirTransport:
                 window.rx2_ceded = window.rx2_ceded or self._rx2_contested(node_id, window, at, single)
                 if window.rx2_ceded:
                     self.counts["rx2_ceded"] += 1  # what it owes waits for the node's next uplink
-                    if self._choose(node_id, queue) < 0 or queue[self._choose(node_id, queue)][0][_TYPE] != messages.ACK:
+                    index = self._choose(node_id, queue)
+                    if index < 0 or queue[index][0][_TYPE] != messages.ACK:
                         self.ceded.add(node_id)  # a request: the next uplink's RX1 carries it
                 else:
                     window.rx2_bytes = self._send_one(node_id, window, queue, at, DOWNLINK_FREQ)
@@ -451,10 +452,9 @@ class AirTransport:
     def _fits(self, window: Window, freq: int, at: int, length: int) -> bool:
         """Whether the bridge's duty cycle leaves room at `at` on `freq` for a frame of `length` bytes, and the bridge
         is not sending another then."""
-        airtime = airtime_us(length, window.sf, window.bw)
+        end = self._end(window, at, length)
         duty = self.bridge_clock.duty
-        room = not duty.wait_ms(freq, at) and duty.budget_ms(freq, at) >= (airtime + 999) // 1000
-        return room and not self._busy(at, self._end(window, at, length))
+        return not duty.wait_ms(freq, at) and duty.budget_ms(freq, at) >= end - at and not self._busy(at, end)
 
     def _no_room(self, window: Window, at: int, length: int) -> None:
         """Counts a frame _fits refused: the bridge sending another then (busy), or its duty cycle."""
@@ -465,6 +465,12 @@ class AirTransport:
         node's RX2 and another's RX1 can come at the same moment, and the bridge would drop the later as late."""
         return any(begun < end and start < ended for begun, ended in self.on_air)
 
+    @staticmethod
+    def _aim(window: Window, delay: int, bridge_now: int) -> int:
+        """The bridge's time to transmit in the window `delay` ms after the uplink: RX_AIM_MS into it, or LEAD_MS
+        ahead of the bridge's clock if that is later."""
+        return max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
+
     def _reachable(self, window: Window, delay: int) -> bool:
         """Whether the window `delay` ms after the uplink can still be reached now."""
         return self._reach(window, delay, self.bridge_clock.now_ms(self._clock()), count=False) is not None
@@ -472,7 +478,7 @@ class AirTransport:
     def _reach(self, window: Window, delay: int, bridge_now: int, count: bool = True) -> int | None:
         """The bridge's time to transmit in the window `delay` ms after the uplink, or None: too late for it (counted
         as missed if something was owed when its choice came)."""
-        at = max(window.at + delay + RX_AIM_MS, bridge_now + LEAD_MS)
+        at = self._aim(window, delay, bridge_now)
         if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
             self.counts["missed"] += count
             return None
