@@ -5,9 +5,10 @@ A `RadioLink` (gateway/serial_link.py) queues a radio node's ACKs and requests l
 here takes them as frames and keeps them per node until the node opens its windows: class A, RX1 on the
 uplink's channel RX_DELAY_MS after each of its uplinks ends, RX2 on the 10 % channel RX2_DELAY_MS after it
 (protocols/lora.py). The bridge says when it heard the uplink (`at`, its uptime in ms), so the gateway asks it
-to transmit at `at` + the window's delay + RX_AIM_MS on the bridge's own clock, and only while that time is
-still ahead of the bridge by LEAD_MS; a window the gateway can no longer reach (the frame was committed too
-late, the serial line was slow) is missed, counted, and the frames wait for the next uplink. RX1's frame is
+to transmit at `at` + the window's delay + RX_AIM_MS on the bridge's own clock, or LEAD_MS ahead of the
+bridge if that is later, as long as that is within the window (RX_WINDOW_MS - RX_AIM_MS after it opens); a
+window the gateway can no longer reach (the frame was committed too late, the serial line was slow) is
+missed, counted, and the frames wait for the next uplink. RX1's frame is
 chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when the ACK of a frame committed
 meanwhile is there to choose (a radio node's frames are committed within RADIO_COMMIT_S: gateway/sessions.py):
 one per window (_choose says which); a TIME is made when it is chosen, so that it says the time when it goes
@@ -397,7 +398,7 @@ class AirTransport:
     def _rx2_opens(window: Window, rx1_end: int) -> bool:
         """Whether the node opens RX2 after an RX1 frame that leaves the air at `rx1_end` (0: none): it listens in RX1
         until the frame has come, and opens RX2 only if that was before RX2's time (firmware/radio_port.py). At SF12 a
-        23-byte ACK is 1.48 s on air and RX2 comes 1 s after RX1; the bridge, half duplex, also dropped RX2's frame
+        27-byte ACK is 1.65 s on air and RX2 comes 1 s after RX1; the bridge, half duplex, also dropped RX2's frame
         late: in a full tree-health every RX1 ACK at SF12 for a node owed two was followed by one, 31 in all."""
         return rx1_end <= window.at + RX2_DELAY_MS - RX1_CLEAR_MS
 
@@ -488,7 +489,7 @@ class AirTransport:
         """The frame for this window sent to the bridge: its length in bytes (0: none went)."""
         index = self._choose(node_id, queue, rx1)
         made = index < 0
-        if made:  # the TIME owed: made now, a second or two before it is on air (SPEC.md §5.11)
+        if made:  # the TIME owed: made now, about half a second before it is on air (SPEC.md §5.11)
             if not self._fits(window, freq, at, TIME_BYTES):  # not made (it would wait, saying a time long past)
                 self._no_room(window, at, TIME_BYTES)
                 return 0
