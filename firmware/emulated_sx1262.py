@@ -4,10 +4,12 @@
 # IRQ register, the chip modes, and BUSY high for a moment after each command (a driver that does not wait
 # for it gets its next command refused). A packet written and sent with SetTx goes to `air` (the emulated
 # medium, hil/radio.py, or a test) with the frequency, SF, bandwidth, coding rate and power the commands
-# set; TxDone is raised once its airtime has passed on the chip's clock. `deliver` is the air's side of a
-# reception, heard in RX.
+# set; TxDone is raised once its airtime has passed on the chip's clock. `hear` (a packet's header) and
+# `deliver` (its end) are the air's side of a reception, heard in RX. As on the chip, a flag is raised only if
+# SetDioIrqParams enabled it in the IRQ mask (DS 13.3.1: all masked after reset).
 from protocols.airtime import airtime_us
 
+_MODE_SLEEP = 0x0  # no status byte to say it: the chip is asleep
 _MODE_STBY_RC = 0x2
 _MODE_RX = 0x5
 _MODE_TX = 0x6
@@ -21,6 +23,7 @@ class EmulatedSX1262:
         self.mode = _MODE_STBY_RC
         self.buffer = bytearray(256)
         self.irq = 0
+        self.irq_mask = 0  # SetDioIrqParams' IrqMask
         self.freq = 0
         self.sf = 7
         self.bw = 125000
@@ -62,6 +65,8 @@ class EmulatedSX1262:
             for index in range(len(into)):
                 into[index] = 0
             return
+        if self.mode == _MODE_SLEEP:
+            self.mode = _MODE_STBY_RC  # woken by NSS going low, in standby (DS 13.1.1; a warm start keeps the setup)
         answer = self._execute(opcode, data[1:])
         status = self._status()
         for index in range(len(into)):
@@ -100,6 +105,10 @@ class EmulatedSX1262:
             address = args[0] << 8 | args[1]
             for index in range(2, len(args)):
                 self.registers[address + index - 2] = args[index]
+        elif opcode == 0x08:
+            self.irq_mask = args[0] << 8 | args[1]
+        elif opcode == 0x84:
+            self.mode = _MODE_SLEEP
         elif opcode == 0x83:
             self._transmit()
         elif opcode == 0x82:
@@ -129,13 +138,23 @@ class EmulatedSX1262:
     def _tick(self):
         if self._tx_end is not None and self.clock_ms() >= self._tx_end:
             self._tx_end = None
-            self.irq |= 0x0001  # TxDone
+            self._raise(0x0001)  # TxDone
             self.mode = _MODE_STBY_RC
 
     def settings(self):
         return self.freq, self.sf, self.bw, self.cr
 
     # -------------------------------------------------------------- the air's side
+
+    def _raise(self, flags):
+        self.irq |= flags & self.irq_mask
+
+    def hear(self):
+        # A packet's preamble and header arrive (its end comes with deliver): HeaderValid, in RX only
+        if self.mode != _MODE_RX:
+            return False
+        self._raise(0x0010)
+        return True
 
     def deliver(self, payload, rssi_dbm, snr_db, crc_ok=True):
         if self.mode != _MODE_RX:
@@ -145,5 +164,5 @@ class EmulatedSX1262:
             self.buffer[(start + index) & 0xFF] = payload[index]
         snr4 = round(snr_db * 4)
         self._rx = (len(payload), start, max(0, min(255, round(-rssi_dbm * 2))), snr4 & 0xFF)
-        self.irq |= 0x0002 | (0 if crc_ok else 0x0040)
+        self._raise(0x0002 | (0 if crc_ok else 0x0040))  # RxDone, CrcErr
         return True

@@ -1,7 +1,8 @@
 # Semtech SX1262 LoRa transceiver over SPI (its command interface; "DS" = the SX1261/2 datasheet rev. 1.2,
 # sections 8 (host interface), 13 (commands) and 14 (operation)), written from the datasheet in the shape of
 # micropython-lib's lora drivers and with the same calls as firmware/sx1276.py: begin, configure, send /
-# tx_done, start_receive / poll. LoRa only, explicit header, CRC on, standard IQ. Every command waits for
+# tx_done, start_receive / poll / receiving. LoRa only, explicit header, CRC on; I/Q standard, or inverted for
+# a downlink (a bridge sending, a node's receive window). Every command waits for
 # BUSY low first (DS 8.3.1). Works with machine.SPI, a CS pin and a BUSY pin, and with the emulated chip of
 # the unix HAL (firmware/emulated_sx1262.py), which tests it command by command (tests/portable/sx1262_check.py).
 import time
@@ -34,9 +35,11 @@ _GET_STATUS = const(0xC0)
 _SET_SLEEP = const(0x84)
 IRQ_TX_DONE = const(0x0001)
 IRQ_RX_DONE = const(0x0002)
+IRQ_HEADER_VALID = const(0x0010)
 IRQ_HEADER_ERROR = const(0x0020)
 IRQ_CRC_ERROR = const(0x0040)
-_IRQ_USED = const(0x0263)  # TxDone, RxDone, HeaderErr, CrcErr, Timeout
+# TxDone, RxDone, HeaderValid, HeaderErr, CrcErr, Timeout: a flag whose bit is clear here is never raised (DS 13.3.1)
+_IRQ_USED = const(0x0273)
 _REG_SYNC_WORD = const(0x0740)
 _SYNC_PRIVATE = const(0x1424)  # a private network's word, not LoRaWAN's public 0x3444 (DS 6.2.2)
 _BANDWIDTHS = {125000: 0x04, 250000: 0x05, 500000: 0x06}  # DS 13.4.5.2
@@ -159,7 +162,7 @@ class SX1262:
         irq = self._irq()
         if not irq & (IRQ_RX_DONE | IRQ_HEADER_ERROR):
             return None
-        self._clear(IRQ_RX_DONE | IRQ_CRC_ERROR | IRQ_HEADER_ERROR)
+        self._clear(IRQ_RX_DONE | IRQ_CRC_ERROR | IRQ_HEADER_ERROR | IRQ_HEADER_VALID)  # the next packet's header anew
         if irq & (IRQ_CRC_ERROR | IRQ_HEADER_ERROR):
             self.crc_errors += 1
             return None
@@ -168,6 +171,11 @@ class SX1262:
         rssi, snr, _signal = self._command(bytes((_GET_PACKET_STATUS,)), 3)
         snr = snr - 256 if snr > 127 else snr
         return payload, -rssi / 2, snr / 4  # DS 13.5.3: RssiPkt = -value / 2, SnrPkt = value / 4
+
+    def receiving(self):
+        # A packet's header was heard and its end has not come yet (HeaderValid without RxDone): a node's receive
+        # window stays open for it (firmware/radio_port.py), as on the SX1276
+        return self._irq() & (IRQ_HEADER_VALID | IRQ_RX_DONE) == IRQ_HEADER_VALID
 
     def sleep(self):
         self._command(bytes((_SET_SLEEP, 0x04)))  # warm start: the configuration is kept

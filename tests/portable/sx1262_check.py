@@ -31,6 +31,17 @@ def run():
     out.append(["rx", got[0].hex(), got[1], got[2], radio.poll()])
     chip.deliver(b"damaged", -100.0, 3.0, crc_ok=False)
     out.append(["crc", radio.poll(), radio.crc_errors, chip.refused])
+    # A packet's header heard, its end still coming (HeaderValid, enabled by begin's IRQ mask): `receiving` until
+    # its RxDone, and not after it was read (the next packet's header is looked for anew)
+    before = radio.receiving()
+    heard = chip.hear()
+    during = radio.receiving()
+    chip.deliver(b"late", -110.0, -2.5)
+    ended = radio.receiving()
+    got = radio.poll()
+    out.append(["header", before, heard, during, ended, got[0].hex(), radio.receiving(), chip.irq_mask])
+    radio.sleep()
+    out.append(["asleep", chip.hear(), radio.receiving()])
     try:
         radio.configure(1200000000, 7)
         out.append(["band", "accepted"])
