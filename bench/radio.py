@@ -39,7 +39,11 @@ send one every 5.5 minutes). Its curve shows that offered load, not a legal one,
 
 The curve goes to docs/radio-capacity.svg: an SVG written here by hand (no plotting library), and to
 `capacity_table` in the results. The battery life of a tree-health probe (hil/energy.py: one uplink of
-this frame every 15 minutes, +14 dBm, an ESP32 and an SX1276 on one ER14505 cell) closes the figures.
+this frame every 15 minutes, +14 dBm, an ESP32 and an SX1276 on one ER14505 cell) closes the figures: as
+designed (deep sleep between rounds) and as the firmware is built (`frame_figures`: light sleep between the
+node loop's steps, one every 100 ms at most, each LOOP_STEP_MS awake, an assumption; or, with "sleep": 0 or
+before light sleep, awake throughout). Those and the bytes and airtime per reading, also of the 10-sample frame
+the issue names, need no simulation: `frame_figures()` alone gives them in a moment.
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ RETRIES_UP_TO = 150  # the retransmission curves stop here: SF9 at 300 nodes tak
 CHANCE_MS = 4095
 EARLIER_CHANCE_MS = 1023  # the earlier firmware's: 0-1023 ms after the last frame's airtime, from its start
 RADIO_SAMPLES = 9  # firmware/node.py _RADIO_SAMPLES: the most samples a radio node's READINGS carries
+ISSUE_SAMPLES = 10  # the frame issue 15 compares: 10 samples (fits MAX_RADIO_FRAME with these values, not at worst)
+LOOP_STEPS_A_DAY = 86_400 * 10  # the node loop's steps on a board: one per 100 ms at most (firmware/node.py _IDLE_MS)
+LOOP_STEP_MS = 2.0  # awake per step (the loop's checks, no work due): assumed, not measured on a board
 START_S = 10.0  # the first minute starts here: the duty cycle's clock never sees a negative time
 FIRST_RETRY_S = 2.0  # protocols/session.py: the first retransmission 2 s after the frame was sent, then doubling
 
@@ -344,26 +351,52 @@ def _ratio(sf: int, length: int, minutes: int, retries: int, earlier: bool, node
     return mean_delivery(nodes, sf, length, minutes, retries, earlier)
 
 
-def figures(scale: float, svg: Path | None = SVG_PATH) -> dict[str, Any]:
+def frame_figures() -> dict[str, Any]:
+    """What needs no simulation: bytes and airtime per reading against LoRaWAN with Cayenne LPP (the node's
+    9-sample frame, and the 10-sample one the issue names, at SF7 and SF12), and a tree-health probe's battery
+    life as designed and as built."""
     ours = radio_frame_bytes()
     lpp = LORAWAN_OVERHEAD + RADIO_SAMPLES * LPP_READING
-    minutes = max(10, int(60 * scale))
     out: dict[str, Any] = {
         "radio_frame_bytes": ours,
         "radio_bytes_per_reading": round(ours / RADIO_SAMPLES, 2),
         "lorawan_lpp_frame_bytes": lpp,
         "lorawan_lpp_bytes_per_reading": round(lpp / RADIO_SAMPLES, 2),
-        "minutes_simulated": minutes,
-        "retransmissions_at_most": RETRIES,
-        "chance_ms_after_time_off": CHANCE_MS,
     }
-    columns: list[str] = []
-    curves: list[list[tuple[int, float]]] = []
-    drawn: list[Curve] = []
     for sf in SFS:
         out["airtime_ms_per_reading_sf%d" % sf] = round(airtime_us(ours, sf) / 1000 / RADIO_SAMPLES, 2)
         out["lorawan_lpp_airtime_ms_per_reading_sf%d" % sf] = round(airtime_us(lpp, sf) / 1000 / RADIO_SAMPLES, 2)
         out["duty_cycle_percent_sf%d" % sf] = round(airtime_us(ours, sf) / 1000 / 60_000 * 100, 2)  # one uplink a minute
+    ten, lpp_ten = radio_frame_bytes(ISSUE_SAMPLES), LORAWAN_OVERHEAD + ISSUE_SAMPLES * LPP_READING
+    out["radio_frame_bytes_10"], out["lorawan_lpp_frame_bytes_10"] = ten, lpp_ten
+    out["radio_bytes_per_reading_10"] = round(ten / ISSUE_SAMPLES, 2)
+    out["lorawan_lpp_bytes_per_reading_10"] = round(lpp_ten / ISSUE_SAMPLES, 2)
+    for sf in (7, 12):
+        out["airtime_ms_per_reading_10_sf%d" % sf] = round(airtime_us(ten, sf) / 1000 / ISSUE_SAMPLES, 2)
+        out["lorawan_lpp_airtime_ms_per_reading_10_sf%d" % sf] = round(airtime_us(lpp_ten, sf) / 1000 / ISSUE_SAMPLES, 2)
+    awake = energy.Mcu("ESP32 awake 31 mA", sleep_ua=energy.ESP32.active_ma * 1000, active_ma=energy.ESP32.active_ma)
+    for sf in (9, 10, 11, 12):  # a tree-health probe: this frame every 15 minutes at +14 dBm, ESP32 + SX1276, one ER14505
+        airtime_ms = airtime_us(ours, sf) / 1000
+        life = energy.estimate(airtime_ms, 96)  # designed: deep sleep between rounds, 500 ms of work a wake
+        out["battery_years_15min_sf%d" % sf] = round(life.years, 2)
+        out["average_ua_15min_sf%d" % sf] = round(life.average_ua, 1)
+        # As built: light sleep between the loop's steps, awake for the uplink, the delay and the window
+        steps = energy.class_a_awake_ms(airtime_ms, work_ms=0) + LOOP_STEPS_A_DAY / 96 * LOOP_STEP_MS
+        built = energy.estimate(airtime_ms, 96, awake_ms=steps, mcu=energy.ESP32_LIGHT_SLEEP)
+        out["battery_days_as_built_15min_sf%d" % sf] = round(built.days, 1)
+        out["average_ua_as_built_15min_sf%d" % sf] = round(built.average_ua, 1)
+        out["battery_days_awake_15min_sf%d" % sf] = round(energy.estimate(airtime_ms, 96, mcu=awake).days, 1)
+    return out
+
+
+def figures(scale: float, svg: Path | None = SVG_PATH) -> dict[str, Any]:
+    out = frame_figures()
+    ours = out["radio_frame_bytes"]
+    minutes = max(10, int(60 * scale))
+    out.update({"minutes_simulated": minutes, "retransmissions_at_most": RETRIES, "chance_ms_after_time_off": CHANCE_MS})
+    columns: list[str] = []
+    curves: list[list[tuple[int, float]]] = []
+    drawn: list[Curve] = []
     out["retransmission_curves_up_to_nodes"] = RETRIES_UP_TO
     for sf, retries, earlier, key, label, dash in CURVES:
         grid = [nodes for nodes in NODES if not retries or nodes <= RETRIES_UP_TO]
@@ -376,8 +409,4 @@ def figures(scale: float, svg: Path | None = SVG_PATH) -> dict[str, Any]:
     if svg is not None:
         svg.write_text(capacity_svg(drawn, title="Delivery against nodes per bridge: %d-byte frame, one a minute, 3 channels" % ours))
         out["capacity_svg"] = str(svg.relative_to(SVG_PATH.parent.parent)) if svg.is_relative_to(SVG_PATH.parent.parent) else str(svg)
-    for sf in (9, 10, 11, 12):  # a tree-health probe: this frame every 15 minutes at +14 dBm, ESP32 + SX1276, one ER14505
-        life = energy.estimate(airtime_us(ours, sf) / 1000, 96)
-        out["battery_years_15min_sf%d" % sf] = round(life.years, 2)
-        out["average_ua_15min_sf%d" % sf] = round(life.average_ua, 1)
     return out

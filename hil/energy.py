@@ -29,6 +29,9 @@ The currents, each from the table it is quoted from (typical values):
   flash, the VM, the firmware's imports) and then samples and frames: WORK_MS = 500 ms, an assumption, not a
   measurement. It then stays awake through the uplink, the receive delay and the window (the firmware waits in
   its idle(), not in light sleep). Measure a board and pass `awake_ms`.
+- That is the design. The firmware as built has no deep sleep yet: on a board a radio node light-sleeps
+  between its loop's steps (`ESP32_LIGHT_SLEEP`: the datasheet's 0.8 mA), which caps a cell at about 100 days
+  (bench/radio.py `frame_figures`, docs/PERFORMANCE.md "Battery life as built").
 
 The battery (`Battery`; default `ER14505`): one lithium thionyl chloride AA cell, 3.6 V, 2400 mAh nominal
 (Tadiran TL-5903, EVE ER14505; Saft's LS14500 rates 2600 mAh), feeding the 3.3 V radio and MCU through a
@@ -111,6 +114,9 @@ class Estimate:
 SX1276 = Radio("SX1276", sleep_ua=0.2, rx_ma=11.5, tx_ma=((7.0, 20.0), (13.0, 29.0), (17.0, 87.0), (20.0, 120.0)))
 # ESP32 Series Datasheet, power modes: deep-sleep (RTC timer + RTC memory) 10 µA; modem-sleep at 80 MHz 20-31 mA
 ESP32 = Mcu("ESP32 (deep sleep 10 uA, awake 31 mA)", sleep_ua=10.0, active_ma=31.0)
+# The same datasheet's light-sleep (RAM and peripherals kept, the CPU paused) 0.8 mA: how the firmware waits on a
+# board today (firmware/hal_board.py), between the node loop's steps; not deep sleep (docs/PERFORMANCE.md)
+ESP32_LIGHT_SLEEP = Mcu("ESP32 (light sleep 0.8 mA, awake 31 mA)", sleep_ua=800.0, active_ma=31.0)
 # One ER14505 Li-SOCl2 AA cell, 3.6 V, 2400 mAh; 80 % counted on; about 1 % a year of self-discharge
 ER14505 = Battery("ER14505 (Li-SOCl2 AA, 3.6 V, 2400 mAh)", capacity_mah=2400.0)
 

@@ -12,6 +12,10 @@ def test_the_board_hal_wires_the_radio_node_json_names(micropython: str) -> None
     done = run_micropython(micropython, "tests/portable/hal_board_check.py")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
+    # Printed while the node below idled on a port that refuses light sleep: said once, over two waits
+    refusal = "edgegw-node: light sleep refused, the node stays awake: NotImplementedError"
+    assert [line for line in lines if line.startswith("edgegw-node: light sleep")] == [lines[0]] and lines[0].startswith(refusal)
+    lines = lines[1:]
     wired = json.loads(lines[0])
     sensor = wired["sensor"]
     assert sensor["opmode"] == 0x80  # the SX1276 found by its version, put in LoRa mode, asleep until the first frame
@@ -19,6 +23,11 @@ def test_the_board_hal_wires_the_radio_node_json_names(micropython: str) -> None
     assert sensor["spi"] == [1, 1000000, 0, 0, 5, 27, 19]  # SPI 1 at 1 MHz, mode 0, on the pins node.json gave
     assert sensor["port"] == ["RadioPort", 10, 11, [868300000]]  # its link is the radio, at its SF, power and channels
     assert wired["bridge"] == {"uart": "the UART", "sources": ["Bridge"], "freq": 868500000, "sf": 12, "radio": True}
+    # A battery node waits in machine.lightsleep (RAM, the chip and ticks_ms kept), not for a wait under 10 ms, which
+    # it sleeps awake; "sleep": 0 keeps it awake (a console on USB), and a port that refuses it is asked once
+    assert wired["sleep"][0] == [100, 40]
+    assert wired["awake"][0] == [] and wired["awake"][1] >= 60
+    assert wired["refused"][0] == [] and wired["refused"][1] >= 40
     said, failed = lines[1::2], [json.loads(line)["failed"] for line in lines[2::2]]
     assert failed == [[True, "the UART"]] * 4  # each: no radio, the node goes on over its UART
     assert "no SX1276 on the SPI bus" in said[0] and "'spi'" in said[1]

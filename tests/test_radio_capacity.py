@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bench.radio import Curve, capacity_svg, curve, delivery, most_nodes, radio_frame_bytes
+from bench.radio import Curve, capacity_svg, curve, delivery, frame_figures, most_nodes, radio_frame_bytes
+from protocols.airtime import airtime_us
 
 SVG = "{http://www.w3.org/2000/svg}"
 FRAME = radio_frame_bytes()
@@ -78,3 +79,21 @@ def test_most_nodes_bisects_between_grid_points() -> None:
 @pytest.mark.parametrize("sf", [7, 9])
 def test_alone_in_range_every_frame_arrives(sf: int) -> None:
     assert delivery(1, sf, FRAME, 10) == 1.0 and delivery(1, sf, FRAME, 10, retries=3) == 1.0
+
+
+def test_the_frame_figures_compare_the_issues_10_sample_frame_and_the_battery_as_built() -> None:
+    """bench/radio.py's figures that need no simulation: the 10-sample frame issue 15 names against Cayenne LPP
+    (13 bytes of LoRaWAN, 4 a reading), and a tree-health probe's battery life as designed (deep sleep between
+    rounds) against the firmware as built (light sleep between the loop's steps) and awake throughout."""
+    out = frame_figures()
+    assert out["radio_frame_bytes_10"] == radio_frame_bytes(10) and out["lorawan_lpp_frame_bytes_10"] == 13 + 10 * 4
+    assert out["radio_bytes_per_reading_10"] == round(out["radio_frame_bytes_10"] / 10, 2)
+    assert out["airtime_ms_per_reading_10_sf12"] == round(airtime_us(out["radio_frame_bytes_10"], 12) / 1000 / 10, 2)
+    assert out["lorawan_lpp_airtime_ms_per_reading_10_sf7"] == round(airtime_us(53, 7) / 1000 / 10, 2)
+    usable_mah = 2400 * 0.8
+    for sf in (9, 10, 11, 12):
+        awake = out["battery_days_awake_15min_sf%d" % sf]
+        built = out["battery_days_as_built_15min_sf%d" % sf]
+        # Awake at 31 mA a cell lasts at most 1,920 mAh / 31 mA; in light sleep at most 1,920 mAh / 0.8 mA
+        assert awake <= round(usable_mah / 31 / 24, 1) and built < usable_mah / 0.8 / 24
+        assert awake < built < out["battery_years_15min_sf%d" % sf] * 365.25, sf

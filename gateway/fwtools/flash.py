@@ -36,6 +36,7 @@ SETTING_TYPES = {
     "sf": int,
     "power": int,
     "freq": int,  # lora_bridge: the channel it listens on
+    "sleep": int,  # a radio node: 0 keeps it awake between its radio's moments (firmware/hal_board.py)
 }
 # Keys whose value is a comma-separated list of integers: how many (None: one or more), and an example
 LIST_SETTINGS = {

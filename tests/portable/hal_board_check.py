@@ -5,6 +5,7 @@
 # the console and the node keeps its UART. Prints JSON; tests/test_hal_board.py checks it.
 import json
 import sys
+import time
 
 from firmware.emulated_sx1262 import EmulatedSX1262
 from firmware.emulated_sx1276 import EmulatedSX1276
@@ -42,13 +43,22 @@ class SPI:
             board["chip"].write_readinto(out, into)
 
 
+slept = []
+
+
 class Machine:  # what hal_board imports of `machine`
     Pin = Pin
     SPI = SPI
     WDT = object
+    refuse = False
+
+    def lightsleep(self, ms):
+        if self.refuse:
+            raise NotImplementedError("no lightsleep on this port")
+        slept.append(ms)
 
 
-sys.modules["machine"] = Machine()
+machine = sys.modules["machine"] = Machine()
 
 from firmware.hal_board import Hal  # noqa: E402  (after its `machine` is there)
 
@@ -85,6 +95,24 @@ bridge = hal("lora_bridge", chip, radio="sx1262", busy=BUSY, sf=12, freq=8685000
 sources = bridge.sources("lora_bridge")
 out["bridge"] = {"uart": bridge.uart, "sources": [type(s).__name__ for s in sources], "freq": sources[0].freq, "sf": sources[0].sf}
 out["bridge"]["radio"] = sources[0].radio is bridge.radio
+
+
+def idles(node, waits):
+    # What the node's link does with each wait (ms) of the node loop: [light sleeps, ms asleep or awake]
+    del slept[:]
+    start = time.ticks_ms()
+    for ms in waits:
+        node.uart.idle(ms)
+    return [list(slept), time.ticks_diff(time.ticks_ms(), start)]
+
+
+# A radio node idles in light sleep, not for a wait shorter than 10 ms; one whose node.json says "sleep": 0 stays
+# awake (a bridge keeps its UART and never sleeps: what wakes it is a byte from the gateway)
+out["sleep"] = idles(node, [100, 40, 9, 1])
+awake = hal("lora_sensor", EmulatedSX1276(), radio="sx1276", sleep=0, **SPI_PINS)
+out["awake"] = idles(awake, [30, 30])
+machine.refuse = True  # a port that has no light sleep after all: said once, then awake
+out["refused"] = idles(node, [20, 20])
 print(json.dumps(out))
 wired = dict(SPI_PINS)
 del wired["spi"]
