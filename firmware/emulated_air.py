@@ -6,7 +6,7 @@
 #   to the air     T freq sf bw power iq HEX  a transmission starts (it ends after its airtime); iq 1: inverted
 #                  L freq sf bw iq            the receiver listens (RXCONTINUOUS); iq 1: for inverted I/Q
 #                  S                          it stopped listening
-#   from the air   H                          a preamble and header are coming (ValidHeader)
+#   from the air   H                          a preamble detected (RegModemStat), some symbols into a packet
 #                  P rssi snr HEX             a packet received
 #                  C rssi snr HEX             a packet damaged on the way (a collision): PayloadCrcError
 import binascii

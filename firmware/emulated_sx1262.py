@@ -37,16 +37,27 @@ class EmulatedSX1262:
         self.commands = []  # opcodes in order, for the tests
         self.refused = 0  # commands sent while BUSY was high
         self._busy_polls = 0
+        self._waking = False
+        self.lost = 0  # transfers made while it was waking: never executed
         self._selected = False
         self._tx_end = None
         self._rx = (0, 0, 0, 0)  # length, start, rssi byte, snr byte
 
     # the bus: CS and BUSY pins (call them), an SPI object with write_readinto
     def cs(self, level):
+        if not level and self.mode == _MODE_SLEEP:
+            # NSS falling wakes it (DS 13.1.1): standby, BUSY high a moment; the transfer that woke it is not a command
+            self.mode = _MODE_STBY_RC
+            self._busy_polls = 2
+            self._waking = True
+        elif level:
+            self._waking = False  # NSS up again: from now on it takes commands (once BUSY is low)
         self._selected = not level
 
     def busy(self):
-        # High for two polls after each command: the driver must look before it sends the next one
+        # High for two polls after each command (the driver must look before it sends the next one), and asleep
+        if self.mode == _MODE_SLEEP:
+            return 1
         if self._busy_polls:
             self._busy_polls -= 1
             return 1
@@ -58,6 +69,11 @@ class EmulatedSX1262:
     def write_readinto(self, out, into):
         if not self._selected:
             raise OSError("SPI transfer with CS high")
+        if self._waking:  # in the NSS cycle that woke it: not a command yet
+            self.lost += 1
+            for index in range(len(into)):
+                into[index] = 0
+            return
         data = bytes(out)  # first: the buffers may be one
         opcode = data[0]
         if opcode != 0xC0 and self._busy_polls:
@@ -65,8 +81,6 @@ class EmulatedSX1262:
             for index in range(len(into)):
                 into[index] = 0
             return
-        if self.mode == _MODE_SLEEP:
-            self.mode = _MODE_STBY_RC  # woken by NSS going low, in standby (DS 13.1.1; a warm start keeps the setup)
         answer = self._execute(opcode, data[1:])
         status = self._status()
         for index in range(len(into)):
@@ -150,10 +164,11 @@ class EmulatedSX1262:
         self.irq |= flags & self.irq_mask
 
     def hear(self):
-        # A packet's preamble and header arrive (its end comes with deliver): HeaderValid, in RX only
+        # A packet's preamble detected (its end comes with deliver): PreambleDetected, in RX only (the air says when:
+        # protocols/lora.py DETECT_SYMBOLS into the frame)
         if self.mode != _MODE_RX:
             return False
-        self._raise(0x0010)
+        self._raise(0x0004)
         return True
 
     def deliver(self, payload, rssi_dbm, snr_db, crc_ok=True):
@@ -164,5 +179,5 @@ class EmulatedSX1262:
             self.buffer[(start + index) & 0xFF] = payload[index]
         snr4 = round(snr_db * 4)
         self._rx = (len(payload), start, max(0, min(255, round(-rssi_dbm * 2))), snr4 & 0xFF)
-        self._raise(0x0002 | (0 if crc_ok else 0x0040))  # RxDone, CrcErr
+        self._raise(0x0002 | 0x0010 | (0 if crc_ok else 0x0040))  # RxDone, HeaderValid, CrcErr
         return True

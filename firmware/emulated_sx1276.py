@@ -73,6 +73,8 @@ class EmulatedSX1276:
         if (old ^ value) & 0x80 and old & 0x07 != 0x00:
             value = (value & 0x7F) | (old & 0x80)  # LongRangeMode changes in SLEEP only (DS 4.1.1)
         self.regs[0x01] = value
+        if value != 0x85:
+            self.regs[0x18] &= ~0x03 & 0xFF  # out of RX: no signal detected
         if self.on_listen is not None and (old == 0x85) != (value == 0x85):
             self.on_listen(self.settings() + ((self.regs[0x33] >> 6) & 1,) if value == 0x85 else None)
         if value & 0x80 and value & 0x07 == 0x03:
@@ -104,10 +106,11 @@ class EmulatedSX1276:
     # -------------------------------------------------------------- the air's side
 
     def hear(self):
-        # A packet's preamble and header arrive (its end comes with deliver): ValidHeader, in RXCONTINUOUS only.
+        # A packet's preamble detected (its end comes with deliver): RegModemStat's signal detected and
+        # synchronized, in RXCONTINUOUS only (the air says when: protocols/lora.py DETECT_SYMBOLS into the frame)
         if self.regs[0x01] != 0x85:
             return False
-        self.regs[0x12] |= 0x10
+        self.regs[0x18] |= 0x03
         return True
 
     def deliver(self, payload, rssi_dbm, snr_db, crc_ok=True):
@@ -122,5 +125,6 @@ class EmulatedSX1276:
         snr4 = round(snr_db * 4)
         self.regs[0x19] = snr4 & 0xFF
         self.regs[0x1A] = max(0, min(255, round(rssi_dbm + 157 - (snr4 // 4 if snr4 < 0 else 0))))
-        self.regs[0x12] |= 0x40 | (0 if crc_ok else 0x20)
+        self.regs[0x12] |= 0x40 | 0x10 | (0 if crc_ok else 0x20)  # RxDone, ValidHeader, PayloadCrcError
+        self.regs[0x18] &= ~0x03 & 0xFF  # searching for the next preamble
         return True

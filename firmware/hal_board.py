@@ -18,6 +18,7 @@ from firmware.storage import Storage, report
 from firmware.uptime import Uptime
 
 _LIGHT_SLEEP_MIN_MS = 10  # a shorter wait is not worth falling asleep and waking for
+_AWAKE_AFTER_BOOT_MS = 60000  # awake this long after boot: `edgegw fw flash` (mpremote's Ctrl-C) can get in then
 
 
 def _idle(config):
@@ -25,15 +26,20 @@ def _idle(config):
     # in light sleep, which keeps RAM, the radio chip's state and ticks_ms (ESP32, RP2040), at a fraction of the
     # current of time.sleep_ms awake (ESP32: 0.8 mA against 20-31 mA; a Pico about 1 mA: hil/energy.py). Its link
     # is the radio, whose chip receives on its own: no UART byte needs to wake it. Not where node.json has
-    # "sleep": 0 (on the bench: light sleep stops USB on the RP2040 and the ESP32-S3, and with it the console),
-    # nor on a port without lightsleep or one that refuses it (then never again).
+    # "sleep": 0 (on the bench: a UART console hears nothing while the CPU sleeps, and USB may drop), nor where
+    # a source needs the CPU or its clocks between steps (a pulse counter's pin interrupts, a lamp's PWM: both stop
+    # in light sleep), nor in the first minute after boot (a reset, then `edgegw fw flash`, reaches a node that
+    # sleeps), nor on a port without lightsleep or one that refuses it (then never again).
     lightsleep = getattr(machine, "lightsleep", None)
-    if lightsleep is None or not config.get("sleep", 1):
+    if lightsleep is None or not config.get("sleep", 1) or "pulse_pin" in config or "lamp_pin" in config:
         return time.sleep_ms
     refused = []
+    booted = [time.ticks_ms()]  # emptied once the first minute is over
 
     def idle(ms):
-        if ms < _LIGHT_SLEEP_MIN_MS or refused:
+        if booted and time.ticks_diff(time.ticks_ms(), booted[0]) >= _AWAKE_AFTER_BOOT_MS:
+            booted.clear()
+        if ms < _LIGHT_SLEEP_MIN_MS or refused or booted:
             time.sleep_ms(ms)
             return
         try:

@@ -16,8 +16,9 @@
 #   `busy` tells the node to keep its samples for a later, fuller frame rather than queue another.
 # - The uplink hops over its channels (1 %); two receive windows listen at the node's SF, the first on
 #   the uplink's channel RX_DELAY_MS after the uplink ended, the second on the 10 % downlink channel
-#   RX2_DELAY_MS after it, each for RX_WINDOW_MS and longer while a frame whose preamble it heard is
-#   still coming (protocols/lora.py), each closing after one frame. Two sub-bands, two duty cycles: the
+#   RX2_DELAY_MS after it, each for RX_WINDOW_MS and longer while a frame whose preamble it detected is
+#   still coming (DETECT_SYMBOLS into it, protocols/lora.py; at most the longest frame's airtime more), each
+#   closing after one frame. Two sub-bands, two duty cycles: the
 #   bridge can answer in both (an ACK, then a request).
 # - Link adaptation (SPEC.md 5.11): the gateway may set `sf`, `tx_power` and `margin_db` over CONFIG (advise);
 #   they apply from the next uplink (its windows listen at its SF: a window already due keeps the SF of the
@@ -38,6 +39,7 @@ from protocols.lora import (
     ADR_SILENT,
     DOWNLINK_FREQ,
     MAX_POWER_DBM,
+    MAX_RADIO_FRAME,
     MIN_POWER_DBM,
     RX2_DELAY_MS,
     RX_DELAY_MS,
@@ -107,6 +109,7 @@ class RadioPort:
         self.inbox = []  # received frames, COBS-encoded with their delimiter: what a UART would read
         self.state = _IDLE
         self.until = 0  # the end of the current state: TX's expected end, the window's opening or closing
+        self.rx_end = 0  # the latest an open window is held for a frame it detected
         self.since = 0
         self.hop = 0
         self.tx_end = 0
@@ -224,13 +227,16 @@ class RadioPort:
                 self.state = _RX
                 self.since = now
                 self.until = now + RX_WINDOW_MS
+                # Held open while a frame is coming, at most for the longest one: a receiver stuck on noise it took
+                # for a preamble must not keep the node awake and deaf to its own schedule
+                self.rx_end = self.until + (airtime_us(MAX_RADIO_FRAME, self.rx_sf) + 999) // 1000
         elif state == _RX:
             got = self.radio.poll()
             if got is not None:
                 self.rx += 1
                 self.inbox.append(cobs.encode(got[0], True))
                 self.until = now
-            elif self.radio.receiving():
+            elif self.radio.receiving() and now < self.rx_end:
                 self.until = now + _HEARD_MS
             if now >= self.until:
                 self.radio.sleep()

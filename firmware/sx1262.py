@@ -35,11 +35,14 @@ _GET_STATUS = const(0xC0)
 _SET_SLEEP = const(0x84)
 IRQ_TX_DONE = const(0x0001)
 IRQ_RX_DONE = const(0x0002)
+IRQ_PREAMBLE = const(0x0004)
 IRQ_HEADER_VALID = const(0x0010)
 IRQ_HEADER_ERROR = const(0x0020)
 IRQ_CRC_ERROR = const(0x0040)
-# TxDone, RxDone, HeaderValid, HeaderErr, CrcErr, Timeout: a flag whose bit is clear here is never raised (DS 13.3.1)
-_IRQ_USED = const(0x0273)
+# TxDone, RxDone, PreambleDetected, HeaderValid, HeaderErr, CrcErr, Timeout: a flag whose bit is clear here is never
+# raised (DS 13.3.1)
+_IRQ_USED = const(0x0277)
+_COMING = const(0x0016)  # PreambleDetected, HeaderValid, RxDone: a packet is coming or waits to be read
 _REG_SYNC_WORD = const(0x0740)
 _SYNC_PRIVATE = const(0x1424)  # a private network's word, not LoRaWAN's public 0x3444 (DS 6.2.2)
 _BANDWIDTHS = {125000: 0x04, 250000: 0x05, 500000: 0x06}  # DS 13.4.5.2
@@ -59,11 +62,17 @@ class SX1262:
         self.sf = 0
         self.bw = 0
         self.cr = 0
+        self._asleep = False
 
     # -------------------------------------------------------------- commands
 
     def _command(self, data, answer=0):
-        # One command; `answer` bytes read back after the opcode and its status byte.
+        # One command; `answer` bytes read back after the opcode and its status byte. Asleep, the chip holds BUSY
+        # high until NSS falls, which wakes it (DS 13.1.1): woken first, or the wait below would time out
+        if self._asleep:
+            self._asleep = False
+            self._cs(0)
+            self._cs(1)
         deadline = time.ticks_add(time.ticks_ms(), _BUSY_TIMEOUT_MS)
         while self._busy():
             if time.ticks_diff(deadline, time.ticks_ms()) < 0:
@@ -162,7 +171,7 @@ class SX1262:
         irq = self._irq()
         if not irq & (IRQ_RX_DONE | IRQ_HEADER_ERROR):
             return None
-        self._clear(IRQ_RX_DONE | IRQ_CRC_ERROR | IRQ_HEADER_ERROR | IRQ_HEADER_VALID)  # the next packet's header anew
+        self._clear(IRQ_RX_DONE | IRQ_CRC_ERROR | IRQ_HEADER_ERROR | IRQ_HEADER_VALID | IRQ_PREAMBLE)  # the next anew
         if irq & (IRQ_CRC_ERROR | IRQ_HEADER_ERROR):
             self.crc_errors += 1
             return None
@@ -173,9 +182,11 @@ class SX1262:
         return payload, -rssi / 2, snr / 4  # DS 13.5.3: RssiPkt = -value / 2, SnrPkt = value / 4
 
     def receiving(self):
-        # A packet's header was heard and its end has not come yet (HeaderValid without RxDone): a node's receive
-        # window stays open for it (firmware/radio_port.py), as on the SX1276
-        return self._irq() & (IRQ_HEADER_VALID | IRQ_RX_DONE) == IRQ_HEADER_VALID
+        # A packet is coming (PreambleDetected, a few symbols in: HeaderValid comes only after the preamble and header,
+        # at SF12 past a 500 ms window, protocols/lora.py DETECT_SYMBOLS) or came and waits to be read (RxDone, set
+        # after the last poll): a node's receive window stays open for it (firmware/radio_port.py), as on the SX1276
+        return bool(self._irq() & _COMING)
 
     def sleep(self):
-        self._command(bytes((_SET_SLEEP, 0x04)))  # warm start: the configuration is kept
+        self._command(bytes((_SET_SLEEP, 0x04)))
+        self._asleep = True  # warm start: the configuration is kept

@@ -23,6 +23,8 @@ _REG_FIFO_TX_BASE = const(0x0E)
 _REG_FIFO_RX_BASE = const(0x0F)
 _REG_FIFO_RX_CURRENT = const(0x10)
 _REG_IRQ_FLAGS = const(0x12)  # write 1 to clear
+_REG_MODEM_STAT = const(0x18)  # bit 0 signal detected, 1 signal synchronized (DS 4.1.6, RegModemStat)
+_SIGNAL = const(0x03)
 IRQ_RX_DONE = const(0x40)
 IRQ_CRC_ERROR = const(0x20)
 IRQ_TX_DONE = const(0x08)
@@ -170,9 +172,10 @@ class SX1276:
         return bytes(out[1:]), rssi, snr4 / 4
 
     def receiving(self):
-        # A packet's header was heard and its end has not come yet (ValidHeader without RxDone): a receive
-        # window stays open for it.
-        return self.read(_REG_IRQ_FLAGS) & (IRQ_VALID_HEADER | IRQ_RX_DONE) == IRQ_VALID_HEADER
+        # A packet is coming (its preamble detected, RegModemStat, a few symbols in: ValidHeader comes only after the
+        # preamble and header, at SF12 past a 500 ms window, protocols/lora.py DETECT_SYMBOLS) or came and waits to be
+        # read (RxDone, set after the last poll): a receive window stays open for it.
+        return bool(self.read(_REG_MODEM_STAT) & _SIGNAL or self.read(_REG_IRQ_FLAGS) & IRQ_RX_DONE)
 
     def sleep(self):
         self._mode(_MODE_SLEEP)

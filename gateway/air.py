@@ -6,7 +6,8 @@ here takes them as frames and keeps them per node until the node opens its windo
 uplink's channel RX_DELAY_MS after each of its uplinks ends, RX2 on the 10 % channel RX2_DELAY_MS after it
 (protocols/lora.py). The bridge says when it heard the uplink (`at`, its uptime in ms), so the gateway asks it
 to transmit at `at` + the window's delay + RX_AIM_MS on the bridge's own clock, or LEAD_MS ahead of the
-bridge if that is later, as long as that is within the window (RX_WINDOW_MS - RX_AIM_MS after it opens); a
+bridge if that is later, as long as the node can still detect it in the window (its preamble detect_ms in
+before the window's end, RX_AIM_MS of room for the clocks: protocols/lora.py); a
 window the gateway can no longer reach (the frame was committed too late, the serial line was slow) is
 missed, counted, and the frames wait for the next uplink. RX1's frame is
 chosen DECIDE_S after the uplink was heard, RX2's DECIDE_RX2_S after it, when the ACK of a frame committed
@@ -37,7 +38,7 @@ from protocols import cobs, messages
 from protocols.airtime import airtime_us
 from protocols.dutycycle import DutyCycle, band
 from protocols.frame import AUTH_TAG_LEN, HEADER_LEN
-from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS
+from protocols.lora import DOWNLINK_FREQ, RX2_DELAY_MS, RX_DELAY_MS, RX_WINDOW_MS, detect_ms
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +481,9 @@ class AirTransport:
         """The bridge's time to transmit in the window `delay` ms after the uplink, or None: too late for it (counted
         as missed if something was owed when its choice came)."""
         at = self._aim(window, delay, bridge_now)
-        if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS:
+        # The node must detect its preamble before the window closes (detect_ms: at SF12 197 ms), with RX_AIM_MS
+        # of room for the two clocks either way
+        if at > window.at + delay + RX_WINDOW_MS - RX_AIM_MS - detect_ms(window.sf, window.bw):
             self.counts["missed"] += count
             return None
         return at

@@ -4,8 +4,9 @@ Each radio (a node's or a bridge's emulated SX1276, firmware/emulated_air.py) op
 pty this object holds the master of, and speaks the line protocol documented there: `T` when a
 transmission starts, `L`/`S` when its receiver starts and stops listening. The medium judges every
 transmission when it ends and each receiver that was listening on its channel and SF from its start gets
-what the physics gives it: `H` at the start if it is strong enough to be detected and is listening for its
-I/Q sense (downlinks are inverted, as LoRaWAN's: no node hears another's uplink in its window), then `P`
+what the physics gives it: `H` when its preamble is detected, DETECT_SYMBOLS symbols after the start
+(protocols/lora.py), if it is strong enough and the receiver is still listening for its I/Q sense then (downlinks
+are inverted, as LoRaWAN's: no node hears another's uplink in its window; a window closed before misses it), then `P`
 (received) or `C` (destroyed by a collision: a CRC error). Time is the monotonic clock of this process, read when a
 line arrives: a transmission starts when its `T` is read. A thread serves every pty; `transmissions`
 keeps what went on air (sender, start, channel, SF, airtime), which a test checks the duty cycle on.
@@ -22,14 +23,16 @@ alike; only how a radio is told differs).
   few ms) with the monotonic time: whoever drives antennas does it there, so nothing of the air is shared
   between threads and no lock is needed. An antenna's time is the monotonic clock when it is called.
 - `on_reception(reception, heard)` is told of every reception the medium judged (hil/radio.py's Reception:
-  receiver, transmission, outcome), with whether the receiver had its header (listening for it from its
-  start, for its I/Q sense, strong enough): only then does its radio get it (`P`, `C`). In the air's
+  receiver, transmission, outcome), with whether the receiver detected its preamble (listening for it from its
+  start to its detection, for its I/Q sense, strong enough): only then does its radio get it (`P`, `C`). In the air's
   thread: a run can tell what a bridge's radio made of each of its frames, and why one was lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import math
 import os
 import select
@@ -39,6 +42,8 @@ import tty
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from protocols.lora import detect_ms
 
 from .radio import COLLISION, DELIVERED, SENSITIVITY_DBM, Medium, Reception, Transmission
 
@@ -128,6 +133,9 @@ class Air:
         self.received: Counter[tuple[str, str]] = Counter()  # (sender, receiver) -> frames delivered
         self.on_transmit: Callable[[Transmission], None] | None = None  # told of each transmission, in the air's thread
         self._ticks: list[Callable[[float], None]] = []  # called every turn of the air's loop, in its thread
+        # (when, order, receiver, transmission, iq): preambles to be detected, by the loop (_detect)
+        self._detecting: list[tuple[float, int, str, Transmission, int]] = []
+        self._order = itertools.count()
         self.on_reception: Callable[[Reception, bool], None] | None = None  # every reception judged, and if it was heard
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,6 +194,7 @@ class Air:
                     line, _, rest = bytes(radio.line).partition(b"\n")
                     radio.line = bytearray(rest)
                     self._line(radio, line.decode(errors="replace").split(), now)
+            self._detect(time.monotonic())
             for tick in self._ticks:
                 tick(time.monotonic())
             for reception in self.medium.outcomes(time.monotonic()):
@@ -238,8 +247,20 @@ class Air:
             ):
                 continue
             if self.medium.rssi_dbm(transmission, self.medium.radios[radio.name]) >= SENSITIVITY_DBM[transmission.sf]:
-                radio.heard[id(transmission)] = transmission.end
-                radio.header()
+                # Its preamble is detected DETECT_SYMBOLS into it, by a receiver still listening then (a window
+                # that closed first misses it, as a node's does at SF12 if the downlink starts late in it)
+                detected = transmission.start + detect_ms(transmission.sf, transmission.bw) / 1000
+                heapq.heappush(self._detecting, (detected, next(self._order), radio.name, transmission, iq))
+
+    def _detect(self, now: float) -> None:
+        """The preambles detected by now: each receiver still listening on that channel, SF and I/Q sense gets it."""
+        while self._detecting and self._detecting[0][0] <= now:
+            _at, _order, name, transmission, iq = heapq.heappop(self._detecting)
+            radio = self._listening.get(name)
+            if radio is None or radio.listening is None or radio.listening[:2] != (transmission.channel, transmission.sf) or radio.iq != iq:
+                continue
+            radio.heard[id(transmission)] = transmission.end
+            radio.header()
 
     def _outcome(self, reception: Reception) -> None:
         radio = self.radios.get(reception.receiver)

@@ -1,9 +1,10 @@
 """Battery life of a class-A LoRa node (issue 15): what a day of uplinks costs in charge, and how long a cell lasts. Sans-I/O.
 
-A battery node wakes, samples, sends one uplink, listens in the receive window that opens a fixed delay after
-it (protocols/lora.py: RX_DELAY_MS after the uplink ended, RX_WINDOW_MS long) and sleeps again. Its average
-current is a day's charge, state by state, divided by the day (n uplinks a day; T_tx the airtime, T_rx the
-window, T_awake the MCU's time awake per wake):
+A battery node wakes, samples, sends one uplink, listens in the two receive windows that open a fixed delay
+after it (protocols/lora.py: RX_DELAY_MS and RX2_DELAY_MS after the uplink ended, RX_WINDOW_MS long each;
+firmware/radio_port.py opens both) and sleeps again. Its average current is a day's charge, state by state,
+divided by the day (n uplinks a day; T_tx the airtime, T_rx the two windows, T_awake the MCU's time awake per
+wake, until RX2 closed):
 
     Q_day = n * (T_tx * I_tx(P) + T_rx * I_rx + T_awake * I_mcu)
             + (day - n * T_awake) * I_mcu_sleep + (day - n * (T_tx + T_rx)) * I_radio_sleep
@@ -27,8 +28,8 @@ The currents, each from the table it is quoted from (typical values):
   1.5 mA (MicroPython's commit adding lightsleep to the rp2 port), 150 times that: pass an `Mcu` of your own.
 - The MCU's time awake per wake (`class_a_awake_ms`): MicroPython starts afresh after deep sleep (boot ROM,
   flash, the VM, the firmware's imports) and then samples and frames: WORK_MS = 500 ms, an assumption, not a
-  measurement. It then stays awake through the uplink, the receive delay and the window (the firmware waits in
-  its idle(), not in light sleep). Measure a board and pass `awake_ms`.
+  measurement. It then stays awake through the uplink, the receive delays and both windows, counted at the active
+  current. Measure a board and pass `awake_ms`.
 - That is the design. The firmware as built has no deep sleep yet: on a board a radio node light-sleeps
   between its loop's steps (`ESP32_LIGHT_SLEEP`: the datasheet's 0.8 mA), which caps a cell at about 100 days
   (bench/radio.py `frame_figures`, docs/PERFORMANCE.md "Battery life as built").
@@ -50,11 +51,12 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from protocols.lora import RX_DELAY_MS, RX_WINDOW_MS
+from protocols.lora import RX2_DELAY_MS, RX_WINDOW_MS
 
 DAY_MS = 86_400_000
 YEAR_DAYS = 365.25
 WORK_MS = 500.0  # the MCU awake per wake besides the radio's part: boot after deep sleep, sample, frame (assumed)
+RX_WINDOWS_MS = 2 * RX_WINDOW_MS  # a node listens in RX1 and RX2 after each uplink
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,10 @@ ESP32_LIGHT_SLEEP = Mcu("ESP32 (light sleep 0.8 mA, awake 31 mA)", sleep_ua=800.
 ER14505 = Battery("ER14505 (Li-SOCl2 AA, 3.6 V, 2400 mAh)", capacity_mah=2400.0)
 
 
-def class_a_awake_ms(airtime_ms: float, rx_ms: float = RX_WINDOW_MS, work_ms: float = WORK_MS) -> float:
-    """The MCU's time awake per wake: its work, the uplink, the receive delay and the window."""
-    return work_ms + airtime_ms + RX_DELAY_MS + rx_ms
+def class_a_awake_ms(airtime_ms: float, work_ms: float = WORK_MS) -> float:
+    """The MCU's time awake per wake: its work, the uplink, and from its end until RX2 closed (the firmware waits
+    for both windows in its idle(), neither slept through)."""
+    return work_ms + airtime_ms + RX2_DELAY_MS + RX_WINDOW_MS
 
 
 def estimate(
@@ -131,16 +134,16 @@ def estimate(
     uplinks_per_day: float,
     *,
     power_dbm: float = 14.0,
-    rx_ms: float = RX_WINDOW_MS,
+    rx_ms: float = RX_WINDOWS_MS,
     awake_ms: float | None = None,
     mcu: Mcu = ESP32,
     radio: Radio = SX1276,
     battery: Battery = ER14505,
 ) -> Estimate:
-    """A node sending `uplinks_per_day` uplinks of `airtime_ms` each at `power_dbm`, listening `rx_ms` after each,
-    its MCU awake `awake_ms` per wake (default: `class_a_awake_ms`)."""
+    """A node sending `uplinks_per_day` uplinks of `airtime_ms` each at `power_dbm`, listening `rx_ms` after each
+    (both windows), its MCU awake `awake_ms` per wake (default: `class_a_awake_ms`)."""
     _check(airtime_ms=airtime_ms, uplinks_per_day=uplinks_per_day, rx_ms=rx_ms)
-    awake = class_a_awake_ms(airtime_ms, rx_ms) if awake_ms is None else awake_ms
+    awake = class_a_awake_ms(airtime_ms) if awake_ms is None else awake_ms
     _check(awake_ms=awake)
     n = uplinks_per_day
     return _per_day(n * airtime_ms, n * rx_ms, n * awake, power_dbm, mcu, radio, battery)
@@ -160,12 +163,13 @@ def estimate_from_report(
 ) -> Estimate:
     """Battery life extrapolated from what a node measured over `elapsed_s`: its radio's time on air and listening
     (STATUS `air`, SPEC.md §5.7: `tx_ms`, `rx_ms`) and its wakes (one per uplink: `tx`). The MCU is counted awake
-    `work_ms` and the receive delay each wake, and through the measured radio time."""
+    `work_ms` each wake, through the measured radio time, and between it (until RX1 opens, and between the windows:
+    RX2_DELAY_MS - RX_WINDOW_MS)."""
     _check(tx_ms=tx_ms, rx_ms=rx_ms, wakes=wakes, work_ms=work_ms)
     if not (elapsed_s > 0 and math.isfinite(elapsed_s)):
         raise ValueError("elapsed_s must be a positive number of seconds, not %s" % _num(elapsed_s))
     per_day = DAY_MS / (elapsed_s * 1000.0)
-    awake = wakes * (work_ms + RX_DELAY_MS) + tx_ms + rx_ms
+    awake = wakes * (work_ms + RX2_DELAY_MS - RX_WINDOW_MS) + tx_ms + rx_ms
     return _per_day(tx_ms * per_day, rx_ms * per_day, awake * per_day, power_dbm, mcu, radio, battery)
 
 

@@ -3,6 +3,7 @@ node, its bridge and the gateway agree on. Constants, and the one rule of chance
 firmware (firmware/radio_port.py, firmware/roles/bridge.py) and the gateway (gateway/air.py) import the same."""
 
 from ._compat import const
+from .airtime import symbol_us
 
 UPLINK_CHANNELS = (868100000, 868300000, 868500000)  # sub-band h1.4, 1 %: nodes hop over them
 DOWNLINK_FREQ = const(869525000)  # sub-band h1.6, 10 %: every node's second receive window
@@ -20,7 +21,19 @@ def chance_ms(airtime_us: int) -> int:
     return max(CHANCE_MS, CHANCE_AIRTIMES * airtime_us // 1000)
 
 
-RX_WINDOW_MS = const(500)  # a downlink whose preamble starts within this much of the opening is heard
+RX_WINDOW_MS = const(500)  # a downlink whose preamble is detected within this much of the opening is heard
+# A receiver detects a LoRa preamble some symbols into it (SX1276 RegModemStat "signal detected", SX1262
+# PreambleDetected), and a node keeps its window open once it has: its header's ValidHeader comes only after the
+# preamble and the header, 20.25 symbols, at SF12 664 ms in, past the window. 6 symbols taken: Semtech's reference
+# code waits 5-6 symbols to catch a preamble; the datasheets give no figure, so an assumption
+DETECT_SYMBOLS = const(6)
+
+
+def detect_ms(sf: int, bw: int = 125000) -> int:
+    # How long a downlink must have been on air before a node's receiver has detected it, ms (rounded up)
+    return (DETECT_SYMBOLS * symbol_us(sf, bw) + 999) // 1000
+
+
 # A frame on air, at most: wrapped in a bridge's RADIO_RX (bw left out at 125 kHz, SNR in quarter dB as the
 # chips give it) the bridge's tagged frame stays within 255 bytes, 3 to spare
 MAX_RADIO_FRAME = const(204)

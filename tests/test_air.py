@@ -98,3 +98,32 @@ def test_a_receiver_switched_off_before_a_frame_ends_does_not_get_it() -> None:
         assert receptions and all(not heard for receiver, _outcome, heard in receptions if receiver == "node"), receptions
     finally:
         air.stop()
+
+
+def test_a_preamble_is_detected_six_symbols_in_and_a_window_closed_before_misses_the_frame() -> None:
+    """protocols/lora.py DETECT_SYMBOLS: a receiver is told of a frame (`H`, on_header) when its preamble has been on
+    air 6 symbols, at SF12 197 ms, not at its start; a receiver that stopped listening before then never gets it. On
+    real chips a node's SF12 window holds open only once the preamble is detected (ValidHeader comes 664 ms in), so a
+    downlink that starts late in a window is lost. Driven by hand (the air's thread not started): no timing."""
+    air = Air(Medium(1, PathLoss(sigma_db=0.0)))
+    sender = air.antenna("bridge", 0, 0)
+    stays, early, moved = air.antenna("stays", 300, 0), air.antenna("early", 300, 10), air.antenna("moved", 300, 20)
+    headers: list[str] = []
+    stays.on_header = lambda: headers.append("stays")
+    early.on_header = lambda: headers.append("early")
+    moved.on_header = lambda: headers.append("moved")
+    for radio in (stays, early, moved):
+        radio.listen(CHANNEL, 12)
+    sent = sender.transmit(CHANNEL, 12, b"x" * 20, invert_iq=True)
+    air._detect(sent.start + 0.196)  # 6 SF12 symbols are 196.6 ms: not yet
+    assert headers == []
+    early.sleep()  # its window closed before the preamble could be detected
+    moved.listen(CHANNEL, 11)  # and this one listens at another SF by then
+    air._detect(sent.start + 0.197)
+    assert headers == ["stays"]
+    frames: list[tuple[str, bytes]] = []
+    stays.on_frame = lambda payload, rssi, snr: frames.append(("stays", payload))
+    early.on_frame = lambda payload, rssi, snr: frames.append(("early", payload))
+    for reception in air.medium.outcomes(sent.end + 1):
+        air._outcome(reception)
+    assert frames == [("stays", b"x" * 20)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.air import AirTransport, Window
+from gateway.air import LEAD_MS, AirTransport, Window
 from gateway.commands import Commands
 from gateway.copies import COPY_SPAN_S, Transmissions
 from gateway.serial_link import RadioLink
@@ -28,6 +28,7 @@ from protocols import Message, encode, messages
 from protocols import frame as fr
 from protocols.airtime import airtime_us
 from protocols.dutycycle import band
+from protocols.lora import RX_DELAY_MS
 from tests.test_security import KEY, KeyBench, acked, keyfile
 
 BATTERY = bytes.fromhex("0000b0b0b0b0b0b1")
@@ -1284,3 +1285,17 @@ def test_a_copy_over_the_duty_cycle_does_not_take_the_window_of_the_nodes_own_fr
     radio.bench.safe_all()
     sent = over_the_air(radio.bench.replies("/dev/ttyA") + radio.decide("/dev/ttyA"))
     assert [(at, m.type, m.fields["counters"]) for at, m in sent] == [(2_102_100, messages.ACK, [3])]
+
+
+@pytest.mark.parametrize(("sf", "latest_ms"), [(12, 203), (9, 375), (7, 393)])
+def test_a_window_is_reached_only_while_the_node_can_detect_the_preamble_in_it(sf: int, latest_ms: int) -> None:
+    """A node holds its window open once it has detected a preamble, 6 symbols into it (protocols/lora.py
+    DETECT_SYMBOLS; at SF12 197 ms): a frame aimed later than the window's 500 ms less that and RX_AIM_MS (room for
+    the clocks) would end the window unheard on real chips, and is missed instead (counted)."""
+    bare = BareAir()
+    window = Window(100_000, 868_100_000, sf, 125_000)
+    opens = 100_000 + RX_DELAY_MS
+    assert bare.air._reach(window, RX_DELAY_MS, opens + latest_ms - LEAD_MS) == opens + latest_ms
+    assert bare.air.counts["missed"] == 0
+    assert bare.air._reach(window, RX_DELAY_MS, opens + latest_ms + 1 - LEAD_MS) is None
+    assert bare.air.counts["missed"] == 1

@@ -25,7 +25,9 @@ def test_the_board_hal_wires_the_radio_node_json_names(micropython: str) -> None
     assert wired["bridge"] == {"uart": "the UART", "sources": ["Bridge"], "freq": 868500000, "sf": 12, "radio": True}
     # A battery node waits in machine.lightsleep (RAM, the chip and ticks_ms kept), not for a wait under 10 ms, which
     # it sleeps awake; "sleep": 0 keeps it awake (a console on USB), and a port that refuses it is asked once
+    assert wired["booting"][0] == [] and wired["booting"][1] >= 20  # awake in its first minute: fw flash gets in
     assert wired["sleep"][0] == [100, 40]
+    assert wired["sources_awake"] == [[], []]  # a pulse counter's interrupts, a lamp's PWM: awake
     assert wired["awake"][0] == [] and wired["awake"][1] >= 60
     assert wired["refused"][0] == [] and wired["refused"][1] >= 40
     said, failed = lines[1::2], [json.loads(line)["failed"] for line in lines[2::2]]

@@ -277,6 +277,10 @@ def test_a_nodes_windows_and_a_lost_txdone_on_micropython(micropython: str) -> N
     assert event_state == tx
     # an event written while a STATUS waits out that chance goes at once, ahead of it (the STATUS still waits)
     assert out["event_first"] == [0, tx, 10, 1]
+    # Held open while the radio says a frame is coming, at most RX_WINDOW_MS and a 204-byte frame at SF9 (1.03 s),
+    # and the last 50 ms hold (_HEARD_MS) given before that
+    longest = 500 + (airtime_us(204, 9) + 999) // 1000
+    assert longest <= out["held"] <= longest + 50 + 10, out["held"]
     # Of the node's own frames the one the air lost goes after the next waiting (a STATUS is not held back for
     # good behind a READINGS a weak node keeps losing); events go in their order all the same
     assert out["again"] == [20, 21, 20, 30, 30]

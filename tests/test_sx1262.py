@@ -34,10 +34,12 @@ def test_the_sx1262_driver_drives_the_emulated_chip(micropython: str) -> None:
     assert rows["rx"] == ["006672616d65ff" * 3, -118.0, 7.25, None]
     assert rows["crc"] == [None, 1, 0]  # a damaged packet dropped and counted; still nothing sent while BUSY
     assert rows["band"] == ["refused"]
-    # HeaderValid (0x0010) enabled with TxDone, RxDone, HeaderErr, CrcErr and Timeout (DS 13.3.1: a flag the mask
-    # leaves out is never raised): a node's receive window stays open while a packet it heard is still coming
-    assert rows["header"] == [False, True, True, False, b"late".hex(), False, 0x0273]
-    assert rows["asleep"] == [False, False]  # asleep, the chip hears nothing
+    # PreambleDetected (0x0004) and HeaderValid (0x0010) enabled with TxDone, RxDone, HeaderErr, CrcErr and Timeout
+    # (DS 13.3.1: a flag the mask leaves out is never raised): a node's receive window stays open while a packet it
+    # detected is coming, and while one that came waits for the next poll
+    assert rows["header"] == [False, True, True, True, b"late".hex(), False, 0x0277]
+    # Asleep (BUSY high, deaf), then woken by the driver's NSS pulse: in RX, nothing lost or refused
+    assert rows["asleep"] == [[0x0, 1, False], 0x5, 0, 0, False]
 
 
 def test_a_battery_node_on_an_sx1262_sends_and_opens_both_windows(micropython: str) -> None:

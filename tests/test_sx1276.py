@@ -28,4 +28,8 @@ def test_the_sx1276_driver_drives_the_emulated_chip(micropython: str) -> None:
     assert rows["rx"] == ["006672616d65ff" * 3, -118, 7.25, None]
     assert rows["weak"] == ["7765616b", -136, -17.5]  # below the noise: RSSI corrected by the SNR (DS 5.5.5)
     assert rows["crc"] == [None, 1]  # a damaged packet: dropped and counted
+    # A window stays open from the preamble's detection (not ValidHeader, 20 symbols in: at SF12 past the window)
+    # until the packet was read
+    assert rows["preamble"] == [False, True, True, True, b"late".hex(), False]
+    assert rows["asleep"] == [False, False]
     assert rows["band"] == ["refused"] and rows["absent"] == ["refused"]

@@ -60,7 +60,8 @@ class Machine:  # what hal_board imports of `machine`
 
 machine = sys.modules["machine"] = Machine()
 
-from firmware.hal_board import Hal  # noqa: E402  (after its `machine` is there)
+import firmware.hal_board as hal_board  # noqa: E402  (after its `machine` is there)
+from firmware.hal_board import Hal  # noqa: E402
 
 SPI_PINS = {"spi": [1, 5, 27, 19], "cs": CS, "reset": RESET}
 
@@ -106,11 +107,18 @@ def idles(node, waits):
     return [list(slept), time.ticks_diff(time.ticks_ms(), start)]
 
 
-# A radio node idles in light sleep, not for a wait shorter than 10 ms; one whose node.json says "sleep": 0 stays
-# awake (a bridge keeps its UART and never sleeps: what wakes it is a byte from the gateway)
+# A radio node idles in light sleep, not in its first minute, nor for a wait shorter than 10 ms; one whose
+# node.json says "sleep": 0 stays awake, and so does one with a pulse counter or a lamp (their interrupts and PWM
+# stop in light sleep). A bridge keeps its UART and never sleeps: what wakes it is a byte from the gateway
+out["booting"] = idles(node, [20])
+hal_board._AWAKE_AFTER_BOOT_MS = 0
+node = hal("lora_sensor", EmulatedSX1276(), radio="sx1276", **SPI_PINS)
 out["sleep"] = idles(node, [100, 40, 9, 1])
 awake = hal("lora_sensor", EmulatedSX1276(), radio="sx1276", sleep=0, **SPI_PINS)
 out["awake"] = idles(awake, [30, 30])
+counting = hal("lora_sensor", EmulatedSX1276(), radio="sx1276", pulse_pin=4, **SPI_PINS)
+lamp = hal("streetlight", EmulatedSX1276(), radio="sx1276", lamp_pin=2, **SPI_PINS)
+out["sources_awake"] = [idles(counting, [30])[0], idles(lamp, [30])[0]]
 machine.refuse = True  # a port that has no light sleep after all: said once, then awake
 out["refused"] = idles(node, [20, 20])
 print(json.dumps(out))

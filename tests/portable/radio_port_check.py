@@ -16,6 +16,7 @@ class Radio:
         self.log = []
         self.done = False  # TxDone: never, unless a test says
         self.crc_errors = 0
+        self.coming = False  # receiving(): a preamble detected, unless a test says
 
     def configure(self, freq, sf, bw=125000, cr=1, power_dbm=14, preamble=8, invert_iq=False):
         self.log.append(["configure", freq, sf, invert_iq])
@@ -33,7 +34,7 @@ class Radio:
         return None
 
     def receiving(self):
-        return False
+        return self.coming
 
     def sleep(self):
         self.log.append(["sleep"])
@@ -97,6 +98,20 @@ def run():
     idle.write(encode(Message(messages.READINGS, b"\x00" * 8, 10, {"samples": [0, 1, 0]}, F_ACK_REQ | F_PRIORITY)))
     idle.pump()
     out["event_first"] = [before, idle.state, idle.aired is not None and int.from_bytes(idle.aired, "big"), len(idle.queue)]
+
+    # A receiver that says a frame is coming holds the window open, at most the longest frame's airtime past it
+    stuck = idle_port()
+    stuck.radio.done = stuck.radio.coming = True
+    stuck.write(encode(Message(messages.READINGS, b"\x00" * 8, 9, {"samples": [0, 1, 0]}, F_ACK_REQ | F_PRIORITY)))
+    stuck.pump()
+    while stuck.state != 3:  # _RX: the first window opened
+        clock.now += 10
+        stuck.pump()
+    opened = clock.now
+    while stuck.state == 3 and clock.now < opened + 10000:  # unbounded it would never close
+        clock.now += 10
+        stuck.pump()
+    out["held"] = clock.now - opened
 
     # A frame of the node's schedule sent and not acknowledged goes after the next one waiting; events keep order
     fair = idle_port()

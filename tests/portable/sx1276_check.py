@@ -6,6 +6,19 @@ from firmware.emulated_sx1276 import EmulatedSX1276
 from firmware.sx1276 import SX1276
 
 
+def preamble(radio, chip):
+    # A packet's preamble detected, its end still coming (the SX1276's RegModemStat, the SX1262's PreambleDetected):
+    # `receiving` until it was read (RxDone too: it waits for the next poll), not after: [before, heard, while it
+    # comes, once it came, the packet, after it was read]
+    before = radio.receiving()
+    heard = chip.hear()
+    during = radio.receiving()
+    chip.deliver(b"late", -110.0, -2.5)
+    ended = radio.receiving()
+    got = radio.poll()
+    return [before, heard, during, ended, got[0].hex(), radio.receiving()]
+
+
 def run():
     out = []
     now = [0]
@@ -36,6 +49,11 @@ def run():
     out.append(["weak", got[0].hex(), got[1], got[2]])
     chip.deliver(b"damaged", -100.0, 3.0, crc_ok=False)
     out.append(["crc", radio.poll(), radio.crc_errors])
+    row = ["preamble"]
+    row.extend(preamble(radio, chip))  # (MicroPython has no * in a list display)
+    out.append(row)
+    radio.sleep()
+    out.append(["asleep", chip.hear(), radio.receiving()])
     try:
         radio.configure(433000000, 7)
         out.append(["band", "accepted"])
