@@ -14,6 +14,7 @@ _MODE_STBY_RC = 0x2
 _MODE_RX = 0x5
 _MODE_TX = 0x6
 _BANDWIDTHS = {0x04: 125000, 0x05: 250000, 0x06: 500000}
+_RESET_REGISTERS = {0x0736: 0x0D}  # the I/Q polarity register's bit 2 set after reset (DS 15.4's workaround clears it)
 
 
 class EmulatedSX1262:
@@ -119,6 +120,10 @@ class EmulatedSX1262:
             address = args[0] << 8 | args[1]
             for index in range(2, len(args)):
                 self.registers[address + index - 2] = args[index]
+        elif opcode == 0x1D:
+            address = args[0] << 8 | args[1]
+            count = len(args) - 3  # the address, then the status byte, then the data clocked out
+            return bytes(self.registers.get(address + i, _RESET_REGISTERS.get(address + i, 0)) for i in range(count))
         elif opcode == 0x08:
             self.irq_mask = args[0] << 8 | args[1]
         elif opcode == 0x84:

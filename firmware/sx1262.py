@@ -23,6 +23,8 @@ _SET_DIO_IRQ_PARAMS = const(0x08)
 _SET_DIO2_AS_RF_SWITCH = const(0x9D)
 _CALIBRATE_IMAGE = const(0x98)
 _WRITE_REGISTER = const(0x0D)
+_READ_REGISTER = const(0x1D)
+_REG_IQ_POLARITY = const(0x0736)  # DS 15.4: bit 2 cleared for inverted I/Q, set for standard
 _WRITE_BUFFER = const(0x0E)
 _READ_BUFFER = const(0x1E)
 _SET_TX = const(0x83)
@@ -135,6 +137,11 @@ class SX1262:
     def _packet_params(self, length):
         # Preamble, explicit header, payload length (the maximum when receiving), CRC on, I/Q standard or inverted
         self._command(bytes((_SET_PACKET_PARAMS, self._preamble >> 8, self._preamble & 0xFF, 0x00, length, 0x01, self._iq)))
+        # DS 15.4 (known limitations): the chip's default loses packets received with inverted I/Q (a node's
+        # windows) unless register 0x0736 bit 2 is cleared after SetPacketParams, and set again for standard I/Q
+        value = self._command(bytes((_READ_REGISTER, _REG_IQ_POLARITY >> 8, _REG_IQ_POLARITY & 0xFF)), 1)[0]
+        value = value & 0xFB if self._iq else value | 0x04
+        self._command(bytes((_WRITE_REGISTER, _REG_IQ_POLARITY >> 8, _REG_IQ_POLARITY & 0xFF, value)))
 
     def _clear(self, mask=0xFFFF):
         self._command(bytes((_CLEAR_IRQ_STATUS, mask >> 8, mask & 0xFF)))

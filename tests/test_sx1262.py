@@ -34,6 +34,8 @@ def test_the_sx1262_driver_drives_the_emulated_chip(micropython: str) -> None:
     assert rows["rx"] == ["006672616d65ff" * 3, -118.0, 7.25, None]
     assert rows["crc"] == [None, 1, 0]  # a damaged packet dropped and counted; still nothing sent while BUSY
     assert rows["band"] == ["refused"]
+    # DS 15.4: register 0x0736 bit 2 set with standard I/Q, cleared with inverted (else inverted packets are lost)
+    assert rows["iq"] == [0x0D, 1, 0x09]
     # PreambleDetected (0x0004) and HeaderValid (0x0010) enabled with TxDone, RxDone, HeaderErr, CrcErr and Timeout
     # (DS 13.3.1: a flag the mask leaves out is never raised): a node's receive window stays open while a packet it
     # detected is coming, and while one that came waits for the next poll

@@ -27,6 +27,10 @@ def run():
     out.append(["not listening", chip.deliver(b"early", -80, 9.5)])
     radio.start_receive()
     out.append(["rx mode", chip.mode, chip.packet[2], radio.poll()])
+    standard = chip.registers[0x0736]
+    radio.configure(869525000, 9, invert_iq=True)  # a node's receive window
+    radio.start_receive()
+    out.append(["iq", standard, chip.packet[4], chip.registers[0x0736]])
     chip.deliver(b"\x00frame\xff" * 3, -118.0, 7.25)
     got = radio.poll()
     out.append(["rx", got[0].hex(), got[1], got[2], radio.poll()])
