@@ -44,7 +44,7 @@ IRQ_CRC_ERROR = const(0x0040)
 # TxDone, RxDone, PreambleDetected, HeaderValid, HeaderErr, CrcErr, Timeout: a flag whose bit is clear here is never
 # raised (DS 13.3.1)
 _IRQ_USED = const(0x0277)
-_COMING = const(0x0016)  # PreambleDetected, HeaderValid, RxDone: a packet is coming or waits to be read
+_HEADER_SYMBOLS = const(24)  # a header follows a detected preamble within 8 + 4.25 + 8 symbols: 24 with margin
 _REG_SYNC_WORD = const(0x0740)
 _SYNC_PRIVATE = const(0x1424)  # a private network's word, not LoRaWAN's public 0x3444 (DS 6.2.2)
 _BANDWIDTHS = {125000: 0x04, 250000: 0x05, 500000: 0x06}  # DS 13.4.5.2
@@ -64,7 +64,10 @@ class SX1262:
         self.sf = 0
         self.bw = 0
         self.cr = 0
-        self._asleep = False
+        # Asleep, as far as this object knows: a board restarted without its reset pin finds the chip as the node left
+        # it (asleep since RadioPort put it to sleep, BUSY high); a wake pulse does an awake chip no harm
+        self._asleep = True
+        self._preamble_at = None  # ticks_ms when PreambleDetected was first seen without a header after it
 
     # -------------------------------------------------------------- commands
 
@@ -191,8 +194,21 @@ class SX1262:
     def receiving(self):
         # A packet is coming (PreambleDetected, a few symbols in: HeaderValid comes only after the preamble and header,
         # at SF12 past a 500 ms window, protocols/lora.py DETECT_SYMBOLS) or came and waits to be read (RxDone, set
-        # after the last poll): a node's receive window stays open for it (firmware/radio_port.py), as on the SX1276
-        return bool(self._irq() & _COMING)
+        # after the last poll): a node's receive window stays open for it (firmware/radio_port.py), as on the SX1276.
+        # The flag stays set until cleared: a preamble no header followed (another network's sync word on 869.525
+        # MHz, noise) is cleared after _HEADER_SYMBOLS, or it would hold the window open until the node's cap
+        irq = self._irq()
+        if irq & (IRQ_HEADER_VALID | IRQ_RX_DONE) or not irq & IRQ_PREAMBLE:
+            self._preamble_at = None
+            return bool(irq & (IRQ_HEADER_VALID | IRQ_RX_DONE))
+        now = time.ticks_ms()
+        if self._preamble_at is None:
+            self._preamble_at = now
+        elif time.ticks_diff(now, self._preamble_at) > _HEADER_SYMBOLS * symbol_us(self.sf, self.bw) // 1000:
+            self._clear(IRQ_PREAMBLE)
+            self._preamble_at = None
+            return False
+        return True
 
     def sleep(self):
         self._command(bytes((_SET_SLEEP, 0x04)))

@@ -61,7 +61,8 @@ class _Radio:
     name: str
     listening: tuple[int, int, int] | None = None  # (freq, sf, bw) while its receiver is on
     iq: int = 0  # 1: its receiver is set for inverted I/Q (a node's receive window)
-    heard: dict[int, float] = field(default_factory=dict)  # id -> end of the transmissions it got a header of
+    heard: dict[int, float] = field(default_factory=dict)  # id -> end of the transmissions whose preamble it detected
+    turns: int = 0  # its receiver switched on or off so far: a preamble is detected only by one listening throughout
 
     def header(self) -> None:
         raise NotImplementedError
@@ -133,8 +134,8 @@ class Air:
         self.received: Counter[tuple[str, str]] = Counter()  # (sender, receiver) -> frames delivered
         self.on_transmit: Callable[[Transmission], None] | None = None  # told of each transmission, in the air's thread
         self._ticks: list[Callable[[float], None]] = []  # called every turn of the air's loop, in its thread
-        # (when, order, receiver, transmission, iq): preambles to be detected, by the loop (_detect)
-        self._detecting: list[tuple[float, int, str, Transmission, int]] = []
+        # (when, order, receiver, its turns then, transmission): preambles to be detected, by the loop (_detect)
+        self._detecting: list[tuple[float, int, str, int, Transmission]] = []
         self._order = itertools.count()
         self.on_reception: Callable[[Reception, bool], None] | None = None  # every reception judged, and if it was heard
         self._stop = threading.Event()
@@ -194,10 +195,11 @@ class Air:
                     line, _, rest = bytes(radio.line).partition(b"\n")
                     radio.line = bytearray(rest)
                     self._line(radio, line.decode(errors="replace").split(), now)
-            self._detect(time.monotonic())
             for tick in self._ticks:
                 tick(time.monotonic())
-            for reception in self.medium.outcomes(time.monotonic()):
+            now = time.monotonic()  # one moment for both: a frame detected and ended within one turn is still heard
+            self._detect(now)
+            for reception in self.medium.outcomes(now):
                 self._outcome(reception)
 
     def _line(self, radio: _PtyRadio, parts: list[str], now: float) -> None:
@@ -217,6 +219,7 @@ class Air:
             self.malformed += 1
 
     def _listen(self, radio: _Radio, now: float, freq: int, sf: int, bw: int, iq: int) -> None:
+        radio.turns += 1
         radio.listening = (freq, sf, bw)
         radio.iq = iq
         self._listening[radio.name] = radio
@@ -226,6 +229,7 @@ class Air:
         # A receiver switched off misses the frames it was receiving: their end finds it asleep (a window that closed
         # after another frame's CRC error, hil/radio.py judging a later, stronger one delivered by capture)
         radio.heard = {key: end for key, end in radio.heard.items() if end <= now}
+        radio.turns += 1
         radio.listening = None
         self._listening.pop(radio.name, None)
         self.medium.close_windows(radio.name, now)
@@ -250,14 +254,15 @@ class Air:
                 # Its preamble is detected DETECT_SYMBOLS into it, by a receiver still listening then (a window
                 # that closed first misses it, as a node's does at SF12 if the downlink starts late in it)
                 detected = transmission.start + detect_ms(transmission.sf, transmission.bw) / 1000
-                heapq.heappush(self._detecting, (detected, next(self._order), radio.name, transmission, iq))
+                heapq.heappush(self._detecting, (detected, next(self._order), radio.name, radio.turns, transmission))
 
     def _detect(self, now: float) -> None:
-        """The preambles detected by now: each receiver still listening on that channel, SF and I/Q sense gets it."""
+        """The preambles detected by now: each receiver that has listened since the frame started (no S or L between)
+        gets it."""
         while self._detecting and self._detecting[0][0] <= now:
-            _at, _order, name, transmission, iq = heapq.heappop(self._detecting)
+            _at, _order, name, turns, transmission = heapq.heappop(self._detecting)
             radio = self._listening.get(name)
-            if radio is None or radio.listening is None or radio.listening[:2] != (transmission.channel, transmission.sf) or radio.iq != iq:
+            if radio is None or radio.turns != turns:
                 continue
             radio.heard[id(transmission)] = transmission.end
             radio.header()

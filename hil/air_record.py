@@ -3,9 +3,9 @@ of a bridge's downlink, each node listening).
 
 The medium judges each transmission for every radio listening on its channel and SF from its start
 (hil/radio.py); the air tells an observer (`Air.on_reception`) of each judgement, with whether the radio
-had its header. An `AirRecord` is that observer for a city run: it keeps the outcome per receiver, so
+detected its preamble. An `AirRecord` is that observer for a city run: it keeps the outcome per receiver, so
 that the report can say why a node's uplinks were lost (collision, half duplex, too weak, a bridge that
-was deaf to its start, or no bridge listening on its channel and SF at all), and `write` puts the whole
+did not detect its preamble, or no bridge listening on its channel and SF at all), and `write` puts the whole
 record in a file, a line a transmission, for the question the report does not answer.
 """
 
@@ -20,7 +20,9 @@ from protocols import messages
 
 from .radio import COLLISION, DELIVERED, HALF_DUPLEX, NOT_LISTENING, TOO_WEAK, Reception, Transmission
 
-DEAF = "deaf"  # the medium delivered it, but the radio was not listening for it from its start (or for its I/Q)
+# the medium delivered it, but the radio did not detect its preamble: not listening from its start to DETECT_SYMBOLS into
+# it (a node's window closed first: a downlink aimed late at SF11-12), or for the other I/Q sense
+DEAF = "deaf"
 UNHEARD = "unheard"  # no radio of interest listened on its channel and SF when it started
 FATES = (DELIVERED, COLLISION, HALF_DUPLEX, DEAF, TOO_WEAK, NOT_LISTENING, UNHEARD)  # best first
 _TYPE = 1  # a frame's header (protocols/frame.py): its type, its flags, the node it is from or to

@@ -143,7 +143,8 @@ def estimate(
     """A node sending `uplinks_per_day` uplinks of `airtime_ms` each at `power_dbm`, listening `rx_ms` after each
     (both windows), its MCU awake `awake_ms` per wake (default: `class_a_awake_ms`)."""
     _check(airtime_ms=airtime_ms, uplinks_per_day=uplinks_per_day, rx_ms=rx_ms)
-    awake = class_a_awake_ms(airtime_ms) if awake_ms is None else awake_ms
+    # a window held open longer (a frame detected in it) keeps the MCU awake that much longer too
+    awake = class_a_awake_ms(airtime_ms) + max(0.0, rx_ms - RX_WINDOWS_MS) if awake_ms is None else awake_ms
     _check(awake_ms=awake)
     n = uplinks_per_day
     return _per_day(n * airtime_ms, n * rx_ms, n * awake, power_dbm, mcu, radio, battery)

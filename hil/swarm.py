@@ -6,8 +6,8 @@ Each node is a class-A radio node as firmware/radio_port.py is, cut to what a ca
 same protocols/ code: frames built by protocols.frame.pack and tagged with the node's 32-byte key (SPEC.md
 §3.4: a radio frame must be), the EU868 duty cycle kept per sub-band by protocols.dutycycle.DutyCycle,
 RX1 on the uplink's channel RX_DELAY_MS after the uplink ended and RX2 on DOWNLINK_FREQ RX2_DELAY_MS after
-it, both at the uplink's SF with inverted I/Q, each open RX_WINDOW_MS and on while a frame whose header
-it heard is still coming, each closing after one frame (protocols/lora.py). What it does:
+it, both at the uplink's SF with inverted I/Q, each open RX_WINDOW_MS and on while a frame whose preamble
+it detected (DETECT_SYMBOLS into it: hil/air.py) is still coming, each closing after one frame (protocols/lora.py). What it does:
 
 - At boot (a uniform random moment within the first `interval`) a short HELLO: one channel, `counter`, no
   commands, caps readings and auth, so it costs little airtime. It is kept in a protocols.session.Outbox
@@ -61,7 +61,7 @@ INTERVAL_S = 60.0
 JITTER_S = 3.0  # each uplink this much either side of the node's phase (bench/radio.py's medium-only curve too)
 QUEUE = 4  # frames waiting for the radio, at most (firmware/radio_port.py _QUEUE)
 RETRIES = 3  # with `retransmit`: a reading is resent at most this many times (bench/radio.py's RETRIES)
-HEARD_S = 2.0  # a window whose header was heard closes at the frame's outcome; this long at most after it opened
+HEARD_S = 2.0  # a window that detected a preamble closes at the frame's outcome; this long at most after it opened
 CAPS = 0x01 | messages.CAP_AUTH  # readings, auth: no time, no config, no commands
 HELLO_FIELDS = {
     "proto": [1, 1],
@@ -130,7 +130,7 @@ class SwarmNode:
     tx_end: float = 0.0
     hop: int = 0
     rx2: bool = False  # the window open or due is the second
-    heard: bool = False  # the open window heard a header
+    heard: bool = False  # the open window detected a preamble
     not_before_ms: int = 0
     wake: float = math.inf  # when the swarm looks at it next (the heap's entry for it)
 

@@ -72,7 +72,7 @@ def test_an_antenna_name_is_one_radio() -> None:
 
 
 def test_a_receiver_switched_off_before_a_frame_ends_does_not_get_it() -> None:
-    """A node's window closes (after another frame's CRC error) while a frame whose header it heard is still on air:
+    """A node's window closes (after another frame's CRC error) while a frame whose preamble it detected is still on air:
     that frame's end finds the radio asleep. It is not delivered to it, and the record says it was not heard."""
     air = Air(Medium(1, PathLoss(sigma_db=0.0)))
     sender = air.antenna("bridge", 0, 0)
@@ -107,18 +107,19 @@ def test_a_preamble_is_detected_six_symbols_in_and_a_window_closed_before_misses
     downlink that starts late in a window is lost. Driven by hand (the air's thread not started): no timing."""
     air = Air(Medium(1, PathLoss(sigma_db=0.0)))
     sender = air.antenna("bridge", 0, 0)
-    stays, early, moved = air.antenna("stays", 300, 0), air.antenna("early", 300, 10), air.antenna("moved", 300, 20)
+    radios = [air.antenna(name, 300, 10 * index) for index, name in enumerate(("stays", "early", "moved", "reopened"))]
+    stays, early, moved, reopened = radios
     headers: list[str] = []
-    stays.on_header = lambda: headers.append("stays")
-    early.on_header = lambda: headers.append("early")
-    moved.on_header = lambda: headers.append("moved")
-    for radio in (stays, early, moved):
+    for radio in radios:
+        radio.on_header = lambda name=radio.name: headers.append(name)
         radio.listen(CHANNEL, 12)
     sent = sender.transmit(CHANNEL, 12, b"x" * 20, invert_iq=True)
     air._detect(sent.start + 0.196)  # 6 SF12 symbols are 196.6 ms: not yet
     assert headers == []
     early.sleep()  # its window closed before the preamble could be detected
     moved.listen(CHANNEL, 11)  # and this one listens at another SF by then
+    reopened.sleep()  # and this one closed and opened again: it did not listen throughout
+    reopened.listen(CHANNEL, 12)
     air._detect(sent.start + 0.197)
     assert headers == ["stays"]
     frames: list[tuple[str, bytes]] = []

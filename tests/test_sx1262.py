@@ -42,6 +42,8 @@ def test_the_sx1262_driver_drives_the_emulated_chip(micropython: str) -> None:
     assert rows["header"] == [False, True, True, True, b"late".hex(), False, 0x0277]
     # Asleep (BUSY high, deaf), then woken by the driver's NSS pulse: in RX, nothing lost or refused
     assert rows["asleep"] == [[0x0, 1, False], 0x5, 0, 0, False]
+    assert rows["stray"] == [[True, True, False, False, 0]]  # held 24 symbols, then let go and the flag cleared
+    assert rows["restarted"] == [0x2, 0]  # woken and set up: standby, nothing lost
 
 
 def test_a_battery_node_on_an_sx1262_sends_and_opens_both_windows(micropython: str) -> None:

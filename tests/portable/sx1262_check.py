@@ -1,6 +1,7 @@
 # The SX1262 driver (firmware/sx1262.py) against the emulated chip (firmware/emulated_sx1262.py), printed
 # as JSON. Portable: run on the MicroPython unix port by tests/test_sx1262.py.
 import json
+import time
 
 from firmware.emulated_sx1262 import EmulatedSX1262
 from firmware.sx1262 import SX1262
@@ -41,11 +42,27 @@ def run():
     row.extend(preamble(radio, chip))  # (MicroPython has no * in a list display)
     row.append(chip.irq_mask)
     out.append(row)
+    # A preamble no header follows (another network's sync word, noise): let go after 24 symbols (SF7: 25 ms)
+    radio.configure(868100000, 7)
+    radio.start_receive()
+    chip.hear()
+    stray = [radio.receiving()]
+    time.sleep_ms(15)
+    stray.append(radio.receiving())
+    time.sleep_ms(20)
+    stray.extend((radio.receiving(), radio.receiving(), chip.irq & 0x0004))
+    out.append(["stray", stray])
     radio.sleep()
     asleep = [chip.mode, chip.busy(), chip.hear()]
     # Asleep the chip holds BUSY high until NSS falls: the driver wakes it first, and the next command goes through
     radio.start_receive()
     out.append(["asleep", asleep, chip.mode, chip.lost, chip.refused, radio.receiving()])
+    # A board restarted without its reset pin finds the chip still asleep: a new driver wakes it before begin's
+    # first command (it would wait on BUSY for ever)
+    radio.sleep()
+    again = SX1262(chip, chip.cs, chip.busy)
+    again.begin()
+    out.append(["restarted", chip.mode, chip.lost])
     try:
         radio.configure(1200000000, 7)
         out.append(["band", "accepted"])
