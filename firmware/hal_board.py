@@ -33,7 +33,7 @@ def _idle(config):
     lightsleep = getattr(machine, "lightsleep", None)
     if lightsleep is None or not config.get("sleep", 1) or "pulse_pin" in config or "lamp_pin" in config:
         return time.sleep_ms
-    refused = []
+    refused = []  # type: list[Exception]
     booted = [time.ticks_ms()]  # emptied once the first minute is over
 
     def idle(ms):
