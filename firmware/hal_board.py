@@ -21,7 +21,13 @@ _LIGHT_SLEEP_MIN_MS = 10  # a shorter wait is not worth falling asleep and wakin
 _AWAKE_AFTER_BOOT_MS = 60000  # awake this long after boot: `edgegw fw flash` (mpremote's Ctrl-C) can get in then
 
 
-def _idle(config):
+def _sleeps(model):
+    # The boards whose light sleep wakes on its timer: the classic ESP32 and the RP2040/RP2350 (MicroPython's own
+    # test of it, 2026: an ESP32-S3 or -C6 did not wake without an external event, and would sleep until the watchdog)
+    return model.endswith("with ESP32") or "RP2040" in model or "RP2350" in model
+
+
+def _idle(config, model):
     # A radio node's wait between its radio's moments (firmware/radio_port.py `wait`, at most the node loop's 100 ms):
     # in light sleep, which keeps RAM, the radio chip's state and ticks_ms (ESP32, RP2040), at a fraction of the
     # current of time.sleep_ms awake (ESP32: 0.8 mA against 20-31 mA; a Pico about 1 mA: hil/energy.py). Its link
@@ -29,8 +35,9 @@ def _idle(config):
     # "sleep": 0 (on the bench: a UART console hears nothing while the CPU sleeps, and USB may drop), nor where
     # a source needs the CPU or its clocks between steps (a pulse counter's pin interrupts, a lamp's PWM: both stop
     # in light sleep), nor in the first minute after boot (a reset, then `edgegw fw flash`, reaches a node that
-    # sleeps), nor on a port without lightsleep or one that refuses it (then never again).
-    lightsleep = getattr(machine, "lightsleep", None)
+    # sleeps), nor on a board whose light sleep may not wake (_sleeps), nor on a port without lightsleep or one
+    # that refuses it (then never again).
+    lightsleep = getattr(machine, "lightsleep", None) if _sleeps(model) else None
     if lightsleep is None or not config.get("sleep", 1) or "pulse_pin" in config or "lamp_pin" in config:
         return time.sleep_ms
     refused = []  # type: list[Exception]
@@ -114,7 +121,7 @@ class Hal:
         if self.role != "lora_bridge":  # the radio is the node's link; a bridge relays it over its UART
             from firmware import radio_link
 
-            self.uart = radio_link.port(self.radio, config, self.uptime_ms, _idle(config))
+            self.uart = radio_link.port(self.radio, config, self.uptime_ms, _idle(config, self.hw_model))
 
     def uptime_ms(self):
         return self._uptime.update()

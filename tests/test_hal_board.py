@@ -28,6 +28,7 @@ def test_the_board_hal_wires_the_radio_node_json_names(micropython: str) -> None
     assert wired["booting"][0] == [] and wired["booting"][1] >= 20  # awake in its first minute: fw flash gets in
     assert wired["sleep"][0] == [100, 40]
     assert wired["sources_awake"] == [[], []]  # a pulse counter's interrupts, a lamp's PWM: awake
+    assert wired["boards"] == [[30], [30], []]  # an ESP32-S3's light sleep may not wake on its timer: awake
     assert wired["awake"][0] == [] and wired["awake"][1] >= 60
     assert wired["refused"][0] == [] and wired["refused"][1] >= 40
     said, failed = lines[1::2], [json.loads(line)["failed"] for line in lines[2::2]]
