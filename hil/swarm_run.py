@@ -16,7 +16,7 @@ and after a drain of DRAIN_S what the broker delivered of them. The losses are s
   fresh medium of the same seed whose bridge always listens and never transmits: what collisions between
   uplinks alone leave; `medium_only_readings_alone` the same without the HELLOs (a steady state where every
   HELLO was taken long ago).
-- `bridge_radio`: what the bridge's radio got on the emulated air (`delivered` and its header heard):
+- `bridge_radio`: what the bridge's radio got on the emulated air (`delivered` and its preamble detected):
   below medium-only by the frames it missed while it sent downlinks (half duplex: it listens on one
   channel and stops to transmit) or whose start it did not hear (`bridge_not_receiving`).
 - `delivery`: what the broker delivered (distinct samples): below bridge_radio by what was lost between
