@@ -351,29 +351,28 @@ def _ratio(sf: int, length: int, minutes: int, retries: int, earlier: bool, node
     return mean_delivery(nodes, sf, length, minutes, retries, earlier)
 
 
+def _per_reading(out: dict[str, Any], samples: int, sfs: Sequence[int], suffix: str) -> int:
+    """Our frame of `samples` samples against Cayenne LPP carrying as many readings: frame bytes, bytes and airtime
+    per reading at each SF, put in `out` under keys ending in `suffix`; our frame's length."""
+    ours, lpp = radio_frame_bytes(samples), LORAWAN_OVERHEAD + samples * LPP_READING
+    out["radio_frame_bytes" + suffix], out["lorawan_lpp_frame_bytes" + suffix] = ours, lpp
+    out["radio_bytes_per_reading" + suffix] = round(ours / samples, 2)
+    out["lorawan_lpp_bytes_per_reading" + suffix] = round(lpp / samples, 2)
+    for sf in sfs:
+        out["airtime_ms_per_reading%s_sf%d" % (suffix, sf)] = round(airtime_us(ours, sf) / 1000 / samples, 2)
+        out["lorawan_lpp_airtime_ms_per_reading%s_sf%d" % (suffix, sf)] = round(airtime_us(lpp, sf) / 1000 / samples, 2)
+    return ours
+
+
 def frame_figures() -> dict[str, Any]:
     """What needs no simulation: bytes and airtime per reading against LoRaWAN with Cayenne LPP (the node's
     9-sample frame, and the 10-sample one the issue names, at SF7 and SF12), and a tree-health probe's battery
     life as designed and as built."""
-    ours = radio_frame_bytes()
-    lpp = LORAWAN_OVERHEAD + RADIO_SAMPLES * LPP_READING
-    out: dict[str, Any] = {
-        "radio_frame_bytes": ours,
-        "radio_bytes_per_reading": round(ours / RADIO_SAMPLES, 2),
-        "lorawan_lpp_frame_bytes": lpp,
-        "lorawan_lpp_bytes_per_reading": round(lpp / RADIO_SAMPLES, 2),
-    }
+    out: dict[str, Any] = {}
+    ours = _per_reading(out, RADIO_SAMPLES, SFS, "")
     for sf in SFS:
-        out["airtime_ms_per_reading_sf%d" % sf] = round(airtime_us(ours, sf) / 1000 / RADIO_SAMPLES, 2)
-        out["lorawan_lpp_airtime_ms_per_reading_sf%d" % sf] = round(airtime_us(lpp, sf) / 1000 / RADIO_SAMPLES, 2)
         out["duty_cycle_percent_sf%d" % sf] = round(airtime_us(ours, sf) / 1000 / 60_000 * 100, 2)  # one uplink a minute
-    ten, lpp_ten = radio_frame_bytes(ISSUE_SAMPLES), LORAWAN_OVERHEAD + ISSUE_SAMPLES * LPP_READING
-    out["radio_frame_bytes_10"], out["lorawan_lpp_frame_bytes_10"] = ten, lpp_ten
-    out["radio_bytes_per_reading_10"] = round(ten / ISSUE_SAMPLES, 2)
-    out["lorawan_lpp_bytes_per_reading_10"] = round(lpp_ten / ISSUE_SAMPLES, 2)
-    for sf in (7, 12):
-        out["airtime_ms_per_reading_10_sf%d" % sf] = round(airtime_us(ten, sf) / 1000 / ISSUE_SAMPLES, 2)
-        out["lorawan_lpp_airtime_ms_per_reading_10_sf%d" % sf] = round(airtime_us(lpp_ten, sf) / 1000 / ISSUE_SAMPLES, 2)
+    _per_reading(out, ISSUE_SAMPLES, (7, 12), "_10")
     awake = energy.Mcu("ESP32 awake 31 mA", sleep_ua=energy.ESP32.active_ma * 1000, active_ma=energy.ESP32.active_ma)
     for sf in (9, 10, 11, 12):  # a tree-health probe: this frame every 15 minutes at +14 dBm, ESP32 + SX1276, one ER14505
         airtime_ms = airtime_us(ours, sf) / 1000

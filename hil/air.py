@@ -242,7 +242,10 @@ class Air:
                 self.on_transmit(transmission)
             except Exception as error:  # an observer's fault must not take the air down with it
                 self.observer_error = self.observer_error or "%s: %s" % (type(error).__name__, error)
-        for radio in list(self._listening.values()):  # a header callback may switch a receiver on or off
+        # Its preamble is detected DETECT_SYMBOLS into it, by a receiver still listening then (a window that closed
+        # first misses it, as a node's does at SF12 if the downlink starts late in it)
+        detected = transmission.start + detect_ms(transmission.sf, transmission.bw) / 1000
+        for radio in list(self._listening.values()):
             if (
                 radio.name == transmission.sender
                 or radio.listening is None
@@ -251,9 +254,6 @@ class Air:
             ):
                 continue
             if self.medium.rssi_dbm(transmission, self.medium.radios[radio.name]) >= SENSITIVITY_DBM[transmission.sf]:
-                # Its preamble is detected DETECT_SYMBOLS into it, by a receiver still listening then (a window
-                # that closed first misses it, as a node's does at SF12 if the downlink starts late in it)
-                detected = transmission.start + detect_ms(transmission.sf, transmission.bw) / 1000
                 heapq.heappush(self._detecting, (detected, next(self._order), radio.name, radio.turns, transmission))
 
     def _detect(self, now: float) -> None:
