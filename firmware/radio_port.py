@@ -61,6 +61,17 @@ _COUNTER = const(11)
 # A node's CONFIG is a report, its TIME a request
 _EXCHANGES = (messages.ACK, messages.CONFIG, messages.COMMAND_RESULT, messages.TIME)
 
+# STATUS `air` keys by number (their positions in protocols/upstream.py AIR_KEYS, SPEC.md 5.7): on the air each
+# byte is airtime, and the names were more than a third of a STATUS
+_AIR_TX = const(0)
+_AIR_TX_MS = const(1)
+_AIR_RX = const(2)
+_AIR_RX_MS = const(3)
+_AIR_DROPPED = const(4)
+_AIR_SF = const(5)
+_AIR_POWER = const(6)
+_AIR_FALLBACK = const(7)
+_AIR_MARGIN = const(8)
 _IDLE = const(0)
 _TX = const(1)
 _WAIT_RX = const(2)
@@ -318,10 +329,11 @@ class RadioPort:
         return None
 
     def report(self, now_ms):
-        # STATUS `air` (SPEC.md 5.7): sf and power are those of the next uplink
-        air = {"tx": self.tx, "tx_ms": self.tx_ms, "rx": self.rx, "rx_ms": self.rx_ms, "dropped": self.dropped, "sf": self.sf}
-        air["power"] = self.power
-        air["fallback"] = self.fallback
+        # STATUS `air` (SPEC.md 5.7), its keys numbered: sf and power are those of the next uplink
+        air = {_AIR_TX: self.tx, _AIR_TX_MS: self.tx_ms, _AIR_RX: self.rx, _AIR_RX_MS: self.rx_ms, _AIR_DROPPED: self.dropped}
+        air[_AIR_SF] = self.sf
+        air[_AIR_POWER] = self.power
+        air[_AIR_FALLBACK] = self.fallback
         if self.link is not None and "margin_db" in self.link:
-            air["margin"] = self.link["margin_db"]
+            air[_AIR_MARGIN] = self.link["margin_db"]
         return air

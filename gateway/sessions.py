@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session
+from protocols import CounterWindow, Message, ProtocolError, messages, node_hex, session, upstream
 from protocols import errors as perr
 from protocols import frame as fr
 from protocols.airtime import airtime_us
@@ -691,6 +691,7 @@ class Sessions:
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
             air = fields.get("air")
             if isinstance(air, dict):
+                air = upstream.air_names(air)  # a radio node numbers its keys (SPEC.md §5.7)
                 node.status["air"] = {
                     key: air[key] for key in _AIR_FIELDS if isinstance(air.get(key), int) and not isinstance(air[key], bool)
                 }

@@ -1,6 +1,7 @@
-"""The rules of HELLO and READINGS that the flat schema lines cannot say (SPEC.md §5.3, §5.4).
+"""The rules of HELLO and READINGS that the flat schema lines cannot say (SPEC.md §5.3, §5.4), and the names of
+STATUS `air`'s numbered keys (§5.7).
 
-These two types travel only upstream: a node sends them and never receives them. A module
+These types travel only upstream: a node sends them and never receives them. A module
 of their own so that a node does not hold the receiver's checks on its small heap:
 messages imports it to decode a HELLO or READINGS (the gateway; the vectors on both
 interpreters), and on CPython to check one it encodes.
@@ -23,6 +24,40 @@ from .messages import (
     _fields_from_map,
     _kind_ok,
 )
+
+# STATUS `air` keys (SPEC.md §5.7): a key's number is its position here. A radio node sends the numbers (on the air
+# each byte is airtime, and the names were a third of its STATUS); a bridge, on its cable, sends the names.
+AIR_KEYS = (
+    "tx",
+    "tx_ms",
+    "rx",
+    "rx_ms",
+    "dropped",
+    "sf",
+    "power",
+    "fallback",
+    "margin",
+    "freq",
+    "crc",
+    "relayed",
+    "late",
+    "budget_ms",
+    "wait_ms",
+)
+
+
+def air_names(air: dict) -> dict:
+    """STATUS `air` with its numbered keys named (SPEC.md §5.7): a number wins over its name sent as text too;
+    other keys (names, numbers past the table) as they came, for the receiver to keep those it knows."""
+    named = {key: value for key, value in air.items() if not _air_number(key)}
+    for key, value in air.items():
+        if _air_number(key):
+            named[AIR_KEYS[key]] = value
+    return named
+
+
+def _air_number(key: object) -> bool:
+    return isinstance(key, int) and 0 <= key < len(AIR_KEYS)  # a map key is an int or text (cbor.py)
 
 
 def decoded(mtype: int, fields: dict) -> None:

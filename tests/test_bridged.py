@@ -447,6 +447,16 @@ def test_an_older_status_that_comes_after_a_newer_one_is_acknowledged_not_taken(
     assert node.status["uptime"] == 3700
 
 
+def test_a_radio_nodes_numbered_air_keys_are_published_by_name(radio: Radio) -> None:
+    """SPEC.md 5.7: a radio node numbers its STATUS `air` keys (bytes on air are airtime); its status document names
+    them, a number wins over its name sent too, and a number past the table or a name it does not know is not kept."""
+    radio.relay("/dev/ttyA", on_air(messages.HELLO, 1, NODE_HELLO), at=10_000)
+    air = {0: 12, 1: 40_000, 3: 52_000, 5: 12, 7: 2, "fallback": 0, "power": 11, 15: 9, "volts": 4}
+    radio.relay("/dev/ttyA", on_air(messages.STATUS, 5, {"uptime": 1900, "air": air}), at=40_000)
+    node = radio.bench.sessions.nodes[BATTERY.hex()]
+    assert node.status["air"] == {"tx": 12, "tx_ms": 40_000, "rx_ms": 52_000, "sf": 12, "fallback": 2, "power": 11}
+
+
 class BareAir:
     """One bridge's AirTransport alone: what its link owes (`owe`) is what it pulls, what it sends is kept (`sent`)."""
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from protocols import CounterWindow, Message, ProtocolError, StreamDecoder, cbor, encode, messages, node_hex, node_id_from_unique_id
+from protocols import (
+    CounterWindow,
+    Message,
+    ProtocolError,
+    StreamDecoder,
+    cbor,
+    encode,
+    messages,
+    node_hex,
+    node_id_from_unique_id,
+    upstream,
+)
 from protocols import frame as fr
 from protocols import window as win
 
@@ -134,3 +145,11 @@ def test_a_channel_scale_beyond_thirty_is_a_schema_error() -> None:
         mapping = {0: [1, 0], 1: "1", 2: "x", 3: 1, 4: [{0: "t", 1: "Cel", 2: scale}]}  # as a node might send it
         with pytest.raises(ProtocolError, match="scale"):
             messages.decode_payload(messages.HELLO, cbor.dumps(mapping))
+
+
+def test_status_air_numbered_keys_are_named() -> None:
+    """SPEC.md 5.7: a key of STATUS `air` is its name or its number; a number wins over its name; other keys stay
+    as they came, for the receiver to keep those it knows."""
+    air = cbor.loads(cbor.dumps({5: 12, "sf": 9, 14: 0, 15: 7, "volts": 3}))
+    assert upstream.air_names(air) == {"sf": 12, "wait_ms": 0, 15: 7, "volts": 3}
+    assert upstream.air_names({-1: 1}) == {-1: 1}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hil.radio import COLLISION, DELIVERED, HALF_DUPLEX, TOO_WEAK, Medium, PathLoss, Transmission
-from protocols import Message, messages
+from protocols import Message, messages, upstream
 from protocols import frame as fr
 from protocols.airtime import airtime_us, payload_symbols, symbol_us
 from protocols.dutycycle import DutyCycle, band
@@ -328,6 +328,7 @@ def test_a_radio_node_takes_the_link_the_gateway_advises_and_falls_back_on_micro
     assert report["values"] == {"interval": 3600, "status_interval": 86400, "sf": 7, "tx_power": 8, "margin_db": 11}
     assert out["config_json"] == report["values"]  # on flash: a reset keeps it
     assert out["air"]["sf"] == 7 and out["air"]["power"] == 8 and out["air"]["margin"] == 11 and out["air"]["fallback"] == 0
+    assert out["air_numbered"] and {"tx", "tx_ms", "rx", "rx_ms", "dropped"} <= set(out["air"])
     assert out["rebooted"] == [7, 8, {"sf": 7, "tx_power": 8, "margin_db": 11}]
 
     refused = sent(out["refused"])[-1][2].fields  # out of range, not integers, unknown: each said, nothing changed
@@ -411,7 +412,8 @@ def test_a_radio_nodes_status_goes_once_it_has_the_time_and_until_acknowledged_o
     assert statuses(out["before_time"]) == []  # its interval is a day: none before the TIME
     sent = statuses(out["unanswered"])
     assert len(sent) >= 2 and len({message.counter for message in sent}) == 1, sent  # one STATUS, sent again
-    assert sent[0].flags & fr.F_ACK_REQ and sent[0].fields["air"]["tx"] >= 1  # its radio's figures after the HELLO
+    assert sent[0].flags & fr.F_ACK_REQ and upstream.air_names(sent[0].fields["air"])["tx"] >= 1  # its radio's figures after the HELLO
+    assert all(isinstance(key, int) for key in sent[0].fields["air"])  # numbered: on the air bytes are airtime
     # A STATUS due while the last still waits to go, never on air: that one goes for it. A counter spent on a frame
     # dropped unsent would count as a frame lost in the gateway's delivery ratio and MISSING
     (first, following, waiting), after = out["unsent"]

@@ -10,7 +10,7 @@ import sys
 from firmware.radio_port import RadioPort
 from firmware.storage import Storage
 from protocols import frame as fr
-from protocols import messages
+from protocols import messages, upstream
 
 NODE_ID = b"\xe1\x00\x00\x00\x00\x00\x00\x07"
 
@@ -128,7 +128,9 @@ def run(folder):
     uplink(node, clock, 1)  # heard in its RX1: the node answers (ACK, CONFIG report) at the new setting
     out["advised"] = radio.log
     out["config_json"] = json.loads(hal.storage.get("config.json"))
-    out["air"] = hal.uart.report(clock.now)
+    air = hal.uart.report(clock.now)
+    out["air_numbered"] = all(isinstance(key, int) for key in air)  # on the air each byte is airtime (SPEC.md 5.7)
+    out["air"] = upstream.air_names(air)
     radio.log = []
     radio.downlinks.append(config_set(1001, {"sf": 13, "tx_power": 1.5, "margin_db": 200, "sf_": 8}, 6))
     uplink(node, clock, 2)
@@ -148,7 +150,7 @@ def run(folder):
     out["silent"] = [entry[1:4] for entry in radio.log if entry[0] == "tx"][-1]
     uplink(node, clock, 99)
     out["fell_back"] = [entry[1:4] for entry in radio.log if entry[0] == "tx"][-1]
-    out["fell_back_air"] = hal.uart.report(clock.now)
+    out["fell_back_air"] = upstream.air_names(hal.uart.report(clock.now))
     out["fell_back_json"] = json.loads(hal.storage.get("config.json"))
 
     from firmware import downlink
