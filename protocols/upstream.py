@@ -25,8 +25,9 @@ from .messages import (
     _kind_ok,
 )
 
-# STATUS `air` keys (SPEC.md §5.7): a key's number is its position here. A radio node sends the numbers (on the air
-# each byte is airtime, and the names were a third of its STATUS); a bridge, on its cable, sends the names.
+# STATUS `air` keys (SPEC.md §5.7): a key's number is its position here, so a name is only ever appended (nodes in
+# the field send the numbers). A radio node sends the numbers (on the air each byte is airtime, and the names were
+# over a third of its STATUS); a bridge, on its cable, sends the names. firmware/radio_port.py has const() copies.
 AIR_KEYS = (
     "tx",
     "tx_ms",

@@ -80,6 +80,18 @@ VALID = [
             UP,
         ),
     ),
+    (
+        # a radio node's (SPEC.md 5.7): its `air` keys numbered, tx 0, tx_ms 1, rx 2, rx_ms 3, dropped 4, sf 5, power 6,
+        # fallback 7; a bridge's are names
+        "status_radio_node",
+        Message(
+            messages.STATUS,
+            NODE,
+            15,
+            {"uptime": 1800, "reset_cause": 1, "air": {0: 7, 1: 26624, 2: 3, 3: 41000, 4: 0, 5: 12, 6: 14, 7: 0}},
+            UP,
+        ),
+    ),
     ("config_set", Message(messages.CONFIG, NODE, 9, {"op": messages.CONFIG_SET, "values": {"interval": 30}}, DOWN | fr.F_ACK_REQ)),
     ("config_get", Message(messages.CONFIG, NODE, 10, {"op": messages.CONFIG_GET, "keys": ["interval"]}, DOWN)),
     (

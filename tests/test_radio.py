@@ -107,6 +107,19 @@ def test_the_firmwares_copies_of_the_radio_constants_are_protocols() -> None:
     assert copies == {"_RADIO_FRAME": lora.MAX_RADIO_FRAME, "_SHORT_HELLO_SF": lora.SHORT_HELLO_SF}
 
 
+def test_the_firmwares_numbers_of_status_air_keys_are_protocols() -> None:
+    """firmware/radio_port.py numbers its STATUS `air` keys with const() copies of their positions in
+    protocols/upstream.py AIR_KEYS (SPEC.md 5.7): two swapped would pass every test that only looks for the names,
+    and the gateway would read one figure as another (listening time as time on air, in every battery estimate)."""
+    import re
+
+    from protocols import upstream
+
+    source = (Path(__file__).parent.parent / "firmware" / "radio_port.py").read_text()
+    copies = {name: int(value) for name, value in re.findall(r"^_AIR_(\w+) = const\((\d+)\)", source, re.M)}
+    assert len(copies) == 9 and copies == {name.upper(): upstream.AIR_KEYS.index(name.lower()) for name in copies}
+
+
 def test_airtime_and_duty_cycle_are_the_same_on_micropython(micropython: str) -> None:
     done = run_micropython(micropython, "tests/portable/radio_check.py")
     assert done.returncode == 0, done.stderr
