@@ -63,12 +63,6 @@ REJECT_DETAIL_MAX = 80  # characters of a REJECT's detail: the frame stays far b
 _INFO_FIELDS = ("fw_version", "hw_model", "caps", "proto", "interval", "commands")
 _GATEWAY_ONLY = (messages.COMMAND, messages.RADIO_TX)  # types only a gateway sends: a node's are refused (SPEC.md §6.3)
 _STATUS_FIELDS = ("uptime", "free_heap", "reset_cause", "battery_mv", "rssi", "snr", "dropped", "retransmits", "rx_errors", "heap_peak")
-# STATUS `air` (SPEC.md §5.7): a bridge's radio or a radio node's, integers each; others are not kept
-# (`power`, `margin`, `fallback`: a radio node's link adaptation, gateway/link_adr.py)
-_AIR_FIELDS = (
-    *("rx", "crc", "relayed", "tx", "tx_ms", "rx_ms", "dropped", "late", "budget_ms", "wait_ms", "sf", "freq"),
-    *("power", "margin", "fallback"),
-)
 # A radio node's frame is committed within this long of its arrival (not the [buffer] commit_wait): its ACK must be
 # queued before the gateway chooses the frame of the node's second receive window (gateway/air.py, DECIDE_RX2_S)
 RADIO_COMMIT_S = 0.5
@@ -691,9 +685,11 @@ class Sessions:
             node.status = json_value({key: fields[key] for key in _STATUS_FIELDS if key in fields})
             air = fields.get("air")
             if isinstance(air, dict):
-                air = upstream.air_names(air)  # a radio node numbers its keys (SPEC.md §5.7)
+                # A radio node numbers its keys (SPEC.md §5.7); those known are kept, each an integer (`power`,
+                # `margin`, `fallback`: a radio node's link adaptation, gateway/link_adr.py)
+                air = upstream.air_names(air)
                 node.status["air"] = {
-                    key: air[key] for key in _AIR_FIELDS if isinstance(air.get(key), int) and not isinstance(air[key], bool)
+                    key: air[key] for key in upstream.AIR_KEYS if isinstance(air.get(key), int) and not isinstance(air[key], bool)
                 }
             radio = self._radio_links.get(node.hex)
             if radio is not None:  # a bridge: what the gateway sent through it (gateway/air.py)
