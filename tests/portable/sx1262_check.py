@@ -42,14 +42,15 @@ def run():
     row.extend(preamble(radio, chip))  # (MicroPython has no * in a list display)
     row.append(chip.irq_mask)
     out.append(row)
-    # A preamble no header follows (another network's sync word, noise): let go after 24 symbols (SF7: 25 ms)
-    radio.configure(868100000, 7)
+    # A preamble no header follows (another network's sync word, noise): let go after 24 symbols (SF9: 98 ms; the
+    # margins either side are wide enough for a loaded machine's late wake)
+    radio.configure(868100000, 9)
     radio.start_receive()
     chip.hear()
     stray = [radio.receiving()]
     time.sleep_ms(15)
     stray.append(radio.receiving())
-    time.sleep_ms(20)
+    time.sleep_ms(100)
     stray.extend((radio.receiving(), radio.receiving(), chip.irq & 0x0004))
     out.append(["stray", stray])
     radio.sleep()
