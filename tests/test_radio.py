@@ -95,15 +95,20 @@ def test_whatever_is_asked_no_hour_holds_more_than_the_limit(time_off: bool) -> 
         assert in_hour <= 36_000  # 1 % of the hour, whatever frame lengths came
 
 
-def test_the_firmwares_copies_of_the_radio_constants_are_protocols() -> None:
-    """firmware/node.py keeps its own const() copies of two of protocols/lora.py's (no import of lora on the heap;
-    it imports `micropython`, so it is read here, not imported)."""
+def _const_copies(module: str, names: str) -> dict[str, int]:
+    """The `NAME = const(N)` lines of firmware/<module>.py whose name (its group in `names`, a regex) is copied from
+    protocols/ (the firmware keeps such copies off its heap; it imports `micropython`, so it is read, not imported)."""
     import re
 
+    source = (Path(__file__).parent.parent / "firmware" / (module + ".py")).read_text()
+    return {name: int(value) for name, value in re.findall(r"^%s = const\((\d+)\)" % names, source, re.M)}
+
+
+def test_the_firmwares_copies_of_the_radio_constants_are_protocols() -> None:
+    """firmware/node.py keeps its own const() copies of two of protocols/lora.py's (no import of lora on the heap)."""
     from protocols import lora
 
-    source = (Path(__file__).parent.parent / "firmware" / "node.py").read_text()
-    copies = {name: int(value) for name, value in re.findall(r"^(_RADIO_FRAME|_SHORT_HELLO_SF) = const\((\d+)\)", source, re.M)}
+    copies = _const_copies("node", "(_RADIO_FRAME|_SHORT_HELLO_SF)")
     assert copies == {"_RADIO_FRAME": lora.MAX_RADIO_FRAME, "_SHORT_HELLO_SF": lora.SHORT_HELLO_SF}
 
 
@@ -111,13 +116,8 @@ def test_the_firmwares_numbers_of_status_air_keys_are_protocols() -> None:
     """firmware/radio_port.py numbers its STATUS `air` keys with const() copies of their positions in
     protocols/upstream.py AIR_KEYS (SPEC.md 5.7): two swapped would pass every test that only looks for the names,
     and the gateway would read one figure as another (listening time as time on air, in every battery estimate)."""
-    import re
-
-    from protocols import upstream
-
-    source = (Path(__file__).parent.parent / "firmware" / "radio_port.py").read_text()
-    copies = {name: int(value) for name, value in re.findall(r"^_AIR_(\w+) = const\((\d+)\)", source, re.M)}
-    assert len(copies) == 9 and copies == {name.upper(): upstream.AIR_KEYS.index(name.lower()) for name in copies}
+    copies = _const_copies("radio_port", r"_AIR_(\w+)")
+    assert len(copies) == 9 and copies == {name: upstream.AIR_KEYS.index(name.lower()) for name in copies}
 
 
 def test_airtime_and_duty_cycle_are_the_same_on_micropython(micropython: str) -> None:
